@@ -1,0 +1,29 @@
+//! The CPU reference of every layer the GPU trainer runs, forward and backward side by side.
+//!
+//! Semantics are PyTorch's (NCHW layouts, `conv [C_out, C_in, KH, KW]`, `linear [OUT, IN]`), so results can be
+//! checked against PyTorch tensor by tensor. Each function here has a WGSL twin of the same name in
+//! `shaders/`. Backward functions *overwrite* their outputs (they never accumulate), except
+//! [`accumulate`], which exists for the one place a gradient has two sources (a residual block's input).
+//!
+//! `flatten` has no function: an `(N, C, H, W)` buffer read as `(N, C*H*W)` is the flattened tensor.
+//!
+//! Shape letters: `N` batch, `C` channels, `H`/`W` input height/width, `HO`/`WO` output height/width,
+//! `KH`/`KW` kernel size, `IN`/`OUT` linear features, `D` vector length.
+
+mod batchnorm;
+mod conv2d;
+mod linear;
+mod normalize;
+mod prelu;
+mod preprocess;
+mod residual;
+mod sgd;
+
+pub use batchnorm::{batchnorm_backward, batchnorm_forward_eval, batchnorm_forward_train, BatchNorm, BatchNormShape};
+pub use conv2d::{conv2d_backward_data, conv2d_backward_weight, conv2d_forward, Conv2dShape};
+pub use linear::{linear_backward, linear_forward, LinearShape};
+pub use normalize::{l2_normalize_backward, l2_normalize_forward, VectorLayout};
+pub use prelu::{prelu_backward, prelu_forward};
+pub use preprocess::{preprocess_image, ImageShape};
+pub use residual::{accumulate, residual_add_backward, residual_add_forward};
+pub use sgd::{clip_coefficient, scale, sgd_step, sum_of_squares, Sgd};

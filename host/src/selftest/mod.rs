@@ -1,0 +1,99 @@
+//! `elasticface selftest`: the PyTorch reference vectors run through our code, tensor by tensor.
+//!
+//! Three reference files, each checked by its own module:
+//! - `margin_loss.safetensors` ([`margin_loss`]): the eight losses of the family, margins to gradients;
+//! - `iresnet_tiny.safetensors` ([`iresnet_tiny`]): a tiny iResNet trained three SGD steps;
+//! - `verification.safetensors` ([`verification`]): the LFW 10-fold protocol.
+//!
+//! The files made for this repository are bundled into the binary; `--reference DIR` checks other files of
+//! the same format instead (the iResNet config is read from each file's manifest).
+
+pub mod iresnet_tiny;
+pub mod margin_loss;
+pub mod verification;
+
+use std::path::Path;
+
+use anyhow::{bail, Result};
+
+use crate::reference::{Check, ReferenceFile};
+
+/// The reference files, by their file names.
+pub const FILES: [&str; 3] = ["margin_loss.safetensors", "iresnet_tiny.safetensors", "verification.safetensors"];
+
+const BUNDLED: [&[u8]; 3] = [
+    include_bytes!("../../../tests/data/reference/margin_loss.safetensors"),
+    include_bytes!("../../../tests/data/reference/iresnet_tiny.safetensors"),
+    include_bytes!("../../../tests/data/reference/verification.safetensors"),
+];
+
+/// The checks of one reference file.
+#[derive(Clone, Debug)]
+pub struct Section {
+    /// The file's name.
+    pub file: String,
+    /// One check per compared tensor.
+    pub checks: Vec<Check>,
+}
+
+/// Everything a selftest compared.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    /// One section per reference file.
+    pub sections: Vec<Section>,
+}
+
+impl Report {
+    /// True when every check of every section passed (and there was at least one).
+    pub fn passed(&self) -> bool {
+        let mut any = false;
+        for c in self.sections.iter().flat_map(|s| &s.checks) {
+            if !c.pass {
+                return false;
+            }
+            any = true;
+        }
+        any
+    }
+
+    /// Number of checks and of failed checks.
+    pub fn counts(&self) -> (usize, usize) {
+        let all = self.sections.iter().map(|s| s.checks.len()).sum();
+        let failed = self.sections.iter().flat_map(|s| &s.checks).filter(|c| !c.pass).count();
+        (all, failed)
+    }
+}
+
+/// Loads the bundled reference files, or those of `dir` (every one of [`FILES`] that exists there; at least one).
+pub fn load(dir: Option<&Path>) -> Result<Vec<ReferenceFile>> {
+    let Some(dir) = dir else {
+        return FILES.iter().zip(BUNDLED).map(|(name, bytes)| ReferenceFile::from_bytes(name, bytes)).collect();
+    };
+    let files: Vec<ReferenceFile> = FILES
+        .iter()
+        .map(|name| dir.join(name))
+        .filter(|p| p.exists())
+        .map(|p| ReferenceFile::open(&p))
+        .collect::<Result<_>>()?;
+    if files.is_empty() {
+        bail!("{} holds none of the reference files ({})", dir.display(), FILES.join(", "));
+    }
+    Ok(files)
+}
+
+/// Runs every loaded reference file through the CPU reference (the core).
+pub fn run_cpu(files: &[ReferenceFile]) -> Report {
+    let sections = files
+        .iter()
+        .map(|f| {
+            let checks = match f.name.rsplit('/').next().unwrap_or(&f.name) {
+                "margin_loss.safetensors" => margin_loss::check_cpu(f),
+                "iresnet_tiny.safetensors" => iresnet_tiny::check_cpu(f),
+                "verification.safetensors" => verification::check_cpu(f),
+                other => vec![Check::failed(other, "unknown reference file")],
+            };
+            Section { file: f.name.clone(), checks }
+        })
+        .collect();
+    Report { sections }
+}
