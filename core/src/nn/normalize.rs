@@ -71,30 +71,24 @@ pub fn l2_normalize_forward(layout: VectorLayout, x: &[f32], y: &mut [f32], norm
     Ok(())
 }
 
-/// Backward of [`l2_normalize_forward`]: `dx = (dy - y * <y, dy>) / ||x||` per vector.
+/// Backward of [`l2_normalize_forward`], in place: `grad` holds `dL/dy` on entry and `dL/dx` on return,
+/// `dx = (dy - y * <y, dy>) / ||x||` per vector.
 ///
-/// Shapes: `y`, `dy`, `dx`: `layout.buffer_len()`; `norms`: `(layout.count)`, as written by the forward pass.
-pub fn l2_normalize_backward(
-    layout: VectorLayout,
-    y: &[f32],
-    norms: &[f32],
-    dy: &[f32],
-    dx: &mut [f32],
-) -> Result<(), Error> {
+/// Shapes: `y`, `grad`: `layout.buffer_len()`; `norms`: `(layout.count)`, as written by the forward pass.
+pub fn l2_normalize_backward(layout: VectorLayout, y: &[f32], norms: &[f32], grad: &mut [f32]) -> Result<(), Error> {
     let n = layout.buffer_len();
     check_len("y", y, n)?;
-    check_len("dy", dy, n)?;
-    check_len("dx", dx, n)?;
+    check_len("grad", grad, n)?;
     check_len("norms", norms, layout.count)?;
     for (i, &norm) in norms.iter().enumerate() {
         let mut dot = 0.0f32;
         for k in 0..layout.len {
             let j = layout.at(i, k);
-            dot += y[j] * dy[j];
+            dot += y[j] * grad[j];
         }
         for k in 0..layout.len {
             let j = layout.at(i, k);
-            dx[j] = (dy[j] - y[j] * dot) / norm;
+            grad[j] = (grad[j] - y[j] * dot) / norm;
         }
     }
     Ok(())
