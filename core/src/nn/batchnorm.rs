@@ -1,6 +1,15 @@
 //! Batch normalisation over `(N, C, HW)`: `BatchNorm2d` with `HW = H*W`, `BatchNorm1d` with `HW = 1`.
+//!
+//! Statistics are computed in f32 in two passes (the mean, then the mean of squared deviations), each
+//! channel as a sum of per-plane partial sums, so they stay accurate for the large `N*H*W` of the stem.
+//!
+//! Non-finite values are not scanned for: they propagate (into `y`, the running statistics and the
+//! gradients) as IEEE arithmetic makes them. No function panics: the shape and every slice length are
+//! checked before any element is touched or written.
 
-use crate::error::Error;
+use core::ops::Range;
+
+use crate::error::{check_len, Error};
 
 /// Shape of a batch norm input `(N, C, HW)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -14,13 +23,45 @@ pub struct BatchNormShape {
 }
 
 impl BatchNormShape {
-    /// Elements of the input, `N*C*HW`.
+    /// Elements of the input, `N*C*HW` (saturating at `usize::MAX`, which no slice can match).
     pub const fn len(&self) -> usize {
-        self.n * self.c * self.hw
+        self.n.saturating_mul(self.c).saturating_mul(self.hw)
     }
-    /// Values each channel's statistics are taken over, `N*HW`.
+    /// Whether the input has no elements (a zero size), which [`BatchNormShape::validate`] rejects.
+    pub const fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Values each channel's statistics are taken over, `N*HW` (saturating at `usize::MAX`).
     pub const fn count(&self) -> usize {
-        self.n * self.hw
+        self.n.saturating_mul(self.hw)
+    }
+    /// Checks that no size is zero and `N*C*HW` fits `usize` ([`Error::Shape`] otherwise).
+    ///
+    /// Training mode needs more: see [`batchnorm_forward_train`].
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.n == 0 || self.c == 0 || self.hw == 0 {
+            return Err(Error::Shape { what: "(N, C, HW): a size is zero" });
+        }
+        match self.n.checked_mul(self.c).and_then(|nc| nc.checked_mul(self.hw)) {
+            Some(_) => Ok(()),
+            None => Err(Error::Shape { what: "(N, C, HW): N*C*HW overflows usize" }),
+        }
+    }
+
+    /// The `HW` elements of sample `n`, channel `c`. Requires a validated shape, `n < N`, `c < C`.
+    #[inline]
+    pub(crate) fn plane(&self, n: usize, c: usize) -> Range<usize> {
+        let start = (n * self.c + c) * self.hw;
+        start..start + self.hw
+    }
+
+    /// Validates the shape for training mode: also `N*HW >= 2`, which the unbiased variance needs.
+    fn validate_train(&self) -> Result<(), Error> {
+        self.validate()?;
+        if self.count() < 2 {
+            return Err(Error::Shape { what: "batch norm training needs N*HW >= 2 values per channel" });
+        }
+        Ok(())
     }
 }
 
@@ -39,12 +80,48 @@ impl Default for BatchNorm {
     }
 }
 
+/// `1 / sqrt(var + eps)`.
+#[inline]
+fn inv_std(var: f32, eps: f32) -> f32 {
+    1.0 / libm::sqrtf(var + eps)
+}
+
+/// Mean and biased variance of channel `c` of `x`, two-pass. Requires a validated shape and `x.len() == s.len()`.
+fn channel_stats(s: &BatchNormShape, x: &[f32], c: usize) -> (f32, f32) {
+    let count = s.count() as f32;
+    let mut sum = 0.0f32;
+    for n in 0..s.n {
+        sum += x[s.plane(n, c)].iter().sum::<f32>();
+    }
+    let mean = sum / count;
+    let mut squares = 0.0f32;
+    for n in 0..s.n {
+        squares += x[s.plane(n, c)].iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>();
+    }
+    (mean, squares / count)
+}
+
+/// `y = (x - mean) * scale + shift` on every plane of channel `c`.
+#[inline]
+fn affine_channel(s: &BatchNormShape, x: &[f32], y: &mut [f32], c: usize, mean: f32, scale: f32, shift: f32) {
+    for n in 0..s.n {
+        let plane = s.plane(n, c);
+        for (yv, &xv) in y[plane.clone()].iter_mut().zip(&x[plane]) {
+            *yv = (xv - mean) * scale + shift;
+        }
+    }
+}
+
 /// Training mode: normalise with the batch mean and biased variance, `y = gamma * (x - mean) / sqrt(var + eps) + beta`;
 /// update the running mean and the running variance (with the unbiased batch variance `var * n / (n - 1)`).
 ///
 /// Shapes: `x`, `y` `(N, C, HW)`; `gamma`, `beta`, `running_mean`, `running_var`, `save_mean`, `save_var` `(C)`.
 /// `save_mean`/`save_var` receive the batch mean and biased variance for [`batchnorm_backward`].
 /// Errors: `N*HW < 2` (no unbiased variance), as PyTorch.
+///
+/// Also [`Error::Shape`] for a zero size ([`BatchNormShape::validate`]) and [`Error::Length`] naming the
+/// first slice of the wrong length; nothing is written then. Non-finite inputs propagate into `y` and the
+/// running statistics.
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_forward_train(
     s: &BatchNormShape,
@@ -58,10 +135,34 @@ pub fn batchnorm_forward_train(
     save_mean: &mut [f32],
     save_var: &mut [f32],
 ) -> Result<(), Error> {
-    todo!()
+    s.validate_train()?;
+    check_len("x", x, s.len())?;
+    check_len("gamma", gamma, s.c)?;
+    check_len("beta", beta, s.c)?;
+    check_len("running_mean", running_mean, s.c)?;
+    check_len("running_var", running_var, s.c)?;
+    check_len("y", y, s.len())?;
+    check_len("save_mean", save_mean, s.c)?;
+    check_len("save_var", save_var, s.c)?;
+    let count = s.count() as f32;
+    let unbias = count / (count - 1.0);
+    let keep = 1.0 - bn.momentum;
+    for c in 0..s.c {
+        let (mean, var) = channel_stats(s, x, c);
+        save_mean[c] = mean;
+        save_var[c] = var;
+        running_mean[c] = keep * running_mean[c] + bn.momentum * mean;
+        running_var[c] = keep * running_var[c] + bn.momentum * (var * unbias);
+        affine_channel(s, x, y, c, mean, gamma[c] * inv_std(var, bn.eps), beta[c]);
+    }
+    Ok(())
 }
 
 /// Evaluation mode: normalise with the running statistics. Shapes as [`batchnorm_forward_train`].
+///
+/// `y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta`; any `N >= 1` works. Errors:
+/// [`Error::Shape`] for a zero size, [`Error::Length`] naming the first slice of the wrong length. A
+/// `running_var + eps <= 0` or non-finite input gives non-finite outputs, not an error.
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_forward_eval(
     s: &BatchNormShape,
@@ -73,13 +174,31 @@ pub fn batchnorm_forward_eval(
     running_var: &[f32],
     y: &mut [f32],
 ) -> Result<(), Error> {
-    todo!()
+    s.validate()?;
+    check_len("x", x, s.len())?;
+    check_len("gamma", gamma, s.c)?;
+    check_len("beta", beta, s.c)?;
+    check_len("running_mean", running_mean, s.c)?;
+    check_len("running_var", running_var, s.c)?;
+    check_len("y", y, s.len())?;
+    for c in 0..s.c {
+        let scale = gamma[c] * inv_std(running_var[c], bn.eps);
+        affine_channel(s, x, y, c, running_mean[c], scale, beta[c]);
+    }
+    Ok(())
 }
 
 /// Backward of [`batchnorm_forward_train`] from the saved batch statistics.
 ///
 /// Writes `dx (N, C, HW)`, `dbeta (C)` and, unless the weight is frozen (`dgamma = None`, as insightface's
 /// `features` layer), `dgamma (C)`.
+///
+/// With `invstd = 1 / sqrt(save_var + eps)`, `xhat = (x - save_mean) * invstd` and `n = N*HW`:
+/// `dbeta = sum(dy)`, `dgamma = sum(dy * xhat)`,
+/// `dx = gamma * invstd * (dy - sum(dy) / n - xhat * sum(dy * xhat) / n)`.
+/// Shapes: `x`, `dy`, `dx` `(N, C, HW)`; `gamma`, `save_mean`, `save_var` `(C)`. All outputs are overwritten.
+/// Errors as [`batchnorm_forward_train`] (including `N*HW < 2`); [`Error::Length`] names the slice.
+/// Non-finite inputs propagate.
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_backward(
     s: &BatchNormShape,
@@ -90,8 +209,241 @@ pub fn batchnorm_backward(
     save_var: &[f32],
     dy: &[f32],
     dx: &mut [f32],
-    dgamma: Option<&mut [f32]>,
+    mut dgamma: Option<&mut [f32]>,
     dbeta: &mut [f32],
 ) -> Result<(), Error> {
-    todo!()
+    s.validate_train()?;
+    check_len("x", x, s.len())?;
+    check_len("gamma", gamma, s.c)?;
+    check_len("save_mean", save_mean, s.c)?;
+    check_len("save_var", save_var, s.c)?;
+    check_len("dy", dy, s.len())?;
+    check_len("dx", dx, s.len())?;
+    if let Some(dgamma) = dgamma.as_deref() {
+        check_len("dgamma", dgamma, s.c)?;
+    }
+    check_len("dbeta", dbeta, s.c)?;
+    let count = s.count() as f32;
+    for c in 0..s.c {
+        let mean = save_mean[c];
+        let invstd = inv_std(save_var[c], bn.eps);
+        // sum(dy) and sum(dy * (x - mean)), from per-plane partial sums.
+        let (mut sum_dy, mut sum_dy_xmu) = (0.0f32, 0.0f32);
+        for n in 0..s.n {
+            let plane = s.plane(n, c);
+            let (mut p_dy, mut p_dy_xmu) = (0.0f32, 0.0f32);
+            for (&g, &xv) in dy[plane.clone()].iter().zip(&x[plane]) {
+                p_dy += g;
+                p_dy_xmu += g * (xv - mean);
+            }
+            sum_dy += p_dy;
+            sum_dy_xmu += p_dy_xmu;
+        }
+        let sum_dy_xhat = sum_dy_xmu * invstd;
+        dbeta[c] = sum_dy;
+        if let Some(dgamma) = dgamma.as_deref_mut() {
+            dgamma[c] = sum_dy_xhat;
+        }
+        let mean_dy = sum_dy / count;
+        let mean_dy_xhat = sum_dy_xhat / count;
+        let k = gamma[c] * invstd;
+        for n in 0..s.n {
+            let plane = s.plane(n, c);
+            for ((d, &g), &xv) in dx[plane.clone()].iter_mut().zip(&dy[plane.clone()]).zip(&x[plane]) {
+                let xhat = (xv - mean) * invstd;
+                *d = k * (g - mean_dy - xhat * mean_dy_xhat);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use approx::assert_relative_eq;
+
+    const S: BatchNormShape = BatchNormShape { n: 2, c: 2, hw: 2 };
+    // Channel 0 holds {1, 3, 5, 7}: mean 4, biased var 5, unbiased 20/3.
+    // Channel 1 holds {2, 2, 2, 6}: mean 3, biased var 3, unbiased 4.
+    const X: [f32; 8] = [1.0, 3.0, 2.0, 2.0, 5.0, 7.0, 2.0, 6.0];
+
+    #[test]
+    fn training_forward_by_hand() {
+        let bn = BatchNorm { eps: 0.0, momentum: 0.1 };
+        let (gamma, beta) = ([2.0, 1.0], [0.5, -1.0]);
+        let (mut rm, mut rv) = ([1.0, 0.0], [1.0, 2.0]);
+        let (mut y, mut sm, mut sv) = ([0.0; 8], [0.0; 2], [0.0; 2]);
+        batchnorm_forward_train(&S, &bn, &X, &gamma, &beta, &mut rm, &mut rv, &mut y, &mut sm, &mut sv).unwrap();
+        assert_eq!(sm, [4.0, 3.0]);
+        assert_eq!(sv, [5.0, 3.0]);
+        assert_relative_eq!(rm[0], 0.9 * 1.0 + 0.1 * 4.0, max_relative = 1e-6);
+        assert_relative_eq!(rm[1], 0.1 * 3.0, max_relative = 1e-6);
+        assert_relative_eq!(rv[0], 0.9 + 0.1 * 20.0 / 3.0, max_relative = 1e-6);
+        assert_relative_eq!(rv[1], 0.9 * 2.0 + 0.1 * 4.0, max_relative = 1e-6);
+        let (s0, s1) = (5.0f32.sqrt(), 3.0f32.sqrt());
+        let expected = [
+            2.0 * (1.0 - 4.0) / s0 + 0.5,
+            2.0 * (3.0 - 4.0) / s0 + 0.5,
+            (2.0 - 3.0) / s1 - 1.0,
+            (2.0 - 3.0) / s1 - 1.0,
+            2.0 * (5.0 - 4.0) / s0 + 0.5,
+            2.0 * (7.0 - 4.0) / s0 + 0.5,
+            (2.0 - 3.0) / s1 - 1.0,
+            (6.0 - 3.0) / s1 - 1.0,
+        ];
+        for (a, b) in y.iter().zip(&expected) {
+            assert_relative_eq!(a, b, max_relative = 1e-6);
+        }
+    }
+
+    #[test]
+    fn variance_is_accurate_with_a_large_offset() {
+        // 1e4 + {-1, 1}: E[x^2] - E[x]^2 in f32 would lose every digit; the two-pass variance is exact.
+        let s = BatchNormShape { n: 4, c: 1, hw: 1 };
+        let x = [9999.0, 10001.0, 9999.0, 10001.0];
+        let (mut rm, mut rv, mut y, mut sm, mut sv) = ([0.0], [1.0], [0.0; 4], [0.0], [0.0]);
+        let bn = BatchNorm::default();
+        batchnorm_forward_train(&s, &bn, &x, &[1.0], &[0.0], &mut rm, &mut rv, &mut y, &mut sm, &mut sv).unwrap();
+        assert_eq!((sm[0], sv[0]), (10000.0, 1.0));
+        assert_relative_eq!(y[1], 1.0 / (1.0f32 + 1e-5).sqrt(), max_relative = 1e-6);
+    }
+
+    #[test]
+    fn eval_uses_running_stats() {
+        let bn = BatchNorm { eps: 1e-5, momentum: 0.1 };
+        let s = BatchNormShape { n: 1, c: 2, hw: 2 }; // N = 1 is fine in eval mode
+        let x = [1.0, 2.0, 3.0, -4.0];
+        let mut y = [0.0; 4];
+        batchnorm_forward_eval(&s, &bn, &x, &[2.0, 1.0], &[0.0, 1.0], &[1.0, -1.0], &[4.0, 0.25], &mut y).unwrap();
+        let (i0, i1) = (1.0 / (4.0f32 + 1e-5).sqrt(), 1.0 / (0.25f32 + 1e-5).sqrt());
+        let expected = [0.0, 2.0 * i0, 4.0 * i1 + 1.0, -3.0 * i1 + 1.0];
+        for (a, b) in y.iter().zip(&expected) {
+            assert_relative_eq!(a, b, max_relative = 1e-6);
+        }
+    }
+
+    #[test]
+    fn backward_by_hand() {
+        // One channel {1, 3, 5, 7} (mean 4, var 5), gamma 2, eps 0, dy = {1, 0, 0, 0}.
+        // xhat = {-3, -1, 1, 3} / sqrt(5); dbeta = 1; dgamma = -3/sqrt(5);
+        // dx = 2/sqrt(5) * (dy - 1/4 - xhat * (-3/sqrt(5)) / 4) = 2/sqrt(5) * (dy - 1/4 + 3 * {-3, -1, 1, 3} / 20).
+        let s = BatchNormShape { n: 4, c: 1, hw: 1 };
+        let bn = BatchNorm { eps: 0.0, momentum: 0.1 };
+        let (mut dx, mut dg, mut db) = ([0.0; 4], [0.0], [0.0]);
+        let dy = [1.0, 0.0, 0.0, 0.0];
+        batchnorm_backward(
+            &s,
+            &bn,
+            &[1.0, 3.0, 5.0, 7.0],
+            &[2.0],
+            &[4.0],
+            &[5.0],
+            &dy,
+            &mut dx,
+            Some(&mut dg),
+            &mut db,
+        )
+        .unwrap();
+        let r5 = 5.0f32.sqrt();
+        assert_eq!(db, [1.0]);
+        assert_relative_eq!(dg[0], -3.0 / r5, max_relative = 1e-6);
+        let k = 2.0 / r5;
+        let expected = [k * (0.75 - 0.45), k * (-0.25 - 0.15), k * (-0.25 + 0.15), k * (-0.25 + 0.45)];
+        for (a, b) in dx.iter().zip(&expected) {
+            assert_relative_eq!(a, b, max_relative = 1e-5, epsilon = 1e-6);
+        }
+        // dx sums to zero (the mean is subtracted) and a frozen gamma gives the same dx and dbeta.
+        assert!(dx.iter().sum::<f32>().abs() < 1e-6);
+        let (mut dx2, mut db2) = ([0.0; 4], [0.0]);
+        batchnorm_backward(&s, &bn, &[1.0, 3.0, 5.0, 7.0], &[2.0], &[4.0], &[5.0], &dy, &mut dx2, None, &mut db2)
+            .unwrap();
+        assert_eq!((dx, db), (dx2, db2));
+    }
+
+    #[test]
+    fn too_few_values_and_zero_sizes_are_shape_errors() {
+        let bn = BatchNorm::default();
+        let (mut rm, mut rv, mut y, mut sm, mut sv) = ([0.0; 3], [1.0; 3], [0.0; 3], [0.0; 3], [0.0; 3]);
+        let (mut dx, mut dg, mut db) = ([0.0; 3], [0.0; 3], [0.0; 3]);
+        for s in [
+            BatchNormShape { n: 1, c: 3, hw: 1 },
+            BatchNormShape { n: 0, c: 3, hw: 1 },
+            BatchNormShape { n: 3, c: 0, hw: 1 },
+            BatchNormShape { n: 3, c: 1, hw: 0 },
+            BatchNormShape { n: usize::MAX, c: 2, hw: 2 },
+        ] {
+            let e = batchnorm_forward_train(
+                &s, &bn, &[0.0; 3], &[1.0; 3], &[0.0; 3], &mut rm, &mut rv, &mut y, &mut sm, &mut sv,
+            );
+            assert!(matches!(e, Err(Error::Shape { .. })), "{s:?}");
+            let e = batchnorm_backward(
+                &s,
+                &bn,
+                &[0.0; 3],
+                &[1.0; 3],
+                &[0.0; 3],
+                &[1.0; 3],
+                &[0.0; 3],
+                &mut dx,
+                Some(&mut dg),
+                &mut db,
+            );
+            assert!(matches!(e, Err(Error::Shape { .. })), "{s:?}");
+        }
+        // N = 1 but HW = 2: two values per channel is enough (PyTorch agrees for BatchNorm2d).
+        let s = BatchNormShape { n: 1, c: 1, hw: 2 };
+        let (mut y2, mut sm1, mut sv1, mut rm1, mut rv1) = ([0.0; 2], [0.0], [0.0], [0.0], [1.0]);
+        batchnorm_forward_train(&s, &bn, &[1.0, 2.0], &[1.0], &[0.0], &mut rm1, &mut rv1, &mut y2, &mut sm1, &mut sv1)
+            .unwrap();
+        // Eval mode takes N = 1 but still rejects a zero size.
+        let s = BatchNormShape { n: 0, c: 3, hw: 1 };
+        let e = batchnorm_forward_eval(&s, &bn, &[], &[1.0; 3], &[0.0; 3], &[0.0; 3], &[1.0; 3], &mut []);
+        assert!(matches!(e, Err(Error::Shape { .. })));
+        // Nothing was written by the failed calls.
+        assert_eq!((rm, rv, y, sm, sv), ([0.0; 3], [1.0; 3], [0.0; 3], [0.0; 3], [0.0; 3]));
+    }
+
+    #[test]
+    fn bad_lengths_name_the_argument() {
+        let bn = BatchNorm::default();
+        let s = BatchNormShape { n: 2, c: 2, hw: 1 };
+        let x = [0.0; 4];
+        let p = [1.0; 2];
+        let (mut rm, mut rv, mut y, mut sm, mut sv) = ([0.0; 2], [1.0; 2], [0.0; 4], [0.0; 2], [0.0; 2]);
+        let len = |what, expected, got| Err(Error::Length { what, expected, got });
+        let e = batchnorm_forward_train(&s, &bn, &x[1..], &p, &p, &mut rm, &mut rv, &mut y, &mut sm, &mut sv);
+        assert_eq!(e, len("x", 4, 3));
+        let e = batchnorm_forward_train(&s, &bn, &x, &p[1..], &p, &mut rm, &mut rv, &mut y, &mut sm, &mut sv);
+        assert_eq!(e, len("gamma", 2, 1));
+        let e = batchnorm_forward_train(&s, &bn, &x, &p, &[0.0; 3], &mut rm, &mut rv, &mut y, &mut sm, &mut sv);
+        assert_eq!(e, len("beta", 2, 3));
+        let e = batchnorm_forward_train(&s, &bn, &x, &p, &p, &mut rm[1..], &mut rv, &mut y, &mut sm, &mut sv);
+        assert_eq!(e, len("running_mean", 2, 1));
+        let e = batchnorm_forward_train(&s, &bn, &x, &p, &p, &mut rm, &mut rv[1..], &mut y, &mut sm, &mut sv);
+        assert_eq!(e, len("running_var", 2, 1));
+        let e = batchnorm_forward_train(&s, &bn, &x, &p, &p, &mut rm, &mut rv, &mut y[1..], &mut sm, &mut sv);
+        assert_eq!(e, len("y", 4, 3));
+        let e = batchnorm_forward_train(&s, &bn, &x, &p, &p, &mut rm, &mut rv, &mut y, &mut sm[1..], &mut sv);
+        assert_eq!(e, len("save_mean", 2, 1));
+        let e = batchnorm_forward_train(&s, &bn, &x, &p, &p, &mut rm, &mut rv, &mut y, &mut sm, &mut sv[1..]);
+        assert_eq!(e, len("save_var", 2, 1));
+
+        let e = batchnorm_forward_eval(&s, &bn, &x, &p, &p, &p, &p[1..], &mut y);
+        assert_eq!(e, len("running_var", 2, 1));
+        let e = batchnorm_forward_eval(&s, &bn, &x, &p, &p, &p, &p, &mut y[1..]);
+        assert_eq!(e, len("y", 4, 3));
+
+        let (mut dx, mut dg, mut db) = ([0.0; 4], [0.0; 2], [0.0; 2]);
+        let e = batchnorm_backward(&s, &bn, &x, &p, &p, &p, &x[1..], &mut dx, Some(&mut dg), &mut db);
+        assert_eq!(e, len("dy", 4, 3));
+        let e = batchnorm_backward(&s, &bn, &x, &p, &p, &p, &x, &mut dx[1..], Some(&mut dg), &mut db);
+        assert_eq!(e, len("dx", 4, 3));
+        let e = batchnorm_backward(&s, &bn, &x, &p, &p, &p, &x, &mut dx, Some(&mut dg[1..]), &mut db);
+        assert_eq!(e, len("dgamma", 2, 1));
+        let e = batchnorm_backward(&s, &bn, &x, &p, &p, &p, &x, &mut dx, None, &mut db[1..]);
+        assert_eq!(e, len("dbeta", 2, 1));
+        let e = batchnorm_backward(&s, &bn, &x, &p, &p[1..], &p, &x, &mut dx, None, &mut db);
+        assert_eq!(e, len("save_mean", 2, 1));
+    }
 }

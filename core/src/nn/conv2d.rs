@@ -1,4 +1,11 @@
 //! 2-D convolution without bias, as `torch.nn.Conv2d(bias=False)` (square stride and padding).
+//!
+//! The three functions are direct loops ordered for the cache: the innermost loop always runs along one
+//! row of an output (or input) plane, and the range of output positions that touch the input for a given
+//! kernel offset is computed once per row instead of testing every tap against the padding.
+//!
+//! Non-finite values are not scanned for: they propagate into the outputs as IEEE arithmetic makes them.
+//! No function panics: the shape and every slice length are checked before any element is touched.
 
 use crate::error::Error;
 
@@ -26,44 +33,419 @@ pub struct Conv2dShape {
     pub pad: usize,
 }
 
+/// `(size + 2*pad - k) / stride + 1`, or 0 where that is undefined (stride 0, kernel larger than the padded
+/// input). Saturating, so it never panics.
+const fn out_size(size: usize, k: usize, stride: usize, pad: usize) -> usize {
+    let padded = size.saturating_add(pad.saturating_mul(2));
+    if stride == 0 || k == 0 || k > padded {
+        0
+    } else {
+        (padded - k) / stride + 1
+    }
+}
+
 impl Conv2dShape {
-    /// Output height HO.
+    /// Output height HO (0 for a shape [`Conv2dShape::validate`] rejects).
     pub const fn out_h(&self) -> usize {
-        todo!()
+        out_size(self.h, self.kh, self.stride, self.pad)
     }
-    /// Output width WO.
+    /// Output width WO (0 for a shape [`Conv2dShape::validate`] rejects).
     pub const fn out_w(&self) -> usize {
-        todo!()
+        out_size(self.w, self.kw, self.stride, self.pad)
     }
-    /// Elements of the input, `N*C_IN*H*W`.
+    /// Elements of the input, `N*C_IN*H*W` (saturating at `usize::MAX`, which no slice can match).
     pub const fn input_len(&self) -> usize {
-        todo!()
+        self.n.saturating_mul(self.c_in).saturating_mul(self.h).saturating_mul(self.w)
     }
-    /// Elements of the weight, `C_OUT*C_IN*KH*KW`.
+    /// Elements of the weight, `C_OUT*C_IN*KH*KW` (saturating at `usize::MAX`, which no slice can match).
     pub const fn weight_len(&self) -> usize {
-        todo!()
+        self.c_out.saturating_mul(self.c_in).saturating_mul(self.kh).saturating_mul(self.kw)
     }
-    /// Elements of the output, `N*C_OUT*HO*WO`.
+    /// Elements of the output, `N*C_OUT*HO*WO` (saturating at `usize::MAX`, which no slice can match).
     pub const fn output_len(&self) -> usize {
-        todo!()
+        self.n.saturating_mul(self.c_out).saturating_mul(self.out_h()).saturating_mul(self.out_w())
     }
     /// Checks that every size is non-zero and the kernel fits the padded input.
+    ///
+    /// Errors ([`Error::Shape`]): a zero size, stride 0, a kernel larger than the padded input, or a tensor
+    /// whose element count does not fit `usize`.
     pub fn validate(&self) -> Result<(), Error> {
-        todo!()
+        let sizes = [self.n, self.c_in, self.h, self.w, self.c_out, self.kh, self.kw];
+        if sizes.contains(&0) {
+            return Err(Error::Shape { what: "conv2d: a size (N, C_IN, H, W, C_OUT, KH or KW) is zero" });
+        }
+        if self.stride == 0 {
+            return Err(Error::Shape { what: "conv2d: stride is zero" });
+        }
+        let overflow = Error::Shape { what: "conv2d: a size overflows usize" };
+        let two_pad = self.pad.checked_mul(2).ok_or(overflow)?;
+        let padded_h = self.h.checked_add(two_pad).ok_or(overflow)?;
+        let padded_w = self.w.checked_add(two_pad).ok_or(overflow)?;
+        if self.kh > padded_h || self.kw > padded_w {
+            return Err(Error::Shape { what: "conv2d: kernel larger than the padded input" });
+        }
+        let product = |dims: &[usize]| dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+        product(&[self.n, self.c_in, self.h, self.w]).ok_or(overflow)?;
+        product(&[self.c_out, self.c_in, self.kh, self.kw]).ok_or(overflow)?;
+        product(&[self.n, self.c_out, self.out_h(), self.out_w()]).ok_or(overflow)?;
+        Ok(())
     }
+
+    /// For the kernel row `ki`: the output rows `lo..hi` whose tap `ki` reads a real input row (not padding).
+    /// Input row of output row `oh` is `oh * stride + ki - pad`.
+    #[inline]
+    fn rows_hit(&self, ki: usize) -> (usize, usize) {
+        taps_in_range(ki, self.h, self.out_h(), self.stride, self.pad)
+    }
+
+    /// For the kernel column `kj`: the output columns `lo..hi` whose tap `kj` reads a real input column.
+    #[inline]
+    fn cols_hit(&self, kj: usize) -> (usize, usize) {
+        taps_in_range(kj, self.w, self.out_w(), self.stride, self.pad)
+    }
+}
+
+/// The output positions `o` in `lo..hi` (within `0..out`) for which `o * stride + k - pad` lies in `0..size`.
+/// Requires a validated shape (`stride > 0`, `size + 2 * pad` fits `usize`); `lo <= hi` always.
+#[inline]
+fn taps_in_range(k: usize, size: usize, out: usize, stride: usize, pad: usize) -> (usize, usize) {
+    // o * stride + k >= pad  <=>  o >= ceil((pad - k) / stride)
+    let lo = if k >= pad { 0 } else { (pad - k).div_ceil(stride) };
+    // o * stride + k < size + pad  <=>  o <= (size + pad - k - 1) / stride
+    let hi = if k >= size + pad { 0 } else { ((size + pad - k - 1) / stride + 1).min(out) };
+    (lo.min(hi), hi)
+}
+
+/// `dst[i] += a * src[first + i * stride]` for every `i` of `dst`. Requires the last index in `src`.
+#[inline]
+fn axpy_gather(dst: &mut [f32], a: f32, src: &[f32], first: usize, stride: usize) {
+    if stride == 1 {
+        // Contiguous: a zip of two slices, which the compiler vectorises.
+        let src = &src[first..first + dst.len()];
+        for (d, &v) in dst.iter_mut().zip(src) {
+            *d += a * v;
+        }
+    } else {
+        for (i, d) in dst.iter_mut().enumerate() {
+            *d += a * src[first + i * stride];
+        }
+    }
+}
+
+/// `dst[first + i * stride] += a * src[i]` for every `i` of `src`. Requires the last index in `dst`.
+#[inline]
+fn axpy_scatter(dst: &mut [f32], first: usize, stride: usize, a: f32, src: &[f32]) {
+    if stride == 1 {
+        for (d, &v) in dst[first..first + src.len()].iter_mut().zip(src) {
+            *d += a * v;
+        }
+    } else {
+        for (i, &v) in src.iter().enumerate() {
+            dst[first + i * stride] += a * v;
+        }
+    }
+}
+
+/// `sum_i a[i] * src[first + i * stride]`. Requires the last index in `src`.
+#[inline]
+fn dot_gather(a: &[f32], src: &[f32], first: usize, stride: usize) -> f32 {
+    if stride == 1 {
+        a.iter().zip(&src[first..first + a.len()]).map(|(&p, &q)| p * q).sum()
+    } else {
+        a.iter().enumerate().map(|(i, &p)| p * src[first + i * stride]).sum()
+    }
+}
+
+/// Checks the shape, then each slice against it (`Error::Length` names the first wrong one).
+fn check(s: &Conv2dShape, slices: [(&'static str, usize, usize); 3]) -> Result<(), Error> {
+    s.validate()?;
+    for (what, got, expected) in slices {
+        if got != expected {
+            return Err(Error::Length { what, expected, got });
+        }
+    }
+    Ok(())
 }
 
 /// `y = conv(x, weight)`. Shapes: `x (N, C_IN, H, W)`, `weight (C_OUT, C_IN, KH, KW)`, `y (N, C_OUT, HO, WO)`.
+///
+/// Overwrites `y`. Errors: an invalid shape ([`Error::Shape`], see [`Conv2dShape::validate`]) or a slice of
+/// the wrong length ([`Error::Length`] naming `x`, `weight` or `y`). Non-finite inputs propagate.
 pub fn conv2d_forward(s: &Conv2dShape, x: &[f32], weight: &[f32], y: &mut [f32]) -> Result<(), Error> {
-    todo!()
+    check(
+        s,
+        [("x", x.len(), s.input_len()), ("weight", weight.len(), s.weight_len()), ("y", y.len(), s.output_len())],
+    )?;
+    let (h, w, stride, pad) = (s.h, s.w, s.stride, s.pad);
+    let (ho, wo) = (s.out_h(), s.out_w());
+    let kernel = s.kh * s.kw;
+    // For each output plane (n, co): add every input plane (n, ci) times every tap of weight[co, ci],
+    // one contiguous output row at a time.
+    for (n, y_batch) in y.chunks_exact_mut(s.c_out * ho * wo).enumerate() {
+        let x_batch = &x[n * s.c_in * h * w..][..s.c_in * h * w];
+        for (co, y_plane) in y_batch.chunks_exact_mut(ho * wo).enumerate() {
+            y_plane.fill(0.0);
+            for (ci, x_plane) in x_batch.chunks_exact(h * w).enumerate() {
+                let taps = &weight[(co * s.c_in + ci) * kernel..][..kernel];
+                for ki in 0..s.kh {
+                    let (oh_lo, oh_hi) = s.rows_hit(ki);
+                    for kj in 0..s.kw {
+                        let (ow_lo, ow_hi) = s.cols_hit(kj);
+                        if ow_lo == ow_hi {
+                            continue;
+                        }
+                        // Input column of output column ow_lo; the next ones follow `stride` apart.
+                        let iw_lo = ow_lo * stride + kj - pad;
+                        let tap = taps[ki * s.kw + kj];
+                        for oh in oh_lo..oh_hi {
+                            let ih = oh * stride + ki - pad;
+                            let x_row = &x_plane[ih * w..][..w];
+                            let y_row = &mut y_plane[oh * wo..][..wo];
+                            axpy_gather(&mut y_row[ow_lo..ow_hi], tap, x_row, iw_lo, stride);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Gradient with respect to the input: `dx (N, C_IN, H, W)` from `dy (N, C_OUT, HO, WO)` and `weight`. Overwrites `dx`.
+///
+/// Input positions no tap reads (possible when `stride > KH`) get 0. Errors as [`conv2d_forward`]
+/// ([`Error::Length`] naming `dy`, `weight` or `dx`). Non-finite inputs propagate.
 pub fn conv2d_backward_data(s: &Conv2dShape, dy: &[f32], weight: &[f32], dx: &mut [f32]) -> Result<(), Error> {
-    todo!()
+    check(
+        s,
+        [("dy", dy.len(), s.output_len()), ("weight", weight.len(), s.weight_len()), ("dx", dx.len(), s.input_len())],
+    )?;
+    let (h, w, stride, pad) = (s.h, s.w, s.stride, s.pad);
+    let (ho, wo) = (s.out_h(), s.out_w());
+    let kernel = s.kh * s.kw;
+    // The transpose of the forward pass: each output-gradient row is scattered back through every tap
+    // into the input-gradient plane (n, ci).
+    for (n, dx_batch) in dx.chunks_exact_mut(s.c_in * h * w).enumerate() {
+        let dy_batch = &dy[n * s.c_out * ho * wo..][..s.c_out * ho * wo];
+        for (ci, dx_plane) in dx_batch.chunks_exact_mut(h * w).enumerate() {
+            dx_plane.fill(0.0);
+            for (co, dy_plane) in dy_batch.chunks_exact(ho * wo).enumerate() {
+                let taps = &weight[(co * s.c_in + ci) * kernel..][..kernel];
+                for ki in 0..s.kh {
+                    let (oh_lo, oh_hi) = s.rows_hit(ki);
+                    for kj in 0..s.kw {
+                        let (ow_lo, ow_hi) = s.cols_hit(kj);
+                        if ow_lo == ow_hi {
+                            continue;
+                        }
+                        let iw_lo = ow_lo * stride + kj - pad;
+                        let tap = taps[ki * s.kw + kj];
+                        for oh in oh_lo..oh_hi {
+                            let ih = oh * stride + ki - pad;
+                            let dy_row = &dy_plane[oh * wo..][..wo];
+                            let dx_row = &mut dx_plane[ih * w..][..w];
+                            axpy_scatter(dx_row, iw_lo, stride, tap, &dy_row[ow_lo..ow_hi]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Gradient with respect to the weight: `dweight (C_OUT, C_IN, KH, KW)` from `dy` and `x`. Overwrites `dweight`.
+///
+/// Shapes: `dy (N, C_OUT, HO, WO)`, `x (N, C_IN, H, W)`. Each tap is summed over one sample's output plane,
+/// then over the batch. Errors as [`conv2d_forward`] ([`Error::Length`] naming `dy`, `x` or `dweight`).
+/// Non-finite inputs propagate.
 pub fn conv2d_backward_weight(s: &Conv2dShape, dy: &[f32], x: &[f32], dweight: &mut [f32]) -> Result<(), Error> {
-    todo!()
+    check(
+        s,
+        [("dy", dy.len(), s.output_len()), ("x", x.len(), s.input_len()), ("dweight", dweight.len(), s.weight_len())],
+    )?;
+    let (h, w, stride, pad) = (s.h, s.w, s.stride, s.pad);
+    let (ho, wo) = (s.out_h(), s.out_w());
+    let kernel = s.kh * s.kw;
+    dweight.fill(0.0);
+    for n in 0..s.n {
+        let x_batch = &x[n * s.c_in * h * w..][..s.c_in * h * w];
+        let dy_batch = &dy[n * s.c_out * ho * wo..][..s.c_out * ho * wo];
+        for (co, dy_plane) in dy_batch.chunks_exact(ho * wo).enumerate() {
+            for (ci, x_plane) in x_batch.chunks_exact(h * w).enumerate() {
+                let taps = &mut dweight[(co * s.c_in + ci) * kernel..][..kernel];
+                for ki in 0..s.kh {
+                    let (oh_lo, oh_hi) = s.rows_hit(ki);
+                    for kj in 0..s.kw {
+                        let (ow_lo, ow_hi) = s.cols_hit(kj);
+                        if ow_lo == ow_hi {
+                            continue;
+                        }
+                        let iw_lo = ow_lo * stride + kj - pad;
+                        let mut acc = 0.0f32;
+                        for oh in oh_lo..oh_hi {
+                            let ih = oh * stride + ki - pad;
+                            let x_row = &x_plane[ih * w..][..w];
+                            let dy_row = &dy_plane[oh * wo..][..wo];
+                            acc += dot_gather(&dy_row[ow_lo..ow_hi], x_row, iw_lo, stride);
+                        }
+                        taps[ki * s.kw + kj] += acc;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(
+        n: usize,
+        c_in: usize,
+        hw: (usize, usize),
+        c_out: usize,
+        k: (usize, usize),
+        stride: usize,
+        pad: usize,
+    ) -> Conv2dShape {
+        Conv2dShape { n, c_in, h: hw.0, w: hw.1, c_out, kh: k.0, kw: k.1, stride, pad }
+    }
+
+    #[test]
+    fn output_sizes() {
+        let s = shape(1, 1, (13, 13), 1, (3, 3), 2, 1);
+        assert_eq!((s.out_h(), s.out_w()), (7, 7));
+        let s = shape(1, 1, (112, 112), 1, (3, 3), 1, 1);
+        assert_eq!((s.out_h(), s.out_w()), (112, 112));
+        let s = shape(1, 1, (112, 112), 1, (3, 3), 2, 1);
+        assert_eq!((s.out_h(), s.out_w()), (56, 56));
+        let s = shape(2, 3, (13, 12), 4, (1, 1), 2, 0);
+        assert_eq!((s.out_h(), s.out_w()), (7, 6));
+        assert_eq!((s.input_len(), s.weight_len(), s.output_len()), (2 * 3 * 13 * 12, 4 * 3, 2 * 4 * 7 * 6));
+        let s = shape(1, 1, (9, 11), 1, (5, 3), 3, 2);
+        assert_eq!((s.out_h(), s.out_w()), (3, 5)); // (9 + 4 - 5) / 3 + 1, (11 + 4 - 3) / 3 + 1
+    }
+
+    #[test]
+    fn identity_kernel_copies_the_input() {
+        // A 3x3 kernel with a single 1 in the centre, stride 1, pad 1: y == x.
+        let s = shape(1, 1, (3, 4), 1, (3, 3), 1, 1);
+        let x: [f32; 12] = core::array::from_fn(|i| i as f32 + 1.0);
+        let mut weight = [0.0; 9];
+        weight[4] = 1.0;
+        let mut y = [f32::NAN; 12];
+        conv2d_forward(&s, &x, &weight, &mut y).unwrap();
+        assert_eq!(y, x);
+    }
+
+    #[test]
+    fn box_filter_with_padding_by_hand() {
+        // x = [[1, 2, 3], [4, 5, 6], [7, 8, 9]], all-ones 3x3 kernel, pad 1, stride 1:
+        // each output is the sum of the (zero-padded) 3x3 neighbourhood.
+        let s = shape(1, 1, (3, 3), 1, (3, 3), 1, 1);
+        let x = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0];
+        let mut y = [0.0; 9];
+        conv2d_forward(&s, &x, &[1.0; 9], &mut y).unwrap();
+        assert_eq!(y, [12.0, 21.0, 16.0, 27.0, 45.0, 33.0, 24.0, 39.0, 28.0]);
+        // Stride 2 keeps the corners.
+        let s2 = Conv2dShape { stride: 2, ..s };
+        let mut y2 = [0.0; 4];
+        conv2d_forward(&s2, &x, &[1.0; 9], &mut y2).unwrap();
+        assert_eq!(y2, [12.0, 16.0, 24.0, 28.0]);
+    }
+
+    #[test]
+    fn channels_and_batch_by_hand() {
+        // N=2, C_IN=2, 2x2 input, C_OUT=2, 1x1 kernel: y[n, co] = sum_ci w[co, ci] * x[n, ci].
+        let s = shape(2, 2, (2, 2), 2, (1, 1), 1, 0);
+        let x = [1.0, 2.0, 3.0, 4.0, 10.0, 20.0, 30.0, 40.0, -1.0, 0.0, 1.0, 2.0, 0.5, 0.5, 0.5, 0.5];
+        let weight = [1.0, 2.0, -1.0, 0.5];
+        let mut y = [0.0; 16];
+        conv2d_forward(&s, &x, &weight, &mut y).unwrap();
+        assert_eq!(y, [21.0, 42.0, 63.0, 84.0, 4.0, 8.0, 12.0, 16.0, 0.0, 1.0, 2.0, 3.0, 1.25, 0.25, -0.75, -1.75]);
+    }
+
+    #[test]
+    fn backward_by_hand() {
+        // 1 channel, 3x3 input, 2x2 kernel, stride 1, pad 0 -> 2x2 output.
+        let s = shape(1, 1, (3, 3), 1, (2, 2), 1, 0);
+        let x = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0];
+        let weight = [1.0, 2.0, 3.0, 4.0];
+        // Forward is a cross-correlation (PyTorch), not a flipped convolution: y[0, 0] = 1*1 + 2*2 + 3*4 + 4*5.
+        let mut y = [0.0; 4];
+        conv2d_forward(&s, &x, &weight, &mut y).unwrap();
+        assert_eq!(y, [37.0, 47.0, 67.0, 77.0]);
+        let dy = [1.0, 0.0, 0.0, -1.0];
+        // dx = full correlation of dy with the kernel: dy[0,0] spreads w at (0..2, 0..2), dy[1,1] spreads -w at (1..3, 1..3).
+        let mut dx = [f32::NAN; 9];
+        conv2d_backward_data(&s, &dy, &weight, &mut dx).unwrap();
+        assert_eq!(dx, [1.0, 2.0, 0.0, 3.0, 3.0, -2.0, 0.0, -3.0, -4.0]);
+        // dw[ki, kj] = x[ki, kj] - x[ki + 1, kj + 1].
+        let mut dw = [f32::NAN; 4];
+        conv2d_backward_weight(&s, &dy, &x, &mut dw).unwrap();
+        assert_eq!(dw, [-4.0, -4.0, -4.0, -4.0]);
+    }
+
+    #[test]
+    fn stride_larger_than_kernel_leaves_unread_inputs_at_zero() {
+        // 1x1 kernel, stride 2, 3x3 input: only the corners and centre-edges at even positions are read.
+        let s = shape(1, 1, (3, 3), 1, (1, 1), 2, 0);
+        let mut dx = [f32::NAN; 9];
+        conv2d_backward_data(&s, &[1.0, 2.0, 3.0, 4.0], &[2.0], &mut dx).unwrap();
+        assert_eq!(dx, [2.0, 0.0, 4.0, 0.0, 0.0, 0.0, 6.0, 0.0, 8.0]);
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        let good = shape(1, 2, (4, 4), 3, (3, 3), 1, 1);
+        assert_eq!(good.validate(), Ok(()));
+        for bad in [
+            Conv2dShape { n: 0, ..good },
+            Conv2dShape { c_in: 0, ..good },
+            Conv2dShape { h: 0, ..good },
+            Conv2dShape { w: 0, ..good },
+            Conv2dShape { c_out: 0, ..good },
+            Conv2dShape { kh: 0, ..good },
+            Conv2dShape { kw: 0, ..good },
+            Conv2dShape { stride: 0, ..good },
+            Conv2dShape { kh: 7, ..good },
+            Conv2dShape { kw: 5, pad: 0, ..good },
+            Conv2dShape { pad: usize::MAX, ..good },
+            Conv2dShape { n: usize::MAX, c_in: usize::MAX, ..good },
+        ] {
+            assert!(matches!(bad.validate(), Err(Error::Shape { .. })), "{bad:?}");
+            // Never a panic, whatever the buffers.
+            let mut out = [0.0; 4];
+            assert!(matches!(conv2d_forward(&bad, &[0.0; 4], &[0.0; 4], &mut out), Err(Error::Shape { .. })));
+            assert!(matches!(conv2d_backward_data(&bad, &[0.0; 4], &[0.0; 4], &mut out), Err(Error::Shape { .. })));
+            assert!(matches!(conv2d_backward_weight(&bad, &[0.0; 4], &[0.0; 4], &mut out), Err(Error::Shape { .. })));
+            let _ = (bad.out_h(), bad.out_w(), bad.input_len(), bad.weight_len(), bad.output_len());
+        }
+        // Kernel exactly as large as the padded input is fine: one output.
+        let fits = shape(1, 1, (2, 2), 1, (4, 4), 1, 1);
+        assert_eq!(fits.validate(), Ok(()));
+        assert_eq!((fits.out_h(), fits.out_w()), (1, 1));
+    }
+
+    #[test]
+    fn bad_lengths_name_the_argument() {
+        let s = shape(2, 2, (4, 4), 3, (3, 3), 2, 1); // x 64, weight 54, y 2*3*2*2 = 24
+        let (x, wt, y) = ([0.0; 64], [0.0; 54], [0.0; 24]);
+        let (mut xm, mut wm, mut ym) = ([0.0; 64], [0.0; 54], [0.0; 24]);
+        let len = |what, expected, got| Err(Error::Length { what, expected, got });
+        assert_eq!(conv2d_forward(&s, &x[1..], &wt, &mut ym), len("x", 64, 63));
+        assert_eq!(conv2d_forward(&s, &x, &wt[1..], &mut ym), len("weight", 54, 53));
+        assert_eq!(conv2d_forward(&s, &x, &wt, &mut ym[1..]), len("y", 24, 23));
+        assert_eq!(conv2d_backward_data(&s, &y[1..], &wt, &mut xm), len("dy", 24, 23));
+        assert_eq!(conv2d_backward_data(&s, &y, &wt[1..], &mut xm), len("weight", 54, 53));
+        assert_eq!(conv2d_backward_data(&s, &y, &wt, &mut xm[1..]), len("dx", 64, 63));
+        assert_eq!(conv2d_backward_weight(&s, &y[1..], &x, &mut wm), len("dy", 24, 23));
+        assert_eq!(conv2d_backward_weight(&s, &y, &x[1..], &mut wm), len("x", 64, 63));
+        assert_eq!(conv2d_backward_weight(&s, &y, &x, &mut wm[1..]), len("dweight", 54, 53));
+        // Untouched on error.
+        assert_eq!(ym, [0.0; 24]);
+    }
 }

@@ -1,14 +1,35 @@
 //! PReLU with one slope per channel, as `torch.nn.PReLU(C)`.
+//!
+//! Non-finite values are not scanned for: they propagate as IEEE arithmetic makes them (a NaN input is
+//! not `> 0`, so it takes the negative branch). No function panics: the shape and every slice length are
+//! checked before any element is touched.
 
 use super::BatchNormShape as ChannelShape;
-use crate::error::Error;
+use crate::error::{check_len, Error};
 
 /// `y = x` where `x > 0`, else `alpha[c] * x`. Shapes: `x`, `y` `(N, C, HW)`; `alpha (C)`.
+///
+/// Errors: [`Error::Shape`] for a zero size ([`ChannelShape::validate`]), [`Error::Length`] naming `x`,
+/// `alpha` or `y`.
 pub fn prelu_forward(s: &ChannelShape, x: &[f32], alpha: &[f32], y: &mut [f32]) -> Result<(), Error> {
-    todo!()
+    s.validate()?;
+    check_len("x", x, s.len())?;
+    check_len("alpha", alpha, s.c)?;
+    check_len("y", y, s.len())?;
+    // Planes of HW elements in memory order: plane i belongs to channel i % C.
+    for (i, (y_plane, x_plane)) in y.chunks_exact_mut(s.hw).zip(x.chunks_exact(s.hw)).enumerate() {
+        let a = alpha[i % s.c];
+        for (yv, &xv) in y_plane.iter_mut().zip(x_plane) {
+            *yv = if xv > 0.0 { xv } else { a * xv };
+        }
+    }
+    Ok(())
 }
 
 /// Backward: `dx = dy` where `x > 0`, else `alpha * dy`; `dalpha[c] = sum over x <= 0 of x * dy`.
+///
+/// Shapes: `x`, `dy`, `dx` `(N, C, HW)`; `alpha`, `dalpha` `(C)`. Overwrites `dx` and `dalpha` (each channel
+/// summed per plane, then over the batch). Errors as [`prelu_forward`]; [`Error::Length`] names the slice.
 pub fn prelu_backward(
     s: &ChannelShape,
     x: &[f32],
@@ -17,5 +38,69 @@ pub fn prelu_backward(
     dx: &mut [f32],
     dalpha: &mut [f32],
 ) -> Result<(), Error> {
-    todo!()
+    s.validate()?;
+    check_len("x", x, s.len())?;
+    check_len("alpha", alpha, s.c)?;
+    check_len("dy", dy, s.len())?;
+    check_len("dx", dx, s.len())?;
+    check_len("dalpha", dalpha, s.c)?;
+    dalpha.fill(0.0);
+    let planes = dx.chunks_exact_mut(s.hw).zip(x.chunks_exact(s.hw)).zip(dy.chunks_exact(s.hw));
+    for (i, ((dx_plane, x_plane), dy_plane)) in planes.enumerate() {
+        let c = i % s.c;
+        let a = alpha[c];
+        let mut partial = 0.0f32;
+        for ((d, &xv), &g) in dx_plane.iter_mut().zip(x_plane).zip(dy_plane) {
+            if xv > 0.0 {
+                *d = g;
+            } else {
+                *d = a * g;
+                partial += xv * g;
+            }
+        }
+        dalpha[c] += partial;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: ChannelShape = ChannelShape { n: 2, c: 2, hw: 2 };
+    const X: [f32; 8] = [1.0, -2.0, -1.0, 0.0, 3.0, -4.0, 2.0, -0.5];
+    const ALPHA: [f32; 2] = [0.25, -1.0];
+
+    #[test]
+    fn forward_by_hand() {
+        let mut y = [f32::NAN; 8];
+        prelu_forward(&S, &X, &ALPHA, &mut y).unwrap();
+        assert_eq!(y, [1.0, -0.5, 1.0, 0.0, 3.0, -1.0, 2.0, 0.5]);
+    }
+
+    #[test]
+    fn backward_by_hand() {
+        let dy = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0];
+        let (mut dx, mut da) = ([f32::NAN; 8], [f32::NAN; 2]);
+        prelu_backward(&S, &X, &ALPHA, &dy, &mut dx, &mut da).unwrap();
+        assert_eq!(dx, [1.0, 0.5, -3.0, -4.0, 5.0, 1.5, 7.0, -8.0]);
+        // Channel 0: x <= 0 at -2 (dy 2) and -4 (dy 6): -4 - 24 = -28.
+        // Channel 1: x <= 0 at -1 (dy 3), 0 (dy 4) and -0.5 (dy 8): -3 + 0 - 4 = -7.
+        assert_eq!(da, [-28.0, -7.0]);
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        let len = |what, expected, got| Err(Error::Length { what, expected, got });
+        let (mut y, mut dx, mut da) = ([0.0; 8], [0.0; 8], [0.0; 2]);
+        assert_eq!(prelu_forward(&S, &X[1..], &ALPHA, &mut y), len("x", 8, 7));
+        assert_eq!(prelu_forward(&S, &X, &ALPHA[1..], &mut y), len("alpha", 2, 1));
+        assert_eq!(prelu_forward(&S, &X, &ALPHA, &mut y[1..]), len("y", 8, 7));
+        assert_eq!(prelu_backward(&S, &X, &ALPHA, &X[1..], &mut dx, &mut da), len("dy", 8, 7));
+        assert_eq!(prelu_backward(&S, &X, &ALPHA, &X, &mut dx[1..], &mut da), len("dx", 8, 7));
+        assert_eq!(prelu_backward(&S, &X, &ALPHA, &X, &mut dx, &mut da[1..]), len("dalpha", 2, 1));
+        let zero = ChannelShape { n: 2, c: 2, hw: 0 };
+        assert!(matches!(prelu_forward(&zero, &[], &ALPHA, &mut []), Err(Error::Shape { .. })));
+        assert!(matches!(prelu_backward(&zero, &[], &ALPHA, &[], &mut [], &mut da), Err(Error::Shape { .. })));
+    }
 }

@@ -1,8 +1,224 @@
-//! TODO
+//! `iresnet_tiny.safetensors`: a tiny iResNet with an ElasticFace head, trained three SGD steps by PyTorch in
+//! float64 (inputs and parameters rounded to f32 first). We load `init.*`, run the same three steps through the
+//! core's CPU trainer in f32 and compare:
+//! - step 0: embeddings (batch statistics), loss, backbone gradient norm, every gradient after clipping, every
+//!   parameter and running statistic after the update;
+//! - steps 1 and 2: embeddings, loss and gradient norm;
+//! - the final parameters and running statistics, and the eval-mode embeddings of a fresh batch.
+//!
+//! The network's config comes from the file's manifest, so other files of the same format can be checked.
 
-use crate::reference::{Check, ReferenceFile};
+use anyhow::{anyhow, bail, Context, Result};
+use elasticface_core::margin::{MarginConfig, MarginKind, PlusAssignment};
+use elasticface_core::model::{IResNetConfig, StepConfig, TensorKind, Trainer, TrainerLayout};
+use elasticface_core::nn::{BatchNorm, Sgd};
+use serde_json::Value;
 
-/// Runs the file through the core and compares every tensor.
-pub fn check_cpu(_file: &ReferenceFile) -> Vec<Check> {
-    vec![Check::failed("todo", "not written yet")]
+use crate::reference::{Check, ReferenceFile, Tolerance};
+
+// Tolerances. The reference is float64 autograd; we compute in f32 with another summation order, so every tensor
+// carries f32 rounding (~6e-8 relative per operation) accumulated through the network: batch norm divides by the
+// batch standard deviation (the last stage normalises over only 6 x 2 x 2 = 24 values) and the head multiplies
+// cosines by s = 64. Measured on x86-64, every tensor's largest error is 1e-7..1e-5 of the tensor's largest value
+// (the `max_rel` column of the selftest); each bound below is 5-15x the largest error measured for its family,
+// far below what a real mistake (a wrong index, a missing term, a wrong momentum) produces: 1e-2 and up.
+
+/// Embeddings (values ~1): a ~30-layer forward pass in f32; measured 9e-6 at step 2.
+const FORWARD: Tolerance = Tolerance::new(2e-5, 2e-4);
+/// The loss (~60) and the backbone gradient norm (~400): one reduction over the batch; measured 4e-7 and 1.2e-6
+/// relative.
+const SCALAR: Tolerance = Tolerance::new(0.0, 1e-5);
+/// Backbone gradients after clipping (values up to ~0.3): the backward pass doubles the depth; measured 7e-7.
+const GRADIENT: Tolerance = Tolerance::new(5e-6, 1e-4);
+/// The head gradient reaches ~250: the gradient with respect to a raw class centre is the one with respect to the
+/// unit centre divided by the centre's norm, ~0.04 after `N(0, 0.01)` init; measured 3.1e-4 (1.2e-6 of the scale).
+const HEAD_GRADIENT: Tolerance = Tolerance::new(3e-3, 1e-4);
+/// Backbone parameters after one update move by lr * (gradient + decay); measured 7e-8.
+const PARAMETER: Tolerance = Tolerance::new(1e-6, 1e-5);
+/// Running statistics mix in the batch statistics with momentum 0.1 (running_var with the unbiased variance);
+/// measured 6e-8.
+const RUNNING: Tolerance = Tolerance::new(1e-6, 1e-5);
+/// The head after one update (values up to ~25, from the large head gradient); measured 3.1e-5.
+const HEAD_PARAMETER: Tolerance = Tolerance::new(3e-4, 1e-5);
+/// Backbone parameters and running statistics after three steps carry three rounds of the above; measured 8.4e-7.
+const FINAL: Tolerance = Tolerance::new(5e-6, 5e-5);
+/// The head after three steps (values up to ~70); measured 1.7e-4.
+const HEAD_FINAL: Tolerance = Tolerance::new(2e-3, 5e-5);
+/// Eval-mode embeddings of the final network (running statistics); measured 1.8e-6.
+const EVAL: Tolerance = Tolerance::new(2e-5, 2e-4);
+
+/// The network, loss and optimizer described by the file's manifest.
+struct Setup {
+    cfg: IResNetConfig,
+    classes: usize,
+    batch: usize,
+    steps: usize,
+    step: StepConfig,
+}
+
+fn usize_at(v: &Value, key: &str) -> Result<usize> {
+    v.get(key).and_then(Value::as_u64).map(|x| x as usize).ok_or_else(|| anyhow!("manifest: `{key}` is missing"))
+}
+
+fn f32_at(v: &Value, key: &str) -> Result<f32> {
+    v.get(key).and_then(Value::as_f64).map(|x| x as f32).ok_or_else(|| anyhow!("manifest: `{key}` is missing"))
+}
+
+fn four(v: &Value, key: &str) -> Result<[usize; 4]> {
+    let a: Vec<usize> = v
+        .get(key)
+        .and_then(Value::as_array)
+        .ok_or_else(|| anyhow!("manifest: `{key}` is missing"))?
+        .iter()
+        .map(|x| x.as_u64().map(|x| x as usize).ok_or_else(|| anyhow!("manifest: `{key}` must hold integers")))
+        .collect::<Result<_>>()?;
+    a.try_into().map_err(|_| anyhow!("manifest: `{key}` must have 4 entries"))
+}
+
+impl Setup {
+    fn from_manifest(meta: &Value) -> Result<Self> {
+        let hw = meta.get("input_hw").and_then(Value::as_array).ok_or_else(|| anyhow!("manifest: no `input_hw`"))?;
+        let dim = |i: usize| hw.get(i).and_then(Value::as_u64).map(|x| x as usize);
+        let (Some(input_h), Some(input_w)) = (dim(0), dim(1)) else { bail!("manifest: `input_hw` needs 2 sizes") };
+        let cfg = IResNetConfig {
+            layers: four(meta, "layers")?,
+            widths: four(meta, "widths")?,
+            input_h,
+            input_w,
+            embedding: usize_at(meta, "embedding")?,
+        };
+        cfg.validate().context("manifest describes an invalid network")?;
+        let loss = meta.get("loss").ok_or_else(|| anyhow!("manifest: no `loss`"))?;
+        let kind = match loss.get("kind").and_then(Value::as_str) {
+            Some("arc") => MarginKind::Arc,
+            Some("cos") => MarginKind::Cos,
+            other => bail!("manifest: loss kind {other:?} is neither \"arc\" nor \"cos\""),
+        };
+        let margin = MarginConfig {
+            kind,
+            s: f32_at(loss, "s")?,
+            m: f32_at(loss, "m")?,
+            sigma: f32_at(loss, "std")?,
+            plus: PlusAssignment::None, // the manifest's margins are already assigned per sample
+        };
+        let opt = meta.get("optimizer").ok_or_else(|| anyhow!("manifest: no `optimizer`"))?;
+        let step = StepConfig {
+            margin,
+            sgd: Sgd {
+                lr: f32_at(opt, "lr")?,
+                momentum: f32_at(opt, "momentum")?,
+                weight_decay: f32_at(opt, "weight_decay")?,
+            },
+            clip_norm: f32_at(opt, "backbone_clip_grad_norm")?,
+            bn: BatchNorm::default(),
+        };
+        Ok(Self {
+            cfg,
+            classes: usize_at(meta, "classes")?,
+            batch: usize_at(meta, "batch")?,
+            steps: usize_at(meta, "steps")?,
+            step,
+        })
+    }
+}
+
+/// Runs the file through the core's CPU trainer and compares every tensor.
+pub fn check_cpu(file: &ReferenceFile) -> Vec<Check> {
+    let mut checks = Vec::new();
+    if let Err(e) = run(file, &mut checks) {
+        checks.push(Check::failed("iresnet_tiny", format!("{e:#}")));
+    }
+    checks
+}
+
+fn run(file: &ReferenceFile, checks: &mut Vec<Check>) -> Result<()> {
+    let setup = Setup::from_manifest(&file.meta)?;
+    let (cfg, b) = (setup.cfg, setup.batch);
+    let layout = TrainerLayout::new(&cfg, b, setup.classes)?;
+    let mut arena = vec![0.0f32; layout.arena_len()];
+    let mut order = vec![0u32; b];
+    let mut trainer = Trainer::new(layout, setup.step, &mut arena, &mut order)?;
+
+    // Every tensor of our state must come from the file: load `init.*`.
+    for t in cfg.tensors() {
+        let want = file.f32(&format!("init.{t}"))?;
+        if want.len() != t.len {
+            bail!("init.{t} has {} elements, the manifest's network needs {}", want.len(), t.len);
+        }
+        trainer.state_mut()[t.range()].copy_from_slice(want);
+    }
+    let head = file.f32("init.head.weight")?;
+    if head.len() != trainer.head().len() {
+        bail!("init.head.weight has {} elements, expected {}", head.len(), trainer.head().len());
+    }
+    trainer.head_mut().copy_from_slice(head);
+
+    for step in 0..setup.steps {
+        let p = format!("step{step}.");
+        let input = file.f32(&format!("{p}input"))?;
+        let labels = file.labels(&format!("{p}labels"))?;
+        let margins = file.f32(&format!("{p}margins"))?;
+        let report = trainer.step(input, &labels, margins).with_context(|| format!("step {step}"))?;
+        checks.push(Check::compare(
+            format!("{p}embeddings"),
+            trainer.embeddings(),
+            file.f32(&format!("{p}embeddings"))?,
+            FORWARD,
+        ));
+        checks.push(Check::compare(format!("{p}loss"), &[report.loss], file.f32(&format!("{p}loss"))?, SCALAR));
+        let norm_key = format!("{p}backbone_grad_norm");
+        checks.push(Check::compare(norm_key.clone(), &[report.grad_norm], file.f32(&norm_key)?, SCALAR));
+        if step == 0 {
+            for t in cfg.tensors().filter(|t| t.kind == TensorKind::Trainable) {
+                let key = format!("step0.grad.{t}");
+                checks.push(Check::compare(key.clone(), &trainer.grads()[t.range()], file.f32(&key)?, GRADIENT));
+            }
+            let key = "step0.grad.head.weight";
+            checks.push(Check::compare(key, trainer.head_grad(), file.f32(key)?, HEAD_GRADIENT));
+            let tol = StateTolerance { params: PARAMETER, running: RUNNING, head: HEAD_PARAMETER };
+            compare_state(file, &trainer, "after_step0", tol, checks)?;
+        }
+    }
+    let tol = StateTolerance { params: FINAL, running: FINAL, head: HEAD_FINAL };
+    compare_state(file, &trainer, "final", tol, checks)?;
+
+    let input = file.f32("eval.input")?;
+    let n = input.len() / cfg.input_len();
+    let mut emb = vec![0.0f32; n * cfg.embedding];
+    trainer.embed(n, input, &mut emb).context("eval-mode forward")?;
+    checks.push(Check::compare("eval.embeddings", &emb, file.f32("eval.embeddings")?, EVAL));
+    Ok(())
+}
+
+/// Tolerances of a state snapshot.
+struct StateTolerance {
+    params: Tolerance,
+    running: Tolerance,
+    head: Tolerance,
+}
+
+/// Compares every state tensor, the head and `num_batches_tracked` with `{prefix}.*`.
+fn compare_state(
+    file: &ReferenceFile,
+    trainer: &Trainer<'_>,
+    prefix: &str,
+    tol: StateTolerance,
+    checks: &mut Vec<Check>,
+) -> Result<()> {
+    let cfg = trainer.layout().cfg;
+    for t in cfg.tensors() {
+        let key = format!("{prefix}.{t}");
+        let t_tol = if t.kind == TensorKind::RunningStat { tol.running } else { tol.params };
+        checks.push(Check::compare(key.clone(), &trainer.state()[t.range()], file.f32(&key)?, t_tol));
+    }
+    let key = format!("{prefix}.head.weight");
+    checks.push(Check::compare(key.clone(), trainer.head(), file.f32(&key)?, tol.head));
+    // Every batch norm counts the training steps; check them all against our counter.
+    let counters: Vec<&str> =
+        file.keys().into_iter().filter(|k| k.starts_with(prefix) && k.ends_with(".num_batches_tracked")).collect();
+    let mismatched = counters.iter().filter(|k| file.i64(k).map(|v| v != [trainer.steps() as i64]).unwrap_or(true));
+    let bad = mismatched.count();
+    let name = format!("{prefix}.*.num_batches_tracked ({} counters)", counters.len());
+    checks.push(Check::exact(name, bad as f64, 0.0));
+    Ok(())
 }
