@@ -6,5 +6,6 @@
 //! - [`selftest`]: runs the PyTorch reference vectors through the core (and, later, the GPU trainer) and
 //!   reports each tensor's error.
 
+pub mod gpu;
 pub mod reference;
 pub mod selftest;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 
+use elasticface::gpu::{adapters, AdapterLine, Gpu, GpuOptions};
 use elasticface::selftest;
 
 /// ElasticFace: train and check face-recognition networks with elastic margin losses.
@@ -18,6 +19,15 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// List the GPU adapters, the one elasticface would use, its features and limits.
+    ///
+    /// `WGPU_BACKEND` (vulkan, metal, dx12) restricts the backends; `--adapter` or `WGPU_ADAPTER_NAME` picks an
+    /// adapter by (part of) its name.
+    Info {
+        /// Use the first adapter whose name contains this (case-insensitive).
+        #[arg(long, value_name = "NAME")]
+        adapter: Option<String>,
+    },
     /// Check this build against the PyTorch reference vectors, tensor by tensor.
     ///
     /// Prints each tensor's largest absolute error and its error relative to the tensor's scale, the
@@ -35,6 +45,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    quiet_vulkan_loader();
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
@@ -46,6 +57,19 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Info { adapter } => {
+            let found = adapters();
+            println!("adapters ({}):", found.len());
+            for a in &found {
+                println!("  {}", AdapterLine(a.clone()));
+            }
+            let mut opts = GpuOptions::from_env();
+            opts.adapter_name = adapter.or(opts.adapter_name);
+            let gpu = Gpu::new(&opts)?;
+            println!("chosen: {}", AdapterLine(gpu.info.clone()));
+            println!("{}", gpu.caps);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Selftest { cpu, reference } => {
             if !cpu {
                 bail!("the GPU selftest needs the GPU trainer, which this build does not have yet; run `elasticface selftest --cpu`");
@@ -67,5 +91,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         }
+    }
+}
+
+/// The Vulkan loader complains on every start when `XDG_RUNTIME_DIR` is unset (containers, CI): give it a private
+/// folder. Runs first in `main`, before any other thread exists.
+fn quiet_vulkan_loader() {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_some() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("elasticface-runtime-{}", std::process::id()));
+    if std::fs::create_dir_all(&dir).is_ok() {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+        }
+        std::env::set_var("XDG_RUNTIME_DIR", &dir);
     }
 }

@@ -1,8 +1,54 @@
 //! Shared helpers of the cross-crate tests (the tests themselves are in `tests/tests/`).
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use elasticface::gpu::{Gpu, GpuOptions};
 
 /// The folder of the PyTorch reference vectors shipped with the repository (`tests/data/reference`).
 pub fn reference_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data").join("reference")
+}
+
+/// The GPU the kernel tests run on, created once per test process with runtime bounds checks on.
+///
+/// Where no adapter exists this prints why the test is skipped and returns `None`, unless
+/// `ELASTICFACE_REQUIRE_GPU=1` (set by CI, which installs lavapipe): then a missing adapter fails the test.
+pub fn gpu() -> Option<&'static Gpu> {
+    static GPU: OnceLock<Result<Gpu, String>> = OnceLock::new();
+    let gpu = GPU.get_or_init(|| {
+        let opts = GpuOptions { checked: true, ..GpuOptions::from_env() };
+        Gpu::new(&opts).map_err(|e| format!("{e:#}"))
+    });
+    match gpu {
+        Ok(g) => Some(g),
+        Err(e) if std::env::var("ELASTICFACE_REQUIRE_GPU").is_ok_and(|v| v == "1") => {
+            panic!("ELASTICFACE_REQUIRE_GPU=1 but no GPU adapter: {e}")
+        }
+        Err(e) => {
+            eprintln!("SKIPPED (no GPU adapter): {e}");
+            None
+        }
+    }
+}
+
+/// Deterministic test data: `n` values uniform in `[-1, 1)` from `seed` (splitmix64).
+pub fn uniform(seed: u64, n: usize) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Largest absolute difference of two slices of one length.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }

@@ -1,0 +1,206 @@
+//! Adapter choice, device creation and what the chosen adapter can do.
+
+use std::fmt;
+
+use anyhow::{bail, Context, Result};
+
+/// How to pick and set up the GPU.
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    /// Take the first adapter whose name contains this (case-insensitive), e.g. `llvmpipe` or `H200`.
+    pub adapter_name: Option<String>,
+    /// Create shader modules with naga's runtime bounds checks (slow: ~15x on GEMM). Tests run checked, so an
+    /// out-of-bounds access reads zero instead of corrupting memory and shows up as a wrong result.
+    pub checked: bool,
+    /// Pretend the largest storage binding is this many bytes (tests of tensor splitting); `None`: the adapter's.
+    pub binding_limit: Option<u64>,
+}
+
+impl GpuOptions {
+    /// Options from the environment: `WGPU_ADAPTER_NAME` picks the adapter, `ELASTICFACE_CHECKED=1` turns on
+    /// runtime checks. (`WGPU_BACKEND`, e.g. `vulkan` or `metal`, restricts the backends.)
+    pub fn from_env() -> Self {
+        let checked = std::env::var("ELASTICFACE_CHECKED").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+        let adapter_name = std::env::var("WGPU_ADAPTER_NAME").ok().filter(|s| !s.is_empty());
+        Self { adapter_name, checked, binding_limit: None }
+    }
+}
+
+/// What the chosen adapter offers, consulted by the kernels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    /// `f16` in shaders (`SHADER_F16`).
+    pub f16: bool,
+    /// Subgroup operations (`SUBGROUP`).
+    pub subgroups: bool,
+    /// Smallest and largest subgroup size.
+    pub subgroup_size: (u32, u32),
+    /// GPU timestamps (`TIMESTAMP_QUERY`).
+    pub timestamps: bool,
+    /// Tensor-core matrices (`EXPERIMENTAL_COOPERATIVE_MATRIX`).
+    pub cooperative_matrix: bool,
+    /// Largest storage buffer binding, bytes (possibly lowered by [`GpuOptions::binding_limit`]).
+    pub max_binding: u64,
+    /// Largest buffer, bytes.
+    pub max_buffer: u64,
+    /// Workgroup memory, bytes.
+    pub max_workgroup_memory: u32,
+    /// Invocations per workgroup.
+    pub max_invocations: u32,
+    /// Workgroups per dispatch dimension.
+    pub max_workgroups_per_dim: u32,
+    /// Required alignment of storage binding offsets, bytes.
+    pub storage_offset_alignment: u32,
+}
+
+/// A device and queue on the chosen adapter, with its capabilities.
+pub struct Gpu {
+    /// The device.
+    pub device: wgpu::Device,
+    /// Its queue.
+    pub queue: wgpu::Queue,
+    /// The adapter's name, backend and type.
+    pub info: wgpu::AdapterInfo,
+    /// What it can do.
+    pub caps: Capabilities,
+    checked: bool,
+}
+
+/// The backends we train on; GL lacks f16 and subgroups.
+const BACKENDS: wgpu::Backends = wgpu::Backends::VULKAN.union(wgpu::Backends::METAL).union(wgpu::Backends::DX12);
+
+fn instance() -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    desc.backends &= BACKENDS;
+    wgpu::Instance::new(desc)
+}
+
+/// One line per adapter: name, type, backend, driver.
+pub struct AdapterLine(pub wgpu::AdapterInfo);
+
+impl fmt::Display for AdapterLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let i = &self.0;
+        write!(f, "{} ({:?}, {:?}, driver {} {})", i.name, i.device_type, i.backend, i.driver, i.driver_info)
+    }
+}
+
+/// Every adapter on the backends we train on.
+pub fn adapters() -> Vec<wgpu::AdapterInfo> {
+    pollster::block_on(instance().enumerate_adapters(BACKENDS)).iter().map(|a| a.get_info()).collect()
+}
+
+fn preference(t: wgpu::DeviceType) -> u8 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    }
+}
+
+impl Gpu {
+    /// Opens the best adapter (a discrete GPU first, a CPU adapter such as lavapipe last), or the one named in
+    /// `opts`. The error lists what was found and how to get an adapter.
+    pub fn new(opts: &GpuOptions) -> Result<Self> {
+        let instance = instance();
+        let mut all = pollster::block_on(instance.enumerate_adapters(BACKENDS));
+        let found: Vec<String> = all.iter().map(|a| format!("  {}", AdapterLine(a.get_info()))).collect();
+        if let Some(name) = &opts.adapter_name {
+            let needle = name.to_lowercase();
+            all.retain(|a| a.get_info().name.to_lowercase().contains(&needle));
+        }
+        all.sort_by_key(|a| preference(a.get_info().device_type));
+        let Some(adapter) = all.into_iter().next() else {
+            let wanted = opts.adapter_name.as_ref().map(|n| format!(" named like `{n}`")).unwrap_or_default();
+            let list = if found.is_empty() { "  (none)".to_string() } else { found.join("\n") };
+            bail!(
+                "no Vulkan, Metal or DX12 adapter{wanted} found. Adapters seen:\n{list}\n\
+                 Without a GPU, install a CPU Vulkan driver (Debian/Ubuntu: `apt-get install mesa-vulkan-drivers \
+                 libvulkan1`); `WGPU_BACKEND` and `WGPU_ADAPTER_NAME` restrict the choice."
+            );
+        };
+        Self::open(adapter, opts)
+    }
+
+    fn open(adapter: wgpu::Adapter, opts: &GpuOptions) -> Result<Self> {
+        let info = adapter.get_info();
+        let available = adapter.features();
+        let wanted = wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY;
+        let features = available & wanted;
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("elasticface"),
+            required_features: features,
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .with_context(|| format!("cannot open a device on {}", AdapterLine(info.clone())))?;
+        let max_binding = u64::from(limits.max_storage_buffer_binding_size);
+        let caps = Capabilities {
+            f16: features.contains(wgpu::Features::SHADER_F16),
+            subgroups: features.contains(wgpu::Features::SUBGROUP),
+            subgroup_size: (info.subgroup_min_size, info.subgroup_max_size),
+            timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            cooperative_matrix: available.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX),
+            max_binding: opts.binding_limit.map_or(max_binding, |l| l.min(max_binding)),
+            max_buffer: limits.max_buffer_size,
+            max_workgroup_memory: limits.max_compute_workgroup_storage_size,
+            max_invocations: limits.max_compute_invocations_per_workgroup,
+            max_workgroups_per_dim: limits.max_compute_workgroups_per_dimension,
+            storage_offset_alignment: limits.min_storage_buffer_offset_alignment,
+        };
+        Ok(Self { device, queue, info, caps, checked: opts.checked })
+    }
+
+    /// Whether shader modules are created with runtime bounds checks.
+    pub fn checked(&self) -> bool {
+        self.checked
+    }
+
+    /// Compiles a WGSL module: without runtime bounds checks for speed, unless the device is `checked`.
+    pub fn shader(&self, label: &str, source: &str) -> wgpu::ShaderModule {
+        let desc = wgpu::ShaderModuleDescriptor { label: Some(label), source: wgpu::ShaderSource::Wgsl(source.into()) };
+        if self.checked {
+            self.device.create_shader_module(desc)
+        } else {
+            // SAFETY: every kernel computes its indices from the shape it is dispatched with, and the host checks
+            // the buffer sizes against that shape before recording a dispatch (`Dispatch` builders); the test
+            // suite runs every kernel with runtime checks on (`checked`) to catch violations.
+            unsafe { self.device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) }
+        }
+    }
+
+    /// A compute pipeline for `entry` of `module`, its bind group layout derived from the shader.
+    pub fn pipeline(&self, label: &str, module: &wgpu::ShaderModule, entry: &str) -> wgpu::ComputePipeline {
+        self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(label),
+            layout: None,
+            module,
+            entry_point: Some(entry),
+            compilation_options: Default::default(),
+            cache: None,
+        })
+    }
+
+    /// Waits until the GPU has finished all submitted work.
+    pub fn wait(&self) -> Result<()> {
+        self.device.poll(wgpu::PollType::wait_indefinitely()).context("waiting for the GPU")?;
+        Ok(())
+    }
+}
+
+impl fmt::Display for Capabilities {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let yes = |b: bool| if b { "yes" } else { "no" };
+        writeln!(f, "  f16:                  {}", yes(self.f16))?;
+        writeln!(f, "  subgroups:            {} (size {}..{})", yes(self.subgroups), self.subgroup_size.0, self.subgroup_size.1)?;
+        writeln!(f, "  timestamps:           {}", yes(self.timestamps))?;
+        writeln!(f, "  cooperative matrix:   {}", yes(self.cooperative_matrix))?;
+        writeln!(f, "  max storage binding:  {} MiB", self.max_binding >> 20)?;
+        writeln!(f, "  max buffer:           {} MiB", self.max_buffer >> 20)?;
+        writeln!(f, "  workgroup memory:     {} KiB", self.max_workgroup_memory >> 10)?;
+        write!(f, "  invocations/group:    {}", self.max_invocations)
+    }
+}

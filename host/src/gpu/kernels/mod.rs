@@ -1,0 +1,120 @@
+//! The WGSL kernels, one module per kernel family, each named after the core function it mirrors.
+//!
+//! Every kernel follows one pattern. A family's struct holds its compiled pipelines (built once per device).
+//! Its methods check the tensors against the shape and return a [`Dispatch`]: the pipeline, a bind group built
+//! once, and the workgroup count. A training step records its dispatches into one compute pass.
+//!
+//! Binding convention of every shader: `@group(0) @binding(0)` is a uniform `Params` struct (mirrored by a
+//! `#[repr(C)]` Rust struct next to the kernel), and storage buffers follow at bindings 1, 2, ... in the order
+//! the WGSL declares them.
+
+pub mod residual;
+
+use anyhow::{bail, Result};
+use wgpu::util::DeviceExt;
+
+use super::{Gpu, Tensor};
+
+/// Threads per workgroup of the element-wise kernels (must match `WG` in their shaders).
+pub const ELEMENTWISE_WORKGROUP: u32 = 256;
+
+/// One recorded kernel launch: pipeline, bind group and workgroup count, ready to be recorded again and again.
+pub struct Dispatch {
+    /// What it computes, for profiles and errors.
+    pub label: String,
+    pipeline: wgpu::ComputePipeline,
+    bind_group: wgpu::BindGroup,
+    workgroups: [u32; 3],
+}
+
+impl Dispatch {
+    /// Records the launch into a compute pass.
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        let [x, y, z] = self.workgroups;
+        pass.dispatch_workgroups(x, y, z);
+    }
+
+    /// The workgroup count.
+    pub fn workgroups(&self) -> [u32; 3] {
+        self.workgroups
+    }
+}
+
+impl Gpu {
+    /// Builds a [`Dispatch`] of `pipeline` with `params` at binding 0 and `tensors` at bindings 1, 2, ...
+    pub fn dispatch<P: bytemuck::Pod>(
+        &self,
+        label: &str,
+        pipeline: &wgpu::ComputePipeline,
+        params: &P,
+        tensors: &[&Tensor],
+        workgroups: [u32; 3],
+    ) -> Result<Dispatch> {
+        for t in tensors {
+            if t.bytes() > self.caps.max_binding {
+                bail!(
+                    "{label}: {} is {} bytes, more than one binding may hold ({}); this kernel does not split it",
+                    t.label,
+                    t.bytes(),
+                    self.caps.max_binding
+                );
+            }
+        }
+        let max = self.caps.max_workgroups_per_dim;
+        if workgroups.iter().any(|&w| w > max) {
+            bail!("{label}: {workgroups:?} workgroups exceed the adapter's {max} per dimension");
+        }
+        let uniform = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: bytemuck::bytes_of(params),
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
+        for (i, t) in tensors.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: t.buffer.as_entire_binding() });
+        }
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(label),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        Ok(Dispatch { label: label.to_string(), pipeline: pipeline.clone(), bind_group, workgroups })
+    }
+
+    /// Records `dispatches` in order into one compute pass of one encoder, submits and waits.
+    pub fn run(&self, dispatches: &[&Dispatch]) -> Result<()> {
+        let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("run") });
+        {
+            let mut pass =
+                enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("run"), timestamp_writes: None });
+            for d in dispatches {
+                d.record(&mut pass);
+            }
+        }
+        self.queue.submit([enc.finish()]);
+        self.wait()
+    }
+
+    /// Workgroups covering `n` threads in groups of `per_group`, folded into two dimensions when one would exceed
+    /// the adapter's limit. Shaders recover the linear index as `(gid.y * num_workgroups.x) * WG + gid.x`.
+    pub fn grid_1d(&self, n: usize, per_group: u32) -> [u32; 3] {
+        let groups = n.div_ceil(per_group as usize).max(1);
+        let max = self.caps.max_workgroups_per_dim as usize;
+        if groups <= max {
+            [groups as u32, 1, 1]
+        } else {
+            let y = groups.div_ceil(max);
+            [groups.div_ceil(y) as u32, y as u32, 1]
+        }
+    }
+}
+
+/// Checks that `t` has exactly `len` elements.
+pub fn check_len(kernel: &str, t: &Tensor, len: usize) -> Result<()> {
+    if t.len != len {
+        bail!("{kernel}: {} has {} elements, the shape needs {len}", t.label, t.len);
+    }
+    Ok(())
+}

@@ -1,0 +1,8 @@
+//! The GPU layer: adapter and device ([`Gpu`]), tensors ([`Tensor`]) and the WGSL kernels ([`kernels`]).
+
+mod device;
+pub mod kernels;
+mod tensor;
+
+pub use device::{adapters, AdapterLine, Capabilities, Gpu, GpuOptions};
+pub use tensor::Tensor;
