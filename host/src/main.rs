@@ -100,7 +100,7 @@ fn quiet_vulkan_loader() {
     if std::env::var_os("XDG_RUNTIME_DIR").is_some() {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("elasticface-runtime-{}", std::process::id()));
+    let dir = std::env::temp_dir().join("elasticface-runtime");
     if std::fs::create_dir_all(&dir).is_ok() {
         #[cfg(unix)]
         {
