@@ -82,8 +82,9 @@ use crate::rng::{standard_normal, Philox4x32};
 /// `+-1` in `f32` (every other `f32` cosine has `sin(theta) >= 3.45e-4`); see the module documentation.
 pub const ARC_SIN_THETA_FLOOR: f32 = 1e-4;
 
-/// Largest batch the head accepts: sample indices are `u32` and [`assign_plus`] borrows their top bit.
-pub const MAX_BATCH: usize = 1 << 31;
+/// Largest batch the head accepts: sample indices are `u32` and [`assign_plus`] borrows their top bit. `2^31`
+/// (`usize::MAX` where `usize` is narrower than 32 bits).
+pub const MAX_BATCH: usize = if usize::BITS >= 32 { (1u32 << 31) as usize } else { usize::MAX };
 
 /// Which penalty the target logit gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
