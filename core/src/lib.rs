@@ -17,6 +17,32 @@
 //! `#![no_std]`, no allocator required. Every function that takes slices checks their lengths and returns
 //! an [`Error`] instead of panicking.
 //!
+//! # Training a small iResNet on the CPU
+//!
+//! ```
+//! use elasticface_core::margin::MarginConfig;
+//! use elasticface_core::model::{IResNetConfig, StepConfig, Trainer, TrainerLayout};
+//! use elasticface_core::rng::{standard_normal, Philox4x32};
+//!
+//! let cfg = IResNetConfig { layers: [1, 1, 1, 1], widths: [8, 16, 16, 32], input_h: 32, input_w: 32, embedding: 16 };
+//! let loss: MarginConfig = "elastic-arc-plus".parse()?;
+//! let (batch, classes) = (4, 10);
+//! let layout = TrainerLayout::new(&cfg, batch, classes)?;
+//! // All memory is the caller's: one f32 arena and one u32 buffer for the Plus ranking.
+//! let (mut arena, mut order) = (vec![0.0; layout.arena_len()], vec![0; batch]);
+//! let mut trainer = Trainer::new(layout, StepConfig::recipe(loss), &mut arena, &mut order)?;
+//! trainer.init(&mut Philox4x32::new(/* seed */ 1, /* stream */ 0))?;
+//!
+//! let mut rng = Philox4x32::new(2, 0);
+//! let images: Vec<f32> = (0..batch * cfg.input_len()).map(|_| standard_normal(&mut rng) as f32).collect();
+//! let labels = [0, 3, 3, 7];
+//! let mut margins = [0.0; 4];
+//! loss.draw_margins_at(/* seed */ 1, /* step */ 0, &mut margins); // per sample, per step
+//! let report = trainer.step(&images, &labels, &margins)?;
+//! assert!(report.loss.is_finite());
+//! # Ok::<(), elasticface_core::Error>(())
+//! ```
+//!
 //! Shape letters used throughout: `B` batch, `D` embedding size, `C` classes (in the head) or channels
 //! (in `nn`), `N` batch (in `nn`), `H`/`W` height/width, `K` kernel size.
 #![no_std]

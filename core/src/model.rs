@@ -82,7 +82,11 @@ impl IResNetConfig {
         if self.widths.contains(&0) || self.embedding == 0 {
             return Err(Error::Config { what: "widths and the embedding size must be non-zero" });
         }
-        if self.input_h == 0 || self.input_w == 0 || !self.input_h.is_multiple_of(16) || !self.input_w.is_multiple_of(16) {
+        if self.input_h == 0
+            || self.input_w == 0
+            || !self.input_h.is_multiple_of(16)
+            || !self.input_w.is_multiple_of(16)
+        {
             return Err(Error::Config { what: "input height and width must be non-zero multiples of 16" });
         }
         Ok(())

@@ -9,7 +9,8 @@ use elasticface_core::rng::{standard_normal, Philox4x32};
 use elasticface_core::Error;
 
 /// A small network with odd widths and a non-square input.
-const ODD: IResNetConfig = IResNetConfig { layers: [1, 2, 1, 1], widths: [3, 5, 6, 7], input_h: 16, input_w: 32, embedding: 9 };
+const ODD: IResNetConfig =
+    IResNetConfig { layers: [1, 2, 1, 1], widths: [3, 5, 6, 7], input_h: 16, input_w: 32, embedding: 9 };
 
 fn normals(seed: u64, n: usize) -> Vec<f32> {
     let mut rng = Philox4x32::new(seed, 99);
@@ -37,7 +38,13 @@ impl Run {
 }
 
 /// A fixed batch: images, labels `i % classes`, margins drawn for `step`.
-fn batch(cfg: &IResNetConfig, b: usize, classes: usize, loss: &MarginConfig, step: u64) -> (Vec<f32>, Vec<u32>, Vec<f32>) {
+fn batch(
+    cfg: &IResNetConfig,
+    b: usize,
+    classes: usize,
+    loss: &MarginConfig,
+    step: u64,
+) -> (Vec<f32>, Vec<u32>, Vec<f32>) {
     let x = normals(7, b * cfg.input_len());
     let labels = (0..b as u32).map(|i| i % classes as u32).collect();
     let mut margins = vec![0.0; b];
@@ -63,7 +70,10 @@ fn training_lowers_the_loss_and_is_bit_for_bit_repeatable() {
         states[run] = t.state().to_vec();
     }
     // Same seed, same data: the same losses and weights, bit for bit.
-    assert_eq!(losses[0].iter().map(|l| l.to_bits()).collect::<Vec<_>>(), losses[1].iter().map(|l| l.to_bits()).collect::<Vec<_>>());
+    assert_eq!(
+        losses[0].iter().map(|l| l.to_bits()).collect::<Vec<_>>(),
+        losses[1].iter().map(|l| l.to_bits()).collect::<Vec<_>>()
+    );
     assert!(states[0].iter().zip(&states[1]).all(|(a, b)| a.to_bits() == b.to_bits()));
     // Memorising one fixed batch of 8 samples in 4 classes: the margin loss must fall well below its start.
     let (first, last) = (losses[0][0], *losses[0].last().unwrap());
@@ -71,7 +81,15 @@ fn training_lowers_the_loss_and_is_bit_for_bit_repeatable() {
 }
 
 /// `L(state)`: the train-mode forward pass and the head, without an update.
-fn loss_at(cfg: &IResNetConfig, state: &[f32], head: &[f32], x: &[f32], labels: &[u32], margins: &[f32], loss: &MarginConfig) -> f64 {
+fn loss_at(
+    cfg: &IResNetConfig,
+    state: &[f32],
+    head: &[f32],
+    x: &[f32],
+    labels: &[u32],
+    margins: &[f32],
+    loss: &MarginConfig,
+) -> f64 {
     let b = labels.len();
     let mut state = state.to_vec();
     let mut acts = vec![0.0; cfg.activations_len(b)];

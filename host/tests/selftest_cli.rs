@@ -18,7 +18,7 @@ fn selftest_cpu_passes_and_prints_every_check() {
     assert!(out.status.success(), "exit {:?}\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("PASS  elastic_arc_plus.margins_assigned"), "{stdout}");
     assert!(stdout.contains("PASS  step0.grad.layer1.0.conv1.weight"), "{stdout}");
-    assert!(stdout.contains("PASS  fold_threshold"), "{stdout}");
+    assert!(stdout.contains("PASS  verification.fold_threshold"), "{stdout}");
     assert!(!stdout.contains("FAIL"), "{stdout}");
     assert!(stdout.contains("all passed"), "{stdout}");
 }

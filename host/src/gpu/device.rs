@@ -137,7 +137,7 @@ impl Gpu {
             ..Default::default()
         }))
         .with_context(|| format!("cannot open a device on {}", AdapterLine(info.clone())))?;
-        let max_binding = u64::from(limits.max_storage_buffer_binding_size);
+        let max_binding = limits.max_storage_buffer_binding_size;
         let caps = Capabilities {
             f16: features.contains(wgpu::Features::SHADER_F16),
             subgroups: features.contains(wgpu::Features::SUBGROUP),
@@ -195,7 +195,13 @@ impl fmt::Display for Capabilities {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let yes = |b: bool| if b { "yes" } else { "no" };
         writeln!(f, "  f16:                  {}", yes(self.f16))?;
-        writeln!(f, "  subgroups:            {} (size {}..{})", yes(self.subgroups), self.subgroup_size.0, self.subgroup_size.1)?;
+        writeln!(
+            f,
+            "  subgroups:            {} (size {}..{})",
+            yes(self.subgroups),
+            self.subgroup_size.0,
+            self.subgroup_size.1
+        )?;
         writeln!(f, "  timestamps:           {}", yes(self.timestamps))?;
         writeln!(f, "  cooperative matrix:   {}", yes(self.cooperative_matrix))?;
         writeln!(f, "  max storage binding:  {} MiB", self.max_binding >> 20)?;

@@ -2,7 +2,9 @@
 
 mod device;
 pub mod kernels;
+mod split;
 mod tensor;
 
 pub use device::{adapters, AdapterLine, Capabilities, Gpu, GpuOptions};
+pub use split::SplitTensor;
 pub use tensor::Tensor;

@@ -8,6 +8,11 @@
 //! `#[repr(C)]` Rust struct next to the kernel), and storage buffers follow at bindings 1, 2, ... in the order
 //! the WGSL declares them.
 
+pub mod batchnorm;
+pub mod conv2d;
+pub mod linear;
+pub mod prelu;
+pub mod preprocess;
 pub mod residual;
 
 use anyhow::{bail, Result};

@@ -1,0 +1,100 @@
+//! `shaders/preprocess.wgsl`: a batch of u8 `(H, W, 3)` RGB images to the network's f32 `(N, 3, H, W)` input.
+//! CPU twin: [`elasticface_core::nn::preprocess_image`] (one image).
+//!
+//! The bytes travel packed four to a `u32` ([`Preprocess::pack`]). Their values come from a 256-entry table made
+//! by the core function itself, so the output is bit-identical to the core on every GPU (WGSL's `x / y` may be
+//! off by 2.5 ULP, so recomputing `(x / 255 - 0.5) / 0.5` in the shader would not guarantee that).
+
+use anyhow::{anyhow, bail, Result};
+use elasticface_core::nn::{preprocess_image, ImageShape};
+
+use super::{check_len, Dispatch, ELEMENTWISE_WORKGROUP};
+use crate::gpu::{Gpu, Tensor};
+
+/// Mirrors `Params` in `shaders/preprocess.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct PreprocessParams {
+    /// Output elements, `N*3*H*W`.
+    pub len: u32,
+    /// Image height H.
+    pub h: u32,
+    /// Image width W.
+    pub w: u32,
+}
+
+/// The preprocessing pipeline and its byte-to-value table.
+pub struct Preprocess {
+    pipeline: wgpu::ComputePipeline,
+    /// `lut[b]`: what [`preprocess_image`] makes of byte `b` (256 elements).
+    lut: Tensor,
+}
+
+/// The value of every byte, taken from the core: a 1 x 256 image whose pixel `x` is `[x, x, x]`.
+fn byte_values() -> Vec<f32> {
+    let s = ImageShape { h: 1, w: 256 };
+    let hwc: Vec<u8> = (0..=255u8).flat_map(|b| [b; 3]).collect();
+    let mut chw = vec![0.0f32; s.len()];
+    preprocess_image(&s, &hwc, false, &mut chw).expect("a 1 x 256 image is valid");
+    chw.truncate(256); // the red plane; green and blue are equal
+    chw
+}
+
+impl Preprocess {
+    /// Compiles the kernel and uploads its table.
+    pub fn new(gpu: &Gpu) -> Self {
+        let m = gpu.shader("preprocess.wgsl", include_str!("../../../../shaders/preprocess.wgsl"));
+        Self {
+            pipeline: gpu.pipeline("preprocess_image", &m, "preprocess_image"),
+            lut: gpu.upload("preprocess_image byte values", &[256], &byte_values()),
+        }
+    }
+
+    /// Packs bytes four to a `u32`, little-endian (byte `b` in bits `8 * (b % 4)..` of word `b / 4`), the last
+    /// word zero-padded: the layout of the `images` tensor.
+    pub fn pack(bytes: &[u8]) -> Vec<u32> {
+        bytes
+            .chunks(4)
+            .map(|c| {
+                let mut w = [0u8; 4];
+                w[..c.len()].copy_from_slice(c);
+                u32::from_le_bytes(w)
+            })
+            .collect()
+    }
+
+    /// Words of the `images` tensor for `n` images of shape `s`: `ceil(n * H * W * 3 / 4)`.
+    pub fn words(n: usize, s: &ImageShape) -> usize {
+        n.saturating_mul(s.len()).div_ceil(4)
+    }
+
+    /// `out[i] = preprocess_image(image i, flip[i] != 0)` for the `n` images, bit-identical to the core.
+    ///
+    /// Shapes: `images` `(words(n, s))` u32, the `n` images' `(H, W, 3)` bytes back to back, packed by
+    /// [`pack`](Self::pack); `flip` `(n)` u32; `out` `(n, 3, H, W)` f32. One element-wise dispatch.
+    /// Errors: `n = 0`, a zero height or width, more than 2^32 bytes, a tensor of the wrong size (named).
+    pub fn forward(
+        &self,
+        gpu: &Gpu,
+        n: usize,
+        s: &ImageShape,
+        images: &Tensor,
+        flip: &Tensor,
+        out: &Tensor,
+    ) -> Result<Dispatch> {
+        const K: &str = "preprocess_image";
+        s.validate().map_err(|e| anyhow!("{K}: {e}"))?;
+        if n == 0 {
+            bail!("{K}: no images (n = 0)");
+        }
+        if n.checked_mul(s.len()).is_none_or(|bytes| bytes > u32::MAX as usize) {
+            bail!("{K}: {n} images of {s:?} hold more than 2^32 bytes; the kernel indexes with u32");
+        }
+        check_len(K, images, Self::words(n, s))?;
+        check_len(K, flip, n)?;
+        check_len(K, out, n * s.len())?;
+        let params = PreprocessParams { len: (n * s.len()) as u32, h: s.h as u32, w: s.w as u32 };
+        let grid = gpu.grid_1d(n * s.len(), ELEMENTWISE_WORKGROUP);
+        gpu.dispatch(K, &self.pipeline, &params, &[&self.lut, images, flip, out], grid)
+    }
+}

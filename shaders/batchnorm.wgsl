@@ -1,0 +1,278 @@
+// Batch normalisation over (N, C, HW): BatchNorm2d with HW = H*W, BatchNorm1d with HW = 1.
+// CPU twins: elasticface_core::nn::{batchnorm_forward_train, batchnorm_forward_eval, batchnorm_backward}.
+// Params mirrors `BatchNormParams` in host/src/gpu/kernels/batchnorm.rs.
+//
+// Index math. Element (n, c, k) of a (N, C, HW) tensor is at (n*C + c)*HW + k. Channel c's statistics run over
+// its N*HW values, numbered j = n*HW + k (so j = 0.. walks the channel's planes in memory order);
+// `channel_index(c, j)` maps j back to the flat index.
+//
+// Reductions: deterministic, two levels, no atomics. A channel's `count = N*HW` values are cut into
+// `chunks = ceil(count / CHUNK)` chunks of CHUNK = WG * ITEMS consecutive j (the last one may be short).
+//   1. `*_partials`, grid (chunks, C): workgroup (q, c) reduces chunk q of channel c. Thread t takes
+//      j = q*CHUNK + i*WG + t for i = 0..ITEMS (consecutive threads read consecutive addresses), sums its values
+//      in order of i, and a fixed binary tree over the WG threads (`workgroup_sum`) combines them. Thread 0 writes
+//      the chunk's result to the scratch tensor at 2*(c*chunks + q) (two floats per chunk).
+//   2. `*_combine`, grid (C): workgroup c folds channel c's chunk results. Thread t sums chunks t, t+WG, ... in
+//      that order, then the same fixed tree. One thread writes the per-channel results.
+// Every sum therefore has one fixed order that depends only on the shape: results are bit-identical run to run.
+// The order differs from the core's (per-plane sequential sums), so results agree to rounding, not bitwise.
+//
+// Forward statistics (train): each chunk holds its values in registers and computes, two-pass, its sum S_q and
+// M2_q = sum over the chunk of (x - S_q/n_q)^2. The combine pass takes mean = sum(S_q) / count and merges the
+// chunks exactly as a two-pass variance over the whole channel would (Chan et al.'s pairwise update):
+//   M2 = sum_q [ M2_q + n_q * (S_q/n_q - mean)^2 ],  var = M2 / count   (biased; running_var gets var * unbias).
+// No E[x^2] - E[x]^2 cancellation: x is read twice in all (statistics, then normalisation), not three times.
+//
+// Backward: chunk partials of (sum dy, sum dy * (x - mean)); the combine pass writes dbeta, dgamma (unless
+// frozen) and, in the scratch tensor's tail at 2*(C*chunks + c), (sum dy / count, sum dy*xhat / count), which the
+// element-wise dx pass reads.
+//
+// Scratch tensor: 2 * C * (chunks + 1) floats (`BatchNormKernels::scratch_len`).
+//
+// Each entry point has its own bindings, numbered 1.. in the order the host passes its tensors.
+
+struct Params {
+    len: u32,      // N*C*HW
+    c: u32,        // C
+    hw: u32,       // HW
+    count: u32,    // N*HW, values per channel
+    chunks: u32,   // ceil(count / CHUNK)
+    count_f: f32,  // count as f32, rounded on the host as the core rounds it
+    eps: f32,
+    momentum: f32,
+    keep: f32,     // 1 - momentum, computed on the host as the core does
+    unbias: f32,   // count_f / (count_f - 1), computed on the host as the core does
+}
+
+const WG: u32 = 256u;
+const ITEMS: u32 = 8u;
+const CHUNK: u32 = WG * ITEMS; // must match BATCHNORM_CHUNK in host/src/gpu/kernels/batchnorm.rs
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+var<workgroup> red: array<f32, WG>;
+var<workgroup> red2: array<vec2<f32>, WG>;
+
+// Flat index of value j (= n*HW + k) of channel c.
+fn channel_index(c: u32, j: u32) -> u32 {
+    let n = j / p.hw;
+    return (n * p.c + c) * p.hw + (j - n * p.hw);
+}
+
+// Values in chunk q: CHUNK, except for a short last chunk.
+fn chunk_len(q: u32) -> u32 {
+    return min(CHUNK, p.count - q * CHUNK);
+}
+
+// Sum of `v` over the workgroup's threads by a fixed binary tree; every thread gets the result. Call from uniform
+// control flow.
+fn workgroup_sum(t: u32, v: f32) -> f32 {
+    red[t] = v;
+    for (var s = WG / 2u; s > 0u; s = s / 2u) {
+        workgroupBarrier();
+        if t < s {
+            red[t] = red[t] + red[t + s];
+        }
+    }
+    let total = workgroupUniformLoad(&red[0]);
+    workgroupBarrier(); // nobody overwrites red[0] before everyone has read it
+    return total;
+}
+
+// `workgroup_sum` of two values at once.
+fn workgroup_sum2(t: u32, v: vec2<f32>) -> vec2<f32> {
+    red2[t] = v;
+    for (var s = WG / 2u; s > 0u; s = s / 2u) {
+        workgroupBarrier();
+        if t < s {
+            red2[t] = red2[t] + red2[t + s];
+        }
+    }
+    let total = workgroupUniformLoad(&red2[0]);
+    workgroupBarrier();
+    return total;
+}
+
+// ---- forward, training mode, step 1: per-chunk (S_q, M2_q). Grid (chunks, C). ----
+@group(0) @binding(1) var<storage, read> stats_x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> stats_scratch: array<f32>;
+
+@compute @workgroup_size(WG)
+fn batchnorm_forward_train_partials(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let q = wid.x;
+    let c = wid.y;
+    let n_q = chunk_len(q);
+    var v: array<f32, ITEMS>;
+    var sum = 0.0;
+    for (var i = 0u; i < ITEMS; i++) {
+        let off = i * WG + t;
+        if off < n_q {
+            v[i] = stats_x[channel_index(c, q * CHUNK + off)];
+            sum += v[i];
+        }
+    }
+    let s_q = workgroup_sum(t, sum);
+    let mean_q = s_q / f32(n_q);
+    var m2 = 0.0;
+    for (var i = 0u; i < ITEMS; i++) {
+        if i * WG + t < n_q {
+            let d = v[i] - mean_q;
+            m2 += d * d;
+        }
+    }
+    let m2_q = workgroup_sum(t, m2);
+    if t == 0u {
+        let o = 2u * (c * p.chunks + q);
+        stats_scratch[o] = s_q;
+        stats_scratch[o + 1u] = m2_q;
+    }
+}
+
+// ---- forward, training mode, step 2: mean, biased var, running statistics. Grid (C). ----
+@group(0) @binding(1) var<storage, read> comb_scratch: array<f32>;
+@group(0) @binding(2) var<storage, read_write> comb_save_mean: array<f32>;
+@group(0) @binding(3) var<storage, read_write> comb_save_var: array<f32>;
+@group(0) @binding(4) var<storage, read_write> comb_running_mean: array<f32>;
+@group(0) @binding(5) var<storage, read_write> comb_running_var: array<f32>;
+
+@compute @workgroup_size(WG)
+fn batchnorm_forward_train_combine(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let c = wid.x;
+    let base = 2u * c * p.chunks;
+    var sum = 0.0;
+    for (var q = t; q < p.chunks; q += WG) {
+        sum += comb_scratch[base + 2u * q];
+    }
+    let mean = workgroup_sum(t, sum) / p.count_f;
+    var m2 = 0.0;
+    for (var q = t; q < p.chunks; q += WG) {
+        let n_q = f32(chunk_len(q));
+        let d = comb_scratch[base + 2u * q] / n_q - mean;
+        m2 += comb_scratch[base + 2u * q + 1u] + n_q * d * d;
+    }
+    let variance = workgroup_sum(t, m2) / p.count_f;
+    if t == 0u {
+        comb_save_mean[c] = mean;
+        comb_save_var[c] = variance;
+        comb_running_mean[c] = p.keep * comb_running_mean[c] + p.momentum * mean;
+        comb_running_var[c] = p.keep * comb_running_var[c] + p.momentum * (variance * p.unbias);
+    }
+}
+
+// ---- forward, last step of training mode and all of eval mode. Element-wise, grid_1d(len). ----
+// y = (x - mean[c]) * (gamma[c] / sqrt(var[c] + eps)) + beta[c], with (mean, var) the batch statistics
+// (save_mean, save_var) in training mode and the running statistics in eval mode. A fused BN + PReLU would
+// apply the slope to `y` here before storing it.
+@group(0) @binding(1) var<storage, read> norm_x: array<f32>;
+@group(0) @binding(2) var<storage, read> norm_mean: array<f32>;
+@group(0) @binding(3) var<storage, read> norm_var: array<f32>;
+@group(0) @binding(4) var<storage, read> norm_gamma: array<f32>;
+@group(0) @binding(5) var<storage, read> norm_beta: array<f32>;
+@group(0) @binding(6) var<storage, read_write> norm_y: array<f32>;
+
+@compute @workgroup_size(WG)
+fn batchnorm_forward_normalize(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.y * nwg.x * WG + gid.x;
+    if i < p.len {
+        let c = (i / p.hw) % p.c;
+        let scale = norm_gamma[c] * inverseSqrt(norm_var[c] + p.eps);
+        norm_y[i] = (norm_x[i] - norm_mean[c]) * scale + norm_beta[c];
+    }
+}
+
+// ---- backward, step 1: per-chunk (sum dy, sum dy * (x - mean)). Grid (chunks, C). ----
+@group(0) @binding(1) var<storage, read> bp_x: array<f32>;
+@group(0) @binding(2) var<storage, read> bp_dy: array<f32>;
+@group(0) @binding(3) var<storage, read> bp_save_mean: array<f32>;
+@group(0) @binding(4) var<storage, read_write> bp_scratch: array<f32>;
+
+@compute @workgroup_size(WG)
+fn batchnorm_backward_partials(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let q = wid.x;
+    let c = wid.y;
+    let n_q = chunk_len(q);
+    let mean = bp_save_mean[c];
+    var sums = vec2<f32>(0.0, 0.0);
+    for (var i = 0u; i < ITEMS; i++) {
+        let off = i * WG + t;
+        if off < n_q {
+            let a = channel_index(c, q * CHUNK + off);
+            let g = bp_dy[a];
+            sums += vec2<f32>(g, g * (bp_x[a] - mean));
+        }
+    }
+    let s = workgroup_sum2(t, sums);
+    if t == 0u {
+        let o = 2u * (c * p.chunks + q);
+        bp_scratch[o] = s.x;
+        bp_scratch[o + 1u] = s.y;
+    }
+}
+
+// ---- backward, step 2: dbeta, dgamma and the dx coefficients. Grid (C). ----
+// Two entry points: `batchnorm_backward_combine` writes dgamma, `batchnorm_backward_combine_frozen` (a frozen
+// gamma) does not bind it.
+@group(0) @binding(1) var<storage, read_write> bc_scratch: array<f32>;
+@group(0) @binding(2) var<storage, read> bc_save_var: array<f32>;
+@group(0) @binding(3) var<storage, read_write> bc_dbeta: array<f32>;
+@group(0) @binding(4) var<storage, read_write> bc_dgamma: array<f32>;
+
+// Folds channel c's chunks into (dbeta, dgamma) = (sum dy, sum dy * xhat), and stores the dx coefficients
+// (sum dy / count, sum dy * xhat / count) in the scratch tail. Returns (dbeta, dgamma) to every thread.
+fn backward_combine(t: u32, c: u32) -> vec2<f32> {
+    let base = 2u * c * p.chunks;
+    var sums = vec2<f32>(0.0, 0.0);
+    for (var q = t; q < p.chunks; q += WG) {
+        sums += vec2<f32>(bc_scratch[base + 2u * q], bc_scratch[base + 2u * q + 1u]);
+    }
+    let s = workgroup_sum2(t, sums);
+    let sum_dy_xhat = s.y * inverseSqrt(bc_save_var[c] + p.eps);
+    if t == 0u {
+        let tail = 2u * (p.c * p.chunks + c);
+        bc_scratch[tail] = s.x / p.count_f;
+        bc_scratch[tail + 1u] = sum_dy_xhat / p.count_f;
+    }
+    return vec2<f32>(s.x, sum_dy_xhat);
+}
+
+@compute @workgroup_size(WG)
+fn batchnorm_backward_combine(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let c = wid.x;
+    let d = backward_combine(t, c);
+    if t == 0u {
+        bc_dbeta[c] = d.x;
+        bc_dgamma[c] = d.y;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn batchnorm_backward_combine_frozen(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let c = wid.x;
+    let d = backward_combine(t, c);
+    if t == 0u {
+        bc_dbeta[c] = d.x;
+    }
+}
+
+// ---- backward, step 3: dx = gamma * invstd * (dy - mean(dy) - xhat * mean(dy * xhat)). Element-wise. ----
+@group(0) @binding(1) var<storage, read> bx_x: array<f32>;
+@group(0) @binding(2) var<storage, read> bx_dy: array<f32>;
+@group(0) @binding(3) var<storage, read> bx_gamma: array<f32>;
+@group(0) @binding(4) var<storage, read> bx_save_mean: array<f32>;
+@group(0) @binding(5) var<storage, read> bx_save_var: array<f32>;
+@group(0) @binding(6) var<storage, read> bx_scratch: array<f32>;
+@group(0) @binding(7) var<storage, read_write> bx_dx: array<f32>;
+
+@compute @workgroup_size(WG)
+fn batchnorm_backward_dx(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.y * nwg.x * WG + gid.x;
+    if i < p.len {
+        let c = (i / p.hw) % p.c;
+        let invstd = inverseSqrt(bx_save_var[c] + p.eps);
+        let tail = 2u * (p.c * p.chunks + c);
+        let mean_dy = bx_scratch[tail];
+        let mean_dy_xhat = bx_scratch[tail + 1u];
+        let xhat = (bx_x[i] - bx_save_mean[c]) * invstd;
+        bx_dx[i] = bx_gamma[c] * invstd * (bx_dy[i] - mean_dy - xhat * mean_dy_xhat);
+    }
+}

@@ -1,0 +1,443 @@
+// 2-D convolution (NCHW, no bias, square stride and padding): forward and both gradients, as implicit GEMM.
+// CPU twins: elasticface_core::nn::{conv2d_forward, conv2d_backward_data, conv2d_backward_weight}.
+// Params mirrors `Conv2dParams` in host/src/gpu/kernels/conv2d.rs.
+//
+// THE THREE PRODUCTS. Each kernel computes C (M x COLS) = A (M x K) * B (K x COLS) without ever storing A or
+// B: their elements are read from the tensors through index maps ("implicit GEMM"). With
+//   output position  j = (n*HO + oh)*WO + ow        input position  j = (n*H + ih)*W + iw
+//   tap              t = (ci*KH + kh)*KW + kw       (the weight is (C_OUT, C_IN*KH*KW), row-major)
+//   ih = oh*STRIDE + kh - PAD,  iw = ow*STRIDE + kw - PAD   (outside 0..H / 0..W: zero padding)
+// the kernels are
+//   conv2d_forward          M = C_OUT  COLS = N*HO*WO    K = C_IN*KH*KW   A[co, t] = weight[co, t]
+//                           B[t, j] = x[n, ci, ih, iw] (im2col)          C[co, j] -> y[n, co, oh, ow]
+//   conv2d_backward_data    M = C_IN   COLS = N*H*W      K = C_OUT*KH*KW  A[ci, (co, kh, kw)] = weight[co, ci, kh, kw]
+//                           B[(co, kh, kw), j] = dy[n, co, oh, ow] where oh = (ih + PAD - kh) / STRIDE is an
+//                           integer in 0..HO (likewise ow), else 0      C[ci, j] -> dx[n, ci, ih, iw]
+//   conv2d_backward_weight  M = C_OUT  COLS = C_IN*KH*KW K = N*HO*WO     A[co, j] = dy[n, co, oh, ow]
+//                           B[j, t] = x[n, ci, ih, iw] (im2col, transposed) C[co, t] -> dweight[co, t]
+// backward_data gathers (every dx element sums its own taps), so a stride > 1 needs no scattering: the taps
+// whose output position is not an integer contribute zero (3/4 of them at stride 2, work spent on zeros).
+//
+// TILING. A workgroup of WG = 256 invocations computes one BM x BN tile of C (BM = 16*TM rows, BN = 64
+// columns). Invocation (tx, ty) = (lid % 16, lid / 16) owns the TM x 4 block at rows ty*TM.., columns tx*4..,
+// held in registers as TM vec4 accumulators. The depth is walked in steps of BK = 16: the workgroup copies the
+// A (BM x BK) and B (BK x BN) slices into workgroup memory, both depth-major (a_tile[k][m], b_tile[k][j], as
+// vec4s), then each invocation reads per depth k one vec4 of B and TM/4 vec4s of A and does 4*TM FMAs.
+// a_tile rows are padded by one vec4 so that the transposed stores of 16 depths spread over memory banks.
+//
+// LOADS. Copy-in assignments are fixed per invocation: A is read with the depth fastest (lid % 16) where the
+// tensor is contiguous along the depth, B with the columns fastest (lid % 16 + 16*i), so neighbouring
+// invocations read neighbouring addresses wherever the layout allows. The column (or row) index maps are
+// decomposed with divisions once, before the depth loop; the depth index is carried as a mixed-radix counter
+// (e.g. (ci, kh, kw)) advanced by BK per step with carries: no integer division in the loop.
+//
+// SPLIT-K. With few output tiles (e.g. backward_weight of a wide early layer: K = N*HO*WO is huge, M*COLS is
+// small) the depth is cut into p.splits chunks of p.chunk (a multiple of BK): workgroup z sums depths
+// z*chunk .. min((z+1)*chunk, K) in order and writes its partial tile to slice z of the output binding (the host
+// binds a scratch tensor of splits * out_len elements); conv2d_reduce_splits then adds the slices in the fixed
+// order z = 0, 1, ... Every sum has a fixed order: results are bit-identical from run to run. No atomics.
+//
+// GRID. Tiles are numbered t = tile_row + tiles_m * tile_col and folded into (x, y) as t = y * nwg.x + x, so
+// that no dimension exceeds the adapter's limit; z is the split. Workgroups with t >= tiles return at once.
+//
+// BOUNDS. Every global read checks its row against M, its column against COLS, its depth against the chunk
+// end, and the gathered spatial position against H, W (or HO, WO); every write checks row and column. So no
+// access leaves the tensors whose sizes the host checked against the same shape: correct without runtime
+// bounds checks.
+//
+// TM (rows per invocation, 4 or 8) may be rewritten by the host before compiling (see `ConvTiling` in
+// conv2d.rs); everything else derives from it.
+
+struct Params {
+    n: u32,
+    c_in: u32,
+    h: u32,
+    w: u32,
+    c_out: u32,
+    kh: u32,
+    kw: u32,
+    stride: u32,
+    pad: u32,
+    ho: u32,
+    wo: u32,
+    // The GEMM: rows, columns, depth (see the table above).
+    m: u32,
+    cols: u32,
+    k: u32,
+    // Split-K: depth per split (a multiple of BK) and the number of splits.
+    chunk: u32,
+    splits: u32,
+    // Row tiles (ceil(M / BM)) and all tiles (row tiles * ceil(COLS / BN)).
+    tiles_m: u32,
+    tiles: u32,
+    // Elements of one output slice (M * COLS).
+    out_len: u32,
+}
+
+const TM: u32 = 4u;
+const BM: u32 = 16u * TM;
+const BN: u32 = 64u;
+const BK: u32 = 16u;
+const WG: u32 = 256u;
+// vec4s per depth row of a_tile: BM / 4, padded by one.
+const A_ROW: u32 = BM / 4u + 1u;
+// vec4s per depth row of b_tile.
+const B_ROW: u32 = BN / 4u;
+// A column or row index that fails every bounds check: marks invocations whose B column is past COLS.
+const OFF: i32 = -1073741824;
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+var<workgroup> a_tile: array<vec4<f32>, BK * A_ROW>;
+var<workgroup> b_tile: array<vec4<f32>, BK * B_ROW>;
+// This invocation's TM x 4 block of C.
+var<private> acc: array<vec4<f32>, TM>;
+
+// The tile this workgroup computes: (first row, first column).
+fn tile_origin(wid: vec3<u32>, nwg: vec3<u32>) -> vec2<u32> {
+    let t = wid.y * nwg.x + wid.x;
+    return vec2<u32>((t % p.tiles_m) * BM, (t / p.tiles_m) * BN);
+}
+
+fn tile_exists(wid: vec3<u32>, nwg: vec3<u32>) -> bool {
+    return wid.y * nwg.x + wid.x < p.tiles;
+}
+
+fn put_a(k: u32, m: u32, v: f32) {
+    a_tile[k * A_ROW + m / 4u][m % 4u] = v;
+}
+
+fn put_b(k: u32, j: u32, v: f32) {
+    b_tile[k * B_ROW + j / 4u][j % 4u] = v;
+}
+
+// acc += a_tile^T b_tile for this invocation's block: rows ty*TM.., columns tx*4..
+fn multiply_tiles(lid: u32) {
+    let tx = lid % 16u;
+    let ty = lid / 16u;
+    for (var k = 0u; k < BK; k++) {
+        let b = b_tile[k * B_ROW + tx];
+        for (var i = 0u; i < TM / 4u; i++) {
+            let a = a_tile[k * A_ROW + ty * (TM / 4u) + i];
+            acc[4u * i] += a.x * b;
+            acc[4u * i + 1u] += a.y * b;
+            acc[4u * i + 2u] += a.z * b;
+            acc[4u * i + 3u] += a.w * b;
+        }
+    }
+}
+
+fn clear_acc() {
+    for (var i = 0u; i < TM; i++) {
+        acc[i] = vec4<f32>(0.0);
+    }
+}
+
+// `value` as a mixed-radix number (hi, mid, lo) with radices (-, mid_radix, lo_radix), e.g. a tap t as
+// (ci, kh, kw) with radices (-, KH, KW).
+fn digits(value: u32, mid_radix: u32, lo_radix: u32) -> vec3<u32> {
+    let lo = value % lo_radix;
+    let rest = value / lo_radix;
+    return vec3<u32>(rest / mid_radix, rest % mid_radix, lo);
+}
+
+// The counter `v` plus `step` (both as `digits` gives them, same radices): each digit carries at most once
+// because both digits are below their radix.
+fn advance(v: vec3<u32>, step: vec3<u32>, mid_radix: u32, lo_radix: u32) -> vec3<u32> {
+    var lo = v.z + step.z;
+    let c0 = select(0u, 1u, lo >= lo_radix);
+    lo -= c0 * lo_radix;
+    var mid = v.y + step.y + c0;
+    let c1 = select(0u, 1u, mid >= mid_radix);
+    mid -= c1 * mid_radix;
+    return vec3<u32>(v.x + step.x + c1, mid, lo);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// conv2d_forward: y = conv(x, weight). x (N, C_IN, H, W), weight (C_OUT, C_IN, KH, KW), y (N, C_OUT, HO, WO)
+// (or, with splits, slices of a scratch (SPLITS, N, C_OUT, HO, WO)).
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> weight: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+
+@compute @workgroup_size(WG)
+fn conv2d_forward(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    if !tile_exists(wid, nwg) {
+        return;
+    }
+    let origin = tile_origin(wid, nwg);
+    let k_begin = wid.z * p.chunk;
+    let k_end = min(k_begin + p.chunk, p.k);
+    let hw_in = p.h * p.w;
+    let hw_out = p.ho * p.wo;
+
+    // B copy-in: depth row kb, columns lid % 16 + 16*i. Per column: the sample's offset in x and the input
+    // position of tap (0, 0) (OFF for columns past COLS, so that every tap is out of bounds).
+    let kb = lid / 16u;
+    var x_base: array<u32, 4>;
+    var ih0: array<i32, 4>;
+    var iw0: array<i32, 4>;
+    for (var i = 0u; i < 4u; i++) {
+        let j = origin.y + lid % 16u + 16u * i;
+        let q = j % hw_out;
+        x_base[i] = (j / hw_out) * p.c_in * hw_in;
+        ih0[i] = select(OFF, i32((q / p.wo) * p.stride) - i32(p.pad), j < p.cols);
+        iw0[i] = i32((q % p.wo) * p.stride) - i32(p.pad);
+    }
+    // Tap (ci, kh, kw) of depth k_begin + kb.
+    var tap = digits(k_begin + kb, p.kh, p.kw);
+    let tap_step = digits(BK, p.kh, p.kw);
+
+    clear_acc();
+    for (var k0 = k_begin; k0 < k_end; k0 += BK) {
+        // A: weight[m, k], contiguous along k.
+        for (var i = 0u; i < TM; i++) {
+            let m = origin.x + lid / 16u + 16u * i;
+            let k = k0 + lid % 16u;
+            var v = 0.0;
+            if m < p.m && k < k_end {
+                v = weight[m * p.k + k];
+            }
+            put_a(lid % 16u, lid / 16u + 16u * i, v);
+        }
+        // B: im2col of x.
+        let k_ok = k0 + kb < k_end;
+        for (var i = 0u; i < 4u; i++) {
+            let ih = ih0[i] + i32(tap.y);
+            let iw = iw0[i] + i32(tap.z);
+            var v = 0.0;
+            if k_ok && ih >= 0 && ih < i32(p.h) && iw >= 0 && iw < i32(p.w) {
+                v = x[x_base[i] + tap.x * hw_in + u32(ih) * p.w + u32(iw)];
+            }
+            put_b(kb, lid % 16u + 16u * i, v);
+        }
+        tap = advance(tap, tap_step, p.kh, p.kw);
+        workgroupBarrier();
+        multiply_tiles(lid);
+        workgroupBarrier();
+    }
+
+    // C[m, j] -> y[slice z][n, m, oh, ow].
+    let slice = wid.z * p.out_len;
+    for (var c = 0u; c < 4u; c++) {
+        let j = origin.y + (lid % 16u) * 4u + c;
+        if j < p.cols {
+            let base = slice + (j / hw_out) * p.c_out * hw_out + j % hw_out;
+            for (var i = 0u; i < TM; i++) {
+                let m = origin.x + (lid / 16u) * TM + i;
+                if m < p.m {
+                    y[base + m * hw_out] = acc[i][c];
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// conv2d_backward_data: dx from dy and weight. dy (N, C_OUT, HO, WO), weight (C_OUT, C_IN, KH, KW) (binding 2,
+// shared with conv2d_forward), dx (N, C_IN, H, W) (or slices of a scratch).
+@group(0) @binding(1) var<storage, read> dy: array<f32>;
+@group(0) @binding(3) var<storage, read_write> dx: array<f32>;
+
+@compute @workgroup_size(WG)
+fn conv2d_backward_data(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    if !tile_exists(wid, nwg) {
+        return;
+    }
+    let origin = tile_origin(wid, nwg);
+    let k_begin = wid.z * p.chunk;
+    let k_end = min(k_begin + p.chunk, p.k);
+    let hw_in = p.h * p.w;
+    let hw_out = p.ho * p.wo;
+    let taps = p.kh * p.kw;
+
+    // A copy-in: depth lid % 16 as (co, 0, kh*KW + kw); rows lid / 16 + 16*i.
+    var a_tap = digits(k_begin + lid % 16u, 1u, taps);
+    let a_step = digits(BK, 1u, taps);
+    // B copy-in: depth row kb as (co, kh, kw), columns lid % 16 + 16*i. Per column: the sample's offset in dy
+    // and the padded input position ih + PAD, iw + PAD (OFF past COLS).
+    let kb = lid / 16u;
+    var b_tap = digits(k_begin + kb, p.kh, p.kw);
+    let b_step = digits(BK, p.kh, p.kw);
+    var dy_base: array<u32, 4>;
+    var ihp: array<i32, 4>;
+    var iwp: array<i32, 4>;
+    for (var i = 0u; i < 4u; i++) {
+        let j = origin.y + lid % 16u + 16u * i;
+        let q = j % hw_in;
+        dy_base[i] = (j / hw_in) * p.c_out * hw_out;
+        ihp[i] = select(OFF, i32(q / p.w + p.pad), j < p.cols);
+        iwp[i] = i32(q % p.w + p.pad);
+    }
+
+    clear_acc();
+    for (var k0 = k_begin; k0 < k_end; k0 += BK) {
+        // A: weight[co, m, kh, kw], contiguous along the taps of one co.
+        let ka_ok = k0 + lid % 16u < k_end;
+        for (var i = 0u; i < TM; i++) {
+            let m = origin.x + lid / 16u + 16u * i;
+            var v = 0.0;
+            if m < p.m && ka_ok {
+                v = weight[(a_tap.x * p.c_in + m) * taps + a_tap.z];
+            }
+            put_a(lid % 16u, lid / 16u + 16u * i, v);
+        }
+        a_tap = advance(a_tap, a_step, 1u, taps);
+        // B: dy at the output position whose tap (kh, kw) reads input position j, if there is one:
+        // oh*STRIDE = ih + PAD - kh with 0 <= oh < HO (likewise ow).
+        let kb_ok = k0 + kb < k_end;
+        for (var i = 0u; i < 4u; i++) {
+            let th = ihp[i] - i32(b_tap.y);
+            let tw = iwp[i] - i32(b_tap.z);
+            var v = 0.0;
+            if kb_ok && th >= 0 && tw >= 0 {
+                var oh = u32(th);
+                var ow = u32(tw);
+                var hit = true;
+                if p.stride != 1u {
+                    hit = oh % p.stride == 0u && ow % p.stride == 0u;
+                    oh /= p.stride;
+                    ow /= p.stride;
+                }
+                if hit && oh < p.ho && ow < p.wo {
+                    v = dy[dy_base[i] + b_tap.x * hw_out + oh * p.wo + ow];
+                }
+            }
+            put_b(kb, lid % 16u + 16u * i, v);
+        }
+        b_tap = advance(b_tap, b_step, p.kh, p.kw);
+        workgroupBarrier();
+        multiply_tiles(lid);
+        workgroupBarrier();
+    }
+
+    // C[m, j] -> dx[slice z][n, m, ih, iw].
+    let slice = wid.z * p.out_len;
+    for (var c = 0u; c < 4u; c++) {
+        let j = origin.y + (lid % 16u) * 4u + c;
+        if j < p.cols {
+            let base = slice + (j / hw_in) * p.c_in * hw_in + j % hw_in;
+            for (var i = 0u; i < TM; i++) {
+                let m = origin.x + (lid / 16u) * TM + i;
+                if m < p.m {
+                    dx[base + m * hw_in] = acc[i][c];
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// conv2d_backward_weight: dweight from dy and x. dy (N, C_OUT, HO, WO) (binding 1, shared with
+// conv2d_backward_data), x (N, C_IN, H, W) at binding 2 (named `saved_x`: binding 1 is taken by dy),
+// dweight (C_OUT, C_IN, KH, KW) (or slices of a scratch).
+@group(0) @binding(2) var<storage, read> saved_x: array<f32>;
+@group(0) @binding(3) var<storage, read_write> dweight: array<f32>;
+
+@compute @workgroup_size(WG)
+fn conv2d_backward_weight(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    if !tile_exists(wid, nwg) {
+        return;
+    }
+    let origin = tile_origin(wid, nwg);
+    let k_begin = wid.z * p.chunk;
+    let k_end = min(k_begin + p.chunk, p.k);
+    let hw_in = p.h * p.w;
+    let hw_out = p.ho * p.wo;
+
+    // A copy-in: depth lid % 16 as the output position (n, 0, oh*WO + ow); rows lid / 16 + 16*i.
+    var a_pos = digits(k_begin + lid % 16u, 1u, hw_out);
+    let a_step = digits(BK, 1u, hw_out);
+    // B copy-in: depth row kb as the output position (n, oh, ow); columns lid % 16 + 16*i, each a tap:
+    // its channel's offset in a sample of x, and (kh - PAD, kw - PAD) (OFF past COLS).
+    let kb = lid / 16u;
+    var b_pos = digits(k_begin + kb, p.ho, p.wo);
+    let b_step = digits(BK, p.ho, p.wo);
+    var ci_base: array<u32, 4>;
+    var dh: array<i32, 4>;
+    var dw: array<i32, 4>;
+    for (var i = 0u; i < 4u; i++) {
+        let j = origin.y + lid % 16u + 16u * i;
+        let t = digits(j, p.kh, p.kw);
+        ci_base[i] = t.x * hw_in;
+        dh[i] = select(OFF, i32(t.y) - i32(p.pad), j < p.cols);
+        dw[i] = i32(t.z) - i32(p.pad);
+    }
+
+    clear_acc();
+    for (var k0 = k_begin; k0 < k_end; k0 += BK) {
+        // A: dy[n, m, oh, ow], contiguous along the output positions of one sample.
+        let ka_ok = k0 + lid % 16u < k_end;
+        for (var i = 0u; i < TM; i++) {
+            let m = origin.x + lid / 16u + 16u * i;
+            var v = 0.0;
+            if m < p.m && ka_ok {
+                v = dy[(a_pos.x * p.c_out + m) * hw_out + a_pos.z];
+            }
+            put_a(lid % 16u, lid / 16u + 16u * i, v);
+        }
+        a_pos = advance(a_pos, a_step, 1u, hw_out);
+        // B: x[n, ci, oh*STRIDE + kh - PAD, ow*STRIDE + kw - PAD].
+        let kb_ok = k0 + kb < k_end;
+        let x_base = b_pos.x * p.c_in * hw_in;
+        let ih0 = i32(b_pos.y * p.stride);
+        let iw0 = i32(b_pos.z * p.stride);
+        for (var i = 0u; i < 4u; i++) {
+            let ih = ih0 + dh[i];
+            let iw = iw0 + dw[i];
+            var v = 0.0;
+            if kb_ok && ih >= 0 && ih < i32(p.h) && iw >= 0 && iw < i32(p.w) {
+                v = saved_x[x_base + ci_base[i] + u32(ih) * p.w + u32(iw)];
+            }
+            put_b(kb, lid % 16u + 16u * i, v);
+        }
+        b_pos = advance(b_pos, b_step, p.ho, p.wo);
+        workgroupBarrier();
+        multiply_tiles(lid);
+        workgroupBarrier();
+    }
+
+    // C[m, t] -> dweight[slice z][m, t].
+    let slice = wid.z * p.out_len;
+    for (var c = 0u; c < 4u; c++) {
+        let j = origin.y + (lid % 16u) * 4u + c;
+        if j < p.cols {
+            for (var i = 0u; i < TM; i++) {
+                let m = origin.x + (lid / 16u) * TM + i;
+                if m < p.m {
+                    dweight[slice + m * p.cols + j] = acc[i][c];
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// conv2d_reduce_splits: result[i] = sum over z = 0, 1, ... of partial[z * out_len + i], in that order.
+// partial (SPLITS, out_len), result (out_len): the output tensor of the split kernel.
+@group(0) @binding(1) var<storage, read> partial: array<f32>;
+@group(0) @binding(2) var<storage, read_write> result: array<f32>;
+
+@compute @workgroup_size(WG)
+fn conv2d_reduce_splits(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.y * nwg.x * WG + gid.x;
+    if i < p.out_len {
+        var s = partial[i];
+        for (var z = 1u; z < p.splits; z++) {
+            s += partial[z * p.out_len + i];
+        }
+        result[i] = s;
+    }
+}

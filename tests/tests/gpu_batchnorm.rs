@@ -1,0 +1,542 @@
+//! `shaders/batchnorm.wgsl` against its core twins.
+//!
+//! Error measure: `|gpu - core| / (1 + |core|)`, absolute for values below 1 and relative above; for the
+//! per-channel sums `dbeta` and `dgamma`, `|gpu - core| / sum |terms|`, the sum's natural scale.
+//!
+//! Why the results are not bit-identical, and the tolerances:
+//! - Summation order. The core sums each plane sequentially, then the planes; the GPU sums 8 values per thread,
+//!   a 256-leaf tree, then the chunks (`shaders/batchnorm.wgsl`). Both orders make rounding errors of at most
+//!   about (chain length) * 2^-24 of `sum |terms|`, which on random data grow like sqrt(chain length) * 2^-24:
+//!   ~1e-6 relative for the core's 2500-long chains below. The mean, the variance (merged by Chan's formula
+//!   on the GPU, a plain second pass in the core) and the sums `dbeta`, `dgamma` inherit this.
+//! - WGSL's `inverseSqrt` is 2 ULP, the core's `1 / sqrt` about 1 ULP: `1/std` may differ by ~3 ULP (2e-7).
+//! - WGSL allows the compiler to fuse `a * b + c`.
+//!   Outputs are O(1) functions of these quantities (`y = (x - mean) * gamma / std + beta` with |xhat| <= ~2):
+//!   measured worst cases are ~1e-6 (see the test output); the tolerance is 1e-5, a margin of ~10x that still
+//!   catches any indexing or formula error (which shows up as O(1e-2) or worse).
+
+use elasticface::gpu::kernels::batchnorm::{BatchNormKernels, BATCHNORM_CHUNK};
+use elasticface::gpu::kernels::Dispatch;
+use elasticface::gpu::{Gpu, Tensor};
+use elasticface_core::nn::{self, BatchNorm, BatchNormShape};
+use elasticface_tests::{gpu, uniform};
+
+/// Tolerance of every comparison with the core, in the error measure above.
+const TOL: f32 = 1e-5;
+
+fn shape(n: usize, c: usize, hw: usize) -> BatchNormShape {
+    BatchNormShape { n, c, hw }
+}
+
+/// Shapes of the comparisons: odd sizes; BatchNorm1d; a channel of several chunks with a short last one; the
+/// smallest trainable count (N*HW = 2); more chunks per channel than the combine pass has threads (256).
+fn shapes() -> Vec<BatchNormShape> {
+    vec![shape(3, 5, 13 * 13), shape(7, 9, 1), shape(2, 3, 2500), shape(1, 2, 2), shape(2, 1, 300_000)]
+}
+
+/// Largest `|got - want| / (1 + |want|)`.
+fn mixed_error(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len());
+    got.iter().zip(want).map(|(g, w)| (g - w).abs() / (1.0 + w.abs())).fold(0.0, f32::max)
+}
+
+/// Asserts `mixed_error(got, want) <= tol` and prints it.
+fn check(what: &str, s: &BatchNormShape, got: &[f32], want: &[f32], tol: f32) {
+    let e = mixed_error(got, want);
+    println!("{what:<14} {s:?}: max error {e:.2e}");
+    assert!(e <= tol, "{what} {s:?}: error {e:e} > {tol:e}");
+}
+
+/// Asserts that each channel's sum agrees within `TOL * sum |terms|` and prints the largest ratio.
+fn check_sums(what: &str, s: &BatchNormShape, got: &[f32], want: &[f32], scale: &[f32]) {
+    let e = got.iter().zip(want).zip(scale).map(|((g, w), a)| (g - w).abs() / a.max(f32::MIN_POSITIVE));
+    let e = e.fold(0.0, f32::max);
+    println!("{what:<14} {s:?}: max error {e:.2e} of sum |terms|");
+    assert!(e <= TOL, "{what} {s:?}: error {e:e} of sum |terms| > {TOL:e}");
+}
+
+/// Per channel, `sum |f(x, dy)|` over its values.
+fn channel_abs_sums(s: &BatchNormShape, f: impl Fn(usize, usize) -> f32) -> Vec<f32> {
+    let mut out = vec![0.0f64; s.c];
+    for i in 0..s.len() {
+        out[(i / s.hw) % s.c] += f64::from(f(i, (i / s.hw) % s.c).abs());
+    }
+    out.into_iter().map(|v| v as f32).collect()
+}
+
+/// The inputs of one batch norm layer: `x` (offset so the mean is not ~0), `gamma`, `beta`, running statistics.
+struct Layer {
+    s: BatchNormShape,
+    x: Vec<f32>,
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    running_mean: Vec<f32>,
+    running_var: Vec<f32>,
+}
+
+impl Layer {
+    fn new(s: BatchNormShape, seed: u64) -> Self {
+        let x = uniform(seed, s.len()).iter().map(|v| 0.5 + 2.0 * v).collect();
+        let running_var = uniform(seed + 4, s.c).iter().map(|v| 1.0 + 0.5 * v).collect();
+        Self {
+            s,
+            x,
+            gamma: uniform(seed + 1, s.c),
+            beta: uniform(seed + 2, s.c),
+            running_mean: uniform(seed + 3, s.c),
+            running_var,
+        }
+    }
+}
+
+/// GPU tensors of a training forward pass.
+struct TrainTensors {
+    x: Tensor,
+    gamma: Tensor,
+    beta: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    y: Tensor,
+    save_mean: Tensor,
+    save_var: Tensor,
+    scratch: Tensor,
+}
+
+impl TrainTensors {
+    fn new(gpu: &Gpu, l: &Layer) -> Self {
+        let (s, c) = (&l.s, [l.s.c]);
+        Self {
+            x: gpu.upload("x", &[s.n, s.c, s.hw], &l.x),
+            gamma: gpu.upload("gamma", &c, &l.gamma),
+            beta: gpu.upload("beta", &c, &l.beta),
+            running_mean: gpu.upload("running_mean", &c, &l.running_mean),
+            running_var: gpu.upload("running_var", &c, &l.running_var),
+            y: gpu.zeros("y", &[s.n, s.c, s.hw]),
+            save_mean: gpu.zeros("save_mean", &c),
+            save_var: gpu.zeros("save_var", &c),
+            scratch: gpu.zeros("scratch", &[BatchNormKernels::scratch_len(s)]),
+        }
+    }
+
+    fn dispatches(&self, gpu: &Gpu, k: &BatchNormKernels, s: &BatchNormShape, bn: &BatchNorm) -> [Dispatch; 3] {
+        k.forward_train(
+            gpu,
+            s,
+            bn,
+            &self.x,
+            &self.gamma,
+            &self.beta,
+            &self.running_mean,
+            &self.running_var,
+            &self.y,
+            &self.save_mean,
+            &self.save_var,
+            &self.scratch,
+        )
+        .unwrap()
+    }
+
+    /// (y, save_mean, save_var, running_mean, running_var).
+    fn read(&self, gpu: &Gpu) -> [Vec<f32>; 5] {
+        [&self.y, &self.save_mean, &self.save_var, &self.running_mean, &self.running_var]
+            .map(|t| gpu.read::<f32>(t).unwrap())
+    }
+}
+
+/// The core's training forward: (y, save_mean, save_var, running_mean, running_var).
+fn core_train(l: &Layer, bn: &BatchNorm) -> [Vec<f32>; 5] {
+    let s = &l.s;
+    let (mut rm, mut rv) = (l.running_mean.clone(), l.running_var.clone());
+    let (mut y, mut sm, mut sv) = (vec![0.0; s.len()], vec![0.0; s.c], vec![0.0; s.c]);
+    nn::batchnorm_forward_train(s, bn, &l.x, &l.gamma, &l.beta, &mut rm, &mut rv, &mut y, &mut sm, &mut sv).unwrap();
+    [y, sm, sv, rm, rv]
+}
+
+fn run3(gpu: &Gpu, d: &[Dispatch]) {
+    gpu.run(&d.iter().collect::<Vec<_>>()).unwrap();
+}
+
+#[test]
+fn the_largest_shape_exercises_both_reduction_levels() {
+    // Guards the intent of `shapes()`: one channel spans several chunks, one spans more chunks than threads.
+    let chunks = |s: &BatchNormShape| s.count().div_ceil(BATCHNORM_CHUNK);
+    assert!(shapes().iter().any(|s| (2..256).contains(&chunks(s)) && s.count() % BATCHNORM_CHUNK != 0));
+    assert!(shapes().iter().any(|s| chunks(s) > 256));
+}
+
+/// The training forward in f64 from the same f32 inputs, rounded to f32 at the end: (y, save_mean, save_var).
+fn f64_train(l: &Layer, bn: &BatchNorm) -> [Vec<f32>; 3] {
+    let s = &l.s;
+    let count = s.count() as f64;
+    let (mut mean, mut var) = (vec![0.0f64; s.c], vec![0.0f64; s.c]);
+    for (i, &v) in l.x.iter().enumerate() {
+        mean[(i / s.hw) % s.c] += f64::from(v) / count;
+    }
+    for (i, &v) in l.x.iter().enumerate() {
+        let c = (i / s.hw) % s.c;
+        var[c] += (f64::from(v) - mean[c]).powi(2) / count;
+    }
+    let y = (l.x.iter().enumerate())
+        .map(|(i, &v)| {
+            let c = (i / s.hw) % s.c;
+            let xhat = (f64::from(v) - mean[c]) / (var[c] + f64::from(bn.eps)).sqrt();
+            (f64::from(l.gamma[c]) * xhat + f64::from(l.beta[c])) as f32
+        })
+        .collect();
+    let f32s = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect();
+    [y, f32s(mean), f32s(var)]
+}
+
+#[test]
+fn forward_train_matches_the_core() {
+    let Some(gpu) = gpu() else { return };
+    let k = BatchNormKernels::new(gpu);
+    let bn = BatchNorm::default();
+    for (i, s) in shapes().into_iter().enumerate() {
+        let l = Layer::new(s, 10 * i as u64);
+        let t = TrainTensors::new(gpu, &l);
+        run3(gpu, &t.dispatches(gpu, &k, &s, &bn));
+        let got = t.read(gpu);
+        let want = core_train(&l, &bn);
+        let exact = f64_train(&l, &bn);
+        // The core sums each plane sequentially: its error grows like sqrt(HW) * 2^-24 (~3e-5 relative at
+        // HW = 300,000, where the GPU's chains are ~300 long). There the core, not the GPU, is the less accurate
+        // side: compare both with an f64 evaluation, and the GPU with the core at the core's accuracy.
+        let core_tol = if s.hw > 10_000 { 1e-4 } else { TOL };
+        for (j, name) in ["y", "save_mean", "save_var", "running_mean", "running_var"].iter().enumerate() {
+            check(name, &s, &got[j], &want[j], core_tol);
+            if let Some(exact) = exact.get(j) {
+                let (gpu_err, core_err) = (mixed_error(&got[j], exact), mixed_error(&want[j], exact));
+                println!("{name:<14} {s:?}: against f64: gpu {gpu_err:.2e}, core {core_err:.2e}");
+                assert!(gpu_err <= TOL, "{name} {s:?}: error {gpu_err:e} against f64 > {TOL:e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn forward_train_variance_is_exact_with_a_large_offset() {
+    // The core's own case: 1e4 +- 1 has mean 1e4 and variance 1 exactly; E[x^2] - E[x]^2 would lose every digit.
+    let Some(gpu) = gpu() else { return };
+    let k = BatchNormKernels::new(gpu);
+    let s = shape(4, 1, 1);
+    let mut l = Layer::new(s, 99);
+    l.x = vec![9999.0, 10001.0, 9999.0, 10001.0];
+    let t = TrainTensors::new(gpu, &l);
+    run3(gpu, &t.dispatches(gpu, &k, &s, &BatchNorm::default()));
+    let [_, sm, sv, ..] = t.read(gpu);
+    assert_eq!((sm[0], sv[0]), (10000.0, 1.0));
+}
+
+#[test]
+fn forward_eval_matches_the_core() {
+    let Some(gpu) = gpu() else { return };
+    let k = BatchNormKernels::new(gpu);
+    let bn = BatchNorm::default();
+    // N = 1 is fine in eval mode.
+    for (i, s) in [shape(1, 3, 5), shape(3, 5, 13 * 13), shape(7, 9, 1)].into_iter().enumerate() {
+        let l = Layer::new(s, 100 + 10 * i as u64);
+        let t = TrainTensors::new(gpu, &l);
+        let d = k.forward_eval(gpu, &s, &bn, &t.x, &t.gamma, &t.beta, &t.running_mean, &t.running_var, &t.y).unwrap();
+        gpu.run(&[&d]).unwrap();
+        let mut want = vec![0.0; s.len()];
+        nn::batchnorm_forward_eval(&s, &bn, &l.x, &l.gamma, &l.beta, &l.running_mean, &l.running_var, &mut want)
+            .unwrap();
+        check("eval y", &s, &gpu.read::<f32>(&t.y).unwrap(), &want, TOL);
+    }
+}
+
+/// Inputs of a backward pass: the layer, its saved statistics (from the core's forward) and `dy`.
+struct Backward {
+    l: Layer,
+    save_mean: Vec<f32>,
+    save_var: Vec<f32>,
+    dy: Vec<f32>,
+}
+
+impl Backward {
+    fn new(s: BatchNormShape, seed: u64) -> Self {
+        let l = Layer::new(s, seed);
+        let [_, save_mean, save_var, ..] = core_train(&l, &BatchNorm::default());
+        Self { dy: uniform(seed + 7, s.len()), l, save_mean, save_var }
+    }
+
+    /// The core's (dx, dgamma, dbeta).
+    fn core(&self, bn: &BatchNorm) -> [Vec<f32>; 3] {
+        let s = &self.l.s;
+        let (mut dx, mut dg, mut db) = (vec![0.0; s.len()], vec![0.0; s.c], vec![0.0; s.c]);
+        nn::batchnorm_backward(
+            s,
+            bn,
+            &self.l.x,
+            &self.l.gamma,
+            &self.save_mean,
+            &self.save_var,
+            &self.dy,
+            &mut dx,
+            Some(&mut dg),
+            &mut db,
+        )
+        .unwrap();
+        [dx, dg, db]
+    }
+}
+
+/// GPU tensors of a backward pass; `dgamma` starts as NaN so that a frozen pass can be seen not to write it.
+struct BackwardTensors {
+    x: Tensor,
+    gamma: Tensor,
+    save_mean: Tensor,
+    save_var: Tensor,
+    dy: Tensor,
+    dx: Tensor,
+    dgamma: Tensor,
+    dbeta: Tensor,
+    scratch: Tensor,
+}
+
+impl BackwardTensors {
+    fn new(gpu: &Gpu, b: &Backward) -> Self {
+        let s = &b.l.s;
+        let (full, c) = ([s.n, s.c, s.hw], [s.c]);
+        Self {
+            x: gpu.upload("x", &full, &b.l.x),
+            gamma: gpu.upload("gamma", &c, &b.l.gamma),
+            save_mean: gpu.upload("save_mean", &c, &b.save_mean),
+            save_var: gpu.upload("save_var", &c, &b.save_var),
+            dy: gpu.upload("dy", &full, &b.dy),
+            dx: gpu.zeros("dx", &full),
+            dgamma: gpu.upload("dgamma", &c, &vec![f32::NAN; s.c]),
+            dbeta: gpu.zeros("dbeta", &c),
+            scratch: gpu.zeros("scratch", &[BatchNormKernels::scratch_len(s)]),
+        }
+    }
+
+    fn dispatches(
+        &self,
+        gpu: &Gpu,
+        k: &BatchNormKernels,
+        s: &BatchNormShape,
+        bn: &BatchNorm,
+        frozen: bool,
+    ) -> [Dispatch; 3] {
+        let dgamma = (!frozen).then_some(&self.dgamma);
+        k.backward(
+            gpu,
+            s,
+            bn,
+            &self.x,
+            &self.gamma,
+            &self.save_mean,
+            &self.save_var,
+            &self.dy,
+            &self.dx,
+            dgamma,
+            &self.dbeta,
+            &self.scratch,
+        )
+        .unwrap()
+    }
+
+    /// (dx, dgamma, dbeta).
+    fn read(&self, gpu: &Gpu) -> [Vec<f32>; 3] {
+        [&self.dx, &self.dgamma, &self.dbeta].map(|t| gpu.read::<f32>(t).unwrap())
+    }
+}
+
+#[test]
+fn backward_matches_the_core_and_a_frozen_gamma_is_not_written() {
+    let Some(gpu) = gpu() else { return };
+    let k = BatchNormKernels::new(gpu);
+    let bn = BatchNorm::default();
+    for (i, s) in shapes().into_iter().enumerate() {
+        let b = Backward::new(s, 200 + 10 * i as u64);
+        let [want_dx, want_dg, want_db] = b.core(&bn);
+
+        let frozen = BackwardTensors::new(gpu, &b);
+        run3(gpu, &frozen.dispatches(gpu, &k, &s, &bn, true));
+        let [fdx, fdg, fdb] = frozen.read(gpu);
+        assert!(fdg.iter().all(|v| v.is_nan()), "frozen dgamma was written");
+
+        let t = BackwardTensors::new(gpu, &b);
+        run3(gpu, &t.dispatches(gpu, &k, &s, &bn, false));
+        let [dx, dg, db] = t.read(gpu);
+        check("dx", &s, &dx, &want_dx, TOL);
+        let invstd: Vec<f32> = b.save_var.iter().map(|v| 1.0 / (v + bn.eps).sqrt()).collect();
+        let dy_abs = channel_abs_sums(&s, |i, _| b.dy[i]);
+        let dy_xhat_abs = channel_abs_sums(&s, |i, c| b.dy[i] * (b.l.x[i] - b.save_mean[c]) * invstd[c]);
+        check_sums("dbeta", &s, &db, &want_db, &dy_abs);
+        check_sums("dgamma", &s, &dg, &want_dg, &dy_xhat_abs);
+        // Freezing gamma changes nothing else, bit for bit.
+        assert_eq!((fdx.as_slice(), fdb.as_slice()), (dx.as_slice(), db.as_slice()), "frozen {s:?}");
+    }
+}
+
+/// The error message of a refused call.
+fn err<T, E: std::fmt::Display>(r: Result<T, E>) -> String {
+    r.err().expect("refused").to_string()
+}
+
+fn bits(v: &[Vec<f32>]) -> Vec<Vec<u32>> {
+    v.iter().map(|t| t.iter().map(|x| x.to_bits()).collect()).collect()
+}
+
+#[test]
+fn the_same_dispatches_twice_give_bit_identical_results() {
+    let Some(gpu) = gpu() else { return };
+    let k = BatchNormKernels::new(gpu);
+    let bn = BatchNorm::default();
+    for s in [shape(2, 3, 2500), shape(3, 5, 13 * 13)] {
+        let l = Layer::new(s, 300);
+        let t = TrainTensors::new(gpu, &l);
+        let d = t.dispatches(gpu, &k, &s, &bn);
+        run3(gpu, &d);
+        let first = t.read(gpu);
+        // Reset the running statistics, which every run updates, and run the same dispatches again.
+        gpu.write(&t.running_mean, &l.running_mean).unwrap();
+        gpu.write(&t.running_var, &l.running_var).unwrap();
+        gpu.write(&t.y, &vec![0.0f32; s.len()]).unwrap();
+        run3(gpu, &d);
+        assert_eq!(bits(&first), bits(&t.read(gpu)), "forward {s:?}");
+
+        let b = Backward::new(s, 301);
+        let t = BackwardTensors::new(gpu, &b);
+        let d = t.dispatches(gpu, &k, &s, &bn, false);
+        run3(gpu, &d);
+        let first = t.read(gpu);
+        gpu.write(&t.dx, &vec![0.0f32; s.len()]).unwrap();
+        run3(gpu, &d);
+        assert_eq!(bits(&first), bits(&t.read(gpu)), "backward {s:?}");
+    }
+}
+
+#[test]
+fn bad_sizes_and_too_few_values_are_refused() {
+    let Some(gpu) = gpu() else { return };
+    let k = BatchNormKernels::new(gpu);
+    let bn = BatchNorm::default();
+    let s = shape(2, 3, 4);
+    let t = TrainTensors::new(gpu, &Layer::new(s, 400));
+    let bad = gpu.zeros("bad", &[5]);
+
+    let e = err(k.forward_train(
+        gpu,
+        &s,
+        &bn,
+        &bad,
+        &t.gamma,
+        &t.beta,
+        &t.running_mean,
+        &t.running_var,
+        &t.y,
+        &t.save_mean,
+        &t.save_var,
+        &t.scratch,
+    ));
+    assert!(e.contains("bad has 5 elements") && e.contains("needs 24"), "{e}");
+    let e = err(k.forward_train(
+        gpu,
+        &s,
+        &bn,
+        &t.x,
+        &t.gamma,
+        &t.beta,
+        &t.running_mean,
+        &bad,
+        &t.y,
+        &t.save_mean,
+        &t.save_var,
+        &t.scratch,
+    ));
+    assert!(e.contains("bad has 5 elements"), "{e}");
+    let small = gpu.zeros("small scratch", &[BatchNormKernels::scratch_len(&s) - 1]);
+    let e = err(k.forward_train(
+        gpu,
+        &s,
+        &bn,
+        &t.x,
+        &t.gamma,
+        &t.beta,
+        &t.running_mean,
+        &t.running_var,
+        &t.y,
+        &t.save_mean,
+        &t.save_var,
+        &small,
+    ));
+    assert!(e.contains("small scratch has"), "{e}");
+    let e = err(k.forward_eval(gpu, &s, &bn, &t.x, &t.gamma, &t.beta, &t.running_mean, &t.running_var, &bad));
+    assert!(e.contains("bad has 5 elements"), "{e}");
+
+    let b = BackwardTensors::new(gpu, &Backward::new(s, 401));
+    let e = err(k.backward(
+        gpu,
+        &s,
+        &bn,
+        &b.x,
+        &b.gamma,
+        &b.save_mean,
+        &b.save_var,
+        &b.dy,
+        &b.dx,
+        Some(&bad),
+        &b.dbeta,
+        &b.scratch,
+    ));
+    assert!(e.contains("bad has 5 elements"), "{e}");
+    let e = err(k.backward(
+        gpu,
+        &s,
+        &bn,
+        &b.x,
+        &b.gamma,
+        &b.save_mean,
+        &b.save_var,
+        &bad,
+        &b.dx,
+        None,
+        &b.dbeta,
+        &b.scratch,
+    ));
+    assert!(e.contains("bad has 5 elements"), "{e}");
+
+    // N*HW < 2: no unbiased variance, refused in training (forward and backward) as the core refuses it.
+    let one = shape(1, 3, 1);
+    let t1 = TrainTensors::new(gpu, &Layer::new(one, 402));
+    let e = err(k.forward_train(
+        gpu,
+        &one,
+        &bn,
+        &t1.x,
+        &t1.gamma,
+        &t1.beta,
+        &t1.running_mean,
+        &t1.running_var,
+        &t1.y,
+        &t1.save_mean,
+        &t1.save_var,
+        &t1.scratch,
+    ));
+    assert!(e.contains("N*HW >= 2"), "{e}");
+    let e = err(k.backward(
+        gpu,
+        &one,
+        &bn,
+        &t1.x,
+        &t1.gamma,
+        &t1.save_mean,
+        &t1.save_var,
+        &t1.x,
+        &t1.y,
+        None,
+        &t1.beta,
+        &t1.scratch,
+    ));
+    assert!(e.contains("N*HW >= 2"), "{e}");
+    // ... but eval mode takes N = 1.
+    k.forward_eval(gpu, &one, &bn, &t1.x, &t1.gamma, &t1.beta, &t1.running_mean, &t1.running_var, &t1.y).unwrap();
+    // A zero size is refused everywhere.
+    let zero = shape(0, 3, 1);
+    let e = err(k.forward_eval(gpu, &zero, &bn, &t1.x, &t1.gamma, &t1.beta, &t1.running_mean, &t1.running_var, &t1.y));
+    assert!(e.contains("zero"), "{e}");
+}

@@ -1,0 +1,254 @@
+//! `shaders/conv2d.wgsl` against its core twins.
+//!
+//! Tolerance. The GPU and the core sum the same K products in different orders (the GPU by depth step, then
+//! over splits). Each f32 result of a sum of `d` roundings is within `gamma_d * sum|terms|` of the exact value,
+//! `gamma_d = d*u / (1 - d*u)`, `u = 2^-24` (Higham, recursive summation; any summation tree of depth `d`). So
+//! element `i` of the two results differ by at most `2 * gamma_(K + S + 1) * A_i`, where `A_i` is the sum of the
+//! absolute values of its K products (the same kernel run by the core on `|inputs|`) and S the number of splits
+//! (the product rounding adds 1). We check each element against `(K + S + 1) * f32::EPSILON * A_i * 1.01`
+//! (`EPSILON = 2u`; the 1.01 absorbs the rounding of `A_i` itself and the gamma denominator): a rigorous bound,
+//! so no test can fail by bad luck. Measured errors (printed with `--nocapture`) are ~1-3% of it: typical
+//! rounding errors grow like sqrt(K), the bound like K.
+
+use elasticface::gpu::kernels::conv2d::{flops, Conv2d, ConvOp, ConvTiling};
+use elasticface::gpu::kernels::Dispatch;
+use elasticface::gpu::{Gpu, GpuOptions, Tensor};
+use elasticface_core::nn::{self, Conv2dShape};
+use elasticface_tests::{gpu, uniform};
+
+fn shape(n: usize, c_in: usize, hw: (usize, usize), c_out: usize, k: (usize, usize), stride: usize, pad: usize) -> Conv2dShape {
+    Conv2dShape { n, c_in, h: hw.0, w: hw.1, c_out, kh: k.0, kw: k.1, stride, pad }
+}
+
+/// Shapes that are multiples of no tile, the iResNet kinds (3x3 s1 p1, 3x3 s2 p1, 1x1 s2 p0, the 3-channel
+/// stem), odd kernels and strides, and more than one tile along every GEMM dimension.
+fn shapes() -> Vec<Conv2dShape> {
+    vec![
+        shape(3, 5, (13, 13), 7, (3, 3), 1, 1),   // 3x3 s1 p1, odd everything; 8 column tiles forward
+        shape(3, 5, (13, 13), 7, (3, 3), 2, 1),   // 3x3 s2 p1 on an odd size
+        shape(2, 6, (9, 11), 9, (1, 1), 2, 0),    // 1x1 s2 p0 (downsample): unread dx positions stay 0
+        shape(2, 3, (12, 12), 16, (3, 3), 1, 1),  // stem: C_IN = 3, K = 27
+        shape(2, 4, (9, 11), 6, (5, 5), 3, 2),    // 5x5 s3 p2
+        shape(1, 4, (9, 11), 6, (5, 3), 3, 2),    // non-square kernel
+        shape(2, 3, (2, 2), 5, (4, 4), 1, 1),     // kernel as large as the padded input: one output
+        shape(2, 70, (5, 5), 130, (3, 3), 1, 1),  // M > 128 forward and backward_weight, > 64 backward_data
+    ]
+}
+
+/// The tilings under test: the adapter's, both row blockings, and one that splits every reduction it can,
+/// with the tile grid folded into two dimensions.
+fn tilings(gpu: &Gpu) -> Vec<(&'static str, ConvTiling)> {
+    let adapter = ConvTiling::for_adapter(gpu);
+    let base = ConvTiling { rows_per_thread: 4, target_workgroups: 1, min_steps_per_split: 1, max_grid_x: u32::MAX };
+    vec![
+        ("adapter", adapter),
+        ("64x64", base),
+        ("128x64", ConvTiling { rows_per_thread: 8, ..base }),
+        ("split+fold", ConvTiling { target_workgroups: 1 << 20, max_grid_x: 3, ..base }),
+    ]
+}
+
+/// Checks `got` against `want` element by element with the bound above; returns (max |error|, max error/bound).
+fn check(what: &str, got: &[f32], want: &[f32], abs_sum: &[f32], terms: usize) -> (f32, f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let (mut max_err, mut max_ratio) = (0.0f32, 0.0f32);
+    for (i, ((&g, &w), &a)) in got.iter().zip(want).zip(abs_sum).enumerate() {
+        let err = (g - w).abs();
+        let bound = (terms + 1) as f32 * f32::EPSILON * a * 1.01;
+        assert!(err <= bound, "{what}: element {i}: gpu {g}, core {w}, |error| {err:e} > bound {bound:e}");
+        max_err = max_err.max(err);
+        if bound > 0.0 {
+            max_ratio = max_ratio.max(err / bound);
+        }
+    }
+    (max_err, max_ratio)
+}
+
+fn abs(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|x| x.abs()).collect()
+}
+
+/// A scratch large enough for `conv` on `s` (one element when none is needed).
+fn scratch(gpu: &Gpu, conv: &Conv2d, s: &Conv2dShape) -> Tensor {
+    gpu.zeros("scratch", &[conv.scratch_len(gpu, s).unwrap().max(1)])
+}
+
+fn run(gpu: &Gpu, dispatches: &[Dispatch]) {
+    gpu.run(&dispatches.iter().collect::<Vec<_>>()).unwrap();
+}
+
+#[test]
+fn conv2d_matches_the_core_within_the_summation_bound() {
+    let Some(gpu) = gpu() else { return };
+    for (name, tiling) in tilings(gpu) {
+        let conv = Conv2d::with_tiling(gpu, tiling);
+        let mut worst = [(0.0f32, 0.0f32); 3];
+        for (case, s) in shapes().iter().enumerate() {
+            let seed = 10 * case as u64;
+            let (xv, wv, dyv) = (uniform(seed, s.input_len()), uniform(seed + 1, s.weight_len()), uniform(seed + 2, s.output_len()));
+            let x = gpu.upload("x", &[s.n, s.c_in, s.h, s.w], &xv);
+            let weight = gpu.upload("weight", &[s.c_out, s.c_in, s.kh, s.kw], &wv);
+            let dy = gpu.upload("dy", &[s.n, s.c_out, s.out_h(), s.out_w()], &dyv);
+            let (y, dx, dw) = (gpu.zeros("y", &[s.output_len()]), gpu.zeros("dx", &[s.input_len()]), gpu.zeros("dweight", &[s.weight_len()]));
+            let scratch = scratch(gpu, &conv, s);
+            let mut all = conv.forward(gpu, s, &x, &weight, &y, &scratch).unwrap();
+            all.extend(conv.backward_data(gpu, s, &dy, &weight, &dx, &scratch).unwrap());
+            all.extend(conv.backward_weight(gpu, s, &dy, &x, &dw, &scratch).unwrap());
+            run(gpu, &all);
+
+            let splits = |op| conv.plan(gpu, op, s).unwrap().params.splits as usize;
+            let (mut want, mut sum) = (vec![0.0; s.output_len()], vec![0.0; s.output_len()]);
+            nn::conv2d_forward(s, &xv, &wv, &mut want).unwrap();
+            nn::conv2d_forward(s, &abs(&xv), &abs(&wv), &mut sum).unwrap();
+            let terms = s.c_in * s.kh * s.kw + splits(ConvOp::Forward);
+            let e0 = check(&format!("{name} forward {s:?}"), &gpu.read(&y).unwrap(), &want, &sum, terms);
+
+            let (mut want, mut sum) = (vec![0.0; s.input_len()], vec![0.0; s.input_len()]);
+            nn::conv2d_backward_data(s, &dyv, &wv, &mut want).unwrap();
+            nn::conv2d_backward_data(s, &abs(&dyv), &abs(&wv), &mut sum).unwrap();
+            let terms = s.c_out * s.kh * s.kw + splits(ConvOp::BackwardData);
+            let e1 = check(&format!("{name} backward_data {s:?}"), &gpu.read(&dx).unwrap(), &want, &sum, terms);
+
+            let (mut want, mut sum) = (vec![0.0; s.weight_len()], vec![0.0; s.weight_len()]);
+            nn::conv2d_backward_weight(s, &dyv, &xv, &mut want).unwrap();
+            nn::conv2d_backward_weight(s, &abs(&dyv), &abs(&xv), &mut sum).unwrap();
+            let terms = s.n * s.out_h() * s.out_w() + splits(ConvOp::BackwardWeight);
+            let e2 = check(&format!("{name} backward_weight {s:?}"), &gpu.read(&dw).unwrap(), &want, &sum, terms);
+
+            for (w, e) in worst.iter_mut().zip([e0, e1, e2]) {
+                *w = (w.0.max(e.0), w.1.max(e.1));
+            }
+        }
+        for (op, (err, ratio)) in ConvOp::ALL.iter().zip(worst) {
+            eprintln!("{name:>10} {:<24} max |error| {err:.2e}, max error / bound {ratio:.3}", op.name());
+        }
+    }
+}
+
+#[test]
+fn split_reductions_actually_split_and_the_grid_folds() {
+    let Some(gpu) = gpu() else { return };
+    let (_, tiling) = tilings(gpu).pop().unwrap();
+    let s = shape(3, 5, (13, 13), 7, (3, 3), 1, 1);
+    let plan = tiling.plan(ConvOp::BackwardWeight, &s, gpu.caps.max_workgroups_per_dim).unwrap();
+    // K = 3*13*13 = 507: 32 steps of 16, one step per split.
+    assert_eq!((plan.params.splits, plan.params.chunk), (32, 16), "{plan:?}");
+    let plan = tiling.plan(ConvOp::Forward, &s, gpu.caps.max_workgroups_per_dim).unwrap();
+    // 507 columns: 8 tiles folded 3 wide; K = 45: 3 splits of one step.
+    assert_eq!((plan.grid, plan.params.tiles), ([3, 3, 3], 8), "{plan:?}");
+    // The adapter's tiling never splits the depth below min_steps_per_split steps, nor beyond 64 splits.
+    let adapter = ConvTiling::for_adapter(gpu);
+    let big = shape(1, 64, (56, 56), 64, (3, 3), 1, 1);
+    let plan = adapter.plan(ConvOp::BackwardWeight, &big, u32::MAX).unwrap();
+    assert!(plan.params.splits <= 64 && plan.params.chunk >= 16 * adapter.min_steps_per_split, "{plan:?}");
+}
+
+#[test]
+fn results_are_bit_identical_from_run_to_run() {
+    let Some(gpu) = gpu() else { return };
+    for (name, tiling) in tilings(gpu) {
+        let conv = Conv2d::with_tiling(gpu, tiling);
+        let s = shape(2, 5, (11, 9), 7, (3, 3), 2, 1);
+        let x = gpu.upload("x", &[s.input_len()], &uniform(1, s.input_len()));
+        let weight = gpu.upload("weight", &[s.weight_len()], &uniform(2, s.weight_len()));
+        let dy = gpu.upload("dy", &[s.output_len()], &uniform(3, s.output_len()));
+        let (y, dx, dw) = (gpu.zeros("y", &[s.output_len()]), gpu.zeros("dx", &[s.input_len()]), gpu.zeros("dweight", &[s.weight_len()]));
+        let scratch = scratch(gpu, &conv, &s);
+        let mut all = conv.forward(gpu, &s, &x, &weight, &y, &scratch).unwrap();
+        all.extend(conv.backward_data(gpu, &s, &dy, &weight, &dx, &scratch).unwrap());
+        all.extend(conv.backward_weight(gpu, &s, &dy, &x, &dw, &scratch).unwrap());
+        let bits = |t: &Tensor| gpu.read::<u32>(t).unwrap();
+        run(gpu, &all);
+        let first = [bits(&y), bits(&dx), bits(&dw)];
+        // Dirty the scratch, run again: same bits.
+        gpu.write(&scratch, &uniform(4, scratch.len)).unwrap();
+        run(gpu, &all);
+        assert_eq!(first, [bits(&y), bits(&dx), bits(&dw)], "{name}");
+    }
+}
+
+#[test]
+fn wrong_tensors_are_refused_naming_them() {
+    let Some(gpu) = gpu() else { return };
+    let conv = Conv2d::with_tiling(gpu, tilings(gpu).pop().unwrap().1);
+    let s = shape(2, 3, (5, 5), 4, (3, 3), 1, 1);
+    let t = |label: &str, len: usize| gpu.zeros(label, &[len]);
+    let (x, weight, y) = (t("x", s.input_len()), t("weight", s.weight_len()), t("y", s.output_len()));
+    let (dx, dy, dw, scratch) = (t("dx", s.input_len()), t("dy", s.output_len()), t("dweight", s.weight_len()), scratch(gpu, &conv, &s));
+    let short = |label: &str, len: usize| t(label, len - 1);
+    let message = |r: Result<Vec<Dispatch>, _>| -> String { format!("{:#}", r.err().expect("refused")) };
+
+    let e = message(conv.forward(gpu, &s, &short("x", s.input_len()), &weight, &y, &scratch));
+    assert!(e.contains("conv2d_forward: x has 149 elements, the shape needs 150"), "{e}");
+    let e = message(conv.forward(gpu, &s, &x, &short("weight", s.weight_len()), &y, &scratch));
+    assert!(e.contains("weight has 107"), "{e}");
+    let e = message(conv.forward(gpu, &s, &x, &weight, &short("y", s.output_len()), &scratch));
+    assert!(e.contains("y has 199"), "{e}");
+    let e = message(conv.backward_data(gpu, &s, &short("dy", s.output_len()), &weight, &dx, &scratch));
+    assert!(e.contains("conv2d_backward_data: dy has 199"), "{e}");
+    let e = message(conv.backward_data(gpu, &s, &dy, &weight, &short("dx", s.input_len()), &scratch));
+    assert!(e.contains("dx has 149"), "{e}");
+    let e = message(conv.backward_weight(gpu, &s, &dy, &short("x", s.input_len()), &dw, &scratch));
+    assert!(e.contains("conv2d_backward_weight: x has 149"), "{e}");
+    let e = message(conv.backward_weight(gpu, &s, &dy, &x, &short("dweight", s.weight_len()), &scratch));
+    assert!(e.contains("dweight has 107"), "{e}");
+    // This tiling splits: a scratch too small, or one that is an operand, is refused.
+    let e = message(conv.forward(gpu, &s, &x, &weight, &y, &t("scratch", 1)));
+    assert!(e.contains("scratch has 1 elements"), "{e}");
+    let e = message(conv.backward_weight(gpu, &s, &dy, &x, &dw, &dw));
+    assert!(e.contains("dweight is the scratch"), "{e}");
+    // An impossible shape.
+    let e = message(conv.forward(gpu, &Conv2dShape { stride: 0, ..s }, &x, &weight, &y, &scratch));
+    assert!(e.contains("conv2d_forward: invalid shape"), "{e}");
+}
+
+/// GFLOP/s of the three kernels on iResNet-18 shapes at batch 8, on an unchecked device:
+/// `cargo test --release -p elasticface-tests --test gpu_conv2d -- --ignored --nocapture`.
+#[test]
+#[ignore = "benchmark: minutes on lavapipe"]
+fn benchmark_r18_shapes() {
+    let gpu = Gpu::new(&GpuOptions { checked: false, ..GpuOptions::from_env() }).expect("a GPU adapter");
+    eprintln!("{}", gpu.info.name);
+    let batch = std::env::var("BENCH_BATCH").ok().and_then(|b| b.parse().ok()).unwrap_or(8);
+    let iterations = 3;
+    let cases = [
+        ("stem 3->64 112x112 3x3 s1", shape(batch, 3, (112, 112), 64, (3, 3), 1, 1)),
+        ("64 56x56 3x3 s1", shape(batch, 64, (56, 56), 64, (3, 3), 1, 1)),
+        ("64->128 56x56 3x3 s2", shape(batch, 64, (56, 56), 128, (3, 3), 2, 1)),
+        ("64->128 56x56 1x1 s2", shape(batch, 64, (56, 56), 128, (1, 1), 2, 0)),
+        ("256 14x14 3x3 s1", shape(batch, 256, (14, 14), 256, (3, 3), 1, 1)),
+        ("512 7x7 3x3 s1", shape(batch, 512, (7, 7), 512, (3, 3), 1, 1)),
+    ];
+    let adapter = ConvTiling::for_adapter(&gpu);
+    let mut variants = vec![("adapter", adapter)];
+    let other = if adapter.rows_per_thread == 4 { 8 } else { 4 };
+    variants.push(("other TM", ConvTiling { rows_per_thread: other, ..adapter }));
+    for (vname, tiling) in variants {
+        let conv = Conv2d::with_tiling(&gpu, tiling);
+        eprintln!("tiling {vname}: {tiling:?}");
+        for (name, s) in &cases {
+            let x = gpu.upload("x", &[s.input_len()], &uniform(1, s.input_len()));
+            let weight = gpu.upload("weight", &[s.weight_len()], &uniform(2, s.weight_len()));
+            let dy = gpu.upload("dy", &[s.output_len()], &uniform(3, s.output_len()));
+            let (y, dx, dw) = (gpu.zeros("y", &[s.output_len()]), gpu.zeros("dx", &[s.input_len()]), gpu.zeros("dw", &[s.weight_len()]));
+            let scratch = scratch(&gpu, &conv, s);
+            let ops = [
+                conv.forward(&gpu, s, &x, &weight, &y, &scratch).unwrap(),
+                conv.backward_data(&gpu, s, &dy, &weight, &dx, &scratch).unwrap(),
+                conv.backward_weight(&gpu, s, &dy, &x, &dw, &scratch).unwrap(),
+            ];
+            let mut line = format!("  {name:<28}");
+            for (op, d) in ConvOp::ALL.iter().zip(&ops) {
+                run(&gpu, d); // warm-up
+                let start = std::time::Instant::now();
+                for _ in 0..iterations {
+                    run(&gpu, d);
+                }
+                let secs = start.elapsed().as_secs_f64() / iterations as f64;
+                let splits = conv.plan(&gpu, *op, s).unwrap().params.splits;
+                line += &format!("  {}: {:6.2} GFLOP/s ({splits} splits)", op.name().trim_start_matches("conv2d_"), flops(s) as f64 / secs / 1e9);
+            }
+            eprintln!("{line}");
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! `shaders/preprocess.wgsl` against its core twin: bit-identical by construction (the kernel looks each byte's
+//! value up in a table made by the core function), so every comparison is exact.
+
+use elasticface::gpu::kernels::preprocess::Preprocess;
+use elasticface::gpu::Gpu;
+use elasticface_core::nn::{preprocess_image, ImageShape};
+use elasticface_tests::{gpu, uniform};
+
+/// `n` random images of shape `s`, back to back.
+fn images(seed: u64, n: usize, s: &ImageShape) -> Vec<u8> {
+    uniform(seed, n * s.len()).iter().map(|v| ((v + 1.0) * 128.0) as u8).collect()
+}
+
+/// The core's output for the batch: each image preprocessed on its own, concatenated.
+fn core(s: &ImageShape, bytes: &[u8], flips: &[u32]) -> Vec<f32> {
+    let mut out = vec![0.0; bytes.len()];
+    for ((hwc, chw), &flip) in bytes.chunks(s.len()).zip(out.chunks_mut(s.len())).zip(flips) {
+        preprocess_image(s, hwc, flip != 0, chw).unwrap();
+    }
+    out
+}
+
+/// The GPU's output for the batch.
+fn run(gpu: &Gpu, k: &Preprocess, s: &ImageShape, bytes: &[u8], flips: &[u32]) -> Vec<f32> {
+    let n = flips.len();
+    let words = Preprocess::pack(bytes);
+    assert_eq!(words.len(), Preprocess::words(n, s));
+    let t_images = gpu.upload("images", &[words.len()], &words);
+    let t_flip = gpu.upload("flip", &[n], flips);
+    let out = gpu.zeros("out", &[n, 3, s.h, s.w]);
+    gpu.run(&[&k.forward(gpu, n, s, &t_images, &t_flip, &out).unwrap()]).unwrap();
+    gpu.read(&out).unwrap()
+}
+
+/// The error message of a refused call.
+fn err<T, E: std::fmt::Display>(r: Result<T, E>) -> String {
+    r.err().expect("refused").to_string()
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn packing_is_little_endian_and_zero_padded() {
+    assert_eq!(Preprocess::pack(&[1, 2, 3, 4, 5]), vec![0x0403_0201, 5]);
+    assert_eq!(Preprocess::words(3, &ImageShape { h: 1, w: 1 }), 3); // 9 bytes
+}
+
+#[test]
+fn every_byte_value_matches_the_core_exactly() {
+    let Some(gpu) = gpu() else { return };
+    let k = Preprocess::new(gpu);
+    // A 16 x 16 image holding each byte once per channel (in a different place per channel).
+    let s = ImageShape { h: 16, w: 16 };
+    let bytes: Vec<u8> = (0..256usize).flat_map(|i| [i as u8, 255 - i as u8, (i * 7 % 256) as u8]).collect();
+    for flip in [0, 1] {
+        assert_eq!(bits(&run(gpu, &k, &s, &bytes, &[flip])), bits(&core(&s, &bytes, &[flip])), "flip {flip}");
+    }
+}
+
+#[test]
+fn batches_with_per_image_flips_match_the_core_exactly() {
+    let Some(gpu) = gpu() else { return };
+    let k = Preprocess::new(gpu);
+    // 5 x 7 x 3 = 105 bytes per image: images start mid-word. One pixel; a single row; a single column.
+    let cases = [
+        (ImageShape { h: 5, w: 7 }, vec![1, 0, 1]),
+        (ImageShape { h: 1, w: 1 }, vec![1]),
+        (ImageShape { h: 1, w: 9 }, vec![0, 1]),
+        (ImageShape { h: 9, w: 1 }, vec![1, 1]),
+        (ImageShape { h: 12, w: 10 }, vec![0, 1, 1, 0, 1]),
+    ];
+    for (i, (s, flips)) in cases.into_iter().enumerate() {
+        let bytes = images(i as u64, flips.len(), &s);
+        assert_eq!(bits(&run(gpu, &k, &s, &bytes, &flips)), bits(&core(&s, &bytes, &flips)), "{s:?} {flips:?}");
+    }
+}
+
+#[test]
+fn bad_sizes_are_refused() {
+    let Some(gpu) = gpu() else { return };
+    let k = Preprocess::new(gpu);
+    let s = ImageShape { h: 5, w: 7 };
+    let images = gpu.zeros("images", &[Preprocess::words(2, &s)]);
+    let (flip, out) = (gpu.zeros("flip", &[2]), gpu.zeros("out", &[2, 3, 5, 7]));
+    let e = err(k.forward(gpu, 2, &s, &flip, &flip, &out));
+    assert!(e.contains("flip has 2 elements") && e.contains("needs 53"), "{e}");
+    let e = err(k.forward(gpu, 3, &s, &images, &flip, &out));
+    assert!(e.contains("images has 53 elements"), "{e}");
+    let e = err(k.forward(gpu, 2, &s, &images, &out, &out));
+    assert!(e.contains("out has 210 elements") && e.contains("needs 2"), "{e}");
+    let e = err(k.forward(gpu, 0, &s, &images, &flip, &out));
+    assert!(e.contains("no images"), "{e}");
+    let e = err(k.forward(gpu, 2, &ImageShape { h: 0, w: 7 }, &images, &flip, &out));
+    assert!(e.contains("zero"), "{e}");
+}
