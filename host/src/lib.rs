@@ -6,6 +6,7 @@
 //! - [`selftest`]: runs the PyTorch reference vectors through the core (and, later, the GPU trainer) and
 //!   reports each tensor's error.
 
+pub mod bench;
 pub mod gpu;
 pub mod reference;
 pub mod selftest;

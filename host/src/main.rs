@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 
 use elasticface::gpu::{adapters, AdapterLine, Gpu, GpuOptions};
-use elasticface::selftest;
+use elasticface::{bench, selftest};
 
 /// ElasticFace: train and check face-recognition networks with elastic margin losses.
 #[derive(Parser, Debug)]
@@ -24,6 +24,30 @@ enum Command {
     /// `WGPU_BACKEND` (vulkan, metal, dx12) restricts the backends; `--adapter` or `WGPU_ADAPTER_NAME` picks an
     /// adapter by (part of) its name.
     Info {
+        /// Use the first adapter whose name contains this (case-insensitive).
+        #[arg(long, value_name = "NAME")]
+        adapter: Option<String>,
+    },
+    /// Measure throughput. `--kernels`: GFLOP/s of each GPU kernel on iResNet shapes.
+    ///
+    /// Each kernel runs once to warm up, then in rounds of `--reps` launches recorded into one compute pass;
+    /// the median round is reported.
+    Bench {
+        /// Time each kernel family (the whole-network benchmark needs the GPU trainer, not built yet).
+        #[arg(long)]
+        kernels: bool,
+        /// Batch size N of the shapes.
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Divide the spatial sizes of the 112x112 network by this (default: 4 on a CPU adapter, else 1).
+        #[arg(long)]
+        shrink: Option<usize>,
+        /// Launches per timed round.
+        #[arg(long, default_value_t = 10)]
+        reps: usize,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
         /// Use the first adapter whose name contains this (case-insensitive).
         #[arg(long, value_name = "NAME")]
         adapter: Option<String>,
@@ -68,6 +92,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let gpu = Gpu::new(&opts)?;
             println!("chosen: {}", AdapterLine(gpu.info.clone()));
             println!("{}", gpu.caps);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { kernels, batch, shrink, reps, json, adapter } => {
+            if !kernels {
+                bail!("the whole-network benchmark needs the GPU trainer, which this build does not have yet; run `elasticface bench --kernels`");
+            }
+            let mut opts = GpuOptions::from_env();
+            opts.adapter_name = adapter.or(opts.adapter_name);
+            let gpu = Gpu::new(&opts)?;
+            let shrink = shrink.unwrap_or(if gpu.info.device_type == wgpu::DeviceType::Cpu { 4 } else { 1 });
+            eprintln!("adapter: {} (shapes: batch {batch}, spatial / {shrink})", AdapterLine(gpu.info.clone()));
+            if !json {
+                println!("{:<28} {:<32} {:>10} {:>10} {:>9}", "kernel", "shape", "ms", "GFLOP/s", "GB/s");
+            }
+            for case in bench::kernel_cases(&gpu, batch, shrink.max(1))? {
+                let r = bench::time_case(&gpu, &case, reps.max(1), 3)?;
+                if json {
+                    println!("{}", serde_json::to_string(&r)?);
+                } else {
+                    println!("{:<28} {:<32} {:>10.3} {:>10.2} {:>9.2}", r.kernel, r.shape, r.ms, r.gflops, r.gbytes);
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Selftest { cpu, reference } => {
