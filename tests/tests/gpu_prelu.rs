@@ -19,9 +19,10 @@ fn shape(n: usize, c: usize, hw: usize) -> BatchNormShape {
     BatchNormShape { n, c, hw }
 }
 
-/// Odd sizes; BatchNorm1d-like `(N, C)`; a channel of several chunks with a short last one; one element.
+/// Odd sizes; BatchNorm1d-like `(N, C)`; a channel of several chunks with a short last one; one element; more
+/// chunks per channel than the combine pass has threads (256).
 fn shapes() -> Vec<BatchNormShape> {
-    vec![shape(3, 5, 13 * 13), shape(7, 9, 1), shape(2, 3, 2500), shape(1, 1, 1)]
+    vec![shape(3, 5, 13 * 13), shape(7, 9, 1), shape(2, 3, 2500), shape(1, 1, 1), shape(2, 1, 300_000)]
 }
 
 /// Test input with some exact zeros (which take the `alpha` branch, as in the core).
@@ -40,7 +41,9 @@ fn err<T, E: std::fmt::Display>(r: Result<T, E>) -> String {
 
 #[test]
 fn the_shapes_exercise_both_reduction_levels() {
-    assert!(shapes().iter().any(|s| s.count() > PRELU_CHUNK && s.count() % PRELU_CHUNK != 0));
+    let chunks = |s: &BatchNormShape| s.count().div_ceil(PRELU_CHUNK);
+    assert!(shapes().iter().any(|s| (2..256).contains(&chunks(s)) && s.count() % PRELU_CHUNK != 0));
+    assert!(shapes().iter().any(|s| chunks(s) > 256));
 }
 
 #[test]
