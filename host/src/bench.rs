@@ -10,6 +10,10 @@ use std::time::Instant;
 use anyhow::Result;
 use serde::Serialize;
 
+use elasticface_core::nn::{BatchNorm, BatchNormShape};
+
+use crate::gpu::kernels::batchnorm::BatchNormKernels;
+use crate::gpu::kernels::prelu::Prelu;
 use crate::gpu::kernels::residual::Residual;
 use crate::gpu::kernels::Dispatch;
 use crate::gpu::Gpu;
@@ -80,6 +84,49 @@ pub fn kernel_cases(gpu: &Gpu, n: usize, shrink: usize) -> Result<Vec<KernelCase
             flops: len as f64,
             bytes: 12.0 * len as f64,
             dispatches: vec![residual.forward(gpu, &a, &b, &y)?],
+        });
+    }
+    let (bn, prelu) = (BatchNormKernels::new(gpu), Prelu::new(gpu));
+    for (c, hw) in [(64usize, 112usize), (128, 28), (512, 7)] {
+        let hw = (hw / shrink).max(1);
+        let s = BatchNormShape { n, c, hw: hw * hw };
+        let len = s.len();
+        let t = |name: &str, len: usize| gpu.zeros(name, &[len]);
+        let (x, y, dy, dx) = (t("x", len), t("y", len), t("dy", len), t("dx", len));
+        let (gamma, beta, rm, rv, mean, var, dg, db) =
+            (t("gamma", c), t("beta", c), t("rm", c), t("rv", c), t("mean", c), t("var", c), t("dg", c), t("db", c));
+        let scratch = t("scratch", BatchNormKernels::scratch_len(&s).max(Prelu::scratch_len(&s)));
+        let shape = format!("N={n} C={c} {hw}x{hw}");
+        let cfg = BatchNorm::default();
+        let fwd = bn.forward_train(gpu, &s, &cfg, &x, &gamma, &beta, &rm, &rv, &y, &mean, &var, &scratch)?;
+        cases.push(KernelCase {
+            kernel: "batchnorm_forward_train".into(),
+            shape: shape.clone(),
+            flops: 5.0 * len as f64,
+            bytes: 12.0 * len as f64,
+            dispatches: fwd.into(),
+        });
+        let bwd = bn.backward(gpu, &s, &cfg, &x, &gamma, &mean, &var, &dy, &dx, Some(&dg), &db, &scratch)?;
+        cases.push(KernelCase {
+            kernel: "batchnorm_backward".into(),
+            shape: shape.clone(),
+            flops: 8.0 * len as f64,
+            bytes: 20.0 * len as f64,
+            dispatches: bwd.into(),
+        });
+        cases.push(KernelCase {
+            kernel: "prelu_forward".into(),
+            shape: shape.clone(),
+            flops: len as f64,
+            bytes: 8.0 * len as f64,
+            dispatches: vec![prelu.forward(gpu, &s, &x, &gamma, &y)?],
+        });
+        cases.push(KernelCase {
+            kernel: "prelu_backward".into(),
+            shape,
+            flops: 3.0 * len as f64,
+            bytes: 12.0 * len as f64,
+            dispatches: prelu.backward(gpu, &s, &x, &gamma, &dy, &dx, &dg, &scratch)?.into(),
         });
     }
     Ok(cases)
