@@ -7,6 +7,7 @@
 //!   reports each tensor's error.
 
 pub mod bench;
+pub mod data;
 pub mod gpu;
 pub mod reference;
 pub mod selftest;
