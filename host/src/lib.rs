@@ -2,6 +2,10 @@
 //!
 //! The host side of ElasticFace: the `elasticface` command and the library behind it.
 //!
+//! - [`gpu`]: adapter choice and capabilities, tensors, and the WGSL kernels, each the twin of a core function.
+//! - [`data`]: training data: insightface RecordIO, image folders, synthetic images, and a deterministic,
+//!   multi-threaded batch loader.
+//! - [`bench`]: kernel throughput (`elasticface bench --kernels`).
 //! - [`reference`]: reading reference tensors (safetensors) and comparing results with written tolerances.
 //! - [`selftest`]: runs the PyTorch reference vectors through the core (and, later, the GPU trainer) and
 //!   reports each tensor's error.
