@@ -6,7 +6,8 @@
 //! - [`data`]: training data: insightface RecordIO, image folders, synthetic images, and a deterministic,
 //!   multi-threaded batch loader.
 //! - [`bench`]: kernel throughput (`elasticface bench --kernels`).
-//! - [`reference`]: reading reference tensors (safetensors) and comparing results with written tolerances.
+//! - [`tensorfile`]: named tensors in safetensors files (reference vectors, checkpoints), written atomically.
+//! - [`reference`]: comparing results with reference tensors under written tolerances.
 //! - [`selftest`]: runs the PyTorch reference vectors through the core (and, later, the GPU trainer) and
 //!   reports each tensor's error.
 
@@ -15,3 +16,4 @@ pub mod data;
 pub mod gpu;
 pub mod reference;
 pub mod selftest;
+pub mod tensorfile;

@@ -3,12 +3,12 @@
 //! Each check carries its own tolerance and the reason for it (see `host/src/selftest/*.rs`); these tests fail
 //! when any check fails and print every check, so a failure shows which tensor and by how much.
 
-use elasticface::reference::ReferenceFile;
+use elasticface::tensorfile::TensorFile;
 use elasticface::selftest::{self, Report};
 use elasticface_tests::reference_dir;
 
 fn run(file: &str) -> Report {
-    let f = ReferenceFile::open(&reference_dir().join(file)).expect("reference file loads");
+    let f = TensorFile::open(&reference_dir().join(file)).expect("reference file loads");
     let report = selftest::run_cpu(&[f]);
     for c in report.sections.iter().flat_map(|s| &s.checks) {
         println!("{c}");

@@ -14,7 +14,8 @@ use elasticface_core::model::{IResNetConfig, StepConfig, TensorKind, Trainer, Tr
 use elasticface_core::nn::{BatchNorm, Sgd};
 use serde_json::Value;
 
-use crate::reference::{Check, ReferenceFile, Tolerance};
+use crate::reference::{Check, Tolerance};
+use crate::tensorfile::TensorFile;
 
 // Tolerances. The reference is float64 autograd; we compute in f32 with another summation order, so every tensor
 // carries f32 rounding (~6e-8 relative per operation) accumulated through the network: batch norm divides by the
@@ -123,7 +124,7 @@ impl Setup {
 }
 
 /// Runs the file through the core's CPU trainer and compares every tensor.
-pub fn check_cpu(file: &ReferenceFile) -> Vec<Check> {
+pub fn check_cpu(file: &TensorFile) -> Vec<Check> {
     let mut checks = Vec::new();
     if let Err(e) = run(file, &mut checks) {
         checks.push(Check::failed("iresnet_tiny", format!("{e:#}")));
@@ -131,7 +132,7 @@ pub fn check_cpu(file: &ReferenceFile) -> Vec<Check> {
     checks
 }
 
-fn run(file: &ReferenceFile, checks: &mut Vec<Check>) -> Result<()> {
+fn run(file: &TensorFile, checks: &mut Vec<Check>) -> Result<()> {
     let setup = Setup::from_manifest(&file.meta)?;
     let (cfg, b) = (setup.cfg, setup.batch);
     let layout = TrainerLayout::new(&cfg, b, setup.classes)?;
@@ -199,7 +200,7 @@ struct StateTolerance {
 
 /// Compares every state tensor, the head and `num_batches_tracked` with `{prefix}.*`.
 fn compare_state(
-    file: &ReferenceFile,
+    file: &TensorFile,
     trainer: &Trainer<'_>,
     prefix: &str,
     tol: StateTolerance,

@@ -16,7 +16,8 @@ use elasticface_core::margin::{
 };
 use serde_json::Value;
 
-use crate::reference::{Check, ReferenceFile, Tolerance};
+use crate::reference::{Check, Tolerance};
+use crate::tensorfile::TensorFile;
 
 // Tolerances. The bundled file has B = 12, D = 16, C = 53 and s = 64 in every case. "Measured" is the largest
 // error over its eight cases (CPU reference, x86-64); `u = 2^-24` is the f32 unit roundoff. Gradient errors come from
@@ -97,7 +98,7 @@ fn preset_for(name: &str) -> Option<MarginConfig> {
 }
 
 /// Runs one case through the head and compares every tensor.
-fn run_case(file: &ReferenceFile, case: &Case) -> Result<Vec<Check>> {
+fn run_case(file: &TensorFile, case: &Case) -> Result<Vec<Check>> {
     let (name, cfg, shape) = (&case.name, &case.cfg, &case.shape);
     let key = |t: &str| format!("{name}.{t}");
     let emb = file.f32(&key("embeddings"))?;
@@ -136,7 +137,7 @@ fn run_case(file: &ReferenceFile, case: &Case) -> Result<Vec<Check>> {
 /// Runs the file through the core and compares every tensor: per case the preset's parameters (when the case is
 /// named after a preset), the assigned margins, cosines, logits, loss and both gradients. Problems (a missing
 /// tensor, an error from the core) become failed checks.
-pub fn check_cpu(file: &ReferenceFile) -> Vec<Check> {
+pub fn check_cpu(file: &TensorFile) -> Vec<Check> {
     let Some(cases) = file.meta.get("cases").and_then(Value::as_array) else {
         return vec![Check::failed("margin_loss", "the manifest has no `cases` list")];
     };

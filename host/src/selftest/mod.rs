@@ -16,7 +16,8 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 
-use crate::reference::{Check, ReferenceFile};
+use crate::reference::Check;
+use crate::tensorfile::TensorFile;
 
 /// The reference files, by their file names.
 pub const FILES: [&str; 3] = ["margin_loss.safetensors", "iresnet_tiny.safetensors", "verification.safetensors"];
@@ -65,15 +66,15 @@ impl Report {
 }
 
 /// Loads the bundled reference files, or those of `dir` (every one of [`FILES`] that exists there; at least one).
-pub fn load(dir: Option<&Path>) -> Result<Vec<ReferenceFile>> {
+pub fn load(dir: Option<&Path>) -> Result<Vec<TensorFile>> {
     let Some(dir) = dir else {
-        return FILES.iter().zip(BUNDLED).map(|(name, bytes)| ReferenceFile::from_bytes(name, bytes)).collect();
+        return FILES.iter().zip(BUNDLED).map(|(name, bytes)| TensorFile::from_bytes(name, bytes)).collect();
     };
-    let files: Vec<ReferenceFile> = FILES
+    let files: Vec<TensorFile> = FILES
         .iter()
         .map(|name| dir.join(name))
         .filter(|p| p.exists())
-        .map(|p| ReferenceFile::open(&p))
+        .map(|p| TensorFile::open(&p))
         .collect::<Result<_>>()?;
     if files.is_empty() {
         bail!("{} holds none of the reference files ({})", dir.display(), FILES.join(", "));
@@ -82,7 +83,7 @@ pub fn load(dir: Option<&Path>) -> Result<Vec<ReferenceFile>> {
 }
 
 /// Runs every loaded reference file through the CPU reference (the core).
-pub fn run_cpu(files: &[ReferenceFile]) -> Report {
+pub fn run_cpu(files: &[TensorFile]) -> Report {
     let sections = files
         .iter()
         .map(|f| {

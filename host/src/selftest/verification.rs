@@ -31,7 +31,8 @@ use elasticface_core::verify::{
     fused_distances, kfold_accuracy, protocol_threshold, FlipPairs, KFold, THRESHOLD_COUNT,
 };
 
-use crate::reference::{Check, ReferenceFile, Tolerance};
+use crate::reference::{Check, Tolerance};
+use crate::tensorfile::TensorFile;
 
 /// Distances: both sides compute `sum_k (f1_k - f2_k)^2` of unit vectors in f32, PyTorch with its own reduction
 /// order for the norms and the sum. Values lie in [0, 4]; each of the ~3 D roundings contributes at most
@@ -41,7 +42,7 @@ use crate::reference::{Check, ReferenceFile, Tolerance};
 const DIST: Tolerance = Tolerance::new(1e-6, 1e-6);
 
 /// Runs the file through the core and compares every tensor.
-pub fn check_cpu(file: &ReferenceFile) -> Vec<Check> {
+pub fn check_cpu(file: &TensorFile) -> Vec<Check> {
     let mut checks = Vec::new();
     if let Err(e) = run(file, &mut checks) {
         checks.push(Check::failed("verification", format!("{e:#}")));
@@ -50,7 +51,7 @@ pub fn check_cpu(file: &ReferenceFile) -> Vec<Check> {
 }
 
 /// Fills `checks`; an error ends the run (the checks so far are kept).
-fn run(file: &ReferenceFile, checks: &mut Vec<Check>) -> Result<()> {
+fn run(file: &TensorFile, checks: &mut Vec<Check>) -> Result<()> {
     let issame: Vec<bool> = file
         .i64("issame")?
         .iter()
