@@ -12,6 +12,7 @@
 //!   reports each tensor's error.
 
 pub mod bench;
+pub mod checkpoint;
 pub mod data;
 pub mod gpu;
 pub mod reference;

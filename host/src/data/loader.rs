@@ -65,7 +65,7 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use elasticface_core::rng::Philox4x32;
 use rand_core::RngCore;
 
-use super::Dataset;
+use super::{Dataset, ImageShape};
 
 /// Philox stream bit for the epoch shuffles: epoch `e` uses stream `SHUFFLE_STREAM | e`.
 pub const SHUFFLE_STREAM: u64 = 1 << 63;
@@ -190,6 +190,18 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// The network input `f32 (B, 3, H, W)`: every image through the core's `preprocess_image`, mirrored where
+    /// `flips` says (the CPU twin of the GPU preprocess kernel).
+    pub fn to_input(&self, shape: ImageShape) -> Result<Vec<f32>> {
+        let (img, px) = (shape.h * shape.w * 3, shape.h * shape.w * 3);
+        ensure!(self.images.len() == self.len() * img, "batch images are not {}x{}", shape.h, shape.w);
+        let mut out = vec![0.0; self.len() * px];
+        for ((rgb, &flip), chw) in self.images.chunks_exact(img).zip(&self.flips).zip(out.chunks_exact_mut(px)) {
+            elasticface_core::nn::preprocess_image(&shape, rgb, flip, chw)?;
+        }
+        Ok(out)
+    }
+
     /// Number of images `B` (the configured batch size, or fewer for a last short batch).
     pub fn len(&self) -> usize {
         self.labels.len()
