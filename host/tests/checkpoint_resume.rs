@@ -68,7 +68,6 @@ fn four_steps_straight_equal_two_plus_resume_plus_two() {
     let path = dir.join("step2.safetensors");
     let run = serde_json::json!({"note": "test"});
     Checkpoint::from_trainer(&first, SEED, pos, run.clone()).save(&path).unwrap();
-    drop(first);
 
     let ck = Checkpoint::load(&path).unwrap();
     assert_eq!((ck.step, ck.seed, ck.position, &ck.run), (2, SEED, pos, &run));

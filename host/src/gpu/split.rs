@@ -61,10 +61,9 @@ fn split_offsets(label: &str, rows: usize, cols: usize, row_align: usize, max_by
     let fit = (max_bytes / row_bytes) as usize;
     let per_part = fit / row_align * row_align;
     if per_part == 0 {
+        let block = row_align as u64 * row_bytes;
         bail!(
-            "{label}: a block of {row_align} rows of {cols} elements ({} bytes) exceeds the largest binding ({max_bytes} \
-             bytes)",
-            row_align as u64 * row_bytes
+            "{label}: a block of {row_align} rows of {cols} elements ({block} bytes) exceeds a binding ({max_bytes})"
         );
     }
     let mut offsets: Vec<usize> = (0..rows.max(1)).step_by(per_part).collect();

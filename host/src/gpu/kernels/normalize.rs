@@ -29,8 +29,13 @@ pub struct NormalizeParams {
 impl NormalizeParams {
     fn new(kernel: &str, layout: VectorLayout) -> Result<Self> {
         let u = |v: usize| u32::try_from(v);
-        match (u(layout.count), u(layout.len), u(layout.vector_stride), u(layout.element_stride), u(layout.buffer_len()))
-        {
+        match (
+            u(layout.count),
+            u(layout.len),
+            u(layout.vector_stride),
+            u(layout.element_stride),
+            u(layout.buffer_len()),
+        ) {
             (Ok(count), Ok(len), Ok(vector_stride), Ok(element_stride), Ok(_)) => {
                 Ok(Self { count, len, vector_stride, element_stride })
             }
@@ -95,9 +100,7 @@ impl Normalize {
     ) -> Result<Vec<Dispatch>> {
         check_pairing("l2_normalize_forward", x, y, norms)?;
         let parts = x.parts.iter().zip(&y.parts).zip(&norms.parts);
-        parts
-            .map(|((xp, yp), np)| self.forward(gpu, VectorLayout::rows(np.len, x.cols), xp, yp, np))
-            .collect()
+        parts.map(|((xp, yp), np)| self.forward(gpu, VectorLayout::rows(np.len, x.cols), xp, yp, np)).collect()
     }
 
     /// [`Normalize::backward`] of the rows of a split `(R, D)` matrix, one dispatch per part, in place on `grad`.
@@ -110,9 +113,7 @@ impl Normalize {
     ) -> Result<Vec<Dispatch>> {
         check_pairing("l2_normalize_backward", y, grad, norms)?;
         let parts = y.parts.iter().zip(&norms.parts).zip(&grad.parts);
-        parts
-            .map(|((yp, np), gp)| self.backward(gpu, VectorLayout::rows(np.len, y.cols), yp, np, gp))
-            .collect()
+        parts.map(|((yp, np), gp)| self.backward(gpu, VectorLayout::rows(np.len, y.cols), yp, np, gp)).collect()
     }
 }
 

@@ -54,7 +54,8 @@ pub fn sum_of_squares_partials(len: usize) -> usize {
 }
 
 fn len_u32(kernel: &str, t: &Tensor) -> Result<u32> {
-    u32::try_from(t.len).or_else(|_| bail!("{kernel}: {} has {} elements, more than 32-bit indices reach", t.label, t.len))
+    u32::try_from(t.len)
+        .or_else(|_| bail!("{kernel}: {} has {} elements, more than 32-bit indices reach", t.label, t.len))
 }
 
 /// The optimiser kernels' pipelines.

@@ -1,0 +1,158 @@
+//! `shaders/sgd.wgsl` against its core twins `sgd_step`, `sum_of_squares`, `clip_coefficient` and `scale`.
+//!
+//! Tolerances. `sgd_step` and `scale` are the core's `f32` operations in the core's order: bit-identical where the
+//! device rounds each operation correctly and does not fuse `a * b + c` into one rounding (lavapipe does neither;
+//! a driver that contracts to FMA differs by an ulp, so on such a device the comparison would need a 1-ulp
+//! tolerance). The sum of squares is accumulated in `f32` in blocks and a fixed tree where the core accumulates in
+//! `f64`: about `(16 + log2(n)) u` relative in the worst case (`u = 2^-24`); 2e-6 (~34 u) covers it; the norm
+//! (square root) and the clip coefficient carry half and the same relative error.
+
+use elasticface::gpu::kernels::sgd::{sum_of_squares_partials, GradClip, SgdKernels, SUM_BLOCK};
+use elasticface::gpu::{Gpu, GpuOptions, Tensor};
+use elasticface_core::nn::{clip_coefficient, scale, sgd_step, sum_of_squares, Sgd};
+use elasticface_tests::{gpu, uniform};
+
+fn rel(a: f32, b: f32) -> f32 {
+    ((a - b) / b).abs()
+}
+
+#[test]
+fn sgd_steps_match_the_core_exactly() {
+    let Some(gpu) = gpu() else { return };
+    let k = SgdKernels::new(gpu);
+    let mut sgd = Sgd { lr: 0.1, momentum: 0.9, weight_decay: 5e-4 };
+    let hyper = SgdKernels::hyper(gpu, &sgd);
+    for len in [1usize, 3, 255, 257, 1000] {
+        let mut p = uniform(20, len);
+        let mut buf = vec![0.0; len];
+        let tp = gpu.upload("param", &[len], &p);
+        let tg = gpu.zeros("grad", &[len]);
+        let tb = gpu.zeros("momentum_buf", &[len]);
+        let step = k.step(gpu, &hyper, &tp, &tg, &tb).unwrap();
+        // Three steps with new gradients and a learning rate that changes between steps (one queue write).
+        for (i, lr) in [0.1f32, 0.1, 0.01].into_iter().enumerate() {
+            sgd.lr = lr;
+            SgdKernels::write_hyper(gpu, &hyper, &sgd).unwrap();
+            let g = uniform(30 + i as u64, len);
+            gpu.write(&tg, &g).unwrap();
+            gpu.run(&[&step]).unwrap();
+            sgd_step(&sgd, &mut p, &g, &mut buf).unwrap();
+            assert_eq!(gpu.read::<f32>(&tp).unwrap(), p, "param, len {len}, step {i}");
+            assert_eq!(gpu.read::<f32>(&tb).unwrap(), buf, "momentum_buf, len {len}, step {i}");
+        }
+    }
+}
+
+#[test]
+fn split_step_updates_every_part() {
+    let opts = GpuOptions { binding_limit: Some(256), checked: true, ..GpuOptions::from_env() };
+    let Some(_) = gpu() else { return };
+    let gpu = Gpu::new(&opts).unwrap();
+    let k = SgdKernels::new(&gpu);
+    let sgd = Sgd { lr: 0.05, momentum: 0.9, weight_decay: 1e-3 };
+    let hyper = SgdKernels::hyper(&gpu, &sgd);
+    // (37, 5): 12 rows (240 bytes) per part, 4 parts.
+    let (rows, cols) = (37, 5);
+    let (mut p, g, mut buf) = (uniform(1, rows * cols), uniform(2, rows * cols), uniform(3, rows * cols));
+    let tp = gpu.upload_split("param", rows, cols, 1, &p).unwrap();
+    let tg = gpu.upload_split("grad", rows, cols, 1, &g).unwrap();
+    let tb = gpu.upload_split("momentum_buf", rows, cols, 1, &buf).unwrap();
+    assert_eq!(tp.parts.len(), 4);
+    let steps = k.step_split(&gpu, &hyper, &tp, &tg, &tb).unwrap();
+    gpu.run(&steps.iter().collect::<Vec<_>>()).unwrap();
+    sgd_step(&sgd, &mut p, &g, &mut buf).unwrap();
+    assert_eq!(gpu.read_split::<f32>(&tp).unwrap(), p);
+    assert_eq!(gpu.read_split::<f32>(&tb).unwrap(), buf);
+
+    let other = gpu.zeros_split("grad", rows, cols, 5).unwrap(); // parts of 10 rows
+    let err = k.step_split(&gpu, &hyper, &tp, &other, &tb).err().expect("refused");
+    assert!(err.to_string().contains("grad is not split like param"), "{err}");
+}
+
+/// Gradients of sizes around the block boundaries of `sum_of_squares` (4,096 elements).
+fn gradients() -> Vec<Vec<f32>> {
+    [1usize, 3, SUM_BLOCK - 1, SUM_BLOCK, SUM_BLOCK + 1, 10_000]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| uniform(40 + i as u64, n).into_iter().map(|v| v * (i as f32 + 0.5)).collect())
+        .collect()
+}
+
+#[test]
+fn clipping_matches_the_core() {
+    let Some(gpu) = gpu() else { return };
+    let k = SgdKernels::new(gpu);
+    let grads = gradients();
+    // The core: per-tensor sums of squares (f64, rounded), their f32 sum, sqrt, coefficient, scale.
+    let total: f32 = grads.iter().map(|g| sum_of_squares(g)).sum();
+    let norm = total.sqrt();
+    let (mut worst_norm, mut worst_coef) = (0.0f32, 0.0f32);
+    for max_norm in [norm / 3.0, norm * 2.0] {
+        let want_coef = clip_coefficient(norm, max_norm);
+        let tensors: Vec<Tensor> = grads.iter().map(|g| gpu.upload("grad", &[g.len()], g)).collect();
+        let clip = GradClip::new(gpu, &k, &tensors.iter().collect::<Vec<_>>(), max_norm).unwrap();
+        assert_eq!(clip.partials.len, grads.iter().map(|g| sum_of_squares_partials(g.len())).sum::<usize>());
+        gpu.run(&clip.dispatches().iter().collect::<Vec<_>>()).unwrap();
+        let (gpu_norm, gpu_coef) = clip.read(gpu).unwrap();
+        assert!(rel(gpu_norm, norm) <= 2e-6, "norm {gpu_norm} vs {norm}");
+        assert!(rel(gpu_coef, want_coef) <= 2e-6, "coefficient {gpu_coef} vs {want_coef}");
+        if want_coef == 1.0 {
+            assert_eq!(gpu_coef, 1.0);
+        }
+        worst_norm = worst_norm.max(rel(gpu_norm, norm));
+        worst_coef = worst_coef.max(rel(gpu_coef, want_coef));
+        // The scale is the core's with the GPU's coefficient, bit for bit.
+        for (g, t) in grads.iter().zip(&tensors) {
+            let mut want = g.clone();
+            scale(&mut want, gpu_coef);
+            assert_eq!(gpu.read::<f32>(t).unwrap(), want, "scaled tensor of {}", g.len());
+        }
+    }
+    eprintln!("clip: norm rel {worst_norm:e}, coefficient rel {worst_coef:e}");
+}
+
+#[test]
+fn sums_of_squares_are_deterministic_and_match_per_tensor() {
+    let Some(gpu) = gpu() else { return };
+    let k = SgdKernels::new(gpu);
+    let mut worst = 0.0f32;
+    for g in gradients() {
+        let t = gpu.upload("x", &[g.len()], &g);
+        let count = sum_of_squares_partials(g.len());
+        let partials = gpu.zeros("partials", &[count + 2]);
+        let clip = gpu.zeros("clip", &[4]);
+        // From offset 2, then the combine over all (two leading zeros change nothing).
+        let sos = k.sum_of_squares(gpu, &t, &partials, 2).unwrap();
+        let combine = k.clip_coefficient(gpu, &partials, count + 2, 1.0, &clip).unwrap();
+        gpu.run(&[&sos, &combine]).unwrap();
+        let first = gpu.read::<f32>(&clip).unwrap();
+        gpu.run(&[&sos, &combine]).unwrap();
+        assert_eq!(gpu.read::<f32>(&clip).unwrap(), first, "rerun of {}", g.len());
+        let want = sum_of_squares(&g);
+        assert!(rel(first[0], want) <= 2e-6, "{} elements: {} vs {want}", g.len(), first[0]);
+        worst = worst.max(rel(first[0], want));
+    }
+    eprintln!("sum_of_squares: worst rel {worst:e}");
+}
+
+#[test]
+fn bad_sizes_are_refused() {
+    let Some(gpu) = gpu() else { return };
+    let k = SgdKernels::new(gpu);
+    let hyper = SgdKernels::hyper(gpu, &Sgd { lr: 0.1, momentum: 0.9, weight_decay: 0.0 });
+    let (p, g, b) = (gpu.zeros("param", &[4]), gpu.zeros("grad", &[3]), gpu.zeros("momentum_buf", &[4]));
+    let err = k.step(gpu, &hyper, &p, &g, &b).err().expect("refused");
+    assert!(err.to_string().contains("grad has 3 elements"), "{err}");
+    let err = k.step(gpu, &hyper, &p, &p, &g).err().expect("refused");
+    assert!(err.to_string().contains("grad has 3 elements"), "{err}");
+    let big = gpu.zeros("big", &[2 * SUM_BLOCK + 1]);
+    let partials = gpu.zeros("partials", &[3]);
+    let err = k.sum_of_squares(gpu, &big, &partials, 1).err().expect("refused");
+    assert!(err.to_string().contains("partials has 3 elements, big needs 3 from 1"), "{err}");
+    let err = k.scale(gpu, &p, &partials, 3).err().expect("refused");
+    assert!(err.to_string().contains("partials has 3 elements, no index 3"), "{err}");
+    let err = k.clip_coefficient(gpu, &partials, 3, 1.0, &g).err().expect("refused");
+    assert!(err.to_string().contains("grad has 3 elements, the shape needs 4"), "{err}");
+    let err = k.clip_coefficient(gpu, &partials, 4, 1.0, &p).err().expect("refused");
+    assert!(err.to_string().contains("partials has 3 elements, fewer than the 4 partials"), "{err}");
+}
