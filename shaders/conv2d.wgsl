@@ -13,10 +13,11 @@
 //   conv2d_backward_data    M = C_IN   COLS = N*H*W      K = C_OUT*KH*KW  A[ci, (co, kh, kw)] = weight[co, ci, kh, kw]
 //                           B[(co, kh, kw), j] = dy[n, co, oh, ow] where oh = (ih + PAD - kh) / STRIDE is an
 //                           integer in 0..HO (likewise ow), else 0      C[ci, j] -> dx[n, ci, ih, iw]
+//                           (run as STRIDE^2 products, one per stride phase, each without the zero taps)
 //   conv2d_backward_weight  M = C_OUT  COLS = C_IN*KH*KW K = N*HO*WO     A[co, j] = dy[n, co, oh, ow]
 //                           B[j, t] = x[n, ci, ih, iw] (im2col, transposed) C[co, t] -> dweight[co, t]
-// backward_data gathers (every dx element sums its own taps), so a stride > 1 needs no scattering: the taps
-// whose output position is not an integer contribute zero (3/4 of them at stride 2, work spent on zeros).
+// backward_data gathers (every dx element sums its own taps), so a stride > 1 needs no scattering; to spend no
+// work on the taps whose output position is not an integer, it runs one product per stride phase.
 //
 // TILING. A workgroup of WG = 256 invocations computes one BM x BN tile of C (BM = 16*TM rows, BN = 64
 // columns). Invocation (tx, ty) = (lid % 16, lid / 16) owns the TM x 4 block at rows ty*TM.., columns tx*4..,
@@ -70,8 +71,21 @@ struct Params {
     // Row tiles (ceil(M / BM)) and all tiles (row tiles * ceil(COLS / BN)).
     tiles_m: u32,
     tiles: u32,
-    // Elements of one output slice (M * COLS).
+    // Elements of the output tensor, the size of one split's slice of the scratch.
     out_len: u32,
+    // conv2d_backward_data's stride phase (zero for the other kernels; see there): input rows
+    // in_h0 + a*STRIDE (a < ah) and columns in_w0 + b*STRIDE (b < aw); taps tap_h0 + t*STRIDE (t < taps_h) and
+    // tap_w0 + u*STRIDE (u < taps_w); output position (a + shift_h - t, b + shift_w - u).
+    in_h0: u32,
+    in_w0: u32,
+    ah: u32,
+    aw: u32,
+    tap_h0: u32,
+    tap_w0: u32,
+    taps_h: u32,
+    taps_w: u32,
+    shift_h: u32,
+    shift_w: u32,
 }
 
 const TM: u32 = 4u;
@@ -238,8 +252,17 @@ fn conv2d_forward(
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// conv2d_backward_data: dx from dy and weight. dy (N, C_OUT, HO, WO), weight (C_OUT, C_IN, KH, KW) (binding 2,
-// shared with conv2d_forward), dx (N, C_IN, H, W) (or slices of a scratch).
+// conv2d_backward_data: dx from dy and weight, one stride phase per dispatch. dy (N, C_OUT, HO, WO),
+// weight (C_OUT, C_IN, KH, KW) (binding 2, shared with conv2d_forward), dx (N, C_IN, H, W) (or slices of a
+// scratch).
+//
+// dx[n, ci, ih, iw] sums weight[co, ci, kh, kw] * dy[n, co, oh, ow] over the taps with oh*STRIDE = ih + PAD - kh
+// (likewise ow), i.e. over kh = ih + PAD (mod STRIDE). The input rows with (ih + PAD) % STRIDE = rh form a
+// phase: ih = in_h0 + a*STRIDE (a < ah), and they all use the taps kh = tap_h0 + t*STRIDE (tap_h0 = rh,
+// t < taps_h), with oh = a + shift_h - t (shift_h = (in_h0 + PAD - rh) / STRIDE, exact); likewise columns.
+// One phase is a dense stride-1 product, GEMM M = C_IN, COLS = N*ah*aw, K = C_OUT*taps_h*taps_w: no work
+// on taps that stride over, no divisions. Stride 1 is the single phase (0, 0). A phase without taps
+// (stride > kernel) has K = 0 and writes zeros, as the core does.
 @group(0) @binding(1) var<storage, read> dy: array<f32>;
 @group(0) @binding(3) var<storage, read_write> dx: array<f32>;
 
@@ -257,74 +280,71 @@ fn conv2d_backward_data(
     let k_end = min(k_begin + p.chunk, p.k);
     let hw_in = p.h * p.w;
     let hw_out = p.ho * p.wo;
-    let taps = p.kh * p.kw;
+    let phase_hw = p.ah * p.aw;
+    // Radices of the phase's taps (t, u); at least 1, so that `digits` never divides by zero when K = 0.
+    let th = max(p.taps_h, 1u);
+    let tw = max(p.taps_w, 1u);
+    let step = digits(BK, th, tw);
 
-    // A copy-in: depth lid % 16 as (co, 0, kh*KW + kw); rows lid / 16 + 16*i.
-    var a_tap = digits(k_begin + lid % 16u, 1u, taps);
-    let a_step = digits(BK, 1u, taps);
-    // B copy-in: depth row kb as (co, kh, kw), columns lid % 16 + 16*i. Per column: the sample's offset in dy
-    // and the padded input position ih + PAD, iw + PAD (OFF past COLS).
+    // A copy-in: depth lid % 16 as (co, t, u); rows lid / 16 + 16*i.
+    var a_tap = digits(k_begin + lid % 16u, th, tw);
+    // B copy-in: depth row kb as (co, t, u), columns lid % 16 + 16*i, each an input position (n, a, b) of the
+    // phase: the sample's offset in dy and (a + shift_h, b + shift_w), the output position of tap (0, 0)
+    // (OFF past COLS).
     let kb = lid / 16u;
-    var b_tap = digits(k_begin + kb, p.kh, p.kw);
-    let b_step = digits(BK, p.kh, p.kw);
+    var b_tap = digits(k_begin + kb, th, tw);
     var dy_base: array<u32, 4>;
-    var ihp: array<i32, 4>;
-    var iwp: array<i32, 4>;
+    var oh0: array<i32, 4>;
+    var ow0: array<i32, 4>;
     for (var i = 0u; i < 4u; i++) {
         let j = origin.y + lid % 16u + 16u * i;
-        let q = j % hw_in;
-        dy_base[i] = (j / hw_in) * p.c_out * hw_out;
-        ihp[i] = select(OFF, i32(q / p.w + p.pad), j < p.cols);
-        iwp[i] = i32(q % p.w + p.pad);
+        let q = j % phase_hw;
+        dy_base[i] = (j / phase_hw) * p.c_out * hw_out;
+        oh0[i] = select(OFF, i32(q / p.aw + p.shift_h), j < p.cols);
+        ow0[i] = i32(q % p.aw + p.shift_w);
     }
 
     clear_acc();
     for (var k0 = k_begin; k0 < k_end; k0 += BK) {
-        // A: weight[co, m, kh, kw], contiguous along the taps of one co.
+        // A: weight[co, m, tap_h0 + t*STRIDE, tap_w0 + u*STRIDE].
         let ka_ok = k0 + lid % 16u < k_end;
+        let kh = p.tap_h0 + a_tap.y * p.stride;
+        let kw = p.tap_w0 + a_tap.z * p.stride;
         for (var i = 0u; i < TM; i++) {
             let m = origin.x + lid / 16u + 16u * i;
             var v = 0.0;
             if m < p.m && ka_ok {
-                v = weight[(a_tap.x * p.c_in + m) * taps + a_tap.z];
+                v = weight[((a_tap.x * p.c_in + m) * p.kh + kh) * p.kw + kw];
             }
             put_a(lid % 16u, lid / 16u + 16u * i, v);
         }
-        a_tap = advance(a_tap, a_step, 1u, taps);
-        // B: dy at the output position whose tap (kh, kw) reads input position j, if there is one:
-        // oh*STRIDE = ih + PAD - kh with 0 <= oh < HO (likewise ow).
+        a_tap = advance(a_tap, step, th, tw);
+        // B: dy[n, co, a + shift_h - t, b + shift_w - u], zero outside 0..HO, 0..WO.
         let kb_ok = k0 + kb < k_end;
         for (var i = 0u; i < 4u; i++) {
-            let th = ihp[i] - i32(b_tap.y);
-            let tw = iwp[i] - i32(b_tap.z);
+            let oh = oh0[i] - i32(b_tap.y);
+            let ow = ow0[i] - i32(b_tap.z);
             var v = 0.0;
-            if kb_ok && th >= 0 && tw >= 0 {
-                var oh = u32(th);
-                var ow = u32(tw);
-                var hit = true;
-                if p.stride != 1u {
-                    hit = oh % p.stride == 0u && ow % p.stride == 0u;
-                    oh /= p.stride;
-                    ow /= p.stride;
-                }
-                if hit && oh < p.ho && ow < p.wo {
-                    v = dy[dy_base[i] + b_tap.x * hw_out + oh * p.wo + ow];
-                }
+            if kb_ok && oh >= 0 && oh < i32(p.ho) && ow >= 0 && ow < i32(p.wo) {
+                v = dy[dy_base[i] + b_tap.x * hw_out + u32(oh) * p.wo + u32(ow)];
             }
             put_b(kb, lid % 16u + 16u * i, v);
         }
-        b_tap = advance(b_tap, b_step, p.kh, p.kw);
+        b_tap = advance(b_tap, step, th, tw);
         workgroupBarrier();
         multiply_tiles(lid);
         workgroupBarrier();
     }
 
-    // C[m, j] -> dx[slice z][n, m, ih, iw].
+    // C[m, j] -> dx[slice z][n, m, in_h0 + a*STRIDE, in_w0 + b*STRIDE].
     let slice = wid.z * p.out_len;
     for (var c = 0u; c < 4u; c++) {
         let j = origin.y + (lid % 16u) * 4u + c;
         if j < p.cols {
-            let base = slice + (j / hw_in) * p.c_in * hw_in + j % hw_in;
+            let q = j % phase_hw;
+            let ih = p.in_h0 + (q / p.aw) * p.stride;
+            let iw = p.in_w0 + (q % p.aw) * p.stride;
+            let base = slice + (j / phase_hw) * p.c_in * hw_in + ih * p.w + iw;
             for (var i = 0u; i < TM; i++) {
                 let m = origin.x + (lid / 16u) * TM + i;
                 if m < p.m {

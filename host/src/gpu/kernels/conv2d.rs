@@ -53,8 +53,46 @@ pub struct Conv2dParams {
     pub tiles_m: u32,
     /// All tiles, row tiles times column tiles.
     pub tiles: u32,
-    /// Elements of the output (`M * COLS`), the size of one split's slice of the scratch.
+    /// Elements of the output tensor, the size of one split's slice of the scratch.
     pub out_len: u32,
+    /// `backward_data`'s stride phase (0 for the other kernels): first input row of the phase.
+    pub in_h0: u32,
+    /// First input column of the phase.
+    pub in_w0: u32,
+    /// Input rows of the phase.
+    pub ah: u32,
+    /// Input columns of the phase.
+    pub aw: u32,
+    /// First kernel row of the phase.
+    pub tap_h0: u32,
+    /// First kernel column of the phase.
+    pub tap_w0: u32,
+    /// Kernel rows of the phase.
+    pub taps_h: u32,
+    /// Kernel columns of the phase.
+    pub taps_w: u32,
+    /// Output row of (phase row 0, phase tap 0).
+    pub shift_h: u32,
+    /// Output column of (phase column 0, phase tap 0).
+    pub shift_w: u32,
+}
+
+/// One dimension of a stride phase of `backward_data`: the input positions `in0 + a*stride` (`a < count`) with
+/// `(position + pad) % stride == r`, the taps `r + t*stride` (`t < taps`) that reach them, and `shift`, the
+/// output position of `a = 0, t = 0`, so that position `a` and tap `t` meet at output `a + shift - t`.
+struct PhaseDim {
+    in0: usize,
+    count: usize,
+    taps: usize,
+    shift: usize,
+}
+
+fn phase_dim(r: usize, size: usize, k: usize, stride: usize, pad: usize) -> PhaseDim {
+    let in0 = (r + stride - pad % stride) % stride;
+    let count = if in0 < size { (size - in0).div_ceil(stride) } else { 0 };
+    let taps = if r < k { (k - r).div_ceil(stride) } else { 0 };
+    // in0 + pad = r (mod stride) and in0 + pad >= r: an exact, non-negative quotient.
+    PhaseDim { in0, count, taps, shift: (in0 + pad - r) / stride }
 }
 
 /// Columns of C per workgroup tile (`BN` in the shader).
@@ -92,7 +130,8 @@ impl ConvOp {
         }
     }
 
-    /// The GEMM `(M, COLS, K)` this operation computes for `s`.
+    /// The GEMM `(M, COLS, K)` this operation computes for `s` (`backward_data` runs it as one product per
+    /// stride phase, together this size less the taps that stride over).
     pub fn gemm(self, s: &Conv2dShape) -> (usize, usize, usize) {
         let (out_pos, in_pos, taps) = (s.n * s.out_h() * s.out_w(), s.n * s.h * s.w, s.kh * s.kw);
         match self {
@@ -104,8 +143,7 @@ impl ConvOp {
 }
 
 /// Multiply-adds of any of the three operations, times two: `2 * N*HO*WO * C_OUT * C_IN*KH*KW` floating-point
-/// operations (what a benchmark divides by the time; `backward_data` also spends work on taps that stride
-/// over, see the shader).
+/// operations (what a benchmark divides by the time).
 pub fn flops(s: &Conv2dShape) -> u64 {
     2 * (s.n * s.out_h() * s.out_w()) as u64 * s.c_out as u64 * (s.c_in * s.kh * s.kw) as u64
 }
@@ -119,7 +157,7 @@ pub struct ConvTiling {
     pub rows_per_thread: u32,
     /// Where the output gives fewer workgroups than this, the reduction is split until it gives about this many.
     pub target_workgroups: u32,
-    /// Fewest depth steps ([`DEPTH_STEP`]) per split, so a split is never mostly overhead.
+    /// Fewest depth steps ([`DEPTH_STEP`]) per split (at least 1), so a split is never mostly overhead.
     pub min_steps_per_split: u32,
     /// Most workgroups along x before the tiles fold into y (the adapter's limit applies as well): `u32::MAX`
     /// in production; tests set it small to exercise the folding.
@@ -144,32 +182,18 @@ impl ConvTiling {
         16 * self.rows_per_thread
     }
 
-    /// Tiles, splits and grid of `op` on `s` (grid folded under `max_workgroups_per_dim`).
+    /// Tiles, splits and grids of `op` on `s` (grids folded under `max_workgroups_per_dim`).
     ///
     /// Errors: an invalid shape, or a tensor of more than `u32::MAX` elements (the shader indexes with `u32`).
     pub fn plan(&self, op: ConvOp, s: &Conv2dShape, max_workgroups_per_dim: u32) -> Result<ConvPlan> {
         s.validate().map_err(|e| anyhow!("{}: {e}", op.name()))?;
-        let (m, cols, k) = op.gemm(s);
-        let fits = |n: usize| u32::try_from(n).ok();
-        let too_large = || anyhow!("{}: {s:?} has a tensor of more than 2^32 elements", op.name());
+        let too_large = || anyhow!("{}: {s:?} has a tensor of more than 2^32 - 1 elements", op.name());
+        let fits = |n: usize| u32::try_from(n).map_err(|_| too_large());
         for len in [s.input_len(), s.weight_len(), s.output_len()] {
-            fits(len).ok_or_else(too_large)?;
+            fits(len)?;
         }
-        let (m, cols, k) = (m as u32, cols as u32, k as u32);
-        let tiles_m = m.div_ceil(self.tile_rows());
-        let tiles = fits(tiles_m as usize * cols.div_ceil(TILE_COLS) as usize).ok_or_else(too_large)?;
-        // Split the depth only where the output alone gives too few workgroups, and never into splits of fewer
-        // than `min_steps_per_split` steps; the chunk is a whole number of steps.
-        let steps = k.div_ceil(DEPTH_STEP);
-        let wanted = self.target_workgroups.div_ceil(tiles).min(steps / self.min_steps_per_split);
-        let chunk = steps.div_ceil(wanted.clamp(1, MAX_SPLITS)) * DEPTH_STEP;
-        let splits = k.div_ceil(chunk);
-        let out_len = m * cols;
-        if splits > 1 {
-            fits(splits as usize * out_len as usize).ok_or_else(too_large)?;
-        }
-        let x = tiles.min(max_workgroups_per_dim).min(self.max_grid_x.max(1));
-        let params = Conv2dParams {
+        let (ho, wo, taps) = (s.out_h(), s.out_w(), s.kh * s.kw);
+        let base = Conv2dParams {
             n: s.n as u32,
             c_in: s.c_in as u32,
             h: s.h as u32,
@@ -179,35 +203,97 @@ impl ConvTiling {
             kw: s.kw as u32,
             stride: s.stride as u32,
             pad: s.pad as u32,
-            ho: s.out_h() as u32,
-            wo: s.out_w() as u32,
-            m,
-            cols,
-            k,
-            chunk,
-            splits,
-            tiles_m,
-            tiles,
-            out_len,
+            ho: ho as u32,
+            wo: wo as u32,
+            ..Default::default()
         };
-        Ok(ConvPlan { params, grid: [x, tiles.div_ceil(x), splits] })
+        // The products as (M, COLS, K) with their parameters: one, or one per stride phase (rh, rw) of
+        // backward_data that has input positions. All sizes are below the tensor sizes checked above.
+        let gemm =
+            |m: usize, cols: usize, k: usize| Conv2dParams { m: m as u32, cols: cols as u32, k: k as u32, ..base };
+        let gemms = match op {
+            ConvOp::Forward => vec![gemm(s.c_out, s.n * ho * wo, s.c_in * taps)],
+            ConvOp::BackwardWeight => vec![gemm(s.c_out, s.c_in * taps, s.n * ho * wo)],
+            ConvOp::BackwardData => {
+                let mut phases = Vec::new();
+                for rh in 0..s.stride {
+                    let ph = phase_dim(rh, s.h, s.kh, s.stride, s.pad);
+                    for rw in 0..s.stride {
+                        let pw = phase_dim(rw, s.w, s.kw, s.stride, s.pad);
+                        if ph.count * pw.count == 0 {
+                            continue;
+                        }
+                        phases.push(Conv2dParams {
+                            in_h0: ph.in0 as u32,
+                            in_w0: pw.in0 as u32,
+                            ah: ph.count as u32,
+                            aw: pw.count as u32,
+                            tap_h0: rh as u32,
+                            tap_w0: rw as u32,
+                            taps_h: ph.taps as u32,
+                            taps_w: pw.taps as u32,
+                            shift_h: ph.shift as u32,
+                            shift_w: pw.shift as u32,
+                            ..gemm(s.c_in, s.n * ph.count * pw.count, s.c_out * ph.taps * pw.taps)
+                        });
+                    }
+                }
+                phases
+            }
+        };
+        // Split the depth only where the output alone gives too few workgroups, and never into splits of fewer
+        // than `min_steps_per_split` steps; the chunk is a whole number of steps. Phases share one chunk, sized
+        // for the largest, so that every phase writes every slice and one reduction pass adds them.
+        let tiles_m = gemms[0].m.div_ceil(self.tile_rows());
+        let mut tiles = Vec::with_capacity(gemms.len());
+        for g in &gemms {
+            tiles.push(fits(tiles_m as usize * g.cols.div_ceil(TILE_COLS) as usize)?);
+        }
+        let (most_tiles, deepest) =
+            (tiles.iter().max().copied().unwrap_or(1), gemms.iter().map(|g| g.k).max().unwrap_or(0));
+        let steps = deepest.div_ceil(DEPTH_STEP);
+        let wanted = self.target_workgroups.div_ceil(most_tiles.max(1)).min(steps / self.min_steps_per_split.max(1));
+        let chunk = steps.div_ceil(wanted.clamp(1, MAX_SPLITS)).max(1) * DEPTH_STEP;
+        let splits = deepest.div_ceil(chunk).max(1);
+        let out_len = fits(match op {
+            ConvOp::Forward => s.output_len(),
+            ConvOp::BackwardData => s.input_len(),
+            ConvOp::BackwardWeight => s.weight_len(),
+        })?;
+        if splits > 1 {
+            fits(splits as usize * out_len as usize)?;
+        }
+        let max_x = max_workgroups_per_dim.min(self.max_grid_x).max(1);
+        let gemms = gemms
+            .into_iter()
+            .zip(tiles)
+            .map(|(g, tiles)| {
+                let x = tiles.min(max_x);
+                let params = Conv2dParams { chunk, splits, tiles_m, tiles, out_len, ..g };
+                (params, [x, tiles.div_ceil(x), splits])
+            })
+            .collect();
+        Ok(ConvPlan { gemms, splits, out_len })
     }
 }
 
-/// How one product is launched: tiles, splits and the workgroup grid.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How one operation is launched: its products, tiles, splits and workgroup grids.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConvPlan {
-    /// The kernel's parameters.
-    pub params: Conv2dParams,
-    /// Workgroups of the GEMM kernel: tiles folded into (x, y), splits in z.
-    pub grid: [u32; 3],
+    /// The GEMM dispatches: one, or for `backward_data` one per stride phase with input positions (`STRIDE^2`
+    /// at most); each with its parameters and grid (tiles folded into x and y, splits in z).
+    pub gemms: Vec<(Conv2dParams, [u32; 3])>,
+    /// Splits of the reduction, the same in every product.
+    pub splits: u32,
+    /// Elements of the output tensor.
+    pub out_len: u32,
 }
 
 impl ConvPlan {
-    /// Scratch elements this product needs: `splits * M * COLS`, or 0 without splits.
+    /// Scratch elements this operation needs: `splits` times the output, or 0 without splits.
     pub fn scratch_len(&self) -> usize {
-        if self.params.splits > 1 {
-            self.params.splits as usize * self.params.out_len as usize
+        if self.splits > 1 {
+            self.splits as usize * self.out_len as usize
         } else {
             0
         }
@@ -231,14 +317,13 @@ impl Conv2d {
 
     /// Compiles the kernels with `tiling` (tests and benchmarks compare tilings).
     ///
-    /// Panics if `tiling.rows_per_thread` is not 4 or 8, or `min_steps_per_split` is 0.
+    /// Panics if `tiling.rows_per_thread` is not 4 or 8.
     pub fn with_tiling(gpu: &Gpu, tiling: ConvTiling) -> Self {
         assert!(
             matches!(tiling.rows_per_thread, 4 | 8),
             "rows_per_thread must be 4 or 8, not {}",
             tiling.rows_per_thread
         );
-        assert!(tiling.min_steps_per_split > 0, "min_steps_per_split must be positive");
         let source = include_str!("../../../../shaders/conv2d.wgsl");
         assert!(source.contains(TM_LINE), "conv2d.wgsl no longer declares `{TM_LINE}`");
         let source = source.replace(TM_LINE, &format!("const TM: u32 = {}u;", tiling.rows_per_thread));
@@ -328,8 +413,8 @@ impl Conv2d {
         self.dispatches(gpu, op, &self.backward_weight, &plan, [dy, x], dweight, scratch)
     }
 
-    /// The GEMM dispatch of `plan` reading `inputs` (bindings 1, 2), writing `out` (binding 3) directly or, with
-    /// splits, writing `scratch` and then reducing it into `out`.
+    /// The GEMM dispatches of `plan` reading `inputs` (bindings 1, 2), writing `out` (binding 3) directly or,
+    /// with splits, writing `scratch` and then reducing it into `out`.
     #[allow(clippy::too_many_arguments)]
     fn dispatches(
         &self,
@@ -343,24 +428,27 @@ impl Conv2d {
     ) -> Result<Vec<Dispatch>> {
         let name = op.name();
         let [a, b] = inputs;
-        if plan.params.splits == 1 {
-            return Ok(vec![gpu.dispatch(name, pipeline, &plan.params, &[a, b, out], plan.grid)?]);
+        let target = if plan.splits == 1 {
+            out
+        } else {
+            if [a, b, out].iter().any(|t| t.buffer == scratch.buffer) {
+                bail!("{name}: {} is the scratch and also an operand", scratch.label);
+            }
+            let needed = plan.scratch_len();
+            if scratch.len < needed {
+                bail!("{name}: {} has {} elements, {} splits need {needed}", scratch.label, scratch.len, plan.splits);
+            }
+            scratch
+        };
+        let mut dispatches = Vec::with_capacity(plan.gemms.len() + 1);
+        for (params, grid) in &plan.gemms {
+            dispatches.push(gpu.dispatch(name, pipeline, params, &[a, b, target], *grid)?);
         }
-        let needed = plan.scratch_len();
-        if scratch.len < needed {
-            bail!(
-                "{name}: {} has {} elements, {} splits need {needed}",
-                scratch.label,
-                scratch.len,
-                plan.params.splits
-            );
+        if plan.splits > 1 {
+            let grid = gpu.grid_1d(plan.out_len as usize, ELEMENTWISE_WORKGROUP);
+            let params = &plan.gemms[0].0;
+            dispatches.push(gpu.dispatch("conv2d_reduce_splits", &self.reduce, params, &[scratch, out], grid)?);
         }
-        if [a, b, out].iter().any(|t| t.buffer == scratch.buffer) {
-            bail!("{name}: {} is the scratch and also an operand", scratch.label);
-        }
-        let gemm = gpu.dispatch(name, pipeline, &plan.params, &[a, b, scratch], plan.grid)?;
-        let grid = gpu.grid_1d(plan.params.out_len as usize, ELEMENTWISE_WORKGROUP);
-        let reduce = gpu.dispatch("conv2d_reduce_splits", &self.reduce, &plan.params, &[scratch, out], grid)?;
-        Ok(vec![gemm, reduce])
+        Ok(dispatches)
     }
 }

@@ -11,9 +11,12 @@
 pub mod batchnorm;
 pub mod conv2d;
 pub mod linear;
+pub mod margin;
+pub mod normalize;
 pub mod prelu;
 pub mod preprocess;
 pub mod residual;
+pub mod sgd;
 
 use anyhow::{bail, Result};
 use wgpu::util::DeviceExt;
