@@ -189,7 +189,6 @@ impl TensorFile {
     }
 }
 
-
 impl View for &Tensor {
     fn dtype(&self) -> Dtype {
         match self.data {

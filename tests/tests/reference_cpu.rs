@@ -3,8 +3,8 @@
 //! Each check carries its own tolerance and the reason for it (see `host/src/selftest/*.rs`); these tests fail
 //! when any check fails and print every check, so a failure shows which tensor and by how much.
 
-use elasticface::tensorfile::TensorFile;
 use elasticface::selftest::{self, Report};
+use elasticface::tensorfile::TensorFile;
 use elasticface_tests::reference_dir;
 
 fn run(file: &str) -> Report {
