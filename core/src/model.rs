@@ -1136,10 +1136,28 @@ impl<'a> Trainer<'a> {
         arena: &'a mut [f32],
         order: &'a mut [u32],
     ) -> Result<Self, Error> {
+        let t = Self::attach(layout, step_cfg, arena, order)?;
+        t.arena.fill(0.0);
+        Ok(t)
+    }
+
+    /// A trainer on an arena that already holds a training state (laid out by the same `layout`), e.g. one
+    /// kept between calls by its owner. The step counter starts at 0: set it with [`Trainer::set_steps`].
+    pub fn attach(
+        layout: TrainerLayout,
+        step_cfg: StepConfig,
+        arena: &'a mut [f32],
+        order: &'a mut [u32],
+    ) -> Result<Self, Error> {
+        step_cfg.margin.validate()?;
         check_len("arena", arena, layout.arena_len())?;
         check_len("order", order, layout.batch)?;
-        arena.fill(0.0);
         Ok(Self { layout, step_cfg, arena, order, steps: 0 })
+    }
+
+    /// Sets the learning rate of the following steps.
+    pub fn set_lr(&mut self, lr: f32) {
+        self.step_cfg.sgd.lr = lr;
     }
 
     /// The layout.

@@ -18,3 +18,4 @@ pub mod gpu;
 pub mod reference;
 pub mod selftest;
 pub mod tensorfile;
+pub mod train;

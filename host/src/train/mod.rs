@@ -1,0 +1,39 @@
+//! Training: the step on a device ([`Backend`]: the core's CPU trainer, or the GPU trainer), schedules,
+//! checkpoints and the `elasticface train` loop.
+
+pub mod cpu;
+
+use anyhow::Result;
+use elasticface_core::model::StepReport;
+
+use crate::checkpoint::Checkpoint;
+use crate::data::{Batch, Position};
+
+/// A device that trains one iResNet with its margin head: the CPU reference ([`cpu::CpuBackend`]) or the GPU.
+///
+/// Both take the same inputs (u8 images with flip flags, labels, the step's sampled margins) and produce the same
+/// training state, so a run can be checked on one against the other and checkpoints move between them.
+pub trait Backend {
+    /// One step on `batch` (`B` images `u8 (B, H, W, 3)`, flipped where `batch.flips` says) with the margins
+    /// drawn for this step `margins_raw (B)` (the Plus variants assign them by rank inside the head).
+    /// A non-finite loss or gradient is an error and leaves the weights untouched.
+    fn step(&mut self, batch: &Batch, margins_raw: &[f32]) -> Result<StepReport>;
+
+    /// Sets the learning rate of the following steps.
+    fn set_lr(&mut self, lr: f32) -> Result<()>;
+
+    /// Embeddings `(N, E)` of `n` images `u8 (N, H, W, 3)` in evaluation mode, each mirrored where `flips` says.
+    fn embed(&mut self, images: &[u8], flips: &[bool]) -> Result<Vec<f32>>;
+
+    /// Training steps taken.
+    fn steps(&self) -> u64;
+
+    /// The complete training state, with the run's seed, data position and settings.
+    fn checkpoint(&self, seed: u64, position: Position, run: serde_json::Value) -> Result<Checkpoint>;
+
+    /// Loads a checkpoint of the same network and class count.
+    fn load(&mut self, checkpoint: &Checkpoint) -> Result<()>;
+
+    /// The device, in words (`cpu`, or the adapter's name).
+    fn device(&self) -> String;
+}
