@@ -14,6 +14,7 @@
 pub mod bench;
 pub mod checkpoint;
 pub mod data;
+pub mod eval;
 pub mod gpu;
 pub mod reference;
 pub mod selftest;

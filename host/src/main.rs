@@ -3,10 +3,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 use elasticface::gpu::{adapters, AdapterLine, Gpu, GpuOptions};
+use elasticface::train::run::{train, Device, TrainConfig};
 use elasticface::{bench, selftest};
 
 /// ElasticFace: train and check face-recognition networks with elastic margin losses.
@@ -19,6 +20,13 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Train an iResNet with an ElasticFace (or ArcFace/CosFace) head on insightface RecordIO or an image folder.
+    ///
+    /// Defaults follow the released ElasticFace recipe: r100, 512-d, ElasticFace-Arc+, SGD momentum 0.9,
+    /// weight decay 5e-4, lr 0.1 x batch/512 decayed x0.1 at epochs 8, 14, 20, 25 of 26, backbone gradient norm
+    /// clipped at 5, random horizontal flips. Every key can also come from a TOML file (`--config`); flags win.
+    /// Ctrl-C or SIGTERM saves a checkpoint before stopping; `--resume OUT` continues exactly where it stopped.
+    Train(Box<TrainArgs>),
     /// List the GPU adapters, the one elasticface would use, its features and limits.
     ///
     /// `WGPU_BACKEND` (vulkan, metal, dx12) restricts the backends; `--adapter` or `WGPU_ADAPTER_NAME` picks an
@@ -68,6 +76,143 @@ enum Command {
     },
 }
 
+/// `elasticface train` flags; each overrides the same key of `--config`.
+#[derive(clap::Args, Debug, Default)]
+struct TrainArgs {
+    /// TOML file with any of the keys below (their names with `_` for `-`).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Training data: a folder with train.rec/train.idx/property, a .rec file, or one sub-folder per identity.
+    #[arg(long, value_name = "PATH")]
+    data: Option<PathBuf>,
+    /// Held-out identities (same formats) for verification accuracy during training.
+    #[arg(long, value_name = "PATH")]
+    val: Option<PathBuf>,
+    /// Verification pairs drawn from --val [default: 600].
+    #[arg(long)]
+    val_pairs: Option<usize>,
+    /// Run folder: config.toml, metrics.jsonl, checkpoint.safetensors [default: runs/train].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Continue from a checkpoint file, or from a run folder's latest checkpoint.
+    #[arg(long, value_name = "PATH")]
+    resume: Option<PathBuf>,
+    /// Backbone: r18, r34, r50, r100, r200, or custom (with --layers and --widths) [default: r100].
+    #[arg(long)]
+    arch: Option<String>,
+    /// Blocks per stage, e.g. 3,13,30,3 (r100).
+    #[arg(long, value_delimiter = ',', num_args = 4)]
+    layers: Option<Vec<usize>>,
+    /// Channels per stage, e.g. 64,128,256,512.
+    #[arg(long, value_delimiter = ',', num_args = 4)]
+    widths: Option<Vec<usize>>,
+    /// Embedding size [default: 512].
+    #[arg(long)]
+    embedding: Option<usize>,
+    /// Input height and width, a multiple of 16; the images must have it [default: 112].
+    #[arg(long)]
+    input_size: Option<usize>,
+    /// Loss: arcface, cosface, elastic-arc, elastic-cos, elastic-arc-plus, elastic-cos-plus [default: elastic-arc-plus].
+    #[arg(long)]
+    loss: Option<String>,
+    /// Plus variants only: paper (margins by rank, the paper) or released-code (the released implementation's
+    /// indexing, which leaves margins unordered; to reproduce published numbers) [default: paper].
+    #[arg(long)]
+    plus_assignment: Option<String>,
+    /// Images per step [default: 128].
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Epochs [default: 26].
+    #[arg(long)]
+    epochs: Option<u64>,
+    /// Stop after this many steps in all; 0 means no limit [default: 0].
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// Base learning rate for a global batch of 512, scaled by batch/512 [default: 0.1].
+    #[arg(long)]
+    lr: Option<f32>,
+    /// step (x0.1 at --decay-epochs) or poly (linear warmup, then power-2 decay) [default: step].
+    #[arg(long)]
+    schedule: Option<String>,
+    /// Epochs where the step schedule decays [default: 8,14,20,25].
+    #[arg(long, value_delimiter = ',')]
+    decay_epochs: Option<Vec<u64>>,
+    /// Warmup epochs of the poly schedule [default: 0].
+    #[arg(long)]
+    warmup_epochs: Option<u64>,
+    /// SGD momentum [default: 0.9].
+    #[arg(long)]
+    momentum: Option<f32>,
+    /// Weight decay of backbone and head [default: 5e-4].
+    #[arg(long)]
+    weight_decay: Option<f32>,
+    /// Backbone gradient-norm clip [default: 5].
+    #[arg(long)]
+    clip_norm: Option<f32>,
+    /// Seed of weights, margins, data order and flips [default: 0].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Image decoding threads [default: 4].
+    #[arg(long)]
+    workers: Option<usize>,
+    /// auto (GPU if found, else CPU), gpu, or cpu (the exact, slow reference) [default: auto].
+    #[arg(long, value_enum)]
+    device: Option<Device>,
+    /// GPU adapter name filter.
+    #[arg(long, value_name = "NAME")]
+    adapter: Option<String>,
+    /// Checkpoint every N steps; 0 means only at the end and on interruption [default: 2000].
+    #[arg(long)]
+    checkpoint_every: Option<u64>,
+    /// Held-out verification every N steps; 0 means at the start and end only [default: 0].
+    #[arg(long)]
+    eval_every: Option<u64>,
+    /// Skip and count unreadable samples instead of stopping at the first.
+    #[arg(long)]
+    skip_bad_samples: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+impl TrainArgs {
+    fn config(&self) -> Result<TrainConfig> {
+        let mut c = match &self.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+                toml::from_str(&text).with_context(|| format!("{}", p.display()))?
+            }
+            None => TrainConfig::default(),
+        };
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f.clone() { c.$f = v; } )* };
+        }
+        set!(data, out, arch, embedding, input_size, loss, plus_assignment, batch, epochs, max_steps, lr, schedule);
+        set!(decay_epochs, warmup_epochs, momentum, weight_decay, clip_norm, seed, workers, device, checkpoint_every);
+        set!(eval_every, val_pairs);
+        if self.val.is_some() {
+            c.val = self.val.clone();
+        }
+        if self.adapter.is_some() {
+            c.adapter = self.adapter.clone();
+        }
+        let four = |v: &Vec<usize>| -> Result<[usize; 4]> {
+            v.as_slice().try_into().map_err(|_| anyhow::anyhow!("--layers and --widths take 4 numbers"))
+        };
+        if let Some(l) = &self.layers {
+            c.layers = Some(four(l)?);
+        }
+        if let Some(w) = &self.widths {
+            c.widths = Some(four(w)?);
+        }
+        c.skip_bad_samples |= self.skip_bad_samples;
+        if c.data.as_os_str().is_empty() {
+            bail!("no training data: give --data PATH (or `data` in --config)");
+        }
+        Ok(c)
+    }
+}
+
 fn main() -> ExitCode {
     quiet_vulkan_loader();
     match run(Cli::parse()) {
@@ -81,6 +226,32 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Train(args) => {
+            let cfg = args.config()?;
+            let s = train(&cfg, args.resume.as_deref(), args.quiet)?;
+            let state = if s.interrupted { "interrupted" } else { "done" };
+            println!(
+                "{state}: {} steps, loss {:.4} -> {:.4}, {:.1} s, {:.1} images/s",
+                s.steps, s.first_loss, s.last_loss, s.seconds, s.images_per_second
+            );
+            if let (Some(a), Some(b)) = (&s.val_before, &s.val_after) {
+                println!(
+                    "held-out verification: {:.2}% -> {:.2}% ({} pairs)",
+                    100.0 * a.accuracy,
+                    100.0 * b.accuracy,
+                    b.pairs
+                );
+            }
+            if s.skipped_samples > 0 {
+                println!("skipped {} unreadable samples", s.skipped_samples);
+            }
+            println!("checkpoint: {}", s.checkpoint.display());
+            if s.interrupted {
+                println!("continue with: elasticface train --resume {} (and the same flags)", cfg.out.display());
+                return Ok(ExitCode::from(130));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Info { adapter } => {
             let found = adapters();
             println!("adapters ({}):", found.len());

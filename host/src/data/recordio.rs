@@ -396,12 +396,18 @@ impl RecordIoPaths {
 }
 
 impl RecordIoWriter {
-    /// Creates (or truncates) the files of `paths` for a set of `num_classes` classes of `shape` images.
+    /// Creates (or truncates) the files of `paths`, and their folders, for a set of `num_classes` classes of
+    /// `shape` images.
     pub fn create(paths: &RecordIoPaths, num_classes: usize, shape: ImageShape) -> Result<Self> {
         ensure!(num_classes > 0, "a training set needs at least one class");
         ensure!((num_classes as u64) < F32_EXACT, "{num_classes} classes: labels are f32, exact below {F32_EXACT}");
         shape.validate().map_err(|e| anyhow::anyhow!("image shape {}x{}: {e}", shape.h, shape.w))?;
-        let create = |p: &Path| File::create(p).with_context(|| format!("cannot create {}", p.display()));
+        let create = |p: &Path| {
+            if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            File::create(p).with_context(|| format!("cannot create {}", p.display()))
+        };
         Ok(Self {
             rec: RecordWriter::new(BufWriter::new(create(&paths.rec)?)),
             idx: BufWriter::new(create(&paths.idx)?),

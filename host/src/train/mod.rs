@@ -2,6 +2,8 @@
 //! checkpoints and the `elasticface train` loop.
 
 pub mod cpu;
+pub mod run;
+pub mod schedule;
 
 use anyhow::Result;
 use elasticface_core::model::StepReport;
@@ -36,4 +38,15 @@ pub trait Backend {
 
     /// The device, in words (`cpu`, or the adapter's name).
     fn device(&self) -> String;
+}
+
+/// Opens the GPU trainer for a run (the adapter chosen by `cfg.adapter` or the environment).
+pub(crate) fn open_gpu_backend(
+    cfg: &run::TrainConfig,
+    net: &elasticface_core::model::IResNetConfig,
+    classes: usize,
+    step_cfg: elasticface_core::model::StepConfig,
+) -> Result<Box<dyn Backend>> {
+    let _ = (cfg, net, classes, step_cfg);
+    anyhow::bail!("the GPU trainer is not part of this build yet")
 }

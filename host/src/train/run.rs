@@ -1,0 +1,421 @@
+//! The training loop behind `elasticface train`: data, schedule, steps, metrics, checkpoints, held-out
+//! verification, and a clean stop on Ctrl-C or SIGTERM.
+//!
+//! A run lives in one folder (`out`): `config.toml` (what was asked), `metrics.jsonl` (one JSON object per step
+//! and per evaluation), `checkpoint.safetensors` (the latest state, rewritten atomically) and `final.safetensors`.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context, Result};
+use elasticface_core::margin::{MarginConfig, PlusAssignment};
+use elasticface_core::model::{IResNetConfig, StepConfig};
+use elasticface_core::nn::{BatchNorm, ImageShape, Sgd};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::cpu::CpuBackend;
+use super::schedule::Schedule;
+use super::Backend;
+use crate::checkpoint::Checkpoint;
+use crate::data::{self, Loader, LoaderConfig, Position};
+use crate::eval::{self, Pairs};
+
+/// Where to train.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Device {
+    /// The GPU when one is found, else the CPU reference (with a warning).
+    Auto,
+    /// A GPU adapter (Vulkan, Metal or DX12; lavapipe counts).
+    Gpu,
+    /// The core's CPU reference trainer: exact and slow, for small networks.
+    Cpu,
+}
+
+/// Everything a run is configured with; a TOML file (`--config`) holds the same keys.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Training data: a folder with `train.rec`/`train.idx`/`property` (insightface RecordIO), a `.rec` file,
+    /// or an image folder (one sub-folder per identity).
+    pub data: PathBuf,
+    /// Held-out identities (same formats) to measure verification accuracy on during training.
+    pub val: Option<PathBuf>,
+    /// Verification pairs drawn from `val`.
+    pub val_pairs: usize,
+    /// The run folder.
+    pub out: PathBuf,
+    /// Backbone: r18, r34, r50, r100, r200, or `custom` with `layers`/`widths`.
+    pub arch: String,
+    /// Blocks per stage of a custom backbone.
+    pub layers: Option<[usize; 4]>,
+    /// Widths of a custom backbone.
+    pub widths: Option<[usize; 4]>,
+    /// Embedding size.
+    pub embedding: usize,
+    /// Input height and width (multiples of 16); the data must have this size.
+    pub input_size: usize,
+    /// Loss preset: arcface, cosface, elastic-arc, elastic-cos, elastic-arc-plus, elastic-cos-plus.
+    pub loss: String,
+    /// Plus assignment: paper (default) or released-code (reproduces the released implementation).
+    pub plus_assignment: String,
+    /// Images per step.
+    pub batch: usize,
+    /// Epochs.
+    pub epochs: u64,
+    /// Stop after this many steps in all (0: no limit).
+    pub max_steps: u64,
+    /// Base learning rate, for a global batch of 512; scaled by `batch / 512`.
+    pub lr: f32,
+    /// `step` (x0.1 at `decay_epochs`, the ElasticFace recipe) or `poly` (warmup then power-2 decay).
+    pub schedule: String,
+    /// Epochs at which the step schedule decays.
+    pub decay_epochs: Vec<u64>,
+    /// Warmup epochs of the poly schedule.
+    pub warmup_epochs: u64,
+    /// SGD momentum.
+    pub momentum: f32,
+    /// Weight decay (backbone and head).
+    pub weight_decay: f32,
+    /// Global gradient-norm clip of the backbone.
+    pub clip_norm: f32,
+    /// Seed of the initial weights, margins, data order and flips.
+    pub seed: u64,
+    /// Decoding threads.
+    pub workers: usize,
+    /// Where to train.
+    pub device: Device,
+    /// Adapter name filter (GPU).
+    pub adapter: Option<String>,
+    /// Write a checkpoint every this many steps (0: only at the end and on interruption).
+    pub checkpoint_every: u64,
+    /// Measure held-out verification every this many steps (0: only at the start and the end).
+    pub eval_every: u64,
+    /// Skip (and count) samples that fail to load instead of stopping.
+    pub skip_bad_samples: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            data: PathBuf::new(),
+            val: None,
+            val_pairs: 600,
+            out: PathBuf::from("runs/train"),
+            arch: "r100".into(),
+            layers: None,
+            widths: None,
+            embedding: 512,
+            input_size: 112,
+            loss: "elastic-arc-plus".into(),
+            plus_assignment: "paper".into(),
+            batch: 128,
+            epochs: 26,
+            max_steps: 0,
+            lr: 0.1,
+            schedule: "step".into(),
+            decay_epochs: vec![8, 14, 20, 25],
+            warmup_epochs: 0,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            clip_norm: 5.0,
+            seed: 0,
+            workers: 4,
+            device: Device::Auto,
+            adapter: None,
+            checkpoint_every: 2000,
+            eval_every: 0,
+            skip_bad_samples: false,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// The backbone.
+    pub fn network(&self) -> Result<IResNetConfig> {
+        let mut cfg = match self.arch.as_str() {
+            "custom" => {
+                let (Some(layers), Some(widths)) = (self.layers, self.widths) else {
+                    bail!("arch `custom` needs `layers` and `widths`");
+                };
+                IResNetConfig { layers, widths, input_h: 112, input_w: 112, embedding: 512 }
+            }
+            name => IResNetConfig::preset(name).with_context(|| {
+                format!("unknown arch `{name}`; use r18, r34, r50, r100, r200 or custom (with layers and widths)")
+            })?,
+        };
+        if self.arch != "custom" {
+            if let Some(l) = self.layers {
+                cfg.layers = l;
+            }
+            if let Some(w) = self.widths {
+                cfg.widths = w;
+            }
+        }
+        cfg.input_h = self.input_size;
+        cfg.input_w = self.input_size;
+        cfg.embedding = self.embedding;
+        cfg.validate().map_err(|e| anyhow::anyhow!("network: {e}"))?;
+        Ok(cfg)
+    }
+
+    /// The loss with its Plus assignment.
+    pub fn margin(&self) -> Result<MarginConfig> {
+        let loss: MarginConfig = self.loss.parse().map_err(|e| anyhow::anyhow!("loss `{}`: {e}", self.loss))?;
+        let plus: PlusAssignment = self
+            .plus_assignment
+            .parse()
+            .map_err(|e| anyhow::anyhow!("plus assignment `{}`: {e}", self.plus_assignment))?;
+        Ok(if loss.plus == PlusAssignment::None { loss } else { loss.with_plus(plus) })
+    }
+
+    /// The learning rate scaled to the batch: `lr * batch / 512`.
+    pub fn scaled_lr(&self) -> f32 {
+        self.lr * self.batch as f32 / 512.0
+    }
+
+    /// The schedule for `steps_per_epoch`.
+    pub fn schedule(&self, steps_per_epoch: u64) -> Result<Schedule> {
+        let lr = self.scaled_lr();
+        let s = match self.schedule.as_str() {
+            "step" => Schedule::Step { lr, epochs: self.decay_epochs.clone(), factor: 0.1 },
+            "poly" => {
+                let total = if self.max_steps > 0 { self.max_steps } else { self.epochs * steps_per_epoch };
+                Schedule::Poly { lr, warmup: self.warmup_epochs * steps_per_epoch, total: total.max(1), power: 2.0 }
+            }
+            other => bail!("schedule `{other}`: use step or poly"),
+        };
+        s.validate()?;
+        Ok(s)
+    }
+}
+
+/// Set by Ctrl-C or SIGTERM: the loop saves a checkpoint and stops after the current step.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// What a finished (or interrupted) run reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunSummary {
+    /// Steps taken in all (including those before a resume).
+    pub steps: u64,
+    /// Loss of the first step of this invocation and of the last.
+    pub first_loss: f32,
+    /// See `first_loss`.
+    pub last_loss: f32,
+    /// Held-out verification before and after (when `val` was given).
+    pub val_before: Option<eval::VerifyReport>,
+    /// See `val_before`.
+    pub val_after: Option<eval::VerifyReport>,
+    /// Seconds spent.
+    pub seconds: f64,
+    /// Images per second over the steps of this invocation.
+    pub images_per_second: f64,
+    /// Whether the run stopped early on a signal.
+    pub interrupted: bool,
+    /// Samples skipped as unreadable.
+    pub skipped_samples: usize,
+    /// The last checkpoint written.
+    pub checkpoint: PathBuf,
+}
+
+/// Opens the backend the config asks for.
+fn open_backend(
+    cfg: &TrainConfig,
+    net: &IResNetConfig,
+    classes: usize,
+    step_cfg: StepConfig,
+) -> Result<Box<dyn Backend>> {
+    let cpu =
+        || -> Result<Box<dyn Backend>> { Ok(Box::new(CpuBackend::new(net, cfg.batch, classes, step_cfg, cfg.seed)?)) };
+    match cfg.device {
+        Device::Cpu => cpu(),
+        Device::Gpu | Device::Auto => match super::open_gpu_backend(cfg, net, classes, step_cfg) {
+            Ok(b) => Ok(b),
+            Err(e) if cfg.device == Device::Auto => {
+                eprintln!("warning: no GPU backend ({e:#}); training on the CPU reference, which is slow");
+                cpu()
+            }
+            Err(e) => Err(e),
+        },
+    }
+}
+
+fn append_jsonl(path: &Path, value: &serde_json::Value) -> Result<()> {
+    let mut f =
+        OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("{}", path.display()))?;
+    writeln!(f, "{value}").with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Trains as `cfg` says, resuming from `resume` when given (a checkpoint file, or `out`'s latest checkpoint
+/// when `resume` is the run folder itself). `quiet` hides the progress bar.
+pub fn train(cfg: &TrainConfig, resume: Option<&Path>, quiet: bool) -> Result<RunSummary> {
+    let net = cfg.network()?;
+    let margin = cfg.margin()?;
+    ensure!(cfg.batch >= 2, "batch must be at least 2 (batch norm)");
+    let shape = ImageShape { h: net.input_h, w: net.input_w };
+    let dataset = data::open(&cfg.data, shape).with_context(|| format!("training data {}", cfg.data.display()))?;
+    let classes = dataset.num_classes();
+    let steps_per_epoch = (dataset.len() / cfg.batch) as u64;
+    ensure!(
+        steps_per_epoch > 0,
+        "{} holds {} images, fewer than one batch of {}",
+        cfg.data.display(),
+        dataset.len(),
+        cfg.batch
+    );
+    let schedule = cfg.schedule(steps_per_epoch)?;
+    let step_cfg = StepConfig {
+        margin,
+        sgd: Sgd { lr: schedule.lr(0, 0), momentum: cfg.momentum, weight_decay: cfg.weight_decay },
+        clip_norm: cfg.clip_norm,
+        bn: BatchNorm::default(),
+    };
+    std::fs::create_dir_all(&cfg.out).with_context(|| format!("cannot create {}", cfg.out.display()))?;
+    std::fs::write(cfg.out.join("config.toml"), toml::to_string(cfg)?).context("cannot write config.toml")?;
+    let metrics = cfg.out.join("metrics.jsonl");
+    let ck_path = cfg.out.join("checkpoint.safetensors");
+
+    let mut backend = open_backend(cfg, &net, classes, step_cfg)?;
+    let mut position = Position::epoch_start(0);
+    if let Some(r) = resume {
+        let path = if r.is_dir() { r.join("checkpoint.safetensors") } else { r.to_path_buf() };
+        let ck = Checkpoint::load(&path).with_context(|| format!("resuming from {}", path.display()))?;
+        ensure!(
+            ck.cfg == net && ck.classes == classes,
+            "{} is a checkpoint of another network or class count",
+            path.display()
+        );
+        ensure!(
+            ck.seed == cfg.seed,
+            "{} was trained with seed {}, this run has seed {}",
+            path.display(),
+            ck.seed,
+            cfg.seed
+        );
+        backend.load(&ck)?;
+        position = ck.position;
+    }
+    let val: Option<Pairs> = match &cfg.val {
+        Some(p) => {
+            let ds = data::open(p, shape).with_context(|| format!("validation data {}", p.display()))?;
+            Some(eval::pairs_from_dataset(ds.as_ref(), cfg.val_pairs, cfg.seed ^ 0x5eed)?)
+        }
+        None => None,
+    };
+    let val_before = match &val {
+        Some(pairs) => {
+            let r = eval::verify(backend.as_mut(), pairs)?;
+            append_jsonl(&metrics, &json!({"step": backend.steps(), "val": r}))?;
+            Some(r)
+        }
+        None => None,
+    };
+
+    STOP.store(false, Ordering::SeqCst);
+    let _ = ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst));
+    let total_steps = {
+        let by_epochs = cfg.epochs * steps_per_epoch;
+        if cfg.max_steps > 0 {
+            by_epochs.min(cfg.max_steps)
+        } else {
+            by_epochs
+        }
+    };
+    let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(total_steps) };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]")
+            .expect("valid template"),
+    );
+    bar.set_position(backend.steps().min(total_steps));
+    bar.set_message(format!("on {}", backend.device()));
+
+    let run_json = serde_json::to_value(cfg)?;
+    let started = Instant::now();
+    let (start_steps, mut first_loss, mut last_loss) = (backend.steps(), f32::NAN, f32::NAN);
+    let (mut interrupted, mut skipped) = (false, 0);
+    'epochs: while position.epoch < cfg.epochs && backend.steps() < total_steps {
+        let lc = LoaderConfig {
+            workers: cfg.workers.max(1),
+            skip_bad_samples: cfg.skip_bad_samples,
+            ..LoaderConfig::new(cfg.batch, cfg.seed)
+        };
+        let mut loader = Loader::new(Arc::clone(&dataset), lc, position)?;
+        while let Some(batch) = loader.next_batch()? {
+            let step = backend.steps();
+            let lr = schedule.lr(step, batch.epoch);
+            backend.set_lr(lr)?;
+            let mut margins = vec![0.0; batch.len()];
+            margin.draw_margins_at(cfg.seed, step, &mut margins);
+            let t = Instant::now();
+            let report = backend.step(&batch, &margins).with_context(|| format!("step {step}"))?;
+            let secs = t.elapsed().as_secs_f64();
+            position = batch.next;
+            if first_loss.is_nan() {
+                first_loss = report.loss;
+            }
+            last_loss = report.loss;
+            let ips = batch.len() as f64 / secs;
+            append_jsonl(
+                &metrics,
+                &json!({
+                    "step": step + 1, "epoch": batch.epoch, "loss": report.loss, "grad_norm": report.grad_norm,
+                    "lr": lr, "images_per_second": ips,
+                }),
+            )?;
+            bar.set_position(step + 1);
+            bar.set_message(format!("epoch {} loss {:.4} lr {:.2e} {:.0} img/s", batch.epoch, report.loss, lr, ips));
+            let done = backend.steps();
+            if cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0 {
+                backend.checkpoint(cfg.seed, position, run_json.clone())?.save(&ck_path)?;
+            }
+            if let (Some(pairs), true) = (&val, cfg.eval_every > 0 && done % cfg.eval_every == 0) {
+                let r = eval::verify(backend.as_mut(), pairs)?;
+                append_jsonl(&metrics, &json!({"step": done, "val": r}))?;
+            }
+            if STOP.load(Ordering::SeqCst) {
+                interrupted = true;
+                skipped += loader.bad_samples().count;
+                break 'epochs;
+            }
+            if done >= total_steps {
+                skipped += loader.bad_samples().count;
+                break 'epochs;
+            }
+        }
+        skipped += loader.bad_samples().count;
+        position = Position::epoch_start(position.epoch + 1);
+    }
+    bar.finish_and_clear();
+    backend.checkpoint(cfg.seed, position, run_json.clone())?.save(&ck_path)?;
+    if !interrupted {
+        std::fs::copy(&ck_path, cfg.out.join("final.safetensors")).context("cannot write final.safetensors")?;
+    }
+    let val_after = match (&val, interrupted) {
+        (Some(pairs), false) => {
+            let r = eval::verify(backend.as_mut(), pairs)?;
+            append_jsonl(&metrics, &json!({"step": backend.steps(), "val": r}))?;
+            Some(r)
+        }
+        _ => None,
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    let steps = backend.steps();
+    Ok(RunSummary {
+        steps,
+        first_loss,
+        last_loss,
+        val_before,
+        val_after,
+        seconds,
+        images_per_second: (steps - start_steps) as f64 * cfg.batch as f64 / seconds.max(1e-9),
+        interrupted,
+        skipped_samples: skipped,
+        checkpoint: ck_path,
+    })
+}
