@@ -10,9 +10,11 @@ use std::time::Instant;
 use anyhow::Result;
 use serde::Serialize;
 
-use elasticface_core::nn::{BatchNorm, BatchNormShape};
+use elasticface_core::nn::{BatchNorm, BatchNormShape, Conv2dShape, LinearShape};
 
 use crate::gpu::kernels::batchnorm::BatchNormKernels;
+use crate::gpu::kernels::conv2d::{self, Conv2d};
+use crate::gpu::kernels::linear::{self, Linear};
 use crate::gpu::kernels::prelu::Prelu;
 use crate::gpu::kernels::residual::Residual;
 use crate::gpu::kernels::Dispatch;
@@ -73,6 +75,59 @@ pub fn time_case(gpu: &Gpu, case: &KernelCase, reps: usize, rounds: usize) -> Re
 /// that a CPU adapter finishes in seconds).
 pub fn kernel_cases(gpu: &Gpu, n: usize, shrink: usize) -> Result<Vec<KernelCase>> {
     let mut cases = Vec::new();
+    // The convolutions of an iResNet stage by stage: (C_in, C_out, input size, kernel, stride, pad).
+    let conv = Conv2d::new(gpu);
+    let convs = [
+        (3usize, 64usize, 112usize, 3usize, 1usize, 1usize),
+        (64, 64, 56, 3, 1, 1),
+        (64, 128, 56, 3, 2, 1),
+        (64, 128, 56, 1, 2, 0),
+        (256, 256, 14, 3, 1, 1),
+        (512, 512, 7, 3, 1, 1),
+    ];
+    for (c_in, c_out, hw, k, stride, pad) in convs {
+        let hw = (hw / shrink).max(k);
+        let s = Conv2dShape { n, c_in, h: hw, w: hw, c_out, kh: k, kw: k, stride, pad };
+        let (x, w, y) =
+            (gpu.zeros("x", &[s.input_len()]), gpu.zeros("w", &[s.weight_len()]), gpu.zeros("y", &[s.output_len()]));
+        let scratch = gpu.zeros("scratch", &[conv.scratch_len(gpu, &s)?.max(1)]);
+        let shape = format!("N={n} {c_in}->{c_out} {hw}x{hw} k{k} s{stride}");
+        let flops = conv2d::flops(&s) as f64;
+        let bytes = 4.0 * (s.input_len() + s.weight_len() + s.output_len()) as f64;
+        let mut ops = vec![("conv2d_forward", conv.forward(gpu, &s, &x, &w, &y, &scratch)?)];
+        // Training never needs the input image's gradient: the stem runs no backward_data.
+        if c_in != 3 {
+            ops.push(("conv2d_backward_data", conv.backward_data(gpu, &s, &y, &w, &x, &scratch)?));
+        }
+        ops.push(("conv2d_backward_weight", conv.backward_weight(gpu, &s, &y, &x, &w, &scratch)?));
+        for (kernel, dispatches) in ops {
+            cases.push(KernelCase { kernel: kernel.into(), shape: shape.clone(), flops, bytes, dispatches });
+        }
+    }
+    // The embedding layer: fc (512 x 7 x 7 -> 512).
+    let lin = Linear::new(gpu);
+    let s = LinearShape { n, inputs: 512 * 49, outputs: 512 };
+    let t = |name: &str, len: usize| gpu.zeros(name, &[len]);
+    let (x, w, b, y) = (t("x", n * s.inputs), t("w", s.inputs * s.outputs), t("b", s.outputs), t("y", n * s.outputs));
+    let (dx, dw, db) = (t("dx", n * s.inputs), t("dw", s.inputs * s.outputs), t("db", s.outputs));
+    let scratch = t("scratch", lin.scratch_len(gpu, &s)?.max(1));
+    let shape = format!("N={n} {}->{}", s.inputs, s.outputs);
+    let (flops, bytes) = (linear::flops(&s) as f64, 4.0 * (s.inputs * s.outputs) as f64);
+    cases.push(KernelCase {
+        kernel: "linear_forward".into(),
+        shape: shape.clone(),
+        flops,
+        bytes,
+        dispatches: lin.forward(gpu, &s, &x, &w, &b, &y, &scratch)?,
+    });
+    cases.push(KernelCase {
+        kernel: "linear_backward".into(),
+        shape,
+        flops: 2.0 * flops,
+        bytes: 2.0 * bytes,
+        dispatches: lin.backward(gpu, &s, &x, &w, &y, &dx, &dw, &db, &scratch)?,
+    });
+
     let residual = Residual::new(gpu);
     for (c, hw) in [(64usize, 56usize), (512, 7)] {
         let hw = (hw / shrink).max(1);
