@@ -10,13 +10,22 @@
 //! - [`reference`]: comparing results with reference tensors under written tolerances.
 //! - [`selftest`]: runs the PyTorch reference vectors through the core (and, later, the GPU trainer) and
 //!   reports each tensor's error.
+//! - [`eval`]: verification (LFW protocol) on insightface `.bin` packs and held-out pairs, reports and ROC plots;
+//!   [`embed`]: embeddings of image files; [`onnx`]: ONNX export; [`pth`]: PyTorch checkpoints (through the strict
+//!   [`pickle`] reader); [`commands`]: the `eval`, `embed`, `compare`, `export` and `import` commands.
 
 pub mod bench;
 pub mod checkpoint;
+pub mod commands;
 pub mod data;
+pub mod embed;
 pub mod eval;
 pub mod gpu;
+pub mod onnx;
+pub mod pickle;
+pub mod pth;
 pub mod reference;
 pub mod selftest;
+pub mod synth;
 pub mod tensorfile;
 pub mod train;

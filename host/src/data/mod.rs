@@ -29,6 +29,7 @@
 //! ```
 
 pub mod decode;
+pub mod faces;
 pub mod folder;
 pub mod loader;
 pub mod recordio;

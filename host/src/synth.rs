@@ -1,0 +1,205 @@
+//! `elasticface synth`: writes the procedural identity set ([`crate::data::faces`]) in the formats real face data
+//! comes in, so that everything downstream (the trainer, the evaluator) reads it with the same code as a real set:
+//!
+//! - `train/`: insightface RecordIO (`train.rec`, `train.idx`, `property`) of identities `0..ids`, JPEG;
+//! - `val/`: RecordIO of the held-out identities `ids..ids + val_ids` (labelled, for `train --val`);
+//! - `val.bin`: an insightface verification pack of pairs of held-out identities, half of them the same person,
+//!   pickled as Python 2's protocol 2 writes insightface's published packs.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use anyhow::{ensure, Context, Result};
+use elasticface_core::nn::ImageShape;
+use elasticface_core::rng::Philox4x32;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand_core::RngCore;
+use serde::Serialize;
+
+use crate::data::decode::encode_jpeg;
+use crate::data::faces::render;
+use crate::data::{RecordIoPaths, RecordIoWriter};
+
+/// What to generate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SynthConfig {
+    /// Output folder.
+    pub out: PathBuf,
+    /// Training identities.
+    pub ids: usize,
+    /// Images per training identity.
+    pub per_id: usize,
+    /// Held-out identities.
+    pub val_ids: usize,
+    /// Images per held-out identity.
+    pub val_per_id: usize,
+    /// Pairs in `val.bin`.
+    pub val_pairs: usize,
+    /// Image height and width.
+    pub size: usize,
+    /// Seed of everything.
+    pub seed: u64,
+    /// JPEG quality.
+    pub quality: u8,
+}
+
+/// Where the files went.
+#[derive(Clone, Debug, Serialize)]
+pub struct SynthOutput {
+    /// RecordIO of the training identities.
+    pub train: PathBuf,
+    /// RecordIO of the held-out identities.
+    pub val: PathBuf,
+    /// Verification pack of held-out pairs.
+    pub val_bin: PathBuf,
+    /// Images written in all.
+    pub images: usize,
+}
+
+/// Renders and encodes the `(identity, sample)` images in order, on all cores.
+fn render_all(cfg: &SynthConfig, items: &[(u64, u64)], bar: &ProgressBar) -> Result<Vec<Vec<u8>>> {
+    let shape = ImageShape { h: cfg.size, w: cfg.size };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let next = AtomicUsize::new(0);
+    let mut out: Vec<Option<Result<Vec<u8>>>> = (0..items.len()).map(|_| None).collect();
+    let chunks: Vec<Vec<(usize, Result<Vec<u8>>)>> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(&(id, k)) = items.get(i) else { break };
+                        done.push((i, encode_jpeg(&render(cfg.seed, id, k, shape), shape, cfg.quality)));
+                        bar.inc(1);
+                    }
+                    done
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().expect("renderer thread")).collect()
+    });
+    for (i, r) in chunks.into_iter().flatten() {
+        out[i] = Some(r);
+    }
+    out.into_iter().map(|r| r.expect("every item rendered")).collect()
+}
+
+fn write_recordio(dir: &Path, classes: usize, shape: ImageShape, labelled: &[(u32, Vec<u8>)]) -> Result<()> {
+    let mut w = RecordIoWriter::create(&RecordIoPaths::in_dir(dir), classes, shape)?;
+    for (label, jpeg) in labelled {
+        w.add_image(*label, jpeg)?;
+    }
+    w.finish()?;
+    Ok(())
+}
+
+/// Generates the set.
+pub fn synth(cfg: &SynthConfig, quiet: bool) -> Result<SynthOutput> {
+    ensure!(cfg.ids >= 2 && cfg.per_id >= 2, "need at least 2 identities with 2 images each");
+    ensure!(cfg.val_ids >= 2 && cfg.val_per_id >= 2, "need at least 2 held-out identities with 2 images each");
+    ensure!(cfg.size >= 16 && cfg.size % 16 == 0, "image size must be a multiple of 16 (the network needs it)");
+    let shape = ImageShape { h: cfg.size, w: cfg.size };
+    std::fs::create_dir_all(&cfg.out).with_context(|| format!("cannot create {}", cfg.out.display()))?;
+
+    // Pairs of held-out samples: alternately the same identity (two of its samples) and two identities.
+    let mut rng = Philox4x32::new(cfg.seed, 0x7a1_b1a);
+    let mut pick = |n: usize| (rng.next_u64() % n as u64) as u64;
+    let (vi, vk) = (cfg.val_ids, cfg.val_per_id);
+    let mut pairs = Vec::with_capacity(cfg.val_pairs);
+    for p in 0..cfg.val_pairs {
+        let a = (pick(vi), pick(vk));
+        let b = if p % 2 == 0 {
+            (a.0, (a.1 + 1 + pick(vk - 1)) % vk as u64)
+        } else {
+            ((a.0 + 1 + pick(vi - 1)) % vi as u64, pick(vk))
+        };
+        pairs.push((a, b, p % 2 == 0));
+    }
+
+    let mut items: Vec<(u64, u64)> = Vec::new();
+    for id in 0..cfg.ids as u64 {
+        items.extend((0..cfg.per_id as u64).map(|k| (id, k)));
+    }
+    let first_val = cfg.ids as u64;
+    for id in 0..vi as u64 {
+        items.extend((0..vk as u64).map(|k| (first_val + id, k)));
+    }
+    let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(items.len() as u64) };
+    bar.set_style(ProgressStyle::with_template("rendering {bar:30} {pos}/{len} [{eta}]").expect("valid template"));
+    let jpegs = render_all(cfg, &items, &bar)?;
+    bar.finish_and_clear();
+
+    let (train_items, val_items) = jpegs.split_at(cfg.ids * cfg.per_id);
+    let labelled = |items: &[Vec<u8>], per: usize| -> Vec<(u32, Vec<u8>)> {
+        items.iter().enumerate().map(|(i, j)| ((i / per) as u32, j.clone())).collect()
+    };
+    let train = cfg.out.join("train");
+    let val = cfg.out.join("val");
+    write_recordio(&train, cfg.ids, shape, &labelled(train_items, cfg.per_id))?;
+    write_recordio(&val, vi, shape, &labelled(val_items, vk))?;
+
+    let image = |(id, k): (u64, u64)| &val_items[(id as usize) * vk + k as usize];
+    let mut bins: Vec<&[u8]> = Vec::with_capacity(2 * pairs.len());
+    let mut issame = Vec::with_capacity(pairs.len());
+    for &(a, b, same) in &pairs {
+        bins.push(image(a));
+        bins.push(image(b));
+        issame.push(same);
+    }
+    let val_bin = cfg.out.join("val.bin");
+    let bytes = pickle_verification_pack(&bins, &issame);
+    let mut f = std::fs::File::create(&val_bin).with_context(|| format!("cannot create {}", val_bin.display()))?;
+    f.write_all(&bytes).with_context(|| format!("cannot write {}", val_bin.display()))?;
+    Ok(SynthOutput { train, val, val_bin, images: jpegs.len() })
+}
+
+/// `(bins, issame)` pickled with the opcodes Python 2's `pickle.dump(..., protocol=2)` emits for a list of `str`
+/// and a list of `bool`: `PROTO 2`, `EMPTY_LIST`, `BINPUT`/`LONG_BINPUT` memo entries, `MARK ... APPENDS` in
+/// batches of 1000, `SHORT_BINSTRING`/`BINSTRING`, `NEWTRUE`/`NEWFALSE`, `TUPLE2`, `STOP`.
+pub fn pickle_verification_pack(bins: &[&[u8]], issame: &[bool]) -> Vec<u8> {
+    let mut out = vec![0x80, 2];
+    let mut memo = 0u32;
+    let mut put = |out: &mut Vec<u8>| {
+        if memo < 256 {
+            out.extend_from_slice(&[b'q', memo as u8]);
+        } else {
+            out.push(b'r');
+            out.extend_from_slice(&memo.to_le_bytes());
+        }
+        memo += 1;
+    };
+    out.push(b']');
+    put(&mut out);
+    // Python 2 appends a batch of one with APPEND, longer batches with MARK ... APPENDS.
+    for batch in bins.chunks(1000) {
+        if batch.len() > 1 {
+            out.push(b'(');
+        }
+        for b in batch {
+            if b.len() < 256 {
+                out.extend_from_slice(&[b'U', b.len() as u8]);
+            } else {
+                out.push(b'T');
+                out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+            }
+            out.extend_from_slice(b);
+            put(&mut out);
+        }
+        out.push(if batch.len() > 1 { b'e' } else { b'a' });
+    }
+    out.push(b']');
+    put(&mut out);
+    for batch in issame.chunks(1000) {
+        if batch.len() > 1 {
+            out.push(b'(');
+        }
+        out.extend(batch.iter().map(|&s| if s { 0x88 } else { 0x89 }));
+        out.push(if batch.len() > 1 { b'e' } else { b'a' });
+    }
+    out.push(0x86);
+    put(&mut out);
+    out.push(b'.');
+    out
+}
