@@ -11,10 +11,15 @@
 //! the data position of the next batch (margins and the data order are pure functions of the seed, the step and
 //! the epoch, so nothing else is needed to continue bit for bit), plus the run's own settings as free JSON.
 //! Files are written atomically ([`TensorFile::save`]).
+//!
+//! A [`Backbone`] is the network alone (no head, no optimizer): what evaluation, embedding and export need. It
+//! is read from a checkpoint, from a backbone file ([`BACKBONE_FORMAT`], e.g. written by `elasticface import`),
+//! or from any safetensors state dict with insightface's names (the network then inferred from the shapes,
+//! [`infer_network`]).
 
 use std::path::Path;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use elasticface_core::margin::MarginConfig;
 use elasticface_core::model::{IResNetConfig, ModuleKind, StepConfig, TensorKind, Trainer};
 use elasticface_core::nn::{BatchNorm, Sgd};
@@ -27,6 +32,8 @@ use crate::tensorfile::TensorFile;
 pub const FORMAT: &str = "elasticface-checkpoint";
 /// The format version; readers refuse newer ones.
 pub const VERSION: u64 = 1;
+/// The format name in the manifest of a backbone-only file.
+pub const BACKBONE_FORMAT: &str = "elasticface-backbone";
 
 /// A complete training state.
 #[derive(Clone, Debug, PartialEq)]
@@ -103,9 +110,7 @@ impl Checkpoint {
         let meta = json!({
             "format": FORMAT,
             "version": VERSION,
-            "network": {
-                "layers": c.layers, "widths": c.widths, "input_hw": [c.input_h, c.input_w], "embedding": c.embedding,
-            },
+            "network": network_json(c),
             "classes": self.classes,
             "loss": s.margin.to_string(),
             "optimizer": {
@@ -143,25 +148,10 @@ impl Checkpoint {
         if m["format"] != FORMAT {
             bail!("{}: not an elasticface checkpoint (no `format: {FORMAT}` in its manifest)", f.name);
         }
-        let version = m["version"].as_u64().ok_or_else(|| anyhow!(ctx("no version")))?;
-        if version > VERSION {
-            bail!("{}: checkpoint version {version} is newer than this build reads ({VERSION})", f.name);
-        }
+        check_version(f, "checkpoint")?;
         let u = |v: &Value, what: &str| v.as_u64().map(|x| x as usize).ok_or_else(|| anyhow!(ctx(what)));
         let fl = |v: &Value, what: &str| v.as_f64().map(|x| x as f32).ok_or_else(|| anyhow!(ctx(what)));
-        let four = |v: &Value, what: &str| -> Result<[usize; 4]> {
-            let a = v.as_array().filter(|a| a.len() == 4).ok_or_else(|| anyhow!(ctx(what)))?;
-            Ok([u(&a[0], what)?, u(&a[1], what)?, u(&a[2], what)?, u(&a[3], what)?])
-        };
-        let n = &m["network"];
-        let cfg = IResNetConfig {
-            layers: four(&n["layers"], "network.layers")?,
-            widths: four(&n["widths"], "network.widths")?,
-            input_h: u(&n["input_hw"][0], "network.input_hw")?,
-            input_w: u(&n["input_hw"][1], "network.input_hw")?,
-            embedding: u(&n["embedding"], "network.embedding")?,
-        };
-        cfg.validate().with_context(|| ctx("invalid network"))?;
+        let cfg = network_from_json(f, &m["network"])?;
         let classes = u(&m["classes"], "classes")?;
         let loss = m["loss"].as_str().ok_or_else(|| anyhow!(ctx("no loss")))?;
         let margin: MarginConfig = loss.parse().map_err(|e| anyhow!("{}: loss `{loss}`: {e}", f.name))?;
@@ -185,14 +175,10 @@ impl Checkpoint {
             batch: u(&p["batch"], "position.batch")?,
             sample: u(&p["sample"], "position.sample")?,
         };
-        let mut state = vec![0.0; cfg.state_len()];
+        let state = read_state(f, &cfg)?;
         let mut momentum = vec![0.0; cfg.state_len()];
-        for t in cfg.tensors() {
-            let name = t.to_string();
-            state[t.range()].copy_from_slice(tensor(f, &name, t.dims())?);
-            if t.kind == TensorKind::Trainable {
-                momentum[t.range()].copy_from_slice(tensor(f, &format!("optimizer.momentum.{name}"), t.dims())?);
-            }
+        for t in cfg.tensors().filter(|t| t.kind == TensorKind::Trainable) {
+            momentum[t.range()].copy_from_slice(tensor(f, &format!("optimizer.momentum.{t}"), t.dims())?);
         }
         let head_shape = [cfg.embedding, classes];
         Ok(Self {
@@ -219,6 +205,262 @@ impl Checkpoint {
     pub fn load(path: &Path) -> Result<Self> {
         Self::from_file(&TensorFile::open(path)?)
     }
+
+    /// The network alone (weights and running statistics), without the head and the optimizer state.
+    pub fn backbone(&self) -> Backbone {
+        Backbone { cfg: self.cfg, bn: self.step_cfg.bn, state: self.state.clone(), steps: self.step }
+    }
+}
+
+/// A trained iResNet without its head or optimizer: what evaluation, embedding and export need.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Backbone {
+    /// The network.
+    pub cfg: IResNetConfig,
+    /// Batch norm eps (and momentum, unused in evaluation).
+    pub bn: BatchNorm,
+    /// Every float tensor, laid out as [`IResNetConfig::tensors`].
+    pub state: Vec<f32>,
+    /// Training steps taken, written as every batch norm's `num_batches_tracked`.
+    pub steps: u64,
+}
+
+impl Backbone {
+    /// The backbone as a state dict (insightface's names, `num_batches_tracked` included) with a manifest
+    /// ([`BACKBONE_FORMAT`]: the network, batch norm settings, and `source`, free JSON saying where it came from).
+    pub fn to_file(&self, source: Value) -> Result<TensorFile> {
+        let meta = json!({
+            "format": BACKBONE_FORMAT,
+            "version": VERSION,
+            "network": network_json(&self.cfg),
+            "batchnorm": {"eps": self.bn.eps, "momentum": self.bn.momentum},
+            "source": source,
+        });
+        let mut f = TensorFile::new("backbone", meta);
+        let steps = i64::try_from(self.steps).context("step count")?;
+        for t in self.cfg.tensors() {
+            f.insert_f32(&t.to_string(), t.dims(), self.state[t.range()].to_vec())?;
+            if matches!(t.module.kind, ModuleKind::BatchNorm { .. }) && t.field == "weight" {
+                f.insert_i64(&format!("{}.num_batches_tracked", t.module), &[], vec![steps])?;
+            }
+        }
+        Ok(f)
+    }
+
+    /// Writes the backbone atomically to `path` (see [`Backbone::to_file`]).
+    pub fn save(&self, path: &Path, source: Value) -> Result<()> {
+        self.to_file(source)?.save(path)
+    }
+
+    /// Reads the backbone of any safetensors file with insightface's names:
+    ///
+    /// - a checkpoint ([`FORMAT`]): its backbone;
+    /// - a backbone file ([`BACKBONE_FORMAT`]): the network from its manifest;
+    /// - a file without a manifest (a state dict converted from PyTorch, [`crate::pth`]): the network is `cfg` when
+    ///   given, else inferred from the shapes ([`infer_network`], `input_size` fixing the input when the shapes
+    ///   cannot tell it). Then every tensor must be one of the network's (or a `num_batches_tracked`).
+    ///
+    /// Every tensor's shape is checked against the network.
+    pub fn from_file(f: &TensorFile, cfg: Option<IResNetConfig>, input_size: Option<usize>) -> Result<Self> {
+        let m = &f.meta;
+        if m["format"] == FORMAT {
+            return Ok(Checkpoint::from_file(f)?.backbone());
+        }
+        let (net, bn) = if m["format"] == BACKBONE_FORMAT {
+            check_version(f, "backbone")?;
+            let net = network_from_json(f, &m["network"])?;
+            let b = &m["batchnorm"];
+            let bn = match (b["eps"].as_f64(), b["momentum"].as_f64()) {
+                (Some(eps), Some(momentum)) => BatchNorm { eps: eps as f32, momentum: momentum as f32 },
+                _ => bail!("{}: backbone manifest: no batchnorm eps and momentum", f.name),
+            };
+            (net, bn)
+        } else {
+            let net = match cfg {
+                Some(c) => c,
+                None => infer_network(f, input_size)?,
+            };
+            check_only_backbone(f, &net)?;
+            (net, BatchNorm::default())
+        };
+        if let Some(c) = cfg.filter(|c| *c != net) {
+            bail!("{}: holds the network {net:?}, not the {c:?} asked for", f.name);
+        }
+        let steps = match f.i64("bn1.num_batches_tracked") {
+            Ok([v]) => u64::try_from(*v).unwrap_or(0),
+            _ => 0,
+        };
+        Ok(Self { cfg: net, bn, state: read_state(f, &net)?, steps })
+    }
+
+    /// Reads a model file: a checkpoint or backbone (`.safetensors`), a PyTorch state dict (`.pth`, any file that
+    /// is a zip archive; [`crate::pth`]), or an ONNX file written by `elasticface export` (`.onnx`;
+    /// [`crate::onnx::read_state_dict`]). `cfg` and `input_size` are as in [`Backbone::from_file`].
+    pub fn open(path: &Path, cfg: Option<IResNetConfig>, input_size: Option<usize>) -> Result<Self> {
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let name = path.display().to_string();
+        let is_onnx = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx"));
+        let file = if is_onnx {
+            crate::onnx::read_state_dict(&name, &bytes)?
+        } else if crate::pth::is_zip(&bytes) || path.extension().is_some_and(|e| e.eq_ignore_ascii_case("pth")) {
+            crate::pth::from_bytes(&name, &bytes)?
+        } else {
+            TensorFile::from_bytes(&name, &bytes)?
+        };
+        Self::from_file(&file, cfg, input_size)
+    }
+
+    /// The network in words: `iResNet [3, 13, 30, 3] x [64, 128, 256, 512], 112x112 input, 512-d embedding
+    /// (65.16 M parameters)`.
+    pub fn describe(&self) -> String {
+        let c = &self.cfg;
+        format!(
+            "iResNet {:?} x {:?}, {}x{} input, {}-d embedding ({:.2} M parameters)",
+            c.layers,
+            c.widths,
+            c.input_h,
+            c.input_w,
+            c.embedding,
+            c.parameter_count() as f64 / 1e6
+        )
+    }
+
+    /// A checkpoint that training backends load for inference: this backbone, a one-class head (a unit vector,
+    /// never used by `embed`), zero momentum and the ElasticFace recipe's settings.
+    pub fn inference_checkpoint(&self) -> Checkpoint {
+        let e = self.cfg.embedding;
+        Checkpoint {
+            cfg: self.cfg,
+            classes: 1,
+            step_cfg: StepConfig { bn: self.bn, ..StepConfig::recipe(MarginConfig::ARCFACE) },
+            seed: 0,
+            step: self.steps,
+            position: Position::epoch_start(0),
+            state: self.state.clone(),
+            head: vec![1.0 / (e as f32).sqrt(); e],
+            momentum: vec![0.0; self.state.len()],
+            head_momentum: vec![0.0; e],
+            run: Value::Null,
+        }
+    }
+}
+
+/// The network as the manifests store it.
+fn network_json(c: &IResNetConfig) -> Value {
+    json!({"layers": c.layers, "widths": c.widths, "input_hw": [c.input_h, c.input_w], "embedding": c.embedding})
+}
+
+/// The network of a manifest's `network` entry, validated.
+fn network_from_json(f: &TensorFile, n: &Value) -> Result<IResNetConfig> {
+    let ctx = |what: &str| anyhow!("{}: manifest: {what}", f.name);
+    let u = |v: &Value, what: &str| v.as_u64().map(|x| x as usize).ok_or_else(|| ctx(what));
+    let four = |v: &Value, what: &str| -> Result<[usize; 4]> {
+        let a = v.as_array().filter(|a| a.len() == 4).ok_or_else(|| ctx(what))?;
+        Ok([u(&a[0], what)?, u(&a[1], what)?, u(&a[2], what)?, u(&a[3], what)?])
+    };
+    let cfg = IResNetConfig {
+        layers: four(&n["layers"], "network.layers")?,
+        widths: four(&n["widths"], "network.widths")?,
+        input_h: u(&n["input_hw"][0], "network.input_hw")?,
+        input_w: u(&n["input_hw"][1], "network.input_hw")?,
+        embedding: u(&n["embedding"], "network.embedding")?,
+    };
+    cfg.validate().map_err(|e| anyhow!("{}: manifest: invalid network: {e}", f.name))?;
+    Ok(cfg)
+}
+
+/// Refuses files of a newer format version than this build reads.
+fn check_version(f: &TensorFile, what: &str) -> Result<()> {
+    let version = f.meta["version"].as_u64().ok_or_else(|| anyhow!("{}: {what} manifest: no version", f.name))?;
+    if version > VERSION {
+        bail!("{}: {what} version {version} is newer than this build reads ({VERSION})", f.name);
+    }
+    Ok(())
+}
+
+/// Every float tensor of `cfg` from `f`, in the state layout, each shape checked.
+fn read_state(f: &TensorFile, cfg: &IResNetConfig) -> Result<Vec<f32>> {
+    let mut state = vec![0.0; cfg.state_len()];
+    for t in cfg.tensors() {
+        state[t.range()].copy_from_slice(tensor(f, &t.to_string(), t.dims())?);
+    }
+    Ok(state)
+}
+
+/// A bare state dict must hold the backbone and nothing else (as PyTorch's strict `load_state_dict`): a head, an
+/// optimizer or another network's tensors mean the file is not what it seems.
+fn check_only_backbone(f: &TensorFile, cfg: &IResNetConfig) -> Result<()> {
+    let known: std::collections::HashSet<String> = cfg.tensors().map(|t| t.to_string()).collect();
+    let extra: Vec<&str> =
+        f.keys().into_iter().filter(|k| !known.contains(*k) && !k.ends_with(".num_batches_tracked")).collect();
+    if !extra.is_empty() {
+        let shown: Vec<&str> = extra.iter().take(5).copied().collect();
+        bail!(
+            "{}: {} tensors are not part of the iResNet backbone ({}{})",
+            f.name,
+            extra.len(),
+            shown.join(", "),
+            if extra.len() > 5 { ", ..." } else { "" }
+        );
+    }
+    Ok(())
+}
+
+/// The iResNet whose tensors `f` holds, from their shapes:
+///
+/// - blocks per stage: how many `layer{s}.{i}.bn1.weight` there are (`i = 0, 1, ...`);
+/// - stem width from `conv1.weight (C0, 3, 3, 3)`, stage widths from `layer{s}.0.conv1.weight`;
+/// - embedding from `fc.weight (E, F)`; the input size from `F = C3 * (H/16) * (W/16)`, taken square
+///   (`H = W = 16 sqrt(F / C3)`), unless `input_size` is given (it must then agree).
+///
+/// The caller still checks every tensor's shape against the result.
+pub fn infer_network(f: &TensorFile, input_size: Option<usize>) -> Result<IResNetConfig> {
+    let shape = |key: &str| -> Result<&[usize]> { Ok(&f.get(key)?.shape) };
+    let conv1 = shape("conv1.weight")?;
+    ensure!(conv1.len() == 4 && conv1[1] == 3, "{}: conv1.weight has shape {conv1:?}, not (C, 3, 3, 3)", f.name);
+    let mut layers = [0usize; 4];
+    let mut widths = [0usize; 4];
+    for s in 0..4 {
+        while f.contains(&format!("layer{}.{}.bn1.weight", s + 1, layers[s])) {
+            layers[s] += 1;
+        }
+        ensure!(layers[s] > 0, "{}: no block in layer{} (no layer{}.0.bn1.weight)", f.name, s + 1, s + 1);
+        let key = format!("layer{}.0.conv1.weight", s + 1);
+        widths[s] = *shape(&key)?.first().with_context(|| format!("{}: {key} has no dimensions", f.name))?;
+    }
+    ensure!(
+        conv1[0] == widths[0],
+        "{}: the stem has {} channels but layer1 {}: not an iResNet",
+        f.name,
+        conv1[0],
+        widths[0]
+    );
+    let fc = shape("fc.weight")?;
+    ensure!(fc.len() == 2, "{}: fc.weight has shape {fc:?}, not (E, F)", f.name);
+    let (embedding, fc_in) = (fc[0], fc[1]);
+    let side = match input_size {
+        Some(size) => size,
+        None => {
+            ensure!(fc_in % widths[3] == 0, "{}: fc takes {fc_in} inputs, not a multiple of {}", f.name, widths[3]);
+            let cells = fc_in / widths[3];
+            let root = (cells as f64).sqrt().round() as usize;
+            ensure!(
+                root * root == cells,
+                "{}: fc takes {cells} positions of the last stage, not a square; give the input size",
+                f.name
+            );
+            16 * root
+        }
+    };
+    let cfg = IResNetConfig { layers, widths, input_h: side, input_w: side, embedding };
+    cfg.validate().map_err(|e| anyhow!("{}: inferred network {cfg:?}: {e}", f.name))?;
+    ensure!(
+        cfg.fc_inputs() == fc_in,
+        "{}: fc takes {fc_in} inputs; a {side}x{side} input gives {}",
+        f.name,
+        cfg.fc_inputs()
+    );
+    Ok(cfg)
 }
 
 /// Tensor `key` of `f`, required to have shape `dims`.
@@ -228,4 +470,77 @@ fn tensor<'a>(f: &'a TensorFile, key: &str, dims: &[usize]) -> Result<&'a [f32]>
         bail!("{}: `{key}` has shape {:?}, the network needs {dims:?}", f.name, t.shape);
     }
     f.f32(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensorfile::Data;
+    use crate::train::cpu::CpuBackend;
+    use crate::train::Backend;
+
+    const NET: IResNetConfig =
+        IResNetConfig { layers: [2, 1, 1, 1], widths: [4, 8, 8, 16], input_h: 32, input_w: 32, embedding: 8 };
+
+    fn checkpoint() -> Checkpoint {
+        let b = CpuBackend::new(&NET, 2, 3, StepConfig::recipe(MarginConfig::ARCFACE), 5).unwrap();
+        b.checkpoint(5, Position::epoch_start(0), Value::Null).unwrap()
+    }
+
+    /// A copy of `f` without its manifest, keeping the tensors `keep` accepts.
+    fn bare(f: &TensorFile, keep: impl Fn(&str) -> bool) -> TensorFile {
+        let mut out = TensorFile::new("bare", Value::Null);
+        for k in f.keys().into_iter().filter(|k| keep(k)) {
+            let t = f.get(k).unwrap();
+            match &t.data {
+                Data::F32(v) => out.insert_f32(k, &t.shape, v.clone()).unwrap(),
+                Data::I64(v) => out.insert_i64(k, &t.shape, v.clone()).unwrap(),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_backbone_comes_from_checkpoints_backbone_files_and_bare_state_dicts() {
+        let ck = checkpoint();
+        let want = ck.backbone();
+        let from_ck = Backbone::from_file(&ck.to_file().unwrap(), None, None).unwrap();
+        assert_eq!(from_ck, want);
+        let file = want.to_file(json!({"test": true})).unwrap();
+        assert_eq!(file.meta["format"], BACKBONE_FORMAT);
+        assert_eq!(Backbone::from_file(&file, None, None).unwrap(), want);
+        // Without a manifest the network is inferred from the shapes.
+        let sd = bare(&file, |_| true);
+        assert_eq!(infer_network(&sd, None).unwrap(), NET);
+        assert_eq!(Backbone::from_file(&sd, None, None).unwrap().state, want.state);
+        assert_eq!(Backbone::from_file(&sd, Some(NET), None).unwrap().cfg, NET);
+        // The inference checkpoint loads into a backend and embeds as the backbone does.
+        let mut b = CpuBackend::new(&NET, 2, 1, StepConfig::recipe(MarginConfig::ARCFACE), 0).unwrap();
+        b.load(&want.inference_checkpoint()).unwrap();
+        let mut orig = CpuBackend::new(&NET, 2, 3, StepConfig::recipe(MarginConfig::ARCFACE), 0).unwrap();
+        orig.load(&ck).unwrap();
+        let images = vec![7u8; 2 * 32 * 32 * 3];
+        assert_eq!(b.embed(&images, &[false, true]).unwrap(), orig.embed(&images, &[false, true]).unwrap());
+    }
+
+    #[test]
+    fn state_dicts_that_are_not_the_backbone_are_refused() {
+        let file = checkpoint().to_file().unwrap();
+        let err = |f: &TensorFile, cfg: Option<IResNetConfig>, size: Option<usize>| {
+            format!("{:#}", Backbone::from_file(f, cfg, size).unwrap_err())
+        };
+        // A checkpoint stripped of its manifest still holds the head and the optimizer state.
+        let e = err(&bare(&file, |_| true), None, None);
+        assert!(e.contains("are not part of the iResNet backbone") && e.contains("head.weight"), "{e}");
+        let sd = bare(&file, |k| !k.starts_with("optimizer.") && k != "head.weight");
+        let e = err(&bare(&sd, |k| k != "layer3.0.conv1.weight"), None, None);
+        assert!(e.contains("layer3.0.conv1.weight"), "{e}");
+        // Another network asked for, or an input size the fc layer contradicts.
+        let other = IResNetConfig { embedding: 16, ..NET };
+        assert!(err(&sd, Some(other), None).contains("fc.weight"));
+        assert!(err(&sd, None, Some(48)).contains("a 48x48 input gives"));
+        let mut wrong = bare(&sd, |_| true);
+        wrong.insert_f32("fc.weight", &[8, 100], vec![0.0; 800]).unwrap();
+        assert!(err(&wrong, None, None).contains("not a multiple of 16"));
+    }
 }

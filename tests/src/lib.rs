@@ -52,3 +52,30 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
+
+/// A tiny iResNet (`[1, 1, 1, 1]` blocks, widths `[4, 8, 8, 16]`, 16x16 input, 8-d embedding) with insightface's
+/// initialisation from `seed`, then batch norm statistics and affine parameters and PReLU slopes moved away from
+/// their initial values (as training moves them), so that every tensor matters in a comparison.
+pub fn tiny_backbone(seed: u64) -> elasticface::checkpoint::Backbone {
+    use elasticface_core::model::{init_state, IResNetConfig, ModuleKind};
+    use elasticface_core::rng::Philox4x32;
+    let cfg = IResNetConfig { layers: [1, 1, 1, 1], widths: [4, 8, 8, 16], input_h: 16, input_w: 16, embedding: 8 };
+    let mut state = vec![0.0; cfg.state_len()];
+    init_state(&cfg, &mut Philox4x32::new(seed, 0), &mut state).expect("valid config");
+    let noise = uniform(seed ^ 0xb0b, state.len());
+    for t in cfg.tensors() {
+        let (lo, hi) = match (t.module.kind, t.field) {
+            (ModuleKind::BatchNorm { frozen: true, .. }, "weight") => continue,
+            (ModuleKind::BatchNorm { .. }, "weight") => (0.5, 1.5),
+            // Small variances amplify, as in trained networks whose activations are larger than their biases.
+            (ModuleKind::BatchNorm { .. }, "running_var") => (0.02, 0.1),
+            (ModuleKind::BatchNorm { .. }, _) => (-0.02, 0.02),
+            (ModuleKind::PRelu { .. }, _) => (0.0, 0.5),
+            _ => continue,
+        };
+        for (v, n) in state[t.range()].iter_mut().zip(&noise[t.range()]) {
+            *v = lo + (hi - lo) * (n + 1.0) / 2.0;
+        }
+    }
+    elasticface::checkpoint::Backbone { cfg, bn: Default::default(), state, steps: 0 }
+}

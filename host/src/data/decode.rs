@@ -15,7 +15,8 @@
 //! 4 levels (mean absolute difference 0.35); PNG is lossless and identical.
 //!
 //! The size is checked from the header, before any pixel is decoded: training needs images of exactly the
-//! configured size, and nothing here resizes.
+//! configured size, and [`decode_rgb`] never resizes. Evaluation and embedding take images of any size and bring
+//! them to the network's input size as insightface's evaluation does ([`decode_rgb_resized`]).
 
 use std::io::Cursor;
 
@@ -53,7 +54,100 @@ impl Encoding {
 /// Errors (never panics): an unknown signature (the first bytes are named), a corrupt or truncated stream, or a
 /// size other than `expected` (both sizes are named). The caller adds which file and record the bytes came from.
 pub fn decode_rgb(bytes: &[u8], expected: ImageShape) -> Result<Vec<u8>> {
-    let rgb = match Encoding::sniff(bytes) {
+    Ok(decode_checked(bytes, Some(expected))?.0)
+}
+
+/// Decodes a JPEG or PNG image of any size to `u8 (H, W, 3)` RGB and returns it with its size.
+pub fn decode_rgb_any(bytes: &[u8]) -> Result<(Vec<u8>, ImageShape)> {
+    decode_checked(bytes, None)
+}
+
+/// Decodes a JPEG or PNG image and brings it to `target`, as insightface's evaluation prepares verification
+/// images: an image of another size is resized so that its shorter side matches the target (a triangle filter
+/// whose support grows with the reduction, close to OpenCV's area interpolation when shrinking), then cropped
+/// to the target around its centre when the aspect ratios differ.
+///
+/// Returns the pixels and, when the image was resized, its original size (the caller warns: resizing aligned
+/// faces changes what the network sees).
+pub fn decode_rgb_resized(bytes: &[u8], target: ImageShape) -> Result<(Vec<u8>, Option<ImageShape>)> {
+    let (rgb, found) = decode_rgb_any(bytes)?;
+    if found == target {
+        return Ok((rgb, None));
+    }
+    Ok((resize_rgb(rgb, found, target)?, Some(found)))
+}
+
+/// Decodes `count` encoded images into one `u8 (N, H, W, 3)` buffer of size `target` ([`decode_rgb_resized`]), on
+/// all cores. `source(i)` returns the bytes of image `i` (and names it in its errors); a decoding error is given
+/// `describe(i)` as context. Returns the pixels and, per image, its original size when it was resized. The first
+/// failing image (in index order) is the error.
+pub fn decode_many<'a, S, D>(
+    count: usize,
+    target: ImageShape,
+    source: S,
+    describe: D,
+) -> Result<(Vec<u8>, Vec<Option<ImageShape>>)>
+where
+    S: Fn(usize) -> Result<std::borrow::Cow<'a, [u8]>> + Sync,
+    D: Fn(usize) -> String + Sync,
+{
+    let per = target.len();
+    let mut pixels = vec![0u8; count * per];
+    if count == 0 {
+        return Ok((pixels, Vec::new()));
+    }
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(count);
+    let chunk = count.div_ceil(workers);
+    let parts: Vec<Result<Vec<Option<ImageShape>>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = pixels
+            .chunks_mut(chunk * per)
+            .enumerate()
+            .map(|(w, dst)| {
+                let (source, describe) = (&source, &describe);
+                scope.spawn(move || {
+                    dst.chunks_exact_mut(per)
+                        .enumerate()
+                        .map(|(j, out)| {
+                            let i = w * chunk + j;
+                            let bytes = source(i)?;
+                            let (rgb, original) = decode_rgb_resized(&bytes, target).with_context(|| describe(i))?;
+                            out.copy_from_slice(&rgb);
+                            Ok(original)
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("an image decoder thread panicked"))))
+            .collect()
+    });
+    let mut resized = Vec::with_capacity(count);
+    for part in parts {
+        resized.extend(part?);
+    }
+    Ok((pixels, resized))
+}
+
+/// Resizes `u8 (H, W, 3)` RGB of size `from` to `to`: shorter side first, then a centre crop.
+pub fn resize_rgb(rgb: Vec<u8>, from: ImageShape, to: ImageShape) -> Result<Vec<u8>> {
+    use image::imageops::{self, FilterType};
+    let (fw, fh) = dims_u32(&rgb, from)?;
+    let (tw, th) = (u32::try_from(to.w).context("image too wide")?, u32::try_from(to.h).context("image too high")?);
+    let img = image::RgbImage::from_raw(fw, fh, rgb).context("RGB buffer of the wrong size")?;
+    // Scale so that both sides cover the target, keeping the aspect ratio, then crop the middle.
+    let scale = f64::max(f64::from(tw) / f64::from(fw), f64::from(th) / f64::from(fh));
+    let sw = ((f64::from(fw) * scale).round() as u32).max(tw);
+    let sh = ((f64::from(fh) * scale).round() as u32).max(th);
+    let scaled = imageops::resize(&img, sw, sh, FilterType::Triangle);
+    let cropped = imageops::crop_imm(&scaled, (sw - tw) / 2, (sh - th) / 2, tw, th).to_image();
+    Ok(cropped.into_raw())
+}
+
+/// Decodes by signature; checks the size against `expected` (before decoding pixels) when given.
+fn decode_checked(bytes: &[u8], expected: Option<ImageShape>) -> Result<(Vec<u8>, ImageShape)> {
+    let (rgb, shape) = match Encoding::sniff(bytes) {
         Some(Encoding::Jpeg) => decode_jpeg(bytes, expected)?,
         Some(Encoding::Png) => decode_png(bytes, expected)?,
         None => {
@@ -61,16 +155,11 @@ pub fn decode_rgb(bytes: &[u8], expected: ImageShape) -> Result<Vec<u8>> {
             bail!("not a JPEG or PNG image ({} bytes, starting {})", bytes.len(), head.join(" "));
         }
     };
+    ensure!(shape.h > 0 && shape.w > 0, "image has no pixels ({}x{})", shape.h, shape.w);
     // Both decoders return exactly H*W*3 bytes for an image of that size; checked anyway so that no caller can
     // ever see a short buffer.
-    ensure!(
-        rgb.len() == expected.len(),
-        "decoder returned {} bytes for a {}x{} RGB image",
-        rgb.len(),
-        expected.h,
-        expected.w
-    );
-    Ok(rgb)
+    ensure!(rgb.len() == shape.len(), "decoder returned {} bytes for a {}x{} RGB image", rgb.len(), shape.h, shape.w);
+    Ok((rgb, shape))
 }
 
 /// The error for an image of the wrong size.
@@ -85,27 +174,29 @@ fn wrong_size(height: usize, width: usize, expected: ImageShape) -> anyhow::Erro
 
 /// JPEG by `zune-jpeg` in strict mode (see the module documentation). A file whose only damage is a missing
 /// end-of-image marker (all pixels present) still decodes.
-fn decode_jpeg(bytes: &[u8], expected: ImageShape) -> Result<Vec<u8>> {
+fn decode_jpeg(bytes: &[u8], expected: Option<ImageShape>) -> Result<(Vec<u8>, ImageShape)> {
     let options = DecoderOptions::default().set_strict_mode(true).jpeg_set_out_colorspace(ColorSpace::RGB);
     let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
     decoder.decode_headers().map_err(|e| anyhow!("corrupt JPEG header: {e:?}"))?;
     let (width, height) = decoder.dimensions().context("JPEG without a frame header")?;
-    if (height, width) != (expected.h, expected.w) {
+    let found = ImageShape { h: height, w: width };
+    if let Some(expected) = expected.filter(|&e| e != found) {
         return Err(wrong_size(height, width, expected));
     }
-    decoder.decode().map_err(|e| anyhow!("corrupt JPEG data: {e:?}"))
+    Ok((decoder.decode().map_err(|e| anyhow!("corrupt JPEG data: {e:?}"))?, found))
 }
 
 /// PNG by the `image` crate (`png`), converted to 8-bit RGB.
-fn decode_png(bytes: &[u8], expected: ImageShape) -> Result<Vec<u8>> {
+fn decode_png(bytes: &[u8], expected: Option<ImageShape>) -> Result<(Vec<u8>, ImageShape)> {
     let decoder =
         ImageReader::with_format(Cursor::new(bytes), ImageFormat::Png).into_decoder().context("corrupt PNG header")?;
     let (width, height) = decoder.dimensions();
-    if (height as usize, width as usize) != (expected.h, expected.w) {
-        return Err(wrong_size(height as usize, width as usize, expected));
+    let found = ImageShape { h: height as usize, w: width as usize };
+    if let Some(expected) = expected.filter(|&e| e != found) {
+        return Err(wrong_size(found.h, found.w, expected));
     }
     let image = DynamicImage::from_decoder(decoder).context("corrupt PNG data")?;
-    Ok(image.into_rgb8().into_raw())
+    Ok((image.into_rgb8().into_raw(), found))
 }
 
 /// Encodes `u8 (H, W, 3)` RGB as a baseline JPEG of `quality` (1..=100; 4:2:0 chroma subsampling).
@@ -138,4 +229,55 @@ fn dims_u32(rgb: &[u8], shape: ImageShape) -> Result<(u32, u32)> {
     let w = u32::try_from(shape.w).context("image too wide")?;
     let h = u32::try_from(shape.h).context("image too high")?;
     Ok((w, h))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An image whose left half is black and right half white, `h x w`.
+    fn halves(h: usize, w: usize) -> Vec<u8> {
+        (0..h * w * 3).map(|i| if (i / 3) % w < w / 2 { 0 } else { 255 }).collect()
+    }
+
+    #[test]
+    fn other_sizes_are_resized_by_the_shorter_side_and_cropped() {
+        let target = ImageShape { h: 16, w: 16 };
+        // Exactly the target: untouched.
+        let rgb = halves(16, 16);
+        let (same, original) = decode_rgb_resized(&encode_png(&rgb, target).unwrap(), target).unwrap();
+        assert_eq!((same, original), (rgb, None));
+        // 32x64 (HxW): scaled to 16x32, then the middle 16 columns kept: black then white, sharp at the centre.
+        let wide = ImageShape { h: 32, w: 64 };
+        let (out, original) = decode_rgb_resized(&encode_png(&halves(32, 64), wide).unwrap(), target).unwrap();
+        assert_eq!(original, Some(wide));
+        assert_eq!(out.len(), target.len());
+        let row: Vec<u8> = out[..16 * 3].chunks(3).map(|p| p[0]).collect();
+        assert!(row[..7].iter().all(|&v| v == 0) && row[9..].iter().all(|&v| v == 255), "{row:?}");
+        // A uniform image stays uniform at any scale.
+        let big = ImageShape { h: 50, w: 50 };
+        let (out, _) = decode_rgb_resized(&encode_png(&vec![77; big.len()], big).unwrap(), target).unwrap();
+        assert!(out.iter().all(|&v| v == 77));
+    }
+
+    #[test]
+    fn many_images_decode_in_order_and_the_first_failure_is_named() {
+        let shape = ImageShape { h: 16, w: 16 };
+        let images: Vec<Vec<u8>> = (0..37u8).map(|i| encode_png(&vec![i; shape.len()], shape).unwrap()).collect();
+        let source = |i: usize| Ok(std::borrow::Cow::Borrowed(images[i].as_slice()));
+        let (pixels, resized) = decode_many(images.len(), shape, source, |i| format!("item {i}")).unwrap();
+        assert_eq!(resized, vec![None; 37]);
+        for (i, img) in pixels.chunks_exact(shape.len()).enumerate() {
+            assert!(img.iter().all(|&v| v == i as u8), "image {i}");
+        }
+        let bad = |i: usize| {
+            if i == 30 || i == 5 {
+                Ok(std::borrow::Cow::Borrowed(&b"garbage"[..]))
+            } else {
+                source(i)
+            }
+        };
+        let e = decode_many(images.len(), shape, bad, |i| format!("item {i}")).unwrap_err();
+        assert!(format!("{e:#}").starts_with("item 5: not a JPEG or PNG image"), "{e:#}");
+    }
 }

@@ -22,7 +22,7 @@ use serde_json::json;
 use super::cpu::CpuBackend;
 use super::schedule::Schedule;
 use super::Backend;
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Backbone, Checkpoint};
 use crate::data::{self, Loader, LoaderConfig, Position};
 use crate::eval::{self, Pairs};
 
@@ -186,8 +186,8 @@ impl TrainConfig {
         let s = match self.schedule.as_str() {
             "step" => Schedule::Step { lr, epochs: self.decay_epochs.clone(), factor: 0.1 },
             "poly" => {
-                let total = if self.max_steps > 0 { self.max_steps } else { self.epochs * steps_per_epoch };
-                Schedule::Poly { lr, warmup: self.warmup_epochs * steps_per_epoch, total: total.max(1), power: 2.0 }
+                let total = if self.max_steps > 0 { self.max_steps } else { self.epochs.saturating_mul(steps_per_epoch) };
+                Schedule::Poly { lr, warmup: self.warmup_epochs.saturating_mul(steps_per_epoch), total: total.max(1), power: 2.0 }
             }
             other => bail!("schedule `{other}`: use step or poly"),
         };
@@ -224,8 +224,9 @@ pub struct RunSummary {
     pub checkpoint: PathBuf,
 }
 
-/// Opens the backend the config asks for.
-fn open_backend(
+/// Opens the backend the config asks for: `cfg.device` (`auto` falls back to the CPU reference with a warning when
+/// there is no GPU backend), `cfg.adapter`, `cfg.batch` and `cfg.seed` (of the initial weights) count.
+pub(crate) fn open_backend(
     cfg: &TrainConfig,
     net: &IResNetConfig,
     classes: usize,
@@ -238,12 +239,28 @@ fn open_backend(
         Device::Gpu | Device::Auto => match super::open_gpu_backend(cfg, net, classes, step_cfg) {
             Ok(b) => Ok(b),
             Err(e) if cfg.device == Device::Auto => {
-                eprintln!("warning: no GPU backend ({e:#}); training on the CPU reference, which is slow");
+                eprintln!("warning: no GPU backend ({e:#}); running on the CPU reference, which is slow");
                 cpu()
             }
             Err(e) => Err(e),
         },
     }
+}
+
+/// Opens a backend that embeds with `backbone` (evaluation, embedding extraction), on the device chosen as for
+/// training (`device`, `adapter`), embedding up to `batch` images at a time (at least 2).
+pub fn open_inference(
+    backbone: &Backbone,
+    device: Device,
+    adapter: Option<String>,
+    batch: usize,
+) -> Result<Box<dyn Backend>> {
+    ensure!(batch >= 2, "the embedding batch must be at least 2");
+    let ck = backbone.inference_checkpoint();
+    let cfg = TrainConfig { device, adapter, batch, ..TrainConfig::default() };
+    let mut backend = open_backend(&cfg, &backbone.cfg, ck.classes, ck.step_cfg)?;
+    backend.load(&ck)?;
+    Ok(backend)
 }
 
 fn append_jsonl(path: &Path, value: &serde_json::Value) -> Result<()> {
@@ -320,7 +337,7 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>, quiet: bool) -> Result<Ru
     STOP.store(false, Ordering::SeqCst);
     let _ = ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst));
     let total_steps = {
-        let by_epochs = cfg.epochs * steps_per_epoch;
+        let by_epochs = cfg.epochs.saturating_mul(steps_per_epoch);
         if cfg.max_steps > 0 {
             by_epochs.min(cfg.max_steps)
         } else {

@@ -1,0 +1,299 @@
+//! The model commands of `elasticface`: `eval`, `embed`, `compare`, `export` and `import`, as clap argument
+//! structs with a `run` each (the binary only dispatches to them).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, ensure, Context, Result};
+use elasticface_core::model::IResNetConfig;
+use elasticface_core::nn::ImageShape;
+use serde_json::json;
+
+use crate::checkpoint::Backbone;
+use crate::embed::{self, EmbedOptions};
+use crate::eval::suite::{self, EvalReport};
+use crate::train::run::{open_inference, Device, TrainConfig};
+use crate::train::Backend;
+
+/// The network of a model file that has no manifest (a PyTorch `.pth`); inferred from the shapes when not given.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct NetworkArgs {
+    /// Backbone of a file without a manifest (.pth): r18, r34, r50, r100, r200, or custom (with --layers and
+    /// --widths). Inferred from the tensor shapes when absent.
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Blocks per stage, with --arch.
+    #[arg(long, value_delimiter = ',', num_args = 4)]
+    pub layers: Option<Vec<usize>>,
+    /// Channels per stage, with --arch.
+    #[arg(long, value_delimiter = ',', num_args = 4)]
+    pub widths: Option<Vec<usize>>,
+    /// Embedding size, with --arch [default: 512].
+    #[arg(long)]
+    pub embedding: Option<usize>,
+    /// Input height and width; with --arch [default: 112], or alone to fix the input size of an inferred network
+    /// (the shapes only tell it for square inputs).
+    #[arg(long)]
+    pub input_size: Option<usize>,
+}
+
+impl NetworkArgs {
+    /// The network the flags describe, if `--arch` is given (built as `elasticface train` builds it).
+    pub fn network(&self) -> Result<Option<IResNetConfig>> {
+        let Some(arch) = &self.arch else {
+            ensure!(
+                self.layers.is_none() && self.widths.is_none() && self.embedding.is_none(),
+                "--layers, --widths and --embedding describe a network together with --arch"
+            );
+            return Ok(None);
+        };
+        let four = |v: &Option<Vec<usize>>| -> Result<Option<[usize; 4]>> {
+            v.as_ref()
+                .map(|v| v.as_slice().try_into().map_err(|_| anyhow::anyhow!("--layers and --widths take 4 numbers")))
+                .transpose()
+        };
+        let t = TrainConfig {
+            arch: arch.clone(),
+            layers: four(&self.layers)?,
+            widths: four(&self.widths)?,
+            embedding: self.embedding.unwrap_or(512),
+            input_size: self.input_size.unwrap_or(112),
+            ..TrainConfig::default()
+        };
+        t.network().map(Some)
+    }
+
+    /// Loads the model file `path` ([`Backbone::open`]) with these flags.
+    pub fn load(&self, path: &std::path::Path) -> Result<Backbone> {
+        let cfg = self.network()?;
+        Backbone::open(path, cfg, if cfg.is_some() { None } else { self.input_size })
+    }
+}
+
+/// Where and how models run.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DeviceArgs {
+    /// auto (GPU if found, else CPU with a warning), gpu, or cpu (the exact, slow reference).
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    pub device: Device,
+    /// GPU adapter name filter.
+    #[arg(long, value_name = "NAME")]
+    pub adapter: Option<String>,
+    /// Images embedded at once (lower it for large networks on the CPU).
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+}
+
+impl DeviceArgs {
+    fn open(&self, backbone: &Backbone) -> Result<Box<dyn Backend>> {
+        open_inference(backbone, self.device, self.adapter.clone(), self.batch)
+    }
+}
+
+fn input_shape(b: &Backbone) -> ImageShape {
+    ImageShape { h: b.cfg.input_h, w: b.cfg.input_w }
+}
+
+/// `elasticface eval`.
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    /// The model: a checkpoint or backbone (.safetensors), a PyTorch state dict (.pth), or an ONNX file written by
+    /// `elasticface export`.
+    #[arg(long, value_name = "FILE")]
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub network: NetworkArgs,
+    /// An insightface verification pack (lfw.bin, cfp_fp.bin, agedb_30.bin, calfw.bin, cplfw.bin, ...); repeat
+    /// for several.
+    #[arg(long = "bin", value_name = "FILE")]
+    pub bins: Vec<PathBuf>,
+    /// Evaluate every *.bin file in this folder (after the --bin files).
+    #[arg(long, value_name = "DIR")]
+    pub val_dir: Option<PathBuf>,
+    /// Folder for report.json, roc.png and roc.svg.
+    #[arg(long, value_name = "DIR", default_value = "eval")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// No progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl EvalArgs {
+    /// Evaluates, prints the table and writes the report and plots.
+    pub fn run(&self) -> Result<ExitCode> {
+        let report = self.evaluate()?;
+        suite::print_table(&report, &mut std::io::stdout().lock())?;
+        let out = suite::write_outputs(&report, &self.out)?;
+        println!("report: {}\nROC: {}, {}", out.json.display(), out.png.display(), out.svg.display());
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// Runs every pack and returns the report (nothing printed or written).
+    pub fn evaluate(&self) -> Result<EvalReport> {
+        let mut packs = self.bins.clone();
+        if let Some(dir) = &self.val_dir {
+            packs.extend(suite::packs_in(dir)?);
+        }
+        if packs.is_empty() {
+            bail!("nothing to evaluate: give --bin FILE (repeatable) or --val-dir DIR");
+        }
+        let backbone = self.network.load(&self.model)?;
+        let mut backend = self.device.open(&backbone)?;
+        let shape = input_shape(&backbone);
+        let mut sets = Vec::with_capacity(packs.len());
+        for p in &packs {
+            sets.push(suite::evaluate_pack(backend.as_mut(), p, shape, self.quiet)?);
+        }
+        Ok(EvalReport {
+            model: self.model.clone(),
+            network: backbone.describe(),
+            device: backend.device(),
+            protocol: suite::PROTOCOL,
+            sets,
+        })
+    }
+}
+
+/// `elasticface embed`.
+#[derive(clap::Args, Debug)]
+pub struct EmbedArgs {
+    /// The model (as for `eval`).
+    #[arg(long, value_name = "FILE")]
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub network: NetworkArgs,
+    /// Image files and folders (searched recursively for .jpg, .jpeg, .png).
+    #[arg(required = true, value_name = "IMAGE_OR_DIR")]
+    pub inputs: Vec<PathBuf>,
+    /// Output: a .npy file (the image list goes to NAME.files.txt beside it) or a .safetensors file (tensor
+    /// `embeddings`, the image list in its manifest).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Add the mirror image's embedding (e + e_flip), as the verification protocol does.
+    #[arg(long)]
+    pub flip: bool,
+    /// L2-normalise each embedding.
+    #[arg(long)]
+    pub normalize: bool,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl EmbedArgs {
+    /// Embeds the images and writes the file.
+    pub fn run(&self) -> Result<ExitCode> {
+        let files = embed::list_images(&self.inputs)?;
+        let backbone = self.network.load(&self.model)?;
+        let mut backend = self.device.open(&backbone)?;
+        let opts = EmbedOptions { flip: self.flip, normalize: self.normalize, quiet: self.quiet };
+        let emb = embed::embed_files(backend.as_mut(), &files, input_shape(&backbone), opts)?;
+        let about = json!({
+            "model": self.model.display().to_string(), "network": backbone.describe(),
+            "flip": self.flip, "normalize": self.normalize, "shape": [files.len(), emb.dim],
+        });
+        embed::write_embeddings(&self.out, &emb, &files, about)?;
+        println!("{} embeddings of size {} -> {}", files.len(), emb.dim, self.out.display());
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// `elasticface compare`.
+#[derive(clap::Args, Debug)]
+pub struct CompareArgs {
+    /// The model (as for `eval`).
+    #[arg(long, value_name = "FILE")]
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub network: NetworkArgs,
+    /// First image.
+    pub a: PathBuf,
+    /// Second image.
+    pub b: PathBuf,
+    /// Cosine at or above which the two are judged the same person. An `eval` report's `best_threshold` t (a
+    /// squared distance) is the cosine 1 - t/2; 0.3 is about t = 1.4, typical of insightface r100 models on LFW.
+    #[arg(long, default_value_t = 0.3, allow_negative_numbers = true)]
+    pub threshold: f32,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+impl CompareArgs {
+    /// Prints the cosine and the decision; exits 0 either way.
+    pub fn run(&self) -> Result<ExitCode> {
+        ensure!((-1.0..=1.0).contains(&self.threshold), "--threshold is a cosine, in [-1, 1]");
+        let backbone = self.network.load(&self.model)?;
+        let mut backend = self.device.open(&backbone)?;
+        let c = embed::compare(backend.as_mut(), &self.a, &self.b, input_shape(&backbone), self.threshold)?;
+        println!(
+            "cosine {:.4} (squared distance {:.4}): {} at threshold {}",
+            c.cosine,
+            c.distance,
+            if c.same { "same person" } else { "different people" },
+            self.threshold
+        );
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// `elasticface export`.
+#[derive(clap::Args, Debug)]
+pub struct ExportArgs {
+    /// The model (as for `eval`).
+    #[arg(long, value_name = "FILE")]
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub network: NetworkArgs,
+    /// The ONNX file to write.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+impl ExportArgs {
+    /// Writes the ONNX file.
+    pub fn run(&self) -> Result<ExitCode> {
+        let backbone = self.network.load(&self.model)?;
+        let source = json!({"exported_from": self.model.display().to_string()});
+        let bytes = crate::onnx::export_to(&backbone, source, &self.out)?;
+        let c = &backbone.cfg;
+        println!(
+            "{} ({bytes} bytes): input `{}` float32 (N, 3, {}, {}) RGB scaled (x/255 - 0.5)/0.5, output `{}` float32 \
+             (N, {}) before normalisation; opset {}",
+            self.out.display(),
+            crate::onnx::INPUT,
+            c.input_h,
+            c.input_w,
+            crate::onnx::OUTPUT,
+            c.embedding,
+            crate::onnx::OPSET
+        );
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// `elasticface import`.
+#[derive(clap::Args, Debug)]
+pub struct ImportArgs {
+    /// A PyTorch state dict of an insightface/ElasticFace iResNet (`torch.save(backbone.state_dict(), path)`).
+    #[arg(value_name = "PTH")]
+    pub pth: PathBuf,
+    #[command(flatten)]
+    pub network: NetworkArgs,
+    /// The backbone file to write (.safetensors), for eval, embed, export or fine-tuning.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+impl ImportArgs {
+    /// Converts the file.
+    pub fn run(&self) -> Result<ExitCode> {
+        let backbone = self.network.load(&self.pth).with_context(|| format!("importing {}", self.pth.display()))?;
+        backbone.save(&self.out, json!({"imported_from": self.pth.display().to_string()}))?;
+        println!("{}: {} -> {}", self.pth.display(), backbone.describe(), self.out.display());
+        Ok(ExitCode::SUCCESS)
+    }
+}

@@ -1,0 +1,250 @@
+//! Embeddings of image files: `elasticface embed` (many images to a `.npy` or safetensors file) and
+//! `elasticface compare` (two images to a cosine and a decision).
+//!
+//! Images are decoded on all cores ([`decode_many`]; other sizes are resized to the network's input as
+//! insightface's evaluation does, with a warning) and embedded in chunks on the backend. Options:
+//! - `flip`: add the embedding of the mirror image (`e + e_flip`, the verification protocol's fusion);
+//! - `normalize`: L2-normalise each embedding. With both, the result is the protocol's fused embedding.
+//!
+//! Output files: `.npy` (`float32 (N, E)`, little-endian, C order) with the image paths, one per line, in
+//! `<name>.files.txt` beside it; or `.safetensors` with the tensor `embeddings (N, E)` and the paths and options
+//! in its `about` manifest.
+
+use std::borrow::Cow;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use elasticface_core::embedding::{cosine, l2_normalize};
+use elasticface_core::nn::ImageShape;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use crate::data::decode::decode_many;
+use crate::eval::suite::CHUNK_IMAGES;
+use crate::eval::FlipEmbeddings;
+use crate::tensorfile::TensorFile;
+use crate::train::Backend;
+
+/// Extensions taken as images when a folder is searched (any case).
+const IMAGE_EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
+
+/// How embeddings are made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EmbedOptions {
+    /// Add the mirror image's embedding.
+    pub flip: bool,
+    /// L2-normalise each embedding.
+    pub normalize: bool,
+    /// No progress bar.
+    pub quiet: bool,
+}
+
+/// Embeddings of a list of images.
+#[derive(Clone, Debug)]
+pub struct Embeddings {
+    /// Embedding size `E`.
+    pub dim: usize,
+    /// `(N, E)`, row `i` for image `i`.
+    pub values: Vec<f32>,
+    /// Images that were resized to the network's input.
+    pub resized: usize,
+}
+
+/// The image files named by `inputs`: files as given (any extension), folders searched recursively for
+/// `.jpg`/`.jpeg`/`.png` files (hidden entries skipped), each folder's finds sorted by path.
+pub fn list_images(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in inputs {
+        if p.is_dir() {
+            let mut found = Vec::new();
+            walk(p, &mut found)?;
+            found.sort();
+            ensure!(!found.is_empty(), "{} holds no .jpg, .jpeg or .png image", p.display());
+            out.extend(found);
+        } else if p.is_file() {
+            out.push(p.clone());
+        } else {
+            bail!("{}: no such file or folder", p.display());
+        }
+    }
+    ensure!(!out.is_empty(), "no images given");
+    Ok(out)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("cannot read {}", dir.display()))?;
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        if path.is_dir() {
+            walk(&path, out)?;
+        } else if path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+        {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Embeds `files` on `backend` (input size `shape`) in chunks, with a progress bar unless `opts.quiet`.
+pub fn embed_files(
+    backend: &mut dyn Backend,
+    files: &[PathBuf],
+    shape: ImageShape,
+    opts: EmbedOptions,
+) -> Result<Embeddings> {
+    let bar = if opts.quiet { ProgressBar::hidden() } else { ProgressBar::new(files.len() as u64) };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} images  {per_sec}  [{elapsed_precise} < {eta_precise}]")
+            .expect("valid template"),
+    );
+    let (mut values, mut dim, mut resized) = (Vec::new(), 0, 0);
+    for chunk in files.chunks(CHUNK_IMAGES) {
+        let (pixels, originals) = decode_many(
+            chunk.len(),
+            shape,
+            |i| {
+                let bytes = std::fs::read(&chunk[i]).with_context(|| format!("cannot read {}", chunk[i].display()))?;
+                Ok(Cow::Owned(bytes))
+            },
+            |i| chunk[i].display().to_string(),
+        )?;
+        resized += originals.iter().flatten().count();
+        let (rows, d) = if opts.flip {
+            let e = FlipEmbeddings::embed(backend, &pixels, chunk.len())?;
+            let sum: Vec<f32> = e.plain.iter().zip(&e.flipped).map(|(a, b)| a + b).collect();
+            (sum, e.dim)
+        } else {
+            let e = backend.embed(&pixels, &vec![false; chunk.len()])?;
+            let d = e.len() / chunk.len();
+            (e, d)
+        };
+        ensure!(d > 0 && (dim == 0 || dim == d), "the backend returned embeddings of size {d}");
+        dim = d;
+        values.extend(rows);
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    if opts.normalize {
+        let mut unit = vec![0.0; dim];
+        for (i, row) in values.chunks_exact_mut(dim).enumerate() {
+            l2_normalize(row, &mut unit).map_err(|e| anyhow!("{}: {e}", files[i].display()))?;
+            row.copy_from_slice(&unit);
+        }
+    }
+    if resized > 0 {
+        eprintln!(
+            "warning: {resized} of {} images are not {}x{}; resized as insightface does (shorter side to the input \
+             size, centre crop)",
+            files.len(),
+            shape.h,
+            shape.w
+        );
+    }
+    Ok(Embeddings { dim, values, resized })
+}
+
+/// The `.npy` bytes (format 1.0) of little-endian C-order `float32` `values` of `shape`.
+pub fn npy_bytes(values: &[f32], shape: &[usize]) -> Result<Vec<u8>> {
+    ensure!(values.len() == shape.iter().product::<usize>(), "{} values for shape {shape:?}", values.len());
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    // A 1-tuple needs its trailing comma: (5,).
+    let tuple = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {tuple}, }}");
+    // Magic (6) + version (2) + header length (2) + header, padded with spaces and ended by '\n', is a multiple
+    // of 64 bytes (numpy's alignment).
+    let unpadded = 10 + header.len() + 1;
+    header.push_str(&" ".repeat(unpadded.next_multiple_of(64) - unpadded));
+    header.push('\n');
+    let len = u16::try_from(header.len()).context("npy header too long")?;
+    let mut out = Vec::with_capacity(10 + header.len() + 4 * values.len());
+    out.extend(b"\x93NUMPY\x01\x00");
+    out.extend(len.to_le_bytes());
+    out.extend(header.as_bytes());
+    out.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+    Ok(out)
+}
+
+/// The file list written beside a `.npy` output: `emb.npy` -> `emb.files.txt`.
+pub fn file_list_path(npy: &Path) -> PathBuf {
+    npy.with_extension("files.txt")
+}
+
+/// Writes the embeddings of `files` to `out`: `.npy` (with [`file_list_path`]) or `.safetensors` (paths in the
+/// manifest). `about` is added to the safetensors manifest (the model, the options).
+pub fn write_embeddings(out: &Path, emb: &Embeddings, files: &[PathBuf], about: serde_json::Value) -> Result<()> {
+    let rows = files.len();
+    let ext = out.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    match ext.as_str() {
+        "npy" => {
+            let bytes = npy_bytes(&emb.values, &[rows, emb.dim])?;
+            std::fs::write(out, bytes).with_context(|| format!("cannot write {}", out.display()))?;
+            let list = file_list_path(out);
+            let mut f = std::fs::File::create(&list).with_context(|| format!("cannot write {}", list.display()))?;
+            for n in &names {
+                writeln!(f, "{n}").with_context(|| format!("cannot write {}", list.display()))?;
+            }
+        }
+        "safetensors" => {
+            let mut meta = json!({"format": "elasticface-embeddings", "files": names});
+            if let (Some(m), serde_json::Value::Object(extra)) = (meta.as_object_mut(), about) {
+                m.extend(extra);
+            }
+            let mut f = TensorFile::new("embeddings", meta);
+            f.insert_f32("embeddings", &[rows, emb.dim], emb.values.clone())?;
+            f.save(out)?;
+        }
+        _ => bail!("{}: write embeddings to a .npy or a .safetensors file", out.display()),
+    }
+    Ok(())
+}
+
+/// The result of comparing two images.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Comparison {
+    /// Cosine similarity of the two fused embeddings.
+    pub cosine: f32,
+    /// The squared distance of the two unit embeddings, `2 - 2 cosine` (the scale of `eval`'s thresholds).
+    pub distance: f32,
+    /// Whether `cosine >= threshold`.
+    pub same: bool,
+}
+
+/// Compares two image files: each embedded with its mirror image and fused (as the verification protocol), then
+/// the cosine of the two, judged "same person" at `cosine >= threshold`.
+pub fn compare(backend: &mut dyn Backend, a: &Path, b: &Path, shape: ImageShape, threshold: f32) -> Result<Comparison> {
+    let opts = EmbedOptions { flip: true, normalize: true, quiet: true };
+    let e = embed_files(backend, &[a.to_path_buf(), b.to_path_buf()], shape, opts)?;
+    let (x, y) = e.values.split_at(e.dim);
+    let c = cosine(x, y)?;
+    Ok(Comparison { cosine: c, distance: 2.0 - 2.0 * c, same: c >= threshold })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn npy_header_is_aligned_and_parsable() {
+        let b = npy_bytes(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3]).unwrap();
+        assert_eq!(&b[..8], b"\x93NUMPY\x01\x00");
+        let hlen = u16::from_le_bytes([b[8], b[9]]) as usize;
+        assert_eq!((10 + hlen) % 64, 0);
+        let header = std::str::from_utf8(&b[10..10 + hlen]).unwrap();
+        assert!(header.starts_with("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }"));
+        assert!(header.ends_with('\n'));
+        assert_eq!(b.len(), 10 + hlen + 24);
+        assert_eq!(&b[10 + hlen..10 + hlen + 4], &1.0f32.to_le_bytes());
+        assert!(npy_bytes(&[1.0], &[2, 3]).is_err());
+        let one = npy_bytes(&[1.0, 2.0], &[2]).unwrap();
+        assert!(std::str::from_utf8(&one[10..70]).unwrap().contains("'shape': (2,), }"));
+        assert_eq!(file_list_path(Path::new("out/emb.npy")), Path::new("out/emb.files.txt"));
+    }
+}

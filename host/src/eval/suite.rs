@@ -1,0 +1,226 @@
+//! `elasticface eval`: a model on several verification packs, with a table, a JSON report and ROC plots.
+//!
+//! Each pack's images are decoded in chunks (on all cores; images of another size are resized as insightface
+//! does, with a warning), embedded with their mirror images on the backend, and scored with the core's protocol
+//! ([`super::score`]). One report covers every pack of a run: `report.json`, `roc.png`, `roc.svg`.
+
+use std::borrow::Cow;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use elasticface_core::nn::ImageShape;
+use elasticface_core::verify::RocPoint;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use super::bin::VerificationPack;
+use super::plot::{self, Curve};
+use super::{roc_curve, score, FlipEmbeddings, VerifyReport};
+use crate::data::decode::decode_many;
+use crate::train::Backend;
+
+/// Images decoded and embedded at a time (bounds the memory of decoded pixels: 1024 112x112 images are 38 MB).
+pub const CHUNK_IMAGES: usize = 1024;
+
+/// Points of each ROC curve kept in the report and the plot.
+pub const ROC_POINTS: usize = 2000;
+
+/// One pack's results.
+#[derive(Clone, Debug, Serialize)]
+pub struct SetReport {
+    /// The pack's name: its file name without `.bin` (`lfw`, `cfp_fp`, ...).
+    pub name: String,
+    /// The file.
+    pub file: PathBuf,
+    /// Images in the pack (twice the pairs).
+    pub images: usize,
+    /// Images that were not of the network's input size and were resized.
+    pub resized_images: usize,
+    /// The protocol's figures.
+    #[serde(flatten)]
+    pub verify: VerifyReport,
+    /// The ROC curve (FAR, TAR at each threshold), at most [`ROC_POINTS`] points.
+    pub roc: Vec<RocJson>,
+}
+
+/// A ROC point as the report stores it.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct RocJson {
+    /// Squared-distance threshold (pairs with `dist < threshold` are accepted).
+    pub threshold: f64,
+    /// False-accept rate.
+    pub far: f64,
+    /// True-accept rate.
+    pub tar: f64,
+}
+
+impl From<RocPoint> for RocJson {
+    fn from(p: RocPoint) -> Self {
+        Self { threshold: p.threshold, far: p.far, tar: p.tar }
+    }
+}
+
+impl From<RocJson> for RocPoint {
+    fn from(p: RocJson) -> Self {
+        Self { threshold: p.threshold, far: p.far, tar: p.tar }
+    }
+}
+
+/// What a run of `elasticface eval` measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalReport {
+    /// The model file.
+    pub model: PathBuf,
+    /// The network, in words.
+    pub network: String,
+    /// The device the embeddings were computed on.
+    pub device: String,
+    /// How the figures were computed.
+    pub protocol: &'static str,
+    /// One entry per pack, in the order given.
+    pub sets: Vec<SetReport>,
+}
+
+/// The protocol, as the report states it.
+pub const PROTOCOL: &str = "each image and its horizontal flip embedded, fused = l2normalize(e + e_flip), \
+dist = squared L2; 10 consecutive folds, thresholds 0.00..3.99 step 0.01, each fold's threshold chosen on the other \
+nine (first maximum), accuracy mean and population std over folds; TAR at FAR: the largest threshold whose FAR on \
+different pairs does not exceed the target";
+
+/// Every `*.bin` file in `dir`, sorted by name.
+pub fn packs_in(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let path = entry.with_context(|| format!("cannot read {}", dir.display()))?.path();
+        if path.is_file() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("bin")) {
+            found.push(path);
+        }
+    }
+    found.sort();
+    if found.is_empty() {
+        bail!("{} holds no verification pack (*.bin)", dir.display());
+    }
+    Ok(found)
+}
+
+/// The name a pack is reported under: its file name without the extension.
+pub fn pack_name(path: &Path) -> String {
+    path.file_stem().map_or_else(|| path.display().to_string(), |s| s.to_string_lossy().into_owned())
+}
+
+/// Evaluates one pack on `backend`, whose input is `shape`. `quiet` hides the progress bar.
+pub fn evaluate_pack(backend: &mut dyn Backend, path: &Path, shape: ImageShape, quiet: bool) -> Result<SetReport> {
+    let pack = VerificationPack::open(path)?;
+    let name = pack_name(path);
+    let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(pack.len() as u64) };
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>10} {bar:30} {pos}/{len} images  [{elapsed_precise} < {eta_precise}]")
+            .expect("valid template"),
+    );
+    bar.set_prefix(name.clone());
+    let mut emb = FlipEmbeddings::default();
+    let mut resized = 0;
+    let mut example: Option<ImageShape> = None;
+    for start in (0..pack.len()).step_by(CHUNK_IMAGES) {
+        let count = CHUNK_IMAGES.min(pack.len() - start);
+        let (pixels, originals) = decode_many(
+            count,
+            shape,
+            |i| Ok(Cow::Borrowed(pack.image(start + i))),
+            |i| format!("{}: image {} (pair {})", pack.name, start + i, (start + i) / 2),
+        )?;
+        for o in originals.into_iter().flatten() {
+            resized += 1;
+            example.get_or_insert(o);
+        }
+        emb.extend(backend, &pixels, count).with_context(|| format!("{}: embedding", pack.name))?;
+        bar.inc(count as u64);
+    }
+    bar.finish_and_clear();
+    if let Some(o) = example {
+        eprintln!(
+            "warning: {}: {resized} of {} images are not {}x{} (e.g. {}x{}); resized as insightface does (shorter \
+             side to the input size, centre crop)",
+            pack.name,
+            pack.len(),
+            shape.h,
+            shape.w,
+            o.h,
+            o.w
+        );
+    }
+    let verify = score(&emb, &pack.issame).with_context(|| format!("{}: scoring", pack.name))?;
+    let roc = roc_curve(&verify.dist, &pack.issame, ROC_POINTS)
+        .with_context(|| format!("{}: ROC", pack.name))?
+        .into_iter()
+        .map(RocJson::from)
+        .collect();
+    Ok(SetReport { name, file: path.to_path_buf(), images: pack.len(), resized_images: resized, verify, roc })
+}
+
+/// The files a run writes.
+#[derive(Clone, Debug)]
+pub struct Outputs {
+    /// `report.json`.
+    pub json: PathBuf,
+    /// `roc.png`.
+    pub png: PathBuf,
+    /// `roc.svg`.
+    pub svg: PathBuf,
+}
+
+/// Writes `report.json`, `roc.png` and `roc.svg` into `dir` (created if needed).
+pub fn write_outputs(report: &EvalReport, dir: &Path) -> Result<Outputs> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let out = Outputs { json: dir.join("report.json"), png: dir.join("roc.png"), svg: dir.join("roc.svg") };
+    let text = serde_json::to_string_pretty(report)?;
+    std::fs::write(&out.json, text + "\n").with_context(|| format!("cannot write {}", out.json.display()))?;
+    let curves: Vec<Curve> = report
+        .sets
+        .iter()
+        .map(|s| Curve {
+            label: format!("{} ({:.2}%)", s.name, 100.0 * s.verify.accuracy),
+            points: s.roc.iter().map(|&p| p.into()).collect(),
+        })
+        .collect();
+    plot::write_roc(&curves, &out.png, &out.svg)?;
+    Ok(out)
+}
+
+/// Formats a TAR for the table: a percentage, or `n/a` when the pack has too few different pairs.
+fn tar_cell(r: &VerifyReport, far: f64) -> String {
+    match r.tar(far) {
+        Some(t) => format!("{:.2}", 100.0 * t),
+        None => "n/a".to_string(),
+    }
+}
+
+/// Prints the results as a table.
+pub fn print_table(report: &EvalReport, out: &mut dyn Write) -> std::io::Result<()> {
+    writeln!(out, "model {} ({}), on {}", report.model.display(), report.network, report.device)?;
+    writeln!(
+        out,
+        "{:<12} {:>6} {:>17} {:>14} {:>14} {:>10} {:>10}",
+        "set", "pairs", "accuracy (%)", "TAR@FAR=1e-3", "TAR@FAR=1e-4", "threshold", "best thr"
+    )?;
+    for s in &report.sets {
+        let v = &s.verify;
+        writeln!(
+            out,
+            "{:<12} {:>6} {:>17} {:>14} {:>14} {:>10.3} {:>10.2}",
+            s.name,
+            v.pairs,
+            format!("{:.2} ± {:.2}", 100.0 * v.accuracy, 100.0 * v.accuracy_std),
+            tar_cell(v, 1e-3),
+            tar_cell(v, 1e-4),
+            v.threshold,
+            v.best_threshold,
+        )?;
+    }
+    writeln!(
+        out,
+        "thresholds are squared distances of unit embeddings (cosine = 1 - t/2): `threshold` is the mean of the 10 \
+         folds' choices, `best thr` the best over all pairs; n/a: fewer than 1/FAR different pairs"
+    )
+}

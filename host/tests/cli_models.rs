@@ -1,0 +1,126 @@
+//! The model commands end to end, as a user runs them: `import` a PyTorch checkpoint, `export` it to ONNX, `eval`
+//! it on verification packs, `embed` a folder of images, `compare` two images (all on the CPU reference).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use elasticface::data::decode::encode_png;
+use elasticface_core::nn::ImageShape;
+
+fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/reference/formats").join(rel)
+}
+
+/// Runs `elasticface args...`; returns stdout, failing the test with stderr when the command fails.
+fn elasticface(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_elasticface")).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "elasticface {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn import_export_eval_embed_compare() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).display().to_string();
+    let pth = fixture("pth/iresnet_tiny_init.pth").display().to_string();
+
+    let out = elasticface(&["import", &pth, "--out", &p("tiny.safetensors")]);
+    assert!(out.contains("[2, 1, 1, 1] x [8, 16, 16, 32], 32x32 input, 16-d embedding"), "{out}");
+
+    let out = elasticface(&["export", "--model", &p("tiny.safetensors"), "--out", &p("tiny.onnx")]);
+    assert!(out.contains("input `data` float32 (N, 3, 32, 32)"), "{out}");
+    assert!(std::fs::metadata(p("tiny.onnx")).unwrap().len() > 100_000);
+
+    // Both packs of the fixture folder (the ONNX file works as a model too).
+    let packs = fixture("bin").display().to_string();
+    let out = elasticface(&[
+        "eval",
+        "--model",
+        &p("tiny.onnx"),
+        "--val-dir",
+        &packs,
+        "--out",
+        &p("eval"),
+        "--device",
+        "cpu",
+        "--quiet",
+    ]);
+    assert!(out.contains("pairs_py2") && out.contains("pairs_py3") && out.contains("TAR@FAR=1e-3"), "{out}");
+    for f in ["report.json", "roc.png", "roc.svg"] {
+        assert!(dir.path().join("eval").join(f).is_file(), "{f}");
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("eval/report.json")).unwrap()).unwrap();
+    assert_eq!(report["sets"][0]["pairs"], 12);
+    assert_eq!(report["sets"][0]["resized_images"], 24, "112x112 images for a 32x32 network");
+    // The same pairs in both encodings give the same figures.
+    assert_eq!(report["sets"][0]["fold_accuracies"], report["sets"][1]["fold_accuracies"]);
+
+    // A folder of images (one of another size) to .npy with its file list, and to safetensors.
+    let imgs = dir.path().join("faces");
+    std::fs::create_dir_all(imgs.join("b")).unwrap();
+    for (i, side) in [(0u8, 32usize), (1, 32), (2, 48)] {
+        let shape = ImageShape { h: side, w: side };
+        let rgb: Vec<u8> = (0..shape.len()).map(|k| (k as u8).wrapping_mul(7 + i)).collect();
+        let path = if i == 2 { imgs.join("b").join("c.png") } else { imgs.join(format!("{i}.png")) };
+        std::fs::write(path, encode_png(&rgb, shape).unwrap()).unwrap();
+    }
+    let faces = imgs.display().to_string();
+    let model = p("tiny.safetensors");
+    let out = elasticface(&[
+        "embed",
+        "--model",
+        &model,
+        &faces,
+        "--out",
+        &p("e.npy"),
+        "--flip",
+        "--normalize",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]);
+    assert!(out.contains("3 embeddings of size 16"), "{out}");
+    let npy = std::fs::read(p("e.npy")).unwrap();
+    assert!(std::str::from_utf8(&npy[10..80]).unwrap().contains("'shape': (3, 16)"));
+    let list = std::fs::read_to_string(p("e.files.txt")).unwrap();
+    let names: Vec<&str> = list.lines().map(|l| l.rsplit('/').next().unwrap()).collect();
+    assert_eq!(names, ["0.png", "1.png", "c.png"]);
+    // Normalised: each row has norm 1.
+    let hlen = u16::from_le_bytes([npy[8], npy[9]]) as usize;
+    let v: Vec<f32> = npy[10 + hlen..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    for row in v.chunks_exact(16) {
+        assert!((row.iter().map(|x| x * x).sum::<f32>() - 1.0).abs() < 1e-5);
+    }
+    elasticface(&["embed", "--model", &model, &faces, "--out", &p("e.safetensors"), "--device", "cpu", "--quiet"]);
+    let st = elasticface::tensorfile::TensorFile::open(Path::new(&p("e.safetensors"))).unwrap();
+    assert_eq!(st.get("embeddings").unwrap().shape, [3, 16]);
+    assert_eq!(st.meta["files"].as_array().unwrap().len(), 3);
+
+    // An image compared with itself: cosine 1, the same person.
+    let a = imgs.join("0.png").display().to_string();
+    let out = elasticface(&["compare", "--model", &model, &a, &a, "--device", "cpu"]);
+    assert!(out.starts_with("cosine 1.0000") && out.contains("same person"), "{out}");
+    let b = imgs.join("1.png").display().to_string();
+    let out = elasticface(&["compare", "--model", &model, &a, &b, "--threshold", "1", "--device", "cpu"]);
+    assert!(out.contains("different people"), "{out}");
+}
+
+#[test]
+fn bad_model_files_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.pth");
+    std::fs::write(&bad, b"not a checkpoint").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_elasticface"))
+        .args(["import", &bad.display().to_string(), "--out", &dir.path().join("x.safetensors").display().to_string()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.pth") && err.contains("not a PyTorch checkpoint"), "{err}");
+}
