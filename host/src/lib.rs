@@ -18,6 +18,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod commands;
 pub mod data;
+pub mod demo;
 pub mod embed;
 pub mod eval;
 pub mod gpu;

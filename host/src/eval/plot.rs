@@ -131,3 +131,49 @@ where
         .map_err(err)?;
     Ok(())
 }
+
+/// The demo's picture (PNG): the training loss per step on the left, the held-out ROC before and after training
+/// on the right.
+pub fn write_demo(losses: &[f32], before: &Curve, after: &Curve, png: &Path) -> Result<()> {
+    register_font()?;
+    let size = (1500u32, 600u32);
+    let mut rgb = vec![0u8; size.0 as usize * size.1 as usize * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut rgb, size).into_drawing_area();
+        let (left, right) = root.split_horizontally(size.0 / 2);
+        draw_losses(&left, losses).context("drawing the loss curve")?;
+        draw(&right, &[before.clone(), after.clone()]).context("drawing the ROC")?;
+        root.present().map_err(|e| anyhow!("drawing the demo picture: {e}"))?;
+    }
+    let bytes = encode_png(&rgb, ImageShape { h: size.1 as usize, w: size.0 as usize })?;
+    std::fs::write(png, bytes).with_context(|| format!("cannot write {}", png.display()))
+}
+
+/// The loss of every step, on a linear scale.
+fn draw_losses<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, losses: &[f32]) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("{e}");
+    root.fill(&WHITE).map_err(err)?;
+    let top = losses.iter().copied().filter(|l| l.is_finite()).fold(1e-3f32, f32::max) as f64 * 1.05;
+    let mut chart = ChartBuilder::on(root)
+        .caption("training loss", ("sans-serif", 24))
+        .margin(16)
+        .x_label_area_size(48)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0f64..losses.len().max(1) as f64, 0f64..top)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .y_desc("margin loss")
+        .label_style(("sans-serif", 15))
+        .axis_desc_style(("sans-serif", 17))
+        .light_line_style(RGBColor(246, 246, 246))
+        .draw()
+        .map_err(err)?;
+    let points = losses.iter().enumerate().map(|(i, &l)| ((i + 1) as f64, f64::from(l)));
+    chart.draw_series(LineSeries::new(points, COLORS[0].stroke_width(2))).map_err(err)?;
+    Ok(())
+}

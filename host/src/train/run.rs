@@ -196,6 +196,13 @@ impl TrainConfig {
     }
 }
 
+/// The verification pairs of `cfg.val` (drawn from the run's seed), if the run has held-out data.
+pub fn held_out_pairs(cfg: &TrainConfig, shape: ImageShape) -> Result<Option<Pairs>> {
+    let Some(p) = &cfg.val else { return Ok(None) };
+    let ds = data::open(p, shape).with_context(|| format!("validation data {}", p.display()))?;
+    Ok(Some(eval::pairs_from_dataset(ds.as_ref(), cfg.val_pairs, cfg.seed ^ 0x5eed)?))
+}
+
 /// Set by Ctrl-C or SIGTERM: the loop saves a checkpoint and stops after the current step.
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -318,13 +325,7 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>, quiet: bool) -> Result<Ru
         backend.load(&ck)?;
         position = ck.position;
     }
-    let val: Option<Pairs> = match &cfg.val {
-        Some(p) => {
-            let ds = data::open(p, shape).with_context(|| format!("validation data {}", p.display()))?;
-            Some(eval::pairs_from_dataset(ds.as_ref(), cfg.val_pairs, cfg.seed ^ 0x5eed)?)
-        }
-        None => None,
-    };
+    let val = held_out_pairs(cfg, shape)?;
     let val_before = match &val {
         Some(pairs) => {
             let r = eval::verify(backend.as_mut(), pairs)?;
