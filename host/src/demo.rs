@@ -127,7 +127,10 @@ pub fn demo(cfg: &DemoConfig) -> Result<DemoReport> {
         let shape = ImageShape { h: cfg.size, w: cfg.size };
         let issame = held_out_pairs(&tc, shape)?.map(|p| p.issame).unwrap_or_default();
         let curve = |label: &str, r: &VerifyReport| -> Result<Curve> {
-            Ok(Curve { label: format!("{label} ({:.1}%)", 100.0 * r.accuracy), points: roc_curve(&r.dist, &issame, 400)? })
+            Ok(Curve {
+                label: format!("{label} ({:.1}%)", 100.0 * r.accuracy),
+                points: roc_curve(&r.dist, &issame, 400)?,
+            })
         };
         plot::write_demo(&losses, &curve("before training", b)?, &curve("after training", a)?, &picture)?;
     }

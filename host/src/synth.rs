@@ -20,6 +20,7 @@ use serde::Serialize;
 use crate::data::decode::encode_jpeg;
 use crate::data::faces::render;
 use crate::data::{RecordIoPaths, RecordIoWriter};
+use crate::eval::bin::write_python2_pack;
 
 /// What to generate.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -141,65 +142,16 @@ pub fn synth(cfg: &SynthConfig, quiet: bool) -> Result<SynthOutput> {
     write_recordio(&val, vi, shape, &labelled(val_items, vk))?;
 
     let image = |(id, k): (u64, u64)| &val_items[(id as usize) * vk + k as usize];
-    let mut bins: Vec<&[u8]> = Vec::with_capacity(2 * pairs.len());
+    let mut bins: Vec<Vec<u8>> = Vec::with_capacity(2 * pairs.len());
     let mut issame = Vec::with_capacity(pairs.len());
     for &(a, b, same) in &pairs {
-        bins.push(image(a));
-        bins.push(image(b));
+        bins.push(image(a).clone());
+        bins.push(image(b).clone());
         issame.push(same);
     }
     let val_bin = cfg.out.join("val.bin");
-    let bytes = pickle_verification_pack(&bins, &issame);
+    let bytes = write_python2_pack(&bins, &issame);
     let mut f = std::fs::File::create(&val_bin).with_context(|| format!("cannot create {}", val_bin.display()))?;
     f.write_all(&bytes).with_context(|| format!("cannot write {}", val_bin.display()))?;
     Ok(SynthOutput { train, val, val_bin, images: jpegs.len() })
-}
-
-/// `(bins, issame)` pickled with the opcodes Python 2's `pickle.dump(..., protocol=2)` emits for a list of `str`
-/// and a list of `bool`: `PROTO 2`, `EMPTY_LIST`, `BINPUT`/`LONG_BINPUT` memo entries, `MARK ... APPENDS` in
-/// batches of 1000, `SHORT_BINSTRING`/`BINSTRING`, `NEWTRUE`/`NEWFALSE`, `TUPLE2`, `STOP`.
-pub fn pickle_verification_pack(bins: &[&[u8]], issame: &[bool]) -> Vec<u8> {
-    let mut out = vec![0x80, 2];
-    let mut memo = 0u32;
-    let mut put = |out: &mut Vec<u8>| {
-        if memo < 256 {
-            out.extend_from_slice(&[b'q', memo as u8]);
-        } else {
-            out.push(b'r');
-            out.extend_from_slice(&memo.to_le_bytes());
-        }
-        memo += 1;
-    };
-    out.push(b']');
-    put(&mut out);
-    // Python 2 appends a batch of one with APPEND, longer batches with MARK ... APPENDS.
-    for batch in bins.chunks(1000) {
-        if batch.len() > 1 {
-            out.push(b'(');
-        }
-        for b in batch {
-            if b.len() < 256 {
-                out.extend_from_slice(&[b'U', b.len() as u8]);
-            } else {
-                out.push(b'T');
-                out.extend_from_slice(&(b.len() as u32).to_le_bytes());
-            }
-            out.extend_from_slice(b);
-            put(&mut out);
-        }
-        out.push(if batch.len() > 1 { b'e' } else { b'a' });
-    }
-    out.push(b']');
-    put(&mut out);
-    for batch in issame.chunks(1000) {
-        if batch.len() > 1 {
-            out.push(b'(');
-        }
-        out.extend(batch.iter().map(|&s| if s { 0x88 } else { 0x89 }));
-        out.push(if batch.len() > 1 { b'e' } else { b'a' });
-    }
-    out.push(0x86);
-    put(&mut out);
-    out.push(b'.');
-    out
 }
