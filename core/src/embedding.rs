@@ -55,20 +55,45 @@ pub fn cosine(a: &[f32], b: &[f32]) -> Result<f32, Error> {
     check_len("b", b, a.len())?;
     check_finite("a", a)?;
     check_finite("b", b)?;
-    let (mut dot, mut aa, mut bb) = (0.0f64, 0.0f64, 0.0f64);
-    for (&x, &y) in a.iter().zip(b) {
-        let (x, y) = (f64::from(x), f64::from(y));
-        dot += x * y;
-        aa += x * x;
-        bb += y * y;
+    CosineSums::of(a.iter().copied().zip(b.iter().copied())).cosine("a", "b")
+}
+
+/// The three sums of a cosine, `<a, b>`, `||a||^2` and `||b||^2`, accumulated in f64 in index order: the one
+/// implementation behind [`cosine`] and the mixed f32/int8 comparisons of [`crate::conformance`].
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct CosineSums {
+    /// `sum_k a_k b_k`.
+    pub(crate) dot: f64,
+    /// `sum_k a_k^2`.
+    pub(crate) aa: f64,
+    /// `sum_k b_k^2`.
+    pub(crate) bb: f64,
+}
+
+impl CosineSums {
+    /// The sums over the element pairs `(a_k, b_k)`, in order.
+    pub(crate) fn of(pairs: impl Iterator<Item = (f32, f32)>) -> Self {
+        let mut s = Self::default();
+        for (x, y) in pairs {
+            let (x, y) = (f64::from(x), f64::from(y));
+            s.dot += x * y;
+            s.aa += x * x;
+            s.bb += y * y;
+        }
+        s
     }
-    if aa == 0.0 {
-        return Err(Error::ZeroNorm { what: "a", index: 0 });
+
+    /// `dot / (sqrt(aa) sqrt(bb))` rounded to f32 and clamped to `[-1, 1]`; a zero norm is
+    /// [`Error::ZeroNorm`] naming `what_a` or `what_b`.
+    pub(crate) fn cosine(&self, what_a: &'static str, what_b: &'static str) -> Result<f32, Error> {
+        if self.aa == 0.0 {
+            return Err(Error::ZeroNorm { what: what_a, index: 0 });
+        }
+        if self.bb == 0.0 {
+            return Err(Error::ZeroNorm { what: what_b, index: 0 });
+        }
+        Ok(clamp_unit(self.dot / (libm::sqrt(self.aa) * libm::sqrt(self.bb))))
     }
-    if bb == 0.0 {
-        return Err(Error::ZeroNorm { what: "b", index: 0 });
-    }
-    Ok(clamp_unit(dot / (libm::sqrt(aa) * libm::sqrt(bb))))
 }
 
 /// Squared Euclidean distance `sum_k (a_k - b_k)^2`, summed in f32 in index order (as the reference

@@ -12,7 +12,12 @@
 //! - [`model`]: iResNet (r18 .. r200 and custom configs) with insightface's parameter names, and a complete
 //!   CPU training step on one caller-provided arena.
 //! - [`verify`], [`embedding`], [`gallery`]: what a device needs to check embeddings: the LFW 10-fold
-//!   protocol, TAR at FAR, ROC points, normalise/compare/quantise, and a fixed-capacity gallery.
+//!   protocol, TAR at FAR, ROC points, normalise/compare/quantise, and fixed-capacity galleries (f32 or
+//!   int8) for 1:1 verification and 1:N identification.
+//! - [`conformance`]: does a device compute the host's embeddings? Per probe cosine, largest difference and
+//!   verification decision, streamed, with a pass/fail against the caller's tolerances.
+//! - `ffi` (feature `ffi`): a C ABI over the galleries, the conformance check and the margin math, for
+//!   firmware written in C; the header is `ffi/include/elasticface.h`.
 //!
 //! `#![no_std]`, no allocator required. Every function that takes slices checks their lengths and returns
 //! an [`Error`] instead of panicking.
@@ -46,11 +51,18 @@
 //! Shape letters used throughout: `B` batch, `D` embedding size, `C` classes (in the head) or channels
 //! (in `nn`), `N` batch (in `nn`), `H`/`W` height/width, `K` kernel size.
 #![no_std]
-#![forbid(unsafe_code)]
+// Safe Rust everywhere; the C ABI (feature `ffi`) is the one module that may use `unsafe`, to turn the
+// caller's pointers into slices after checking them.
+#![cfg_attr(not(feature = "ffi"), forbid(unsafe_code))]
+#![cfg_attr(feature = "ffi", deny(unsafe_code))]
 #![warn(missing_docs)]
 
+pub mod conformance;
 pub mod embedding;
 mod error;
+#[cfg(feature = "ffi")]
+#[allow(unsafe_code)]
+pub mod ffi;
 pub mod gallery;
 pub mod margin;
 pub mod model;
