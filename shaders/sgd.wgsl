@@ -17,6 +17,14 @@
 //   3. scale, once per tensor: x *= factor[factor_index] (the coefficient).
 // Every sum runs in a fixed order: reruns are bit-identical. The sums are f32 (the core accumulates in f64): the
 // relative error of the norm is of the order of 1e-6.
+//
+// The training step's guard against NaN and infinities, also without a read-back inside the step:
+//   4. step_report, one thread: flags = 1 if the loss is not finite, | 2 if the backbone's sum of squares (the clip
+//      tensor's total) is not, | 4 if the head gradient's is not; writes report = [flags, loss, backbone norm,
+//      head norm]. A NaN or infinity anywhere in a gradient makes its sum of squares non-finite; so does a sum that
+//      overflows f32 (gradients beyond ~1e19), which the guard also refuses.
+//   5. sgd_step_guarded, per tensor: sgd_step where report[0] == 0, nothing otherwise: parameters and momentum
+//      keep their bits. The host reads the 16-byte report once per step.
 
 struct Params {
     // Elements of the tensor (sgd_step, sum_of_squares, scale).
@@ -61,18 +69,34 @@ fn tree_sum(lid: u32, value: f32) -> f32 {
 @group(0) @binding(3) var<storage, read_write> param: array<f32>;
 @group(0) @binding(4) var<storage, read_write> momentum_buf: array<f32>;
 
+// The update of element i (i < p.len).
+fn sgd_update(i: u32) {
+    let lr = hyper[0];
+    let momentum = hyper[1];
+    let weight_decay = hyper[2];
+    let w = param[i];
+    let d = grad[i] + weight_decay * w;
+    let b = momentum * momentum_buf[i] + d;
+    momentum_buf[i] = b;
+    param[i] = w - lr * b;
+}
+
 @compute @workgroup_size(WG)
 fn sgd_step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = gid.y * nwg.x * WG + gid.x;
     if i < p.len {
-        let lr = hyper[0];
-        let momentum = hyper[1];
-        let weight_decay = hyper[2];
-        let w = param[i];
-        let d = grad[i] + weight_decay * w;
-        let b = momentum * momentum_buf[i] + d;
-        momentum_buf[i] = b;
-        param[i] = w - lr * b;
+        sgd_update(i);
+    }
+}
+
+// sgd_step_guarded: bindings as sgd_step, plus the step report (read) 5, whose flags (element 0) must be 0.
+@group(0) @binding(5) var<storage, read> step_flags: array<f32>;
+
+@compute @workgroup_size(WG)
+fn sgd_step_guarded(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.y * nwg.x * WG + gid.x;
+    if i < p.len && step_flags[0] == 0.0 {
+        sgd_update(i);
     }
 }
 
@@ -138,4 +162,36 @@ fn scale(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
     if i < p.len {
         scaled[i] = scaled[i] * factor[p.factor_index];
     }
+}
+
+// step_report: bindings loss (read, element 0) 1, backbone clip (read) 2, head clip (read) 3, report 4. One thread.
+@group(0) @binding(1) var<storage, read> step_loss: array<f32>;
+@group(0) @binding(2) var<storage, read> backbone_clip: array<f32>;
+@group(0) @binding(3) var<storage, read> head_clip: array<f32>;
+@group(0) @binding(4) var<storage, read_write> report: array<f32>;
+
+// Whether v is NaN or an infinity: all exponent bits set. (Tested on the bits: a compiler may assume that floats
+// are finite and fold comparisons such as `v != v`.)
+fn non_finite(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7f800000u) == 0x7f800000u;
+}
+
+@compute @workgroup_size(1)
+fn step_report() {
+    _ = p.len; // binds the shared Params (unused here), as every dispatch has them at binding 0
+    let loss = step_loss[0];
+    var flags = 0u;
+    if non_finite(loss) {
+        flags = flags | 1u;
+    }
+    if non_finite(backbone_clip[0]) {
+        flags = flags | 2u;
+    }
+    if non_finite(head_clip[0]) {
+        flags = flags | 4u;
+    }
+    report[0] = f32(flags);
+    report[1] = loss;
+    report[2] = backbone_clip[1];
+    report[3] = head_clip[1];
 }

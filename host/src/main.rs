@@ -164,15 +164,21 @@ enum Command {
     ///
     /// Prints each tensor's largest absolute error and its error relative to the tensor's scale, the
     /// tolerance, and PASS or FAIL; exits non-zero when anything fails.
+    ///
+    /// By default the GPU runs them: the margin head's kernels on every loss and the GPU trainer on three steps of a
+    /// tiny iResNet (the verification protocol has no GPU part and runs on the CPU). `--cpu` checks the CPU
+    /// reference (the core) instead.
     Selftest {
-        /// Run the reference through the CPU reference implementation (the core). Required for now:
-        /// the GPU trainer is not part of this build yet.
+        /// Run the reference through the CPU reference implementation (the core) instead of the GPU.
         #[arg(long)]
         cpu: bool,
         /// Check the reference files in DIR (margin_loss, iresnet_tiny, verification .safetensors) instead of
         /// the bundled ones.
         #[arg(long, value_name = "DIR")]
         reference: Option<PathBuf>,
+        /// Use the first GPU adapter whose name contains this (case-insensitive).
+        #[arg(long, value_name = "NAME", conflicts_with = "cpu")]
+        adapter: Option<String>,
     },
 }
 
@@ -332,23 +338,63 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Export(args) => args.run(),
         Command::Import(args) => args.run(),
         Command::Demo { out, data, ids, per_id, val_ids, size, arch, steps, batch, loss, device, seed, quiet } => {
-            let cfg = elasticface::demo::DemoConfig { out, data, ids, per_id, val_ids, size, arch, steps, batch, loss, device, seed, quiet };
+            let cfg = elasticface::demo::DemoConfig {
+                out,
+                data,
+                ids,
+                per_id,
+                val_ids,
+                size,
+                arch,
+                steps,
+                batch,
+                loss,
+                device,
+                seed,
+                quiet,
+            };
             let r = elasticface::demo::demo(&cfg)?;
             let s = &r.run;
-            println!("elasticface demo: {} ({} training identities, {}x{} images)", cfg.loss, cfg.ids, cfg.size, cfg.size);
-            println!("  steps            {} x {} images in {:.1} s ({:.0} images/s)", s.steps, cfg.batch, s.seconds, s.images_per_second);
+            println!(
+                "elasticface demo: {} ({} training identities, {}x{} images)",
+                cfg.loss, cfg.ids, cfg.size, cfg.size
+            );
+            println!(
+                "  steps            {} x {} images in {:.1} s ({:.0} images/s)",
+                s.steps, cfg.batch, s.seconds, s.images_per_second
+            );
             println!("  loss             {:.3} -> {:.3}", s.first_loss, s.last_loss);
             if let (Some(b), Some(a)) = (&s.val_before, &s.val_after) {
                 println!("  held-out pairs   {} ({} identities never seen in training)", a.pairs, cfg.val_ids);
-                println!("  verification     {:.1}% -> {:.1}% (10-fold accuracy)", 100.0 * b.accuracy, 100.0 * a.accuracy);
-                let tar = |v: &elasticface::eval::VerifyReport| v.tar(1e-2).map_or("n/a".to_string(), |t| format!("{:.1}%", 100.0 * t));
+                println!(
+                    "  verification     {:.1}% -> {:.1}% (10-fold accuracy)",
+                    100.0 * b.accuracy,
+                    100.0 * a.accuracy
+                );
+                let tar = |v: &elasticface::eval::VerifyReport| {
+                    v.tar(1e-2).map_or("n/a".to_string(), |t| format!("{:.1}%", 100.0 * t))
+                };
                 println!("  TAR at FAR 1e-2  {} -> {}", tar(b), tar(a));
             }
-            println!("wrote {}, {}, {}", s.checkpoint.display(), cfg.out.join("metrics.jsonl").display(), r.picture.display());
+            println!(
+                "wrote {}, {}, {}",
+                s.checkpoint.display(),
+                cfg.out.join("metrics.jsonl").display(),
+                r.picture.display()
+            );
             println!("next:");
-            println!("  elasticface eval --model {} --bin {}", cfg.out.join("final.safetensors").display(), r.val_bin.display());
-            println!("  elasticface embed --model {} IMAGES... --out embeddings.npy", cfg.out.join("final.safetensors").display());
-            println!("  elasticface train --data YOUR/train.rec --val YOUR/val  (insightface RecordIO or image folders)");
+            println!(
+                "  elasticface eval --model {} --bin {}",
+                cfg.out.join("final.safetensors").display(),
+                r.val_bin.display()
+            );
+            println!(
+                "  elasticface embed --model {} IMAGES... --out embeddings.npy",
+                cfg.out.join("final.safetensors").display()
+            );
+            println!(
+                "  elasticface train --data YOUR/train.rec --val YOUR/val  (insightface RecordIO or image folders)"
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Synth { out, ids, per_id, val_ids, val_per_id, val_pairs, size, seed, quiet } => {
@@ -434,12 +480,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Selftest { cpu, reference } => {
-            if !cpu {
-                bail!("the GPU selftest needs the GPU trainer, which this build does not have yet; run `elasticface selftest --cpu`");
-            }
+        Command::Selftest { cpu, reference, adapter } => {
             let files = selftest::load(reference.as_deref())?;
-            let report = selftest::run_cpu(&files);
+            let (report, on) = if cpu {
+                (selftest::run_cpu(&files), "cpu".to_string())
+            } else {
+                let mut opts = GpuOptions::from_env();
+                opts.adapter_name = adapter.or(opts.adapter_name);
+                let gpu = Gpu::new(&opts).map_err(|e| {
+                    e.context("the selftest runs on the GPU; `elasticface selftest --cpu` checks the CPU reference")
+                })?;
+                (selftest::run_gpu(&files, &gpu), format!("gpu: {}", gpu.info.name))
+            };
             for section in &report.sections {
                 println!("{}", section.file);
                 for check in &section.checks {
@@ -448,10 +500,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             let (all, failed) = report.counts();
             if report.passed() {
-                println!("selftest (cpu): {all} checks, all passed");
+                println!("selftest ({on}): {all} checks, all passed");
                 Ok(ExitCode::SUCCESS)
             } else {
-                println!("selftest (cpu): {failed} of {all} checks FAILED");
+                println!("selftest ({on}): {failed} of {all} checks FAILED");
                 Ok(ExitCode::FAILURE)
             }
         }

@@ -100,13 +100,16 @@ fn write_recordio(dir: &Path, classes: usize, shape: ImageShape, labelled: &[(u3
 pub fn synth(cfg: &SynthConfig, quiet: bool) -> Result<SynthOutput> {
     ensure!(cfg.ids >= 2 && cfg.per_id >= 2, "need at least 2 identities with 2 images each");
     ensure!(cfg.val_ids >= 2 && cfg.val_per_id >= 2, "need at least 2 held-out identities with 2 images each");
-    ensure!(cfg.size >= 16 && cfg.size % 16 == 0, "image size must be a multiple of 16 (the network needs it)");
+    ensure!(
+        cfg.size >= 16 && cfg.size.is_multiple_of(16),
+        "image size must be a multiple of 16 (the network needs it)"
+    );
     let shape = ImageShape { h: cfg.size, w: cfg.size };
     std::fs::create_dir_all(&cfg.out).with_context(|| format!("cannot create {}", cfg.out.display()))?;
 
     // Pairs of held-out samples: alternately the same identity (two of its samples) and two identities.
     let mut rng = Philox4x32::new(cfg.seed, 0x7a1_b1a);
-    let mut pick = |n: usize| (rng.next_u64() % n as u64) as u64;
+    let mut pick = |n: usize| rng.next_u64() % n as u64;
     let (vi, vk) = (cfg.val_ids, cfg.val_per_id);
     let mut pairs = Vec::with_capacity(cfg.val_pairs);
     for p in 0..cfg.val_pairs {

@@ -1,4 +1,4 @@
-//! `elasticface selftest --cpu` as a user runs it: output, exit status, and a corrupted reference.
+//! `elasticface selftest` (on the GPU, and `--cpu`) as a user runs it: output, exit status, a corrupted reference.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -51,9 +51,25 @@ fn selftest_reports_a_missing_directory_clearly() {
 }
 
 #[test]
-fn selftest_without_cpu_says_what_to_run() {
-    let out = elasticface().args(["selftest"]).output().expect("runs");
+fn selftest_without_cpu_runs_on_the_gpu_or_says_what_to_run() {
+    // No adapter of that name: the error names it and points to the CPU selftest.
+    let out = elasticface().args(["selftest", "--adapter", "no-such-adapter-x"]).output().expect("runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(stderr.contains("--cpu"), "{stderr}");
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("no-such-adapter-x") && stderr.contains("selftest --cpu"), "{stderr}");
+
+    if elasticface::gpu::adapters().is_empty() && std::env::var("ELASTICFACE_REQUIRE_GPU").as_deref() != Ok("1") {
+        eprintln!("SKIPPED the GPU selftest: no GPU adapter");
+        return;
+    }
+    // The default: the GPU checks every reference file and passes.
+    let out = elasticface().args(["selftest"]).output().expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "exit {:?}\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("PASS  elastic_arc_plus.grad_weight"), "{stdout}");
+    assert!(stdout.contains("PASS  step0.grad.layer1.0.conv1.weight"), "{stdout}");
+    assert!(stdout.contains("PASS  final.head.weight"), "{stdout}");
+    assert!(stdout.contains("verification.safetensors (CPU"), "{stdout}");
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+    assert!(stdout.contains("selftest (gpu: ") && stdout.contains("all passed"), "{stdout}");
 }

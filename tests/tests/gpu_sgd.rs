@@ -3,11 +3,15 @@
 //! Tolerances. `sgd_step` and `scale` are the core's `f32` operations in the core's order: bit-identical where the
 //! device rounds each operation correctly and does not fuse `a * b + c` into one rounding (lavapipe does neither;
 //! a driver that contracts to FMA differs by an ulp, so on such a device the comparison would need a 1-ulp
-//! tolerance). The sum of squares is accumulated in `f32` in blocks and a fixed tree where the core accumulates in
+//! tolerance). The guarded step is `sgd_step` behind a flag: bit-identical when the step report's flags are 0, and
+//! no change to any bit otherwise. The sum of squares is accumulated in `f32` in blocks and a fixed tree where the core accumulates in
 //! `f64`: about `(16 + log2(n)) u` relative in the worst case (`u = 2^-24`); 2e-6 (~34 u) covers it; the norm
 //! (square root) and the clip coefficient carry half and the same relative error.
 
-use elasticface::gpu::kernels::sgd::{sum_of_squares_partials, GradClip, SgdKernels, SUM_BLOCK};
+use elasticface::gpu::kernels::sgd::{
+    sum_of_squares_partials, GradClip, SgdKernels, CLIP_LEN, NON_FINITE_BACKBONE, NON_FINITE_HEAD, NON_FINITE_LOSS,
+    REPORT_LEN, SUM_BLOCK,
+};
 use elasticface::gpu::{Gpu, GpuOptions, Tensor};
 use elasticface_core::nn::{clip_coefficient, scale, sgd_step, sum_of_squares, Sgd};
 use elasticface_tests::{gpu, uniform};
@@ -155,4 +159,80 @@ fn bad_sizes_are_refused() {
     assert!(err.to_string().contains("grad has 3 elements, the shape needs 4"), "{err}");
     let err = k.clip_coefficient(gpu, &partials, 4, 1.0, &p).err().expect("refused");
     assert!(err.to_string().contains("partials has 3 elements, fewer than the 4 partials"), "{err}");
+}
+
+#[test]
+fn the_step_report_flags_non_finite_values_and_the_guard_skips_the_update() {
+    let Some(gpu) = gpu() else { return };
+    let k = SgdKernels::new(gpu);
+    let sgd = Sgd { lr: 0.1, momentum: 0.9, weight_decay: 5e-4 };
+    let hyper = SgdKernels::hyper(gpu, &sgd);
+    let (nan, inf) = (f32::NAN, f32::INFINITY);
+    // (loss, backbone sum of squares, head sum of squares, expected flags)
+    let cases = [
+        (1.5, 4.0, 9.0, 0),
+        (nan, 4.0, 9.0, NON_FINITE_LOSS),
+        (-inf, 4.0, 9.0, NON_FINITE_LOSS),
+        (1.5, inf, 9.0, NON_FINITE_BACKBONE),
+        (1.5, 4.0, nan, NON_FINITE_HEAD),
+        (inf, nan, -inf, NON_FINITE_LOSS | NON_FINITE_BACKBONE | NON_FINITE_HEAD),
+        (f32::MAX, f32::MAX, 0.0, 0), // large is not infinite
+    ];
+    let len = 300; // two workgroups
+    for (loss, backbone, head, flags) in cases {
+        let (p0, g, b0) = (uniform(5, len), uniform(6, len), uniform(7, len));
+        let tp = gpu.upload("param", &[len], &p0);
+        let tg = gpu.upload("grad", &[len], &g);
+        let tb = gpu.upload("momentum_buf", &[len], &b0);
+        let (hp, hg, hb) = (uniform(8, 12), uniform(9, 12), uniform(10, 12));
+        let split = |label: &str, v: &[f32]| gpu.upload_split(label, 4, 3, 1, v).unwrap();
+        let (shp, shg, shb) = (split("head", &hp), split("head.grad", &hg), split("head.momentum", &hb));
+        let loss_t = gpu.upload("loss", &[1], &[loss]);
+        let clip = |sum: f32| [sum, sum.sqrt(), 1.0, 0.0];
+        let backbone_t = gpu.upload("backbone clip", &[CLIP_LEN], &clip(backbone));
+        let head_t = gpu.upload("head clip", &[CLIP_LEN], &clip(head));
+        let report = gpu.zeros("report", &[REPORT_LEN]);
+        let mut d = vec![k.step_report(gpu, &loss_t, &backbone_t, &head_t, &report).unwrap()];
+        d.push(k.step_guarded(gpu, &hyper, &report, &tp, &tg, &tb).unwrap());
+        d.extend(k.step_split_guarded(gpu, &hyper, &report, &shp, &shg, &shb).unwrap());
+        gpu.run(&d.iter().collect::<Vec<_>>()).unwrap();
+
+        let r = gpu.read::<f32>(&report).unwrap();
+        assert_eq!(r[0], flags as f32, "flags of ({loss}, {backbone}, {head})");
+        assert_eq!(r[1].to_bits(), loss.to_bits(), "the report carries the loss");
+        assert_eq!(r[2].to_bits(), backbone.sqrt().to_bits(), "and the backbone norm");
+        assert_eq!(r[3].to_bits(), head.sqrt().to_bits(), "and the head norm");
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let (mut p, mut b, mut q, mut c) = (p0.clone(), b0.clone(), hp.clone(), hb.clone());
+        if flags == 0 {
+            sgd_step(&sgd, &mut p, &g, &mut b).unwrap();
+            sgd_step(&sgd, &mut q, &hg, &mut c).unwrap();
+        }
+        assert_eq!(bits(&gpu.read::<f32>(&tp).unwrap()), bits(&p), "param, flags {flags}");
+        assert_eq!(bits(&gpu.read::<f32>(&tb).unwrap()), bits(&b), "momentum_buf, flags {flags}");
+        assert_eq!(bits(&gpu.read_split::<f32>(&shp).unwrap()), bits(&q), "split param, flags {flags}");
+        assert_eq!(bits(&gpu.read_split::<f32>(&shb).unwrap()), bits(&c), "split momentum_buf, flags {flags}");
+    }
+}
+
+#[test]
+fn a_nan_gradient_reaches_the_report_through_the_clip() {
+    let Some(gpu) = gpu() else { return };
+    let k = SgdKernels::new(gpu);
+    let mut g = uniform(11, 5000);
+    g[4321] = f32::NAN;
+    let grad = gpu.upload("grad", &[5000], &g);
+    let head_grad = gpu.upload("head grad", &[7], &uniform(12, 7));
+    let clip = GradClip::new(gpu, &k, &[&grad], 5.0).unwrap();
+    let head = GradClip::norm_only(gpu, &k, &[&head_grad]).unwrap();
+    assert_eq!(head.dispatches().len(), 2, "sum of squares and combine, no scale");
+    let (loss, report) = (gpu.upload("loss", &[1], &[2.0f32]), gpu.zeros("report", &[REPORT_LEN]));
+    let mut d: Vec<_> = clip.dispatches().iter().chain(head.dispatches()).collect();
+    let step_report = k.step_report(gpu, &loss, &clip.clip, &head.clip, &report).unwrap();
+    d.push(&step_report);
+    gpu.run(&d).unwrap();
+    let r = gpu.read::<f32>(&report).unwrap();
+    assert_eq!(r[0], NON_FINITE_BACKBONE as f32);
+    assert_eq!(gpu.read::<f32>(&head_grad).unwrap(), uniform(12, 7), "norm_only does not scale");
+    assert!((r[3] - sum_of_squares(&uniform(12, 7)).sqrt()).abs() <= 1e-6);
 }

@@ -281,7 +281,7 @@ pub fn render(seed: u64, identity: u64, sample: u64, shape: ImageShape) -> Vec<u
     if shot.blur {
         img = box_blur(&img, h, w);
     }
-    let r = &mut Philox4x32::new(seed ^ 0x6e01_5e, SAMPLE_STREAM + identity * (1 << 20) + sample);
+    let r = &mut Philox4x32::new(seed ^ 0x006e_015e, SAMPLE_STREAM + identity * (1 << 20) + sample);
     img.iter().map(|&v| libm::roundf(v + normal(r, shot.noise)).clamp(0.0, 255.0) as u8).collect()
 }
 

@@ -10,12 +10,15 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use elasticface_core::margin::{MarginConfig, MarginKind, PlusAssignment};
-use elasticface_core::model::{IResNetConfig, StepConfig, TensorKind, Trainer, TrainerLayout};
+use elasticface_core::model::{IResNetConfig, StepConfig, StepReport, TensorKind, Trainer, TrainerLayout};
 use elasticface_core::nn::{BatchNorm, Sgd};
 use serde_json::Value;
 
+use crate::gpu::Gpu;
 use crate::reference::{Check, Tolerance};
 use crate::tensorfile::TensorFile;
+use crate::train::gpu::GpuBackend;
+use crate::train::Backend;
 
 // Tolerances. The reference is float64 autograd; we compute in f32 with another summation order, so every tensor
 // carries f32 rounding (~6e-8 relative per operation) accumulated through the network: batch norm divides by the
@@ -123,71 +126,207 @@ impl Setup {
     }
 }
 
+/// The tolerances of one implementation's run (see the constants above).
+struct Tolerances {
+    forward: Tolerance,
+    scalar: Tolerance,
+    gradient: Tolerance,
+    head_gradient: Tolerance,
+    after_step0: StateTolerance,
+    final_state: StateTolerance,
+    eval: Tolerance,
+}
+
+/// The CPU reference's tolerances.
+const CPU: Tolerances = Tolerances {
+    forward: FORWARD,
+    scalar: SCALAR,
+    gradient: GRADIENT,
+    head_gradient: HEAD_GRADIENT,
+    after_step0: StateTolerance { params: PARAMETER, running: RUNNING, head: HEAD_PARAMETER },
+    final_state: StateTolerance { params: FINAL, running: FINAL, head: HEAD_FINAL },
+    eval: EVAL,
+};
+
+/// The GPU trainer's tolerances: the CPU's. The GPU sums in other orders (tiles, split reductions, fixed trees)
+/// but in f32 with the same operations, so its errors against float64 are of the same size as the core's. Measured
+/// on lavapipe (largest absolute error, GPU vs core): embeddings 1.1e-5 vs 9.1e-6, loss 5.3e-5 vs 2.7e-5 (9e-7
+/// relative), gradient norm 7.9e-4 vs 4.6e-4 (2e-6 relative), backbone gradients 9.0e-7 vs 6.9e-7, head gradient
+/// 5.3e-4 vs 3.1e-4, parameters after step 0 1.2e-7 (both), head 5.3e-5 vs 3.1e-5, final state 8.4e-7 (both),
+/// final head 1.4e-4 vs 1.7e-4, eval embeddings 2.4e-6 vs 1.9e-6: at most twice the core's, and every bound is at
+/// least 5x the GPU's error.
+const GPU: Tolerances = CPU;
+
+/// What the checks need of a trainer: the core's ([`Trainer`]) or the GPU's ([`GpuBackend`]).
+trait Subject {
+    /// One training step on a float input `(B, 3, H, W)`.
+    fn step(&mut self, input: &[f32], labels: &[u32], margins: &[f32]) -> Result<StepReport>;
+    /// The embeddings `(B, E)` of the last step (batch statistics).
+    fn embeddings(&self) -> Result<Vec<f32>>;
+    /// The backbone gradients of the last step after clipping (state layout).
+    fn grads(&self) -> Result<Vec<f32>>;
+    /// The head gradient of the last step `(D, C)`.
+    fn head_grad(&self) -> Result<Vec<f32>>;
+    /// The backbone state.
+    fn state(&self) -> Result<Vec<f32>>;
+    /// The head `(D, C)`.
+    fn head(&self) -> Result<Vec<f32>>;
+    /// Steps taken.
+    fn steps(&self) -> u64;
+    /// Eval-mode embeddings of float inputs `(N, 3, H, W)`.
+    fn embed(&mut self, input: &[f32]) -> Result<Vec<f32>>;
+}
+
+impl Subject for Trainer<'_> {
+    fn step(&mut self, input: &[f32], labels: &[u32], margins: &[f32]) -> Result<StepReport> {
+        Ok(Trainer::step(self, input, labels, margins)?)
+    }
+    fn embeddings(&self) -> Result<Vec<f32>> {
+        Ok(Trainer::embeddings(self).to_vec())
+    }
+    fn grads(&self) -> Result<Vec<f32>> {
+        Ok(Trainer::grads(self).to_vec())
+    }
+    fn head_grad(&self) -> Result<Vec<f32>> {
+        Ok(Trainer::head_grad(self).to_vec())
+    }
+    fn state(&self) -> Result<Vec<f32>> {
+        Ok(Trainer::state(self).to_vec())
+    }
+    fn head(&self) -> Result<Vec<f32>> {
+        Ok(Trainer::head(self).to_vec())
+    }
+    fn steps(&self) -> u64 {
+        Trainer::steps(self)
+    }
+    fn embed(&mut self, input: &[f32]) -> Result<Vec<f32>> {
+        let cfg = self.layout().cfg;
+        let n = input.len() / cfg.input_len();
+        let mut emb = vec![0.0f32; n * cfg.embedding];
+        Trainer::embed(self, n, input, &mut emb)?;
+        Ok(emb)
+    }
+}
+
+impl Subject for GpuBackend<&Gpu> {
+    fn step(&mut self, input: &[f32], labels: &[u32], margins: &[f32]) -> Result<StepReport> {
+        self.step_input(input, labels, margins)
+    }
+    fn embeddings(&self) -> Result<Vec<f32>> {
+        GpuBackend::embeddings(self)
+    }
+    fn grads(&self) -> Result<Vec<f32>> {
+        GpuBackend::grads(self)
+    }
+    fn head_grad(&self) -> Result<Vec<f32>> {
+        GpuBackend::head_grad(self)
+    }
+    fn state(&self) -> Result<Vec<f32>> {
+        GpuBackend::state(self)
+    }
+    fn head(&self) -> Result<Vec<f32>> {
+        GpuBackend::head(self)
+    }
+    fn steps(&self) -> u64 {
+        Backend::steps(self)
+    }
+    fn embed(&mut self, input: &[f32]) -> Result<Vec<f32>> {
+        self.embed_input(input)
+    }
+}
+
 /// Runs the file through the core's CPU trainer and compares every tensor.
 pub fn check_cpu(file: &TensorFile) -> Vec<Check> {
     let mut checks = Vec::new();
-    if let Err(e) = run(file, &mut checks) {
+    if let Err(e) = run_cpu(file, &mut checks) {
         checks.push(Check::failed("iresnet_tiny", format!("{e:#}")));
     }
     checks
 }
 
-fn run(file: &TensorFile, checks: &mut Vec<Check>) -> Result<()> {
-    let setup = Setup::from_manifest(&file.meta)?;
-    let (cfg, b) = (setup.cfg, setup.batch);
-    let layout = TrainerLayout::new(&cfg, b, setup.classes)?;
-    let mut arena = vec![0.0f32; layout.arena_len()];
-    let mut order = vec![0u32; b];
-    let mut trainer = Trainer::new(layout, setup.step, &mut arena, &mut order)?;
+/// Runs the file through the GPU trainer ([`GpuBackend`], from the float inputs: the reference's inputs are not
+/// images) and compares every tensor, as [`check_cpu`] does.
+pub fn check_gpu(file: &TensorFile, gpu: &Gpu) -> Vec<Check> {
+    let mut checks = Vec::new();
+    if let Err(e) = run_gpu(file, gpu, &mut checks) {
+        checks.push(Check::failed("iresnet_tiny", format!("{e:#}")));
+    }
+    checks
+}
 
-    // Every tensor of our state must come from the file: load `init.*`.
+fn run_cpu(file: &TensorFile, checks: &mut Vec<Check>) -> Result<()> {
+    let setup = Setup::from_manifest(&file.meta)?;
+    let (state, head) = initial_weights(file, &setup.cfg, setup.classes)?;
+    let layout = TrainerLayout::new(&setup.cfg, setup.batch, setup.classes)?;
+    let mut arena = vec![0.0f32; layout.arena_len()];
+    let mut order = vec![0u32; setup.batch];
+    let mut trainer = Trainer::new(layout, setup.step, &mut arena, &mut order)?;
+    trainer.state_mut().copy_from_slice(&state);
+    trainer.head_mut().copy_from_slice(&head);
+    run(file, &setup, &mut trainer, &CPU, checks)
+}
+
+fn run_gpu(file: &TensorFile, gpu: &Gpu, checks: &mut Vec<Check>) -> Result<()> {
+    let setup = Setup::from_manifest(&file.meta)?;
+    let (state, head) = initial_weights(file, &setup.cfg, setup.classes)?;
+    let (cfg, b, k) = (setup.cfg, setup.batch, setup.classes);
+    let mut trainer = GpuBackend::with_weights(gpu, &cfg, b, k, setup.step, &state, &head)?;
+    run(file, &setup, &mut trainer, &GPU, checks)
+}
+
+/// The initial state and head `init.*`: every tensor of our state must come from the file.
+fn initial_weights(file: &TensorFile, cfg: &IResNetConfig, classes: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+    let mut state = vec![0.0f32; cfg.state_len()];
     for t in cfg.tensors() {
         let want = file.f32(&format!("init.{t}"))?;
         if want.len() != t.len {
             bail!("init.{t} has {} elements, the manifest's network needs {}", want.len(), t.len);
         }
-        trainer.state_mut()[t.range()].copy_from_slice(want);
+        state[t.range()].copy_from_slice(want);
     }
     let head = file.f32("init.head.weight")?;
-    if head.len() != trainer.head().len() {
-        bail!("init.head.weight has {} elements, expected {}", head.len(), trainer.head().len());
+    if head.len() != cfg.embedding * classes {
+        bail!("init.head.weight has {} elements, expected {}", head.len(), cfg.embedding * classes);
     }
-    trainer.head_mut().copy_from_slice(head);
+    Ok((state, head.to_vec()))
+}
 
+/// The reference's steps on `trainer`, compared tensor by tensor within `tol`.
+fn run(
+    file: &TensorFile,
+    setup: &Setup,
+    trainer: &mut impl Subject,
+    tol: &Tolerances,
+    checks: &mut Vec<Check>,
+) -> Result<()> {
+    let cfg = setup.cfg;
     for step in 0..setup.steps {
         let p = format!("step{step}.");
         let input = file.f32(&format!("{p}input"))?;
         let labels = file.labels(&format!("{p}labels"))?;
         let margins = file.f32(&format!("{p}margins"))?;
         let report = trainer.step(input, &labels, margins).with_context(|| format!("step {step}"))?;
-        checks.push(Check::compare(
-            format!("{p}embeddings"),
-            trainer.embeddings(),
-            file.f32(&format!("{p}embeddings"))?,
-            FORWARD,
-        ));
-        checks.push(Check::compare(format!("{p}loss"), &[report.loss], file.f32(&format!("{p}loss"))?, SCALAR));
+        let emb = trainer.embeddings()?;
+        checks.push(Check::compare(format!("{p}embeddings"), &emb, file.f32(&format!("{p}embeddings"))?, tol.forward));
+        checks.push(Check::compare(format!("{p}loss"), &[report.loss], file.f32(&format!("{p}loss"))?, tol.scalar));
         let norm_key = format!("{p}backbone_grad_norm");
-        checks.push(Check::compare(norm_key.clone(), &[report.grad_norm], file.f32(&norm_key)?, SCALAR));
+        checks.push(Check::compare(norm_key.clone(), &[report.grad_norm], file.f32(&norm_key)?, tol.scalar));
         if step == 0 {
+            let grads = trainer.grads()?;
             for t in cfg.tensors().filter(|t| t.kind == TensorKind::Trainable) {
                 let key = format!("step0.grad.{t}");
-                checks.push(Check::compare(key.clone(), &trainer.grads()[t.range()], file.f32(&key)?, GRADIENT));
+                checks.push(Check::compare(key.clone(), &grads[t.range()], file.f32(&key)?, tol.gradient));
             }
             let key = "step0.grad.head.weight";
-            checks.push(Check::compare(key, trainer.head_grad(), file.f32(key)?, HEAD_GRADIENT));
-            let tol = StateTolerance { params: PARAMETER, running: RUNNING, head: HEAD_PARAMETER };
-            compare_state(file, &trainer, "after_step0", tol, checks)?;
+            checks.push(Check::compare(key, &trainer.head_grad()?, file.f32(key)?, tol.head_gradient));
+            compare_state(file, trainer, &cfg, "after_step0", &tol.after_step0, checks)?;
         }
     }
-    let tol = StateTolerance { params: FINAL, running: FINAL, head: HEAD_FINAL };
-    compare_state(file, &trainer, "final", tol, checks)?;
+    compare_state(file, trainer, &cfg, "final", &tol.final_state, checks)?;
 
     let input = file.f32("eval.input")?;
-    let n = input.len() / cfg.input_len();
-    let mut emb = vec![0.0f32; n * cfg.embedding];
-    trainer.embed(n, input, &mut emb).context("eval-mode forward")?;
-    checks.push(Check::compare("eval.embeddings", &emb, file.f32("eval.embeddings")?, EVAL));
+    let emb = trainer.embed(input).context("eval-mode forward")?;
+    checks.push(Check::compare("eval.embeddings", &emb, file.f32("eval.embeddings")?, tol.eval));
     Ok(())
 }
 
@@ -201,19 +340,20 @@ struct StateTolerance {
 /// Compares every state tensor, the head and `num_batches_tracked` with `{prefix}.*`.
 fn compare_state(
     file: &TensorFile,
-    trainer: &Trainer<'_>,
+    trainer: &impl Subject,
+    cfg: &IResNetConfig,
     prefix: &str,
-    tol: StateTolerance,
+    tol: &StateTolerance,
     checks: &mut Vec<Check>,
 ) -> Result<()> {
-    let cfg = trainer.layout().cfg;
+    let state = trainer.state()?;
     for t in cfg.tensors() {
         let key = format!("{prefix}.{t}");
         let t_tol = if t.kind == TensorKind::RunningStat { tol.running } else { tol.params };
-        checks.push(Check::compare(key.clone(), &trainer.state()[t.range()], file.f32(&key)?, t_tol));
+        checks.push(Check::compare(key.clone(), &state[t.range()], file.f32(&key)?, t_tol));
     }
     let key = format!("{prefix}.head.weight");
-    checks.push(Check::compare(key.clone(), trainer.head(), file.f32(&key)?, tol.head));
+    checks.push(Check::compare(key.clone(), &trainer.head()?, file.f32(&key)?, tol.head));
     // Every batch norm counts the training steps; check them all against our counter.
     let counters: Vec<&str> =
         file.keys().into_iter().filter(|k| k.starts_with(prefix) && k.ends_with(".num_batches_tracked")).collect();

@@ -16,6 +16,11 @@ use elasticface_core::margin::{
 };
 use serde_json::Value;
 
+use crate::gpu::kernels::margin::{
+    download_head_weight, upload_head_weight, HeadOptions, MarginHead, MarginLoss, ROW_STATS,
+};
+use crate::gpu::kernels::Dispatch;
+use crate::gpu::Gpu;
 use crate::reference::{Check, Tolerance};
 use crate::tensorfile::TensorFile;
 
@@ -52,6 +57,23 @@ const GRAD_EMB: Tolerance = Tolerance::new(4e-6, 0.0);
 /// N(0, 0.01) init): the same sums over B = 12 samples, divided by the centre norms. Measured 7.2e-5 (cosface),
 /// 2.0e-7..5.8e-7 of the largest entry, the same 4..10 ulp as the embeddings' gradient; 4e-4 is ~5.5x.
 const GRAD_W: Tolerance = Tolerance::new(4e-4, 0.0);
+
+// The GPU head (`check_gpu`; measured on lavapipe over the eight cases). Its cosines are products of unit vectors
+// rounded differently from the core's (the normalisation sums in another order) and its log-sum-exp and softmax are
+// f32 where the core's are f64. The assigned margins, cosines, logits and loss keep the CPU bounds: measured exact,
+// 1.19e-7, 9.5e-6 and 3.8e-6, as the core. The gradients carry the f32 softmax: each probability's relative error
+// grows from ~u to ~s u (the logits are s = 64 times the cosines), summed over C = 53 classes or B = 12 samples.
+
+/// The GPU's loss: as the core's (measured 3.8e-6, 1 ulp).
+const GPU_LOSS: Tolerance = LOSS;
+
+/// The GPU's gradient with respect to the embeddings (entries up to 1.1..1.7). Measured 1.96e-6 (the core: 7.9e-7),
+/// 1.5e-6 of the largest entry; 1e-5 is ~5x.
+const GPU_GRAD_EMB: Tolerance = Tolerance::new(1e-5, 0.0);
+
+/// The GPU's gradient with respect to the class centres (entries up to 93..125). Measured 1.71e-4 (the core:
+/// 7.2e-5), 1.5e-6 of the largest entry; 1e-3 is ~6x.
+const GPU_GRAD_W: Tolerance = Tolerance::new(1e-3, 0.0);
 
 /// One case of the manifest.
 struct Case {
@@ -97,6 +119,18 @@ fn preset_for(name: &str) -> Option<MarginConfig> {
     Some(plus.map_or(cfg, |p| cfg.with_plus(p)))
 }
 
+/// A case named after a preset must describe the preset: its check, if it is named after one.
+fn config_check(case: &Case) -> Option<Check> {
+    let (name, cfg) = (&case.name, &case.cfg);
+    let preset = preset_for(name)?;
+    let key = format!("{name}.config");
+    Some(if preset == *cfg {
+        Check::exact(key, 1.0, 1.0)
+    } else {
+        Check::failed(key, format!("the manifest describes {cfg}, the preset of that name is {preset}"))
+    })
+}
+
 /// Runs one case through the head and compares every tensor.
 fn run_case(file: &TensorFile, case: &Case) -> Result<Vec<Check>> {
     let (name, cfg, shape) = (&case.name, &case.cfg, &case.shape);
@@ -106,15 +140,7 @@ fn run_case(file: &TensorFile, case: &Case) -> Result<Vec<Check>> {
     let labels = file.labels(&key("labels"))?;
     let margins_raw = file.f32(&key("margins_raw"))?;
 
-    let mut checks = Vec::new();
-    if let Some(preset) = preset_for(name) {
-        checks.push(if preset == *cfg {
-            Check::exact(key("config"), 1.0, 1.0)
-        } else {
-            Check::failed(key("config"), format!("the manifest describes {cfg}, the preset of that name is {preset}"))
-        });
-    }
-
+    let mut checks: Vec<Check> = config_check(case).into_iter().collect();
     let mut arena = vec![0.0f32; shape.scratch_len()];
     let mut order = vec![0u32; shape.batch];
     let mut scratch = HeadScratch::from_arena(shape, &mut arena, &mut order).map_err(|e| anyhow!("scratch: {e}"))?;
@@ -134,20 +160,74 @@ fn run_case(file: &TensorFile, case: &Case) -> Result<Vec<Check>> {
     Ok(checks)
 }
 
-/// Runs the file through the core and compares every tensor: per case the preset's parameters (when the case is
-/// named after a preset), the assigned margins, cosines, logits, loss and both gradients. Problems (a missing
-/// tensor, an error from the core) become failed checks.
-pub fn check_cpu(file: &TensorFile) -> Vec<Check> {
-    let Some(cases) = file.meta.get("cases").and_then(Value::as_array) else {
-        return vec![Check::failed("margin_loss", "the manifest has no `cases` list")];
-    };
-    if cases.is_empty() {
-        return vec![Check::failed("margin_loss", "the manifest lists no cases")];
+/// Runs one case through the GPU head ([`MarginHead`]) and compares what it keeps: the assigned margins, the
+/// target cosines and target logits (the GPU head is fused over the classes and never stores the full `(B, C)`
+/// cosines or logits), the loss and both gradients.
+fn run_case_gpu(file: &TensorFile, case: &Case, gpu: &Gpu, k: &MarginLoss) -> Result<Vec<Check>> {
+    let (name, cfg, shape) = (&case.name, &case.cfg, case.shape);
+    let HeadShape { batch: b, dim: d, classes: c } = shape;
+    let key = |t: &str| format!("{name}.{t}");
+    let emb = file.f32(&key("embeddings"))?;
+    let w = file.f32(&key("weight"))?;
+    let labels = file.labels(&key("labels"))?;
+    let margins_raw = file.f32(&key("margins_raw"))?;
+    if emb.len() != b * d || labels.len() != b {
+        bail!("case `{name}`: embeddings or labels do not match B = {b}, D = {d}");
     }
+
+    let emb_t = gpu.upload("embeddings", &[b, d], emb);
+    let w_t = upload_head_weight(gpu, "head.weight", d, c, w)?;
+    let d_emb = gpu.zeros("grad.embeddings", &[b, d]);
+    let d_w = gpu.zeros_split_like("grad.head.weight", &w_t, d)?;
+    let head = MarginHead::new(gpu, k, cfg, shape, &emb_t, &w_t, &d_emb, &d_w, &HeadOptions::default())?;
+    head.write_step(gpu, &labels, margins_raw)?;
+    let all: Vec<&Dispatch> = head.forward().iter().chain(head.backward()).collect();
+    gpu.run(&all)?;
+
+    // The reference's (B, C) cosines and logits at each sample's own class.
+    let targets = |t: &[f32]| -> Result<Vec<f32>> {
+        if t.len() != b * c {
+            bail!("case `{name}`: a (B, C) tensor has {} elements", t.len());
+        }
+        Ok(labels.iter().enumerate().map(|(i, &y)| t[i * c + y as usize]).collect())
+    };
+    let row_stats = gpu.read::<f32>(&head.row_stats)?;
+    let target_logits: Vec<f32> = row_stats.chunks_exact(ROW_STATS).map(|r| r[1]).collect();
+    let mut checks: Vec<Check> = config_check(case).into_iter().collect();
+    let margins = gpu.read::<f32>(&head.margins)?;
+    checks.push(Check::compare(key("margins_assigned"), &margins[..b], file.f32(&key("margins_assigned"))?, MARGINS));
+    let cos_y = gpu.read::<f32>(&head.cos_y)?;
+    checks.push(Check::compare(key("cos (targets)"), &cos_y, &targets(file.f32(&key("cos"))?)?, COS));
+    let want = targets(file.f32(&key("logits"))?)?;
+    checks.push(Check::compare(key("logits (targets)"), &target_logits, &want, LOGITS));
+    let loss = head.read_loss(gpu)?;
+    checks.push(Check::compare(key("loss"), &[loss], &[file.scalar(&key("loss"))?], GPU_LOSS));
+    let d_emb = gpu.read::<f32>(&d_emb)?;
+    checks.push(Check::compare(key("grad_embeddings"), &d_emb, file.f32(&key("grad_embeddings"))?, GPU_GRAD_EMB));
+    let d_w = download_head_weight(gpu, &d_w)?;
+    checks.push(Check::compare(key("grad_weight"), &d_w, file.f32(&key("grad_weight"))?, GPU_GRAD_W));
+    Ok(checks)
+}
+
+/// The manifest's cases, or the check that says why there are none.
+fn cases(file: &TensorFile) -> Result<&[Value], Check> {
+    match file.meta.get("cases").and_then(Value::as_array) {
+        None => Err(Check::failed("margin_loss", "the manifest has no `cases` list")),
+        Some(cases) if cases.is_empty() => Err(Check::failed("margin_loss", "the manifest lists no cases")),
+        Some(cases) => Ok(cases),
+    }
+}
+
+/// Every case through `run` (the CPU's or the GPU's), problems as failed checks.
+fn check_cases(file: &TensorFile, run: impl Fn(&Case) -> Result<Vec<Check>>) -> Vec<Check> {
+    let cases = match cases(file) {
+        Ok(cases) => cases,
+        Err(check) => return vec![check],
+    };
     let mut checks = Vec::new();
     for (i, v) in cases.iter().enumerate() {
         match parse_case(v) {
-            Ok(case) => match run_case(file, &case) {
+            Ok(case) => match run(&case) {
                 Ok(c) => checks.extend(c),
                 Err(e) => checks.push(Check::failed(case.name, format!("{e:#}"))),
             },
@@ -155,4 +235,18 @@ pub fn check_cpu(file: &TensorFile) -> Vec<Check> {
         }
     }
     checks
+}
+
+/// Runs the file through the core and compares every tensor: per case the preset's parameters (when the case is
+/// named after a preset), the assigned margins, cosines, logits, loss and both gradients. Problems (a missing
+/// tensor, an error from the core) become failed checks.
+pub fn check_cpu(file: &TensorFile) -> Vec<Check> {
+    check_cases(file, |case| run_case(file, case))
+}
+
+/// Runs the file through the GPU head (`shaders/margin_loss.wgsl`), every case: the preset's parameters, the
+/// assigned margins, the target cosines and logits, the loss and both gradients.
+pub fn check_gpu(file: &TensorFile, gpu: &Gpu) -> Vec<Check> {
+    let k = MarginLoss::new(gpu);
+    check_cases(file, |case| run_case_gpu(file, case, gpu, &k))
 }

@@ -5,6 +5,9 @@
 //! - `iresnet_tiny.safetensors` ([`iresnet_tiny`]): a tiny iResNet trained three SGD steps;
 //! - `verification.safetensors` ([`verification`]): the LFW 10-fold protocol.
 //!
+//! [`run_cpu`] checks the core (the CPU reference); [`run_gpu`] checks the GPU kernels and trainer against the same
+//! files and, where the GPU computes the same values in another order, the same tolerances.
+//!
 //! The files made for this repository are bundled into the binary; `--reference DIR` checks other files of
 //! the same format instead (the iResNet config is read from each file's manifest).
 
@@ -16,6 +19,7 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 
+use crate::gpu::Gpu;
 use crate::reference::Check;
 use crate::tensorfile::TensorFile;
 
@@ -82,18 +86,45 @@ pub fn load(dir: Option<&Path>) -> Result<Vec<TensorFile>> {
     Ok(files)
 }
 
+/// The file name of a loaded reference file (its name may carry a directory).
+fn base_name(f: &TensorFile) -> &str {
+    f.name.rsplit('/').next().unwrap_or(&f.name)
+}
+
 /// Runs every loaded reference file through the CPU reference (the core).
 pub fn run_cpu(files: &[TensorFile]) -> Report {
     let sections = files
         .iter()
         .map(|f| {
-            let checks = match f.name.rsplit('/').next().unwrap_or(&f.name) {
+            let checks = match base_name(f) {
                 "margin_loss.safetensors" => margin_loss::check_cpu(f),
                 "iresnet_tiny.safetensors" => iresnet_tiny::check_cpu(f),
                 "verification.safetensors" => verification::check_cpu(f),
                 other => vec![Check::failed(other, "unknown reference file")],
             };
             Section { file: f.name.clone(), checks }
+        })
+        .collect();
+    Report { sections }
+}
+
+/// Runs every loaded reference file through the GPU: the margin head's kernels on every loss
+/// ([`margin_loss::check_gpu`]) and the GPU trainer on the tiny iResNet ([`iresnet_tiny::check_gpu`]). The
+/// verification protocol has no GPU part (it runs on embeddings, on the CPU): its file is checked on the CPU, and its
+/// section says so.
+pub fn run_gpu(files: &[TensorFile], gpu: &Gpu) -> Report {
+    let sections = files
+        .iter()
+        .map(|f| {
+            let (checks, file) = match base_name(f) {
+                "margin_loss.safetensors" => (margin_loss::check_gpu(f, gpu), f.name.clone()),
+                "iresnet_tiny.safetensors" => (iresnet_tiny::check_gpu(f, gpu), f.name.clone()),
+                "verification.safetensors" => {
+                    (verification::check_cpu(f), format!("{} (CPU: the protocol has no GPU part)", f.name))
+                }
+                other => (vec![Check::failed(other, "unknown reference file")], f.name.clone()),
+            };
+            Section { file, checks }
         })
         .collect();
     Report { sections }

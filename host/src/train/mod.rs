@@ -2,6 +2,7 @@
 //! checkpoints and the `elasticface train` loop.
 
 pub mod cpu;
+pub mod gpu;
 pub mod run;
 pub mod schedule;
 
@@ -40,13 +41,21 @@ pub trait Backend {
     fn device(&self) -> String;
 }
 
-/// Opens the GPU trainer for a run (the adapter chosen by `cfg.adapter` or the environment).
+/// Opens the GPU trainer for a run on the adapter chosen by `cfg.adapter` or the environment. With
+/// `prefer_hardware`, a software adapter (lavapipe) is refused with a message: for small networks the CPU
+/// reference is faster than a CPU emulating a GPU.
 pub(crate) fn open_gpu_backend(
     cfg: &run::TrainConfig,
     net: &elasticface_core::model::IResNetConfig,
     classes: usize,
     step_cfg: elasticface_core::model::StepConfig,
+    prefer_hardware: bool,
 ) -> Result<Box<dyn Backend>> {
-    let _ = (cfg, net, classes, step_cfg);
-    anyhow::bail!("the GPU trainer is not part of this build yet")
+    let mut opts = crate::gpu::GpuOptions::from_env();
+    opts.adapter_name = cfg.adapter.clone().or(opts.adapter_name);
+    let gpu = crate::gpu::Gpu::new(&opts)?;
+    if prefer_hardware && gpu.info.device_type == wgpu::DeviceType::Cpu {
+        anyhow::bail!("only a software adapter ({}) was found; `--device gpu` uses it", gpu.info.name);
+    }
+    Ok(Box::new(gpu::GpuBackend::new(std::sync::Arc::new(gpu), net, cfg.batch, classes, step_cfg, cfg.seed)?))
 }

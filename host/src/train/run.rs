@@ -30,7 +30,7 @@ use crate::eval::{self, Pairs};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Device {
-    /// The GPU when one is found, else the CPU reference (with a warning).
+    /// A hardware GPU when one is found, else the CPU reference (faster than a software Vulkan adapter).
     Auto,
     /// A GPU adapter (Vulkan, Metal or DX12; lavapipe counts).
     Gpu,
@@ -186,8 +186,14 @@ impl TrainConfig {
         let s = match self.schedule.as_str() {
             "step" => Schedule::Step { lr, epochs: self.decay_epochs.clone(), factor: 0.1 },
             "poly" => {
-                let total = if self.max_steps > 0 { self.max_steps } else { self.epochs.saturating_mul(steps_per_epoch) };
-                Schedule::Poly { lr, warmup: self.warmup_epochs.saturating_mul(steps_per_epoch), total: total.max(1), power: 2.0 }
+                let total =
+                    if self.max_steps > 0 { self.max_steps } else { self.epochs.saturating_mul(steps_per_epoch) };
+                Schedule::Poly {
+                    lr,
+                    warmup: self.warmup_epochs.saturating_mul(steps_per_epoch),
+                    total: total.max(1),
+                    power: 2.0,
+                }
             }
             other => bail!("schedule `{other}`: use step or poly"),
         };
@@ -243,14 +249,16 @@ pub(crate) fn open_backend(
         || -> Result<Box<dyn Backend>> { Ok(Box::new(CpuBackend::new(net, cfg.batch, classes, step_cfg, cfg.seed)?)) };
     match cfg.device {
         Device::Cpu => cpu(),
-        Device::Gpu | Device::Auto => match super::open_gpu_backend(cfg, net, classes, step_cfg) {
-            Ok(b) => Ok(b),
-            Err(e) if cfg.device == Device::Auto => {
-                eprintln!("warning: no GPU backend ({e:#}); running on the CPU reference, which is slow");
-                cpu()
+        Device::Gpu | Device::Auto => {
+            match super::open_gpu_backend(cfg, net, classes, step_cfg, cfg.device == Device::Auto) {
+                Ok(b) => Ok(b),
+                Err(e) if cfg.device == Device::Auto => {
+                    eprintln!("note: {e:#}; running on the CPU reference");
+                    cpu()
+                }
+                Err(e) => Err(e),
             }
-            Err(e) => Err(e),
-        },
+        }
     }
 }
 

@@ -61,11 +61,12 @@ impl Gpu {
         workgroups: [u32; 3],
     ) -> Result<Dispatch> {
         for t in tensors {
-            if t.bytes() > self.caps.max_binding {
+            // The whole buffer is bound: a view (`Tensor::view`) binds its parent's bytes.
+            if t.buffer.size() > self.caps.max_binding {
                 bail!(
                     "{label}: {} is {} bytes, more than one binding may hold ({}); this kernel does not split it",
                     t.label,
-                    t.bytes(),
+                    t.buffer.size(),
                     self.caps.max_binding
                 );
             }
@@ -93,6 +94,20 @@ impl Gpu {
 
     /// Records `dispatches` in order into one compute pass of one encoder, submits and waits.
     pub fn run(&self, dispatches: &[&Dispatch]) -> Result<()> {
+        let enc = self.record(dispatches);
+        self.queue.submit([enc.finish()]);
+        self.wait()
+    }
+
+    /// [`Gpu::run`] followed, in the same submission, by the read-back of `t` (a training step and its report:
+    /// one submission, one wait).
+    pub fn run_and_read<T: bytemuck::Pod>(&self, dispatches: &[&Dispatch], t: &Tensor) -> Result<Vec<T>> {
+        let enc = self.record(dispatches);
+        self.submit_and_read(enc, t)
+    }
+
+    /// An encoder holding one compute pass with `dispatches` in order.
+    fn record(&self, dispatches: &[&Dispatch]) -> wgpu::CommandEncoder {
         let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("run") });
         {
             let mut pass =
@@ -101,8 +116,7 @@ impl Gpu {
                 d.record(&mut pass);
             }
         }
-        self.queue.submit([enc.finish()]);
-        self.wait()
+        enc
     }
 
     /// Workgroups covering `n` threads in groups of `per_group`, folded into two dimensions when one would exceed

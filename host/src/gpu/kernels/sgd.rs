@@ -14,6 +14,14 @@
 //!
 //! The learning rate lives in a storage tensor that every `sgd_step` dispatch reads (not in each dispatch's
 //! uniform), so a schedule change is one `queue.write_buffer` of 12 bytes, ordered before the next submission.
+//!
+//! # The guard against non-finite steps
+//!
+//! A training step must not write NaN into the weights, and must not wait for the GPU halfway to find out. So the
+//! check runs on the GPU: [`SgdKernels::step_report`] reads the loss and the totals of the gradients' sums of
+//! squares (the backbone's [`GradClip`], the head's [`GradClip::norm_only`]) and writes the report
+//! `[flags, loss, backbone norm, head norm]` ([`REPORT_LEN`]); [`SgdKernels::step_guarded`] updates only when the
+//! flags are 0. The host reads the report after the step (16 bytes) and turns non-zero flags into an error.
 
 use anyhow::{bail, Result};
 use elasticface_core::nn::Sgd;
@@ -29,6 +37,23 @@ pub const CLIP_LEN: usize = 4;
 
 /// Index of the coefficient in the clip tensor.
 pub const CLIP_COEFFICIENT: usize = 2;
+
+/// Elements of the step report written by [`SgdKernels::step_report`]: `[flags, loss, backbone norm, head norm]`.
+pub const REPORT_LEN: usize = 4;
+/// Index of the flags in the step report (an `f32` holding a small integer, the bits below; 0: all finite).
+pub const REPORT_FLAGS: usize = 0;
+/// Index of the loss in the step report.
+pub const REPORT_LOSS: usize = 1;
+/// Index of the backbone's gradient norm (before clipping) in the step report.
+pub const REPORT_BACKBONE_NORM: usize = 2;
+/// Index of the head's gradient norm in the step report.
+pub const REPORT_HEAD_NORM: usize = 3;
+/// Flag: the loss is NaN or infinite.
+pub const NON_FINITE_LOSS: u32 = 1;
+/// Flag: a backbone gradient holds NaN or an infinity (its sum of squares is not finite).
+pub const NON_FINITE_BACKBONE: u32 = 2;
+/// Flag: the head gradient holds NaN or an infinity.
+pub const NON_FINITE_HEAD: u32 = 4;
 
 /// Mirrors `Params` in `shaders/sgd.wgsl`.
 #[repr(C)]
@@ -61,9 +86,11 @@ fn len_u32(kernel: &str, t: &Tensor) -> Result<u32> {
 /// The optimiser kernels' pipelines.
 pub struct SgdKernels {
     step: wgpu::ComputePipeline,
+    step_guarded: wgpu::ComputePipeline,
     sum_of_squares: wgpu::ComputePipeline,
     clip_coefficient: wgpu::ComputePipeline,
     scale: wgpu::ComputePipeline,
+    step_report: wgpu::ComputePipeline,
 }
 
 impl SgdKernels {
@@ -72,9 +99,11 @@ impl SgdKernels {
         let m = gpu.shader("sgd.wgsl", include_str!("../../../../shaders/sgd.wgsl"));
         Self {
             step: gpu.pipeline("sgd_step", &m, "sgd_step"),
+            step_guarded: gpu.pipeline("sgd_step_guarded", &m, "sgd_step_guarded"),
             sum_of_squares: gpu.pipeline("sum_of_squares", &m, "sum_of_squares"),
             clip_coefficient: gpu.pipeline("clip_coefficient", &m, "clip_coefficient"),
             scale: gpu.pipeline("scale", &m, "scale"),
+            step_report: gpu.pipeline("step_report", &m, "step_report"),
         }
     }
 
@@ -99,13 +128,47 @@ impl SgdKernels {
         grad: &Tensor,
         momentum_buf: &Tensor,
     ) -> Result<Dispatch> {
-        let name = "sgd_step";
+        self.step_with(gpu, hyper, None, param, grad, momentum_buf)
+    }
+
+    /// [`SgdKernels::step`] that runs only when the step report's flags (`report[REPORT_FLAGS]`, written earlier in
+    /// the same submission by [`SgdKernels::step_report`]) are 0; otherwise `param` and `momentum_buf` keep their
+    /// bits.
+    pub fn step_guarded(
+        &self,
+        gpu: &Gpu,
+        hyper: &Tensor,
+        report: &Tensor,
+        param: &Tensor,
+        grad: &Tensor,
+        momentum_buf: &Tensor,
+    ) -> Result<Dispatch> {
+        self.step_with(gpu, hyper, Some(report), param, grad, momentum_buf)
+    }
+
+    fn step_with(
+        &self,
+        gpu: &Gpu,
+        hyper: &Tensor,
+        report: Option<&Tensor>,
+        param: &Tensor,
+        grad: &Tensor,
+        momentum_buf: &Tensor,
+    ) -> Result<Dispatch> {
+        let name = if report.is_some() { "sgd_step_guarded" } else { "sgd_step" };
         check_len(name, hyper, 3)?;
         check_len(name, grad, param.len)?;
         check_len(name, momentum_buf, param.len)?;
         let params = SgdParams { len: len_u32(name, param)?, ..Default::default() };
         let grid = gpu.grid_1d(param.len, ELEMENTWISE_WORKGROUP);
-        gpu.dispatch(name, &self.step, &params, &[hyper, grad, param, momentum_buf], grid)
+        match report {
+            None => gpu.dispatch(name, &self.step, &params, &[hyper, grad, param, momentum_buf], grid),
+            Some(report) => {
+                check_len(name, report, REPORT_LEN)?;
+                let tensors = [hyper, grad, param, momentum_buf, report];
+                gpu.dispatch(name, &self.step_guarded, &params, &tensors, grid)
+            }
+        }
     }
 
     /// [`SgdKernels::step`] of a split matrix (the head), one dispatch per part; all three split alike.
@@ -124,6 +187,46 @@ impl SgdKernels {
         }
         let parts = param.parts.iter().zip(&grad.parts).zip(&momentum_buf.parts);
         parts.map(|((p, g), b)| self.step(gpu, hyper, p, g, b)).collect()
+    }
+
+    /// [`SgdKernels::step_guarded`] of a split matrix (the head), one dispatch per part; all three split alike.
+    pub fn step_split_guarded(
+        &self,
+        gpu: &Gpu,
+        hyper: &Tensor,
+        report: &Tensor,
+        param: &SplitTensor,
+        grad: &SplitTensor,
+        momentum_buf: &SplitTensor,
+    ) -> Result<Vec<Dispatch>> {
+        for t in [grad, momentum_buf] {
+            if !t.same_split(param) || t.cols != param.cols {
+                bail!("sgd_step_guarded: {} is not split like {}", t.label, param.label);
+            }
+        }
+        let parts = param.parts.iter().zip(&grad.parts).zip(&momentum_buf.parts);
+        parts.map(|((p, g), b)| self.step_guarded(gpu, hyper, report, p, g, b)).collect()
+    }
+
+    /// The step report `[flags, loss, backbone norm, head norm]` into `report (REPORT_LEN)` from `loss (1)` and the
+    /// clip tensors (`[total, norm, ..]`, [`CLIP_LEN`]) of the backbone's and the head's gradients: one thread.
+    /// Flags: [`NON_FINITE_LOSS`] | [`NON_FINITE_BACKBONE`] | [`NON_FINITE_HEAD`], each set when that value is NaN or
+    /// infinite.
+    pub fn step_report(
+        &self,
+        gpu: &Gpu,
+        loss: &Tensor,
+        backbone_clip: &Tensor,
+        head_clip: &Tensor,
+        report: &Tensor,
+    ) -> Result<Dispatch> {
+        let name = "step_report";
+        check_len(name, loss, 1)?;
+        check_len(name, backbone_clip, CLIP_LEN)?;
+        check_len(name, head_clip, CLIP_LEN)?;
+        check_len(name, report, REPORT_LEN)?;
+        let tensors = [loss, backbone_clip, head_clip, report];
+        gpu.dispatch(name, &self.step_report, &SgdParams::default(), &tensors, [1, 1, 1])
     }
 
     /// Partial sums of squares of `x` into `partials[offset..offset + sum_of_squares_partials(x.len)]`.
@@ -181,6 +284,10 @@ pub struct GradClip {
 impl GradClip {
     /// Plans clipping of `grads` to a global norm of at most `max_norm`.
     pub fn new(gpu: &Gpu, k: &SgdKernels, grads: &[&Tensor], max_norm: f32) -> Result<Self> {
+        Self::build(gpu, k, grads, max_norm, true)
+    }
+
+    fn build(gpu: &Gpu, k: &SgdKernels, grads: &[&Tensor], max_norm: f32, scale: bool) -> Result<Self> {
         let count: usize = grads.iter().map(|g| sum_of_squares_partials(g.len)).sum();
         let partials = gpu.zeros("grad_clip.partials", &[count]);
         let clip = gpu.zeros("grad_clip.clip", &[CLIP_LEN]);
@@ -191,10 +298,18 @@ impl GradClip {
             offset += sum_of_squares_partials(g.len);
         }
         dispatches.push(k.clip_coefficient(gpu, &partials, count, max_norm, &clip)?);
-        for g in grads {
-            dispatches.push(k.scale(gpu, g, &clip, CLIP_COEFFICIENT)?);
+        if scale {
+            for g in grads {
+                dispatches.push(k.scale(gpu, g, &clip, CLIP_COEFFICIENT)?);
+            }
         }
         Ok(Self { partials, clip, dispatches })
+    }
+
+    /// Measures the global norm of `grads` without scaling them (the dispatches hold no `scale`): for the head,
+    /// which is not clipped but whose gradient's finiteness guards the step ([`SgdKernels::step_report`]).
+    pub fn norm_only(gpu: &Gpu, k: &SgdKernels, grads: &[&Tensor]) -> Result<Self> {
+        Self::build(gpu, k, grads, f32::MAX, false)
     }
 
     /// The dispatches, in recording order.

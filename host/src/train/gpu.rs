@@ -1,0 +1,1266 @@
+//! The GPU trainer: the core's [`Trainer::step`](elasticface_core::model::Trainer::step) on wgpu, layer for layer
+//! and in the same order, built from the kernels of [`crate::gpu::kernels`].
+//!
+//! # One step
+//!
+//! Everything is built once ([`GpuBackend::new`]): a tensor per state tensor (labelled with its insightface name),
+//! a gradient and a momentum tensor per trainable one, the head (`(C, D)`, split; see
+//! [`crate::gpu::kernels::margin`]), the activations, four rotating gradient buffers, shared scratch, and the
+//! dispatches with their bind groups. A step then is:
+//!
+//! ```text
+//! host:  write the packed u8 images (B, H, W, 3), the flip flags (B), the labels (B) and the margins (3, B)
+//! GPU:   preprocess -> backbone forward (batch statistics; running statistics move) -> head forward
+//!        -> head backward -> backbone backward -> clip the backbone gradient norm
+//!        -> head gradient norm -> step report -> SGD of the backbone and the head (guarded)
+//!        all in one compute pass of one encoder, one submission
+//! host:  read the 16-byte step report [flags, loss, backbone norm, head norm]
+//! ```
+//!
+//! The order and the arithmetic are the core's; only the summation orders of the reductions differ (the GPU sums in
+//! fixed trees), so results agree with the CPU trainer to f32 rounding and two GPU runs agree bit for bit.
+//! `features.weight` is frozen (no gradient, no update); weight decay applies to the backbone and the head; the head
+//! is not clipped.
+//!
+//! # Non-finite steps
+//!
+//! The core checks the loss and the gradients before it updates anything. Waiting for the GPU halfway through a step
+//! would cost a round trip, so the check runs on the GPU: the step report flags a non-finite loss, backbone gradient
+//! (its sum of squares, which the clip computes anyway) or head gradient (a sum of squares of its own), and every
+//! SGD dispatch skips its update when a flag is set ([`SgdKernels::step_guarded`]). The host then returns the core's
+//! [`Error::NonFinite`](elasticface_core::Error::NonFinite) (with context) naming what was non-finite; the
+//! parameters, the head and the momentum keep their bits, and the step counter does not advance. The batch norm
+//! running statistics have moved in the forward pass, as they do in the core and in PyTorch.
+//!
+//! A NaN that reaches the embeddings may leave the GPU's loss finite where the core's is NaN (WGSL's `clamp` of a
+//! NaN cosine may return a bound), so the error can name the gradients where the core names the loss; nothing is
+//! updated either way. Overflow counts as non-finite: a gradient whose sum of squares exceeds `f32::MAX` (entries
+//! beyond ~1e19) is refused, where the core would clip it to a zero update.
+//!
+//! # Dispatches
+//!
+//! Per step: 1 (preprocess) + forward (stem 5, a block 13, a downsampling block 17, the tail 8) + head forward
+//! (`4 + 2 parts`) + head backward (`3 waves + 2 + parts`) + backward (tail 9, a block 16, a downsampling block
+//! 27: a stride-2 `backward_data` is one product per phase, 4) + clipping (`2 T + 1` for `T` trainable tensors) +
+//! head norm (`parts + 1`) + report 1 + SGD (`T + parts`), plus one reduction per convolution whose depth is
+//! split (adapter-dependent). The tiny reference net at batch 6: 456; iResNet-100 at batch 128 with
+//! 85,742 classes on an H200: 3,148 (about 9 ms of launch overhead at ~3 us per dispatch).
+//! Evaluation ([`Backend::embed`]) records the forward pass alone, for each chunk size, built on first use.
+//!
+//! # Memory
+//!
+//! Each tensor has its own buffer, and any tensor larger than one storage binding ([`Capabilities::max_binding`])
+//! is refused with an error naming it, except the head, which is split by classes. Besides the state (three times
+//! the parameters with gradients and momentum) and the head (weight, gradient, momentum, normalised copy), a
+//! step keeps the activations the backward pass reads, [`activation_len`] floats for a batch of `B`:
+//!
+//! ```text
+//! B * [ 3 H W                                      network input
+//!     + 3 C0 H W                                   stem: conv1, bn1 and prelu outputs
+//!     + sum over blocks ( Cin h w                  bn1 output (conv1's input)
+//!                       + 3 Cout h w               conv1, bn2 and prelu outputs
+//!                       + (2 + ds) Cout h' w' )    conv2 output, block output, downsample conv output (ds = 1)
+//!     + C3 (H/16) (W/16) + 2 E ]                   bn2, fc and features outputs
+//! + 2 * (channels of every batch norm)             saved batch mean and variance
+//! ```
+//!
+//! (`h, w` a block's input size, `h', w'` its output size.) Outputs no backward kernel reads (bn3's and the
+//! downsample batch norm's, consumed by the residual add) live in the gradient buffers, which the forward pass does
+//! not otherwise use. On top come four gradient buffers of [`gradient_buffer_len`] floats each (the largest
+//! activation) and scratch sized by the largest layer. iResNet-100 at batch 128 (112 x 112): 3.58 G floats of
+//! activations (14.3 GB) and 4 x 0.103 G floats of gradient buffers (1.64 GB), besides 0.78 GB of parameters,
+//! gradients and momentum and 0.7 GB of head (85,742 classes); [`GpuBackend::memory`] reports what a backend
+//! allocated.
+//!
+//! [`Capabilities::max_binding`]: crate::gpu::Capabilities::max_binding
+
+use std::collections::HashMap;
+use std::ops::Deref;
+use std::sync::Arc;
+
+use anyhow::{bail, ensure, Context, Result};
+use elasticface_core::margin::HeadShape;
+use elasticface_core::model::{
+    init_head, init_state, BlockSpec, IResNetConfig, Mode, StepConfig, StepReport, TensorInfo, TensorKind,
+    TrainerLayout,
+};
+use elasticface_core::nn::{BatchNorm, BatchNormShape, Conv2dShape, ImageShape, LinearShape};
+use elasticface_core::rng::Philox4x32;
+
+use super::cpu::INIT_STREAM;
+use super::Backend;
+use crate::checkpoint::Checkpoint;
+use crate::data::{Batch, Position};
+use crate::gpu::kernels::batchnorm::BatchNormKernels;
+use crate::gpu::kernels::conv2d::Conv2d;
+use crate::gpu::kernels::linear::{conv_shape, Linear};
+use crate::gpu::kernels::margin::{
+    download_head_weight, transpose, upload_head_weight, HeadOptions, MarginHead, MarginLoss,
+};
+use crate::gpu::kernels::prelu::Prelu;
+use crate::gpu::kernels::preprocess::Preprocess;
+use crate::gpu::kernels::residual::Residual;
+use crate::gpu::kernels::sgd::{
+    GradClip, SgdKernels, NON_FINITE_BACKBONE, NON_FINITE_HEAD, NON_FINITE_LOSS, REPORT_BACKBONE_NORM, REPORT_FLAGS,
+    REPORT_LEN, REPORT_LOSS,
+};
+use crate::gpu::kernels::Dispatch;
+use crate::gpu::{Gpu, SplitTensor, Tensor};
+
+/// Floats of the activations a training step keeps for the backward pass, for a batch of `batch` (the formula in
+/// the [module documentation](self)).
+pub fn activation_len(cfg: &IResNetConfig, batch: usize) -> usize {
+    let (h, w, c0) = (cfg.input_h, cfg.input_w, cfg.widths[0]);
+    let stem = 3 * h * w + 3 * c0 * h * w;
+    let blocks: usize = cfg
+        .blocks()
+        .map(|b| {
+            let out = b.c_out * b.out_h() * b.out_w();
+            b.c_in * b.h * b.w + 3 * b.c_out * b.h * b.w + (2 + usize::from(b.downsample)) * out
+        })
+        .sum();
+    let tail = cfg.fc_inputs() + 2 * cfg.embedding;
+    batch * (stem + blocks + tail) + 2 * batchnorm_channels(cfg)
+}
+
+/// Floats of each of the four rotating gradient buffers: the largest activation (or the embeddings' gradient).
+pub fn gradient_buffer_len(cfg: &IResNetConfig, batch: usize) -> usize {
+    cfg.largest_activation(batch).max(batch * cfg.embedding)
+}
+
+/// Channels of every batch norm of the network, summed.
+fn batchnorm_channels(cfg: &IResNetConfig) -> usize {
+    let blocks: usize = cfg.blocks().map(|b| b.c_in + 2 * b.c_out + if b.downsample { b.c_out } else { 0 }).sum();
+    cfg.widths[0] + blocks + cfg.widths[3] + cfg.embedding
+}
+
+/// Bytes of GPU memory a [`GpuBackend`] allocated, by purpose.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryUse {
+    /// The backbone's state, and gradients and momentum of its trainable tensors.
+    pub parameters: u64,
+    /// The head: weight, gradient, momentum, and the margin head's tensors (normalised centres, scratch).
+    pub head: u64,
+    /// The activations kept for the backward pass: `4 * activation_len(cfg, batch)`.
+    pub activations: u64,
+    /// The four rotating gradient buffers.
+    pub gradient_buffers: u64,
+    /// The u8 images and flips of a batch, the shared scratch of the convolutions, batch norms and PReLUs, the
+    /// clipping partial sums, the hyper-parameters and the step report.
+    pub scratch: u64,
+}
+
+impl MemoryUse {
+    /// All of it.
+    pub fn total(&self) -> u64 {
+        self.parameters + self.head + self.activations + self.gradient_buffers + self.scratch
+    }
+}
+
+/// The kernel families the trainer records, compiled once.
+struct Kernels {
+    preprocess: Preprocess,
+    conv: Conv2d,
+    linear: Linear,
+    bn: BatchNormKernels,
+    prelu: Prelu,
+    residual: Residual,
+    margin: MarginLoss,
+    sgd: SgdKernels,
+}
+
+impl Kernels {
+    fn new(gpu: &Gpu) -> Self {
+        Self {
+            preprocess: Preprocess::new(gpu),
+            conv: Conv2d::new(gpu),
+            linear: Linear::new(gpu),
+            bn: BatchNormKernels::new(gpu),
+            prelu: Prelu::new(gpu),
+            residual: Residual::new(gpu),
+            margin: MarginLoss::new(gpu),
+            sgd: SgdKernels::new(gpu),
+        }
+    }
+}
+
+/// Which [`MemoryUse`] field an allocation counts towards.
+#[derive(Clone, Copy)]
+enum Purpose {
+    Parameters,
+    Head,
+    Activations,
+    GradientBuffers,
+    Scratch,
+}
+
+/// Allocates the trainer's tensors, refusing any larger than one binding, and counts their bytes.
+struct Alloc<'a> {
+    gpu: &'a Gpu,
+    used: MemoryUse,
+}
+
+impl Alloc<'_> {
+    fn zeros(&mut self, purpose: Purpose, label: &str, shape: &[usize]) -> Result<Tensor> {
+        let bytes = 4 * shape.iter().product::<usize>() as u64;
+        let limit = self.gpu.caps.max_binding.min(self.gpu.caps.max_buffer);
+        if bytes > limit {
+            bail!(
+                "{label} {shape:?} needs {bytes} bytes, more than one storage binding of this adapter holds ({limit} \
+                 bytes); train with a smaller batch or a smaller input"
+            );
+        }
+        self.count(purpose, bytes);
+        Ok(self.gpu.zeros(label, shape))
+    }
+
+    fn count(&mut self, purpose: Purpose, bytes: u64) {
+        let field = match purpose {
+            Purpose::Parameters => &mut self.used.parameters,
+            Purpose::Head => &mut self.used.head,
+            Purpose::Activations => &mut self.used.activations,
+            Purpose::GradientBuffers => &mut self.used.gradient_buffers,
+            Purpose::Scratch => &mut self.used.scratch,
+        };
+        *field += bytes;
+    }
+
+    /// The saved batch statistics of a batch norm of `c` channels.
+    fn stats(&mut self, label: &str, c: usize) -> Result<Stats> {
+        Ok(Stats {
+            mean: self.zeros(Purpose::Activations, &format!("{label}.batch_mean"), &[c])?,
+            var: self.zeros(Purpose::Activations, &format!("{label}.batch_var"), &[c])?,
+        })
+    }
+}
+
+/// One tensor of the state dict, with its gradient and momentum when it trains.
+struct Param {
+    info: TensorInfo,
+    value: Tensor,
+    grad: Option<Tensor>,
+    momentum: Option<Tensor>,
+}
+
+/// A batch norm's saved batch statistics, `(C)` each: the mean and the biased variance.
+struct Stats {
+    mean: Tensor,
+    var: Tensor,
+}
+
+/// The stem: indices of its modules' first state tensors, and its activations `(B, C0, H, W)`.
+struct Stem {
+    conv: usize,
+    bn: usize,
+    prelu: usize,
+    conv_out: Tensor,
+    bn_out: Tensor,
+    bn_stats: Stats,
+    prelu_out: Tensor,
+}
+
+/// The downsample shortcut of a block: its modules and the conv output `(B, C_out, h', w')`.
+struct Shortcut {
+    conv: usize,
+    bn: usize,
+    conv_out: Tensor,
+    bn_stats: Stats,
+}
+
+/// One `IBasicBlock`: indices of its modules' first state tensors and its activations (see the core's layout).
+struct Block {
+    spec: BlockSpec,
+    bn1: usize,
+    conv1: usize,
+    bn2: usize,
+    prelu: usize,
+    conv2: usize,
+    bn3: usize,
+    shortcut: Option<Shortcut>,
+    /// `(B, C_in, h, w)` bn1 output.
+    a1: Tensor,
+    a1_stats: Stats,
+    /// `(B, C_out, h, w)` conv1, bn2 and prelu outputs.
+    c1: Tensor,
+    a2: Tensor,
+    a2_stats: Stats,
+    p: Tensor,
+    /// `(B, C_out, h', w')` conv2 output (bn3's output is a temporary) and the block output.
+    c2: Tensor,
+    a3_stats: Stats,
+    y: Tensor,
+}
+
+/// The shapes of one block's layers and activations for a batch of `n`.
+struct BlockShapes {
+    input: BatchNormShape,
+    full: BatchNormShape,
+    out: BatchNormShape,
+    conv1: Conv2dShape,
+    conv2: Conv2dShape,
+    downsample: Conv2dShape,
+    /// `(n, C_in, h, w)`: the block input, bn1's output.
+    in_dims: [usize; 4],
+    /// `(n, C_out, h, w)`: conv1's, bn2's and prelu's outputs.
+    full_dims: [usize; 4],
+    /// `(n, C_out, h', w')`: conv2's, bn3's and the shortcut's outputs, the block output.
+    out_dims: [usize; 4],
+}
+
+fn conv3(c_in: usize, c_out: usize, n: usize, h: usize, w: usize, stride: usize) -> Conv2dShape {
+    Conv2dShape { n, c_in, h, w, c_out, kh: 3, kw: 3, stride, pad: 1 }
+}
+
+impl BlockShapes {
+    fn new(b: &BlockSpec, n: usize) -> Self {
+        let (ho, wo) = (b.out_h(), b.out_w());
+        Self {
+            input: BatchNormShape { n, c: b.c_in, hw: b.h * b.w },
+            full: BatchNormShape { n, c: b.c_out, hw: b.h * b.w },
+            out: BatchNormShape { n, c: b.c_out, hw: ho * wo },
+            conv1: conv3(b.c_in, b.c_out, n, b.h, b.w, 1),
+            conv2: conv3(b.c_out, b.c_out, n, b.h, b.w, b.stride),
+            downsample: Conv2dShape { kh: 1, kw: 1, pad: 0, ..conv3(b.c_in, b.c_out, n, b.h, b.w, b.stride) },
+            in_dims: [n, b.c_in, b.h, b.w],
+            full_dims: [n, b.c_out, b.h, b.w],
+            out_dims: [n, b.c_out, ho, wo],
+        }
+    }
+}
+
+/// The tail: indices of its modules' first state tensors and its activations.
+struct Tail {
+    bn2: usize,
+    fc: usize,
+    features: usize,
+    /// `(B, C3, H/16, W/16)`, read by `fc` as `(B, FC_IN)`.
+    bn2_out: Tensor,
+    bn2_stats: Stats,
+    /// `(B, E)`.
+    fc_out: Tensor,
+    /// `(B, E)`: the embeddings.
+    features_out: Tensor,
+    features_stats: Stats,
+}
+
+/// Every tensor of the trainer.
+struct Net {
+    cfg: IResNetConfig,
+    batch: usize,
+    classes: usize,
+    /// In state-dict order ([`IResNetConfig::tensors`]).
+    params: Vec<Param>,
+    stem: Stem,
+    blocks: Vec<Block>,
+    tail: Tail,
+    /// `(words)` u32: the batch's `u8 (B, H, W, 3)` images, packed four to a word.
+    images: Tensor,
+    /// `(B)` u32 flip flags.
+    flips: Tensor,
+    /// `(B, 3, H, W)` the network input.
+    input: Tensor,
+    /// Four buffers of [`gradient_buffer_len`] floats: the backward pass's gradients, rotating as in the core, and
+    /// the forward pass's temporaries.
+    grad_bufs: [Tensor; 4],
+    conv_scratch: Tensor,
+    bn_scratch: Tensor,
+    prelu_scratch: Tensor,
+    /// `(C, D)` class centres, their gradient and momentum, split alike.
+    head: SplitTensor,
+    head_grad: SplitTensor,
+    head_momentum: SplitTensor,
+    /// `[lr, momentum, weight_decay]`.
+    hyper: Tensor,
+    /// `[flags, loss, backbone norm, head norm]`.
+    report: Tensor,
+    memory: MemoryUse,
+}
+
+/// The first `n` samples of a batch-major tensor `(B, ...)`, as `(n, ...)` on the same buffer.
+fn first(t: &Tensor, n: usize) -> Result<Tensor> {
+    let mut shape = t.shape.clone();
+    shape[0] = n;
+    t.view(&format!("{}[..{n}]", t.label), &shape)
+}
+
+impl Net {
+    /// Allocates every tensor for `cfg` at batch `batch` with `classes` classes and uploads `state` and the head
+    /// `head (D, C)`; gradients and momentum start at zero.
+    fn new(
+        gpu: &Gpu,
+        k: &Kernels,
+        cfg: &IResNetConfig,
+        batch: usize,
+        classes: usize,
+        state: &[f32],
+        head: &[f32],
+    ) -> Result<Self> {
+        let mut a = Alloc { gpu, used: MemoryUse::default() };
+        let (n, h, w, e) = (batch, cfg.input_h, cfg.input_w, cfg.embedding);
+        ensure!(state.len() == cfg.state_len(), "state: {} floats, the network has {}", state.len(), cfg.state_len());
+
+        let mut params = Vec::new();
+        for info in cfg.tensors() {
+            let name = info.to_string();
+            let value = a.zeros(Purpose::Parameters, &name, info.dims())?;
+            gpu.write(&value, &state[info.range()])?;
+            let trainable = info.kind == TensorKind::Trainable;
+            let mut extra = |what: &str| -> Result<Option<Tensor>> {
+                trainable.then(|| a.zeros(Purpose::Parameters, &format!("{what}.{name}"), info.dims())).transpose()
+            };
+            let (grad, momentum) = (extra("grad")?, extra("momentum")?);
+            params.push(Param { info, value, grad, momentum });
+        }
+        let mut cursor = Cursor { params: &params, next: 0 };
+
+        let act = Purpose::Activations;
+        let c0 = cfg.widths[0];
+        let stem = Stem {
+            conv: cursor.module("conv1")?,
+            bn: cursor.module("bn1")?,
+            prelu: cursor.module("prelu")?,
+            conv_out: a.zeros(act, "conv1.out", &[n, c0, h, w])?,
+            bn_out: a.zeros(act, "bn1.out", &[n, c0, h, w])?,
+            bn_stats: a.stats("bn1", c0)?,
+            prelu_out: a.zeros(act, "prelu.out", &[n, c0, h, w])?,
+        };
+        let mut blocks = Vec::new();
+        for spec in cfg.blocks() {
+            let name = format!("layer{}.{}", spec.stage + 1, spec.index);
+            let sh = BlockShapes::new(&spec, n);
+            let mut zeros = |what: &str, dims: &[usize]| a.zeros(act, &format!("{name}.{what}"), dims);
+            let (a1, c1, a2) =
+                (zeros("bn1.out", &sh.in_dims)?, zeros("conv1.out", &sh.full_dims)?, zeros("bn2.out", &sh.full_dims)?);
+            let (p, c2, y) =
+                (zeros("prelu.out", &sh.full_dims)?, zeros("conv2.out", &sh.out_dims)?, zeros("out", &sh.out_dims)?);
+            let ds_out = if spec.downsample { Some(zeros("downsample.0.out", &sh.out_dims)?) } else { None };
+            let (bn1, conv1, bn2) = (cursor.module("bn1")?, cursor.module("conv1")?, cursor.module("bn2")?);
+            let (prelu, conv2, bn3) = (cursor.module("prelu")?, cursor.module("conv2")?, cursor.module("bn3")?);
+            let shortcut = match ds_out {
+                Some(conv_out) => Some(Shortcut {
+                    conv: cursor.module("downsample.0")?,
+                    bn: cursor.module("downsample.1")?,
+                    conv_out,
+                    bn_stats: a.stats(&format!("{name}.downsample.1"), spec.c_out)?,
+                }),
+                None => None,
+            };
+            blocks.push(Block {
+                spec,
+                bn1,
+                conv1,
+                bn2,
+                prelu,
+                conv2,
+                bn3,
+                shortcut,
+                a1,
+                a1_stats: a.stats(&format!("{name}.bn1"), spec.c_in)?,
+                c1,
+                a2,
+                a2_stats: a.stats(&format!("{name}.bn2"), spec.c_out)?,
+                p,
+                c2,
+                a3_stats: a.stats(&format!("{name}.bn3"), spec.c_out)?,
+                y,
+            });
+        }
+        let c3 = cfg.widths[3];
+        let tail = Tail {
+            bn2: cursor.module("bn2")?,
+            fc: cursor.module("fc")?,
+            features: cursor.module("features")?,
+            bn2_out: a.zeros(act, "bn2.out", &[n, c3, h / 16, w / 16])?,
+            bn2_stats: a.stats("bn2", c3)?,
+            fc_out: a.zeros(act, "fc.out", &[n, e])?,
+            features_out: a.zeros(act, "features.out", &[n, e])?,
+            features_stats: a.stats("features", e)?,
+        };
+        ensure!(cursor.next == params.len(), "the state has tensors no module claims");
+        let input = a.zeros(act, "input", &[n, 3, h, w])?;
+
+        let shape = ImageShape { h, w };
+        let scratch = Purpose::Scratch;
+        let images = a.zeros(scratch, "images (u8, packed)", &[Preprocess::words(n, &shape)])?;
+        let flips = a.zeros(scratch, "flips", &[n])?;
+        let big = gradient_buffer_len(cfg, n);
+        let grad_bufs =
+            [0, 1, 2, 3].map(|i| a.zeros(Purpose::GradientBuffers, &format!("gradient buffer {i}"), &[big]));
+        let [g0, g1, g2, g3] = grad_bufs;
+        let grad_bufs = [g0?, g1?, g2?, g3?];
+
+        // Scratch, sized by the largest layer.
+        let k_conv = &k.conv;
+        let mut conv_len = k_conv.scratch_len(gpu, &conv3(3, c0, n, h, w, 1))?;
+        let mut bn_len = BatchNormKernels::scratch_len(&BatchNormShape { n, c: c0, hw: h * w });
+        let mut prelu_len = Prelu::scratch_len(&BatchNormShape { n, c: c0, hw: h * w });
+        for b in &blocks {
+            let s = BlockShapes::new(&b.spec, n);
+            for conv in [s.conv1, s.conv2, s.downsample] {
+                conv_len = conv_len.max(k_conv.scratch_len(gpu, &conv)?);
+            }
+            for bn in [s.input, s.full, s.out] {
+                bn_len = bn_len.max(BatchNormKernels::scratch_len(&bn));
+            }
+            prelu_len = prelu_len.max(Prelu::scratch_len(&s.full));
+        }
+        let fc = LinearShape { n, inputs: cfg.fc_inputs(), outputs: e };
+        conv_len = conv_len.max(k_conv.scratch_len(gpu, &conv_shape(&fc))?);
+        for c in [c3, e] {
+            bn_len = bn_len.max(BatchNormKernels::scratch_len(&BatchNormShape { n, c, hw: 1 }));
+        }
+        bn_len = bn_len.max(BatchNormKernels::scratch_len(&BatchNormShape { n, c: c3, hw: (h / 16) * (w / 16) }));
+        let conv_scratch = a.zeros(scratch, "conv2d scratch", &[conv_len.max(1)])?;
+        let bn_scratch = a.zeros(scratch, "batchnorm scratch", &[bn_len])?;
+        let prelu_scratch = a.zeros(scratch, "prelu scratch", &[prelu_len])?;
+
+        // The head, (C, D) on the GPU, split by classes where one binding cannot hold it.
+        ensure!(
+            head.len() == e * classes,
+            "head: {} floats, (D, C) = ({e}, {classes}) needs {}",
+            head.len(),
+            e * classes
+        );
+        let head = upload_head_weight(gpu, "head.weight", e, classes, head)?;
+        let head_grad = gpu.zeros_split_like("grad.head.weight", &head, e)?;
+        let head_momentum = gpu.zeros_split_like("momentum.head.weight", &head, e)?;
+        a.count(Purpose::Head, 3 * 4 * (e * classes) as u64);
+
+        let hyper = a.zeros(scratch, "sgd.hyper", &[3])?;
+        let report = a.zeros(scratch, "step report", &[REPORT_LEN])?;
+        Ok(Self {
+            cfg: *cfg,
+            batch,
+            classes,
+            params,
+            stem,
+            blocks,
+            tail,
+            images,
+            flips,
+            input,
+            grad_bufs,
+            conv_scratch,
+            bn_scratch,
+            prelu_scratch,
+            head,
+            head_grad,
+            head_momentum,
+            hyper,
+            report,
+            memory: a.used,
+        })
+    }
+
+    fn value(&self, i: usize) -> &Tensor {
+        &self.params[i].value
+    }
+
+    fn grad(&self, i: usize) -> Result<&Tensor> {
+        self.params[i].grad.as_ref().with_context(|| format!("{} has no gradient", self.params[i].info))
+    }
+
+    /// Gradient buffer `i` seen as a tensor of `shape`.
+    fn buf(&self, i: usize, what: &str, shape: &[usize]) -> Result<Tensor> {
+        self.grad_bufs[i].view(&format!("gradient buffer {i} ({what})"), shape)
+    }
+
+    /// Trainable tensors: (value, gradient, momentum) in state order.
+    fn trainable(&self) -> impl Iterator<Item = (&Param, &Tensor, &Tensor)> {
+        self.params.iter().filter_map(|p| Some((p, p.grad.as_ref()?, p.momentum.as_ref()?)))
+    }
+}
+
+/// Hands out the state tensors module by module in state-dict order, checking each module's name.
+struct Cursor<'a> {
+    params: &'a [Param],
+    next: usize,
+}
+
+impl Cursor<'_> {
+    /// Index of the first state tensor of the next module, which must be called `name` (`bn1`, `downsample.0`).
+    fn module(&mut self, name: &str) -> Result<usize> {
+        let first = self.next;
+        let module = self.params.get(first).map(|p| p.info.module).context("the state ended before the network")?;
+        ensure!(module.name == name, "state order: expected `{name}`, found `{module}`");
+        while self.params.get(self.next).is_some_and(|p| p.info.module == module) {
+            self.next += 1;
+        }
+        Ok(first)
+    }
+}
+
+/// Builds dispatch lists over a [`Net`].
+struct Builder<'a> {
+    gpu: &'a Gpu,
+    k: &'a Kernels,
+    net: &'a Net,
+    bn: BatchNorm,
+}
+
+impl Builder<'_> {
+    /// A batch norm forward in `mode` with its state tensors from index `bn`: `x -> y`, batch statistics into
+    /// `stats` (training mode).
+    #[allow(clippy::too_many_arguments)]
+    fn bn_forward(
+        &self,
+        d: &mut Vec<Dispatch>,
+        mode: Mode,
+        s: &BatchNormShape,
+        bn: usize,
+        x: &Tensor,
+        y: &Tensor,
+        stats: &Stats,
+    ) -> Result<()> {
+        let (gpu, k, net) = (self.gpu, self.k, self.net);
+        let [gamma, beta, mean, var] = [bn, bn + 1, bn + 2, bn + 3].map(|i| net.value(i));
+        match mode {
+            Mode::Train => d.extend(k.bn.forward_train(
+                gpu,
+                s,
+                &self.bn,
+                x,
+                gamma,
+                beta,
+                mean,
+                var,
+                y,
+                &stats.mean,
+                &stats.var,
+                &net.bn_scratch,
+            )?),
+            Mode::Eval => d.push(k.bn.forward_eval(gpu, s, &self.bn, x, gamma, beta, mean, var, y)?),
+        }
+        Ok(())
+    }
+
+    /// A batch norm backward with its state tensors from index `bn`: `dy -> dx` and the gradients of its weight
+    /// (unless frozen) and bias. `x` is the batch norm's input.
+    #[allow(clippy::too_many_arguments)]
+    fn bn_backward(
+        &self,
+        d: &mut Vec<Dispatch>,
+        s: &BatchNormShape,
+        bn: usize,
+        x: &Tensor,
+        stats: &Stats,
+        dy: &Tensor,
+        dx: &Tensor,
+    ) -> Result<()> {
+        let net = self.net;
+        let dgamma = net.params[bn].grad.as_ref();
+        let dbeta = net.grad(bn + 1)?;
+        let gamma = net.value(bn);
+        d.extend(self.k.bn.backward(
+            self.gpu,
+            s,
+            &self.bn,
+            x,
+            gamma,
+            &stats.mean,
+            &stats.var,
+            dy,
+            dx,
+            dgamma,
+            dbeta,
+            &net.bn_scratch,
+        )?);
+        Ok(())
+    }
+
+    /// The backbone forward of the first `n` images of `input` in `mode`, writing the embeddings into the first
+    /// `n` rows of `features.out`. Training mode (`n = B`) keeps what the backward pass reads.
+    fn forward(&self, mode: Mode, n: usize) -> Result<Vec<Dispatch>> {
+        let (gpu, k, net) = (self.gpu, self.k, self.net);
+        let cfg = &net.cfg;
+        let (h, w, c0, c3, e) = (cfg.input_h, cfg.input_w, cfg.widths[0], cfg.widths[3], cfg.embedding);
+        let mut d = Vec::new();
+
+        // Stem: conv1 (n, 3, H, W) -> (n, C0, H, W), bn1, prelu.
+        let s = &net.stem;
+        let input = first(&net.input, n)?;
+        let conv_out = first(&s.conv_out, n)?;
+        let stem_conv = conv3(3, c0, n, h, w, 1);
+        d.extend(k.conv.forward(gpu, &stem_conv, &input, net.value(s.conv), &conv_out, &net.conv_scratch)?);
+        let s0 = BatchNormShape { n, c: c0, hw: h * w };
+        let bn_out = first(&s.bn_out, n)?;
+        self.bn_forward(&mut d, mode, &s0, s.bn, &conv_out, &bn_out, &s.bn_stats)?;
+        let mut x = first(&s.prelu_out, n)?;
+        d.push(k.prelu.forward(gpu, &s0, &bn_out, net.value(s.prelu), &x)?);
+
+        // Blocks: x (n, C_in, h, w) -> y (n, C_out, h', w').
+        for b in &net.blocks {
+            let sh = BlockShapes::new(&b.spec, n);
+            let a1 = first(&b.a1, n)?;
+            self.bn_forward(&mut d, mode, &sh.input, b.bn1, &x, &a1, &b.a1_stats)?;
+            let c1 = first(&b.c1, n)?;
+            d.extend(k.conv.forward(gpu, &sh.conv1, &a1, net.value(b.conv1), &c1, &net.conv_scratch)?);
+            let a2 = first(&b.a2, n)?;
+            self.bn_forward(&mut d, mode, &sh.full, b.bn2, &c1, &a2, &b.a2_stats)?;
+            let p = first(&b.p, n)?;
+            d.push(k.prelu.forward(gpu, &sh.full, &a2, net.value(b.prelu), &p)?);
+            let c2 = first(&b.c2, n)?;
+            d.extend(k.conv.forward(gpu, &sh.conv2, &p, net.value(b.conv2), &c2, &net.conv_scratch)?);
+            // bn3's output feeds only the residual add: a temporary in a gradient buffer (free in the forward pass).
+            let a3 = net.buf(2, "bn3 output", &sh.out_dims)?;
+            self.bn_forward(&mut d, mode, &sh.out, b.bn3, &c2, &a3, &b.a3_stats)?;
+            let y = first(&b.y, n)?;
+            match &b.shortcut {
+                Some(ds) => {
+                    let dc = first(&ds.conv_out, n)?;
+                    d.extend(k.conv.forward(gpu, &sh.downsample, &x, net.value(ds.conv), &dc, &net.conv_scratch)?);
+                    let db = net.buf(3, "downsample.1 output", &sh.out_dims)?;
+                    self.bn_forward(&mut d, mode, &sh.out, ds.bn, &dc, &db, &ds.bn_stats)?;
+                    d.push(k.residual.forward(gpu, &a3, &db, &y)?);
+                }
+                None => d.push(k.residual.forward(gpu, &a3, &x, &y)?),
+            }
+            x = y;
+        }
+
+        // Tail: bn2 (n, C3, H/16, W/16), flattened to (n, FC_IN), fc -> (n, E), features -> (n, E).
+        let t = &net.tail;
+        let s2 = BatchNormShape { n, c: c3, hw: (h / 16) * (w / 16) };
+        let bn2_out = first(&t.bn2_out, n)?;
+        self.bn_forward(&mut d, mode, &s2, t.bn2, &x, &bn2_out, &t.bn2_stats)?;
+        let fc = LinearShape { n, inputs: cfg.fc_inputs(), outputs: e };
+        let fc_out = first(&t.fc_out, n)?;
+        let (weight, bias) = (net.value(t.fc), net.value(t.fc + 1));
+        d.extend(k.linear.forward(gpu, &fc, &bn2_out, weight, bias, &fc_out, &net.conv_scratch)?);
+        let features = first(&t.features_out, n)?;
+        let sf = BatchNormShape { n, c: e, hw: 1 };
+        self.bn_forward(&mut d, mode, &sf, t.features, &fc_out, &features, &t.features_stats)?;
+        Ok(d)
+    }
+
+    /// The backbone backward after the training forward and the head's backward (which leaves `d embeddings (B, E)`
+    /// in gradient buffer 0): every trainable tensor's gradient, overwritten.
+    fn backward(&self) -> Result<Vec<Dispatch>> {
+        let (gpu, k, net) = (self.gpu, self.k, self.net);
+        let cfg = &net.cfg;
+        let n = net.batch;
+        let (h, w, c0, c3, e) = (cfg.input_h, cfg.input_w, cfg.widths[0], cfg.widths[3], cfg.embedding);
+        let mut d = Vec::new();
+
+        // features (weight frozen): d embeddings in buffer 0 -> d fc output in buffer 1.
+        let t = &net.tail;
+        let sf = BatchNormShape { n, c: e, hw: 1 };
+        let d_emb = net.buf(0, "d embeddings", &[n, e])?;
+        let d_fc = net.buf(1, "d fc.out", &[n, e])?;
+        self.bn_backward(&mut d, &sf, t.features, &t.fc_out, &t.features_stats, &d_emb, &d_fc)?;
+
+        // fc: -> d bn2 output (flattened) in buffer 2.
+        let fc = LinearShape { n, inputs: cfg.fc_inputs(), outputs: e };
+        let tail_dims = [n, c3, h / 16, w / 16];
+        let d_bn2 = net.buf(2, "d bn2.out", &tail_dims)?;
+        let (dw, db) = (net.grad(t.fc)?, net.grad(t.fc + 1)?);
+        d.extend(k.linear.backward(gpu, &fc, &t.bn2_out, net.value(t.fc), &d_fc, &d_bn2, dw, db, &net.conv_scratch)?);
+
+        // bn2: -> d last block output in buffer 0.
+        let s2 = BatchNormShape { n, c: c3, hw: (h / 16) * (w / 16) };
+        let last_y = &net.blocks.last().context("a network without blocks")?.y;
+        let dy = net.buf(0, "d last block output", &tail_dims)?;
+        self.bn_backward(&mut d, &s2, t.bn2, last_y, &t.bn2_stats, &d_bn2, &dy)?;
+
+        // Blocks in reverse: dy in buffer roles[0] -> dx in roles[3], which becomes the next roles[0].
+        let mut roles = [0, 1, 2, 3];
+        for (i, b) in net.blocks.iter().enumerate().rev() {
+            let x = if i == 0 { &net.stem.prelu_out } else { &net.blocks[i - 1].y };
+            self.block_backward(&mut d, b, x, roles)?;
+            roles.swap(0, 3);
+        }
+
+        // Stem: d prelu output -> prelu -> bn1 -> conv1 weight (no input gradient).
+        let s = &net.stem;
+        let [g0, g1, g2, _] = roles;
+        let dims = [n, c0, h, w];
+        let s0 = BatchNormShape { n, c: c0, hw: h * w };
+        let (dy, dx) = (net.buf(g0, "d prelu.out", &dims)?, net.buf(g1, "d bn1.out", &dims)?);
+        let dalpha = net.grad(s.prelu)?;
+        d.extend(k.prelu.backward(gpu, &s0, &s.bn_out, net.value(s.prelu), &dy, &dx, dalpha, &net.prelu_scratch)?);
+        let d_conv = net.buf(g2, "d conv1.out", &dims)?;
+        self.bn_backward(&mut d, &s0, s.bn, &s.conv_out, &s.bn_stats, &dx, &d_conv)?;
+        let stem_conv = conv3(3, c0, n, h, w, 1);
+        d.extend(k.conv.backward_weight(gpu, &stem_conv, &d_conv, &net.input, net.grad(s.conv)?, &net.conv_scratch)?);
+        Ok(d)
+    }
+
+    /// One block backward, as the core's `block_backward`: `dy (B, C_out, h', w')` in buffer `roles[0]`, the result
+    /// `dx (B, C_in, h, w)` in `roles[3]`; `roles[1]` and `roles[2]` are scratch. `x` is the block's input.
+    fn block_backward(&self, d: &mut Vec<Dispatch>, b: &Block, x: &Tensor, roles: [usize; 4]) -> Result<()> {
+        let (gpu, k, net) = (self.gpu, self.k, self.net);
+        let n = net.batch;
+        let sh = BlockShapes::new(&b.spec, n);
+        let [r_dy, r1, r2, r3] = roles;
+        let (in_dims, full_dims, out_dims) = (sh.in_dims, sh.full_dims, sh.out_dims);
+        let dy = net.buf(r_dy, "d block output", &out_dims)?;
+        let scratch = &net.conv_scratch;
+
+        // Shortcut: dy -> downsample.1 -> downsample.0 -> d x (shortcut part) in buffer r2.
+        let d_x_shortcut = match &b.shortcut {
+            Some(ds) => {
+                let d_dc = net.buf(r1, "d downsample.0.out", &out_dims)?;
+                self.bn_backward(d, &sh.out, ds.bn, &ds.conv_out, &ds.bn_stats, &dy, &d_dc)?;
+                let d_x = net.buf(r2, "d block input (shortcut)", &in_dims)?;
+                d.extend(k.conv.backward_data(gpu, &sh.downsample, &d_dc, net.value(ds.conv), &d_x, scratch)?);
+                d.extend(k.conv.backward_weight(gpu, &sh.downsample, &d_dc, x, net.grad(ds.conv)?, scratch)?);
+                Some(d_x)
+            }
+            None => None,
+        };
+
+        // Main path: bn3 -> conv2 -> prelu -> bn2 -> conv1 -> bn1, ending in buffer r3.
+        let d_c2 = net.buf(r1, "d conv2.out", &out_dims)?;
+        self.bn_backward(d, &sh.out, b.bn3, &b.c2, &b.a3_stats, &dy, &d_c2)?;
+        let d_p = net.buf(r3, "d prelu.out", &full_dims)?;
+        d.extend(k.conv.backward_data(gpu, &sh.conv2, &d_c2, net.value(b.conv2), &d_p, scratch)?);
+        d.extend(k.conv.backward_weight(gpu, &sh.conv2, &d_c2, &b.p, net.grad(b.conv2)?, scratch)?);
+        let d_a2 = net.buf(r1, "d bn2.out", &full_dims)?;
+        let (alpha, dalpha) = (net.value(b.prelu), net.grad(b.prelu)?);
+        d.extend(k.prelu.backward(gpu, &sh.full, &b.a2, alpha, &d_p, &d_a2, dalpha, &net.prelu_scratch)?);
+        let d_c1 = net.buf(r3, "d conv1.out", &full_dims)?;
+        self.bn_backward(d, &sh.full, b.bn2, &b.c1, &b.a2_stats, &d_a2, &d_c1)?;
+        let d_a1 = net.buf(r1, "d bn1.out", &in_dims)?;
+        d.extend(k.conv.backward_data(gpu, &sh.conv1, &d_c1, net.value(b.conv1), &d_a1, scratch)?);
+        d.extend(k.conv.backward_weight(gpu, &sh.conv1, &d_c1, &b.a1, net.grad(b.conv1)?, scratch)?);
+        let d_x = net.buf(r3, "d block input", &in_dims)?;
+        self.bn_backward(d, &sh.input, b.bn1, x, &b.a1_stats, &d_a1, &d_x)?;
+
+        // The input's gradient is the sum of both paths.
+        d.push(k.residual.accumulate(gpu, &d_x, d_x_shortcut.as_ref().unwrap_or(&dy))?);
+        Ok(())
+    }
+}
+
+/// The dispatches of a training step, built once per step configuration.
+struct Plan {
+    /// u8 images -> network input.
+    preprocess: Dispatch,
+    /// The backbone forward in training mode.
+    forward: Vec<Dispatch>,
+    /// The margin head; its forward and backward dispatches run between the backbone's.
+    head: MarginHead,
+    /// The backbone backward.
+    backward: Vec<Dispatch>,
+    /// The backbone's gradient norm and clipping.
+    clip: GradClip,
+    /// The head gradient's norm (not clipped: it only guards the step).
+    head_norm: GradClip,
+    /// The step report, then the guarded SGD updates of the backbone and the head.
+    update: Vec<Dispatch>,
+}
+
+impl Plan {
+    fn new(gpu: &Gpu, k: &Kernels, net: &Net, step_cfg: &StepConfig) -> Result<Self> {
+        let (n, e) = (net.batch, net.cfg.embedding);
+        let b = Builder { gpu, k, net, bn: step_cfg.bn };
+        let shape = HeadShape::new(n, e, net.classes);
+        let d_emb = net.buf(0, "d embeddings", &[n, e])?;
+        let opts = HeadOptions::default();
+        let head = MarginHead::new(
+            gpu,
+            &k.margin,
+            &step_cfg.margin,
+            shape,
+            &net.tail.features_out,
+            &net.head,
+            &d_emb,
+            &net.head_grad,
+            &opts,
+        )?;
+        let grads: Vec<&Tensor> = net.trainable().map(|(_, g, _)| g).collect();
+        let clip = GradClip::new(gpu, &k.sgd, &grads, step_cfg.clip_norm)?;
+        let head_grads: Vec<&Tensor> = net.head_grad.parts.iter().collect();
+        let head_norm = GradClip::norm_only(gpu, &k.sgd, &head_grads)?;
+
+        let mut update = vec![k.sgd.step_report(gpu, &head.loss, &clip.clip, &head_norm.clip, &net.report)?];
+        for (p, g, m) in net.trainable() {
+            update.push(k.sgd.step_guarded(gpu, &net.hyper, &net.report, &p.value, g, m)?);
+        }
+        let (w, dw, mw) = (&net.head, &net.head_grad, &net.head_momentum);
+        update.extend(k.sgd.step_split_guarded(gpu, &net.hyper, &net.report, w, dw, mw)?);
+
+        let image = ImageShape { h: net.cfg.input_h, w: net.cfg.input_w };
+        Ok(Self {
+            preprocess: k.preprocess.forward(gpu, n, &image, &net.images, &net.flips, &net.input)?,
+            forward: b.forward(Mode::Train, n)?,
+            backward: b.backward()?,
+            head,
+            clip,
+            head_norm,
+            update,
+        })
+    }
+
+    /// Every dispatch of a step in recording order, with or without the preprocessing of u8 images.
+    fn dispatches(&self, preprocess: bool) -> Vec<&Dispatch> {
+        let pre = preprocess.then_some(&self.preprocess);
+        pre.into_iter()
+            .chain(&self.forward)
+            .chain(self.head.forward())
+            .chain(self.head.backward())
+            .chain(&self.backward)
+            .chain(self.clip.dispatches())
+            .chain(self.head_norm.dispatches())
+            .chain(&self.update)
+            .collect()
+    }
+}
+
+/// The evaluation-mode forward of `n` images (`n <= B`), on the first `n` samples of the training tensors.
+struct EvalPlan {
+    preprocess: Dispatch,
+    forward: Vec<Dispatch>,
+}
+
+/// The iResNet trainer on a GPU, behind the same [`Backend`] interface as the CPU reference.
+///
+/// `G` owns or borrows the device: `GpuBackend<Arc<Gpu>>` (the default, `'static`, e.g. for a
+/// `Box<dyn Backend>`) or `GpuBackend<&Gpu>`.
+pub struct GpuBackend<G: Deref<Target = Gpu> = Arc<Gpu>> {
+    gpu: G,
+    k: Kernels,
+    net: Net,
+    step_cfg: StepConfig,
+    plan: Plan,
+    /// Evaluation plans by chunk size, built on first use.
+    eval: HashMap<usize, EvalPlan>,
+    steps: u64,
+}
+
+impl<G: Deref<Target = Gpu>> GpuBackend<G> {
+    /// A trainer for `cfg` at batch `batch` with `classes` classes, initialised from `seed` exactly as
+    /// [`CpuBackend::new`](super::cpu::CpuBackend::new) (on the CPU, by the core, then uploaded): both backends
+    /// start from the same bits.
+    pub fn new(
+        gpu: G,
+        cfg: &IResNetConfig,
+        batch: usize,
+        classes: usize,
+        step_cfg: StepConfig,
+        seed: u64,
+    ) -> Result<Self> {
+        TrainerLayout::new(cfg, batch, classes)?;
+        let mut state = vec![0.0; cfg.state_len()];
+        let mut head = vec![0.0; cfg.embedding * classes];
+        let mut rng = Philox4x32::new(seed, INIT_STREAM);
+        init_state(cfg, &mut rng, &mut state)?;
+        init_head(&mut rng, &mut head);
+        Self::with_weights(gpu, cfg, batch, classes, step_cfg, &state, &head)
+    }
+
+    /// A trainer holding the given backbone `state` (the layout of [`IResNetConfig::tensors`]) and head
+    /// `head (D, C)`, with zero momentum and no steps taken.
+    pub fn with_weights(
+        gpu: G,
+        cfg: &IResNetConfig,
+        batch: usize,
+        classes: usize,
+        step_cfg: StepConfig,
+        state: &[f32],
+        head: &[f32],
+    ) -> Result<Self> {
+        TrainerLayout::new(cfg, batch, classes)?;
+        step_cfg.margin.validate()?;
+        let k = Kernels::new(&gpu);
+        let net = Net::new(&gpu, &k, cfg, batch, classes, state, head)?;
+        SgdKernels::write_hyper(&gpu, &net.hyper, &step_cfg.sgd)?;
+        let plan = Plan::new(&gpu, &k, &net, &step_cfg)?;
+        Ok(Self { gpu, k, net, step_cfg, plan, eval: HashMap::new(), steps: 0 })
+    }
+
+    /// A trainer continuing `checkpoint` at batch `batch`: its weights, momentum, step count and settings.
+    pub fn from_checkpoint(gpu: G, checkpoint: &Checkpoint, batch: usize) -> Result<Self> {
+        let c = checkpoint;
+        let mut me = Self::with_weights(gpu, &c.cfg, batch, c.classes, c.step_cfg, &c.state, &c.head)?;
+        me.load(checkpoint)?;
+        Ok(me)
+    }
+
+    /// The device.
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// The network.
+    pub fn config(&self) -> &IResNetConfig {
+        &self.net.cfg
+    }
+
+    /// The step configuration (with the current learning rate).
+    pub fn step_config(&self) -> &StepConfig {
+        &self.step_cfg
+    }
+
+    /// The training batch size B.
+    pub fn batch(&self) -> usize {
+        self.net.batch
+    }
+
+    /// GPU memory allocated, by purpose.
+    pub fn memory(&self) -> MemoryUse {
+        let h = &self.plan.head;
+        let scratch = [&h.emb_unit, &h.partials, &h.dcos, &h.emb_partials].iter().map(|t| t.bytes()).sum::<u64>();
+        let w_unit = 4 * (h.w_unit.len() + h.w_norm.len()) as u64;
+        let clip = self.plan.clip.partials.bytes() + self.plan.head_norm.partials.bytes();
+        let mut m = self.net.memory;
+        m.head += scratch + w_unit;
+        m.scratch += clip;
+        m
+    }
+
+    /// Dispatches recorded per training step (from u8 images).
+    pub fn dispatches_per_step(&self) -> usize {
+        self.plan.dispatches(true).len()
+    }
+
+    /// One training step on the network input `input (B, 3, H, W)` given as floats (skipping the u8
+    /// preprocessing: e.g. reference vectors), `labels (B)` and `margins_raw (B)`. Otherwise as
+    /// [`Backend::step`].
+    pub fn step_input(&mut self, input: &[f32], labels: &[u32], margins_raw: &[f32]) -> Result<StepReport> {
+        let net = &self.net;
+        ensure!(input.len() == net.input.len, "input: {} floats, a batch needs {}", input.len(), net.input.len);
+        if let Some(i) = input.iter().position(|v| !v.is_finite()) {
+            return Err(elasticface_core::Error::NonFinite { what: "input", index: i }.into());
+        }
+        self.gpu.write(&net.input, input)?;
+        self.run_step(false, labels, margins_raw)
+    }
+
+    /// Writes the labels and margins, runs the step and reads its report.
+    fn run_step(&mut self, preprocess: bool, labels: &[u32], margins_raw: &[f32]) -> Result<StepReport> {
+        self.plan.head.write_step(&self.gpu, labels, margins_raw)?;
+        let report: Vec<f32> = self.gpu.run_and_read(&self.plan.dispatches(preprocess), &self.net.report)?;
+        let flags = report[REPORT_FLAGS] as u32;
+        if flags != 0 {
+            return Err(non_finite(flags, report[REPORT_LOSS], self.steps));
+        }
+        self.steps += 1;
+        Ok(StepReport { loss: report[REPORT_LOSS], grad_norm: report[REPORT_BACKBONE_NORM] })
+    }
+
+    /// Embeddings `(N, E)` in evaluation mode of `N` network inputs `input (N, 3, H, W)` given as floats, in
+    /// chunks of up to B. (Overwrites the activations of the last training step.)
+    pub fn embed_input(&mut self, input: &[f32]) -> Result<Vec<f32>> {
+        let per = self.net.cfg.input_len();
+        ensure!(
+            input.len().is_multiple_of(per),
+            "embed: {} floats is not a whole number of {per}-float inputs",
+            input.len()
+        );
+        if let Some(i) = input.iter().position(|v| !v.is_finite()) {
+            return Err(elasticface_core::Error::NonFinite { what: "input", index: i }.into());
+        }
+        let mut out = Vec::with_capacity(input.len() / per * self.net.cfg.embedding);
+        for chunk in input.chunks(self.net.batch * per) {
+            let n = chunk.len() / per;
+            self.gpu.write(&first(&self.net.input, n)?, chunk)?;
+            out.extend(self.run_eval(n, false)?);
+        }
+        Ok(out)
+    }
+
+    /// Runs the evaluation forward of the first `n` samples (preprocessing them first or not) and reads the
+    /// embeddings `(n, E)`.
+    fn run_eval(&mut self, n: usize, preprocess: bool) -> Result<Vec<f32>> {
+        if !self.eval.contains_key(&n) {
+            let (gpu, net) = (&*self.gpu, &self.net);
+            let b = Builder { gpu, k: &self.k, net, bn: self.step_cfg.bn };
+            let image = ImageShape { h: net.cfg.input_h, w: net.cfg.input_w };
+            let images =
+                net.images.view(&format!("{}[..{n} images]", net.images.label), &[Preprocess::words(n, &image)])?;
+            let flips = first(&net.flips, n)?;
+            let plan = EvalPlan {
+                preprocess: self.k.preprocess.forward(gpu, n, &image, &images, &flips, &first(&net.input, n)?)?,
+                forward: b.forward(Mode::Eval, n)?,
+            };
+            self.eval.insert(n, plan);
+        }
+        let plan = &self.eval[&n];
+        let pre = preprocess.then_some(&plan.preprocess);
+        let list: Vec<&Dispatch> = pre.into_iter().chain(&plan.forward).collect();
+        self.gpu.run_and_read(&list, &first(&self.net.tail.features_out, n)?)
+    }
+
+    /// Reads tensors back, concatenated, in groups that fit one staging buffer.
+    fn read_all(&self, tensors: &[&Tensor]) -> Result<Vec<f32>> {
+        let limit = self.gpu.caps.max_buffer.min(256 << 20);
+        let mut out = Vec::new();
+        let mut group: Vec<&Tensor> = Vec::new();
+        let mut bytes = 0;
+        for &t in tensors {
+            if !group.is_empty() && bytes + t.bytes() > limit {
+                out.extend(self.gpu.read_concat::<f32>(&group)?);
+                group.clear();
+                bytes = 0;
+            }
+            group.push(t);
+            bytes += t.bytes();
+        }
+        out.extend(self.gpu.read_concat::<f32>(&group)?);
+        Ok(out)
+    }
+
+    /// The backbone state, in the layout of [`IResNetConfig::tensors`] (waits for the GPU).
+    pub fn state(&self) -> Result<Vec<f32>> {
+        let tensors: Vec<&Tensor> = self.net.params.iter().map(|p| &p.value).collect();
+        self.read_all(&tensors)
+    }
+
+    /// A state-layout vector of the trainable tensors' `pick` (gradient or momentum), zero elsewhere.
+    fn read_trainable(&self, pick: impl Fn(&Param) -> Option<&Tensor>) -> Result<Vec<f32>> {
+        let infos: Vec<TensorInfo> = self.net.params.iter().filter(|p| pick(p).is_some()).map(|p| p.info).collect();
+        let tensors: Vec<&Tensor> = self.net.params.iter().filter_map(&pick).collect();
+        let values = self.read_all(&tensors)?;
+        let mut out = vec![0.0; self.net.cfg.state_len()];
+        let mut at = 0;
+        for info in infos {
+            out[info.range()].copy_from_slice(&values[at..at + info.len]);
+            at += info.len;
+        }
+        Ok(out)
+    }
+
+    /// The backbone gradients of the last step after clipping, state layout (zero for running statistics and
+    /// frozen tensors). After a refused (non-finite) step they hold that step's gradients.
+    pub fn grads(&self) -> Result<Vec<f32>> {
+        self.read_trainable(|p| p.grad.as_ref())
+    }
+
+    /// The class centres `(D, C)`, the core's layout.
+    pub fn head(&self) -> Result<Vec<f32>> {
+        download_head_weight(&self.gpu, &self.net.head)
+    }
+
+    /// The head gradient of the last step `(D, C)` (not clipped).
+    pub fn head_grad(&self) -> Result<Vec<f32>> {
+        download_head_weight(&self.gpu, &self.net.head_grad)
+    }
+
+    /// The momentum buffers of the backbone (state layout, zero for non-trainable tensors) and of the head `(D, C)`.
+    pub fn momentum(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        Ok((self.read_trainable(|p| p.momentum.as_ref())?, download_head_weight(&self.gpu, &self.net.head_momentum)?))
+    }
+
+    /// The embeddings `(B, E)` of the last training step's forward pass (batch statistics), unless an evaluation
+    /// ran since.
+    pub fn embeddings(&self) -> Result<Vec<f32>> {
+        self.gpu.read(&self.net.tail.features_out)
+    }
+
+    /// Rebuilds the step's dispatches for a new step configuration (loss, clip norm, batch norm settings are part
+    /// of the dispatches' parameters; the SGD settings live in a tensor).
+    fn reconfigure(&mut self, step_cfg: StepConfig) -> Result<()> {
+        let same_dispatches = StepConfig { sgd: self.step_cfg.sgd, ..step_cfg } == self.step_cfg;
+        if !same_dispatches {
+            step_cfg.margin.validate()?;
+            self.plan = Plan::new(&self.gpu, &self.k, &self.net, &step_cfg)?;
+            self.eval.clear();
+        }
+        self.step_cfg = step_cfg;
+        SgdKernels::write_hyper(&self.gpu, &self.net.hyper, &self.step_cfg.sgd)
+    }
+}
+
+/// The error of a step whose report has non-zero `flags`: the core's `NonFinite` (the first of loss, head
+/// gradient, backbone gradient, in the core's order of checks) with what else was non-finite.
+fn non_finite(flags: u32, loss: f32, step: u64) -> anyhow::Error {
+    let names =
+        [(NON_FINITE_LOSS, "loss"), (NON_FINITE_HEAD, "head gradient"), (NON_FINITE_BACKBONE, "backbone gradient")];
+    let found: Vec<&str> = names.iter().filter(|(f, _)| flags & f != 0).map(|(_, n)| *n).collect();
+    let what = found.first().copied().unwrap_or("step report");
+    anyhow::Error::new(elasticface_core::Error::NonFinite { what, index: 0 }).context(format!(
+        "training step {step}: non-finite {} (loss {loss}); the update was skipped: parameters, head and momentum \
+         are unchanged (the batch norm running statistics moved in the forward pass, as on the CPU)",
+        found.join(", ")
+    ))
+}
+
+impl<G: Deref<Target = Gpu>> Backend for GpuBackend<G> {
+    fn step(&mut self, batch: &Batch, margins_raw: &[f32]) -> Result<StepReport> {
+        let net = &self.net;
+        let (b, cfg) = (net.batch, &net.cfg);
+        ensure!(batch.len() == b, "a batch of {} images, the GPU trainer was built for {b}", batch.len());
+        ensure!(
+            batch.images.len() == b * cfg.input_len() && batch.flips.len() == b,
+            "batch images are not {b} x {}x{}x3 bytes with {b} flips",
+            cfg.input_h,
+            cfg.input_w
+        );
+        self.gpu.write(&net.images, &Preprocess::pack(&batch.images))?;
+        self.gpu.write(&net.flips, &batch.flips.iter().map(|&f| u32::from(f)).collect::<Vec<u32>>())?;
+        self.run_step(true, &batch.labels, margins_raw)
+    }
+
+    fn set_lr(&mut self, lr: f32) -> Result<()> {
+        self.step_cfg.sgd.lr = lr;
+        SgdKernels::write_hyper(&self.gpu, &self.net.hyper, &self.step_cfg.sgd)
+    }
+
+    fn embed(&mut self, images: &[u8], flips: &[bool]) -> Result<Vec<f32>> {
+        let (b, per) = (self.net.batch, self.net.cfg.input_len());
+        ensure!(images.len() == flips.len() * per, "embed: {} bytes for {} images", images.len(), flips.len());
+        let mut out = Vec::with_capacity(flips.len() * self.net.cfg.embedding);
+        for (imgs, fl) in images.chunks(b * per).zip(flips.chunks(b)) {
+            let n = fl.len();
+            let words = Preprocess::pack(imgs);
+            self.gpu.write(&self.net.images.view(&self.net.images.label, &[words.len()])?, &words)?;
+            let flip_words: Vec<u32> = fl.iter().map(|&f| u32::from(f)).collect();
+            self.gpu.write(&first(&self.net.flips, n)?, &flip_words)?;
+            out.extend(self.run_eval(n, true)?);
+        }
+        Ok(out)
+    }
+
+    fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    fn checkpoint(&self, seed: u64, position: Position, run: serde_json::Value) -> Result<Checkpoint> {
+        let (momentum, head_momentum) = self.momentum()?;
+        Ok(Checkpoint {
+            cfg: self.net.cfg,
+            classes: self.net.classes,
+            step_cfg: self.step_cfg,
+            seed,
+            step: self.steps,
+            position,
+            state: self.state()?,
+            head: self.head()?,
+            momentum,
+            head_momentum,
+            run,
+        })
+    }
+
+    fn load(&mut self, checkpoint: &Checkpoint) -> Result<()> {
+        let (c, net) = (checkpoint, &self.net);
+        if c.cfg != net.cfg || c.classes != net.classes {
+            bail!(
+                "the checkpoint is for {:?} with {} classes, the trainer for {:?} with {}",
+                c.cfg,
+                c.classes,
+                net.cfg,
+                net.classes
+            );
+        }
+        let (e, k) = (net.cfg.embedding, net.classes);
+        ensure!(c.state.len() == net.cfg.state_len() && c.momentum.len() == c.state.len(), "checkpoint: state sizes");
+        ensure!(c.head.len() == e * k && c.head_momentum.len() == e * k, "checkpoint: head sizes");
+        for p in &net.params {
+            self.gpu.write(&p.value, &c.state[p.info.range()])?;
+            if let Some(m) = &p.momentum {
+                self.gpu.write(m, &c.momentum[p.info.range()])?;
+            }
+        }
+        self.gpu.write_split(&net.head, &transpose(e, k, &c.head))?;
+        self.gpu.write_split(&net.head_momentum, &transpose(e, k, &c.head_momentum))?;
+        self.reconfigure(c.step_cfg)?;
+        self.steps = c.step;
+        Ok(())
+    }
+
+    fn device(&self) -> String {
+        self.gpu.info.name.clone()
+    }
+}

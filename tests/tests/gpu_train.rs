@@ -1,0 +1,338 @@
+//! The GPU trainer (`GpuBackend`) against the CPU trainer (`CpuBackend`, the core), and its own guarantees:
+//! determinism, the NaN guard, resuming from a checkpoint.
+//!
+//! # Tolerances (GPU vs CPU)
+//!
+//! Both backends start from the same bits and run the same operations in the same order; only the summation orders of
+//! the reductions differ (the GPU sums convolutions by tiles and split-K, batch norm statistics and the clip norm in
+//! fixed trees; the core sequentially, some sums in f64). Each tensor therefore differs by f32 rounding accumulated
+//! through the network, which batch norm amplifies by `1/std` of small batches (the tiny net's last stage normalises
+//! 24 values per channel) and the head by `s = 64`. The CPU selftest measured the core against PyTorch's f64 at
+//! 1e-7..1e-5 of each tensor's largest value; the GPU against the core is of the same kind. Errors are measured
+//! relative to each tensor's largest value (`max |gpu - cpu| / max |cpu|`), as the selftest's `max_rel`:
+//!
+//! - loss and gradient norm: one reduction over the batch of values already carrying the forward pass's error:
+//!   [`SCALAR`] = 2e-5 relative, twice the selftest's bound for each implementation against f64 (`SCALAR`, 1e-5);
+//! - embeddings, parameters, running statistics, head and momentum after each of three steps, and the eval-mode
+//!   embeddings of the trained networks: [`STATE`] = 2e-4 of the tensor's scale, twice the selftest's bound for a
+//!   gradient (`GRADIENT`, 1e-4 relative): the momentum after three steps is a sum of three gradients, and every
+//!   other tensor here has a tighter bound in the selftest.
+//!
+//! The scale of a tensor is its largest value, but at least [`FLOOR`] = 0.01: some gradients are zero in exact
+//! arithmetic (the bias of a batch norm whose output reaches another batch norm only through per-channel shifts,
+//! which that one removes: `bn3`, `downsample.1`, `bn2`, `fc` biases) and hold rounding noise of ~1e-8, different on
+//! each device; so do their momentum and their (zero-initialised) values after a step.
+//!
+//! The largest errors measured on lavapipe are printed by `gpu_matches_cpu_*` (`cargo test -- --nocapture`).
+//! A real mistake (a wrong index, a missing term, a wrong momentum or decay) produces 1e-2 and more.
+
+use std::sync::Arc;
+
+use elasticface::checkpoint::Checkpoint;
+use elasticface::data::{Batch, Position};
+use elasticface::gpu::{Gpu, GpuOptions};
+use elasticface::train::cpu::CpuBackend;
+use elasticface::train::gpu::{activation_len, gradient_buffer_len, GpuBackend};
+use elasticface::train::Backend;
+use elasticface_core::margin::MarginConfig;
+use elasticface_core::model::{IResNetConfig, StepConfig, TensorKind};
+use elasticface_tests::{gpu, uniform};
+
+/// Loss and gradient norm, relative.
+const SCALAR: f64 = 2e-5;
+/// Every other tensor, relative to its largest value.
+const STATE: f64 = 2e-4;
+/// The smallest scale errors are measured against (see the module documentation).
+const FLOOR: f64 = 1e-2;
+
+/// The reference's tiny network (`iresnet_tiny.safetensors`).
+const TINY: IResNetConfig =
+    IResNetConfig { layers: [2, 1, 1, 1], widths: [8, 16, 16, 32], input_h: 32, input_w: 32, embedding: 16 };
+/// Odd widths, a non-square input, two blocks in the second stage (an identity block after a downsampling one).
+const ODD: IResNetConfig =
+    IResNetConfig { layers: [1, 2, 1, 1], widths: [3, 5, 6, 7], input_h: 16, input_w: 32, embedding: 10 };
+
+fn step_cfg() -> StepConfig {
+    StepConfig::recipe(MarginConfig::ELASTIC_ARC_PLUS)
+}
+
+/// Synthetic batch `step` of `b` images of `cfg`'s size: random bytes, labels and flips from the step.
+fn batch(cfg: &IResNetConfig, b: usize, classes: usize, step: u64) -> Batch {
+    let bytes = uniform(1000 + step, b * cfg.input_len()).into_iter().map(|v| ((v + 1.0) * 127.99) as u8).collect();
+    Batch {
+        epoch: 0,
+        index: step as usize,
+        images: bytes,
+        labels: (0..b).map(|i| ((i as u64 * 7 + step * 3) % classes as u64) as u32).collect(),
+        flips: (0..b).map(|i| (i as u64 + step).is_multiple_of(3)).collect(),
+        indices: (0..b).collect(),
+        next: Position::at_batch(0, step as usize + 1, b),
+    }
+}
+
+fn margins(step: u64, b: usize) -> Vec<f32> {
+    let mut m = vec![0.0; b];
+    step_cfg().margin.draw_margins_at(7, step, &mut m);
+    m
+}
+
+/// `max |got - want| / max(max |want|, FLOOR)`.
+fn rel(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let (mut diff, mut scale) = (0.0f64, FLOOR);
+    for (&g, &w) in got.iter().zip(want) {
+        let d = (f64::from(g) - f64::from(w)).abs();
+        assert!(!d.is_nan(), "NaN");
+        diff = diff.max(d);
+        scale = scale.max(f64::from(w).abs());
+    }
+    diff / scale
+}
+
+/// The worst relative error seen per family, for the printout.
+#[derive(Debug, Default)]
+struct Worst {
+    scalar: f64,
+    state: f64,
+    /// The tensor of the largest `state` error.
+    state_at: String,
+    eval: f64,
+}
+
+impl Worst {
+    fn state(&mut self, what: impl std::fmt::Display, e: f64) {
+        assert!(e <= STATE, "{what}: {e:e}");
+        if e > self.state {
+            (self.state, self.state_at) = (e, what.to_string());
+        }
+    }
+}
+
+/// Compares every tensor of the two backends' checkpoints, by name, within `tol`.
+fn compare_state(what: &str, cfg: &IResNetConfig, gpu: &Checkpoint, cpu: &Checkpoint, worst: &mut Worst) {
+    for t in cfg.tensors() {
+        worst.state(format!("{what}: {t}"), rel(&gpu.state[t.range()], &cpu.state[t.range()]));
+        if t.kind == TensorKind::Trainable {
+            worst.state(format!("{what}: momentum of {t}"), rel(&gpu.momentum[t.range()], &cpu.momentum[t.range()]));
+        }
+        if t.kind == TensorKind::Frozen {
+            assert_eq!(gpu.state[t.range()], cpu.state[t.range()], "{what}: frozen {t} moved");
+        }
+    }
+    for (name, g, c) in [("head", &gpu.head, &cpu.head), ("head momentum", &gpu.head_momentum, &cpu.head_momentum)] {
+        worst.state(format!("{what}: {name}"), rel(g, c));
+    }
+}
+
+/// Three steps on both backends, comparing after each; then eval-mode embeddings.
+fn gpu_matches_cpu(gpu: &Gpu, cfg: &IResNetConfig, b: usize, classes: usize) -> Worst {
+    let mut g = GpuBackend::new(gpu, cfg, b, classes, step_cfg(), 5).unwrap();
+    let mut c = CpuBackend::new(cfg, b, classes, step_cfg(), 5).unwrap();
+    let pos = Position::epoch_start(0);
+    // Same initial bits.
+    assert_eq!(g.checkpoint(5, pos, Default::default()).unwrap(), c.checkpoint(5, pos, Default::default()).unwrap());
+    let mut worst = Worst::default();
+    for step in 0..3 {
+        if step == 2 {
+            // A schedule's change of the learning rate (one small write on the GPU).
+            g.set_lr(0.05).unwrap();
+            c.set_lr(0.05).unwrap();
+        }
+        let (bt, m) = (batch(cfg, b, classes, step), margins(step, b));
+        let rg = g.step(&bt, &m).unwrap();
+        let rc = c.step(&bt, &m).unwrap();
+        for (name, x, y) in [("loss", rg.loss, rc.loss), ("grad norm", rg.grad_norm, rc.grad_norm)] {
+            let e = rel(&[x], &[y]);
+            assert!(e <= SCALAR, "step {step}: {name} {x} vs {y}: {e:e}");
+            worst.scalar = worst.scalar.max(e);
+        }
+        worst.state(
+            format!("step {step}: embeddings"),
+            rel(&g.embeddings().unwrap(), c.trainer().unwrap().embeddings()),
+        );
+        let what = format!("after step {step}");
+        let (gc, cc) =
+            (g.checkpoint(5, pos, Default::default()).unwrap(), c.checkpoint(5, pos, Default::default()).unwrap());
+        compare_state(&what, cfg, &gc, &cc, &mut worst);
+        assert_eq!((g.steps(), gc.step), (step + 1, step + 1));
+    }
+    // Eval mode: 2B + 1 images (chunks of B, B and 1), half of them flipped.
+    let n = 2 * b + 1;
+    let images: Vec<u8> = uniform(77, n * cfg.input_len()).into_iter().map(|v| ((v + 1.0) * 127.99) as u8).collect();
+    let flips: Vec<bool> = (0..n).map(|i| i % 2 == 1).collect();
+    let eg = g.embed(&images, &flips).unwrap();
+    let ec = c.embed(&images, &flips).unwrap();
+    assert_eq!(eg.len(), n * cfg.embedding);
+    worst.eval = rel(&eg, &ec);
+    assert!(worst.eval <= STATE, "eval embeddings {:e}", worst.eval);
+    worst
+}
+
+#[test]
+fn gpu_matches_cpu_on_the_reference_tiny_net() {
+    let Some(gpu) = gpu() else { return };
+    let worst = gpu_matches_cpu(gpu, &TINY, 6, 11);
+    eprintln!("tiny net, GPU vs CPU, largest relative errors: {worst:?}");
+}
+
+#[test]
+fn gpu_matches_cpu_on_odd_shapes() {
+    let Some(gpu) = gpu() else { return };
+    let worst = gpu_matches_cpu(gpu, &ODD, 5, 13);
+    eprintln!("odd net, GPU vs CPU, largest relative errors: {worst:?}");
+}
+
+/// The bits of every state tensor, the head and the momentum.
+fn bits(c: &Checkpoint) -> Vec<u32> {
+    let all = [&c.state, &c.head, &c.momentum, &c.head_momentum];
+    all.iter().flat_map(|v| v.iter().map(|x| x.to_bits())).collect()
+}
+
+/// Runs `steps` steps from the backend's current step, returning the losses' bits.
+fn train(g: &mut impl Backend, cfg: &IResNetConfig, b: usize, classes: usize, steps: u64) -> Vec<u32> {
+    let start = g.steps();
+    (start..start + steps).map(|s| g.step(&batch(cfg, b, classes, s), &margins(s, b)).unwrap().loss.to_bits()).collect()
+}
+
+#[test]
+fn two_runs_are_bit_identical() {
+    let Some(gpu) = gpu() else { return };
+    let (b, classes) = (5, 13);
+    let pos = Position::epoch_start(0);
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let mut g = GpuBackend::new(gpu, &ODD, b, classes, step_cfg(), 9).unwrap();
+        let losses = train(&mut g, &ODD, b, classes, 2);
+        runs.push((losses, bits(&g.checkpoint(9, pos, Default::default()).unwrap())));
+    }
+    assert_eq!(runs[0].0, runs[1].0, "losses");
+    assert!(runs[0].1 == runs[1].1, "parameters, head or momentum differ");
+}
+
+#[test]
+fn resuming_from_a_checkpoint_is_bit_exact() {
+    let Some(gpu) = gpu() else { return };
+    let (b, classes) = (5, 13);
+    let mut straight = GpuBackend::new(gpu, &ODD, b, classes, step_cfg(), 3).unwrap();
+    let losses_straight = train(&mut straight, &ODD, b, classes, 4);
+
+    let mut first = GpuBackend::new(gpu, &ODD, b, classes, step_cfg(), 3).unwrap();
+    let mut losses = train(&mut first, &ODD, b, classes, 2);
+    let dir = std::env::temp_dir().join(format!("elasticface-gpu-resume-{}", std::process::id()));
+    let path = dir.join("step2.safetensors");
+    let pos = Position::at_batch(0, 2, b);
+    first.checkpoint(3, pos, Default::default()).unwrap().save(&path).unwrap();
+    drop(first);
+    let ck = Checkpoint::load(&path).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!((ck.step, ck.position), (2, pos));
+    let mut resumed = GpuBackend::from_checkpoint(gpu, &ck, b).unwrap();
+    assert_eq!(resumed.steps(), 2);
+    losses.extend(train(&mut resumed, &ODD, b, classes, 2));
+
+    assert_eq!(losses, losses_straight, "losses (f32 bits) differ after resuming");
+    let end = Position::epoch_start(1);
+    let (r, s) = (
+        resumed.checkpoint(3, end, Default::default()).unwrap(),
+        straight.checkpoint(3, end, Default::default()).unwrap(),
+    );
+    assert!(bits(&r) == bits(&s), "parameters, head or momentum differ after resuming");
+    assert_eq!(r.step, 4);
+}
+
+#[test]
+fn a_checkpoint_with_other_settings_rebuilds_the_step() {
+    let Some(gpu) = gpu() else { return };
+    let (b, classes) = (5, 13);
+    let mut g = GpuBackend::new(gpu, &ODD, b, classes, step_cfg(), 6).unwrap();
+    train(&mut g, &ODD, b, classes, 1);
+    // Another loss, clip norm, batch norm momentum and learning rate: all but the last are dispatch parameters.
+    let mut ck = g.checkpoint(6, Position::at_batch(0, 1, b), Default::default()).unwrap();
+    ck.step_cfg.margin = MarginConfig::COSFACE;
+    ck.step_cfg.clip_norm = 1.0;
+    ck.step_cfg.bn.momentum = 0.2;
+    ck.step_cfg.sgd.lr = 0.02;
+    g.load(&ck).unwrap();
+    let mut c = CpuBackend::new(&ODD, b, classes, step_cfg(), 0).unwrap();
+    c.load(&ck).unwrap();
+    let (rg, rc) = (
+        g.step(&batch(&ODD, b, classes, 1), &margins(1, b)).unwrap(),
+        c.step(&batch(&ODD, b, classes, 1), &margins(1, b)).unwrap(),
+    );
+    assert!(rel(&[rg.loss], &[rc.loss]) <= SCALAR, "{rg:?} vs {rc:?}");
+    assert!(rel(&[rg.grad_norm], &[rc.grad_norm]) <= SCALAR, "{rg:?} vs {rc:?}");
+    let pos = Position::epoch_start(0);
+    let (gc, cc) =
+        (g.checkpoint(6, pos, Default::default()).unwrap(), c.checkpoint(6, pos, Default::default()).unwrap());
+    assert_eq!(gc.step_cfg, ck.step_cfg);
+    compare_state("after loading other settings", &ODD, &gc, &cc, &mut Worst::default());
+}
+
+#[test]
+fn a_non_finite_step_changes_no_weight() {
+    let Some(gpu) = gpu() else { return };
+    let (b, classes) = (5, 13);
+    let pos = Position::epoch_start(0);
+    let mut g = GpuBackend::new(gpu, &ODD, b, classes, step_cfg(), 4).unwrap();
+    train(&mut g, &ODD, b, classes, 1); // non-zero momentum
+    let mut ck = g.checkpoint(4, pos, Default::default()).unwrap();
+    let conv = ODD.find("layer2.1.conv1.weight").unwrap();
+    ck.state[conv.offset + 3] = f32::INFINITY;
+    g.load(&ck).unwrap();
+
+    let err = g.step(&batch(&ODD, b, classes, 1), &margins(1, b)).unwrap_err();
+    let text = format!("{err:#}");
+    // The NaN reaches both gradients; the loss itself may stay finite on the GPU (see `train::gpu`).
+    assert!(text.contains("non-finite") && text.contains("backbone gradient"), "{text}");
+    assert!(text.contains("unchanged"), "{text}");
+    let core = err.downcast_ref::<elasticface_core::Error>().expect("the core's error inside");
+    assert!(matches!(core, elasticface_core::Error::NonFinite { .. }), "{core:?}");
+    assert_eq!(g.steps(), 1, "a refused step is not counted");
+
+    let after = g.checkpoint(4, pos, Default::default()).unwrap();
+    for t in ODD.tensors().filter(|t| t.kind != TensorKind::RunningStat) {
+        let same = after.state[t.range()].iter().zip(&ck.state[t.range()]).all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "{t} changed");
+    }
+    assert!(after.head == ck.head && after.momentum == ck.momentum && after.head_momentum == ck.head_momentum);
+    // The gradients of the refused step were not finite: the guard, not luck, kept the weights.
+    assert!(g.grads().unwrap().iter().any(|v| !v.is_finite()));
+}
+
+#[test]
+fn a_non_finite_input_is_refused_before_the_gpu() {
+    let Some(gpu) = gpu() else { return };
+    let mut g = GpuBackend::new(gpu, &ODD, 2, 3, step_cfg(), 4).unwrap();
+    let mut input = vec![0.5; 2 * ODD.input_len()];
+    input[7] = f32::NAN;
+    let err = g.step_input(&input, &[0, 1], &[0.5, 0.5]).unwrap_err();
+    assert!(format!("{err:#}").contains("`input` holds a non-finite value at element 7"), "{err:#}");
+}
+
+#[test]
+fn setup_is_checked_and_memory_follows_the_formula() {
+    let Some(gpu) = gpu() else { return };
+    let (b, classes) = (6, 11);
+    let g = GpuBackend::new(gpu, &TINY, b, classes, step_cfg(), 1).unwrap();
+    let m = g.memory();
+    assert_eq!(m.activations, 4 * activation_len(&TINY, b) as u64);
+    assert_eq!(m.gradient_buffers, 4 * 4 * gradient_buffer_len(&TINY, b) as u64);
+    assert_eq!(m.parameters, 4 * (TINY.state_len() + 2 * (TINY.parameter_count() - TINY.embedding)) as u64, "{m:?}");
+    assert_eq!(g.device(), gpu.info.name);
+    eprintln!("tiny net, batch {b}: {} dispatches per step, memory {m:?}", g.dispatches_per_step());
+
+    // A batch of one cannot train (batch norm); a wrong batch size is refused with the sizes.
+    assert!(GpuBackend::new(gpu, &TINY, 1, classes, step_cfg(), 1).is_err());
+    let mut g = g;
+    let err = g.step(&batch(&TINY, 5, classes, 0), &margins(0, 5)).unwrap_err();
+    assert!(err.to_string().contains("a batch of 5 images, the GPU trainer was built for 6"), "{err}");
+    let err = g.step(&batch(&TINY, 6, 12, 0), &margins(0, 6)).unwrap_err();
+    assert!(format!("{err:#}").contains("is not below the class count 11"), "{err:#}");
+
+    // A tensor beyond one binding is refused, naming it (here the stem's activations, 6 x 8 x 32 x 32 floats).
+    let opts = GpuOptions { binding_limit: Some(64 << 10), checked: true, ..GpuOptions::from_env() };
+    let small = Arc::new(Gpu::new(&opts).unwrap());
+    let err = GpuBackend::new(small, &TINY, b, classes, step_cfg(), 1).err().expect("refused");
+    let text = format!("{err:#}");
+    assert!(text.contains("conv1.out") && text.contains("smaller batch"), "{text}");
+}
