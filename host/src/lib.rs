@@ -8,8 +8,8 @@
 //! - [`bench`]: kernel throughput (`elasticface bench --kernels`).
 //! - [`tensorfile`]: named tensors in safetensors files (reference vectors, checkpoints), written atomically.
 //! - [`reference`]: comparing results with reference tensors under written tolerances.
-//! - [`selftest`]: runs the PyTorch reference vectors through the core (and, later, the GPU trainer) and
-//!   reports each tensor's error.
+//! - [`selftest`]: runs the PyTorch reference vectors through the GPU trainer or the core and reports each
+//!   tensor's error.
 //! - [`eval`]: verification (LFW protocol) on insightface `.bin` packs and held-out pairs, reports and ROC plots;
 //!   [`embed`]: embeddings of image files; [`onnx`]: ONNX export; [`pth`]: PyTorch checkpoints (through the strict
 //!   [`pickle`] reader); [`commands`]: the `eval`, `embed`, `compare`, `export` and `import` commands.

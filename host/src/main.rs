@@ -49,7 +49,7 @@ enum Command {
         #[arg(long, default_value = "demo")]
         arch: String,
         /// Training steps.
-        #[arg(long, default_value_t = 300)]
+        #[arg(long, default_value_t = 200)]
         steps: u64,
         /// Images per step.
         #[arg(long, default_value_t = 64)]

@@ -1,0 +1,37 @@
+//! A short `elasticface demo` (reduced data and steps, CPU reference): held-out verification must rise clearly
+//! above where it started and above an absolute bar, and the picture must be written.
+
+use elasticface::demo::{demo, DemoConfig};
+use elasticface::train::run::Device;
+
+#[test]
+fn a_short_demo_learns_to_verify_unseen_identities() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = DemoConfig {
+        out: dir.path().join("run"),
+        data: dir.path().join("data"),
+        ids: 30,
+        per_id: 10,
+        val_ids: 20,
+        size: 32,
+        arch: "demo".into(),
+        steps: 60,
+        batch: 32,
+        loss: "elastic-arc-plus".into(),
+        device: Device::Cpu,
+        seed: 0,
+        quiet: true,
+    };
+    let r = demo(&cfg).unwrap();
+    let (before, after) = (r.run.val_before.as_ref().unwrap(), r.run.val_after.as_ref().unwrap());
+    println!(
+        "loss {:.2} -> {:.2}, held-out accuracy {:.3} -> {:.3}",
+        r.run.first_loss, r.run.last_loss, before.accuracy, after.accuracy
+    );
+    assert!(r.run.last_loss < 0.8 * r.run.first_loss, "loss {} -> {}", r.run.first_loss, r.run.last_loss);
+    assert!(after.accuracy >= before.accuracy + 0.08, "held-out accuracy {} -> {}", before.accuracy, after.accuracy);
+    assert!(after.accuracy >= 0.72, "held-out accuracy after training {}", after.accuracy);
+    let png = std::fs::read(&r.picture).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+    assert_eq!(r.losses.len(), 60);
+}
