@@ -5,9 +5,12 @@
 //! - [`gpu`]: adapter choice and capabilities, tensors, and the WGSL kernels, each the twin of a core function.
 //! - [`data`]: training data: insightface RecordIO, image folders, synthetic images, and a deterministic,
 //!   multi-threaded batch loader.
-//! - [`bench`]: kernel throughput (`elasticface bench --kernels`).
+//! - [`train`]: the training step on the GPU or the CPU reference (one `Backend` trait), schedules and the
+//!   `elasticface train` loop; [`checkpoint`]: complete training states under insightface's names.
+//! - [`synth`]: writes the synthetic-faces set as RecordIO and a verification pack; [`demo`]: `elasticface demo`.
+//! - [`bench`](mod@bench): kernel throughput (`elasticface bench --kernels`).
 //! - [`tensorfile`]: named tensors in safetensors files (reference vectors, checkpoints), written atomically.
-//! - [`reference`]: comparing results with reference tensors under written tolerances.
+//! - [`reference`](mod@reference): comparing results with reference tensors under written tolerances.
 //! - [`selftest`]: runs the PyTorch reference vectors through the GPU trainer or the core and reports each
 //!   tensor's error.
 //! - [`eval`]: verification (LFW protocol) on insightface `.bin` packs and held-out pairs, reports and ROC plots;

@@ -106,7 +106,7 @@ enum Command {
     /// Each kernel runs once to warm up, then in rounds of `--reps` launches recorded into one compute pass;
     /// the median round is reported.
     Bench {
-        /// Time each kernel family (the whole-network benchmark needs the GPU trainer, not built yet).
+        /// Time each kernel family (required: the whole-network benchmark is not written yet).
         #[arg(long)]
         kernels: bool,
         /// Batch size N of the shapes.
@@ -460,7 +460,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Bench { kernels, batch, shrink, reps, json, adapter } => {
             if !kernels {
-                bail!("the whole-network benchmark needs the GPU trainer, which this build does not have yet; run `elasticface bench --kernels`");
+                bail!("the whole-network benchmark is not written yet; run `elasticface bench --kernels`");
             }
             let mut opts = GpuOptions::from_env();
             opts.adapter_name = adapter.or(opts.adapter_name);
