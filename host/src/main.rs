@@ -101,29 +101,72 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         adapter: Option<String>,
     },
-    /// Measure throughput. `--kernels`: GFLOP/s of each GPU kernel on iResNet shapes.
+    /// Measure throughput: whole training steps on the GPU (default), each kernel (--kernels), or the input
+    /// pipeline on the CPU (--data).
     ///
-    /// Each kernel runs once to warm up, then in rounds of `--reps` launches recorded into one compute pass;
-    /// the median round is reported.
+    /// Default: builds the GPU trainer for --arch at --batch with --classes and runs --warmup untimed, then --steps
+    /// timed training steps on synthetic images (upload, whole step, report read-back: what `train` does per step,
+    /// without the data loader). Prints images/s over the median step, the GPU time per kernel from timestamp
+    /// queries (one extra profiled step, where the adapter has them) and the GPU memory the trainer holds.
+    ///
+    /// --kernels: GFLOP/s of each kernel on iResNet shapes; each runs once to warm up, then in rounds of --reps
+    /// launches recorded into one compute pass; the median round is reported.
+    ///
+    /// --data PATH: decodes a dataset (.rec, image folder) through the training loader on --workers threads,
+    /// with no GPU: images/s in all, per thread, and of one thread decoding alone.
+    #[command(verbatim_doc_comment)]
     Bench {
-        /// Time each kernel family (required: the whole-network benchmark is not written yet).
-        #[arg(long)]
+        /// Time each kernel family instead of whole steps.
+        #[arg(long, conflicts_with = "data")]
         kernels: bool,
-        /// Batch size N of the shapes.
-        #[arg(long, default_value_t = 8)]
-        batch: usize,
-        /// Divide the spatial sizes of the 112x112 network by this (default: 4 on a CPU adapter, else 1).
+        /// Time the input pipeline on this dataset (RecordIO .rec with its .idx, or an image folder).
+        #[arg(long, value_name = "PATH")]
+        data: Option<PathBuf>,
+        /// Network: r18, r34, r50, r100, r200.
+        #[arg(long, default_value = "r100")]
+        arch: String,
+        /// Input size (square).
+        #[arg(long, default_value_t = 112)]
+        input_size: usize,
+        /// Batch size (default: 128; 8 with --kernels).
+        #[arg(long)]
+        batch: Option<usize>,
+        /// Classes of the margin head (85,742: MS1MV2).
+        #[arg(long, default_value_t = 85_742)]
+        classes: usize,
+        /// Loss (the margin head's cost barely depends on it).
+        #[arg(long, default_value = "elastic-arc")]
+        loss: String,
+        /// Timed training steps.
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        /// Untimed steps first.
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        /// Skip the profiled step (per-kernel GPU times).
+        #[arg(long)]
+        no_profile: bool,
+        /// --kernels: divide the spatial sizes of the 112x112 network by this (default: 4 on a CPU adapter, else 1).
         #[arg(long)]
         shrink: Option<usize>,
-        /// Launches per timed round.
+        /// --kernels: launches per timed round.
         #[arg(long, default_value_t = 10)]
         reps: usize,
-        /// Print JSON lines instead of a table.
+        /// --data: images to time.
+        #[arg(long, default_value_t = 4096)]
+        images: usize,
+        /// --data: loader threads (default: the CPU cores).
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Print JSON instead of a table (one object; JSON lines with --kernels).
         #[arg(long)]
         json: bool,
         /// Use the first adapter whose name contains this (case-insensitive).
         #[arg(long, value_name = "NAME")]
         adapter: Option<String>,
+        /// Seed of the weights and the synthetic data.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
     },
     /// Generate the synthetic-faces identity set: RecordIO for training, held-out identities, a verification pack.
     ///
@@ -458,25 +501,77 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("{}", gpu.caps);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench { kernels, batch, shrink, reps, json, adapter } => {
-            if !kernels {
-                bail!("the whole-network benchmark is not written yet; run `elasticface bench --kernels`");
+        Command::Bench {
+            kernels,
+            data,
+            arch,
+            input_size,
+            batch,
+            classes,
+            loss,
+            steps,
+            warmup,
+            no_profile,
+            shrink,
+            reps,
+            images,
+            workers,
+            json,
+            adapter,
+            seed,
+        } => {
+            if let Some(path) = data {
+                let workers =
+                    workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+                let cfg = bench::data::DataBenchConfig { images, batch: batch.unwrap_or(128), workers, seed };
+                let r = bench::data::measure(&path, &cfg)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&r)?);
+                } else {
+                    bench::data::print_table(&r);
+                }
+                return Ok(ExitCode::SUCCESS);
             }
             let mut opts = GpuOptions::from_env();
             opts.adapter_name = adapter.or(opts.adapter_name);
             let gpu = Gpu::new(&opts)?;
-            let shrink = shrink.unwrap_or(if gpu.info.device_type == wgpu::DeviceType::Cpu { 4 } else { 1 });
-            eprintln!("adapter: {} (shapes: batch {batch}, spatial / {shrink})", AdapterLine(gpu.info.clone()));
-            if !json {
-                println!("{:<28} {:<32} {:>10} {:>10} {:>9}", "kernel", "shape", "ms", "GFLOP/s", "GB/s");
-            }
-            for case in bench::kernel_cases(&gpu, batch, shrink.max(1))? {
-                let r = bench::time_case(&gpu, &case, reps.max(1), 3)?;
-                if json {
-                    println!("{}", serde_json::to_string(&r)?);
-                } else {
-                    println!("{:<28} {:<32} {:>10.3} {:>10.2} {:>9.2}", r.kernel, r.shape, r.ms, r.gflops, r.gbytes);
+            if kernels {
+                let batch = batch.unwrap_or(8);
+                let shrink = shrink.unwrap_or(if gpu.info.device_type == wgpu::DeviceType::Cpu { 4 } else { 1 });
+                eprintln!("adapter: {} (shapes: batch {batch}, spatial / {shrink})", AdapterLine(gpu.info.clone()));
+                if !json {
+                    println!("{:<28} {:<32} {:>10} {:>10} {:>9}", "kernel", "shape", "ms", "GFLOP/s", "GB/s");
                 }
+                for case in bench::kernels::kernel_cases(&gpu, batch, shrink.max(1))? {
+                    let r = bench::kernels::time_case(&gpu, &case, reps.max(1), 3)?;
+                    if json {
+                        println!("{}", serde_json::to_string(&r)?);
+                    } else {
+                        println!(
+                            "{:<28} {:<32} {:>10.3} {:>10.2} {:>9.2}",
+                            r.kernel, r.shape, r.ms, r.gflops, r.gbytes
+                        );
+                    }
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let tc = TrainConfig { arch: arch.clone(), input_size, loss, ..TrainConfig::default() };
+            let cfg = bench::network::NetworkBenchConfig {
+                cfg: tc.network()?,
+                arch,
+                batch: batch.unwrap_or(128),
+                classes,
+                margin: tc.margin()?,
+                warmup,
+                steps,
+                profile: !no_profile,
+                seed,
+            };
+            let r = bench::network::measure(std::sync::Arc::new(gpu), &cfg, false)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!("{r}");
             }
             Ok(ExitCode::SUCCESS)
         }

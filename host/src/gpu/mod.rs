@@ -2,6 +2,7 @@
 
 mod device;
 pub mod kernels;
+mod profile;
 mod split;
 mod tensor;
 

@@ -40,11 +40,12 @@
 //! # Dispatches
 //!
 //! Per step: 1 (preprocess) + forward (stem 5, a block 13, a downsampling block 17, the tail 8) + head forward
-//! (`4 + 2 parts`) + head backward (`3 waves + 2 + parts`) + backward (tail 9, a block 16, a downsampling block
-//! 27: a stride-2 `backward_data` is one product per phase, 4) + clipping (`2 T + 1` for `T` trainable tensors) +
-//! head norm (`parts + 1`) + report 1 + SGD (`T + parts`), plus one reduction per convolution whose depth is
-//! split (adapter-dependent). The tiny reference net at batch 6: 456; iResNet-100 at batch 128 with
-//! 85,742 classes on an H200: 3,148 (about 9 ms of launch overhead at ~3 us per dispatch).
+//! (`4 + 2 parts`) + head backward (`3 waves + 2 + parts`) + backward (tail and stem 10, a block 18, a
+//! downsampling block 29: a stride-2 `backward_data` is one product per phase, 4; each block recomputes two batch
+//! norm outputs, the stem one) + clipping (`2 T + 1` for `T` trainable tensors) + head norm (`parts + 1`) +
+//! report 1 + SGD (`T + parts`), plus one reduction per convolution whose depth is split (adapter-dependent).
+//! The tiny reference net at batch 6: 467; iResNet-100 at batch 128 with 85,742 classes on an H200: 3,247
+//! (about 10 ms of launch overhead at ~3 us per dispatch).
 //! Evaluation ([`Backend::embed`]) records the forward pass alone, for each chunk size, built on first use.
 //!
 //! # Memory
@@ -56,9 +57,8 @@
 //!
 //! ```text
 //! B * [ 3 H W                                      network input
-//!     + 3 C0 H W                                   stem: conv1, bn1 and prelu outputs
-//!     + sum over blocks ( Cin h w                  bn1 output (conv1's input)
-//!                       + 3 Cout h w               conv1, bn2 and prelu outputs
+//!     + 2 C0 H W                                   stem: conv1 and prelu outputs
+//!     + sum over blocks ( 2 Cout h w               conv1 and prelu outputs
 //!                       + (2 + ds) Cout h' w' )    conv2 output, block output, downsample conv output (ds = 1)
 //!     + C3 (H/16) (W/16) + 2 E ]                   bn2, fc and features outputs
 //! + 2 * (channels of every batch norm)             saved batch mean and variance
@@ -66,11 +66,15 @@
 //!
 //! (`h, w` a block's input size, `h', w'` its output size.) Outputs no backward kernel reads (bn3's and the
 //! downsample batch norm's, consumed by the residual add) live in the gradient buffers, which the forward pass does
-//! not otherwise use. On top come four gradient buffers of [`gradient_buffer_len`] floats each (the largest
-//! activation) and scratch sized by the largest layer. iResNet-100 at batch 128 (112 x 112): 3.58 G floats of
-//! activations (14.3 GB) and 4 x 0.103 G floats of gradient buffers (1.64 GB), besides 0.78 GB of parameters,
-//! gradients and momentum and 0.7 GB of head (85,742 classes); [`GpuBackend::memory`] reports what a backend
-//! allocated.
+//! not otherwise use. So do the outputs of the batch norms that feed a convolution or a PReLU (a block's bn1 and
+//! bn2, the stem's bn1): the backward pass recomputes each from the batch norm's input and its saved batch
+//! statistics, with the same kernel and the same arithmetic as the forward pass (bit-identical), into a gradient
+//! buffer that is free at that point, just before it is read. That costs one element-wise pass per such batch
+//! norm and saves a third of the activations. On top come four gradient buffers of [`gradient_buffer_len`]
+//! floats each (the largest activation) and scratch sized by the largest layer. iResNet-100 at batch 128
+//! (112 x 112): 2.34 G floats of activations (9.4 GB) and 4 x 0.103 G floats of gradient buffers (1.64 GB),
+//! besides 0.78 GB of parameters, gradients and momentum and 0.7 GB of head (85,742 classes);
+//! [`GpuBackend::memory`] reports what a backend allocated.
 //!
 //! [`Capabilities::max_binding`]: crate::gpu::Capabilities::max_binding
 
@@ -111,12 +115,12 @@ use crate::gpu::{Gpu, SplitTensor, Tensor};
 /// the [module documentation](self)).
 pub fn activation_len(cfg: &IResNetConfig, batch: usize) -> usize {
     let (h, w, c0) = (cfg.input_h, cfg.input_w, cfg.widths[0]);
-    let stem = 3 * h * w + 3 * c0 * h * w;
+    let stem = 3 * h * w + 2 * c0 * h * w;
     let blocks: usize = cfg
         .blocks()
         .map(|b| {
             let out = b.c_out * b.out_h() * b.out_w();
-            b.c_in * b.h * b.w + 3 * b.c_out * b.h * b.w + (2 + usize::from(b.downsample)) * out
+            2 * b.c_out * b.h * b.w + (2 + usize::from(b.downsample)) * out
         })
         .sum();
     let tail = cfg.fc_inputs() + 2 * cfg.embedding;
@@ -254,7 +258,7 @@ struct Stem {
     bn: usize,
     prelu: usize,
     conv_out: Tensor,
-    bn_out: Tensor,
+    /// bn1's output is recomputed in the backward pass (see the module documentation).
     bn_stats: Stats,
     prelu_out: Tensor,
 }
@@ -277,13 +281,13 @@ struct Block {
     conv2: usize,
     bn3: usize,
     shortcut: Option<Shortcut>,
-    /// `(B, C_in, h, w)` bn1 output.
-    a1: Tensor,
+    /// Saved statistics of bn1 (its output `(B, C_in, h, w)` is recomputed in the backward pass).
     a1_stats: Stats,
-    /// `(B, C_out, h, w)` conv1, bn2 and prelu outputs.
+    /// `(B, C_out, h, w)` conv1 output.
     c1: Tensor,
-    a2: Tensor,
+    /// Saved statistics of bn2 (its output `(B, C_out, h, w)` is recomputed in the backward pass).
     a2_stats: Stats,
+    /// `(B, C_out, h, w)` prelu output.
     p: Tensor,
     /// `(B, C_out, h', w')` conv2 output (bn3's output is a temporary) and the block output.
     c2: Tensor,
@@ -420,7 +424,6 @@ impl Net {
             bn: cursor.module("bn1")?,
             prelu: cursor.module("prelu")?,
             conv_out: a.zeros(act, "conv1.out", &[n, c0, h, w])?,
-            bn_out: a.zeros(act, "bn1.out", &[n, c0, h, w])?,
             bn_stats: a.stats("bn1", c0)?,
             prelu_out: a.zeros(act, "prelu.out", &[n, c0, h, w])?,
         };
@@ -429,8 +432,7 @@ impl Net {
             let name = format!("layer{}.{}", spec.stage + 1, spec.index);
             let sh = BlockShapes::new(&spec, n);
             let mut zeros = |what: &str, dims: &[usize]| a.zeros(act, &format!("{name}.{what}"), dims);
-            let (a1, c1, a2) =
-                (zeros("bn1.out", &sh.in_dims)?, zeros("conv1.out", &sh.full_dims)?, zeros("bn2.out", &sh.full_dims)?);
+            let c1 = zeros("conv1.out", &sh.full_dims)?;
             let (p, c2, y) =
                 (zeros("prelu.out", &sh.full_dims)?, zeros("conv2.out", &sh.out_dims)?, zeros("out", &sh.out_dims)?);
             let ds_out = if spec.downsample { Some(zeros("downsample.0.out", &sh.out_dims)?) } else { None };
@@ -454,10 +456,8 @@ impl Net {
                 conv2,
                 bn3,
                 shortcut,
-                a1,
                 a1_stats: a.stats(&format!("{name}.bn1"), spec.c_in)?,
                 c1,
-                a2,
                 a2_stats: a.stats(&format!("{name}.bn2"), spec.c_out)?,
                 p,
                 c2,
@@ -634,6 +634,23 @@ impl Builder<'_> {
         Ok(())
     }
 
+    /// A training-mode batch norm's output recomputed from its input `x` and its saved batch statistics: the
+    /// normalisation of the forward pass (the same kernel and arithmetic, so the same bits), without the statistics.
+    fn bn_recompute(
+        &self,
+        d: &mut Vec<Dispatch>,
+        s: &BatchNormShape,
+        bn: usize,
+        x: &Tensor,
+        stats: &Stats,
+        y: &Tensor,
+    ) -> Result<()> {
+        let net = self.net;
+        let (gamma, beta) = (net.value(bn), net.value(bn + 1));
+        d.push(self.k.bn.forward_eval(self.gpu, s, &self.bn, x, gamma, beta, &stats.mean, &stats.var, y)?);
+        Ok(())
+    }
+
     /// A batch norm backward with its state tensors from index `bn`: `dy -> dx` and the gradients of its weight
     /// (unless frozen) and bias. `x` is the batch norm's input.
     #[allow(clippy::too_many_arguments)]
@@ -683,7 +700,8 @@ impl Builder<'_> {
         let stem_conv = conv3(3, c0, n, h, w, 1);
         d.extend(k.conv.forward(gpu, &stem_conv, &input, net.value(s.conv), &conv_out, &net.conv_scratch)?);
         let s0 = BatchNormShape { n, c: c0, hw: h * w };
-        let bn_out = first(&s.bn_out, n)?;
+        // bn1's output feeds only the PReLU: a temporary (recomputed in the backward pass).
+        let bn_out = net.buf(0, "bn1 output", &[n, c0, h, w])?;
         self.bn_forward(&mut d, mode, &s0, s.bn, &conv_out, &bn_out, &s.bn_stats)?;
         let mut x = first(&s.prelu_out, n)?;
         d.push(k.prelu.forward(gpu, &s0, &bn_out, net.value(s.prelu), &x)?);
@@ -691,11 +709,12 @@ impl Builder<'_> {
         // Blocks: x (n, C_in, h, w) -> y (n, C_out, h', w').
         for b in &net.blocks {
             let sh = BlockShapes::new(&b.spec, n);
-            let a1 = first(&b.a1, n)?;
+            // bn1's and bn2's outputs are temporaries in gradient buffers, recomputed in the backward pass.
+            let a1 = net.buf(0, "bn1 output", &sh.in_dims)?;
             self.bn_forward(&mut d, mode, &sh.input, b.bn1, &x, &a1, &b.a1_stats)?;
             let c1 = first(&b.c1, n)?;
             d.extend(k.conv.forward(gpu, &sh.conv1, &a1, net.value(b.conv1), &c1, &net.conv_scratch)?);
-            let a2 = first(&b.a2, n)?;
+            let a2 = net.buf(1, "bn2 output", &sh.full_dims)?;
             self.bn_forward(&mut d, mode, &sh.full, b.bn2, &c1, &a2, &b.a2_stats)?;
             let p = first(&b.p, n)?;
             d.push(k.prelu.forward(gpu, &sh.full, &a2, net.value(b.prelu), &p)?);
@@ -772,12 +791,14 @@ impl Builder<'_> {
 
         // Stem: d prelu output -> prelu -> bn1 -> conv1 weight (no input gradient).
         let s = &net.stem;
-        let [g0, g1, g2, _] = roles;
         let dims = [n, c0, h, w];
         let s0 = BatchNormShape { n, c: c0, hw: h * w };
+        let [g0, g1, g2, g3] = roles;
         let (dy, dx) = (net.buf(g0, "d prelu.out", &dims)?, net.buf(g1, "d bn1.out", &dims)?);
+        let bn_out = net.buf(g3, "bn1 output (recomputed)", &dims)?;
+        self.bn_recompute(&mut d, &s0, s.bn, &s.conv_out, &s.bn_stats, &bn_out)?;
         let dalpha = net.grad(s.prelu)?;
-        d.extend(k.prelu.backward(gpu, &s0, &s.bn_out, net.value(s.prelu), &dy, &dx, dalpha, &net.prelu_scratch)?);
+        d.extend(k.prelu.backward(gpu, &s0, &bn_out, net.value(s.prelu), &dy, &dx, dalpha, &net.prelu_scratch)?);
         let d_conv = net.buf(g2, "d conv1.out", &dims)?;
         self.bn_backward(&mut d, &s0, s.bn, &s.conv_out, &s.bn_stats, &dx, &d_conv)?;
         let stem_conv = conv3(3, c0, n, h, w, 1);
@@ -815,14 +836,21 @@ impl Builder<'_> {
         let d_p = net.buf(r3, "d prelu.out", &full_dims)?;
         d.extend(k.conv.backward_data(gpu, &sh.conv2, &d_c2, net.value(b.conv2), &d_p, scratch)?);
         d.extend(k.conv.backward_weight(gpu, &sh.conv2, &d_c2, &b.p, net.grad(b.conv2)?, scratch)?);
+        // bn2's and bn1's outputs, recomputed where they are read: into the free buffer r2, or with a shortcut
+        // (whose input gradient holds r2) into r_dy, whose dy nothing reads any more.
+        let r_free = if b.shortcut.is_some() { r_dy } else { r2 };
+        let a2 = net.buf(r_free, "bn2 output (recomputed)", &full_dims)?;
+        self.bn_recompute(d, &sh.full, b.bn2, &b.c1, &b.a2_stats, &a2)?;
         let d_a2 = net.buf(r1, "d bn2.out", &full_dims)?;
         let (alpha, dalpha) = (net.value(b.prelu), net.grad(b.prelu)?);
-        d.extend(k.prelu.backward(gpu, &sh.full, &b.a2, alpha, &d_p, &d_a2, dalpha, &net.prelu_scratch)?);
+        d.extend(k.prelu.backward(gpu, &sh.full, &a2, alpha, &d_p, &d_a2, dalpha, &net.prelu_scratch)?);
         let d_c1 = net.buf(r3, "d conv1.out", &full_dims)?;
         self.bn_backward(d, &sh.full, b.bn2, &b.c1, &b.a2_stats, &d_a2, &d_c1)?;
         let d_a1 = net.buf(r1, "d bn1.out", &in_dims)?;
         d.extend(k.conv.backward_data(gpu, &sh.conv1, &d_c1, net.value(b.conv1), &d_a1, scratch)?);
-        d.extend(k.conv.backward_weight(gpu, &sh.conv1, &d_c1, &b.a1, net.grad(b.conv1)?, scratch)?);
+        let a1 = net.buf(r_free, "bn1 output (recomputed)", &in_dims)?;
+        self.bn_recompute(d, &sh.input, b.bn1, x, &b.a1_stats, &a1)?;
+        d.extend(k.conv.backward_weight(gpu, &sh.conv1, &d_c1, &a1, net.grad(b.conv1)?, scratch)?);
         let d_x = net.buf(r3, "d block input", &in_dims)?;
         self.bn_backward(d, &sh.input, b.bn1, x, &b.a1_stats, &d_a1, &d_x)?;
 
@@ -1027,6 +1055,32 @@ impl<G: Deref<Target = Gpu>> GpuBackend<G> {
         self.run_step(false, labels, margins_raw)
     }
 
+    /// One training step like [`Backend::step`] (the weights move), run with a GPU timestamp around every dispatch
+    /// ([`Gpu::profile`]): each dispatch's label (its kernel) and GPU seconds, in recording order. The step's report
+    /// is not checked and the step counter does not advance; profile after the timed steps.
+    pub fn profile_step(&mut self, batch: &Batch, margins_raw: &[f32]) -> Result<Vec<(String, f64)>> {
+        self.write_batch(batch)?;
+        self.plan.head.write_step(&self.gpu, &batch.labels, margins_raw)?;
+        let dispatches = self.plan.dispatches(true);
+        let times = self.gpu.profile(&dispatches)?;
+        Ok(dispatches.iter().zip(times).map(|(d, t)| (d.label.clone(), t)).collect())
+    }
+
+    /// Uploads a batch's u8 images and flips.
+    fn write_batch(&self, batch: &Batch) -> Result<()> {
+        let net = &self.net;
+        let (b, cfg) = (net.batch, &net.cfg);
+        ensure!(batch.len() == b, "a batch of {} images, the GPU trainer was built for {b}", batch.len());
+        ensure!(
+            batch.images.len() == b * cfg.input_len() && batch.flips.len() == b,
+            "batch images are not {b} x {}x{}x3 bytes with {b} flips",
+            cfg.input_h,
+            cfg.input_w
+        );
+        self.gpu.write(&net.images, &Preprocess::pack(&batch.images))?;
+        self.gpu.write(&net.flips, &batch.flips.iter().map(|&f| u32::from(f)).collect::<Vec<u32>>())
+    }
+
     /// Writes the labels and margins, runs the step and reads its report.
     fn run_step(&mut self, preprocess: bool, labels: &[u32], margins_raw: &[f32]) -> Result<StepReport> {
         self.plan.head.write_step(&self.gpu, labels, margins_raw)?;
@@ -1178,17 +1232,7 @@ fn non_finite(flags: u32, loss: f32, step: u64) -> anyhow::Error {
 
 impl<G: Deref<Target = Gpu>> Backend for GpuBackend<G> {
     fn step(&mut self, batch: &Batch, margins_raw: &[f32]) -> Result<StepReport> {
-        let net = &self.net;
-        let (b, cfg) = (net.batch, &net.cfg);
-        ensure!(batch.len() == b, "a batch of {} images, the GPU trainer was built for {b}", batch.len());
-        ensure!(
-            batch.images.len() == b * cfg.input_len() && batch.flips.len() == b,
-            "batch images are not {b} x {}x{}x3 bytes with {b} flips",
-            cfg.input_h,
-            cfg.input_w
-        );
-        self.gpu.write(&net.images, &Preprocess::pack(&batch.images))?;
-        self.gpu.write(&net.flips, &batch.flips.iter().map(|&f| u32::from(f)).collect::<Vec<u32>>())?;
+        self.write_batch(batch)?;
         self.run_step(true, &batch.labels, margins_raw)
     }
 

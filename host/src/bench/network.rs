@@ -1,0 +1,336 @@
+//! `elasticface bench` (the default): whole training steps of an iResNet on the GPU trainer, on synthetic data.
+//!
+//! What is timed is [`Backend::step`] exactly as `elasticface train` calls it: the upload of a batch of u8 images,
+//! flips, labels and margins, the whole step on the GPU (preprocess, forward, margin head, backward, clipping, SGD)
+//! in one submission, and the read-back of its 16-byte report. The data pipeline is not included (it runs on other
+//! threads during training; `bench --data` measures it alone). After `warmup` untimed steps, each of `steps` steps
+//! is timed with the wall clock; images/s is the batch divided by the median step.
+//!
+//! Then, when the adapter has timestamp queries, one more step runs with a timestamp around every dispatch
+//! ([`GpuBackend::profile_step`]): GPU time per kernel. Its sum is below the median step by the launch and
+//! synchronisation overhead, which the report gives as well.
+//!
+//! Memory is what the trainer allocated ([`GpuBackend::memory`], every buffer it holds: its peak, since nothing is
+//! allocated during a step) and, where the backend reports it, what the allocator reserved from the driver.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{ensure, Context, Result};
+use elasticface_core::margin::MarginConfig;
+use elasticface_core::model::{IResNetConfig, StepConfig};
+use elasticface_core::rng::Philox4x32;
+use rand_core::RngCore;
+use serde::Serialize;
+
+use crate::data::{Batch, Position};
+use crate::gpu::Gpu;
+use crate::train::gpu::{GpuBackend, MemoryUse};
+use crate::train::Backend;
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct NetworkBenchConfig {
+    /// The network, input size included.
+    pub cfg: IResNetConfig,
+    /// Its name, for the report (`r100`).
+    pub arch: String,
+    /// Batch size.
+    pub batch: usize,
+    /// Classes of the margin head.
+    pub classes: usize,
+    /// The loss.
+    pub margin: MarginConfig,
+    /// Untimed steps first (pipelines warm, caches filled).
+    pub warmup: usize,
+    /// Timed steps.
+    pub steps: usize,
+    /// Run one more step with per-dispatch timestamps (skipped where the adapter has none).
+    pub profile: bool,
+    /// Seed of the weights and the synthetic data.
+    pub seed: u64,
+}
+
+/// GPU time of one kernel over the profiled step.
+#[derive(Clone, Debug, Serialize)]
+pub struct KernelTime {
+    /// The kernel (a dispatch's label: its entry point).
+    pub kernel: String,
+    /// Dispatches of it in one step.
+    pub dispatches: usize,
+    /// Milliseconds, all its dispatches together.
+    pub ms: f64,
+    /// Its share of the summed GPU time of the step.
+    pub share: f64,
+}
+
+/// Bytes of GPU memory.
+#[derive(Clone, Debug, Serialize)]
+pub struct MemoryReport {
+    /// Backbone state, gradients and momentum.
+    pub parameters: u64,
+    /// The head: weight, gradient, momentum, normalised copy, scratch.
+    pub head: u64,
+    /// Activations kept for the backward pass.
+    pub activations: u64,
+    /// Rotating gradient buffers.
+    pub gradient_buffers: u64,
+    /// Inputs, shared scratch, reductions, report.
+    pub scratch: u64,
+    /// Everything the trainer allocated: its peak, as nothing is allocated during a step.
+    pub total: u64,
+    /// What the device's allocator reserved from the driver, where the backend reports it.
+    pub allocator_reserved: Option<u64>,
+}
+
+impl MemoryReport {
+    fn new(m: MemoryUse, gpu: &Gpu) -> Self {
+        Self {
+            parameters: m.parameters,
+            head: m.head,
+            activations: m.activations,
+            gradient_buffers: m.gradient_buffers,
+            scratch: m.scratch,
+            total: m.total(),
+            allocator_reserved: gpu.device.generate_allocator_report().map(|r| r.total_reserved_bytes),
+        }
+    }
+}
+
+/// The measured figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct NetworkBenchResult {
+    /// The adapter, its backend and driver.
+    pub adapter: String,
+    /// Network name.
+    pub arch: String,
+    /// Input size (square).
+    pub input_size: usize,
+    /// Batch size.
+    pub batch: usize,
+    /// Head classes.
+    pub classes: usize,
+    /// Arithmetic of the convolutions and the fc layer.
+    pub precision: &'static str,
+    /// Warm-up steps.
+    pub warmup: usize,
+    /// Timed steps.
+    pub steps: usize,
+    /// Median step, milliseconds.
+    pub step_ms_median: f64,
+    /// Fastest step, milliseconds.
+    pub step_ms_min: f64,
+    /// Slowest step, milliseconds.
+    pub step_ms_max: f64,
+    /// Batch over the median step.
+    pub images_per_s: f64,
+    /// Floating-point operations of the convolutions and the fc layer in one step (forward, and both gradients
+    /// except the input image's), multiply-adds counted twice.
+    pub gflop_per_step: f64,
+    /// `gflop_per_step` over the median step.
+    pub tflops: f64,
+    /// Dispatches recorded per step.
+    pub dispatches_per_step: usize,
+    /// Loss of the first and the last timed step (finite: the step really trains).
+    pub loss_first: f32,
+    /// Loss of the last timed step.
+    pub loss_last: f32,
+    /// GPU memory.
+    pub memory: MemoryReport,
+    /// Summed GPU time of the profiled step's dispatches, milliseconds (absent without timestamps).
+    pub gpu_ms_profiled: Option<f64>,
+    /// GPU time per kernel, slowest first (empty without timestamps).
+    pub kernels: Vec<KernelTime>,
+}
+
+/// Multiply-adds times two of the convolutions and the fc layer of one training step of `batch` images: the
+/// forward pass, the weight gradients, and the input gradients of every layer but the stem.
+pub fn gflop_per_step(cfg: &IResNetConfig, batch: usize) -> f64 {
+    // (positions out, c_out, c_in * k * k) of each product.
+    let conv = |ho: usize, wo: usize, c_out: usize, depth: usize| (ho * wo * c_out * depth) as f64 * 2.0;
+    let stem = conv(cfg.input_h, cfg.input_w, cfg.widths[0], 3 * 9);
+    let blocks: f64 = cfg
+        .blocks()
+        .map(|b| {
+            let conv1 = conv(b.h, b.w, b.c_out, b.c_in * 9);
+            let conv2 = conv(b.out_h(), b.out_w(), b.c_out, b.c_out * 9);
+            let down = if b.downsample { conv(b.out_h(), b.out_w(), b.c_out, b.c_in) } else { 0.0 };
+            conv1 + conv2 + down
+        })
+        .sum();
+    let fc = 2.0 * (cfg.fc_inputs() * cfg.embedding) as f64;
+    // Forward, weight gradient, input gradient (none for the stem).
+    batch as f64 * (2.0 * stem + 3.0 * (blocks + fc)) / 1e9
+}
+
+/// Synthetic batches: random pixels and labels from `seed` (the step's cost does not depend on the values).
+fn synthetic_batches(cfg: &IResNetConfig, batch: usize, classes: usize, seed: u64, count: usize) -> Vec<Batch> {
+    let mut rng = Philox4x32::new(seed, 0x5EED_BA7C);
+    (0..count)
+        .map(|index| {
+            let mut images = vec![0u8; batch * cfg.input_len()];
+            rng.fill_bytes(&mut images);
+            let labels = (0..batch).map(|_| (rng.next_u64() % classes as u64) as u32).collect();
+            Batch {
+                epoch: 0,
+                index,
+                images,
+                labels,
+                flips: (0..batch).map(|i| i % 2 == 1).collect(),
+                indices: (0..batch).collect(),
+                next: Position::at_batch(0, index + 1, batch),
+            }
+        })
+        .collect()
+}
+
+/// Builds the trainer on `gpu` and measures it (progress on stderr unless `quiet`).
+pub fn measure(gpu: Arc<Gpu>, b: &NetworkBenchConfig, quiet: bool) -> Result<NetworkBenchResult> {
+    ensure!(b.steps > 0, "bench: --steps must be at least 1");
+    let say = |s: String| {
+        if !quiet {
+            eprintln!("{s}");
+        }
+    };
+    let adapter = crate::gpu::AdapterLine(gpu.info.clone()).to_string();
+    let t = Instant::now();
+    let mut backend = GpuBackend::new(gpu.clone(), &b.cfg, b.batch, b.classes, StepConfig::recipe(b.margin), b.seed)
+        .with_context(|| format!("building the {} trainer at batch {} with {} classes", b.arch, b.batch, b.classes))?;
+    let memory = MemoryReport::new(backend.memory(), &gpu);
+    say(format!(
+        "{}: {} at batch {}, {} classes: trainer built in {:.1} s, {:.2} GB allocated, {} dispatches per step",
+        adapter,
+        b.arch,
+        b.batch,
+        b.classes,
+        t.elapsed().as_secs_f64(),
+        memory.total as f64 / 1e9,
+        backend.dispatches_per_step()
+    ));
+    let batches = synthetic_batches(&b.cfg, b.batch, b.classes, b.seed, 4);
+    let mut margins = vec![0.0; b.batch];
+    let mut times = Vec::with_capacity(b.steps);
+    let (mut loss_first, mut loss_last) = (f32::NAN, f32::NAN);
+    for step in 0..b.warmup + b.steps {
+        let timed = step >= b.warmup;
+        let t = Instant::now();
+        b.margin.draw_margins_at(b.seed, step as u64, &mut margins);
+        let report = backend.step(&batches[step % batches.len()], &margins).with_context(|| format!("step {step}"))?;
+        let s = t.elapsed().as_secs_f64();
+        if timed {
+            times.push(s);
+            if times.len() == 1 {
+                loss_first = report.loss;
+            }
+            loss_last = report.loss;
+        }
+        let what = if timed { "step" } else { "warm-up" };
+        say(format!("{what} {}: {:.1} ms, loss {:.3}", step + 1, s * 1e3, report.loss));
+    }
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = if sorted.len() % 2 == 1 {
+        sorted[sorted.len() / 2]
+    } else {
+        0.5 * (sorted[sorted.len() / 2 - 1] + sorted[sorted.len() / 2])
+    };
+    let gflop = gflop_per_step(&b.cfg, b.batch);
+    let (mut gpu_ms_profiled, mut kernels) = (None, Vec::new());
+    if b.profile && gpu.caps.timestamps {
+        b.margin.draw_margins_at(b.seed, (b.warmup + b.steps) as u64, &mut margins);
+        let profile = backend.profile_step(&batches[0], &margins).context("profiled step")?;
+        let total: f64 = profile.iter().map(|(_, s)| s).sum();
+        let mut by: BTreeMap<&str, (usize, f64)> = BTreeMap::new();
+        for (label, s) in &profile {
+            let e = by.entry(label.as_str()).or_default();
+            e.0 += 1;
+            e.1 += s;
+        }
+        kernels = by
+            .into_iter()
+            .map(|(k, (n, s))| KernelTime {
+                kernel: k.to_string(),
+                dispatches: n,
+                ms: s * 1e3,
+                share: if total > 0.0 { s / total } else { 0.0 },
+            })
+            .collect();
+        kernels.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+        gpu_ms_profiled = Some(total * 1e3);
+    } else if b.profile {
+        say(format!("{}: no timestamp queries, no per-kernel times", gpu.info.name));
+    }
+    Ok(NetworkBenchResult {
+        adapter,
+        arch: b.arch.clone(),
+        input_size: b.cfg.input_h,
+        batch: b.batch,
+        classes: b.classes,
+        precision: "f32",
+        warmup: b.warmup,
+        steps: b.steps,
+        step_ms_median: median * 1e3,
+        step_ms_min: sorted[0] * 1e3,
+        step_ms_max: sorted[sorted.len() - 1] * 1e3,
+        images_per_s: b.batch as f64 / median,
+        gflop_per_step: gflop,
+        tflops: gflop / median / 1e3,
+        dispatches_per_step: backend.dispatches_per_step(),
+        loss_first,
+        loss_last,
+        memory,
+        gpu_ms_profiled,
+        kernels,
+    })
+}
+
+impl fmt::Display for NetworkBenchResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let gb = |b: u64| b as f64 / 1e9;
+        writeln!(f, "adapter      {}", self.adapter)?;
+        writeln!(
+            f,
+            "network      {} at {}x{}, batch {}, {} classes, {}",
+            self.arch, self.input_size, self.input_size, self.batch, self.classes, self.precision
+        )?;
+        writeln!(
+            f,
+            "step         median {:.1} ms (min {:.1}, max {:.1}) over {} steps after {} warm-up",
+            self.step_ms_median, self.step_ms_min, self.step_ms_max, self.steps, self.warmup
+        )?;
+        writeln!(f, "throughput   {:.1} images/s", self.images_per_s)?;
+        writeln!(f, "arithmetic   {:.1} GFLOP per step, {:.2} TFLOP/s", self.gflop_per_step, self.tflops)?;
+        writeln!(f, "loss         {:.4} -> {:.4}", self.loss_first, self.loss_last)?;
+        let m = &self.memory;
+        write!(
+            f,
+            "memory       {:.2} GB allocated (parameters {:.2}, head {:.2}, activations {:.2}, gradient buffers {:.2}, \
+             scratch {:.2})",
+            gb(m.total),
+            gb(m.parameters),
+            gb(m.head),
+            gb(m.activations),
+            gb(m.gradient_buffers),
+            gb(m.scratch)
+        )?;
+        if let Some(r) = m.allocator_reserved {
+            write!(f, "; allocator reserved {:.2} GB", gb(r))?;
+        }
+        writeln!(f)?;
+        write!(f, "dispatches   {} per step", self.dispatches_per_step)?;
+        if let Some(gpu_ms) = self.gpu_ms_profiled {
+            writeln!(
+                f,
+                "\nGPU time     {gpu_ms:.1} ms in the profiled step's dispatches ({:.1} ms of the median step outside them)",
+                (self.step_ms_median - gpu_ms).max(0.0)
+            )?;
+            write!(f, "{:<36} {:>10} {:>10} {:>7}", "kernel", "dispatches", "ms", "share")?;
+            for k in &self.kernels {
+                write!(f, "\n{:<36} {:>10} {:>10.2} {:>6.1}%", k.kernel, k.dispatches, k.ms, 100.0 * k.share)?;
+            }
+        }
+        Ok(())
+    }
+}
