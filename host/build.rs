@@ -1,7 +1,18 @@
 //! Parses and validates every WGSL shader in `shaders/` with naga, so that a shader error fails `cargo build`
-//! with the file, line and message, instead of failing at run time on a user's machine.
+//! with the file, line and message, instead of failing at run time on a user's machine; likewise the modules the
+//! host composes from them (the convolution's f32 and mixed-precision variants).
 
 use std::path::Path;
+
+include!("src/gpu/kernels/conv2d_compose.rs");
+
+fn validate(name: &str, source: &str) -> Result<(), String> {
+    let module = naga::front::wgsl::parse_str(source).map_err(|e| e.emit_to_string_with_path(source, name))?;
+    let mut validator =
+        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all());
+    validator.validate(&module).map_err(|e| e.emit_to_string_with_path(source, name))?;
+    Ok(())
+}
 
 fn main() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shaders");
@@ -17,17 +28,27 @@ fn main() {
         println!("cargo:rerun-if-changed={}", path.display());
         let source = std::fs::read_to_string(&path).expect("shader is UTF-8");
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        let module = match naga::front::wgsl::parse_str(&source) {
-            Ok(m) => m,
-            Err(e) => {
-                failed.push(e.emit_to_string_with_path(&source, &name));
-                continue;
+        if let Err(e) = validate(&name, &source) {
+            failed.push(e);
+        }
+    }
+    // The modules the host composes from conv2d.wgsl: f32 with TM = 8, and mixed precision.
+    let fragment_path = dir.join("conv2d_coop.wgsl.in");
+    println!("cargo:rerun-if-changed={}", fragment_path.display());
+    println!("cargo:rerun-if-changed=src/gpu/kernels/conv2d_compose.rs");
+    let base = std::fs::read_to_string(dir.join("conv2d.wgsl")).expect("conv2d.wgsl");
+    let fragment = std::fs::read_to_string(&fragment_path).expect("conv2d_coop.wgsl.in");
+    for (name, module) in [
+        ("conv2d.wgsl (TM = 8)", compose_f32(&base, 8)),
+        ("conv2d.wgsl + conv2d_coop.wgsl.in", compose_coop(&base, &fragment)),
+    ] {
+        match module {
+            Ok(source) => {
+                if let Err(e) = validate(name, &source) {
+                    failed.push(e);
+                }
             }
-        };
-        let mut validator =
-            naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all());
-        if let Err(e) = validator.validate(&module) {
-            failed.push(e.emit_to_string_with_path(&source, &name));
+            Err(e) => failed.push(format!("{name}: {e}")),
         }
     }
     if !failed.is_empty() {

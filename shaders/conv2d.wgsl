@@ -26,6 +26,14 @@
 // vec4s), then each invocation reads per depth k one vec4 of B and TM/4 vec4s of A and does 4*TM FMAs.
 // a_tile rows are padded by one vec4 so that the transposed stores of 16 depths spread over memory banks.
 //
+// PIPELINE. Each depth step's elements are loaded from global memory into registers (next_a, next_b) while the
+// previous step's tiles are multiplied: iteration s = 0..=steps of the depth loop stores step s - 1's registers
+// into the workgroup tiles, issues the loads of step s (none at s = steps), then multiplies the tiles of step
+// s - 1, so that the loads' latency overlaps the arithmetic. At s = 0 the registers hold their initial zeros:
+// the first product adds +0 to accumulators that are +0, which changes no bit, and keeps every iteration the
+// same (cooperative matrix operations must not sit under a branch). The sums and their order are otherwise
+// those of the plain loop.
+//
 // LOADS. Copy-in assignments are fixed per invocation: A is read with the depth fastest (lid % 16) where the
 // tensor is contiguous along the depth, B with the columns fastest (lid % 16 + 16*i), so neighbouring
 // invocations read neighbouring addresses wherever the layout allows. The column (or row) index maps are
@@ -102,11 +110,6 @@ const OFF: i32 = -1073741824;
 
 @group(0) @binding(0) var<uniform> p: Params;
 
-var<workgroup> a_tile: array<vec4<f32>, BK * A_ROW>;
-var<workgroup> b_tile: array<vec4<f32>, BK * B_ROW>;
-// This invocation's TM x 4 block of C.
-var<private> acc: array<vec4<f32>, TM>;
-
 // The tile this workgroup computes: (first row, first column).
 fn tile_origin(wid: vec3<u32>, nwg: vec3<u32>) -> vec2<u32> {
     let t = wid.y * nwg.x + wid.x;
@@ -116,6 +119,34 @@ fn tile_origin(wid: vec3<u32>, nwg: vec3<u32>) -> vec2<u32> {
 fn tile_exists(wid: vec3<u32>, nwg: vec3<u32>) -> bool {
     return wid.y * nwg.x + wid.x < p.tiles;
 }
+
+// This invocation's TM x 4 block of C, which the epilogue of every kernel writes out.
+var<private> acc: array<vec4<f32>, TM>;
+// The A and B elements this invocation copies in at the next depth step, loaded from global memory one step
+// ahead (see PIPELINE): A at depth lid % 16, rows lid / 16 + 16*i; B at depth lid / 16, columns lid % 16 + 16*i.
+var<private> next_a: array<f32, TM>;
+var<private> next_b: array<f32, 4>;
+
+// Writes the prefetched elements into the workgroup tiles.
+fn store_tiles(lid: u32) {
+    for (var i = 0u; i < TM; i++) {
+        put_a(lid % 16u, lid / 16u + 16u * i, next_a[i]);
+    }
+    for (var i = 0u; i < 4u; i++) {
+        put_b(lid / 16u, lid % 16u + 16u * i, next_b[i]);
+    }
+}
+
+// Depth steps of this workgroup's split: [k_begin, k_end) in steps of BK (none when the split is empty, as the
+// splits of a shallow stride phase can be).
+fn depth_steps(k_begin: u32, k_end: u32) -> u32 {
+    return select(0u, (k_end - k_begin + BK - 1u) / BK, k_end > k_begin);
+}
+
+// @@ TILES BEGIN: the f32 tile arithmetic. The mixed-precision module replaces this section and the calls to
+// clear_acc, multiply_tiles and finish_tiles (see conv2d_coop.wgsl.in).
+var<workgroup> a_tile: array<vec4<f32>, BK * A_ROW>;
+var<workgroup> b_tile: array<vec4<f32>, BK * B_ROW>;
 
 fn put_a(k: u32, m: u32, v: f32) {
     a_tile[k * A_ROW + m / 4u][m % 4u] = v;
@@ -146,6 +177,10 @@ fn clear_acc() {
         acc[i] = vec4<f32>(0.0);
     }
 }
+
+// After the depth loop: the block is in `acc` already.
+fn finish_tiles(lid: u32) {}
+// @@ TILES END
 
 // `value` as a mixed-radix number (hi, mid, lo) with radices (-, mid_radix, lo_radix), e.g. a tap t as
 // (ci, kh, kw) with radices (-, KH, KW).
@@ -207,34 +242,40 @@ fn conv2d_forward(
     let tap_step = digits(BK, p.kh, p.kw);
 
     clear_acc();
-    for (var k0 = k_begin; k0 < k_end; k0 += BK) {
-        // A: weight[m, k], contiguous along k.
-        for (var i = 0u; i < TM; i++) {
-            let m = origin.x + lid / 16u + 16u * i;
-            let k = k0 + lid % 16u;
-            var v = 0.0;
-            if m < p.m && k < k_end {
-                v = weight[m * p.k + k];
-            }
-            put_a(lid % 16u, lid / 16u + 16u * i, v);
-        }
-        // B: im2col of x.
-        let k_ok = k0 + kb < k_end;
-        for (var i = 0u; i < 4u; i++) {
-            let ih = ih0[i] + i32(tap.y);
-            let iw = iw0[i] + i32(tap.z);
-            var v = 0.0;
-            if k_ok && ih >= 0 && ih < i32(p.h) && iw >= 0 && iw < i32(p.w) {
-                v = x[x_base[i] + tap.x * hw_in + u32(ih) * p.w + u32(iw)];
-            }
-            put_b(kb, lid % 16u + 16u * i, v);
-        }
-        tap = advance(tap, tap_step, p.kh, p.kw);
+    let steps = depth_steps(k_begin, k_end);
+    for (var s = 0u; s <= steps; s++) {
+        store_tiles(lid);
         workgroupBarrier();
+        if s < steps {
+            let k0 = k_begin + s * BK;
+            // A: weight[m, k], contiguous along k.
+            for (var i = 0u; i < TM; i++) {
+                let m = origin.x + lid / 16u + 16u * i;
+                let k = k0 + lid % 16u;
+                var v = 0.0;
+                if m < p.m && k < k_end {
+                    v = weight[m * p.k + k];
+                }
+                next_a[i] = v;
+            }
+            // B: im2col of x.
+            let k_ok = k0 + kb < k_end;
+            for (var i = 0u; i < 4u; i++) {
+                let ih = ih0[i] + i32(tap.y);
+                let iw = iw0[i] + i32(tap.z);
+                var v = 0.0;
+                if k_ok && ih >= 0 && ih < i32(p.h) && iw >= 0 && iw < i32(p.w) {
+                    v = x[x_base[i] + tap.x * hw_in + u32(ih) * p.w + u32(iw)];
+                }
+                next_b[i] = v;
+            }
+            tap = advance(tap, tap_step, p.kh, p.kw);
+        }
         multiply_tiles(lid);
         workgroupBarrier();
     }
 
+    finish_tiles(lid);
     // C[m, j] -> y[slice z][n, m, oh, ow].
     let slice = wid.z * p.out_len;
     for (var c = 0u; c < 4u; c++) {
@@ -305,37 +346,43 @@ fn conv2d_backward_data(
     }
 
     clear_acc();
-    for (var k0 = k_begin; k0 < k_end; k0 += BK) {
-        // A: weight[co, m, tap_h0 + t*STRIDE, tap_w0 + u*STRIDE].
-        let ka_ok = k0 + lid % 16u < k_end;
-        let kh = p.tap_h0 + a_tap.y * p.stride;
-        let kw = p.tap_w0 + a_tap.z * p.stride;
-        for (var i = 0u; i < TM; i++) {
-            let m = origin.x + lid / 16u + 16u * i;
-            var v = 0.0;
-            if m < p.m && ka_ok {
-                v = weight[((a_tap.x * p.c_in + m) * p.kh + kh) * p.kw + kw];
-            }
-            put_a(lid % 16u, lid / 16u + 16u * i, v);
-        }
-        a_tap = advance(a_tap, step, th, tw);
-        // B: dy[n, co, a + shift_h - t, b + shift_w - u], zero outside 0..HO, 0..WO.
-        let kb_ok = k0 + kb < k_end;
-        for (var i = 0u; i < 4u; i++) {
-            let oh = oh0[i] - i32(b_tap.y);
-            let ow = ow0[i] - i32(b_tap.z);
-            var v = 0.0;
-            if kb_ok && oh >= 0 && oh < i32(p.ho) && ow >= 0 && ow < i32(p.wo) {
-                v = dy[dy_base[i] + b_tap.x * hw_out + u32(oh) * p.wo + u32(ow)];
-            }
-            put_b(kb, lid % 16u + 16u * i, v);
-        }
-        b_tap = advance(b_tap, step, th, tw);
+    let steps = depth_steps(k_begin, k_end);
+    for (var s = 0u; s <= steps; s++) {
+        store_tiles(lid);
         workgroupBarrier();
+        if s < steps {
+            let k0 = k_begin + s * BK;
+            // A: weight[co, m, tap_h0 + t*STRIDE, tap_w0 + u*STRIDE].
+            let ka_ok = k0 + lid % 16u < k_end;
+            let kh = p.tap_h0 + a_tap.y * p.stride;
+            let kw = p.tap_w0 + a_tap.z * p.stride;
+            for (var i = 0u; i < TM; i++) {
+                let m = origin.x + lid / 16u + 16u * i;
+                var v = 0.0;
+                if m < p.m && ka_ok {
+                    v = weight[((a_tap.x * p.c_in + m) * p.kh + kh) * p.kw + kw];
+                }
+                next_a[i] = v;
+            }
+            a_tap = advance(a_tap, step, th, tw);
+            // B: dy[n, co, a + shift_h - t, b + shift_w - u], zero outside 0..HO, 0..WO.
+            let kb_ok = k0 + kb < k_end;
+            for (var i = 0u; i < 4u; i++) {
+                let oh = oh0[i] - i32(b_tap.y);
+                let ow = ow0[i] - i32(b_tap.z);
+                var v = 0.0;
+                if kb_ok && oh >= 0 && oh < i32(p.ho) && ow >= 0 && ow < i32(p.wo) {
+                    v = dy[dy_base[i] + b_tap.x * hw_out + u32(oh) * p.wo + u32(ow)];
+                }
+                next_b[i] = v;
+            }
+            b_tap = advance(b_tap, step, th, tw);
+        }
         multiply_tiles(lid);
         workgroupBarrier();
     }
 
+    finish_tiles(lid);
     // C[m, j] -> dx[slice z][n, m, in_h0 + a*STRIDE, in_w0 + b*STRIDE].
     let slice = wid.z * p.out_len;
     for (var c = 0u; c < 4u; c++) {
@@ -397,38 +444,44 @@ fn conv2d_backward_weight(
     }
 
     clear_acc();
-    for (var k0 = k_begin; k0 < k_end; k0 += BK) {
-        // A: dy[n, m, oh, ow], contiguous along the output positions of one sample.
-        let ka_ok = k0 + lid % 16u < k_end;
-        for (var i = 0u; i < TM; i++) {
-            let m = origin.x + lid / 16u + 16u * i;
-            var v = 0.0;
-            if m < p.m && ka_ok {
-                v = dy[(a_pos.x * p.c_out + m) * hw_out + a_pos.z];
-            }
-            put_a(lid % 16u, lid / 16u + 16u * i, v);
-        }
-        a_pos = advance(a_pos, a_step, 1u, hw_out);
-        // B: x[n, ci, oh*STRIDE + kh - PAD, ow*STRIDE + kw - PAD].
-        let kb_ok = k0 + kb < k_end;
-        let x_base = b_pos.x * p.c_in * hw_in;
-        let ih0 = i32(b_pos.y * p.stride);
-        let iw0 = i32(b_pos.z * p.stride);
-        for (var i = 0u; i < 4u; i++) {
-            let ih = ih0 + dh[i];
-            let iw = iw0 + dw[i];
-            var v = 0.0;
-            if kb_ok && ih >= 0 && ih < i32(p.h) && iw >= 0 && iw < i32(p.w) {
-                v = saved_x[x_base + ci_base[i] + u32(ih) * p.w + u32(iw)];
-            }
-            put_b(kb, lid % 16u + 16u * i, v);
-        }
-        b_pos = advance(b_pos, b_step, p.ho, p.wo);
+    let steps = depth_steps(k_begin, k_end);
+    for (var s = 0u; s <= steps; s++) {
+        store_tiles(lid);
         workgroupBarrier();
+        if s < steps {
+            let k0 = k_begin + s * BK;
+            // A: dy[n, m, oh, ow], contiguous along the output positions of one sample.
+            let ka_ok = k0 + lid % 16u < k_end;
+            for (var i = 0u; i < TM; i++) {
+                let m = origin.x + lid / 16u + 16u * i;
+                var v = 0.0;
+                if m < p.m && ka_ok {
+                    v = dy[(a_pos.x * p.c_out + m) * hw_out + a_pos.z];
+                }
+                next_a[i] = v;
+            }
+            a_pos = advance(a_pos, a_step, 1u, hw_out);
+            // B: x[n, ci, oh*STRIDE + kh - PAD, ow*STRIDE + kw - PAD].
+            let kb_ok = k0 + kb < k_end;
+            let x_base = b_pos.x * p.c_in * hw_in;
+            let ih0 = i32(b_pos.y * p.stride);
+            let iw0 = i32(b_pos.z * p.stride);
+            for (var i = 0u; i < 4u; i++) {
+                let ih = ih0 + dh[i];
+                let iw = iw0 + dw[i];
+                var v = 0.0;
+                if kb_ok && ih >= 0 && ih < i32(p.h) && iw >= 0 && iw < i32(p.w) {
+                    v = saved_x[x_base + ci_base[i] + u32(ih) * p.w + u32(iw)];
+                }
+                next_b[i] = v;
+            }
+            b_pos = advance(b_pos, b_step, p.ho, p.wo);
+        }
         multiply_tiles(lid);
         workgroupBarrier();
     }
 
+    finish_tiles(lid);
     // C[m, t] -> dweight[slice z][m, t].
     let slice = wid.z * p.out_len;
     for (var c = 0u; c < 4u; c++) {

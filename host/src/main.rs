@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 use elasticface::gpu::{adapters, AdapterLine, Gpu, GpuOptions};
-use elasticface::train::run::{train, Device, TrainConfig};
+use elasticface::train::run::{train, Device, Precision, TrainConfig};
 use elasticface::{bench, selftest};
 
 /// ElasticFace: train and check face-recognition networks with elastic margin losses.
@@ -146,6 +146,9 @@ enum Command {
         /// Skip the profiled step (per-kernel GPU times).
         #[arg(long)]
         no_profile: bool,
+        /// Arithmetic of the convolutions: auto (mixed where the GPU has tensor cores), f32 or mixed.
+        #[arg(long, value_enum, default_value = "auto")]
+        precision: Precision,
         /// --kernels: divide the spatial sizes of the 112x112 network by this (default: 4 on a CPU adapter, else 1).
         #[arg(long)]
         shrink: Option<usize>,
@@ -222,6 +225,10 @@ enum Command {
         /// Use the first GPU adapter whose name contains this (case-insensitive).
         #[arg(long, value_name = "NAME", conflicts_with = "cpu")]
         adapter: Option<String>,
+        /// The GPU trainer's convolutions: auto (mixed where the GPU has tensor cores), f32 or mixed (checked
+        /// with mixed precision's looser tolerances).
+        #[arg(long, value_enum, default_value = "auto", conflicts_with = "cpu")]
+        precision: Precision,
     },
 }
 
@@ -307,6 +314,10 @@ struct TrainArgs {
     /// auto (GPU if found, else CPU), gpu, or cpu (the exact, slow reference) [default: auto].
     #[arg(long, value_enum)]
     device: Option<Device>,
+    /// GPU arithmetic of the convolutions: auto (mixed where the GPU has tensor cores), f32, or mixed (f16
+    /// operands, f32 accumulation, dynamic loss scaling) [default: auto].
+    #[arg(long, value_enum)]
+    precision: Option<Precision>,
     /// GPU adapter name filter.
     #[arg(long, value_name = "NAME")]
     adapter: Option<String>,
@@ -338,7 +349,7 @@ impl TrainArgs {
         }
         set!(data, out, arch, embedding, input_size, loss, plus_assignment, batch, epochs, max_steps, lr, schedule);
         set!(decay_epochs, warmup_epochs, momentum, weight_decay, clip_norm, seed, workers, device, checkpoint_every);
-        set!(eval_every, val_pairs);
+        set!(eval_every, val_pairs, precision);
         if self.val.is_some() {
             c.val = self.val.clone();
         }
@@ -512,6 +523,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             steps,
             warmup,
             no_profile,
+            precision,
             shrink,
             reps,
             images,
@@ -557,6 +569,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             let tc = TrainConfig { arch: arch.clone(), input_size, loss, ..TrainConfig::default() };
             let cfg = bench::network::NetworkBenchConfig {
+                precision: precision.resolve(&gpu)?,
                 cfg: tc.network()?,
                 arch,
                 batch: batch.unwrap_or(128),
@@ -575,7 +588,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Selftest { cpu, reference, adapter } => {
+        Command::Selftest { cpu, reference, adapter, precision } => {
             let files = selftest::load(reference.as_deref())?;
             let (report, on) = if cpu {
                 (selftest::run_cpu(&files), "cpu".to_string())
@@ -585,7 +598,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 let gpu = Gpu::new(&opts).map_err(|e| {
                     e.context("the selftest runs on the GPU; `elasticface selftest --cpu` checks the CPU reference")
                 })?;
-                (selftest::run_gpu(&files, &gpu), format!("gpu: {}", gpu.info.name))
+                let precision = precision.resolve(&gpu)?;
+                (selftest::run_gpu(&files, &gpu, precision), format!("gpu: {} ({precision:?})", gpu.info.name))
             };
             for section in &report.sections {
                 println!("{}", section.file);

@@ -47,6 +47,31 @@ pub fn uniform(seed: u64, n: usize) -> Vec<f32> {
         .collect()
 }
 
+/// Rounding slack an element-wise kernel may have against its core twin on `gpu`, in units of `f32::EPSILON` times
+/// the tensor's largest magnitude: 0 on a CPU adapter (lavapipe, CI), which rounds every operation and fuses none,
+/// so results there must be bit-identical; `eps` elsewhere, since WGSL lets a driver contract `a * b + c` into one
+/// fused multiply-add (NVIDIA's does). A contraction changes a result by about an ulp of the operands, which is
+/// many ulps of a result that nearly cancels (`p - lr * buf` near zero): hence a bound on the tensor's scale, not
+/// on each element's ulps.
+pub fn slack_allowed(gpu: &Gpu, eps: f32) -> f32 {
+    if gpu.info.device_type == wgpu::DeviceType::Cpu {
+        0.0
+    } else {
+        eps
+    }
+}
+
+/// Asserts `|got - want| <= slack * f32::EPSILON * max |want|` element by element (`slack = 0`: bit for bit).
+pub fn assert_within_scale(what: &str, got: &[f32], want: &[f32], slack: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let bound = slack * f32::EPSILON * scale;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let ok = if slack == 0.0 { g.to_bits() == w.to_bits() } else { (g - w).abs() <= bound };
+        assert!(ok, "{what}: element {i}: gpu {g:e}, core {w:e}: |difference| {:e}, bound {bound:e}", (g - w).abs());
+    }
+}
+
 /// Largest absolute difference of two slices of one length.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());

@@ -303,27 +303,41 @@ fn clamp_and_the_arc_floor_match_the_core() {
         }
     }
     let above = above.expect("a vector whose unit self-product exceeds 1");
+    // That vector normalises on the GPU to the core's bits only where division and square root are correctly
+    // rounded, as on lavapipe (CI). WGSL does not require it, and NVIDIA's driver does not (its raw product then
+    // comes out at exactly 1, unclamped): there sample 1 keeps its random values and only the floor is checked.
+    let exact = gpu.info.device_type == wgpu::DeviceType::Cpu;
+    if !exact {
+        eprintln!("note: {}: the clamp above 1 is checked on CPU adapters only (see the comment)", gpu.info.name);
+    }
     for kind in [MarginKind::Arc, MarginKind::Cos] {
         // s = 4: the softmax is not saturated, so the target's gradient is not zero.
         let cfg = MarginConfig { kind, s: 4.0, m: 0.5, sigma: 0.0, plus: PlusAssignment::None };
         let mut case = Case::new(cfg, b, d, c, 4);
         case.labels = vec![2, 5, 0, 7];
-        // Sample 0 lies exactly on its centre's axis: cos_y = 1 exactly (sin(theta) = 0: the floor acts).
-        case.emb[..3].copy_from_slice(&[0.0, 3.0, 0.0]);
-        for (k, v) in [0.0, 0.5, 0.0].into_iter().enumerate() {
+        // Sample 0 lies exactly on its centre's axis: cos_y = 1 exactly (sin(theta) = 0: the floor acts). Unit
+        // components, so that normalising is exact on any device (a GPU's division or square root need not be
+        // correctly rounded: 3 / sqrt(9) is 0.99999994 on NVIDIA's driver).
+        case.emb[..3].copy_from_slice(&[0.0, 1.0, 0.0]);
+        for (k, v) in [0.0, 1.0, 0.0].into_iter().enumerate() {
             case.w[k * c + 2] = v;
         }
         // Sample 1 is twice its centre: the raw product exceeds 1 and is clamped (zero gradient through it).
-        case.emb[3..6].copy_from_slice(&above.map(|v| 2.0 * v));
-        for (k, v) in above.into_iter().enumerate() {
-            case.w[k * c + 5] = v;
+        if exact {
+            case.emb[3..6].copy_from_slice(&above.map(|v| 2.0 * v));
+            for (k, v) in above.into_iter().enumerate() {
+                case.w[k * c + 5] = v;
+            }
         }
         let want = core_run(&case);
         let (got, _) = gpu_run(gpu, &k, &case, &HeadOptions::default());
-        assert_eq!(got.cos_y[..2], [1.0, 1.0]);
+        assert_eq!(got.cos_y[0], 1.0);
         let dcos = got.dcos.as_ref().unwrap();
-        assert_eq!(dcos[c + 5], 0.0, "{kind}: the clamped entry passes no gradient");
-        assert_eq!(want.dcos.as_ref().unwrap()[c + 5], 0.0);
+        if exact {
+            assert_eq!(got.cos_y[1], 1.0);
+            assert_eq!(dcos[c + 5], 0.0, "{kind}: the clamped entry passes no gradient");
+            assert_eq!(want.dcos.as_ref().unwrap()[c + 5], 0.0);
+        }
         assert!(dcos[2] != 0.0 && dcos[2].is_finite(), "{kind}: the floored target passes a finite gradient");
         compare(&format!("{kind} at cos_y = 1"), &got, &want);
     }

@@ -1,10 +1,11 @@
 //! `shaders/sgd.wgsl` against its core twins `sgd_step`, `sum_of_squares`, `clip_coefficient` and `scale`.
 //!
 //! Tolerances. `sgd_step` and `scale` are the core's `f32` operations in the core's order: bit-identical where the
-//! device rounds each operation correctly and does not fuse `a * b + c` into one rounding (lavapipe does neither;
-//! a driver that contracts to FMA differs by an ulp, so on such a device the comparison would need a 1-ulp
-//! tolerance). The guarded step is `sgd_step` behind a flag: bit-identical when the step report's flags are 0, and
-//! no change to any bit otherwise. The sum of squares is accumulated in `f32` in blocks and a fixed tree where the core accumulates in
+//! device rounds each operation correctly and does not fuse `a * b + c` into one rounding (lavapipe, CI: checked bit
+//! for bit). A driver may contract to FMA (WGSL allows it; NVIDIA's does): each contracted operation then differs by
+//! up to an ulp of its operands, and three steps of momentum carry a few; on such a device each element may differ by
+//! 8 `f32::EPSILON` of the tensor's largest value ([`slack_allowed`]). The guarded step is `sgd_step` behind a flag: the same when the step report's flags are 0, and
+//! no change to any bit otherwise (on every device). The sum of squares is accumulated in `f32` in blocks and a fixed tree where the core accumulates in
 //! `f64`: about `(16 + log2(n)) u` relative in the worst case (`u = 2^-24`); 2e-6 (~34 u) covers it; the norm
 //! (square root) and the clip coefficient carry half and the same relative error.
 
@@ -14,7 +15,11 @@ use elasticface::gpu::kernels::sgd::{
 };
 use elasticface::gpu::{Gpu, GpuOptions, Tensor};
 use elasticface_core::nn::{clip_coefficient, scale, sgd_step, sum_of_squares, Sgd};
-use elasticface_tests::{gpu, uniform};
+use elasticface_tests::{assert_within_scale, gpu, slack_allowed, uniform};
+
+/// Slack of an SGD result on a device that contracts multiply-adds, in `f32::EPSILON` of the tensor's scale (see
+/// the header; measured on an H200: below 0.1).
+const SGD_SLACK: f32 = 8.0;
 
 fn rel(a: f32, b: f32) -> f32 {
     ((a - b) / b).abs()
@@ -41,8 +46,14 @@ fn sgd_steps_match_the_core_exactly() {
             gpu.write(&tg, &g).unwrap();
             gpu.run(&[&step]).unwrap();
             sgd_step(&sgd, &mut p, &g, &mut buf).unwrap();
-            assert_eq!(gpu.read::<f32>(&tp).unwrap(), p, "param, len {len}, step {i}");
-            assert_eq!(gpu.read::<f32>(&tb).unwrap(), buf, "momentum_buf, len {len}, step {i}");
+            let slack = slack_allowed(gpu, SGD_SLACK);
+            assert_within_scale(&format!("param, len {len}, step {i}"), &gpu.read::<f32>(&tp).unwrap(), &p, slack);
+            assert_within_scale(
+                &format!("momentum_buf, len {len}, step {i}"),
+                &gpu.read::<f32>(&tb).unwrap(),
+                &buf,
+                slack,
+            );
         }
     }
 }
@@ -65,8 +76,9 @@ fn split_step_updates_every_part() {
     let steps = k.step_split(&gpu, &hyper, &tp, &tg, &tb).unwrap();
     gpu.run(&steps.iter().collect::<Vec<_>>()).unwrap();
     sgd_step(&sgd, &mut p, &g, &mut buf).unwrap();
-    assert_eq!(gpu.read_split::<f32>(&tp).unwrap(), p);
-    assert_eq!(gpu.read_split::<f32>(&tb).unwrap(), buf);
+    let slack = slack_allowed(&gpu, SGD_SLACK);
+    assert_within_scale("split param", &gpu.read_split::<f32>(&tp).unwrap(), &p, slack);
+    assert_within_scale("split momentum_buf", &gpu.read_split::<f32>(&tb).unwrap(), &buf, slack);
 
     let other = gpu.zeros_split("grad", rows, cols, 5).unwrap(); // parts of 10 rows
     let err = k.step_split(&gpu, &hyper, &tp, &other, &tb).err().expect("refused");
@@ -202,16 +214,22 @@ fn the_step_report_flags_non_finite_values_and_the_guard_skips_the_update() {
         assert_eq!(r[1].to_bits(), loss.to_bits(), "the report carries the loss");
         assert_eq!(r[2].to_bits(), backbone.sqrt().to_bits(), "and the backbone norm");
         assert_eq!(r[3].to_bits(), head.sqrt().to_bits(), "and the head norm");
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         let (mut p, mut b, mut q, mut c) = (p0.clone(), b0.clone(), hp.clone(), hb.clone());
         if flags == 0 {
             sgd_step(&sgd, &mut p, &g, &mut b).unwrap();
             sgd_step(&sgd, &mut q, &hg, &mut c).unwrap();
         }
-        assert_eq!(bits(&gpu.read::<f32>(&tp).unwrap()), bits(&p), "param, flags {flags}");
-        assert_eq!(bits(&gpu.read::<f32>(&tb).unwrap()), bits(&b), "momentum_buf, flags {flags}");
-        assert_eq!(bits(&gpu.read_split::<f32>(&shp).unwrap()), bits(&q), "split param, flags {flags}");
-        assert_eq!(bits(&gpu.read_split::<f32>(&shb).unwrap()), bits(&c), "split momentum_buf, flags {flags}");
+        // Skipped updates leave every bit; applied ones agree as the plain steps above do.
+        let slack = if flags == 0 { slack_allowed(gpu, SGD_SLACK) } else { 0.0 };
+        assert_within_scale(&format!("param, flags {flags}"), &gpu.read::<f32>(&tp).unwrap(), &p, slack);
+        assert_within_scale(&format!("momentum_buf, flags {flags}"), &gpu.read::<f32>(&tb).unwrap(), &b, slack);
+        assert_within_scale(&format!("split param, flags {flags}"), &gpu.read_split::<f32>(&shp).unwrap(), &q, slack);
+        assert_within_scale(
+            &format!("split momentum_buf, flags {flags}"),
+            &gpu.read_split::<f32>(&shb).unwrap(),
+            &c,
+            slack,
+        );
     }
 }
 

@@ -4,6 +4,7 @@
 //! Each check carries its tolerance and the reason for it (`host/src/selftest/*.rs`); these tests print every check
 //! and fail when any fails.
 
+use elasticface::gpu::kernels::conv2d::ConvPrecision;
 use elasticface::selftest::{self, Report};
 use elasticface::tensorfile::TensorFile;
 use elasticface_tests::{gpu, reference_dir};
@@ -11,7 +12,7 @@ use elasticface_tests::{gpu, reference_dir};
 fn run(file: &str) -> Option<Report> {
     let gpu = gpu()?;
     let f = TensorFile::open(&reference_dir().join(file)).expect("reference file loads");
-    let report = selftest::run_gpu(&[f], gpu);
+    let report = selftest::run_gpu(&[f], gpu, ConvPrecision::F32);
     for c in report.sections.iter().flat_map(|s| &s.checks) {
         println!("{c}");
     }

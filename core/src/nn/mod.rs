@@ -14,6 +14,7 @@ mod batchnorm;
 mod conv2d;
 mod linear;
 mod normalize;
+mod precision;
 mod prelu;
 mod preprocess;
 mod residual;
@@ -23,6 +24,7 @@ pub use batchnorm::{batchnorm_backward, batchnorm_forward_eval, batchnorm_forwar
 pub use conv2d::{conv2d_backward_data, conv2d_backward_weight, conv2d_forward, Conv2dShape};
 pub use linear::{linear_backward, linear_forward, LinearShape};
 pub use normalize::{l2_normalize_backward, l2_normalize_forward, VectorLayout};
+pub use precision::round_to_f16;
 pub use prelu::{prelu_backward, prelu_forward};
 pub use preprocess::{preprocess_image, ImageShape};
 pub use residual::{accumulate, residual_add_backward, residual_add_forward};

@@ -76,16 +76,23 @@ pub fn time_case(gpu: &Gpu, case: &KernelCase, reps: usize, rounds: usize) -> Re
 pub fn kernel_cases(gpu: &Gpu, n: usize, shrink: usize) -> Result<Vec<KernelCase>> {
     let mut cases = Vec::new();
     // The convolutions of an iResNet stage by stage: (C_in, C_out, input size, kernel, stride, pad).
-    let conv = Conv2d::new(gpu);
+    // The f32 kernels, and the mixed-precision ones where the adapter has cooperative matrices.
+    let mut kinds = vec![("", Conv2d::new(gpu))];
+    if gpu.caps.cooperative_matrix {
+        kinds.push((" (mixed)", Conv2d::mixed(gpu)?));
+    }
     let convs = [
         (3usize, 64usize, 112usize, 3usize, 1usize, 1usize),
         (64, 64, 56, 3, 1, 1),
         (64, 128, 56, 3, 2, 1),
         (64, 128, 56, 1, 2, 0),
+        (128, 128, 28, 3, 1, 1),
         (256, 256, 14, 3, 1, 1),
         (512, 512, 7, 3, 1, 1),
     ];
-    for (c_in, c_out, hw, k, stride, pad) in convs {
+    for ((c_in, c_out, hw, k, stride, pad), (suffix, conv)) in
+        convs.into_iter().flat_map(|c| kinds.iter().map(move |kind| (c, kind)))
+    {
         let hw = (hw / shrink).max(k);
         let s = Conv2dShape { n, c_in, h: hw, w: hw, c_out, kh: k, kw: k, stride, pad };
         let (x, w, y) =
@@ -101,7 +108,8 @@ pub fn kernel_cases(gpu: &Gpu, n: usize, shrink: usize) -> Result<Vec<KernelCase
         }
         ops.push(("conv2d_backward_weight", conv.backward_weight(gpu, &s, &y, &x, &w, &scratch)?));
         for (kernel, dispatches) in ops {
-            cases.push(KernelCase { kernel: kernel.into(), shape: shape.clone(), flops, bytes, dispatches });
+            let kernel = format!("{kernel}{suffix}");
+            cases.push(KernelCase { kernel, shape: shape.clone(), flops, bytes, dispatches });
         }
     }
     // The embedding layer: fc (512 x 7 x 7 -> 512).

@@ -26,6 +26,7 @@ use rand_core::RngCore;
 use serde::Serialize;
 
 use crate::data::{Batch, Position};
+use crate::gpu::kernels::conv2d::ConvPrecision;
 use crate::gpu::Gpu;
 use crate::train::gpu::{GpuBackend, MemoryUse};
 use crate::train::Backend;
@@ -43,6 +44,8 @@ pub struct NetworkBenchConfig {
     pub classes: usize,
     /// The loss.
     pub margin: MarginConfig,
+    /// Arithmetic of the convolutions.
+    pub precision: ConvPrecision,
     /// Untimed steps first (pipelines warm, caches filled).
     pub warmup: usize,
     /// Timed steps.
@@ -112,8 +115,10 @@ pub struct NetworkBenchResult {
     pub batch: usize,
     /// Head classes.
     pub classes: usize,
-    /// Arithmetic of the convolutions and the fc layer.
-    pub precision: &'static str,
+    /// Arithmetic of the convolutions (the fc layer, batch norms, head and loss are f32 in both).
+    pub precision: ConvPrecision,
+    /// Mixed precision's loss scale after the last step.
+    pub loss_scale: Option<f32>,
     /// Warm-up steps.
     pub warmup: usize,
     /// Timed steps.
@@ -198,6 +203,7 @@ pub fn measure(gpu: Arc<Gpu>, b: &NetworkBenchConfig, quiet: bool) -> Result<Net
     let t = Instant::now();
     let mut backend = GpuBackend::new(gpu.clone(), &b.cfg, b.batch, b.classes, StepConfig::recipe(b.margin), b.seed)
         .with_context(|| format!("building the {} trainer at batch {} with {} classes", b.arch, b.batch, b.classes))?;
+    backend.set_precision(b.precision)?;
     let memory = MemoryReport::new(backend.memory(), &gpu);
     say(format!(
         "{}: {} at batch {}, {} classes: trainer built in {:.1} s, {:.2} GB allocated, {} dispatches per step",
@@ -268,7 +274,8 @@ pub fn measure(gpu: Arc<Gpu>, b: &NetworkBenchConfig, quiet: bool) -> Result<Net
         input_size: b.cfg.input_h,
         batch: b.batch,
         classes: b.classes,
-        precision: "f32",
+        precision: b.precision,
+        loss_scale: backend.loss_scale().map(|l| l.scale),
         warmup: b.warmup,
         steps: b.steps,
         step_ms_median: median * 1e3,
@@ -292,8 +299,14 @@ impl fmt::Display for NetworkBenchResult {
         writeln!(f, "adapter      {}", self.adapter)?;
         writeln!(
             f,
-            "network      {} at {}x{}, batch {}, {} classes, {}",
-            self.arch, self.input_size, self.input_size, self.batch, self.classes, self.precision
+            "network      {} at {}x{}, batch {}, {} classes, {:?} convolutions{}",
+            self.arch,
+            self.input_size,
+            self.input_size,
+            self.batch,
+            self.classes,
+            self.precision,
+            self.loss_scale.map(|s| format!(" (loss scale {s})")).unwrap_or_default()
         )?;
         writeln!(
             f,

@@ -37,7 +37,8 @@ pub struct Capabilities {
     pub subgroup_size: (u32, u32),
     /// GPU timestamps (`TIMESTAMP_QUERY`).
     pub timestamps: bool,
-    /// Tensor-core matrices (`EXPERIMENTAL_COOPERATIVE_MATRIX`).
+    /// Tensor-core matrices as the mixed-precision convolutions use them (`EXPERIMENTAL_COOPERATIVE_MATRIX` with
+    /// 16x16x16 f16 inputs and f32 accumulators, f16 in shaders, and subgroups of exactly 32 invocations).
     pub cooperative_matrix: bool,
     /// Largest storage buffer binding, bytes (possibly lowered by [`GpuOptions::binding_limit`]).
     pub max_binding: u64,
@@ -128,12 +129,30 @@ impl Gpu {
         let info = adapter.get_info();
         let available = adapter.features();
         let wanted = wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY;
-        let features = available & wanted;
+        let coop = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+        let coop_f16 = adapter.cooperative_matrix_properties().iter().any(|p| {
+            (p.m_size, p.n_size, p.k_size) == (16, 16, 16)
+                && p.ab_type == wgpu::CooperativeScalarType::F16
+                && p.cr_type == wgpu::CooperativeScalarType::F32
+        });
+        let use_coop = available.contains(coop | wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP)
+            && coop_f16
+            && (info.subgroup_min_size, info.subgroup_max_size) == (32, 32);
+        let features = (available & wanted) | if use_coop { coop } else { wgpu::Features::empty() };
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("elasticface"),
             required_features: features,
             required_limits: limits.clone(),
+            // SAFETY: the one experimental feature asked for is the cooperative matrix, used only by the
+            // mixed-precision convolution module, which is compiled only when `use_coop` found the configuration it
+            // uses (16x16x16, f16 inputs, f32 accumulators, subgroups of 32); its results are checked against the
+            // core's convolution of f16-rounded operands by the test suite where such an adapter is present.
+            experimental_features: if use_coop {
+                unsafe { wgpu::ExperimentalFeatures::enabled() }
+            } else {
+                wgpu::ExperimentalFeatures::disabled()
+            },
             ..Default::default()
         }))
         .with_context(|| format!("cannot open a device on {}", AdapterLine(info.clone())))?;
@@ -143,7 +162,7 @@ impl Gpu {
             subgroups: features.contains(wgpu::Features::SUBGROUP),
             subgroup_size: (info.subgroup_min_size, info.subgroup_max_size),
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
-            cooperative_matrix: available.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX),
+            cooperative_matrix: use_coop,
             max_binding: opts.binding_limit.map_or(max_binding, |l| l.min(max_binding)),
             max_buffer: limits.max_buffer_size,
             max_workgroup_memory: limits.max_compute_workgroup_storage_size,

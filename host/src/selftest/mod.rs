@@ -19,6 +19,7 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 
+use crate::gpu::kernels::conv2d::ConvPrecision;
 use crate::gpu::Gpu;
 use crate::reference::Check;
 use crate::tensorfile::TensorFile;
@@ -111,14 +112,20 @@ pub fn run_cpu(files: &[TensorFile]) -> Report {
 /// Runs every loaded reference file through the GPU: the margin head's kernels on every loss
 /// ([`margin_loss::check_gpu`]) and the GPU trainer on the tiny iResNet ([`iresnet_tiny::check_gpu`]). The
 /// verification protocol has no GPU part (it runs on embeddings, on the CPU): its file is checked on the CPU, and its
-/// section says so.
-pub fn run_gpu(files: &[TensorFile], gpu: &Gpu) -> Report {
+/// section says so. `precision` is the arithmetic of the trainer's convolutions (the margin head is f32 in both).
+pub fn run_gpu(files: &[TensorFile], gpu: &Gpu, precision: ConvPrecision) -> Report {
     let sections = files
         .iter()
         .map(|f| {
             let (checks, file) = match base_name(f) {
                 "margin_loss.safetensors" => (margin_loss::check_gpu(f, gpu), f.name.clone()),
-                "iresnet_tiny.safetensors" => (iresnet_tiny::check_gpu(f, gpu), f.name.clone()),
+                "iresnet_tiny.safetensors" => {
+                    let what = match precision {
+                        ConvPrecision::F32 => String::new(),
+                        ConvPrecision::Mixed => " (mixed-precision convolutions)".into(),
+                    };
+                    (iresnet_tiny::check_gpu(f, gpu, precision), format!("{}{what}", f.name))
+                }
                 "verification.safetensors" => {
                     (verification::check_cpu(f), format!("{} (CPU: the protocol has no GPU part)", f.name))
                 }

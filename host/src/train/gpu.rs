@@ -96,7 +96,7 @@ use super::Backend;
 use crate::checkpoint::Checkpoint;
 use crate::data::{Batch, Position};
 use crate::gpu::kernels::batchnorm::BatchNormKernels;
-use crate::gpu::kernels::conv2d::Conv2d;
+use crate::gpu::kernels::conv2d::{Conv2d, ConvPrecision};
 use crate::gpu::kernels::linear::{conv_shape, Linear};
 use crate::gpu::kernels::margin::{
     download_head_weight, transpose, upload_head_weight, HeadOptions, MarginHead, MarginLoss,
@@ -108,7 +108,7 @@ use crate::gpu::kernels::sgd::{
     GradClip, SgdKernels, NON_FINITE_BACKBONE, NON_FINITE_HEAD, NON_FINITE_LOSS, REPORT_BACKBONE_NORM, REPORT_FLAGS,
     REPORT_LEN, REPORT_LOSS,
 };
-use crate::gpu::kernels::Dispatch;
+use crate::gpu::kernels::{BufferCopy, Dispatch};
 use crate::gpu::{Gpu, SplitTensor, Tensor};
 
 /// Floats of the activations a training step keeps for the backward pass, for a batch of `batch` (the formula in
@@ -377,6 +377,11 @@ struct Net {
     hyper: Tensor,
     /// `[flags, loss, backbone norm, head norm]`.
     report: Tensor,
+    /// `[S, 1 / S]`: the loss scale of mixed precision (see [`LossScale`]).
+    loss_scale: Tensor,
+    /// Every batch norm running statistic as it was before the step (mixed precision saves them there, and a
+    /// step that is tried again restores them).
+    running_backup: Tensor,
     memory: MemoryUse,
 }
 
@@ -528,6 +533,11 @@ impl Net {
 
         let hyper = a.zeros(scratch, "sgd.hyper", &[3])?;
         let report = a.zeros(scratch, "step report", &[REPORT_LEN])?;
+        let loss_scale = a.zeros(scratch, "loss scale", &[2])?;
+        let running_len: usize =
+            params.iter().filter(|p| p.info.kind == TensorKind::RunningStat).map(|p| p.value.len).sum();
+        let running_backup = a.zeros(scratch, "running statistics before the step", &[running_len.max(1)])?;
+        gpu.write(&loss_scale, &[1.0f32, 1.0])?;
         Ok(Self {
             cfg: *cfg,
             batch,
@@ -548,6 +558,8 @@ impl Net {
             head_momentum,
             hyper,
             report,
+            loss_scale,
+            running_backup,
             memory: a.used,
         })
     }
@@ -563,6 +575,22 @@ impl Net {
     /// Gradient buffer `i` seen as a tensor of `shape`.
     fn buf(&self, i: usize, what: &str, shape: &[usize]) -> Result<Tensor> {
         self.grad_bufs[i].view(&format!("gradient buffer {i} ({what})"), shape)
+    }
+
+    /// Copies of every running statistic into (`save`) or back from the backup.
+    fn running_copies(&self, save: bool) -> Vec<BufferCopy<'_>> {
+        let mut offset = 0;
+        let mut copies = Vec::new();
+        for p in self.params.iter().filter(|p| p.info.kind == TensorKind::RunningStat) {
+            let len = p.value.len;
+            copies.push(if save {
+                BufferCopy { src: &p.value, src_offset: 0, dst: &self.running_backup, dst_offset: offset, len }
+            } else {
+                BufferCopy { src: &self.running_backup, src_offset: offset, dst: &p.value, dst_offset: 0, len }
+            });
+            offset += len;
+        }
+        copies
     }
 
     /// Trainable tensors: (value, gradient, momentum) in state order.
@@ -868,8 +896,12 @@ struct Plan {
     forward: Vec<Dispatch>,
     /// The margin head; its forward and backward dispatches run between the backbone's.
     head: MarginHead,
+    /// Mixed precision: `d embeddings *= S` before the backbone backward (see [`LossScale`]).
+    scale_up: Option<Dispatch>,
     /// The backbone backward.
     backward: Vec<Dispatch>,
+    /// Mixed precision: every backbone gradient `*= 1 / S` after the backward pass.
+    unscale: Vec<Dispatch>,
     /// The backbone's gradient norm and clipping.
     clip: GradClip,
     /// The head gradient's norm (not clipped: it only guards the step).
@@ -908,11 +940,20 @@ impl Plan {
         let (w, dw, mw) = (&net.head, &net.head_grad, &net.head_momentum);
         update.extend(k.sgd.step_split_guarded(gpu, &net.hyper, &net.report, w, dw, mw)?);
 
+        let (scale_up, unscale) = match k.conv.precision() {
+            ConvPrecision::F32 => (None, Vec::new()),
+            ConvPrecision::Mixed => (
+                Some(k.sgd.scale(gpu, &d_emb, &net.loss_scale, 0)?),
+                grads.iter().map(|g| k.sgd.scale(gpu, g, &net.loss_scale, 1)).collect::<Result<_>>()?,
+            ),
+        };
         let image = ImageShape { h: net.cfg.input_h, w: net.cfg.input_w };
         Ok(Self {
             preprocess: k.preprocess.forward(gpu, n, &image, &net.images, &net.flips, &net.input)?,
             forward: b.forward(Mode::Train, n)?,
+            scale_up,
             backward: b.backward()?,
+            unscale,
             head,
             clip,
             head_norm,
@@ -927,7 +968,9 @@ impl Plan {
             .chain(&self.forward)
             .chain(self.head.forward())
             .chain(self.head.backward())
+            .chain(&self.scale_up)
             .chain(&self.backward)
+            .chain(&self.unscale)
             .chain(self.clip.dispatches())
             .chain(self.head_norm.dispatches())
             .chain(&self.update)
@@ -954,6 +997,33 @@ pub struct GpuBackend<G: Deref<Target = Gpu> = Arc<Gpu>> {
     /// Evaluation plans by chunk size, built on first use.
     eval: HashMap<usize, EvalPlan>,
     steps: u64,
+    /// Mixed precision's loss scale; `None` in f32.
+    loss_scale: Option<LossScale>,
+}
+
+/// Dynamic loss scaling of mixed precision: the backward pass's gradients are multiplied by `S` (a power of two)
+/// before the convolutions round them to f16, so that small gradients keep their digits instead of flushing to
+/// zero, and divided by `S` again (exactly) before clipping. A step whose backbone gradient overflows (an f16
+/// operand beyond 65504 becomes infinite; the step's guard skips the update) is run again with `S / 2`; after
+/// [`LossScale::GROWTH_INTERVAL`] steps in a row without overflow, `S` doubles. As PyTorch's `GradScaler`, except
+/// that an overflowing batch is retried rather than dropped: the batch norm running statistics are saved before each
+/// step (one copy of each, in the step's submission) and restored before a retry, so that the batch moves them
+/// once.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LossScale {
+    /// The current `S`.
+    pub scale: f32,
+    /// Steps since the last change.
+    pub good_steps: u32,
+}
+
+impl LossScale {
+    /// The first `S`: 2^16, as PyTorch's.
+    pub const INITIAL: f32 = 65536.0;
+    /// The largest `S`.
+    pub const MAX: f32 = 16_777_216.0;
+    /// Overflow-free steps after which `S` doubles.
+    pub const GROWTH_INTERVAL: u32 = 2000;
 }
 
 impl<G: Deref<Target = Gpu>> GpuBackend<G> {
@@ -994,7 +1064,7 @@ impl<G: Deref<Target = Gpu>> GpuBackend<G> {
         let net = Net::new(&gpu, &k, cfg, batch, classes, state, head)?;
         SgdKernels::write_hyper(&gpu, &net.hyper, &step_cfg.sgd)?;
         let plan = Plan::new(&gpu, &k, &net, &step_cfg)?;
-        Ok(Self { gpu, k, net, step_cfg, plan, eval: HashMap::new(), steps: 0 })
+        Ok(Self { gpu, k, net, step_cfg, plan, eval: HashMap::new(), steps: 0, loss_scale: None })
     }
 
     /// A trainer continuing `checkpoint` at batch `batch`: its weights, momentum, step count and settings.
@@ -1035,6 +1105,41 @@ impl<G: Deref<Target = Gpu>> GpuBackend<G> {
         m.head += scratch + w_unit;
         m.scratch += clip;
         m
+    }
+
+    /// The arithmetic of the convolutions.
+    pub fn precision(&self) -> ConvPrecision {
+        self.k.conv.precision()
+    }
+
+    /// Mixed precision's current loss scale (`None` in f32).
+    pub fn loss_scale(&self) -> Option<LossScale> {
+        self.loss_scale
+    }
+
+    /// Switches the convolutions to `precision` (f32 is the default): recompiles them and rebuilds the step.
+    /// Mixed precision starts with the loss scale [`LossScale::INITIAL`]. Errors as [`Conv2d::mixed`] where the
+    /// adapter cannot.
+    pub fn set_precision(&mut self, precision: ConvPrecision) -> Result<()> {
+        if precision == self.precision() {
+            return Ok(());
+        }
+        self.k.conv = match precision {
+            ConvPrecision::F32 => Conv2d::new(&self.gpu),
+            ConvPrecision::Mixed => Conv2d::mixed(&self.gpu)?,
+        };
+        self.plan = Plan::new(&self.gpu, &self.k, &self.net, &self.step_cfg)?;
+        self.eval.clear();
+        self.loss_scale = match precision {
+            ConvPrecision::F32 => None,
+            ConvPrecision::Mixed => Some(LossScale { scale: LossScale::INITIAL, good_steps: 0 }),
+        };
+        self.write_loss_scale()
+    }
+
+    fn write_loss_scale(&self) -> Result<()> {
+        let s = self.loss_scale.map_or(1.0, |l| l.scale);
+        self.gpu.write(&self.net.loss_scale, &[s, 1.0 / s])
     }
 
     /// Dispatches recorded per training step (from u8 images).
@@ -1082,15 +1187,40 @@ impl<G: Deref<Target = Gpu>> GpuBackend<G> {
     }
 
     /// Writes the labels and margins, runs the step and reads its report.
+    /// With mixed precision, a step whose backbone gradient overflowed runs again at half the loss scale.
     fn run_step(&mut self, preprocess: bool, labels: &[u32], margins_raw: &[f32]) -> Result<StepReport> {
         self.plan.head.write_step(&self.gpu, labels, margins_raw)?;
-        let report: Vec<f32> = self.gpu.run_and_read(&self.plan.dispatches(preprocess), &self.net.report)?;
-        let flags = report[REPORT_FLAGS] as u32;
-        if flags != 0 {
-            return Err(non_finite(flags, report[REPORT_LOSS], self.steps));
+        loop {
+            let dispatches = self.plan.dispatches(preprocess);
+            let report: Vec<f32> = match self.loss_scale {
+                None => self.gpu.run_and_read(&dispatches, &self.net.report)?,
+                // Mixed precision saves the running statistics first, in the same submission.
+                Some(_) => self.gpu.copy_run_and_read(&self.net.running_copies(true), &dispatches, &self.net.report)?,
+            };
+            let flags = report[REPORT_FLAGS] as u32;
+            match &mut self.loss_scale {
+                Some(ls) if flags == NON_FINITE_BACKBONE && ls.scale > 1.0 => {
+                    ls.scale /= 2.0;
+                    ls.good_steps = 0;
+                    // The retry starts from the running statistics of before this try.
+                    self.gpu.copy(&self.net.running_copies(false))?;
+                    self.write_loss_scale()?;
+                    continue;
+                }
+                _ if flags != 0 => return Err(non_finite(flags, report[REPORT_LOSS], self.steps)),
+                Some(ls) => {
+                    ls.good_steps += 1;
+                    if ls.good_steps >= LossScale::GROWTH_INTERVAL && ls.scale < LossScale::MAX {
+                        ls.scale *= 2.0;
+                        ls.good_steps = 0;
+                        self.write_loss_scale()?;
+                    }
+                }
+                None => {}
+            }
+            self.steps += 1;
+            return Ok(StepReport { loss: report[REPORT_LOSS], grad_norm: report[REPORT_BACKBONE_NORM] });
         }
-        self.steps += 1;
-        Ok(StepReport { loss: report[REPORT_LOSS], grad_norm: report[REPORT_BACKBONE_NORM] })
     }
 
     /// Embeddings `(N, E)` in evaluation mode of `N` network inputs `input (N, 3, H, W)` given as floats, in
@@ -1305,6 +1435,9 @@ impl<G: Deref<Target = Gpu>> Backend for GpuBackend<G> {
     }
 
     fn device(&self) -> String {
-        self.gpu.info.name.clone()
+        match self.precision() {
+            ConvPrecision::F32 => self.gpu.info.name.clone(),
+            ConvPrecision::Mixed => format!("{} (mixed precision)", self.gpu.info.name),
+        }
     }
 }

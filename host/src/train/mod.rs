@@ -57,5 +57,8 @@ pub(crate) fn open_gpu_backend(
     if prefer_hardware && gpu.info.device_type == wgpu::DeviceType::Cpu {
         anyhow::bail!("only a software adapter ({}) was found; `--device gpu` uses it", gpu.info.name);
     }
-    Ok(Box::new(gpu::GpuBackend::new(std::sync::Arc::new(gpu), net, cfg.batch, classes, step_cfg, cfg.seed)?))
+    let precision = cfg.precision.resolve(&gpu)?;
+    let mut backend = gpu::GpuBackend::new(std::sync::Arc::new(gpu), net, cfg.batch, classes, step_cfg, cfg.seed)?;
+    backend.set_precision(precision)?;
+    Ok(Box::new(backend))
 }

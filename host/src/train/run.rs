@@ -25,6 +25,7 @@ use super::Backend;
 use crate::checkpoint::{Backbone, Checkpoint};
 use crate::data::{self, Loader, LoaderConfig, Position};
 use crate::eval::{self, Pairs};
+use crate::gpu::kernels::conv2d::ConvPrecision;
 
 /// Where to train.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -36,6 +37,34 @@ pub enum Device {
     Gpu,
     /// The core's CPU reference trainer: exact and slow, for small networks.
     Cpu,
+}
+
+/// The arithmetic of the convolutions on the GPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Precision {
+    /// Mixed where the GPU has cooperative matrices (tensor cores) with f16 inputs, else f32.
+    Auto,
+    /// f32 throughout (the CPU reference's arithmetic).
+    F32,
+    /// Convolution operands rounded to f16, products accumulated in f32 on tensor cores, with dynamic loss
+    /// scaling; weights, batch norm statistics, the head and the loss stay f32.
+    Mixed,
+}
+
+impl Precision {
+    /// What this choice means on `gpu`. Errors for `Mixed` where the adapter cannot.
+    pub fn resolve(self, gpu: &crate::gpu::Gpu) -> Result<ConvPrecision> {
+        match self {
+            Precision::Auto if gpu.caps.cooperative_matrix => Ok(ConvPrecision::Mixed),
+            Precision::Auto | Precision::F32 => Ok(ConvPrecision::F32),
+            Precision::Mixed if gpu.caps.cooperative_matrix => Ok(ConvPrecision::Mixed),
+            Precision::Mixed => bail!(
+                "--precision mixed: {} has no cooperative matrices with f16 inputs and f32 accumulators",
+                gpu.info.name
+            ),
+        }
+    }
 }
 
 /// Everything a run is configured with; a TOML file (`--config`) holds the same keys.
@@ -93,6 +122,8 @@ pub struct TrainConfig {
     pub device: Device,
     /// Adapter name filter (GPU).
     pub adapter: Option<String>,
+    /// Arithmetic of the convolutions on the GPU (the CPU reference is f32).
+    pub precision: Precision,
     /// Write a checkpoint every this many steps (0: only at the end and on interruption).
     pub checkpoint_every: u64,
     /// Measure held-out verification every this many steps (0: only at the start and the end).
@@ -129,6 +160,7 @@ impl Default for TrainConfig {
             workers: 4,
             device: Device::Auto,
             adapter: None,
+            precision: Precision::Auto,
             checkpoint_every: 2000,
             eval_every: 0,
             skip_bad_samples: false,
@@ -245,8 +277,10 @@ pub(crate) fn open_backend(
     classes: usize,
     step_cfg: StepConfig,
 ) -> Result<Box<dyn Backend>> {
-    let cpu =
-        || -> Result<Box<dyn Backend>> { Ok(Box::new(CpuBackend::new(net, cfg.batch, classes, step_cfg, cfg.seed)?)) };
+    let cpu = || -> Result<Box<dyn Backend>> {
+        ensure!(cfg.precision != Precision::Mixed, "--precision mixed needs a GPU; the CPU reference is f32");
+        Ok(Box::new(CpuBackend::new(net, cfg.batch, classes, step_cfg, cfg.seed)?))
+    };
     match cfg.device {
         Device::Cpu => cpu(),
         Device::Gpu | Device::Auto => {
@@ -272,7 +306,8 @@ pub fn open_inference(
 ) -> Result<Box<dyn Backend>> {
     ensure!(batch >= 2, "the embedding batch must be at least 2");
     let ck = backbone.inference_checkpoint();
-    let cfg = TrainConfig { device, adapter, batch, ..TrainConfig::default() };
+    // Embeddings for evaluation are computed in f32, whatever the model was trained with.
+    let cfg = TrainConfig { device, adapter, batch, precision: Precision::F32, ..TrainConfig::default() };
     let mut backend = open_backend(&cfg, &backbone.cfg, ck.classes, ck.step_cfg)?;
     backend.load(&ck)?;
     Ok(backend)

@@ -95,6 +95,9 @@ fn phase_dim(r: usize, size: usize, k: usize, stride: usize, pad: usize) -> Phas
     PhaseDim { in0, count, taps, shift: (in0 + pad - r) / stride }
 }
 
+/// `shaders/conv2d.wgsl`.
+const SOURCE: &str = include_str!("../../../../shaders/conv2d.wgsl");
+
 /// Columns of C per workgroup tile (`BN` in the shader).
 pub const TILE_COLS: u32 = 64;
 /// Depth step (`BK` in the shader): the depth of the A and B slices staged in workgroup memory.
@@ -103,8 +106,20 @@ pub const DEPTH_STEP: u32 = 16;
 /// The most splits of one reduction: bounds the scratch at `MAX_SPLITS` times the output.
 const MAX_SPLITS: u32 = 64;
 
-/// The line of `conv2d.wgsl` that [`Conv2d::with_tiling`] rewrites to set the rows per invocation.
-const TM_LINE: &str = "const TM: u32 = 4u;";
+mod compose {
+    include!("conv2d_compose.rs");
+}
+
+/// Arithmetic of the products.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConvPrecision {
+    /// f32 operands, f32 fused multiply-adds.
+    F32,
+    /// Operands rounded to f16, products accumulated in f32 on cooperative matrices (tensor cores):
+    /// `shaders/conv2d_coop.wgsl.in`. Needs [`Capabilities::cooperative_matrix`](crate::gpu::Capabilities).
+    Mixed,
+}
 
 /// One of the three convolution products.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -303,6 +318,7 @@ impl ConvPlan {
 /// The convolution kernels' pipelines, compiled once with one [`ConvTiling`].
 pub struct Conv2d {
     tiling: ConvTiling,
+    precision: ConvPrecision,
     forward: wgpu::ComputePipeline,
     backward_data: wgpu::ComputePipeline,
     backward_weight: wgpu::ComputePipeline,
@@ -324,17 +340,55 @@ impl Conv2d {
             "rows_per_thread must be 4 or 8, not {}",
             tiling.rows_per_thread
         );
-        let source = include_str!("../../../../shaders/conv2d.wgsl");
-        assert!(source.contains(TM_LINE), "conv2d.wgsl no longer declares `{TM_LINE}`");
-        let source = source.replace(TM_LINE, &format!("const TM: u32 = {}u;", tiling.rows_per_thread));
-        let m = gpu.shader("conv2d.wgsl", &source);
+        // The build script validated this composition (and fails the build if it no longer applies).
+        let source = compose::compose_f32(SOURCE, tiling.rows_per_thread).expect("conv2d.wgsl composes");
+        Self::compile(gpu, tiling, ConvPrecision::F32, &source, "conv2d.wgsl")
+    }
+
+    /// The mixed-precision kernels (f16 operands, f32 accumulation on cooperative matrices), tiled as
+    /// [`ConvTiling::for_adapter`] with 8 rows per invocation (128 x 64 tiles).
+    ///
+    /// Errors when the adapter lacks [`Capabilities::cooperative_matrix`](crate::gpu::Capabilities) or the
+    /// workgroup memory the tiles take.
+    pub fn mixed(gpu: &Gpu) -> Result<Self> {
+        let caps = &gpu.caps;
+        if !caps.cooperative_matrix {
+            bail!(
+                "{} has no cooperative matrices with 16x16x16 f16 inputs, f32 accumulators and subgroups of 32: \
+                 mixed precision is not available on it (use f32)",
+                gpu.info.name
+            );
+        }
+        // a_h (f16, BK x (BM + 8)), b_h (f16, BK x BN), c_s (f32, BM x BN).
+        let tile_bytes = 2 * DEPTH_STEP * (128 + 8) + 2 * DEPTH_STEP * TILE_COLS + 4 * 128 * TILE_COLS;
+        if tile_bytes > caps.max_workgroup_memory {
+            bail!(
+                "{}: the mixed-precision tiles need {tile_bytes} bytes of workgroup memory, the adapter has {}",
+                gpu.info.name,
+                caps.max_workgroup_memory
+            );
+        }
+        let tiling = ConvTiling { rows_per_thread: 8, ..ConvTiling::for_adapter(gpu) };
+        let fragment = include_str!("../../../../shaders/conv2d_coop.wgsl.in");
+        let source = compose::compose_coop(SOURCE, fragment).map_err(|e| anyhow!(e))?;
+        Ok(Self::compile(gpu, tiling, ConvPrecision::Mixed, &source, "conv2d.wgsl (mixed precision)"))
+    }
+
+    fn compile(gpu: &Gpu, tiling: ConvTiling, precision: ConvPrecision, source: &str, label: &str) -> Self {
+        let m = gpu.shader(label, source);
         Self {
             tiling,
+            precision,
             forward: gpu.pipeline("conv2d_forward", &m, "conv2d_forward"),
             backward_data: gpu.pipeline("conv2d_backward_data", &m, "conv2d_backward_data"),
             backward_weight: gpu.pipeline("conv2d_backward_weight", &m, "conv2d_backward_weight"),
             reduce: gpu.pipeline("conv2d_reduce_splits", &m, "conv2d_reduce_splits"),
         }
+    }
+
+    /// The arithmetic of these pipelines.
+    pub fn precision(&self) -> ConvPrecision {
+        self.precision
     }
 
     /// The tiling these pipelines were compiled with.

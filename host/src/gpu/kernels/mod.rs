@@ -106,9 +106,56 @@ impl Gpu {
         self.submit_and_read(enc, t)
     }
 
+    /// [`Gpu::run_and_read`] with buffer copies before the compute pass, in the same submission: each
+    /// [`BufferCopy`] copies `len` elements.
+    pub fn copy_run_and_read<T: bytemuck::Pod>(
+        &self,
+        copies: &[BufferCopy<'_>],
+        dispatches: &[&Dispatch],
+        t: &Tensor,
+    ) -> Result<Vec<T>> {
+        let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("copies") });
+        self.record_copies(&mut enc, copies)?;
+        self.record_into(&mut enc, dispatches);
+        self.submit_and_read(enc, t)
+    }
+
+    /// Runs `copies` alone and waits.
+    pub fn copy(&self, copies: &[BufferCopy<'_>]) -> Result<()> {
+        let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("copies") });
+        self.record_copies(&mut enc, copies)?;
+        self.queue.submit([enc.finish()]);
+        self.wait()
+    }
+
+    fn record_copies(&self, enc: &mut wgpu::CommandEncoder, copies: &[BufferCopy<'_>]) -> Result<()> {
+        for c in copies {
+            if c.src_offset + c.len > c.src.len || c.dst_offset + c.len > c.dst.len {
+                bail!(
+                    "copy of {} elements from {}[{}..] ({} elements) to {}[{}..] ({} elements) is out of bounds",
+                    c.len,
+                    c.src.label,
+                    c.src_offset,
+                    c.src.len,
+                    c.dst.label,
+                    c.dst_offset,
+                    c.dst.len
+                );
+            }
+            let (from, to, bytes) = (4 * c.src_offset as u64, 4 * c.dst_offset as u64, 4 * c.len as u64);
+            enc.copy_buffer_to_buffer(&c.src.buffer, from, &c.dst.buffer, to, bytes);
+        }
+        Ok(())
+    }
+
     /// An encoder holding one compute pass with `dispatches` in order.
     fn record(&self, dispatches: &[&Dispatch]) -> wgpu::CommandEncoder {
         let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("run") });
+        self.record_into(&mut enc, dispatches);
+        enc
+    }
+
+    fn record_into(&self, enc: &mut wgpu::CommandEncoder, dispatches: &[&Dispatch]) {
         {
             let mut pass =
                 enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("run"), timestamp_writes: None });
@@ -116,7 +163,6 @@ impl Gpu {
                 d.record(&mut pass);
             }
         }
-        enc
     }
 
     /// Workgroups covering `n` threads in groups of `per_group`, folded into two dimensions when one would exceed
@@ -131,6 +177,21 @@ impl Gpu {
             [groups.div_ceil(y) as u32, y as u32, 1]
         }
     }
+}
+
+/// A copy of `len` elements (4 bytes each) of `src` from `src_offset` into `dst` from `dst_offset` (element
+/// offsets; multiples of 1: wgpu needs 4-byte alignment, which elements have).
+pub struct BufferCopy<'a> {
+    /// Source.
+    pub src: &'a Tensor,
+    /// First source element.
+    pub src_offset: usize,
+    /// Destination.
+    pub dst: &'a Tensor,
+    /// First destination element.
+    pub dst_offset: usize,
+    /// Elements.
+    pub len: usize,
 }
 
 /// Checks that `t` has exactly `len` elements.
