@@ -8,7 +8,8 @@
 //! - [`train`]: the training step on the GPU or the CPU reference (one `Backend` trait), schedules and the
 //!   `elasticface train` loop; [`checkpoint`]: complete training states under insightface's names.
 //! - [`synth`]: writes the synthetic-faces set as RecordIO and a verification pack; [`demo`]: `elasticface demo`.
-//! - [`bench`](mod@bench): kernel throughput (`elasticface bench --kernels`).
+//! - [`bench`](mod@bench): measured throughput: whole training steps on the GPU (images/s, GPU time per kernel,
+//!   memory), each kernel (`--kernels`), and the input pipeline on the CPU (`--data`).
 //! - [`tensorfile`]: named tensors in safetensors files (reference vectors, checkpoints), written atomically.
 //! - [`reference`](mod@reference): comparing results with reference tensors under written tolerances.
 //! - [`selftest`]: runs the PyTorch reference vectors through the GPU trainer or the core and reports each

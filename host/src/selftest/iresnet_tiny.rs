@@ -273,7 +273,8 @@ pub fn check_cpu(file: &TensorFile) -> Vec<Check> {
 
 /// Runs the file through the GPU trainer ([`GpuBackend`], from the float inputs: the reference's inputs are not
 /// images) and compares every tensor, as [`check_cpu`] does.
-/// With `precision` mixed, the trainer's convolutions run in mixed precision and the tolerances are [`MIXED`]'s.
+/// With `precision` mixed, the trainer's convolutions run in mixed precision, checked with mixed precision's
+/// tolerances (written in this module with their reasons).
 pub fn check_gpu(file: &TensorFile, gpu: &Gpu, precision: ConvPrecision) -> Vec<Check> {
     let mut checks = Vec::new();
     if let Err(e) = run_gpu(file, gpu, precision, &mut checks) {

@@ -1008,7 +1008,8 @@ pub struct GpuBackend<G: Deref<Target = Gpu> = Arc<Gpu>> {
 /// [`LossScale::GROWTH_INTERVAL`] steps in a row without overflow, `S` doubles. As PyTorch's `GradScaler`, except
 /// that an overflowing batch is retried rather than dropped: the batch norm running statistics are saved before each
 /// step (one copy of each, in the step's submission) and restored before a retry, so that the batch moves them
-/// once.
+/// once. The scale is not part of a checkpoint: a resumed run starts again at [`LossScale::INITIAL`] (it changes
+/// results only where a gradient is too small for f16 at one scale and not at the other).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LossScale {
     /// The current `S`.

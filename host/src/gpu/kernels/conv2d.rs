@@ -6,6 +6,12 @@
 //! when the reduction is split (see [`ConvTiling`]). Splits write partial sums into a caller-provided scratch
 //! tensor of at least [`Conv2d::scratch_len`] elements; one scratch can serve every layer of a network, since
 //! the dispatches of a step run one after the other.
+//!
+//! Two arithmetics ([`ConvPrecision`]): f32 ([`Conv2d::new`]), and mixed ([`Conv2d::mixed`]), whose module is
+//! `conv2d.wgsl` with the tile arithmetic of `shaders/conv2d_coop.wgsl.in` (f16 operands, f32 accumulation on
+//! cooperative matrices) put in by `conv2d_compose.rs`; the index maps, bounds, splits and epilogues are shared.
+//! The mixed kernels' twins are the same core functions applied to operands rounded by
+//! [`elasticface_core::nn::round_to_f16`].
 
 use anyhow::{anyhow, bail, Result};
 use elasticface_core::nn::Conv2dShape;

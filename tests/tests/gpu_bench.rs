@@ -1,0 +1,69 @@
+//! `elasticface bench` on a tiny network (lavapipe in CI): the measurement runs real training steps, its profile
+//! accounts for every dispatch of a step, and its figures are consistent with one another.
+
+use std::sync::Arc;
+
+use elasticface::bench::network::{gflop_per_step, measure, NetworkBenchConfig};
+use elasticface::gpu::kernels::conv2d::ConvPrecision;
+use elasticface::gpu::{Gpu, GpuOptions};
+use elasticface_core::margin::MarginConfig;
+use elasticface_core::model::IResNetConfig;
+
+const TINY: IResNetConfig =
+    IResNetConfig { layers: [1, 1, 1, 1], widths: [4, 8, 8, 16], input_h: 16, input_w: 16, embedding: 8 };
+
+#[test]
+fn the_network_benchmark_trains_profiles_every_dispatch_and_adds_up() {
+    if elasticface_tests::gpu().is_none() {
+        return;
+    }
+    // Unchecked, as the command runs (the kernels are tested checked elsewhere).
+    let gpu = Arc::new(Gpu::new(&GpuOptions::from_env()).unwrap());
+    let cfg = NetworkBenchConfig {
+        cfg: TINY,
+        arch: "tiny".into(),
+        batch: 4,
+        classes: 10,
+        margin: MarginConfig::ELASTIC_ARC,
+        precision: ConvPrecision::F32,
+        warmup: 1,
+        steps: 3,
+        profile: true,
+        seed: 5,
+    };
+    let r = measure(gpu.clone(), &cfg, true).unwrap();
+    assert_eq!((r.steps, r.warmup, r.batch, r.classes), (3, 1, 4, 10));
+    assert!(r.step_ms_min <= r.step_ms_median && r.step_ms_median <= r.step_ms_max);
+    assert!((r.images_per_s - 4.0 / (r.step_ms_median / 1e3)).abs() <= 1e-6 * r.images_per_s);
+    assert_eq!(r.gflop_per_step, gflop_per_step(&TINY, 4));
+    assert!(r.loss_first.is_finite() && r.loss_last.is_finite(), "the steps train: {r:?}");
+    let m = &r.memory;
+    assert_eq!(m.total, m.parameters + m.head + m.activations + m.gradient_buffers + m.scratch);
+    if gpu.caps.timestamps {
+        // The profiled step times every dispatch of a step exactly once.
+        let profiled: usize = r.kernels.iter().map(|k| k.dispatches).sum();
+        assert_eq!(profiled, r.dispatches_per_step);
+        let share: f64 = r.kernels.iter().map(|k| k.share).sum();
+        assert!((share - 1.0).abs() < 1e-9, "shares add up to {share}");
+        let ms: f64 = r.kernels.iter().map(|k| k.ms).sum();
+        assert!((ms - r.gpu_ms_profiled.unwrap()).abs() <= 1e-9 * ms.max(1.0));
+        assert!(r.kernels.windows(2).all(|w| w[0].ms >= w[1].ms), "slowest first");
+        assert!(r.kernels.iter().any(|k| k.kernel == "conv2d_forward"));
+    } else {
+        assert!(r.kernels.is_empty() && r.gpu_ms_profiled.is_none());
+    }
+    let table = r.to_string();
+    assert!(table.contains("images/s") && table.contains("memory"), "{table}");
+}
+
+#[test]
+fn the_flop_count_is_the_convolutions_and_fc_of_forward_and_both_gradients() {
+    // Widths 2, 16x16 input, every block the first of its stage (stride 2, downsample). Multiply-adds per image:
+    // stem 3->2 at 16x16: 256 * 2 * 27 = 13,824 (forward and weight gradient: no input gradient);
+    // blocks (conv1 3x3 at h x h, conv2 3x3 stride 2, downsample 1x1 stride 2), h = 16, 8, 4, 2:
+    //   16: 9,216 + 2,304 + 256;  8: 2,304 + 576 + 64;  4: 576 + 144 + 16;  2: 144 + 36 + 4  -> 15,640;
+    // fc 2 -> 2: 4. Flops: 2 x (2 x 13,824 + 3 x (15,640 + 4)) = 149,160.
+    let cfg = IResNetConfig { layers: [1, 1, 1, 1], widths: [2, 2, 2, 2], input_h: 16, input_w: 16, embedding: 2 };
+    assert!((gflop_per_step(&cfg, 1) - 149_160.0 / 1e9).abs() < 1e-18);
+    assert!((gflop_per_step(&cfg, 3) - 3.0 * 149_160.0 / 1e9).abs() < 1e-18, "linear in the batch");
+}
