@@ -114,7 +114,6 @@ enum Command {
     ///
     /// --data PATH: decodes a dataset (.rec, image folder) through the training loader on --workers threads,
     /// with no GPU: images/s in all, per thread, and of one thread decoding alone.
-    #[command(verbatim_doc_comment)]
     Bench {
         /// Time each kernel family instead of whole steps.
         #[arg(long, conflicts_with = "data")]
