@@ -72,6 +72,19 @@ pub fn assert_within_scale(what: &str, got: &[f32], want: &[f32], slack: f32) {
     }
 }
 
+/// Prints every check of a selftest report, then asserts that none failed and that at least `min_checks` ran (so
+/// that a reference file that lost tensors cannot pass by checking less).
+pub fn assert_report_passed(report: &elasticface::selftest::Report, min_checks: usize) {
+    for c in report.sections.iter().flat_map(|s| &s.checks) {
+        println!("{c}");
+    }
+    let (all, failed) = report.counts();
+    let failures: Vec<String> =
+        report.sections.iter().flat_map(|s| &s.checks).filter(|c| !c.pass).map(|c| c.to_string()).collect();
+    assert!(failed == 0, "{failed} of {all} checks failed:\n{}", failures.join("\n"));
+    assert!(all >= min_checks, "only {all} checks ran, expected at least {min_checks}");
+}
+
 /// Largest absolute difference of two slices of one length.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());

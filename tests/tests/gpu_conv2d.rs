@@ -11,9 +11,9 @@
 //! 0 wherever the GPU happens to sum in the core's order: forward and backward_data without splits): typical
 //! rounding errors grow like sqrt(K), the bound like K.
 
-use elasticface::gpu::kernels::conv2d::{flops, Conv2d, ConvOp, ConvTiling};
+use elasticface::gpu::kernels::conv2d::{Conv2d, ConvOp, ConvTiling};
 use elasticface::gpu::kernels::Dispatch;
-use elasticface::gpu::{Gpu, GpuOptions, Tensor};
+use elasticface::gpu::{Gpu, Tensor};
 use elasticface_core::nn::{self, Conv2dShape};
 use elasticface_tests::{gpu, uniform};
 
@@ -271,70 +271,4 @@ fn wrong_tensors_are_refused_naming_them() {
     // An impossible shape.
     let e = message(conv.forward(gpu, &Conv2dShape { stride: 0, ..s }, &x, &weight, &y, &scratch));
     assert!(e.contains("conv2d_forward: invalid shape"), "{e}");
-}
-
-/// GFLOP/s of the three kernels on iResNet-18 shapes at batch 8, on an unchecked device:
-/// `cargo test --release -p elasticface-tests --test gpu_conv2d -- --ignored --nocapture`.
-#[test]
-#[ignore = "benchmark: minutes on lavapipe"]
-fn benchmark_r18_shapes() {
-    let gpu = Gpu::new(&GpuOptions { checked: false, ..GpuOptions::from_env() }).expect("a GPU adapter");
-    eprintln!("{}", gpu.info.name);
-    let batch = std::env::var("BENCH_BATCH").ok().and_then(|b| b.parse().ok()).unwrap_or(8);
-    let iterations = 3;
-    let cases = [
-        ("stem 3->64 112x112 3x3 s1", shape(batch, 3, (112, 112), 64, (3, 3), 1, 1)),
-        ("64 56x56 3x3 s1", shape(batch, 64, (56, 56), 64, (3, 3), 1, 1)),
-        ("64->128 56x56 3x3 s2", shape(batch, 64, (56, 56), 128, (3, 3), 2, 1)),
-        ("64->128 56x56 1x1 s2", shape(batch, 64, (56, 56), 128, (1, 1), 2, 0)),
-        ("256 14x14 3x3 s1", shape(batch, 256, (14, 14), 256, (3, 3), 1, 1)),
-        ("512 7x7 3x3 s1", shape(batch, 512, (7, 7), 512, (3, 3), 1, 1)),
-    ];
-    let adapter = ConvTiling::for_adapter(&gpu);
-    let mut variants = vec![("adapter", adapter)];
-    let other = if adapter.rows_per_thread == 4 { 8 } else { 4 };
-    variants.push(("other TM", ConvTiling { rows_per_thread: other, ..adapter }));
-    for (vname, tiling) in variants {
-        let conv = Conv2d::with_tiling(&gpu, tiling);
-        eprintln!("tiling {vname}: {tiling:?}");
-        for (name, s) in &cases {
-            let x = gpu.upload("x", &[s.input_len()], &uniform(1, s.input_len()));
-            let weight = gpu.upload("weight", &[s.weight_len()], &uniform(2, s.weight_len()));
-            let dy = gpu.upload("dy", &[s.output_len()], &uniform(3, s.output_len()));
-            let (y, dx, dw) = (
-                gpu.zeros("y", &[s.output_len()]),
-                gpu.zeros("dx", &[s.input_len()]),
-                gpu.zeros("dw", &[s.weight_len()]),
-            );
-            let scratch = scratch(&gpu, &conv, s);
-            let ops = [
-                conv.forward(&gpu, s, &x, &weight, &y, &scratch).unwrap(),
-                conv.backward_data(&gpu, s, &dy, &weight, &dx, &scratch).unwrap(),
-                conv.backward_weight(&gpu, s, &dy, &x, &dw, &scratch).unwrap(),
-            ];
-            let mut line = format!("  {name:<28}");
-            for (op, d) in ConvOp::ALL.iter().zip(&ops) {
-                run(&gpu, d); // warm-up
-                let secs = best_of(iterations, || run(&gpu, d));
-                let splits = conv.plan(&gpu, *op, s).unwrap().splits;
-                line += &format!(
-                    "  {}: {:6.2} GFLOP/s ({splits} splits)",
-                    op.name().trim_start_matches("conv2d_"),
-                    flops(s) as f64 / secs / 1e9
-                );
-            }
-            eprintln!("{line}");
-        }
-    }
-}
-
-/// The shortest of `n` timed runs of `f`, in seconds (the least disturbed by other work on the machine).
-fn best_of(n: usize, mut f: impl FnMut()) -> f64 {
-    (0..n)
-        .map(|_| {
-            let start = std::time::Instant::now();
-            f();
-            start.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min)
 }

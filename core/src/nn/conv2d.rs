@@ -7,6 +7,8 @@
 //! Non-finite values are not scanned for: they propagate into the outputs as IEEE arithmetic makes them.
 //! No function panics: the shape and every slice length are checked before any element is touched.
 
+use core::ops::Range;
+
 use crate::error::Error;
 
 /// Shape of a convolution: input `(N, C_IN, H, W)`, weight `(C_OUT, C_IN, KH, KW)`,
@@ -105,6 +107,44 @@ impl Conv2dShape {
     }
 }
 
+/// What one kernel tap `(ki, kj)` reaches: the output rows and columns whose tap `(ki, kj)` reads a real input
+/// position (padding excluded), and the input column of the first of those columns (the next ones follow `stride`
+/// apart). Input row of output row `oh`: [`TapReach::input_row`].
+struct TapReach {
+    /// Index of the tap in a `(KH, KW)` kernel: `ki * KW + kj`.
+    tap: usize,
+    ki: usize,
+    rows: Range<usize>,
+    cols: Range<usize>,
+    first_input_col: usize,
+}
+
+impl TapReach {
+    /// The input row that output row `oh` reads through this tap.
+    #[inline]
+    fn input_row(&self, s: &Conv2dShape, oh: usize) -> usize {
+        oh * s.stride + self.ki - s.pad
+    }
+}
+
+/// Every tap of `s`'s kernel that reaches at least one output column, in the order `(ki, kj)`: the loop order of
+/// all three convolutions (their sums depend on it).
+fn tap_reaches(s: &Conv2dShape) -> impl Iterator<Item = TapReach> + '_ {
+    (0..s.kh).flat_map(move |ki| {
+        let (oh_lo, oh_hi) = s.rows_hit(ki);
+        (0..s.kw).filter_map(move |kj| {
+            let (ow_lo, ow_hi) = s.cols_hit(kj);
+            (ow_lo != ow_hi).then(|| TapReach {
+                tap: ki * s.kw + kj,
+                ki,
+                rows: oh_lo..oh_hi,
+                cols: ow_lo..ow_hi,
+                first_input_col: ow_lo * s.stride + kj - s.pad,
+            })
+        })
+    })
+}
+
 /// The output positions `o` in `lo..hi` (within `0..out`) for which `o * stride + k - pad` lies in `0..size`.
 /// Requires a validated shape (`stride > 0`, `size + 2 * pad` fits `usize`); `lo <= hi` always.
 #[inline]
@@ -176,7 +216,7 @@ pub fn conv2d_forward(s: &Conv2dShape, x: &[f32], weight: &[f32], y: &mut [f32])
         s,
         [("x", x.len(), s.input_len()), ("weight", weight.len(), s.weight_len()), ("y", y.len(), s.output_len())],
     )?;
-    let (h, w, stride, pad) = (s.h, s.w, s.stride, s.pad);
+    let (h, w, stride) = (s.h, s.w, s.stride);
     let (ho, wo) = (s.out_h(), s.out_w());
     let kernel = s.kh * s.kw;
     // For each output plane (n, co): add every input plane (n, ci) times every tap of weight[co, ci],
@@ -187,22 +227,11 @@ pub fn conv2d_forward(s: &Conv2dShape, x: &[f32], weight: &[f32], y: &mut [f32])
             y_plane.fill(0.0);
             for (ci, x_plane) in x_batch.chunks_exact(h * w).enumerate() {
                 let taps = &weight[(co * s.c_in + ci) * kernel..][..kernel];
-                for ki in 0..s.kh {
-                    let (oh_lo, oh_hi) = s.rows_hit(ki);
-                    for kj in 0..s.kw {
-                        let (ow_lo, ow_hi) = s.cols_hit(kj);
-                        if ow_lo == ow_hi {
-                            continue;
-                        }
-                        // Input column of output column ow_lo; the next ones follow `stride` apart.
-                        let iw_lo = ow_lo * stride + kj - pad;
-                        let tap = taps[ki * s.kw + kj];
-                        for oh in oh_lo..oh_hi {
-                            let ih = oh * stride + ki - pad;
-                            let x_row = &x_plane[ih * w..][..w];
-                            let y_row = &mut y_plane[oh * wo..][..wo];
-                            axpy_gather(&mut y_row[ow_lo..ow_hi], tap, x_row, iw_lo, stride);
-                        }
+                for t in tap_reaches(s) {
+                    for oh in t.rows.clone() {
+                        let x_row = &x_plane[t.input_row(s, oh) * w..][..w];
+                        let y_row = &mut y_plane[oh * wo..][..wo];
+                        axpy_gather(&mut y_row[t.cols.clone()], taps[t.tap], x_row, t.first_input_col, stride);
                     }
                 }
             }
@@ -220,7 +249,7 @@ pub fn conv2d_backward_data(s: &Conv2dShape, dy: &[f32], weight: &[f32], dx: &mu
         s,
         [("dy", dy.len(), s.output_len()), ("weight", weight.len(), s.weight_len()), ("dx", dx.len(), s.input_len())],
     )?;
-    let (h, w, stride, pad) = (s.h, s.w, s.stride, s.pad);
+    let (h, w, stride) = (s.h, s.w, s.stride);
     let (ho, wo) = (s.out_h(), s.out_w());
     let kernel = s.kh * s.kw;
     // The transpose of the forward pass: each output-gradient row is scattered back through every tap
@@ -231,21 +260,11 @@ pub fn conv2d_backward_data(s: &Conv2dShape, dy: &[f32], weight: &[f32], dx: &mu
             dx_plane.fill(0.0);
             for (co, dy_plane) in dy_batch.chunks_exact(ho * wo).enumerate() {
                 let taps = &weight[(co * s.c_in + ci) * kernel..][..kernel];
-                for ki in 0..s.kh {
-                    let (oh_lo, oh_hi) = s.rows_hit(ki);
-                    for kj in 0..s.kw {
-                        let (ow_lo, ow_hi) = s.cols_hit(kj);
-                        if ow_lo == ow_hi {
-                            continue;
-                        }
-                        let iw_lo = ow_lo * stride + kj - pad;
-                        let tap = taps[ki * s.kw + kj];
-                        for oh in oh_lo..oh_hi {
-                            let ih = oh * stride + ki - pad;
-                            let dy_row = &dy_plane[oh * wo..][..wo];
-                            let dx_row = &mut dx_plane[ih * w..][..w];
-                            axpy_scatter(dx_row, iw_lo, stride, tap, &dy_row[ow_lo..ow_hi]);
-                        }
+                for t in tap_reaches(s) {
+                    for oh in t.rows.clone() {
+                        let dy_row = &dy_plane[oh * wo..][..wo];
+                        let dx_row = &mut dx_plane[t.input_row(s, oh) * w..][..w];
+                        axpy_scatter(dx_row, t.first_input_col, stride, taps[t.tap], &dy_row[t.cols.clone()]);
                     }
                 }
             }
@@ -264,7 +283,7 @@ pub fn conv2d_backward_weight(s: &Conv2dShape, dy: &[f32], x: &[f32], dweight: &
         s,
         [("dy", dy.len(), s.output_len()), ("x", x.len(), s.input_len()), ("dweight", dweight.len(), s.weight_len())],
     )?;
-    let (h, w, stride, pad) = (s.h, s.w, s.stride, s.pad);
+    let (h, w, stride) = (s.h, s.w, s.stride);
     let (ho, wo) = (s.out_h(), s.out_w());
     let kernel = s.kh * s.kw;
     dweight.fill(0.0);
@@ -274,23 +293,14 @@ pub fn conv2d_backward_weight(s: &Conv2dShape, dy: &[f32], x: &[f32], dweight: &
         for (co, dy_plane) in dy_batch.chunks_exact(ho * wo).enumerate() {
             for (ci, x_plane) in x_batch.chunks_exact(h * w).enumerate() {
                 let taps = &mut dweight[(co * s.c_in + ci) * kernel..][..kernel];
-                for ki in 0..s.kh {
-                    let (oh_lo, oh_hi) = s.rows_hit(ki);
-                    for kj in 0..s.kw {
-                        let (ow_lo, ow_hi) = s.cols_hit(kj);
-                        if ow_lo == ow_hi {
-                            continue;
-                        }
-                        let iw_lo = ow_lo * stride + kj - pad;
-                        let mut acc = 0.0f32;
-                        for oh in oh_lo..oh_hi {
-                            let ih = oh * stride + ki - pad;
-                            let x_row = &x_plane[ih * w..][..w];
-                            let dy_row = &dy_plane[oh * wo..][..wo];
-                            acc += dot_gather(&dy_row[ow_lo..ow_hi], x_row, iw_lo, stride);
-                        }
-                        taps[ki * s.kw + kj] += acc;
+                for t in tap_reaches(s) {
+                    let mut acc = 0.0f32;
+                    for oh in t.rows.clone() {
+                        let x_row = &x_plane[t.input_row(s, oh) * w..][..w];
+                        let dy_row = &dy_plane[oh * wo..][..wo];
+                        acc += dot_gather(&dy_row[t.cols.clone()], x_row, t.first_input_col, stride);
                     }
+                    taps[t.tap] += acc;
                 }
             }
         }

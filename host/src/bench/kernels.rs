@@ -34,6 +34,14 @@ pub struct KernelCase {
     pub dispatches: Vec<Dispatch>,
 }
 
+impl KernelCase {
+    /// An element-wise case over `len` elements: `ops` operations and `bytes` bytes of traffic per element.
+    fn elementwise(kernel: &str, shape: &str, len: usize, ops: f64, bytes: f64, dispatches: Vec<Dispatch>) -> Self {
+        let len = len as f64;
+        Self { kernel: kernel.into(), shape: shape.into(), flops: ops * len, bytes: bytes * len, dispatches }
+    }
+}
+
 /// The measured figures of one case.
 #[derive(Clone, Debug, Serialize)]
 pub struct KernelResult {
@@ -141,13 +149,14 @@ pub fn kernel_cases(gpu: &Gpu, n: usize, shrink: usize) -> Result<Vec<KernelCase
         let hw = (hw / shrink).max(1);
         let len = n * c * hw * hw;
         let (a, b, y) = (gpu.zeros("a", &[len]), gpu.zeros("b", &[len]), gpu.zeros("y", &[len]));
-        cases.push(KernelCase {
-            kernel: "residual_add_forward".into(),
-            shape: format!("N={n} C={c} {hw}x{hw}"),
-            flops: len as f64,
-            bytes: 12.0 * len as f64,
-            dispatches: vec![residual.forward(gpu, &a, &b, &y)?],
-        });
+        cases.push(KernelCase::elementwise(
+            "residual_add_forward",
+            &format!("N={n} C={c} {hw}x{hw}"),
+            len,
+            1.0,
+            12.0,
+            vec![residual.forward(gpu, &a, &b, &y)?],
+        ));
     }
     let (bn, prelu) = (BatchNormKernels::new(gpu), Prelu::new(gpu));
     for (c, hw) in [(64usize, 112usize), (128, 28), (512, 7)] {
@@ -162,35 +171,19 @@ pub fn kernel_cases(gpu: &Gpu, n: usize, shrink: usize) -> Result<Vec<KernelCase
         let shape = format!("N={n} C={c} {hw}x{hw}");
         let cfg = BatchNorm::default();
         let fwd = bn.forward_train(gpu, &s, &cfg, &x, &gamma, &beta, &rm, &rv, &y, &mean, &var, &scratch)?;
-        cases.push(KernelCase {
-            kernel: "batchnorm_forward_train".into(),
-            shape: shape.clone(),
-            flops: 5.0 * len as f64,
-            bytes: 12.0 * len as f64,
-            dispatches: fwd.into(),
-        });
+        cases.push(KernelCase::elementwise("batchnorm_forward_train", &shape, len, 5.0, 12.0, fwd.into()));
         let bwd = bn.backward(gpu, &s, &cfg, &x, &gamma, &mean, &var, &dy, &dx, Some(&dg), &db, &scratch)?;
-        cases.push(KernelCase {
-            kernel: "batchnorm_backward".into(),
-            shape: shape.clone(),
-            flops: 8.0 * len as f64,
-            bytes: 20.0 * len as f64,
-            dispatches: bwd.into(),
-        });
-        cases.push(KernelCase {
-            kernel: "prelu_forward".into(),
-            shape: shape.clone(),
-            flops: len as f64,
-            bytes: 8.0 * len as f64,
-            dispatches: vec![prelu.forward(gpu, &s, &x, &gamma, &y)?],
-        });
-        cases.push(KernelCase {
-            kernel: "prelu_backward".into(),
-            shape,
-            flops: 3.0 * len as f64,
-            bytes: 12.0 * len as f64,
-            dispatches: prelu.backward(gpu, &s, &x, &gamma, &dy, &dx, &dg, &scratch)?.into(),
-        });
+        cases.push(KernelCase::elementwise("batchnorm_backward", &shape, len, 8.0, 20.0, bwd.into()));
+        cases.push(KernelCase::elementwise(
+            "prelu_forward",
+            &shape,
+            len,
+            1.0,
+            8.0,
+            vec![prelu.forward(gpu, &s, &x, &gamma, &y)?],
+        ));
+        let bwd = prelu.backward(gpu, &s, &x, &gamma, &dy, &dx, &dg, &scratch)?;
+        cases.push(KernelCase::elementwise("prelu_backward", &shape, len, 3.0, 12.0, bwd.into()));
     }
     Ok(cases)
 }

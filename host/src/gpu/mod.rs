@@ -1,4 +1,5 @@
-//! The GPU layer: adapter and device ([`Gpu`]), tensors ([`Tensor`]) and the WGSL kernels ([`kernels`]).
+//! The GPU layer: adapter and device ([`Gpu`]), tensors ([`Tensor`]), the WGSL kernels ([`kernels`]), and the GPU
+//! time of each dispatch from timestamp queries (`Gpu::profile`, in `profile.rs`).
 
 mod device;
 pub mod kernels;

@@ -180,13 +180,7 @@ impl SgdKernels {
         grad: &SplitTensor,
         momentum_buf: &SplitTensor,
     ) -> Result<Vec<Dispatch>> {
-        for t in [grad, momentum_buf] {
-            if !t.same_split(param) || t.cols != param.cols {
-                bail!("sgd_step: {} is not split like {}", t.label, param.label);
-            }
-        }
-        let parts = param.parts.iter().zip(&grad.parts).zip(&momentum_buf.parts);
-        parts.map(|((p, g), b)| self.step(gpu, hyper, p, g, b)).collect()
+        split_parts("sgd_step", param, grad, momentum_buf)?.map(|(p, g, b)| self.step(gpu, hyper, p, g, b)).collect()
     }
 
     /// [`SgdKernels::step_guarded`] of a split matrix (the head), one dispatch per part; all three split alike.
@@ -199,13 +193,9 @@ impl SgdKernels {
         grad: &SplitTensor,
         momentum_buf: &SplitTensor,
     ) -> Result<Vec<Dispatch>> {
-        for t in [grad, momentum_buf] {
-            if !t.same_split(param) || t.cols != param.cols {
-                bail!("sgd_step_guarded: {} is not split like {}", t.label, param.label);
-            }
-        }
-        let parts = param.parts.iter().zip(&grad.parts).zip(&momentum_buf.parts);
-        parts.map(|((p, g), b)| self.step_guarded(gpu, hyper, report, p, g, b)).collect()
+        split_parts("sgd_step_guarded", param, grad, momentum_buf)?
+            .map(|(p, g, b)| self.step_guarded(gpu, hyper, report, p, g, b))
+            .collect()
     }
 
     /// The step report `[flags, loss, backbone norm, head norm]` into `report (REPORT_LEN)` from `loss (1)` and the
@@ -268,6 +258,22 @@ impl SgdKernels {
         let grid = gpu.grid_1d(x.len, ELEMENTWISE_WORKGROUP);
         gpu.dispatch(name, &self.scale, &params, &[factor, x], grid)
     }
+}
+
+/// The parts of three matrices split alike, as `(param, grad, momentum)` triples; errors (naming `kernel`) when
+/// `grad` or `momentum_buf` is not split like `param`.
+fn split_parts<'a>(
+    kernel: &str,
+    param: &'a SplitTensor,
+    grad: &'a SplitTensor,
+    momentum_buf: &'a SplitTensor,
+) -> Result<impl Iterator<Item = (&'a Tensor, &'a Tensor, &'a Tensor)>> {
+    for t in [grad, momentum_buf] {
+        if !t.same_split(param) || t.cols != param.cols {
+            bail!("{kernel}: {} is not split like {}", t.label, param.label);
+        }
+    }
+    Ok(param.parts.iter().zip(&grad.parts).zip(&momentum_buf.parts).map(|((p, g), b)| (p, g, b)))
 }
 
 /// Global gradient-norm clipping of a set of tensors (`torch.nn.utils.clip_grad_norm_`), built once and recorded
