@@ -1,5 +1,5 @@
 // 2-D convolution (NCHW, no bias, square stride and padding): forward and both gradients, as implicit GEMM.
-// CPU twins: elasticface_core::nn::{conv2d_forward, conv2d_backward_data, conv2d_backward_weight}.
+// CPU twins: elasticface_core::nn::{conv2d_forward, conv2d_backward_data, conv2d_backward_weight, gemm_batched}.
 // Params mirrors `Conv2dParams` in host/src/gpu/kernels/conv2d.rs.
 //
 // THE THREE PRODUCTS. Each kernel computes C (M x COLS) = A (M x K) * B (K x COLS) without ever storing A or
@@ -18,6 +18,8 @@
 //                           B[j, t] = x[n, ci, ih, iw] (im2col, transposed) C[co, t] -> dweight[co, t]
 // backward_data gathers (every dx element sums its own taps), so a stride > 1 needs no scattering; to spend no
 // work on the taps whose output position is not an integer, it runs one product per stride phase.
+// A fourth kernel, gemm_batched, is the plain product of row-major matrices, BATCH at a time: the 16 products
+// of a Winograd convolution (shaders/winograd.wgsl), tiled, pipelined and split as the three above.
 //
 // TILING. A workgroup of WG = 256 invocations computes one BM x BN tile of C (BM = 16*TM rows, BN = 64
 // columns). Invocation (tx, ty) = (lid % 16, lid / 16) owns the TM x 4 block at rows ty*TM.., columns tx*4..,
@@ -55,7 +57,7 @@
 // bounds checks.
 //
 // TM (rows per invocation, 4 or 8) may be rewritten by the host before compiling (see `ConvTiling` in
-// conv2d.rs); everything else derives from it.
+// conv2d.rs; a GPU compiles both, and runs products of at most 64 rows on TM = 4); everything else derives from it.
 
 struct Params {
     n: u32,
@@ -491,6 +493,81 @@ fn conv2d_backward_weight(
                 let m = origin.x + (lid / 16u) * TM + i;
                 if m < p.m {
                     dweight[slice + m * p.cols + j] = acc[i][c];
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// gemm_batched: c[b] = a[b] * b[b] for b < BATCH, the products of a Winograd convolution (see
+// shaders/winograd.wgsl). a (BATCH, M, K), b (BATCH, K, COLS), c (BATCH, M, COLS), all row-major (or, with
+// splits, slices of a scratch (SPLITS, BATCH, M, COLS)). BATCH is p.n; workgroup z is batch * SPLITS + split.
+// Sums run over k in order, as in the convolutions: without splits exactly the core twin's order.
+@group(0) @binding(1) var<storage, read> gemm_a: array<f32>;
+@group(0) @binding(2) var<storage, read> gemm_b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> gemm_c: array<f32>;
+
+@compute @workgroup_size(WG)
+fn gemm_batched(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    if !tile_exists(wid, nwg) {
+        return;
+    }
+    let origin = tile_origin(wid, nwg);
+    let batch = wid.z / p.splits;
+    let split = wid.z % p.splits;
+    let k_begin = split * p.chunk;
+    let k_end = min(k_begin + p.chunk, p.k);
+    let a_base = batch * p.m * p.k;
+    let b_base = batch * p.k * p.cols;
+    let kb = lid / 16u;
+
+    clear_acc();
+    let steps = depth_steps(k_begin, k_end);
+    for (var s = 0u; s <= steps; s++) {
+        store_tiles(lid);
+        workgroupBarrier();
+        if s < steps {
+            let k0 = k_begin + s * BK;
+            // A: a[batch, m, k], contiguous along k.
+            let ka = k0 + lid % 16u;
+            for (var i = 0u; i < TM; i++) {
+                let m = origin.x + lid / 16u + 16u * i;
+                var v = 0.0;
+                if m < p.m && ka < k_end {
+                    v = gemm_a[a_base + m * p.k + ka];
+                }
+                next_a[i] = v;
+            }
+            // B: b[batch, k, j], contiguous along j.
+            let k = k0 + kb;
+            for (var i = 0u; i < 4u; i++) {
+                let j = origin.y + lid % 16u + 16u * i;
+                var v = 0.0;
+                if k < k_end && j < p.cols {
+                    v = gemm_b[b_base + k * p.cols + j];
+                }
+                next_b[i] = v;
+            }
+        }
+        multiply_tiles(lid);
+        workgroupBarrier();
+    }
+
+    finish_tiles(lid);
+    // C[m, j] -> c[slice split][batch, m, j].
+    let base = split * p.out_len + batch * p.m * p.cols;
+    for (var c = 0u; c < 4u; c++) {
+        let j = origin.y + (lid % 16u) * 4u + c;
+        if j < p.cols {
+            for (var i = 0u; i < TM; i++) {
+                let m = origin.x + (lid / 16u) * TM + i;
+                if m < p.m {
+                    gemm_c[base + m * p.cols + j] = acc[i][c];
                 }
             }
         }

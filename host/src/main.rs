@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 use elasticface::gpu::{adapters, AdapterLine, Gpu, GpuOptions};
-use elasticface::train::run::{train, Device, Precision, TrainConfig};
+use elasticface::train::run::{train, Device, Precision, TrainConfig, WinogradLayers};
 use elasticface::{bench, selftest};
 
 /// ElasticFace: train and check face-recognition networks with elastic margin losses.
@@ -148,6 +148,10 @@ enum Command {
         /// Arithmetic of the convolutions: auto (mixed where the GPU has tensor cores), f32 or mixed.
         #[arg(long, value_enum, default_value = "auto")]
         precision: Precision,
+        /// Convolutions run as Winograd F(2x2, 3x3) (f32): auto (layers of at least 128 channels on a GPU), off,
+        /// or the fewest input and output channels of such a layer.
+        #[arg(long, value_name = "auto|off|N", default_value = "auto")]
+        winograd: WinogradLayers,
         /// --kernels: divide the spatial sizes of the 112x112 network by this (default: 4 on a CPU adapter, else 1).
         #[arg(long)]
         shrink: Option<usize>,
@@ -317,6 +321,10 @@ struct TrainArgs {
     /// operands, f32 accumulation, dynamic loss scaling) [default: auto].
     #[arg(long, value_enum)]
     precision: Option<Precision>,
+    /// GPU convolutions run as Winograd F(2x2, 3x3) (f32): auto (layers of at least 128 channels on a GPU, none on
+    /// a CPU adapter), off, or the fewest input and output channels of such a layer [default: auto].
+    #[arg(long, value_name = "auto|off|N")]
+    winograd: Option<WinogradLayers>,
     /// GPU adapter name filter.
     #[arg(long, value_name = "NAME")]
     adapter: Option<String>,
@@ -348,7 +356,7 @@ impl TrainArgs {
         }
         set!(data, out, arch, embedding, input_size, loss, plus_assignment, batch, epochs, max_steps, lr, schedule);
         set!(decay_epochs, warmup_epochs, momentum, weight_decay, clip_norm, seed, workers, device, checkpoint_every);
-        set!(eval_every, val_pairs, precision);
+        set!(eval_every, val_pairs, precision, winograd);
         if self.val.is_some() {
             c.val = self.val.clone();
         }
@@ -523,6 +531,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             warmup,
             no_profile,
             precision,
+            winograd,
             shrink,
             reps,
             images,
@@ -569,6 +578,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let tc = TrainConfig { arch: arch.clone(), input_size, loss, ..TrainConfig::default() };
             let cfg = bench::network::NetworkBenchConfig {
                 precision: precision.resolve(&gpu)?,
+                winograd: winograd.resolve(&gpu),
                 cfg: tc.network()?,
                 arch,
                 batch: batch.unwrap_or(128),

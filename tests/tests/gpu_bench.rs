@@ -26,6 +26,8 @@ fn the_network_benchmark_trains_profiles_every_dispatch_and_adds_up() {
         classes: 10,
         margin: MarginConfig::ELASTIC_ARC,
         precision: ConvPrecision::F32,
+        // Every eligible layer as Winograd, so that the profile covers its kernels too.
+        winograd: Some(1),
         warmup: 1,
         steps: 3,
         profile: true,

@@ -45,15 +45,22 @@ fn shapes() -> Vec<Conv2dShape> {
     ]
 }
 
-/// The tilings under test: the adapter's, both row blockings, and one that splits every reduction it can,
+/// The tilings under test: the adapter's, both row blockings, tall tiles with short ones for short products, and one that splits every reduction it can,
 /// with the tile grid folded into two dimensions.
 fn tilings(gpu: &Gpu) -> Vec<(&'static str, ConvTiling)> {
     let adapter = ConvTiling::for_adapter(gpu);
-    let base = ConvTiling { rows_per_thread: 4, target_workgroups: 1, min_steps_per_split: 1, max_grid_x: u32::MAX };
+    let base = ConvTiling {
+        rows_per_thread: 4,
+        short_tiles: false,
+        target_workgroups: 1,
+        min_steps_per_split: 1,
+        max_grid_x: u32::MAX,
+    };
     vec![
         ("adapter", adapter),
         ("64x64", base),
         ("128x64", ConvTiling { rows_per_thread: 8, ..base }),
+        ("128x64, 64x64 for M <= 64", ConvTiling { rows_per_thread: 8, short_tiles: true, ..base }),
         ("split+fold", ConvTiling { target_workgroups: 1 << 20, max_grid_x: 3, ..base }),
     ]
 }

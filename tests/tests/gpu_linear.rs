@@ -85,8 +85,13 @@ fn record(gpu: &Gpu, linear: &Linear, c: &Case) -> Run {
 #[test]
 fn linear_matches_the_core() {
     let Some(gpu) = gpu() else { return };
-    let splitting =
-        ConvTiling { rows_per_thread: 4, target_workgroups: 1 << 20, min_steps_per_split: 1, max_grid_x: 2 };
+    let splitting = ConvTiling {
+        rows_per_thread: 4,
+        short_tiles: false,
+        target_workgroups: 1 << 20,
+        min_steps_per_split: 1,
+        max_grid_x: 2,
+    };
     for (name, tiling) in [("adapter", ConvTiling::for_adapter(gpu)), ("split+fold", splitting)] {
         let linear = Linear::with_tiling(gpu, tiling);
         let mut worst = [(0.0f32, 0.0f32); 3];
@@ -145,7 +150,13 @@ fn linear_conv_splits(gpu: &Gpu, tiling: ConvTiling, op: Op, conv: &Conv2dShape)
 #[test]
 fn linear_is_bit_identical_from_run_to_run() {
     let Some(gpu) = gpu() else { return };
-    let tiling = ConvTiling { rows_per_thread: 4, target_workgroups: 1 << 20, min_steps_per_split: 1, max_grid_x: 2 };
+    let tiling = ConvTiling {
+        rows_per_thread: 4,
+        short_tiles: false,
+        target_workgroups: 1 << 20,
+        min_steps_per_split: 1,
+        max_grid_x: 2,
+    };
     let linear = Linear::with_tiling(gpu, tiling);
     let c = Case::new(9, 300, 20, 7);
     let r = record(gpu, &linear, &c);

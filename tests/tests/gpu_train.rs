@@ -125,9 +125,11 @@ fn compare_state(what: &str, cfg: &IResNetConfig, gpu: &Checkpoint, cpu: &Checkp
     }
 }
 
-/// Three steps on both backends, comparing after each; then eval-mode embeddings.
-fn gpu_matches_cpu(gpu: &Gpu, cfg: &IResNetConfig, b: usize, classes: usize) -> Worst {
+/// Three steps on both backends, comparing after each; then eval-mode embeddings. `winograd`: the GPU's choice of
+/// Winograd layers ([`GpuBackend::set_winograd`]).
+fn gpu_matches_cpu(gpu: &Gpu, cfg: &IResNetConfig, b: usize, classes: usize, winograd: Option<usize>) -> Worst {
     let mut g = GpuBackend::new(gpu, cfg, b, classes, step_cfg(), 5).unwrap();
+    g.set_winograd(winograd).unwrap();
     let mut c = CpuBackend::new(cfg, b, classes, step_cfg(), 5).unwrap();
     let pos = Position::epoch_start(0);
     // Same initial bits.
@@ -172,15 +174,48 @@ fn gpu_matches_cpu(gpu: &Gpu, cfg: &IResNetConfig, b: usize, classes: usize) -> 
 #[test]
 fn gpu_matches_cpu_on_the_reference_tiny_net() {
     let Some(gpu) = gpu() else { return };
-    let worst = gpu_matches_cpu(gpu, &TINY, 6, 11);
+    let worst = gpu_matches_cpu(gpu, &TINY, 6, 11, None);
     eprintln!("tiny net, GPU vs CPU, largest relative errors: {worst:?}");
 }
 
 #[test]
 fn gpu_matches_cpu_on_odd_shapes() {
     let Some(gpu) = gpu() else { return };
-    let worst = gpu_matches_cpu(gpu, &ODD, 5, 13);
+    let worst = gpu_matches_cpu(gpu, &ODD, 5, 13, None);
     eprintln!("odd net, GPU vs CPU, largest relative errors: {worst:?}");
+}
+
+/// Every 3x3 stride-1 convolution (the stem, both convolutions of the identity blocks, conv1 of the others) as
+/// Winograd, against the CPU trainer's direct convolutions: the same tolerances hold (Winograd's rounding is of the
+/// same f32 kind; the core's tests bound it against the direct convolution).
+#[test]
+fn gpu_with_winograd_convolutions_matches_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let worst = gpu_matches_cpu(gpu, &TINY, 6, 11, Some(1));
+    eprintln!("tiny net, Winograd on the GPU vs direct on the CPU, largest relative errors: {worst:?}");
+}
+
+/// Winograd training is deterministic too, and switching it on and off rebuilds the step and its workspace.
+#[test]
+fn winograd_runs_are_bit_identical_and_switchable() {
+    let Some(gpu) = gpu() else { return };
+    let (b, classes) = (5, 13);
+    let pos = Position::epoch_start(0);
+    let mut runs = Vec::new();
+    for choice in [Some(1), Some(1), None] {
+        let mut g = GpuBackend::new(gpu, &ODD, b, classes, step_cfg(), 9).unwrap();
+        let direct = g.memory().total();
+        g.set_winograd(choice).unwrap();
+        assert_eq!(g.winograd(), choice);
+        assert_eq!(g.memory().total() > direct, choice.is_some(), "the workspace is counted");
+        let losses = train(&mut g, &ODD, b, classes, 2);
+        runs.push((losses, bits(&g.checkpoint(9, pos, Default::default()).unwrap())));
+        g.set_winograd(None).unwrap();
+        assert_eq!(g.memory().total(), direct, "the workspace is released");
+    }
+    assert_eq!(runs[0].0, runs[1].0, "losses");
+    assert!(runs[0].1 == runs[1].1, "parameters, head or momentum differ");
+    assert_ne!(runs[0].0, runs[2].0, "Winograd rounds differently from the direct convolutions");
 }
 
 /// The bits of every state tensor, the head and the momentum.

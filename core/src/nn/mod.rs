@@ -19,6 +19,7 @@ mod prelu;
 mod preprocess;
 mod residual;
 mod sgd;
+mod winograd;
 
 pub use batchnorm::{batchnorm_backward, batchnorm_forward_eval, batchnorm_forward_train, BatchNorm, BatchNormShape};
 pub use conv2d::{conv2d_backward_data, conv2d_backward_weight, conv2d_forward, Conv2dShape};
@@ -29,3 +30,8 @@ pub use prelu::{prelu_backward, prelu_forward};
 pub use preprocess::{preprocess_image, ImageShape};
 pub use residual::{accumulate, residual_add_backward, residual_add_forward};
 pub use sgd::{clip_coefficient, scale, sgd_step, sum_of_squares, Sgd};
+pub use winograd::{
+    conv2d_winograd_backward_data, conv2d_winograd_backward_weight, conv2d_winograd_forward, gemm_batched,
+    winograd_input_transform, winograd_output_grad_transform, winograd_output_transform,
+    winograd_weight_grad_transform, winograd_weight_transform, winograd_workspace_len, WinogradTiles,
+};

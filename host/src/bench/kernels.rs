@@ -17,6 +17,7 @@ use crate::gpu::kernels::conv2d::{self, Conv2d};
 use crate::gpu::kernels::linear::{self, Linear};
 use crate::gpu::kernels::prelu::Prelu;
 use crate::gpu::kernels::residual::Residual;
+use crate::gpu::kernels::winograd::{Winograd, WinogradWorkspace};
 use crate::gpu::kernels::Dispatch;
 use crate::gpu::Gpu;
 
@@ -86,6 +87,7 @@ pub fn kernel_cases(gpu: &Gpu, n: usize, shrink: usize) -> Result<Vec<KernelCase
     // The convolutions of an iResNet stage by stage: (C_in, C_out, input size, kernel, stride, pad).
     // The f32 kernels, and the mixed-precision ones where the adapter has cooperative matrices.
     let mut kinds = vec![("", Conv2d::new(gpu))];
+    let winograd = Winograd::new(gpu);
     if gpu.caps.cooperative_matrix {
         kinds.push((" (mixed)", Conv2d::mixed(gpu)?));
     }
@@ -115,6 +117,20 @@ pub fn kernel_cases(gpu: &Gpu, n: usize, shrink: usize) -> Result<Vec<KernelCase
             ops.push(("conv2d_backward_data", conv.backward_data(gpu, &s, &y, &w, &x, &scratch)?));
         }
         ops.push(("conv2d_backward_weight", conv.backward_weight(gpu, &s, &y, &x, &w, &scratch)?));
+        // The f32 Winograd passes of the 3x3 stride-1 layers, timed against the same FLOP count (the direct
+        // convolution's: an effective rate, comparable with the direct kernels').
+        if suffix.is_empty() && c_in != 3 && Winograd::applies(&s) {
+            let l = Winograd::workspace_lens(gpu, conv, &s)?;
+            let ws = WinogradWorkspace {
+                u: gpu.zeros("U", &[l.u]),
+                v: gpu.zeros("V", &[l.v]),
+                m: gpu.zeros("M", &[l.m]),
+                scratch: gpu.zeros("scratch", &[l.scratch.max(1)]),
+            };
+            ops.push(("winograd_forward", winograd.forward(gpu, conv, &s, &x, &w, &y, &ws)?));
+            ops.push(("winograd_backward_data", winograd.backward_data(gpu, conv, &s, &y, &w, &x, &ws)?));
+            ops.push(("winograd_backward_weight", winograd.backward_weight(gpu, conv, &s, &y, &x, &w, &ws)?));
+        }
         for (kernel, dispatches) in ops {
             let kernel = format!("{kernel}{suffix}");
             cases.push(KernelCase { kernel, shape: shape.clone(), flops, bytes, dispatches });

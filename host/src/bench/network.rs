@@ -46,6 +46,8 @@ pub struct NetworkBenchConfig {
     pub margin: MarginConfig,
     /// Arithmetic of the convolutions.
     pub precision: ConvPrecision,
+    /// The 3x3 stride-1 convolutions of at least this many channels run as Winograd (`None`: none do).
+    pub winograd: Option<usize>,
     /// Untimed steps first (pipelines warm, caches filled).
     pub warmup: usize,
     /// Timed steps.
@@ -117,6 +119,8 @@ pub struct NetworkBenchResult {
     pub classes: usize,
     /// Arithmetic of the convolutions (the fc layer, batch norms, head and loss are f32 in both).
     pub precision: ConvPrecision,
+    /// The fewest channels of a convolution run as Winograd (`None`: every convolution runs directly).
+    pub winograd: Option<usize>,
     /// Mixed precision's loss scale after the last step.
     pub loss_scale: Option<f32>,
     /// Warm-up steps.
@@ -204,6 +208,7 @@ pub fn measure(gpu: Arc<Gpu>, b: &NetworkBenchConfig, quiet: bool) -> Result<Net
     let mut backend = GpuBackend::new(gpu.clone(), &b.cfg, b.batch, b.classes, StepConfig::recipe(b.margin), b.seed)
         .with_context(|| format!("building the {} trainer at batch {} with {} classes", b.arch, b.batch, b.classes))?;
     backend.set_precision(b.precision)?;
+    backend.set_winograd(b.winograd)?;
     let memory = MemoryReport::new(backend.memory(), &gpu);
     say(format!(
         "{}: {} at batch {}, {} classes: trainer built in {:.1} s, {:.2} GB allocated, {} dispatches per step",
@@ -275,6 +280,7 @@ pub fn measure(gpu: Arc<Gpu>, b: &NetworkBenchConfig, quiet: bool) -> Result<Net
         batch: b.batch,
         classes: b.classes,
         precision: b.precision,
+        winograd: backend.winograd().filter(|_| b.precision == ConvPrecision::F32),
         loss_scale: backend.loss_scale().map(|l| l.scale),
         warmup: b.warmup,
         steps: b.steps,
@@ -299,13 +305,14 @@ impl fmt::Display for NetworkBenchResult {
         writeln!(f, "adapter      {}", self.adapter)?;
         writeln!(
             f,
-            "network      {} at {}x{}, batch {}, {} classes, {:?} convolutions{}",
+            "network      {} at {}x{}, batch {}, {} classes, {:?} convolutions{}{}",
             self.arch,
             self.input_size,
             self.input_size,
             self.batch,
             self.classes,
             self.precision,
+            self.winograd.map(|c| format!(", Winograd from {c} channels")).unwrap_or_default(),
             self.loss_scale.map(|s| format!(" (loss scale {s})")).unwrap_or_default()
         )?;
         writeln!(

@@ -18,7 +18,9 @@
 //! ```
 //!
 //! The order and the arithmetic are the core's; only the summation orders of the reductions differ (the GPU sums in
-//! fixed trees), so results agree with the CPU trainer to f32 rounding and two GPU runs agree bit for bit.
+//! fixed trees), and on a GPU the 3x3 stride-1 convolutions of 128 channels and more run as Winograd F(2x2, 3x3)
+//! (the core's `conv2d_winograd_*`, whose rounding differs from the direct loops'), so results agree with the CPU
+//! trainer to f32 rounding and two GPU runs agree bit for bit.
 //! `features.weight` is frozen (no gradient, no update); weight decay applies to the backbone and the head; the head
 //! is not clipped.
 //!
@@ -44,6 +46,8 @@
 //! downsampling block 29: a stride-2 `backward_data` is one product per phase, 4; each block recomputes two batch
 //! norm outputs, the stem one) + clipping (`2 T + 1` for `T` trainable tensors) + head norm (`parts + 1`) +
 //! report 1 + SGD (`T + parts`), plus one reduction per convolution whose depth is split (adapter-dependent).
+//! A convolution run as Winograd ([`GpuBackend::set_winograd`]) takes 4 dispatches in place of 1 for each of its
+//! three passes (transforms around the batched product), plus a reduction where the product is split.
 //! The tiny reference net at batch 6: 467; iResNet-100 at batch 128 with 85,742 classes on an H200: 3,247
 //! (about 10 ms of launch overhead at ~3 us per dispatch).
 //! Evaluation ([`Backend::embed`]) records the forward pass alone, for each chunk size, built on first use.
@@ -71,7 +75,10 @@
 //! statistics, with the same kernel and the same arithmetic as the forward pass (bit-identical), into a gradient
 //! buffer that is free at that point, just before it is read. That costs one element-wise pass per such batch
 //! norm and saves a third of the activations. On top come four gradient buffers of [`gradient_buffer_len`]
-//! floats each (the largest activation) and scratch sized by the largest layer. iResNet-100 at batch 128
+//! floats each (the largest activation) and scratch sized by the largest layer; where layers run as Winograd, its
+//! workspace too (the transformed weight, input and product of the largest such layer: `16 (C_OUT C_IN + C T +
+//! C_OUT T)` floats, `T` the 2x2 output tiles of the batch; about 0.45 GB for r100 at batch 128 from 128
+//! channels). iResNet-100 at batch 128
 //! (112 x 112): 2.34 G floats of activations (9.4 GB) and 4 x 0.103 G floats of gradient buffers (1.64 GB),
 //! besides 0.78 GB of parameters, gradients and momentum and 0.7 GB of head (85,742 classes);
 //! [`GpuBackend::memory`] reports what a backend allocated.
@@ -108,6 +115,7 @@ use crate::gpu::kernels::sgd::{
     GradClip, SgdKernels, NON_FINITE_BACKBONE, NON_FINITE_HEAD, NON_FINITE_LOSS, REPORT_BACKBONE_NORM, REPORT_FLAGS,
     REPORT_LEN, REPORT_LOSS,
 };
+use crate::gpu::kernels::winograd::{Winograd, WinogradLens, WinogradWorkspace};
 use crate::gpu::kernels::{BufferCopy, Dispatch};
 use crate::gpu::{Gpu, SplitTensor, Tensor};
 
@@ -165,6 +173,10 @@ impl MemoryUse {
 struct Kernels {
     preprocess: Preprocess,
     conv: Conv2d,
+    winograd: Winograd,
+    /// The 3x3 stride-1 convolutions with at least this many input and output channels run as Winograd (in f32;
+    /// see [`GpuBackend::set_winograd`]); `None`: none do.
+    winograd_min_channels: Option<usize>,
     linear: Linear,
     bn: BatchNormKernels,
     prelu: Prelu,
@@ -178,6 +190,8 @@ impl Kernels {
         Self {
             preprocess: Preprocess::new(gpu),
             conv: Conv2d::new(gpu),
+            winograd: Winograd::new(gpu),
+            winograd_min_channels: GpuBackend::<&Gpu>::default_winograd(gpu),
             linear: Linear::new(gpu),
             bn: BatchNormKernels::new(gpu),
             prelu: Prelu::new(gpu),
@@ -185,6 +199,13 @@ impl Kernels {
             margin: MarginLoss::new(gpu),
             sgd: SgdKernels::new(gpu),
         }
+    }
+
+    /// Whether the convolution `s` runs as Winograd.
+    fn uses_winograd(&self, s: &Conv2dShape) -> bool {
+        self.conv.precision() == ConvPrecision::F32
+            && self.winograd_min_channels.is_some_and(|c| s.c_in.min(s.c_out) >= c)
+            && Winograd::applies(s)
     }
 }
 
@@ -315,6 +336,31 @@ fn conv3(c_in: usize, c_out: usize, n: usize, h: usize, w: usize, stride: usize)
     Conv2dShape { n, c_in, h, w, c_out, kh: 3, kw: 3, stride, pad: 1 }
 }
 
+/// The workspace of the convolutions of `cfg` at batch `n` that `k` runs as Winograd (`None` if none).
+fn winograd_workspace(
+    gpu: &Gpu,
+    k: &Kernels,
+    cfg: &IResNetConfig,
+    n: usize,
+    a: &mut Alloc,
+) -> Result<Option<WinogradWorkspace>> {
+    let stem = conv3(3, cfg.widths[0], n, cfg.input_h, cfg.input_w, 1);
+    let blocks = cfg.blocks().map(|b| BlockShapes::new(&b, n)).flat_map(|s| [s.conv1, s.conv2]);
+    let mut lens: Option<WinogradLens> = None;
+    for s in std::iter::once(stem).chain(blocks).filter(|s| k.uses_winograd(s)) {
+        let l = Winograd::workspace_lens(gpu, &k.conv, &s)?;
+        lens = Some(lens.map_or(l, |m| m.max(l)));
+    }
+    let Some(l) = lens else { return Ok(None) };
+    let scratch = Purpose::Scratch;
+    Ok(Some(WinogradWorkspace {
+        u: a.zeros(scratch, "winograd U", &[l.u])?,
+        v: a.zeros(scratch, "winograd V", &[l.v])?,
+        m: a.zeros(scratch, "winograd M", &[l.m])?,
+        scratch: a.zeros(scratch, "winograd scratch", &[l.scratch.max(1)])?,
+    }))
+}
+
 impl BlockShapes {
     fn new(b: &BlockSpec, n: usize) -> Self {
         let (ho, wo) = (b.out_h(), b.out_w());
@@ -367,6 +413,8 @@ struct Net {
     /// the forward pass's temporaries.
     grad_bufs: [Tensor; 4],
     conv_scratch: Tensor,
+    /// The Winograd convolutions' workspace, where any layer runs as Winograd.
+    winograd: Option<WinogradWorkspace>,
     bn_scratch: Tensor,
     prelu_scratch: Tensor,
     /// `(C, D)` class centres, their gradient and momentum, split alike.
@@ -516,6 +564,7 @@ impl Net {
         }
         bn_len = bn_len.max(BatchNormKernels::scratch_len(&BatchNormShape { n, c: c3, hw: (h / 16) * (w / 16) }));
         let conv_scratch = a.zeros(scratch, "conv2d scratch", &[conv_len.max(1)])?;
+        let winograd = winograd_workspace(gpu, k, cfg, n, &mut a)?;
         let bn_scratch = a.zeros(scratch, "batchnorm scratch", &[bn_len])?;
         let prelu_scratch = a.zeros(scratch, "prelu scratch", &[prelu_len])?;
 
@@ -551,6 +600,7 @@ impl Net {
             input,
             grad_bufs,
             conv_scratch,
+            winograd,
             bn_scratch,
             prelu_scratch,
             head,
@@ -566,6 +616,17 @@ impl Net {
 
     fn value(&self, i: usize) -> &Tensor {
         &self.params[i].value
+    }
+
+    /// Replaces the Winograd workspace with one for `k`'s choice of layers.
+    fn reallocate_winograd(&mut self, gpu: &Gpu, k: &Kernels) -> Result<()> {
+        if let Some(old) = self.winograd.take() {
+            self.memory.scratch -= [old.u, old.v, old.m, old.scratch].iter().map(Tensor::bytes).sum::<u64>();
+        }
+        let mut a = Alloc { gpu, used: MemoryUse::default() };
+        self.winograd = winograd_workspace(gpu, k, &self.cfg, self.batch, &mut a)?;
+        self.memory.scratch += a.used.scratch;
+        Ok(())
     }
 
     fn grad(&self, i: usize) -> Result<&Tensor> {
@@ -713,6 +774,55 @@ impl Builder<'_> {
         Ok(())
     }
 
+    /// The Winograd workspace if `s` runs as Winograd.
+    fn winograd(&self, s: &Conv2dShape) -> Option<&WinogradWorkspace> {
+        self.net.winograd.as_ref().filter(|_| self.k.uses_winograd(s))
+    }
+
+    /// `y = conv(x, weight)`, as Winograd or directly.
+    fn conv_forward(&self, d: &mut Vec<Dispatch>, s: &Conv2dShape, x: &Tensor, w: &Tensor, y: &Tensor) -> Result<()> {
+        let (gpu, k) = (self.gpu, self.k);
+        d.extend(match self.winograd(s) {
+            Some(ws) => k.winograd.forward(gpu, &k.conv, s, x, w, y, ws)?,
+            None => k.conv.forward(gpu, s, x, w, y, &self.net.conv_scratch)?,
+        });
+        Ok(())
+    }
+
+    /// `dx` from `dy` and the weight `w`, as Winograd or directly.
+    fn conv_backward_data(
+        &self,
+        d: &mut Vec<Dispatch>,
+        s: &Conv2dShape,
+        dy: &Tensor,
+        w: &Tensor,
+        dx: &Tensor,
+    ) -> Result<()> {
+        let (gpu, k) = (self.gpu, self.k);
+        d.extend(match self.winograd(s) {
+            Some(ws) => k.winograd.backward_data(gpu, &k.conv, s, dy, w, dx, ws)?,
+            None => k.conv.backward_data(gpu, s, dy, w, dx, &self.net.conv_scratch)?,
+        });
+        Ok(())
+    }
+
+    /// `dweight` from `dy` and `x`, as Winograd or directly.
+    fn conv_backward_weight(
+        &self,
+        d: &mut Vec<Dispatch>,
+        s: &Conv2dShape,
+        dy: &Tensor,
+        x: &Tensor,
+        dw: &Tensor,
+    ) -> Result<()> {
+        let (gpu, k) = (self.gpu, self.k);
+        d.extend(match self.winograd(s) {
+            Some(ws) => k.winograd.backward_weight(gpu, &k.conv, s, dy, x, dw, ws)?,
+            None => k.conv.backward_weight(gpu, s, dy, x, dw, &self.net.conv_scratch)?,
+        });
+        Ok(())
+    }
+
     /// The backbone forward of the first `n` images of `input` in `mode`, writing the embeddings into the first
     /// `n` rows of `features.out`. Training mode (`n = B`) keeps what the backward pass reads.
     fn forward(&self, mode: Mode, n: usize) -> Result<Vec<Dispatch>> {
@@ -726,7 +836,7 @@ impl Builder<'_> {
         let input = first(&net.input, n)?;
         let conv_out = first(&s.conv_out, n)?;
         let stem_conv = conv3(3, c0, n, h, w, 1);
-        d.extend(k.conv.forward(gpu, &stem_conv, &input, net.value(s.conv), &conv_out, &net.conv_scratch)?);
+        self.conv_forward(&mut d, &stem_conv, &input, net.value(s.conv), &conv_out)?;
         let s0 = BatchNormShape { n, c: c0, hw: h * w };
         // bn1's output feeds only the PReLU: a temporary (recomputed in the backward pass).
         let bn_out = net.buf(0, "bn1 output", &[n, c0, h, w])?;
@@ -741,13 +851,13 @@ impl Builder<'_> {
             let a1 = net.buf(0, "bn1 output", &sh.in_dims)?;
             self.bn_forward(&mut d, mode, &sh.input, b.bn1, &x, &a1, &b.a1_stats)?;
             let c1 = first(&b.c1, n)?;
-            d.extend(k.conv.forward(gpu, &sh.conv1, &a1, net.value(b.conv1), &c1, &net.conv_scratch)?);
+            self.conv_forward(&mut d, &sh.conv1, &a1, net.value(b.conv1), &c1)?;
             let a2 = net.buf(1, "bn2 output", &sh.full_dims)?;
             self.bn_forward(&mut d, mode, &sh.full, b.bn2, &c1, &a2, &b.a2_stats)?;
             let p = first(&b.p, n)?;
             d.push(k.prelu.forward(gpu, &sh.full, &a2, net.value(b.prelu), &p)?);
             let c2 = first(&b.c2, n)?;
-            d.extend(k.conv.forward(gpu, &sh.conv2, &p, net.value(b.conv2), &c2, &net.conv_scratch)?);
+            self.conv_forward(&mut d, &sh.conv2, &p, net.value(b.conv2), &c2)?;
             // bn3's output feeds only the residual add: a temporary in a gradient buffer (free in the forward pass).
             let a3 = net.buf(2, "bn3 output", &sh.out_dims)?;
             self.bn_forward(&mut d, mode, &sh.out, b.bn3, &c2, &a3, &b.a3_stats)?;
@@ -830,7 +940,7 @@ impl Builder<'_> {
         let d_conv = net.buf(g2, "d conv1.out", &dims)?;
         self.bn_backward(&mut d, &s0, s.bn, &s.conv_out, &s.bn_stats, &dx, &d_conv)?;
         let stem_conv = conv3(3, c0, n, h, w, 1);
-        d.extend(k.conv.backward_weight(gpu, &stem_conv, &d_conv, &net.input, net.grad(s.conv)?, &net.conv_scratch)?);
+        self.conv_backward_weight(&mut d, &stem_conv, &d_conv, &net.input, net.grad(s.conv)?)?;
         Ok(d)
     }
 
@@ -862,8 +972,8 @@ impl Builder<'_> {
         let d_c2 = net.buf(r1, "d conv2.out", &out_dims)?;
         self.bn_backward(d, &sh.out, b.bn3, &b.c2, &b.a3_stats, &dy, &d_c2)?;
         let d_p = net.buf(r3, "d prelu.out", &full_dims)?;
-        d.extend(k.conv.backward_data(gpu, &sh.conv2, &d_c2, net.value(b.conv2), &d_p, scratch)?);
-        d.extend(k.conv.backward_weight(gpu, &sh.conv2, &d_c2, &b.p, net.grad(b.conv2)?, scratch)?);
+        self.conv_backward_data(d, &sh.conv2, &d_c2, net.value(b.conv2), &d_p)?;
+        self.conv_backward_weight(d, &sh.conv2, &d_c2, &b.p, net.grad(b.conv2)?)?;
         // bn2's and bn1's outputs, recomputed where they are read: into the free buffer r2, or with a shortcut
         // (whose input gradient holds r2) into r_dy, whose dy nothing reads any more.
         let r_free = if b.shortcut.is_some() { r_dy } else { r2 };
@@ -875,10 +985,10 @@ impl Builder<'_> {
         let d_c1 = net.buf(r3, "d conv1.out", &full_dims)?;
         self.bn_backward(d, &sh.full, b.bn2, &b.c1, &b.a2_stats, &d_a2, &d_c1)?;
         let d_a1 = net.buf(r1, "d bn1.out", &in_dims)?;
-        d.extend(k.conv.backward_data(gpu, &sh.conv1, &d_c1, net.value(b.conv1), &d_a1, scratch)?);
+        self.conv_backward_data(d, &sh.conv1, &d_c1, net.value(b.conv1), &d_a1)?;
         let a1 = net.buf(r_free, "bn1 output (recomputed)", &in_dims)?;
         self.bn_recompute(d, &sh.input, b.bn1, x, &b.a1_stats, &a1)?;
-        d.extend(k.conv.backward_weight(gpu, &sh.conv1, &d_c1, &a1, net.grad(b.conv1)?, scratch)?);
+        self.conv_backward_weight(d, &sh.conv1, &d_c1, &a1, net.grad(b.conv1)?)?;
         let d_x = net.buf(r3, "d block input", &in_dims)?;
         self.bn_backward(d, &sh.input, b.bn1, x, &b.a1_stats, &d_a1, &d_x)?;
 
@@ -1129,6 +1239,7 @@ impl<G: Deref<Target = Gpu>> GpuBackend<G> {
             ConvPrecision::F32 => Conv2d::new(&self.gpu),
             ConvPrecision::Mixed => Conv2d::mixed(&self.gpu)?,
         };
+        self.net.reallocate_winograd(&self.gpu, &self.k)?;
         self.plan = Plan::new(&self.gpu, &self.k, &self.net, &self.step_cfg)?;
         self.eval.clear();
         self.loss_scale = match precision {
@@ -1136,6 +1247,32 @@ impl<G: Deref<Target = Gpu>> GpuBackend<G> {
             ConvPrecision::Mixed => Some(LossScale { scale: LossScale::INITIAL, good_steps: 0 }),
         };
         self.write_loss_scale()
+    }
+
+    /// The default choice of Winograd layers on `gpu`: those with at least 128 input and output channels on a
+    /// GPU, where the product of a 3x3 convolution of fewer channels is too shallow to repay the transforms' memory
+    /// passes (see `bench --kernels`); none on a CPU adapter, whose results stay those of the direct convolutions.
+    pub fn default_winograd(gpu: &Gpu) -> Option<usize> {
+        (gpu.info.device_type != wgpu::DeviceType::Cpu).then_some(128)
+    }
+
+    /// Which 3x3 stride-1 convolutions run as Winograd F(2x2, 3x3) (in f32; mixed precision runs every
+    /// convolution directly): those with at least `min_channels` input and output channels, or none for `None`.
+    /// Reallocates the Winograd workspace and rebuilds the step. The default is [`Self::default_winograd`].
+    pub fn set_winograd(&mut self, min_channels: Option<usize>) -> Result<()> {
+        if min_channels == self.k.winograd_min_channels {
+            return Ok(());
+        }
+        self.k.winograd_min_channels = min_channels;
+        self.net.reallocate_winograd(&self.gpu, &self.k)?;
+        self.plan = Plan::new(&self.gpu, &self.k, &self.net, &self.step_cfg)?;
+        self.eval.clear();
+        Ok(())
+    }
+
+    /// The current choice of Winograd layers (see [`Self::set_winograd`]).
+    pub fn winograd(&self) -> Option<usize> {
+        self.k.winograd_min_channels
     }
 
     fn write_loss_scale(&self) -> Result<()> {

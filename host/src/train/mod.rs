@@ -60,5 +60,7 @@ pub(crate) fn open_gpu_backend(
     let precision = cfg.precision.resolve(&gpu)?;
     let mut backend = gpu::GpuBackend::new(std::sync::Arc::new(gpu), net, cfg.batch, classes, step_cfg, cfg.seed)?;
     backend.set_precision(precision)?;
+    let winograd = cfg.winograd.resolve(backend.gpu());
+    backend.set_winograd(winograd)?;
     Ok(Box::new(backend))
 }

@@ -1,6 +1,7 @@
-//! `shaders/conv2d.wgsl`: 2-D convolution (NCHW, no bias) forward and both gradients, as tiled implicit GEMM.
+//! `shaders/conv2d.wgsl`: 2-D convolution (NCHW, no bias) forward and both gradients, as tiled implicit GEMM, and
+//! the batched matrix product of the Winograd convolutions ([`Conv2d::gemm_batched`]).
 //! CPU twins: [`elasticface_core::nn::conv2d_forward`], [`elasticface_core::nn::conv2d_backward_data`],
-//! [`elasticface_core::nn::conv2d_backward_weight`].
+//! [`elasticface_core::nn::conv2d_backward_weight`], [`elasticface_core::nn::gemm_batched`].
 //!
 //! Each method returns the dispatches of one operation: the GEMM kernel, followed by `conv2d_reduce_splits`
 //! when the reduction is split (see [`ConvTiling`]). Splits write partial sums into a caller-provided scratch
@@ -176,6 +177,10 @@ pub struct ConvTiling {
     /// Rows of C per invocation, 4 or 8: workgroup tiles of 64 x 64 or 128 x 64 (256 invocations each).
     /// Written into the shader's `TM` before compiling.
     pub rows_per_thread: u32,
+    /// With `rows_per_thread` 8: products of at most 64 rows (M) run on 64 x 64 tiles instead, from a second
+    /// compilation with TM = 4; a 128-row tile would spend half its multiply-adds on rows past M (the 64-channel
+    /// layers of an iResNet).
+    pub short_tiles: bool,
     /// Where the output gives fewer workgroups than this, the reduction is split until it gives about this many.
     pub target_workgroups: u32,
     /// Fewest depth steps ([`DEPTH_STEP`]) per split (at least 1), so a split is never mostly overhead.
@@ -188,19 +193,37 @@ pub struct ConvTiling {
 impl ConvTiling {
     /// The tiling for `gpu`'s adapter. On a CPU adapter (lavapipe: each invocation is a SIMD lane, 8 x 4 blocks
     /// spill registers) 64 x 64 tiles, and splits only until the few cores are busy. On a GPU 128 x 64 tiles
-    /// (twice the FMAs per staged element) and splits until about 1024 workgroups, enough to fill a large
-    /// GPU several times over.
+    /// (twice the FMAs per staged element), 64 x 64 for products of at most 64 rows (the 64-channel layers ran
+    /// at half the rate of the others on an H200: 17 against 33 TFLOP/s), and splits until about 1024
+    /// workgroups, enough to fill a large GPU several times over.
     pub fn for_adapter(gpu: &Gpu) -> Self {
         if gpu.info.device_type == wgpu::DeviceType::Cpu {
-            Self { rows_per_thread: 4, target_workgroups: 64, min_steps_per_split: 16, max_grid_x: u32::MAX }
+            Self {
+                rows_per_thread: 4,
+                short_tiles: false,
+                target_workgroups: 64,
+                min_steps_per_split: 16,
+                max_grid_x: u32::MAX,
+            }
         } else {
-            Self { rows_per_thread: 8, target_workgroups: 1024, min_steps_per_split: 16, max_grid_x: u32::MAX }
+            Self {
+                rows_per_thread: 8,
+                short_tiles: true,
+                target_workgroups: 1024,
+                min_steps_per_split: 16,
+                max_grid_x: u32::MAX,
+            }
         }
     }
 
-    /// Rows of C per workgroup tile (`BM` in the shader).
-    pub fn tile_rows(&self) -> u32 {
-        16 * self.rows_per_thread
+    /// Rows of C per invocation for a product of `m` rows: `rows_per_thread`, or 4 for short products (see
+    /// [`Self::short_tiles`]).
+    pub fn rows_per_thread_for(&self, m: usize) -> u32 {
+        if self.short_tiles && m <= 64 {
+            4
+        } else {
+            self.rows_per_thread
+        }
     }
 
     /// Tiles, splits and grids of `op` on `s` (grids folded under `max_workgroups_per_dim`).
@@ -262,10 +285,51 @@ impl ConvTiling {
                 phases
             }
         };
+        let out_len = fits(match op {
+            ConvOp::Forward => s.output_len(),
+            ConvOp::BackwardData => s.input_len(),
+            ConvOp::BackwardWeight => s.weight_len(),
+        })?;
+        self.split(gemms, 1, out_len, max_workgroups_per_dim).map_err(|_| too_large())
+    }
+
+    /// Tiles, splits and grid of `gemm_batched`: `batch` products of `(m x k) * (k x cols)`.
+    ///
+    /// Errors: an operand of more than `u32::MAX` elements.
+    pub fn plan_batched(
+        &self,
+        batch: usize,
+        m: usize,
+        k: usize,
+        cols: usize,
+        max_workgroups_per_dim: u32,
+    ) -> Result<ConvPlan> {
+        let too_large = || anyhow!("gemm_batched: {batch} x ({m} x {k}) * ({k} x {cols}) exceeds 2^32 - 1 elements");
+        let fits = |n: Option<usize>| n.and_then(|n| u32::try_from(n).ok()).ok_or_else(too_large);
+        let dims = |a: usize, b: usize| batch.checked_mul(a).and_then(|n| n.checked_mul(b));
+        fits(dims(m, k))?;
+        fits(dims(k, cols))?;
+        let out_len = fits(dims(m, cols))?;
+        let params =
+            Conv2dParams { n: batch as u32, m: m as u32, cols: cols as u32, k: k as u32, ..Default::default() };
+        self.split(vec![params], batch as u32, out_len, max_workgroups_per_dim).map_err(|_| too_large())
+    }
+
+    /// Tiles, splits of the depth and grids of `gemms` (run `batch` times each, every one writing an `out_len`
+    /// slice). Errors when a count exceeds `u32`.
+    fn split(
+        &self,
+        gemms: Vec<Conv2dParams>,
+        batch: u32,
+        out_len: u32,
+        max_workgroups_per_dim: u32,
+    ) -> Result<ConvPlan> {
+        let fits = |n: usize| u32::try_from(n).map_err(|_| anyhow!("more than 2^32 - 1"));
         // Split the depth only where the output alone gives too few workgroups, and never into splits of fewer
         // than `min_steps_per_split` steps; the chunk is a whole number of steps. Phases share one chunk, sized
         // for the largest, so that every phase writes every slice and one reduction pass adds them.
-        let tiles_m = gemms[0].m.div_ceil(self.tile_rows());
+        let rows_per_thread = self.rows_per_thread_for(gemms[0].m as usize);
+        let tiles_m = gemms[0].m.div_ceil(16 * rows_per_thread);
         let mut tiles = Vec::with_capacity(gemms.len());
         for g in &gemms {
             tiles.push(fits(tiles_m as usize * g.cols.div_ceil(TILE_COLS) as usize)?);
@@ -273,14 +337,10 @@ impl ConvTiling {
         let (most_tiles, deepest) =
             (tiles.iter().max().copied().unwrap_or(1), gemms.iter().map(|g| g.k).max().unwrap_or(0));
         let steps = deepest.div_ceil(DEPTH_STEP);
-        let wanted = self.target_workgroups.div_ceil(most_tiles.max(1)).min(steps / self.min_steps_per_split.max(1));
+        let workgroups = most_tiles.max(1).saturating_mul(batch.max(1));
+        let wanted = self.target_workgroups.div_ceil(workgroups).min(steps / self.min_steps_per_split.max(1));
         let chunk = steps.div_ceil(wanted.clamp(1, MAX_SPLITS)).max(1) * DEPTH_STEP;
         let splits = deepest.div_ceil(chunk).max(1);
-        let out_len = fits(match op {
-            ConvOp::Forward => s.output_len(),
-            ConvOp::BackwardData => s.input_len(),
-            ConvOp::BackwardWeight => s.weight_len(),
-        })?;
         if splits > 1 {
             fits(splits as usize * out_len as usize)?;
         }
@@ -291,10 +351,10 @@ impl ConvTiling {
             .map(|(g, tiles)| {
                 let x = tiles.min(max_x);
                 let params = Conv2dParams { chunk, splits, tiles_m, tiles, out_len, ..g };
-                (params, [x, tiles.div_ceil(x), splits])
+                (params, [x, tiles.div_ceil(x), splits * batch.max(1)])
             })
             .collect();
-        Ok(ConvPlan { gemms, splits, out_len })
+        Ok(ConvPlan { gemms, rows_per_thread, splits, out_len })
     }
 }
 
@@ -304,6 +364,8 @@ pub struct ConvPlan {
     /// The GEMM dispatches: one, or for `backward_data` one per stride phase with input positions (`STRIDE^2`
     /// at most); each with its parameters and grid (tiles folded into x and y, splits in z).
     pub gemms: Vec<(Conv2dParams, [u32; 3])>,
+    /// Rows of C per invocation (`TM`) of the pipelines that run them: tiles of `16 * rows_per_thread` rows.
+    pub rows_per_thread: u32,
     /// Splits of the reduction, the same in every product.
     pub splits: u32,
     /// Elements of the output tensor.
@@ -321,14 +383,45 @@ impl ConvPlan {
     }
 }
 
+/// The four kernels of one compiled module.
+struct Pipelines {
+    forward: wgpu::ComputePipeline,
+    backward_data: wgpu::ComputePipeline,
+    backward_weight: wgpu::ComputePipeline,
+    gemm_batched: wgpu::ComputePipeline,
+    reduce: wgpu::ComputePipeline,
+}
+
+impl Pipelines {
+    fn compile(gpu: &Gpu, label: &str, source: &str) -> Self {
+        let m = gpu.shader(label, source);
+        Self {
+            forward: gpu.pipeline("conv2d_forward", &m, "conv2d_forward"),
+            backward_data: gpu.pipeline("conv2d_backward_data", &m, "conv2d_backward_data"),
+            backward_weight: gpu.pipeline("conv2d_backward_weight", &m, "conv2d_backward_weight"),
+            gemm_batched: gpu.pipeline("gemm_batched", &m, "gemm_batched"),
+            reduce: gpu.pipeline("conv2d_reduce_splits", &m, "conv2d_reduce_splits"),
+        }
+    }
+
+    fn gemm(&self, op: Option<ConvOp>) -> &wgpu::ComputePipeline {
+        match op {
+            Some(ConvOp::Forward) => &self.forward,
+            Some(ConvOp::BackwardData) => &self.backward_data,
+            Some(ConvOp::BackwardWeight) => &self.backward_weight,
+            None => &self.gemm_batched,
+        }
+    }
+}
+
 /// The convolution kernels' pipelines, compiled once with one [`ConvTiling`].
 pub struct Conv2d {
     tiling: ConvTiling,
     precision: ConvPrecision,
-    forward: wgpu::ComputePipeline,
-    backward_data: wgpu::ComputePipeline,
-    backward_weight: wgpu::ComputePipeline,
-    reduce: wgpu::ComputePipeline,
+    /// Compiled with `tiling.rows_per_thread`.
+    tall: Pipelines,
+    /// Compiled with 4 rows per invocation, for short products ([`ConvTiling::short_tiles`]).
+    short: Option<Pipelines>,
 }
 
 impl Conv2d {
@@ -347,8 +440,13 @@ impl Conv2d {
             tiling.rows_per_thread
         );
         // The build script validated this composition (and fails the build if it no longer applies).
-        let source = compose::compose_f32(SOURCE, tiling.rows_per_thread).expect("conv2d.wgsl composes");
-        Self::compile(gpu, tiling, ConvPrecision::F32, &source, "conv2d.wgsl")
+        let f32_module = |tm: u32| {
+            let source = compose::compose_f32(SOURCE, tm).expect("conv2d.wgsl composes");
+            Pipelines::compile(gpu, &format!("conv2d.wgsl (TM = {tm})"), &source)
+        };
+        let tall = f32_module(tiling.rows_per_thread);
+        let short = (tiling.short_tiles && tiling.rows_per_thread != 4).then(|| f32_module(4));
+        Self { tiling, precision: ConvPrecision::F32, tall, short }
     }
 
     /// The mixed-precision kernels (f16 operands, f32 accumulation on cooperative matrices), tiled as
@@ -374,21 +472,19 @@ impl Conv2d {
                 caps.max_workgroup_memory
             );
         }
-        let tiling = ConvTiling { rows_per_thread: 8, ..ConvTiling::for_adapter(gpu) };
+        // The cooperative-matrix layout is written for 128-row tiles only.
+        let tiling = ConvTiling { rows_per_thread: 8, short_tiles: false, ..ConvTiling::for_adapter(gpu) };
         let fragment = include_str!("../../../../shaders/conv2d_coop.wgsl.in");
         let source = compose::compose_coop(SOURCE, fragment).map_err(|e| anyhow!(e))?;
-        Ok(Self::compile(gpu, tiling, ConvPrecision::Mixed, &source, "conv2d.wgsl (mixed precision)"))
+        let tall = Pipelines::compile(gpu, "conv2d.wgsl (mixed precision)", &source);
+        Ok(Self { tiling, precision: ConvPrecision::Mixed, tall, short: None })
     }
 
-    fn compile(gpu: &Gpu, tiling: ConvTiling, precision: ConvPrecision, source: &str, label: &str) -> Self {
-        let m = gpu.shader(label, source);
-        Self {
-            tiling,
-            precision,
-            forward: gpu.pipeline("conv2d_forward", &m, "conv2d_forward"),
-            backward_data: gpu.pipeline("conv2d_backward_data", &m, "conv2d_backward_data"),
-            backward_weight: gpu.pipeline("conv2d_backward_weight", &m, "conv2d_backward_weight"),
-            reduce: gpu.pipeline("conv2d_reduce_splits", &m, "conv2d_reduce_splits"),
+    /// The pipelines compiled with `rows_per_thread` (a plan's).
+    fn pipelines(&self, rows_per_thread: u32) -> &Pipelines {
+        match &self.short {
+            Some(short) if rows_per_thread == 4 => short,
+            _ => &self.tall,
         }
     }
 
@@ -432,7 +528,7 @@ impl Conv2d {
         check_len(op.name(), x, s.input_len())?;
         check_len(op.name(), weight, s.weight_len())?;
         check_len(op.name(), y, s.output_len())?;
-        self.dispatches(gpu, op, &self.forward, &plan, [x, weight], y, scratch)
+        self.dispatches(gpu, Some(op), &plan, [x, weight], y, scratch)
     }
 
     /// `dx` from `dy` and `weight`: `dy (N, C_OUT, HO, WO)`, `weight (C_OUT, C_IN, KH, KW)`, `dx (N, C_IN, H, W)`
@@ -451,7 +547,7 @@ impl Conv2d {
         check_len(op.name(), dy, s.output_len())?;
         check_len(op.name(), weight, s.weight_len())?;
         check_len(op.name(), dx, s.input_len())?;
-        self.dispatches(gpu, op, &self.backward_data, &plan, [dy, weight], dx, scratch)
+        self.dispatches(gpu, Some(op), &plan, [dy, weight], dx, scratch)
     }
 
     /// `dweight` from `dy` and `x`: `dy (N, C_OUT, HO, WO)`, `x (N, C_IN, H, W)`, `dweight (C_OUT, C_IN, KH, KW)`
@@ -470,23 +566,49 @@ impl Conv2d {
         check_len(op.name(), dy, s.output_len())?;
         check_len(op.name(), x, s.input_len())?;
         check_len(op.name(), dweight, s.weight_len())?;
-        self.dispatches(gpu, op, &self.backward_weight, &plan, [dy, x], dweight, scratch)
+        self.dispatches(gpu, Some(op), &plan, [dy, x], dweight, scratch)
     }
 
-    /// The GEMM dispatches of `plan` reading `inputs` (bindings 1, 2), writing `out` (binding 3) directly or,
-    /// with splits, writing `scratch` and then reducing it into `out`.
-    #[allow(clippy::too_many_arguments)]
+    /// Tiles, splits and grid of [`Self::gemm_batched`] on `gpu`.
+    pub fn plan_batched(&self, gpu: &Gpu, batch: usize, m: usize, k: usize, cols: usize) -> Result<ConvPlan> {
+        self.tiling.plan_batched(batch, m, k, cols, gpu.caps.max_workgroups_per_dim)
+    }
+
+    /// `c[b] = a[b] * b[b]` for `b < batch`: `a (batch, m, k)`, `b (batch, k, cols)`, `c (batch, m, cols)`
+    /// (overwritten), row-major. CPU twin [`elasticface_core::nn::gemm_batched`]. `scratch`: at least
+    /// [`ConvPlan::scratch_len`] of [`Self::plan_batched`] elements, not one of the other tensors.
+    /// `dims`: `[batch, m, k, cols]`.
+    pub fn gemm_batched(
+        &self,
+        gpu: &Gpu,
+        dims: [usize; 4],
+        a: &Tensor,
+        b: &Tensor,
+        c: &Tensor,
+        scratch: &Tensor,
+    ) -> Result<Vec<Dispatch>> {
+        let [batch, m, k, cols] = dims;
+        let plan = self.plan_batched(gpu, batch, m, k, cols)?;
+        let name = "gemm_batched";
+        check_len(name, a, batch * m * k)?;
+        check_len(name, b, batch * k * cols)?;
+        check_len(name, c, batch * m * cols)?;
+        self.dispatches(gpu, None, &plan, [a, b], c, scratch)
+    }
+
+    /// The GEMM dispatches of `plan` (of `op`, or of `gemm_batched` for `None`) reading `inputs` (bindings 1, 2),
+    /// writing `out` (binding 3) directly or, with splits, writing `scratch` and then reducing it into `out`.
     fn dispatches(
         &self,
         gpu: &Gpu,
-        op: ConvOp,
-        pipeline: &wgpu::ComputePipeline,
+        op: Option<ConvOp>,
         plan: &ConvPlan,
         inputs: [&Tensor; 2],
         out: &Tensor,
         scratch: &Tensor,
     ) -> Result<Vec<Dispatch>> {
-        let name = op.name();
+        let name = op.map_or("gemm_batched", ConvOp::name);
+        let pipelines = self.pipelines(plan.rows_per_thread);
         let [a, b] = inputs;
         let target = if plan.splits == 1 {
             out
@@ -502,12 +624,12 @@ impl Conv2d {
         };
         let mut dispatches = Vec::with_capacity(plan.gemms.len() + 1);
         for (params, grid) in &plan.gemms {
-            dispatches.push(gpu.dispatch(name, pipeline, params, &[a, b, target], *grid)?);
+            dispatches.push(gpu.dispatch(name, pipelines.gemm(op), params, &[a, b, target], *grid)?);
         }
         if plan.splits > 1 {
             let grid = gpu.grid_1d(plan.out_len as usize, ELEMENTWISE_WORKGROUP);
             let params = &plan.gemms[0].0;
-            dispatches.push(gpu.dispatch("conv2d_reduce_splits", &self.reduce, params, &[scratch, out], grid)?);
+            dispatches.push(gpu.dispatch("conv2d_reduce_splits", &pipelines.reduce, params, &[scratch, out], grid)?);
         }
         Ok(dispatches)
     }

@@ -2,6 +2,9 @@
 // mixed-precision module with `shaders/conv2d_coop.wgsl.in`'s tile arithmetic in place of the f32 one. Plain
 // `std` code, included by `conv2d.rs` and by the build script (which validates both modules with naga).
 
+/// The tiled kernels of `conv2d.wgsl`: the three convolutions and `gemm_batched`.
+const KERNELS: usize = 4;
+
 /// The line of `conv2d.wgsl` that sets the rows per invocation.
 pub const TM_LINE: &str = "const TM: u32 = 4u;";
 
@@ -38,8 +41,8 @@ pub fn compose_coop(base: &str, fragment: &str) -> Result<String, String> {
                 (line, i + call.len())
             })
             .collect();
-        if with_indent.len() != 3 {
-            return Err(format!("conv2d.wgsl calls `{}` {} times, not 3", call.trim(), with_indent.len()));
+        if with_indent.len() != KERNELS {
+            return Err(format!("conv2d.wgsl calls `{}` {} times, not {KERNELS}", call.trim(), with_indent.len()));
         }
         let body = section(name)?;
         for (from, to) in with_indent.into_iter().rev() {
@@ -50,7 +53,7 @@ pub fn compose_coop(base: &str, fragment: &str) -> Result<String, String> {
     // of a workgroup past the last tile. That return only saves work: such a workgroup's columns start past
     // COLS, so every load it makes is out of bounds (zero) and every write is skipped.
     let early_return = "    if !tile_exists(wid, nwg) {\n        return;\n    }\n";
-    if s.matches(early_return).count() != 3 {
+    if s.matches(early_return).count() != KERNELS {
         return Err("conv2d.wgsl's kernels no longer begin with `if !tile_exists(wid, nwg) { return; }`".into());
     }
     let s = s.replace(early_return, "");

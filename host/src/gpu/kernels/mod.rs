@@ -17,6 +17,7 @@ pub mod prelu;
 pub mod preprocess;
 pub mod residual;
 pub mod sgd;
+pub mod winograd;
 
 use anyhow::{bail, Result};
 use wgpu::util::DeviceExt;

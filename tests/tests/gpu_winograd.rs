@@ -1,0 +1,218 @@
+//! `shaders/winograd.wgsl` and `gemm_batched` against their core twins, through the three Winograd passes.
+//!
+//! Each pass runs alone, so that its workspace afterwards holds what each of its kernels wrote: the transformed
+//! weight (U), input (V) and product (M), or for the weight gradient the transformed output gradient (W), the
+//! transposed input (V^T) and the product (dU). Each is compared with its core twin applied to the GPU's own
+//! inputs of that kernel, so every kernel is checked on its own:
+//!
+//! - the transforms: bit for bit on a CPU adapter (lavapipe, CI), which rounds every operation in the written
+//!   order; elsewhere within 8 `EPSILON` of the tensor's scale (a driver may contract `a * b + c` into a fused
+//!   multiply-add; see `slack_allowed`);
+//! - the products: within the summation bound of `gpu_conv2d.rs`, `(K + S + 1) * EPSILON * A_i * 1.01`, `A_i` the
+//!   same product on absolute values, `S` the splits (the GPU sums by depth step and split, the core in order).
+//!
+//! Then each pass's result against the direct convolution of the core: a wiring check (a wrong index, flip or
+//! padding gives differences of the order of the values), at 1e-4 of the result's scale; the arithmetic itself is
+//! bounded by the checks above and, for Winograd against the direct convolution, by the core's tests.
+
+use elasticface::gpu::kernels::conv2d::{Conv2d, ConvTiling};
+use elasticface::gpu::kernels::winograd::{Winograd, WinogradWorkspace};
+use elasticface::gpu::kernels::Dispatch;
+use elasticface::gpu::{Gpu, Tensor};
+use elasticface_core::nn::{self, Conv2dShape, WinogradTiles};
+use elasticface_tests::{assert_within_scale, gpu, slack_allowed, uniform};
+
+fn shape(n: usize, c_in: usize, hw: (usize, usize), c_out: usize, pad: usize) -> Conv2dShape {
+    Conv2dShape { n, c_in, h: hw.0, w: hw.1, c_out, kh: 3, kw: 3, stride: 1, pad }
+}
+
+/// Odd and even sizes (partial tiles), every padding Winograd takes, a 1x1 input, and products of more than one
+/// tile along every dimension (M > 128, K > 16).
+fn shapes() -> Vec<Conv2dShape> {
+    vec![
+        shape(2, 5, (9, 9), 7, 1),
+        shape(3, 16, (8, 8), 20, 1),
+        shape(2, 4, (7, 6), 3, 0),
+        shape(1, 3, (5, 5), 6, 2),
+        shape(2, 6, (1, 1), 5, 1),
+        shape(2, 70, (5, 5), 130, 1),
+    ]
+}
+
+/// The adapter's tiling, and one that splits every product it can, folding the grid.
+fn tilings(gpu: &Gpu) -> Vec<(&'static str, ConvTiling)> {
+    let split = ConvTiling {
+        rows_per_thread: 4,
+        short_tiles: false,
+        target_workgroups: 1 << 20,
+        min_steps_per_split: 1,
+        max_grid_x: 3,
+    };
+    vec![("adapter", ConvTiling::for_adapter(gpu)), ("split+fold", split)]
+}
+
+fn run(gpu: &Gpu, dispatches: &[Dispatch]) {
+    gpu.run(&dispatches.iter().collect::<Vec<_>>()).unwrap();
+}
+
+/// The first `len` elements of `t`.
+fn read(gpu: &Gpu, t: &Tensor, len: usize) -> Vec<f32> {
+    let mut v: Vec<f32> = gpu.read(t).unwrap();
+    v.truncate(len);
+    v
+}
+
+fn abs(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|x| x.abs()).collect()
+}
+
+/// `gemm_batched` on the GPU (`got`) against the core on the same operands, within the summation bound.
+fn check_product(what: &str, dims: [usize; 4], a: &[f32], b: &[f32], got: &[f32], splits: usize) -> f32 {
+    let [batch, m, k, cols] = dims;
+    let (mut want, mut sum) = (vec![0.0; batch * m * cols], vec![0.0; batch * m * cols]);
+    nn::gemm_batched(batch, m, k, cols, a, b, &mut want).unwrap();
+    nn::gemm_batched(batch, m, k, cols, &abs(a), &abs(b), &mut sum).unwrap();
+    let mut worst = 0.0f32;
+    for (i, ((&g, &w), &s)) in got.iter().zip(&want).zip(&sum).enumerate() {
+        let bound = (k + splits + 1) as f32 * f32::EPSILON * s * 1.01;
+        let err = (g - w).abs();
+        assert!(err <= bound, "{what}: element {i}: gpu {g}, core {w}, |error| {err:e} > bound {bound:e}");
+        if bound > 0.0 {
+            worst = worst.max(err / bound);
+        }
+    }
+    worst
+}
+
+/// `got` against the direct convolution `want` at 1e-4 of its scale (the wiring check).
+fn check_wiring(what: &str, got: &[f32], want: &[f32]) {
+    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!((g - w).abs() <= 1e-4 * scale, "{what}: element {i}: winograd {g}, direct {w} (scale {scale})");
+    }
+}
+
+fn workspace(gpu: &Gpu, conv: &Conv2d, s: &Conv2dShape) -> WinogradWorkspace {
+    let l = Winograd::workspace_lens(gpu, conv, s).unwrap();
+    WinogradWorkspace {
+        u: gpu.zeros("U", &[l.u]),
+        v: gpu.zeros("V", &[l.v]),
+        m: gpu.zeros("M", &[l.m]),
+        scratch: gpu.zeros("scratch", &[l.scratch.max(1)]),
+    }
+}
+
+#[test]
+fn winograd_kernels_match_their_core_twins() {
+    let Some(gpu) = gpu() else { return };
+    let slack = slack_allowed(gpu, 8.0);
+    let wino = Winograd::new(gpu);
+    for (name, tiling) in tilings(gpu) {
+        let conv = Conv2d::with_tiling(gpu, tiling);
+        let mut worst = 0.0f32;
+        for (case, s) in shapes().iter().enumerate() {
+            let what = |kernel: &str| format!("{name} {s:?}: {kernel}");
+            let seed = 100 + 10 * case as u64;
+            let (xv, wv, dyv) =
+                (uniform(seed, s.input_len()), uniform(seed + 1, s.weight_len()), uniform(seed + 2, s.output_len()));
+            let x = gpu.upload("x", &[s.n, s.c_in, s.h, s.w], &xv);
+            let weight = gpu.upload("weight", &[s.c_out, s.c_in, 3, 3], &wv);
+            let dy = gpu.upload("dy", &[s.n, s.c_out, s.out_h(), s.out_w()], &dyv);
+            let (y, dx, dw) = (
+                gpu.zeros("y", &[s.output_len()]),
+                gpu.zeros("dx", &[s.input_len()]),
+                gpu.zeros("dweight", &[s.weight_len()]),
+            );
+            let ws = workspace(gpu, &conv, s);
+            let fwd = WinogradTiles::forward_of(s).unwrap();
+            let bwd = WinogradTiles::backward_data_of(s).unwrap();
+            let (t, t_data) = (fwd.tiles(), bwd.tiles());
+            let splits = |m, k, cols| conv.plan_batched(gpu, 16, m, k, cols).unwrap().splits as usize;
+
+            // Forward and backward_data: U, V, M, then the output.
+            for (pass, tiles, [c, c_next], input, flip) in [
+                ("forward", fwd, [s.c_in, s.c_out], &dyv, false),
+                ("backward_data", bwd, [s.c_out, s.c_in], &dyv, true),
+            ] {
+                let (input, t) = if flip { (input, t_data) } else { (&xv, t) };
+                let (out, out_len) = if flip { (&dx, s.input_len()) } else { (&y, s.output_len()) };
+                let d = if flip {
+                    wino.backward_data(gpu, &conv, s, &dy, &weight, &dx, &ws).unwrap()
+                } else {
+                    wino.forward(gpu, &conv, s, &x, &weight, &y, &ws).unwrap()
+                };
+                run(gpu, &d);
+                let (u_len, v_len, m_len) = (16 * c * c_next, 16 * c * t, 16 * c_next * t);
+                let u = read(gpu, &ws.u, u_len);
+                let mut want = vec![0.0; u_len];
+                nn::winograd_weight_transform(s.c_out, s.c_in, &wv, flip, &mut want).unwrap();
+                assert_within_scale(&what(&format!("{pass}: winograd_weight_transform")), &u, &want, slack);
+                let v = read(gpu, &ws.v, v_len);
+                let mut want = vec![0.0; v_len];
+                nn::winograd_input_transform(&tiles, c, input, false, &mut want).unwrap();
+                assert_within_scale(&what(&format!("{pass}: winograd_input_transform")), &v, &want, slack);
+                let m = read(gpu, &ws.m, m_len);
+                let dims = [16, c_next, c, t];
+                let product = format!("{pass}: gemm_batched");
+                worst = worst.max(check_product(&what(&product), dims, &u, &v, &m, splits(c_next, c, t)));
+                let got = read(gpu, out, out_len);
+                let mut want = vec![0.0; out_len];
+                nn::winograd_output_transform(&tiles, c_next, &m, &mut want).unwrap();
+                assert_within_scale(&what(&format!("{pass}: winograd_output_transform")), &got, &want, slack);
+                let mut direct = vec![0.0; out_len];
+                if flip {
+                    nn::conv2d_backward_data(s, &dyv, &wv, &mut direct).unwrap();
+                } else {
+                    nn::conv2d_forward(s, &xv, &wv, &mut direct).unwrap();
+                }
+                check_wiring(&what(pass), &got, &direct);
+            }
+
+            // backward_weight: W (in M's tensor), V^T, dU (in U's tensor), then dweight.
+            run(gpu, &wino.backward_weight(gpu, &conv, s, &dy, &x, &dw, &ws).unwrap());
+            let w = read(gpu, &ws.m, 16 * s.c_out * t);
+            let mut want = vec![0.0; w.len()];
+            nn::winograd_output_grad_transform(&fwd, s.c_out, &dyv, &mut want).unwrap();
+            assert_within_scale(&what("winograd_output_grad_transform"), &w, &want, slack);
+            let vt = read(gpu, &ws.v, 16 * t * s.c_in);
+            let mut want = vec![0.0; vt.len()];
+            nn::winograd_input_transform(&fwd, s.c_in, &xv, true, &mut want).unwrap();
+            assert_within_scale(&what("winograd_input_transform (transposed)"), &vt, &want, slack);
+            let du = read(gpu, &ws.u, 16 * s.c_out * s.c_in);
+            let dims = [16, s.c_out, t, s.c_in];
+            let bw =
+                check_product(&what("backward_weight: gemm_batched"), dims, &w, &vt, &du, splits(s.c_out, t, s.c_in));
+            worst = worst.max(bw);
+            let got = read(gpu, &dw, s.weight_len());
+            let mut want = vec![0.0; s.weight_len()];
+            nn::winograd_weight_grad_transform(s.c_out, s.c_in, &du, &mut want).unwrap();
+            assert_within_scale(&what("winograd_weight_grad_transform"), &got, &want, slack);
+            let mut direct = vec![0.0; s.weight_len()];
+            nn::conv2d_backward_weight(s, &dyv, &xv, &mut direct).unwrap();
+            check_wiring(&what("backward_weight"), &got, &direct);
+        }
+        eprintln!("{name:>10}: gemm_batched max error / bound {worst:.3}");
+    }
+}
+
+#[test]
+fn winograd_refuses_what_it_cannot_run() {
+    let Some(gpu) = gpu() else { return };
+    let conv = Conv2d::new(gpu);
+    for s in [
+        Conv2dShape { stride: 2, ..shape(1, 2, (8, 8), 2, 1) },
+        Conv2dShape { kh: 1, kw: 1, pad: 0, ..shape(1, 2, (8, 8), 2, 1) },
+        shape(1, 2, (8, 8), 2, 3),
+    ] {
+        assert!(!Winograd::applies(&s), "{s:?}");
+        let err = Winograd::workspace_lens(gpu, &conv, &s).unwrap_err().to_string();
+        assert!(err.contains("not a 3x3 stride-1"), "{err}");
+    }
+    // A tensor of the wrong length is named.
+    let s = shape(1, 2, (4, 4), 3, 1);
+    let ws = workspace(gpu, &conv, &s);
+    let (x, w, y) =
+        (gpu.zeros("x", &[s.input_len() + 1]), gpu.zeros("w", &[s.weight_len()]), gpu.zeros("y", &[s.output_len()]));
+    let err = Winograd::new(gpu).forward(gpu, &conv, &s, &x, &w, &y, &ws).err().unwrap().to_string();
+    assert!(err.contains("x has"), "{err}");
+}
