@@ -145,11 +145,11 @@ enum Command {
         /// Skip the profiled step (per-kernel GPU times).
         #[arg(long)]
         no_profile: bool,
-        /// Arithmetic of the convolutions: auto (mixed where the GPU has tensor cores), f32 or mixed.
+        /// Arithmetic of the convolutions: auto (f32, the faster today), f32 or mixed (tensor cores).
         #[arg(long, value_enum, default_value = "auto")]
         precision: Precision,
-        /// Convolutions run as Winograd F(2x2, 3x3) (f32): auto (layers of at least 128 channels on a GPU), off,
-        /// or the fewest input and output channels of such a layer.
+        /// 3x3 stride-1 convolutions run as Winograd F(2x2, 3x3) (f32): auto (layers of at least 128 channels on a
+        /// GPU, 64 on a CPU adapter), off, or the fewest input and output channels of such a layer.
         #[arg(long, value_name = "auto|off|N", default_value = "auto")]
         winograd: WinogradLayers,
         /// --kernels: divide the spatial sizes of the 112x112 network by this (default: 4 on a CPU adapter, else 1).
@@ -228,7 +228,7 @@ enum Command {
         /// Use the first GPU adapter whose name contains this (case-insensitive).
         #[arg(long, value_name = "NAME", conflicts_with = "cpu")]
         adapter: Option<String>,
-        /// The GPU trainer's convolutions: auto (mixed where the GPU has tensor cores), f32 or mixed (checked
+        /// The GPU trainer's convolutions: auto (f32, the faster today), f32 or mixed (tensor cores; checked
         /// with mixed precision's looser tolerances).
         #[arg(long, value_enum, default_value = "auto", conflicts_with = "cpu")]
         precision: Precision,
@@ -317,12 +317,12 @@ struct TrainArgs {
     /// auto (GPU if found, else CPU), gpu, or cpu (the exact, slow reference) [default: auto].
     #[arg(long, value_enum)]
     device: Option<Device>,
-    /// GPU arithmetic of the convolutions: auto (mixed where the GPU has tensor cores), f32, or mixed (f16
+    /// GPU arithmetic of the convolutions: auto (f32, the faster today), f32, or mixed (tensor cores: f16
     /// operands, f32 accumulation, dynamic loss scaling) [default: auto].
     #[arg(long, value_enum)]
     precision: Option<Precision>,
-    /// GPU convolutions run as Winograd F(2x2, 3x3) (f32): auto (layers of at least 128 channels on a GPU, none on
-    /// a CPU adapter), off, or the fewest input and output channels of such a layer [default: auto].
+    /// 3x3 stride-1 GPU convolutions run as Winograd F(2x2, 3x3) (f32): auto (layers of at least 128 channels on a
+    /// GPU, 64 on a CPU adapter), off, or the fewest input and output channels of such a layer [default: auto].
     #[arg(long, value_name = "auto|off|N")]
     winograd: Option<WinogradLayers>,
     /// GPU adapter name filter.

@@ -274,10 +274,11 @@ pub fn check_cpu(file: &TensorFile) -> Vec<Check> {
 /// Runs the file through the GPU trainer ([`GpuBackend`], from the float inputs: the reference's inputs are not
 /// images) and compares every tensor, as [`check_cpu`] does.
 /// With `precision` mixed, the trainer's convolutions run in mixed precision, checked with mixed precision's
-/// tolerances (written in this module with their reasons).
-pub fn check_gpu(file: &TensorFile, gpu: &Gpu, precision: ConvPrecision) -> Vec<Check> {
+/// tolerances (written in this module with their reasons). `winograd`: the trainer's Winograd layers
+/// ([`GpuBackend::set_winograd`]), checked with the f32 tolerances.
+pub fn check_gpu(file: &TensorFile, gpu: &Gpu, precision: ConvPrecision, winograd: Option<usize>) -> Vec<Check> {
     let mut checks = Vec::new();
-    if let Err(e) = run_gpu(file, gpu, precision, &mut checks) {
+    if let Err(e) = run_gpu(file, gpu, precision, winograd, &mut checks) {
         checks.push(Check::failed("iresnet_tiny", format!("{e:#}")));
     }
     checks
@@ -295,12 +296,19 @@ fn run_cpu(file: &TensorFile, checks: &mut Vec<Check>) -> Result<()> {
     run(file, &setup, &mut trainer, &CPU, checks)
 }
 
-fn run_gpu(file: &TensorFile, gpu: &Gpu, precision: ConvPrecision, checks: &mut Vec<Check>) -> Result<()> {
+fn run_gpu(
+    file: &TensorFile,
+    gpu: &Gpu,
+    precision: ConvPrecision,
+    winograd: Option<usize>,
+    checks: &mut Vec<Check>,
+) -> Result<()> {
     let setup = Setup::from_manifest(&file.meta)?;
     let (state, head) = initial_weights(file, &setup.cfg, setup.classes)?;
     let (cfg, b, k) = (setup.cfg, setup.batch, setup.classes);
     let mut trainer = GpuBackend::with_weights(gpu, &cfg, b, k, setup.step, &state, &head)?;
     trainer.set_precision(precision)?;
+    trainer.set_winograd(winograd)?;
     let tol = match precision {
         ConvPrecision::F32 => &GPU,
         ConvPrecision::Mixed => &MIXED,

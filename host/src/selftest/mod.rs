@@ -110,29 +110,37 @@ pub fn run_cpu(files: &[TensorFile]) -> Report {
 }
 
 /// Runs every loaded reference file through the GPU: the margin head's kernels on every loss
-/// ([`margin_loss::check_gpu`]) and the GPU trainer on the tiny iResNet ([`iresnet_tiny::check_gpu`]). The
-/// verification protocol has no GPU part (it runs on embeddings, on the CPU): its file is checked on the CPU, and its
-/// section says so. `precision` is the arithmetic of the trainer's convolutions (the margin head is f32 in both).
+/// ([`margin_loss::check_gpu`]) and the GPU trainer on the tiny iResNet ([`iresnet_tiny::check_gpu`]); in f32
+/// twice, with the direct convolutions and with every 3x3 stride-1 convolution as Winograd (which a GPU runs on its
+/// layers of 128 channels and more; the tiny net has none that wide). The verification protocol has no GPU part
+/// (it runs on embeddings, on the CPU): its file is checked on the CPU, and its section says so. `precision` is the
+/// arithmetic of the trainer's convolutions (the margin head is f32 in both).
 pub fn run_gpu(files: &[TensorFile], gpu: &Gpu, precision: ConvPrecision) -> Report {
-    let sections = files
-        .iter()
-        .map(|f| {
-            let (checks, file) = match base_name(f) {
-                "margin_loss.safetensors" => (margin_loss::check_gpu(f, gpu), f.name.clone()),
-                "iresnet_tiny.safetensors" => {
-                    let what = match precision {
-                        ConvPrecision::F32 => String::new(),
-                        ConvPrecision::Mixed => " (mixed-precision convolutions)".into(),
-                    };
-                    (iresnet_tiny::check_gpu(f, gpu, precision), format!("{}{what}", f.name))
+    let mut sections = Vec::new();
+    for f in files {
+        match base_name(f) {
+            "margin_loss.safetensors" => {
+                sections.push(Section { file: f.name.clone(), checks: margin_loss::check_gpu(f, gpu) });
+            }
+            "iresnet_tiny.safetensors" => match precision {
+                ConvPrecision::F32 => {
+                    for (winograd, what) in [(None, ""), (Some(1), " (Winograd convolutions)")] {
+                        let checks = iresnet_tiny::check_gpu(f, gpu, precision, winograd);
+                        sections.push(Section { file: format!("{}{what}", f.name), checks });
+                    }
                 }
-                "verification.safetensors" => {
-                    (verification::check_cpu(f), format!("{} (CPU: the protocol has no GPU part)", f.name))
+                ConvPrecision::Mixed => {
+                    let checks = iresnet_tiny::check_gpu(f, gpu, precision, None);
+                    sections.push(Section { file: format!("{} (mixed-precision convolutions)", f.name), checks });
                 }
-                other => (vec![Check::failed(other, "unknown reference file")], f.name.clone()),
-            };
-            Section { file, checks }
-        })
-        .collect();
+            },
+            "verification.safetensors" => sections.push(Section {
+                file: format!("{} (CPU: the protocol has no GPU part)", f.name),
+                checks: verification::check_cpu(f),
+            }),
+            other => sections
+                .push(Section { file: f.name.clone(), checks: vec![Check::failed(other, "unknown reference file")] }),
+        }
+    }
     Report { sections }
 }

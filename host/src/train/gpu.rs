@@ -18,7 +18,7 @@
 //! ```
 //!
 //! The order and the arithmetic are the core's; only the summation orders of the reductions differ (the GPU sums in
-//! fixed trees), and on a GPU the 3x3 stride-1 convolutions of 128 channels and more run as Winograd F(2x2, 3x3)
+//! fixed trees), and the 3x3 stride-1 convolutions of 128 channels and more (64 on a CPU adapter) run as Winograd F(2x2, 3x3)
 //! (the core's `conv2d_winograd_*`, whose rounding differs from the direct loops'), so results agree with the CPU
 //! trainer to f32 rounding and two GPU runs agree bit for bit.
 //! `features.weight` is frozen (no gradient, no update); weight decay applies to the backbone and the head; the head
@@ -1250,10 +1250,12 @@ impl<G: Deref<Target = Gpu>> GpuBackend<G> {
     }
 
     /// The default choice of Winograd layers on `gpu`: those with at least 128 input and output channels on a
-    /// GPU, where the product of a 3x3 convolution of fewer channels is too shallow to repay the transforms' memory
-    /// passes (see `bench --kernels`); none on a CPU adapter, whose results stay those of the direct convolutions.
+    /// GPU, where a 64-channel layer's products (64 deep) may be too shallow to repay the transforms' memory passes
+    /// (an estimate: `bench --kernels` times both forms of every iResNet layer on the adapter at hand); from 64
+    /// channels on a CPU adapter, where arithmetic is all that counts (lavapipe, r18 at batch 8: 29.6 s a step
+    /// direct, 22.7 s from 128 channels, 18.4 s from 64).
     pub fn default_winograd(gpu: &Gpu) -> Option<usize> {
-        (gpu.info.device_type != wgpu::DeviceType::Cpu).then_some(128)
+        Some(if gpu.info.device_type == wgpu::DeviceType::Cpu { 64 } else { 128 })
     }
 
     /// Which 3x3 stride-1 convolutions run as Winograd F(2x2, 3x3) (in f32; mixed precision runs every
