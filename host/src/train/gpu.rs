@@ -135,6 +135,15 @@ pub fn activation_len(cfg: &IResNetConfig, batch: usize) -> usize {
     batch * (stem + blocks + tail) + 2 * batchnorm_channels(cfg)
 }
 
+/// The default choice of Winograd layers on `gpu`: those with at least 128 input and output channels on a
+/// GPU, where a 64-channel layer's products (64 deep) may be too shallow to repay the transforms' memory passes
+/// (an estimate: `bench --kernels` times both forms of every iResNet layer on the adapter at hand); from 64
+/// channels on a CPU adapter, where arithmetic is all that counts (lavapipe, r18 at batch 8: 29.6 s a step
+/// direct, 22.7 s from 128 channels, 18.4 s from 64).
+pub fn default_winograd(gpu: &Gpu) -> Option<usize> {
+    Some(if gpu.info.device_type == wgpu::DeviceType::Cpu { 64 } else { 128 })
+}
+
 /// Floats of each of the four rotating gradient buffers: the largest activation (or the embeddings' gradient).
 pub fn gradient_buffer_len(cfg: &IResNetConfig, batch: usize) -> usize {
     cfg.largest_activation(batch).max(batch * cfg.embedding)
@@ -191,7 +200,7 @@ impl Kernels {
             preprocess: Preprocess::new(gpu),
             conv: Conv2d::new(gpu),
             winograd: Winograd::new(gpu),
-            winograd_min_channels: GpuBackend::<&Gpu>::default_winograd(gpu),
+            winograd_min_channels: default_winograd(gpu),
             linear: Linear::new(gpu),
             bn: BatchNormKernels::new(gpu),
             prelu: Prelu::new(gpu),
@@ -1249,18 +1258,9 @@ impl<G: Deref<Target = Gpu>> GpuBackend<G> {
         self.write_loss_scale()
     }
 
-    /// The default choice of Winograd layers on `gpu`: those with at least 128 input and output channels on a
-    /// GPU, where a 64-channel layer's products (64 deep) may be too shallow to repay the transforms' memory passes
-    /// (an estimate: `bench --kernels` times both forms of every iResNet layer on the adapter at hand); from 64
-    /// channels on a CPU adapter, where arithmetic is all that counts (lavapipe, r18 at batch 8: 29.6 s a step
-    /// direct, 22.7 s from 128 channels, 18.4 s from 64).
-    pub fn default_winograd(gpu: &Gpu) -> Option<usize> {
-        Some(if gpu.info.device_type == wgpu::DeviceType::Cpu { 64 } else { 128 })
-    }
-
     /// Which 3x3 stride-1 convolutions run as Winograd F(2x2, 3x3) (in f32; mixed precision runs every
     /// convolution directly): those with at least `min_channels` input and output channels, or none for `None`.
-    /// Reallocates the Winograd workspace and rebuilds the step. The default is [`Self::default_winograd`].
+    /// Reallocates the Winograd workspace and rebuilds the step. The default is [`default_winograd`].
     pub fn set_winograd(&mut self, min_channels: Option<usize>) -> Result<()> {
         if min_channels == self.k.winograd_min_channels {
             return Ok(());

@@ -73,7 +73,7 @@ impl Precision {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum WinogradLayers {
-    /// The adapter's default ([`GpuBackend::default_winograd`](super::gpu::GpuBackend::default_winograd)): layers
+    /// The adapter's default ([`default_winograd`](super::gpu::default_winograd)): layers
     /// of at least 128 input and output channels on a GPU, 64 on a CPU adapter.
     Auto,
     /// None: every convolution runs directly.
@@ -86,7 +86,7 @@ impl WinogradLayers {
     /// The minimum channel count this choice means on `gpu` (`None`: no layer).
     pub fn resolve(self, gpu: &crate::gpu::Gpu) -> Option<usize> {
         match self {
-            WinogradLayers::Auto => super::gpu::GpuBackend::<&crate::gpu::Gpu>::default_winograd(gpu),
+            WinogradLayers::Auto => super::gpu::default_winograd(gpu),
             WinogradLayers::Off => None,
             WinogradLayers::MinChannels(c) => Some(c),
         }

@@ -388,29 +388,30 @@ struct Pipelines {
     forward: wgpu::ComputePipeline,
     backward_data: wgpu::ComputePipeline,
     backward_weight: wgpu::ComputePipeline,
-    gemm_batched: wgpu::ComputePipeline,
+    /// f32 only: Winograd runs in f32, so the mixed module's (cooperative-matrix) `gemm_batched` is never built.
+    gemm_batched: Option<wgpu::ComputePipeline>,
     reduce: wgpu::ComputePipeline,
 }
 
 impl Pipelines {
-    fn compile(gpu: &Gpu, label: &str, source: &str) -> Self {
+    fn compile(gpu: &Gpu, label: &str, source: &str, precision: ConvPrecision) -> Self {
         let m = gpu.shader(label, source);
         Self {
             forward: gpu.pipeline("conv2d_forward", &m, "conv2d_forward"),
             backward_data: gpu.pipeline("conv2d_backward_data", &m, "conv2d_backward_data"),
             backward_weight: gpu.pipeline("conv2d_backward_weight", &m, "conv2d_backward_weight"),
-            gemm_batched: gpu.pipeline("gemm_batched", &m, "gemm_batched"),
+            gemm_batched: (precision == ConvPrecision::F32).then(|| gpu.pipeline("gemm_batched", &m, "gemm_batched")),
             reduce: gpu.pipeline("conv2d_reduce_splits", &m, "conv2d_reduce_splits"),
         }
     }
 
-    fn gemm(&self, op: Option<ConvOp>) -> &wgpu::ComputePipeline {
-        match op {
+    fn gemm(&self, op: Option<ConvOp>) -> Result<&wgpu::ComputePipeline> {
+        Ok(match op {
             Some(ConvOp::Forward) => &self.forward,
             Some(ConvOp::BackwardData) => &self.backward_data,
             Some(ConvOp::BackwardWeight) => &self.backward_weight,
-            None => &self.gemm_batched,
-        }
+            None => self.gemm_batched.as_ref().ok_or_else(|| anyhow!("gemm_batched runs in f32 only"))?,
+        })
     }
 }
 
@@ -442,7 +443,7 @@ impl Conv2d {
         // The build script validated this composition (and fails the build if it no longer applies).
         let f32_module = |tm: u32| {
             let source = compose::compose_f32(SOURCE, tm).expect("conv2d.wgsl composes");
-            Pipelines::compile(gpu, &format!("conv2d.wgsl (TM = {tm})"), &source)
+            Pipelines::compile(gpu, &format!("conv2d.wgsl (TM = {tm})"), &source, ConvPrecision::F32)
         };
         let tall = f32_module(tiling.rows_per_thread);
         let short = (tiling.short_tiles && tiling.rows_per_thread != 4).then(|| f32_module(4));
@@ -476,7 +477,7 @@ impl Conv2d {
         let tiling = ConvTiling { rows_per_thread: 8, short_tiles: false, ..ConvTiling::for_adapter(gpu) };
         let fragment = include_str!("../../../../shaders/conv2d_coop.wgsl.in");
         let source = compose::compose_coop(SOURCE, fragment).map_err(|e| anyhow!(e))?;
-        let tall = Pipelines::compile(gpu, "conv2d.wgsl (mixed precision)", &source);
+        let tall = Pipelines::compile(gpu, "conv2d.wgsl (mixed precision)", &source, ConvPrecision::Mixed);
         Ok(Self { tiling, precision: ConvPrecision::Mixed, tall, short: None })
     }
 
@@ -576,7 +577,8 @@ impl Conv2d {
 
     /// `c[b] = a[b] * b[b]` for `b < batch`: `a (batch, m, k)`, `b (batch, k, cols)`, `c (batch, m, cols)`
     /// (overwritten), row-major. CPU twin [`elasticface_core::nn::gemm_batched`]. `scratch`: at least
-    /// [`ConvPlan::scratch_len`] of [`Self::plan_batched`] elements, not one of the other tensors.
+    /// [`ConvPlan::scratch_len`] of [`Self::plan_batched`] elements, not one of the other tensors. Errors on the
+    /// mixed-precision kernels (Winograd runs in f32 only).
     /// `dims`: `[batch, m, k, cols]`.
     pub fn gemm_batched(
         &self,
@@ -624,7 +626,7 @@ impl Conv2d {
         };
         let mut dispatches = Vec::with_capacity(plan.gemms.len() + 1);
         for (params, grid) in &plan.gemms {
-            dispatches.push(gpu.dispatch(name, pipelines.gemm(op), params, &[a, b, target], *grid)?);
+            dispatches.push(gpu.dispatch(name, pipelines.gemm(op)?, params, &[a, b, target], *grid)?);
         }
         if plan.splits > 1 {
             let grid = gpu.grid_1d(plan.out_len as usize, ELEMENTWISE_WORKGROUP);
