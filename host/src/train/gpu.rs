@@ -76,10 +76,9 @@
 //! buffer that is free at that point, just before it is read. That costs one element-wise pass per such batch
 //! norm and saves a third of the activations. On top come four gradient buffers of [`gradient_buffer_len`]
 //! floats each (the largest activation) and scratch sized by the largest layer; where layers run as Winograd, its
-//! workspace too (the transformed weight, input and product of the largest such layer: `16 (C_OUT C_IN + C T +
-//! C_OUT T)` floats, `T` the 2x2 output tiles of the batch; about 0.45 GB for r100 at batch 128 from 128
-//! channels). iResNet-100 at batch 128
-//! (112 x 112): 2.34 G floats of activations (9.4 GB) and 4 x 0.103 G floats of gradient buffers (1.64 GB),
+//! workspace too (transformed weights `16 C_OUT C_IN`, transformed inputs and products `16 max(C_IN, C_OUT) T` each,
+//! `T` the 2x2 output tiles of the batch, for the largest such layer; about 0.87 GB for r100 at batch 128 from 128
+//! channels). iResNet-100 at batch 128 (112 x 112): 2.34 G floats of activations (9.4 GB) and 4 x 0.103 G floats of gradient buffers (1.64 GB),
 //! besides 0.78 GB of parameters, gradients and momentum and 0.7 GB of head (85,742 classes);
 //! [`GpuBackend::memory`] reports what a backend allocated.
 //!
