@@ -207,6 +207,8 @@ fn winograd_runs_are_bit_identical_and_switchable() {
         let direct = g.memory().total();
         g.set_winograd(choice).unwrap();
         assert_eq!(g.winograd(), choice);
+        let named = choice.map_or(gpu.info.name.clone(), |c| format!("{} (Winograd from {c} channels)", gpu.info.name));
+        assert_eq!(g.device(), named);
         assert_eq!(g.memory().total() > direct, choice.is_some(), "the workspace is counted");
         let losses = train(&mut g, &ODD, b, classes, 2);
         runs.push((losses, bits(&g.checkpoint(9, pos, Default::default()).unwrap())));

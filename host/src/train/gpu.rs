@@ -1574,9 +1574,17 @@ impl<G: Deref<Target = Gpu>> Backend for GpuBackend<G> {
     }
 
     fn device(&self) -> String {
-        match self.precision() {
-            ConvPrecision::F32 => self.gpu.info.name.clone(),
-            ConvPrecision::Mixed => format!("{} (mixed precision)", self.gpu.info.name),
+        let mut how = Vec::new();
+        if self.precision() == ConvPrecision::Mixed {
+            how.push("mixed precision".to_string());
+        }
+        if let (Some(c), Some(_)) = (self.k.winograd_min_channels, &self.net.winograd) {
+            how.push(format!("Winograd from {c} channels"));
+        }
+        if how.is_empty() {
+            self.gpu.info.name.clone()
+        } else {
+            format!("{} ({})", self.gpu.info.name, how.join(", "))
         }
     }
 }
