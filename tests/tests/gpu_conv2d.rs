@@ -45,8 +45,8 @@ fn shapes() -> Vec<Conv2dShape> {
     ]
 }
 
-/// The tilings under test: the adapter's, both row blockings, tall tiles with short ones for short products, and one that splits every reduction it can,
-/// with the tile grid folded into two dimensions.
+/// The tilings under test: the adapter's, both row blockings, tall tiles with short ones for short products, and
+/// one that splits every reduction it can, with the tile grid folded into two dimensions.
 fn tilings(gpu: &Gpu) -> Vec<(&'static str, ConvTiling)> {
     let adapter = ConvTiling::for_adapter(gpu);
     let base = ConvTiling {

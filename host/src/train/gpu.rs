@@ -18,11 +18,10 @@
 //! ```
 //!
 //! The order and the arithmetic are the core's; only the summation orders of the reductions differ (the GPU sums in
-//! fixed trees), and the 3x3 stride-1 convolutions of 128 channels and more (64 on a CPU adapter) run as Winograd F(2x2, 3x3)
-//! (the core's `conv2d_winograd_*`, whose rounding differs from the direct loops'), so results agree with the CPU
-//! trainer to f32 rounding and two GPU runs agree bit for bit.
-//! `features.weight` is frozen (no gradient, no update); weight decay applies to the backbone and the head; the head
-//! is not clipped.
+//! fixed trees), and the 3x3 stride-1 convolutions of 128 channels and more (64 on a CPU adapter) run as Winograd
+//! F(2x2, 3x3) (the core's `conv2d_winograd_*`, whose rounding differs from the direct loops'), so results agree with
+//! the CPU trainer to f32 rounding and two GPU runs agree bit for bit. `features.weight` is frozen (no gradient, no
+//! update); weight decay applies to the backbone and the head; the head is not clipped.
 //!
 //! # Non-finite steps
 //!
@@ -72,15 +71,15 @@
 //! downsample batch norm's, consumed by the residual add) live in the gradient buffers, which the forward pass does
 //! not otherwise use. So do the outputs of the batch norms that feed a convolution or a PReLU (a block's bn1 and
 //! bn2, the stem's bn1): the backward pass recomputes each from the batch norm's input and its saved batch
-//! statistics, with the same kernel and the same arithmetic as the forward pass (bit-identical), into a gradient
-//! buffer that is free at that point, just before it is read. That costs one element-wise pass per such batch
-//! norm and saves a third of the activations. On top come four gradient buffers of [`gradient_buffer_len`]
-//! floats each (the largest activation) and scratch sized by the largest layer; where layers run as Winograd, its
-//! workspace too (transformed weights `16 C_OUT C_IN`, transformed inputs and products `16 max(C_IN, C_OUT) T` each,
-//! `T` the 2x2 output tiles of the batch, for the largest such layer; about 0.87 GB for r100 at batch 128 from 128
-//! channels). iResNet-100 at batch 128 (112 x 112): 2.34 G floats of activations (9.4 GB) and 4 x 0.103 G floats of gradient buffers (1.64 GB),
-//! besides 0.78 GB of parameters, gradients and momentum and 0.7 GB of head (85,742 classes);
-//! [`GpuBackend::memory`] reports what a backend allocated.
+//! statistics, with the same kernel and the same arithmetic as the forward pass (bit-identical), into a gradient buffer
+//! that is free at that point, just before it is read. That costs one element-wise pass per such batch norm and saves a
+//! third of the activations. On top come four gradient buffers of [`gradient_buffer_len`] floats each (the largest
+//! activation) and scratch sized by the largest layer; where layers run as Winograd, its workspace too (transformed
+//! weights `16 C_OUT C_IN`, transformed inputs and products `16 max(C_IN, C_OUT) T` each, `T` the 2x2 output tiles of
+//! the batch, for the largest such layer; about 0.87 GB for r100 at batch 128 from 128 channels). iResNet-100 at batch
+//! 128 (112 x 112): 2.34 G floats of activations (9.4 GB) and 4 x 0.103 G floats of gradient buffers (1.64 GB), besides
+//! 0.78 GB of parameters, gradients and momentum and 0.7 GB of head (85,742 classes); [`GpuBackend::memory`] reports
+//! what a backend allocated.
 //!
 //! [`Capabilities::max_binding`]: crate::gpu::Capabilities::max_binding
 
@@ -361,11 +360,12 @@ fn winograd_workspace(
     }
     let Some(l) = lens else { return Ok(None) };
     let scratch = Purpose::Scratch;
+    let hint = "the Winograd convolutions' workspace (`--winograd off` runs without it)";
     Ok(Some(WinogradWorkspace {
-        u: a.zeros(scratch, "winograd U", &[l.u])?,
-        v: a.zeros(scratch, "winograd V", &[l.v])?,
-        m: a.zeros(scratch, "winograd M", &[l.m])?,
-        scratch: a.zeros(scratch, "winograd scratch", &[l.scratch.max(1)])?,
+        u: a.zeros(scratch, "winograd U", &[l.u]).context(hint)?,
+        v: a.zeros(scratch, "winograd V", &[l.v]).context(hint)?,
+        m: a.zeros(scratch, "winograd M", &[l.m]).context(hint)?,
+        scratch: a.zeros(scratch, "winograd scratch", &[l.scratch.max(1)]).context(hint)?,
     }))
 }
 
