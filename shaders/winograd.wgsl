@@ -53,6 +53,13 @@ fn index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return gid.y * nwg.x * WG + gid.x;
 }
 
+// Writes element e of `v` to dst[e * plane + i] for e < 16: invocation i's column of a (16, plane) operand.
+fn store_planes(i: u32, plane: u32, v: array<f32, 16>) {
+    for (var e = 0u; e < 16u; e++) {
+        dst[e * plane + i] = v[e];
+    }
+}
+
 // U = G g G^T of one 3x3 kernel g (row-major), as 16 elements e = i*4 + j.
 fn weight_tile(g: array<f32, 9>) -> array<f32, 16> {
     var t: array<f32, 12>;
@@ -98,11 +105,7 @@ fn winograd_weight_transform(@builtin(global_invocation_id) gid: vec3<u32>, @bui
     for (var k = 0u; k < 9u; k++) {
         g[k] = src[base + select(k, 8u - k, flip)];
     }
-    let u = weight_tile(g);
-    let plane = p.c_out * p.c_in;
-    for (var e = 0u; e < 16u; e++) {
-        dst[e * plane + i] = u[e];
-    }
+    store_planes(i, p.c_out * p.c_in, weight_tile(g));
 }
 
 // The tile of invocation (c, t): (n, th, tw).
@@ -155,17 +158,18 @@ fn winograd_input_transform(@builtin(global_invocation_id) gid: vec3<u32>, @buil
         r[8u + j] = d2 - d1;
         r[12u + j] = d1 - d3;
     }
-    let plane_size = p.channels * p.tiles;
+    var v: array<f32, 16>;
     for (var a = 0u; a < 4u; a++) {
         let r0 = r[4u * a];
         let r1 = r[4u * a + 1u];
         let r2 = r[4u * a + 2u];
         let r3 = r[4u * a + 3u];
-        dst[(4u * a) * plane_size + i] = r0 - r2;
-        dst[(4u * a + 1u) * plane_size + i] = r1 + r2;
-        dst[(4u * a + 2u) * plane_size + i] = r2 - r1;
-        dst[(4u * a + 3u) * plane_size + i] = r1 - r3;
+        v[4u * a] = r0 - r2;
+        v[4u * a + 1u] = r1 + r2;
+        v[4u * a + 2u] = r2 - r1;
+        v[4u * a + 3u] = r1 - r3;
     }
+    store_planes(i, p.channels * p.tiles, v);
 }
 
 // M (16, C, T) -> y (N, C, HO, WO): Y = A^T M A, the 2x2 tile clipped to HO, WO.
@@ -240,15 +244,16 @@ fn winograd_output_grad_transform(
         t[4u + j] = g0 - g1;
         t[6u + j] = -g1;
     }
-    let plane_size = p.channels * p.tiles;
+    var w: array<f32, 16>;
     for (var a = 0u; a < 4u; a++) {
         let t0 = t[2u * a];
         let t1 = t[2u * a + 1u];
-        dst[(4u * a) * plane_size + i] = t0;
-        dst[(4u * a + 1u) * plane_size + i] = t0 + t1;
-        dst[(4u * a + 2u) * plane_size + i] = t0 - t1;
-        dst[(4u * a + 3u) * plane_size + i] = -t1;
+        w[4u * a] = t0;
+        w[4u * a + 1u] = t0 + t1;
+        w[4u * a + 2u] = t0 - t1;
+        w[4u * a + 3u] = -t1;
     }
+    store_planes(i, p.channels * p.tiles, w);
 }
 
 // dU (16, C_OUT, C_IN) -> dweight (C_OUT, C_IN, 3, 3): dg = G^T dU G.

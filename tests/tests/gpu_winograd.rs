@@ -93,13 +93,8 @@ fn check_wiring(what: &str, got: &[f32], want: &[f32]) {
 }
 
 fn workspace(gpu: &Gpu, conv: &Conv2d, s: &Conv2dShape) -> WinogradWorkspace {
-    let l = Winograd::workspace_lens(gpu, conv, s).unwrap();
-    WinogradWorkspace {
-        u: gpu.zeros("U", &[l.u]),
-        v: gpu.zeros("V", &[l.v]),
-        m: gpu.zeros("M", &[l.m]),
-        scratch: gpu.zeros("scratch", &[l.scratch.max(1)]),
-    }
+    let lens = Winograd::workspace_lens(gpu, conv, s).unwrap();
+    WinogradWorkspace::allocate(&lens, |label, len| Ok(gpu.zeros(label, &[len]))).unwrap()
 }
 
 #[test]

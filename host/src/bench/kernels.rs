@@ -120,13 +120,8 @@ pub fn kernel_cases(gpu: &Gpu, n: usize, shrink: usize) -> Result<Vec<KernelCase
         // The f32 Winograd passes of the 3x3 stride-1 layers, timed against the same FLOP count (the direct
         // convolution's: an effective rate, comparable with the direct kernels').
         if suffix.is_empty() && c_in != 3 && Winograd::applies(&s) {
-            let l = Winograd::workspace_lens(gpu, conv, &s)?;
-            let ws = WinogradWorkspace {
-                u: gpu.zeros("U", &[l.u]),
-                v: gpu.zeros("V", &[l.v]),
-                m: gpu.zeros("M", &[l.m]),
-                scratch: gpu.zeros("scratch", &[l.scratch.max(1)]),
-            };
+            let lens = Winograd::workspace_lens(gpu, conv, &s)?;
+            let ws = WinogradWorkspace::allocate(&lens, |label, len| Ok(gpu.zeros(label, &[len])))?;
             ops.push(("winograd_forward", winograd.forward(gpu, conv, &s, &x, &w, &y, &ws)?));
             ops.push(("winograd_backward_data", winograd.backward_data(gpu, conv, &s, &y, &w, &x, &ws)?));
             ops.push(("winograd_backward_weight", winograd.backward_weight(gpu, conv, &s, &y, &x, &w, &ws)?));

@@ -359,14 +359,9 @@ fn winograd_workspace(
         lens = Some(lens.map_or(l, |m| m.max(l)));
     }
     let Some(l) = lens else { return Ok(None) };
-    let scratch = Purpose::Scratch;
-    let hint = "the Winograd convolutions' workspace (`--winograd off` runs without it)";
-    Ok(Some(WinogradWorkspace {
-        u: a.zeros(scratch, "winograd U", &[l.u]).context(hint)?,
-        v: a.zeros(scratch, "winograd V", &[l.v]).context(hint)?,
-        m: a.zeros(scratch, "winograd M", &[l.m]).context(hint)?,
-        scratch: a.zeros(scratch, "winograd scratch", &[l.scratch.max(1)]).context(hint)?,
-    }))
+    let ws = WinogradWorkspace::allocate(&l, |label, len| a.zeros(Purpose::Scratch, label, &[len]))
+        .context("the Winograd convolutions' workspace (`--winograd off` runs without it)")?;
+    Ok(Some(ws))
 }
 
 impl BlockShapes {

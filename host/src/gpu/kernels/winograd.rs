@@ -92,6 +92,18 @@ pub struct WinogradWorkspace {
     pub scratch: Tensor,
 }
 
+impl WinogradWorkspace {
+    /// The four tensors of `lens`, each made by `alloc(label, elements)` (at least one element each).
+    pub fn allocate(lens: &WinogradLens, mut alloc: impl FnMut(&str, usize) -> Result<Tensor>) -> Result<Self> {
+        Ok(Self {
+            u: alloc("winograd U", lens.u.max(1))?,
+            v: alloc("winograd V", lens.v.max(1))?,
+            m: alloc("winograd M", lens.m.max(1))?,
+            scratch: alloc("winograd scratch", lens.scratch.max(1))?,
+        })
+    }
+}
+
 /// The Winograd kernels' pipelines.
 pub struct Winograd {
     weight: wgpu::ComputePipeline,
