@@ -15,7 +15,7 @@
 //! padding gives differences of the order of the values), at 1e-4 of the result's scale; the arithmetic itself is
 //! bounded by the checks above and, for Winograd against the direct convolution, by the core's tests.
 
-use elasticface::gpu::kernels::conv2d::{Conv2d, ConvTiling};
+use elasticface::gpu::kernels::conv2d::{Conv2d, ConvOp, ConvTiling};
 use elasticface::gpu::kernels::winograd::{Winograd, WinogradWorkspace};
 use elasticface::gpu::kernels::Dispatch;
 use elasticface::gpu::{Gpu, Tensor};
@@ -132,9 +132,9 @@ fn winograd_kernels_match_their_core_twins() {
                 let (input, t) = if flip { (input, t_data) } else { (&xv, t) };
                 let (out, out_len) = if flip { (&dx, s.input_len()) } else { (&y, s.output_len()) };
                 let d = if flip {
-                    wino.backward_data(gpu, &conv, s, &dy, &weight, &dx, &ws).unwrap()
+                    wino.run(gpu, &conv, ConvOp::BackwardData, s, [&dy, &weight], &dx, &ws).unwrap()
                 } else {
-                    wino.forward(gpu, &conv, s, &x, &weight, &y, &ws).unwrap()
+                    wino.run(gpu, &conv, ConvOp::Forward, s, [&x, &weight], &y, &ws).unwrap()
                 };
                 run(gpu, &d);
                 let (u_len, v_len, m_len) = (16 * c * c_next, 16 * c * t, 16 * c_next * t);
@@ -164,7 +164,7 @@ fn winograd_kernels_match_their_core_twins() {
             }
 
             // backward_weight: W (in M's tensor), V^T, dU (in U's tensor), then dweight.
-            run(gpu, &wino.backward_weight(gpu, &conv, s, &dy, &x, &dw, &ws).unwrap());
+            run(gpu, &wino.run(gpu, &conv, ConvOp::BackwardWeight, s, [&dy, &x], &dw, &ws).unwrap());
             let w = read(gpu, &ws.m, 16 * s.c_out * t);
             let mut want = vec![0.0; w.len()];
             nn::winograd_output_grad_transform(&fwd, s.c_out, &dyv, &mut want).unwrap();
@@ -208,6 +208,6 @@ fn winograd_refuses_what_it_cannot_run() {
     let ws = workspace(gpu, &conv, &s);
     let (x, w, y) =
         (gpu.zeros("x", &[s.input_len() + 1]), gpu.zeros("w", &[s.weight_len()]), gpu.zeros("y", &[s.output_len()]));
-    let err = Winograd::new(gpu).forward(gpu, &conv, &s, &x, &w, &y, &ws).err().unwrap().to_string();
+    let err = Winograd::new(gpu).run(gpu, &conv, ConvOp::Forward, &s, [&x, &w], &y, &ws).err().unwrap().to_string();
     assert!(err.contains("x has"), "{err}");
 }

@@ -513,12 +513,28 @@ pub fn conv2d_winograd_forward(
     check_len("weight", weight, s.weight_len())?;
     check_len("y", y, s.output_len())?;
     check_workspace(s, workspace)?;
+    convolve(&t, [s.c_in, s.c_out], x, weight, false, y, workspace)
+}
+
+/// The forward convolution of `input` (channels `[c, c_next]`) on the tiles `t` into `output`, with `weight` as
+/// stored or, with `flip`, rotated and transposed (backward_data); the sizes are checked by the caller.
+fn convolve(
+    t: &WinogradTiles,
+    [c, c_next]: [usize; 2],
+    input: &[f32],
+    weight: &[f32],
+    flip: bool,
+    output: &mut [f32],
+    workspace: &mut [f32],
+) -> Result<(), Error> {
     let count = t.tiles();
-    let (u, v, m) = carve(workspace, [16 * s.c_out * s.c_in, 16 * s.c_in * count, 16 * s.c_out * count]);
-    winograd_weight_transform(s.c_out, s.c_in, weight, false, u)?;
-    winograd_input_transform(&t, s.c_in, x, false, v)?;
-    gemm_batched(16, s.c_out, s.c_in, count, u, v, m)?;
-    winograd_output_transform(&t, s.c_out, m, y)
+    let (u, v, m) = carve(workspace, [16 * c_next * c, 16 * c * count, 16 * c_next * count]);
+    // The weight's shape (C_OUT, C_IN) is (c_next, c) forward, (c, c_next) flipped.
+    let (c_out, c_in) = if flip { (c, c_next) } else { (c_next, c) };
+    winograd_weight_transform(c_out, c_in, weight, flip, u)?;
+    winograd_input_transform(t, c, input, false, v)?;
+    gemm_batched(16, c_next, c, count, u, v, m)?;
+    winograd_output_transform(t, c_next, m, output)
 }
 
 /// `dx` by Winograd F(2x2, 3x3), as [`conv2d_backward_data`](super::conv2d_backward_data) up to rounding: the
@@ -541,12 +557,7 @@ pub fn conv2d_winograd_backward_data(
     check_len("weight", weight, s.weight_len())?;
     check_len("dx", dx, s.input_len())?;
     check_workspace(s, workspace)?;
-    let count = t.tiles();
-    let (u, v, m) = carve(workspace, [16 * s.c_in * s.c_out, 16 * s.c_out * count, 16 * s.c_in * count]);
-    winograd_weight_transform(s.c_out, s.c_in, weight, true, u)?;
-    winograd_input_transform(&t, s.c_out, dy, false, v)?;
-    gemm_batched(16, s.c_in, s.c_out, count, u, v, m)?;
-    winograd_output_transform(&t, s.c_in, m, dx)
+    convolve(&t, [s.c_out, s.c_in], dy, weight, true, dx, workspace)
 }
 
 /// `dweight` by Winograd F(2x2, 3x3), as [`conv2d_backward_weight`](super::conv2d_backward_weight) up to

@@ -13,7 +13,7 @@ use serde::Serialize;
 use elasticface_core::nn::{BatchNorm, BatchNormShape, Conv2dShape, LinearShape};
 
 use crate::gpu::kernels::batchnorm::BatchNormKernels;
-use crate::gpu::kernels::conv2d::{self, Conv2d};
+use crate::gpu::kernels::conv2d::{self, Conv2d, ConvOp};
 use crate::gpu::kernels::linear::{self, Linear};
 use crate::gpu::kernels::prelu::Prelu;
 use crate::gpu::kernels::residual::Residual;
@@ -122,9 +122,11 @@ pub fn kernel_cases(gpu: &Gpu, n: usize, shrink: usize) -> Result<Vec<KernelCase
         if suffix.is_empty() && c_in != 3 && Winograd::applies(&s) {
             let lens = Winograd::workspace_lens(gpu, conv, &s)?;
             let ws = WinogradWorkspace::allocate(&lens, |label, len| Ok(gpu.zeros(label, &[len])))?;
-            ops.push(("winograd_forward", winograd.forward(gpu, conv, &s, &x, &w, &y, &ws)?));
-            ops.push(("winograd_backward_data", winograd.backward_data(gpu, conv, &s, &y, &w, &x, &ws)?));
-            ops.push(("winograd_backward_weight", winograd.backward_weight(gpu, conv, &s, &y, &x, &w, &ws)?));
+            ops.push(("winograd_forward", winograd.run(gpu, conv, ConvOp::Forward, &s, [&x, &w], &y, &ws)?));
+            let d = winograd.run(gpu, conv, ConvOp::BackwardData, &s, [&y, &w], &x, &ws)?;
+            ops.push(("winograd_backward_data", d));
+            let d = winograd.run(gpu, conv, ConvOp::BackwardWeight, &s, [&y, &x], &w, &ws)?;
+            ops.push(("winograd_backward_weight", d));
         }
         for (kernel, dispatches) in ops {
             let kernel = format!("{kernel}{suffix}");

@@ -101,7 +101,7 @@ use super::Backend;
 use crate::checkpoint::Checkpoint;
 use crate::data::{Batch, Position};
 use crate::gpu::kernels::batchnorm::BatchNormKernels;
-use crate::gpu::kernels::conv2d::{Conv2d, ConvPrecision};
+use crate::gpu::kernels::conv2d::{Conv2d, ConvOp, ConvPrecision};
 use crate::gpu::kernels::linear::{conv_shape, Linear};
 use crate::gpu::kernels::margin::{
     download_head_weight, transpose, upload_head_weight, HeadOptions, MarginHead, MarginLoss,
@@ -782,46 +782,19 @@ impl Builder<'_> {
         self.net.winograd.as_ref().filter(|_| self.k.uses_winograd(s))
     }
 
-    /// `y = conv(x, weight)`, as Winograd or directly.
-    fn conv_forward(&self, d: &mut Vec<Dispatch>, s: &Conv2dShape, x: &Tensor, w: &Tensor, y: &Tensor) -> Result<()> {
-        let (gpu, k) = (self.gpu, self.k);
-        d.extend(match self.winograd(s) {
-            Some(ws) => k.winograd.forward(gpu, &k.conv, s, x, w, y, ws)?,
-            None => k.conv.forward(gpu, s, x, w, y, &self.net.conv_scratch)?,
-        });
-        Ok(())
-    }
-
-    /// `dx` from `dy` and the weight `w`, as Winograd or directly.
-    fn conv_backward_data(
+    /// The convolution `op` on `s` (tensors as [`Conv2d::run`] takes them), as Winograd or directly.
+    fn conv(
         &self,
         d: &mut Vec<Dispatch>,
+        op: ConvOp,
         s: &Conv2dShape,
-        dy: &Tensor,
-        w: &Tensor,
-        dx: &Tensor,
+        inputs: [&Tensor; 2],
+        out: &Tensor,
     ) -> Result<()> {
         let (gpu, k) = (self.gpu, self.k);
         d.extend(match self.winograd(s) {
-            Some(ws) => k.winograd.backward_data(gpu, &k.conv, s, dy, w, dx, ws)?,
-            None => k.conv.backward_data(gpu, s, dy, w, dx, &self.net.conv_scratch)?,
-        });
-        Ok(())
-    }
-
-    /// `dweight` from `dy` and `x`, as Winograd or directly.
-    fn conv_backward_weight(
-        &self,
-        d: &mut Vec<Dispatch>,
-        s: &Conv2dShape,
-        dy: &Tensor,
-        x: &Tensor,
-        dw: &Tensor,
-    ) -> Result<()> {
-        let (gpu, k) = (self.gpu, self.k);
-        d.extend(match self.winograd(s) {
-            Some(ws) => k.winograd.backward_weight(gpu, &k.conv, s, dy, x, dw, ws)?,
-            None => k.conv.backward_weight(gpu, s, dy, x, dw, &self.net.conv_scratch)?,
+            Some(ws) => k.winograd.run(gpu, &k.conv, op, s, inputs, out, ws)?,
+            None => k.conv.run(gpu, op, s, inputs, out, &self.net.conv_scratch)?,
         });
         Ok(())
     }
@@ -839,7 +812,7 @@ impl Builder<'_> {
         let input = first(&net.input, n)?;
         let conv_out = first(&s.conv_out, n)?;
         let stem_conv = conv3(3, c0, n, h, w, 1);
-        self.conv_forward(&mut d, &stem_conv, &input, net.value(s.conv), &conv_out)?;
+        self.conv(&mut d, ConvOp::Forward, &stem_conv, [&input, net.value(s.conv)], &conv_out)?;
         let s0 = BatchNormShape { n, c: c0, hw: h * w };
         // bn1's output feeds only the PReLU: a temporary (recomputed in the backward pass).
         let bn_out = net.buf(0, "bn1 output", &[n, c0, h, w])?;
@@ -854,13 +827,13 @@ impl Builder<'_> {
             let a1 = net.buf(0, "bn1 output", &sh.in_dims)?;
             self.bn_forward(&mut d, mode, &sh.input, b.bn1, &x, &a1, &b.a1_stats)?;
             let c1 = first(&b.c1, n)?;
-            self.conv_forward(&mut d, &sh.conv1, &a1, net.value(b.conv1), &c1)?;
+            self.conv(&mut d, ConvOp::Forward, &sh.conv1, [&a1, net.value(b.conv1)], &c1)?;
             let a2 = net.buf(1, "bn2 output", &sh.full_dims)?;
             self.bn_forward(&mut d, mode, &sh.full, b.bn2, &c1, &a2, &b.a2_stats)?;
             let p = first(&b.p, n)?;
             d.push(k.prelu.forward(gpu, &sh.full, &a2, net.value(b.prelu), &p)?);
             let c2 = first(&b.c2, n)?;
-            self.conv_forward(&mut d, &sh.conv2, &p, net.value(b.conv2), &c2)?;
+            self.conv(&mut d, ConvOp::Forward, &sh.conv2, [&p, net.value(b.conv2)], &c2)?;
             // bn3's output feeds only the residual add: a temporary in a gradient buffer (free in the forward pass).
             let a3 = net.buf(2, "bn3 output", &sh.out_dims)?;
             self.bn_forward(&mut d, mode, &sh.out, b.bn3, &c2, &a3, &b.a3_stats)?;
@@ -943,7 +916,7 @@ impl Builder<'_> {
         let d_conv = net.buf(g2, "d conv1.out", &dims)?;
         self.bn_backward(&mut d, &s0, s.bn, &s.conv_out, &s.bn_stats, &dx, &d_conv)?;
         let stem_conv = conv3(3, c0, n, h, w, 1);
-        self.conv_backward_weight(&mut d, &stem_conv, &d_conv, &net.input, net.grad(s.conv)?)?;
+        self.conv(&mut d, ConvOp::BackwardWeight, &stem_conv, [&d_conv, &net.input], net.grad(s.conv)?)?;
         Ok(d)
     }
 
@@ -975,8 +948,8 @@ impl Builder<'_> {
         let d_c2 = net.buf(r1, "d conv2.out", &out_dims)?;
         self.bn_backward(d, &sh.out, b.bn3, &b.c2, &b.a3_stats, &dy, &d_c2)?;
         let d_p = net.buf(r3, "d prelu.out", &full_dims)?;
-        self.conv_backward_data(d, &sh.conv2, &d_c2, net.value(b.conv2), &d_p)?;
-        self.conv_backward_weight(d, &sh.conv2, &d_c2, &b.p, net.grad(b.conv2)?)?;
+        self.conv(d, ConvOp::BackwardData, &sh.conv2, [&d_c2, net.value(b.conv2)], &d_p)?;
+        self.conv(d, ConvOp::BackwardWeight, &sh.conv2, [&d_c2, &b.p], net.grad(b.conv2)?)?;
         // bn2's and bn1's outputs, recomputed where they are read: into the free buffer r2, or with a shortcut
         // (whose input gradient holds r2) into r_dy, whose dy nothing reads any more.
         let r_free = if b.shortcut.is_some() { r_dy } else { r2 };
@@ -988,10 +961,10 @@ impl Builder<'_> {
         let d_c1 = net.buf(r3, "d conv1.out", &full_dims)?;
         self.bn_backward(d, &sh.full, b.bn2, &b.c1, &b.a2_stats, &d_a2, &d_c1)?;
         let d_a1 = net.buf(r1, "d bn1.out", &in_dims)?;
-        self.conv_backward_data(d, &sh.conv1, &d_c1, net.value(b.conv1), &d_a1)?;
+        self.conv(d, ConvOp::BackwardData, &sh.conv1, [&d_c1, net.value(b.conv1)], &d_a1)?;
         let a1 = net.buf(r_free, "bn1 output (recomputed)", &in_dims)?;
         self.bn_recompute(d, &sh.input, b.bn1, x, &b.a1_stats, &a1)?;
-        self.conv_backward_weight(d, &sh.conv1, &d_c1, &a1, net.grad(b.conv1)?)?;
+        self.conv(d, ConvOp::BackwardWeight, &sh.conv1, [&d_c1, &a1], net.grad(b.conv1)?)?;
         let d_x = net.buf(r3, "d block input", &in_dims)?;
         self.bn_backward(d, &sh.input, b.bn1, x, &b.a1_stats, &d_a1, &d_x)?;
 

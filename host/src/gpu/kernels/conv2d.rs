@@ -152,6 +152,16 @@ impl ConvOp {
         }
     }
 
+    /// Elements of the two inputs and the output of this operation on `s`, in argument order: forward
+    /// `[x, weight, y]`, backward_data `[dy, weight, dx]`, backward_weight `[dy, x, dweight]`.
+    pub fn lens(self, s: &Conv2dShape) -> [usize; 3] {
+        match self {
+            ConvOp::Forward => [s.input_len(), s.weight_len(), s.output_len()],
+            ConvOp::BackwardData => [s.output_len(), s.weight_len(), s.input_len()],
+            ConvOp::BackwardWeight => [s.output_len(), s.input_len(), s.weight_len()],
+        }
+    }
+
     /// The GEMM `(M, COLS, K)` this operation computes for `s` (`backward_data` runs it as one product per
     /// stride phase, together this size less the taps that stride over).
     pub fn gemm(self, s: &Conv2dShape) -> (usize, usize, usize) {
@@ -285,11 +295,7 @@ impl ConvTiling {
                 phases
             }
         };
-        let out_len = fits(match op {
-            ConvOp::Forward => s.output_len(),
-            ConvOp::BackwardData => s.input_len(),
-            ConvOp::BackwardWeight => s.weight_len(),
-        })?;
+        let out_len = fits(op.lens(s)[2])?;
         self.split(gemms, 1, out_len, max_workgroups_per_dim).map_err(|_| too_large())
     }
 
@@ -513,8 +519,26 @@ impl Conv2d {
         Ok(len)
     }
 
-    /// `y = conv(x, weight)`: `x (N, C_IN, H, W)`, `weight (C_OUT, C_IN, KH, KW)`, `y (N, C_OUT, HO, WO)`.
+    /// The operation `op` on `s`: reads `inputs` (as [`ConvOp::lens`] orders them), overwrites `out`.
     /// `scratch`: at least [`Self::scratch_len`] elements, not one of the other tensors.
+    pub fn run(
+        &self,
+        gpu: &Gpu,
+        op: ConvOp,
+        s: &Conv2dShape,
+        inputs: [&Tensor; 2],
+        out: &Tensor,
+        scratch: &Tensor,
+    ) -> Result<Vec<Dispatch>> {
+        let plan = self.plan(gpu, op, s)?;
+        for (t, len) in inputs.iter().chain([&out]).zip(op.lens(s)) {
+            check_len(op.name(), t, len)?;
+        }
+        self.dispatches(gpu, Some(op), &plan, inputs, out, scratch)
+    }
+
+    /// `y = conv(x, weight)`: `x (N, C_IN, H, W)`, `weight (C_OUT, C_IN, KH, KW)`, `y (N, C_OUT, HO, WO)`.
+    /// `scratch` as in [`Self::run`].
     pub fn forward(
         &self,
         gpu: &Gpu,
@@ -524,16 +548,11 @@ impl Conv2d {
         y: &Tensor,
         scratch: &Tensor,
     ) -> Result<Vec<Dispatch>> {
-        let op = ConvOp::Forward;
-        let plan = self.plan(gpu, op, s)?;
-        check_len(op.name(), x, s.input_len())?;
-        check_len(op.name(), weight, s.weight_len())?;
-        check_len(op.name(), y, s.output_len())?;
-        self.dispatches(gpu, Some(op), &plan, [x, weight], y, scratch)
+        self.run(gpu, ConvOp::Forward, s, [x, weight], y, scratch)
     }
 
     /// `dx` from `dy` and `weight`: `dy (N, C_OUT, HO, WO)`, `weight (C_OUT, C_IN, KH, KW)`, `dx (N, C_IN, H, W)`
-    /// (overwritten). `scratch` as in [`Self::forward`].
+    /// (overwritten). `scratch` as in [`Self::run`].
     pub fn backward_data(
         &self,
         gpu: &Gpu,
@@ -543,16 +562,11 @@ impl Conv2d {
         dx: &Tensor,
         scratch: &Tensor,
     ) -> Result<Vec<Dispatch>> {
-        let op = ConvOp::BackwardData;
-        let plan = self.plan(gpu, op, s)?;
-        check_len(op.name(), dy, s.output_len())?;
-        check_len(op.name(), weight, s.weight_len())?;
-        check_len(op.name(), dx, s.input_len())?;
-        self.dispatches(gpu, Some(op), &plan, [dy, weight], dx, scratch)
+        self.run(gpu, ConvOp::BackwardData, s, [dy, weight], dx, scratch)
     }
 
     /// `dweight` from `dy` and `x`: `dy (N, C_OUT, HO, WO)`, `x (N, C_IN, H, W)`, `dweight (C_OUT, C_IN, KH, KW)`
-    /// (overwritten). `scratch` as in [`Self::forward`].
+    /// (overwritten). `scratch` as in [`Self::run`].
     pub fn backward_weight(
         &self,
         gpu: &Gpu,
@@ -562,12 +576,7 @@ impl Conv2d {
         dweight: &Tensor,
         scratch: &Tensor,
     ) -> Result<Vec<Dispatch>> {
-        let op = ConvOp::BackwardWeight;
-        let plan = self.plan(gpu, op, s)?;
-        check_len(op.name(), dy, s.output_len())?;
-        check_len(op.name(), x, s.input_len())?;
-        check_len(op.name(), dweight, s.weight_len())?;
-        self.dispatches(gpu, Some(op), &plan, [dy, x], dweight, scratch)
+        self.run(gpu, ConvOp::BackwardWeight, s, [dy, x], dweight, scratch)
     }
 
     /// Tiles, splits and grid of [`Self::gemm_batched`] on `gpu`.

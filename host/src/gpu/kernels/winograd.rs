@@ -16,7 +16,7 @@
 use anyhow::{bail, Result};
 use elasticface_core::nn::{Conv2dShape, WinogradTiles};
 
-use super::conv2d::Conv2d;
+use super::conv2d::{Conv2d, ConvOp};
 use super::{check_len, Dispatch, ELEMENTWISE_WORKGROUP};
 use crate::gpu::{Gpu, Tensor};
 
@@ -152,78 +152,54 @@ impl Winograd {
         })
     }
 
-    /// `y = conv(x, weight)` (see [`Conv2d::forward`]): 4 dispatches, 5 when the product splits.
+    /// The operation `op` on `s` as [`Conv2d::run`] computes it (same tensors, same order), through `ws`, with
+    /// `conv`'s `gemm_batched` for the products: 4 dispatches, 5 when the product splits.
     #[allow(clippy::too_many_arguments)]
-    pub fn forward(
+    pub fn run(
         &self,
         gpu: &Gpu,
         conv: &Conv2d,
+        op: ConvOp,
         s: &Conv2dShape,
-        x: &Tensor,
-        weight: &Tensor,
-        y: &Tensor,
+        inputs: [&Tensor; 2],
+        out: &Tensor,
         ws: &WinogradWorkspace,
     ) -> Result<Vec<Dispatch>> {
-        let (tiles, _) = tilings(s)?;
-        check_len("winograd forward", x, s.input_len())?;
-        check_len("winograd forward", weight, s.weight_len())?;
-        check_len("winograd forward", y, s.output_len())?;
-        self.convolve(gpu, conv, &tiles, [s.c_in, s.c_out], x, weight, false, y, ws)
+        let (fwd, bwd) = tilings(s)?;
+        let what = format!("winograd {}", op.name());
+        for (t, len) in inputs.iter().chain([&out]).zip(op.lens(s)) {
+            check_len(&what, t, len)?;
+        }
+        let [a, b] = inputs;
+        match op {
+            ConvOp::Forward => self.convolve(gpu, conv, &fwd, [s.c_in, s.c_out], a, b, false, out, ws),
+            // The forward pass of dy with the flipped, transposed weight and padding 2 - pad.
+            ConvOp::BackwardData => self.convolve(gpu, conv, &bwd, [s.c_out, s.c_in], a, b, true, out, ws),
+            ConvOp::BackwardWeight => self.weight_gradient(gpu, conv, s, &fwd, a, b, out, ws),
+        }
     }
 
-    /// `dx` from `dy` and `weight` (see [`Conv2d::backward_data`]): the forward pass of `dy` with the flipped,
-    /// transposed weight and padding `2 - pad`.
+    /// `dweight` from `dy` and `x` on the forward pass's `tiles`: W = A dY A^T, V^T, dU = W V^T, G^T dU G.
     #[allow(clippy::too_many_arguments)]
-    pub fn backward_data(
+    fn weight_gradient(
         &self,
         gpu: &Gpu,
         conv: &Conv2d,
         s: &Conv2dShape,
-        dy: &Tensor,
-        weight: &Tensor,
-        dx: &Tensor,
-        ws: &WinogradWorkspace,
-    ) -> Result<Vec<Dispatch>> {
-        let (_, tiles) = tilings(s)?;
-        check_len("winograd backward_data", dy, s.output_len())?;
-        check_len("winograd backward_data", weight, s.weight_len())?;
-        check_len("winograd backward_data", dx, s.input_len())?;
-        self.convolve(gpu, conv, &tiles, [s.c_out, s.c_in], dy, weight, true, dx, ws)
-    }
-
-    /// `dweight` from `dy` and `x` (see [`Conv2d::backward_weight`]).
-    #[allow(clippy::too_many_arguments)]
-    pub fn backward_weight(
-        &self,
-        gpu: &Gpu,
-        conv: &Conv2d,
-        s: &Conv2dShape,
+        tiles: &WinogradTiles,
         dy: &Tensor,
         x: &Tensor,
         dweight: &Tensor,
         ws: &WinogradWorkspace,
     ) -> Result<Vec<Dispatch>> {
-        let (tiles, _) = tilings(s)?;
-        check_len("winograd backward_weight", dy, s.output_len())?;
-        check_len("winograd backward_weight", x, s.input_len())?;
-        check_len("winograd backward_weight", dweight, s.weight_len())?;
         let t = tiles.tiles();
         let w = ws.m.view("winograd W", &[16, s.c_out, t])?;
         let vt = ws.v.view("winograd V^T", &[16, t, s.c_in])?;
         let du = ws.u.view("winograd dU", &[16, s.c_out, s.c_in])?;
-        let mut d = vec![self.tile_transform(
-            gpu,
-            "winograd_output_grad_transform",
-            &self.output_grad,
-            &tiles,
-            s.c_out,
-            false,
-            dy,
-            &w,
-        )?];
-        d.push(self.tile_transform(gpu, "winograd_input_transform", &self.input, &tiles, s.c_in, true, x, &vt)?);
+        let mut d = vec![self.transform(gpu, Transform::OutputGrad, tile_params(tiles, s.c_out, false)?, dy, &w)?];
+        d.push(self.transform(gpu, Transform::Input, tile_params(tiles, s.c_in, true)?, x, &vt)?);
         d.extend(conv.gemm_batched(gpu, [16, s.c_out, t, s.c_in], &w, &vt, &du, &ws.scratch)?);
-        d.push(self.weight_kernel(gpu, "winograd_weight_grad_transform", &self.weight_grad, s, false, &du, dweight)?);
+        d.push(self.transform(gpu, Transform::WeightGrad, weight_params(s.c_out, s.c_in, false)?, &du, dweight)?);
         Ok(d)
     }
 
@@ -248,80 +224,73 @@ impl Winograd {
         let m = ws.m.view("winograd M", &[16, c_next, t])?;
         // The weight's shape (C_OUT, C_IN) is (c_next, c) forward, (c, c_next) flipped.
         let (c_out, c_in) = if flip { (c, c_next) } else { (c_next, c) };
-        let shape = Conv2dShape { n: 1, c_in, h: 3, w: 3, c_out, kh: 3, kw: 3, stride: 1, pad: 0 };
-        let mut d =
-            vec![self.weight_kernel(gpu, "winograd_weight_transform", &self.weight, &shape, flip, weight, &u)?];
-        d.push(self.tile_transform(gpu, "winograd_input_transform", &self.input, tiles, c, false, input, &v)?);
+        let mut d = vec![self.transform(gpu, Transform::Weight, weight_params(c_out, c_in, flip)?, weight, &u)?];
+        d.push(self.transform(gpu, Transform::Input, tile_params(tiles, c, false)?, input, &v)?);
         d.extend(conv.gemm_batched(gpu, [16, c_next, c, t], &u, &v, &m, &ws.scratch)?);
-        d.push(self.tile_transform(
-            gpu,
-            "winograd_output_transform",
-            &self.output,
-            tiles,
-            c_next,
-            false,
-            &m,
-            output,
-        )?);
+        d.push(self.transform(gpu, Transform::Output, tile_params(tiles, c_next, false)?, &m, output)?);
         Ok(d)
     }
 
-    /// A transform with one invocation per (channel, tile).
-    #[allow(clippy::too_many_arguments)]
-    fn tile_transform(
+    /// One transform kernel over `params.count` invocations, reading `src`, writing `dst`.
+    fn transform(
         &self,
         gpu: &Gpu,
-        name: &str,
-        pipeline: &wgpu::ComputePipeline,
-        tiles: &WinogradTiles,
-        channels: usize,
-        flag: bool,
+        which: Transform,
+        params: WinogradParams,
         src: &Tensor,
         dst: &Tensor,
     ) -> Result<Dispatch> {
-        let count = u32_len(name, channels * tiles.tiles())?;
-        let params = WinogradParams {
-            n: tiles.n as u32,
-            channels: channels as u32,
-            h: tiles.h as u32,
-            w: tiles.w as u32,
-            pad: tiles.pad as u32,
-            ho: tiles.out_h() as u32,
-            wo: tiles.out_w() as u32,
-            tiles_h: tiles.tiles_h() as u32,
-            tiles_w: tiles.tiles_w() as u32,
-            tiles: tiles.tiles() as u32,
-            flag: flag as u32,
-            count,
-            ..Default::default()
+        let (name, pipeline) = match which {
+            Transform::Weight => ("winograd_weight_transform", &self.weight),
+            Transform::Input => ("winograd_input_transform", &self.input),
+            Transform::Output => ("winograd_output_transform", &self.output),
+            Transform::OutputGrad => ("winograd_output_grad_transform", &self.output_grad),
+            Transform::WeightGrad => ("winograd_weight_grad_transform", &self.weight_grad),
         };
-        let grid = gpu.grid_1d(count as usize, ELEMENTWISE_WORKGROUP);
+        let grid = gpu.grid_1d(params.count as usize, ELEMENTWISE_WORKGROUP);
         gpu.dispatch(name, pipeline, &params, &[src, dst], grid)
     }
+}
 
-    /// A transform with one invocation per (output channel, input channel) of `s`'s weight.
-    #[allow(clippy::too_many_arguments)]
-    fn weight_kernel(
-        &self,
-        gpu: &Gpu,
-        name: &str,
-        pipeline: &wgpu::ComputePipeline,
-        s: &Conv2dShape,
-        flag: bool,
-        src: &Tensor,
-        dst: &Tensor,
-    ) -> Result<Dispatch> {
-        let count = u32_len(name, s.c_out * s.c_in)?;
-        let params = WinogradParams {
-            c_out: s.c_out as u32,
-            c_in: s.c_in as u32,
-            flag: flag as u32,
-            count,
-            ..Default::default()
-        };
-        let grid = gpu.grid_1d(count as usize, ELEMENTWISE_WORKGROUP);
-        gpu.dispatch(name, pipeline, &params, &[src, dst], grid)
-    }
+/// The five kernels of `shaders/winograd.wgsl`.
+#[derive(Clone, Copy)]
+enum Transform {
+    Weight,
+    Input,
+    Output,
+    OutputGrad,
+    WeightGrad,
+}
+
+/// Parameters of a transform with one invocation per (channel, tile) of `tiles`; `flag`: transposed input.
+fn tile_params(tiles: &WinogradTiles, channels: usize, flag: bool) -> Result<WinogradParams> {
+    Ok(WinogradParams {
+        n: tiles.n as u32,
+        channels: channels as u32,
+        h: tiles.h as u32,
+        w: tiles.w as u32,
+        pad: tiles.pad as u32,
+        ho: tiles.out_h() as u32,
+        wo: tiles.out_w() as u32,
+        tiles_h: tiles.tiles_h() as u32,
+        tiles_w: tiles.tiles_w() as u32,
+        tiles: tiles.tiles() as u32,
+        flag: flag as u32,
+        count: u32_len("winograd transform", channels * tiles.tiles())?,
+        ..Default::default()
+    })
+}
+
+/// Parameters of a transform with one invocation per (output channel, input channel) of a `(C_OUT, C_IN, 3, 3)`
+/// weight; `flag`: flipped.
+fn weight_params(c_out: usize, c_in: usize, flag: bool) -> Result<WinogradParams> {
+    Ok(WinogradParams {
+        c_out: c_out as u32,
+        c_in: c_in as u32,
+        flag: flag as u32,
+        count: u32_len("winograd weight transform", c_out * c_in)?,
+        ..Default::default()
+    })
 }
 
 /// The tilings of `s`'s forward pass (and backward_weight) and of its backward_data pass.
