@@ -27,7 +27,21 @@
 // frozen) and, in the scratch tensor's tail at 2*(C*chunks + c), (sum dy / count, sum dy*xhat / count), which the
 // element-wise dx pass reads.
 //
-// Scratch tensor: 2 * C * (chunks + 1) floats (`BatchNormKernels::scratch_len`).
+// Fused forms (CPU twins: batchnorm_{prelu,add}_forward_{train,eval}, batchnorm_prelu_backward,
+// batchnorm_backward_accumulate). Each computes what the unfused kernels would, with the same operations in the
+// same order (same thread mapping, same trees), so the results are the same bits; only the tensor between them is
+// never stored:
+//   - `batchnorm_prelu_forward_normalize`: y = prelu(bn(x)); `batchnorm_add_forward_normalize`: y = bn(x) + r.
+//   - `batchnorm_prelu_backward_{partials,combine,dx}`: the backward of z = prelu(bn(x)) from dz, with bn(x)
+//     recomputed from x and the saved statistics exactly as the forward normalisation computed it. The partials
+//     pass also sums the PReLU slope's partials (as prelu.wgsl's `prelu_backward_partials`), the combine pass
+//     folds them (as `prelu_backward_combine`) and copies alpha into the scratch tensor for the dx pass.
+//   - `batchnorm_backward_accumulate_dx`: dx = (the dx above) + other, as `accumulate` in residual.wgsl adds.
+//
+// Scratch tensor: 3 * C * (chunks + 1) floats (`BatchNormKernels::scratch_len`):
+//   [0, 2*C*chunks)                    the chunk pairs, at 2*(c*chunks + q);
+//   [2*C*chunks, 2*C*(chunks+1))       the dx coefficients, at 2*(C*chunks + c);
+//   then C*chunks PReLU slope partials at prelu_partial(c, q), and C slopes at alpha_copy(c) (fused backward).
 //
 // Each entry point has its own bindings, numbered 1.. in the order the host passes its tensors.
 
@@ -57,6 +71,27 @@ var<workgroup> red2: array<vec2<f32>, WG>;
 fn channel_index(c: u32, j: u32) -> u32 {
     let n = j / p.hw;
     return (n * p.c + c) * p.hw + (j - n * p.hw);
+}
+
+// Where the fused PReLU backward keeps its slope partials and its copy of the slopes (see the header).
+fn prelu_partial(c: u32, q: u32) -> u32 {
+    return 2u * p.c * (p.chunks + 1u) + c * p.chunks + q;
+}
+
+fn alpha_copy(c: u32) -> u32 {
+    return 2u * p.c * (p.chunks + 1u) + p.c * p.chunks + c;
+}
+
+// The normalised value of x: (x - mean) * (gamma / sqrt(var + eps)) + beta, with (mean, var) the batch
+// statistics (training mode and the backward recompute) or the running ones (eval mode). Every kernel that
+// normalises calls this, so they all round alike.
+fn normalized(x: f32, mean: f32, variance: f32, gamma: f32, beta: f32) -> f32 {
+    return (x - mean) * (gamma * inverseSqrt(variance + p.eps)) + beta;
+}
+
+// PReLU with slope a, as prelu.wgsl's `prelu_forward` (a NaN takes the slope branch and stays NaN).
+fn prelu(v: f32, a: f32) -> f32 {
+    return select(a * v, v, v > 0.0);
 }
 
 // Values in chunk q: CHUNK, except for a short last chunk.
@@ -160,23 +195,56 @@ fn batchnorm_forward_train_combine(@builtin(local_invocation_index) t: u32, @bui
 }
 
 // ---- forward, last step of training mode and all of eval mode. Element-wise, grid_1d(len). ----
-// y = (x - mean[c]) * (gamma[c] / sqrt(var[c] + eps)) + beta[c], with (mean, var) the batch statistics
-// (save_mean, save_var) in training mode and the running statistics in eval mode. A fused BN + PReLU would
-// apply the slope to `y` here before storing it.
+// y = `normalized(x)` with (mean, var) the batch statistics (save_mean, save_var) in training mode and the
+// running statistics in eval mode. The fused forms bind one more operand at 6 (the PReLU slopes `(C)`, or the
+// residual `(N, C, HW)`) and y at 7.
 @group(0) @binding(1) var<storage, read> norm_x: array<f32>;
 @group(0) @binding(2) var<storage, read> norm_mean: array<f32>;
 @group(0) @binding(3) var<storage, read> norm_var: array<f32>;
 @group(0) @binding(4) var<storage, read> norm_gamma: array<f32>;
 @group(0) @binding(5) var<storage, read> norm_beta: array<f32>;
 @group(0) @binding(6) var<storage, read_write> norm_y: array<f32>;
+@group(0) @binding(6) var<storage, read> norm_with: array<f32>;
+@group(0) @binding(7) var<storage, read_write> norm_then_y: array<f32>;
+
+// The channel of flat index i.
+fn channel(i: u32) -> u32 {
+    return (i / p.hw) % p.c;
+}
+
+// Element i's normalised value (channel c).
+fn normalized_at(i: u32, c: u32) -> f32 {
+    return normalized(norm_x[i], norm_mean[c], norm_var[c], norm_gamma[c], norm_beta[c]);
+}
 
 @compute @workgroup_size(WG)
 fn batchnorm_forward_normalize(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = gid.y * nwg.x * WG + gid.x;
     if i < p.len {
-        let c = (i / p.hw) % p.c;
-        let scale = norm_gamma[c] * inverseSqrt(norm_var[c] + p.eps);
-        norm_y[i] = (norm_x[i] - norm_mean[c]) * scale + norm_beta[c];
+        norm_y[i] = normalized_at(i, channel(i));
+    }
+}
+
+@compute @workgroup_size(WG)
+fn batchnorm_prelu_forward_normalize(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let i = gid.y * nwg.x * WG + gid.x;
+    if i < p.len {
+        let c = channel(i);
+        norm_then_y[i] = prelu(normalized_at(i, c), norm_with[c]);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn batchnorm_add_forward_normalize(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let i = gid.y * nwg.x * WG + gid.x;
+    if i < p.len {
+        norm_then_y[i] = normalized_at(i, channel(i)) + norm_with[i];
     }
 }
 
@@ -206,6 +274,50 @@ fn batchnorm_backward_partials(@builtin(local_invocation_index) t: u32, @builtin
         let o = 2u * (c * p.chunks + q);
         bp_scratch[o] = s.x;
         bp_scratch[o + 1u] = s.y;
+    }
+}
+
+// ---- fused PReLU backward, step 1: as above, with dy = the PReLU's input gradient from dz (bound as dy), and
+// the slope's partials. Grid (chunks, C). ----
+@group(0) @binding(5) var<storage, read> pp_save_var: array<f32>;
+@group(0) @binding(6) var<storage, read> pp_gamma: array<f32>;
+@group(0) @binding(7) var<storage, read> pp_beta: array<f32>;
+@group(0) @binding(8) var<storage, read> pp_alpha: array<f32>;
+
+@compute @workgroup_size(WG)
+fn batchnorm_prelu_backward_partials(
+    @builtin(local_invocation_index) t: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+) {
+    let q = wid.x;
+    let c = wid.y;
+    let n_q = chunk_len(q);
+    let mean = bp_save_mean[c];
+    let a = pp_alpha[c];
+    var sums = vec2<f32>(0.0, 0.0);
+    var slope = 0.0;
+    for (var i = 0u; i < ITEMS; i++) {
+        let off = i * WG + t;
+        if off < n_q {
+            let k = channel_index(c, q * CHUNK + off);
+            let x = bp_x[k];
+            let z = normalized(x, mean, pp_save_var[c], pp_gamma[c], pp_beta[c]);
+            let dz = bp_dy[k];
+            var g = dz;
+            if !(z > 0.0) {
+                g = a * dz;
+                slope += z * dz;
+            }
+            sums += vec2<f32>(g, g * (x - mean));
+        }
+    }
+    let s = workgroup_sum2(t, sums);
+    let s_slope = workgroup_sum(t, slope);
+    if t == 0u {
+        let o = 2u * (c * p.chunks + q);
+        bp_scratch[o] = s.x;
+        bp_scratch[o + 1u] = s.y;
+        bp_scratch[prelu_partial(c, q)] = s_slope;
     }
 }
 
@@ -254,6 +366,31 @@ fn batchnorm_backward_combine_frozen(@builtin(local_invocation_index) t: u32, @b
     }
 }
 
+// ---- fused PReLU backward, step 2: as `batchnorm_backward_combine`, then dalpha (as prelu.wgsl's
+// `prelu_backward_combine` sums it) and the copy of alpha the dx pass reads. Grid (C). ----
+@group(0) @binding(5) var<storage, read_write> pc_dalpha: array<f32>;
+@group(0) @binding(6) var<storage, read> pc_alpha: array<f32>;
+
+@compute @workgroup_size(WG)
+fn batchnorm_prelu_backward_combine(
+    @builtin(local_invocation_index) t: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+) {
+    let c = wid.x;
+    let d = backward_combine(t, c);
+    var sum = 0.0;
+    for (var q = t; q < p.chunks; q += WG) {
+        sum += bc_scratch[prelu_partial(c, q)];
+    }
+    let dalpha = workgroup_sum(t, sum);
+    if t == 0u {
+        bc_dbeta[c] = d.x;
+        bc_dgamma[c] = d.y;
+        pc_dalpha[c] = dalpha;
+        bc_scratch[alpha_copy(c)] = pc_alpha[c];
+    }
+}
+
 // ---- backward, step 3: dx = gamma * invstd * (dy - mean(dy) - xhat * mean(dy * xhat)). Element-wise. ----
 @group(0) @binding(1) var<storage, read> bx_x: array<f32>;
 @group(0) @binding(2) var<storage, read> bx_dy: array<f32>;
@@ -263,16 +400,50 @@ fn batchnorm_backward_combine_frozen(@builtin(local_invocation_index) t: u32, @b
 @group(0) @binding(6) var<storage, read> bx_scratch: array<f32>;
 @group(0) @binding(7) var<storage, read_write> bx_dx: array<f32>;
 
+// The fused forms bind one more operand at 7 (beta for the PReLU backward; `other` for the accumulation) and dx
+// at 8. The PReLU backward binds dz as dy and reads alpha from the scratch tensor.
+@group(0) @binding(7) var<storage, read> bx_with: array<f32>;
+@group(0) @binding(8) var<storage, read_write> bx_then_dx: array<f32>;
+
+// dx of element i (channel c) from its dy.
+fn dx_of(i: u32, c: u32, dy: f32) -> f32 {
+    let invstd = inverseSqrt(bx_save_var[c] + p.eps);
+    let tail = 2u * (p.c * p.chunks + c);
+    let mean_dy = bx_scratch[tail];
+    let mean_dy_xhat = bx_scratch[tail + 1u];
+    let xhat = (bx_x[i] - bx_save_mean[c]) * invstd;
+    return bx_gamma[c] * invstd * (dy - mean_dy - xhat * mean_dy_xhat);
+}
+
 @compute @workgroup_size(WG)
 fn batchnorm_backward_dx(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = gid.y * nwg.x * WG + gid.x;
     if i < p.len {
-        let c = (i / p.hw) % p.c;
-        let invstd = inverseSqrt(bx_save_var[c] + p.eps);
-        let tail = 2u * (p.c * p.chunks + c);
-        let mean_dy = bx_scratch[tail];
-        let mean_dy_xhat = bx_scratch[tail + 1u];
-        let xhat = (bx_x[i] - bx_save_mean[c]) * invstd;
-        bx_dx[i] = bx_gamma[c] * invstd * (bx_dy[i] - mean_dy - xhat * mean_dy_xhat);
+        bx_dx[i] = dx_of(i, channel(i), bx_dy[i]);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn batchnorm_prelu_backward_dx(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let i = gid.y * nwg.x * WG + gid.x;
+    if i < p.len {
+        let c = channel(i);
+        let z = normalized(bx_x[i], bx_save_mean[c], bx_save_var[c], bx_gamma[c], bx_with[c]);
+        let dz = bx_dy[i];
+        bx_then_dx[i] = dx_of(i, c, select(bx_scratch[alpha_copy(c)] * dz, dz, z > 0.0));
+    }
+}
+
+@compute @workgroup_size(WG)
+fn batchnorm_backward_accumulate_dx(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let i = gid.y * nwg.x * WG + gid.x;
+    if i < p.len {
+        bx_then_dx[i] = dx_of(i, channel(i), bx_dy[i]) + bx_with[i];
     }
 }

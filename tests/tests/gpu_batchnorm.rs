@@ -22,7 +22,7 @@
 //! 1.9e-5 on `y` and 3.7e-5 on the variance against f64, the GPU 1.1e-7 and 5e-8), so the training forward is
 //! also checked against f64 at 1e-5 and against the core at 1e-4 for that shape.
 
-use elasticface::gpu::kernels::batchnorm::{BatchNormKernels, BATCHNORM_CHUNK};
+use elasticface::gpu::kernels::batchnorm::{BackwardFusion, BatchNormKernels, Epilogue, BATCHNORM_CHUNK};
 use elasticface::gpu::kernels::Dispatch;
 use elasticface::gpu::{Gpu, Tensor};
 use elasticface_core::nn::{self, BatchNorm, BatchNormShape};
@@ -140,6 +140,7 @@ impl TrainTensors {
             &self.x,
             &self.gamma,
             &self.beta,
+            Epilogue::None,
             &self.running_mean,
             &self.running_var,
             &self.y,
@@ -272,7 +273,9 @@ fn forward_eval_matches_the_core() {
     for (i, s) in [shape(1, 3, 5), shape(3, 5, 13 * 13), shape(7, 9, 1)].into_iter().enumerate() {
         let l = Layer::new(s, 100 + 10 * i as u64);
         let t = TrainTensors::new(gpu, &l);
-        let d = k.forward_eval(gpu, &s, &bn, &t.x, &t.gamma, &t.beta, &t.running_mean, &t.running_var, &t.y).unwrap();
+        let d = k
+            .forward_eval(gpu, &s, &bn, &t.x, &t.gamma, &t.beta, Epilogue::None, &t.running_mean, &t.running_var, &t.y)
+            .unwrap();
         gpu.run(&[&d]).unwrap();
         let mut want = vec![0.0; s.len()];
         nn::batchnorm_forward_eval(&s, &bn, &l.x, &l.gamma, &l.beta, &l.running_mean, &l.running_var, &mut want)
@@ -365,6 +368,7 @@ impl BackwardTensors {
             &self.gamma,
             &self.save_mean,
             &self.save_var,
+            BackwardFusion::None,
             &self.dy,
             &self.dx,
             dgamma,
@@ -496,7 +500,18 @@ fn bad_sizes_and_too_few_values_are_refused() {
         let e = t.try_dispatches(gpu, &k, &s, &bn).err().expect("refused");
         assert!(e.starts_with("batchnorm_forward_train: ") && e.contains(&format!("{name} has 5 elements")), "{e}");
         if name != "scratch" && name != "save_mean" && name != "save_var" {
-            let e = err(k.forward_eval(gpu, &s, &bn, &t.x, &t.gamma, &t.beta, &t.running_mean, &t.running_var, &t.y));
+            let e = err(k.forward_eval(
+                gpu,
+                &s,
+                &bn,
+                &t.x,
+                &t.gamma,
+                &t.beta,
+                Epilogue::None,
+                &t.running_mean,
+                &t.running_var,
+                &t.y,
+            ));
             assert!(e.contains(&format!("{name} has 5 elements")), "{e}");
         }
     }
@@ -520,9 +535,21 @@ fn bad_sizes_and_too_few_values_are_refused() {
     let e = b.try_dispatches(gpu, &k, &one, &bn, false).err().expect("refused");
     assert!(e.contains("N*HW >= 2"), "{e}");
     // ... but eval mode takes N = 1.
-    k.forward_eval(gpu, &one, &bn, &t.x, &t.gamma, &t.beta, &t.running_mean, &t.running_var, &t.y).unwrap();
+    k.forward_eval(gpu, &one, &bn, &t.x, &t.gamma, &t.beta, Epilogue::None, &t.running_mean, &t.running_var, &t.y)
+        .unwrap();
     // A zero size is refused everywhere.
     let zero = shape(0, 3, 1);
-    let e = err(k.forward_eval(gpu, &zero, &bn, &t.x, &t.gamma, &t.beta, &t.running_mean, &t.running_var, &t.y));
+    let e = err(k.forward_eval(
+        gpu,
+        &zero,
+        &bn,
+        &t.x,
+        &t.gamma,
+        &t.beta,
+        Epilogue::None,
+        &t.running_mean,
+        &t.running_var,
+        &t.y,
+    ));
     assert!(e.contains("zero"), "{e}");
 }

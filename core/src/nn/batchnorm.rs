@@ -101,14 +101,42 @@ fn channel_stats(s: &BatchNormShape, x: &[f32], c: usize) -> (f32, f32) {
     (mean, squares / count)
 }
 
-/// `y = (x - mean) * scale + shift` on every plane of channel `c`.
+/// `y = then(i, c, (x - mean) * scale + shift)` on every plane of channel `c`, `i` the flat index.
 #[inline]
-fn affine_channel(s: &BatchNormShape, x: &[f32], y: &mut [f32], c: usize, mean: f32, scale: f32, shift: f32) {
+#[allow(clippy::too_many_arguments)]
+fn affine_channel(
+    s: &BatchNormShape,
+    x: &[f32],
+    y: &mut [f32],
+    c: usize,
+    mean: f32,
+    scale: f32,
+    shift: f32,
+    then: &impl Fn(usize, usize, f32) -> f32,
+) {
     for n in 0..s.n {
         let plane = s.plane(n, c);
-        for (yv, &xv) in y[plane.clone()].iter_mut().zip(&x[plane]) {
-            *yv = (xv - mean) * scale + shift;
+        let start = plane.start;
+        for (k, (yv, &xv)) in y[plane.clone()].iter_mut().zip(&x[plane]).enumerate() {
+            *yv = then(start + k, c, normalised(xv, mean, scale, shift));
         }
+    }
+}
+
+/// The normalised value of element `xv` of channel `c` with the statistics `(mean, var)`: the forward pass's
+/// `(x - mean) * (gamma / sqrt(var + eps)) + beta`, rounded as [`affine_channel`] rounds it.
+#[inline]
+fn normalised(xv: f32, mean: f32, scale: f32, shift: f32) -> f32 {
+    (xv - mean) * scale + shift
+}
+
+/// PReLU of one value with slope `a`, as [`prelu_forward`](super::prelu_forward) computes it.
+#[inline]
+fn prelu(v: f32, a: f32) -> f32 {
+    if v > 0.0 {
+        v
+    } else {
+        a * v
     }
 }
 
@@ -135,10 +163,45 @@ pub fn batchnorm_forward_train(
     save_mean: &mut [f32],
     save_var: &mut [f32],
 ) -> Result<(), Error> {
+    let state = TrainState { running_mean, running_var, save_mean, save_var };
+    forward_train_then(s, bn, x, gamma, beta, &[], state, y, |_, _, z| z)
+}
+
+/// A slice a fused function reads besides the batch norm's own, as (name, slice, expected length).
+type Operand<'a> = (&'static str, &'a [f32], usize);
+
+fn check_operands(operands: &[Operand<'_>]) -> Result<(), Error> {
+    operands.iter().try_for_each(|&(what, v, len)| check_len(what, v, len))
+}
+
+/// The statistics a training-mode forward updates and saves, each `(C)`.
+struct TrainState<'a> {
+    running_mean: &'a mut [f32],
+    running_var: &'a mut [f32],
+    save_mean: &'a mut [f32],
+    save_var: &'a mut [f32],
+}
+
+/// [`batchnorm_forward_train`] storing `then(i, c, z)` for the normalised value `z` of element `i` (channel `c`). The slices
+/// `then` reads are in `operands`, checked after `beta`.
+#[allow(clippy::too_many_arguments)]
+fn forward_train_then(
+    s: &BatchNormShape,
+    bn: &BatchNorm,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    operands: &[Operand<'_>],
+    state: TrainState<'_>,
+    y: &mut [f32],
+    then: impl Fn(usize, usize, f32) -> f32,
+) -> Result<(), Error> {
+    let TrainState { running_mean, running_var, save_mean, save_var } = state;
     s.validate_train()?;
     check_len("x", x, s.len())?;
     check_len("gamma", gamma, s.c)?;
     check_len("beta", beta, s.c)?;
+    check_operands(operands)?;
     check_len("running_mean", running_mean, s.c)?;
     check_len("running_var", running_var, s.c)?;
     check_len("y", y, s.len())?;
@@ -153,7 +216,7 @@ pub fn batchnorm_forward_train(
         save_var[c] = var;
         running_mean[c] = keep * running_mean[c] + bn.momentum * mean;
         running_var[c] = keep * running_var[c] + bn.momentum * (var * unbias);
-        affine_channel(s, x, y, c, mean, gamma[c] * inv_std(var, bn.eps), beta[c]);
+        affine_channel(s, x, y, c, mean, gamma[c] * inv_std(var, bn.eps), beta[c], &then);
     }
     Ok(())
 }
@@ -174,16 +237,34 @@ pub fn batchnorm_forward_eval(
     running_var: &[f32],
     y: &mut [f32],
 ) -> Result<(), Error> {
+    forward_eval_then(s, bn, x, gamma, beta, &[], running_mean, running_var, y, |_, _, z| z)
+}
+
+/// [`batchnorm_forward_eval`] storing `then(i, c, z)`, as [`forward_train_then`].
+#[allow(clippy::too_many_arguments)]
+fn forward_eval_then(
+    s: &BatchNormShape,
+    bn: &BatchNorm,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    operands: &[Operand<'_>],
+    running_mean: &[f32],
+    running_var: &[f32],
+    y: &mut [f32],
+    then: impl Fn(usize, usize, f32) -> f32,
+) -> Result<(), Error> {
     s.validate()?;
     check_len("x", x, s.len())?;
     check_len("gamma", gamma, s.c)?;
     check_len("beta", beta, s.c)?;
+    check_operands(operands)?;
     check_len("running_mean", running_mean, s.c)?;
     check_len("running_var", running_var, s.c)?;
     check_len("y", y, s.len())?;
     for c in 0..s.c {
         let scale = gamma[c] * inv_std(running_var[c], bn.eps);
-        affine_channel(s, x, y, c, running_mean[c], scale, beta[c]);
+        affine_channel(s, x, y, c, running_mean[c], scale, beta[c], &then);
     }
     Ok(())
 }
@@ -209,15 +290,36 @@ pub fn batchnorm_backward(
     save_var: &[f32],
     dy: &[f32],
     dx: &mut [f32],
+    dgamma: Option<&mut [f32]>,
+    dbeta: &mut [f32],
+) -> Result<(), Error> {
+    let operands = [("dy", dy, s.len())];
+    backward_with(s, bn, x, gamma, save_mean, save_var, &operands, |i, _| dy[i], dx, dgamma, dbeta, |_, v| v)
+}
+
+/// [`batchnorm_backward`] with `dy` given element by element, `dy(i, c)`, and `dx[i] = then(i, value)`. The
+/// slices `dy` and `then` read are in `operands` as (name, slice, length), checked after the shape.
+#[allow(clippy::too_many_arguments)]
+fn backward_with(
+    s: &BatchNormShape,
+    bn: &BatchNorm,
+    x: &[f32],
+    gamma: &[f32],
+    save_mean: &[f32],
+    save_var: &[f32],
+    operands: &[Operand<'_>],
+    dy: impl Fn(usize, usize) -> f32,
+    dx: &mut [f32],
     mut dgamma: Option<&mut [f32]>,
     dbeta: &mut [f32],
+    then: impl Fn(usize, f32) -> f32,
 ) -> Result<(), Error> {
     s.validate_train()?;
     check_len("x", x, s.len())?;
     check_len("gamma", gamma, s.c)?;
     check_len("save_mean", save_mean, s.c)?;
     check_len("save_var", save_var, s.c)?;
-    check_len("dy", dy, s.len())?;
+    check_operands(operands)?;
     check_len("dx", dx, s.len())?;
     if let Some(dgamma) = dgamma.as_deref() {
         check_len("dgamma", dgamma, s.c)?;
@@ -232,9 +334,10 @@ pub fn batchnorm_backward(
         for n in 0..s.n {
             let plane = s.plane(n, c);
             let (mut p_dy, mut p_dy_xmu) = (0.0f32, 0.0f32);
-            for (&g, &xv) in dy[plane.clone()].iter().zip(&x[plane]) {
+            for i in plane {
+                let g = dy(i, c);
                 p_dy += g;
-                p_dy_xmu += g * (xv - mean);
+                p_dy_xmu += g * (x[i] - mean);
             }
             sum_dy += p_dy;
             sum_dy_xmu += p_dy_xmu;
@@ -248,18 +351,171 @@ pub fn batchnorm_backward(
         let mean_dy_xhat = sum_dy_xhat / count;
         let k = gamma[c] * invstd;
         for n in 0..s.n {
-            let plane = s.plane(n, c);
-            for ((d, &g), &xv) in dx[plane.clone()].iter_mut().zip(&dy[plane.clone()]).zip(&x[plane]) {
-                let xhat = (xv - mean) * invstd;
-                *d = k * (g - mean_dy - xhat * mean_dy_xhat);
+            for i in s.plane(n, c) {
+                let xhat = (x[i] - mean) * invstd;
+                dx[i] = then(i, k * (dy(i, c) - mean_dy - xhat * mean_dy_xhat));
             }
         }
     }
     Ok(())
 }
 
+// ---- Fused forms: a batch norm with the PReLU or the residual add next to it, in one pass. ----
+//
+// Each gives the unfused calls' results bit for bit (the same operations on the same values, in the same order);
+// the intermediate tensor is never stored. The GPU trainer runs their WGSL twins to save memory passes.
+
+/// [`batchnorm_forward_train`] then [`prelu_forward`](super::prelu_forward) with slopes `alpha (C)`, in one pass:
+/// `y = prelu(bn(x))`. Arguments, statistics and errors as [`batchnorm_forward_train`]; [`Error::Length`] may
+/// also name `alpha`.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_prelu_forward_train(
+    s: &BatchNormShape,
+    bn: &BatchNorm,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    alpha: &[f32],
+    running_mean: &mut [f32],
+    running_var: &mut [f32],
+    y: &mut [f32],
+    save_mean: &mut [f32],
+    save_var: &mut [f32],
+) -> Result<(), Error> {
+    let state = TrainState { running_mean, running_var, save_mean, save_var };
+    let operands = [("alpha", alpha, s.c)];
+    forward_train_then(s, bn, x, gamma, beta, &operands, state, y, |_, c, z| prelu(z, alpha[c]))
+}
+
+/// [`batchnorm_forward_eval`] then [`prelu_forward`](super::prelu_forward), in one pass: `y = prelu(bn(x))`.
+/// Errors as [`batchnorm_forward_eval`]; [`Error::Length`] may also name `alpha`.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_prelu_forward_eval(
+    s: &BatchNormShape,
+    bn: &BatchNorm,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    alpha: &[f32],
+    running_mean: &[f32],
+    running_var: &[f32],
+    y: &mut [f32],
+) -> Result<(), Error> {
+    let operands = [("alpha", alpha, s.c)];
+    forward_eval_then(s, bn, x, gamma, beta, &operands, running_mean, running_var, y, |_, c, z| prelu(z, alpha[c]))
+}
+
+/// [`batchnorm_forward_train`] then [`residual_add_forward`](super::residual_add_forward) of `residual
+/// (N, C, HW)`, in one pass: `y = bn(x) + residual`. Errors as [`batchnorm_forward_train`]; [`Error::Length`]
+/// may also name `residual`.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_add_forward_train(
+    s: &BatchNormShape,
+    bn: &BatchNorm,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    residual: &[f32],
+    running_mean: &mut [f32],
+    running_var: &mut [f32],
+    y: &mut [f32],
+    save_mean: &mut [f32],
+    save_var: &mut [f32],
+) -> Result<(), Error> {
+    let state = TrainState { running_mean, running_var, save_mean, save_var };
+    let operands = [("residual", residual, s.len())];
+    forward_train_then(s, bn, x, gamma, beta, &operands, state, y, |i, _, z| z + residual[i])
+}
+
+/// [`batchnorm_forward_eval`] then [`residual_add_forward`](super::residual_add_forward), in one pass:
+/// `y = bn(x) + residual`. Errors as [`batchnorm_forward_eval`]; [`Error::Length`] may also name `residual`.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_add_forward_eval(
+    s: &BatchNormShape,
+    bn: &BatchNorm,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    residual: &[f32],
+    running_mean: &[f32],
+    running_var: &[f32],
+    y: &mut [f32],
+) -> Result<(), Error> {
+    let operands = [("residual", residual, s.len())];
+    forward_eval_then(s, bn, x, gamma, beta, &operands, running_mean, running_var, y, |i, _, z| z + residual[i])
+}
+
+/// The backward of `z = prelu(bn(x))` (training mode) from `dz`, in one pass: the batch norm's output is
+/// recomputed from `x` and the saved statistics exactly as the forward pass computed it, then
+/// [`prelu_backward`](super::prelu_backward) and [`batchnorm_backward`] run on it, bit for bit.
+///
+/// Writes `dx (N, C, HW)`, `dgamma` (unless frozen), `dbeta` and `dalpha (C)`. Shapes: `x`, `dz`, `dx`
+/// `(N, C, HW)`; `gamma`, `beta`, `alpha`, `save_mean`, `save_var` `(C)`. Errors as [`batchnorm_backward`];
+/// [`Error::Length`] may also name `beta`, `alpha`, `dz` or `dalpha`.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_prelu_backward(
+    s: &BatchNormShape,
+    bn: &BatchNorm,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    alpha: &[f32],
+    save_mean: &[f32],
+    save_var: &[f32],
+    dz: &[f32],
+    dx: &mut [f32],
+    dgamma: Option<&mut [f32]>,
+    dbeta: &mut [f32],
+    dalpha: &mut [f32],
+) -> Result<(), Error> {
+    let operands = [("beta", beta, s.c), ("alpha", alpha, s.c), ("dz", dz, s.len()), ("dalpha", dalpha, s.c)];
+    // The batch norm's output z of element i (channel c), as the forward pass rounded it.
+    let z = |i: usize, c: usize| normalised(x[i], save_mean[c], gamma[c] * inv_std(save_var[c], bn.eps), beta[c]);
+    let dy = |i: usize, c: usize| if z(i, c) > 0.0 { dz[i] } else { alpha[c] * dz[i] };
+    backward_with(s, bn, x, gamma, save_mean, save_var, &operands, dy, dx, dgamma, dbeta, |_, v| v)?;
+    // dalpha as prelu_backward sums it: per plane, the planes of a channel in batch order.
+    dalpha.fill(0.0);
+    for n in 0..s.n {
+        for (c, d) in dalpha.iter_mut().enumerate() {
+            let mut partial = 0.0f32;
+            for i in s.plane(n, c) {
+                let zv = z(i, c);
+                if zv > 0.0 {
+                    continue;
+                }
+                partial += zv * dz[i];
+            }
+            *d += partial;
+        }
+    }
+    Ok(())
+}
+
+/// [`batchnorm_backward`] then [`accumulate`](super::accumulate) of `other (N, C, HW)`, in one pass:
+/// `dx = bn_backward(dy) + other`, the gradient of an input that also reaches the loss another way (a residual
+/// block's input). Errors as [`batchnorm_backward`]; [`Error::Length`] may also name `other`.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_backward_accumulate(
+    s: &BatchNormShape,
+    bn: &BatchNorm,
+    x: &[f32],
+    gamma: &[f32],
+    save_mean: &[f32],
+    save_var: &[f32],
+    dy: &[f32],
+    other: &[f32],
+    dx: &mut [f32],
+    dgamma: Option<&mut [f32]>,
+    dbeta: &mut [f32],
+) -> Result<(), Error> {
+    let operands = [("dy", dy, s.len()), ("other", other, s.len())];
+    backward_with(s, bn, x, gamma, save_mean, save_var, &operands, |i, _| dy[i], dx, dgamma, dbeta, |i, v| v + other[i])
+}
+
 #[cfg(test)]
 mod tests {
+    extern crate std;
+
     use super::*;
     use approx::assert_relative_eq;
 
@@ -445,5 +701,196 @@ mod tests {
         assert_eq!(e, len("dbeta", 2, 1));
         let e = batchnorm_backward(&s, &bn, &x, &p, &p[1..], &p, &x, &mut dx, None, &mut db);
         assert_eq!(e, len("save_mean", 2, 1));
+    }
+
+    /// Deterministic test data in [-1, 1) with exact zeros mixed in (PReLU's boundary), from a xorshift64*.
+    fn data(seed: u64, len: usize) -> std::vec::Vec<f32> {
+        let mut state = seed;
+        (0..len)
+            .map(|i| {
+                state ^= state >> 12;
+                state ^= state << 25;
+                state ^= state >> 27;
+                let v = (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
+                if i % 7 == 3 {
+                    0.0
+                } else {
+                    v
+                }
+            })
+            .collect()
+    }
+
+    fn bits(v: &[f32]) -> std::vec::Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// Shapes for the fused forms: BatchNorm2d and BatchNorm1d, one and several planes per channel.
+    const FUSED_SHAPES: [BatchNormShape; 3] = [
+        BatchNormShape { n: 3, c: 4, hw: 5 },
+        BatchNormShape { n: 5, c: 3, hw: 1 },
+        BatchNormShape { n: 1, c: 2, hw: 9 },
+    ];
+
+    #[test]
+    fn fused_forwards_are_the_unfused_calls_bit_for_bit() {
+        let bn = BatchNorm::default();
+        for (k, s) in FUSED_SHAPES.iter().enumerate() {
+            let seed = 11 + k as u64;
+            let (x, r) = (data(seed, s.len()), data(seed + 100, s.len()));
+            let (gamma, beta, alpha) = (data(seed + 200, s.c), data(seed + 300, s.c), data(seed + 400, s.c));
+            let running: std::vec::Vec<f32> = data(seed + 500, 2 * s.c).iter().map(|v| v.abs() + 0.5).collect();
+            let (rm0, rv0) = running.split_at(s.c);
+            let zeros = || std::vec![0.0f32; s.c];
+
+            // Unfused: the batch norm, then the PReLU or the add, each into its own tensor.
+            let (mut rm, mut rv, mut sm, mut sv) = (rm0.to_vec(), rv0.to_vec(), zeros(), zeros());
+            let mut z = std::vec![0.0; s.len()];
+            batchnorm_forward_train(s, &bn, &x, &gamma, &beta, &mut rm, &mut rv, &mut z, &mut sm, &mut sv).unwrap();
+            let (mut p, mut a) = (std::vec![0.0; s.len()], std::vec![0.0; s.len()]);
+            crate::nn::prelu_forward(s, &z, &alpha, &mut p).unwrap();
+            crate::nn::residual_add_forward(&z, &r, &mut a).unwrap();
+            let unfused_state = [&rm, &rv, &sm, &sv].map(|v| bits(v));
+            // Some values on each side of zero, so both PReLU branches are taken.
+            assert!(z.iter().any(|&v| v > 0.0) && z.iter().any(|&v| v < 0.0));
+
+            let mut y = std::vec![f32::NAN; s.len()];
+            let (mut rm, mut rv, mut sm, mut sv) = (rm0.to_vec(), rv0.to_vec(), zeros(), zeros());
+            batchnorm_prelu_forward_train(
+                s, &bn, &x, &gamma, &beta, &alpha, &mut rm, &mut rv, &mut y, &mut sm, &mut sv,
+            )
+            .unwrap();
+            assert_eq!(bits(&y), bits(&p), "prelu train {s:?}");
+            assert_eq!([&rm, &rv, &sm, &sv].map(|v| bits(v)), unfused_state);
+            let (mut rm, mut rv, mut sm, mut sv) = (rm0.to_vec(), rv0.to_vec(), zeros(), zeros());
+            batchnorm_add_forward_train(s, &bn, &x, &gamma, &beta, &r, &mut rm, &mut rv, &mut y, &mut sm, &mut sv)
+                .unwrap();
+            assert_eq!(bits(&y), bits(&a), "add train {s:?}");
+            assert_eq!([&rm, &rv, &sm, &sv].map(|v| bits(v)), unfused_state);
+
+            // Eval mode, with the running statistics.
+            batchnorm_forward_eval(s, &bn, &x, &gamma, &beta, rm0, rv0, &mut z).unwrap();
+            crate::nn::prelu_forward(s, &z, &alpha, &mut p).unwrap();
+            crate::nn::residual_add_forward(&z, &r, &mut a).unwrap();
+            batchnorm_prelu_forward_eval(s, &bn, &x, &gamma, &beta, &alpha, rm0, rv0, &mut y).unwrap();
+            assert_eq!(bits(&y), bits(&p), "prelu eval {s:?}");
+            batchnorm_add_forward_eval(s, &bn, &x, &gamma, &beta, &r, rm0, rv0, &mut y).unwrap();
+            assert_eq!(bits(&y), bits(&a), "add eval {s:?}");
+        }
+    }
+
+    #[test]
+    fn fused_backwards_are_the_unfused_calls_bit_for_bit() {
+        let bn = BatchNorm::default();
+        for (k, s) in FUSED_SHAPES.iter().enumerate() {
+            let seed = 31 + k as u64;
+            let (x, dz, other) = (data(seed, s.len()), data(seed + 100, s.len()), data(seed + 150, s.len()));
+            let (gamma, beta, alpha) = (data(seed + 200, s.c), data(seed + 300, s.c), data(seed + 400, s.c));
+            let (mut rm, mut rv, mut sm, mut sv) = (std::vec![0.0; s.c], std::vec![1.0; s.c], [0.0; 4], [0.0; 4]);
+            let (sm, sv) = (&mut sm[..s.c], &mut sv[..s.c]);
+            let mut z = std::vec![0.0; s.len()];
+            batchnorm_forward_train(s, &bn, &x, &gamma, &beta, &mut rm, &mut rv, &mut z, sm, sv).unwrap();
+            let (sm, sv) = (&*sm, &*sv);
+
+            // Unfused: PReLU backward on the stored z, then the batch norm backward; the add.
+            let (mut dy, mut dalpha) = (std::vec![0.0; s.len()], std::vec![0.0; s.c]);
+            crate::nn::prelu_backward(s, &z, &alpha, &dz, &mut dy, &mut dalpha).unwrap();
+            let (mut dx, mut dgamma, mut dbeta) = (std::vec![0.0; s.len()], std::vec![0.0; s.c], std::vec![0.0; s.c]);
+            batchnorm_backward(s, &bn, &x, &gamma, sm, sv, &dy, &mut dx, Some(&mut dgamma), &mut dbeta).unwrap();
+            let mut dx_acc = dx.clone();
+            crate::nn::accumulate(&mut dx_acc, &other).unwrap();
+            let mut dx_plain = std::vec![0.0; s.len()];
+            batchnorm_backward(
+                s,
+                &bn,
+                &x,
+                &gamma,
+                sm,
+                sv,
+                &dz,
+                &mut dx_plain,
+                Some(&mut dgamma.clone()),
+                &mut dbeta.clone(),
+            )
+            .unwrap();
+            crate::nn::accumulate(&mut dx_plain, &other).unwrap();
+
+            let nan = |len| std::vec![f32::NAN; len];
+            let (mut fx, mut fg, mut fb, mut fa) = (nan(s.len()), nan(s.c), nan(s.c), nan(s.c));
+            batchnorm_prelu_backward(
+                s,
+                &bn,
+                &x,
+                &gamma,
+                &beta,
+                &alpha,
+                sm,
+                sv,
+                &dz,
+                &mut fx,
+                Some(&mut fg),
+                &mut fb,
+                &mut fa,
+            )
+            .unwrap();
+            assert_eq!(
+                [bits(&fx), bits(&fg), bits(&fb), bits(&fa)],
+                [bits(&dx), bits(&dgamma), bits(&dbeta), bits(&dalpha)]
+            );
+            // A frozen gamma: the same dx, dbeta and dalpha.
+            let (mut fx2, mut fb2, mut fa2) = (nan(s.len()), nan(s.c), nan(s.c));
+            batchnorm_prelu_backward(
+                s, &bn, &x, &gamma, &beta, &alpha, sm, sv, &dz, &mut fx2, None, &mut fb2, &mut fa2,
+            )
+            .unwrap();
+            assert_eq!([bits(&fx2), bits(&fb2), bits(&fa2)], [bits(&dx), bits(&dbeta), bits(&dalpha)]);
+
+            let (mut ax, mut ag, mut ab) = (nan(s.len()), nan(s.c), nan(s.c));
+            batchnorm_backward_accumulate(s, &bn, &x, &gamma, sm, sv, &dz, &other, &mut ax, Some(&mut ag), &mut ab)
+                .unwrap();
+            assert_eq!(bits(&ax), bits(&dx_plain), "accumulate {s:?}");
+        }
+    }
+
+    #[test]
+    fn fused_forms_check_their_own_operands() {
+        let bn = BatchNorm::default();
+        let s = BatchNormShape { n: 2, c: 2, hw: 1 };
+        let (x, p) = ([0.5, -0.5, 1.0, 2.0], [1.0; 2]);
+        let len = |what, expected, got| Err(Error::Length { what, expected, got });
+        let (mut rm, mut rv, mut y, mut sm, mut sv) = ([0.0; 2], [1.0; 2], [7.0; 4], [0.0; 2], [0.0; 2]);
+        let e = batchnorm_prelu_forward_train(&s, &bn, &x, &p, &p, &p[1..], &mut rm, &mut rv, &mut y, &mut sm, &mut sv);
+        assert_eq!(e, len("alpha", 2, 1));
+        let e = batchnorm_add_forward_train(&s, &bn, &x, &p, &p, &x[1..], &mut rm, &mut rv, &mut y, &mut sm, &mut sv);
+        assert_eq!(e, len("residual", 4, 3));
+        assert_eq!(batchnorm_prelu_forward_eval(&s, &bn, &x, &p, &p, &[], &p, &p, &mut y), len("alpha", 2, 0));
+        assert_eq!(batchnorm_add_forward_eval(&s, &bn, &x, &p, &p, &x[..2], &p, &p, &mut y), len("residual", 4, 2));
+        // Nothing was written by the failed calls.
+        assert_eq!((rm, rv, y, sm, sv), ([0.0; 2], [1.0; 2], [7.0; 4], [0.0; 2], [0.0; 2]));
+
+        let (mut dx, mut dg, mut db, mut da) = ([7.0; 4], [7.0; 2], [7.0; 2], [7.0; 2]);
+        let e = batchnorm_prelu_backward(&s, &bn, &x, &p, &p[1..], &p, &p, &p, &x, &mut dx, None, &mut db, &mut da);
+        assert_eq!(e, len("beta", 2, 1));
+        let e = batchnorm_prelu_backward(&s, &bn, &x, &p, &p, &p, &p, &p, &x[1..], &mut dx, None, &mut db, &mut da);
+        assert_eq!(e, len("dz", 4, 3));
+        let e = batchnorm_prelu_backward(
+            &s,
+            &bn,
+            &x,
+            &p,
+            &p,
+            &p,
+            &p,
+            &p,
+            &x,
+            &mut dx,
+            Some(&mut dg),
+            &mut db,
+            &mut da[1..],
+        );
+        assert_eq!(e, len("dalpha", 2, 1));
+        let e = batchnorm_backward_accumulate(&s, &bn, &x, &p, &p, &p, &x, &x[1..], &mut dx, None, &mut db);
+        assert_eq!(e, len("other", 4, 3));
+        assert_eq!((dx, dg, db, da), ([7.0; 4], [7.0; 2], [7.0; 2], [7.0; 2]));
     }
 }

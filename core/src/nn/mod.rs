@@ -21,7 +21,11 @@ mod residual;
 mod sgd;
 mod winograd;
 
-pub use batchnorm::{batchnorm_backward, batchnorm_forward_eval, batchnorm_forward_train, BatchNorm, BatchNormShape};
+pub use batchnorm::{
+    batchnorm_add_forward_eval, batchnorm_add_forward_train, batchnorm_backward, batchnorm_backward_accumulate,
+    batchnorm_forward_eval, batchnorm_forward_train, batchnorm_prelu_backward, batchnorm_prelu_forward_eval,
+    batchnorm_prelu_forward_train, BatchNorm, BatchNormShape,
+};
 pub use conv2d::{conv2d_backward_data, conv2d_backward_weight, conv2d_forward, Conv2dShape};
 pub use linear::{linear_backward, linear_forward, LinearShape};
 pub use normalize::{l2_normalize_backward, l2_normalize_forward, VectorLayout};

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use elasticface_core::nn::{BatchNorm, BatchNormShape, Conv2dShape, LinearShape};
 
-use crate::gpu::kernels::batchnorm::BatchNormKernels;
+use crate::gpu::kernels::batchnorm::{BackwardFusion, BatchNormKernels, Epilogue};
 use crate::gpu::kernels::conv2d::{self, Conv2d, ConvOp};
 use crate::gpu::kernels::linear::{self, Linear};
 use crate::gpu::kernels::prelu::Prelu;
@@ -183,10 +183,27 @@ pub fn kernel_cases(gpu: &Gpu, n: usize, shrink: usize) -> Result<Vec<KernelCase
         let scratch = t("scratch", BatchNormKernels::scratch_len(&s).max(Prelu::scratch_len(&s)));
         let shape = format!("N={n} C={c} {hw}x{hw}");
         let cfg = BatchNorm::default();
-        let fwd = bn.forward_train(gpu, &s, &cfg, &x, &gamma, &beta, &rm, &rv, &y, &mean, &var, &scratch)?;
-        cases.push(KernelCase::elementwise("batchnorm_forward_train", &shape, len, 5.0, 12.0, fwd.into()));
-        let bwd = bn.backward(gpu, &s, &cfg, &x, &gamma, &mean, &var, &dy, &dx, Some(&dg), &db, &scratch)?;
-        cases.push(KernelCase::elementwise("batchnorm_backward", &shape, len, 8.0, 20.0, bwd.into()));
+        let forward =
+            |then| bn.forward_train(gpu, &s, &cfg, &x, &gamma, &beta, then, &rm, &rv, &y, &mean, &var, &scratch);
+        let backward =
+            |fusion| bn.backward(gpu, &s, &cfg, &x, &gamma, &mean, &var, fusion, &dy, &dx, Some(&dg), &db, &scratch);
+        let kernel = KernelCase::elementwise;
+        cases.push(kernel("batchnorm_forward_train", &shape, len, 5.0, 12.0, forward(Epilogue::None)?.into()));
+        // The fused forms (the PReLU or the add in the same passes): one more operand, the same passes.
+        cases.push(kernel(
+            "batchnorm_prelu_forward_train",
+            &shape,
+            len,
+            6.0,
+            12.0,
+            forward(Epilogue::Prelu(&gamma))?.into(),
+        ));
+        cases.push(kernel("batchnorm_add_forward_train", &shape, len, 6.0, 16.0, forward(Epilogue::Add(&dy))?.into()));
+        cases.push(kernel("batchnorm_backward", &shape, len, 8.0, 20.0, backward(BackwardFusion::None)?.into()));
+        let fusion = BackwardFusion::Prelu { beta: &beta, alpha: &gamma, dalpha: &db };
+        cases.push(kernel("batchnorm_prelu_backward", &shape, len, 16.0, 20.0, backward(fusion)?.into()));
+        let fusion = BackwardFusion::Accumulate(&y);
+        cases.push(kernel("batchnorm_backward_accumulate", &shape, len, 9.0, 24.0, backward(fusion)?.into()));
         cases.push(KernelCase::elementwise(
             "prelu_forward",
             &shape,

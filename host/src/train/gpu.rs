@@ -40,15 +40,17 @@
 //!
 //! # Dispatches
 //!
-//! Per step: 1 (preprocess) + forward (stem 5, a block 13, a downsampling block 17, the tail 8) + head forward
-//! (`4 + 2 parts`) + head backward (`3 waves + 2 + parts`) + backward (tail and stem 10, a block 18, a
-//! downsampling block 29: a stride-2 `backward_data` is one product per phase, 4; each block recomputes two batch
-//! norm outputs, the stem one) + clipping (`2 T + 1` for `T` trainable tensors) + head norm (`parts + 1`) +
-//! report 1 + SGD (`T + parts`), plus one reduction per convolution whose depth is split (adapter-dependent).
-//! A convolution run as Winograd ([`GpuBackend::set_winograd`]) takes 4 dispatches in place of 1 for each of its
-//! three passes (transforms around the batched product), plus a reduction where the product is split.
-//! The tiny reference net at batch 6: 467; iResNet-100 at batch 128 with 85,742 classes on an H200: 3,247
-//! (about 10 ms of launch overhead at ~3 us per dispatch).
+//! Per step: 1 (preprocess) + forward (stem 4, a block 11, a downsampling block 15, the tail 8) + head forward
+//! (`4 + 2 parts`) + head backward (`3 waves + 2 + parts`) + backward (tail and stem 7, a block 14, a
+//! downsampling block 25: a stride-2 `backward_data` is one product per phase, 4; each block recomputes bn1's
+//! output, which conv1's weight gradient reads) + clipping (`2 T + 1` for `T` trainable tensors) + head norm
+//! (`parts + 1`) + report 1 + SGD (`T + parts`), plus one reduction per convolution whose depth is split
+//! (adapter-dependent). A convolution run as Winograd ([`GpuBackend::set_winograd`]) takes 4 dispatches in place
+//! of 1 for each of its three passes (transforms around the batched product), plus a reduction where the product
+//! is split. The PReLUs and the residual adds have no dispatches of their own: each runs inside the passes of the
+//! batch norm next to it ([`Epilogue`], [`BackwardFusion`]), with the same results bit for bit.
+//! The tiny reference net at batch 6: 433; iResNet-100 at batch 128 with 85,742 classes on an H200: 3,247 before
+//! that fusion, 298 fewer with it.
 //! Evaluation ([`Backend::embed`]) records the forward pass alone, for each chunk size, built on first use.
 //!
 //! # Memory
@@ -67,13 +69,15 @@
 //! + 2 * (channels of every batch norm)             saved batch mean and variance
 //! ```
 //!
-//! (`h, w` a block's input size, `h', w'` its output size.) Outputs no backward kernel reads (bn3's and the
-//! downsample batch norm's, consumed by the residual add) live in the gradient buffers, which the forward pass does
-//! not otherwise use. So do the outputs of the batch norms that feed a convolution or a PReLU (a block's bn1 and
-//! bn2, the stem's bn1): the backward pass recomputes each from the batch norm's input and its saved batch
-//! statistics, with the same kernel and the same arithmetic as the forward pass (bit-identical), into a gradient buffer
-//! that is free at that point, just before it is read. That costs one element-wise pass per such batch norm and saves a
-//! third of the activations. On top come four gradient buffers of [`gradient_buffer_len`] floats each (the largest
+//! (`h, w` a block's input size, `h', w'` its output size.) The outputs of the batch norms followed by a PReLU (a
+//! block's bn2, the stem's bn1) or by the residual add (bn3) are never stored: each is computed inside the pass
+//! that applies the next layer ([`Epilogue`]), and the backward pass of a batch norm and PReLU recomputes it from
+//! the batch norm's input and saved statistics as it goes ([`BackwardFusion::Prelu`]). The downsample batch norm's
+//! output, read by the add, lives in a gradient buffer, which the forward pass does not otherwise use; so does bn1's
+//! output, which feeds conv1: the backward pass recomputes it from bn1's input and saved batch statistics, with the
+//! same kernel and the same arithmetic as the forward pass (bit-identical), into a gradient buffer that is free at
+//! that point, just before conv1's weight gradient reads it. Not keeping these outputs saves a third of the
+//! activations. On top come four gradient buffers of [`gradient_buffer_len`] floats each (the largest
 //! activation) and scratch sized by the largest layer; where layers run as Winograd, its workspace too (transformed
 //! weights `16 C_OUT C_IN`, transformed inputs and products `16 max(C_IN, C_OUT) T` each, `T` the 2x2 output tiles of
 //! the batch, for the largest such layer; about 0.87 GB for r100 at batch 128 from 128 channels). iResNet-100 at batch
@@ -100,15 +104,13 @@ use super::cpu::INIT_STREAM;
 use super::Backend;
 use crate::checkpoint::Checkpoint;
 use crate::data::{Batch, Position};
-use crate::gpu::kernels::batchnorm::BatchNormKernels;
+use crate::gpu::kernels::batchnorm::{BackwardFusion, BatchNormKernels, Epilogue};
 use crate::gpu::kernels::conv2d::{Conv2d, ConvOp, ConvPrecision};
 use crate::gpu::kernels::linear::{conv_shape, Linear};
 use crate::gpu::kernels::margin::{
     download_head_weight, transpose, upload_head_weight, HeadOptions, MarginHead, MarginLoss,
 };
-use crate::gpu::kernels::prelu::Prelu;
 use crate::gpu::kernels::preprocess::Preprocess;
-use crate::gpu::kernels::residual::Residual;
 use crate::gpu::kernels::sgd::{
     GradClip, SgdKernels, NON_FINITE_BACKBONE, NON_FINITE_HEAD, NON_FINITE_LOSS, REPORT_BACKBONE_NORM, REPORT_FLAGS,
     REPORT_LEN, REPORT_LOSS,
@@ -186,8 +188,6 @@ struct Kernels {
     winograd_min_channels: Option<usize>,
     linear: Linear,
     bn: BatchNormKernels,
-    prelu: Prelu,
-    residual: Residual,
     margin: MarginLoss,
     sgd: SgdKernels,
 }
@@ -201,8 +201,6 @@ impl Kernels {
             winograd_min_channels: default_winograd(gpu),
             linear: Linear::new(gpu),
             bn: BatchNormKernels::new(gpu),
-            prelu: Prelu::new(gpu),
-            residual: Residual::new(gpu),
             margin: MarginLoss::new(gpu),
             sgd: SgdKernels::new(gpu),
         }
@@ -419,7 +417,6 @@ struct Net {
     /// The Winograd convolutions' workspace, where any layer runs as Winograd.
     winograd: Option<WinogradWorkspace>,
     bn_scratch: Tensor,
-    prelu_scratch: Tensor,
     /// `(C, D)` class centres, their gradient and momentum, split alike.
     head: SplitTensor,
     head_grad: SplitTensor,
@@ -549,7 +546,6 @@ impl Net {
         let k_conv = &k.conv;
         let mut conv_len = k_conv.scratch_len(gpu, &conv3(3, c0, n, h, w, 1))?;
         let mut bn_len = BatchNormKernels::scratch_len(&BatchNormShape { n, c: c0, hw: h * w });
-        let mut prelu_len = Prelu::scratch_len(&BatchNormShape { n, c: c0, hw: h * w });
         for b in &blocks {
             let s = BlockShapes::new(&b.spec, n);
             for conv in [s.conv1, s.conv2, s.downsample] {
@@ -558,7 +554,6 @@ impl Net {
             for bn in [s.input, s.full, s.out] {
                 bn_len = bn_len.max(BatchNormKernels::scratch_len(&bn));
             }
-            prelu_len = prelu_len.max(Prelu::scratch_len(&s.full));
         }
         let fc = LinearShape { n, inputs: cfg.fc_inputs(), outputs: e };
         conv_len = conv_len.max(k_conv.scratch_len(gpu, &conv_shape(&fc))?);
@@ -569,7 +564,6 @@ impl Net {
         let conv_scratch = a.zeros(scratch, "conv2d scratch", &[conv_len.max(1)])?;
         let winograd = winograd_workspace(gpu, k, cfg, n, &mut a)?;
         let bn_scratch = a.zeros(scratch, "batchnorm scratch", &[bn_len])?;
-        let prelu_scratch = a.zeros(scratch, "prelu scratch", &[prelu_len])?;
 
         // The head, (C, D) on the GPU, split by classes where one binding cannot hold it.
         ensure!(
@@ -605,7 +599,6 @@ impl Net {
             conv_scratch,
             winograd,
             bn_scratch,
-            prelu_scratch,
             head,
             head_grad,
             head_momentum,
@@ -691,8 +684,8 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
-    /// A batch norm forward in `mode` with its state tensors from index `bn`: `x -> y`, batch statistics into
-    /// `stats` (training mode).
+    /// A batch norm forward in `mode` with its state tensors from index `bn`, then `then` in the same pass:
+    /// `x -> y`, batch statistics into `stats` (training mode).
     #[allow(clippy::too_many_arguments)]
     fn bn_forward(
         &self,
@@ -701,6 +694,7 @@ impl Builder<'_> {
         s: &BatchNormShape,
         bn: usize,
         x: &Tensor,
+        then: Epilogue<'_>,
         y: &Tensor,
         stats: &Stats,
     ) -> Result<()> {
@@ -714,6 +708,7 @@ impl Builder<'_> {
                 x,
                 gamma,
                 beta,
+                then,
                 mean,
                 var,
                 y,
@@ -721,7 +716,7 @@ impl Builder<'_> {
                 &stats.var,
                 &net.bn_scratch,
             )?),
-            Mode::Eval => d.push(k.bn.forward_eval(gpu, s, &self.bn, x, gamma, beta, mean, var, y)?),
+            Mode::Eval => d.push(k.bn.forward_eval(gpu, s, &self.bn, x, gamma, beta, then, mean, var, y)?),
         }
         Ok(())
     }
@@ -739,12 +734,13 @@ impl Builder<'_> {
     ) -> Result<()> {
         let net = self.net;
         let (gamma, beta) = (net.value(bn), net.value(bn + 1));
-        d.push(self.k.bn.forward_eval(self.gpu, s, &self.bn, x, gamma, beta, &stats.mean, &stats.var, y)?);
+        let none = Epilogue::None;
+        d.push(self.k.bn.forward_eval(self.gpu, s, &self.bn, x, gamma, beta, none, &stats.mean, &stats.var, y)?);
         Ok(())
     }
 
-    /// A batch norm backward with its state tensors from index `bn`: `dy -> dx` and the gradients of its weight
-    /// (unless frozen) and bias. `x` is the batch norm's input.
+    /// A batch norm backward with its state tensors from index `bn`, taking in `fusion`: `dy -> dx` and the
+    /// gradients of its weight (unless frozen) and bias. `x` is the batch norm's input.
     #[allow(clippy::too_many_arguments)]
     fn bn_backward(
         &self,
@@ -753,6 +749,7 @@ impl Builder<'_> {
         bn: usize,
         x: &Tensor,
         stats: &Stats,
+        fusion: BackwardFusion<'_>,
         dy: &Tensor,
         dx: &Tensor,
     ) -> Result<()> {
@@ -768,6 +765,7 @@ impl Builder<'_> {
             gamma,
             &stats.mean,
             &stats.var,
+            fusion,
             dy,
             dx,
             dgamma,
@@ -814,40 +812,40 @@ impl Builder<'_> {
         let stem_conv = conv3(3, c0, n, h, w, 1);
         self.conv(&mut d, ConvOp::Forward, &stem_conv, [&input, net.value(s.conv)], &conv_out)?;
         let s0 = BatchNormShape { n, c: c0, hw: h * w };
-        // bn1's output feeds only the PReLU: a temporary (recomputed in the backward pass).
-        let bn_out = net.buf(0, "bn1 output", &[n, c0, h, w])?;
-        self.bn_forward(&mut d, mode, &s0, s.bn, &conv_out, &bn_out, &s.bn_stats)?;
+        // bn1 and the PReLU in one pass.
         let mut x = first(&s.prelu_out, n)?;
-        d.push(k.prelu.forward(gpu, &s0, &bn_out, net.value(s.prelu), &x)?);
+        let alpha = Epilogue::Prelu(net.value(s.prelu));
+        self.bn_forward(&mut d, mode, &s0, s.bn, &conv_out, alpha, &x, &s.bn_stats)?;
 
         // Blocks: x (n, C_in, h, w) -> y (n, C_out, h', w').
         for b in &net.blocks {
             let sh = BlockShapes::new(&b.spec, n);
-            // bn1's and bn2's outputs are temporaries in gradient buffers, recomputed in the backward pass.
+            // bn1's output is a temporary in a gradient buffer, recomputed in the backward pass.
             let a1 = net.buf(0, "bn1 output", &sh.in_dims)?;
-            self.bn_forward(&mut d, mode, &sh.input, b.bn1, &x, &a1, &b.a1_stats)?;
+            self.bn_forward(&mut d, mode, &sh.input, b.bn1, &x, Epilogue::None, &a1, &b.a1_stats)?;
             let c1 = first(&b.c1, n)?;
             self.conv(&mut d, ConvOp::Forward, &sh.conv1, [&a1, net.value(b.conv1)], &c1)?;
-            let a2 = net.buf(1, "bn2 output", &sh.full_dims)?;
-            self.bn_forward(&mut d, mode, &sh.full, b.bn2, &c1, &a2, &b.a2_stats)?;
+            // bn2 and the PReLU in one pass.
             let p = first(&b.p, n)?;
-            d.push(k.prelu.forward(gpu, &sh.full, &a2, net.value(b.prelu), &p)?);
+            let alpha = Epilogue::Prelu(net.value(b.prelu));
+            self.bn_forward(&mut d, mode, &sh.full, b.bn2, &c1, alpha, &p, &b.a2_stats)?;
             let c2 = first(&b.c2, n)?;
             self.conv(&mut d, ConvOp::Forward, &sh.conv2, [&p, net.value(b.conv2)], &c2)?;
-            // bn3's output feeds only the residual add: a temporary in a gradient buffer (free in the forward pass).
-            let a3 = net.buf(2, "bn3 output", &sh.out_dims)?;
-            self.bn_forward(&mut d, mode, &sh.out, b.bn3, &c2, &a3, &b.a3_stats)?;
-            let y = first(&b.y, n)?;
-            match &b.shortcut {
+            // The shortcut: x, or the downsample batch norm's output, a temporary in a gradient buffer (free in
+            // the forward pass).
+            let shortcut = match &b.shortcut {
                 Some(ds) => {
                     let dc = first(&ds.conv_out, n)?;
                     d.extend(k.conv.forward(gpu, &sh.downsample, &x, net.value(ds.conv), &dc, &net.conv_scratch)?);
-                    let db = net.buf(3, "downsample.1 output", &sh.out_dims)?;
-                    self.bn_forward(&mut d, mode, &sh.out, ds.bn, &dc, &db, &ds.bn_stats)?;
-                    d.push(k.residual.forward(gpu, &a3, &db, &y)?);
+                    let db = net.buf(1, "downsample.1 output", &sh.out_dims)?;
+                    self.bn_forward(&mut d, mode, &sh.out, ds.bn, &dc, Epilogue::None, &db, &ds.bn_stats)?;
+                    db
                 }
-                None => d.push(k.residual.forward(gpu, &a3, &x, &y)?),
-            }
+                None => x,
+            };
+            // bn3 and the residual add in one pass.
+            let y = first(&b.y, n)?;
+            self.bn_forward(&mut d, mode, &sh.out, b.bn3, &c2, Epilogue::Add(&shortcut), &y, &b.a3_stats)?;
             x = y;
         }
 
@@ -855,14 +853,14 @@ impl Builder<'_> {
         let t = &net.tail;
         let s2 = BatchNormShape { n, c: c3, hw: (h / 16) * (w / 16) };
         let bn2_out = first(&t.bn2_out, n)?;
-        self.bn_forward(&mut d, mode, &s2, t.bn2, &x, &bn2_out, &t.bn2_stats)?;
+        self.bn_forward(&mut d, mode, &s2, t.bn2, &x, Epilogue::None, &bn2_out, &t.bn2_stats)?;
         let fc = LinearShape { n, inputs: cfg.fc_inputs(), outputs: e };
         let fc_out = first(&t.fc_out, n)?;
         let (weight, bias) = (net.value(t.fc), net.value(t.fc + 1));
         d.extend(k.linear.forward(gpu, &fc, &bn2_out, weight, bias, &fc_out, &net.conv_scratch)?);
         let features = first(&t.features_out, n)?;
         let sf = BatchNormShape { n, c: e, hw: 1 };
-        self.bn_forward(&mut d, mode, &sf, t.features, &fc_out, &features, &t.features_stats)?;
+        self.bn_forward(&mut d, mode, &sf, t.features, &fc_out, Epilogue::None, &features, &t.features_stats)?;
         Ok(d)
     }
 
@@ -880,7 +878,8 @@ impl Builder<'_> {
         let sf = BatchNormShape { n, c: e, hw: 1 };
         let d_emb = net.buf(0, "d embeddings", &[n, e])?;
         let d_fc = net.buf(1, "d fc.out", &[n, e])?;
-        self.bn_backward(&mut d, &sf, t.features, &t.fc_out, &t.features_stats, &d_emb, &d_fc)?;
+        let none = BackwardFusion::None;
+        self.bn_backward(&mut d, &sf, t.features, &t.fc_out, &t.features_stats, none, &d_emb, &d_fc)?;
 
         // fc: -> d bn2 output (flattened) in buffer 2.
         let fc = LinearShape { n, inputs: cfg.fc_inputs(), outputs: e };
@@ -893,35 +892,31 @@ impl Builder<'_> {
         let s2 = BatchNormShape { n, c: c3, hw: (h / 16) * (w / 16) };
         let last_y = &net.blocks.last().context("a network without blocks")?.y;
         let dy = net.buf(0, "d last block output", &tail_dims)?;
-        self.bn_backward(&mut d, &s2, t.bn2, last_y, &t.bn2_stats, &d_bn2, &dy)?;
+        self.bn_backward(&mut d, &s2, t.bn2, last_y, &t.bn2_stats, none, &d_bn2, &dy)?;
 
-        // Blocks in reverse: dy in buffer roles[0] -> dx in roles[3], which becomes the next roles[0].
+        // Blocks in reverse: dy in buffer roles[0] -> dx in roles[1], which becomes the next roles[0].
         let mut roles = [0, 1, 2, 3];
         for (i, b) in net.blocks.iter().enumerate().rev() {
             let x = if i == 0 { &net.stem.prelu_out } else { &net.blocks[i - 1].y };
             self.block_backward(&mut d, b, x, roles)?;
-            roles.swap(0, 3);
+            roles.swap(0, 1);
         }
 
-        // Stem: d prelu output -> prelu -> bn1 -> conv1 weight (no input gradient).
+        // Stem: d prelu output -> prelu and bn1 (one fused backward) -> conv1 weight (no input gradient).
         let s = &net.stem;
         let dims = [n, c0, h, w];
         let s0 = BatchNormShape { n, c: c0, hw: h * w };
-        let [g0, g1, g2, g3] = roles;
-        let (dy, dx) = (net.buf(g0, "d prelu.out", &dims)?, net.buf(g1, "d bn1.out", &dims)?);
-        let bn_out = net.buf(g3, "bn1 output (recomputed)", &dims)?;
-        self.bn_recompute(&mut d, &s0, s.bn, &s.conv_out, &s.bn_stats, &bn_out)?;
-        let dalpha = net.grad(s.prelu)?;
-        d.extend(k.prelu.backward(gpu, &s0, &bn_out, net.value(s.prelu), &dy, &dx, dalpha, &net.prelu_scratch)?);
-        let d_conv = net.buf(g2, "d conv1.out", &dims)?;
-        self.bn_backward(&mut d, &s0, s.bn, &s.conv_out, &s.bn_stats, &dx, &d_conv)?;
+        let [g0, g1, ..] = roles;
+        let (dy, d_conv) = (net.buf(g0, "d prelu.out", &dims)?, net.buf(g1, "d conv1.out", &dims)?);
+        let prelu = self.prelu_fusion(s.bn, s.prelu)?;
+        self.bn_backward(&mut d, &s0, s.bn, &s.conv_out, &s.bn_stats, prelu, &dy, &d_conv)?;
         let stem_conv = conv3(3, c0, n, h, w, 1);
         self.conv(&mut d, ConvOp::BackwardWeight, &stem_conv, [&d_conv, &net.input], net.grad(s.conv)?)?;
         Ok(d)
     }
 
     /// One block backward, as the core's `block_backward`: `dy (B, C_out, h', w')` in buffer `roles[0]`, the result
-    /// `dx (B, C_in, h, w)` in `roles[3]`; `roles[1]` and `roles[2]` are scratch. `x` is the block's input.
+    /// `dx (B, C_in, h, w)` in `roles[1]`; `roles[2]` and `roles[3]` are scratch. `x` is the block's input.
     fn block_backward(&self, d: &mut Vec<Dispatch>, b: &Block, x: &Tensor, roles: [usize; 4]) -> Result<()> {
         let (gpu, k, net) = (self.gpu, self.k, self.net);
         let n = net.batch;
@@ -935,7 +930,7 @@ impl Builder<'_> {
         let d_x_shortcut = match &b.shortcut {
             Some(ds) => {
                 let d_dc = net.buf(r1, "d downsample.0.out", &out_dims)?;
-                self.bn_backward(d, &sh.out, ds.bn, &ds.conv_out, &ds.bn_stats, &dy, &d_dc)?;
+                self.bn_backward(d, &sh.out, ds.bn, &ds.conv_out, &ds.bn_stats, BackwardFusion::None, &dy, &d_dc)?;
                 let d_x = net.buf(r2, "d block input (shortcut)", &in_dims)?;
                 d.extend(k.conv.backward_data(gpu, &sh.downsample, &d_dc, net.value(ds.conv), &d_x, scratch)?);
                 d.extend(k.conv.backward_weight(gpu, &sh.downsample, &d_dc, x, net.grad(ds.conv)?, scratch)?);
@@ -944,33 +939,34 @@ impl Builder<'_> {
             None => None,
         };
 
-        // Main path: bn3 -> conv2 -> prelu -> bn2 -> conv1 -> bn1, ending in buffer r3.
+        // Main path: bn3 -> conv2 -> prelu and bn2 (one fused backward) -> conv1 -> bn1, ending in buffer r1.
         let d_c2 = net.buf(r1, "d conv2.out", &out_dims)?;
-        self.bn_backward(d, &sh.out, b.bn3, &b.c2, &b.a3_stats, &dy, &d_c2)?;
+        self.bn_backward(d, &sh.out, b.bn3, &b.c2, &b.a3_stats, BackwardFusion::None, &dy, &d_c2)?;
         let d_p = net.buf(r3, "d prelu.out", &full_dims)?;
         self.conv(d, ConvOp::BackwardData, &sh.conv2, [&d_c2, net.value(b.conv2)], &d_p)?;
         self.conv(d, ConvOp::BackwardWeight, &sh.conv2, [&d_c2, &b.p], net.grad(b.conv2)?)?;
-        // bn2's and bn1's outputs, recomputed where they are read: into the free buffer r2, or with a shortcut
-        // (whose input gradient holds r2) into r_dy, whose dy nothing reads any more.
-        let r_free = if b.shortcut.is_some() { r_dy } else { r2 };
-        let a2 = net.buf(r_free, "bn2 output (recomputed)", &full_dims)?;
-        self.bn_recompute(d, &sh.full, b.bn2, &b.c1, &b.a2_stats, &a2)?;
-        let d_a2 = net.buf(r1, "d bn2.out", &full_dims)?;
-        let (alpha, dalpha) = (net.value(b.prelu), net.grad(b.prelu)?);
-        d.extend(k.prelu.backward(gpu, &sh.full, &a2, alpha, &d_p, &d_a2, dalpha, &net.prelu_scratch)?);
-        let d_c1 = net.buf(r3, "d conv1.out", &full_dims)?;
-        self.bn_backward(d, &sh.full, b.bn2, &b.c1, &b.a2_stats, &d_a2, &d_c1)?;
-        let d_a1 = net.buf(r1, "d bn1.out", &in_dims)?;
+        let d_c1 = net.buf(r1, "d conv1.out", &full_dims)?;
+        let prelu = self.prelu_fusion(b.bn2, b.prelu)?;
+        self.bn_backward(d, &sh.full, b.bn2, &b.c1, &b.a2_stats, prelu, &d_p, &d_c1)?;
+        let d_a1 = net.buf(r3, "d bn1.out", &in_dims)?;
         self.conv(d, ConvOp::BackwardData, &sh.conv1, [&d_c1, net.value(b.conv1)], &d_a1)?;
+        // bn1's output, recomputed where it is read: into the free buffer r2, or with a shortcut (whose input
+        // gradient holds r2) into r_dy, whose dy nothing reads any more.
+        let r_free = if b.shortcut.is_some() { r_dy } else { r2 };
         let a1 = net.buf(r_free, "bn1 output (recomputed)", &in_dims)?;
         self.bn_recompute(d, &sh.input, b.bn1, x, &b.a1_stats, &a1)?;
         self.conv(d, ConvOp::BackwardWeight, &sh.conv1, [&d_c1, &a1], net.grad(b.conv1)?)?;
-        let d_x = net.buf(r3, "d block input", &in_dims)?;
-        self.bn_backward(d, &sh.input, b.bn1, x, &b.a1_stats, &d_a1, &d_x)?;
-
-        // The input's gradient is the sum of both paths.
-        d.push(k.residual.accumulate(gpu, &d_x, d_x_shortcut.as_ref().unwrap_or(&dy))?);
+        // The input's gradient is the sum of both paths: bn1's backward adds the shortcut's as it writes.
+        let d_x = net.buf(r1, "d block input", &in_dims)?;
+        let other = BackwardFusion::Accumulate(d_x_shortcut.as_ref().unwrap_or(&dy));
+        self.bn_backward(d, &sh.input, b.bn1, x, &b.a1_stats, other, &d_a1, &d_x)?;
         Ok(())
+    }
+
+    /// The backward of the PReLU (state index `prelu`) after the batch norm at `bn`, to fuse into the latter's.
+    fn prelu_fusion(&self, bn: usize, prelu: usize) -> Result<BackwardFusion<'_>> {
+        let net = self.net;
+        Ok(BackwardFusion::Prelu { beta: net.value(bn + 1), alpha: net.value(prelu), dalpha: net.grad(prelu)? })
     }
 }
 

@@ -5,6 +5,14 @@
 //! Per-channel statistics are deterministic two-level reductions (chunks of [`BATCHNORM_CHUNK`] values, then a
 //! fixed-order combine per channel) through a scratch tensor of [`BatchNormKernels::scratch_len`] floats; the
 //! shader's header comment describes the scheme. Dispatches: training forward 3, eval forward 1, backward 3.
+//!
+//! The fused forms take the layer next to a batch norm into the same passes, so the tensor between them is
+//! never stored: a PReLU or a residual add after the forward ([`Epilogue`]; CPU twins
+//! [`elasticface_core::nn::batchnorm_prelu_forward_train`] and its `eval` and `add` companions), and in the
+//! backward the PReLU's gradient or the accumulation into a second gradient ([`BackwardFusion`]; twins
+//! [`elasticface_core::nn::batchnorm_prelu_backward`], [`elasticface_core::nn::batchnorm_backward_accumulate`]).
+//! They give the unfused kernels' results bit for bit (same operations, same order) with the same dispatch count
+//! as the batch norm alone.
 
 use anyhow::{anyhow, bail, Result};
 use elasticface_core::nn::{BatchNorm, BatchNormShape};
@@ -61,6 +69,29 @@ impl BatchNormParams {
     }
 }
 
+/// What the forward pass applies to the normalised value before storing it.
+#[derive(Clone, Copy)]
+pub enum Epilogue<'a> {
+    /// `y = bn(x)`.
+    None,
+    /// `y = prelu(bn(x))` with these slopes `(C)`.
+    Prelu(&'a Tensor),
+    /// `y = bn(x) + residual`, `residual (N, C, HW)`.
+    Add(&'a Tensor),
+}
+
+/// The layer next to a batch norm that its backward pass takes in.
+#[derive(Clone, Copy)]
+pub enum BackwardFusion<'a> {
+    /// The batch norm alone: `dy` is its output's gradient.
+    None,
+    /// A PReLU after it: `dy` is the PReLU output's gradient, the batch norm's output is recomputed from `x`, its
+    /// `beta` and the saved statistics, and `dalpha (C)` receives the slopes' gradient. Needs a trainable gamma.
+    Prelu { beta: &'a Tensor, alpha: &'a Tensor, dalpha: &'a Tensor },
+    /// `dx = bn_backward(dy) + other`, `other (N, C, HW)`: the input also reaches the loss another way.
+    Accumulate(&'a Tensor),
+}
+
 /// The batch norm kernels' pipelines. (Named `BatchNormKernels`, not `BatchNorm`, which is the core's
 /// hyper-parameter struct.)
 pub struct BatchNormKernels {
@@ -71,6 +102,12 @@ pub struct BatchNormKernels {
     backward_combine: wgpu::ComputePipeline,
     backward_combine_frozen: wgpu::ComputePipeline,
     backward_dx: wgpu::ComputePipeline,
+    prelu_normalize: wgpu::ComputePipeline,
+    add_normalize: wgpu::ComputePipeline,
+    prelu_backward_partials: wgpu::ComputePipeline,
+    prelu_backward_combine: wgpu::ComputePipeline,
+    prelu_backward_dx: wgpu::ComputePipeline,
+    backward_accumulate_dx: wgpu::ComputePipeline,
 }
 
 /// Checks the shape (no zero size; indices fit `u32`) and, for training, `N*HW >= 2`, as the core does.
@@ -110,18 +147,25 @@ impl BatchNormKernels {
             backward_combine: p("batchnorm_backward_combine"),
             backward_combine_frozen: p("batchnorm_backward_combine_frozen"),
             backward_dx: p("batchnorm_backward_dx"),
+            prelu_normalize: p("batchnorm_prelu_forward_normalize"),
+            add_normalize: p("batchnorm_add_forward_normalize"),
+            prelu_backward_partials: p("batchnorm_prelu_backward_partials"),
+            prelu_backward_combine: p("batchnorm_prelu_backward_combine"),
+            prelu_backward_dx: p("batchnorm_prelu_backward_dx"),
+            backward_accumulate_dx: p("batchnorm_backward_accumulate_dx"),
         }
     }
 
     /// Elements of the scratch tensor [`forward_train`](Self::forward_train) and [`backward`](Self::backward)
-    /// need for shape `s`: two floats per (channel, chunk) and two per channel, `2 * C * (chunks + 1)` with
-    /// `chunks = ceil(N*HW / BATCHNORM_CHUNK)`.
+    /// need for shape `s`: three floats per (channel, chunk) and three per channel, `3 * C * (chunks + 1)` with
+    /// `chunks = ceil(N*HW / BATCHNORM_CHUNK)` (the third of each is the fused PReLU backward's).
     pub fn scratch_len(s: &BatchNormShape) -> usize {
-        2 * s.c * (s.count().div_ceil(BATCHNORM_CHUNK) + 1)
+        3 * s.c * (s.count().div_ceil(BATCHNORM_CHUNK) + 1)
     }
 
-    /// Training mode, as [`elasticface_core::nn::batchnorm_forward_train`]: writes `y`, `save_mean`, `save_var`
-    /// (the batch mean and biased variance) and updates `running_mean`, `running_var`.
+    /// Training mode, as [`elasticface_core::nn::batchnorm_forward_train`] (or with `then`, its fused
+    /// companions): writes `y`, `save_mean`, `save_var` (the batch mean and biased variance) and updates
+    /// `running_mean`, `running_var`.
     ///
     /// Shapes: `x`, `y` `(N, C, HW)`; `gamma`, `beta`, `running_mean`, `running_var`, `save_mean`, `save_var`
     /// `(C)`; `scratch` at least [`scratch_len`](Self::scratch_len). Three dispatches, to be run in order:
@@ -137,6 +181,7 @@ impl BatchNormKernels {
         x: &Tensor,
         gamma: &Tensor,
         beta: &Tensor,
+        then: Epilogue<'_>,
         running_mean: &Tensor,
         running_var: &Tensor,
         y: &Tensor,
@@ -151,6 +196,7 @@ impl BatchNormKernels {
             check_len(K, t, s.c)?;
         }
         check_len(K, y, s.len())?;
+        check_epilogue(K, s, then)?;
         check_scratch(K, s, scratch)?;
         let params = BatchNormParams::new(s, bn);
         let chunk_grid = [params.chunks, params.c, 1];
@@ -163,13 +209,14 @@ impl BatchNormKernels {
                 &[scratch, save_mean, save_var, running_mean, running_var],
                 [params.c, 1, 1],
             )?,
-            self.normalize(gpu, "batchnorm_forward_train", &params, x, save_mean, save_var, gamma, beta, y)?,
+            self.normalize(gpu, "batchnorm_forward_train", &params, [x, save_mean, save_var, gamma, beta], then, y)?,
         ])
     }
 
-    /// Eval mode, as [`elasticface_core::nn::batchnorm_forward_eval`]: `y = gamma * (x - running_mean) /
-    /// sqrt(running_var + eps) + beta`. Shapes as [`forward_train`](Self::forward_train); any `N >= 1`.
-    /// One element-wise dispatch. Errors: a zero size, a tensor of the wrong size (named).
+    /// Eval mode, as [`elasticface_core::nn::batchnorm_forward_eval`] (or with `then`, its fused companions):
+    /// `y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta`. Shapes as
+    /// [`forward_train`](Self::forward_train); any `N >= 1`. One element-wise dispatch. Errors: a zero size, a
+    /// tensor of the wrong size (named).
     #[allow(clippy::too_many_arguments)]
     pub fn forward_eval(
         &self,
@@ -179,6 +226,7 @@ impl BatchNormKernels {
         x: &Tensor,
         gamma: &Tensor,
         beta: &Tensor,
+        then: Epilogue<'_>,
         running_mean: &Tensor,
         running_var: &Tensor,
         y: &Tensor,
@@ -190,37 +238,44 @@ impl BatchNormKernels {
             check_len(K, t, s.c)?;
         }
         check_len(K, y, s.len())?;
+        check_epilogue(K, s, then)?;
         let params = BatchNormParams::new(s, bn);
-        self.normalize(gpu, K, &params, x, running_mean, running_var, gamma, beta, y)
+        self.normalize(gpu, K, &params, [x, running_mean, running_var, gamma, beta], then, y)
     }
 
-    /// The element-wise normalisation with the given statistics (sizes already checked).
-    #[allow(clippy::too_many_arguments)]
+    /// The element-wise normalisation of `[x, mean, var, gamma, beta]`, then `then`, into `y` (sizes already
+    /// checked).
     fn normalize(
         &self,
         gpu: &Gpu,
         kernel: &str,
         params: &BatchNormParams,
-        x: &Tensor,
-        mean: &Tensor,
-        var: &Tensor,
-        gamma: &Tensor,
-        beta: &Tensor,
+        [x, mean, var, gamma, beta]: [&Tensor; 5],
+        then: Epilogue<'_>,
         y: &Tensor,
     ) -> Result<Dispatch> {
         let grid = gpu.grid_1d(params.len as usize, ELEMENTWISE_WORKGROUP);
-        let label = format!("{kernel} (batchnorm_forward_normalize)");
-        gpu.dispatch(&label, &self.normalize, params, &[x, mean, var, gamma, beta, y], grid)
+        let (entry, pipeline, with) = match then {
+            Epilogue::None => ("batchnorm_forward_normalize", &self.normalize, None),
+            Epilogue::Prelu(alpha) => ("batchnorm_prelu_forward_normalize", &self.prelu_normalize, Some(alpha)),
+            Epilogue::Add(residual) => ("batchnorm_add_forward_normalize", &self.add_normalize, Some(residual)),
+        };
+        let label = format!("{kernel} ({entry})");
+        match with {
+            None => gpu.dispatch(&label, pipeline, params, &[x, mean, var, gamma, beta, y], grid),
+            Some(w) => gpu.dispatch(&label, pipeline, params, &[x, mean, var, gamma, beta, w, y], grid),
+        }
     }
 
     /// Backward of [`forward_train`](Self::forward_train) from the saved batch statistics, as
-    /// [`elasticface_core::nn::batchnorm_backward`]: writes `dx`, `dbeta` and, unless the weight is frozen
-    /// (`dgamma = None`), `dgamma`.
+    /// [`elasticface_core::nn::batchnorm_backward`] (or with `fusion`, its fused companions): writes `dx`, `dbeta`
+    /// and, unless the weight is frozen (`dgamma = None`), `dgamma`.
     ///
     /// Shapes: `x`, `dy`, `dx` `(N, C, HW)`; `gamma`, `save_mean`, `save_var`, `dgamma`, `dbeta` `(C)`; `scratch`
     /// at least [`scratch_len`](Self::scratch_len). Three dispatches, to be run in order: chunk sums
     /// `(chunks, C)` workgroups, their combination `(C)` (which also leaves the dx coefficients in `scratch`),
-    /// dx (element-wise). Errors: a zero size, `N*HW < 2`, a tensor of the wrong size (named).
+    /// dx (element-wise). Errors: a zero size, `N*HW < 2`, a tensor of the wrong size (named), a frozen gamma
+    /// with a PReLU fused.
     #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &self,
@@ -231,6 +286,7 @@ impl BatchNormKernels {
         gamma: &Tensor,
         save_mean: &Tensor,
         save_var: &Tensor,
+        fusion: BackwardFusion<'_>,
         dy: &Tensor,
         dx: &Tensor,
         dgamma: Option<&Tensor>,
@@ -249,41 +305,74 @@ impl BatchNormKernels {
             check_len(K, dgamma, s.c)?;
         }
         check_len(K, dbeta, s.c)?;
+        match fusion {
+            BackwardFusion::None => {}
+            BackwardFusion::Prelu { beta, alpha, dalpha } => {
+                for t in [beta, alpha, dalpha] {
+                    check_len(K, t, s.c)?;
+                }
+                if dgamma.is_none() {
+                    bail!("{K}: a PReLU fused into the backward pass needs a trainable gamma (dgamma)");
+                }
+            }
+            BackwardFusion::Accumulate(other) => check_len(K, other, s.len())?,
+        }
         check_scratch(K, s, scratch)?;
         let params = BatchNormParams::new(s, bn);
         let chunk_grid = [params.chunks, params.c, 1];
-        let combine = match dgamma {
-            Some(dgamma) => gpu.dispatch(
-                "batchnorm_backward_combine",
-                &self.backward_combine,
-                &params,
-                &[scratch, save_var, dbeta, dgamma],
-                [params.c, 1, 1],
-            )?,
-            None => gpu.dispatch(
-                "batchnorm_backward_combine_frozen",
-                &self.backward_combine_frozen,
-                &params,
-                &[scratch, save_var, dbeta],
-                [params.c, 1, 1],
-            )?,
-        };
-        Ok([
-            gpu.dispatch(
-                "batchnorm_backward_partials",
-                &self.backward_partials,
-                &params,
-                &[x, dy, save_mean, scratch],
-                chunk_grid,
-            )?,
-            combine,
-            gpu.dispatch(
-                "batchnorm_backward_dx",
-                &self.backward_dx,
-                &params,
-                &[x, dy, gamma, save_mean, save_var, scratch, dx],
-                gpu.grid_1d(s.len(), ELEMENTWISE_WORKGROUP),
-            )?,
-        ])
+        let elements = gpu.grid_1d(s.len(), ELEMENTWISE_WORKGROUP);
+        let combine =
+            |name, pipeline, tensors: &[&Tensor]| gpu.dispatch(name, pipeline, &params, tensors, [params.c, 1, 1]);
+        let partials = |name, pipeline, tensors: &[&Tensor]| gpu.dispatch(name, pipeline, &params, tensors, chunk_grid);
+        let dx_pass = |name, pipeline, tensors: &[&Tensor]| gpu.dispatch(name, pipeline, &params, tensors, elements);
+        let bn_dx = [x, dy, gamma, save_mean, save_var, scratch];
+        Ok(match (fusion, dgamma) {
+            (BackwardFusion::Prelu { beta, alpha, dalpha }, Some(dgamma)) => [
+                partials(
+                    "batchnorm_prelu_backward_partials",
+                    &self.prelu_backward_partials,
+                    &[x, dy, save_mean, scratch, save_var, gamma, beta, alpha],
+                )?,
+                combine(
+                    "batchnorm_prelu_backward_combine",
+                    &self.prelu_backward_combine,
+                    &[scratch, save_var, dbeta, dgamma, dalpha, alpha],
+                )?,
+                dx_pass("batchnorm_prelu_backward_dx", &self.prelu_backward_dx, &[&bn_dx[..], &[beta, dx]].concat())?,
+            ],
+            (BackwardFusion::Prelu { .. }, None) => unreachable!("refused above"),
+            (_, dgamma) => [
+                partials("batchnorm_backward_partials", &self.backward_partials, &[x, dy, save_mean, scratch])?,
+                match dgamma {
+                    Some(dgamma) => combine(
+                        "batchnorm_backward_combine",
+                        &self.backward_combine,
+                        &[scratch, save_var, dbeta, dgamma],
+                    )?,
+                    None => combine(
+                        "batchnorm_backward_combine_frozen",
+                        &self.backward_combine_frozen,
+                        &[scratch, save_var, dbeta],
+                    )?,
+                },
+                match fusion {
+                    BackwardFusion::Accumulate(other) => dx_pass(
+                        "batchnorm_backward_accumulate_dx",
+                        &self.backward_accumulate_dx,
+                        &[&bn_dx[..], &[other, dx]].concat(),
+                    )?,
+                    _ => dx_pass("batchnorm_backward_dx", &self.backward_dx, &[&bn_dx[..], &[dx]].concat())?,
+                },
+            ],
+        })
+    }
+}
+
+/// Checks the epilogue's operand: the slopes `(C)` or the residual `(N, C, HW)`.
+fn check_epilogue(kernel: &str, s: &BatchNormShape, then: Epilogue<'_>) -> Result<()> {
+    match then {
+        Epilogue::None => Ok(()),
+        Epilogue::Prelu(alpha) => check_len(kernel, alpha, s.c),
+        Epilogue::Add(residual) => check_len(kernel, residual, s.len()),
     }
 }

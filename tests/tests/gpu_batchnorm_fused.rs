@@ -1,0 +1,392 @@
+//! The fused batch norm forms of `shaders/batchnorm.wgsl` (a PReLU or a residual add after the forward; the
+//! PReLU's gradient or an accumulation in the backward) against the unfused kernels and against their core twins.
+//!
+//! - Against the unfused kernels (batch norm, then `prelu_forward` / `residual_add_forward`; the recompute,
+//!   `prelu_backward`, then the batch norm backward / `accumulate`) on the same inputs: bit for bit on a CPU
+//!   adapter (lavapipe, CI), since the fused kernels run the same operations in the same order, with the same
+//!   thread mapping and reduction trees. Elsewhere within 8 `EPSILON` of the tensor's scale
+//!   ([`slack_allowed`]): a driver may contract `a * b + c` differently in the two kernels.
+//! - Against the core's fused functions (`batchnorm_prelu_forward_train` and companions), with the tolerance and
+//!   error measure of `gpu_batchnorm.rs` (1e-5; the reasons are there): the core sums in another order.
+
+use elasticface::gpu::kernels::batchnorm::{BackwardFusion, BatchNormKernels, Epilogue};
+use elasticface::gpu::kernels::prelu::Prelu;
+use elasticface::gpu::kernels::residual::Residual;
+use elasticface::gpu::kernels::Dispatch;
+use elasticface::gpu::{Gpu, Tensor};
+use elasticface_core::nn::{self, BatchNorm, BatchNormShape};
+use elasticface_tests::{assert_within_scale, gpu, slack_allowed, uniform};
+
+/// Tolerance against the core, as in `gpu_batchnorm.rs`.
+const TOL: f32 = 1e-5;
+
+/// Odd sizes; BatchNorm1d; a channel of several chunks with a short last one; the smallest trainable count; more
+/// chunks per channel than the combine pass has threads.
+fn shapes() -> Vec<BatchNormShape> {
+    [(3, 5, 13 * 13), (7, 9, 1), (2, 3, 2500), (1, 2, 2), (2, 1, 300_000)]
+        .map(|(n, c, hw)| BatchNormShape { n, c, hw })
+        .to_vec()
+}
+
+/// Largest `|got - want| / (1 + |want|)`, asserted at most `TOL`, or at most 1e-4 for planes of over 10,000
+/// values, where the core's sequential sums are the less accurate side (see `gpu_batchnorm.rs`).
+fn check(what: &str, s: &BatchNormShape, got: &[f32], want: &[f32]) {
+    let tol = if s.hw > 10_000 { 1e-4 } else { TOL };
+    let e = got.iter().zip(want).map(|(g, w)| (g - w).abs() / (1.0 + w.abs())).fold(0.0, f32::max);
+    println!("{what:<22} {s:?}: max error {e:.2e} against the core");
+    assert!(e <= tol, "{what} {s:?}: error {e:e} > {tol:e}");
+}
+
+/// Per-channel sums within `TOL * sum |terms|` (`abs` gives the terms' absolute values per channel).
+fn check_sums(what: &str, s: &BatchNormShape, got: &[f32], want: &[f32], abs: &[f32]) {
+    let e = (got.iter().zip(want).zip(abs)).map(|((g, w), a)| (g - w).abs() / a.max(f32::MIN_POSITIVE));
+    let e = e.fold(0.0, f32::max);
+    println!("{what:<22} {s:?}: max error {e:.2e} of sum |terms| against the core");
+    assert!(e <= TOL, "{what} {s:?}: error {e:e} > {TOL:e}");
+}
+
+fn channel_abs_sums(s: &BatchNormShape, f: impl Fn(usize, usize) -> f32) -> Vec<f32> {
+    let mut out = vec![0.0f64; s.c];
+    for i in 0..s.len() {
+        let c = (i / s.hw) % s.c;
+        out[c] += f64::from(f(i, c).abs());
+    }
+    out.into_iter().map(|v| v as f32).collect()
+}
+
+fn run(gpu: &Gpu, d: &[Dispatch]) {
+    gpu.run(&d.iter().collect::<Vec<_>>()).unwrap();
+}
+
+fn read(gpu: &Gpu, t: &Tensor) -> Vec<f32> {
+    gpu.read::<f32>(t).unwrap()
+}
+
+/// One layer's inputs: a batch norm, the PReLU slopes after it, a residual, and the gradients of the backward.
+struct Case {
+    s: BatchNormShape,
+    x: Vec<f32>,
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    alpha: Vec<f32>,
+    running_mean: Vec<f32>,
+    running_var: Vec<f32>,
+    residual: Vec<f32>,
+    dz: Vec<f32>,
+}
+
+impl Case {
+    fn new(s: BatchNormShape, seed: u64) -> Self {
+        Self {
+            s,
+            x: uniform(seed, s.len()).iter().map(|v| 0.5 + 2.0 * v).collect(),
+            gamma: uniform(seed + 1, s.c),
+            beta: uniform(seed + 2, s.c),
+            // Slopes of either sign, as PReLU allows.
+            alpha: uniform(seed + 3, s.c),
+            running_mean: uniform(seed + 4, s.c),
+            running_var: uniform(seed + 5, s.c).iter().map(|v| 1.0 + 0.5 * v).collect(),
+            residual: uniform(seed + 6, s.len()),
+            dz: uniform(seed + 7, s.len()),
+        }
+    }
+}
+
+/// The case's tensors on the GPU, and zeroed outputs.
+struct Tensors {
+    x: Tensor,
+    gamma: Tensor,
+    beta: Tensor,
+    alpha: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    residual: Tensor,
+    dz: Tensor,
+    save_mean: Tensor,
+    save_var: Tensor,
+    scratch: Tensor,
+    prelu_scratch: Tensor,
+}
+
+impl Tensors {
+    fn new(gpu: &Gpu, c: &Case) -> Self {
+        let s = &c.s;
+        let (full, ch) = ([s.n, s.c, s.hw], [s.c]);
+        Self {
+            x: gpu.upload("x", &full, &c.x),
+            gamma: gpu.upload("gamma", &ch, &c.gamma),
+            beta: gpu.upload("beta", &ch, &c.beta),
+            alpha: gpu.upload("alpha", &ch, &c.alpha),
+            running_mean: gpu.upload("running_mean", &ch, &c.running_mean),
+            running_var: gpu.upload("running_var", &ch, &c.running_var),
+            residual: gpu.upload("residual", &full, &c.residual),
+            dz: gpu.upload("dz", &full, &c.dz),
+            save_mean: gpu.zeros("save_mean", &ch),
+            save_var: gpu.zeros("save_var", &ch),
+            scratch: gpu.zeros("scratch", &[BatchNormKernels::scratch_len(s)]),
+            prelu_scratch: gpu.zeros("prelu scratch", &[Prelu::scratch_len(s)]),
+        }
+    }
+
+    /// The training forward with `then` into `y`, from the case's running statistics (restored first, since every
+    /// training forward updates them): returns (y, save_mean, save_var, running_mean, running_var).
+    fn train(&self, gpu: &Gpu, k: &BatchNormKernels, c: &Case, then: Epilogue<'_>, y: &Tensor) -> [Vec<f32>; 5] {
+        gpu.write(&self.running_mean, &c.running_mean).unwrap();
+        gpu.write(&self.running_var, &c.running_var).unwrap();
+        let t = self;
+        let bn = BatchNorm::default();
+        let d = k.forward_train(
+            gpu,
+            &c.s,
+            &bn,
+            &t.x,
+            &t.gamma,
+            &t.beta,
+            then,
+            &t.running_mean,
+            &t.running_var,
+            y,
+            &t.save_mean,
+            &t.save_var,
+            &t.scratch,
+        );
+        run(gpu, &d.unwrap());
+        [y, &t.save_mean, &t.save_var, &t.running_mean, &t.running_var].map(|t| read(gpu, t))
+    }
+
+    /// The eval forward with `then` into `y`, with the case's running statistics (restored first).
+    fn eval(&self, gpu: &Gpu, k: &BatchNormKernels, c: &Case, then: Epilogue<'_>, y: &Tensor) -> Vec<f32> {
+        gpu.write(&self.running_mean, &c.running_mean).unwrap();
+        gpu.write(&self.running_var, &c.running_var).unwrap();
+        let t = self;
+        let bn = BatchNorm::default();
+        let d = k.forward_eval(gpu, &c.s, &bn, &t.x, &t.gamma, &t.beta, then, &t.running_mean, &t.running_var, y);
+        run(gpu, &[d.unwrap()]);
+        read(gpu, y)
+    }
+
+    /// The backward with `fusion` from `dy` (the saved statistics as the last `train` left them): (dx, dgamma,
+    /// dbeta).
+    fn backward(
+        &self,
+        gpu: &Gpu,
+        k: &BatchNormKernels,
+        c: &Case,
+        fusion: BackwardFusion<'_>,
+        dy: &Tensor,
+    ) -> [Vec<f32>; 3] {
+        let s = &c.s;
+        let (dx, dgamma, dbeta) =
+            (gpu.zeros("dx", &[s.len()]), gpu.zeros("dgamma", &[s.c]), gpu.zeros("dbeta", &[s.c]));
+        let t = self;
+        let bn = BatchNorm::default();
+        let d = k.backward(
+            gpu,
+            s,
+            &bn,
+            &t.x,
+            &t.gamma,
+            &t.save_mean,
+            &t.save_var,
+            fusion,
+            dy,
+            &dx,
+            Some(&dgamma),
+            &dbeta,
+            &t.scratch,
+        );
+        run(gpu, &d.unwrap());
+        [&dx, &dgamma, &dbeta].map(|t| read(gpu, t))
+    }
+}
+
+#[test]
+fn fused_forwards_match_the_unfused_kernels_and_the_core() {
+    let Some(gpu) = gpu() else { return };
+    let (k, prelu, residual) = (BatchNormKernels::new(gpu), Prelu::new(gpu), Residual::new(gpu));
+    let slack = slack_allowed(gpu, 8.0);
+    let bn = BatchNorm::default();
+    for (i, s) in shapes().into_iter().enumerate() {
+        let c = Case::new(s, 500 + 10 * i as u64);
+        let t = Tensors::new(gpu, &c);
+        let full = [s.n, s.c, s.hw];
+        let (z, y, unfused) = (gpu.zeros("z", &full), gpu.zeros("y", &full), gpu.zeros("unfused", &full));
+
+        // Training mode: the batch norm alone, then each second kernel on its output; then each fused form.
+        let plain = t.train(gpu, &k, &c, Epilogue::None, &z);
+        run(gpu, &[prelu.forward(gpu, &s, &z, &t.alpha, &unfused).unwrap()]);
+        let want_prelu = read(gpu, &unfused);
+        run(gpu, &[residual.forward(gpu, &z, &t.residual, &unfused).unwrap()]);
+        let want_add = read(gpu, &unfused);
+        let fused_prelu = t.train(gpu, &k, &c, Epilogue::Prelu(&t.alpha), &y);
+        assert_within_scale(&format!("prelu train {s:?}"), &fused_prelu[0], &want_prelu, slack);
+        let fused_add = t.train(gpu, &k, &c, Epilogue::Add(&t.residual), &y);
+        assert_within_scale(&format!("add train {s:?}"), &fused_add[0], &want_add, slack);
+        // The statistics are the batch norm's own, bit for bit on every adapter (the same kernels compute them).
+        for fused in [&fused_prelu, &fused_add] {
+            assert_eq!(fused[1..], plain[1..], "statistics {s:?}");
+        }
+
+        // Against the core's fused forms.
+        let (mut rm, mut rv) = (c.running_mean.clone(), c.running_var.clone());
+        let (mut want, mut sm, mut sv) = (vec![0.0; s.len()], vec![0.0; s.c], vec![0.0; s.c]);
+        let (x, g, b) = (&c.x, &c.gamma, &c.beta);
+        nn::batchnorm_prelu_forward_train(&s, &bn, x, g, b, &c.alpha, &mut rm, &mut rv, &mut want, &mut sm, &mut sv)
+            .unwrap();
+        check("prelu train y", &s, &fused_prelu[0], &want);
+        for (j, name) in ["save_mean", "save_var", "running_mean", "running_var"].iter().enumerate() {
+            check(name, &s, &fused_prelu[j + 1], [&sm, &sv, &rm, &rv][j]);
+        }
+        let (mut rm, mut rv) = (c.running_mean.clone(), c.running_var.clone());
+        nn::batchnorm_add_forward_train(&s, &bn, x, g, b, &c.residual, &mut rm, &mut rv, &mut want, &mut sm, &mut sv)
+            .unwrap();
+        check("add train y", &s, &fused_add[0], &want);
+
+        // Eval mode, with the running statistics.
+        let (rm, rv) = (&c.running_mean, &c.running_var);
+        t.eval(gpu, &k, &c, Epilogue::None, &z);
+        run(gpu, &[prelu.forward(gpu, &s, &z, &t.alpha, &unfused).unwrap()]);
+        let got = t.eval(gpu, &k, &c, Epilogue::Prelu(&t.alpha), &y);
+        assert_within_scale(&format!("prelu eval {s:?}"), &got, &read(gpu, &unfused), slack);
+        nn::batchnorm_prelu_forward_eval(&s, &bn, x, g, b, &c.alpha, rm, rv, &mut want).unwrap();
+        check("prelu eval y", &s, &got, &want);
+        run(gpu, &[residual.forward(gpu, &z, &t.residual, &unfused).unwrap()]);
+        let got = t.eval(gpu, &k, &c, Epilogue::Add(&t.residual), &y);
+        assert_within_scale(&format!("add eval {s:?}"), &got, &read(gpu, &unfused), slack);
+        nn::batchnorm_add_forward_eval(&s, &bn, x, g, b, &c.residual, rm, rv, &mut want).unwrap();
+        check("add eval y", &s, &got, &want);
+    }
+}
+
+#[test]
+fn fused_backwards_match_the_unfused_kernels_and_the_core() {
+    let Some(gpu) = gpu() else { return };
+    let (k, prelu, residual) = (BatchNormKernels::new(gpu), Prelu::new(gpu), Residual::new(gpu));
+    let slack = slack_allowed(gpu, 8.0);
+    let bn = BatchNorm::default();
+    for (i, s) in shapes().into_iter().enumerate() {
+        let c = Case::new(s, 700 + 10 * i as u64);
+        let t = Tensors::new(gpu, &c);
+        let full = [s.n, s.c, s.hw];
+        let (z, dy, dalpha) = (gpu.zeros("z", &full), gpu.zeros("dy", &full), gpu.zeros("dalpha", &[s.c]));
+        // The saved statistics, from the training forward.
+        let [_, save_mean, save_var, ..] = t.train(gpu, &k, &c, Epilogue::None, &z);
+
+        // Unfused, as the trainer ran it before: the batch norm's output recomputed (z holds it already), the
+        // PReLU backward into dy, then the batch norm backward from dy.
+        let d = prelu.backward(gpu, &s, &z, &t.alpha, &t.dz, &dy, &dalpha, &t.prelu_scratch).unwrap();
+        run(gpu, &d);
+        let want_dalpha = read(gpu, &dalpha);
+        let want = t.backward(gpu, &k, &c, BackwardFusion::None, &dy);
+        let got_dalpha = gpu.zeros("fused dalpha", &[s.c]);
+        let fusion = BackwardFusion::Prelu { beta: &t.beta, alpha: &t.alpha, dalpha: &got_dalpha };
+        let got = t.backward(gpu, &k, &c, fusion, &t.dz);
+        for (name, g, w) in [("dx", &got[0], &want[0]), ("dgamma", &got[1], &want[1]), ("dbeta", &got[2], &want[2])] {
+            assert_within_scale(&format!("prelu backward {name} {s:?}"), g, w, slack);
+        }
+        let got_dalpha = read(gpu, &got_dalpha);
+        assert_within_scale(&format!("prelu backward dalpha {s:?}"), &got_dalpha, &want_dalpha, slack);
+
+        // Against the core's fused backward, from the same saved statistics.
+        let (mut dx, mut dg, mut db, mut da) = (vec![0.0; s.len()], vec![0.0; s.c], vec![0.0; s.c], vec![0.0; s.c]);
+        let (x, g, b, a) = (&c.x, &c.gamma, &c.beta, &c.alpha);
+        nn::batchnorm_prelu_backward(
+            &s,
+            &bn,
+            x,
+            g,
+            b,
+            a,
+            &save_mean,
+            &save_var,
+            &c.dz,
+            &mut dx,
+            Some(&mut dg),
+            &mut db,
+            &mut da,
+        )
+        .unwrap();
+        check("prelu backward dx", &s, &got[0], &dx);
+        // The sums' scales, from their terms: the PReLU's input gradient dy and the batch norm's output z.
+        let z_gpu = read(gpu, &z);
+        let dy_of = |i: usize, ch: usize| if z_gpu[i] > 0.0 { c.dz[i] } else { a[ch] * c.dz[i] };
+        let invstd: Vec<f32> = save_var.iter().map(|v| 1.0 / (v + bn.eps).sqrt()).collect();
+        check_sums("prelu backward dbeta", &s, &got[2], &db, &channel_abs_sums(&s, dy_of));
+        let xhat = |i: usize, ch: usize| (x[i] - save_mean[ch]) * invstd[ch];
+        check_sums(
+            "prelu backward dgamma",
+            &s,
+            &got[1],
+            &dg,
+            &channel_abs_sums(&s, |i, ch| dy_of(i, ch) * xhat(i, ch)),
+        );
+        let slope_terms = channel_abs_sums(&s, |i, _| if z_gpu[i] > 0.0 { 0.0 } else { z_gpu[i] * c.dz[i] });
+        check_sums("prelu backward dalpha", &s, &got_dalpha, &da, &slope_terms);
+
+        // The accumulation: the batch norm backward from dz, then `accumulate` of the residual, against the fused.
+        let plain = t.backward(gpu, &k, &c, BackwardFusion::None, &t.dz);
+        let plain_dx = gpu.upload("plain dx", &full, &plain[0]);
+        run(gpu, &[residual.accumulate(gpu, &plain_dx, &t.residual).unwrap()]);
+        let got = t.backward(gpu, &k, &c, BackwardFusion::Accumulate(&t.residual), &t.dz);
+        assert_within_scale(&format!("accumulate dx {s:?}"), &got[0], &read(gpu, &plain_dx), slack);
+        assert_eq!(got[1..], plain[1..], "accumulate dgamma, dbeta {s:?}");
+        nn::batchnorm_backward_accumulate(
+            &s,
+            &bn,
+            x,
+            g,
+            &save_mean,
+            &save_var,
+            &c.dz,
+            &c.residual,
+            &mut dx,
+            Some(&mut dg),
+            &mut db,
+        )
+        .unwrap();
+        check("accumulate dx", &s, &got[0], &dx);
+    }
+}
+
+/// The error message of a refused call.
+fn message<T, E: std::fmt::Display>(r: Result<T, E>) -> String {
+    r.err().expect("refused").to_string()
+}
+
+#[test]
+fn fused_operands_are_checked() {
+    let Some(gpu) = gpu() else { return };
+    let k = BatchNormKernels::new(gpu);
+    let bn = BatchNorm::default();
+    let s = BatchNormShape { n: 2, c: 3, hw: 4 };
+    let c = Case::new(s, 900);
+    let t = Tensors::new(gpu, &c);
+    let (short, y) = (gpu.zeros("short", &[5]), gpu.zeros("y", &[s.len()]));
+    let (x, g, b, rm, rv, sm, sv) =
+        (&t.x, &t.gamma, &t.beta, &t.running_mean, &t.running_var, &t.save_mean, &t.save_var);
+    for then in [Epilogue::Prelu(&short), Epilogue::Add(&short)] {
+        let e = message(k.forward_eval(gpu, &s, &bn, x, g, b, then, rm, rv, &y));
+        assert!(e.contains("short has 5 elements"), "{e}");
+        let e = message(k.forward_train(gpu, &s, &bn, x, g, b, then, rm, rv, &y, sm, sv, &t.scratch));
+        assert!(e.contains("short has 5 elements"), "{e}");
+    }
+    let (dx, d) = (gpu.zeros("dx", &[s.len()]), gpu.zeros("d", &[s.c]));
+    let backward =
+        |fusion, dgamma| message(k.backward(gpu, &s, &bn, x, g, sm, sv, fusion, &t.dz, &dx, dgamma, &d, &t.scratch));
+    for fusion in [
+        BackwardFusion::Prelu { beta: &short, alpha: &t.alpha, dalpha: &d },
+        BackwardFusion::Prelu { beta: b, alpha: &short, dalpha: &d },
+        BackwardFusion::Prelu { beta: b, alpha: &t.alpha, dalpha: &short },
+        BackwardFusion::Accumulate(&short),
+    ] {
+        let e = backward(fusion, Some(&d));
+        assert!(e.contains("short has 5 elements"), "{e}");
+    }
+    let e = backward(BackwardFusion::Prelu { beta: b, alpha: &t.alpha, dalpha: &d }, None);
+    assert!(e.contains("needs a trainable gamma"), "{e}");
+    // The fused PReLU backward needs the larger scratch: one sized for the plain batch norm is refused.
+    let small = gpu.zeros("small scratch", &[BatchNormKernels::scratch_len(&s) - 1]);
+    let fusion = BackwardFusion::Prelu { beta: b, alpha: &t.alpha, dalpha: &d };
+    let e = message(k.backward(gpu, &s, &bn, x, g, sm, sv, fusion, &t.dz, &dx, Some(&d), &d, &small));
+    assert!(e.contains("small scratch has"), "{e}");
+}
