@@ -1621,13 +1621,11 @@ mod tests {
         // z_a[p][k] = sum_i |G[i][a]| |A^T[p][i]| |B^T[i][k]| of the error bound's derivation are 32/3.
         let m: [f64; 6] = G.map(|row| row.iter().fold(0.0f64, |acc, v| acc.max(v.abs())));
         let (mut w, mut z) = (0.0f64, 0.0f64);
-        for o in 0..4 {
-            for k in 0..6 {
-                let term = |i: usize| AT[o][i].abs() * BT[i][k].abs();
+        for at_row in &AT {
+            for bt_col in (0..6).map(|k| col(&BT, k)) {
+                let term = |i: usize| at_row[i].abs() * bt_col[i].abs();
                 w = w.max((0..6).map(|i| term(i) * m[i]).sum());
-                for a in 0..3 {
-                    z = z.max((0..6).map(|i| term(i) * G[i][a].abs()).sum());
-                }
+                z = (0..3).fold(z, |z, a| z.max((0..6).map(|i| term(i) * G[i][a].abs()).sum()));
             }
         }
         assert!((w - 32.0 / 3.0).abs() < 1e-12 && (z - 32.0 / 3.0).abs() < 1e-12, "{w} {z}");
