@@ -125,11 +125,11 @@ const F4_KERNELS: [&str; 5] = [
     "winograd_f4_weight_grad_transform",
 ];
 
-/// The Winograd kernels' pipelines, both tile sizes, in [`Transform`] order.
+/// The Winograd kernels' pipelines, both tile sizes.
 pub struct Winograd {
-    /// F(2x2, 3x3): [`F2_KERNELS`].
+    /// F(2x2, 3x3): [`F2_KERNELS`], in `Transform` order.
     f2: [wgpu::ComputePipeline; 5],
-    /// F(4x4, 3x3): [`F4_KERNELS`].
+    /// F(4x4, 3x3): [`F4_KERNELS`], in `Transform` order.
     f4: [wgpu::ComputePipeline; 5],
 }
 
