@@ -81,7 +81,8 @@
 //! forward, `P = sum_c (sum |g_c|) (sum of |d_c| over the element's input patch)`). F(4x4)'s larger constant
 //! comes from its larger transform entries (`B^T` up to 5, `A^T` up to 8): a term's coefficients multiply to at
 //! most `(32/3)^2` per unit of `|g| |d|`, against 4 for F(2x2); the derivation is in the tests. In practice
-//! F(4x4)'s error is some 10 times F(2x2)'s on random data.
+//! F(4x4)'s error is 5 to 9 times F(2x2)'s: on a 64-channel layer with N(0, 1) data, up to 7e-6 of the result's
+//! largest magnitude against 1e-6 (test `error_relative_to_scale_on_a_64_channel_layer`).
 //!
 //! No function panics: sizes and every slice length are checked before any element is touched, and outputs are
 //! overwritten. Non-finite values are not scanned for; note that where the direct convolution skips padding,
