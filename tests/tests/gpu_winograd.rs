@@ -1,4 +1,5 @@
-//! `shaders/winograd.wgsl` and `gemm_batched` against their core twins, through the three Winograd passes.
+//! `shaders/winograd.wgsl` (F(2x2, 3x3)), `shaders/winograd_f4.wgsl` (F(4x4, 3x3)) and `gemm_batched` against their
+//! core twins, through the three Winograd passes, for both tiles.
 //!
 //! Each pass runs alone, so that its workspace afterwards holds what each of its kernels wrote: the transformed
 //! weight (U), input (V) and product (M), or for the weight gradient the transformed output gradient (W), the
@@ -19,18 +20,19 @@ use elasticface::gpu::kernels::conv2d::{Conv2d, ConvOp, ConvTiling};
 use elasticface::gpu::kernels::winograd::{Winograd, WinogradWorkspace};
 use elasticface::gpu::kernels::Dispatch;
 use elasticface::gpu::{Gpu, Tensor};
-use elasticface_core::nn::{self, Conv2dShape, WinogradTiles};
+use elasticface_core::nn::{self, Conv2dShape, WinogradTile, WinogradTiles};
 use elasticface_tests::{assert_within_scale, gpu, slack_allowed, uniform};
 
 fn shape(n: usize, c_in: usize, hw: (usize, usize), c_out: usize, pad: usize) -> Conv2dShape {
     Conv2dShape { n, c_in, h: hw.0, w: hw.1, c_out, kh: 3, kw: 3, stride: 1, pad }
 }
 
-/// Odd and even sizes (partial tiles), every padding Winograd takes, a 1x1 input, and products of more than one
-/// tile along every dimension (M > 128, K > 16).
+/// Odd and even sizes (partial tiles of both sizes), every padding Winograd takes, a 1x1 input, and products of
+/// more than one tile along every dimension (M > 128, K > 16).
 fn shapes() -> Vec<Conv2dShape> {
     vec![
         shape(2, 5, (9, 9), 7, 1),
+        shape(1, 4, (14, 11), 5, 1),
         shape(3, 16, (8, 8), 20, 1),
         shape(2, 4, (7, 6), 3, 0),
         shape(1, 3, (5, 5), 6, 2),
@@ -92,8 +94,8 @@ fn check_wiring(what: &str, got: &[f32], want: &[f32]) {
     }
 }
 
-fn workspace(gpu: &Gpu, conv: &Conv2d, s: &Conv2dShape) -> WinogradWorkspace {
-    let lens = Winograd::workspace_lens(gpu, conv, s).unwrap();
+fn workspace(gpu: &Gpu, conv: &Conv2d, s: &Conv2dShape, tile: WinogradTile) -> WinogradWorkspace {
+    let lens = Winograd::workspace_lens(gpu, conv, s, tile).unwrap();
     WinogradWorkspace::allocate(&lens, |label, len| Ok(gpu.zeros(label, &[len]))).unwrap()
 }
 
@@ -102,11 +104,12 @@ fn winograd_kernels_match_their_core_twins() {
     let Some(gpu) = gpu() else { return };
     let slack = slack_allowed(gpu, 8.0);
     let wino = Winograd::new(gpu);
-    for (name, tiling) in tilings(gpu) {
+    for ((name, tiling), tile) in tilings(gpu).into_iter().flat_map(|t| WinogradTile::ALL.map(move |tile| (t, tile))) {
         let conv = Conv2d::with_tiling(gpu, tiling);
         let mut worst = 0.0f32;
+        let p = tile.planes();
         for (case, s) in shapes().iter().enumerate() {
-            let what = |kernel: &str| format!("{name} {s:?}: {kernel}");
+            let what = |kernel: &str| format!("{name} {tile:?} {s:?}: {kernel}");
             let seed = 100 + 10 * case as u64;
             let (xv, wv, dyv) =
                 (uniform(seed, s.input_len()), uniform(seed + 1, s.weight_len()), uniform(seed + 2, s.output_len()));
@@ -118,11 +121,11 @@ fn winograd_kernels_match_their_core_twins() {
                 gpu.zeros("dx", &[s.input_len()]),
                 gpu.zeros("dweight", &[s.weight_len()]),
             );
-            let ws = workspace(gpu, &conv, s);
-            let fwd = WinogradTiles::forward_of(s).unwrap();
-            let bwd = WinogradTiles::backward_data_of(s).unwrap();
+            let ws = workspace(gpu, &conv, s, tile);
+            let fwd = WinogradTiles::forward_of(s, tile).unwrap();
+            let bwd = WinogradTiles::backward_data_of(s, tile).unwrap();
             let (t, t_data) = (fwd.tiles(), bwd.tiles());
-            let splits = |m, k, cols| conv.plan_batched(gpu, 16, m, k, cols).unwrap().splits as usize;
+            let splits = |m, k, cols| conv.plan_batched(gpu, p, m, k, cols).unwrap().splits as usize;
 
             // Forward and backward_data: U, V, M, then the output.
             for (pass, tiles, [c, c_next], input, flip) in [
@@ -132,22 +135,22 @@ fn winograd_kernels_match_their_core_twins() {
                 let (input, t) = if flip { (input, t_data) } else { (&xv, t) };
                 let (out, out_len) = if flip { (&dx, s.input_len()) } else { (&y, s.output_len()) };
                 let d = if flip {
-                    wino.run(gpu, &conv, ConvOp::BackwardData, s, [&dy, &weight], &dx, &ws).unwrap()
+                    wino.run(gpu, &conv, ConvOp::BackwardData, s, tile, [&dy, &weight], &dx, &ws).unwrap()
                 } else {
-                    wino.run(gpu, &conv, ConvOp::Forward, s, [&x, &weight], &y, &ws).unwrap()
+                    wino.run(gpu, &conv, ConvOp::Forward, s, tile, [&x, &weight], &y, &ws).unwrap()
                 };
                 run(gpu, &d);
-                let (u_len, v_len, m_len) = (16 * c * c_next, 16 * c * t, 16 * c_next * t);
+                let (u_len, v_len, m_len) = (p * c * c_next, p * c * t, p * c_next * t);
                 let u = read(gpu, &ws.u, u_len);
                 let mut want = vec![0.0; u_len];
-                nn::winograd_weight_transform(s.c_out, s.c_in, &wv, flip, &mut want).unwrap();
+                nn::winograd_weight_transform(tile, s.c_out, s.c_in, &wv, flip, &mut want).unwrap();
                 assert_within_scale(&what(&format!("{pass}: winograd_weight_transform")), &u, &want, slack);
                 let v = read(gpu, &ws.v, v_len);
                 let mut want = vec![0.0; v_len];
                 nn::winograd_input_transform(&tiles, c, input, false, &mut want).unwrap();
                 assert_within_scale(&what(&format!("{pass}: winograd_input_transform")), &v, &want, slack);
                 let m = read(gpu, &ws.m, m_len);
-                let dims = [16, c_next, c, t];
+                let dims = [p, c_next, c, t];
                 let product = format!("{pass}: gemm_batched");
                 worst = worst.max(check_product(&what(&product), dims, &u, &v, &m, splits(c_next, c, t)));
                 let got = read(gpu, out, out_len);
@@ -164,29 +167,29 @@ fn winograd_kernels_match_their_core_twins() {
             }
 
             // backward_weight: W (in M's tensor), V^T, dU (in U's tensor), then dweight.
-            run(gpu, &wino.run(gpu, &conv, ConvOp::BackwardWeight, s, [&dy, &x], &dw, &ws).unwrap());
-            let w = read(gpu, &ws.m, 16 * s.c_out * t);
+            run(gpu, &wino.run(gpu, &conv, ConvOp::BackwardWeight, s, tile, [&dy, &x], &dw, &ws).unwrap());
+            let w = read(gpu, &ws.m, p * s.c_out * t);
             let mut want = vec![0.0; w.len()];
             nn::winograd_output_grad_transform(&fwd, s.c_out, &dyv, &mut want).unwrap();
             assert_within_scale(&what("winograd_output_grad_transform"), &w, &want, slack);
-            let vt = read(gpu, &ws.v, 16 * t * s.c_in);
+            let vt = read(gpu, &ws.v, p * t * s.c_in);
             let mut want = vec![0.0; vt.len()];
             nn::winograd_input_transform(&fwd, s.c_in, &xv, true, &mut want).unwrap();
             assert_within_scale(&what("winograd_input_transform (transposed)"), &vt, &want, slack);
-            let du = read(gpu, &ws.u, 16 * s.c_out * s.c_in);
-            let dims = [16, s.c_out, t, s.c_in];
+            let du = read(gpu, &ws.u, p * s.c_out * s.c_in);
+            let dims = [p, s.c_out, t, s.c_in];
             let bw =
                 check_product(&what("backward_weight: gemm_batched"), dims, &w, &vt, &du, splits(s.c_out, t, s.c_in));
             worst = worst.max(bw);
             let got = read(gpu, &dw, s.weight_len());
             let mut want = vec![0.0; s.weight_len()];
-            nn::winograd_weight_grad_transform(s.c_out, s.c_in, &du, &mut want).unwrap();
+            nn::winograd_weight_grad_transform(tile, s.c_out, s.c_in, &du, &mut want).unwrap();
             assert_within_scale(&what("winograd_weight_grad_transform"), &got, &want, slack);
             let mut direct = vec![0.0; s.weight_len()];
             nn::conv2d_backward_weight(s, &dyv, &xv, &mut direct).unwrap();
             check_wiring(&what("backward_weight"), &got, &direct);
         }
-        eprintln!("{name:>10}: gemm_batched max error / bound {worst:.3}");
+        eprintln!("{name:>10} {tile:?}: gemm_batched max error / bound {worst:.3}");
     }
 }
 
@@ -200,14 +203,28 @@ fn winograd_refuses_what_it_cannot_run() {
         shape(1, 2, (8, 8), 2, 3),
     ] {
         assert!(!Winograd::applies(&s), "{s:?}");
-        let err = Winograd::workspace_lens(gpu, &conv, &s).unwrap_err().to_string();
-        assert!(err.contains("not a 3x3 stride-1"), "{err}");
+        for tile in WinogradTile::ALL {
+            let err = Winograd::workspace_lens(gpu, &conv, &s, tile).unwrap_err().to_string();
+            assert!(err.contains("not a 3x3 stride-1"), "{err}");
+        }
     }
-    // A tensor of the wrong length is named.
+    let wino = Winograd::new(gpu);
     let s = shape(1, 2, (4, 4), 3, 1);
-    let ws = workspace(gpu, &conv, &s);
+    for tile in WinogradTile::ALL {
+        // A tensor of the wrong length is named.
+        let ws = workspace(gpu, &conv, &s, tile);
+        let (x, w, y) = (
+            gpu.zeros("x", &[s.input_len() + 1]),
+            gpu.zeros("w", &[s.weight_len()]),
+            gpu.zeros("y", &[s.output_len()]),
+        );
+        let err = wino.run(gpu, &conv, ConvOp::Forward, &s, tile, [&x, &w], &y, &ws).err().unwrap().to_string();
+        assert!(err.contains("x has"), "{err}");
+    }
+    // F(4x4) needs 36 planes: an F(2x2) workspace is refused, not overrun (its U holds 16 * 3 * 2 elements).
+    let ws = workspace(gpu, &conv, &s, WinogradTile::F2x2);
     let (x, w, y) =
-        (gpu.zeros("x", &[s.input_len() + 1]), gpu.zeros("w", &[s.weight_len()]), gpu.zeros("y", &[s.output_len()]));
-    let err = Winograd::new(gpu).run(gpu, &conv, ConvOp::Forward, &s, [&x, &w], &y, &ws).err().unwrap().to_string();
-    assert!(err.contains("x has"), "{err}");
+        (gpu.zeros("x", &[s.input_len()]), gpu.zeros("w", &[s.weight_len()]), gpu.zeros("y", &[s.output_len()]));
+    let err = wino.run(gpu, &conv, ConvOp::Forward, &s, WinogradTile::F4x4, [&x, &w], &y, &ws).err().unwrap();
+    assert!(format!("{err:#}").contains("winograd U"), "{err:#}");
 }

@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::Result;
 use serde::Serialize;
 
-use elasticface_core::nn::{BatchNorm, BatchNormShape, Conv2dShape, LinearShape};
+use elasticface_core::nn::{BatchNorm, BatchNormShape, Conv2dShape, LinearShape, WinogradTile};
 
 use crate::gpu::kernels::batchnorm::{BackwardFusion, BatchNormKernels, Epilogue};
 use crate::gpu::kernels::conv2d::{self, Conv2d, ConvOp};
@@ -19,7 +19,7 @@ use crate::gpu::kernels::prelu::Prelu;
 use crate::gpu::kernels::residual::Residual;
 use crate::gpu::kernels::winograd::{Winograd, WinogradWorkspace};
 use crate::gpu::kernels::Dispatch;
-use crate::gpu::Gpu;
+use crate::gpu::{Gpu, Tensor};
 
 /// One benchmark case: a kernel family on one shape.
 pub struct KernelCase {
@@ -117,16 +117,22 @@ pub fn kernel_cases(gpu: &Gpu, n: usize, shrink: usize) -> Result<Vec<KernelCase
             ops.push(("conv2d_backward_data", conv.backward_data(gpu, &s, &y, &w, &x, &scratch)?));
         }
         ops.push(("conv2d_backward_weight", conv.backward_weight(gpu, &s, &y, &x, &w, &scratch)?));
-        // The f32 Winograd passes of the 3x3 stride-1 layers, timed against the same FLOP count (the direct
-        // convolution's: an effective rate, comparable with the direct kernels').
+        // The f32 Winograd passes of the 3x3 stride-1 layers, F(2x2) (`winograd_*`) and F(4x4) (`winograd4_*`),
+        // timed against the same FLOP count (the direct convolution's: an effective rate, comparable with the
+        // direct kernels').
         if suffix.is_empty() && c_in != 3 && Winograd::applies(&s) {
-            let lens = Winograd::workspace_lens(gpu, conv, &s)?;
-            let ws = WinogradWorkspace::allocate(&lens, |label, len| Ok(gpu.zeros(label, &[len])))?;
-            ops.push(("winograd_forward", winograd.run(gpu, conv, ConvOp::Forward, &s, [&x, &w], &y, &ws)?));
-            let d = winograd.run(gpu, conv, ConvOp::BackwardData, &s, [&y, &w], &x, &ws)?;
-            ops.push(("winograd_backward_data", d));
-            let d = winograd.run(gpu, conv, ConvOp::BackwardWeight, &s, [&y, &x], &w, &ws)?;
-            ops.push(("winograd_backward_weight", d));
+            for (tile, names) in [
+                (WinogradTile::F2x2, ["winograd_forward", "winograd_backward_data", "winograd_backward_weight"]),
+                (WinogradTile::F4x4, ["winograd4_forward", "winograd4_backward_data", "winograd4_backward_weight"]),
+            ] {
+                let lens = Winograd::workspace_lens(gpu, conv, &s, tile)?;
+                let ws = WinogradWorkspace::allocate(&lens, |label, len| Ok(gpu.zeros(label, &[len])))?;
+                let run =
+                    |op, inputs: [&Tensor; 2], out: &Tensor| winograd.run(gpu, conv, op, &s, tile, inputs, out, &ws);
+                ops.push((names[0], run(ConvOp::Forward, [&x, &w], &y)?));
+                ops.push((names[1], run(ConvOp::BackwardData, [&y, &w], &x)?));
+                ops.push((names[2], run(ConvOp::BackwardWeight, [&y, &x], &w)?));
+            }
         }
         for (kernel, dispatches) in ops {
             let kernel = format!("{kernel}{suffix}");

@@ -97,7 +97,7 @@ use elasticface_core::model::{
     init_head, init_state, BlockSpec, IResNetConfig, Mode, StepConfig, StepReport, TensorInfo, TensorKind,
     TrainerLayout,
 };
-use elasticface_core::nn::{BatchNorm, BatchNormShape, Conv2dShape, ImageShape, LinearShape};
+use elasticface_core::nn::{BatchNorm, BatchNormShape, Conv2dShape, ImageShape, LinearShape, WinogradTile};
 use elasticface_core::rng::Philox4x32;
 
 use super::cpu::INIT_STREAM;
@@ -353,7 +353,7 @@ fn winograd_workspace(
     let blocks = cfg.blocks().map(|b| BlockShapes::new(&b, n)).flat_map(|s| [s.conv1, s.conv2]);
     let mut lens: Option<WinogradLens> = None;
     for s in std::iter::once(stem).chain(blocks).filter(|s| k.uses_winograd(s)) {
-        let l = Winograd::workspace_lens(gpu, &k.conv, &s)?;
+        let l = Winograd::workspace_lens(gpu, &k.conv, &s, WinogradTile::F2x2)?;
         lens = Some(lens.map_or(l, |m| m.max(l)));
     }
     let Some(l) = lens else { return Ok(None) };
@@ -791,7 +791,7 @@ impl Builder<'_> {
     ) -> Result<()> {
         let (gpu, k) = (self.gpu, self.k);
         d.extend(match self.winograd(s) {
-            Some(ws) => k.winograd.run(gpu, &k.conv, op, s, inputs, out, ws)?,
+            Some(ws) => k.winograd.run(gpu, &k.conv, op, s, WinogradTile::F2x2, inputs, out, ws)?,
             None => k.conv.run(gpu, op, s, inputs, out, &self.net.conv_scratch)?,
         });
         Ok(())

@@ -1,9 +1,11 @@
-//! `shaders/winograd.wgsl`: the 3x3 stride-1 convolutions as Winograd F(2x2, 3x3), 2.25x fewer multiply-adds
-//! than the direct convolution. CPU twins: [`elasticface_core::nn::winograd_weight_transform`],
+//! `shaders/winograd.wgsl` and `shaders/winograd_f4.wgsl`: the 3x3 stride-1 convolutions as Winograd F(2x2, 3x3)
+//! (2.25x fewer multiply-adds than the direct convolution) or F(4x4, 3x3) (4x fewer), as the caller's
+//! [`WinogradTile`] says. CPU twins: [`elasticface_core::nn::winograd_weight_transform`],
 //! [`elasticface_core::nn::winograd_input_transform`], [`elasticface_core::nn::winograd_output_transform`],
-//! [`elasticface_core::nn::winograd_output_grad_transform`], [`elasticface_core::nn::winograd_weight_grad_transform`];
-//! the 16 products run on [`Conv2d::gemm_batched`] (twin [`elasticface_core::nn::gemm_batched`]). The whole
-//! passes are the core's [`elasticface_core::nn::conv2d_winograd_forward`] and its two backward companions.
+//! [`elasticface_core::nn::winograd_output_grad_transform`], [`elasticface_core::nn::winograd_weight_grad_transform`]
+//! (the F(4x4) kernels are named `winograd_f4_*`); the 16 or 36 products run on [`Conv2d::gemm_batched`] (twin
+//! [`elasticface_core::nn::gemm_batched`]). The whole passes are the core's
+//! [`elasticface_core::nn::conv2d_winograd_forward`] and its two backward companions.
 //!
 //! Each pass is a few dispatches through three workspace tensors (see [`WinogradWorkspace`]):
 //! - forward: weight -> U, x -> V, U V -> M, M -> y;
@@ -14,7 +16,7 @@
 //! with it to rounding, not bit for bit; the bound is in the core's `winograd` module.
 
 use anyhow::{bail, Result};
-use elasticface_core::nn::{Conv2dShape, WinogradTiles};
+use elasticface_core::nn::{Conv2dShape, WinogradTile, WinogradTiles};
 
 use super::conv2d::{Conv2d, ConvOp};
 use super::{check_len, Dispatch, ELEMENTWISE_WORKGROUP};
@@ -38,9 +40,9 @@ pub struct WinogradParams {
     pub ho: u32,
     /// Output width.
     pub wo: u32,
-    /// Tile rows, `ceil(HO / 2)`.
+    /// Tile rows, `ceil(HO / m)` (`m` = 2 or 4, the output tile).
     pub tiles_h: u32,
-    /// Tile columns, `ceil(WO / 2)`.
+    /// Tile columns, `ceil(WO / m)`.
     pub tiles_w: u32,
     /// Tiles T, `N * tiles_h * tiles_w`.
     pub tiles: u32,
@@ -54,14 +56,15 @@ pub struct WinogradParams {
     pub count: u32,
 }
 
-/// Elements of the workspace tensors one shape needs (see [`WinogradWorkspace`]).
+/// Elements of the workspace tensors one shape and tile need (see [`WinogradWorkspace`]); `P` is the tile's
+/// planes, 16 or 36.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WinogradLens {
-    /// U and dU: `16 * C_OUT * C_IN`.
+    /// U and dU: `P * C_OUT * C_IN`.
     pub u: usize,
-    /// V: `16 * C * T` of the larger of the two transformed inputs (x, or dy for backward_data).
+    /// V: `P * C * T` of the larger of the two transformed inputs (x, or dy for backward_data).
     pub v: usize,
-    /// M and W: `16 * C * T` of the larger product.
+    /// M and W: `P * C * T` of the larger product.
     pub m: usize,
     /// The split products' partial sums ([`crate::gpu::kernels::conv2d::ConvPlan::scratch_len`]).
     pub scratch: usize,
@@ -104,56 +107,73 @@ impl WinogradWorkspace {
     }
 }
 
-/// The Winograd kernels' pipelines.
+/// The F(2x2) kernels of `shaders/winograd.wgsl`, in [`Transform`] order.
+const F2_KERNELS: [&str; 5] = [
+    "winograd_weight_transform",
+    "winograd_input_transform",
+    "winograd_output_transform",
+    "winograd_output_grad_transform",
+    "winograd_weight_grad_transform",
+];
+
+/// The F(4x4) kernels of `shaders/winograd_f4.wgsl`, in [`Transform`] order.
+const F4_KERNELS: [&str; 5] = [
+    "winograd_f4_weight_transform",
+    "winograd_f4_input_transform",
+    "winograd_f4_output_transform",
+    "winograd_f4_output_grad_transform",
+    "winograd_f4_weight_grad_transform",
+];
+
+/// The Winograd kernels' pipelines, both tile sizes.
 pub struct Winograd {
-    weight: wgpu::ComputePipeline,
-    input: wgpu::ComputePipeline,
-    output: wgpu::ComputePipeline,
-    output_grad: wgpu::ComputePipeline,
-    weight_grad: wgpu::ComputePipeline,
+    /// F(2x2, 3x3): [`F2_KERNELS`], in `Transform` order.
+    f2: [wgpu::ComputePipeline; 5],
+    /// F(4x4, 3x3): [`F4_KERNELS`], in `Transform` order.
+    f4: [wgpu::ComputePipeline; 5],
 }
 
-/// Elements of a transformed operand: 16 planes of `rows * cols`.
-fn planes(rows: usize, cols: usize) -> usize {
-    16 * rows * cols
+/// Elements of a transformed operand: the tile's 16 or 36 planes of `rows * cols`.
+fn planes(tile: WinogradTile, rows: usize, cols: usize) -> usize {
+    tile.planes() * rows * cols
 }
 
 impl Winograd {
-    /// Compiles the kernels.
+    /// Compiles the kernels of both tile sizes.
     pub fn new(gpu: &Gpu) -> Self {
-        let m = gpu.shader("winograd.wgsl", include_str!("../../../../shaders/winograd.wgsl"));
+        let f2 = gpu.shader("winograd.wgsl", include_str!("../../../../shaders/winograd.wgsl"));
+        let f4 = gpu.shader("winograd_f4.wgsl", include_str!("../../../../shaders/winograd_f4.wgsl"));
         Self {
-            weight: gpu.pipeline("winograd_weight_transform", &m, "winograd_weight_transform"),
-            input: gpu.pipeline("winograd_input_transform", &m, "winograd_input_transform"),
-            output: gpu.pipeline("winograd_output_transform", &m, "winograd_output_transform"),
-            output_grad: gpu.pipeline("winograd_output_grad_transform", &m, "winograd_output_grad_transform"),
-            weight_grad: gpu.pipeline("winograd_weight_grad_transform", &m, "winograd_weight_grad_transform"),
+            f2: F2_KERNELS.map(|name| gpu.pipeline(name, &f2, name)),
+            f4: F4_KERNELS.map(|name| gpu.pipeline(name, &f4, name)),
         }
     }
 
-    /// Whether `s` can run as Winograd: a 3x3 kernel, stride 1, padding at most 2.
+    /// Whether `s` can run as Winograd (either tile): a 3x3 kernel, stride 1, padding at most 2.
     pub fn applies(s: &Conv2dShape) -> bool {
-        WinogradTiles::forward_of(s).is_some() && s.validate().is_ok()
+        WinogradTiles::forward_of(s, WinogradTile::F2x2).is_some() && s.validate().is_ok()
     }
 
-    /// The workspace `s`'s three passes need. Errors when `s` does not apply or an operand exceeds `u32`.
-    pub fn workspace_lens(gpu: &Gpu, conv: &Conv2d, s: &Conv2dShape) -> Result<WinogradLens> {
-        let (fwd, bwd) = tilings(s)?;
+    /// The workspace `s`'s three passes need with `tile`. Errors when `s` does not apply or an operand exceeds
+    /// `u32`.
+    pub fn workspace_lens(gpu: &Gpu, conv: &Conv2d, s: &Conv2dShape, tile: WinogradTile) -> Result<WinogradLens> {
+        let (fwd, bwd) = tilings(s, tile)?;
         let (t, t_data) = (fwd.tiles(), bwd.tiles());
         let mut scratch = 0;
         for [m, k, cols] in [[s.c_out, s.c_in, t], [s.c_in, s.c_out, t_data], [s.c_out, t, s.c_in]] {
-            scratch = scratch.max(conv.plan_batched(gpu, 16, m, k, cols)?.scratch_len());
+            scratch = scratch.max(conv.plan_batched(gpu, tile.planes(), m, k, cols)?.scratch_len());
         }
         Ok(WinogradLens {
-            u: planes(s.c_out, s.c_in),
-            v: planes(s.c_in, t).max(planes(s.c_out, t_data)),
-            m: planes(s.c_out, t).max(planes(s.c_in, t_data)),
+            u: planes(tile, s.c_out, s.c_in),
+            v: planes(tile, s.c_in, t).max(planes(tile, s.c_out, t_data)),
+            m: planes(tile, s.c_out, t).max(planes(tile, s.c_in, t_data)),
             scratch,
         })
     }
 
-    /// The operation `op` on `s` as [`Conv2d::run`] computes it (same tensors, same order), through `ws`, with
-    /// `conv`'s `gemm_batched` for the products: 4 dispatches, 5 when the product splits.
+    /// The operation `op` on `s` as [`Conv2d::run`] computes it (same tensors, same order), as Winograd with
+    /// `tile`, through `ws` (at least [`Winograd::workspace_lens`] of the same tile), with `conv`'s
+    /// `gemm_batched` for the products: 4 dispatches, 5 when the product splits.
     #[allow(clippy::too_many_arguments)]
     pub fn run(
         &self,
@@ -161,11 +181,12 @@ impl Winograd {
         conv: &Conv2d,
         op: ConvOp,
         s: &Conv2dShape,
+        tile: WinogradTile,
         inputs: [&Tensor; 2],
         out: &Tensor,
         ws: &WinogradWorkspace,
     ) -> Result<Vec<Dispatch>> {
-        let (fwd, bwd) = tilings(s)?;
+        let (fwd, bwd) = tilings(s, tile)?;
         let what = format!("winograd {}", op.name());
         for (t, len) in inputs.iter().chain([&out]).zip(op.lens(s)) {
             check_len(&what, t, len)?;
@@ -192,14 +213,16 @@ impl Winograd {
         dweight: &Tensor,
         ws: &WinogradWorkspace,
     ) -> Result<Vec<Dispatch>> {
-        let t = tiles.tiles();
-        let w = ws.m.view("winograd W", &[16, s.c_out, t])?;
-        let vt = ws.v.view("winograd V^T", &[16, t, s.c_in])?;
-        let du = ws.u.view("winograd dU", &[16, s.c_out, s.c_in])?;
-        let mut d = vec![self.transform(gpu, Transform::OutputGrad, tile_params(tiles, s.c_out, false)?, dy, &w)?];
-        d.push(self.transform(gpu, Transform::Input, tile_params(tiles, s.c_in, true)?, x, &vt)?);
-        d.extend(conv.gemm_batched(gpu, [16, s.c_out, t, s.c_in], &w, &vt, &du, &ws.scratch)?);
-        d.push(self.transform(gpu, Transform::WeightGrad, weight_params(s.c_out, s.c_in, false)?, &du, dweight)?);
+        let (t, tile, p) = (tiles.tiles(), tiles.tile, tiles.tile.planes());
+        let w = ws.m.view("winograd W", &[p, s.c_out, t])?;
+        let vt = ws.v.view("winograd V^T", &[p, t, s.c_in])?;
+        let du = ws.u.view("winograd dU", &[p, s.c_out, s.c_in])?;
+        let params = tile_params(tiles, s.c_out, false)?;
+        let mut d = vec![self.transform(gpu, tile, Transform::OutputGrad, params, dy, &w)?];
+        d.push(self.transform(gpu, tile, Transform::Input, tile_params(tiles, s.c_in, true)?, x, &vt)?);
+        d.extend(conv.gemm_batched(gpu, [p, s.c_out, t, s.c_in], &w, &vt, &du, &ws.scratch)?);
+        let params = weight_params(s.c_out, s.c_in, false)?;
+        d.push(self.transform(gpu, tile, Transform::WeightGrad, params, &du, dweight)?);
         Ok(d)
     }
 
@@ -218,41 +241,42 @@ impl Winograd {
         output: &Tensor,
         ws: &WinogradWorkspace,
     ) -> Result<Vec<Dispatch>> {
-        let t = tiles.tiles();
-        let u = ws.u.view("winograd U", &[16, c_next, c])?;
-        let v = ws.v.view("winograd V", &[16, c, t])?;
-        let m = ws.m.view("winograd M", &[16, c_next, t])?;
+        let (t, tile, p) = (tiles.tiles(), tiles.tile, tiles.tile.planes());
+        let u = ws.u.view("winograd U", &[p, c_next, c])?;
+        let v = ws.v.view("winograd V", &[p, c, t])?;
+        let m = ws.m.view("winograd M", &[p, c_next, t])?;
         // The weight's shape (C_OUT, C_IN) is (c_next, c) forward, (c, c_next) flipped.
         let (c_out, c_in) = if flip { (c, c_next) } else { (c_next, c) };
-        let mut d = vec![self.transform(gpu, Transform::Weight, weight_params(c_out, c_in, flip)?, weight, &u)?];
-        d.push(self.transform(gpu, Transform::Input, tile_params(tiles, c, false)?, input, &v)?);
-        d.extend(conv.gemm_batched(gpu, [16, c_next, c, t], &u, &v, &m, &ws.scratch)?);
-        d.push(self.transform(gpu, Transform::Output, tile_params(tiles, c_next, false)?, &m, output)?);
+        let mut d =
+            vec![self.transform(gpu, tile, Transform::Weight, weight_params(c_out, c_in, flip)?, weight, &u)?];
+        d.push(self.transform(gpu, tile, Transform::Input, tile_params(tiles, c, false)?, input, &v)?);
+        d.extend(conv.gemm_batched(gpu, [p, c_next, c, t], &u, &v, &m, &ws.scratch)?);
+        d.push(self.transform(gpu, tile, Transform::Output, tile_params(tiles, c_next, false)?, &m, output)?);
         Ok(d)
     }
 
-    /// One transform kernel over `params.count` invocations, reading `src`, writing `dst`.
+    /// One transform kernel of `tile` over `params.count` invocations, reading `src`, writing `dst`.
     fn transform(
         &self,
         gpu: &Gpu,
+        tile: WinogradTile,
         which: Transform,
         params: WinogradParams,
         src: &Tensor,
         dst: &Tensor,
     ) -> Result<Dispatch> {
-        let (name, pipeline) = match which {
-            Transform::Weight => ("winograd_weight_transform", &self.weight),
-            Transform::Input => ("winograd_input_transform", &self.input),
-            Transform::Output => ("winograd_output_transform", &self.output),
-            Transform::OutputGrad => ("winograd_output_grad_transform", &self.output_grad),
-            Transform::WeightGrad => ("winograd_weight_grad_transform", &self.weight_grad),
+        let (names, pipelines) = match tile {
+            WinogradTile::F2x2 => (&F2_KERNELS, &self.f2),
+            WinogradTile::F4x4 => (&F4_KERNELS, &self.f4),
         };
+        let (name, pipeline) = (names[which as usize], &pipelines[which as usize]);
         let grid = gpu.grid_1d(params.count as usize, ELEMENTWISE_WORKGROUP);
         gpu.dispatch(name, pipeline, &params, &[src, dst], grid)
     }
 }
 
-/// The five kernels of `shaders/winograd.wgsl`.
+/// The five kernels of `shaders/winograd.wgsl` (and of `shaders/winograd_f4.wgsl`), numbered as in
+/// [`F2_KERNELS`] and [`F4_KERNELS`].
 #[derive(Clone, Copy)]
 enum Transform {
     Weight,
@@ -262,7 +286,8 @@ enum Transform {
     WeightGrad,
 }
 
-/// Parameters of a transform with one invocation per (channel, tile) of `tiles`; `flag`: transposed input.
+/// Parameters of a transform with one invocation per (channel, tile) of `tiles` (either tile size: the kernels
+/// know their own); `flag`: transposed input.
 fn tile_params(tiles: &WinogradTiles, channels: usize, flag: bool) -> Result<WinogradParams> {
     Ok(WinogradParams {
         n: tiles.n as u32,
@@ -293,12 +318,13 @@ fn weight_params(c_out: usize, c_in: usize, flag: bool) -> Result<WinogradParams
     })
 }
 
-/// The tilings of `s`'s forward pass (and backward_weight) and of its backward_data pass.
-fn tilings(s: &Conv2dShape) -> Result<(WinogradTiles, WinogradTiles)> {
+/// The tilings by `tile` of `s`'s forward pass (and backward_weight) and of its backward_data pass.
+fn tilings(s: &Conv2dShape, tile: WinogradTile) -> Result<(WinogradTiles, WinogradTiles)> {
     s.validate().map_err(|e| anyhow::anyhow!("winograd: {e}"))?;
-    match (WinogradTiles::forward_of(s), WinogradTiles::backward_data_of(s)) {
+    match (WinogradTiles::forward_of(s, tile), WinogradTiles::backward_data_of(s, tile)) {
         (Some(f), Some(b)) => {
-            for len in [planes(s.c_in.max(s.c_out), f.tiles()), planes(s.c_in.max(s.c_out), b.tiles())] {
+            let c = s.c_in.max(s.c_out);
+            for len in [planes(tile, c, f.tiles()), planes(tile, c, b.tiles()), planes(tile, s.c_out, s.c_in)] {
                 u32_len("winograd", len)?;
             }
             Ok((f, b))
