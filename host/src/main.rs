@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+use elasticface::gpu::kernels::winograd::WinogradTileChoice;
 use elasticface::gpu::{adapters, AdapterLine, Gpu, GpuOptions};
 use elasticface::train::run::{train, Device, Precision, TrainConfig, WinogradLayers};
 use elasticface::{bench, selftest};
@@ -148,10 +149,14 @@ enum Command {
         /// Arithmetic of the convolutions: auto (f32, the faster today), f32 or mixed (tensor cores).
         #[arg(long, value_enum, default_value = "auto")]
         precision: Precision,
-        /// 3x3 stride-1 convolutions run as Winograd F(2x2, 3x3) (f32): auto (layers of at least 128 channels on a
-        /// GPU, 64 on a CPU adapter), off, or the fewest input and output channels of such a layer.
+        /// 3x3 stride-1 convolutions run as Winograd (f32): auto (layers of at least 128 channels on a GPU, 64 on a
+        /// CPU adapter), off, or the fewest input and output channels of such a layer.
         #[arg(long, value_name = "auto|off|N", default_value = "auto")]
         winograd: WinogradLayers,
+        /// The Winograd tile: 4 (F(4x4, 3x3): 2.25 multiplications per output), 2 (F(2x2, 3x3): 4, and 5-9x
+        /// smaller rounding errors), or auto (4 where a layer's batch has at least 64 output tiles, else 2).
+        #[arg(long, value_name = "auto|2|4", default_value = "auto")]
+        winograd_tile: WinogradTileChoice,
         /// --kernels: divide the spatial sizes of the 112x112 network by this (default: 4 on a CPU adapter, else 1).
         #[arg(long)]
         shrink: Option<usize>,
@@ -321,10 +326,14 @@ struct TrainArgs {
     /// operands, f32 accumulation, dynamic loss scaling) [default: auto].
     #[arg(long, value_enum)]
     precision: Option<Precision>,
-    /// 3x3 stride-1 GPU convolutions run as Winograd F(2x2, 3x3) (f32): auto (layers of at least 128 channels on a
-    /// GPU, 64 on a CPU adapter), off, or the fewest input and output channels of such a layer [default: auto].
+    /// 3x3 stride-1 GPU convolutions run as Winograd (f32): auto (layers of at least 128 channels on a GPU, 64 on a
+    /// CPU adapter), off, or the fewest input and output channels of such a layer [default: auto].
     #[arg(long, value_name = "auto|off|N")]
     winograd: Option<WinogradLayers>,
+    /// The Winograd tile: 4 (F(4x4, 3x3): 2.25 multiplications per output), 2 (F(2x2, 3x3): 4, and 5-9x smaller
+    /// rounding errors), or auto (4 where a layer's batch has at least 64 output tiles, else 2) [default: auto].
+    #[arg(long, value_name = "auto|2|4")]
+    winograd_tile: Option<WinogradTileChoice>,
     /// GPU adapter name filter.
     #[arg(long, value_name = "NAME")]
     adapter: Option<String>,
@@ -356,7 +365,7 @@ impl TrainArgs {
         }
         set!(data, out, arch, embedding, input_size, loss, plus_assignment, batch, epochs, max_steps, lr, schedule);
         set!(decay_epochs, warmup_epochs, momentum, weight_decay, clip_norm, seed, workers, device, checkpoint_every);
-        set!(eval_every, val_pairs, precision, winograd);
+        set!(eval_every, val_pairs, precision, winograd, winograd_tile);
         if self.val.is_some() {
             c.val = self.val.clone();
         }
@@ -532,6 +541,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             no_profile,
             precision,
             winograd,
+            winograd_tile,
             shrink,
             reps,
             images,
@@ -579,6 +589,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let cfg = bench::network::NetworkBenchConfig {
                 precision: precision.resolve(&gpu)?,
                 winograd: winograd.resolve(&gpu),
+                winograd_tile,
                 cfg: tc.network()?,
                 arch,
                 batch: batch.unwrap_or(128),

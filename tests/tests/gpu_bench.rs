@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use elasticface::bench::network::{gflop_per_step, measure, NetworkBenchConfig};
 use elasticface::gpu::kernels::conv2d::ConvPrecision;
+use elasticface::gpu::kernels::winograd::WinogradTileChoice;
 use elasticface::gpu::{Gpu, GpuOptions};
 use elasticface_core::margin::MarginConfig;
 use elasticface_core::model::IResNetConfig;
@@ -26,8 +27,10 @@ fn the_network_benchmark_trains_profiles_every_dispatch_and_adds_up() {
         classes: 10,
         margin: MarginConfig::ELASTIC_ARC,
         precision: ConvPrecision::F32,
-        // Every eligible layer as Winograd, so that the profile covers its kernels too.
+        // Every eligible layer as Winograd, so that the profile covers its kernels too: by `auto`, F(4x4) on the
+        // 32x32 and 16x16 layers (at least 64 tiles of 4x4 in the batch), F(2x2) on the others.
         winograd: Some(1),
+        winograd_tile: WinogradTileChoice::Auto,
         warmup: 1,
         steps: 3,
         profile: true,
@@ -50,7 +53,9 @@ fn the_network_benchmark_trains_profiles_every_dispatch_and_adds_up() {
         let ms: f64 = r.kernels.iter().map(|k| k.ms).sum();
         assert!((ms - r.gpu_ms_profiled.unwrap()).abs() <= 1e-9 * ms.max(1.0));
         assert!(r.kernels.windows(2).all(|w| w[0].ms >= w[1].ms), "slowest first");
-        assert!(r.kernels.iter().any(|k| k.kernel == "conv2d_forward"));
+        for kernel in ["conv2d_forward", "winograd_input_transform", "winograd_f4_input_transform", "gemm_batched"] {
+            assert!(r.kernels.iter().any(|k| k.kernel == kernel), "{kernel} is profiled");
+        }
     } else {
         assert!(r.kernels.is_empty() && r.gpu_ms_profiled.is_none());
     }

@@ -27,6 +27,7 @@ use serde::Serialize;
 
 use crate::data::{Batch, Position};
 use crate::gpu::kernels::conv2d::ConvPrecision;
+use crate::gpu::kernels::winograd::WinogradTileChoice;
 use crate::gpu::Gpu;
 use crate::train::gpu::{GpuBackend, MemoryUse};
 use crate::train::Backend;
@@ -48,6 +49,8 @@ pub struct NetworkBenchConfig {
     pub precision: ConvPrecision,
     /// The 3x3 stride-1 convolutions of at least this many channels run as Winograd (`None`: none do).
     pub winograd: Option<usize>,
+    /// Their tile.
+    pub winograd_tile: WinogradTileChoice,
     /// Untimed steps first (pipelines warm, caches filled).
     pub warmup: usize,
     /// Timed steps.
@@ -121,6 +124,8 @@ pub struct NetworkBenchResult {
     pub precision: ConvPrecision,
     /// The fewest channels of a convolution run as Winograd (`None`: every convolution runs directly).
     pub winograd: Option<usize>,
+    /// Their tile (`auto`, `2` or `4`).
+    pub winograd_tile: WinogradTileChoice,
     /// Mixed precision's loss scale after the last step.
     pub loss_scale: Option<f32>,
     /// Warm-up steps.
@@ -209,6 +214,7 @@ pub fn measure(gpu: Arc<Gpu>, b: &NetworkBenchConfig, quiet: bool) -> Result<Net
         .with_context(|| format!("building the {} trainer at batch {} with {} classes", b.arch, b.batch, b.classes))?;
     backend.set_precision(b.precision)?;
     backend.set_winograd(b.winograd)?;
+    backend.set_winograd_tile(b.winograd_tile)?;
     let memory = MemoryReport::new(backend.memory(), &gpu);
     say(format!(
         "{}: {} at batch {}, {} classes: trainer built in {:.1} s, {:.2} GB allocated, {} dispatches per step",
@@ -281,6 +287,7 @@ pub fn measure(gpu: Arc<Gpu>, b: &NetworkBenchConfig, quiet: bool) -> Result<Net
         classes: b.classes,
         precision: b.precision,
         winograd: backend.winograd().filter(|_| b.precision == ConvPrecision::F32),
+        winograd_tile: backend.winograd_tile(),
         loss_scale: backend.loss_scale().map(|l| l.scale),
         warmup: b.warmup,
         steps: b.steps,
@@ -312,7 +319,9 @@ impl fmt::Display for NetworkBenchResult {
             self.batch,
             self.classes,
             self.precision,
-            self.winograd.map(|c| format!(", Winograd from {c} channels")).unwrap_or_default(),
+            self.winograd
+                .map(|c| format!(", Winograd (tile {}) from {c} channels", self.winograd_tile))
+                .unwrap_or_default(),
             self.loss_scale.map(|s| format!(" (loss scale {s})")).unwrap_or_default()
         )?;
         writeln!(

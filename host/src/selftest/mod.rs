@@ -18,6 +18,7 @@ pub mod verification;
 use std::path::Path;
 
 use anyhow::{bail, Result};
+use elasticface_core::nn::WinogradTile;
 
 use crate::gpu::kernels::conv2d::ConvPrecision;
 use crate::gpu::Gpu;
@@ -124,7 +125,12 @@ pub fn run_gpu(files: &[TensorFile], gpu: &Gpu, precision: ConvPrecision) -> Rep
             }
             "iresnet_tiny.safetensors" => match precision {
                 ConvPrecision::F32 => {
-                    for (winograd, what) in [(None, ""), (Some(1), " (Winograd convolutions)")] {
+                    let runs = [
+                        (None, ""),
+                        (Some(WinogradTile::F2x2), " (Winograd F(2x2, 3x3) convolutions)"),
+                        (Some(WinogradTile::F4x4), " (Winograd F(4x4, 3x3) convolutions)"),
+                    ];
+                    for (winograd, what) in runs {
                         let checks = iresnet_tiny::check_gpu(f, gpu, precision, winograd);
                         sections.push(Section { file: format!("{}{what}", f.name), checks });
                     }

@@ -19,8 +19,9 @@
 //!
 //! The order and the arithmetic are the core's; only the summation orders of the reductions differ (the GPU sums in
 //! fixed trees), and the 3x3 stride-1 convolutions of 128 channels and more (64 on a CPU adapter) run as Winograd
-//! F(2x2, 3x3) (the core's `conv2d_winograd_*`, whose rounding differs from the direct loops'), so results agree with
-//! the CPU trainer to f32 rounding and two GPU runs agree bit for bit. `features.weight` is frozen (no gradient, no
+//! F(4x4, 3x3) or F(2x2, 3x3) (the core's `conv2d_winograd_*`, whose rounding differs from the direct loops'; see
+//! [`WinogradTileChoice`]), so results agree with the CPU trainer to f32 rounding and two GPU runs agree bit for
+//! bit. `features.weight` is frozen (no gradient, no
 //! update); weight decay applies to the backbone and the head; the head is not clipped.
 //!
 //! # Non-finite steps
@@ -79,8 +80,9 @@
 //! that point, just before conv1's weight gradient reads it. Not keeping these outputs saves a third of the
 //! activations. On top come four gradient buffers of [`gradient_buffer_len`] floats each (the largest
 //! activation) and scratch sized by the largest layer; where layers run as Winograd, its workspace too (transformed
-//! weights `16 C_OUT C_IN`, transformed inputs and products `16 max(C_IN, C_OUT) T` each, `T` the 2x2 output tiles of
-//! the batch, for the largest such layer; about 0.87 GB for r100 at batch 128 from 128 channels). iResNet-100 at batch
+//! weights `P C_OUT C_IN`, transformed inputs and products `P max(C_IN, C_OUT) T` each, `T` the output tiles of the
+//! batch and `P` = 36 planes for F(4x4), 16 for F(2x2), for the largest such layer; for r100 at batch 128 from 128
+//! channels about 0.53 GB with F(4x4), which `auto` picks for every layer there, and 0.87 GB with F(2x2)). iResNet-100 at batch
 //! 128 (112 x 112): 2.34 G floats of activations (9.4 GB) and 4 x 0.103 G floats of gradient buffers (1.64 GB), besides
 //! 0.78 GB of parameters, gradients and momentum and 0.7 GB of head (85,742 classes); [`GpuBackend::memory`] reports
 //! what a backend allocated.
@@ -115,7 +117,7 @@ use crate::gpu::kernels::sgd::{
     GradClip, SgdKernels, NON_FINITE_BACKBONE, NON_FINITE_HEAD, NON_FINITE_LOSS, REPORT_BACKBONE_NORM, REPORT_FLAGS,
     REPORT_LEN, REPORT_LOSS,
 };
-use crate::gpu::kernels::winograd::{Winograd, WinogradLens, WinogradWorkspace};
+use crate::gpu::kernels::winograd::{Winograd, WinogradLens, WinogradTileChoice, WinogradWorkspace};
 use crate::gpu::kernels::{BufferCopy, Dispatch};
 use crate::gpu::{Gpu, SplitTensor, Tensor};
 
@@ -186,6 +188,8 @@ struct Kernels {
     /// The 3x3 stride-1 convolutions with at least this many input and output channels run as Winograd (in f32;
     /// see [`GpuBackend::set_winograd`]); `None`: none do.
     winograd_min_channels: Option<usize>,
+    /// The tile of each Winograd convolution (see [`GpuBackend::set_winograd_tile`]).
+    winograd_tile: WinogradTileChoice,
     linear: Linear,
     bn: BatchNormKernels,
     margin: MarginLoss,
@@ -199,6 +203,7 @@ impl Kernels {
             conv: Conv2d::new(gpu),
             winograd: Winograd::new(gpu),
             winograd_min_channels: default_winograd(gpu),
+            winograd_tile: WinogradTileChoice::Auto,
             linear: Linear::new(gpu),
             bn: BatchNormKernels::new(gpu),
             margin: MarginLoss::new(gpu),
@@ -211,6 +216,11 @@ impl Kernels {
         self.conv.precision() == ConvPrecision::F32
             && self.winograd_min_channels.is_some_and(|c| s.c_in.min(s.c_out) >= c)
             && Winograd::applies(s)
+    }
+
+    /// The tile the Winograd convolution `s` runs with.
+    fn winograd_tile(&self, s: &Conv2dShape) -> WinogradTile {
+        self.winograd_tile.tile_for(s)
     }
 }
 
@@ -353,7 +363,7 @@ fn winograd_workspace(
     let blocks = cfg.blocks().map(|b| BlockShapes::new(&b, n)).flat_map(|s| [s.conv1, s.conv2]);
     let mut lens: Option<WinogradLens> = None;
     for s in std::iter::once(stem).chain(blocks).filter(|s| k.uses_winograd(s)) {
-        let l = Winograd::workspace_lens(gpu, &k.conv, &s, WinogradTile::F2x2)?;
+        let l = Winograd::workspace_lens(gpu, &k.conv, &s, k.winograd_tile(&s))?;
         lens = Some(lens.map_or(l, |m| m.max(l)));
     }
     let Some(l) = lens else { return Ok(None) };
@@ -791,7 +801,7 @@ impl Builder<'_> {
     ) -> Result<()> {
         let (gpu, k) = (self.gpu, self.k);
         d.extend(match self.winograd(s) {
-            Some(ws) => k.winograd.run(gpu, &k.conv, op, s, WinogradTile::F2x2, inputs, out, ws)?,
+            Some(ws) => k.winograd.run(gpu, &k.conv, op, s, k.winograd_tile(s), inputs, out, ws)?,
             None => k.conv.run(gpu, op, s, inputs, out, &self.net.conv_scratch)?,
         });
         Ok(())
@@ -1240,6 +1250,24 @@ impl<G: Deref<Target = Gpu>> GpuBackend<G> {
         self.k.winograd_min_channels
     }
 
+    /// Which tile the Winograd convolutions run with: F(4x4, 3x3), F(2x2, 3x3), or each layer the one
+    /// [`WinogradTileChoice::Auto`] picks (the default). Reallocates the Winograd workspace and rebuilds the step.
+    pub fn set_winograd_tile(&mut self, tile: WinogradTileChoice) -> Result<()> {
+        if tile == self.k.winograd_tile {
+            return Ok(());
+        }
+        self.k.winograd_tile = tile;
+        self.net.reallocate_winograd(&self.gpu, &self.k)?;
+        self.plan = Plan::new(&self.gpu, &self.k, &self.net, &self.step_cfg)?;
+        self.eval.clear();
+        Ok(())
+    }
+
+    /// The current choice of Winograd tile (see [`Self::set_winograd_tile`]).
+    pub fn winograd_tile(&self) -> WinogradTileChoice {
+        self.k.winograd_tile
+    }
+
     fn write_loss_scale(&self) -> Result<()> {
         let s = self.loss_scale.map_or(1.0, |l| l.scale);
         self.gpu.write(&self.net.loss_scale, &[s, 1.0 / s])
@@ -1543,7 +1571,12 @@ impl<G: Deref<Target = Gpu>> Backend for GpuBackend<G> {
             how.push("mixed precision".to_string());
         }
         if let (Some(c), Some(_)) = (self.k.winograd_min_channels, &self.net.winograd) {
-            how.push(format!("Winograd from {c} channels"));
+            let tile = match self.k.winograd_tile {
+                WinogradTileChoice::Auto => "F(4x4) or F(2x2) by width",
+                WinogradTileChoice::F2x2 => "F(2x2)",
+                WinogradTileChoice::F4x4 => "F(4x4)",
+            };
+            how.push(format!("Winograd {tile} from {c} channels"));
         }
         if how.is_empty() {
             self.gpu.info.name.clone()

@@ -62,5 +62,6 @@ pub(crate) fn open_gpu_backend(
     backend.set_precision(precision)?;
     let winograd = cfg.winograd.resolve(backend.gpu());
     backend.set_winograd(winograd)?;
+    backend.set_winograd_tile(cfg.winograd_tile)?;
     Ok(Box::new(backend))
 }

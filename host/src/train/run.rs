@@ -26,6 +26,7 @@ use crate::checkpoint::{Backbone, Checkpoint};
 use crate::data::{self, Loader, LoaderConfig, Position};
 use crate::eval::{self, Pairs};
 use crate::gpu::kernels::conv2d::ConvPrecision;
+use crate::gpu::kernels::winograd::WinogradTileChoice;
 
 /// Where to train.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -68,8 +69,9 @@ impl Precision {
     }
 }
 
-/// Which 3x3 stride-1 convolutions run as Winograd F(2x2, 3x3) on the GPU (2.25x fewer multiply-adds; f32 only,
-/// mixed precision runs every convolution directly). Written `auto`, `off`, or a channel count.
+/// Which 3x3 stride-1 convolutions run as Winograd on the GPU (2.25x to 4x fewer multiply-adds, see
+/// [`WinogradTileChoice`]; f32 only, mixed precision runs every convolution directly). Written `auto`, `off`, or a
+/// channel count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum WinogradLayers {
@@ -188,8 +190,10 @@ pub struct TrainConfig {
     pub adapter: Option<String>,
     /// Arithmetic of the convolutions on the GPU (the CPU reference is f32).
     pub precision: Precision,
-    /// The GPU convolutions that run as Winograd F(2x2, 3x3).
+    /// The GPU convolutions that run as Winograd.
     pub winograd: WinogradLayers,
+    /// Their tile: F(4x4, 3x3), F(2x2, 3x3), or per layer.
+    pub winograd_tile: WinogradTileChoice,
     /// Write a checkpoint every this many steps (0: only at the end and on interruption).
     pub checkpoint_every: u64,
     /// Measure held-out verification every this many steps (0: only at the start and the end).
@@ -228,6 +232,7 @@ impl Default for TrainConfig {
             adapter: None,
             precision: Precision::Auto,
             winograd: WinogradLayers::Auto,
+            winograd_tile: WinogradTileChoice::Auto,
             checkpoint_every: 2000,
             eval_every: 0,
             skip_bad_samples: false,
@@ -567,5 +572,32 @@ mod tests {
         let err = "some".parse::<WinogradLayers>().unwrap_err();
         assert!(err.contains("`auto`, `off`, or the fewest channels"), "{err}");
         assert!(toml::from_str::<TrainConfig>("winograd = \"-1\"").is_err());
+    }
+
+    #[test]
+    fn winograd_tiles_parse_print_round_trip_and_auto_picks_by_width() {
+        use elasticface_core::nn::{Conv2dShape, WinogradTile};
+        for (text, t) in
+            [("auto", WinogradTileChoice::Auto), ("2", WinogradTileChoice::F2x2), ("4", WinogradTileChoice::F4x4)]
+        {
+            assert_eq!(text.parse::<WinogradTileChoice>().unwrap(), t);
+            assert_eq!(t.to_string(), text);
+            let cfg = TrainConfig { winograd_tile: t, ..TrainConfig::default() };
+            let file = toml::to_string(&cfg).unwrap();
+            assert!(file.contains(&format!("winograd_tile = \"{text}\"")), "{file}");
+            assert_eq!(toml::from_str::<TrainConfig>(&file).unwrap(), cfg);
+        }
+        let err = "8".parse::<WinogradTileChoice>().unwrap_err();
+        assert!(err.contains("`auto`, `2` (F(2x2, 3x3)) or `4`"), "{err}");
+        // auto: F(4x4) from 64 tiles of 4x4 in the batch. A 7x7 output has 2x2 such tiles per image: F(2x2) at a
+        // batch of 15, F(4x4) at 16; a 14x14 one has 16 per image: F(4x4) from a batch of 4.
+        let conv = |n, hw| Conv2dShape { n, c_in: 8, h: hw, w: hw, c_out: 8, kh: 3, kw: 3, stride: 1, pad: 1 };
+        let auto = |s| WinogradTileChoice::Auto.tile_for(&s);
+        assert_eq!(auto(conv(15, 7)), WinogradTile::F2x2);
+        assert_eq!(auto(conv(16, 7)), WinogradTile::F4x4);
+        assert_eq!(auto(conv(3, 14)), WinogradTile::F2x2);
+        assert_eq!(auto(conv(4, 14)), WinogradTile::F4x4);
+        assert_eq!(WinogradTileChoice::F2x2.tile_for(&conv(128, 56)), WinogradTile::F2x2);
+        assert_eq!(WinogradTileChoice::F4x4.tile_for(&conv(1, 7)), WinogradTile::F4x4);
     }
 }

@@ -107,6 +107,93 @@ impl WinogradWorkspace {
     }
 }
 
+/// Which Winograd tile each convolution runs with. Written `auto`, `2` or `4`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum WinogradTileChoice {
+    /// F(4x4) where its products are at least one column tile wide ([`AUTO_F4_MIN_COLUMNS`] tiles of the batch),
+    /// F(2x2) elsewhere. F(4x4) needs 2.25 multiplications per output against F(2x2)'s 4 and moves fewer floats
+    /// (36 per 16 outputs against 16 per 4), but a narrow product (a 7x7 layer at a small batch: 4 tiles per
+    /// image) leaves most of each column tile idle; measured on lavapipe at batch 8, F(4x4) is 1.4-1.9x faster
+    /// than F(2x2) on the 56x56, 28x28 and 14x14 layers and 1.1-1.3x slower at 7x7 (32 columns).
+    #[default]
+    Auto,
+    /// F(2x2, 3x3) everywhere: the more accurate (its error is 5-9x smaller than F(4x4)'s on random data).
+    F2x2,
+    /// F(4x4, 3x3) everywhere.
+    F4x4,
+}
+
+/// Columns (tiles of the batch) below which [`WinogradTileChoice::Auto`] takes F(2x2): one column tile of the
+/// products (64 x 64 or 128 x 64 workgroup tiles, see [`crate::gpu::kernels::conv2d::ConvTiling`]).
+pub const AUTO_F4_MIN_COLUMNS: usize = 64;
+
+impl WinogradTileChoice {
+    /// The tile `s` runs with (`s` a convolution Winograd applies to).
+    pub fn tile_for(self, s: &Conv2dShape) -> WinogradTile {
+        match self {
+            WinogradTileChoice::F2x2 => WinogradTile::F2x2,
+            WinogradTileChoice::F4x4 => WinogradTile::F4x4,
+            WinogradTileChoice::Auto => {
+                let wide =
+                    WinogradTiles::forward_of(s, WinogradTile::F4x4).is_some_and(|t| t.tiles() >= AUTO_F4_MIN_COLUMNS);
+                if wide {
+                    WinogradTile::F4x4
+                } else {
+                    WinogradTile::F2x2
+                }
+            }
+        }
+    }
+}
+
+/// That tile everywhere.
+impl From<WinogradTile> for WinogradTileChoice {
+    fn from(tile: WinogradTile) -> Self {
+        match tile {
+            WinogradTile::F2x2 => WinogradTileChoice::F2x2,
+            WinogradTile::F4x4 => WinogradTileChoice::F4x4,
+        }
+    }
+}
+
+impl std::str::FromStr for WinogradTileChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(WinogradTileChoice::Auto),
+            "2" => Ok(WinogradTileChoice::F2x2),
+            "4" => Ok(WinogradTileChoice::F4x4),
+            other => Err(format!("`{other}`: a Winograd tile is `auto`, `2` (F(2x2, 3x3)) or `4` (F(4x4, 3x3))")),
+        }
+    }
+}
+
+impl std::fmt::Display for WinogradTileChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WinogradTileChoice::Auto => "auto",
+            WinogradTileChoice::F2x2 => "2",
+            WinogradTileChoice::F4x4 => "4",
+        })
+    }
+}
+
+impl TryFrom<String> for WinogradTileChoice {
+    type Error = String;
+
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<WinogradTileChoice> for String {
+    fn from(t: WinogradTileChoice) -> String {
+        t.to_string()
+    }
+}
+
 /// The F(2x2) kernels of `shaders/winograd.wgsl`, in [`Transform`] order.
 const F2_KERNELS: [&str; 5] = [
     "winograd_weight_transform",
