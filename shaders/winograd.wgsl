@@ -1,12 +1,15 @@
-// Winograd F(2x2, 3x3) transforms of the 3x3 stride-1 convolutions (Lavin & Gray 2016).
+// Winograd F(2x2, 3x3) and F(4x4, 3x3) transforms of the 3x3 stride-1 convolutions (Lavin & Gray 2016).
 // CPU twins: elasticface_core::nn::{winograd_weight_transform, winograd_input_transform, winograd_output_transform,
 // winograd_output_grad_transform, winograd_weight_grad_transform}, which give the exact operation order repeated
-// here (each parenthesis one f32 rounding). Params mirrors `WinogradParams` in host/src/gpu/kernels/winograd.rs.
+// here (each parenthesis one f32 rounding). The kernel winograd_X is the twin of the core's winograd_X with
+// WinogradTile::F2x2, winograd_f4_X with WinogradTile::F4x4. Params mirrors `WinogradParams` in
+// host/src/gpu/kernels/winograd.rs.
 //
-// A 3x3 stride-1 convolution with padding PAD (<= 2) of x (N, C, H, W) has output (HO, WO) = (H + 2*PAD - 2,
-// W + 2*PAD - 2), cut into 2x2 tiles: TH = ceil(HO / 2), TW = ceil(WO / 2), T = N*TH*TW tiles numbered
-// t = (n*TH + th)*TW + tw. Tile t reads the 4x4 input patch d[i][j] = x[n, c, 2*th - PAD + i, 2*tw - PAD + j]
-// (zero outside the input) and gives y[n, co, 2*th + i, 2*tw + j], i, j < 2 (positions past HO, WO unwritten):
+// F(2x2, 3x3). A 3x3 stride-1 convolution with padding PAD (<= 2) of x (N, C, H, W) has output (HO, WO) =
+// (H + 2*PAD - 2, W + 2*PAD - 2), cut into 2x2 tiles: TH = ceil(HO / 2), TW = ceil(WO / 2), T = N*TH*TW tiles
+// numbered t = (n*TH + th)*TW + tw. Tile t reads the 4x4 input patch d[i][j] = x[n, c, 2*th - PAD + i,
+// 2*tw - PAD + j] (zero outside the input) and gives y[n, co, 2*th + i, 2*tw + j], i, j < 2 (positions past HO,
+// WO unwritten):
 //   y_tile = A^T [ sum_c (G g G^T) (.) (B^T d B) ] A
 // The sum over c is 16 matrix products (gemm_batched in conv2d.wgsl), one per element e = i*4 + j of the 4x4
 // transforms; these kernels move between the tensors and the transformed operands:
@@ -17,9 +20,18 @@
 //   M (16, C, T)  -> winograd_output_transform -> y (N, C, HO, WO)
 //   W (16, C, T)  <- winograd_output_grad_transform <- dy (N, C, HO, WO): A dY A^T, the gradient of M
 //   dU (16, C_OUT, C_IN) -> winograd_weight_grad_transform -> dweight (C_OUT, C_IN, 3, 3): G^T dU G
+//
+// F(4x4, 3x3) (the winograd_f4_* kernels, after the F(2x2) ones): the same layouts with 36 planes instead of 16,
+// 4x4 output tiles from 6x6 input patches: TH = ceil(HO / 4), TW = ceil(WO / 4); tile t reads
+// d[i][j] = x[n, c, 4*th - PAD + i, 4*tw - PAD + j] (i, j < 6) and gives y[n, co, 4*th + i, 4*tw + j] (i, j < 4),
+// element e = i*6 + j of the 6x6 transforms in plane e. G g G^T = S (.) (G' g G'^T), G' integer, S the 36
+// constants below (see the core's module docs for the matrices); the 1-D passes f4_g, f4_bt, f4_at, f4_a, f4_gt
+// are the core's, with the same names and operation order.
+//
 // One invocation per (row, column) of the transformed operand, numbered so that neighbouring invocations write
-// neighbouring addresses. Every read and write checks its index against the sizes the host checked the tensors
-// against: correct without runtime bounds checks.
+// neighbouring addresses; an F(4x4) invocation keeps one 6x6 (or smaller) intermediate and computes the second
+// pass row by row, storing each element as it comes. Every read and write checks its index against the sizes the
+// host checked the tensors against: correct without runtime bounds checks.
 
 struct Params {
     n: u32,
@@ -286,5 +298,273 @@ fn winograd_weight_grad_transform(
         dst[i * 9u + 3u * a] = t0 + 0.5 * (t1 + t2);
         dst[i * 9u + 3u * a + 1u] = 0.5 * (t1 - t2);
         dst[i * 9u + 3u * a + 2u] = 0.5 * (t1 + t2) + t3;
+    }
+}
+
+// ---- F(4x4, 3x3) ----
+
+// S[i][j] = D_i D_j, D = (1/4, -1/6, -1/6, 1/24, 1/24, 1), each the correctly rounded f32 (the core's F4_SCALE,
+// whose bits its test f4_scale_constants pins): 1/16, 1/24, 1/96, 1/4, 1/36, 1/144, 1/6, 1/576, 1 with signs.
+const S = array<f32, 36>(
+    0x1p-4f, -0x1.555556p-5f, -0x1.555556p-5f, 0x1.555556p-7f, 0x1.555556p-7f, 0x1p-2f,
+    -0x1.555556p-5f, 0x1.c71c72p-6f, 0x1.c71c72p-6f, -0x1.c71c72p-8f, -0x1.c71c72p-8f, -0x1.555556p-3f,
+    -0x1.555556p-5f, 0x1.c71c72p-6f, 0x1.c71c72p-6f, -0x1.c71c72p-8f, -0x1.c71c72p-8f, -0x1.555556p-3f,
+    0x1.555556p-7f, -0x1.c71c72p-8f, -0x1.c71c72p-8f, 0x1.c71c72p-10f, 0x1.c71c72p-10f, 0x1.555556p-5f,
+    0x1.555556p-7f, -0x1.c71c72p-8f, -0x1.c71c72p-8f, 0x1.c71c72p-10f, 0x1.c71c72p-10f, 0x1.555556p-5f,
+    0x1p-2f, -0x1.555556p-3f, -0x1.555556p-3f, 0x1.555556p-5f, 0x1.555556p-5f, 0x1p0f,
+);
+
+// The 1-D passes, as the core's f4_g, f4_bt, f4_at, f4_a, f4_gt (same names, same operation order).
+
+// G' (g0, g1, g2): (g0, (g0 + g2) + g1, (g0 + g2) - g1, (g0 + 4 g2) + 2 g1, (g0 + 4 g2) - 2 g1, g2).
+fn f4_g(g0: f32, g1: f32, g2: f32) -> array<f32, 6> {
+    let q = g0 + g2;
+    let r = g0 + 4.0 * g2;
+    let s = 2.0 * g1;
+    return array<f32, 6>(g0, q + g1, q - g1, r + s, r - s, g2);
+}
+
+// B^T (d0, ..., d5).
+fn f4_bt(d0: f32, d1: f32, d2: f32, d3: f32, d4: f32, d5: f32) -> array<f32, 6> {
+    let c = d4 - d2;
+    let a = d4 - 4.0 * d2;
+    let b = d3 - 4.0 * d1;
+    let e = 2.0 * (d3 - d1);
+    return array<f32, 6>(c + 4.0 * (d0 - d2), a + b, a - b, c + e, c - e, (d5 - d3) + 4.0 * (d1 - d3));
+}
+
+// A^T (m0, ..., m5).
+fn f4_at(m0: f32, m1: f32, m2: f32, m3: f32, m4: f32, m5: f32) -> array<f32, 4> {
+    let a = m1 + m2;
+    let b = m1 - m2;
+    let c = m3 + m4;
+    let e = m3 - m4;
+    return array<f32, 4>((m0 + a) + c, b + 2.0 * e, a + 4.0 * c, (b + 8.0 * e) + m5);
+}
+
+// A (y0, ..., y3).
+fn f4_a(y0: f32, y1: f32, y2: f32, y3: f32) -> array<f32, 6> {
+    let q = y0 + y2;
+    let r = y1 + y3;
+    let s = y0 + 4.0 * y2;
+    let t = 2.0 * (y1 + 4.0 * y3);
+    return array<f32, 6>(y0, q + r, q - r, s + t, s - t, y3);
+}
+
+// G'^T (u0, ..., u5).
+fn f4_gt(u0: f32, u1: f32, u2: f32, u3: f32, u4: f32, u5: f32) -> array<f32, 3> {
+    let a = u1 + u2;
+    let b = u1 - u2;
+    let c = u3 + u4;
+    let e = u3 - u4;
+    return array<f32, 3>((u0 + a) + c, b + 2.0 * e, (a + 4.0 * c) + u5);
+}
+
+// weight (C_OUT, C_IN, 3, 3) -> U (36, C_OUT, C_IN), or flipped: U (36, C_IN, C_OUT) of weight[co, ci, 2-a, 2-b].
+// U = S (.) (G' g G'^T).
+@compute @workgroup_size(WG)
+fn winograd_f4_weight_transform(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let i = index(gid, nwg);
+    if i >= p.count {
+        return;
+    }
+    let flip = p.flag == 1u;
+    // Invocation i is U's (r, s) = (i / S, i % S).
+    var co = i / p.c_in;
+    var ci = i % p.c_in;
+    if flip {
+        ci = i / p.c_out;
+        co = i % p.c_out;
+    }
+    let base = (co * p.c_in + ci) * 9u;
+    var g: array<f32, 9>;
+    for (var k = 0u; k < 9u; k++) {
+        g[k] = src[base + select(k, 8u - k, flip)];
+    }
+    // tmp = G' g (6 x 3), column by column.
+    var t: array<f32, 18>;
+    for (var j = 0u; j < 3u; j++) {
+        let col = f4_g(g[j], g[3u + j], g[6u + j]);
+        for (var r = 0u; r < 6u; r++) {
+            t[3u * r + j] = col[r];
+        }
+    }
+    // U = S (.) (tmp G'^T), row by row.
+    let plane = p.c_out * p.c_in;
+    for (var r = 0u; r < 6u; r++) {
+        let row = f4_g(t[3u * r], t[3u * r + 1u], t[3u * r + 2u]);
+        for (var b = 0u; b < 6u; b++) {
+            dst[(6u * r + b) * plane + i] = S[6u * r + b] * row[b];
+        }
+    }
+}
+
+// x (N, C, H, W) -> V (36, C, T), or transposed V (36, T, C): V = B^T d B.
+@compute @workgroup_size(WG)
+fn winograd_f4_input_transform(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let i = index(gid, nwg);
+    if i >= p.count {
+        return;
+    }
+    let transposed = p.flag == 1u;
+    // Invocation i is (c, t) = (i / T, i % T), or transposed (t, c) = (i / C, i % C).
+    var c = i / p.tiles;
+    var tt = i % p.tiles;
+    if transposed {
+        tt = i / p.channels;
+        c = i % p.channels;
+    }
+    let tile = tile_of(tt);
+    let plane = (tile.x * p.channels + c) * p.h * p.w;
+    let ih0 = i32(4u * tile.y) - i32(p.pad);
+    let iw0 = i32(4u * tile.z) - i32(p.pad);
+    // tmp = B^T d, column by column, each column of the patch read as it is needed.
+    var t: array<f32, 36>;
+    for (var j = 0u; j < 6u; j++) {
+        let iw = iw0 + i32(j);
+        var d: array<f32, 6>;
+        for (var a = 0u; a < 6u; a++) {
+            let ih = ih0 + i32(a);
+            var v = 0.0;
+            if ih >= 0 && ih < i32(p.h) && iw >= 0 && iw < i32(p.w) {
+                v = src[plane + u32(ih) * p.w + u32(iw)];
+            }
+            d[a] = v;
+        }
+        let col = f4_bt(d[0], d[1], d[2], d[3], d[4], d[5]);
+        for (var r = 0u; r < 6u; r++) {
+            t[6u * r + j] = col[r];
+        }
+    }
+    // V = tmp B, row by row.
+    let plane_size = p.channels * p.tiles;
+    for (var r = 0u; r < 6u; r++) {
+        let row = f4_bt(t[6u * r], t[6u * r + 1u], t[6u * r + 2u], t[6u * r + 3u], t[6u * r + 4u], t[6u * r + 5u]);
+        for (var b = 0u; b < 6u; b++) {
+            dst[(6u * r + b) * plane_size + i] = row[b];
+        }
+    }
+}
+
+// M (36, C, T) -> y (N, C, HO, WO): Y = A^T M A, the 4x4 tile clipped to HO, WO.
+@compute @workgroup_size(WG)
+fn winograd_f4_output_transform(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let i = index(gid, nwg);
+    if i >= p.count {
+        return;
+    }
+    let c = i / p.tiles;
+    let tile = tile_of(i % p.tiles);
+    let plane_size = p.channels * p.tiles;
+    // tmp = A^T M (4 x 6), column by column.
+    var t: array<f32, 24>;
+    for (var j = 0u; j < 6u; j++) {
+        let col = f4_at(
+            src[j * plane_size + i],
+            src[(6u + j) * plane_size + i],
+            src[(12u + j) * plane_size + i],
+            src[(18u + j) * plane_size + i],
+            src[(24u + j) * plane_size + i],
+            src[(30u + j) * plane_size + i],
+        );
+        for (var r = 0u; r < 4u; r++) {
+            t[6u * r + j] = col[r];
+        }
+    }
+    // Y = tmp A, row by row.
+    let plane = (tile.x * p.channels + c) * p.ho * p.wo;
+    for (var r = 0u; r < 4u; r++) {
+        let oh = 4u * tile.y + r;
+        if oh < p.ho {
+            let row = f4_at(t[6u * r], t[6u * r + 1u], t[6u * r + 2u], t[6u * r + 3u], t[6u * r + 4u], t[6u * r + 5u]);
+            for (var b = 0u; b < 4u; b++) {
+                let ow = 4u * tile.z + b;
+                if ow < p.wo {
+                    dst[plane + oh * p.wo + ow] = row[b];
+                }
+            }
+        }
+    }
+}
+
+// dy (N, C, HO, WO) -> W (36, C, T): W = A dY A^T, dY the 4x4 tile (zero past HO, WO).
+@compute @workgroup_size(WG)
+fn winograd_f4_output_grad_transform(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let i = index(gid, nwg);
+    if i >= p.count {
+        return;
+    }
+    let c = i / p.tiles;
+    let tile = tile_of(i % p.tiles);
+    let plane = (tile.x * p.channels + c) * p.ho * p.wo;
+    // tmp = A dY (6 x 4), column by column, each column of the tile read as it is needed.
+    var t: array<f32, 24>;
+    for (var j = 0u; j < 4u; j++) {
+        let ow = 4u * tile.z + j;
+        var g: array<f32, 4>;
+        for (var a = 0u; a < 4u; a++) {
+            let oh = 4u * tile.y + a;
+            var v = 0.0;
+            if oh < p.ho && ow < p.wo {
+                v = src[plane + oh * p.wo + ow];
+            }
+            g[a] = v;
+        }
+        let col = f4_a(g[0], g[1], g[2], g[3]);
+        for (var r = 0u; r < 6u; r++) {
+            t[4u * r + j] = col[r];
+        }
+    }
+    // W = tmp A^T, row by row.
+    let plane_size = p.channels * p.tiles;
+    for (var r = 0u; r < 6u; r++) {
+        let row = f4_a(t[4u * r], t[4u * r + 1u], t[4u * r + 2u], t[4u * r + 3u]);
+        for (var b = 0u; b < 6u; b++) {
+            dst[(6u * r + b) * plane_size + i] = row[b];
+        }
+    }
+}
+
+// dU (36, C_OUT, C_IN) -> dweight (C_OUT, C_IN, 3, 3): dg = G^T dU G = G'^T (S (.) dU) G'.
+@compute @workgroup_size(WG)
+fn winograd_f4_weight_grad_transform(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let i = index(gid, nwg);
+    if i >= p.count {
+        return;
+    }
+    let plane = p.c_out * p.c_in;
+    // tmp = G'^T (S (.) dU) (3 x 6), column by column.
+    var t: array<f32, 18>;
+    for (var j = 0u; j < 6u; j++) {
+        var u: array<f32, 6>;
+        for (var a = 0u; a < 6u; a++) {
+            u[a] = S[6u * a + j] * src[(6u * a + j) * plane + i];
+        }
+        let col = f4_gt(u[0], u[1], u[2], u[3], u[4], u[5]);
+        for (var r = 0u; r < 3u; r++) {
+            t[6u * r + j] = col[r];
+        }
+    }
+    // dg = tmp G', row by row.
+    for (var r = 0u; r < 3u; r++) {
+        let row = f4_gt(t[6u * r], t[6u * r + 1u], t[6u * r + 2u], t[6u * r + 3u], t[6u * r + 4u], t[6u * r + 5u]);
+        for (var b = 0u; b < 3u; b++) {
+            dst[i * 9u + 3u * r + b] = row[b];
+        }
     }
 }

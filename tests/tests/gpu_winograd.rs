@@ -1,4 +1,4 @@
-//! `shaders/winograd.wgsl` (F(2x2, 3x3)), `shaders/winograd_f4.wgsl` (F(4x4, 3x3)) and `gemm_batched` against their
+//! `shaders/winograd.wgsl` (F(2x2, 3x3) and F(4x4, 3x3)) and `gemm_batched` against their
 //! core twins, through the three Winograd passes, for both tiles.
 //!
 //! Each pass runs alone, so that its workspace afterwards holds what each of its kernels wrote: the transformed

@@ -63,7 +63,7 @@
 //! # Bit-exact twins
 //!
 //! Every transform and [`gemm_batched`] has a WGSL twin: the F(2x2) transforms of the same name in
-//! `shaders/winograd.wgsl`, the F(4x4) ones in `shaders/winograd_f4.wgsl` named with `f4` after `winograd`
+//! `shaders/winograd.wgsl`, the F(4x4) ones in the same file named with `f4` after `winograd`
 //! (`winograd_f4_input_transform` is [`winograd_input_transform`] with [`WinogradTile::F4x4`]), [`gemm_batched`]
 //! in `shaders/conv2d.wgsl` (the three `conv2d_winograd_*` composites, which exist for tests and as the
 //! documentation of how the pieces fit, and [`winograd_workspace_len`] have none). The twins compute the same f32
@@ -1591,7 +1591,7 @@ mod tests {
 
     #[test]
     fn f4_scale_constants() {
-        // S[i][j] is D_i D_j correctly rounded, and these are the bits shaders/winograd_f4.wgsl spells.
+        // S[i][j] is D_i D_j correctly rounded, and these are the bits shaders/winograd.wgsl spells.
         let d = [0.25, -1.0 / 6.0, -1.0 / 6.0, 1.0 / 24.0, 1.0 / 24.0, 1.0];
         let bits = |k: u32| match k {
             16 => 0x3d80_0000,

@@ -1221,9 +1221,7 @@ impl<G: Deref<Target = Gpu>> GpuBackend<G> {
             ConvPrecision::F32 => Conv2d::new(&self.gpu),
             ConvPrecision::Mixed => Conv2d::mixed(&self.gpu)?,
         };
-        self.net.reallocate_winograd(&self.gpu, &self.k)?;
-        self.plan = Plan::new(&self.gpu, &self.k, &self.net, &self.step_cfg)?;
-        self.eval.clear();
+        self.rebuild_step()?;
         self.loss_scale = match precision {
             ConvPrecision::F32 => None,
             ConvPrecision::Mixed => Some(LossScale { scale: LossScale::INITIAL, good_steps: 0 }),
@@ -1231,14 +1229,20 @@ impl<G: Deref<Target = Gpu>> GpuBackend<G> {
         self.write_loss_scale()
     }
 
-    /// Which 3x3 stride-1 convolutions run as Winograd F(2x2, 3x3) (in f32; mixed precision runs every
-    /// convolution directly): those with at least `min_channels` input and output channels, or none for `None`.
-    /// Reallocates the Winograd workspace and rebuilds the step. The default is [`default_winograd`].
+    /// Which 3x3 stride-1 convolutions run as Winograd (in f32; mixed precision runs every convolution directly):
+    /// those with at least `min_channels` input and output channels, or none for `None`. Reallocates the Winograd
+    /// workspace and rebuilds the step. The default is [`default_winograd`].
     pub fn set_winograd(&mut self, min_channels: Option<usize>) -> Result<()> {
         if min_channels == self.k.winograd_min_channels {
             return Ok(());
         }
         self.k.winograd_min_channels = min_channels;
+        self.rebuild_step()
+    }
+
+    /// The Winograd workspace and the step, rebuilt for the current convolutions and choice of Winograd layers and
+    /// tile.
+    fn rebuild_step(&mut self) -> Result<()> {
         self.net.reallocate_winograd(&self.gpu, &self.k)?;
         self.plan = Plan::new(&self.gpu, &self.k, &self.net, &self.step_cfg)?;
         self.eval.clear();
@@ -1257,10 +1261,7 @@ impl<G: Deref<Target = Gpu>> GpuBackend<G> {
             return Ok(());
         }
         self.k.winograd_tile = tile;
-        self.net.reallocate_winograd(&self.gpu, &self.k)?;
-        self.plan = Plan::new(&self.gpu, &self.k, &self.net, &self.step_cfg)?;
-        self.eval.clear();
-        Ok(())
+        self.rebuild_step()
     }
 
     /// The current choice of Winograd tile (see [`Self::set_winograd_tile`]).

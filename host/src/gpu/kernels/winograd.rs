@@ -1,4 +1,4 @@
-//! `shaders/winograd.wgsl` and `shaders/winograd_f4.wgsl`: the 3x3 stride-1 convolutions as Winograd F(2x2, 3x3)
+//! `shaders/winograd.wgsl`: the 3x3 stride-1 convolutions as Winograd F(2x2, 3x3)
 //! (2.25x fewer multiply-adds than the direct convolution) or F(4x4, 3x3) (4x fewer), as the caller's
 //! [`WinogradTile`] says. CPU twins: [`elasticface_core::nn::winograd_weight_transform`],
 //! [`elasticface_core::nn::winograd_input_transform`], [`elasticface_core::nn::winograd_output_transform`],
@@ -203,7 +203,7 @@ const F2_KERNELS: [&str; 5] = [
     "winograd_weight_grad_transform",
 ];
 
-/// The F(4x4) kernels of `shaders/winograd_f4.wgsl`, in [`Transform`] order.
+/// The F(4x4) kernels of `shaders/winograd.wgsl`, in [`Transform`] order.
 const F4_KERNELS: [&str; 5] = [
     "winograd_f4_weight_transform",
     "winograd_f4_input_transform",
@@ -228,11 +228,10 @@ fn planes(tile: WinogradTile, rows: usize, cols: usize) -> usize {
 impl Winograd {
     /// Compiles the kernels of both tile sizes.
     pub fn new(gpu: &Gpu) -> Self {
-        let f2 = gpu.shader("winograd.wgsl", include_str!("../../../../shaders/winograd.wgsl"));
-        let f4 = gpu.shader("winograd_f4.wgsl", include_str!("../../../../shaders/winograd_f4.wgsl"));
+        let m = gpu.shader("winograd.wgsl", include_str!("../../../../shaders/winograd.wgsl"));
         Self {
-            f2: F2_KERNELS.map(|name| gpu.pipeline(name, &f2, name)),
-            f4: F4_KERNELS.map(|name| gpu.pipeline(name, &f4, name)),
+            f2: F2_KERNELS.map(|name| gpu.pipeline(name, &m, name)),
+            f4: F4_KERNELS.map(|name| gpu.pipeline(name, &m, name)),
         }
     }
 
@@ -362,7 +361,7 @@ impl Winograd {
     }
 }
 
-/// The five kernels of `shaders/winograd.wgsl` (and of `shaders/winograd_f4.wgsl`), numbered as in
+/// The five kernels of `shaders/winograd.wgsl` of each tile, numbered as in
 /// [`F2_KERNELS`] and [`F4_KERNELS`].
 #[derive(Clone, Copy)]
 enum Transform {
