@@ -38,7 +38,6 @@ use elasticface::train::gpu::{activation_len, gradient_buffer_len, GpuBackend};
 use elasticface::train::Backend;
 use elasticface_core::margin::MarginConfig;
 use elasticface_core::model::{IResNetConfig, StepConfig, TensorKind};
-use elasticface_core::nn::WinogradTile;
 use elasticface_tests::{gpu, uniform};
 
 /// Loss and gradient norm, relative.
@@ -128,12 +127,18 @@ fn compare_state(what: &str, cfg: &IResNetConfig, gpu: &Checkpoint, cpu: &Checkp
 }
 
 /// Three steps on both backends, comparing after each; then eval-mode embeddings. `winograd`: the GPU runs every
-/// 3x3 stride-1 convolution as Winograd with this tile ([`GpuBackend::set_winograd`]).
-fn gpu_matches_cpu(gpu: &Gpu, cfg: &IResNetConfig, b: usize, classes: usize, winograd: Option<WinogradTile>) -> Worst {
+/// 3x3 stride-1 convolution as Winograd with this choice of tile ([`GpuBackend::set_winograd`]).
+fn gpu_matches_cpu(
+    gpu: &Gpu,
+    cfg: &IResNetConfig,
+    b: usize,
+    classes: usize,
+    winograd: Option<WinogradTileChoice>,
+) -> Worst {
     let mut g = GpuBackend::new(gpu, cfg, b, classes, step_cfg(), 5).unwrap();
     g.set_winograd(winograd.map(|_| 1)).unwrap();
     if let Some(tile) = winograd {
-        g.set_winograd_tile(tile.into()).unwrap();
+        g.set_winograd_tile(tile).unwrap();
     }
     let mut c = CpuBackend::new(cfg, b, classes, step_cfg(), 5).unwrap();
     let pos = Position::epoch_start(0);
@@ -191,13 +196,15 @@ fn gpu_matches_cpu_on_odd_shapes() {
 }
 
 /// Every 3x3 stride-1 convolution (the stem, both convolutions of the identity blocks, conv1 of the others) as
-/// Winograd, F(2x2) then F(4x4), against the CPU trainer's direct convolutions: the same tolerances hold
-/// (Winograd's rounding is of the same f32 kind; the core's tests bound it against the direct convolution).
-/// Measured on lavapipe: F(2x2) scalar 1.7e-6, state 2.4e-5, eval 6.2e-6; F(4x4) 3.9e-6, 4.3e-5, 9.6e-6.
+/// Winograd, F(2x2), F(4x4), then by `auto` (F(4x4) on the 32x32 and 16x16 layers at this batch, F(2x2) on the
+/// others; the evaluation's last chunk of one image runs the same tiles), against the CPU trainer's direct
+/// convolutions: the same tolerances hold (Winograd's rounding is of the same f32 kind; the core's tests bound it
+/// against the direct convolution). Measured on lavapipe: F(2x2) scalar 1.7e-6, state 2.4e-5, eval 6.2e-6;
+/// F(4x4) 3.9e-6, 4.3e-5, 9.6e-6.
 #[test]
 fn gpu_with_winograd_convolutions_matches_cpu() {
     let Some(gpu) = gpu() else { return };
-    for tile in [WinogradTile::F2x2, WinogradTile::F4x4] {
+    for tile in [WinogradTileChoice::F2x2, WinogradTileChoice::F4x4, WinogradTileChoice::Auto] {
         let worst = gpu_matches_cpu(gpu, &TINY, 6, 11, Some(tile));
         eprintln!("tiny net, Winograd {tile:?} on the GPU vs direct on the CPU, largest relative errors: {worst:?}");
     }

@@ -218,9 +218,11 @@ impl Kernels {
             && Winograd::applies(s)
     }
 
-    /// The tile the Winograd convolution `s` runs with.
-    fn winograd_tile(&self, s: &Conv2dShape) -> WinogradTile {
-        self.winograd_tile.tile_for(s)
+    /// The tile the Winograd convolution `s` runs with in a trainer of `batch` images: chosen for the layer at
+    /// the training batch, so that evaluation's chunks of fewer images (`s.n < batch`) run the same tile as the
+    /// step, within the workspace sized for it.
+    fn winograd_tile(&self, s: &Conv2dShape, batch: usize) -> WinogradTile {
+        self.winograd_tile.tile_for(&Conv2dShape { n: batch, ..*s })
     }
 }
 
@@ -363,7 +365,7 @@ fn winograd_workspace(
     let blocks = cfg.blocks().map(|b| BlockShapes::new(&b, n)).flat_map(|s| [s.conv1, s.conv2]);
     let mut lens: Option<WinogradLens> = None;
     for s in std::iter::once(stem).chain(blocks).filter(|s| k.uses_winograd(s)) {
-        let l = Winograd::workspace_lens(gpu, &k.conv, &s, k.winograd_tile(&s))?;
+        let l = Winograd::workspace_lens(gpu, &k.conv, &s, k.winograd_tile(&s, n))?;
         lens = Some(lens.map_or(l, |m| m.max(l)));
     }
     let Some(l) = lens else { return Ok(None) };
@@ -801,7 +803,7 @@ impl Builder<'_> {
     ) -> Result<()> {
         let (gpu, k) = (self.gpu, self.k);
         d.extend(match self.winograd(s) {
-            Some(ws) => k.winograd.run(gpu, &k.conv, op, s, k.winograd_tile(s), inputs, out, ws)?,
+            Some(ws) => k.winograd.run(gpu, &k.conv, op, s, k.winograd_tile(s, self.net.batch), inputs, out, ws)?,
             None => k.conv.run(gpu, op, s, inputs, out, &self.net.conv_scratch)?,
         });
         Ok(())

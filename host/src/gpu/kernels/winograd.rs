@@ -114,8 +114,9 @@ pub enum WinogradTileChoice {
     /// F(4x4) where its products are at least one column tile wide ([`AUTO_F4_MIN_COLUMNS`] tiles of the batch),
     /// F(2x2) elsewhere. F(4x4) needs 2.25 multiplications per output against F(2x2)'s 4 and moves fewer floats
     /// (36 per 16 outputs against 16 per 4), but a narrow product (a 7x7 layer at a small batch: 4 tiles per
-    /// image) leaves most of each column tile idle; measured on lavapipe at batch 8, F(4x4) is 1.4-1.9x faster
-    /// than F(2x2) on the 56x56, 28x28 and 14x14 layers and 1.1-1.3x slower at 7x7 (32 columns).
+    /// image) leaves most of each column tile idle. Measured on lavapipe at batch 8 (`bench --kernels`), each pass
+    /// of F(4x4) is 1.15-1.8x faster than F(2x2)'s on the 56x56, 28x28 and 14x14 layers; at 7x7 (32 columns)
+    /// forward and backward_data are 1.16x and 1.29x slower.
     #[default]
     Auto,
     /// F(2x2, 3x3) everywhere: the more accurate (its error is 5-9x smaller than F(4x4)'s on random data).
