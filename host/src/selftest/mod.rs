@@ -112,8 +112,9 @@ pub fn run_cpu(files: &[TensorFile]) -> Report {
 
 /// Runs every loaded reference file through the GPU: the margin head's kernels on every loss
 /// ([`margin_loss::check_gpu`]) and the GPU trainer on the tiny iResNet ([`iresnet_tiny::check_gpu`]); in f32
-/// twice, with the direct convolutions and with every 3x3 stride-1 convolution as Winograd (which a GPU runs on its
-/// layers of 128 channels and more; the tiny net has none that wide). The verification protocol has no GPU part
+/// three times, with the direct convolutions and with every 3x3 stride-1 convolution as Winograd F(2x2, 3x3), then
+/// F(4x4, 3x3) (which a GPU runs on its layers of 128 channels and more; the tiny net has none that wide). The
+/// verification protocol has no GPU part
 /// (it runs on embeddings, on the CPU): its file is checked on the CPU, and its section says so. `precision` is the
 /// arithmetic of the trainer's convolutions (the margin head is f32 in both).
 pub fn run_gpu(files: &[TensorFile], gpu: &Gpu, precision: ConvPrecision) -> Report {
