@@ -72,6 +72,83 @@ fn store_planes(i: u32, plane: u32, v: array<f32, 16>) {
     }
 }
 
+// Invocation i's 3x3 kernel g (row-major) of a weight transform: weight[co, ci] with U's (r, s) = (i / S, i % S)
+// = (co, ci), or flipped (ci, co) and rotated by 180 degrees.
+fn weight_kernel(i: u32) -> array<f32, 9> {
+    let flip = p.flag == 1u;
+    var co = i / p.c_in;
+    var ci = i % p.c_in;
+    if flip {
+        ci = i / p.c_out;
+        co = i % p.c_out;
+    }
+    let base = (co * p.c_in + ci) * 9u;
+    var g: array<f32, 9>;
+    for (var k = 0u; k < 9u; k++) {
+        g[k] = src[base + select(k, 8u - k, flip)];
+    }
+    return g;
+}
+
+// The tile of invocation (c, t): (n, th, tw).
+fn tile_of(t: u32) -> vec3<u32> {
+    let per_sample = p.tiles_h * p.tiles_w;
+    let r = t % per_sample;
+    return vec3<u32>(t / per_sample, r / p.tiles_w, r % p.tiles_w);
+}
+
+// Where a tile's values lie in an (N, C, rows, cols) tensor: the plane's first index and the tile's first row and
+// column (negative where the input transform's patch starts in the padding).
+struct Window {
+    plane: u32,
+    row0: i32,
+    col0: i32,
+    rows: u32,
+    cols: u32,
+}
+
+// The input patch of an input transform's invocation i with output tiles of m x m: (c, t) = (i / T, i % T), or
+// transposed (t, c) = (i / C, i % C); rows from m * th - PAD in x (N, C, H, W).
+fn input_window(i: u32, m: u32) -> Window {
+    var c = i / p.tiles;
+    var t = i % p.tiles;
+    if p.flag == 1u {
+        t = i / p.channels;
+        c = i % p.channels;
+    }
+    let tile = tile_of(t);
+    let plane = (tile.x * p.channels + c) * p.h * p.w;
+    return Window(plane, i32(m * tile.y) - i32(p.pad), i32(m * tile.z) - i32(p.pad), p.h, p.w);
+}
+
+// The m x m output tile of invocation i = (c, t) in an (N, C, HO, WO) tensor (the output transform's y, the
+// output-gradient transform's dy).
+fn output_window(i: u32, m: u32) -> Window {
+    let c = i / p.tiles;
+    let tile = tile_of(i % p.tiles);
+    let plane = (tile.x * p.channels + c) * p.ho * p.wo;
+    return Window(plane, i32(m * tile.y), i32(m * tile.z), p.ho, p.wo);
+}
+
+// Element (a, b) of the window in src, zero outside the tensor.
+fn read_window(q: Window, a: u32, b: u32) -> f32 {
+    let r = q.row0 + i32(a);
+    let c = q.col0 + i32(b);
+    if r >= 0 && r < i32(q.rows) && c >= 0 && c < i32(q.cols) {
+        return src[q.plane + u32(r) * q.cols + u32(c)];
+    }
+    return 0.0;
+}
+
+// Writes element (a, b) of the window to dst, unless it lies past the tensor's rows or columns.
+fn write_window(q: Window, a: u32, b: u32, v: f32) {
+    let r = u32(q.row0) + a;
+    let c = u32(q.col0) + b;
+    if r < q.rows && c < q.cols {
+        dst[q.plane + r * q.cols + c] = v;
+    }
+}
+
 // U = G g G^T of one 3x3 kernel g (row-major), as 16 elements e = i*4 + j.
 fn weight_tile(g: array<f32, 9>) -> array<f32, 16> {
     var t: array<f32, 12>;
@@ -104,27 +181,7 @@ fn winograd_weight_transform(@builtin(global_invocation_id) gid: vec3<u32>, @bui
     if i >= p.count {
         return;
     }
-    let flip = p.flag == 1u;
-    // Invocation i is U's (r, s) = (i / S, i % S).
-    var co = i / p.c_in;
-    var ci = i % p.c_in;
-    if flip {
-        ci = i / p.c_out;
-        co = i % p.c_out;
-    }
-    let base = (co * p.c_in + ci) * 9u;
-    var g: array<f32, 9>;
-    for (var k = 0u; k < 9u; k++) {
-        g[k] = src[base + select(k, 8u - k, flip)];
-    }
-    store_planes(i, p.c_out * p.c_in, weight_tile(g));
-}
-
-// The tile of invocation (c, t): (n, th, tw).
-fn tile_of(t: u32) -> vec3<u32> {
-    let per_sample = p.tiles_h * p.tiles_w;
-    let r = t % per_sample;
-    return vec3<u32>(t / per_sample, r / p.tiles_w, r % p.tiles_w);
+    store_planes(i, p.c_out * p.c_in, weight_tile(weight_kernel(i)));
 }
 
 // x (N, C, H, W) -> V (16, C, T), or transposed V (16, T, C): V = B^T d B.
@@ -134,28 +191,11 @@ fn winograd_input_transform(@builtin(global_invocation_id) gid: vec3<u32>, @buil
     if i >= p.count {
         return;
     }
-    let transposed = p.flag == 1u;
-    // Invocation i is (c, t) = (i / T, i % T), or transposed (t, c) = (i / C, i % C).
-    var c = i / p.tiles;
-    var t = i % p.tiles;
-    if transposed {
-        t = i / p.channels;
-        c = i % p.channels;
-    }
-    let tile = tile_of(t);
-    let plane = (tile.x * p.channels + c) * p.h * p.w;
-    let ih0 = i32(2u * tile.y) - i32(p.pad);
-    let iw0 = i32(2u * tile.z) - i32(p.pad);
+    let x = input_window(i, 2u);
     var d: array<f32, 16>;
     for (var a = 0u; a < 4u; a++) {
-        let ih = ih0 + i32(a);
         for (var b = 0u; b < 4u; b++) {
-            let iw = iw0 + i32(b);
-            var v = 0.0;
-            if ih >= 0 && ih < i32(p.h) && iw >= 0 && iw < i32(p.w) {
-                v = src[plane + u32(ih) * p.w + u32(iw)];
-            }
-            d[4u * a + b] = v;
+            d[4u * a + b] = read_window(x, a, b);
         }
     }
     // tmp = B^T d, then V = tmp B.
@@ -191,8 +231,6 @@ fn winograd_output_transform(@builtin(global_invocation_id) gid: vec3<u32>, @bui
     if i >= p.count {
         return;
     }
-    let c = i / p.tiles;
-    let tile = tile_of(i % p.tiles);
     let plane_size = p.channels * p.tiles;
     // tmp = A^T M (2 x 4).
     var t: array<f32, 8>;
@@ -204,20 +242,14 @@ fn winograd_output_transform(@builtin(global_invocation_id) gid: vec3<u32>, @bui
         t[j] = (m0 + m1) + m2;
         t[4u + j] = (m1 - m2) - m3;
     }
-    let plane = (tile.x * p.channels + c) * p.ho * p.wo;
+    let y = output_window(i, 2u);
     for (var a = 0u; a < 2u; a++) {
-        let oh = 2u * tile.y + a;
         let t0 = t[4u * a];
         let t1 = t[4u * a + 1u];
         let t2 = t[4u * a + 2u];
         let t3 = t[4u * a + 3u];
-        let ow = 2u * tile.z;
-        if oh < p.ho {
-            dst[plane + oh * p.wo + ow] = (t0 + t1) + t2;
-            if ow + 1u < p.wo {
-                dst[plane + oh * p.wo + ow + 1u] = (t1 - t2) - t3;
-            }
-        }
+        write_window(y, a, 0u, (t0 + t1) + t2);
+        write_window(y, a, 1u, (t1 - t2) - t3);
     }
 }
 
@@ -231,19 +263,11 @@ fn winograd_output_grad_transform(
     if i >= p.count {
         return;
     }
-    let c = i / p.tiles;
-    let tile = tile_of(i % p.tiles);
-    let plane = (tile.x * p.channels + c) * p.ho * p.wo;
+    let dy = output_window(i, 2u);
     var g: array<f32, 4>;
     for (var a = 0u; a < 2u; a++) {
         for (var b = 0u; b < 2u; b++) {
-            let oh = 2u * tile.y + a;
-            let ow = 2u * tile.z + b;
-            var v = 0.0;
-            if oh < p.ho && ow < p.wo {
-                v = src[plane + oh * p.wo + ow];
-            }
-            g[2u * a + b] = v;
+            g[2u * a + b] = read_window(dy, a, b);
         }
     }
     // tmp = A dY (4 x 2), then W = tmp A^T.
@@ -371,19 +395,7 @@ fn winograd_f4_weight_transform(
     if i >= p.count {
         return;
     }
-    let flip = p.flag == 1u;
-    // Invocation i is U's (r, s) = (i / S, i % S).
-    var co = i / p.c_in;
-    var ci = i % p.c_in;
-    if flip {
-        ci = i / p.c_out;
-        co = i % p.c_out;
-    }
-    let base = (co * p.c_in + ci) * 9u;
-    var g: array<f32, 9>;
-    for (var k = 0u; k < 9u; k++) {
-        g[k] = src[base + select(k, 8u - k, flip)];
-    }
+    let g = weight_kernel(i);
     // tmp = G' g (6 x 3), column by column.
     var t: array<f32, 18>;
     for (var j = 0u; j < 3u; j++) {
@@ -412,30 +424,13 @@ fn winograd_f4_input_transform(
     if i >= p.count {
         return;
     }
-    let transposed = p.flag == 1u;
-    // Invocation i is (c, t) = (i / T, i % T), or transposed (t, c) = (i / C, i % C).
-    var c = i / p.tiles;
-    var tt = i % p.tiles;
-    if transposed {
-        tt = i / p.channels;
-        c = i % p.channels;
-    }
-    let tile = tile_of(tt);
-    let plane = (tile.x * p.channels + c) * p.h * p.w;
-    let ih0 = i32(4u * tile.y) - i32(p.pad);
-    let iw0 = i32(4u * tile.z) - i32(p.pad);
+    let x = input_window(i, 4u);
     // tmp = B^T d, column by column, each column of the patch read as it is needed.
     var t: array<f32, 36>;
     for (var j = 0u; j < 6u; j++) {
-        let iw = iw0 + i32(j);
         var d: array<f32, 6>;
         for (var a = 0u; a < 6u; a++) {
-            let ih = ih0 + i32(a);
-            var v = 0.0;
-            if ih >= 0 && ih < i32(p.h) && iw >= 0 && iw < i32(p.w) {
-                v = src[plane + u32(ih) * p.w + u32(iw)];
-            }
-            d[a] = v;
+            d[a] = read_window(x, a, j);
         }
         let col = f4_bt(d[0], d[1], d[2], d[3], d[4], d[5]);
         for (var r = 0u; r < 6u; r++) {
@@ -462,8 +457,6 @@ fn winograd_f4_output_transform(
     if i >= p.count {
         return;
     }
-    let c = i / p.tiles;
-    let tile = tile_of(i % p.tiles);
     let plane_size = p.channels * p.tiles;
     // tmp = A^T M (4 x 6), column by column.
     var t: array<f32, 24>;
@@ -481,17 +474,11 @@ fn winograd_f4_output_transform(
         }
     }
     // Y = tmp A, row by row.
-    let plane = (tile.x * p.channels + c) * p.ho * p.wo;
+    let y = output_window(i, 4u);
     for (var r = 0u; r < 4u; r++) {
-        let oh = 4u * tile.y + r;
-        if oh < p.ho {
-            let row = f4_at(t[6u * r], t[6u * r + 1u], t[6u * r + 2u], t[6u * r + 3u], t[6u * r + 4u], t[6u * r + 5u]);
-            for (var b = 0u; b < 4u; b++) {
-                let ow = 4u * tile.z + b;
-                if ow < p.wo {
-                    dst[plane + oh * p.wo + ow] = row[b];
-                }
-            }
+        let row = f4_at(t[6u * r], t[6u * r + 1u], t[6u * r + 2u], t[6u * r + 3u], t[6u * r + 4u], t[6u * r + 5u]);
+        for (var b = 0u; b < 4u; b++) {
+            write_window(y, r, b, row[b]);
         }
     }
 }
@@ -506,21 +493,13 @@ fn winograd_f4_output_grad_transform(
     if i >= p.count {
         return;
     }
-    let c = i / p.tiles;
-    let tile = tile_of(i % p.tiles);
-    let plane = (tile.x * p.channels + c) * p.ho * p.wo;
+    let dy = output_window(i, 4u);
     // tmp = A dY (6 x 4), column by column, each column of the tile read as it is needed.
     var t: array<f32, 24>;
     for (var j = 0u; j < 4u; j++) {
-        let ow = 4u * tile.z + j;
         var g: array<f32, 4>;
         for (var a = 0u; a < 4u; a++) {
-            let oh = 4u * tile.y + a;
-            var v = 0.0;
-            if oh < p.ho && ow < p.wo {
-                v = src[plane + oh * p.wo + ow];
-            }
-            g[a] = v;
+            g[a] = read_window(dy, a, j);
         }
         let col = f4_a(g[0], g[1], g[2], g[3]);
         for (var r = 0u; r < 6u; r++) {

@@ -117,3 +117,41 @@ pub fn tiny_backbone(seed: u64) -> elasticface::checkpoint::Backbone {
     }
     elasticface::checkpoint::Backbone { cfg, bn: Default::default(), state, steps: 0 }
 }
+
+/// The batch norm comparisons `gpu_batchnorm.rs` and `gpu_batchnorm_fused.rs` share (their error measures and
+/// tolerances are explained in `gpu_batchnorm.rs`).
+pub mod batchnorm {
+    use elasticface_core::nn::BatchNormShape;
+
+    /// Largest `|got - want| / (1 + |want|)`: absolute for values below 1, relative above.
+    pub fn mixed_error(got: &[f32], want: &[f32]) -> f32 {
+        assert_eq!(got.len(), want.len());
+        got.iter().zip(want).map(|(g, w)| (g - w).abs() / (1.0 + w.abs())).fold(0.0, f32::max)
+    }
+
+    /// Asserts `mixed_error(got, want) <= tol` and prints it.
+    pub fn check(what: &str, s: &BatchNormShape, got: &[f32], want: &[f32], tol: f32) {
+        let e = mixed_error(got, want);
+        println!("{what:<22} {s:?}: max error {e:.2e}");
+        assert!(e <= tol, "{what} {s:?}: error {e:e} > {tol:e}");
+    }
+
+    /// Asserts that each channel's sum agrees within `tol * sum |terms|` (`abs`: the per-channel sums of the
+    /// terms' absolute values, from [`channel_abs_sums`]) and prints the largest ratio.
+    pub fn check_sums(what: &str, s: &BatchNormShape, got: &[f32], want: &[f32], abs: &[f32], tol: f32) {
+        let e = got.iter().zip(want).zip(abs).map(|((g, w), a)| (g - w).abs() / a.max(f32::MIN_POSITIVE));
+        let e = e.fold(0.0, f32::max);
+        println!("{what:<22} {s:?}: max error {e:.2e} of sum |terms|");
+        assert!(e <= tol, "{what} {s:?}: error {e:e} of sum |terms| > {tol:e}");
+    }
+
+    /// Per channel, `sum |f(i, c)|` over its values (`i` the flat index, `c` the channel), in f64.
+    pub fn channel_abs_sums(s: &BatchNormShape, f: impl Fn(usize, usize) -> f32) -> Vec<f32> {
+        let mut out = vec![0.0f64; s.c];
+        for i in 0..s.len() {
+            let c = (i / s.hw) % s.c;
+            out[c] += f64::from(f(i, c).abs());
+        }
+        out.into_iter().map(|v| v as f32).collect()
+    }
+}

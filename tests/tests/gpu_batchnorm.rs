@@ -26,6 +26,7 @@ use elasticface::gpu::kernels::batchnorm::{BackwardFusion, BatchNormKernels, Epi
 use elasticface::gpu::kernels::Dispatch;
 use elasticface::gpu::{Gpu, Tensor};
 use elasticface_core::nn::{self, BatchNorm, BatchNormShape};
+use elasticface_tests::batchnorm::{channel_abs_sums, check, check_sums, mixed_error};
 use elasticface_tests::{gpu, uniform};
 
 /// Tolerance of every comparison with the core, in the error measure above.
@@ -39,36 +40,6 @@ fn shape(n: usize, c: usize, hw: usize) -> BatchNormShape {
 /// smallest trainable count (N*HW = 2); more chunks per channel than the combine pass has threads (256).
 fn shapes() -> Vec<BatchNormShape> {
     vec![shape(3, 5, 13 * 13), shape(7, 9, 1), shape(2, 3, 2500), shape(1, 2, 2), shape(2, 1, 300_000)]
-}
-
-/// Largest `|got - want| / (1 + |want|)`.
-fn mixed_error(got: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(got.len(), want.len());
-    got.iter().zip(want).map(|(g, w)| (g - w).abs() / (1.0 + w.abs())).fold(0.0, f32::max)
-}
-
-/// Asserts `mixed_error(got, want) <= tol` and prints it.
-fn check(what: &str, s: &BatchNormShape, got: &[f32], want: &[f32], tol: f32) {
-    let e = mixed_error(got, want);
-    println!("{what:<14} {s:?}: max error {e:.2e}");
-    assert!(e <= tol, "{what} {s:?}: error {e:e} > {tol:e}");
-}
-
-/// Asserts that each channel's sum agrees within `TOL * sum |terms|` and prints the largest ratio.
-fn check_sums(what: &str, s: &BatchNormShape, got: &[f32], want: &[f32], scale: &[f32]) {
-    let e = got.iter().zip(want).zip(scale).map(|((g, w), a)| (g - w).abs() / a.max(f32::MIN_POSITIVE));
-    let e = e.fold(0.0, f32::max);
-    println!("{what:<14} {s:?}: max error {e:.2e} of sum |terms|");
-    assert!(e <= TOL, "{what} {s:?}: error {e:e} of sum |terms| > {TOL:e}");
-}
-
-/// Per channel, `sum |f(x, dy)|` over its values.
-fn channel_abs_sums(s: &BatchNormShape, f: impl Fn(usize, usize) -> f32) -> Vec<f32> {
-    let mut out = vec![0.0f64; s.c];
-    for i in 0..s.len() {
-        out[(i / s.hw) % s.c] += f64::from(f(i, (i / s.hw) % s.c).abs());
-    }
-    out.into_iter().map(|v| v as f32).collect()
 }
 
 /// The inputs of one batch norm layer: `x` (offset so the mean is not ~0), `gamma`, `beta`, running statistics.
@@ -153,6 +124,19 @@ impl TrainTensors {
 
     fn dispatches(&self, gpu: &Gpu, k: &BatchNormKernels, s: &BatchNormShape, bn: &BatchNorm) -> [Dispatch; 3] {
         self.try_dispatches(gpu, k, s, bn).unwrap()
+    }
+
+    /// The eval forward's dispatch over these tensors (the running statistics, into `y`), or the error message.
+    fn eval_dispatch(
+        &self,
+        gpu: &Gpu,
+        k: &BatchNormKernels,
+        s: &BatchNormShape,
+        bn: &BatchNorm,
+    ) -> Result<Dispatch, String> {
+        let t = self;
+        k.forward_eval(gpu, s, bn, &t.x, &t.gamma, &t.beta, Epilogue::None, &t.running_mean, &t.running_var, &t.y)
+            .map_err(|e| e.to_string())
     }
 
     /// Every tensor, to replace one.
@@ -273,9 +257,7 @@ fn forward_eval_matches_the_core() {
     for (i, s) in [shape(1, 3, 5), shape(3, 5, 13 * 13), shape(7, 9, 1)].into_iter().enumerate() {
         let l = Layer::new(s, 100 + 10 * i as u64);
         let t = TrainTensors::new(gpu, &l);
-        let d = k
-            .forward_eval(gpu, &s, &bn, &t.x, &t.gamma, &t.beta, Epilogue::None, &t.running_mean, &t.running_var, &t.y)
-            .unwrap();
+        let d = t.eval_dispatch(gpu, &k, &s, &bn).unwrap();
         gpu.run(&[&d]).unwrap();
         let mut want = vec![0.0; s.len()];
         nn::batchnorm_forward_eval(&s, &bn, &l.x, &l.gamma, &l.beta, &l.running_mean, &l.running_var, &mut want)
@@ -432,8 +414,8 @@ fn backward_matches_the_core_and_a_frozen_gamma_is_not_written() {
         let invstd: Vec<f32> = b.save_var.iter().map(|v| 1.0 / (v + bn.eps).sqrt()).collect();
         let dy_abs = channel_abs_sums(&s, |i, _| b.dy[i]);
         let dy_xhat_abs = channel_abs_sums(&s, |i, c| b.dy[i] * (b.l.x[i] - b.save_mean[c]) * invstd[c]);
-        check_sums("dbeta", &s, &db, &want_db, &dy_abs);
-        check_sums("dgamma", &s, &dg, &want_dg, &dy_xhat_abs);
+        check_sums("dbeta", &s, &db, &want_db, &dy_abs, TOL);
+        check_sums("dgamma", &s, &dg, &want_dg, &dy_xhat_abs, TOL);
         // Freezing gamma changes nothing else, bit for bit.
         assert_eq!((fdx.as_slice(), fdb.as_slice()), (dx.as_slice(), db.as_slice()), "frozen {s:?}");
     }
@@ -500,18 +482,7 @@ fn bad_sizes_and_too_few_values_are_refused() {
         let e = t.try_dispatches(gpu, &k, &s, &bn).err().expect("refused");
         assert!(e.starts_with("batchnorm_forward_train: ") && e.contains(&format!("{name} has 5 elements")), "{e}");
         if name != "scratch" && name != "save_mean" && name != "save_var" {
-            let e = err(k.forward_eval(
-                gpu,
-                &s,
-                &bn,
-                &t.x,
-                &t.gamma,
-                &t.beta,
-                Epilogue::None,
-                &t.running_mean,
-                &t.running_var,
-                &t.y,
-            ));
+            let e = err(t.eval_dispatch(gpu, &k, &s, &bn));
             assert!(e.contains(&format!("{name} has 5 elements")), "{e}");
         }
     }
@@ -535,21 +506,9 @@ fn bad_sizes_and_too_few_values_are_refused() {
     let e = b.try_dispatches(gpu, &k, &one, &bn, false).err().expect("refused");
     assert!(e.contains("N*HW >= 2"), "{e}");
     // ... but eval mode takes N = 1.
-    k.forward_eval(gpu, &one, &bn, &t.x, &t.gamma, &t.beta, Epilogue::None, &t.running_mean, &t.running_var, &t.y)
-        .unwrap();
+    t.eval_dispatch(gpu, &k, &one, &bn).unwrap();
     // A zero size is refused everywhere.
     let zero = shape(0, 3, 1);
-    let e = err(k.forward_eval(
-        gpu,
-        &zero,
-        &bn,
-        &t.x,
-        &t.gamma,
-        &t.beta,
-        Epilogue::None,
-        &t.running_mean,
-        &t.running_var,
-        &t.y,
-    ));
+    let e = err(t.eval_dispatch(gpu, &k, &zero, &bn));
     assert!(e.contains("zero"), "{e}");
 }

@@ -15,6 +15,7 @@ use elasticface::gpu::kernels::residual::Residual;
 use elasticface::gpu::kernels::Dispatch;
 use elasticface::gpu::{Gpu, Tensor};
 use elasticface_core::nn::{self, BatchNorm, BatchNormShape};
+use elasticface_tests::batchnorm::{channel_abs_sums, check, check_sums};
 use elasticface_tests::{assert_within_scale, gpu, slack_allowed, uniform};
 
 /// Tolerance against the core, as in `gpu_batchnorm.rs`.
@@ -28,30 +29,10 @@ fn shapes() -> Vec<BatchNormShape> {
         .to_vec()
 }
 
-/// Largest `|got - want| / (1 + |want|)`, asserted at most `TOL`, or at most 1e-4 for planes of over 10,000
-/// values, where the core's sequential sums are the less accurate side (see `gpu_batchnorm.rs`).
-fn check(what: &str, s: &BatchNormShape, got: &[f32], want: &[f32]) {
-    let tol = if s.hw > 10_000 { 1e-4 } else { TOL };
-    let e = got.iter().zip(want).map(|(g, w)| (g - w).abs() / (1.0 + w.abs())).fold(0.0, f32::max);
-    println!("{what:<22} {s:?}: max error {e:.2e} against the core");
-    assert!(e <= tol, "{what} {s:?}: error {e:e} > {tol:e}");
-}
-
-/// Per-channel sums within `TOL * sum |terms|` (`abs` gives the terms' absolute values per channel).
-fn check_sums(what: &str, s: &BatchNormShape, got: &[f32], want: &[f32], abs: &[f32]) {
-    let e = (got.iter().zip(want).zip(abs)).map(|((g, w), a)| (g - w).abs() / a.max(f32::MIN_POSITIVE));
-    let e = e.fold(0.0, f32::max);
-    println!("{what:<22} {s:?}: max error {e:.2e} of sum |terms| against the core");
-    assert!(e <= TOL, "{what} {s:?}: error {e:e} > {TOL:e}");
-}
-
-fn channel_abs_sums(s: &BatchNormShape, f: impl Fn(usize, usize) -> f32) -> Vec<f32> {
-    let mut out = vec![0.0f64; s.c];
-    for i in 0..s.len() {
-        let c = (i / s.hw) % s.c;
-        out[c] += f64::from(f(i, c).abs());
-    }
-    out.into_iter().map(|v| v as f32).collect()
+/// `check` against the core: at most `TOL`, or 1e-4 for planes of over 10,000 values, where the core's sequential
+/// sums are the less accurate side (see `gpu_batchnorm.rs`).
+fn check_core(what: &str, s: &BatchNormShape, got: &[f32], want: &[f32]) {
+    check(what, s, got, want, if s.hw > 10_000 { 1e-4 } else { TOL });
 }
 
 fn run(gpu: &Gpu, d: &[Dispatch]) {
@@ -233,14 +214,14 @@ fn fused_forwards_match_the_unfused_kernels_and_the_core() {
         let (x, g, b) = (&c.x, &c.gamma, &c.beta);
         nn::batchnorm_prelu_forward_train(&s, &bn, x, g, b, &c.alpha, &mut rm, &mut rv, &mut want, &mut sm, &mut sv)
             .unwrap();
-        check("prelu train y", &s, &fused_prelu[0], &want);
+        check_core("prelu train y", &s, &fused_prelu[0], &want);
         for (j, name) in ["save_mean", "save_var", "running_mean", "running_var"].iter().enumerate() {
-            check(name, &s, &fused_prelu[j + 1], [&sm, &sv, &rm, &rv][j]);
+            check_core(name, &s, &fused_prelu[j + 1], [&sm, &sv, &rm, &rv][j]);
         }
         let (mut rm, mut rv) = (c.running_mean.clone(), c.running_var.clone());
         nn::batchnorm_add_forward_train(&s, &bn, x, g, b, &c.residual, &mut rm, &mut rv, &mut want, &mut sm, &mut sv)
             .unwrap();
-        check("add train y", &s, &fused_add[0], &want);
+        check_core("add train y", &s, &fused_add[0], &want);
 
         // Eval mode, with the running statistics.
         let (rm, rv) = (&c.running_mean, &c.running_var);
@@ -249,12 +230,12 @@ fn fused_forwards_match_the_unfused_kernels_and_the_core() {
         let got = t.eval(gpu, &k, &c, Epilogue::Prelu(&t.alpha), &y);
         assert_within_scale(&format!("prelu eval {s:?}"), &got, &read(gpu, &unfused), slack);
         nn::batchnorm_prelu_forward_eval(&s, &bn, x, g, b, &c.alpha, rm, rv, &mut want).unwrap();
-        check("prelu eval y", &s, &got, &want);
+        check_core("prelu eval y", &s, &got, &want);
         run(gpu, &[residual.forward(gpu, &z, &t.residual, &unfused).unwrap()]);
         let got = t.eval(gpu, &k, &c, Epilogue::Add(&t.residual), &y);
         assert_within_scale(&format!("add eval {s:?}"), &got, &read(gpu, &unfused), slack);
         nn::batchnorm_add_forward_eval(&s, &bn, x, g, b, &c.residual, rm, rv, &mut want).unwrap();
-        check("add eval y", &s, &got, &want);
+        check_core("add eval y", &s, &got, &want);
     }
 }
 
@@ -306,12 +287,12 @@ fn fused_backwards_match_the_unfused_kernels_and_the_core() {
             &mut da,
         )
         .unwrap();
-        check("prelu backward dx", &s, &got[0], &dx);
+        check_core("prelu backward dx", &s, &got[0], &dx);
         // The sums' scales, from their terms: the PReLU's input gradient dy and the batch norm's output z.
         let z_gpu = read(gpu, &z);
         let dy_of = |i: usize, ch: usize| if z_gpu[i] > 0.0 { c.dz[i] } else { a[ch] * c.dz[i] };
         let invstd: Vec<f32> = save_var.iter().map(|v| 1.0 / (v + bn.eps).sqrt()).collect();
-        check_sums("prelu backward dbeta", &s, &got[2], &db, &channel_abs_sums(&s, dy_of));
+        check_sums("prelu backward dbeta", &s, &got[2], &db, &channel_abs_sums(&s, dy_of), TOL);
         let xhat = |i: usize, ch: usize| (x[i] - save_mean[ch]) * invstd[ch];
         check_sums(
             "prelu backward dgamma",
@@ -319,9 +300,10 @@ fn fused_backwards_match_the_unfused_kernels_and_the_core() {
             &got[1],
             &dg,
             &channel_abs_sums(&s, |i, ch| dy_of(i, ch) * xhat(i, ch)),
+            TOL,
         );
         let slope_terms = channel_abs_sums(&s, |i, _| if z_gpu[i] > 0.0 { 0.0 } else { z_gpu[i] * c.dz[i] });
-        check_sums("prelu backward dalpha", &s, &got_dalpha, &da, &slope_terms);
+        check_sums("prelu backward dalpha", &s, &got_dalpha, &da, &slope_terms, TOL);
 
         // The accumulation: the batch norm backward from dz, then `accumulate` of the residual, against the fused.
         let plain = t.backward(gpu, &k, &c, BackwardFusion::None, &t.dz);
@@ -344,7 +326,7 @@ fn fused_backwards_match_the_unfused_kernels_and_the_core() {
             &mut db,
         )
         .unwrap();
-        check("accumulate dx", &s, &got[0], &dx);
+        check_core("accumulate dx", &s, &got[0], &dx);
     }
 }
 
