@@ -113,12 +113,21 @@ enum Command {
     /// --kernels: GFLOP/s of each kernel on iResNet shapes; each runs once to warm up, then in rounds of --reps
     /// launches recorded into one compute pass; the median round is reported.
     ///
+    /// --tune: the same steps in each setting of the convolutions that `train` offers (--precision, --winograd,
+    /// --winograd-tile) on one trainer, fastest first, and the flags of the fastest: which settings suit this
+    /// GPU and network.
+    ///
     /// --data PATH: decodes a dataset (.rec, image folder) through the training loader on --workers threads,
     /// with no GPU: images/s in all, per thread, and of one thread decoding alone.
     Bench {
         /// Time each kernel family instead of whole steps.
         #[arg(long, conflicts_with = "data")]
         kernels: bool,
+        /// Time whole steps in every setting of the convolutions (direct, Winograd from each width of the
+        /// network with either tile choice, mixed precision where the adapter has tensor cores), --warmup and
+        /// --steps each, and print them fastest first.
+        #[arg(long, conflicts_with_all = ["kernels", "data", "precision", "winograd", "winograd_tile"])]
+        tune: bool,
         /// Time the input pipeline on this dataset (RecordIO .rec with its .idx, or an image folder).
         #[arg(long, value_name = "PATH")]
         data: Option<PathBuf>,
@@ -530,6 +539,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Bench {
             kernels,
+            tune,
             data,
             arch,
             input_size,
@@ -600,6 +610,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 profile: !no_profile,
                 seed,
             };
+            if tune {
+                let settings = bench::network::tune_settings(&gpu, &cfg.cfg, cfg.setting());
+                let r = bench::network::tune(std::sync::Arc::new(gpu), &cfg, &settings, false)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&r)?);
+                } else {
+                    println!("{r}");
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             let r = bench::network::measure(std::sync::Arc::new(gpu), &cfg, false)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use elasticface::bench::network::{gflop_per_step, measure, NetworkBenchConfig};
+use elasticface::bench::network::{gflop_per_step, measure, tune, tune_settings, NetworkBenchConfig, Setting};
 use elasticface::gpu::kernels::conv2d::ConvPrecision;
 use elasticface::gpu::kernels::winograd::WinogradTileChoice;
 use elasticface::gpu::{Gpu, GpuOptions};
@@ -73,4 +73,73 @@ fn the_flop_count_is_the_convolutions_and_fc_of_forward_and_both_gradients() {
     let cfg = IResNetConfig { layers: [1, 1, 1, 1], widths: [2, 2, 2, 2], input_h: 16, input_w: 16, embedding: 2 };
     assert!((gflop_per_step(&cfg, 1) - 149_160.0 / 1e9).abs() < 1e-18);
     assert!((gflop_per_step(&cfg, 3) - 3.0 * 149_160.0 / 1e9).abs() < 1e-18, "linear in the batch");
+}
+
+#[test]
+fn tuning_times_every_setting_on_one_trainer_and_names_the_fastest() {
+    if elasticface_tests::gpu().is_none() {
+        return;
+    }
+    let gpu = Arc::new(Gpu::new(&GpuOptions::from_env()).unwrap());
+    let f32_setting = |winograd, winograd_tile| Setting { precision: ConvPrecision::F32, winograd, winograd_tile };
+    let default = f32_setting(Some(8), WinogradTileChoice::Auto);
+    let settings = tune_settings(&gpu, &TINY, default);
+    // The default first; direct; each width of the network (4, 8, 16) with both tile choices; no repeats (the
+    // default is one of the width settings). Mixed only where the adapter has tensor cores.
+    let mut expected = vec![default, f32_setting(None, WinogradTileChoice::Auto)];
+    for w in [4, 8, 16] {
+        for tile in [WinogradTileChoice::Auto, WinogradTileChoice::F2x2] {
+            if f32_setting(Some(w), tile) != default {
+                expected.push(f32_setting(Some(w), tile));
+            }
+        }
+    }
+    if gpu.caps.cooperative_matrix {
+        expected.push(Setting {
+            precision: ConvPrecision::Mixed,
+            winograd: None,
+            winograd_tile: WinogradTileChoice::Auto,
+        });
+    }
+    assert_eq!(settings, expected);
+    assert_eq!(settings[1].to_string(), "--precision f32 --winograd off");
+    assert_eq!(default.to_string(), "--precision f32 --winograd 8 --winograd-tile auto");
+    let mixed = Setting { precision: ConvPrecision::Mixed, winograd: Some(8), winograd_tile: WinogradTileChoice::F2x2 };
+    assert_eq!(mixed.to_string(), "--precision mixed", "mixed precision runs no Winograd convolution");
+
+    // Three of them, timed on one trainer: every layer as Winograd, none, and F(2x2) from 8 channels.
+    let cfg = NetworkBenchConfig {
+        cfg: TINY,
+        arch: "tiny".into(),
+        batch: 4,
+        classes: 10,
+        margin: MarginConfig::ELASTIC_ARC,
+        precision: ConvPrecision::F32,
+        winograd: Some(1),
+        winograd_tile: WinogradTileChoice::Auto,
+        warmup: 1,
+        steps: 2,
+        profile: false,
+        seed: 5,
+    };
+    let chosen = [cfg.setting(), settings[1], f32_setting(Some(8), WinogradTileChoice::F2x2)];
+    let r = tune(gpu.clone(), &cfg, &chosen, true).unwrap();
+    assert_eq!(r.rows.len(), 3);
+    for (row, setting) in r.rows.iter().zip(chosen) {
+        assert_eq!(row.setting, setting);
+        assert_eq!(row.flags, setting.to_string());
+        assert!(row.step_ms_min <= row.step_ms_median && row.step_ms_median <= row.step_ms_max);
+        assert!((row.images_per_s - 4.0 / (row.step_ms_median / 1e3)).abs() <= 1e-6 * row.images_per_s);
+        let speedup = row.images_per_s / r.rows[0].images_per_s;
+        assert!((row.speedup - speedup).abs() <= 1e-12 * speedup, "{row:?}");
+        assert!(row.loss_last.is_finite(), "the steps train: {row:?}");
+    }
+    assert!(r.rows[0].default && !r.rows[1].default && !r.rows[2].default);
+    // Each setting really was in force: the Winograd workspace comes and goes with it.
+    assert!(r.rows[1].memory < r.rows[0].memory && r.rows[1].memory < r.rows[2].memory, "{:?}", r.rows);
+    let best = r.rows.iter().map(|row| row.images_per_s).fold(0.0, f64::max);
+    assert_eq!(r.rows[r.fastest].images_per_s, best);
+    let table = r.to_string();
+    assert!(table.contains(&format!("fastest: {}", r.rows[r.fastest].flags)), "{table}");
+    assert!(table.contains("(default)"), "{table}");
 }

@@ -12,6 +12,10 @@
 //!
 //! Memory is what the trainer allocated ([`GpuBackend::memory`], every buffer it holds: its peak, since nothing is
 //! allocated during a step) and, where the backend reports it, what the allocator reserved from the driver.
+//!
+//! [`tune`] (`bench --tune`) times the same steps in each [`Setting`] of the convolutions on one trainer (the step
+//! is rebuilt between settings; the weights keep training), so that the settings a GPU runs fastest are measured
+//! on it rather than guessed.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -59,6 +63,59 @@ pub struct NetworkBenchConfig {
     pub profile: bool,
     /// Seed of the weights and the synthetic data.
     pub seed: u64,
+}
+
+impl NetworkBenchConfig {
+    /// The convolution settings it measures.
+    pub fn setting(&self) -> Setting {
+        Setting { precision: self.precision, winograd: self.winograd, winograd_tile: self.winograd_tile }
+    }
+}
+
+/// One choice of the settings `train` takes for the convolutions: what `bench --tune` compares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Setting {
+    /// Arithmetic of the convolutions.
+    pub precision: ConvPrecision,
+    /// The 3x3 stride-1 convolutions of at least this many channels run as Winograd (`None`: none do). f32 only:
+    /// mixed precision runs every convolution directly.
+    pub winograd: Option<usize>,
+    /// The Winograd tile.
+    pub winograd_tile: WinogradTileChoice,
+}
+
+impl Setting {
+    /// Puts `backend` in this setting (rebuilding its step where anything changes).
+    pub fn apply(&self, backend: &mut GpuBackend) -> Result<()> {
+        backend.set_precision(self.precision)?;
+        backend.set_winograd(self.winograd)?;
+        backend.set_winograd_tile(self.winograd_tile)
+    }
+
+    /// The same setting with what it does not use cleared: mixed precision runs no Winograd convolution, and
+    /// without Winograd the tile does not matter.
+    fn canonical(self) -> Self {
+        match (self.precision, self.winograd) {
+            (ConvPrecision::Mixed, _) | (_, None) => {
+                Setting { winograd: None, winograd_tile: WinogradTileChoice::Auto, ..self }
+            }
+            _ => self,
+        }
+    }
+}
+
+impl fmt::Display for Setting {
+    /// The flags of `train` (and `bench`) that select it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.canonical();
+        match (s.precision, s.winograd) {
+            (ConvPrecision::Mixed, _) => write!(f, "--precision mixed"),
+            (ConvPrecision::F32, None) => write!(f, "--precision f32 --winograd off"),
+            (ConvPrecision::F32, Some(c)) => {
+                write!(f, "--precision f32 --winograd {c} --winograd-tile {}", s.winograd_tile)
+            }
+        }
+    }
 }
 
 /// GPU time of one kernel over the profiled step.
@@ -200,6 +257,69 @@ fn synthetic_batches(cfg: &IResNetConfig, batch: usize, classes: usize, seed: u6
         .collect()
 }
 
+/// Wall-clock times of the timed steps of one run of [`time_steps`].
+struct Timing {
+    /// Median, fastest and slowest step, seconds.
+    median: f64,
+    min: f64,
+    max: f64,
+    /// Loss of the first and the last timed step.
+    loss_first: f32,
+    loss_last: f32,
+    /// The step number the next step would have (its margins are drawn for it).
+    next_step: u64,
+}
+
+/// Runs `b.warmup` untimed, then `b.steps` timed steps of `backend`, numbered from `first_step` (the margins of
+/// step s are drawn for s), cycling through `batches`; reports each step through `say`.
+fn time_steps(
+    backend: &mut GpuBackend,
+    b: &NetworkBenchConfig,
+    batches: &[Batch],
+    first_step: u64,
+    say: &dyn Fn(String),
+) -> Result<Timing> {
+    ensure!(b.steps > 0, "bench: --steps must be at least 1");
+    let mut margins = vec![0.0; b.batch];
+    let mut times = Vec::with_capacity(b.steps);
+    let (mut loss_first, mut loss_last) = (f32::NAN, f32::NAN);
+    for i in 0..b.warmup + b.steps {
+        let step = first_step + i as u64;
+        let timed = i >= b.warmup;
+        let t = Instant::now();
+        b.margin.draw_margins_at(b.seed, step, &mut margins);
+        let report =
+            backend.step(&batches[step as usize % batches.len()], &margins).with_context(|| format!("step {step}"))?;
+        let s = t.elapsed().as_secs_f64();
+        if timed {
+            times.push(s);
+            if times.len() == 1 {
+                loss_first = report.loss;
+            }
+            loss_last = report.loss;
+        }
+        let what = if timed { "step" } else { "warm-up" };
+        say(format!("{what} {}: {:.1} ms, loss {:.3}", i + 1, s * 1e3, report.loss));
+    }
+    times.sort_by(f64::total_cmp);
+    let n = times.len();
+    let median = if n % 2 == 1 { times[n / 2] } else { 0.5 * (times[n / 2 - 1] + times[n / 2]) };
+    Ok(Timing {
+        median,
+        min: times[0],
+        max: times[n - 1],
+        loss_first,
+        loss_last,
+        next_step: first_step + (b.warmup + b.steps) as u64,
+    })
+}
+
+/// The trainer `b` describes, in its default settings.
+fn build_trainer(gpu: &Arc<Gpu>, b: &NetworkBenchConfig) -> Result<GpuBackend> {
+    GpuBackend::new(gpu.clone(), &b.cfg, b.batch, b.classes, StepConfig::recipe(b.margin), b.seed)
+        .with_context(|| format!("building the {} trainer at batch {} with {} classes", b.arch, b.batch, b.classes))
+}
+
 /// Builds the trainer on `gpu` and measures it (progress on stderr unless `quiet`).
 pub fn measure(gpu: Arc<Gpu>, b: &NetworkBenchConfig, quiet: bool) -> Result<NetworkBenchResult> {
     ensure!(b.steps > 0, "bench: --steps must be at least 1");
@@ -210,11 +330,8 @@ pub fn measure(gpu: Arc<Gpu>, b: &NetworkBenchConfig, quiet: bool) -> Result<Net
     };
     let adapter = crate::gpu::AdapterLine(gpu.info.clone()).to_string();
     let t = Instant::now();
-    let mut backend = GpuBackend::new(gpu.clone(), &b.cfg, b.batch, b.classes, StepConfig::recipe(b.margin), b.seed)
-        .with_context(|| format!("building the {} trainer at batch {} with {} classes", b.arch, b.batch, b.classes))?;
-    backend.set_precision(b.precision)?;
-    backend.set_winograd(b.winograd)?;
-    backend.set_winograd_tile(b.winograd_tile)?;
+    let mut backend = build_trainer(&gpu, b)?;
+    b.setting().apply(&mut backend)?;
     let memory = MemoryReport::new(backend.memory(), &gpu);
     say(format!(
         "{}: {} at batch {}, {} classes: trainer built in {:.1} s, {:.2} GB allocated, {} dispatches per step",
@@ -227,36 +344,12 @@ pub fn measure(gpu: Arc<Gpu>, b: &NetworkBenchConfig, quiet: bool) -> Result<Net
         backend.dispatches_per_step()
     ));
     let batches = synthetic_batches(&b.cfg, b.batch, b.classes, b.seed, 4);
+    let timing = time_steps(&mut backend, b, &batches, 0, &say)?;
     let mut margins = vec![0.0; b.batch];
-    let mut times = Vec::with_capacity(b.steps);
-    let (mut loss_first, mut loss_last) = (f32::NAN, f32::NAN);
-    for step in 0..b.warmup + b.steps {
-        let timed = step >= b.warmup;
-        let t = Instant::now();
-        b.margin.draw_margins_at(b.seed, step as u64, &mut margins);
-        let report = backend.step(&batches[step % batches.len()], &margins).with_context(|| format!("step {step}"))?;
-        let s = t.elapsed().as_secs_f64();
-        if timed {
-            times.push(s);
-            if times.len() == 1 {
-                loss_first = report.loss;
-            }
-            loss_last = report.loss;
-        }
-        let what = if timed { "step" } else { "warm-up" };
-        say(format!("{what} {}: {:.1} ms, loss {:.3}", step + 1, s * 1e3, report.loss));
-    }
-    let mut sorted = times.clone();
-    sorted.sort_by(f64::total_cmp);
-    let median = if sorted.len() % 2 == 1 {
-        sorted[sorted.len() / 2]
-    } else {
-        0.5 * (sorted[sorted.len() / 2 - 1] + sorted[sorted.len() / 2])
-    };
     let gflop = gflop_per_step(&b.cfg, b.batch);
     let (mut gpu_ms_profiled, mut kernels) = (None, Vec::new());
     if b.profile && gpu.caps.timestamps {
-        b.margin.draw_margins_at(b.seed, (b.warmup + b.steps) as u64, &mut margins);
+        b.margin.draw_margins_at(b.seed, timing.next_step, &mut margins);
         let profile = backend.profile_step(&batches[0], &margins).context("profiled step")?;
         let total: f64 = profile.iter().map(|(_, s)| s).sum();
         let mut by: BTreeMap<&str, (usize, f64)> = BTreeMap::new();
@@ -291,15 +384,15 @@ pub fn measure(gpu: Arc<Gpu>, b: &NetworkBenchConfig, quiet: bool) -> Result<Net
         loss_scale: backend.loss_scale().map(|l| l.scale),
         warmup: b.warmup,
         steps: b.steps,
-        step_ms_median: median * 1e3,
-        step_ms_min: sorted[0] * 1e3,
-        step_ms_max: sorted[sorted.len() - 1] * 1e3,
-        images_per_s: b.batch as f64 / median,
+        step_ms_median: timing.median * 1e3,
+        step_ms_min: timing.min * 1e3,
+        step_ms_max: timing.max * 1e3,
+        images_per_s: b.batch as f64 / timing.median,
         gflop_per_step: gflop,
-        tflops: gflop / median / 1e3,
+        tflops: gflop / timing.median / 1e3,
         dispatches_per_step: backend.dispatches_per_step(),
-        loss_first,
-        loss_last,
+        loss_first: timing.loss_first,
+        loss_last: timing.loss_last,
         memory,
         gpu_ms_profiled,
         kernels,
@@ -361,5 +454,160 @@ impl fmt::Display for NetworkBenchResult {
             }
         }
         Ok(())
+    }
+}
+
+/// The settings `bench --tune` compares on `gpu` for `cfg`, `default` (what `train` runs without flags) first:
+/// every convolution direct; Winograd from each width of the network on (the thresholds that differ), with the
+/// `auto` tile and with F(2x2) throughout; mixed precision where the adapter has cooperative matrices.
+pub fn tune_settings(gpu: &Gpu, cfg: &IResNetConfig, default: Setting) -> Vec<Setting> {
+    let mut widths = cfg.widths.to_vec();
+    widths.sort_unstable();
+    widths.dedup();
+    let f32_setting = |winograd, winograd_tile| Setting { precision: ConvPrecision::F32, winograd, winograd_tile };
+    let mut all = vec![default, f32_setting(None, WinogradTileChoice::Auto)];
+    for w in widths {
+        for tile in [WinogradTileChoice::Auto, WinogradTileChoice::F2x2] {
+            all.push(f32_setting(Some(w), tile));
+        }
+    }
+    if gpu.caps.cooperative_matrix {
+        all.push(Setting { precision: ConvPrecision::Mixed, winograd: None, winograd_tile: WinogradTileChoice::Auto });
+    }
+    let mut settings: Vec<Setting> = Vec::with_capacity(all.len());
+    for s in all.into_iter().map(Setting::canonical) {
+        if !settings.contains(&s) {
+            settings.push(s);
+        }
+    }
+    settings
+}
+
+/// One setting's figures in `bench --tune`.
+#[derive(Clone, Debug, Serialize)]
+pub struct TuneRow {
+    /// The setting.
+    pub setting: Setting,
+    /// Its flags for `train`.
+    pub flags: String,
+    /// Whether it is what `train` runs without flags.
+    pub default: bool,
+    /// Median, fastest and slowest step, milliseconds.
+    pub step_ms_median: f64,
+    /// Fastest step, milliseconds.
+    pub step_ms_min: f64,
+    /// Slowest step, milliseconds.
+    pub step_ms_max: f64,
+    /// Batch over the median step.
+    pub images_per_s: f64,
+    /// `images_per_s` over the default setting's.
+    pub speedup: f64,
+    /// Bytes the trainer holds in this setting (the Winograd workspace depends on it).
+    pub memory: u64,
+    /// Loss of the last timed step (finite: the steps really train).
+    pub loss_last: f32,
+}
+
+/// What `bench --tune` measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct TuneResult {
+    /// The adapter, its backend and driver.
+    pub adapter: String,
+    /// Network name.
+    pub arch: String,
+    /// Input size (square).
+    pub input_size: usize,
+    /// Batch size.
+    pub batch: usize,
+    /// Head classes.
+    pub classes: usize,
+    /// Warm-up steps per setting.
+    pub warmup: usize,
+    /// Timed steps per setting.
+    pub steps: usize,
+    /// One row per setting, in the order measured (the default first).
+    pub rows: Vec<TuneRow>,
+    /// The row with the most images/s.
+    pub fastest: usize,
+}
+
+/// Builds the trainer `b` describes once and times `settings` on it in turn (`b.warmup` untimed and `b.steps`
+/// timed steps each; the weights keep training from one setting to the next). `settings[0]` is the baseline of
+/// the speed-ups and is marked as the default. Progress on stderr unless `quiet`.
+pub fn tune(gpu: Arc<Gpu>, b: &NetworkBenchConfig, settings: &[Setting], quiet: bool) -> Result<TuneResult> {
+    ensure!(!settings.is_empty(), "bench --tune: no setting to measure");
+    let say = |s: String| {
+        if !quiet {
+            eprintln!("{s}");
+        }
+    };
+    let adapter = crate::gpu::AdapterLine(gpu.info.clone()).to_string();
+    let mut backend = build_trainer(&gpu, b)?;
+    let batches = synthetic_batches(&b.cfg, b.batch, b.classes, b.seed, 4);
+    let mut rows: Vec<TuneRow> = Vec::with_capacity(settings.len());
+    let mut next_step = 0;
+    for (i, setting) in settings.iter().enumerate() {
+        say(format!("[{}/{}] {setting}", i + 1, settings.len()));
+        setting.apply(&mut backend).with_context(|| format!("setting {setting}"))?;
+        let timing = time_steps(&mut backend, b, &batches, next_step, &say).with_context(|| format!("{setting}"))?;
+        next_step = timing.next_step;
+        let images_per_s = b.batch as f64 / timing.median;
+        rows.push(TuneRow {
+            setting: *setting,
+            flags: setting.to_string(),
+            default: i == 0,
+            step_ms_median: timing.median * 1e3,
+            step_ms_min: timing.min * 1e3,
+            step_ms_max: timing.max * 1e3,
+            images_per_s,
+            speedup: rows.first().map_or(1.0, |d| images_per_s / d.images_per_s),
+            memory: backend.memory().total(),
+            loss_last: timing.loss_last,
+        });
+    }
+    let fastest = (0..rows.len()).max_by(|&a, &b| rows[a].images_per_s.total_cmp(&rows[b].images_per_s)).unwrap_or(0);
+    Ok(TuneResult {
+        adapter,
+        arch: b.arch.clone(),
+        input_size: b.cfg.input_h,
+        batch: b.batch,
+        classes: b.classes,
+        warmup: b.warmup,
+        steps: b.steps,
+        rows,
+        fastest,
+    })
+}
+
+impl fmt::Display for TuneResult {
+    /// The settings fastest first, then the fastest one's flags.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "adapter      {}", self.adapter)?;
+        writeln!(
+            f,
+            "network      {} at {}x{}, batch {}, {} classes; median of {} steps after {} warm-up per setting",
+            self.arch, self.input_size, self.input_size, self.batch, self.classes, self.steps, self.warmup
+        )?;
+        writeln!(
+            f,
+            "{:<62} {:>9} {:>10} {:>8} {:>8}",
+            "setting (flags of train)", "images/s", "median ms", "x default", "GB"
+        )?;
+        let mut order: Vec<&TuneRow> = self.rows.iter().collect();
+        order.sort_by(|a, b| b.images_per_s.total_cmp(&a.images_per_s));
+        for r in order {
+            let flags = if r.default { format!("{} (default)", r.flags) } else { r.flags.clone() };
+            writeln!(
+                f,
+                "{:<62} {:>9.1} {:>10.1} {:>8.2}x {:>8.2}",
+                flags,
+                r.images_per_s,
+                r.step_ms_median,
+                r.speedup,
+                r.memory as f64 / 1e9
+            )?;
+        }
+        let best = &self.rows[self.fastest];
+        write!(f, "fastest: {} at {:.1} images/s ({:.2}x the default)", best.flags, best.images_per_s, best.speedup)
     }
 }
