@@ -1,6 +1,7 @@
 // Winograd F(2x2, 3x3) and F(4x4, 3x3) transforms of the 3x3 stride-1 convolutions (Lavin & Gray 2016).
-// CPU twins: elasticface_core::nn::{winograd_weight_transform, winograd_input_transform, winograd_output_transform,
-// winograd_output_grad_transform, winograd_weight_grad_transform}, which give the exact operation order repeated
+// CPU twins: elasticface_core::nn::{winograd_weight_transform, winograd_input_transform,
+// winograd_normalized_input_transform, winograd_output_transform, winograd_output_grad_transform,
+// winograd_weight_grad_transform}, which give the exact operation order repeated
 // here (each parenthesis one f32 rounding). The kernel winograd_X is the twin of the core's winograd_X with
 // WinogradTile::F2x2, winograd_f4_X with WinogradTile::F4x4. Params mirrors `WinogradParams` in
 // host/src/gpu/kernels/winograd.rs.
@@ -28,6 +29,14 @@
 // constants below (see the core's module docs for the matrices); the 1-D passes f4_g, f4_bt, f4_at, f4_a, f4_gt
 // are the core's, with the same names and operation order.
 //
+// NORMALISED INPUT. winograd_normalized_input_transform and winograd_f4_normalized_input_transform (CPU twin
+// elasticface_core::nn::winograd_normalized_input_transform) transform prelu(bn(x)) instead of x: each element
+// of the patch is normalised as it is read, (x - mean[c]) * (gamma[c] * inverseSqrt(var[c] + eps)) + beta[c] as
+// batchnorm.wgsl's `normalized` computes it, then, where p.prelu is 1, PReLU'd with alpha[c] as its `prelu`
+// does; the padding stays zero. So a convolution whose input is a batch norm's output (and PReLU's) reads the
+// batch norm's input, and that output is never stored. The same bits as batchnorm.wgsl's normalisation followed
+// by the plain input transform, wherever the compiler rounds both alike.
+//
 // One invocation per (row, column) of the transformed operand, numbered so that neighbouring invocations write
 // neighbouring addresses; an F(4x4) invocation keeps one 6x6 (or smaller) intermediate and computes the second
 // pass row by row, storing each element as it comes. Every read and write checks its index against the sizes the
@@ -53,6 +62,9 @@ struct Params {
     flag: u32,
     // Invocations with work: channels * tiles, or c_out * c_in.
     count: u32,
+    // The normalised input transforms: the batch norm's eps, and 1 where a PReLU follows it.
+    eps: f32,
+    prelu: u32,
 }
 
 const WG: u32 = 256u;
@@ -60,6 +72,14 @@ const WG: u32 = 256u;
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> src: array<f32>;
 @group(0) @binding(2) var<storage, read_write> dst: array<f32>;
+
+// The normalised input transforms' batch norm (and PReLU) per channel. Without a PReLU (p.prelu 0) the host binds
+// beta again as alpha, which is then never read.
+@group(0) @binding(3) var<storage, read> norm_mean: array<f32>;
+@group(0) @binding(4) var<storage, read> norm_var: array<f32>;
+@group(0) @binding(5) var<storage, read> norm_gamma: array<f32>;
+@group(0) @binding(6) var<storage, read> norm_beta: array<f32>;
+@group(0) @binding(7) var<storage, read> norm_alpha: array<f32>;
 
 fn index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return gid.y * nwg.x * WG + gid.x;
@@ -107,15 +127,17 @@ struct Window {
     cols: u32,
 }
 
-// The input patch of an input transform's invocation i with output tiles of m x m: (c, t) = (i / T, i % T), or
-// transposed (t, c) = (i / C, i % C); rows from m * th - PAD in x (N, C, H, W).
+// The channel of an input transform's invocation i: (c, t) = (i / T, i % T), or transposed (t, c) =
+// (i / C, i % C).
+fn input_channel(i: u32) -> u32 {
+    return select(i / p.tiles, i % p.channels, p.flag == 1u);
+}
+
+// The input patch of an input transform's invocation i (see `input_channel`) with output tiles of m x m; rows
+// from m * th - PAD in x (N, C, H, W).
 fn input_window(i: u32, m: u32) -> Window {
-    var c = i / p.tiles;
-    var t = i % p.tiles;
-    if p.flag == 1u {
-        t = i / p.channels;
-        c = i % p.channels;
-    }
+    let c = input_channel(i);
+    let t = select(i % p.tiles, i / p.channels, p.flag == 1u);
     let tile = tile_of(t);
     let plane = (tile.x * p.channels + c) * p.h * p.w;
     return Window(plane, i32(m * tile.y) - i32(p.pad), i32(m * tile.z) - i32(p.pad), p.h, p.w);
@@ -136,6 +158,28 @@ fn read_window(q: Window, a: u32, b: u32) -> f32 {
     let c = q.col0 + i32(b);
     if r >= 0 && r < i32(q.rows) && c >= 0 && c < i32(q.cols) {
         return src[q.plane + u32(r) * q.cols + u32(c)];
+    }
+    return 0.0;
+}
+
+// Channel c's batch norm as (mean, scale, shift, slope): `normalized` below is (x - mean) * scale + shift, with
+// scale = gamma * inverseSqrt(var + eps) as batchnorm.wgsl's `normalized` computes it.
+fn channel_norm(c: u32) -> vec4<f32> {
+    let scale = norm_gamma[c] * inverseSqrt(norm_var[c] + p.eps);
+    return vec4<f32>(norm_mean[c], scale, norm_beta[c], select(0.0, norm_alpha[c], p.prelu == 1u));
+}
+
+// Element (a, b) of the window in src normalised with k = channel_norm(c) (and PReLU'd where p.prelu is 1),
+// zero outside the tensor.
+fn read_normalized(q: Window, a: u32, b: u32, k: vec4<f32>) -> f32 {
+    let r = q.row0 + i32(a);
+    let c = q.col0 + i32(b);
+    if r >= 0 && r < i32(q.rows) && c >= 0 && c < i32(q.cols) {
+        let z = (src[q.plane + u32(r) * q.cols + u32(c)] - k.x) * k.y + k.z;
+        if p.prelu == 1u {
+            return select(k.w * z, z, z > 0.0);
+        }
+        return z;
     }
     return 0.0;
 }
@@ -184,20 +228,8 @@ fn winograd_weight_transform(@builtin(global_invocation_id) gid: vec3<u32>, @bui
     store_planes(i, p.c_out * p.c_in, weight_tile(weight_kernel(i)));
 }
 
-// x (N, C, H, W) -> V (16, C, T), or transposed V (16, T, C): V = B^T d B.
-@compute @workgroup_size(WG)
-fn winograd_input_transform(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = index(gid, nwg);
-    if i >= p.count {
-        return;
-    }
-    let x = input_window(i, 2u);
-    var d: array<f32, 16>;
-    for (var a = 0u; a < 4u; a++) {
-        for (var b = 0u; b < 4u; b++) {
-            d[4u * a + b] = read_window(x, a, b);
-        }
-    }
+// V = B^T d B of one 4x4 patch d (row-major), as 16 elements e = i*4 + j.
+fn input_tile(d: array<f32, 16>) -> array<f32, 16> {
     // tmp = B^T d, then V = tmp B.
     var r: array<f32, 16>;
     for (var j = 0u; j < 4u; j++) {
@@ -221,7 +253,45 @@ fn winograd_input_transform(@builtin(global_invocation_id) gid: vec3<u32>, @buil
         v[4u * a + 2u] = r2 - r1;
         v[4u * a + 3u] = r1 - r3;
     }
-    store_planes(i, p.channels * p.tiles, v);
+    return v;
+}
+
+// x (N, C, H, W) -> V (16, C, T), or transposed V (16, T, C): V = B^T d B.
+@compute @workgroup_size(WG)
+fn winograd_input_transform(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = index(gid, nwg);
+    if i >= p.count {
+        return;
+    }
+    let x = input_window(i, 2u);
+    var d: array<f32, 16>;
+    for (var a = 0u; a < 4u; a++) {
+        for (var b = 0u; b < 4u; b++) {
+            d[4u * a + b] = read_window(x, a, b);
+        }
+    }
+    store_planes(i, p.channels * p.tiles, input_tile(d));
+}
+
+// winograd_input_transform of prelu(bn(x)) (see NORMALISED INPUT).
+@compute @workgroup_size(WG)
+fn winograd_normalized_input_transform(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let i = index(gid, nwg);
+    if i >= p.count {
+        return;
+    }
+    let x = input_window(i, 2u);
+    let k = channel_norm(input_channel(i));
+    var d: array<f32, 16>;
+    for (var a = 0u; a < 4u; a++) {
+        for (var b = 0u; b < 4u; b++) {
+            d[4u * a + b] = read_normalized(x, a, b, k);
+        }
+    }
+    store_planes(i, p.channels * p.tiles, input_tile(d));
 }
 
 // M (16, C, T) -> y (N, C, HO, WO): Y = A^T M A, the 2x2 tile clipped to HO, WO.
@@ -414,6 +484,18 @@ fn winograd_f4_weight_transform(
     }
 }
 
+// Writes V = tmp B row by row, tmp = B^T d the first pass of an F(4x4) input transform: invocation i's column of
+// V (36, plane).
+fn f4_input_rows(i: u32, t: array<f32, 36>) {
+    let plane_size = p.channels * p.tiles;
+    for (var r = 0u; r < 6u; r++) {
+        let row = f4_bt(t[6u * r], t[6u * r + 1u], t[6u * r + 2u], t[6u * r + 3u], t[6u * r + 4u], t[6u * r + 5u]);
+        for (var b = 0u; b < 6u; b++) {
+            dst[(6u * r + b) * plane_size + i] = row[b];
+        }
+    }
+}
+
 // x (N, C, H, W) -> V (36, C, T), or transposed V (36, T, C): V = B^T d B.
 @compute @workgroup_size(WG)
 fn winograd_f4_input_transform(
@@ -437,14 +519,33 @@ fn winograd_f4_input_transform(
             t[6u * r + j] = col[r];
         }
     }
-    // V = tmp B, row by row.
-    let plane_size = p.channels * p.tiles;
-    for (var r = 0u; r < 6u; r++) {
-        let row = f4_bt(t[6u * r], t[6u * r + 1u], t[6u * r + 2u], t[6u * r + 3u], t[6u * r + 4u], t[6u * r + 5u]);
-        for (var b = 0u; b < 6u; b++) {
-            dst[(6u * r + b) * plane_size + i] = row[b];
+    f4_input_rows(i, t);
+}
+
+// winograd_f4_input_transform of prelu(bn(x)) (see NORMALISED INPUT).
+@compute @workgroup_size(WG)
+fn winograd_f4_normalized_input_transform(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let i = index(gid, nwg);
+    if i >= p.count {
+        return;
+    }
+    let x = input_window(i, 4u);
+    let k = channel_norm(input_channel(i));
+    var t: array<f32, 36>;
+    for (var j = 0u; j < 6u; j++) {
+        var d: array<f32, 6>;
+        for (var a = 0u; a < 6u; a++) {
+            d[a] = read_normalized(x, a, j, k);
+        }
+        let col = f4_bt(d[0], d[1], d[2], d[3], d[4], d[5]);
+        for (var r = 0u; r < 6u; r++) {
+            t[6u * r + j] = col[r];
         }
     }
+    f4_input_rows(i, t);
 }
 
 // M (36, C, T) -> y (N, C, HO, WO): Y = A^T M A, the 4x4 tile clipped to HO, WO.

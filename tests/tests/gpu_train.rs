@@ -403,9 +403,16 @@ fn a_non_finite_input_is_refused_before_the_gpu() {
 fn setup_is_checked_and_memory_follows_the_formula() {
     let Some(gpu) = gpu() else { return };
     let (b, classes) = (6, 11);
-    let g = GpuBackend::new(gpu, &TINY, b, classes, step_cfg(), 1).unwrap();
+    let mut g = GpuBackend::new(gpu, &TINY, b, classes, step_cfg(), 1).unwrap();
     let m = g.memory();
-    assert_eq!(m.activations, 4 * activation_len(&TINY, b) as u64);
+    assert_eq!(m.activations, 4 * activation_len(&TINY, b, g.winograd()) as u64);
+    // Blocks whose conv2 runs as Winograd keep no PReLU output; switching the layers back and forth reallocates
+    // exactly those.
+    for winograd in [Some(1), Some(16), None] {
+        g.set_winograd(winograd).unwrap();
+        assert_eq!(g.memory().activations, 4 * activation_len(&TINY, b, winograd) as u64, "{winograd:?}");
+    }
+    assert!(activation_len(&TINY, b, Some(1)) < activation_len(&TINY, b, None));
     assert_eq!(m.gradient_buffers, 4 * 4 * gradient_buffer_len(&TINY, b) as u64);
     assert_eq!(m.parameters, 4 * (TINY.state_len() + 2 * (TINY.parameter_count() - TINY.embedding)) as u64, "{m:?}");
     assert_eq!(g.device(), gpu.info.name);

@@ -16,11 +16,12 @@
 //! padding gives differences of the order of the values), at 1e-4 of the result's scale; the arithmetic itself is
 //! bounded by the checks above and, for Winograd against the direct convolution, by the core's tests.
 
+use elasticface::gpu::kernels::batchnorm::{BatchNormKernels, Epilogue};
 use elasticface::gpu::kernels::conv2d::{Conv2d, ConvOp, ConvTiling};
-use elasticface::gpu::kernels::winograd::{Winograd, WinogradWorkspace};
+use elasticface::gpu::kernels::winograd::{InputNorm, Winograd, WinogradWorkspace};
 use elasticface::gpu::kernels::Dispatch;
 use elasticface::gpu::{Gpu, Tensor};
-use elasticface_core::nn::{self, Conv2dShape, WinogradTile, WinogradTiles};
+use elasticface_core::nn::{self, BatchNorm, BatchNormShape, Conv2dShape, WinogradTile, WinogradTiles};
 use elasticface_tests::{assert_within_scale, gpu, slack_allowed, uniform};
 
 fn shape(n: usize, c_in: usize, hw: (usize, usize), c_out: usize, pad: usize) -> Conv2dShape {
@@ -135,9 +136,9 @@ fn winograd_kernels_match_their_core_twins() {
                 let (input, t) = if flip { (input, t_data) } else { (&xv, t) };
                 let (out, out_len) = if flip { (&dx, s.input_len()) } else { (&y, s.output_len()) };
                 let d = if flip {
-                    wino.run(gpu, &conv, ConvOp::BackwardData, s, tile, [&dy, &weight], &dx, &ws).unwrap()
+                    wino.run(gpu, &conv, ConvOp::BackwardData, s, tile, [&dy, &weight], None, &dx, &ws).unwrap()
                 } else {
-                    wino.run(gpu, &conv, ConvOp::Forward, s, tile, [&x, &weight], &y, &ws).unwrap()
+                    wino.run(gpu, &conv, ConvOp::Forward, s, tile, [&x, &weight], None, &y, &ws).unwrap()
                 };
                 run(gpu, &d);
                 let (u_len, v_len, m_len) = (p * c * c_next, p * c * t, p * c_next * t);
@@ -167,7 +168,7 @@ fn winograd_kernels_match_their_core_twins() {
             }
 
             // backward_weight: W (in M's tensor), V^T, dU (in U's tensor), then dweight.
-            run(gpu, &wino.run(gpu, &conv, ConvOp::BackwardWeight, s, tile, [&dy, &x], &dw, &ws).unwrap());
+            run(gpu, &wino.run(gpu, &conv, ConvOp::BackwardWeight, s, tile, [&dy, &x], None, &dw, &ws).unwrap());
             let w = read(gpu, &ws.m, p * s.c_out * t);
             let mut want = vec![0.0; w.len()];
             nn::winograd_output_grad_transform(&fwd, s.c_out, &dyv, &mut want).unwrap();
@@ -190,6 +191,105 @@ fn winograd_kernels_match_their_core_twins() {
             check_wiring(&what("backward_weight"), &got, &direct);
         }
         eprintln!("{name:>10} {tile:?}: gemm_batched max error / bound {worst:.3}");
+    }
+}
+
+/// A convolution reading `prelu(bn(x))` through the normalised input transforms (`InputNorm`): the same bits as
+/// the batch norm kernel's output convolved (on a CPU adapter; elsewhere within 8 `EPSILON` of scale, as a driver
+/// may contract the two kernels' `a * b + c` differently), forward and backward_weight, with and without the
+/// PReLU, both tiles; its transformed input against the core twin `winograd_normalized_input_transform`, whose
+/// `1 / sqrt` may differ from WGSL's `inverseSqrt` in the last bit: within 64 `EPSILON` of V's scale (an ulp
+/// of the scale factor, times the transform's growth: at most 10 x 10 per unit of input for F(4x4)'s `B^T`,
+/// relative to V's largest value, which is at least the input's).
+#[test]
+fn normalized_input_convolutions_match_the_batch_norm_then_the_convolution() {
+    let Some(gpu) = gpu() else { return };
+    let slack = slack_allowed(gpu, 8.0);
+    let (wino, conv, bnk) = (Winograd::new(gpu), Conv2d::new(gpu), BatchNormKernels::new(gpu));
+    let bn = BatchNorm { eps: 1e-3, momentum: 0.1 };
+    for (case, s) in
+        [shape(2, 5, (9, 7), 6, 1), shape(1, 3, (5, 5), 4, 2), shape(2, 70, (5, 5), 9, 1)].iter().enumerate()
+    {
+        let c = s.c_in;
+        let seed = 300 + 10 * case as u64;
+        let xv: Vec<f32> = uniform(seed, s.input_len()).iter().map(|v| 3.0 * v + 0.5).collect();
+        let (wv, dyv) = (uniform(seed + 1, s.weight_len()), uniform(seed + 2, s.output_len()));
+        let mean = uniform(seed + 3, c);
+        let var: Vec<f32> = uniform(seed + 4, c).iter().map(|v| v.abs() + 0.2).collect();
+        let (gamma, beta, alpha) = (uniform(seed + 5, c), uniform(seed + 6, c), uniform(seed + 7, c));
+        let x = gpu.upload("x", &[s.n, c, s.h, s.w], &xv);
+        let weight = gpu.upload("weight", &[s.c_out, c, 3, 3], &wv);
+        let dy = gpu.upload("dy", &[s.n, s.c_out, s.out_h(), s.out_w()], &dyv);
+        let per_channel = |label: &str, v: &[f32]| gpu.upload(label, &[c], v);
+        let (mean_t, var_t) = (per_channel("mean", &mean), per_channel("var", &var));
+        let (gamma_t, beta_t, alpha_t) =
+            (per_channel("gamma", &gamma), per_channel("beta", &beta), per_channel("alpha", &alpha));
+        let z = gpu.zeros("bn output", &[s.n, c, s.h, s.w]);
+        let bs = BatchNormShape { n: s.n, c, hw: s.h * s.w };
+        for tile in WinogradTile::ALL {
+            let ws = workspace(gpu, &conv, s, tile);
+            let fwd = WinogradTiles::forward_of(s, tile).unwrap();
+            let (t, p) = (fwd.tiles(), tile.planes());
+            for prelu in [false, true] {
+                let what = |part: &str| format!("{tile:?} {s:?} prelu {prelu}: {part}");
+                let then = if prelu { Epilogue::Prelu(&alpha_t) } else { Epilogue::None };
+                let norm = InputNorm {
+                    eps: bn.eps,
+                    mean: &mean_t,
+                    var: &var_t,
+                    gamma: &gamma_t,
+                    beta: &beta_t,
+                    alpha: prelu.then_some(&alpha_t),
+                };
+                let outputs = |fused: bool| {
+                    let (y, dw) = (gpu.zeros("y", &[s.output_len()]), gpu.zeros("dweight", &[s.weight_len()]));
+                    let input = if fused { &x } else { &z };
+                    let norm = fused.then_some(norm);
+                    let mut d = Vec::new();
+                    if !fused {
+                        let bnd = bnk.forward_eval(gpu, &bs, &bn, &x, &gamma_t, &beta_t, then, &mean_t, &var_t, &z);
+                        d.push(bnd.unwrap());
+                    }
+                    d.extend(wino.run(gpu, &conv, ConvOp::Forward, s, tile, [input, &weight], norm, &y, &ws).unwrap());
+                    run(gpu, &d);
+                    // The transformed input of the forward pass, still in the workspace.
+                    let v = read(gpu, &ws.v, p * c * t);
+                    run(
+                        gpu,
+                        &wino.run(gpu, &conv, ConvOp::BackwardWeight, s, tile, [&dy, input], norm, &dw, &ws).unwrap(),
+                    );
+                    (v, read(gpu, &y, s.output_len()), read(gpu, &dw, s.weight_len()))
+                };
+                let (v_plain, y_plain, dw_plain) = outputs(false);
+                let (v, y, dw) = outputs(true);
+                assert_within_scale(&what("transformed input, fused vs unfused"), &v, &v_plain, slack);
+                assert_within_scale(&what("forward, fused vs unfused"), &y, &y_plain, slack);
+                assert_within_scale(&what("backward_weight, fused vs unfused"), &dw, &dw_plain, slack);
+                let core_norm = nn::NormalizedInput {
+                    bn,
+                    mean: &mean,
+                    var: &var,
+                    gamma: &gamma,
+                    beta: &beta,
+                    alpha: prelu.then_some(&alpha[..]),
+                };
+                let mut want = vec![0.0; v.len()];
+                nn::winograd_normalized_input_transform(&fwd, c, &xv, &core_norm, false, &mut want).unwrap();
+                assert_within_scale(&what("winograd_normalized_input_transform vs core"), &v, &want, 64.0);
+            }
+        }
+        // backward_data has no batch norm to apply; a per-channel tensor of the wrong size is named.
+        let ws = workspace(gpu, &conv, s, WinogradTile::F2x2);
+        let norm = InputNorm { eps: bn.eps, mean: &mean_t, var: &var_t, gamma: &gamma_t, beta: &beta_t, alpha: None };
+        let dx = gpu.zeros("dx", &[s.input_len()]);
+        let run_with =
+            |op, inputs, norm, out| wino.run(gpu, &conv, op, s, WinogradTile::F2x2, inputs, Some(norm), out, &ws);
+        let err = run_with(ConvOp::BackwardData, [&dy, &weight], norm, &dx).err().unwrap().to_string();
+        assert!(err.contains("output gradient"), "{err}");
+        let short = gpu.zeros("short", &[c + 1]);
+        let y = gpu.zeros("y", &[s.output_len()]);
+        let err = run_with(ConvOp::Forward, [&x, &weight], InputNorm { var: &short, ..norm }, &y).err().unwrap();
+        assert!(format!("{err:#}").contains("var"), "{err:#}");
     }
 }
 
@@ -218,13 +318,13 @@ fn winograd_refuses_what_it_cannot_run() {
             gpu.zeros("w", &[s.weight_len()]),
             gpu.zeros("y", &[s.output_len()]),
         );
-        let err = wino.run(gpu, &conv, ConvOp::Forward, &s, tile, [&x, &w], &y, &ws).err().unwrap().to_string();
+        let err = wino.run(gpu, &conv, ConvOp::Forward, &s, tile, [&x, &w], None, &y, &ws).err().unwrap().to_string();
         assert!(err.contains("x has"), "{err}");
     }
     // F(4x4) needs 36 planes: an F(2x2) workspace is refused, not overrun (its U holds 16 * 3 * 2 elements).
     let ws = workspace(gpu, &conv, &s, WinogradTile::F2x2);
     let (x, w, y) =
         (gpu.zeros("x", &[s.input_len()]), gpu.zeros("w", &[s.weight_len()]), gpu.zeros("y", &[s.output_len()]));
-    let err = wino.run(gpu, &conv, ConvOp::Forward, &s, WinogradTile::F4x4, [&x, &w], &y, &ws).err().unwrap();
+    let err = wino.run(gpu, &conv, ConvOp::Forward, &s, WinogradTile::F4x4, [&x, &w], None, &y, &ws).err().unwrap();
     assert!(format!("{err:#}").contains("winograd U"), "{err:#}");
 }

@@ -82,7 +82,7 @@ impl Default for BatchNorm {
 
 /// `1 / sqrt(var + eps)`.
 #[inline]
-fn inv_std(var: f32, eps: f32) -> f32 {
+pub(super) fn inv_std(var: f32, eps: f32) -> f32 {
     1.0 / libm::sqrtf(var + eps)
 }
 
@@ -126,13 +126,13 @@ fn affine_channel(
 /// The normalised value of element `xv` of channel `c` with the statistics `(mean, var)`: the forward pass's
 /// `(x - mean) * (gamma / sqrt(var + eps)) + beta`, rounded as [`affine_channel`] rounds it.
 #[inline]
-fn normalised(xv: f32, mean: f32, scale: f32, shift: f32) -> f32 {
+pub(super) fn normalised(xv: f32, mean: f32, scale: f32, shift: f32) -> f32 {
     (xv - mean) * scale + shift
 }
 
 /// PReLU of one value with slope `a`, as [`prelu_forward`](super::prelu_forward) computes it.
 #[inline]
-fn prelu(v: f32, a: f32) -> f32 {
+pub(super) fn prelu(v: f32, a: f32) -> f32 {
     if v > 0.0 {
         v
     } else {

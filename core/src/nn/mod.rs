@@ -36,6 +36,7 @@ pub use residual::{accumulate, residual_add_backward, residual_add_forward};
 pub use sgd::{clip_coefficient, scale, sgd_step, sum_of_squares, Sgd};
 pub use winograd::{
     conv2d_winograd_backward_data, conv2d_winograd_backward_weight, conv2d_winograd_forward, gemm_batched,
-    winograd_input_transform, winograd_output_grad_transform, winograd_output_transform,
-    winograd_weight_grad_transform, winograd_weight_transform, winograd_workspace_len, WinogradTile, WinogradTiles,
+    winograd_input_transform, winograd_normalized_input_transform, winograd_output_grad_transform,
+    winograd_output_transform, winograd_weight_grad_transform, winograd_weight_transform, winograd_workspace_len,
+    NormalizedInput, WinogradTile, WinogradTiles,
 };

@@ -90,7 +90,8 @@
 
 use crate::error::{check_len, Error};
 
-use super::Conv2dShape;
+use super::batchnorm::{inv_std, normalised, prelu};
+use super::{BatchNorm, Conv2dShape};
 
 /// A 4x4 tile, `[row][column]`.
 type Tile4 = [[f32; 4]; 4];
@@ -512,13 +513,83 @@ pub fn winograd_input_transform(
     check_len("x", x, x_len)?;
     check_len("v", v, v_len)?;
     match t.tile {
-        WinogradTile::F2x2 => input_transform_with(t, channels, x, transposed, v, input_tile),
-        WinogradTile::F4x4 => input_transform_with(t, channels, x, transposed, v, input_tile_f4),
+        WinogradTile::F2x2 => input_transform_with(t, channels, x, transposed, v, input_tile, |_, xv| xv),
+        WinogradTile::F4x4 => input_transform_with(t, channels, x, transposed, v, input_tile_f4, |_, xv| xv),
     }
     Ok(())
 }
 
-/// [`winograd_input_transform`] with the per-tile transform `f` (`I x I` patches); sizes checked by the caller.
+/// The batch norm, and optionally the PReLU after it, that [`winograd_normalized_input_transform`] applies to
+/// each element of its input as it reads it: `prelu(gamma[c] * (x - mean[c]) / sqrt(var[c] + eps) + beta[c],
+/// alpha[c])`, rounded as [`batchnorm_forward_eval`](super::batchnorm_forward_eval) (with `mean`, `var` as its
+/// running statistics, or a training step's saved batch statistics) and
+/// [`batchnorm_prelu_forward_eval`](super::batchnorm_prelu_forward_eval) round it. Every slice has one value per
+/// channel.
+#[derive(Clone, Copy, Debug)]
+pub struct NormalizedInput<'a> {
+    /// The batch norm's `eps` (its momentum is not used).
+    pub bn: BatchNorm,
+    /// The mean and the variance the input is normalised with.
+    pub mean: &'a [f32],
+    /// See [`Self::mean`].
+    pub var: &'a [f32],
+    /// The batch norm's weight.
+    pub gamma: &'a [f32],
+    /// The batch norm's bias.
+    pub beta: &'a [f32],
+    /// The slopes of a PReLU applied after the batch norm, or none.
+    pub alpha: Option<&'a [f32]>,
+}
+
+impl NormalizedInput<'_> {
+    /// Errors unless every slice holds `channels` values ([`Error::Length`] naming it).
+    fn check(&self, channels: usize) -> Result<(), Error> {
+        for (name, t) in [("mean", self.mean), ("var", self.var), ("gamma", self.gamma), ("beta", self.beta)] {
+            check_len(name, t, channels)?;
+        }
+        if let Some(alpha) = self.alpha {
+            check_len("alpha", alpha, channels)?;
+        }
+        Ok(())
+    }
+}
+
+/// [`winograd_input_transform`] of `norm` applied to `x`: `V = B^T d B` of the patches of
+/// `prelu(bn(x))` (zero padding outside `x`, as the convolution pads its input), without storing that tensor.
+/// The same bits as [`batchnorm_forward_eval`](super::batchnorm_forward_eval) (or
+/// [`batchnorm_prelu_forward_eval`](super::batchnorm_prelu_forward_eval)) followed by
+/// [`winograd_input_transform`].
+///
+/// Overwrites `v`. Errors: as [`winograd_input_transform`], and a per-channel slice of `norm` of the wrong
+/// length ([`Error::Length`] naming it).
+pub fn winograd_normalized_input_transform(
+    t: &WinogradTiles,
+    channels: usize,
+    x: &[f32],
+    norm: &NormalizedInput<'_>,
+    transposed: bool,
+    v: &mut [f32],
+) -> Result<(), Error> {
+    let (x_len, _, v_len) = t.lens(channels)?;
+    check_len("x", x, x_len)?;
+    norm.check(channels)?;
+    check_len("v", v, v_len)?;
+    let load = |c: usize, xv: f32| {
+        let z = normalised(xv, norm.mean[c], norm.gamma[c] * inv_std(norm.var[c], norm.bn.eps), norm.beta[c]);
+        match norm.alpha {
+            Some(alpha) => prelu(z, alpha[c]),
+            None => z,
+        }
+    };
+    match t.tile {
+        WinogradTile::F2x2 => input_transform_with(t, channels, x, transposed, v, input_tile, load),
+        WinogradTile::F4x4 => input_transform_with(t, channels, x, transposed, v, input_tile_f4, load),
+    }
+    Ok(())
+}
+
+/// [`winograd_input_transform`] with the per-tile transform `f` (`I x I` patches), each element of `x` read
+/// through `load(channel, value)`; sizes checked by the caller.
 fn input_transform_with<const I: usize>(
     t: &WinogradTiles,
     channels: usize,
@@ -526,6 +597,7 @@ fn input_transform_with<const I: usize>(
     transposed: bool,
     v: &mut [f32],
     f: fn(&[[f32; I]; I]) -> [[f32; I]; I],
+    load: impl Fn(usize, f32) -> f32,
 ) {
     let (h, w, pad, count, step) = (t.h, t.w, t.pad, t.tiles(), I - 2);
     for (tile, n, th, tw) in t.each() {
@@ -538,7 +610,7 @@ fn input_transform_with<const I: usize>(
                     if r < pad || q < pad || r - pad >= h || q - pad >= w {
                         0.0
                     } else {
-                        plane[(r - pad) * w + (q - pad)]
+                        load(c, plane[(r - pad) * w + (q - pad)])
                     }
                 })
             });
@@ -1291,6 +1363,69 @@ mod tests {
             -2.0, 3.0, 1.0, 1.0,
         ];
         assert_eq!(v, padded);
+    }
+
+    #[test]
+    fn the_normalized_input_transform_is_the_batch_norm_then_the_transform_bit_for_bit() {
+        use crate::nn::{batchnorm_forward_eval, batchnorm_prelu_forward_eval, BatchNormShape};
+        // Partial tiles of both sizes, padding 1 and 2; statistics away from the data's, a zero slope and a
+        // negative gamma among the channels.
+        for (t, c) in [
+            (WinogradTiles { n: 2, h: 5, w: 7, pad: 1, tile: F2x2 }, 3),
+            (WinogradTiles { n: 2, h: 9, w: 6, pad: 2, tile: F4x4 }, 4),
+            (WinogradTiles { n: 1, h: 3, w: 3, pad: 1, tile: F4x4 }, 2),
+        ] {
+            let mut rng = Rng(5 + c as u64);
+            let bs = BatchNormShape { n: t.n, c, hw: t.h * t.w };
+            let x = rng.vec(bs.len());
+            let mean = rng.vec(c);
+            let var: Vec<f32> = rng.vec(c).iter().map(|v| v.abs() + 0.1).collect();
+            let (mut gamma, beta, mut alpha) = (rng.vec(c), rng.vec(c), rng.vec(c));
+            gamma[0] = -gamma[0].abs();
+            alpha[c - 1] = 0.0;
+            let bn = BatchNorm { eps: 1e-3, momentum: 0.5 };
+            let (_, _, v_len) = t.lens(c).unwrap();
+            for prelu in [false, true] {
+                let mut z = vec![0.0; bs.len()];
+                if prelu {
+                    batchnorm_prelu_forward_eval(&bs, &bn, &x, &gamma, &beta, &alpha, &mean, &var, &mut z).unwrap();
+                } else {
+                    batchnorm_forward_eval(&bs, &bn, &x, &gamma, &beta, &mean, &var, &mut z).unwrap();
+                }
+                let norm = NormalizedInput {
+                    bn,
+                    mean: &mean,
+                    var: &var,
+                    gamma: &gamma,
+                    beta: &beta,
+                    alpha: prelu.then_some(&alpha[..]),
+                };
+                for transposed in [false, true] {
+                    let (mut want, mut got) = (vec![0.0; v_len], vec![f32::NAN; v_len]);
+                    winograd_input_transform(&t, c, &z, transposed, &mut want).unwrap();
+                    winograd_normalized_input_transform(&t, c, &x, &norm, transposed, &mut got).unwrap();
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&got), bits(&want), "{t:?} prelu {prelu} transposed {transposed}");
+                }
+            }
+            // Each per-channel slice is checked and named.
+            let short = &mean[1..];
+            let mut v = vec![0.0; v_len];
+            let bad = |norm: NormalizedInput<'_>| {
+                winograd_normalized_input_transform(&t, c, &x, &norm, false, &mut v.clone()).unwrap_err()
+            };
+            let norm = NormalizedInput { bn, mean: &mean, var: &var, gamma: &gamma, beta: &beta, alpha: None };
+            for (name, e) in [
+                ("mean", bad(NormalizedInput { mean: short, ..norm })),
+                ("var", bad(NormalizedInput { var: short, ..norm })),
+                ("gamma", bad(NormalizedInput { gamma: short, ..norm })),
+                ("beta", bad(NormalizedInput { beta: short, ..norm })),
+                ("alpha", bad(NormalizedInput { alpha: Some(short), ..norm })),
+            ] {
+                assert_eq!(e, Error::Length { what: name, expected: c, got: c - 1 });
+            }
+            assert!(winograd_normalized_input_transform(&t, c, &x[1..], &norm, false, &mut v).is_err());
+        }
     }
 
     #[test]

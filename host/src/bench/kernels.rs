@@ -127,8 +127,9 @@ pub fn kernel_cases(gpu: &Gpu, n: usize, shrink: usize) -> Result<Vec<KernelCase
             ] {
                 let lens = Winograd::workspace_lens(gpu, conv, &s, tile)?;
                 let ws = WinogradWorkspace::allocate(&lens, |label, len| Ok(gpu.zeros(label, &[len])))?;
-                let run =
-                    |op, inputs: [&Tensor; 2], out: &Tensor| winograd.run(gpu, conv, op, &s, tile, inputs, out, &ws);
+                let run = |op, inputs: [&Tensor; 2], out: &Tensor| {
+                    winograd.run(gpu, conv, op, &s, tile, inputs, None, out, &ws)
+                };
                 ops.push((names[0], run(ConvOp::Forward, [&x, &w], &y)?));
                 ops.push((names[1], run(ConvOp::BackwardData, [&y, &w], &x)?));
                 ops.push((names[2], run(ConvOp::BackwardWeight, [&y, &x], &w)?));

@@ -49,9 +49,13 @@
 //! (adapter-dependent). A convolution run as Winograd ([`GpuBackend::set_winograd`]) takes 4 dispatches in place
 //! of 1 for each of its three passes (transforms around the batched product), plus a reduction where the product
 //! is split. The PReLUs and the residual adds have no dispatches of their own: each runs inside the passes of the
-//! batch norm next to it ([`Epilogue`], [`BackwardFusion`]), with the same results bit for bit.
+//! batch norm next to it ([`Epilogue`], [`BackwardFusion`]), with the same results bit for bit. A Winograd
+//! convolution whose input is a batch norm's output (conv1 after bn1; conv2 after bn2 and the PReLU, where it has
+//! stride 1) reads the batch norm's input and normalises it in its input transform ([`InputNorm`]), forward and
+//! for its weight gradient: the batch norm keeps only its 2 statistics dispatches, and conv1's backward recomputes
+//! nothing; one dispatch fewer per such convolution forward, one per such conv1 backward, the same bits.
 //! The tiny reference net at batch 6: 433; iResNet-100 at batch 128 with 85,742 classes on an H200: 3,247 before
-//! that fusion, 298 fewer with it.
+//! the batch norm fusions, 298 fewer with them.
 //! Evaluation ([`Backend::embed`]) records the forward pass alone, for each chunk size, built on first use.
 //!
 //! # Memory
@@ -64,7 +68,8 @@
 //! ```text
 //! B * [ 3 H W                                      network input
 //!     + 2 C0 H W                                   stem: conv1 and prelu outputs
-//!     + sum over blocks ( 2 Cout h w               conv1 and prelu outputs
+//!     + sum over blocks ( (1 + k) Cout h w         conv1 output, and prelu output unless conv2 runs as
+//!                                                  Winograd (k = 0 then, else 1)
 //!                       + (2 + ds) Cout h' w' )    conv2 output, block output, downsample conv output (ds = 1)
 //!     + C3 (H/16) (W/16) + 2 E ]                   bn2, fc and features outputs
 //! + 2 * (channels of every batch norm)             saved batch mean and variance
@@ -78,12 +83,16 @@
 //! output, which feeds conv1: the backward pass recomputes it from bn1's input and saved batch statistics, with the
 //! same kernel and the same arithmetic as the forward pass (bit-identical), into a gradient buffer that is free at
 //! that point, just before conv1's weight gradient reads it. Not keeping these outputs saves a third of the
-//! activations. On top come four gradient buffers of [`gradient_buffer_len`] floats each (the largest
+//! activations. Where conv1 runs as Winograd, bn1's output is not even recomputed: conv1 reads bn1's input
+//! through [`InputNorm`]; where conv2 does, it reads conv1's output the same way, and the PReLU's output is not
+//! kept at all (`k = 0` above). On top come four gradient buffers of [`gradient_buffer_len`] floats each (the largest
 //! activation) and scratch sized by the largest layer; where layers run as Winograd, its workspace too (transformed
 //! weights `P C_OUT C_IN`, transformed inputs and products `P max(C_IN, C_OUT) T` each, `T` the output tiles of the
 //! batch and `P` = 36 planes for F(4x4), 16 for F(2x2), for the largest such layer; for r100 at batch 128 from 128
 //! channels about 0.53 GB with F(4x4), which `auto` picks for every layer there, and 0.87 GB with F(2x2)). iResNet-100 at batch
-//! 128 (112 x 112): 2.34 G floats of activations (9.4 GB) and 4 x 0.103 G floats of gradient buffers (1.64 GB), besides
+//! 128 (112 x 112): 2.34 G floats of activations (9.35 GB) with every convolution direct, 1.99 G (7.96 GB) with
+//! Winograd from 128 channels (the GPU default), 1.94 G (7.75 GB) from 64; 4 x 0.103 G floats of gradient
+//! buffers (1.64 GB), besides
 //! 0.78 GB of parameters, gradients and momentum and 0.7 GB of head (85,742 classes); [`GpuBackend::memory`] reports
 //! what a backend allocated.
 //!
@@ -117,20 +126,22 @@ use crate::gpu::kernels::sgd::{
     GradClip, SgdKernels, NON_FINITE_BACKBONE, NON_FINITE_HEAD, NON_FINITE_LOSS, REPORT_BACKBONE_NORM, REPORT_FLAGS,
     REPORT_LEN, REPORT_LOSS,
 };
-use crate::gpu::kernels::winograd::{Winograd, WinogradLens, WinogradTileChoice, WinogradWorkspace};
+use crate::gpu::kernels::winograd::{InputNorm, Winograd, WinogradLens, WinogradTileChoice, WinogradWorkspace};
 use crate::gpu::kernels::{BufferCopy, Dispatch};
 use crate::gpu::{Gpu, SplitTensor, Tensor};
 
-/// Floats of the activations a training step keeps for the backward pass, for a batch of `batch` (the formula in
-/// the [module documentation](self)).
-pub fn activation_len(cfg: &IResNetConfig, batch: usize) -> usize {
+/// Floats of the activations a training step keeps for the backward pass, for a batch of `batch`, with the 3x3
+/// stride-1 convolutions of at least `winograd` input and output channels run as Winograd (`None`: none; mixed
+/// precision runs none either): the formula in the [module documentation](self).
+pub fn activation_len(cfg: &IResNetConfig, batch: usize, winograd: Option<usize>) -> usize {
     let (h, w, c0) = (cfg.input_h, cfg.input_w, cfg.widths[0]);
     let stem = 3 * h * w + 2 * c0 * h * w;
     let blocks: usize = cfg
         .blocks()
         .map(|b| {
             let out = b.c_out * b.out_h() * b.out_w();
-            2 * b.c_out * b.h * b.w + (2 + usize::from(b.downsample)) * out
+            let prelu_kept = !conv2_is_winograd(&b, winograd);
+            (1 + usize::from(prelu_kept)) * b.c_out * b.h * b.w + (2 + usize::from(b.downsample)) * out
         })
         .sum();
     let tail = cfg.fc_inputs() + 2 * cfg.embedding;
@@ -164,7 +175,7 @@ pub struct MemoryUse {
     pub parameters: u64,
     /// The head: weight, gradient, momentum, and the margin head's tensors (normalised centres, scratch).
     pub head: u64,
-    /// The activations kept for the backward pass: `4 * activation_len(cfg, batch)`.
+    /// The activations kept for the backward pass: `4 * activation_len(cfg, batch, winograd)`.
     pub activations: u64,
     /// The four rotating gradient buffers.
     pub gradient_buffers: u64,
@@ -213,9 +224,12 @@ impl Kernels {
 
     /// Whether the convolution `s` runs as Winograd.
     fn uses_winograd(&self, s: &Conv2dShape) -> bool {
-        self.conv.precision() == ConvPrecision::F32
-            && self.winograd_min_channels.is_some_and(|c| s.c_in.min(s.c_out) >= c)
-            && Winograd::applies(s)
+        is_winograd(s, self.winograd_layers())
+    }
+
+    /// The fewest channels of a Winograd convolution as the trainer runs them: none in mixed precision.
+    fn winograd_layers(&self) -> Option<usize> {
+        self.winograd_min_channels.filter(|_| self.conv.precision() == ConvPrecision::F32)
     }
 
     /// The tile the Winograd convolution `s` runs with in a trainer of `batch` images: chosen for the layer at
@@ -224,6 +238,17 @@ impl Kernels {
     fn winograd_tile(&self, s: &Conv2dShape, batch: usize) -> WinogradTile {
         self.winograd_tile.tile_for(&Conv2dShape { n: batch, ..*s })
     }
+}
+
+/// Whether the convolution `s` runs as Winograd when those of at least `min_channels` input and output channels do.
+fn is_winograd(s: &Conv2dShape, min_channels: Option<usize>) -> bool {
+    min_channels.is_some_and(|c| s.c_in.min(s.c_out) >= c) && Winograd::applies(s)
+}
+
+/// Whether block `b`'s conv2 runs as Winograd (see [`is_winograd`]): then it applies bn2 and the PReLU as it reads
+/// conv1's output, and the PReLU's output is not kept.
+fn conv2_is_winograd(b: &BlockSpec, min_channels: Option<usize>) -> bool {
+    is_winograd(&BlockShapes::new(b, 1).conv2, min_channels)
 }
 
 /// Which [`MemoryUse`] field an allocation counts towards.
@@ -325,8 +350,9 @@ struct Block {
     c1: Tensor,
     /// Saved statistics of bn2 (its output `(B, C_out, h, w)` is recomputed in the backward pass).
     a2_stats: Stats,
-    /// `(B, C_out, h, w)` prelu output.
-    p: Tensor,
+    /// `(B, C_out, h, w)` prelu output, kept where conv2 runs directly (a Winograd conv2 applies bn2 and the
+    /// PReLU as it reads `c1`, forward and backward, so the output is never stored).
+    p: Option<Tensor>,
     /// `(B, C_out, h', w')` conv2 output (bn3's output is a temporary) and the block output.
     c2: Tensor,
     a3_stats: Stats,
@@ -498,8 +524,8 @@ impl Net {
             let sh = BlockShapes::new(&spec, n);
             let mut zeros = |what: &str, dims: &[usize]| a.zeros(act, &format!("{name}.{what}"), dims);
             let c1 = zeros("conv1.out", &sh.full_dims)?;
-            let (p, c2, y) =
-                (zeros("prelu.out", &sh.full_dims)?, zeros("conv2.out", &sh.out_dims)?, zeros("out", &sh.out_dims)?);
+            let p = if k.uses_winograd(&sh.conv2) { None } else { Some(zeros("prelu.out", &sh.full_dims)?) };
+            let (c2, y) = (zeros("conv2.out", &sh.out_dims)?, zeros("out", &sh.out_dims)?);
             let ds_out = if spec.downsample { Some(zeros("downsample.0.out", &sh.out_dims)?) } else { None };
             let (bn1, conv1, bn2) = (cursor.module("bn1")?, cursor.module("conv1")?, cursor.module("bn2")?);
             let (prelu, conv2, bn3) = (cursor.module("prelu")?, cursor.module("conv2")?, cursor.module("bn3")?);
@@ -626,14 +652,28 @@ impl Net {
         &self.params[i].value
     }
 
-    /// Replaces the Winograd workspace with one for `k`'s choice of layers.
+    /// Replaces the Winograd workspace with one for `k`'s choice of layers, and keeps the PReLU outputs of the
+    /// blocks whose conv2 now runs directly (only those).
     fn reallocate_winograd(&mut self, gpu: &Gpu, k: &Kernels) -> Result<()> {
         if let Some(old) = self.winograd.take() {
             self.memory.scratch -= [old.u, old.v, old.m, old.scratch].iter().map(Tensor::bytes).sum::<u64>();
         }
         let mut a = Alloc { gpu, used: MemoryUse::default() };
         self.winograd = winograd_workspace(gpu, k, &self.cfg, self.batch, &mut a)?;
+        for b in &mut self.blocks {
+            let sh = BlockShapes::new(&b.spec, self.batch);
+            let keep = !k.uses_winograd(&sh.conv2);
+            if keep && b.p.is_none() {
+                let label = format!("layer{}.{}.prelu.out", b.spec.stage + 1, b.spec.index);
+                b.p = Some(a.zeros(Purpose::Activations, &label, &sh.full_dims)?);
+            } else if !keep {
+                if let Some(p) = b.p.take() {
+                    self.memory.activations -= p.bytes();
+                }
+            }
+        }
         self.memory.scratch += a.used.scratch;
+        self.memory.activations += a.used.activations;
         Ok(())
     }
 
@@ -751,6 +791,54 @@ impl Builder<'_> {
         Ok(())
     }
 
+    /// The batch norm at `bn` (and the PReLU at `prelu`) as what a Winograd convolution's input transform applies
+    /// as it reads the batch norm's input: with the batch statistics `stats` in training mode (those the forward
+    /// pass computes, or saved for the backward pass), the running statistics in eval mode.
+    fn input_norm<'a>(&'a self, mode: Mode, bn: usize, stats: &'a Stats, prelu: Option<usize>) -> InputNorm<'a> {
+        let net = self.net;
+        let (mean, var) = match mode {
+            Mode::Train => (&stats.mean, &stats.var),
+            Mode::Eval => (net.value(bn + 2), net.value(bn + 3)),
+        };
+        InputNorm {
+            eps: self.bn.eps,
+            mean,
+            var,
+            gamma: net.value(bn),
+            beta: net.value(bn + 1),
+            alpha: prelu.map(|i| net.value(i)),
+        }
+    }
+
+    /// A batch norm whose output only a Winograd convolution reads (through [`Self::input_norm`]): its batch
+    /// statistics of `x` in training mode (into `stats`; the running statistics move), nothing in eval mode.
+    fn bn_statistics(
+        &self,
+        d: &mut Vec<Dispatch>,
+        mode: Mode,
+        s: &BatchNormShape,
+        bn: usize,
+        x: &Tensor,
+        stats: &Stats,
+    ) -> Result<()> {
+        if mode == Mode::Train {
+            let net = self.net;
+            let (mean, var) = (net.value(bn + 2), net.value(bn + 3));
+            d.extend(self.k.bn.statistics(
+                self.gpu,
+                s,
+                &self.bn,
+                x,
+                mean,
+                var,
+                &stats.mean,
+                &stats.var,
+                &net.bn_scratch,
+            )?);
+        }
+        Ok(())
+    }
+
     /// A batch norm backward with its state tensors from index `bn`, taking in `fusion`: `dy -> dx` and the
     /// gradients of its weight (unless frozen) and bias. `x` is the batch norm's input.
     #[allow(clippy::too_many_arguments)]
@@ -803,9 +891,30 @@ impl Builder<'_> {
     ) -> Result<()> {
         let (gpu, k) = (self.gpu, self.k);
         d.extend(match self.winograd(s) {
-            Some(ws) => k.winograd.run(gpu, &k.conv, op, s, k.winograd_tile(s, self.net.batch), inputs, out, ws)?,
+            Some(ws) => {
+                k.winograd.run(gpu, &k.conv, op, s, k.winograd_tile(s, self.net.batch), inputs, None, out, ws)?
+            }
             None => k.conv.run(gpu, op, s, inputs, out, &self.net.conv_scratch)?,
         });
+        Ok(())
+    }
+
+    /// The Winograd convolution `op` (forward or backward_weight) on `s` reading its input as `norm` normalises
+    /// it (see [`InputNorm`]); `inputs` as [`Conv2d::run`] takes them, with the batch norm's input in place of
+    /// the convolution's. Only for a shape that runs as Winograd ([`Self::winograd`]).
+    fn conv_normalized(
+        &self,
+        d: &mut Vec<Dispatch>,
+        op: ConvOp,
+        s: &Conv2dShape,
+        inputs: [&Tensor; 2],
+        norm: InputNorm<'_>,
+        out: &Tensor,
+    ) -> Result<()> {
+        let (gpu, k) = (self.gpu, self.k);
+        let ws = self.winograd(s).context("a normalised input needs a Winograd convolution")?;
+        let tile = k.winograd_tile(s, self.net.batch);
+        d.extend(k.winograd.run(gpu, &k.conv, op, s, tile, inputs, Some(norm), out, ws)?);
         Ok(())
     }
 
@@ -832,17 +941,31 @@ impl Builder<'_> {
         // Blocks: x (n, C_in, h, w) -> y (n, C_out, h', w').
         for b in &net.blocks {
             let sh = BlockShapes::new(&b.spec, n);
-            // bn1's output is a temporary in a gradient buffer, recomputed in the backward pass.
-            let a1 = net.buf(0, "bn1 output", &sh.in_dims)?;
-            self.bn_forward(&mut d, mode, &sh.input, b.bn1, &x, Epilogue::None, &a1, &b.a1_stats)?;
             let c1 = first(&b.c1, n)?;
-            self.conv(&mut d, ConvOp::Forward, &sh.conv1, [&a1, net.value(b.conv1)], &c1)?;
-            // bn2 and the PReLU in one pass.
-            let p = first(&b.p, n)?;
-            let alpha = Epilogue::Prelu(net.value(b.prelu));
-            self.bn_forward(&mut d, mode, &sh.full, b.bn2, &c1, alpha, &p, &b.a2_stats)?;
+            if self.winograd(&sh.conv1).is_some() {
+                // conv1 normalises x as its input transform reads it: bn1's output is never stored.
+                self.bn_statistics(&mut d, mode, &sh.input, b.bn1, &x, &b.a1_stats)?;
+                let norm = self.input_norm(mode, b.bn1, &b.a1_stats, None);
+                self.conv_normalized(&mut d, ConvOp::Forward, &sh.conv1, [&x, net.value(b.conv1)], norm, &c1)?;
+            } else {
+                // bn1's output is a temporary in a gradient buffer, recomputed in the backward pass.
+                let a1 = net.buf(0, "bn1 output", &sh.in_dims)?;
+                self.bn_forward(&mut d, mode, &sh.input, b.bn1, &x, Epilogue::None, &a1, &b.a1_stats)?;
+                self.conv(&mut d, ConvOp::Forward, &sh.conv1, [&a1, net.value(b.conv1)], &c1)?;
+            }
             let c2 = first(&b.c2, n)?;
-            self.conv(&mut d, ConvOp::Forward, &sh.conv2, [&p, net.value(b.conv2)], &c2)?;
+            if self.winograd(&sh.conv2).is_some() {
+                // conv2 applies bn2 and the PReLU as its input transform reads conv1's output.
+                self.bn_statistics(&mut d, mode, &sh.full, b.bn2, &c1, &b.a2_stats)?;
+                let norm = self.input_norm(mode, b.bn2, &b.a2_stats, Some(b.prelu));
+                self.conv_normalized(&mut d, ConvOp::Forward, &sh.conv2, [&c1, net.value(b.conv2)], norm, &c2)?;
+            } else {
+                // bn2 and the PReLU in one pass.
+                let p = first(b.p.as_ref().context("a block's PReLU output (conv2 runs directly)")?, n)?;
+                let alpha = Epilogue::Prelu(net.value(b.prelu));
+                self.bn_forward(&mut d, mode, &sh.full, b.bn2, &c1, alpha, &p, &b.a2_stats)?;
+                self.conv(&mut d, ConvOp::Forward, &sh.conv2, [&p, net.value(b.conv2)], &c2)?;
+            }
             // The shortcut: x, or the downsample batch norm's output, a temporary in a gradient buffer (free in
             // the forward pass).
             let shortcut = match &b.shortcut {
@@ -956,18 +1079,31 @@ impl Builder<'_> {
         self.bn_backward(d, &sh.out, b.bn3, &b.c2, &b.a3_stats, BackwardFusion::None, &dy, &d_c2)?;
         let d_p = net.buf(r3, "d prelu.out", &full_dims)?;
         self.conv(d, ConvOp::BackwardData, &sh.conv2, [&d_c2, net.value(b.conv2)], &d_p)?;
-        self.conv(d, ConvOp::BackwardWeight, &sh.conv2, [&d_c2, &b.p], net.grad(b.conv2)?)?;
+        if self.winograd(&sh.conv2).is_some() {
+            // conv2's input, prelu(bn2(c1)), applied again as its input transform reads c1.
+            let norm = self.input_norm(Mode::Train, b.bn2, &b.a2_stats, Some(b.prelu));
+            self.conv_normalized(d, ConvOp::BackwardWeight, &sh.conv2, [&d_c2, &b.c1], norm, net.grad(b.conv2)?)?;
+        } else {
+            let p = b.p.as_ref().context("a block's PReLU output (conv2 runs directly)")?;
+            self.conv(d, ConvOp::BackwardWeight, &sh.conv2, [&d_c2, p], net.grad(b.conv2)?)?;
+        }
         let d_c1 = net.buf(r1, "d conv1.out", &full_dims)?;
         let prelu = self.prelu_fusion(b.bn2, b.prelu)?;
         self.bn_backward(d, &sh.full, b.bn2, &b.c1, &b.a2_stats, prelu, &d_p, &d_c1)?;
         let d_a1 = net.buf(r3, "d bn1.out", &in_dims)?;
         self.conv(d, ConvOp::BackwardData, &sh.conv1, [&d_c1, net.value(b.conv1)], &d_a1)?;
-        // bn1's output, recomputed where it is read: into the free buffer r2, or with a shortcut (whose input
-        // gradient holds r2) into r_dy, whose dy nothing reads any more.
-        let r_free = if b.shortcut.is_some() { r_dy } else { r2 };
-        let a1 = net.buf(r_free, "bn1 output (recomputed)", &in_dims)?;
-        self.bn_recompute(d, &sh.input, b.bn1, x, &b.a1_stats, &a1)?;
-        self.conv(d, ConvOp::BackwardWeight, &sh.conv1, [&d_c1, &a1], net.grad(b.conv1)?)?;
+        if self.winograd(&sh.conv1).is_some() {
+            // conv1's input, bn1(x), applied again as its input transform reads x.
+            let norm = self.input_norm(Mode::Train, b.bn1, &b.a1_stats, None);
+            self.conv_normalized(d, ConvOp::BackwardWeight, &sh.conv1, [&d_c1, x], norm, net.grad(b.conv1)?)?;
+        } else {
+            // bn1's output, recomputed where it is read: into the free buffer r2, or with a shortcut (whose input
+            // gradient holds r2) into r_dy, whose dy nothing reads any more.
+            let r_free = if b.shortcut.is_some() { r_dy } else { r2 };
+            let a1 = net.buf(r_free, "bn1 output (recomputed)", &in_dims)?;
+            self.bn_recompute(d, &sh.input, b.bn1, x, &b.a1_stats, &a1)?;
+            self.conv(d, ConvOp::BackwardWeight, &sh.conv1, [&d_c1, &a1], net.grad(b.conv1)?)?;
+        }
         // The input's gradient is the sum of both paths: bn1's backward adds the shortcut's as it writes.
         let d_x = net.buf(r1, "d block input", &in_dims)?;
         let other = BackwardFusion::Accumulate(d_x_shortcut.as_ref().unwrap_or(&dy));

@@ -197,6 +197,37 @@ impl BatchNormKernels {
         }
         check_len(K, y, s.len())?;
         check_epilogue(K, s, then)?;
+        let [partials, combine] =
+            self.statistics(gpu, s, bn, x, running_mean, running_var, save_mean, save_var, scratch)?;
+        let params = BatchNormParams::new(s, bn);
+        let normalize =
+            self.normalize(gpu, "batchnorm_forward_train", &params, [x, save_mean, save_var, gamma, beta], then, y)?;
+        Ok([partials, combine, normalize])
+    }
+
+    /// The first two dispatches of [`forward_train`](Self::forward_train): the batch statistics of `x` into
+    /// `save_mean`, `save_var` and the running statistics, without the normalisation, for a consumer that
+    /// normalises as it reads `x` (the Winograd convolutions' [`InputNorm`](super::winograd::InputNorm)). Shapes
+    /// and errors as there.
+    #[allow(clippy::too_many_arguments)]
+    pub fn statistics(
+        &self,
+        gpu: &Gpu,
+        s: &BatchNormShape,
+        bn: &BatchNorm,
+        x: &Tensor,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        save_mean: &Tensor,
+        save_var: &Tensor,
+        scratch: &Tensor,
+    ) -> Result<[Dispatch; 2]> {
+        const K: &str = "batchnorm_forward_train";
+        check_shape(K, s, true)?;
+        check_len(K, x, s.len())?;
+        for t in [running_mean, running_var, save_mean, save_var] {
+            check_len(K, t, s.c)?;
+        }
         check_scratch(K, s, scratch)?;
         let params = BatchNormParams::new(s, bn);
         let chunk_grid = [params.chunks, params.c, 1];
@@ -209,7 +240,6 @@ impl BatchNormKernels {
                 &[scratch, save_mean, save_var, running_mean, running_var],
                 [params.c, 1, 1],
             )?,
-            self.normalize(gpu, "batchnorm_forward_train", &params, [x, save_mean, save_var, gamma, beta], then, y)?,
         ])
     }
 

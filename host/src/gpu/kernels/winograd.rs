@@ -54,6 +54,32 @@ pub struct WinogradParams {
     pub flag: u32,
     /// Invocations with work.
     pub count: u32,
+    /// The normalised input transforms: the batch norm's eps.
+    pub eps: f32,
+    /// The normalised input transforms: 1 where a PReLU follows the batch norm.
+    pub prelu: u32,
+}
+
+/// The batch norm (and the PReLU after it) whose output a Winograd convolution reads: its input transform reads
+/// the batch norm's input and normalises each element as it goes (`winograd_normalized_input_transform`; CPU twin
+/// [`elasticface_core::nn::winograd_normalized_input_transform`], described by
+/// [`elasticface_core::nn::NormalizedInput`]), so the batch norm's output is never stored. The same bits as the
+/// batch norm's own normalisation followed by the plain transform (where the driver rounds both alike).
+#[derive(Clone, Copy)]
+pub struct InputNorm<'a> {
+    /// Added to the variance before the square root.
+    pub eps: f32,
+    /// The mean and the variance the input is normalised with (a training step's batch statistics, or the
+    /// running ones), `(C)`.
+    pub mean: &'a Tensor,
+    /// See [`Self::mean`].
+    pub var: &'a Tensor,
+    /// The batch norm's weight `(C)`.
+    pub gamma: &'a Tensor,
+    /// The batch norm's bias `(C)`.
+    pub beta: &'a Tensor,
+    /// The slopes `(C)` of a PReLU after the batch norm, or none.
+    pub alpha: Option<&'a Tensor>,
 }
 
 /// Elements of the workspace tensors one shape and tile need (see [`WinogradWorkspace`]); `P` is the tile's
@@ -213,12 +239,17 @@ const F4_KERNELS: [&str; 5] = [
     "winograd_f4_weight_grad_transform",
 ];
 
+/// The normalised input transforms of `shaders/winograd.wgsl`, F(2x2) then F(4x4).
+const NORMALIZED_KERNELS: [&str; 2] = ["winograd_normalized_input_transform", "winograd_f4_normalized_input_transform"];
+
 /// The Winograd kernels' pipelines, both tile sizes.
 pub struct Winograd {
     /// F(2x2, 3x3): [`F2_KERNELS`], in `Transform` order.
     f2: [wgpu::ComputePipeline; 5],
     /// F(4x4, 3x3): [`F4_KERNELS`], in `Transform` order.
     f4: [wgpu::ComputePipeline; 5],
+    /// [`NORMALIZED_KERNELS`].
+    normalized: [wgpu::ComputePipeline; 2],
 }
 
 /// Elements of a transformed operand: the tile's 16 or 36 planes of `rows * cols`.
@@ -233,6 +264,7 @@ impl Winograd {
         Self {
             f2: F2_KERNELS.map(|name| gpu.pipeline(name, &m, name)),
             f4: F4_KERNELS.map(|name| gpu.pipeline(name, &m, name)),
+            normalized: NORMALIZED_KERNELS.map(|name| gpu.pipeline(name, &m, name)),
         }
     }
 
@@ -261,6 +293,11 @@ impl Winograd {
     /// The operation `op` on `s` as [`Conv2d::run`] computes it (same tensors, same order), as Winograd with
     /// `tile`, through `ws` (at least [`Winograd::workspace_lens`] of the same tile), with `conv`'s
     /// `gemm_batched` for the products: 4 dispatches, 5 when the product splits.
+    ///
+    /// With `norm`, the convolution's input `x` (forward's first tensor, backward_weight's second) is a batch
+    /// norm's input and the convolution reads `prelu(bn(x))` as `norm` describes (see [`InputNorm`]); same number
+    /// of dispatches. Errors: a tensor of the wrong size (named), or `norm` with backward_data (whose input is an
+    /// output gradient).
     #[allow(clippy::too_many_arguments)]
     pub fn run(
         &self,
@@ -270,6 +307,7 @@ impl Winograd {
         s: &Conv2dShape,
         tile: WinogradTile,
         inputs: [&Tensor; 2],
+        norm: Option<InputNorm<'_>>,
         out: &Tensor,
         ws: &WinogradWorkspace,
     ) -> Result<Vec<Dispatch>> {
@@ -278,12 +316,21 @@ impl Winograd {
         for (t, len) in inputs.iter().chain([&out]).zip(op.lens(s)) {
             check_len(&what, t, len)?;
         }
+        if let Some(n) = &norm {
+            let named = [("mean", n.mean), ("var", n.var), ("gamma", n.gamma), ("beta", n.beta)];
+            for (name, t) in named.into_iter().chain(n.alpha.map(|a| ("alpha", a))) {
+                check_len(&format!("{what} (normalised input: {name})"), t, s.c_in)?;
+            }
+        }
         let [a, b] = inputs;
         match op {
-            ConvOp::Forward => self.convolve(gpu, conv, &fwd, [s.c_in, s.c_out], a, b, false, out, ws),
+            ConvOp::Forward => self.convolve(gpu, conv, &fwd, [s.c_in, s.c_out], a, norm, b, false, out, ws),
             // The forward pass of dy with the flipped, transposed weight and padding 2 - pad.
-            ConvOp::BackwardData => self.convolve(gpu, conv, &bwd, [s.c_out, s.c_in], a, b, true, out, ws),
-            ConvOp::BackwardWeight => self.weight_gradient(gpu, conv, s, &fwd, a, b, out, ws),
+            ConvOp::BackwardData => match norm {
+                Some(_) => bail!("{what}: its input is an output gradient; there is no batch norm to apply"),
+                None => self.convolve(gpu, conv, &bwd, [s.c_out, s.c_in], a, None, b, true, out, ws),
+            },
+            ConvOp::BackwardWeight => self.weight_gradient(gpu, conv, s, &fwd, a, b, norm, out, ws),
         }
     }
 
@@ -297,6 +344,7 @@ impl Winograd {
         tiles: &WinogradTiles,
         dy: &Tensor,
         x: &Tensor,
+        norm: Option<InputNorm<'_>>,
         dweight: &Tensor,
         ws: &WinogradWorkspace,
     ) -> Result<Vec<Dispatch>> {
@@ -306,15 +354,15 @@ impl Winograd {
         let du = ws.u.view("winograd dU", &[p, s.c_out, s.c_in])?;
         let params = tile_params(tiles, s.c_out, false)?;
         let mut d = vec![self.transform(gpu, tile, Transform::OutputGrad, params, dy, &w)?];
-        d.push(self.transform(gpu, tile, Transform::Input, tile_params(tiles, s.c_in, true)?, x, &vt)?);
+        d.push(self.input_transform(gpu, tile, tile_params(tiles, s.c_in, true)?, x, norm, &vt)?);
         d.extend(conv.gemm_batched(gpu, [p, s.c_out, t, s.c_in], &w, &vt, &du, &ws.scratch)?);
         let params = weight_params(s.c_out, s.c_in, false)?;
         d.push(self.transform(gpu, tile, Transform::WeightGrad, params, &du, dweight)?);
         Ok(d)
     }
 
-    /// The forward convolution of `input` (channels `[c, c_next]`) on `tiles` into `output`, with the weight
-    /// as stored (`flip` false) or flipped and transposed (backward_data).
+    /// The forward convolution of `input` (channels `[c, c_next]`; normalised by `norm`) on `tiles` into
+    /// `output`, with the weight as stored (`flip` false) or flipped and transposed (backward_data).
     #[allow(clippy::too_many_arguments)]
     fn convolve(
         &self,
@@ -323,6 +371,7 @@ impl Winograd {
         tiles: &WinogradTiles,
         [c, c_next]: [usize; 2],
         input: &Tensor,
+        norm: Option<InputNorm<'_>>,
         weight: &Tensor,
         flip: bool,
         output: &Tensor,
@@ -336,7 +385,7 @@ impl Winograd {
         let (c_out, c_in) = if flip { (c, c_next) } else { (c_next, c) };
         let mut d =
             vec![self.transform(gpu, tile, Transform::Weight, weight_params(c_out, c_in, flip)?, weight, &u)?];
-        d.push(self.transform(gpu, tile, Transform::Input, tile_params(tiles, c, false)?, input, &v)?);
+        d.push(self.input_transform(gpu, tile, tile_params(tiles, c, false)?, input, norm, &v)?);
         d.extend(conv.gemm_batched(gpu, [p, c_next, c, t], &u, &v, &m, &ws.scratch)?);
         d.push(self.transform(gpu, tile, Transform::Output, tile_params(tiles, c_next, false)?, &m, output)?);
         Ok(d)
@@ -359,6 +408,32 @@ impl Winograd {
         let (name, pipeline) = (names[which as usize], &pipelines[which as usize]);
         let grid = gpu.grid_1d(params.count as usize, ELEMENTWISE_WORKGROUP);
         gpu.dispatch(name, pipeline, &params, &[src, dst], grid)
+    }
+}
+
+impl Winograd {
+    /// The input transform of `tile` reading `x`, normalised by `norm` where given (the normalised kernel, with
+    /// the batch norm's tensors bound after `x` and `v`; beta again in alpha's place without a PReLU).
+    fn input_transform(
+        &self,
+        gpu: &Gpu,
+        tile: WinogradTile,
+        params: WinogradParams,
+        x: &Tensor,
+        norm: Option<InputNorm<'_>>,
+        v: &Tensor,
+    ) -> Result<Dispatch> {
+        let Some(n) = norm else {
+            return self.transform(gpu, tile, Transform::Input, params, x, v);
+        };
+        let which = match tile {
+            WinogradTile::F2x2 => 0,
+            WinogradTile::F4x4 => 1,
+        };
+        let params = WinogradParams { eps: n.eps, prelu: n.alpha.is_some() as u32, ..params };
+        let grid = gpu.grid_1d(params.count as usize, ELEMENTWISE_WORKGROUP);
+        let bindings = [x, v, n.mean, n.var, n.gamma, n.beta, n.alpha.unwrap_or(n.beta)];
+        gpu.dispatch(NORMALIZED_KERNELS[which], &self.normalized[which], &params, &bindings, grid)
     }
 }
 
