@@ -13,6 +13,26 @@ use elasticface_core::model::IResNetConfig;
 const TINY: IResNetConfig =
     IResNetConfig { layers: [1, 1, 1, 1], widths: [4, 8, 8, 16], input_h: 16, input_w: 16, embedding: 8 };
 
+/// The tiny net at batch 4 with 10 classes, every eligible layer as Winograd (so that a profile covers its kernels
+/// too: by `auto`, F(4x4) on the 32x32 and 16x16 layers, which have at least 64 tiles of 4x4 in the batch, F(2x2)
+/// on the others), one warm-up step.
+fn tiny_bench() -> NetworkBenchConfig {
+    NetworkBenchConfig {
+        cfg: TINY,
+        arch: "tiny".into(),
+        batch: 4,
+        classes: 10,
+        margin: MarginConfig::ELASTIC_ARC,
+        precision: ConvPrecision::F32,
+        winograd: Some(1),
+        winograd_tile: WinogradTileChoice::Auto,
+        warmup: 1,
+        steps: 1,
+        profile: false,
+        seed: 5,
+    }
+}
+
 #[test]
 fn the_network_benchmark_trains_profiles_every_dispatch_and_adds_up() {
     if elasticface_tests::gpu().is_none() {
@@ -20,22 +40,7 @@ fn the_network_benchmark_trains_profiles_every_dispatch_and_adds_up() {
     }
     // Unchecked, as the command runs (the kernels are tested checked elsewhere).
     let gpu = Arc::new(Gpu::new(&GpuOptions::from_env()).unwrap());
-    let cfg = NetworkBenchConfig {
-        cfg: TINY,
-        arch: "tiny".into(),
-        batch: 4,
-        classes: 10,
-        margin: MarginConfig::ELASTIC_ARC,
-        precision: ConvPrecision::F32,
-        // Every eligible layer as Winograd, so that the profile covers its kernels too: by `auto`, F(4x4) on the
-        // 32x32 and 16x16 layers (at least 64 tiles of 4x4 in the batch), F(2x2) on the others.
-        winograd: Some(1),
-        winograd_tile: WinogradTileChoice::Auto,
-        warmup: 1,
-        steps: 3,
-        profile: true,
-        seed: 5,
-    };
+    let cfg = NetworkBenchConfig { steps: 3, profile: true, ..tiny_bench() };
     let r = measure(gpu.clone(), &cfg, true).unwrap();
     assert_eq!((r.steps, r.warmup, r.batch, r.classes), (3, 1, 4, 10));
     assert!(r.step_ms_min <= r.step_ms_median && r.step_ms_median <= r.step_ms_max);
@@ -108,20 +113,7 @@ fn tuning_times_every_setting_on_one_trainer_and_names_the_fastest() {
     assert_eq!(mixed.to_string(), "--precision mixed", "mixed precision runs no Winograd convolution");
 
     // Three of them, timed on one trainer: every layer as Winograd, none, and F(2x2) from 8 channels.
-    let cfg = NetworkBenchConfig {
-        cfg: TINY,
-        arch: "tiny".into(),
-        batch: 4,
-        classes: 10,
-        margin: MarginConfig::ELASTIC_ARC,
-        precision: ConvPrecision::F32,
-        winograd: Some(1),
-        winograd_tile: WinogradTileChoice::Auto,
-        warmup: 1,
-        steps: 2,
-        profile: false,
-        seed: 5,
-    };
+    let cfg = NetworkBenchConfig { steps: 2, profile: false, ..tiny_bench() };
     let chosen = [cfg.setting(), settings[1], f32_setting(Some(8), WinogradTileChoice::F2x2)];
     let r = tune(gpu.clone(), &cfg, &chosen, true).unwrap();
     assert_eq!(r.rows.len(), 3);
