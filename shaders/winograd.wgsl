@@ -484,6 +484,14 @@ fn winograd_f4_weight_transform(
     }
 }
 
+// Column j of tmp = B^T d, the first pass of an F(4x4) input transform, from column j of the patch d.
+fn f4_input_column(t: ptr<function, array<f32, 36>>, j: u32, d: array<f32, 6>) {
+    let col = f4_bt(d[0], d[1], d[2], d[3], d[4], d[5]);
+    for (var r = 0u; r < 6u; r++) {
+        (*t)[6u * r + j] = col[r];
+    }
+}
+
 // Writes V = tmp B row by row, tmp = B^T d the first pass of an F(4x4) input transform: invocation i's column of
 // V (36, plane).
 fn f4_input_rows(i: u32, t: array<f32, 36>) {
@@ -514,10 +522,7 @@ fn winograd_f4_input_transform(
         for (var a = 0u; a < 6u; a++) {
             d[a] = read_window(x, a, j);
         }
-        let col = f4_bt(d[0], d[1], d[2], d[3], d[4], d[5]);
-        for (var r = 0u; r < 6u; r++) {
-            t[6u * r + j] = col[r];
-        }
+        f4_input_column(&t, j, d);
     }
     f4_input_rows(i, t);
 }
@@ -540,10 +545,7 @@ fn winograd_f4_normalized_input_transform(
         for (var a = 0u; a < 6u; a++) {
             d[a] = read_normalized(x, a, j, k);
         }
-        let col = f4_bt(d[0], d[1], d[2], d[3], d[4], d[5]);
-        for (var r = 0u; r < 6u; r++) {
-            t[6u * r + j] = col[r];
-        }
+        f4_input_column(&t, j, d);
     }
     f4_input_rows(i, t);
 }

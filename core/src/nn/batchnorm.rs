@@ -82,7 +82,7 @@ impl Default for BatchNorm {
 
 /// `1 / sqrt(var + eps)`.
 #[inline]
-pub(super) fn inv_std(var: f32, eps: f32) -> f32 {
+fn inv_std(var: f32, eps: f32) -> f32 {
     1.0 / libm::sqrtf(var + eps)
 }
 
@@ -126,8 +126,16 @@ fn affine_channel(
 /// The normalised value of element `xv` of channel `c` with the statistics `(mean, var)`: the forward pass's
 /// `(x - mean) * (gamma / sqrt(var + eps)) + beta`, rounded as [`affine_channel`] rounds it.
 #[inline]
-pub(super) fn normalised(xv: f32, mean: f32, scale: f32, shift: f32) -> f32 {
+fn normalised(xv: f32, mean: f32, scale: f32, shift: f32) -> f32 {
     (xv - mean) * scale + shift
+}
+
+/// The batch norm's output of one element `xv` of a channel with statistics `(mean, var)`, weight `gamma` and bias
+/// `beta`, with the same roundings as [`affine_channel`] (which computes `gamma * inv_std` once per channel): what
+/// a pass that recomputes the output element by element uses.
+#[inline]
+pub(super) fn normalised_value(xv: f32, mean: f32, var: f32, gamma: f32, beta: f32, eps: f32) -> f32 {
+    normalised(xv, mean, gamma * inv_std(var, eps), beta)
 }
 
 /// PReLU of one value with slope `a`, as [`prelu_forward`](super::prelu_forward) computes it.
@@ -470,7 +478,7 @@ pub fn batchnorm_prelu_backward(
 ) -> Result<(), Error> {
     let operands = [("beta", beta, s.c), ("alpha", alpha, s.c), ("dz", dz, s.len()), ("dalpha", dalpha, s.c)];
     // The batch norm's output z of element i (channel c), as the forward pass rounded it.
-    let z = |i: usize, c: usize| normalised(x[i], save_mean[c], gamma[c] * inv_std(save_var[c], bn.eps), beta[c]);
+    let z = |i: usize, c: usize| normalised_value(x[i], save_mean[c], save_var[c], gamma[c], beta[c], bn.eps);
     let dy = |i: usize, c: usize| if z(i, c) > 0.0 { dz[i] } else { alpha[c] * dz[i] };
     backward_with(s, bn, x, gamma, save_mean, save_var, &operands, dy, dx, dgamma, dbeta, |_, v| v)?;
     // dalpha as prelu_backward sums it: per plane, the planes of a channel in batch order.

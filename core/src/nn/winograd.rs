@@ -90,7 +90,7 @@
 
 use crate::error::{check_len, Error};
 
-use super::batchnorm::{inv_std, normalised, prelu};
+use super::batchnorm::{normalised_value, prelu};
 use super::{BatchNorm, Conv2dShape};
 
 /// A 4x4 tile, `[row][column]`.
@@ -575,7 +575,7 @@ pub fn winograd_normalized_input_transform(
     norm.check(channels)?;
     check_len("v", v, v_len)?;
     let load = |c: usize, xv: f32| {
-        let z = normalised(xv, norm.mean[c], norm.gamma[c] * inv_std(norm.var[c], norm.bn.eps), norm.beta[c]);
+        let z = normalised_value(xv, norm.mean[c], norm.var[c], norm.gamma[c], norm.beta[c], norm.bn.eps);
         match norm.alpha {
             Some(alpha) => prelu(z, alpha[c]),
             None => z,

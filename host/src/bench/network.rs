@@ -270,8 +270,8 @@ struct Timing {
     next_step: u64,
 }
 
-/// Runs `b.warmup` untimed, then `b.steps` timed steps of `backend`, numbered from `first_step` (the margins of
-/// step s are drawn for s), cycling through `batches`; reports each step through `say`.
+/// Runs `b.warmup` untimed, then `b.steps` (at least 1) timed steps of `backend`, numbered from `first_step` (the
+/// margins of step s are drawn for s), cycling through `batches`; reports each step through `say`.
 fn time_steps(
     backend: &mut GpuBackend,
     b: &NetworkBenchConfig,
@@ -279,7 +279,6 @@ fn time_steps(
     first_step: u64,
     say: &dyn Fn(String),
 ) -> Result<Timing> {
-    ensure!(b.steps > 0, "bench: --steps must be at least 1");
     let mut margins = vec![0.0; b.batch];
     let mut times = Vec::with_capacity(b.steps);
     let (mut loss_first, mut loss_last) = (f32::NAN, f32::NAN);
@@ -314,6 +313,15 @@ fn time_steps(
     })
 }
 
+/// Where progress lines go: stderr, or nowhere when `quiet`.
+fn progress(quiet: bool) -> impl Fn(String) {
+    move |s| {
+        if !quiet {
+            eprintln!("{s}");
+        }
+    }
+}
+
 /// The trainer `b` describes, in its default settings.
 fn build_trainer(gpu: &Arc<Gpu>, b: &NetworkBenchConfig) -> Result<GpuBackend> {
     GpuBackend::new(gpu.clone(), &b.cfg, b.batch, b.classes, StepConfig::recipe(b.margin), b.seed)
@@ -323,11 +331,7 @@ fn build_trainer(gpu: &Arc<Gpu>, b: &NetworkBenchConfig) -> Result<GpuBackend> {
 /// Builds the trainer on `gpu` and measures it (progress on stderr unless `quiet`).
 pub fn measure(gpu: Arc<Gpu>, b: &NetworkBenchConfig, quiet: bool) -> Result<NetworkBenchResult> {
     ensure!(b.steps > 0, "bench: --steps must be at least 1");
-    let say = |s: String| {
-        if !quiet {
-            eprintln!("{s}");
-        }
-    };
+    let say = progress(quiet);
     let adapter = crate::gpu::AdapterLine(gpu.info.clone()).to_string();
     let t = Instant::now();
     let mut backend = build_trainer(&gpu, b)?;
@@ -536,11 +540,8 @@ pub struct TuneResult {
 /// the speed-ups and is marked as the default. Progress on stderr unless `quiet`.
 pub fn tune(gpu: Arc<Gpu>, b: &NetworkBenchConfig, settings: &[Setting], quiet: bool) -> Result<TuneResult> {
     ensure!(!settings.is_empty(), "bench --tune: no setting to measure");
-    let say = |s: String| {
-        if !quiet {
-            eprintln!("{s}");
-        }
-    };
+    ensure!(b.steps > 0, "bench: --steps must be at least 1");
+    let say = progress(quiet);
     let adapter = crate::gpu::AdapterLine(gpu.info.clone()).to_string();
     let mut backend = build_trainer(&gpu, b)?;
     let batches = synthetic_batches(&b.cfg, b.batch, b.classes, b.seed, 4);

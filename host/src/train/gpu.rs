@@ -76,25 +76,23 @@
 //! ```
 //!
 //! (`h, w` a block's input size, `h', w'` its output size.) The outputs of the batch norms followed by a PReLU (a
-//! block's bn2, the stem's bn1) or by the residual add (bn3) are never stored: each is computed inside the pass
-//! that applies the next layer ([`Epilogue`]), and the backward pass of a batch norm and PReLU recomputes it from
-//! the batch norm's input and saved statistics as it goes ([`BackwardFusion::Prelu`]). The downsample batch norm's
-//! output, read by the add, lives in a gradient buffer, which the forward pass does not otherwise use; so does bn1's
-//! output, which feeds conv1: the backward pass recomputes it from bn1's input and saved batch statistics, with the
-//! same kernel and the same arithmetic as the forward pass (bit-identical), into a gradient buffer that is free at
-//! that point, just before conv1's weight gradient reads it. Not keeping these outputs saves a third of the
-//! activations. Where conv1 runs as Winograd, bn1's output is not even recomputed: conv1 reads bn1's input
-//! through [`InputNorm`]; where conv2 does, it reads conv1's output the same way, and the PReLU's output is not
-//! kept at all (`k = 0` above). On top come four gradient buffers of [`gradient_buffer_len`] floats each (the largest
-//! activation) and scratch sized by the largest layer; where layers run as Winograd, its workspace too (transformed
-//! weights `P C_OUT C_IN`, transformed inputs and products `P max(C_IN, C_OUT) T` each, `T` the output tiles of the
-//! batch and `P` = 36 planes for F(4x4), 16 for F(2x2), for the largest such layer; for r100 at batch 128 from 128
-//! channels about 0.53 GB with F(4x4), which `auto` picks for every layer there, and 0.87 GB with F(2x2)). iResNet-100 at batch
-//! 128 (112 x 112): 2.34 G floats of activations (9.35 GB) with every convolution direct, 1.99 G (7.96 GB) with
-//! Winograd from 128 channels (the GPU default), 1.94 G (7.75 GB) from 64; 4 x 0.103 G floats of gradient
-//! buffers (1.64 GB), besides
-//! 0.78 GB of parameters, gradients and momentum and 0.7 GB of head (85,742 classes); [`GpuBackend::memory`] reports
-//! what a backend allocated.
+//! block's bn2, the stem's bn1) or by the residual add (bn3) are never stored: each is computed inside the pass that
+//! applies the next layer ([`Epilogue`]), and the backward pass of a batch norm and PReLU recomputes it from the batch
+//! norm's input and saved statistics as it goes ([`BackwardFusion::Prelu`]). The downsample batch norm's output, read by
+//! the add, lives in a gradient buffer, which the forward pass does not otherwise use; so does bn1's output, which feeds
+//! conv1: the backward pass recomputes it from bn1's input and saved batch statistics, with the same kernel and the same
+//! arithmetic as the forward pass (bit-identical), into a gradient buffer that is free at that point, just before
+//! conv1's weight gradient reads it. Not keeping these outputs saves a third of the activations. Where conv1 runs as
+//! Winograd, bn1's output is not even recomputed: conv1 reads bn1's input through [`InputNorm`]; where conv2 does, it
+//! reads conv1's output the same way, and the PReLU's output is not kept at all (`k = 0` above). On top come four
+//! gradient buffers of [`gradient_buffer_len`] floats each (the largest activation) and scratch sized by the largest
+//! layer; where layers run as Winograd, its workspace too (transformed weights `P C_OUT C_IN`, transformed inputs and
+//! products `P max(C_IN, C_OUT) T` each, `T` the output tiles of the batch and `P` = 36 planes for F(4x4), 16 for
+//! F(2x2), for the largest such layer; for r100 at batch 128 from 128 channels about 0.53 GB with F(4x4), which `auto`
+//! picks for every layer there, and 0.87 GB with F(2x2)). iResNet-100 at batch 128 (112 x 112): 2.34 G floats of
+//! activations (9.35 GB) with every convolution direct, 1.99 G (7.96 GB) with Winograd from 128 channels (the GPU
+//! default), 1.94 G (7.75 GB) from 64; 4 x 0.103 G floats of gradient buffers (1.64 GB), besides 0.78 GB of parameters,
+//! gradients and momentum and 0.7 GB of head (85,742 classes); [`GpuBackend::memory`] reports what a backend allocated.
 //!
 //! [`Capabilities::max_binding`]: crate::gpu::Capabilities::max_binding
 
@@ -131,8 +129,9 @@ use crate::gpu::kernels::{BufferCopy, Dispatch};
 use crate::gpu::{Gpu, SplitTensor, Tensor};
 
 /// Floats of the activations a training step keeps for the backward pass, for a batch of `batch`, with the 3x3
-/// stride-1 convolutions of at least `winograd` input and output channels run as Winograd (`None`: none; mixed
-/// precision runs none either): the formula in the [module documentation](self).
+/// stride-1 convolutions of at least `winograd` input and output channels run as Winograd (`None`: none, which is
+/// also what mixed precision runs, whatever [`GpuBackend::winograd`] says): the formula in the
+/// [module documentation](self).
 pub fn activation_len(cfg: &IResNetConfig, batch: usize, winograd: Option<usize>) -> usize {
     let (h, w, c0) = (cfg.input_h, cfg.input_w, cfg.widths[0]);
     let stem = 3 * h * w + 2 * c0 * h * w;
@@ -344,7 +343,8 @@ struct Block {
     conv2: usize,
     bn3: usize,
     shortcut: Option<Shortcut>,
-    /// Saved statistics of bn1 (its output `(B, C_in, h, w)` is recomputed in the backward pass).
+    /// Saved statistics of bn1 (its output `(B, C_in, h, w)` is never kept: recomputed in the backward pass, or,
+    /// where conv1 runs as Winograd, applied by conv1's input transform in both passes).
     a1_stats: Stats,
     /// `(B, C_out, h, w)` conv1 output.
     c1: Tensor,

@@ -190,15 +190,14 @@ impl BatchNormKernels {
         scratch: &Tensor,
     ) -> Result<[Dispatch; 3]> {
         const K: &str = "batchnorm_forward_train";
-        check_shape(K, s, true)?;
-        check_len(K, x, s.len())?;
-        for t in [gamma, beta, running_mean, running_var, save_mean, save_var] {
+        // The statistics check the shape, x, the statistics tensors and the scratch.
+        let [partials, combine] =
+            self.statistics(gpu, s, bn, x, running_mean, running_var, save_mean, save_var, scratch)?;
+        for t in [gamma, beta] {
             check_len(K, t, s.c)?;
         }
         check_len(K, y, s.len())?;
         check_epilogue(K, s, then)?;
-        let [partials, combine] =
-            self.statistics(gpu, s, bn, x, running_mean, running_var, save_mean, save_var, scratch)?;
         let params = BatchNormParams::new(s, bn);
         let normalize =
             self.normalize(gpu, "batchnorm_forward_train", &params, [x, save_mean, save_var, gamma, beta], then, y)?;
