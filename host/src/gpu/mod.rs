@@ -9,4 +9,4 @@ mod tensor;
 
 pub use device::{adapters, AdapterLine, Capabilities, Gpu, GpuOptions};
 pub use split::SplitTensor;
-pub use tensor::Tensor;
+pub use tensor::{Packed, Tensor};

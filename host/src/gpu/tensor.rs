@@ -1,14 +1,20 @@
-//! Tensors on the GPU: labelled storage buffers with a shape, and their upload and read-back.
+//! Tensors on the GPU: labelled ranges of storage buffers with a shape, their upload and read-back, and tensors
+//! packed into shared buffers ([`Gpu::packed`]) so that one dispatch can update many of them at once.
 
 use anyhow::{bail, Context, Result};
 use wgpu::util::DeviceExt;
 
 use super::Gpu;
 
-/// A buffer of `f32` or `u32` elements on the GPU, with its shape and a label that names it in errors.
+/// A range of `f32` or `u32` elements of a buffer on the GPU, with its shape and a label that names it in errors.
+///
+/// Most tensors own their buffer from its start (`offset` 0). A tensor of a [`Packed`] group, and any view of it,
+/// starts further in. A dispatch binds exactly the tensor's bytes, `offset..offset + bytes` ([`Tensor::binding`]).
 pub struct Tensor {
     /// The storage buffer (`STORAGE | COPY_SRC | COPY_DST`).
     pub buffer: wgpu::Buffer,
+    /// Where the tensor starts in `buffer`, bytes: a multiple of the adapter's storage offset alignment.
+    pub offset: u64,
     /// Shape, outermost first; `len` is their product.
     pub shape: Vec<usize>,
     /// Number of 4-byte elements.
@@ -23,19 +29,29 @@ impl Tensor {
         4 * self.len as u64
     }
 
+    /// The bytes a dispatch binds: the tensor's range of its buffer (one element for an empty tensor, as wgpu
+    /// rejects empty bindings; every allocation reserves it).
+    pub fn binding(&self) -> wgpu::BindingResource<'_> {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: &self.buffer,
+            offset: self.offset,
+            size: wgpu::BufferSize::new(self.bytes().max(4)),
+        })
+    }
+
     /// The first `shape.iter().product()` elements of this tensor seen as a tensor of `shape`, on the same buffer
     /// (nothing is copied or allocated). Writes through either are seen by both.
     ///
     /// Used to give one buffer several roles: the first `n` samples of a batch-sized activation, or a scratch
-    /// gradient buffer holding a smaller layer's gradient. A dispatch binds the whole buffer; the kernels index
-    /// only as far as the shape they are built with, which [`Gpu::dispatch`](super::Gpu::dispatch)'s callers check
-    /// against the view's length. Errors when the view is longer than the tensor.
+    /// gradient buffer holding a smaller layer's gradient. A dispatch binds the view's elements only. Errors when
+    /// the view is longer than the tensor.
     pub fn view(&self, label: &str, shape: &[usize]) -> Result<Tensor> {
         let len = shape.iter().product::<usize>();
         if len > self.len {
             bail!("{label}: a view of {len} elements {shape:?} of {}, which has {}", self.label, self.len);
         }
-        Ok(Tensor { buffer: self.buffer.clone(), shape: shape.to_vec(), len, label: label.to_string() })
+        let buffer = self.buffer.clone();
+        Ok(Tensor { buffer, offset: self.offset, shape: shape.to_vec(), len, label: label.to_string() })
     }
 }
 
@@ -53,7 +69,7 @@ impl Gpu {
             usage: USAGE,
             mapped_at_creation: false,
         });
-        Tensor { buffer, shape: shape.to_vec(), len, label: label.to_string() }
+        Tensor { buffer, offset: 0, shape: shape.to_vec(), len, label: label.to_string() }
     }
 
     /// A tensor of `shape` holding `data` (4-byte elements: `f32`, `u32` or `i32`).
@@ -69,7 +85,7 @@ impl Gpu {
             contents: bytemuck::cast_slice(data),
             usage: USAGE,
         });
-        Tensor { buffer, shape: shape.to_vec(), len, label: label.to_string() }
+        Tensor { buffer, offset: 0, shape: shape.to_vec(), len, label: label.to_string() }
     }
 
     /// Overwrites a tensor's contents.
@@ -77,7 +93,7 @@ impl Gpu {
         if data.len() != t.len || std::mem::size_of::<T>() != 4 {
             bail!("{}: writing {} elements into a tensor of {}", t.label, data.len(), t.len);
         }
-        self.queue.write_buffer(&t.buffer, 0, bytemuck::cast_slice(data));
+        self.queue.write_buffer(&t.buffer, t.offset, bytemuck::cast_slice(data));
         Ok(())
     }
 
@@ -120,7 +136,7 @@ impl Gpu {
         });
         let mut offset = 0;
         for t in ts.iter().filter(|t| t.len > 0) {
-            enc.copy_buffer_to_buffer(&t.buffer, 0, &staging, offset, t.bytes());
+            enc.copy_buffer_to_buffer(&t.buffer, t.offset, &staging, offset, t.bytes());
             offset += t.bytes();
         }
         self.queue.submit([enc.finish()]);
@@ -135,5 +151,61 @@ impl Gpu {
         drop(view);
         staging.unmap();
         Ok(out)
+    }
+}
+
+/// Tensors laid out one after another in as few buffers as the binding limit allows ([`Gpu::packed`]).
+///
+/// Each buffer is also one flat tensor, a *group*: an element-wise kernel (SGD, clipping) dispatched once per group
+/// updates every part it holds. The gaps the alignment leaves between parts are zero-filled and no part's binding
+/// covers them, so they stay zero unless a group-wide kernel writes them, and an SGD step keeps zero at zero.
+pub struct Packed {
+    /// Each buffer as one flat tensor `(elements)`, the gaps included, labelled `LABEL [group i]`.
+    pub groups: Vec<Tensor>,
+    /// The tensors asked for, in order.
+    pub parts: Vec<Tensor>,
+}
+
+impl Gpu {
+    /// Zero-filled tensors of the given labels and shapes, packed into shared buffers.
+    ///
+    /// Every part starts at a multiple of the adapter's storage offset alignment, so it can be bound alone. A group
+    /// holds consecutive parts and at most the largest binding (and buffer) in bytes. Given the same shapes, the
+    /// layout is the same: tensors packed alike can be updated group by group together (a parameter, its gradient
+    /// and its momentum). Errors when one part alone exceeds a binding.
+    pub fn packed(&self, label: &str, parts: &[(String, Vec<usize>)]) -> Result<Packed> {
+        let limit = self.caps.max_binding.min(self.caps.max_buffer) / 4;
+        let align = (self.caps.storage_offset_alignment.max(4) / 4) as usize;
+        // Elements of each group so far, and each part's (group, element offset).
+        let mut ends: Vec<usize> = Vec::new();
+        let mut places = Vec::with_capacity(parts.len());
+        for (name, shape) in parts {
+            // Every part reserves at least one element: an empty tensor still binds four bytes.
+            let len = shape.iter().product::<usize>().max(1);
+            if len as u64 > limit {
+                bail!("{name} {shape:?}: {} bytes, more than one storage binding holds ({})", 4 * len, 4 * limit);
+            }
+            // After the last group's parts, aligned, if it fits there; else at the start of a new group.
+            let start = ends.last().map(|end| end.next_multiple_of(align)).filter(|s| (s + len) as u64 <= limit);
+            match (start, ends.last_mut()) {
+                (Some(start), Some(end)) => *end = start + len,
+                _ => ends.push(len),
+            }
+            places.push((ends.len() - 1, start.unwrap_or(0)));
+        }
+        let groups: Vec<Tensor> =
+            ends.iter().enumerate().map(|(g, &end)| self.zeros(&format!("{label} [group {g}]"), &[end])).collect();
+        let parts = parts
+            .iter()
+            .zip(places)
+            .map(|((name, shape), (group, offset))| Tensor {
+                buffer: groups[group].buffer.clone(),
+                offset: 4 * offset as u64,
+                shape: shape.clone(),
+                len: shape.iter().product(),
+                label: name.clone(),
+            })
+            .collect();
+        Ok(Packed { groups, parts })
     }
 }

@@ -44,8 +44,9 @@
 //! Per step: 1 (preprocess) + forward (stem 4, a block 11, a downsampling block 15, the tail 8) + head forward
 //! (`4 + 2 parts`) + head backward (`3 waves + 2 + parts`) + backward (tail and stem 7, a block 14, a
 //! downsampling block 25: a stride-2 `backward_data` is one product per phase, 4; each block recomputes bn1's
-//! output, which conv1's weight gradient reads) + clipping (`2 T + 1` for `T` trainable tensors) + head norm
-//! (`parts + 1`) + report 1 + SGD (`T + parts`), plus one reduction per convolution whose depth is split
+//! output, which conv1's weight gradient reads) + clipping (`2 G + 1`) + head norm (`parts + 1`) + report 1 + SGD
+//! (`G + parts`), `G` the groups the trainable tensors are packed in (see Memory; 1 where a binding holds all of
+//! them, 3 for r100 under lavapipe's 128 MiB), plus one reduction per convolution whose depth is split
 //! (adapter-dependent). A convolution run as Winograd ([`GpuBackend::set_winograd`]) takes 4 dispatches in place
 //! of 1 for each of its three passes (transforms around the batched product), plus a reduction where the product
 //! is split. The PReLUs and the residual adds have no dispatches of their own: each runs inside the passes of the
@@ -54,14 +55,20 @@
 //! stride 1) reads the batch norm's input and normalises it in its input transform ([`InputNorm`]), forward and
 //! for its weight gradient: the batch norm keeps only its 2 statistics dispatches, and conv1's backward recomputes
 //! nothing; one dispatch fewer per such convolution forward, one per such conv1 backward, the same bits.
-//! The tiny reference net at batch 6: 433; iResNet-100 at batch 128 with 85,742 classes on an H200: 3,247 before
-//! the batch norm fusions, 298 fewer with them.
+//! The tiny reference net at batch 6: 433 with a dispatch per tensor for clipping and SGD, 238 with its 66 trainable
+//! tensors packed in one group.
+//! iResNet-100 at batch 128 with 85,742 classes on an H200: 3,247 before the batch norm fusions, 298 fewer with them
+//! (computed), and 1,383 fewer again with its 462 trainable tensors packed in one group (computed: `3 (T - G)`).
 //! Evaluation ([`Backend::embed`]) records the forward pass alone, for each chunk size, built on first use.
 //!
 //! # Memory
 //!
-//! Each tensor has its own buffer, and any tensor larger than one storage binding ([`Capabilities::max_binding`])
-//! is refused with an error naming it, except the head, which is split by classes. Besides the state (three times
+//! The backbone's trainable tensors are packed into shared buffers, as few as the binding limit allows
+//! ([`Gpu::packed`](crate::gpu::Gpu::packed); one for r100 where a binding holds 2 GiB), and so are their gradients
+//! and momentum, in the same layout; so are the running statistics. Each tensor starts at the adapter's storage
+//! offset alignment (the gaps cost at most that per tensor). The rest has a buffer per tensor. Any tensor larger
+//! than one storage binding ([`Capabilities::max_binding`]) is refused with an error naming it, except the head,
+//! which is split by classes. Besides the state (three times
 //! the parameters with gradients and momentum) and the head (weight, gradient, momentum, normalised copy), a
 //! step keeps the activations the backward pass reads, [`activation_len`] floats for a batch of `B`:
 //!
@@ -126,7 +133,7 @@ use crate::gpu::kernels::sgd::{
 };
 use crate::gpu::kernels::winograd::{InputNorm, Winograd, WinogradLens, WinogradTileChoice, WinogradWorkspace};
 use crate::gpu::kernels::{BufferCopy, Dispatch};
-use crate::gpu::{Gpu, SplitTensor, Tensor};
+use crate::gpu::{Gpu, Packed, SplitTensor, Tensor};
 
 /// Floats of the activations a training step keeps for the backward pass, for a batch of `batch`, with the 3x3
 /// stride-1 convolutions of at least `winograd` input and output channels run as Winograd (`None`: none, which is
@@ -280,6 +287,13 @@ impl Alloc<'_> {
         Ok(self.gpu.zeros(label, shape))
     }
 
+    /// [`Gpu::packed`], counted.
+    fn packed(&mut self, purpose: Purpose, label: &str, parts: &[(String, Vec<usize>)]) -> Result<Packed> {
+        let packed = self.gpu.packed(label, parts)?;
+        self.count(purpose, packed.groups.iter().map(Tensor::bytes).sum());
+        Ok(packed)
+    }
+
     fn count(&mut self, purpose: Purpose, bytes: u64) {
         let field = match purpose {
             Purpose::Parameters => &mut self.used.parameters,
@@ -306,6 +320,57 @@ struct Param {
     value: Tensor,
     grad: Option<Tensor>,
     momentum: Option<Tensor>,
+}
+
+/// The groups of the packed state tensors ([`Gpu::packed`]): the trainable values, their gradients and their
+/// momentum packed alike (group `i` of each holds the same tensors at the same offsets), so that clipping and SGD
+/// take one dispatch per group instead of one per tensor; and the running statistics, saved and restored with one
+/// copy per group. The frozen tensors have buffers of their own.
+struct Packs {
+    values: Vec<Tensor>,
+    grads: Vec<Tensor>,
+    momentum: Vec<Tensor>,
+    running: Vec<Tensor>,
+}
+
+impl Packs {
+    /// Every state tensor of `cfg` in state order, zero, with its gradient and momentum where it trains; and the
+    /// groups that hold them.
+    fn new(a: &mut Alloc, cfg: &IResNetConfig) -> Result<(Vec<Param>, Self)> {
+        let infos: Vec<TensorInfo> = cfg.tensors().collect();
+        let parts = |kind: TensorKind, prefix: &str| -> Vec<(String, Vec<usize>)> {
+            infos.iter().filter(|i| i.kind == kind).map(|i| (format!("{prefix}{i}"), i.dims().to_vec())).collect()
+        };
+        let mut pack = |label: &str, kind: TensorKind, prefix: &str| -> Result<(Vec<Tensor>, _)> {
+            let Packed { groups, parts } = a.packed(Purpose::Parameters, label, &parts(kind, prefix))?;
+            Ok((groups, parts.into_iter()))
+        };
+        let (values, mut value_parts) = pack("parameters", TensorKind::Trainable, "")?;
+        let (grads, mut grad_parts) = pack("gradients", TensorKind::Trainable, "grad.")?;
+        let (momentum, mut momentum_parts) = pack("momentum", TensorKind::Trainable, "momentum.")?;
+        let (running, mut running_parts) = pack("running statistics", TensorKind::RunningStat, "")?;
+        let mut params = Vec::with_capacity(infos.len());
+        for info in infos {
+            let next =
+                |parts: &mut std::vec::IntoIter<Tensor>| parts.next().with_context(|| format!("{info}: unpacked"));
+            let param = match info.kind {
+                TensorKind::Trainable => Param {
+                    info,
+                    value: next(&mut value_parts)?,
+                    grad: Some(next(&mut grad_parts)?),
+                    momentum: Some(next(&mut momentum_parts)?),
+                },
+                TensorKind::RunningStat => Param { info, value: next(&mut running_parts)?, grad: None, momentum: None },
+                TensorKind::Frozen => {
+                    let value = a.zeros(Purpose::Parameters, &info.to_string(), info.dims())?;
+                    Param { info, value, grad: None, momentum: None }
+                }
+            };
+            params.push(param);
+        }
+        let packs = Self { values, grads, momentum, running };
+        Ok((params, packs))
+    }
 }
 
 /// A batch norm's saved batch statistics, `(C)` each: the mean and the biased variance.
@@ -439,6 +504,8 @@ struct Net {
     classes: usize,
     /// In state-dict order ([`IResNetConfig::tensors`]).
     params: Vec<Param>,
+    /// The buffers that hold the trainable and running tensors of `params`.
+    packs: Packs,
     stem: Stem,
     blocks: Vec<Block>,
     tail: Tail,
@@ -494,17 +561,9 @@ impl Net {
         let (n, h, w, e) = (batch, cfg.input_h, cfg.input_w, cfg.embedding);
         ensure!(state.len() == cfg.state_len(), "state: {} floats, the network has {}", state.len(), cfg.state_len());
 
-        let mut params = Vec::new();
-        for info in cfg.tensors() {
-            let name = info.to_string();
-            let value = a.zeros(Purpose::Parameters, &name, info.dims())?;
-            gpu.write(&value, &state[info.range()])?;
-            let trainable = info.kind == TensorKind::Trainable;
-            let mut extra = |what: &str| -> Result<Option<Tensor>> {
-                trainable.then(|| a.zeros(Purpose::Parameters, &format!("{what}.{name}"), info.dims())).transpose()
-            };
-            let (grad, momentum) = (extra("grad")?, extra("momentum")?);
-            params.push(Param { info, value, grad, momentum });
+        let (params, packs) = Packs::new(&mut a, cfg)?;
+        for p in &params {
+            gpu.write(&p.value, &state[p.info.range()])?;
         }
         let mut cursor = Cursor { params: &params, next: 0 };
 
@@ -618,15 +677,15 @@ impl Net {
         let hyper = a.zeros(scratch, "sgd.hyper", &[3])?;
         let report = a.zeros(scratch, "step report", &[REPORT_LEN])?;
         let loss_scale = a.zeros(scratch, "loss scale", &[2])?;
-        let running_len: usize =
-            params.iter().filter(|p| p.info.kind == TensorKind::RunningStat).map(|p| p.value.len).sum();
-        let running_backup = a.zeros(scratch, "running statistics before the step", &[running_len.max(1)])?;
+        let running_len = packs.running.iter().map(|g| g.len).sum::<usize>();
+        let running_backup = a.zeros(scratch, "running statistics before the step", &[running_len])?;
         gpu.write(&loss_scale, &[1.0f32, 1.0])?;
         Ok(Self {
             cfg: *cfg,
             batch,
             classes,
             params,
+            packs,
             stem,
             blocks,
             tail,
@@ -686,25 +745,20 @@ impl Net {
         self.grad_bufs[i].view(&format!("gradient buffer {i} ({what})"), shape)
     }
 
-    /// Copies of every running statistic into (`save`) or back from the backup.
+    /// Copies of every running statistic into (`save`) or back from the backup: one per group.
     fn running_copies(&self, save: bool) -> Vec<BufferCopy<'_>> {
         let mut offset = 0;
         let mut copies = Vec::new();
-        for p in self.params.iter().filter(|p| p.info.kind == TensorKind::RunningStat) {
-            let len = p.value.len;
+        for group in &self.packs.running {
+            let len = group.len;
             copies.push(if save {
-                BufferCopy { src: &p.value, src_offset: 0, dst: &self.running_backup, dst_offset: offset, len }
+                BufferCopy { src: group, src_offset: 0, dst: &self.running_backup, dst_offset: offset, len }
             } else {
-                BufferCopy { src: &self.running_backup, src_offset: offset, dst: &p.value, dst_offset: 0, len }
+                BufferCopy { src: &self.running_backup, src_offset: offset, dst: group, dst_offset: 0, len }
             });
             offset += len;
         }
         copies
-    }
-
-    /// Trainable tensors: (value, gradient, momentum) in state order.
-    fn trainable(&self) -> impl Iterator<Item = (&Param, &Tensor, &Tensor)> {
-        self.params.iter().filter_map(|p| Some((p, p.grad.as_ref()?, p.momentum.as_ref()?)))
     }
 }
 
@@ -1158,14 +1212,17 @@ impl Plan {
             &net.head_grad,
             &opts,
         )?;
-        let grads: Vec<&Tensor> = net.trainable().map(|(_, g, _)| g).collect();
+        // The backbone's trainable tensors, their gradients and momentum are updated group by group (the gaps
+        // between tensors hold zeros, which neither the norm nor an SGD step changes).
+        let packs = &net.packs;
+        let grads: Vec<&Tensor> = packs.grads.iter().collect();
         let clip = GradClip::new(gpu, &k.sgd, &grads, step_cfg.clip_norm)?;
         let head_grads: Vec<&Tensor> = net.head_grad.parts.iter().collect();
         let head_norm = GradClip::norm_only(gpu, &k.sgd, &head_grads)?;
 
         let mut update = vec![k.sgd.step_report(gpu, &head.loss, &clip.clip, &head_norm.clip, &net.report)?];
-        for (p, g, m) in net.trainable() {
-            update.push(k.sgd.step_guarded(gpu, &net.hyper, &net.report, &p.value, g, m)?);
+        for ((p, g), m) in packs.values.iter().zip(&packs.grads).zip(&packs.momentum) {
+            update.push(k.sgd.step_guarded(gpu, &net.hyper, &net.report, p, g, m)?);
         }
         let (w, dw, mw) = (&net.head, &net.head_grad, &net.head_momentum);
         update.extend(k.sgd.step_split_guarded(gpu, &net.hyper, &net.report, w, dw, mw)?);

@@ -62,12 +62,11 @@ impl Gpu {
         workgroups: [u32; 3],
     ) -> Result<Dispatch> {
         for t in tensors {
-            // The whole buffer is bound: a view (`Tensor::view`) binds its parent's bytes.
-            if t.buffer.size() > self.caps.max_binding {
+            if t.bytes() > self.caps.max_binding {
                 bail!(
                     "{label}: {} is {} bytes, more than one binding may hold ({}); this kernel does not split it",
                     t.label,
-                    t.buffer.size(),
+                    t.bytes(),
                     self.caps.max_binding
                 );
             }
@@ -83,7 +82,7 @@ impl Gpu {
         });
         let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
         for (i, t) in tensors.iter().enumerate() {
-            entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: t.buffer.as_entire_binding() });
+            entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: t.binding() });
         }
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(label),
@@ -143,7 +142,8 @@ impl Gpu {
                     c.dst.len
                 );
             }
-            let (from, to, bytes) = (4 * c.src_offset as u64, 4 * c.dst_offset as u64, 4 * c.len as u64);
+            let from = c.src.offset + 4 * c.src_offset as u64;
+            let (to, bytes) = (c.dst.offset + 4 * c.dst_offset as u64, 4 * c.len as u64);
             enc.copy_buffer_to_buffer(&c.src.buffer, from, &c.dst.buffer, to, bytes);
         }
         Ok(())

@@ -12,6 +12,11 @@
 //!           record clip.dispatches(), then the steps, after the backward pass
 //! ```
 //!
+//! Every kernel here is element-wise or a sum over all elements, so "a tensor" may be a whole group of tensors packed
+//! in one buffer ([`Gpu::packed`](crate::gpu::Gpu::packed)): the trainer clips and steps its backbone group by group,
+//! a few dispatches instead of three per tensor, with the same results element for element (the norm sums the same
+//! values in another order).
+//!
 //! The learning rate lives in a storage tensor that every `sgd_step` dispatch reads (not in each dispatch's
 //! uniform), so a schedule change is one `queue.write_buffer` of 12 bytes, ordered before the next submission.
 //!
