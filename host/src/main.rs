@@ -117,6 +117,10 @@ enum Command {
     /// --winograd-tile) on one trainer, fastest first, and the flags of the fastest: which settings suit this
     /// GPU and network.
     ///
+    /// --peer COMMAND (with the default or --tune): then runs another trainer's benchmark on the same GPU, e.g.
+    /// PyTorch's `python3 torch_iresnet_bench.py train`, and prints our images/s (the fastest setting with --tune)
+    /// against each of its configurations at the same network and batch: two trainers measured in one run.
+    ///
     /// --data PATH: decodes a dataset (.rec, image folder) through the training loader on --workers threads,
     /// with no GPU: images/s in all, per thread, and of one thread decoding alone.
     Bench {
@@ -178,7 +182,12 @@ enum Command {
         /// --data: loader threads (default: the CPU cores).
         #[arg(long)]
         workers: Option<usize>,
-        /// Print JSON instead of a table (one object; JSON lines with --kernels).
+        /// After our steps, run this peer benchmark on the same GPU (a shell command printing one JSON line per
+        /// configuration with img_per_s, arch, batch, mode; e.g. "python3 torch_iresnet_bench.py train") and print
+        /// our images/s against each of its configurations at our network and batch.
+        #[arg(long, value_name = "COMMAND", conflicts_with_all = ["kernels", "data"])]
+        peer: Option<String>,
+        /// Print JSON instead of a table (one object; JSON lines with --kernels; with --peer, {"ours", "peer"}).
         #[arg(long)]
         json: bool,
         /// Use the first adapter whose name contains this (case-insensitive).
@@ -556,6 +565,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             reps,
             images,
             workers,
+            peer,
             json,
             adapter,
             seed,
@@ -610,21 +620,43 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 profile: !no_profile,
                 seed,
             };
-            if tune {
+            // Ours first; the trainer and the device are released before a peer runs.
+            let (ours, (flags, images_per_s, memory)) = if tune {
                 let settings = bench::network::tune_settings(&gpu, &cfg.cfg, cfg.setting());
                 let r = bench::network::tune(std::sync::Arc::new(gpu), &cfg, &settings, false)?;
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&r)?);
-                } else {
-                    println!("{r}");
-                }
-                return Ok(ExitCode::SUCCESS);
-            }
-            let r = bench::network::measure(std::sync::Arc::new(gpu), &cfg, false)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                let best = &r.rows[r.fastest];
+                let compared = (best.flags.clone(), best.images_per_s, best.memory);
+                (bench_output(&r, json)?, compared)
             } else {
-                println!("{r}");
+                let r = bench::network::measure(std::sync::Arc::new(gpu), &cfg, false)?;
+                let compared = (cfg.setting().to_string(), r.images_per_s, r.memory.total);
+                (bench_output(&r, json)?, compared)
+            };
+            let Some(command) = peer else {
+                println!("{ours}");
+                return Ok(ExitCode::SUCCESS);
+            };
+            if !json {
+                println!("{ours}\n");
+            }
+            eprintln!("running the peer: {command}");
+            let compared = bench::peer::run(&command).and_then(|stdout| {
+                bench::peer::compare(&command, &flags, images_per_s, memory, &cfg.arch, cfg.batch, &stdout)
+            });
+            let c = match compared {
+                Ok(c) => c,
+                Err(e) => {
+                    if json {
+                        println!("{ours}"); // our figures are not lost with the peer
+                    }
+                    return Err(e);
+                }
+            };
+            if json {
+                let ours: serde_json::Value = serde_json::from_str(&ours)?;
+                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "ours": ours, "peer": c }))?);
+            } else {
+                println!("{c}");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -674,4 +706,9 @@ fn quiet_vulkan_loader() {
         }
         std::env::set_var("XDG_RUNTIME_DIR", &dir);
     }
+}
+
+/// A bench result as pretty JSON or as its table.
+fn bench_output<T: serde::Serialize + std::fmt::Display>(r: &T, json: bool) -> Result<String> {
+    Ok(if json { serde_json::to_string_pretty(r)? } else { r.to_string() })
 }

@@ -1,0 +1,78 @@
+//! `elasticface bench --peer` as a user runs it: our steps, then the peer's, and the ratio.
+
+use std::process::Command;
+
+fn elasticface() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_elasticface"))
+}
+
+/// A small network, so that the steps take seconds on a CPU adapter.
+const SMALL: [&str; 14] = [
+    "bench",
+    "--arch",
+    "r18",
+    "--input-size",
+    "32",
+    "--batch",
+    "4",
+    "--classes",
+    "10",
+    "--steps",
+    "1",
+    "--warmup",
+    "0",
+    "--no-profile",
+];
+
+/// Whether the command failed only for want of a GPU adapter (allowed unless `ELASTICFACE_REQUIRE_GPU=1`).
+fn no_gpu(stderr: &str) -> bool {
+    let required = std::env::var("ELASTICFACE_REQUIRE_GPU").is_ok_and(|v| v == "1");
+    let missing = stderr.contains("no Vulkan, Metal or DX12 adapter");
+    if missing && !required {
+        eprintln!("SKIPPED (no GPU adapter)");
+    }
+    missing && !required
+}
+
+#[test]
+fn the_peer_runs_after_our_steps_and_is_compared() {
+    let peer = r#"echo banner; echo '{"arch": "r18", "batch": 4, "mode": "fp32", "img_per_s": 0.5}'; echo '{"arch": "r50", "batch": 4, "img_per_s": 9}'"#;
+    let out = elasticface().args(SMALL).args(["--json", "--peer", peer]).output().expect("runs");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if no_gpu(&stderr) {
+        return;
+    }
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON object");
+    let ours = v["ours"]["images_per_s"].as_f64().unwrap();
+    assert!(ours > 0.0 && v["ours"]["arch"] == "r18", "{stdout}");
+    let rows = v["peer"]["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "only the peer's r18 line is ours to compare: {stdout}");
+    assert_eq!(rows[0]["label"], "fp32");
+    assert_eq!(rows[0]["ratio"].as_f64().unwrap(), ours / 0.5);
+    assert_eq!(v["peer"]["output"].as_array().unwrap().len(), 3);
+    assert!(stderr.contains("running the peer: echo banner"), "{stderr}");
+}
+
+#[test]
+fn a_failing_peer_fails_the_command_but_keeps_our_figures() {
+    let out = elasticface().args(SMALL).args(["--json", "--peer", "echo half-way; exit 3"]).output().expect("runs");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if no_gpu(&stderr) {
+        return;
+    }
+    assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).expect("our figures as JSON");
+    assert!(v["images_per_s"].as_f64().unwrap() > 0.0, "{stdout}");
+    assert!(stderr.contains("failed (exit status: 3)") && stderr.contains("half-way"), "{stderr}");
+}
+
+#[test]
+fn the_peer_is_refused_with_kernels_and_data() {
+    for other in [&["--kernels"][..], &["--data", "x.rec"]] {
+        let out = elasticface().args(["bench", "--peer", "true"]).args(other).output().expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("cannot be used with"), "{stderr}");
+    }
+}
