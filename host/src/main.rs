@@ -626,18 +626,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 let r = bench::network::tune(std::sync::Arc::new(gpu), &cfg, &settings, false)?;
                 let best = &r.rows[r.fastest];
                 let compared = (best.flags.clone(), best.images_per_s, best.memory);
-                (bench_output(&r, json)?, compared)
+                (BenchOutput::new(&r, json)?, compared)
             } else {
                 let r = bench::network::measure(std::sync::Arc::new(gpu), &cfg, false)?;
                 let compared = (cfg.setting().to_string(), r.images_per_s, r.memory.total);
-                (bench_output(&r, json)?, compared)
+                (BenchOutput::new(&r, json)?, compared)
             };
             let Some(command) = peer else {
-                println!("{ours}");
+                println!("{}", ours.text);
                 return Ok(ExitCode::SUCCESS);
             };
             if !json {
-                println!("{ours}\n");
+                println!("{}\n", ours.text);
             }
             eprintln!("running the peer: {command}");
             let compared = bench::peer::run(&command).and_then(|stdout| {
@@ -647,14 +647,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Ok(c) => c,
                 Err(e) => {
                     if json {
-                        println!("{ours}"); // our figures are not lost with the peer
+                        println!("{}", ours.text); // our figures are not lost with the peer
                     }
                     return Err(e);
                 }
             };
             if json {
-                let ours: serde_json::Value = serde_json::from_str(&ours)?;
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "ours": ours, "peer": c }))?);
+                let both = serde_json::json!({ "ours": ours.value, "peer": c });
+                println!("{}", serde_json::to_string_pretty(&both)?);
             } else {
                 println!("{c}");
             }
@@ -708,7 +708,17 @@ fn quiet_vulkan_loader() {
     }
 }
 
-/// A bench result as pretty JSON or as its table.
-fn bench_output<T: serde::Serialize + std::fmt::Display>(r: &T, json: bool) -> Result<String> {
-    Ok(if json { serde_json::to_string_pretty(r)? } else { r.to_string() })
+/// A bench result as a JSON value, and as the text to print: pretty JSON with `--json`, else its table.
+struct BenchOutput {
+    value: serde_json::Value,
+    text: String,
+}
+
+impl BenchOutput {
+    fn new<T: serde::Serialize + std::fmt::Display>(r: &T, json: bool) -> Result<Self> {
+        let value = serde_json::to_value(r)?;
+        // Printed from `r` itself, so that the JSON keeps the fields in their declared order.
+        let text = if json { serde_json::to_string_pretty(r)? } else { r.to_string() };
+        Ok(Self { value, text })
+    }
 }

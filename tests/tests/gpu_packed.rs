@@ -101,12 +101,19 @@ fn values_of(set: u64, i: usize, len: usize) -> Vec<f32> {
     uniform(100 * set + i as u64, len)
 }
 
+/// Writes [`values_of`] `set` into every tensor and returns what it wrote.
+fn fill(gpu: &Gpu, tensors: &[Tensor], set: u64) -> Vec<Vec<f32>> {
+    let values: Vec<Vec<f32>> = tensors.iter().enumerate().map(|(i, t)| values_of(set, i, t.len)).collect();
+    for (t, v) in tensors.iter().zip(&values) {
+        gpu.write(t, v).unwrap();
+    }
+    values
+}
+
 /// Packs `shapes` and fills every part with [`values_of`] `set`.
 fn filled(gpu: &Gpu, label: &str, set: u64, shapes: &[(String, Vec<usize>)]) -> Packed {
     let packed = gpu.packed(label, shapes).unwrap();
-    for (i, t) in packed.parts.iter().enumerate() {
-        gpu.write(t, &values_of(set, i, t.len)).unwrap();
-    }
+    fill(gpu, &packed.parts, set);
     packed
 }
 
@@ -138,13 +145,8 @@ fn one_sgd_dispatch_per_group_matches_one_per_tensor_bit_for_bit() {
     // updated part by part (each bound at its offset); and in buffers of their own.
     let packed = |l: &str| [filled(&gpu, l, 1, &shapes), filled(&gpu, l, 2, &shapes), filled(&gpu, l, 3, &shapes)];
     let (by_group, by_part) = (packed("group"), packed("part"));
-    let own: [Vec<Tensor>; 3] = [1, 2, 3].map(|set| {
-        let tensors: Vec<Tensor> = shapes.iter().map(|(n, s)| gpu.zeros(n, s)).collect();
-        for (i, t) in tensors.iter().enumerate() {
-            gpu.write(t, &values_of(set, i, t.len)).unwrap();
-        }
-        tensors
-    });
+    let own: [Vec<Tensor>; 3] = [1, 2, 3].map(|_| shapes.iter().map(|(n, s)| gpu.zeros(n, s)).collect());
+    let initial: Vec<Vec<Vec<f32>>> = own.iter().zip(1..).map(|(tensors, set)| fill(&gpu, tensors, set)).collect();
     // One dispatch per (parameter, gradient, momentum) triple.
     let step = |[p, g, m]: [&[Tensor]; 3]| -> Vec<Dispatch> {
         p.iter().zip(g).zip(m).map(|((p, g), m)| k.step(&gpu, &hyper, p, g, m).unwrap()).collect()
@@ -158,9 +160,7 @@ fn one_sgd_dispatch_per_group_matches_one_per_tensor_bit_for_bit() {
     gpu.run(&all).unwrap();
     for (what, set) in [("parameters", 0), ("momentum", 2)] {
         let want: Vec<Vec<f32>> = own[set].iter().map(|t| gpu.read::<f32>(t).unwrap()).collect();
-        let initial: Vec<Vec<f32>> =
-            shapes.iter().enumerate().map(|(i, (_, s))| values_of(set as u64 + 1, i, s.iter().product())).collect();
-        assert_ne!(bits(&want), bits(&initial), "{what}: the steps changed them");
+        assert_ne!(bits(&want), bits(&initial[set]), "{what}: the steps changed them");
         for (how, p) in [("by group", &by_group[set]), ("by part", &by_part[set])] {
             let (got, gaps_zero) = read_parts(&gpu, p);
             assert_eq!(bits(&got), bits(&want), "{what} {how}");
@@ -174,8 +174,8 @@ fn clipping_packed_gradients_takes_two_dispatches_per_group_and_matches_the_core
     let Some(gpu) = limited_gpu() else { return };
     let k = SgdKernels::new(&gpu);
     let shapes = shapes("grad");
-    let grads = filled(&gpu, "grads", 4, &shapes);
-    let before: Vec<Vec<f32>> = grads.parts.iter().enumerate().map(|(i, t)| values_of(4, i, t.len)).collect();
+    let grads = gpu.packed("grads", &shapes).unwrap();
+    let before = fill(&gpu, &grads.parts, 4);
     let refs: Vec<&Tensor> = grads.groups.iter().collect();
     let clip = GradClip::new(&gpu, &k, &refs, 1.0).unwrap();
     assert_eq!(clip.dispatches().len(), 2 * grads.groups.len() + 1);

@@ -1,5 +1,6 @@
-//! The GPU layer: adapter and device ([`Gpu`]), tensors ([`Tensor`]), the WGSL kernels ([`kernels`]), and the GPU
-//! time of each dispatch from timestamp queries (`Gpu::profile`, in `profile.rs`).
+//! The GPU layer: adapter and device ([`Gpu`]), tensors ([`Tensor`], alone or packed into shared buffers:
+//! [`Packed`]; matrices split by rows: [`SplitTensor`]), the WGSL kernels ([`kernels`]), and the GPU time of each
+//! dispatch from timestamp queries (`Gpu::profile`, in `profile.rs`).
 
 mod device;
 pub mod kernels;

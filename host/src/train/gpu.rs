@@ -4,7 +4,7 @@
 //! # One step
 //!
 //! Everything is built once ([`GpuBackend::new`]): a tensor per state tensor (labelled with its insightface name),
-//! a gradient and a momentum tensor per trainable one, the head (`(C, D)`, split; see
+//! a gradient and a momentum tensor per trainable one (packed into shared buffers; see Memory), the head (`(C, D)`, split; see
 //! [`crate::gpu::kernels::margin`]), the activations, four rotating gradient buffers, shared scratch, and the
 //! dispatches with their bind groups. A step then is:
 //!
