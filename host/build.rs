@@ -32,7 +32,8 @@ fn main() {
             failed.push(e);
         }
     }
-    // The modules the host composes from conv2d.wgsl: f32 with TM = 8, and mixed precision.
+    // The modules the host composes from conv2d.wgsl: f32 with TM = 8, mixed precision on cooperative matrices
+    // and without them.
     let fragment_path = dir.join("conv2d_coop.wgsl.in");
     println!("cargo:rerun-if-changed={}", fragment_path.display());
     println!("cargo:rerun-if-changed=src/gpu/kernels/conv2d_compose.rs");
@@ -41,6 +42,7 @@ fn main() {
     for (name, module) in [
         ("conv2d.wgsl (TM = 8)", compose_f32(&base, 8)),
         ("conv2d.wgsl + conv2d_coop.wgsl.in", compose_coop(&base, &fragment)),
+        ("conv2d.wgsl (f16 operands)", compose_emulated(&base)),
     ] {
         match module {
             Ok(source) => {

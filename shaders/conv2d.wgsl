@@ -150,12 +150,44 @@ fn depth_steps(k_begin: u32, k_end: u32) -> u32 {
 var<workgroup> a_tile: array<vec4<f32>, BK * A_ROW>;
 var<workgroup> b_tile: array<vec4<f32>, BK * B_ROW>;
 
+// EMULATED MIXED PRECISION. Where the adapter has no cooperative matrices, the host may compose a module with
+// F16_OPERANDS true (`compose_emulated`): every A and B element is then rounded to f16 as it enters the tiles,
+// as the cooperative-matrix module rounds it, and the products (exact: two 11-bit significands) accumulate in
+// f32 FMAs in depth order. The mixed-precision arithmetic without tensor cores: slow, for testing that path.
+const F16_OPERANDS: bool = false;
+
+// v rounded to the nearest binary16 value, ties to even, as f32: +-inf beyond 65504 (from 65520 on, as IEEE
+// rounds), subnormals in steps of 2^-24 below 2^-14. Integer arithmetic on the bits (the WGSL conversion to f16
+// may round either way and leaves overflow indeterminate). CPU twin: elasticface_core::nn::round_to_f16.
+fn round_f16(v: f32) -> f32 {
+    let a = abs(v);
+    if a < 6.103515625e-5 {
+        // Below 2^-14: a multiple of 2^-24; the scalings are exact and `round` ties to even.
+        return round(v * 16777216.0) * 5.9604644775390625e-8;
+    }
+    // Keep 10 of the 23 significand bits, ties to even; a carry moves into the exponent as it should.
+    let b = bitcast<u32>(v);
+    let r = bitcast<f32>((b + 0xfffu + ((b >> 13u) & 1u)) & 0xffffe000u);
+    if abs(r) > 65504.0 {
+        return bitcast<f32>((b & 0x80000000u) | 0x7f800000u);
+    }
+    return r;
+}
+
+// An operand as the tiles hold it: itself, or rounded to f16 (F16_OPERANDS).
+fn operand(v: f32) -> f32 {
+    if F16_OPERANDS {
+        return round_f16(v);
+    }
+    return v;
+}
+
 fn put_a(k: u32, m: u32, v: f32) {
-    a_tile[k * A_ROW + m / 4u][m % 4u] = v;
+    a_tile[k * A_ROW + m / 4u][m % 4u] = operand(v);
 }
 
 fn put_b(k: u32, j: u32, v: f32) {
-    b_tile[k * B_ROW + j / 4u][j % 4u] = v;
+    b_tile[k * B_ROW + j / 4u][j % 4u] = operand(v);
 }
 
 // acc += a_tile^T b_tile for this invocation's block: rows ty*TM.., columns tx*4..

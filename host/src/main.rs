@@ -159,7 +159,8 @@ enum Command {
         /// Skip the profiled step (per-kernel GPU times).
         #[arg(long)]
         no_profile: bool,
-        /// Arithmetic of the convolutions: auto (f32, the faster today), f32 or mixed (tensor cores).
+        /// Arithmetic of the convolutions: auto (f32, the faster today), f32 or mixed (tensor cores; emulated,
+        /// slowly, where there are none and ELASTICFACE_EMULATE_TENSOR_CORES=1).
         #[arg(long, value_enum, default_value = "auto")]
         precision: Precision,
         /// 3x3 stride-1 convolutions run as Winograd (f32): auto (layers of at least 128 channels on a GPU, 64 on a

@@ -10,14 +10,17 @@ pub fn reference_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data").join("reference")
 }
 
-/// The GPU the kernel tests run on, created once per test process with runtime bounds checks on.
+/// The GPU the kernel tests run on, created once per test process with runtime bounds checks on and mixed
+/// precision emulated where the adapter lacks cooperative matrices.
 ///
 /// Where no adapter exists this prints why the test is skipped and returns `None`, unless
 /// `ELASTICFACE_REQUIRE_GPU=1` (set by CI, which installs lavapipe): then a missing adapter fails the test.
 pub fn gpu() -> Option<&'static Gpu> {
     static GPU: OnceLock<Result<Gpu, String>> = OnceLock::new();
     let gpu = GPU.get_or_init(|| {
-        let opts = GpuOptions { checked: true, ..GpuOptions::from_env() };
+        // Mixed precision is emulated where the adapter has no cooperative matrices, so that its trainer is tested
+        // everywhere (the cooperative-matrix kernels themselves only where they exist).
+        let opts = GpuOptions { checked: true, emulate_tensor_cores: true, ..GpuOptions::from_env() };
         Gpu::new(&opts).map_err(|e| format!("{e:#}"))
     });
     match gpu {

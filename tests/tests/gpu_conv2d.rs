@@ -106,26 +106,56 @@ fn conv2d_matches_the_core_within_the_summation_bound() {
     }
 }
 
-/// The mixed-precision kernels (f16 operands, f32 accumulation on cooperative matrices) against the core on
-/// operands rounded to f16 by [`nn::round_to_f16`]: the products are then exact on both sides and only the
-/// additions differ, so the bound above applies, doubled: NVIDIA's tensor cores are documented to accumulate in
-/// f32 but not to round to nearest (measurements show truncation, which errs by up to 2u, not u). Skipped where
-/// the adapter has no cooperative matrices (lavapipe, so CI): run on a GPU that has them.
+/// The mixed-precision kernels (f16 operands, f32 accumulation on cooperative matrices, or emulated where the
+/// adapter has none: then on lavapipe, so in CI) against the core on operands rounded to f16 by
+/// [`nn::round_to_f16`]: the products are then exact on both sides and only the additions differ, so the bound
+/// above applies, doubled: NVIDIA's tensor cores are documented to accumulate in f32 but not to round to nearest
+/// (measurements show truncation, which errs by up to 2u, not u).
 #[test]
 fn conv2d_mixed_matches_the_core_on_f16_operands() {
     let Some(gpu) = gpu() else { return };
-    if !gpu.caps.cooperative_matrix {
-        eprintln!(
-            "SKIPPED: {} has no cooperative matrices; the mixed-precision kernels are untested here",
-            gpu.info.name
-        );
-        return;
-    }
+    assert!(gpu.caps.mixed_precision(), "the test GPU emulates mixed precision where it has no tensor cores");
     let conv = Conv2d::mixed(gpu).unwrap();
-    let worst = compare_with_core(gpu, &conv, "mixed", true);
+    let name = if gpu.caps.cooperative_matrix { "mixed" } else { "emulated" };
+    let worst = compare_with_core(gpu, &conv, name, true);
     for (op, (err, ratio)) in ConvOp::ALL.iter().zip(worst) {
-        eprintln!("     mixed {:<24} max |error| {err:.2e}, max error / bound {ratio:.3}", op.name());
+        eprintln!("{name:>10} {:<24} max |error| {err:.2e}, max error / bound {ratio:.3}", op.name());
     }
+}
+
+/// The operands' rounding to f16 is the core's bit for bit (round to nearest, ties to even; subnormals; +-inf
+/// from 65520 on): a 1x1 convolution of one channel by a weight of 1 is a single exact product, so it returns
+/// each input as the kernels rounded it. Every arithmetic of mixed precision rounds alike: the emulation's
+/// `round_f16` in conv2d.wgsl, or the f16 conversion before the cooperative matrices.
+#[test]
+fn mixed_operands_round_to_f16_as_the_core_does() {
+    let Some(gpu) = gpu() else { return };
+    let conv = Conv2d::mixed(gpu).unwrap();
+    let ulp = |v: f32| 2f32.powi(v.abs().log2().floor() as i32 - 10);
+    // (A zero's sign is not compared: the kernels add each product to a +0 accumulator.)
+    let mut xv = vec![0.0, 1.0, -1.5, 0.1, 1.0 / 3.0, 65504.0, -65504.0, 65519.0, 65520.0, -70000.0, 1e30];
+    // Ties between two f16 values (to even: down, then up), and just past them; subnormals and their ties.
+    for base in [1.0f32, 1.0 + 2.0 * 2f32.powi(-10), 3.0e-3, 700.0] {
+        let half_ulp = ulp(base) / 2.0;
+        xv.extend([base + half_ulp, base + half_ulp * 1.0001, base + 3.0 * half_ulp, -(base + half_ulp)]);
+    }
+    let tiny = 2f32.powi(-24);
+    xv.extend([tiny, tiny / 2.0, tiny * 0.51, tiny * 1.5, tiny * 2.5, 2f32.powi(-14) - tiny / 2.0, -tiny * 3.5]);
+    xv.extend(uniform(77, 64).iter().map(|v| v * 3.0e-4));
+    let s = shape(1, 1, (1, xv.len()), 1, (1, 1), 1, 0);
+    let x = gpu.upload("x", &[1, 1, 1, xv.len()], &xv);
+    let weight = gpu.upload("weight", &[1, 1, 1, 1], &[1.0f32]);
+    let y = gpu.zeros("y", &[xv.len()]);
+    let scratch = scratch(gpu, &conv, &s);
+    run(gpu, &conv.forward(gpu, &s, &x, &weight, &y, &scratch).unwrap());
+    let got: Vec<f32> = gpu.read(&y).unwrap();
+    let mut want = xv.clone();
+    nn::round_to_f16(&mut want);
+    for (i, ((g, w), x)) in got.iter().zip(&want).zip(&xv).enumerate() {
+        let same = g.to_bits() == w.to_bits() || (*g == 0.0 && *w == 0.0);
+        assert!(same, "input {i}: {x:e} rounded to {g:e}, the core to {w:e}");
+    }
+    assert!(want[8].is_infinite() && want[7] == 65504.0, "the cases reach the overflow: {want:?}");
 }
 
 /// Runs `conv`'s three kernels on every test shape and checks them against the core (on f16-rounded operands

@@ -34,7 +34,7 @@ use elasticface::gpu::kernels::conv2d::ConvPrecision;
 use elasticface::gpu::kernels::winograd::WinogradTileChoice;
 use elasticface::gpu::{Gpu, GpuOptions};
 use elasticface::train::cpu::CpuBackend;
-use elasticface::train::gpu::{activation_len, gradient_buffer_len, GpuBackend};
+use elasticface::train::gpu::{activation_len, gradient_buffer_len, GpuBackend, LossScale};
 use elasticface::train::Backend;
 use elasticface_core::margin::MarginConfig;
 use elasticface_core::model::{IResNetConfig, StepConfig, TensorKind};
@@ -271,16 +271,13 @@ fn two_runs_are_bit_identical() {
     assert!(runs[0].1 == runs[1].1, "parameters, head or momentum differ");
 }
 
-/// Mixed precision (where the adapter has cooperative matrices; skipped elsewhere, so in CI): two runs agree bit
-/// for bit, and the losses stay within 2% of f32's over three steps (f16 operands carry ~1e-3 relative error into
-/// every convolution). Measured on an H200: 63.064 vs 63.060, 52.809 vs 52.842, 46.895 vs 46.607 (0.62%).
+/// Mixed precision (on cooperative matrices, or emulated: so in CI too): two runs agree bit for bit, and the
+/// losses stay within 2% of f32's over three steps (f16 operands carry ~1e-3 relative error into every
+/// convolution). Measured on an H200: 63.064 vs 63.060, 52.809 vs 52.842, 46.895 vs 46.607 (0.62%).
 #[test]
 fn mixed_precision_is_deterministic_and_close_to_f32() {
     let Some(gpu) = gpu() else { return };
-    if !gpu.caps.cooperative_matrix {
-        eprintln!("SKIPPED: {} has no cooperative matrices (mixed precision)", gpu.info.name);
-        return;
-    }
+    assert!(gpu.caps.mixed_precision(), "the test GPU emulates mixed precision where it has no tensor cores");
     let (b, classes) = (6, 11);
     let mut runs = Vec::new();
     for precision in [ConvPrecision::Mixed, ConvPrecision::Mixed, ConvPrecision::F32] {
@@ -297,6 +294,42 @@ fn mixed_precision_is_deterministic_and_close_to_f32() {
         eprintln!("step {i}: loss mixed {m}, f32 {f}");
         assert!((m - f).abs() <= 0.02 * f.abs(), "step {i}: loss mixed {m}, f32 {f}");
     }
+}
+
+/// A mixed-precision step whose backbone gradient overflows f16 runs again at half the loss scale until it does
+/// not, and then it is the step that scale gives from the start, bit for bit: the tries that overflowed moved no
+/// weight, no momentum and no batch norm running statistic (they are restored before each retry). Starting at the
+/// largest scale, 2^24, the embedding gradient times S is far beyond f16's 65504, so the first tries overflow.
+#[test]
+fn an_overflowing_mixed_step_is_retried_at_a_smaller_loss_scale() {
+    let Some(gpu) = gpu() else { return };
+    let (b, classes) = (6, 11);
+    let pos = Position::epoch_start(0);
+    let mut retried = GpuBackend::new(gpu, &TINY, b, classes, step_cfg(), 8).unwrap();
+    retried.set_precision(ConvPrecision::Mixed).unwrap();
+    train(&mut retried, &TINY, b, classes, 1);
+    retried.set_loss_scale(LossScale::MAX).unwrap();
+    let loss = train(&mut retried, &TINY, b, classes, 1);
+    let settled = retried.loss_scale().unwrap();
+    eprintln!("loss scale {} -> {}", LossScale::MAX, settled.scale);
+    assert!(settled.scale < LossScale::MAX / 2.0 && settled.good_steps == 1, "{settled:?}");
+
+    let mut direct = GpuBackend::new(gpu, &TINY, b, classes, step_cfg(), 8).unwrap();
+    direct.set_precision(ConvPrecision::Mixed).unwrap();
+    train(&mut direct, &TINY, b, classes, 1);
+    direct.set_loss_scale(settled.scale).unwrap();
+    assert_eq!(train(&mut direct, &TINY, b, classes, 1), loss, "the loss of the retried step");
+    assert_eq!(direct.loss_scale(), Some(settled));
+    let (r, d) = (
+        retried.checkpoint(8, pos, Default::default()).unwrap(),
+        direct.checkpoint(8, pos, Default::default()).unwrap(),
+    );
+    assert!(bits(&r) == bits(&d), "weights, running statistics or momentum differ after the retries");
+    assert_eq!(retried.steps(), 2, "the retries count as one step");
+
+    assert!(direct.set_loss_scale(3.0).is_err() && direct.set_loss_scale(2.0 * LossScale::MAX).is_err());
+    direct.set_precision(ConvPrecision::F32).unwrap();
+    assert!(direct.set_loss_scale(1.0).is_err(), "f32 has no loss scale");
 }
 
 #[test]

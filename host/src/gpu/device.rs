@@ -14,15 +14,25 @@ pub struct GpuOptions {
     pub checked: bool,
     /// Pretend the largest storage binding is this many bytes (tests of tensor splitting); `None`: the adapter's.
     pub binding_limit: Option<u64>,
+    /// Where the adapter has no cooperative matrices, offer mixed precision anyway, with the same f16-rounded
+    /// operands multiplied by f32 arithmetic ([`Capabilities::emulated_tensor_cores`]): slower than f32, for
+    /// testing the mixed-precision trainer on any adapter (the test suite turns it on).
+    pub emulate_tensor_cores: bool,
 }
 
 impl GpuOptions {
     /// Options from the environment: `WGPU_ADAPTER_NAME` picks the adapter, `ELASTICFACE_CHECKED=1` turns on
-    /// runtime checks. (`WGPU_BACKEND`, e.g. `vulkan` or `metal`, restricts the backends.)
+    /// runtime checks, `ELASTICFACE_EMULATE_TENSOR_CORES=1` offers mixed precision without tensor cores.
+    /// (`WGPU_BACKEND`, e.g. `vulkan` or `metal`, restricts the backends.)
     pub fn from_env() -> Self {
-        let checked = std::env::var("ELASTICFACE_CHECKED").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+        let flag = |name: &str| std::env::var(name).is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
         let adapter_name = std::env::var("WGPU_ADAPTER_NAME").ok().filter(|s| !s.is_empty());
-        Self { adapter_name, checked, binding_limit: None }
+        Self {
+            adapter_name,
+            checked: flag("ELASTICFACE_CHECKED"),
+            binding_limit: None,
+            emulate_tensor_cores: flag("ELASTICFACE_EMULATE_TENSOR_CORES"),
+        }
     }
 }
 
@@ -40,6 +50,9 @@ pub struct Capabilities {
     /// Tensor-core matrices as the mixed-precision convolutions use them (`EXPERIMENTAL_COOPERATIVE_MATRIX` with
     /// 16x16x16 f16 inputs and f32 accumulators, f16 in shaders, and subgroups of exactly 32 invocations).
     pub cooperative_matrix: bool,
+    /// Mixed precision without cooperative matrices ([`GpuOptions::emulate_tensor_cores`] on an adapter that
+    /// lacks them): the same f16-rounded operands, exact products, accumulated by f32 fused multiply-adds.
+    pub emulated_tensor_cores: bool,
     /// Largest storage buffer binding, bytes (possibly lowered by [`GpuOptions::binding_limit`]).
     pub max_binding: u64,
     /// Largest buffer, bytes.
@@ -163,6 +176,7 @@ impl Gpu {
             subgroup_size: (info.subgroup_min_size, info.subgroup_max_size),
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             cooperative_matrix: use_coop,
+            emulated_tensor_cores: opts.emulate_tensor_cores && !use_coop,
             max_binding: opts.binding_limit.map_or(max_binding, |l| l.min(max_binding)),
             max_buffer: limits.max_buffer_size,
             max_workgroup_memory: limits.max_compute_workgroup_storage_size,
@@ -210,6 +224,13 @@ impl Gpu {
     }
 }
 
+impl Capabilities {
+    /// Whether the convolutions can run in mixed precision: on cooperative matrices, or emulated.
+    pub fn mixed_precision(&self) -> bool {
+        self.cooperative_matrix || self.emulated_tensor_cores
+    }
+}
+
 impl fmt::Display for Capabilities {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let yes = |b: bool| if b { "yes" } else { "no" };
@@ -223,6 +244,9 @@ impl fmt::Display for Capabilities {
         )?;
         writeln!(f, "  timestamps:           {}", yes(self.timestamps))?;
         writeln!(f, "  cooperative matrix:   {}", yes(self.cooperative_matrix))?;
+        if self.emulated_tensor_cores {
+            writeln!(f, "  mixed precision:      emulated (f16 operands, f32 arithmetic)")?;
+        }
         writeln!(f, "  max storage binding:  {} MiB", self.max_binding >> 20)?;
         writeln!(f, "  max buffer:           {} MiB", self.max_buffer >> 20)?;
         writeln!(f, "  workgroup memory:     {} KiB", self.max_workgroup_memory >> 10)?;

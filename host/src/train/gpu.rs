@@ -1405,6 +1405,19 @@ impl<G: Deref<Target = Gpu>> GpuBackend<G> {
         self.loss_scale
     }
 
+    /// Sets mixed precision's loss scale `S` (a power of two from 1 to [`LossScale::MAX`]) and restarts its growth
+    /// count, e.g. to resume a run at the scale it had reached. Errors in f32.
+    pub fn set_loss_scale(&mut self, scale: f32) -> Result<()> {
+        let Some(ls) = &mut self.loss_scale else { bail!("the loss scale applies to mixed precision only") };
+        ensure!(
+            (1.0..=LossScale::MAX).contains(&scale) && scale.log2().fract() == 0.0,
+            "loss scale {scale}: not a power of two from 1 to {}",
+            LossScale::MAX
+        );
+        *ls = LossScale { scale, good_steps: 0 };
+        self.write_loss_scale()
+    }
+
     /// Switches the convolutions to `precision` (f32 is the default): recompiles them and rebuilds the step.
     /// Mixed precision starts with the loss scale [`LossScale::INITIAL`]. Errors as [`Conv2d::mixed`] where the
     /// adapter cannot.
@@ -1764,7 +1777,9 @@ impl<G: Deref<Target = Gpu>> Backend for GpuBackend<G> {
     fn device(&self) -> String {
         let mut how = Vec::new();
         if self.precision() == ConvPrecision::Mixed {
-            how.push("mixed precision".to_string());
+            how.push(
+                if self.gpu.caps.cooperative_matrix { "mixed precision" } else { "mixed precision, emulated" }.into(),
+            );
         }
         if let (Some(c), Some(_)) = (self.k.winograd_min_channels, &self.net.winograd) {
             let tile = match self.k.winograd_tile {

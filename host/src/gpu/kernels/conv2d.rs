@@ -12,7 +12,9 @@
 //! `conv2d.wgsl` with the tile arithmetic of `shaders/conv2d_coop.wgsl.in` (f16 operands, f32 accumulation on
 //! cooperative matrices) put in by `conv2d_compose.rs`; the index maps, bounds, splits and epilogues are shared.
 //! The mixed kernels' twins are the same core functions applied to operands rounded by
-//! [`elasticface_core::nn::round_to_f16`].
+//! [`elasticface_core::nn::round_to_f16`]. Without cooperative matrices, the mixed arithmetic can be emulated
+//! (`compose_emulated`: the f32 tiles with every operand rounded to f16 as it enters them), so that the
+//! mixed-precision trainer is tested on any adapter.
 
 use anyhow::{anyhow, bail, Result};
 use elasticface_core::nn::Conv2dShape;
@@ -124,7 +126,8 @@ pub enum ConvPrecision {
     /// f32 operands, f32 fused multiply-adds.
     F32,
     /// Operands rounded to f16, products accumulated in f32 on cooperative matrices (tensor cores):
-    /// `shaders/conv2d_coop.wgsl.in`. Needs [`Capabilities::cooperative_matrix`](crate::gpu::Capabilities).
+    /// `shaders/conv2d_coop.wgsl.in`. Needs [`Capabilities::cooperative_matrix`](crate::gpu::Capabilities), or
+    /// their emulation ([`Capabilities::emulated_tensor_cores`](crate::gpu::Capabilities)).
     Mixed,
 }
 
@@ -457,12 +460,20 @@ impl Conv2d {
     }
 
     /// The mixed-precision kernels (f16 operands, f32 accumulation on cooperative matrices), tiled as
-    /// [`ConvTiling::for_adapter`] with 8 rows per invocation (128 x 64 tiles).
+    /// [`ConvTiling::for_adapter`] with 8 rows per invocation (128 x 64 tiles). Where the adapter has no
+    /// cooperative matrices but [`Capabilities::emulated_tensor_cores`](crate::gpu::Capabilities) is on, the same
+    /// tiles with the same f16-rounded operands, multiplied by the f32 tile arithmetic (`compose_emulated`).
     ///
-    /// Errors when the adapter lacks [`Capabilities::cooperative_matrix`](crate::gpu::Capabilities) or the
-    /// workgroup memory the tiles take.
+    /// Errors when the adapter has neither, or lacks the workgroup memory the tiles take.
     pub fn mixed(gpu: &Gpu) -> Result<Self> {
         let caps = &gpu.caps;
+        // The cooperative-matrix layout is written for 128-row tiles only; the emulation keeps the same tiles.
+        let tiling = ConvTiling { rows_per_thread: 8, short_tiles: false, ..ConvTiling::for_adapter(gpu) };
+        if caps.emulated_tensor_cores {
+            let source = compose::compose_emulated(SOURCE).map_err(|e| anyhow!(e))?;
+            let tall = Pipelines::compile(gpu, "conv2d.wgsl (f16 operands)", &source, ConvPrecision::Mixed);
+            return Ok(Self { tiling, precision: ConvPrecision::Mixed, tall, short: None });
+        }
         if !caps.cooperative_matrix {
             bail!(
                 "{} has no cooperative matrices with 16x16x16 f16 inputs, f32 accumulators and subgroups of 32: \
@@ -479,8 +490,6 @@ impl Conv2d {
                 caps.max_workgroup_memory
             );
         }
-        // The cooperative-matrix layout is written for 128-row tiles only.
-        let tiling = ConvTiling { rows_per_thread: 8, short_tiles: false, ..ConvTiling::for_adapter(gpu) };
         let fragment = include_str!("../../../../shaders/conv2d_coop.wgsl.in");
         let source = compose::compose_coop(SOURCE, fragment).map_err(|e| anyhow!(e))?;
         let tall = Pipelines::compile(gpu, "conv2d.wgsl (mixed precision)", &source, ConvPrecision::Mixed);

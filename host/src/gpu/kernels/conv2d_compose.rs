@@ -16,6 +16,18 @@ pub fn compose_f32(base: &str, tm: u32) -> Result<String, String> {
     Ok(base.replace(TM_LINE, &format!("const TM: u32 = {tm}u;")))
 }
 
+/// The line of `conv2d.wgsl` that turns the f16 rounding of the tiles' operands off.
+pub const F16_OPERANDS_LINE: &str = "const F16_OPERANDS: bool = false;";
+
+/// The mixed-precision arithmetic without cooperative matrices: `base` with TM = 8 and every tile operand rounded
+/// to f16, multiplied by the f32 tile arithmetic.
+pub fn compose_emulated(base: &str) -> Result<String, String> {
+    if !base.contains(F16_OPERANDS_LINE) {
+        return Err(format!("conv2d.wgsl no longer declares `{F16_OPERANDS_LINE}`"));
+    }
+    Ok(compose_f32(base, 8)?.replace(F16_OPERANDS_LINE, "const F16_OPERANDS: bool = true;"))
+}
+
 /// The mixed-precision module: `base` with TM = 8 and the sections of `fragment` (`// @@ ENABLE`, `TILES`,
 /// `CLEAR`, `MULTIPLY`, `FINISH`) in place of the f32 tile arithmetic.
 pub fn compose_coop(base: &str, fragment: &str) -> Result<String, String> {
