@@ -12,8 +12,9 @@
 //      (thread t sums elements b BLOCK + t + WG j, j = 0..PER_THREAD, in order; then a fixed tree over the WG
 //      threads) into partials[offset + b]. The host gives each tensor its own range of partials.
 //   2. clip_coefficient, one workgroup: total = sum of partials[0..count] (thread t sums t, t + WG, ... in order, then
-//      the fixed tree); norm = sqrt(total); coefficient = min(1, max_norm / (norm + 1e-6)) (NaN stays NaN, as in
-//      the core and PyTorch). Writes clip = [total, norm, coefficient].
+//      the fixed tree); norm = sqrt(total); coefficient = min(1, max_norm / (norm + 1e-6)), or 1 where the norm is
+//      not finite (as the core: the step is refused, and a NaN factor would turn the zero gaps of packed gradient
+//      buffers into NaN for good). Writes clip = [total, norm, coefficient].
 //   3. scale, once per tensor: x *= factor[factor_index] (the coefficient).
 // Every sum runs in a fixed order: reruns are bit-identical. The sums are f32 (the core accumulates in f64): the
 // relative error of the norm is of the order of 1e-6.
@@ -143,7 +144,8 @@ fn clip_coefficient(@builtin(local_invocation_index) lid: u32) {
     if lid == 0u {
         let norm = sqrt(total);
         var coefficient = p.max_norm / (norm + 1e-6);
-        if coefficient > 1.0 {
+        // A non-finite total is what step_report refuses the step for (`non_finite` tests the bits).
+        if coefficient > 1.0 || non_finite(total) {
             coefficient = 1.0;
         }
         clip[0] = total;

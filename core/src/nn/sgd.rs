@@ -3,8 +3,9 @@
 //!
 //! Clipping a set of tensors: `total = sqrt(sum of sum_of_squares(g))` over the tensors, then
 //! `scale(g, clip_coefficient(total, max_norm))` for each (PyTorch multiplies even when the factor is 1,
-//! which changes nothing). Non-finite values are not scanned for: they propagate (a NaN norm gives a NaN
-//! factor, as in PyTorch); the trainer checks the loss and gradients. Nothing here panics.
+//! which changes nothing). Non-finite values are not scanned for: a non-finite norm gives the factor 1, which
+//! leaves the gradients as they are (PyTorch would scale them by NaN or 0); the trainer checks the loss and
+//! gradients and refuses such a step. Nothing here panics.
 
 use crate::error::{check_len, Error};
 
@@ -44,8 +45,13 @@ pub fn sum_of_squares(x: &[f32]) -> f32 {
 
 /// The factor `clip_grad_norm_` multiplies every gradient by: `min(1, max_norm / (total_norm + 1e-6))`.
 ///
-/// A NaN `total_norm` gives NaN (as PyTorch's `clamp(max=1)`, unlike `f32::min`); an infinite one gives 0.
+/// A non-finite `total_norm` (NaN or infinite) gives 1: the gradients stay as they are, and the trainer refuses
+/// the step that made them. PyTorch would give NaN or 0, and scaling by NaN would also turn the zero gaps between
+/// gradients packed into one buffer (the GPU trainer's) into NaN, which no later step rewrites.
 pub fn clip_coefficient(total_norm: f32, max_norm: f32) -> f32 {
+    if !total_norm.is_finite() {
+        return 1.0;
+    }
     let coefficient = max_norm / (total_norm + 1e-6);
     if coefficient > 1.0 {
         1.0
@@ -105,8 +111,8 @@ mod tests {
         assert_eq!(clip_coefficient(10.0, 5.0), 5.0 / (10.0 + 1e-6));
         assert_eq!(clip_coefficient(1.0, 5.0), 1.0);
         assert_eq!(clip_coefficient(0.0, 5.0), 1.0);
-        assert_eq!(clip_coefficient(f32::INFINITY, 5.0), 0.0);
-        assert!(clip_coefficient(f32::NAN, 5.0).is_nan());
+        assert_eq!(clip_coefficient(f32::INFINITY, 5.0), 1.0);
+        assert_eq!(clip_coefficient(f32::NAN, 5.0), 1.0);
         let mut g = [3.0, -4.0];
         let factor = clip_coefficient(libm::sqrtf(sum_of_squares(&g)), 1.0);
         scale(&mut g, factor);
