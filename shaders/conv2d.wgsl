@@ -158,7 +158,8 @@ const F16_OPERANDS: bool = false;
 
 // v rounded to the nearest binary16 value, ties to even, as f32: +-inf beyond 65504 (from 65520 on, as IEEE
 // rounds), subnormals in steps of 2^-24 below 2^-14. Integer arithmetic on the bits (the WGSL conversion to f16
-// may round either way and leaves overflow indeterminate). CPU twin: elasticface_core::nn::round_to_f16.
+// may round either way and leaves overflow indeterminate). CPU twin: elasticface_core::nn::round_to_f16, which
+// keeps a NaN a NaN; here a NaN may become an infinity (either way non-finite, and the step's guard refuses it).
 fn round_f16(v: f32) -> f32 {
     let a = abs(v);
     if a < 6.103515625e-5 {

@@ -306,19 +306,21 @@ fn an_overflowing_mixed_step_is_retried_at_a_smaller_loss_scale() {
     let Some(gpu) = gpu() else { return };
     let (b, classes) = (5, 13);
     let pos = Position::epoch_start(0);
-    let mut retried = GpuBackend::new(gpu, &ODD, b, classes, step_cfg(), 8).unwrap();
-    retried.set_precision(ConvPrecision::Mixed).unwrap();
-    train(&mut retried, &ODD, b, classes, 1);
-    retried.set_loss_scale(LossScale::MAX).unwrap();
+    // A mixed-precision trainer one step in (at the initial scale), its loss scale then set to `scale`.
+    let one_step_then_scale = |scale: f32| {
+        let mut g = GpuBackend::new(gpu, &ODD, b, classes, step_cfg(), 8).unwrap();
+        g.set_precision(ConvPrecision::Mixed).unwrap();
+        train(&mut g, &ODD, b, classes, 1);
+        g.set_loss_scale(scale).unwrap();
+        g
+    };
+    let mut retried = one_step_then_scale(LossScale::MAX);
     let loss = train(&mut retried, &ODD, b, classes, 1);
     let settled = retried.loss_scale().unwrap();
     eprintln!("loss scale {} -> {}", LossScale::MAX, settled.scale);
     assert!(settled.scale < LossScale::MAX / 2.0 && settled.good_steps == 1, "{settled:?}");
 
-    let mut direct = GpuBackend::new(gpu, &ODD, b, classes, step_cfg(), 8).unwrap();
-    direct.set_precision(ConvPrecision::Mixed).unwrap();
-    train(&mut direct, &ODD, b, classes, 1);
-    direct.set_loss_scale(settled.scale).unwrap();
+    let mut direct = one_step_then_scale(settled.scale);
     assert_eq!(train(&mut direct, &ODD, b, classes, 1), loss, "the loss of the retried step");
     assert_eq!(direct.loss_scale(), Some(settled));
     let (r, d) = (
@@ -425,12 +427,11 @@ fn a_non_finite_step_changes_no_weight() {
     // Back to finite weights, the next step is the one a fresh trainer takes from them, bit for bit: nothing of
     // the refused step lingers (a NaN clip factor once turned the zero gaps between packed gradients into NaN,
     // and every later step was refused).
-    let fixed = g.checkpoint(4, pos, Default::default()).unwrap();
-    let mut fixed_ck = fixed.clone();
-    fixed_ck.state[conv.offset + 3] = 0.01;
+    let mut fixed = after;
+    fixed.state[conv.offset + 3] = 0.01;
     let mut fresh = GpuBackend::new(gpu, &ODD, b, classes, step_cfg(), 4).unwrap();
     for t in [&mut g, &mut fresh] {
-        t.load(&fixed_ck).unwrap();
+        t.load(&fixed).unwrap();
     }
     let (a, f) = (train(&mut g, &ODD, b, classes, 1), train(&mut fresh, &ODD, b, classes, 1));
     assert_eq!(a, f, "the loss of the step after a refused one");
