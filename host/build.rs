@@ -4,7 +4,12 @@
 
 use std::path::Path;
 
-include!("src/gpu/kernels/conv2d_compose.rs");
+// Not every item of the composition is used here.
+#[allow(dead_code)]
+mod compose {
+    include!("src/gpu/kernels/conv2d_compose.rs");
+}
+use compose::{compose_coop, compose_emulated, compose_f32, TileShape};
 
 fn validate(name: &str, source: &str) -> Result<(), String> {
     let module = naga::front::wgsl::parse_str(source).map_err(|e| e.emit_to_string_with_path(source, name))?;
@@ -32,25 +37,27 @@ fn main() {
             failed.push(e);
         }
     }
-    // The modules the host composes from conv2d.wgsl: f32 with TM = 8, mixed precision on cooperative matrices
-    // and without them.
+    // The modules the host composes from conv2d.wgsl, in every tile shape: f32, mixed precision on cooperative
+    // matrices, and mixed precision without them.
     let fragment_path = dir.join("conv2d_coop.wgsl.in");
     println!("cargo:rerun-if-changed={}", fragment_path.display());
     println!("cargo:rerun-if-changed=src/gpu/kernels/conv2d_compose.rs");
     let base = std::fs::read_to_string(dir.join("conv2d.wgsl")).expect("conv2d.wgsl");
     let fragment = std::fs::read_to_string(&fragment_path).expect("conv2d_coop.wgsl.in");
-    for (name, module) in [
-        ("conv2d.wgsl (TM = 8)", compose_f32(&base, 8)),
-        ("conv2d.wgsl + conv2d_coop.wgsl.in", compose_coop(&base, &fragment)),
-        ("conv2d.wgsl (f16 operands)", compose_emulated(&base)),
-    ] {
-        match module {
-            Ok(source) => {
-                if let Err(e) = validate(name, &source) {
-                    failed.push(e);
+    for shape in TileShape::ALL {
+        for (name, module) in [
+            (format!("conv2d.wgsl ({shape})"), compose_f32(&base, shape)),
+            (format!("conv2d.wgsl + conv2d_coop.wgsl.in ({shape})"), compose_coop(&base, &fragment, shape)),
+            (format!("conv2d.wgsl (f16 operands, {shape})"), compose_emulated(&base, shape)),
+        ] {
+            match module {
+                Ok(source) => {
+                    if let Err(e) = validate(&name, &source) {
+                        failed.push(e);
+                    }
                 }
+                Err(e) => failed.push(format!("{name}: {e}")),
             }
-            Err(e) => failed.push(format!("{name}: {e}")),
         }
     }
     if !failed.is_empty() {

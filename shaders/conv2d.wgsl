@@ -21,12 +21,14 @@
 // A fourth kernel, gemm_batched, is the plain product of row-major matrices, BATCH at a time: the 16 products
 // of a Winograd convolution (shaders/winograd.wgsl), tiled, pipelined and split as the three above.
 //
-// TILING. A workgroup of WG = 256 invocations computes one BM x BN tile of C (BM = 16*TM rows, BN = 64
-// columns). Invocation (tx, ty) = (lid % 16, lid / 16) owns the TM x 4 block at rows ty*TM.., columns tx*4..,
-// held in registers as TM vec4 accumulators. The depth is walked in steps of BK = 16: the workgroup copies the
-// A (BM x BK) and B (BK x BN) slices into workgroup memory, both depth-major (a_tile[k][m], b_tile[k][j], as
-// vec4s), then each invocation reads per depth k one vec4 of B and TM/4 vec4s of A and does 4*TM FMAs.
-// a_tile rows are padded by one vec4 so that the transposed stores of 16 depths spread over memory banks.
+// TILING. A workgroup of WG = 256 invocations computes one BM x BN tile of C (BM = 16*TM rows, BN = 16*TN
+// columns; TM and TN 4 or 8). Invocation (tx, ty) = (lid % 16, lid / 16) owns TM x TN elements of it: rows
+// ty*4 + 64*a + e and columns tx*4 + 64*b + e (a < TM/4, b < TN/4, e < 4), 4 x 4 blocks 64 apart (`tile_row`,
+// `tile_col`), held in registers as TM*TN/4 vec4 accumulators. The depth is walked in steps of BK (16 or 32):
+// the workgroup copies the A (BM x BK) and B (BK x BN) slices into workgroup memory, both depth-major
+// (a_tile[k][m], b_tile[k][j], as vec4s), then each invocation reads per depth k TN/4 vec4s of B and TM/4 vec4s
+// of A (neighbouring invocations read neighbouring vec4s) and does TM*TN FMAs. a_tile rows are padded by one
+// vec4 so that the transposed stores of a depth step spread over memory banks.
 //
 // PIPELINE. Each depth step's elements are loaded from global memory into registers (next_a, next_b) while the
 // previous step's tiles are multiplied: iteration s = 0..=steps of the depth loop stores step s - 1's registers
@@ -36,11 +38,12 @@
 // same (cooperative matrix operations must not sit under a branch). The sums and their order are otherwise
 // those of the plain loop.
 //
-// LOADS. Copy-in assignments are fixed per invocation: A is read with the depth fastest (lid % 16) where the
-// tensor is contiguous along the depth, B with the columns fastest (lid % 16 + 16*i), so neighbouring
-// invocations read neighbouring addresses wherever the layout allows. The column (or row) index maps are
-// decomposed with divisions once, before the depth loop; the depth index is carried as a mixed-radix counter
-// (e.g. (ci, kh, kw)) advanced by BK per step with carries: no integer division in the loop.
+// LOADS. Copy-in assignments are fixed per invocation: A at depth lid % BK, rows lid / BK + (WG / BK)*i (the
+// depth fastest, where the tensor is contiguous along the depth), B at depths lid / 16 + 16*r, columns
+// lid % 16 + 16*i (the columns fastest), so neighbouring invocations read neighbouring addresses wherever the
+// layout allows. The column (or row) index maps are decomposed with divisions once, before the depth loop; the
+// depth index is carried as a mixed-radix counter (e.g. (ci, kh, kw)) advanced by BK per step with carries: no
+// integer division in the loop.
 //
 // SPLIT-K. With few output tiles (e.g. backward_weight of a wide early layer: K = N*HO*WO is huge, M*COLS is
 // small) the depth is cut into p.splits chunks of p.chunk (a multiple of BK): workgroup z sums depths
@@ -56,8 +59,8 @@
 // access leaves the tensors whose sizes the host checked against the same shape: correct without runtime
 // bounds checks.
 //
-// TM (rows per invocation, 4 or 8) may be rewritten by the host before compiling (see `ConvTiling` in
-// conv2d.rs; a GPU compiles both, and runs products of at most 64 rows on TM = 4); everything else derives from it.
+// TM, TN (rows and columns per invocation, 4 or 8) and BK (16 or 32) are rewritten by the host before compiling
+// (see `TileShape` in conv2d.rs); everything else derives from them.
 
 struct Params {
     n: u32,
@@ -99,14 +102,20 @@ struct Params {
 }
 
 const TM: u32 = 4u;
-const BM: u32 = 16u * TM;
-const BN: u32 = 64u;
+const TN: u32 = 4u;
 const BK: u32 = 16u;
+const BM: u32 = 16u * TM;
+const BN: u32 = 16u * TN;
 const WG: u32 = 256u;
 // vec4s per depth row of a_tile: BM / 4, padded by one.
 const A_ROW: u32 = BM / 4u + 1u;
 // vec4s per depth row of b_tile.
 const B_ROW: u32 = BN / 4u;
+// Copy-in (see LOADS): A elements per invocation and depth step, at rows lid / BK + A_STRIDE*i; B depth rows per
+// invocation (16 apart), each with TN columns.
+const A_LOADS: u32 = BM * BK / WG;
+const A_STRIDE: u32 = WG / BK;
+const B_DEPTHS: u32 = BK / 16u;
 // A column or row index that fails every bounds check: marks invocations whose B column is past COLS.
 const OFF: i32 = -1073741824;
 
@@ -122,20 +131,37 @@ fn tile_exists(wid: vec3<u32>, nwg: vec3<u32>) -> bool {
     return wid.y * nwg.x + wid.x < p.tiles;
 }
 
-// This invocation's TM x 4 block of C, which the epilogue of every kernel writes out.
-var<private> acc: array<vec4<f32>, TM>;
+// This invocation's TM x TN elements of C, which the epilogue of every kernel writes out: row i, column c
+// (`tile_row`, `tile_col`) at acc[i * TN/4 + c / 4][c % 4] (`acc_at`).
+var<private> acc: array<vec4<f32>, TM * TN / 4u>;
 // The A and B elements this invocation copies in at the next depth step, loaded from global memory one step
-// ahead (see PIPELINE): A at depth lid % 16, rows lid / 16 + 16*i; B at depth lid / 16, columns lid % 16 + 16*i.
-var<private> next_a: array<f32, TM>;
-var<private> next_b: array<f32, 4>;
+// ahead (see PIPELINE): A at depth lid % BK, rows lid / BK + A_STRIDE*i; B at depths lid / 16 + 16*r, columns
+// lid % 16 + 16*i, at next_b[r * TN + i].
+var<private> next_a: array<f32, A_LOADS>;
+var<private> next_b: array<f32, B_DEPTHS * TN>;
+
+// The tile row of this invocation's row i (< TM), and the tile column of its column c (< TN).
+fn tile_row(lid: u32, i: u32) -> u32 {
+    return (i / 4u) * 64u + (lid / 16u) * 4u + i % 4u;
+}
+
+fn tile_col(lid: u32, c: u32) -> u32 {
+    return (c / 4u) * 64u + (lid % 16u) * 4u + c % 4u;
+}
+
+fn acc_at(i: u32, c: u32) -> f32 {
+    return acc[i * (TN / 4u) + c / 4u][c % 4u];
+}
 
 // Writes the prefetched elements into the workgroup tiles.
 fn store_tiles(lid: u32) {
-    for (var i = 0u; i < TM; i++) {
-        put_a(lid % 16u, lid / 16u + 16u * i, next_a[i]);
+    for (var i = 0u; i < A_LOADS; i++) {
+        put_a(lid % BK, lid / BK + A_STRIDE * i, next_a[i]);
     }
-    for (var i = 0u; i < 4u; i++) {
-        put_b(lid / 16u, lid % 16u + 16u * i, next_b[i]);
+    for (var r = 0u; r < B_DEPTHS; r++) {
+        for (var i = 0u; i < TN; i++) {
+            put_b(lid / 16u + 16u * r, lid % 16u + 16u * i, next_b[r * TN + i]);
+        }
     }
 }
 
@@ -191,24 +217,29 @@ fn put_b(k: u32, j: u32, v: f32) {
     b_tile[k * B_ROW + j / 4u][j % 4u] = operand(v);
 }
 
-// acc += a_tile^T b_tile for this invocation's block: rows ty*TM.., columns tx*4..
+// acc += a_tile^T b_tile for this invocation's elements: the 4 x 4 blocks at rows ty*4 + 64*a, columns
+// tx*4 + 64*b.
 fn multiply_tiles(lid: u32) {
     let tx = lid % 16u;
     let ty = lid / 16u;
+    let row_step = TN / 4u;
     for (var k = 0u; k < BK; k++) {
-        let b = b_tile[k * B_ROW + tx];
-        for (var i = 0u; i < TM / 4u; i++) {
-            let a = a_tile[k * A_ROW + ty * (TM / 4u) + i];
-            acc[4u * i] += a.x * b;
-            acc[4u * i + 1u] += a.y * b;
-            acc[4u * i + 2u] += a.z * b;
-            acc[4u * i + 3u] += a.w * b;
+        for (var b = 0u; b < TN / 4u; b++) {
+            let bv = b_tile[k * B_ROW + tx + 16u * b];
+            for (var a = 0u; a < TM / 4u; a++) {
+                let av = a_tile[k * A_ROW + ty + 16u * a];
+                let i = 4u * a * row_step + b;
+                acc[i] += av.x * bv;
+                acc[i + row_step] += av.y * bv;
+                acc[i + 2u * row_step] += av.z * bv;
+                acc[i + 3u * row_step] += av.w * bv;
+            }
         }
     }
 }
 
 fn clear_acc() {
-    for (var i = 0u; i < TM; i++) {
+    for (var i = 0u; i < TM * TN / 4u; i++) {
         acc[i] = vec4<f32>(0.0);
     }
 }
@@ -259,21 +290,24 @@ fn conv2d_forward(
     let hw_in = p.h * p.w;
     let hw_out = p.ho * p.wo;
 
-    // B copy-in: depth row kb, columns lid % 16 + 16*i. Per column: the sample's offset in x and the input
-    // position of tap (0, 0) (OFF for columns past COLS, so that every tap is out of bounds).
+    // B copy-in: depth rows kb + 16*r, columns lid % 16 + 16*i. Per column: the sample's offset in x and the
+    // input position of tap (0, 0) (OFF for columns past COLS, so that every tap is out of bounds).
     let kb = lid / 16u;
-    var x_base: array<u32, 4>;
-    var ih0: array<i32, 4>;
-    var iw0: array<i32, 4>;
-    for (var i = 0u; i < 4u; i++) {
+    var x_base: array<u32, TN>;
+    var ih0: array<i32, TN>;
+    var iw0: array<i32, TN>;
+    for (var i = 0u; i < TN; i++) {
         let j = origin.y + lid % 16u + 16u * i;
         let q = j % hw_out;
         x_base[i] = (j / hw_out) * p.c_in * hw_in;
         ih0[i] = select(OFF, i32((q / p.wo) * p.stride) - i32(p.pad), j < p.cols);
         iw0[i] = i32((q % p.wo) * p.stride) - i32(p.pad);
     }
-    // Tap (ci, kh, kw) of depth k_begin + kb.
-    var tap = digits(k_begin + kb, p.kh, p.kw);
+    // Per depth row: tap (ci, kh, kw) of depth k_begin + kb + 16*r.
+    var tap: array<vec3<u32>, B_DEPTHS>;
+    for (var r = 0u; r < B_DEPTHS; r++) {
+        tap[r] = digits(k_begin + kb + 16u * r, p.kh, p.kw);
+    }
     let tap_step = digits(BK, p.kh, p.kw);
 
     clear_acc();
@@ -284,9 +318,9 @@ fn conv2d_forward(
         if s < steps {
             let k0 = k_begin + s * BK;
             // A: weight[m, k], contiguous along k.
-            for (var i = 0u; i < TM; i++) {
-                let m = origin.x + lid / 16u + 16u * i;
-                let k = k0 + lid % 16u;
+            let k = k0 + lid % BK;
+            for (var i = 0u; i < A_LOADS; i++) {
+                let m = origin.x + lid / BK + A_STRIDE * i;
                 var v = 0.0;
                 if m < p.m && k < k_end {
                     v = weight[m * p.k + k];
@@ -294,17 +328,20 @@ fn conv2d_forward(
                 next_a[i] = v;
             }
             // B: im2col of x.
-            let k_ok = k0 + kb < k_end;
-            for (var i = 0u; i < 4u; i++) {
-                let ih = ih0[i] + i32(tap.y);
-                let iw = iw0[i] + i32(tap.z);
-                var v = 0.0;
-                if k_ok && ih >= 0 && ih < i32(p.h) && iw >= 0 && iw < i32(p.w) {
-                    v = x[x_base[i] + tap.x * hw_in + u32(ih) * p.w + u32(iw)];
+            for (var r = 0u; r < B_DEPTHS; r++) {
+                let k_ok = k0 + kb + 16u * r < k_end;
+                let t = tap[r];
+                for (var i = 0u; i < TN; i++) {
+                    let ih = ih0[i] + i32(t.y);
+                    let iw = iw0[i] + i32(t.z);
+                    var v = 0.0;
+                    if k_ok && ih >= 0 && ih < i32(p.h) && iw >= 0 && iw < i32(p.w) {
+                        v = x[x_base[i] + t.x * hw_in + u32(ih) * p.w + u32(iw)];
+                    }
+                    next_b[r * TN + i] = v;
                 }
-                next_b[i] = v;
+                tap[r] = advance(t, tap_step, p.kh, p.kw);
             }
-            tap = advance(tap, tap_step, p.kh, p.kw);
         }
         multiply_tiles(lid);
         workgroupBarrier();
@@ -313,14 +350,14 @@ fn conv2d_forward(
     finish_tiles(lid);
     // C[m, j] -> y[slice z][n, m, oh, ow].
     let slice = wid.z * p.out_len;
-    for (var c = 0u; c < 4u; c++) {
-        let j = origin.y + (lid % 16u) * 4u + c;
+    for (var c = 0u; c < TN; c++) {
+        let j = origin.y + tile_col(lid, c);
         if j < p.cols {
             let base = slice + (j / hw_out) * p.c_out * hw_out + j % hw_out;
             for (var i = 0u; i < TM; i++) {
-                let m = origin.x + (lid / 16u) * TM + i;
+                let m = origin.x + tile_row(lid, i);
                 if m < p.m {
-                    y[base + m * hw_out] = acc[i][c];
+                    y[base + m * hw_out] = acc_at(i, c);
                 }
             }
         }
@@ -362,17 +399,20 @@ fn conv2d_backward_data(
     let tw = max(p.taps_w, 1u);
     let step = digits(BK, th, tw);
 
-    // A copy-in: depth lid % 16 as (co, t, u); rows lid / 16 + 16*i.
-    var a_tap = digits(k_begin + lid % 16u, th, tw);
-    // B copy-in: depth row kb as (co, t, u), columns lid % 16 + 16*i, each an input position (n, a, b) of the
-    // phase: the sample's offset in dy and (a + shift_h, b + shift_w), the output position of tap (0, 0)
-    // (OFF past COLS).
+    // A copy-in: depth lid % BK as (co, t, u); rows lid / BK + A_STRIDE*i.
+    var a_tap = digits(k_begin + lid % BK, th, tw);
+    // B copy-in: depth rows kb + 16*r as (co, t, u), columns lid % 16 + 16*i, each an input position (n, a, b)
+    // of the phase: the sample's offset in dy and (a + shift_h, b + shift_w), the output position of tap
+    // (0, 0) (OFF past COLS).
     let kb = lid / 16u;
-    var b_tap = digits(k_begin + kb, th, tw);
-    var dy_base: array<u32, 4>;
-    var oh0: array<i32, 4>;
-    var ow0: array<i32, 4>;
-    for (var i = 0u; i < 4u; i++) {
+    var b_tap: array<vec3<u32>, B_DEPTHS>;
+    for (var r = 0u; r < B_DEPTHS; r++) {
+        b_tap[r] = digits(k_begin + kb + 16u * r, th, tw);
+    }
+    var dy_base: array<u32, TN>;
+    var oh0: array<i32, TN>;
+    var ow0: array<i32, TN>;
+    for (var i = 0u; i < TN; i++) {
         let j = origin.y + lid % 16u + 16u * i;
         let q = j % phase_hw;
         dy_base[i] = (j / phase_hw) * p.c_out * hw_out;
@@ -388,11 +428,11 @@ fn conv2d_backward_data(
         if s < steps {
             let k0 = k_begin + s * BK;
             // A: weight[co, m, tap_h0 + t*STRIDE, tap_w0 + u*STRIDE].
-            let ka_ok = k0 + lid % 16u < k_end;
+            let ka_ok = k0 + lid % BK < k_end;
             let kh = p.tap_h0 + a_tap.y * p.stride;
             let kw = p.tap_w0 + a_tap.z * p.stride;
-            for (var i = 0u; i < TM; i++) {
-                let m = origin.x + lid / 16u + 16u * i;
+            for (var i = 0u; i < A_LOADS; i++) {
+                let m = origin.x + lid / BK + A_STRIDE * i;
                 var v = 0.0;
                 if m < p.m && ka_ok {
                     v = weight[((a_tap.x * p.c_in + m) * p.kh + kh) * p.kw + kw];
@@ -401,17 +441,20 @@ fn conv2d_backward_data(
             }
             a_tap = advance(a_tap, step, th, tw);
             // B: dy[n, co, a + shift_h - t, b + shift_w - u], zero outside 0..HO, 0..WO.
-            let kb_ok = k0 + kb < k_end;
-            for (var i = 0u; i < 4u; i++) {
-                let oh = oh0[i] - i32(b_tap.y);
-                let ow = ow0[i] - i32(b_tap.z);
-                var v = 0.0;
-                if kb_ok && oh >= 0 && oh < i32(p.ho) && ow >= 0 && ow < i32(p.wo) {
-                    v = dy[dy_base[i] + b_tap.x * hw_out + u32(oh) * p.wo + u32(ow)];
+            for (var r = 0u; r < B_DEPTHS; r++) {
+                let kb_ok = k0 + kb + 16u * r < k_end;
+                let t = b_tap[r];
+                for (var i = 0u; i < TN; i++) {
+                    let oh = oh0[i] - i32(t.y);
+                    let ow = ow0[i] - i32(t.z);
+                    var v = 0.0;
+                    if kb_ok && oh >= 0 && oh < i32(p.ho) && ow >= 0 && ow < i32(p.wo) {
+                        v = dy[dy_base[i] + t.x * hw_out + u32(oh) * p.wo + u32(ow)];
+                    }
+                    next_b[r * TN + i] = v;
                 }
-                next_b[i] = v;
+                b_tap[r] = advance(t, step, th, tw);
             }
-            b_tap = advance(b_tap, step, th, tw);
         }
         multiply_tiles(lid);
         workgroupBarrier();
@@ -420,17 +463,17 @@ fn conv2d_backward_data(
     finish_tiles(lid);
     // C[m, j] -> dx[slice z][n, m, in_h0 + a*STRIDE, in_w0 + b*STRIDE].
     let slice = wid.z * p.out_len;
-    for (var c = 0u; c < 4u; c++) {
-        let j = origin.y + (lid % 16u) * 4u + c;
+    for (var c = 0u; c < TN; c++) {
+        let j = origin.y + tile_col(lid, c);
         if j < p.cols {
             let q = j % phase_hw;
             let ih = p.in_h0 + (q / p.aw) * p.stride;
             let iw = p.in_w0 + (q % p.aw) * p.stride;
             let base = slice + (j / phase_hw) * p.c_in * hw_in + ih * p.w + iw;
             for (var i = 0u; i < TM; i++) {
-                let m = origin.x + (lid / 16u) * TM + i;
+                let m = origin.x + tile_row(lid, i);
                 if m < p.m {
-                    dx[base + m * hw_in] = acc[i][c];
+                    dx[base + m * hw_in] = acc_at(i, c);
                 }
             }
         }
@@ -459,18 +502,21 @@ fn conv2d_backward_weight(
     let hw_in = p.h * p.w;
     let hw_out = p.ho * p.wo;
 
-    // A copy-in: depth lid % 16 as the output position (n, 0, oh*WO + ow); rows lid / 16 + 16*i.
-    var a_pos = digits(k_begin + lid % 16u, 1u, hw_out);
+    // A copy-in: depth lid % BK as the output position (n, 0, oh*WO + ow); rows lid / BK + A_STRIDE*i.
+    var a_pos = digits(k_begin + lid % BK, 1u, hw_out);
     let a_step = digits(BK, 1u, hw_out);
-    // B copy-in: depth row kb as the output position (n, oh, ow); columns lid % 16 + 16*i, each a tap:
-    // its channel's offset in a sample of x, and (kh - PAD, kw - PAD) (OFF past COLS).
+    // B copy-in: depth rows kb + 16*r as the output position (n, oh, ow); columns lid % 16 + 16*i, each a
+    // tap: its channel's offset in a sample of x, and (kh - PAD, kw - PAD) (OFF past COLS).
     let kb = lid / 16u;
-    var b_pos = digits(k_begin + kb, p.ho, p.wo);
+    var b_pos: array<vec3<u32>, B_DEPTHS>;
+    for (var r = 0u; r < B_DEPTHS; r++) {
+        b_pos[r] = digits(k_begin + kb + 16u * r, p.ho, p.wo);
+    }
     let b_step = digits(BK, p.ho, p.wo);
-    var ci_base: array<u32, 4>;
-    var dh: array<i32, 4>;
-    var dw: array<i32, 4>;
-    for (var i = 0u; i < 4u; i++) {
+    var ci_base: array<u32, TN>;
+    var dh: array<i32, TN>;
+    var dw: array<i32, TN>;
+    for (var i = 0u; i < TN; i++) {
         let j = origin.y + lid % 16u + 16u * i;
         let t = digits(j, p.kh, p.kw);
         ci_base[i] = t.x * hw_in;
@@ -486,9 +532,9 @@ fn conv2d_backward_weight(
         if s < steps {
             let k0 = k_begin + s * BK;
             // A: dy[n, m, oh, ow], contiguous along the output positions of one sample.
-            let ka_ok = k0 + lid % 16u < k_end;
-            for (var i = 0u; i < TM; i++) {
-                let m = origin.x + lid / 16u + 16u * i;
+            let ka_ok = k0 + lid % BK < k_end;
+            for (var i = 0u; i < A_LOADS; i++) {
+                let m = origin.x + lid / BK + A_STRIDE * i;
                 var v = 0.0;
                 if m < p.m && ka_ok {
                     v = dy[(a_pos.x * p.c_out + m) * hw_out + a_pos.z];
@@ -497,20 +543,23 @@ fn conv2d_backward_weight(
             }
             a_pos = advance(a_pos, a_step, 1u, hw_out);
             // B: x[n, ci, oh*STRIDE + kh - PAD, ow*STRIDE + kw - PAD].
-            let kb_ok = k0 + kb < k_end;
-            let x_base = b_pos.x * p.c_in * hw_in;
-            let ih0 = i32(b_pos.y * p.stride);
-            let iw0 = i32(b_pos.z * p.stride);
-            for (var i = 0u; i < 4u; i++) {
-                let ih = ih0 + dh[i];
-                let iw = iw0 + dw[i];
-                var v = 0.0;
-                if kb_ok && ih >= 0 && ih < i32(p.h) && iw >= 0 && iw < i32(p.w) {
-                    v = saved_x[x_base + ci_base[i] + u32(ih) * p.w + u32(iw)];
+            for (var r = 0u; r < B_DEPTHS; r++) {
+                let kb_ok = k0 + kb + 16u * r < k_end;
+                let pos = b_pos[r];
+                let x_base = pos.x * p.c_in * hw_in;
+                let ih0 = i32(pos.y * p.stride);
+                let iw0 = i32(pos.z * p.stride);
+                for (var i = 0u; i < TN; i++) {
+                    let ih = ih0 + dh[i];
+                    let iw = iw0 + dw[i];
+                    var v = 0.0;
+                    if kb_ok && ih >= 0 && ih < i32(p.h) && iw >= 0 && iw < i32(p.w) {
+                        v = saved_x[x_base + ci_base[i] + u32(ih) * p.w + u32(iw)];
+                    }
+                    next_b[r * TN + i] = v;
                 }
-                next_b[i] = v;
+                b_pos[r] = advance(pos, b_step, p.ho, p.wo);
             }
-            b_pos = advance(b_pos, b_step, p.ho, p.wo);
         }
         multiply_tiles(lid);
         workgroupBarrier();
@@ -519,13 +568,13 @@ fn conv2d_backward_weight(
     finish_tiles(lid);
     // C[m, t] -> dweight[slice z][m, t].
     let slice = wid.z * p.out_len;
-    for (var c = 0u; c < 4u; c++) {
-        let j = origin.y + (lid % 16u) * 4u + c;
+    for (var c = 0u; c < TN; c++) {
+        let j = origin.y + tile_col(lid, c);
         if j < p.cols {
             for (var i = 0u; i < TM; i++) {
-                let m = origin.x + (lid / 16u) * TM + i;
+                let m = origin.x + tile_row(lid, i);
                 if m < p.m {
-                    dweight[slice + m * p.cols + j] = acc[i][c];
+                    dweight[slice + m * p.cols + j] = acc_at(i, c);
                 }
             }
         }
@@ -567,9 +616,9 @@ fn gemm_batched(
         if s < steps {
             let k0 = k_begin + s * BK;
             // A: a[batch, m, k], contiguous along k.
-            let ka = k0 + lid % 16u;
-            for (var i = 0u; i < TM; i++) {
-                let m = origin.x + lid / 16u + 16u * i;
+            let ka = k0 + lid % BK;
+            for (var i = 0u; i < A_LOADS; i++) {
+                let m = origin.x + lid / BK + A_STRIDE * i;
                 var v = 0.0;
                 if m < p.m && ka < k_end {
                     v = gemm_a[a_base + m * p.k + ka];
@@ -577,14 +626,16 @@ fn gemm_batched(
                 next_a[i] = v;
             }
             // B: b[batch, k, j], contiguous along j.
-            let k = k0 + kb;
-            for (var i = 0u; i < 4u; i++) {
-                let j = origin.y + lid % 16u + 16u * i;
-                var v = 0.0;
-                if k < k_end && j < p.cols {
-                    v = gemm_b[b_base + k * p.cols + j];
+            for (var r = 0u; r < B_DEPTHS; r++) {
+                let k = k0 + kb + 16u * r;
+                for (var i = 0u; i < TN; i++) {
+                    let j = origin.y + lid % 16u + 16u * i;
+                    var v = 0.0;
+                    if k < k_end && j < p.cols {
+                        v = gemm_b[b_base + k * p.cols + j];
+                    }
+                    next_b[r * TN + i] = v;
                 }
-                next_b[i] = v;
             }
         }
         multiply_tiles(lid);
@@ -594,13 +645,13 @@ fn gemm_batched(
     finish_tiles(lid);
     // C[m, j] -> c[slice split][batch, m, j].
     let base = split * p.out_len + batch * p.m * p.cols;
-    for (var c = 0u; c < 4u; c++) {
-        let j = origin.y + (lid % 16u) * 4u + c;
+    for (var c = 0u; c < TN; c++) {
+        let j = origin.y + tile_col(lid, c);
         if j < p.cols {
             for (var i = 0u; i < TM; i++) {
-                let m = origin.x + (lid / 16u) * TM + i;
+                let m = origin.x + tile_row(lid, i);
                 if m < p.m {
-                    gemm_c[base + m * p.cols + j] = acc[i][c];
+                    gemm_c[base + m * p.cols + j] = acc_at(i, c);
                 }
             }
         }

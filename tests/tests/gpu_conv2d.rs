@@ -11,7 +11,7 @@
 //! 0 wherever the GPU happens to sum in the core's order: forward and backward_data without splits): typical
 //! rounding errors grow like sqrt(K), the bound like K.
 
-use elasticface::gpu::kernels::conv2d::{Conv2d, ConvOp, ConvTiling};
+use elasticface::gpu::kernels::conv2d::{Conv2d, ConvOp, ConvPrecision, ConvTiling, TileShape};
 use elasticface::gpu::kernels::Dispatch;
 use elasticface::gpu::{Gpu, Tensor};
 use elasticface_core::nn::{self, Conv2dShape};
@@ -45,24 +45,31 @@ fn shapes() -> Vec<Conv2dShape> {
     ]
 }
 
-/// The tilings under test: the adapter's, both row blockings, tall tiles with short ones for short products, and
-/// one that splits every reduction it can, with the tile grid folded into two dimensions.
-fn tilings(gpu: &Gpu) -> Vec<(&'static str, ConvTiling)> {
-    let adapter = ConvTiling::for_adapter(gpu);
+/// The tilings under test: the adapter's, every tile shape whose f32 tiles fit the adapter's workgroup memory,
+/// tall tiles with short ones for short products, and two that split every reduction they can, with the tile
+/// grid folded into two dimensions (the last one's plans are checked below).
+fn tilings(gpu: &Gpu) -> Vec<(String, ConvTiling)> {
     let base = ConvTiling {
-        rows_per_thread: 4,
+        tile: TileShape::new(64, 64, 16),
         short_tiles: false,
         target_workgroups: 1,
         min_steps_per_split: 1,
         max_grid_x: u32::MAX,
     };
-    vec![
-        ("adapter", adapter),
-        ("64x64", base),
-        ("128x64", ConvTiling { rows_per_thread: 8, ..base }),
-        ("128x64, 64x64 for M <= 64", ConvTiling { rows_per_thread: 8, short_tiles: true, ..base }),
-        ("split+fold", ConvTiling { target_workgroups: 1 << 20, max_grid_x: 3, ..base }),
-    ]
+    let mut all = vec![("adapter".to_string(), ConvTiling::for_adapter(gpu))];
+    for tile in TileShape::ALL.into_iter().filter(|t| t.f32_bytes() <= gpu.caps.max_workgroup_memory) {
+        all.push((tile.to_string(), ConvTiling { tile, ..base }));
+    }
+    let split = ConvTiling { target_workgroups: 1 << 20, max_grid_x: 3, ..base };
+    all.extend([
+        (
+            "128x64x16, 64 rows for M <= 64".into(),
+            ConvTiling { tile: TileShape::new(128, 64, 16), short_tiles: true, ..base },
+        ),
+        ("split+fold, 64x128x32".into(), ConvTiling { tile: TileShape::new(64, 128, 32), ..split }),
+        ("split+fold".into(), split),
+    ]);
+    all
 }
 
 /// Checks `got` against `want` element by element with the bound above; returns (max |error|, max error/bound).
@@ -98,12 +105,37 @@ fn run(gpu: &Gpu, dispatches: &[Dispatch]) {
 fn conv2d_matches_the_core_within_the_summation_bound() {
     let Some(gpu) = gpu() else { return };
     for (name, tiling) in tilings(gpu) {
-        let conv = Conv2d::with_tiling(gpu, tiling);
-        let worst = compare_with_core(gpu, &conv, name, false);
+        let conv = Conv2d::build(gpu, ConvPrecision::F32, tiling).unwrap();
+        let worst = compare_with_core(gpu, &conv, &name, false);
         for (op, (err, ratio)) in ConvOp::ALL.iter().zip(worst) {
             eprintln!("{name:>10} {:<24} max |error| {err:.2e}, max error / bound {ratio:.3}", op.name());
         }
     }
+}
+
+/// Every tile shape compiles where its tiles fit the adapter's workgroup memory, and is refused with the sizes
+/// where they do not; a shape the kernels are not written for is refused by name.
+#[test]
+fn tiles_are_refused_where_they_do_not_fit() {
+    let Some(gpu) = gpu() else { return };
+    let limit = gpu.caps.max_workgroup_memory;
+    let base = ConvTiling::for_adapter(gpu);
+    for tile in TileShape::ALL {
+        let result = Conv2d::build(gpu, ConvPrecision::F32, ConvTiling { tile, short_tiles: false, ..base });
+        if tile.f32_bytes() <= limit {
+            assert_eq!(result.unwrap().tiling().tile, tile);
+        } else {
+            let e = format!("{:#}", result.err().expect("refused"));
+            assert!(e.contains(&format!("tiles of {tile} need {} bytes of workgroup memory", tile.f32_bytes())), "{e}");
+        }
+    }
+    let e = format!(
+        "{:#}",
+        Conv2d::build(gpu, ConvPrecision::F32, ConvTiling { tile: TileShape::new(96, 64, 16), ..base })
+            .err()
+            .expect("refused")
+    );
+    assert!(e.contains("tile 96x64x16: rows and columns must be 64 or 128, the depth 16 or 32"), "{e}");
 }
 
 /// The mixed-precision kernels (f16 operands, f32 accumulation on cooperative matrices, or emulated where the
@@ -115,12 +147,20 @@ fn conv2d_matches_the_core_within_the_summation_bound() {
 fn conv2d_mixed_matches_the_core_on_f16_operands() {
     let Some(gpu) = gpu() else { return };
     assert!(gpu.caps.mixed_precision(), "the test GPU emulates mixed precision where it has no tensor cores");
-    let conv = Conv2d::mixed(gpu).unwrap();
-    let name = if gpu.caps.cooperative_matrix { "mixed" } else { "emulated" };
-    let worst = compare_with_core(gpu, &conv, name, true);
-    for (op, (err, ratio)) in ConvOp::ALL.iter().zip(worst) {
-        eprintln!("{name:>10} {:<24} max |error| {err:.2e}, max error / bound {ratio:.3}", op.name());
+    let kind = if gpu.caps.cooperative_matrix { "mixed" } else { "emulated" };
+    // Every tile shape the adapter's workgroup memory holds (the cooperative-matrix code differs per shape).
+    let mut tested = 0;
+    for tile in TileShape::ALL {
+        let tiling = ConvTiling { tile, short_tiles: false, ..ConvTiling::for_adapter(gpu) };
+        let Ok(conv) = Conv2d::build(gpu, ConvPrecision::Mixed, tiling) else { continue };
+        let name = format!("{kind} {tile}");
+        let worst = compare_with_core(gpu, &conv, &name, true);
+        for (op, (err, ratio)) in ConvOp::ALL.iter().zip(worst) {
+            eprintln!("{name:>10} {:<24} max |error| {err:.2e}, max error / bound {ratio:.3}", op.name());
+        }
+        tested += 1;
     }
+    assert!(tested >= 7, "{tested} tile shapes fit");
 }
 
 /// The operands' rounding to f16 is the core's bit for bit (round to nearest, ties to even; subnormals; +-inf
@@ -243,14 +283,15 @@ fn plans_split_fold_and_cut_strided_gradients_into_phases() {
     let adapter = ConvTiling::for_adapter(gpu);
     let big = shape(1, 64, (56, 56), 64, (3, 3), 1, 1);
     let plan = adapter.plan(ConvOp::BackwardWeight, &big, u32::MAX).unwrap();
-    assert!(plan.splits <= 64 && plan.gemms[0].0.chunk >= 16 * adapter.min_steps_per_split, "{plan:?}");
+    let min_chunk = adapter.tile.depth * adapter.min_steps_per_split;
+    assert!(plan.splits <= 64 && plan.gemms[0].0.chunk >= min_chunk, "{plan:?}");
 }
 
 #[test]
 fn results_are_bit_identical_from_run_to_run() {
     let Some(gpu) = gpu() else { return };
     for (name, tiling) in tilings(gpu) {
-        let conv = Conv2d::with_tiling(gpu, tiling);
+        let conv = Conv2d::build(gpu, ConvPrecision::F32, tiling).unwrap();
         let s = shape(2, 5, (11, 9), 7, (3, 3), 2, 1);
         let x = gpu.upload("x", &[s.input_len()], &uniform(1, s.input_len()));
         let weight = gpu.upload("weight", &[s.weight_len()], &uniform(2, s.weight_len()));
@@ -277,7 +318,7 @@ fn results_are_bit_identical_from_run_to_run() {
 #[test]
 fn wrong_tensors_are_refused_naming_them() {
     let Some(gpu) = gpu() else { return };
-    let conv = Conv2d::with_tiling(gpu, tilings(gpu).pop().unwrap().1);
+    let conv = Conv2d::build(gpu, ConvPrecision::F32, tilings(gpu).pop().unwrap().1).unwrap();
     let s = shape(2, 3, (5, 5), 4, (3, 3), 1, 1);
     let t = |label: &str, len: usize| gpu.zeros(label, &[len]);
     let (x, weight, y) = (t("x", s.input_len()), t("weight", s.weight_len()), t("y", s.output_len()));

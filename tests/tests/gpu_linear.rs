@@ -7,7 +7,7 @@
 //! add (K = IN for `y`, OUT for `dx`, N for `dweight`). The bias gradient sums `dy` over the batch in the core's
 //! order: bit-identical.
 
-use elasticface::gpu::kernels::conv2d::{ConvOp as Op, ConvTiling};
+use elasticface::gpu::kernels::conv2d::{ConvOp as Op, ConvTiling, TileShape};
 use elasticface::gpu::kernels::linear::{conv_shape, Linear};
 use elasticface::gpu::kernels::Dispatch;
 use elasticface::gpu::{Gpu, Tensor};
@@ -86,14 +86,14 @@ fn record(gpu: &Gpu, linear: &Linear, c: &Case) -> Run {
 fn linear_matches_the_core() {
     let Some(gpu) = gpu() else { return };
     let splitting = ConvTiling {
-        rows_per_thread: 4,
+        tile: TileShape::new(64, 64, 16),
         short_tiles: false,
         target_workgroups: 1 << 20,
         min_steps_per_split: 1,
         max_grid_x: 2,
     };
     for (name, tiling) in [("adapter", ConvTiling::for_adapter(gpu)), ("split+fold", splitting)] {
-        let linear = Linear::with_tiling(gpu, tiling);
+        let linear = Linear::with_tiling(gpu, tiling).unwrap();
         let mut worst = [(0.0f32, 0.0f32); 3];
         // Tiny, tall, wide (several row tiles of OUT), and a long reduction over IN.
         for (i, &(n, inputs, outputs)) in
@@ -151,13 +151,13 @@ fn linear_conv_splits(gpu: &Gpu, tiling: ConvTiling, op: Op, conv: &Conv2dShape)
 fn linear_is_bit_identical_from_run_to_run() {
     let Some(gpu) = gpu() else { return };
     let tiling = ConvTiling {
-        rows_per_thread: 4,
+        tile: TileShape::new(64, 64, 16),
         short_tiles: false,
         target_workgroups: 1 << 20,
         min_steps_per_split: 1,
         max_grid_x: 2,
     };
-    let linear = Linear::with_tiling(gpu, tiling);
+    let linear = Linear::with_tiling(gpu, tiling).unwrap();
     let c = Case::new(9, 300, 20, 7);
     let r = record(gpu, &linear, &c);
     let bits = |r: &Run| [&r.y, &r.dx, &r.dweight, &r.dbias].map(|t| gpu.read::<u32>(t).unwrap());

@@ -17,7 +17,7 @@
 //! bounded by the checks above and, for Winograd against the direct convolution, by the core's tests.
 
 use elasticface::gpu::kernels::batchnorm::{BatchNormKernels, Epilogue};
-use elasticface::gpu::kernels::conv2d::{Conv2d, ConvOp, ConvTiling};
+use elasticface::gpu::kernels::conv2d::{Conv2d, ConvOp, ConvPrecision, ConvTiling, TileShape};
 use elasticface::gpu::kernels::winograd::{InputNorm, Winograd, WinogradWorkspace};
 use elasticface::gpu::kernels::Dispatch;
 use elasticface::gpu::{Gpu, Tensor};
@@ -45,7 +45,7 @@ fn shapes() -> Vec<Conv2dShape> {
 /// The adapter's tiling, and one that splits every product it can, folding the grid.
 fn tilings(gpu: &Gpu) -> Vec<(&'static str, ConvTiling)> {
     let split = ConvTiling {
-        rows_per_thread: 4,
+        tile: TileShape::new(64, 64, 16),
         short_tiles: false,
         target_workgroups: 1 << 20,
         min_steps_per_split: 1,
@@ -106,7 +106,7 @@ fn winograd_kernels_match_their_core_twins() {
     let slack = slack_allowed(gpu, 8.0);
     let wino = Winograd::new(gpu);
     for ((name, tiling), tile) in tilings(gpu).into_iter().flat_map(|t| WinogradTile::ALL.map(move |tile| (t, tile))) {
-        let conv = Conv2d::with_tiling(gpu, tiling);
+        let conv = Conv2d::build(gpu, ConvPrecision::F32, tiling).unwrap();
         let mut worst = 0.0f32;
         let p = tile.planes();
         for (case, s) in shapes().iter().enumerate() {

@@ -54,7 +54,7 @@ pub struct Conv2dParams {
     pub cols: u32,
     /// GEMM depth K (the reduction).
     pub k: u32,
-    /// Depth per split, a multiple of [`DEPTH_STEP`].
+    /// Depth per split, a multiple of the tile's depth step.
     pub chunk: u32,
     /// Number of splits of the depth.
     pub splits: u32,
@@ -107,17 +107,13 @@ fn phase_dim(r: usize, size: usize, k: usize, stride: usize, pad: usize) -> Phas
 /// `shaders/conv2d.wgsl`.
 const SOURCE: &str = include_str!("../../../../shaders/conv2d.wgsl");
 
-/// Columns of C per workgroup tile (`BN` in the shader).
-pub const TILE_COLS: u32 = 64;
-/// Depth step (`BK` in the shader): the depth of the A and B slices staged in workgroup memory.
-pub const DEPTH_STEP: u32 = 16;
-
 /// The most splits of one reduction: bounds the scratch at `MAX_SPLITS` times the output.
 const MAX_SPLITS: u32 = 64;
 
 mod compose {
     include!("conv2d_compose.rs");
 }
+pub use compose::TileShape;
 
 /// Arithmetic of the products.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -187,16 +183,16 @@ pub fn flops(s: &Conv2dShape) -> u64 {
 /// [`ConvTiling::for_adapter`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvTiling {
-    /// Rows of C per invocation, 4 or 8: workgroup tiles of 64 x 64 or 128 x 64 (256 invocations each).
-    /// Written into the shader's `TM` before compiling.
-    pub rows_per_thread: u32,
-    /// With `rows_per_thread` 8: products of at most 64 rows (M) run on 64 x 64 tiles instead, from a second
-    /// compilation with TM = 4; a 128-row tile would spend half its multiply-adds on rows past M (the 64-channel
-    /// layers of an iResNet).
+    /// The workgroup tile (256 invocations each), written into the shader's `TM`, `TN` and `BK` before
+    /// compiling.
+    pub tile: TileShape,
+    /// With 128-row tiles: products of at most 64 rows (M) run on 64-row tiles instead ([`TileShape::short`]),
+    /// from a second compilation; a 128-row tile would spend half its multiply-adds on rows past M (the
+    /// 64-channel layers of an iResNet).
     pub short_tiles: bool,
     /// Where the output gives fewer workgroups than this, the reduction is split until it gives about this many.
     pub target_workgroups: u32,
-    /// Fewest depth steps ([`DEPTH_STEP`]) per split (at least 1), so a split is never mostly overhead.
+    /// Fewest depth steps (the tile's depth) per split (at least 1), so a split is never mostly overhead.
     pub min_steps_per_split: u32,
     /// Most workgroups along x before the tiles fold into y (the adapter's limit applies as well): `u32::MAX`
     /// in production; tests set it small to exercise the folding.
@@ -205,14 +201,15 @@ pub struct ConvTiling {
 
 impl ConvTiling {
     /// The tiling for `gpu`'s adapter. On a CPU adapter (lavapipe: each invocation is a SIMD lane, 8 x 4 blocks
-    /// spill registers) 64 x 64 tiles, and splits only until the few cores are busy. On a GPU 128 x 64 tiles
-    /// (twice the FMAs per staged element), 64 x 64 for products of at most 64 rows (the 64-channel layers ran
-    /// at half the rate of the others on an H200: 17 against 33 TFLOP/s), and splits until about 1024
-    /// workgroups, enough to fill a large GPU several times over.
+    /// spill registers) 64 x 64 x 16 tiles, and splits only until the few cores are busy. On a GPU 128 x 64 x 16
+    /// tiles (twice the FMAs per staged element), 64-row tiles for products of at most 64 rows (the 64-channel
+    /// layers ran at half the rate of the others on an H200: 17 against 33 TFLOP/s), and splits until about
+    /// 1024 workgroups, enough to fill a large GPU several times over. (The f32 figures of an H200 were measured
+    /// with 128 x 64 x 16; the other shapes are there for `bench --tune` to measure.)
     pub fn for_adapter(gpu: &Gpu) -> Self {
         if gpu.info.device_type == wgpu::DeviceType::Cpu {
             Self {
-                rows_per_thread: 4,
+                tile: TileShape::new(64, 64, 16),
                 short_tiles: false,
                 target_workgroups: 64,
                 min_steps_per_split: 16,
@@ -220,7 +217,7 @@ impl ConvTiling {
             }
         } else {
             Self {
-                rows_per_thread: 8,
+                tile: TileShape::new(128, 64, 16),
                 short_tiles: true,
                 target_workgroups: 1024,
                 min_steps_per_split: 16,
@@ -229,13 +226,13 @@ impl ConvTiling {
         }
     }
 
-    /// Rows of C per invocation for a product of `m` rows: `rows_per_thread`, or 4 for short products (see
+    /// The tile of a product of `m` rows: `tile`, or its 64-row form for short products (see
     /// [`Self::short_tiles`]).
-    pub fn rows_per_thread_for(&self, m: usize) -> u32 {
+    pub fn tile_for(&self, m: usize) -> TileShape {
         if self.short_tiles && m <= 64 {
-            4
+            self.tile.short()
         } else {
-            self.rows_per_thread
+            self.tile
         }
     }
 
@@ -337,18 +334,18 @@ impl ConvTiling {
         // Split the depth only where the output alone gives too few workgroups, and never into splits of fewer
         // than `min_steps_per_split` steps; the chunk is a whole number of steps. Phases share one chunk, sized
         // for the largest, so that every phase writes every slice and one reduction pass adds them.
-        let rows_per_thread = self.rows_per_thread_for(gemms[0].m as usize);
-        let tiles_m = gemms[0].m.div_ceil(16 * rows_per_thread);
+        let tile = self.tile_for(gemms[0].m as usize);
+        let tiles_m = gemms[0].m.div_ceil(tile.rows);
         let mut tiles = Vec::with_capacity(gemms.len());
         for g in &gemms {
-            tiles.push(fits(tiles_m as usize * g.cols.div_ceil(TILE_COLS) as usize)?);
+            tiles.push(fits(tiles_m as usize * g.cols.div_ceil(tile.cols) as usize)?);
         }
         let (most_tiles, deepest) =
             (tiles.iter().max().copied().unwrap_or(1), gemms.iter().map(|g| g.k).max().unwrap_or(0));
-        let steps = deepest.div_ceil(DEPTH_STEP);
+        let steps = deepest.div_ceil(tile.depth);
         let workgroups = most_tiles.max(1).saturating_mul(batch.max(1));
         let wanted = self.target_workgroups.div_ceil(workgroups).min(steps / self.min_steps_per_split.max(1));
-        let chunk = steps.div_ceil(wanted.clamp(1, MAX_SPLITS)).max(1) * DEPTH_STEP;
+        let chunk = steps.div_ceil(wanted.clamp(1, MAX_SPLITS)).max(1) * tile.depth;
         let splits = deepest.div_ceil(chunk).max(1);
         if splits > 1 {
             fits(splits as usize * out_len as usize)?;
@@ -363,7 +360,7 @@ impl ConvTiling {
                 (params, [x, tiles.div_ceil(x), splits * batch.max(1)])
             })
             .collect();
-        Ok(ConvPlan { gemms, rows_per_thread, splits, out_len })
+        Ok(ConvPlan { gemms, tile, splits, out_len })
     }
 }
 
@@ -373,8 +370,8 @@ pub struct ConvPlan {
     /// The GEMM dispatches: one, or for `backward_data` one per stride phase with input positions (`STRIDE^2`
     /// at most); each with its parameters and grid (tiles folded into x and y, splits in z).
     pub gemms: Vec<(Conv2dParams, [u32; 3])>,
-    /// Rows of C per invocation (`TM`) of the pipelines that run them: tiles of `16 * rows_per_thread` rows.
-    pub rows_per_thread: u32,
+    /// The tile of the pipelines that run them.
+    pub tile: TileShape,
     /// Splits of the reduction, the same in every product.
     pub splits: u32,
     /// Elements of the output tensor.
@@ -428,78 +425,74 @@ impl Pipelines {
 pub struct Conv2d {
     tiling: ConvTiling,
     precision: ConvPrecision,
-    /// Compiled with `tiling.rows_per_thread`.
+    /// Compiled with `tiling.tile`.
     tall: Pipelines,
-    /// Compiled with 4 rows per invocation, for short products ([`ConvTiling::short_tiles`]).
+    /// Compiled with its 64-row form, for short products ([`ConvTiling::short_tiles`]).
     short: Option<Pipelines>,
 }
 
 impl Conv2d {
-    /// Compiles the kernels with the adapter's tiling ([`ConvTiling::for_adapter`]).
+    /// The f32 kernels with the adapter's tiling ([`ConvTiling::for_adapter`]).
     pub fn new(gpu: &Gpu) -> Self {
-        Self::with_tiling(gpu, ConvTiling::for_adapter(gpu))
+        Self::build(gpu, ConvPrecision::F32, ConvTiling::for_adapter(gpu)).expect("the adapter's tiling fits it")
     }
 
-    /// Compiles the kernels with `tiling` (tests and benchmarks compare tilings).
-    ///
-    /// Panics if `tiling.rows_per_thread` is not 4 or 8.
-    pub fn with_tiling(gpu: &Gpu, tiling: ConvTiling) -> Self {
-        assert!(
-            matches!(tiling.rows_per_thread, 4 | 8),
-            "rows_per_thread must be 4 or 8, not {}",
-            tiling.rows_per_thread
-        );
-        // The build script validated this composition (and fails the build if it no longer applies).
-        let f32_module = |tm: u32| {
-            let source = compose::compose_f32(SOURCE, tm).expect("conv2d.wgsl composes");
-            Pipelines::compile(gpu, &format!("conv2d.wgsl (TM = {tm})"), &source, ConvPrecision::F32)
-        };
-        let tall = f32_module(tiling.rows_per_thread);
-        let short = (tiling.short_tiles && tiling.rows_per_thread != 4).then(|| f32_module(4));
-        Self { tiling, precision: ConvPrecision::F32, tall, short }
-    }
-
-    /// The mixed-precision kernels (f16 operands, f32 accumulation on cooperative matrices), tiled as
-    /// [`ConvTiling::for_adapter`] with 8 rows per invocation (128 x 64 tiles). Where the adapter has no
-    /// cooperative matrices but [`Capabilities::emulated_tensor_cores`](crate::gpu::Capabilities) is on, the same
-    /// tiles with the same f16-rounded operands, multiplied by the f32 tile arithmetic (`compose_emulated`).
-    ///
-    /// Errors when the adapter has neither, or lacks the workgroup memory the tiles take.
+    /// The mixed-precision kernels (f16 operands, f32 accumulation on cooperative matrices) with the adapter's
+    /// tiling ([`ConvTiling::for_adapter`]). Errors as [`Self::build`].
     pub fn mixed(gpu: &Gpu) -> Result<Self> {
+        Self::build(gpu, ConvPrecision::Mixed, ConvTiling::for_adapter(gpu))
+    }
+
+    /// Compiles the kernels in `precision` with `tiling` (tests and benchmarks compare tilings). Mixed precision
+    /// runs on cooperative matrices; where the adapter has none but
+    /// [`Capabilities::emulated_tensor_cores`](crate::gpu::Capabilities) is on, the same tiles take the same
+    /// f16-rounded operands and multiply them with the f32 tile arithmetic (`compose_emulated`).
+    ///
+    /// Errors: a tile shape the kernels are not written for, tiles larger than the adapter's workgroup memory, or
+    /// mixed precision on an adapter with neither cooperative matrices nor their emulation.
+    pub fn build(gpu: &Gpu, precision: ConvPrecision, tiling: ConvTiling) -> Result<Self> {
         let caps = &gpu.caps;
-        // The cooperative-matrix layout is written for 128-row tiles only; the emulation keeps the same tiles.
-        let tiling = ConvTiling { rows_per_thread: 8, short_tiles: false, ..ConvTiling::for_adapter(gpu) };
-        if caps.emulated_tensor_cores {
-            let source = compose::compose_emulated(SOURCE).map_err(|e| anyhow!(e))?;
-            let tall = Pipelines::compile(gpu, "conv2d.wgsl (f16 operands)", &source, ConvPrecision::Mixed);
-            return Ok(Self { tiling, precision: ConvPrecision::Mixed, tall, short: None });
-        }
-        if !caps.cooperative_matrix {
+        tiling.tile.validate().map_err(|e| anyhow!(e))?;
+        let coop = precision == ConvPrecision::Mixed && !caps.emulated_tensor_cores;
+        if coop && !caps.cooperative_matrix {
             bail!(
                 "{} has no cooperative matrices with 16x16x16 f16 inputs, f32 accumulators and subgroups of 32: \
                  mixed precision is not available on it (use f32)",
                 gpu.info.name
             );
         }
-        // a_h (f16, BK x (BM + 8)), b_h (f16, BK x BN), c_s (f32, BM x BN).
-        let tile_bytes = 2 * DEPTH_STEP * (128 + 8) + 2 * DEPTH_STEP * TILE_COLS + 4 * 128 * TILE_COLS;
-        if tile_bytes > caps.max_workgroup_memory {
-            bail!(
-                "{}: the mixed-precision tiles need {tile_bytes} bytes of workgroup memory, the adapter has {}",
-                gpu.info.name,
-                caps.max_workgroup_memory
-            );
-        }
-        let fragment = include_str!("../../../../shaders/conv2d_coop.wgsl.in");
-        let source = compose::compose_coop(SOURCE, fragment).map_err(|e| anyhow!(e))?;
-        let tall = Pipelines::compile(gpu, "conv2d.wgsl (mixed precision)", &source, ConvPrecision::Mixed);
-        Ok(Self { tiling, precision: ConvPrecision::Mixed, tall, short: None })
+        let shapes = [Some(tiling.tile), (tiling.short_tiles && tiling.tile.rows != 64).then(|| tiling.tile.short())];
+        let mut compiled = shapes.into_iter().flatten().map(|shape| {
+            let bytes = if coop { shape.coop_bytes() } else { shape.f32_bytes() };
+            if bytes > caps.max_workgroup_memory {
+                bail!(
+                    "{}: {precision:?} tiles of {shape} need {bytes} bytes of workgroup memory, the adapter has {}",
+                    gpu.info.name,
+                    caps.max_workgroup_memory
+                );
+            }
+            // The build script validated these compositions (and fails the build if one no longer applies).
+            let (label, source) = match (precision, coop) {
+                (ConvPrecision::F32, _) => (format!("conv2d.wgsl ({shape})"), compose::compose_f32(SOURCE, shape)),
+                (ConvPrecision::Mixed, false) => {
+                    (format!("conv2d.wgsl (f16 operands, {shape})"), compose::compose_emulated(SOURCE, shape))
+                }
+                (ConvPrecision::Mixed, true) => {
+                    let fragment = include_str!("../../../../shaders/conv2d_coop.wgsl.in");
+                    (format!("conv2d.wgsl (mixed precision, {shape})"), compose::compose_coop(SOURCE, fragment, shape))
+                }
+            };
+            Ok(Pipelines::compile(gpu, &label, &source.map_err(|e| anyhow!(e))?, precision))
+        });
+        let tall = compiled.next().expect("one shape at least")?;
+        let short = compiled.next().transpose()?;
+        Ok(Self { tiling, precision, tall, short })
     }
 
-    /// The pipelines compiled with `rows_per_thread` (a plan's).
-    fn pipelines(&self, rows_per_thread: u32) -> &Pipelines {
+    /// The pipelines compiled for `tile` (a plan's).
+    fn pipelines(&self, tile: TileShape) -> &Pipelines {
         match &self.short {
-            Some(short) if rows_per_thread == 4 => short,
+            Some(short) if tile.rows == 64 && self.tiling.tile.rows != 64 => short,
             _ => &self.tall,
         }
     }
@@ -628,7 +621,7 @@ impl Conv2d {
         scratch: &Tensor,
     ) -> Result<Vec<Dispatch>> {
         let name = op.map_or("gemm_batched", ConvOp::name);
-        let pipelines = self.pipelines(plan.rows_per_thread);
+        let pipelines = self.pipelines(plan.tile);
         let [a, b] = inputs;
         let target = if plan.splits == 1 {
             out

@@ -1,50 +1,199 @@
-// Builds the WGSL of the convolution kernels from `shaders/conv2d.wgsl`: the f32 module with a given TM, and the
-// mixed-precision module with `shaders/conv2d_coop.wgsl.in`'s tile arithmetic in place of the f32 one. Plain
-// `std` code, included by `conv2d.rs` and by the build script (which validates both modules with naga).
+// Builds the WGSL of the convolution kernels from `shaders/conv2d.wgsl`: the f32 module with a given tile shape,
+// its emulation of mixed precision, and the mixed-precision module with `shaders/conv2d_coop.wgsl.in`'s tile
+// arithmetic (and the cooperative-matrix code generated here for the tile shape) in place of the f32 one. Plain
+// `std` code, included by `conv2d.rs` and by the build script (which validates every module with naga).
 
 /// The tiled kernels of `conv2d.wgsl`: the three convolutions and `gemm_batched`.
 const KERNELS: usize = 4;
 
-/// The line of `conv2d.wgsl` that sets the rows per invocation.
-pub const TM_LINE: &str = "const TM: u32 = 4u;";
+/// The workgroup tile of the convolution kernels: `rows x cols` elements of C per workgroup of 256 invocations,
+/// the depth walked `depth` at a time. Written as `ROWSxCOLSxDEPTH`, e.g. `128x64x16`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TileShape {
+    /// Rows of C per tile (`BM`): 64 or 128, i.e. 4 or 8 per invocation (`TM`).
+    pub rows: u32,
+    /// Columns of C per tile (`BN`): 64 or 128, i.e. 4 or 8 per invocation (`TN`).
+    pub cols: u32,
+    /// Depth step (`BK`): 16 or 32.
+    pub depth: u32,
+}
 
-/// `base` with `TM` set to `tm`.
-pub fn compose_f32(base: &str, tm: u32) -> Result<String, String> {
-    if !base.contains(TM_LINE) {
-        return Err(format!("conv2d.wgsl no longer declares `{TM_LINE}`"));
+impl TileShape {
+    /// Every shape the kernels are written for.
+    pub const ALL: [TileShape; 8] = [
+        TileShape::new(64, 64, 16),
+        TileShape::new(64, 64, 32),
+        TileShape::new(64, 128, 16),
+        TileShape::new(64, 128, 32),
+        TileShape::new(128, 64, 16),
+        TileShape::new(128, 64, 32),
+        TileShape::new(128, 128, 16),
+        TileShape::new(128, 128, 32),
+    ];
+
+    pub const fn new(rows: u32, cols: u32, depth: u32) -> Self {
+        Self { rows, cols, depth }
     }
-    Ok(base.replace(TM_LINE, &format!("const TM: u32 = {tm}u;")))
+
+    /// Errors unless the kernels are written for this shape.
+    pub fn validate(&self) -> Result<(), String> {
+        if Self::ALL.contains(self) {
+            Ok(())
+        } else {
+            Err(format!("tile {self}: rows and columns must be 64 or 128, the depth 16 or 32"))
+        }
+    }
+
+    /// Rows of C per invocation (`TM`).
+    pub fn rows_per_thread(&self) -> u32 {
+        self.rows / 16
+    }
+
+    /// Columns of C per invocation (`TN`).
+    pub fn cols_per_thread(&self) -> u32 {
+        self.cols / 16
+    }
+
+    /// The same columns and depth on 64-row tiles.
+    pub fn short(&self) -> Self {
+        Self { rows: 64, ..*self }
+    }
+
+    /// Workgroup memory of the f32 tiles: a_tile (BK x (BM/4 + 1) vec4s) and b_tile (BK x BN/4 vec4s).
+    pub fn f32_bytes(&self) -> u32 {
+        16 * self.depth * (self.rows / 4 + 1) + 4 * self.depth * self.cols
+    }
+
+    /// Workgroup memory of the cooperative-matrix tiles: a_h (f16, BK x (BM + 8)), b_h (f16, BK x BN) and c_s
+    /// (f32, 64 x 64), as `conv2d_coop.wgsl.in` declares them.
+    pub fn coop_bytes(&self) -> u32 {
+        2 * self.depth * (self.rows + 8) + 2 * self.depth * self.cols + 4 * COOP_STAGE * COOP_STAGE
+    }
+}
+
+impl std::fmt::Display for TileShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}x{}", self.rows, self.cols, self.depth)
+    }
+}
+
+impl std::str::FromStr for TileShape {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split('x').collect();
+        let shape = match parts[..] {
+            [r, c, d] => match (r.parse(), c.parse(), d.parse()) {
+                (Ok(rows), Ok(cols), Ok(depth)) => TileShape { rows, cols, depth },
+                _ => return Err(format!("tile `{s}`: expected ROWSxCOLSxDEPTH, e.g. 128x64x16")),
+            },
+            _ => return Err(format!("tile `{s}`: expected ROWSxCOLSxDEPTH, e.g. 128x64x16")),
+        };
+        shape.validate()?;
+        Ok(shape)
+    }
+}
+
+/// The lines of `conv2d.wgsl` that set the tile shape.
+pub const SHAPE_LINES: [&str; 3] = ["const TM: u32 = 4u;", "const TN: u32 = 4u;", "const BK: u32 = 16u;"];
+
+/// `base` with the tile shape `shape`.
+pub fn compose_f32(base: &str, shape: TileShape) -> Result<String, String> {
+    shape.validate()?;
+    let mut s = base.to_string();
+    for (line, value) in SHAPE_LINES.iter().zip([shape.rows_per_thread(), shape.cols_per_thread(), shape.depth]) {
+        if !s.contains(line) {
+            return Err(format!("conv2d.wgsl no longer declares `{line}`"));
+        }
+        let name = &line[..line.find(':').unwrap_or(0)];
+        s = s.replace(line, &format!("{name}: u32 = {value}u;"));
+    }
+    Ok(s)
 }
 
 /// The line of `conv2d.wgsl` that turns the f16 rounding of the tiles' operands off.
 pub const F16_OPERANDS_LINE: &str = "const F16_OPERANDS: bool = false;";
 
-/// The mixed-precision arithmetic without cooperative matrices: `base` with TM = 8 and every tile operand rounded
-/// to f16, multiplied by the f32 tile arithmetic.
-pub fn compose_emulated(base: &str) -> Result<String, String> {
+/// The mixed-precision arithmetic without cooperative matrices: `base` with the tile shape `shape` and every tile
+/// operand rounded to f16, multiplied by the f32 tile arithmetic.
+pub fn compose_emulated(base: &str, shape: TileShape) -> Result<String, String> {
     if !base.contains(F16_OPERANDS_LINE) {
         return Err(format!("conv2d.wgsl no longer declares `{F16_OPERANDS_LINE}`"));
     }
-    Ok(compose_f32(base, 8)?.replace(F16_OPERANDS_LINE, "const F16_OPERANDS: bool = true;"))
+    Ok(compose_f32(base, shape)?.replace(F16_OPERANDS_LINE, "const F16_OPERANDS: bool = true;"))
 }
 
-/// The mixed-precision module: `base` with TM = 8 and the sections of `fragment` (`// @@ ENABLE`, `TILES`,
-/// `CLEAR`, `MULTIPLY`, `FINISH`) in place of the f32 tile arithmetic.
-pub fn compose_coop(base: &str, fragment: &str) -> Result<String, String> {
+/// Side of the square block of C that the cooperative-matrix epilogue stages through workgroup memory at a time.
+pub const COOP_STAGE: u32 = 64;
+
+/// The cooperative-matrix sections for `shape` (see `conv2d_coop.wgsl.in`, LAYOUT): `(CLEAR, MULTIPLY, FINISH)`.
+/// Subgroup `s` (of 8) holds the 16 x 16 fragments at rows `(s / 2) * 16 + 64 g` and columns
+/// `(s % 2) * 16 + 32 f` (`g < TM / 4`, `f < TN / 2`) in accumulators `c{g}_{f}`: each 64 x 64 block of the tile
+/// is spread over all 8 subgroups, two fragments each, so that the epilogue can stage one block at a time.
+pub fn coop_sections(shape: TileShape) -> (String, String, String) {
+    let (gs, fs, ks) = (shape.rows / 64, shape.cols / 32, shape.depth / 16);
+    let mut clear = String::from("    let sg_r = ((lid / 32u) / 2u) * 16u;\n    let sg_q = ((lid / 32u) % 2u) * 16u;\n");
+    for g in 0..gs {
+        for f in 0..fs {
+            clear += &format!("    var c{g}_{f} = coop_mat16x16<f32, C>();\n");
+        }
+    }
+    let mut multiply = String::new();
+    for k in 0..ks {
+        multiply += "        {\n";
+        for g in 0..gs {
+            multiply += &format!("            let ia{g} = {}u * LDA + sg_r + {}u;\n", 16 * k, 64 * g);
+            multiply += &format!("            let a{g} = coopLoad<coop_mat16x16<f16, A>>(&a_h[ia{g}], LDA);\n");
+        }
+        for f in 0..fs {
+            multiply += &format!("            let ib{f} = {}u * BN + sg_q + {}u;\n", 16 * k, 32 * f);
+            multiply += &format!("            let b{f} = coopLoadT<coop_mat16x16<f16, B>>(&b_h[ib{f}], BN);\n");
+        }
+        for g in 0..gs {
+            for f in 0..fs {
+                multiply += &format!("            c{g}_{f} = coopMultiplyAdd(a{g}, b{f}, c{g}_{f});\n");
+            }
+        }
+        multiply += "        }\n";
+    }
+    let mut finish = String::from("    {\n        let tx = lid % 16u;\n        let ty = lid / 16u;\n");
+    finish += "        let s0 = sg_r * STAGE + sg_q;\n        let s1 = s0 + 32u;\n";
+    for g in 0..gs {
+        for b in 0..shape.cols / 64 {
+            finish += &format!("        coopStoreT(c{g}_{}, &c_s[s0], STAGE);\n", 2 * b);
+            finish += &format!("        coopStoreT(c{g}_{}, &c_s[s1], STAGE);\n", 2 * b + 1);
+            finish += "        workgroupBarrier();\n";
+            finish += "        for (var e = 0u; e < 4u; e++) {\n";
+            finish += "            let r = (ty * 4u + e) * STAGE + tx * 4u;\n";
+            finish += &format!(
+                "            acc[({}u + e) * (TN / 4u) + {b}u] = vec4<f32>(c_s[r], c_s[r + 1u], c_s[r + 2u], c_s[r + 3u]);\n",
+                4 * g
+            );
+            finish += "        }\n        workgroupBarrier();\n";
+        }
+    }
+    finish += "    }\n";
+    (clear, multiply, finish)
+}
+
+/// The mixed-precision module: `base` with the tile shape `shape` and the sections of `fragment`
+/// (`// @@ ENABLE`, `TILES`) and of [`coop_sections`] in place of the f32 tile arithmetic.
+pub fn compose_coop(base: &str, fragment: &str, shape: TileShape) -> Result<String, String> {
     let section = |name: &str| -> Result<&str, String> {
         let marker = format!("// @@ {name}\n");
         let start = fragment.find(&marker).ok_or(format!("conv2d_coop.wgsl.in has no `{}`", marker.trim()))?;
         let body = &fragment[start + marker.len()..];
         Ok(&body[..body.find("// @@ ").unwrap_or(body.len())])
     };
-    let mut s = compose_f32(base, 8)?;
+    let mut s = compose_f32(base, shape)?;
     let (begin, end) = ("// @@ TILES BEGIN", "// @@ TILES END\n");
     let (b, e) = match (s.find(begin), s.find(end)) {
         (Some(b), Some(e)) if b < e => (b, e + end.len()),
         _ => return Err("conv2d.wgsl has no `@@ TILES BEGIN` ... `@@ TILES END` section".into()),
     };
     s.replace_range(b..e, section("TILES")?);
-    for (call, name) in [("clear_acc();\n", "CLEAR"), ("multiply_tiles(lid);\n", "MULTIPLY"), ("finish_tiles(lid);\n", "FINISH")]
+    let (clear, multiply, finish) = coop_sections(shape);
+    for (call, body) in [("clear_acc();\n", clear), ("multiply_tiles(lid);\n", multiply), ("finish_tiles(lid);\n", finish)]
     {
         let with_indent: Vec<(usize, usize)> = s
             .match_indices(call)
@@ -56,9 +205,8 @@ pub fn compose_coop(base: &str, fragment: &str) -> Result<String, String> {
         if with_indent.len() != KERNELS {
             return Err(format!("conv2d.wgsl calls `{}` {} times, not {KERNELS}", call.trim(), with_indent.len()));
         }
-        let body = section(name)?;
         for (from, to) in with_indent.into_iter().rev() {
-            s.replace_range(from..to, body);
+            s.replace_range(from..to, &body);
         }
     }
     // Cooperative operations need workgroup-uniform control flow, which naga cannot prove after the early return

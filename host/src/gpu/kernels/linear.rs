@@ -6,7 +6,7 @@
 use anyhow::{anyhow, Result};
 use elasticface_core::nn::{Conv2dShape, LinearShape};
 
-use super::conv2d::{Conv2d, ConvTiling};
+use super::conv2d::{Conv2d, ConvPrecision, ConvTiling};
 use super::{check_len, Dispatch, ELEMENTWISE_WORKGROUP};
 use crate::gpu::{Gpu, Tensor};
 
@@ -41,17 +41,17 @@ pub struct Linear {
 impl Linear {
     /// Compiles the kernels, the convolution with the adapter's tiling.
     pub fn new(gpu: &Gpu) -> Self {
-        Self::with_tiling(gpu, ConvTiling::for_adapter(gpu))
+        Self::with_tiling(gpu, ConvTiling::for_adapter(gpu)).expect("the adapter's tiling fits it")
     }
 
-    /// Compiles the kernels, the convolution with `tiling`.
-    pub fn with_tiling(gpu: &Gpu, tiling: ConvTiling) -> Self {
+    /// Compiles the kernels, the convolution in f32 with `tiling`. Errors as [`Conv2d::build`].
+    pub fn with_tiling(gpu: &Gpu, tiling: ConvTiling) -> Result<Self> {
         let m = gpu.shader("linear.wgsl", include_str!("../../../../shaders/linear.wgsl"));
-        Self {
-            conv: Conv2d::with_tiling(gpu, tiling),
+        Ok(Self {
+            conv: Conv2d::build(gpu, ConvPrecision::F32, tiling)?,
             forward_bias: gpu.pipeline("linear_forward_bias", &m, "linear_forward_bias"),
             backward_bias: gpu.pipeline("linear_backward_bias", &m, "linear_backward_bias"),
-        }
+        })
     }
 
     /// Scratch elements the forward and backward passes of `s` need (0 when no product splits its reduction).

@@ -152,7 +152,7 @@ pub enum WinogradTileChoice {
 }
 
 /// Columns (tiles of the batch) below which [`WinogradTileChoice::Auto`] takes F(2x2): one column tile of the
-/// products (64 x 64 or 128 x 64 workgroup tiles, see [`crate::gpu::kernels::conv2d::ConvTiling`]).
+/// products of the default tiles, 64 columns wide (see [`crate::gpu::kernels::conv2d::ConvTiling`]).
 pub const AUTO_F4_MIN_COLUMNS: usize = 64;
 
 impl WinogradTileChoice {
