@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+use elasticface::gpu::kernels::conv2d::ConvTileChoice;
 use elasticface::gpu::kernels::winograd::WinogradTileChoice;
 use elasticface::gpu::{adapters, AdapterLine, Gpu, GpuOptions};
 use elasticface::train::run::{train, Device, Precision, TrainConfig, WinogradLayers};
@@ -130,7 +131,7 @@ enum Command {
         /// Time whole steps in every setting of the convolutions (direct, Winograd from each width of the
         /// network with either tile choice, mixed precision where the adapter has tensor cores), --warmup and
         /// --steps each, and print them fastest first.
-        #[arg(long, conflicts_with_all = ["kernels", "data", "precision", "winograd", "winograd_tile"])]
+        #[arg(long, conflicts_with_all = ["kernels", "data", "precision", "winograd", "winograd_tile", "conv_tile"])]
         tune: bool,
         /// Time the input pipeline on this dataset (RecordIO .rec with its .idx, or an image folder).
         #[arg(long, value_name = "PATH")]
@@ -171,6 +172,10 @@ enum Command {
         /// smaller rounding errors), or auto (4 where a layer's batch has at least 64 output tiles, else 2).
         #[arg(long, value_name = "auto|2|4", default_value = "auto")]
         winograd_tile: WinogradTileChoice,
+        /// The workgroup tile of the convolutions, ROWSxCOLSxDEPTH (rows and columns 64 or 128, depth 16 or 32), or
+        /// auto (the adapter's: 128x64x16 on a GPU, 64x64x16 on a CPU adapter).
+        #[arg(long, value_name = "auto|RxCxD", default_value = "auto")]
+        conv_tile: ConvTileChoice,
         /// --kernels: divide the spatial sizes of the 112x112 network by this (default: 4 on a CPU adapter, else 1).
         #[arg(long)]
         shrink: Option<usize>,
@@ -353,6 +358,10 @@ struct TrainArgs {
     /// rounding errors), or auto (4 where a layer's batch has at least 64 output tiles, else 2) [default: auto].
     #[arg(long, value_name = "auto|2|4")]
     winograd_tile: Option<WinogradTileChoice>,
+    /// The workgroup tile of the GPU convolutions, ROWSxCOLSxDEPTH (rows and columns 64 or 128, depth 16 or 32;
+    /// `elasticface bench --tune` measures them), or auto (the adapter's: 128x64x16 on a GPU) [default: auto].
+    #[arg(long, value_name = "auto|RxCxD")]
+    conv_tile: Option<ConvTileChoice>,
     /// GPU adapter name filter.
     #[arg(long, value_name = "NAME")]
     adapter: Option<String>,
@@ -384,7 +393,7 @@ impl TrainArgs {
         }
         set!(data, out, arch, embedding, input_size, loss, plus_assignment, batch, epochs, max_steps, lr, schedule);
         set!(decay_epochs, warmup_epochs, momentum, weight_decay, clip_norm, seed, workers, device, checkpoint_every);
-        set!(eval_every, val_pairs, precision, winograd, winograd_tile);
+        set!(eval_every, val_pairs, precision, winograd, winograd_tile, conv_tile);
         if self.val.is_some() {
             c.val = self.val.clone();
         }
@@ -562,6 +571,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             precision,
             winograd,
             winograd_tile,
+            conv_tile,
             shrink,
             reps,
             images,
@@ -589,11 +599,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if kernels {
                 let batch = batch.unwrap_or(8);
                 let shrink = shrink.unwrap_or(if gpu.info.device_type == wgpu::DeviceType::Cpu { 4 } else { 1 });
-                eprintln!("adapter: {} (shapes: batch {batch}, spatial / {shrink})", AdapterLine(gpu.info.clone()));
+                let tile = conv_tile.tiling(&gpu).tile;
+                eprintln!(
+                    "adapter: {} (shapes: batch {batch}, spatial / {shrink}; convolution tiles {tile})",
+                    AdapterLine(gpu.info.clone())
+                );
                 if !json {
                     println!("{:<28} {:<32} {:>10} {:>10} {:>9}", "kernel", "shape", "ms", "GFLOP/s", "GB/s");
                 }
-                for case in bench::kernels::kernel_cases(&gpu, batch, shrink.max(1))? {
+                for case in bench::kernels::kernel_cases(&gpu, batch, shrink.max(1), conv_tile)? {
                     let r = bench::kernels::time_case(&gpu, &case, reps.max(1), 3)?;
                     if json {
                         println!("{}", serde_json::to_string(&r)?);
@@ -611,6 +625,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 precision: precision.resolve(&gpu)?,
                 winograd: winograd.resolve(&gpu),
                 winograd_tile,
+                conv_tile,
                 cfg: tc.network()?,
                 arch,
                 batch: batch.unwrap_or(128),

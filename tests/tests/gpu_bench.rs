@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use elasticface::bench::network::{gflop_per_step, measure, tune, tune_settings, NetworkBenchConfig, Setting};
-use elasticface::gpu::kernels::conv2d::ConvPrecision;
+use elasticface::gpu::kernels::conv2d::{ConvPrecision, ConvTileChoice, TileShape};
 use elasticface::gpu::kernels::winograd::WinogradTileChoice;
 use elasticface::gpu::{Gpu, GpuOptions};
 use elasticface_core::margin::MarginConfig;
@@ -26,6 +26,7 @@ fn tiny_bench() -> NetworkBenchConfig {
         precision: ConvPrecision::F32,
         winograd: Some(1),
         winograd_tile: WinogradTileChoice::Auto,
+        conv_tile: ConvTileChoice::Auto,
         warmup: 1,
         steps: 1,
         profile: false,
@@ -66,6 +67,16 @@ fn the_network_benchmark_trains_profiles_every_dispatch_and_adds_up() {
     }
     let table = r.to_string();
     assert!(table.contains("images/s") && table.contains("memory"), "{table}");
+    let adapter_tile = ConvTileChoice::Auto.tiling(&gpu).tile.to_string();
+    assert_eq!(r.conv_tile, adapter_tile);
+    assert!(table.contains(&format!("on {adapter_tile} tiles")), "{table}");
+
+    // Another tile is in force when asked for, and trains.
+    let tile = TileShape::new(64, 128, 32);
+    let cfg = NetworkBenchConfig { conv_tile: ConvTileChoice::Shape(tile), ..tiny_bench() };
+    let r = measure(gpu.clone(), &cfg, true).unwrap();
+    assert_eq!(r.conv_tile, "64x128x32");
+    assert!(r.loss_first.is_finite() && r.loss_last.is_finite(), "the steps train: {r:?}");
 }
 
 #[test]
@@ -86,11 +97,17 @@ fn tuning_times_every_setting_on_one_trainer_and_names_the_fastest() {
         return;
     }
     let gpu = Arc::new(Gpu::new(&GpuOptions::from_env()).unwrap());
-    let f32_setting = |winograd, winograd_tile| Setting { precision: ConvPrecision::F32, winograd, winograd_tile };
+    let f32_setting = |winograd, winograd_tile| Setting {
+        precision: ConvPrecision::F32,
+        winograd,
+        winograd_tile,
+        conv_tile: ConvTileChoice::Auto,
+    };
     let default = f32_setting(Some(8), WinogradTileChoice::Auto);
     let settings = tune_settings(&gpu, &TINY, default);
     // The default first; direct; each width of the network (4, 8, 16) with both tile choices; no repeats (the
-    // default is one of the width settings). Mixed only where the adapter has tensor cores.
+    // default is one of the width settings); the default on each other convolution tile that fits. Mixed only
+    // where the adapter has tensor cores, on each tile that fits.
     let mut expected = vec![default, f32_setting(None, WinogradTileChoice::Auto)];
     for w in [4, 8, 16] {
         for tile in [WinogradTileChoice::Auto, WinogradTileChoice::F2x2] {
@@ -99,24 +116,47 @@ fn tuning_times_every_setting_on_one_trainer_and_names_the_fastest() {
             }
         }
     }
+    let (adapter_tile, limit) = (ConvTileChoice::Auto.tiling(&gpu).tile, gpu.caps.max_workgroup_memory);
+    for tile in TileShape::ALL {
+        if tile != adapter_tile && tile.f32_bytes() <= limit {
+            expected.push(Setting { conv_tile: ConvTileChoice::Shape(tile), ..default });
+        }
+    }
+    let mixed = Setting {
+        precision: ConvPrecision::Mixed,
+        winograd: None,
+        winograd_tile: WinogradTileChoice::Auto,
+        conv_tile: ConvTileChoice::Auto,
+    };
     if gpu.caps.cooperative_matrix {
-        expected.push(Setting {
-            precision: ConvPrecision::Mixed,
-            winograd: None,
-            winograd_tile: WinogradTileChoice::Auto,
-        });
+        expected.push(mixed);
+        for tile in TileShape::ALL {
+            if tile != adapter_tile && tile.coop_bytes() <= limit {
+                expected.push(Setting { conv_tile: ConvTileChoice::Shape(tile), ..mixed });
+            }
+        }
     }
     assert_eq!(settings, expected);
+    assert!(settings.len() >= 12, "6 f32 settings and at least 6 other tiles: {settings:?}");
     assert_eq!(settings[1].to_string(), "--precision f32 --winograd off");
     assert_eq!(default.to_string(), "--precision f32 --winograd 8 --winograd-tile auto");
-    let mixed = Setting { precision: ConvPrecision::Mixed, winograd: Some(8), winograd_tile: WinogradTileChoice::F2x2 };
+    let mixed = Setting { winograd: Some(8), winograd_tile: WinogradTileChoice::F2x2, ..mixed };
     assert_eq!(mixed.to_string(), "--precision mixed", "mixed precision runs no Winograd convolution");
+    let tiled = Setting { conv_tile: ConvTileChoice::Shape(TileShape::new(128, 128, 16)), ..default };
+    assert_eq!(tiled.to_string(), "--precision f32 --winograd 8 --winograd-tile auto --conv-tile 128x128x16");
 
-    // Three of them, timed on one trainer: every layer as Winograd, none, and F(2x2) from 8 channels.
+    // Four of them, timed on one trainer: every layer as Winograd, none, F(2x2) from 8 channels, and the first
+    // on another convolution tile.
     let cfg = NetworkBenchConfig { steps: 2, profile: false, ..tiny_bench() };
-    let chosen = [cfg.setting(), settings[1], f32_setting(Some(8), WinogradTileChoice::F2x2)];
+    let other_tile = ConvTileChoice::Shape(TileShape::new(64, 128, 32));
+    let chosen = [
+        cfg.setting(),
+        settings[1],
+        f32_setting(Some(8), WinogradTileChoice::F2x2),
+        Setting { conv_tile: other_tile, ..cfg.setting() },
+    ];
     let r = tune(gpu.clone(), &cfg, &chosen, true).unwrap();
-    assert_eq!(r.rows.len(), 3);
+    assert_eq!(r.rows.len(), 4);
     for (row, setting) in r.rows.iter().zip(chosen) {
         assert_eq!(row.setting, setting);
         assert_eq!(row.flags, setting.to_string());
@@ -126,7 +166,7 @@ fn tuning_times_every_setting_on_one_trainer_and_names_the_fastest() {
         assert!((row.speedup - speedup).abs() <= 1e-12 * speedup, "{row:?}");
         assert!(row.loss_last.is_finite(), "the steps train: {row:?}");
     }
-    assert!(r.rows[0].default && !r.rows[1].default && !r.rows[2].default);
+    assert!(r.rows[0].default && r.rows[1..].iter().all(|row| !row.default));
     // Each setting really was in force: the Winograd workspace comes and goes with it.
     assert!(r.rows[1].memory < r.rows[0].memory && r.rows[1].memory < r.rows[2].memory, "{:?}", r.rows);
     let best = r.rows.iter().map(|row| row.images_per_s).fold(0.0, f64::max);

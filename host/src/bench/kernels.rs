@@ -13,7 +13,7 @@ use serde::Serialize;
 use elasticface_core::nn::{BatchNorm, BatchNormShape, Conv2dShape, LinearShape, WinogradTile};
 
 use crate::gpu::kernels::batchnorm::{BackwardFusion, BatchNormKernels, Epilogue};
-use crate::gpu::kernels::conv2d::{self, Conv2d, ConvOp};
+use crate::gpu::kernels::conv2d::{self, Conv2d, ConvOp, ConvPrecision, ConvTileChoice};
 use crate::gpu::kernels::linear::{self, Linear};
 use crate::gpu::kernels::prelu::Prelu;
 use crate::gpu::kernels::residual::Residual;
@@ -81,15 +81,15 @@ pub fn time_case(gpu: &Gpu, case: &KernelCase, reps: usize, rounds: usize) -> Re
 }
 
 /// The cases for a batch of `n` (iResNet shapes at 112x112 scaled down by `shrink` in each spatial dimension, so
-/// that a CPU adapter finishes in seconds).
-pub fn kernel_cases(gpu: &Gpu, n: usize, shrink: usize) -> Result<Vec<KernelCase>> {
+/// that a CPU adapter finishes in seconds), the convolutions (and Winograd's products) on `tile`.
+pub fn kernel_cases(gpu: &Gpu, n: usize, shrink: usize, tile: ConvTileChoice) -> Result<Vec<KernelCase>> {
     let mut cases = Vec::new();
     // The convolutions of an iResNet stage by stage: (C_in, C_out, input size, kernel, stride, pad).
     // The f32 kernels, and the mixed-precision ones where the adapter has cooperative matrices.
-    let mut kinds = vec![("", Conv2d::new(gpu))];
+    let mut kinds = vec![("", Conv2d::build(gpu, ConvPrecision::F32, tile.tiling(gpu))?)];
     let winograd = Winograd::new(gpu);
     if gpu.caps.cooperative_matrix {
-        kinds.push((" (mixed)", Conv2d::mixed(gpu)?));
+        kinds.push((" (mixed)", Conv2d::build(gpu, ConvPrecision::Mixed, tile.tiling(gpu))?));
     }
     let convs = [
         (3usize, 64usize, 112usize, 3usize, 1usize, 1usize),

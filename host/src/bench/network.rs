@@ -30,7 +30,7 @@ use rand_core::RngCore;
 use serde::Serialize;
 
 use crate::data::{Batch, Position};
-use crate::gpu::kernels::conv2d::ConvPrecision;
+use crate::gpu::kernels::conv2d::{ConvPrecision, ConvTileChoice, TileShape};
 use crate::gpu::kernels::winograd::WinogradTileChoice;
 use crate::gpu::Gpu;
 use crate::train::gpu::{GpuBackend, MemoryUse};
@@ -55,6 +55,8 @@ pub struct NetworkBenchConfig {
     pub winograd: Option<usize>,
     /// Their tile.
     pub winograd_tile: WinogradTileChoice,
+    /// The workgroup tile of the convolutions.
+    pub conv_tile: ConvTileChoice,
     /// Untimed steps first (pipelines warm, caches filled).
     pub warmup: usize,
     /// Timed steps.
@@ -68,7 +70,12 @@ pub struct NetworkBenchConfig {
 impl NetworkBenchConfig {
     /// The convolution settings it measures.
     pub fn setting(&self) -> Setting {
-        Setting { precision: self.precision, winograd: self.winograd, winograd_tile: self.winograd_tile }
+        Setting {
+            precision: self.precision,
+            winograd: self.winograd,
+            winograd_tile: self.winograd_tile,
+            conv_tile: self.conv_tile,
+        }
     }
 }
 
@@ -82,12 +89,14 @@ pub struct Setting {
     pub winograd: Option<usize>,
     /// The Winograd tile.
     pub winograd_tile: WinogradTileChoice,
+    /// The workgroup tile of the convolutions.
+    pub conv_tile: ConvTileChoice,
 }
 
 impl Setting {
     /// Puts `backend` in this setting (rebuilding its step where anything changes).
     pub fn apply(&self, backend: &mut GpuBackend) -> Result<()> {
-        backend.set_precision(self.precision)?;
+        backend.set_convolutions(self.precision, self.conv_tile)?;
         backend.set_winograd(self.winograd)?;
         backend.set_winograd_tile(self.winograd_tile)
     }
@@ -109,11 +118,15 @@ impl fmt::Display for Setting {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = self.canonical();
         match (s.precision, s.winograd) {
-            (ConvPrecision::Mixed, _) => write!(f, "--precision mixed"),
-            (ConvPrecision::F32, None) => write!(f, "--precision f32 --winograd off"),
+            (ConvPrecision::Mixed, _) => write!(f, "--precision mixed")?,
+            (ConvPrecision::F32, None) => write!(f, "--precision f32 --winograd off")?,
             (ConvPrecision::F32, Some(c)) => {
-                write!(f, "--precision f32 --winograd {c} --winograd-tile {}", s.winograd_tile)
+                write!(f, "--precision f32 --winograd {c} --winograd-tile {}", s.winograd_tile)?
             }
+        }
+        match s.conv_tile {
+            ConvTileChoice::Auto => Ok(()),
+            tile => write!(f, " --conv-tile {tile}"),
         }
     }
 }
@@ -183,6 +196,8 @@ pub struct NetworkBenchResult {
     pub winograd: Option<usize>,
     /// Their tile (`auto`, `2` or `4`).
     pub winograd_tile: WinogradTileChoice,
+    /// The workgroup tile of the convolutions (`ROWSxCOLSxDEPTH`), the adapter's or the one asked for.
+    pub conv_tile: String,
     /// Mixed precision's loss scale after the last step.
     pub loss_scale: Option<f32>,
     /// Warm-up steps.
@@ -385,6 +400,7 @@ pub fn measure(gpu: Arc<Gpu>, b: &NetworkBenchConfig, quiet: bool) -> Result<Net
         precision: b.precision,
         winograd: backend.winograd().filter(|_| b.precision == ConvPrecision::F32),
         winograd_tile: backend.winograd_tile(),
+        conv_tile: backend.conv_tile().tiling(&gpu).tile.to_string(),
         loss_scale: backend.loss_scale().map(|l| l.scale),
         warmup: b.warmup,
         steps: b.steps,
@@ -409,13 +425,14 @@ impl fmt::Display for NetworkBenchResult {
         writeln!(f, "adapter      {}", self.adapter)?;
         writeln!(
             f,
-            "network      {} at {}x{}, batch {}, {} classes, {:?} convolutions{}{}",
+            "network      {} at {}x{}, batch {}, {} classes, {:?} convolutions on {} tiles{}{}",
             self.arch,
             self.input_size,
             self.input_size,
             self.batch,
             self.classes,
             self.precision,
+            self.conv_tile,
             self.winograd
                 .map(|c| format!(", Winograd (tile {}) from {c} channels", self.winograd_tile))
                 .unwrap_or_default(),
@@ -463,20 +480,44 @@ impl fmt::Display for NetworkBenchResult {
 
 /// The settings `bench --tune` compares on `gpu` for `cfg`, `default` (what `train` runs without flags) first:
 /// every convolution direct; Winograd from each width of the network on (the thresholds that differ), with the
-/// `auto` tile and with F(2x2) throughout; mixed precision where the adapter has cooperative matrices.
+/// `auto` tile and with F(2x2) throughout; the default with each other convolution tile that fits the adapter;
+/// mixed precision where the adapter has cooperative matrices, with each tile that fits.
 pub fn tune_settings(gpu: &Gpu, cfg: &IResNetConfig, default: Setting) -> Vec<Setting> {
     let mut widths = cfg.widths.to_vec();
     widths.sort_unstable();
     widths.dedup();
-    let f32_setting = |winograd, winograd_tile| Setting { precision: ConvPrecision::F32, winograd, winograd_tile };
+    let f32_setting = |winograd, winograd_tile| Setting {
+        precision: ConvPrecision::F32,
+        winograd,
+        winograd_tile,
+        conv_tile: ConvTileChoice::Auto,
+    };
     let mut all = vec![default, f32_setting(None, WinogradTileChoice::Auto)];
     for w in widths {
         for tile in [WinogradTileChoice::Auto, WinogradTileChoice::F2x2] {
             all.push(f32_setting(Some(w), tile));
         }
     }
+    // The other tiles: `Auto` is the adapter's own, so it is not listed again as a shape.
+    let adapter_tile = ConvTileChoice::Auto.tiling(gpu).tile;
+    let limit = gpu.caps.max_workgroup_memory;
+    let other_tiles = |bytes: fn(&TileShape) -> u32| {
+        TileShape::ALL.into_iter().filter(move |t| *t != adapter_tile && bytes(t) <= limit).map(ConvTileChoice::Shape)
+    };
+    for conv_tile in other_tiles(TileShape::f32_bytes) {
+        all.push(Setting { precision: ConvPrecision::F32, conv_tile, ..default });
+    }
     if gpu.caps.cooperative_matrix {
-        all.push(Setting { precision: ConvPrecision::Mixed, winograd: None, winograd_tile: WinogradTileChoice::Auto });
+        let mixed = Setting {
+            precision: ConvPrecision::Mixed,
+            winograd: None,
+            winograd_tile: WinogradTileChoice::Auto,
+            conv_tile: ConvTileChoice::Auto,
+        };
+        all.push(mixed);
+        for conv_tile in other_tiles(TileShape::coop_bytes) {
+            all.push(Setting { conv_tile, ..mixed });
+        }
     }
     let mut settings: Vec<Setting> = Vec::with_capacity(all.len());
     for s in all.into_iter().map(Setting::canonical) {

@@ -121,7 +121,7 @@ use super::Backend;
 use crate::checkpoint::Checkpoint;
 use crate::data::{Batch, Position};
 use crate::gpu::kernels::batchnorm::{BackwardFusion, BatchNormKernels, Epilogue};
-use crate::gpu::kernels::conv2d::{Conv2d, ConvOp, ConvPrecision};
+use crate::gpu::kernels::conv2d::{Conv2d, ConvOp, ConvPrecision, ConvTileChoice};
 use crate::gpu::kernels::linear::{conv_shape, Linear};
 use crate::gpu::kernels::margin::{
     download_head_weight, transpose, upload_head_weight, HeadOptions, MarginHead, MarginLoss,
@@ -207,6 +207,8 @@ struct Kernels {
     winograd_min_channels: Option<usize>,
     /// The tile of each Winograd convolution (see [`GpuBackend::set_winograd_tile`]).
     winograd_tile: WinogradTileChoice,
+    /// The workgroup tile of the convolutions (see [`GpuBackend::set_conv_tile`]).
+    conv_tile: ConvTileChoice,
     linear: Linear,
     bn: BatchNormKernels,
     margin: MarginLoss,
@@ -221,6 +223,7 @@ impl Kernels {
             winograd: Winograd::new(gpu),
             winograd_min_channels: default_winograd(gpu),
             winograd_tile: WinogradTileChoice::Auto,
+            conv_tile: ConvTileChoice::Auto,
             linear: Linear::new(gpu),
             bn: BatchNormKernels::new(gpu),
             margin: MarginLoss::new(gpu),
@@ -1422,19 +1425,28 @@ impl<G: Deref<Target = Gpu>> GpuBackend<G> {
     /// Mixed precision starts with the loss scale [`LossScale::INITIAL`]. Errors as [`Conv2d::mixed`] where the
     /// adapter cannot.
     pub fn set_precision(&mut self, precision: ConvPrecision) -> Result<()> {
-        if precision == self.precision() {
+        self.set_convolutions(precision, self.k.conv_tile)
+    }
+
+    /// [`Self::set_precision`] and [`Self::set_conv_tile`] at once (one compilation; a tile that fits the adapter
+    /// in one precision only is reached without passing through the other). Errors as [`Conv2d::build`], and
+    /// then leaves the trainer as it was.
+    pub fn set_convolutions(&mut self, precision: ConvPrecision, tile: ConvTileChoice) -> Result<()> {
+        let new_precision = precision != self.precision();
+        if !new_precision && tile == self.k.conv_tile {
             return Ok(());
         }
-        self.k.conv = match precision {
-            ConvPrecision::F32 => Conv2d::new(&self.gpu),
-            ConvPrecision::Mixed => Conv2d::mixed(&self.gpu)?,
-        };
+        self.k.conv = Conv2d::build(&self.gpu, precision, tile.tiling(&self.gpu))?;
+        self.k.conv_tile = tile;
         self.rebuild_step()?;
-        self.loss_scale = match precision {
-            ConvPrecision::F32 => None,
-            ConvPrecision::Mixed => Some(LossScale { scale: LossScale::INITIAL, good_steps: 0 }),
-        };
-        self.write_loss_scale()
+        if new_precision {
+            self.loss_scale = match precision {
+                ConvPrecision::F32 => None,
+                ConvPrecision::Mixed => Some(LossScale { scale: LossScale::INITIAL, good_steps: 0 }),
+            };
+            self.write_loss_scale()?;
+        }
+        Ok(())
     }
 
     /// Which 3x3 stride-1 convolutions run as Winograd (in f32; mixed precision runs every convolution directly):
@@ -1470,6 +1482,18 @@ impl<G: Deref<Target = Gpu>> GpuBackend<G> {
         }
         self.k.winograd_tile = tile;
         self.rebuild_step()
+    }
+
+    /// The workgroup tile of the convolutions (and of Winograd's batched products): the adapter's (the default) or
+    /// a given shape. Recompiles them and rebuilds the step; errors as [`Conv2d::build`] where the adapter cannot
+    /// run that tile, and then leaves the trainer as it was.
+    pub fn set_conv_tile(&mut self, tile: ConvTileChoice) -> Result<()> {
+        self.set_convolutions(self.precision(), tile)
+    }
+
+    /// The current choice of convolution tile (see [`Self::set_conv_tile`]).
+    pub fn conv_tile(&self) -> ConvTileChoice {
+        self.k.conv_tile
     }
 
     /// The current choice of Winograd tile (see [`Self::set_winograd_tile`]).

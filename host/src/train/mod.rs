@@ -59,7 +59,7 @@ pub(crate) fn open_gpu_backend(
     }
     let precision = cfg.precision.resolve(&gpu)?;
     let mut backend = gpu::GpuBackend::new(std::sync::Arc::new(gpu), net, cfg.batch, classes, step_cfg, cfg.seed)?;
-    backend.set_precision(precision)?;
+    backend.set_convolutions(precision, cfg.conv_tile)?;
     let winograd = cfg.winograd.resolve(backend.gpu());
     backend.set_winograd(winograd)?;
     backend.set_winograd_tile(cfg.winograd_tile)?;

@@ -25,7 +25,7 @@ use super::Backend;
 use crate::checkpoint::{Backbone, Checkpoint};
 use crate::data::{self, Loader, LoaderConfig, Position};
 use crate::eval::{self, Pairs};
-use crate::gpu::kernels::conv2d::ConvPrecision;
+use crate::gpu::kernels::conv2d::{ConvPrecision, ConvTileChoice};
 use crate::gpu::kernels::winograd::WinogradTileChoice;
 
 /// Where to train.
@@ -196,6 +196,8 @@ pub struct TrainConfig {
     pub winograd: WinogradLayers,
     /// Their tile: F(4x4, 3x3), F(2x2, 3x3), or per layer.
     pub winograd_tile: WinogradTileChoice,
+    /// The workgroup tile of the GPU convolutions: the adapter's, or ROWSxCOLSxDEPTH.
+    pub conv_tile: ConvTileChoice,
     /// Write a checkpoint every this many steps (0: only at the end and on interruption).
     pub checkpoint_every: u64,
     /// Measure held-out verification every this many steps (0: only at the start and the end).
@@ -235,6 +237,7 @@ impl Default for TrainConfig {
             precision: Precision::Auto,
             winograd: WinogradLayers::Auto,
             winograd_tile: WinogradTileChoice::Auto,
+            conv_tile: ConvTileChoice::Auto,
             checkpoint_every: 2000,
             eval_every: 0,
             skip_bad_samples: false,
@@ -574,6 +577,20 @@ mod tests {
         let err = "some".parse::<WinogradLayers>().unwrap_err();
         assert!(err.contains("`auto`, `off`, or the fewest channels"), "{err}");
         assert!(toml::from_str::<TrainConfig>("winograd = \"-1\"").is_err());
+    }
+
+    #[test]
+    fn conv_tiles_round_trip_through_the_config_file() {
+        for text in ["auto", "128x128x32", "64x64x16"] {
+            let cfg = TrainConfig { conv_tile: text.parse().unwrap(), ..TrainConfig::default() };
+            let file = toml::to_string(&cfg).unwrap();
+            assert!(file.contains(&format!("conv_tile = \"{text}\"")), "{file}");
+            assert_eq!(toml::from_str::<TrainConfig>(&file).unwrap(), cfg);
+        }
+        // A file from before the setting existed runs the adapter's tile; a bad shape is refused.
+        assert_eq!(toml::from_str::<TrainConfig>("batch = 64").unwrap().conv_tile, ConvTileChoice::Auto);
+        let e = toml::from_str::<TrainConfig>("conv_tile = \"100x64x16\"").unwrap_err().to_string();
+        assert!(e.contains("rows and columns must be 64 or 128"), "{e}");
     }
 
     #[test]

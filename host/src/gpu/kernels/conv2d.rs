@@ -364,6 +364,64 @@ impl ConvTiling {
     }
 }
 
+/// The convolution tile `train` and `bench` run with (`--conv-tile`): the adapter's
+/// ([`ConvTiling::for_adapter`]), or a given shape with the adapter's other choices. Written `auto` or
+/// `ROWSxCOLSxDEPTH`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum ConvTileChoice {
+    /// The adapter's tile.
+    #[default]
+    Auto,
+    /// This tile (with 64-row tiles for products of at most 64 rows where the adapter's tiling has them).
+    Shape(TileShape),
+}
+
+impl ConvTileChoice {
+    /// The tiling this choice gives on `gpu`.
+    pub fn tiling(self, gpu: &Gpu) -> ConvTiling {
+        let adapter = ConvTiling::for_adapter(gpu);
+        match self {
+            ConvTileChoice::Auto => adapter,
+            ConvTileChoice::Shape(tile) => ConvTiling { tile, ..adapter },
+        }
+    }
+}
+
+impl std::str::FromStr for ConvTileChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(ConvTileChoice::Auto),
+            shape => shape.parse().map(ConvTileChoice::Shape).map_err(|e| format!("{e} (or `auto`)")),
+        }
+    }
+}
+
+impl std::fmt::Display for ConvTileChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConvTileChoice::Auto => f.write_str("auto"),
+            ConvTileChoice::Shape(tile) => write!(f, "{tile}"),
+        }
+    }
+}
+
+impl TryFrom<String> for ConvTileChoice {
+    type Error = String;
+
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<ConvTileChoice> for String {
+    fn from(t: ConvTileChoice) -> String {
+        t.to_string()
+    }
+}
+
 /// How one operation is launched: its products, tiles, splits and workgroup grids.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConvPlan {
@@ -645,5 +703,39 @@ impl Conv2d {
             dispatches.push(gpu.dispatch("conv2d_reduce_splits", &pipelines.reduce, params, &[scratch, out], grid)?);
         }
         Ok(dispatches)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tile_choices_parse_print_round_trip_and_refuse_other_shapes() {
+        for tile in TileShape::ALL {
+            let text = tile.to_string();
+            assert_eq!(text.parse::<TileShape>(), Ok(tile));
+            assert_eq!(text.parse::<ConvTileChoice>(), Ok(ConvTileChoice::Shape(tile)));
+            assert_eq!(String::from(ConvTileChoice::Shape(tile)), text);
+        }
+        assert_eq!("auto".parse::<ConvTileChoice>(), Ok(ConvTileChoice::Auto));
+        assert_eq!(ConvTileChoice::Auto.to_string(), "auto");
+        let e = "128x96x16".parse::<ConvTileChoice>().unwrap_err();
+        assert_eq!(e, "tile 128x96x16: rows and columns must be 64 or 128, the depth 16 or 32 (or `auto`)");
+        let e = "128x64".parse::<TileShape>().unwrap_err();
+        assert_eq!(e, "tile `128x64`: expected ROWSxCOLSxDEPTH, e.g. 128x64x16");
+        assert!("big".parse::<ConvTileChoice>().is_err());
+    }
+
+    #[test]
+    fn tile_memory_is_what_the_shaders_declare() {
+        // f32: a_tile BK x (BM/4 + 1) vec4s, b_tile BK x BN/4 vec4s.
+        assert_eq!(TileShape::new(64, 64, 16).f32_bytes(), 16 * 16 * 17 + 16 * 16 * 16);
+        // 128 x 128 x 32 in f32 exceeds 32 KiB (lavapipe), not 48 KiB (an H200).
+        assert_eq!(TileShape::new(128, 128, 32).f32_bytes(), 33_280);
+        // Cooperative matrices: f16 A (BK x (BM + 8)) and B (BK x BN), and a 64 x 64 f32 staging block.
+        assert_eq!(TileShape::new(128, 128, 32).coop_bytes(), 2 * 32 * 136 + 2 * 32 * 128 + 4 * 64 * 64);
+        let short = TileShape::new(128, 128, 32).short();
+        assert_eq!((short.rows, short.cols, short.depth), (64, 128, 32));
     }
 }
