@@ -9,7 +9,7 @@ use std::path::Path;
 mod compose {
     include!("src/gpu/kernels/conv2d_compose.rs");
 }
-use compose::{compose_coop, compose_emulated, compose_f32, TileShape};
+use compose::{compose_coop, compose_emulated, compose_f32, Fragments, TileShape};
 
 fn validate(name: &str, source: &str) -> Result<(), String> {
     let module = naga::front::wgsl::parse_str(source).map_err(|e| e.emit_to_string_with_path(source, name))?;
@@ -47,7 +47,14 @@ fn main() {
     for shape in TileShape::ALL {
         for (name, module) in [
             (format!("conv2d.wgsl ({shape})"), compose_f32(&base, shape)),
-            (format!("conv2d.wgsl + conv2d_coop.wgsl.in ({shape})"), compose_coop(&base, &fragment, shape)),
+            (
+                format!("conv2d.wgsl + conv2d_coop.wgsl.in ({shape})"),
+                compose_coop(&base, &fragment, shape, Fragments::Cooperative),
+            ),
+            (
+                format!("conv2d.wgsl + conv2d_coop.wgsl.in ({shape}, fragments as loops)"),
+                compose_coop(&base, &fragment, shape, Fragments::Loops),
+            ),
             (format!("conv2d.wgsl (f16 operands, {shape})"), compose_emulated(&base, shape)),
         ] {
             match module {

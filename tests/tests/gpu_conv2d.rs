@@ -163,6 +163,40 @@ fn conv2d_mixed_matches_the_core_on_f16_operands() {
     assert!(tested >= 7, "{tested} tile shapes fit");
 }
 
+/// The cooperative-matrix layout generated for each tile shape (fragment offsets, the depth sub-steps, the staged
+/// epilogue) on any adapter: the mixed-precision module with its fragment operations done by plain loops
+/// ([`Conv2d::mixed_fragments_as_loops`]), against the core with the mixed-precision bound above. Where the adapter
+/// has cooperative matrices, the test above runs the real ones on every tile shape as well. On shapes of two row
+/// tiles (M = 130) and of column tiles cut short, strided and not: the loops are slow.
+#[test]
+fn cooperative_matrix_layout_matches_the_core_with_fragments_as_loops() {
+    let Some(gpu) = gpu() else { return };
+    let shapes = [
+        shape(2, 70, (5, 5), 130, (3, 3), 1, 1),
+        shape(2, 5, (11, 9), 7, (3, 3), 2, 1),
+        shape(2, 6, (9, 11), 9, (1, 1), 2, 0),
+    ];
+    let mut tested = 0;
+    for tile in TileShape::ALL {
+        let tiling = ConvTiling { tile, short_tiles: false, ..ConvTiling::for_adapter(gpu) };
+        let conv = match Conv2d::mixed_fragments_as_loops(gpu, tiling) {
+            Ok(conv) => conv,
+            Err(e) if tile.coop_bytes() > gpu.caps.max_workgroup_memory => {
+                assert!(format!("{e:#}").contains("workgroup memory"), "{e:#}");
+                continue;
+            }
+            Err(e) => panic!("{tile}: {e:#}"),
+        };
+        let name = format!("loops {tile}");
+        let worst = compare_shapes_with_core(gpu, &conv, &name, true, &shapes);
+        for (op, (err, ratio)) in ConvOp::ALL.iter().zip(worst) {
+            eprintln!("{name:>10} {:<24} max |error| {err:.2e}, max error / bound {ratio:.3}", op.name());
+        }
+        tested += 1;
+    }
+    assert!(tested >= 7, "{tested} tile shapes fit");
+}
+
 /// The operands' rounding to f16 is the core's bit for bit (round to nearest, ties to even; subnormals; +-inf
 /// from 65520 on): a 1x1 convolution of one channel by a weight of 1 is a single exact product, so it returns
 /// each input as the kernels rounded it. Every arithmetic of mixed precision rounds alike: the emulation's
@@ -201,6 +235,17 @@ fn mixed_operands_round_to_f16_as_the_core_does() {
 /// Runs `conv`'s three kernels on every test shape and checks them against the core (on f16-rounded operands
 /// when `f16`, with the bound doubled); returns the worst (|error|, error / bound) of each kernel.
 fn compare_with_core(gpu: &Gpu, conv: &Conv2d, name: &str, f16: bool) -> [(f32, f32); 3] {
+    compare_shapes_with_core(gpu, conv, name, f16, &shapes())
+}
+
+/// [`compare_with_core`] on `shapes`.
+fn compare_shapes_with_core(
+    gpu: &Gpu,
+    conv: &Conv2d,
+    name: &str,
+    f16: bool,
+    shapes: &[Conv2dShape],
+) -> [(f32, f32); 3] {
     let slack = if f16 { 2.0 } else { 1.0 };
     let rounded = |mut v: Vec<f32>| {
         if f16 {
@@ -209,7 +254,7 @@ fn compare_with_core(gpu: &Gpu, conv: &Conv2d, name: &str, f16: bool) -> [(f32, 
         v
     };
     let mut worst = [(0.0f32, 0.0f32); 3];
-    for (case, s) in shapes().iter().enumerate() {
+    for (case, s) in shapes.iter().enumerate() {
         let seed = 10 * case as u64;
         let (xv, wv, dyv) =
             (uniform(seed, s.input_len()), uniform(seed + 1, s.weight_len()), uniform(seed + 2, s.output_len()));

@@ -509,10 +509,33 @@ impl Conv2d {
     /// Errors: a tile shape the kernels are not written for, tiles larger than the adapter's workgroup memory, or
     /// mixed precision on an adapter with neither cooperative matrices nor their emulation.
     pub fn build(gpu: &Gpu, precision: ConvPrecision, tiling: ConvTiling) -> Result<Self> {
+        let coop = precision == ConvPrecision::Mixed && !gpu.caps.emulated_tensor_cores;
+        Self::compile(gpu, precision, tiling, coop.then_some(compose::Fragments::Cooperative))
+    }
+
+    /// The mixed-precision kernels as [`Self::build`] composes them for cooperative matrices, with each
+    /// fragment operation done by plain loops instead (every invocation computing whole 16 x 16 fragments): many
+    /// times slower, for testing the cooperative-matrix layout generated for `tiling`'s tile (its fragment
+    /// offsets, staging and epilogue) on an adapter without cooperative matrices. Errors as [`Self::build`].
+    pub fn mixed_fragments_as_loops(gpu: &Gpu, tiling: ConvTiling) -> Result<Self> {
+        Self::compile(gpu, ConvPrecision::Mixed, tiling, Some(compose::Fragments::Loops))
+    }
+
+    /// [`Self::build`]: the f32 tile arithmetic (on f16-rounded operands in mixed precision) without
+    /// `fragments`, else the cooperative-matrix layout with them.
+    fn compile(
+        gpu: &Gpu,
+        precision: ConvPrecision,
+        tiling: ConvTiling,
+        fragments: Option<compose::Fragments>,
+    ) -> Result<Self> {
         let caps = &gpu.caps;
         tiling.tile.validate().map_err(|e| anyhow!(e))?;
-        let coop = precision == ConvPrecision::Mixed && !caps.emulated_tensor_cores;
-        if coop && !caps.cooperative_matrix {
+        let coop = fragments.is_some();
+        if fragments == Some(compose::Fragments::Loops) && !caps.f16 {
+            bail!("{} has no f16 in shaders: the mixed-precision tiles need it", gpu.info.name);
+        }
+        if fragments == Some(compose::Fragments::Cooperative) && !caps.cooperative_matrix {
             bail!(
                 "{} has no cooperative matrices with 16x16x16 f16 inputs, f32 accumulators and subgroups of 32: \
                  mixed precision is not available on it (use f32)",
@@ -530,14 +553,15 @@ impl Conv2d {
                 );
             }
             // The build script validated these compositions (and fails the build if one no longer applies).
-            let (label, source) = match (precision, coop) {
+            let (label, source) = match (precision, fragments) {
                 (ConvPrecision::F32, _) => (format!("conv2d.wgsl ({shape})"), compose::compose_f32(SOURCE, shape)),
-                (ConvPrecision::Mixed, false) => {
+                (ConvPrecision::Mixed, None) => {
                     (format!("conv2d.wgsl (f16 operands, {shape})"), compose::compose_emulated(SOURCE, shape))
                 }
-                (ConvPrecision::Mixed, true) => {
+                (ConvPrecision::Mixed, Some(fragments)) => {
                     let fragment = include_str!("../../../../shaders/conv2d_coop.wgsl.in");
-                    (format!("conv2d.wgsl (mixed precision, {shape})"), compose::compose_coop(SOURCE, fragment, shape))
+                    let source = compose::compose_coop(SOURCE, fragment, shape, fragments);
+                    (format!("conv2d.wgsl (mixed precision, {shape}, {fragments:?})"), source)
                 }
             };
             Ok(Pipelines::compile(gpu, &label, &source.map_err(|e| anyhow!(e))?, precision))

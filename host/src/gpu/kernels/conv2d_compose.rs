@@ -126,16 +126,58 @@ pub fn compose_emulated(base: &str, shape: TileShape) -> Result<String, String> 
 /// Side of the square block of C that the cooperative-matrix epilogue stages through workgroup memory at a time.
 pub const COOP_STAGE: u32 = 64;
 
+/// How the 16 x 16 fragments of the mixed-precision module are held and multiplied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fragments {
+    /// Cooperative matrices (tensor cores): what mixed precision runs.
+    Cooperative,
+    /// The same layout and calls with the fragment operations as plain loops (the LOOPS section of
+    /// `conv2d_coop.wgsl.in`: each of a subgroup's 32 invocations holds 8 elements of each accumulator and
+    /// multiplies from the staged tiles where the loaded fragments point): slower, for testing the generated
+    /// layout, its staging and epilogue, on adapters without cooperative matrices.
+    Loops,
+}
+
 /// The cooperative-matrix sections for `shape` (see `conv2d_coop.wgsl.in`, LAYOUT): `(CLEAR, MULTIPLY, FINISH)`.
 /// Subgroup `s` (of 8) holds the 16 x 16 fragments at rows `(s / 2) * 16 + 64 g` and columns
 /// `(s % 2) * 16 + 32 f` (`g < TM / 4`, `f < TN / 2`) in accumulators `c{g}_{f}`: each 64 x 64 block of the tile
 /// is spread over all 8 subgroups, two fragments each, so that the epilogue can stage one block at a time.
-pub fn coop_sections(shape: TileShape) -> (String, String, String) {
+pub fn coop_sections(shape: TileShape, fragments: Fragments) -> (String, String, String) {
     let (gs, fs, ks) = (shape.rows / 64, shape.cols / 32, shape.depth / 16);
+    let coop = fragments == Fragments::Cooperative;
+    let zero = if coop { "coop_mat16x16<f32, C>()" } else { "Fragment()" };
+    let load_a = |i: &str| {
+        if coop {
+            format!("coopLoad<coop_mat16x16<f16, A>>(&a_h[{i}], LDA)")
+        } else {
+            format!("fragment_load_a({i})")
+        }
+    };
+    let load_b = |i: &str| {
+        if coop {
+            format!("coopLoadT<coop_mat16x16<f16, B>>(&b_h[{i}], BN)")
+        } else {
+            format!("fragment_load_b({i})")
+        }
+    };
+    let mma = |a: &str, b: &str, c: &str| {
+        if coop {
+            format!("coopMultiplyAdd({a}, {b}, {c})")
+        } else {
+            format!("fragment_multiply_add({a}, {b}, {c}, lid)")
+        }
+    };
+    let store = |c: &str, i: &str| {
+        if coop {
+            format!("coopStoreT({c}, &c_s[{i}], STAGE)")
+        } else {
+            format!("fragment_store({c}, {i}, lid)")
+        }
+    };
     let mut clear = String::from("    let sg_r = ((lid / 32u) / 2u) * 16u;\n    let sg_q = ((lid / 32u) % 2u) * 16u;\n");
     for g in 0..gs {
         for f in 0..fs {
-            clear += &format!("    var c{g}_{f} = coop_mat16x16<f32, C>();\n");
+            clear += &format!("    var c{g}_{f} = {zero};\n");
         }
     }
     let mut multiply = String::new();
@@ -143,15 +185,16 @@ pub fn coop_sections(shape: TileShape) -> (String, String, String) {
         multiply += "        {\n";
         for g in 0..gs {
             multiply += &format!("            let ia{g} = {}u * LDA + sg_r + {}u;\n", 16 * k, 64 * g);
-            multiply += &format!("            let a{g} = coopLoad<coop_mat16x16<f16, A>>(&a_h[ia{g}], LDA);\n");
+            multiply += &format!("            let a{g} = {};\n", load_a(&format!("ia{g}")));
         }
         for f in 0..fs {
             multiply += &format!("            let ib{f} = {}u * BN + sg_q + {}u;\n", 16 * k, 32 * f);
-            multiply += &format!("            let b{f} = coopLoadT<coop_mat16x16<f16, B>>(&b_h[ib{f}], BN);\n");
+            multiply += &format!("            let b{f} = {};\n", load_b(&format!("ib{f}")));
         }
         for g in 0..gs {
             for f in 0..fs {
-                multiply += &format!("            c{g}_{f} = coopMultiplyAdd(a{g}, b{f}, c{g}_{f});\n");
+                let c = format!("c{g}_{f}");
+                multiply += &format!("            {c} = {};\n", mma(&format!("a{g}"), &format!("b{f}"), &c));
             }
         }
         multiply += "        }\n";
@@ -160,8 +203,8 @@ pub fn coop_sections(shape: TileShape) -> (String, String, String) {
     finish += "        let s0 = sg_r * STAGE + sg_q;\n        let s1 = s0 + 32u;\n";
     for g in 0..gs {
         for b in 0..shape.cols / 64 {
-            finish += &format!("        coopStoreT(c{g}_{}, &c_s[s0], STAGE);\n", 2 * b);
-            finish += &format!("        coopStoreT(c{g}_{}, &c_s[s1], STAGE);\n", 2 * b + 1);
+            finish += &format!("        {};\n", store(&format!("c{g}_{}", 2 * b), "s0"));
+            finish += &format!("        {};\n", store(&format!("c{g}_{}", 2 * b + 1), "s1"));
             finish += "        workgroupBarrier();\n";
             finish += "        for (var e = 0u; e < 4u; e++) {\n";
             finish += "            let r = (ty * 4u + e) * STAGE + tx * 4u;\n";
@@ -177,8 +220,9 @@ pub fn coop_sections(shape: TileShape) -> (String, String, String) {
 }
 
 /// The mixed-precision module: `base` with the tile shape `shape` and the sections of `fragment`
-/// (`// @@ ENABLE`, `TILES`) and of [`coop_sections`] in place of the f32 tile arithmetic.
-pub fn compose_coop(base: &str, fragment: &str, shape: TileShape) -> Result<String, String> {
+/// (`// @@ ENABLE`, `TILES`, and for [`Fragments::Loops`] `F16` and `LOOPS` instead of `ENABLE`) and of
+/// [`coop_sections`] in place of the f32 tile arithmetic.
+pub fn compose_coop(base: &str, fragment: &str, shape: TileShape, fragments: Fragments) -> Result<String, String> {
     let section = |name: &str| -> Result<&str, String> {
         let marker = format!("// @@ {name}\n");
         let start = fragment.find(&marker).ok_or(format!("conv2d_coop.wgsl.in has no `{}`", marker.trim()))?;
@@ -191,8 +235,12 @@ pub fn compose_coop(base: &str, fragment: &str, shape: TileShape) -> Result<Stri
         (Some(b), Some(e)) if b < e => (b, e + end.len()),
         _ => return Err("conv2d.wgsl has no `@@ TILES BEGIN` ... `@@ TILES END` section".into()),
     };
-    s.replace_range(b..e, section("TILES")?);
-    let (clear, multiply, finish) = coop_sections(shape);
+    let tiles = match fragments {
+        Fragments::Cooperative => section("TILES")?.to_string(),
+        Fragments::Loops => format!("{}{}", section("TILES")?, section("LOOPS")?),
+    };
+    s.replace_range(b..e, &tiles);
+    let (clear, multiply, finish) = coop_sections(shape, fragments);
     for (call, body) in [("clear_acc();\n", clear), ("multiply_tiles(lid);\n", multiply), ("finish_tiles(lid);\n", finish)]
     {
         let with_indent: Vec<(usize, usize)> = s
@@ -217,5 +265,9 @@ pub fn compose_coop(base: &str, fragment: &str, shape: TileShape) -> Result<Stri
         return Err("conv2d.wgsl's kernels no longer begin with `if !tile_exists(wid, nwg) { return; }`".into());
     }
     let s = s.replace(early_return, "");
-    Ok(format!("{}{s}", section("ENABLE")?))
+    let enable = match fragments {
+        Fragments::Cooperative => section("ENABLE")?,
+        Fragments::Loops => section("F16")?,
+    };
+    Ok(format!("{enable}{s}"))
 }
