@@ -14,7 +14,11 @@
 //! The mixed kernels' twins are the same core functions applied to operands rounded by
 //! [`elasticface_core::nn::round_to_f16`]. Without cooperative matrices, the mixed arithmetic can be emulated
 //! (`compose_emulated`: the f32 tiles with every operand rounded to f16 as it enters them), so that the
-//! mixed-precision trainer is tested on any adapter.
+//! mixed-precision trainer is tested on any adapter; and the cooperative-matrix layout itself can run with its
+//! fragment operations as plain loops ([`Conv2d::mixed_fragments_as_loops`]), so that it is tested there too.
+//!
+//! Tiles: any [`TileShape`] (64 or 128 rows and columns, depth 16 or 32) that fits the adapter's workgroup
+//! memory, chosen by [`ConvTiling`]; `conv2d_compose.rs` writes the shape into the shader before compiling.
 
 use anyhow::{anyhow, bail, Result};
 use elasticface_core::nn::Conv2dShape;
@@ -514,9 +518,10 @@ impl Conv2d {
     }
 
     /// The mixed-precision kernels as [`Self::build`] composes them for cooperative matrices, with each
-    /// fragment operation done by plain loops instead (every invocation computing whole 16 x 16 fragments): many
-    /// times slower, for testing the cooperative-matrix layout generated for `tiling`'s tile (its fragment
-    /// offsets, staging and epilogue) on an adapter without cooperative matrices. Errors as [`Self::build`].
+    /// fragment operation done by plain loops instead (each of a subgroup's 32 invocations computing 8 elements of
+    /// an accumulator from the staged tiles): slower, for testing the cooperative-matrix layout generated for
+    /// `tiling`'s tile (its fragment offsets, staging and epilogue) on an adapter without cooperative matrices.
+    /// Errors as [`Self::build`], or where the adapter has no f16 in shaders.
     pub fn mixed_fragments_as_loops(gpu: &Gpu, tiling: ConvTiling) -> Result<Self> {
         Self::compile(gpu, ConvPrecision::Mixed, tiling, Some(compose::Fragments::Loops))
     }
