@@ -174,4 +174,21 @@ fn tuning_times_every_setting_on_one_trainer_and_names_the_fastest() {
     let table = r.to_string();
     assert!(table.contains(&format!("fastest: {}", r.rows[r.fastest].flags)), "{table}");
     assert!(table.contains("(default)"), "{table}");
+    assert!(r.failed.is_empty(), "{:?}", r.failed);
+
+    // A setting the adapter cannot run (a tile larger than its workgroup memory, where there is one: lavapipe
+    // has 32 KiB) is reported, and the settings after it are measured.
+    if let Some(&tile) = TileShape::ALL.iter().find(|t| t.f32_bytes() > gpu.caps.max_workgroup_memory) {
+        let too_big = Setting { conv_tile: ConvTileChoice::Shape(tile), ..cfg.setting() };
+        let r = tune(gpu.clone(), &cfg, &[cfg.setting(), too_big, settings[1]], true).unwrap();
+        assert_eq!(r.rows.iter().map(|row| row.setting).collect::<Vec<_>>(), [cfg.setting(), settings[1]]);
+        assert_eq!(r.failed.len(), 1);
+        assert_eq!(r.failed[0].setting, too_big);
+        assert!(r.failed[0].error.contains("bytes of workgroup memory"), "{:?}", r.failed);
+        let table = r.to_string();
+        assert!(table.contains(&format!("{} failed: ", too_big)), "{table}");
+        // The default must run: it is the baseline.
+        let e = tune(gpu.clone(), &cfg, &[too_big, settings[1]], true).err().expect("refused");
+        assert!(format!("{e:#}").contains("the default setting"), "{e:#}");
+    }
 }

@@ -113,6 +113,17 @@ fn conv2d_matches_the_core_within_the_summation_bound() {
     }
 }
 
+/// A module the device rejects is an error naming it, not a panic of the device's error handler; the device
+/// goes on working.
+#[test]
+fn a_module_the_device_rejects_is_an_error() {
+    let Some(gpu) = gpu() else { return };
+    let bad = "@compute @workgroup_size(1) fn main() { let x: u32 = 1.5; }";
+    let e = gpu.capture_errors("broken.wgsl", || gpu.shader("broken.wgsl", bad)).err().expect("rejected");
+    assert!(format!("{e:#}").starts_with("broken.wgsl: "), "{e:#}");
+    assert!(gpu.capture_errors("conv2d", || Conv2d::new(gpu)).is_ok());
+}
+
 /// Every tile shape compiles where its tiles fit the adapter's workgroup memory, and is refused with the sizes
 /// where they do not; a shape the kernels are not written for is refused by name.
 #[test]

@@ -570,15 +570,30 @@ pub struct TuneResult {
     pub warmup: usize,
     /// Timed steps per setting.
     pub steps: usize,
-    /// One row per setting, in the order measured (the default first).
+    /// One row per setting measured, in the order measured (the default first).
     pub rows: Vec<TuneRow>,
     /// The row with the most images/s.
     pub fastest: usize,
+    /// The settings that could not run on this adapter (e.g. a tile its driver does not compile), with why.
+    pub failed: Vec<TuneFailure>,
+}
+
+/// A setting `bench --tune` could not measure.
+#[derive(Clone, Debug, Serialize)]
+pub struct TuneFailure {
+    /// The setting.
+    pub setting: Setting,
+    /// Its flags for `train`.
+    pub flags: String,
+    /// Why, with its causes.
+    pub error: String,
 }
 
 /// Builds the trainer `b` describes once and times `settings` on it in turn (`b.warmup` untimed and `b.steps`
 /// timed steps each; the weights keep training from one setting to the next). `settings[0]` is the baseline of
-/// the speed-ups and is marked as the default. Progress on stderr unless `quiet`.
+/// the speed-ups and is marked as the default; it must run. A later setting that cannot (its kernels do not
+/// compile or fit, or its steps fail) is reported in [`TuneResult::failed`] and the others go on. Progress on
+/// stderr unless `quiet`.
 pub fn tune(gpu: Arc<Gpu>, b: &NetworkBenchConfig, settings: &[Setting], quiet: bool) -> Result<TuneResult> {
     ensure!(!settings.is_empty(), "bench --tune: no setting to measure");
     ensure!(b.steps > 0, "bench: --steps must be at least 1");
@@ -587,11 +602,22 @@ pub fn tune(gpu: Arc<Gpu>, b: &NetworkBenchConfig, settings: &[Setting], quiet: 
     let mut backend = build_trainer(&gpu, b)?;
     let batches = synthetic_batches(&b.cfg, b.batch, b.classes, b.seed, 4);
     let mut rows: Vec<TuneRow> = Vec::with_capacity(settings.len());
+    let mut failed = Vec::new();
     let mut next_step = 0;
     for (i, setting) in settings.iter().enumerate() {
         say(format!("[{}/{}] {setting}", i + 1, settings.len()));
-        setting.apply(&mut backend).with_context(|| format!("setting {setting}"))?;
-        let timing = time_steps(&mut backend, b, &batches, next_step, &say).with_context(|| format!("{setting}"))?;
+        let measured = setting.apply(&mut backend).with_context(|| format!("setting {setting}")).and_then(|()| {
+            time_steps(&mut backend, b, &batches, next_step, &say).with_context(|| format!("{setting}"))
+        });
+        let timing = match measured {
+            Ok(timing) => timing,
+            Err(e) if i > 0 => {
+                say(format!("{setting}: failed, skipped: {e:#}"));
+                failed.push(TuneFailure { setting: *setting, flags: setting.to_string(), error: format!("{e:#}") });
+                continue;
+            }
+            Err(e) => return Err(e.context("the default setting, the baseline of the others")),
+        };
         next_step = timing.next_step;
         let images_per_s = b.batch as f64 / timing.median;
         rows.push(TuneRow {
@@ -618,6 +644,7 @@ pub fn tune(gpu: Arc<Gpu>, b: &NetworkBenchConfig, settings: &[Setting], quiet: 
         steps: b.steps,
         rows,
         fastest,
+        failed,
     })
 }
 
@@ -648,6 +675,9 @@ impl fmt::Display for TuneResult {
                 r.speedup,
                 r.memory as f64 / 1e9
             )?;
+        }
+        for failure in &self.failed {
+            writeln!(f, "{:<62} failed: {}", failure.flags, failure.error)?;
         }
         let best = &self.rows[self.fastest];
         write!(f, "fastest: {} at {:.1} images/s ({:.2}x the default)", best.flags, best.images_per_s, best.speedup)

@@ -205,6 +205,20 @@ impl Gpu {
         }
     }
 
+    /// Runs `f` (e.g. compiling modules and pipelines) and returns the first validation or internal error the device
+    /// reported meanwhile (a driver that rejects a shader) as an error naming `what`, instead of leaving it to the
+    /// device's uncaptured-error handler, which panics.
+    pub fn capture_errors<T>(&self, what: &str, f: impl FnOnce() -> T) -> anyhow::Result<T> {
+        let internal = self.device.push_error_scope(wgpu::ErrorFilter::Internal);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let value = f();
+        let errors = [pollster::block_on(validation.pop()), pollster::block_on(internal.pop())];
+        match errors.into_iter().flatten().next() {
+            Some(e) => Err(anyhow::anyhow!("{what}: {e}")),
+            None => Ok(value),
+        }
+    }
+
     /// A compute pipeline for `entry` of `module`, its bind group layout derived from the shader.
     pub fn pipeline(&self, label: &str, module: &wgpu::ShaderModule, entry: &str) -> wgpu::ComputePipeline {
         self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {

@@ -1429,16 +1429,21 @@ impl<G: Deref<Target = Gpu>> GpuBackend<G> {
     }
 
     /// [`Self::set_precision`] and [`Self::set_conv_tile`] at once (one compilation; a tile that fits the adapter
-    /// in one precision only is reached without passing through the other). Errors as [`Conv2d::build`], and
-    /// then leaves the trainer as it was.
+    /// in one precision only is reached without passing through the other). Errors as [`Conv2d::build`], or where
+    /// the step cannot be rebuilt with the new kernels, and then leaves the trainer as it was.
     pub fn set_convolutions(&mut self, precision: ConvPrecision, tile: ConvTileChoice) -> Result<()> {
         let new_precision = precision != self.precision();
         if !new_precision && tile == self.k.conv_tile {
             return Ok(());
         }
-        self.k.conv = Conv2d::build(&self.gpu, precision, tile.tiling(&self.gpu))?;
-        self.k.conv_tile = tile;
-        self.rebuild_step()?;
+        let conv = Conv2d::build(&self.gpu, precision, tile.tiling(&self.gpu))?;
+        let old = (std::mem::replace(&mut self.k.conv, conv), std::mem::replace(&mut self.k.conv_tile, tile));
+        if let Err(e) = self.rebuild_step() {
+            // E.g. a tile whose splits need more scratch than the device gives: back to the kernels that ran.
+            (self.k.conv, self.k.conv_tile) = old;
+            self.rebuild_step()?;
+            return Err(e);
+        }
         if new_precision {
             self.loss_scale = match precision {
                 ConvPrecision::F32 => None,

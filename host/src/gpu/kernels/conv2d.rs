@@ -569,7 +569,8 @@ impl Conv2d {
                     (format!("conv2d.wgsl (mixed precision, {shape}, {fragments:?})"), source)
                 }
             };
-            Ok(Pipelines::compile(gpu, &label, &source.map_err(|e| anyhow!(e))?, precision))
+            let source = source.map_err(|e| anyhow!(e))?;
+            gpu.capture_errors(&label, || Pipelines::compile(gpu, &label, &source, precision))
         });
         let tall = compiled.next().expect("one shape at least")?;
         let short = compiled.next().transpose()?;
