@@ -188,7 +188,7 @@ fn tuning_times_every_setting_on_one_trainer_and_names_the_fastest() {
         let table = r.to_string();
         assert!(table.contains(&format!("{} failed: ", too_big)), "{table}");
         // The default must run: it is the baseline.
-        let e = tune(gpu.clone(), &cfg, &[too_big, settings[1]], true).err().expect("refused");
+        let Err(e) = tune(gpu.clone(), &cfg, &[too_big, settings[1]], true) else { panic!("refused") };
         assert!(format!("{e:#}").contains("the default setting"), "{e:#}");
     }
 }

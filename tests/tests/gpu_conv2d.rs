@@ -119,7 +119,7 @@ fn conv2d_matches_the_core_within_the_summation_bound() {
 fn a_module_the_device_rejects_is_an_error() {
     let Some(gpu) = gpu() else { return };
     let bad = "@compute @workgroup_size(1) fn main() { let x: u32 = 1.5; }";
-    let e = gpu.capture_errors("broken.wgsl", || gpu.shader("broken.wgsl", bad)).err().expect("rejected");
+    let Err(e) = gpu.capture_errors("broken.wgsl", || gpu.shader("broken.wgsl", bad)) else { panic!("rejected") };
     assert!(format!("{e:#}").starts_with("broken.wgsl: "), "{e:#}");
     assert!(gpu.capture_errors("conv2d", || Conv2d::new(gpu)).is_ok());
 }
