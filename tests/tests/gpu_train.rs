@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use elasticface::checkpoint::Checkpoint;
 use elasticface::data::{Batch, Position};
-use elasticface::gpu::kernels::conv2d::ConvPrecision;
+use elasticface::gpu::kernels::conv2d::{ConvPrecision, ConvTileChoice, TileShape};
 use elasticface::gpu::kernels::winograd::WinogradTileChoice;
 use elasticface::gpu::{Gpu, GpuOptions};
 use elasticface::train::cpu::CpuBackend;
@@ -269,6 +269,34 @@ fn two_runs_are_bit_identical() {
     }
     assert_eq!(runs[0].0, runs[1].0, "losses");
     assert!(runs[0].1 == runs[1].1, "parameters, head or momentum differ");
+}
+
+/// Another convolution tile trains as the default does: the same sums in another order (tiles change how
+/// reductions are split), so the losses agree to f32 rounding, and the trainer names its tile. A tile the adapter
+/// cannot run is refused and leaves the trainer as it was: it then trains bit for bit as one never asked.
+#[test]
+fn another_convolution_tile_trains_as_the_default_does() {
+    let Some(gpu) = gpu() else { return };
+    let (b, classes) = (5, 13);
+    let fresh = || GpuBackend::new(gpu, &ODD, b, classes, step_cfg(), 9).unwrap();
+    let default = train(&mut fresh(), &ODD, b, classes, 2);
+    let tile = TileShape::new(128, 128, 16);
+    let mut g = fresh();
+    g.set_conv_tile(ConvTileChoice::Shape(tile)).unwrap();
+    assert_eq!(g.conv_tile(), ConvTileChoice::Shape(tile));
+    assert!(g.device().contains("128x128x16 convolution tiles"), "{}", g.device());
+    let tiled = train(&mut g, &ODD, b, classes, 2);
+    for (d, t) in default.iter().zip(&tiled) {
+        let (d, t) = (f32::from_bits(*d) as f64, f32::from_bits(*t) as f64);
+        assert!((d - t).abs() <= SCALAR * d.abs(), "loss {t} on {tile} tiles, {d} on the default");
+    }
+    if let Some(&too_big) = TileShape::ALL.iter().find(|t| t.f32_bytes() > gpu.caps.max_workgroup_memory) {
+        let mut g = fresh();
+        let e = g.set_conv_tile(ConvTileChoice::Shape(too_big)).unwrap_err();
+        assert!(format!("{e:#}").contains("bytes of workgroup memory"), "{e:#}");
+        assert_eq!(g.conv_tile(), ConvTileChoice::Auto);
+        assert_eq!(train(&mut g, &ODD, b, classes, 2), default, "bit for bit");
+    }
 }
 
 /// Mixed precision (on cooperative matrices, or emulated: so in CI too): two runs agree bit for bit, and the

@@ -1818,6 +1818,9 @@ impl<G: Deref<Target = Gpu>> Backend for GpuBackend<G> {
             };
             how.push(format!("Winograd {tile} from {c} channels"));
         }
+        if let ConvTileChoice::Shape(tile) = self.k.conv_tile {
+            how.push(format!("{tile} convolution tiles"));
+        }
         if how.is_empty() {
             self.gpu.info.name.clone()
         } else {
