@@ -158,20 +158,42 @@ fn tiles_are_refused_where_they_do_not_fit() {
 fn conv2d_mixed_matches_the_core_on_f16_operands() {
     let Some(gpu) = gpu() else { return };
     assert!(gpu.caps.mixed_precision(), "the test GPU emulates mixed precision where it has no tensor cores");
-    let kind = if gpu.caps.cooperative_matrix { "mixed" } else { "emulated" };
     // Every tile shape the adapter's workgroup memory holds (the cooperative-matrix code differs per shape).
+    let (kind, bytes): (_, fn(&TileShape) -> u32) =
+        if gpu.caps.cooperative_matrix { ("mixed", TileShape::coop_bytes) } else { ("emulated", TileShape::f32_bytes) };
+    let tested = check_mixed_on_every_tile(gpu, kind, &shapes(), bytes, |tiling| {
+        Conv2d::build(gpu, ConvPrecision::Mixed, tiling)
+    });
+    assert!(tested >= 7, "{tested} tile shapes fit");
+}
+
+/// Checks the mixed-precision kernels `build` compiles for each tile shape against the core on `shapes`; a shape
+/// may be refused only for tiles (of `bytes` bytes) beyond the adapter's workgroup memory. Returns the shapes run.
+fn check_mixed_on_every_tile<E: std::fmt::Display>(
+    gpu: &Gpu,
+    kind: &str,
+    shapes: &[Conv2dShape],
+    bytes: fn(&TileShape) -> u32,
+    build: impl Fn(ConvTiling) -> Result<Conv2d, E>,
+) -> usize {
     let mut tested = 0;
     for tile in TileShape::ALL {
-        let tiling = ConvTiling { tile, short_tiles: false, ..ConvTiling::for_adapter(gpu) };
-        let Ok(conv) = Conv2d::build(gpu, ConvPrecision::Mixed, tiling) else { continue };
+        let conv = match build(ConvTiling { tile, short_tiles: false, ..ConvTiling::for_adapter(gpu) }) {
+            Ok(conv) => conv,
+            Err(e) if bytes(&tile) > gpu.caps.max_workgroup_memory => {
+                assert!(format!("{e:#}").contains("workgroup memory"), "{e:#}");
+                continue;
+            }
+            Err(e) => panic!("{kind} {tile}: {e:#}"),
+        };
         let name = format!("{kind} {tile}");
-        let worst = compare_with_core(gpu, &conv, &name, true);
+        let worst = compare_shapes_with_core(gpu, &conv, &name, true, shapes);
         for (op, (err, ratio)) in ConvOp::ALL.iter().zip(worst) {
             eprintln!("{name:>10} {:<24} max |error| {err:.2e}, max error / bound {ratio:.3}", op.name());
         }
         tested += 1;
     }
-    assert!(tested >= 7, "{tested} tile shapes fit");
+    tested
 }
 
 /// The cooperative-matrix layout generated for each tile shape (fragment offsets, the depth sub-steps, the staged
@@ -187,24 +209,9 @@ fn cooperative_matrix_layout_matches_the_core_with_fragments_as_loops() {
         shape(2, 5, (11, 9), 7, (3, 3), 2, 1),
         shape(2, 6, (9, 11), 9, (1, 1), 2, 0),
     ];
-    let mut tested = 0;
-    for tile in TileShape::ALL {
-        let tiling = ConvTiling { tile, short_tiles: false, ..ConvTiling::for_adapter(gpu) };
-        let conv = match Conv2d::mixed_fragments_as_loops(gpu, tiling) {
-            Ok(conv) => conv,
-            Err(e) if tile.coop_bytes() > gpu.caps.max_workgroup_memory => {
-                assert!(format!("{e:#}").contains("workgroup memory"), "{e:#}");
-                continue;
-            }
-            Err(e) => panic!("{tile}: {e:#}"),
-        };
-        let name = format!("loops {tile}");
-        let worst = compare_shapes_with_core(gpu, &conv, &name, true, &shapes);
-        for (op, (err, ratio)) in ConvOp::ALL.iter().zip(worst) {
-            eprintln!("{name:>10} {:<24} max |error| {err:.2e}, max error / bound {ratio:.3}", op.name());
-        }
-        tested += 1;
-    }
+    let tested = check_mixed_on_every_tile(gpu, "loops", &shapes, TileShape::coop_bytes, |tiling| {
+        Conv2d::mixed_fragments_as_loops(gpu, tiling)
+    });
     assert!(tested >= 7, "{tested} tile shapes fit");
 }
 
