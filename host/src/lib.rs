@@ -18,6 +18,27 @@
 //!   [`embed`]: embeddings of image files; [`onnx`]: ONNX export; [`pth`]: PyTorch checkpoints (through the strict
 //!   [`pickle`] reader); [`commands`]: the `eval`, `embed`, `compare`, `export` and `import` commands.
 
+/// Serde through the type's text form: `TryFrom<String>` by `FromStr` (error `String`) and `From<T> for String`
+/// by `Display`, for a type marked `#[serde(try_from = "String", into = "String")]` (the choices a config file
+/// and the command line both spell, e.g. `auto`).
+macro_rules! serde_as_text {
+    ($t:ty) => {
+        impl TryFrom<String> for $t {
+            type Error = String;
+
+            fn try_from(s: String) -> std::result::Result<Self, String> {
+                s.parse()
+            }
+        }
+
+        impl From<$t> for String {
+            fn from(v: $t) -> String {
+                v.to_string()
+            }
+        }
+    };
+}
+
 pub mod bench;
 pub mod checkpoint;
 pub mod commands;

@@ -115,8 +115,8 @@ enum Command {
     /// launches recorded into one compute pass; the median round is reported.
     ///
     /// --tune: the same steps in each setting of the convolutions that `train` offers (--precision, --winograd,
-    /// --winograd-tile) on one trainer, fastest first, and the flags of the fastest: which settings suit this
-    /// GPU and network.
+    /// --winograd-tile, --conv-tile) on one trainer, fastest first, and the flags of the fastest: which settings
+    /// suit this GPU and network. A setting the adapter cannot run is listed with the reason.
     ///
     /// --peer COMMAND (with the default or --tune): then runs another trainer's benchmark on the same GPU, e.g.
     /// PyTorch's `python3 torch_iresnet_bench.py train`, and prints our images/s (the fastest setting with --tune)
@@ -129,8 +129,9 @@ enum Command {
         #[arg(long, conflicts_with = "data")]
         kernels: bool,
         /// Time whole steps in every setting of the convolutions (direct, Winograd from each width of the
-        /// network with either tile choice, mixed precision where the adapter has tensor cores), --warmup and
-        /// --steps each, and print them fastest first.
+        /// network with either tile choice, the default on every other convolution tile that fits, mixed precision
+        /// on every tile that fits where the adapter has tensor cores), --warmup and --steps each, and print them
+        /// fastest first.
         #[arg(long, conflicts_with_all = ["kernels", "data", "precision", "winograd", "winograd_tile", "conv_tile"])]
         tune: bool,
         /// Time the input pipeline on this dataset (RecordIO .rec with its .idx, or an image folder).

@@ -121,19 +121,7 @@ impl std::fmt::Display for WinogradLayers {
     }
 }
 
-impl TryFrom<String> for WinogradLayers {
-    type Error = String;
-
-    fn try_from(s: String) -> std::result::Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl From<WinogradLayers> for String {
-    fn from(w: WinogradLayers) -> String {
-        w.to_string()
-    }
-}
+serde_as_text!(WinogradLayers);
 
 /// Everything a run is configured with; a TOML file (`--config`) holds the same keys.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

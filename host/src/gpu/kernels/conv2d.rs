@@ -412,19 +412,7 @@ impl std::fmt::Display for ConvTileChoice {
     }
 }
 
-impl TryFrom<String> for ConvTileChoice {
-    type Error = String;
-
-    fn try_from(s: String) -> std::result::Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl From<ConvTileChoice> for String {
-    fn from(t: ConvTileChoice) -> String {
-        t.to_string()
-    }
-}
+serde_as_text!(ConvTileChoice);
 
 /// How one operation is launched: its products, tiles, splits and workgroup grids.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -207,19 +207,7 @@ impl std::fmt::Display for WinogradTileChoice {
     }
 }
 
-impl TryFrom<String> for WinogradTileChoice {
-    type Error = String;
-
-    fn try_from(s: String) -> std::result::Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl From<WinogradTileChoice> for String {
-    fn from(t: WinogradTileChoice) -> String {
-        t.to_string()
-    }
-}
+serde_as_text!(WinogradTileChoice);
 
 /// The F(2x2) kernels of `shaders/winograd.wgsl`, in [`Transform`] order.
 const F2_KERNELS: [&str; 5] = [
