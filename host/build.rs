@@ -9,7 +9,7 @@ use std::path::Path;
 mod compose {
     include!("src/gpu/kernels/conv2d_compose.rs");
 }
-use compose::{compose_coop, compose_emulated, compose_f32, Fragments, TileShape};
+use compose::{act_f16, compose_coop, compose_emulated, compose_f32, Fragments, TileShape};
 
 fn validate(name: &str, source: &str) -> Result<(), String> {
     let module = naga::front::wgsl::parse_str(source).map_err(|e| e.emit_to_string_with_path(source, name))?;
@@ -38,7 +38,7 @@ fn main() {
         }
     }
     // The modules the host composes from conv2d.wgsl, in every tile shape: f32, mixed precision on cooperative
-    // matrices, and mixed precision without them.
+    // matrices, and mixed precision without them (the mixed ones with f16 activations).
     let fragment_path = dir.join("conv2d_coop.wgsl.in");
     println!("cargo:rerun-if-changed={}", fragment_path.display());
     println!("cargo:rerun-if-changed=src/gpu/kernels/conv2d_compose.rs");
@@ -56,7 +56,11 @@ fn main() {
                 compose_coop(&base, &fragment, shape, Fragments::Loops),
             ),
             (format!("conv2d.wgsl (f16 operands, {shape})"), compose_emulated(&base, shape)),
-        ] {
+        ]
+        .map(|(name, module)| match name.contains("conv2d_coop") || name.contains("f16 operands") {
+            true => (name, module.and_then(|m| act_f16(&m))),
+            false => (name, module),
+        }) {
             match module {
                 Ok(source) => {
                     if let Err(e) = validate(&name, &source) {

@@ -44,6 +44,13 @@
 //   then C*chunks PReLU slope partials at prelu_partial(c, q), and C slopes at alpha_copy(c) (fused backward).
 //
 // Each entry point has its own bindings, numbered 1.. in the order the host passes its tensors.
+//
+// Storage. The batch norm's input x (and a residual added to its output) is stored as `X`, its output as `Y`:
+// f32 here; the host rewrites either alias to f16 for mixed precision's activations (`BatchNormKernels` in
+// host/src/gpu/kernels/batchnorm.rs). Values are converted to f32 as they are read and rounded to Y as they are
+// stored; statistics, parameters, gradients and the scratch are f32.
+alias X = f32;
+alias Y = f32;
 
 struct Params {
     len: u32,      // N*C*HW
@@ -129,7 +136,7 @@ fn workgroup_sum2(t: u32, v: vec2<f32>) -> vec2<f32> {
 }
 
 // ---- forward, training mode, step 1: per-chunk (S_q, M2_q). Grid (chunks, C). ----
-@group(0) @binding(1) var<storage, read> stats_x: array<f32>;
+@group(0) @binding(1) var<storage, read> stats_x: array<X>;
 @group(0) @binding(2) var<storage, read_write> stats_scratch: array<f32>;
 
 @compute @workgroup_size(WG)
@@ -142,7 +149,7 @@ fn batchnorm_forward_train_partials(@builtin(local_invocation_index) t: u32, @bu
     for (var i = 0u; i < ITEMS; i++) {
         let off = i * WG + t;
         if off < n_q {
-            v[i] = stats_x[channel_index(c, q * CHUNK + off)];
+            v[i] = f32(stats_x[channel_index(c, q * CHUNK + off)]);
             sum += v[i];
         }
     }
@@ -198,14 +205,15 @@ fn batchnorm_forward_train_combine(@builtin(local_invocation_index) t: u32, @bui
 // y = `normalized(x)` with (mean, var) the batch statistics (save_mean, save_var) in training mode and the
 // running statistics in eval mode. The fused forms bind one more operand at 6 (the PReLU slopes `(C)`, or the
 // residual `(N, C, HW)`) and y at 7.
-@group(0) @binding(1) var<storage, read> norm_x: array<f32>;
+@group(0) @binding(1) var<storage, read> norm_x: array<X>;
 @group(0) @binding(2) var<storage, read> norm_mean: array<f32>;
 @group(0) @binding(3) var<storage, read> norm_var: array<f32>;
 @group(0) @binding(4) var<storage, read> norm_gamma: array<f32>;
 @group(0) @binding(5) var<storage, read> norm_beta: array<f32>;
-@group(0) @binding(6) var<storage, read_write> norm_y: array<f32>;
-@group(0) @binding(6) var<storage, read> norm_with: array<f32>;
-@group(0) @binding(7) var<storage, read_write> norm_then_y: array<f32>;
+@group(0) @binding(6) var<storage, read_write> norm_y: array<Y>;
+@group(0) @binding(6) var<storage, read> norm_alpha: array<f32>;
+@group(0) @binding(6) var<storage, read> norm_residual: array<X>;
+@group(0) @binding(7) var<storage, read_write> norm_then_y: array<Y>;
 
 // The channel of flat index i.
 fn channel(i: u32) -> u32 {
@@ -214,14 +222,14 @@ fn channel(i: u32) -> u32 {
 
 // Element i's normalised value (channel c).
 fn normalized_at(i: u32, c: u32) -> f32 {
-    return normalized(norm_x[i], norm_mean[c], norm_var[c], norm_gamma[c], norm_beta[c]);
+    return normalized(f32(norm_x[i]), norm_mean[c], norm_var[c], norm_gamma[c], norm_beta[c]);
 }
 
 @compute @workgroup_size(WG)
 fn batchnorm_forward_normalize(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = gid.y * nwg.x * WG + gid.x;
     if i < p.len {
-        norm_y[i] = normalized_at(i, channel(i));
+        norm_y[i] = Y(normalized_at(i, channel(i)));
     }
 }
 
@@ -233,7 +241,7 @@ fn batchnorm_prelu_forward_normalize(
     let i = gid.y * nwg.x * WG + gid.x;
     if i < p.len {
         let c = channel(i);
-        norm_then_y[i] = prelu(normalized_at(i, c), norm_with[c]);
+        norm_then_y[i] = Y(prelu(normalized_at(i, c), norm_alpha[c]));
     }
 }
 
@@ -244,12 +252,12 @@ fn batchnorm_add_forward_normalize(
 ) {
     let i = gid.y * nwg.x * WG + gid.x;
     if i < p.len {
-        norm_then_y[i] = normalized_at(i, channel(i)) + norm_with[i];
+        norm_then_y[i] = Y(normalized_at(i, channel(i)) + f32(norm_residual[i]));
     }
 }
 
 // ---- backward, step 1: per-chunk (sum dy, sum dy * (x - mean)). Grid (chunks, C). ----
-@group(0) @binding(1) var<storage, read> bp_x: array<f32>;
+@group(0) @binding(1) var<storage, read> bp_x: array<X>;
 @group(0) @binding(2) var<storage, read> bp_dy: array<f32>;
 @group(0) @binding(3) var<storage, read> bp_save_mean: array<f32>;
 @group(0) @binding(4) var<storage, read_write> bp_scratch: array<f32>;
@@ -266,7 +274,7 @@ fn batchnorm_backward_partials(@builtin(local_invocation_index) t: u32, @builtin
         if off < n_q {
             let a = channel_index(c, q * CHUNK + off);
             let g = bp_dy[a];
-            sums += vec2<f32>(g, g * (bp_x[a] - mean));
+            sums += vec2<f32>(g, g * (f32(bp_x[a]) - mean));
         }
     }
     let s = workgroup_sum2(t, sums);
@@ -300,7 +308,7 @@ fn batchnorm_prelu_backward_partials(
         let off = i * WG + t;
         if off < n_q {
             let k = channel_index(c, q * CHUNK + off);
-            let x = bp_x[k];
+            let x = f32(bp_x[k]);
             let z = normalized(x, mean, pp_save_var[c], pp_gamma[c], pp_beta[c]);
             let dz = bp_dy[k];
             var g = dz;
@@ -392,7 +400,7 @@ fn batchnorm_prelu_backward_combine(
 }
 
 // ---- backward, step 3: dx = gamma * invstd * (dy - mean(dy) - xhat * mean(dy * xhat)). Element-wise. ----
-@group(0) @binding(1) var<storage, read> bx_x: array<f32>;
+@group(0) @binding(1) var<storage, read> bx_x: array<X>;
 @group(0) @binding(2) var<storage, read> bx_dy: array<f32>;
 @group(0) @binding(3) var<storage, read> bx_gamma: array<f32>;
 @group(0) @binding(4) var<storage, read> bx_save_mean: array<f32>;
@@ -411,7 +419,7 @@ fn dx_of(i: u32, c: u32, dy: f32) -> f32 {
     let tail = 2u * (p.c * p.chunks + c);
     let mean_dy = bx_scratch[tail];
     let mean_dy_xhat = bx_scratch[tail + 1u];
-    let xhat = (bx_x[i] - bx_save_mean[c]) * invstd;
+    let xhat = (f32(bx_x[i]) - bx_save_mean[c]) * invstd;
     return bx_gamma[c] * invstd * (dy - mean_dy - xhat * mean_dy_xhat);
 }
 
@@ -431,7 +439,7 @@ fn batchnorm_prelu_backward_dx(
     let i = gid.y * nwg.x * WG + gid.x;
     if i < p.len {
         let c = channel(i);
-        let z = normalized(bx_x[i], bx_save_mean[c], bx_save_var[c], bx_gamma[c], bx_with[c]);
+        let z = normalized(f32(bx_x[i]), bx_save_mean[c], bx_save_var[c], bx_gamma[c], bx_with[c]);
         let dz = bx_dy[i];
         bx_then_dx[i] = dx_of(i, c, select(bx_scratch[alpha_copy(c)] * dz, dz, z > 0.0));
     }

@@ -48,7 +48,8 @@
 // SPLIT-K. With few output tiles (e.g. backward_weight of a wide early layer: K = N*HO*WO is huge, M*COLS is
 // small) the depth is cut into p.splits chunks of p.chunk (a multiple of BK): workgroup z sums depths
 // z*chunk .. min((z+1)*chunk, K) in order and writes its partial tile to slice z of the output binding (the host
-// binds a scratch tensor of splits * out_len elements); conv2d_reduce_splits then adds the slices in the fixed
+// binds a scratch tensor of splits * out_len elements; conv2d_forward has its own binding for it, as its output is
+// Act); conv2d_reduce_splits (or conv2d_reduce_splits_act, into Act) then adds the slices in the fixed
 // order z = 0, 1, ... Every sum has a fixed order: results are bit-identical from run to run. No atomics.
 //
 // GRID. Tiles are numbered t = tile_row + tiles_m * tile_col and folded into (x, y) as t = y * nwg.x + x, so
@@ -59,8 +60,15 @@
 // access leaves the tensors whose sizes the host checked against the same shape: correct without runtime
 // bounds checks.
 //
+// ACTIVATIONS. The forward values a network keeps (x of forward and backward_weight, y of forward) are stored
+// as `Act`: f32 here, f16 in the mixed-precision module (the host rewrites the alias and enables f16; see
+// `ACT_LINE` in conv2d_compose.rs). Every tile operand is converted to f32 as it is loaded and every result
+// rounded to Act as it is stored; gradients, weights and split partial sums stay f32.
+//
 // TM, TN (rows and columns per invocation, 4 or 8) and BK (16 or 32) are rewritten by the host before compiling
 // (see `TileShape` in conv2d.rs); everything else derives from them.
+
+alias Act = f32;
 
 struct Params {
     n: u32,
@@ -269,11 +277,13 @@ fn advance(v: vec3<u32>, step: vec3<u32>, mid_radix: u32, lo_radix: u32) -> vec3
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// conv2d_forward: y = conv(x, weight). x (N, C_IN, H, W), weight (C_OUT, C_IN, KH, KW), y (N, C_OUT, HO, WO)
-// (or, with splits, slices of a scratch (SPLITS, N, C_OUT, HO, WO)).
-@group(0) @binding(1) var<storage, read> x: array<f32>;
+// conv2d_forward: y = conv(x, weight). x (N, C_IN, H, W), weight (C_OUT, C_IN, KH, KW), y (N, C_OUT, HO, WO);
+// with splits, y_split instead: slices of a scratch (SPLITS, N, C_OUT, HO, WO) (bound in every dispatch, at
+// least one element).
+@group(0) @binding(1) var<storage, read> x: array<Act>;
 @group(0) @binding(2) var<storage, read> weight: array<f32>;
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<Act>;
+@group(0) @binding(4) var<storage, read_write> y_split: array<f32>;
 
 @compute @workgroup_size(WG)
 fn conv2d_forward(
@@ -336,7 +346,7 @@ fn conv2d_forward(
                     let iw = iw0[i] + i32(t.z);
                     var v = 0.0;
                     if k_ok && ih >= 0 && ih < i32(p.h) && iw >= 0 && iw < i32(p.w) {
-                        v = x[x_base[i] + t.x * hw_in + u32(ih) * p.w + u32(iw)];
+                        v = f32(x[x_base[i] + t.x * hw_in + u32(ih) * p.w + u32(iw)]);
                     }
                     next_b[r * TN + i] = v;
                 }
@@ -348,16 +358,21 @@ fn conv2d_forward(
     }
 
     finish_tiles(lid);
-    // C[m, j] -> y[slice z][n, m, oh, ow].
+    // C[m, j] -> y[n, m, oh, ow], or y_split[slice z][n, m, oh, ow].
+    let split = p.splits > 1u;
     let slice = wid.z * p.out_len;
     for (var c = 0u; c < TN; c++) {
         let j = origin.y + tile_col(lid, c);
         if j < p.cols {
-            let base = slice + (j / hw_out) * p.c_out * hw_out + j % hw_out;
+            let base = (j / hw_out) * p.c_out * hw_out + j % hw_out;
             for (var i = 0u; i < TM; i++) {
                 let m = origin.x + tile_row(lid, i);
                 if m < p.m {
-                    y[base + m * hw_out] = acc_at(i, c);
+                    if split {
+                        y_split[slice + base + m * hw_out] = acc_at(i, c);
+                    } else {
+                        y[base + m * hw_out] = Act(acc_at(i, c));
+                    }
                 }
             }
         }
@@ -484,7 +499,7 @@ fn conv2d_backward_data(
 // conv2d_backward_weight: dweight from dy and x. dy (N, C_OUT, HO, WO) (binding 1, shared with
 // conv2d_backward_data), x (N, C_IN, H, W) at binding 2 (named `saved_x`: binding 1 is taken by dy),
 // dweight (C_OUT, C_IN, KH, KW) (or slices of a scratch).
-@group(0) @binding(2) var<storage, read> saved_x: array<f32>;
+@group(0) @binding(2) var<storage, read> saved_x: array<Act>;
 @group(0) @binding(3) var<storage, read_write> dweight: array<f32>;
 
 @compute @workgroup_size(WG)
@@ -554,7 +569,7 @@ fn conv2d_backward_weight(
                     let iw = iw0 + dw[i];
                     var v = 0.0;
                     if kb_ok && ih >= 0 && ih < i32(p.h) && iw >= 0 && iw < i32(p.w) {
-                        v = saved_x[x_base + ci_base[i] + u32(ih) * p.w + u32(iw)];
+                        v = f32(saved_x[x_base + ci_base[i] + u32(ih) * p.w + u32(iw)]);
                     }
                     next_b[r * TN + i] = v;
                 }
@@ -660,18 +675,32 @@ fn gemm_batched(
 
 // ---------------------------------------------------------------------------------------------------------
 // conv2d_reduce_splits: result[i] = sum over z = 0, 1, ... of partial[z * out_len + i], in that order.
-// partial (SPLITS, out_len), result (out_len): the output tensor of the split kernel.
+// partial (SPLITS, out_len), result (out_len): the output tensor of the split kernel. conv2d_reduce_splits_act
+// likewise into result_act, conv2d_forward's Act output.
 @group(0) @binding(1) var<storage, read> partial: array<f32>;
 @group(0) @binding(2) var<storage, read_write> result: array<f32>;
+@group(0) @binding(2) var<storage, read_write> result_act: array<Act>;
+
+fn split_sum(i: u32) -> f32 {
+    var s = partial[i];
+    for (var z = 1u; z < p.splits; z++) {
+        s += partial[z * p.out_len + i];
+    }
+    return s;
+}
 
 @compute @workgroup_size(WG)
 fn conv2d_reduce_splits(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = gid.y * nwg.x * WG + gid.x;
     if i < p.out_len {
-        var s = partial[i];
-        for (var z = 1u; z < p.splits; z++) {
-            s += partial[z * p.out_len + i];
-        }
-        result[i] = s;
+        result[i] = split_sum(i);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn conv2d_reduce_splits_act(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.y * nwg.x * WG + gid.x;
+    if i < p.out_len {
+        result_act[i] = Act(split_sum(i));
     }
 }

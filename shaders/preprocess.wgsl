@@ -1,4 +1,4 @@
-// Input preprocessing: a batch of u8 (H, W, 3) RGB images to the network's f32 (N, 3, H, W) input,
+// Input preprocessing: a batch of u8 (H, W, 3) RGB images to the network's (N, 3, H, W) input,
 // (byte / 255 - 0.5) / 0.5, each image mirrored left-right where its flip flag is non-zero.
 // CPU twin: elasticface_core::nn::preprocess_image (one image).
 // Params mirrors `PreprocessParams` in host/src/gpu/kernels/preprocess.rs.
@@ -14,6 +14,10 @@
 // Arithmetic. The value of a byte comes from a 256-entry table that the host fills from the core itself
 // (`lut[b]` is what `preprocess_image` makes of byte b), so the output is bit-identical to the core on every
 // GPU. (Computing `(f32(b) / 255.0 - 0.5) / 0.5` here would not be: WGSL allows 2.5 ULP for `x / y`.)
+//
+// Storage. The input is stored as `Out`: f32 here, f16 for mixed precision's activations (the host rewrites the
+// alias). Every value, (2b - 255) / 255, rounds to f16 as the core's `round_to_f16` rounds it.
+alias Out = f32;
 
 struct Params {
     len: u32,  // N*3*H*W output elements
@@ -27,7 +31,7 @@ const WG: u32 = 256u;
 @group(0) @binding(1) var<storage, read> lut: array<f32, 256>;
 @group(0) @binding(2) var<storage, read> images: array<u32>;
 @group(0) @binding(3) var<storage, read> flip: array<u32>;
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<Out>;
 
 @compute @workgroup_size(WG)
 fn preprocess_image(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -44,6 +48,6 @@ fn preprocess_image(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
         }
         let b = img * p.h * p.w * 3u + (y * p.w + sx) * 3u + ch;
         let byte = (images[b / 4u] >> (8u * (b % 4u))) & 0xffu;
-        out[i] = lut[byte];
+        out[i] = Out(lut[byte]);
     }
 }

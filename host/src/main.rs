@@ -348,7 +348,8 @@ struct TrainArgs {
     #[arg(long, value_enum)]
     device: Option<Device>,
     /// GPU arithmetic of the convolutions: auto (f32, the faster today), f32, or mixed (tensor cores: f16
-    /// operands, f32 accumulation, dynamic loss scaling) [default: auto].
+    /// operands, f32 accumulation, dynamic loss scaling; activations stored as f16, half the memory)
+    /// [default: auto].
     #[arg(long, value_enum)]
     precision: Option<Precision>,
     /// 3x3 stride-1 GPU convolutions run as Winograd (f32): auto (layers of at least 128 channels on a GPU, 64 on a

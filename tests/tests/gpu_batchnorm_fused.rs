@@ -13,7 +13,7 @@ use elasticface::gpu::kernels::batchnorm::{BackwardFusion, BatchNormKernels, Epi
 use elasticface::gpu::kernels::prelu::Prelu;
 use elasticface::gpu::kernels::residual::Residual;
 use elasticface::gpu::kernels::Dispatch;
-use elasticface::gpu::{Gpu, Tensor};
+use elasticface::gpu::{Elem, Gpu, Tensor};
 use elasticface_core::nn::{self, BatchNorm, BatchNormShape};
 use elasticface_tests::batchnorm::{channel_abs_sums, check, check_sums};
 use elasticface_tests::{assert_within_scale, gpu, slack_allowed, uniform};
@@ -40,7 +40,7 @@ fn run(gpu: &Gpu, d: &[Dispatch]) {
 }
 
 fn read(gpu: &Gpu, t: &Tensor) -> Vec<f32> {
-    gpu.read::<f32>(t).unwrap()
+    gpu.read_f32(t).unwrap()
 }
 
 /// One layer's inputs: a batch norm, the PReLU slopes after it, a residual, and the gradients of the backward.
@@ -371,4 +371,124 @@ fn fused_operands_are_checked() {
     let fusion = BackwardFusion::Prelu { beta: b, alpha: &t.alpha, dalpha: &d };
     let e = message(k.backward(gpu, &s, &bn, x, g, sm, sv, fusion, &t.dz, &dx, Some(&d), &d, &small));
     assert!(e.contains("small scratch has"), "{e}");
+}
+
+/// The epilogue numbered `then` (none, PReLU, residual add) with `t`'s operands.
+fn epilogue(t: &Tensors, then: usize) -> Epilogue<'_> {
+    match then {
+        0 => Epilogue::None,
+        1 => Epilogue::Prelu(&t.alpha),
+        _ => Epilogue::Add(&t.residual),
+    }
+}
+
+/// The batch norm on mixed precision's f16 activations (input and residual stored as f16, the output as f16 or
+/// f32, in each combination the trainer uses and the other) against the f32 kernels on the same values: reading
+/// f16 is exact, so statistics, gradients and an f32 output are the f32 kernels' bits on the f16-rounded input,
+/// and an f16 output is their output rounded by the core's `round_to_f16` (WGSL's conversion to f16 rounds to
+/// nearest even on the adapters we test; this checks it). The f32 kernels are checked against the core above.
+#[test]
+fn f16_activations_give_the_f32_kernels_results_on_the_rounded_values() {
+    let Some(gpu) = gpu() else { return };
+    assert!(gpu.caps.f16, "the test GPU has f16 in shaders");
+    let k = BatchNormKernels::new(gpu);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let rounded = |v: &[f32]| {
+        let mut v = v.to_vec();
+        nn::round_to_f16(&mut v);
+        v
+    };
+    for (i, s) in shapes().into_iter().take(4).enumerate() {
+        let mut c = Case::new(s, 1100 + 10 * i as u64);
+        // The values as f16 holds them: the f32 kernels' input.
+        c.x = rounded(&c.x);
+        c.residual = rounded(&c.residual);
+        let t = Tensors::new(gpu, &c);
+        let full = [s.n, s.c, s.hw];
+        let (x16, residual16) = (gpu.upload_f16("x16", &full, &c.x), gpu.upload_f16("residual16", &full, &c.residual));
+        let half = Tensors { x: x16, residual: residual16, ..Tensors::new(gpu, &c) };
+        let y32 = gpu.zeros("y", &full);
+        for then in 0..3 {
+            let want = t.train(gpu, &k, &c, epilogue(&t, then), &y32);
+            let want_eval = t.eval(gpu, &k, &c, epilogue(&t, then), &y32);
+            for y_elem in [Elem::F32, Elem::F16] {
+                let y = gpu.zeros_as("y", &full, y_elem);
+                let got = half.train(gpu, &k, &c, epilogue(&half, then), &y);
+                let got_eval = half.eval(gpu, &k, &c, epilogue(&half, then), &y);
+                let what = format!("{s:?}, epilogue {then}, f16 -> {y_elem}");
+                let (want_y, want_eval_y) = match y_elem {
+                    Elem::F32 => (want[0].clone(), want_eval.clone()),
+                    Elem::F16 => (rounded(&want[0]), rounded(&want_eval)),
+                };
+                assert_eq!(bits(&got[0]), bits(&want_y), "train y, {what}");
+                assert_eq!(bits(&got_eval), bits(&want_eval_y), "eval y, {what}");
+                for j in 1..5 {
+                    assert_eq!(bits(&got[j]), bits(&want[j]), "statistic {j}, {what}");
+                }
+            }
+        }
+        // f32 in, f16 out (a combination the trainer does not use): the output rounded.
+        let y = gpu.zeros_as("y", &full, Elem::F16);
+        let got = t.train(gpu, &k, &c, Epilogue::None, &y);
+        let want = t.train(gpu, &k, &c, Epilogue::None, &y32);
+        assert_eq!(bits(&got[0]), bits(&rounded(&want[0])), "train y, {s:?}, f32 -> f16");
+        // The backward passes read x (and recompute the PReLU's input) from f16.
+        t.train(gpu, &k, &c, Epilogue::None, &y32);
+        half.train(gpu, &k, &c, Epilogue::None, &y32);
+        let dalpha = [gpu.zeros("dalpha", &[s.c]), gpu.zeros("dalpha16", &[s.c])];
+        fn prelu<'a>(t: &'a Tensors, dalpha: &'a Tensor) -> BackwardFusion<'a> {
+            BackwardFusion::Prelu { beta: &t.beta, alpha: &t.alpha, dalpha }
+        }
+        for (name, want, got) in [
+            (
+                "plain",
+                t.backward(gpu, &k, &c, BackwardFusion::None, &t.dz),
+                half.backward(gpu, &k, &c, BackwardFusion::None, &half.dz),
+            ),
+            (
+                "prelu",
+                t.backward(gpu, &k, &c, prelu(&t, &dalpha[0]), &t.dz),
+                half.backward(gpu, &k, &c, prelu(&half, &dalpha[1]), &half.dz),
+            ),
+        ] {
+            for j in 0..3 {
+                assert_eq!(bits(&got[j]), bits(&want[j]), "backward {name} {j}, {s:?}");
+            }
+        }
+        assert_eq!(bits(&read(gpu, &dalpha[1])), bits(&read(gpu, &dalpha[0])), "dalpha, {s:?}");
+    }
+}
+
+#[test]
+fn activations_stored_otherwise_are_refused() {
+    let Some(gpu) = gpu() else { return };
+    let k = BatchNormKernels::new(gpu);
+    let bn = BatchNorm::default();
+    let s = BatchNormShape { n: 2, c: 3, hw: 4 };
+    let c = Case::new(s, 950);
+    let t = Tensors::new(gpu, &c);
+    let full = [s.n, s.c, s.hw];
+    let (x16, y) = (gpu.zeros_as("x16", &full, Elem::F16), gpu.zeros("y", &full));
+    let (g, b, rm, rv, sm, sv) = (&t.gamma, &t.beta, &t.running_mean, &t.running_var, &t.save_mean, &t.save_var);
+    // A residual stored otherwise than the input.
+    let e = message(k.forward_eval(gpu, &s, &bn, &x16, g, b, Epilogue::Add(&t.residual), rm, rv, &y));
+    assert!(e.contains("residual holds f32 elements, the kernel takes f16"), "{e}");
+    // Gradients are f32.
+    let (dx16, d) = (gpu.zeros_as("dx16", &full, Elem::F16), gpu.zeros("d", &[s.c]));
+    let e = message(k.backward(
+        gpu,
+        &s,
+        &bn,
+        &t.x,
+        g,
+        sm,
+        sv,
+        BackwardFusion::None,
+        &t.dz,
+        &dx16,
+        Some(&d),
+        &d,
+        &t.scratch,
+    ));
+    assert!(e.contains("dx16 holds f16 elements, the kernel takes f32"), "{e}");
 }

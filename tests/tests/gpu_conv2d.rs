@@ -13,7 +13,7 @@
 
 use elasticface::gpu::kernels::conv2d::{Conv2d, ConvOp, ConvPrecision, ConvTiling, TileShape};
 use elasticface::gpu::kernels::Dispatch;
-use elasticface::gpu::{Gpu, Tensor};
+use elasticface::gpu::{Elem, Gpu, Tensor};
 use elasticface_core::nn::{self, Conv2dShape};
 use elasticface_tests::{gpu, uniform};
 
@@ -73,12 +73,26 @@ fn tilings(gpu: &Gpu) -> Vec<(String, ConvTiling)> {
 }
 
 /// Checks `got` against `want` element by element with the bound above; returns (max |error|, max error/bound).
-fn check(what: &str, got: &[f32], want: &[f32], abs_sum: &[f32], terms: usize, slack: f32) -> (f32, f32) {
+/// `stored`: the rounding of the stored result, relative and absolute: none for f32; for f16 (mixed precision's
+/// activations) half an ulp, `2^-11 |g|` for a normal value and `2^-25` below `2^-14` (subnormals). A sum `g`
+/// within the bound `B` of `want` is stored within `2^-11 (|want| + B) + 2^-25` of itself, so the bound becomes
+/// `B (1 + 2^-11) + 2^-11 |want| + 2^-25`: still rigorous.
+fn check(
+    what: &str,
+    got: &[f32],
+    want: &[f32],
+    abs_sum: &[f32],
+    terms: usize,
+    slack: f32,
+    stored: (f32, f32),
+) -> (f32, f32) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     let (mut max_err, mut max_ratio) = (0.0f32, 0.0f32);
     for (i, ((&g, &w), &a)) in got.iter().zip(want).zip(abs_sum).enumerate() {
         let err = (g - w).abs();
-        let bound = slack * (terms + 1) as f32 * f32::EPSILON * a * 1.01;
+        let sum_bound = slack * (terms + 1) as f32 * f32::EPSILON * a * 1.01;
+        let (relative, absolute) = stored;
+        let bound = sum_bound * (1.0 + relative) + relative * w.abs() + absolute;
         assert!(err <= bound, "{what}: element {i}: gpu {g}, core {w}, |error| {err:e} > bound {bound:e}");
         max_err = max_err.max(err);
         if bound > 0.0 {
@@ -223,6 +237,7 @@ fn cooperative_matrix_layout_matches_the_core_with_fragments_as_loops() {
 fn mixed_operands_round_to_f16_as_the_core_does() {
     let Some(gpu) = gpu() else { return };
     let conv = Conv2d::mixed(gpu).unwrap();
+    assert_eq!(conv.activations(), Elem::F16);
     let ulp = |v: f32| 2f32.powi(v.abs().log2().floor() as i32 - 10);
     // (A zero's sign is not compared: the kernels add each product to a +0 accumulator.)
     let mut xv = vec![0.0, 1.0, -1.5, 0.1, 1.0 / 3.0, 65504.0, -65504.0, 65519.0, 65520.0, -70000.0, 1e30];
@@ -234,13 +249,15 @@ fn mixed_operands_round_to_f16_as_the_core_does() {
     let tiny = 2f32.powi(-24);
     xv.extend([tiny, tiny / 2.0, tiny * 0.51, tiny * 1.5, tiny * 2.5, 2f32.powi(-14) - tiny / 2.0, -tiny * 3.5]);
     xv.extend(uniform(77, 64).iter().map(|v| v * 3.0e-4));
-    let s = shape(1, 1, (1, xv.len()), 1, (1, 1), 1, 0);
-    let x = gpu.upload("x", &[1, 1, 1, xv.len()], &xv);
-    let weight = gpu.upload("weight", &[1, 1, 1, 1], &[1.0f32]);
-    let y = gpu.zeros("y", &[xv.len()]);
+    // The values as the weights (f32, rounded by the kernels) of a 1x1 convolution of a single input of 1 (the
+    // activations are stored as f16 already): each output is one weight as the kernels rounded it, stored exactly.
+    let s = shape(1, 1, (1, 1), xv.len(), (1, 1), 1, 0);
+    let x = gpu.upload_f16("x", &[1, 1, 1, 1], &[1.0]);
+    let weight = gpu.upload("weight", &[xv.len(), 1, 1, 1], &xv);
+    let y = gpu.zeros_as("y", &[1, xv.len(), 1, 1], Elem::F16);
     let scratch = scratch(gpu, &conv, &s);
     run(gpu, &conv.forward(gpu, &s, &x, &weight, &y, &scratch).unwrap());
-    let got: Vec<f32> = gpu.read(&y).unwrap();
+    let got = gpu.read_f32(&y).unwrap();
     let mut want = xv.clone();
     nn::round_to_f16(&mut want);
     for (i, ((g, w), x)) in got.iter().zip(&want).zip(&xv).enumerate() {
@@ -251,7 +268,8 @@ fn mixed_operands_round_to_f16_as_the_core_does() {
 }
 
 /// Runs `conv`'s three kernels on every test shape and checks them against the core (on f16-rounded operands
-/// when `f16`, with the bound doubled); returns the worst (|error|, error / bound) of each kernel.
+/// when `f16`, with the bound doubled and the activations stored as f16); returns the worst (|error|,
+/// error / bound) of each kernel.
 fn compare_with_core(gpu: &Gpu, conv: &Conv2d, name: &str, f16: bool) -> [(f32, f32); 3] {
     compare_shapes_with_core(gpu, conv, name, f16, &shapes())
 }
@@ -265,6 +283,8 @@ fn compare_shapes_with_core(
     shapes: &[Conv2dShape],
 ) -> [(f32, f32); 3] {
     let slack = if f16 { 2.0 } else { 1.0 };
+    let (act, stored) = if f16 { (Elem::F16, (2f32.powi(-11), 2f32.powi(-25))) } else { (Elem::F32, (0.0, 0.0)) };
+    assert_eq!(conv.activations(), act, "{name}");
     let rounded = |mut v: Vec<f32>| {
         if f16 {
             nn::round_to_f16(&mut v);
@@ -276,11 +296,15 @@ fn compare_shapes_with_core(
         let seed = 10 * case as u64;
         let (xv, wv, dyv) =
             (uniform(seed, s.input_len()), uniform(seed + 1, s.weight_len()), uniform(seed + 2, s.output_len()));
-        let x = gpu.upload("x", &[s.n, s.c_in, s.h, s.w], &xv);
+        // Stored as f16, x holds the rounded values the core is given below.
+        let x = match act {
+            Elem::F32 => gpu.upload("x", &[s.n, s.c_in, s.h, s.w], &xv),
+            Elem::F16 => gpu.upload_f16("x", &[s.n, s.c_in, s.h, s.w], &xv),
+        };
         let weight = gpu.upload("weight", &[s.c_out, s.c_in, s.kh, s.kw], &wv);
         let dy = gpu.upload("dy", &[s.n, s.c_out, s.out_h(), s.out_w()], &dyv);
         let (y, dx, dw) = (
-            gpu.zeros("y", &[s.output_len()]),
+            gpu.zeros_as("y", &[s.output_len()], act),
             gpu.zeros("dx", &[s.input_len()]),
             gpu.zeros("dweight", &[s.weight_len()]),
         );
@@ -296,19 +320,22 @@ fn compare_shapes_with_core(
         nn::conv2d_forward(s, &xv, &wv, &mut want).unwrap();
         nn::conv2d_forward(s, &abs(&xv), &abs(&wv), &mut sum).unwrap();
         let terms = s.c_in * s.kh * s.kw + splits(ConvOp::Forward);
-        let e0 = check(&format!("{name} forward {s:?}"), &gpu.read(&y).unwrap(), &want, &sum, terms, slack);
+        let got = gpu.read_f32(&y).unwrap();
+        let e0 = check(&format!("{name} forward {s:?}"), &got, &want, &sum, terms, slack, stored);
 
         let (mut want, mut sum) = (vec![0.0; s.input_len()], vec![0.0; s.input_len()]);
         nn::conv2d_backward_data(s, &dyv, &wv, &mut want).unwrap();
         nn::conv2d_backward_data(s, &abs(&dyv), &abs(&wv), &mut sum).unwrap();
         let terms = s.c_out * s.kh * s.kw + splits(ConvOp::BackwardData);
-        let e1 = check(&format!("{name} backward_data {s:?}"), &gpu.read(&dx).unwrap(), &want, &sum, terms, slack);
+        let got = gpu.read(&dx).unwrap();
+        let e1 = check(&format!("{name} backward_data {s:?}"), &got, &want, &sum, terms, slack, (0.0, 0.0));
 
         let (mut want, mut sum) = (vec![0.0; s.weight_len()], vec![0.0; s.weight_len()]);
         nn::conv2d_backward_weight(s, &dyv, &xv, &mut want).unwrap();
         nn::conv2d_backward_weight(s, &abs(&dyv), &abs(&xv), &mut sum).unwrap();
         let terms = s.n * s.out_h() * s.out_w() + splits(ConvOp::BackwardWeight);
-        let e2 = check(&format!("{name} backward_weight {s:?}"), &gpu.read(&dw).unwrap(), &want, &sum, terms, slack);
+        let got = gpu.read(&dw).unwrap();
+        let e2 = check(&format!("{name} backward_weight {s:?}"), &got, &want, &sum, terms, slack, (0.0, 0.0));
 
         for (w, e) in worst.iter_mut().zip([e0, e1, e2]) {
             *w = (w.0.max(e.0), w.1.max(e.1));
@@ -409,6 +436,12 @@ fn wrong_tensors_are_refused_naming_them() {
     assert!(e.contains("scratch has 1 elements"), "{e}");
     let e = message(conv.backward_weight(gpu, &s, &dy, &x, &dw, &dw));
     assert!(e.contains("dweight is the scratch"), "{e}");
+    // Activations stored otherwise than the kernels store them (f16 for f32 kernels), or an f16 gradient.
+    let half = |label: &str, len: usize| gpu.zeros_as(label, &[len], Elem::F16);
+    let e = message(conv.forward(gpu, &s, &half("x", s.input_len()), &weight, &y, &scratch));
+    assert!(e.contains("conv2d_forward: x holds f16 elements, the kernel takes f32"), "{e}");
+    let e = message(conv.backward_data(gpu, &s, &half("dy", s.output_len()), &weight, &dx, &scratch));
+    assert!(e.contains("conv2d_backward_data: dy holds f16 elements"), "{e}");
     // An impossible shape.
     let e = message(conv.forward(gpu, &Conv2dShape { stride: 0, ..s }, &x, &weight, &y, &scratch));
     assert!(e.contains("conv2d_forward: invalid shape"), "{e}");

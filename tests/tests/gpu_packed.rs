@@ -8,7 +8,7 @@
 
 use elasticface::gpu::kernels::sgd::{sum_of_squares_partials, GradClip, SgdKernels, CLIP_COEFFICIENT};
 use elasticface::gpu::kernels::Dispatch;
-use elasticface::gpu::{Gpu, GpuOptions, Packed, Tensor};
+use elasticface::gpu::{Elem, Gpu, GpuOptions, Packed, Tensor};
 use elasticface_core::nn::{clip_coefficient, sum_of_squares, Sgd};
 use elasticface_tests::{gpu, uniform};
 
@@ -194,4 +194,36 @@ fn clipping_packed_gradients_takes_two_dispatches_per_group_and_matches_the_core
     let want: Vec<Vec<f32>> = before.iter().map(|t| t.iter().map(|v| v * got_coefficient).collect()).collect();
     assert_eq!(bits(&after), bits(&want));
     assert!(gaps_zero);
+}
+
+/// f16 tensors (mixed precision's activations): written rounded to nearest, ties to even, as the core's
+/// `round_to_f16`; read back exactly; viewed inside f32 buffers by bytes; never written past their end.
+#[test]
+fn f16_tensors_round_as_the_core_and_stay_in_their_bytes() {
+    let Some(gpu) = gpu() else { return };
+    // Ties, subnormals, overflow and odd lengths.
+    let values: Vec<f32> = vec![1.0 + 2f32.powi(-11), 1.0 + 3.0 * 2f32.powi(-11), 2f32.powi(-25), 65520.0, -0.1, 7.0];
+    let mut want = values.clone();
+    elasticface_core::nn::round_to_f16(&mut want);
+    for len in [values.len(), values.len() - 1] {
+        let t = gpu.upload_f16("t", &[len], &values[..len]);
+        assert_eq!((t.elem, t.bytes()), (Elem::F16, 2 * len as u64));
+        let got = gpu.read_f32(&t).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&got), bits(&want[..len]), "length {len}");
+    }
+    // A view of 3 f16 values at the start of an f32 tensor of 4: its bytes only; an odd-length view cannot be
+    // written in whole words without touching its neighbour, so it is refused, and the neighbour keeps its bits.
+    let words = gpu.upload("words", &[4], &[1.5f32, 2.5, 3.5, 4.5]);
+    let half = words.view_as("half", &[3], Elem::F16).unwrap();
+    assert_eq!(half.bytes(), 6);
+    let e = gpu.write_f32_as(&half, &[1.0, 2.0, 3.0]).unwrap_err().to_string();
+    assert!(e.contains("half: an f16 view of odd length (3)"), "{e}");
+    let even = words.view_as("even", &[4], Elem::F16).unwrap();
+    gpu.write_f32_as(&even, &[1.0, 2.0, 3.0, 4.0]).unwrap();
+    assert_eq!(gpu.read_f32(&even).unwrap(), [1.0, 2.0, 3.0, 4.0]);
+    assert_eq!(gpu.read::<f32>(&words).unwrap()[2..], [3.5, 4.5]);
+    // More f16 elements than the bytes hold, and an f16 tensor read as words, are refused.
+    assert!(words.view_as("long", &[9], Elem::F16).is_err());
+    assert!(gpu.read::<f32>(&even).unwrap_err().to_string().contains("holds f16 elements"));
 }

@@ -2,8 +2,8 @@
 //! value up in a table made by the core function), so every comparison is exact.
 
 use elasticface::gpu::kernels::preprocess::Preprocess;
-use elasticface::gpu::Gpu;
-use elasticface_core::nn::{preprocess_image, ImageShape};
+use elasticface::gpu::{Elem, Gpu};
+use elasticface_core::nn::{preprocess_image, round_to_f16, ImageShape};
 use elasticface_tests::{gpu, uniform};
 
 /// `n` random images of shape `s`, back to back.
@@ -22,14 +22,19 @@ fn core(s: &ImageShape, bytes: &[u8], flips: &[u32]) -> Vec<f32> {
 
 /// The GPU's output for the batch.
 fn run(gpu: &Gpu, k: &Preprocess, s: &ImageShape, bytes: &[u8], flips: &[u32]) -> Vec<f32> {
+    run_as(gpu, k, s, bytes, flips, Elem::F32)
+}
+
+/// The GPU's output for the batch, stored as `elem`.
+fn run_as(gpu: &Gpu, k: &Preprocess, s: &ImageShape, bytes: &[u8], flips: &[u32], elem: Elem) -> Vec<f32> {
     let n = flips.len();
     let words = Preprocess::pack(bytes);
     assert_eq!(words.len(), Preprocess::words(n, s));
     let t_images = gpu.upload("images", &[words.len()], &words);
     let t_flip = gpu.upload("flip", &[n], flips);
-    let out = gpu.zeros("out", &[n, 3, s.h, s.w]);
+    let out = gpu.zeros_as("out", &[n, 3, s.h, s.w], elem);
     gpu.run(&[&k.forward(gpu, n, s, &t_images, &t_flip, &out).unwrap()]).unwrap();
-    gpu.read(&out).unwrap()
+    gpu.read_f32(&out).unwrap()
 }
 
 /// The error message of a refused call.
@@ -56,6 +61,22 @@ fn every_byte_value_matches_the_core_exactly() {
     let bytes: Vec<u8> = (0..256usize).flat_map(|i| [i as u8, 255 - i as u8, (i * 7 % 256) as u8]).collect();
     for flip in [0, 1] {
         assert_eq!(bits(&run(gpu, &k, &s, &bytes, &[flip])), bits(&core(&s, &bytes, &[flip])), "flip {flip}");
+    }
+}
+
+/// Stored as f16 (mixed precision's input), every byte's value is the core's rounded by `round_to_f16`.
+#[test]
+fn every_byte_value_stored_as_f16_is_the_core_rounded() {
+    let Some(gpu) = gpu() else { return };
+    let k = Preprocess::new(gpu);
+    let s = ImageShape { h: 16, w: 16 };
+    let bytes: Vec<u8> = (0..256usize).flat_map(|i| [i as u8, 255 - i as u8, (i * 7 % 256) as u8]).collect();
+    for flip in [0, 1] {
+        let mut want = core(&s, &bytes, &[flip]);
+        let exact = want.clone();
+        round_to_f16(&mut want);
+        assert_ne!(want, exact, "some values are not f16 values");
+        assert_eq!(bits(&run_as(gpu, &k, &s, &bytes, &[flip], Elem::F16)), bits(&want), "flip {flip}");
     }
 }
 

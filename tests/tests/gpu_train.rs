@@ -34,7 +34,7 @@ use elasticface::gpu::kernels::conv2d::{ConvPrecision, ConvTileChoice, TileShape
 use elasticface::gpu::kernels::winograd::WinogradTileChoice;
 use elasticface::gpu::{Gpu, GpuOptions};
 use elasticface::train::cpu::CpuBackend;
-use elasticface::train::gpu::{activation_len, gradient_buffer_len, GpuBackend, LossScale};
+use elasticface::train::gpu::{activation_bytes, gradient_buffer_len, GpuBackend, LossScale};
 use elasticface::train::Backend;
 use elasticface_core::margin::MarginConfig;
 use elasticface_core::model::{IResNetConfig, StepConfig, TensorKind};
@@ -484,14 +484,26 @@ fn setup_is_checked_and_memory_follows_the_formula() {
     let (b, classes) = (6, 11);
     let mut g = GpuBackend::new(gpu, &TINY, b, classes, step_cfg(), 1).unwrap();
     let m = g.memory();
-    assert_eq!(m.activations, 4 * activation_len(&TINY, b, g.winograd()) as u64);
+    let f32 = ConvPrecision::F32;
+    assert_eq!(m.activations, activation_bytes(&TINY, b, g.winograd(), f32));
     // Blocks whose conv2 runs as Winograd keep no PReLU output; switching the layers back and forth reallocates
     // exactly those.
     for winograd in [Some(1), Some(16), None] {
         g.set_winograd(winograd).unwrap();
-        assert_eq!(g.memory().activations, 4 * activation_len(&TINY, b, winograd) as u64, "{winograd:?}");
+        assert_eq!(g.memory().activations, activation_bytes(&TINY, b, winograd, f32), "{winograd:?}");
     }
-    assert!(activation_len(&TINY, b, Some(1)) < activation_len(&TINY, b, None));
+    assert!(activation_bytes(&TINY, b, Some(1), f32) < activation_bytes(&TINY, b, None, f32));
+    // Mixed precision stores the convolutions' activations as f16 (and runs no Winograd): switching reallocates
+    // them, and back.
+    g.set_winograd(Some(1)).unwrap();
+    g.set_precision(ConvPrecision::Mixed).unwrap();
+    let mixed = activation_bytes(&TINY, b, Some(1), ConvPrecision::Mixed);
+    assert_eq!(g.memory().activations, mixed);
+    assert_eq!(mixed, activation_bytes(&TINY, b, None, ConvPrecision::Mixed));
+    assert!(mixed < activation_bytes(&TINY, b, None, f32));
+    g.set_precision(f32).unwrap();
+    assert_eq!(g.memory().activations, activation_bytes(&TINY, b, Some(1), f32));
+    g.set_winograd(None).unwrap();
     assert_eq!(m.gradient_buffers, 4 * 4 * gradient_buffer_len(&TINY, b) as u64);
     // The state, and a gradient and momentum per trainable float; packed tensors start aligned, so each of the three
     // packs' tensors and the running statistics may leave a gap shorter than the alignment before the next.

@@ -19,7 +19,7 @@ use crate::gpu::kernels::prelu::Prelu;
 use crate::gpu::kernels::residual::Residual;
 use crate::gpu::kernels::winograd::{Winograd, WinogradWorkspace};
 use crate::gpu::kernels::Dispatch;
-use crate::gpu::{Gpu, Tensor};
+use crate::gpu::{Elem, Gpu, Tensor};
 
 /// One benchmark case: a kernel family on one shape.
 pub struct KernelCase {
@@ -105,18 +105,21 @@ pub fn kernel_cases(gpu: &Gpu, n: usize, shrink: usize, tile: ConvTileChoice) ->
     {
         let hw = (hw / shrink).max(k);
         let s = Conv2dShape { n, c_in, h: hw, w: hw, c_out, kh: k, kw: k, stride, pad };
-        let (x, w, y) =
-            (gpu.zeros("x", &[s.input_len()]), gpu.zeros("w", &[s.weight_len()]), gpu.zeros("y", &[s.output_len()]));
+        // The activations x and y as the kernels store them (f16 in mixed precision); gradients in f32.
+        let act = conv.activations();
+        let (x, y) = (gpu.zeros_as("x", &[s.input_len()], act), gpu.zeros_as("y", &[s.output_len()], act));
+        let (dx, dy) = (gpu.zeros("dx", &[s.input_len()]), gpu.zeros("dy", &[s.output_len()]));
+        let w = gpu.zeros("w", &[s.weight_len()]);
         let scratch = gpu.zeros("scratch", &[conv.scratch_len(gpu, &s)?.max(1)]);
         let shape = format!("N={n} {c_in}->{c_out} {hw}x{hw} k{k} s{stride}");
         let flops = conv2d::flops(&s) as f64;
-        let bytes = 4.0 * (s.input_len() + s.weight_len() + s.output_len()) as f64;
+        let bytes = (x.bytes() + w.bytes() + y.bytes()) as f64;
         let mut ops = vec![("conv2d_forward", conv.forward(gpu, &s, &x, &w, &y, &scratch)?)];
         // Training never needs the input image's gradient: the stem runs no backward_data.
         if c_in != 3 {
-            ops.push(("conv2d_backward_data", conv.backward_data(gpu, &s, &y, &w, &x, &scratch)?));
+            ops.push(("conv2d_backward_data", conv.backward_data(gpu, &s, &dy, &w, &dx, &scratch)?));
         }
-        ops.push(("conv2d_backward_weight", conv.backward_weight(gpu, &s, &y, &x, &w, &scratch)?));
+        ops.push(("conv2d_backward_weight", conv.backward_weight(gpu, &s, &dy, &x, &w, &scratch)?));
         // The f32 Winograd passes of the 3x3 stride-1 layers, F(2x2) (`winograd_*`) and F(4x4) (`winograd4_*`),
         // timed against the same FLOP count (the direct convolution's: an effective rate, comparable with the
         // direct kernels').
@@ -131,8 +134,8 @@ pub fn kernel_cases(gpu: &Gpu, n: usize, shrink: usize, tile: ConvTileChoice) ->
                     winograd.run(gpu, conv, op, &s, tile, inputs, None, out, &ws)
                 };
                 ops.push((names[0], run(ConvOp::Forward, [&x, &w], &y)?));
-                ops.push((names[1], run(ConvOp::BackwardData, [&y, &w], &x)?));
-                ops.push((names[2], run(ConvOp::BackwardWeight, [&y, &x], &w)?));
+                ops.push((names[1], run(ConvOp::BackwardData, [&dy, &w], &dx)?));
+                ops.push((names[2], run(ConvOp::BackwardWeight, [&dy, &x], &w)?));
             }
         }
         for (kernel, dispatches) in ops {
@@ -221,6 +224,20 @@ pub fn kernel_cases(gpu: &Gpu, n: usize, shrink: usize, tile: ConvTileChoice) ->
         ));
         let bwd = prelu.backward(gpu, &s, &x, &gamma, &dy, &dx, &dg, &scratch)?;
         cases.push(KernelCase::elementwise("prelu_backward", &shape, len, 3.0, 12.0, bwd.into()));
+        // Mixed precision's batch norms: the activations (x, the residual, y) stored as f16.
+        if gpu.caps.mixed_precision() {
+            let half = |name: &str| gpu.zeros_as(name, &[len], Elem::F16);
+            let (x, y, r) = (half("x"), half("y"), half("residual"));
+            let forward =
+                |then| bn.forward_train(gpu, &s, &cfg, &x, &gamma, &beta, then, &rm, &rv, &y, &mean, &var, &scratch);
+            let prelu = forward(Epilogue::Prelu(&gamma))?.into();
+            cases.push(kernel("batchnorm_prelu_forward_train (f16)", &shape, len, 6.0, 6.0, prelu));
+            let add = forward(Epilogue::Add(&r))?.into();
+            cases.push(kernel("batchnorm_add_forward_train (f16)", &shape, len, 6.0, 8.0, add));
+            let fusion = BackwardFusion::Prelu { beta: &beta, alpha: &gamma, dalpha: &db };
+            let bwd = bn.backward(gpu, &s, &cfg, &x, &gamma, &mean, &var, fusion, &dy, &dx, Some(&dg), &db, &scratch);
+            cases.push(kernel("batchnorm_prelu_backward (f16)", &shape, len, 16.0, 16.0, bwd?.into()));
+        }
     }
     Ok(cases)
 }

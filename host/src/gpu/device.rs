@@ -239,9 +239,10 @@ impl Gpu {
 }
 
 impl Capabilities {
-    /// Whether the convolutions can run in mixed precision: on cooperative matrices, or emulated.
+    /// Whether the convolutions can run in mixed precision: on cooperative matrices, or emulated, with f16 in
+    /// shaders for the activations.
     pub fn mixed_precision(&self) -> bool {
-        self.cooperative_matrix || self.emulated_tensor_cores
+        (self.cooperative_matrix || self.emulated_tensor_cores) && self.f16
     }
 }
 

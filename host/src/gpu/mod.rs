@@ -10,4 +10,4 @@ mod tensor;
 
 pub use device::{adapters, AdapterLine, Capabilities, Gpu, GpuOptions};
 pub use split::SplitTensor;
-pub use tensor::{Packed, Tensor};
+pub use tensor::{Elem, Packed, Tensor};

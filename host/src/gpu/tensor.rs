@@ -6,7 +6,8 @@ use wgpu::util::DeviceExt;
 
 use super::Gpu;
 
-/// A range of `f32` or `u32` elements of a buffer on the GPU, with its shape and a label that names it in errors.
+/// A range of elements of a buffer on the GPU (4-byte `f32`, `u32` or `i32`, or `f16`: see [`Elem`]), with its
+/// shape and a label that names it in errors.
 ///
 /// Most tensors own their buffer from its start (`offset` 0). A tensor of a [`Packed`] group, and any view of it,
 /// starts further in. A dispatch binds exactly the tensor's bytes, `offset..offset + bytes` ([`Tensor::binding`]).
@@ -17,26 +18,76 @@ pub struct Tensor {
     pub offset: u64,
     /// Shape, outermost first; `len` is their product.
     pub shape: Vec<usize>,
-    /// Number of 4-byte elements.
+    /// Number of elements.
     pub len: usize,
+    /// What an element is.
+    pub elem: Elem,
     /// What it is, e.g. `layer2.0.conv1.weight`.
     pub label: String,
+}
+
+/// What a tensor's elements are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Elem {
+    /// 4 bytes: `f32` (or the bits of a `u32` or `i32`).
+    F32,
+    /// 2 bytes: IEEE half precision, `f16` in WGSL (needs
+    /// [`Capabilities::f16`](super::Capabilities)): mixed precision's activations.
+    F16,
+}
+
+impl Elem {
+    /// Bytes per element.
+    pub fn size(self) -> u64 {
+        match self {
+            Elem::F32 => 4,
+            Elem::F16 => 2,
+        }
+    }
+
+    /// The WGSL scalar type.
+    pub fn wgsl(self) -> &'static str {
+        match self {
+            Elem::F32 => "f32",
+            Elem::F16 => "f16",
+        }
+    }
+}
+
+impl std::fmt::Display for Elem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.wgsl())
+    }
+}
+
+/// Bytes an allocation of `len` elements of `elem` reserves: at least one 4-byte word (wgpu rejects empty
+/// bindings), and a whole number of them (storage bindings are sized in words).
+fn allocation_bytes(len: usize, elem: Elem) -> u64 {
+    (elem.size() * len as u64).max(4).next_multiple_of(4)
 }
 
 impl Tensor {
     /// Size in bytes.
     pub fn bytes(&self) -> u64 {
-        4 * self.len as u64
+        self.elem.size() * self.len as u64
     }
 
-    /// The bytes a dispatch binds: the tensor's range of its buffer (one element for an empty tensor, as wgpu
-    /// rejects empty bindings; every allocation reserves it).
+    /// The bytes a dispatch binds: the tensor's range of its buffer, rounded up to whole 4-byte words (one word
+    /// for an empty tensor, as wgpu rejects empty bindings; every allocation reserves it).
     pub fn binding(&self) -> wgpu::BindingResource<'_> {
         wgpu::BindingResource::Buffer(wgpu::BufferBinding {
             buffer: &self.buffer,
             offset: self.offset,
-            size: wgpu::BufferSize::new(self.bytes().max(4)),
+            size: wgpu::BufferSize::new(allocation_bytes(self.len, self.elem)),
         })
+    }
+
+    /// Errors unless the elements are `elem`, naming the tensor and `kernel`.
+    pub fn expect_elem(&self, kernel: &str, elem: Elem) -> Result<()> {
+        if self.elem != elem {
+            bail!("{kernel}: {} holds {} elements, the kernel takes {elem}", self.label, self.elem);
+        }
+        Ok(())
     }
 
     /// The first `shape.iter().product()` elements of this tensor seen as a tensor of `shape`, on the same buffer
@@ -46,12 +97,23 @@ impl Tensor {
     /// gradient buffer holding a smaller layer's gradient. A dispatch binds the view's elements only. Errors when
     /// the view is longer than the tensor.
     pub fn view(&self, label: &str, shape: &[usize]) -> Result<Tensor> {
+        self.view_as(label, shape, self.elem)
+    }
+
+    /// [`Self::view`] with elements of `elem`: the first bytes of this tensor, as many as `shape` of `elem`
+    /// take (e.g. f16 values in a buffer of f32 gradients). Errors when they are more than the tensor's bytes.
+    pub fn view_as(&self, label: &str, shape: &[usize], elem: Elem) -> Result<Tensor> {
         let len = shape.iter().product::<usize>();
-        if len > self.len {
-            bail!("{label}: a view of {len} elements {shape:?} of {}, which has {}", self.label, self.len);
+        if elem.size() * len as u64 > self.bytes() {
+            bail!(
+                "{label}: a view of {len} {elem} elements {shape:?} of {}, which has {} {}",
+                self.label,
+                self.len,
+                self.elem
+            );
         }
         let buffer = self.buffer.clone();
-        Ok(Tensor { buffer, offset: self.offset, shape: shape.to_vec(), len, label: label.to_string() })
+        Ok(Tensor { buffer, offset: self.offset, shape: shape.to_vec(), len, elem, label: label.to_string() })
     }
 }
 
@@ -59,17 +121,71 @@ const USAGE: wgpu::BufferUsages =
     wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_SRC).union(wgpu::BufferUsages::COPY_DST);
 
 impl Gpu {
-    /// A zero-filled tensor of `shape`.
+    /// A zero-filled tensor of `shape` (4-byte elements).
     pub fn zeros(&self, label: &str, shape: &[usize]) -> Tensor {
+        self.zeros_as(label, shape, Elem::F32)
+    }
+
+    /// A zero-filled tensor of `shape` with elements of `elem`.
+    pub fn zeros_as(&self, label: &str, shape: &[usize], elem: Elem) -> Tensor {
         let len = shape.iter().product::<usize>();
-        // wgpu rejects empty bindings: an empty tensor still gets one element.
         let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
-            size: 4 * len.max(1) as u64,
+            size: allocation_bytes(len, elem),
             usage: USAGE,
             mapped_at_creation: false,
         });
-        Tensor { buffer, offset: 0, shape: shape.to_vec(), len, label: label.to_string() }
+        Tensor { buffer, offset: 0, shape: shape.to_vec(), len, elem, label: label.to_string() }
+    }
+
+    /// A tensor of `shape` holding `data` rounded to f16 (to nearest, ties to even: as
+    /// [`elasticface_core::nn::round_to_f16`]).
+    pub fn upload_f16(&self, label: &str, shape: &[usize], data: &[f32]) -> Tensor {
+        let t = self.zeros_as(label, shape, Elem::F16);
+        self.write_f32_as(&t, data).expect("the tensor was made for the data");
+        t
+    }
+
+    /// Overwrites a tensor's contents with `data`, stored as its elements are: f32 as they are, f16 rounded to
+    /// nearest (ties to even). Writes go in whole 4-byte words: an f16 tensor of odd length is refused unless it
+    /// ends its buffer (then the half word after it is padding, zeroed), so that no neighbour is overwritten.
+    pub fn write_f32_as(&self, t: &Tensor, data: &[f32]) -> Result<()> {
+        match t.elem {
+            Elem::F32 => self.write(t, data),
+            Elem::F16 => {
+                if data.len() != t.len {
+                    bail!("{}: writing {} elements into a tensor of {}", t.label, data.len(), t.len);
+                }
+                let end = t.offset + allocation_bytes(t.len, t.elem);
+                if t.len % 2 == 1 && end != t.buffer.size() {
+                    bail!("{}: an f16 view of odd length ({}) cannot be written in whole words", t.label, t.len);
+                }
+                let mut bytes: Vec<u8> = data.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect();
+                bytes.resize(allocation_bytes(t.len, t.elem) as usize, 0);
+                self.queue.write_buffer(&t.buffer, t.offset, &bytes);
+                Ok(())
+            }
+        }
+    }
+
+    /// Reads a tensor of f32 or f16 elements back as f32 (f16 exactly; waits for the GPU).
+    pub fn read_f32(&self, t: &Tensor) -> Result<Vec<f32>> {
+        match t.elem {
+            Elem::F32 => self.read(t),
+            Elem::F16 => {
+                let words = Tensor {
+                    buffer: t.buffer.clone(),
+                    offset: t.offset,
+                    shape: vec![t.len.div_ceil(2)],
+                    len: t.len.div_ceil(2),
+                    elem: Elem::F32,
+                    label: t.label.clone(),
+                };
+                let words: Vec<u32> = self.read(&words)?;
+                let halves = words.iter().flat_map(|w| [*w as u16, (*w >> 16) as u16]);
+                Ok(halves.take(t.len).map(|h| half::f16::from_bits(h).to_f32()).collect())
+            }
+        }
     }
 
     /// A tensor of `shape` holding `data` (4-byte elements: `f32`, `u32` or `i32`).
@@ -85,12 +201,12 @@ impl Gpu {
             contents: bytemuck::cast_slice(data),
             usage: USAGE,
         });
-        Tensor { buffer, offset: 0, shape: shape.to_vec(), len, label: label.to_string() }
+        Tensor { buffer, offset: 0, shape: shape.to_vec(), len, elem: Elem::F32, label: label.to_string() }
     }
 
-    /// Overwrites a tensor's contents.
+    /// Overwrites a tensor's contents (4-byte elements).
     pub fn write<T: bytemuck::Pod>(&self, t: &Tensor, data: &[T]) -> Result<()> {
-        if data.len() != t.len || std::mem::size_of::<T>() != 4 {
+        if data.len() != t.len || std::mem::size_of::<T>() != 4 || t.elem != Elem::F32 {
             bail!("{}: writing {} elements into a tensor of {}", t.label, data.len(), t.len);
         }
         self.queue.write_buffer(&t.buffer, t.offset, bytemuck::cast_slice(data));
@@ -117,7 +233,10 @@ impl Gpu {
     }
 
     fn submit_and_read_all<T: bytemuck::Pod>(&self, mut enc: wgpu::CommandEncoder, ts: &[&Tensor]) -> Result<Vec<T>> {
-        assert_eq!(std::mem::size_of::<T>(), 4, "tensors hold 4-byte elements");
+        assert_eq!(std::mem::size_of::<T>(), 4, "read as 4-byte elements");
+        if let Some(t) = ts.iter().find(|t| t.elem != Elem::F32) {
+            bail!("{}: holds {} elements, read as 4-byte ones (`Gpu::read_f32` reads f16)", t.label, t.elem);
+        }
         let total: u64 = ts.iter().map(|t| t.bytes()).sum();
         let names = || ts.iter().map(|t| t.label.as_str()).collect::<Vec<_>>().join(", ");
         if total == 0 {
@@ -203,6 +322,7 @@ impl Gpu {
                 offset: 4 * offset as u64,
                 shape: shape.clone(),
                 len: shape.iter().product(),
+                elem: Elem::F32,
                 label: name.clone(),
             })
             .collect();

@@ -70,17 +70,21 @@
 //! than one storage binding ([`Capabilities::max_binding`]) is refused with an error naming it, except the head,
 //! which is split by classes. Besides the state (three times
 //! the parameters with gradients and momentum) and the head (weight, gradient, momentum, normalised copy), a
-//! step keeps the activations the backward pass reads, [`activation_len`] floats for a batch of `B`:
+//! step keeps the activations the backward pass reads, [`activation_bytes`] for a batch of `B`:
 //!
 //! ```text
-//! B * [ 3 H W                                      network input
-//!     + 2 C0 H W                                   stem: conv1 and prelu outputs
-//!     + sum over blocks ( (1 + k) Cout h w         conv1 output, and prelu output unless conv2 runs as
-//!                                                  Winograd (k = 0 then, else 1)
-//!                       + (2 + ds) Cout h' w' )    conv2 output, block output, downsample conv output (ds = 1)
-//!     + C3 (H/16) (W/16) + 2 E ]                   bn2, fc and features outputs
-//! + 2 * (channels of every batch norm)             saved batch mean and variance
+//! a * B * [ 3 H W                                      network input
+//!         + 2 C0 H W                                   stem: conv1 and prelu outputs
+//!         + sum over blocks ( (1 + k) Cout h w         conv1 output, and prelu output unless conv2 runs as
+//!                                                      Winograd (k = 0 then, else 1)
+//!                           + (2 + ds) Cout h' w' ) ]  conv2 output, block output, downsample conv output (ds = 1)
+//! + 4 * B * [ C3 (H/16) (W/16) + 2 E ]                 bn2, fc and features outputs
+//! + 4 * 2 * (channels of every batch norm)             saved batch mean and variance
 //! ```
+//!
+//! `a` is the bytes of an activation: 4 in f32, 2 in mixed precision, whose convolutions read and write their
+//! activations as f16 ([`ConvPrecision::activations`]; the batch norms read and write them as the tensors hold
+//! them, and the tail from bn2's output on is f32, as are gradients, statistics and parameters).
 //!
 //! (`h, w` a block's input size, `h', w'` its output size.) The outputs of the batch norms followed by a PReLU (a
 //! block's bn2, the stem's bn1) or by the residual add (bn3) are never stored: each is computed inside the pass that
@@ -97,7 +101,8 @@
 //! products `P max(C_IN, C_OUT) T` each, `T` the output tiles of the batch and `P` = 36 planes for F(4x4), 16 for
 //! F(2x2), for the largest such layer; for r100 at batch 128 from 128 channels about 0.53 GB with F(4x4), which `auto`
 //! picks for every layer there, and 0.87 GB with F(2x2)). iResNet-100 at batch 128 (112 x 112): 2.34 G floats of
-//! activations (9.35 GB) with every convolution direct, 1.99 G (7.96 GB) with Winograd from 128 channels (the GPU
+//! activations (9.35 GB) with every convolution direct, 4.68 GB as f16 in mixed precision, 1.99 G (7.96 GB) with
+//! Winograd from 128 channels (the GPU
 //! default), 1.94 G (7.75 GB) from 64; 4 x 0.103 G floats of gradient buffers (1.64 GB), besides 0.78 GB of parameters,
 //! gradients and momentum and 0.7 GB of head (85,742 classes); [`GpuBackend::memory`] reports what a backend allocated.
 //!
@@ -133,13 +138,14 @@ use crate::gpu::kernels::sgd::{
 };
 use crate::gpu::kernels::winograd::{InputNorm, Winograd, WinogradLens, WinogradTileChoice, WinogradWorkspace};
 use crate::gpu::kernels::{BufferCopy, Dispatch};
-use crate::gpu::{Gpu, Packed, SplitTensor, Tensor};
+use crate::gpu::{Elem, Gpu, Packed, SplitTensor, Tensor};
 
-/// Floats of the activations a training step keeps for the backward pass, for a batch of `batch`, with the 3x3
-/// stride-1 convolutions of at least `winograd` input and output channels run as Winograd (`None`: none, which is
-/// also what mixed precision runs, whatever [`GpuBackend::winograd`] says): the formula in the
-/// [module documentation](self).
-pub fn activation_len(cfg: &IResNetConfig, batch: usize, winograd: Option<usize>) -> usize {
+/// Bytes of the activations a training step keeps for the backward pass, for a batch of `batch` with the
+/// convolutions in `precision`, with the 3x3 stride-1 convolutions of at least `winograd` input and output channels
+/// run as Winograd (`None`: none, which is also what mixed precision runs, whatever [`GpuBackend::winograd`]
+/// says): the formula in the [module documentation](self).
+pub fn activation_bytes(cfg: &IResNetConfig, batch: usize, winograd: Option<usize>, precision: ConvPrecision) -> u64 {
+    let winograd = winograd.filter(|_| precision == ConvPrecision::F32);
     let (h, w, c0) = (cfg.input_h, cfg.input_w, cfg.widths[0]);
     let stem = 3 * h * w + 2 * c0 * h * w;
     let blocks: usize = cfg
@@ -151,7 +157,8 @@ pub fn activation_len(cfg: &IResNetConfig, batch: usize, winograd: Option<usize>
         })
         .sum();
     let tail = cfg.fc_inputs() + 2 * cfg.embedding;
-    batch * (stem + blocks + tail) + 2 * batchnorm_channels(cfg)
+    let act = precision.activations().size();
+    act * (batch * (stem + blocks)) as u64 + 4 * (batch * tail + 2 * batchnorm_channels(cfg)) as u64
 }
 
 /// The default choice of Winograd layers on `gpu`: those with at least 128 input and output channels on a
@@ -181,7 +188,7 @@ pub struct MemoryUse {
     pub parameters: u64,
     /// The head: weight, gradient, momentum, and the margin head's tensors (normalised centres, scratch).
     pub head: u64,
-    /// The activations kept for the backward pass: `4 * activation_len(cfg, batch, winograd)`.
+    /// The activations kept for the backward pass: [`activation_bytes`].
     pub activations: u64,
     /// The four rotating gradient buffers.
     pub gradient_buffers: u64,
@@ -278,7 +285,12 @@ struct Alloc<'a> {
 
 impl Alloc<'_> {
     fn zeros(&mut self, purpose: Purpose, label: &str, shape: &[usize]) -> Result<Tensor> {
-        let bytes = 4 * shape.iter().product::<usize>() as u64;
+        self.zeros_as(purpose, label, shape, Elem::F32)
+    }
+
+    /// [`Self::zeros`] with elements of `elem`.
+    fn zeros_as(&mut self, purpose: Purpose, label: &str, shape: &[usize], elem: Elem) -> Result<Tensor> {
+        let bytes = elem.size() * shape.iter().product::<usize>() as u64;
         let limit = self.gpu.caps.max_binding.min(self.gpu.caps.max_buffer);
         if bytes > limit {
             bail!(
@@ -286,8 +298,9 @@ impl Alloc<'_> {
                  bytes); train with a smaller batch or a smaller input"
             );
         }
-        self.count(purpose, bytes);
-        Ok(self.gpu.zeros(label, shape))
+        let t = self.gpu.zeros_as(label, shape, elem);
+        self.count(purpose, t.bytes());
+        Ok(t)
     }
 
     /// [`Gpu::packed`], counted.
@@ -571,20 +584,22 @@ impl Net {
         let mut cursor = Cursor { params: &params, next: 0 };
 
         let act = Purpose::Activations;
+        // The activations the convolutions read and write, stored as they store them (f16 in mixed precision).
+        let elem = k.conv.activations();
         let c0 = cfg.widths[0];
         let stem = Stem {
             conv: cursor.module("conv1")?,
             bn: cursor.module("bn1")?,
             prelu: cursor.module("prelu")?,
-            conv_out: a.zeros(act, "conv1.out", &[n, c0, h, w])?,
+            conv_out: a.zeros_as(act, "conv1.out", &[n, c0, h, w], elem)?,
             bn_stats: a.stats("bn1", c0)?,
-            prelu_out: a.zeros(act, "prelu.out", &[n, c0, h, w])?,
+            prelu_out: a.zeros_as(act, "prelu.out", &[n, c0, h, w], elem)?,
         };
         let mut blocks = Vec::new();
         for spec in cfg.blocks() {
             let name = format!("layer{}.{}", spec.stage + 1, spec.index);
             let sh = BlockShapes::new(&spec, n);
-            let mut zeros = |what: &str, dims: &[usize]| a.zeros(act, &format!("{name}.{what}"), dims);
+            let mut zeros = |what: &str, dims: &[usize]| a.zeros_as(act, &format!("{name}.{what}"), dims, elem);
             let c1 = zeros("conv1.out", &sh.full_dims)?;
             let p = if k.uses_winograd(&sh.conv2) { None } else { Some(zeros("prelu.out", &sh.full_dims)?) };
             let (c2, y) = (zeros("conv2.out", &sh.out_dims)?, zeros("out", &sh.out_dims)?);
@@ -630,7 +645,7 @@ impl Net {
             features_stats: a.stats("features", e)?,
         };
         ensure!(cursor.next == params.len(), "the state has tensors no module claims");
-        let input = a.zeros(act, "input", &[n, 3, h, w])?;
+        let input = a.zeros_as(act, "input", &[n, 3, h, w], elem)?;
 
         let shape = ImageShape { h, w };
         let scratch = Purpose::Scratch;
@@ -727,7 +742,7 @@ impl Net {
             let keep = !k.uses_winograd(&sh.conv2);
             if keep && b.p.is_none() {
                 let label = format!("layer{}.{}.prelu.out", b.spec.stage + 1, b.spec.index);
-                b.p = Some(a.zeros(Purpose::Activations, &label, &sh.full_dims)?);
+                b.p = Some(a.zeros_as(Purpose::Activations, &label, &sh.full_dims, k.conv.activations())?);
             } else if !keep {
                 if let Some(p) = b.p.take() {
                     self.memory.activations -= p.bytes();
@@ -737,6 +752,34 @@ impl Net {
         self.memory.scratch += a.used.scratch;
         self.memory.activations += a.used.activations;
         Ok(())
+    }
+
+    /// Reallocates the activations the convolutions read and write where they are not stored as `elem` (on a
+    /// change of precision): zero, with the same labels and shapes.
+    fn reallocate_activations(&mut self, gpu: &Gpu, elem: Elem) -> Result<()> {
+        if self.input.elem == elem {
+            return Ok(());
+        }
+        let mut a = Alloc { gpu, used: MemoryUse::default() };
+        let mut freed = 0;
+        let mut tensors = vec![&mut self.input, &mut self.stem.conv_out, &mut self.stem.prelu_out];
+        for b in &mut self.blocks {
+            tensors.extend([&mut b.c1, &mut b.c2, &mut b.y]);
+            tensors.extend(b.p.as_mut());
+            tensors.extend(b.shortcut.as_mut().map(|s| &mut s.conv_out));
+        }
+        for t in tensors {
+            freed += t.bytes();
+            *t = a.zeros_as(Purpose::Activations, &t.label, &t.shape, elem)?;
+        }
+        self.memory.activations = self.memory.activations - freed + a.used.activations;
+        Ok(())
+    }
+
+    /// Gradient buffer `i` seen as a tensor of `shape` holding values stored as `elem` (the forward pass's
+    /// temporaries).
+    fn value_buf(&self, i: usize, what: &str, shape: &[usize], elem: Elem) -> Result<Tensor> {
+        self.grad_bufs[i].view_as(&format!("gradient buffer {i} ({what})"), shape, elem)
     }
 
     fn grad(&self, i: usize) -> Result<&Tensor> {
@@ -1006,7 +1049,7 @@ impl Builder<'_> {
                 self.conv_normalized(&mut d, ConvOp::Forward, &sh.conv1, [&x, net.value(b.conv1)], norm, &c1)?;
             } else {
                 // bn1's output is a temporary in a gradient buffer, recomputed in the backward pass.
-                let a1 = net.buf(0, "bn1 output", &sh.in_dims)?;
+                let a1 = net.value_buf(0, "bn1 output", &sh.in_dims, k.conv.activations())?;
                 self.bn_forward(&mut d, mode, &sh.input, b.bn1, &x, Epilogue::None, &a1, &b.a1_stats)?;
                 self.conv(&mut d, ConvOp::Forward, &sh.conv1, [&a1, net.value(b.conv1)], &c1)?;
             }
@@ -1029,7 +1072,7 @@ impl Builder<'_> {
                 Some(ds) => {
                     let dc = first(&ds.conv_out, n)?;
                     d.extend(k.conv.forward(gpu, &sh.downsample, &x, net.value(ds.conv), &dc, &net.conv_scratch)?);
-                    let db = net.buf(1, "downsample.1 output", &sh.out_dims)?;
+                    let db = net.value_buf(1, "downsample.1 output", &sh.out_dims, k.conv.activations())?;
                     self.bn_forward(&mut d, mode, &sh.out, ds.bn, &dc, Epilogue::None, &db, &ds.bn_stats)?;
                     db
                 }
@@ -1157,7 +1200,7 @@ impl Builder<'_> {
             // bn1's output, recomputed where it is read: into the free buffer r2, or with a shortcut (whose input
             // gradient holds r2) into r_dy, whose dy nothing reads any more.
             let r_free = if b.shortcut.is_some() { r_dy } else { r2 };
-            let a1 = net.buf(r_free, "bn1 output (recomputed)", &in_dims)?;
+            let a1 = net.value_buf(r_free, "bn1 output (recomputed)", &in_dims, k.conv.activations())?;
             self.bn_recompute(d, &sh.input, b.bn1, x, &b.a1_stats, &a1)?;
             self.conv(d, ConvOp::BackwardWeight, &sh.conv1, [&d_c1, &a1], net.grad(b.conv1)?)?;
         }
@@ -1468,6 +1511,7 @@ impl<G: Deref<Target = Gpu>> GpuBackend<G> {
     /// The Winograd workspace and the step, rebuilt for the current convolutions and choice of Winograd layers and
     /// tile.
     fn rebuild_step(&mut self) -> Result<()> {
+        self.net.reallocate_activations(&self.gpu, self.k.conv.activations())?;
         self.net.reallocate_winograd(&self.gpu, &self.k)?;
         self.plan = Plan::new(&self.gpu, &self.k, &self.net, &self.step_cfg)?;
         self.eval.clear();
@@ -1525,7 +1569,7 @@ impl<G: Deref<Target = Gpu>> GpuBackend<G> {
         if let Some(i) = input.iter().position(|v| !v.is_finite()) {
             return Err(elasticface_core::Error::NonFinite { what: "input", index: i }.into());
         }
-        self.gpu.write(&net.input, input)?;
+        self.gpu.write_f32_as(&net.input, input)?;
         self.run_step(false, labels, margins_raw)
     }
 
@@ -1607,7 +1651,7 @@ impl<G: Deref<Target = Gpu>> GpuBackend<G> {
         let mut out = Vec::with_capacity(input.len() / per * self.net.cfg.embedding);
         for chunk in input.chunks(self.net.batch * per) {
             let n = chunk.len() / per;
-            self.gpu.write(&first(&self.net.input, n)?, chunk)?;
+            self.gpu.write_f32_as(&first(&self.net.input, n)?, chunk)?;
             out.extend(self.run_eval(n, false)?);
         }
         Ok(out)

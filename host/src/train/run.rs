@@ -51,7 +51,8 @@ pub enum Precision {
     /// f32 throughout (the CPU reference's arithmetic).
     F32,
     /// Convolution operands rounded to f16, products accumulated in f32 on tensor cores, with dynamic loss
-    /// scaling; weights, batch norm statistics, the head and the loss stay f32. Without tensor cores, with
+    /// scaling; the activations the convolutions read and write stored as f16 (half the memory); weights,
+    /// gradients, batch norm statistics, the head and the loss stay f32. Without tensor cores, with
     /// `ELASTICFACE_EMULATE_TENSOR_CORES=1`: the same arithmetic emulated in f32 (slow; for testing).
     Mixed,
 }
@@ -62,6 +63,12 @@ impl Precision {
         match self {
             Precision::Auto | Precision::F32 => Ok(ConvPrecision::F32),
             Precision::Mixed if gpu.caps.mixed_precision() => Ok(ConvPrecision::Mixed),
+            Precision::Mixed if !gpu.caps.f16 => {
+                bail!(
+                    "--precision mixed: {} has no f16 in shaders, which mixed precision stores its activations in",
+                    gpu.info.name
+                )
+            }
             Precision::Mixed => bail!(
                 "--precision mixed: {} has no cooperative matrices with f16 inputs and f32 accumulators \
                  (ELASTICFACE_EMULATE_TENSOR_CORES=1 emulates them, slowly, to test the mixed-precision path)",

@@ -14,11 +14,13 @@
 //! They give the unfused kernels' results bit for bit (same operations, same order) with the same dispatch count
 //! as the batch norm alone.
 
+use std::sync::OnceLock;
+
 use anyhow::{anyhow, bail, Result};
 use elasticface_core::nn::{BatchNorm, BatchNormShape};
 
-use super::{check_len, Dispatch, ELEMENTWISE_WORKGROUP};
-use crate::gpu::{Gpu, Tensor};
+use super::{check_len, with_storage, Dispatch, ELEMENTWISE_WORKGROUP};
+use crate::gpu::{Elem, Gpu, Tensor};
 
 /// Values of one channel that one workgroup reduces in the statistics passes (must match `CHUNK` in
 /// `shaders/batchnorm.wgsl`).
@@ -94,7 +96,18 @@ pub enum BackwardFusion<'a> {
 
 /// The batch norm kernels' pipelines. (Named `BatchNormKernels`, not `BatchNorm`, which is the core's
 /// hyper-parameter struct.)
+///
+/// The kernels read and write the activations as their tensors hold them ([`Tensor::elem`]): f32, or f16 for
+/// mixed precision's activations (the input `x` and a residual added to the output, and the output `y`, each
+/// either way); statistics, parameters and gradients are f32. `batchnorm.wgsl` is compiled once per pair of
+/// storages in use, the f32 one when the kernels are made and the others on first use.
 pub struct BatchNormKernels {
+    /// By `(x, y)` storage: `[f32 -> f32, f32 -> f16, f16 -> f32, f16 -> f16]`.
+    modules: [OnceLock<Pipelines>; 4],
+}
+
+/// The pipelines of one compilation of `batchnorm.wgsl`.
+struct Pipelines {
     train_partials: wgpu::ComputePipeline,
     train_combine: wgpu::ComputePipeline,
     normalize: wgpu::ComputePipeline,
@@ -134,10 +147,37 @@ fn check_scratch(kernel: &str, s: &BatchNormShape, scratch: &Tensor) -> Result<(
     Ok(())
 }
 
+const SOURCE: &str = include_str!("../../../../shaders/batchnorm.wgsl");
+
+fn module_index(x: Elem, y: Elem) -> usize {
+    2 * usize::from(x == Elem::F16) + usize::from(y == Elem::F16)
+}
+
 impl BatchNormKernels {
-    /// Compiles the kernels.
+    /// Compiles the kernels on f32 tensors (the others on first use).
     pub fn new(gpu: &Gpu) -> Self {
-        let m = gpu.shader("batchnorm.wgsl", include_str!("../../../../shaders/batchnorm.wgsl"));
+        let kernels = Self { modules: Default::default() };
+        kernels.pipelines(gpu, Elem::F32, Elem::F32).expect("f32 needs no feature");
+        kernels
+    }
+
+    /// The pipelines for input storage `x` and output storage `y`, compiled on first use. Errors where f16 is
+    /// asked of an adapter without it.
+    fn pipelines(&self, gpu: &Gpu, x: Elem, y: Elem) -> Result<&Pipelines> {
+        let slot = &self.modules[module_index(x, y)];
+        if let Some(p) = slot.get() {
+            return Ok(p);
+        }
+        let source = with_storage(gpu, "batchnorm.wgsl", SOURCE, &[("X", x), ("Y", y)])?;
+        let label = format!("batchnorm.wgsl ({x} -> {y})");
+        let compiled = Pipelines::compile(gpu, &label, &source);
+        Ok(slot.get_or_init(|| compiled))
+    }
+}
+
+impl Pipelines {
+    fn compile(gpu: &Gpu, label: &str, source: &str) -> Self {
+        let m = gpu.shader(label, source);
         let p = |entry: &str| gpu.pipeline(entry, &m, entry);
         Self {
             train_partials: p("batchnorm_forward_train_partials"),
@@ -155,7 +195,9 @@ impl BatchNormKernels {
             backward_accumulate_dx: p("batchnorm_backward_accumulate_dx"),
         }
     }
+}
 
+impl BatchNormKernels {
     /// Elements of the scratch tensor [`forward_train`](Self::forward_train) and [`backward`](Self::backward)
     /// need for shape `s`: three floats per (channel, chunk) and three per channel, `3 * C * (chunks + 1)` with
     /// `chunks = ceil(N*HW / BATCHNORM_CHUNK)` (the third of each is the fused PReLU backward's).
@@ -190,17 +232,25 @@ impl BatchNormKernels {
         scratch: &Tensor,
     ) -> Result<[Dispatch; 3]> {
         const K: &str = "batchnorm_forward_train";
+        let pipelines = self.pipelines(gpu, x.elem, y.elem)?;
         // The statistics check the shape, x, the statistics tensors and the scratch.
-        let [partials, combine] =
-            self.statistics(gpu, s, bn, x, running_mean, running_var, save_mean, save_var, scratch)?;
+        let stats = [running_mean, running_var, save_mean, save_var];
+        let [partials, combine] = Self::statistics_with(pipelines, gpu, s, bn, x, stats, scratch)?;
         for t in [gamma, beta] {
             check_len(K, t, s.c)?;
         }
         check_len(K, y, s.len())?;
-        check_epilogue(K, s, then)?;
+        check_epilogue(K, s, x, then)?;
         let params = BatchNormParams::new(s, bn);
-        let normalize =
-            self.normalize(gpu, "batchnorm_forward_train", &params, [x, save_mean, save_var, gamma, beta], then, y)?;
+        let normalize = Self::normalize(
+            pipelines,
+            gpu,
+            "batchnorm_forward_train",
+            &params,
+            [x, save_mean, save_var, gamma, beta],
+            then,
+            y,
+        )?;
         Ok([partials, combine, normalize])
     }
 
@@ -221,7 +271,22 @@ impl BatchNormKernels {
         save_var: &Tensor,
         scratch: &Tensor,
     ) -> Result<[Dispatch; 2]> {
+        let pipelines = self.pipelines(gpu, x.elem, x.elem)?;
+        Self::statistics_with(pipelines, gpu, s, bn, x, [running_mean, running_var, save_mean, save_var], scratch)
+    }
+
+    /// [`Self::statistics`] with `pipelines`; `stats`: `[running_mean, running_var, save_mean, save_var]`.
+    fn statistics_with(
+        pipelines: &Pipelines,
+        gpu: &Gpu,
+        s: &BatchNormShape,
+        bn: &BatchNorm,
+        x: &Tensor,
+        stats: [&Tensor; 4],
+        scratch: &Tensor,
+    ) -> Result<[Dispatch; 2]> {
         const K: &str = "batchnorm_forward_train";
+        let [running_mean, running_var, save_mean, save_var] = stats;
         check_shape(K, s, true)?;
         check_len(K, x, s.len())?;
         for t in [running_mean, running_var, save_mean, save_var] {
@@ -231,10 +296,16 @@ impl BatchNormKernels {
         let params = BatchNormParams::new(s, bn);
         let chunk_grid = [params.chunks, params.c, 1];
         Ok([
-            gpu.dispatch("batchnorm_forward_train_partials", &self.train_partials, &params, &[x, scratch], chunk_grid)?,
+            gpu.dispatch(
+                "batchnorm_forward_train_partials",
+                &pipelines.train_partials,
+                &params,
+                &[x, scratch],
+                chunk_grid,
+            )?,
             gpu.dispatch(
                 "batchnorm_forward_train_combine",
-                &self.train_combine,
+                &pipelines.train_combine,
                 &params,
                 &[scratch, save_mean, save_var, running_mean, running_var],
                 [params.c, 1, 1],
@@ -267,15 +338,16 @@ impl BatchNormKernels {
             check_len(K, t, s.c)?;
         }
         check_len(K, y, s.len())?;
-        check_epilogue(K, s, then)?;
+        check_epilogue(K, s, x, then)?;
         let params = BatchNormParams::new(s, bn);
-        self.normalize(gpu, K, &params, [x, running_mean, running_var, gamma, beta], then, y)
+        let pipelines = self.pipelines(gpu, x.elem, y.elem)?;
+        Self::normalize(pipelines, gpu, K, &params, [x, running_mean, running_var, gamma, beta], then, y)
     }
 
     /// The element-wise normalisation of `[x, mean, var, gamma, beta]`, then `then`, into `y` (sizes already
     /// checked).
     fn normalize(
-        &self,
+        pipelines: &Pipelines,
         gpu: &Gpu,
         kernel: &str,
         params: &BatchNormParams,
@@ -285,9 +357,9 @@ impl BatchNormKernels {
     ) -> Result<Dispatch> {
         let grid = gpu.grid_1d(params.len as usize, ELEMENTWISE_WORKGROUP);
         let (entry, pipeline, with) = match then {
-            Epilogue::None => ("batchnorm_forward_normalize", &self.normalize, None),
-            Epilogue::Prelu(alpha) => ("batchnorm_prelu_forward_normalize", &self.prelu_normalize, Some(alpha)),
-            Epilogue::Add(residual) => ("batchnorm_add_forward_normalize", &self.add_normalize, Some(residual)),
+            Epilogue::None => ("batchnorm_forward_normalize", &pipelines.normalize, None),
+            Epilogue::Prelu(alpha) => ("batchnorm_prelu_forward_normalize", &pipelines.prelu_normalize, Some(alpha)),
+            Epilogue::Add(residual) => ("batchnorm_add_forward_normalize", &pipelines.add_normalize, Some(residual)),
         };
         let label = format!("{kernel} ({entry})");
         match with {
@@ -330,6 +402,9 @@ impl BatchNormKernels {
         }
         check_len(K, dy, s.len())?;
         check_len(K, dx, s.len())?;
+        for t in [dy, dx] {
+            t.expect_elem(K, Elem::F32)?;
+        }
         if let Some(dgamma) = dgamma {
             check_len(K, dgamma, s.c)?;
         }
@@ -344,9 +419,13 @@ impl BatchNormKernels {
                     bail!("{K}: a PReLU fused into the backward pass needs a trainable gamma (dgamma)");
                 }
             }
-            BackwardFusion::Accumulate(other) => check_len(K, other, s.len())?,
+            BackwardFusion::Accumulate(other) => {
+                check_len(K, other, s.len())?;
+                other.expect_elem(K, Elem::F32)?;
+            }
         }
         check_scratch(K, s, scratch)?;
+        let pipelines = self.pipelines(gpu, x.elem, x.elem)?;
         let params = BatchNormParams::new(s, bn);
         let chunk_grid = [params.chunks, params.c, 1];
         let elements = gpu.grid_1d(s.len(), ELEMENTWISE_WORKGROUP);
@@ -359,49 +438,56 @@ impl BatchNormKernels {
             (BackwardFusion::Prelu { beta, alpha, dalpha }, Some(dgamma)) => [
                 partials(
                     "batchnorm_prelu_backward_partials",
-                    &self.prelu_backward_partials,
+                    &pipelines.prelu_backward_partials,
                     &[x, dy, save_mean, scratch, save_var, gamma, beta, alpha],
                 )?,
                 combine(
                     "batchnorm_prelu_backward_combine",
-                    &self.prelu_backward_combine,
+                    &pipelines.prelu_backward_combine,
                     &[scratch, save_var, dbeta, dgamma, dalpha, alpha],
                 )?,
-                dx_pass("batchnorm_prelu_backward_dx", &self.prelu_backward_dx, &[&bn_dx[..], &[beta, dx]].concat())?,
+                dx_pass(
+                    "batchnorm_prelu_backward_dx",
+                    &pipelines.prelu_backward_dx,
+                    &[&bn_dx[..], &[beta, dx]].concat(),
+                )?,
             ],
             (BackwardFusion::Prelu { .. }, None) => unreachable!("refused above"),
             (_, dgamma) => [
-                partials("batchnorm_backward_partials", &self.backward_partials, &[x, dy, save_mean, scratch])?,
+                partials("batchnorm_backward_partials", &pipelines.backward_partials, &[x, dy, save_mean, scratch])?,
                 match dgamma {
                     Some(dgamma) => combine(
                         "batchnorm_backward_combine",
-                        &self.backward_combine,
+                        &pipelines.backward_combine,
                         &[scratch, save_var, dbeta, dgamma],
                     )?,
                     None => combine(
                         "batchnorm_backward_combine_frozen",
-                        &self.backward_combine_frozen,
+                        &pipelines.backward_combine_frozen,
                         &[scratch, save_var, dbeta],
                     )?,
                 },
                 match fusion {
                     BackwardFusion::Accumulate(other) => dx_pass(
                         "batchnorm_backward_accumulate_dx",
-                        &self.backward_accumulate_dx,
+                        &pipelines.backward_accumulate_dx,
                         &[&bn_dx[..], &[other, dx]].concat(),
                     )?,
-                    _ => dx_pass("batchnorm_backward_dx", &self.backward_dx, &[&bn_dx[..], &[dx]].concat())?,
+                    _ => dx_pass("batchnorm_backward_dx", &pipelines.backward_dx, &[&bn_dx[..], &[dx]].concat())?,
                 },
             ],
         })
     }
 }
 
-/// Checks the epilogue's operand: the slopes `(C)` or the residual `(N, C, HW)`.
-fn check_epilogue(kernel: &str, s: &BatchNormShape, then: Epilogue<'_>) -> Result<()> {
+/// Checks the epilogue's operand: the slopes `(C)`, or the residual `(N, C, HW)`, stored as `x` is.
+fn check_epilogue(kernel: &str, s: &BatchNormShape, x: &Tensor, then: Epilogue<'_>) -> Result<()> {
     match then {
         Epilogue::None => Ok(()),
         Epilogue::Prelu(alpha) => check_len(kernel, alpha, s.c),
-        Epilogue::Add(residual) => check_len(kernel, residual, s.len()),
+        Epilogue::Add(residual) => {
+            check_len(kernel, residual, s.len())?;
+            residual.expect_elem(kernel, x.elem)
+        }
     }
 }

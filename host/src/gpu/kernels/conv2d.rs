@@ -11,8 +11,9 @@
 //! Two arithmetics ([`ConvPrecision`]): f32 ([`Conv2d::new`]), and mixed ([`Conv2d::mixed`]), whose module is
 //! `conv2d.wgsl` with the tile arithmetic of `shaders/conv2d_coop.wgsl.in` (f16 operands, f32 accumulation on
 //! cooperative matrices) put in by `conv2d_compose.rs`; the index maps, bounds, splits and epilogues are shared.
-//! The mixed kernels' twins are the same core functions applied to operands rounded by
-//! [`elasticface_core::nn::round_to_f16`]. Without cooperative matrices, the mixed arithmetic can be emulated
+//! The mixed kernels store the activations (`x` and the forward's `y`) as f16 ([`ConvPrecision::activations`]);
+//! their twins are the same core functions applied to operands rounded by
+//! [`elasticface_core::nn::round_to_f16`], with the forward's output rounded by it too. Without cooperative matrices, the mixed arithmetic can be emulated
 //! (`compose_emulated`: the f32 tiles with every operand rounded to f16 as it enters them), so that the
 //! mixed-precision trainer is tested on any adapter; and the cooperative-matrix layout itself can run with its
 //! fragment operations as plain loops ([`Conv2d::mixed_fragments_as_loops`]), so that it is tested there too.
@@ -24,7 +25,7 @@ use anyhow::{anyhow, bail, Result};
 use elasticface_core::nn::Conv2dShape;
 
 use super::{check_len, Dispatch, ELEMENTWISE_WORKGROUP};
-use crate::gpu::{Gpu, Tensor};
+use crate::gpu::{Elem, Gpu, Tensor};
 
 /// Mirrors `Params` in `shaders/conv2d.wgsl` (see its header for the GEMM each kernel computes).
 #[repr(C)]
@@ -126,9 +127,21 @@ pub enum ConvPrecision {
     /// f32 operands, f32 fused multiply-adds.
     F32,
     /// Operands rounded to f16, products accumulated in f32 on cooperative matrices (tensor cores):
-    /// `shaders/conv2d_coop.wgsl.in`. Needs [`Capabilities::cooperative_matrix`](crate::gpu::Capabilities), or
+    /// `shaders/conv2d_coop.wgsl.in`; activations stored as f16 ([`ConvPrecision::activations`]). Needs f16 in
+    /// shaders and [`Capabilities::cooperative_matrix`](crate::gpu::Capabilities), or
     /// their emulation ([`Capabilities::emulated_tensor_cores`](crate::gpu::Capabilities)).
     Mixed,
+}
+
+impl ConvPrecision {
+    /// How the convolutions in this precision store the activations they read and write: f32, or f16 in mixed
+    /// precision (as PyTorch's autocast keeps a convolution's output). Gradients and weights stay f32.
+    pub fn activations(self) -> Elem {
+        match self {
+            ConvPrecision::F32 => Elem::F32,
+            ConvPrecision::Mixed => Elem::F16,
+        }
+    }
 }
 
 /// One of the three convolution products.
@@ -447,6 +460,8 @@ struct Pipelines {
     /// f32 only: Winograd runs in f32, so the mixed module's (cooperative-matrix) `gemm_batched` is never built.
     gemm_batched: Option<wgpu::ComputePipeline>,
     reduce: wgpu::ComputePipeline,
+    /// The reduction into `conv2d_forward`'s output, stored as the activations are.
+    reduce_act: wgpu::ComputePipeline,
 }
 
 impl Pipelines {
@@ -458,6 +473,7 @@ impl Pipelines {
             backward_weight: gpu.pipeline("conv2d_backward_weight", &m, "conv2d_backward_weight"),
             gemm_batched: (precision == ConvPrecision::F32).then(|| gpu.pipeline("gemm_batched", &m, "gemm_batched")),
             reduce: gpu.pipeline("conv2d_reduce_splits", &m, "conv2d_reduce_splits"),
+            reduce_act: gpu.pipeline("conv2d_reduce_splits_act", &m, "conv2d_reduce_splits_act"),
         }
     }
 
@@ -525,8 +541,8 @@ impl Conv2d {
         let caps = &gpu.caps;
         tiling.tile.validate().map_err(|e| anyhow!(e))?;
         let coop = fragments.is_some();
-        if fragments == Some(compose::Fragments::Loops) && !caps.f16 {
-            bail!("{} has no f16 in shaders: the mixed-precision tiles need it", gpu.info.name);
+        if precision == ConvPrecision::Mixed && !caps.f16 {
+            bail!("{} has no f16 in shaders: mixed precision stores its activations in f16", gpu.info.name);
         }
         if fragments == Some(compose::Fragments::Cooperative) && !caps.cooperative_matrix {
             bail!(
@@ -557,6 +573,10 @@ impl Conv2d {
                     (format!("conv2d.wgsl (mixed precision, {shape}, {fragments:?})"), source)
                 }
             };
+            let source = match precision {
+                ConvPrecision::F32 => source,
+                ConvPrecision::Mixed => source.and_then(|s| compose::act_f16(&s)),
+            };
             let source = source.map_err(|e| anyhow!(e))?;
             gpu.capture_errors(&label, || Pipelines::compile(gpu, &label, &source, precision))
         });
@@ -576,6 +596,12 @@ impl Conv2d {
     /// The arithmetic of these pipelines.
     pub fn precision(&self) -> ConvPrecision {
         self.precision
+    }
+
+    /// How these pipelines store activations (`x` of the forward pass and of the weight gradient, `y` of the
+    /// forward pass): f32, or f16 in mixed precision. Gradients and weights are f32 either way.
+    pub fn activations(&self) -> Elem {
+        self.precision.activations()
     }
 
     /// The tiling these pipelines were compiled with.
@@ -609,8 +635,15 @@ impl Conv2d {
         scratch: &Tensor,
     ) -> Result<Vec<Dispatch>> {
         let plan = self.plan(gpu, op, s)?;
-        for (t, len) in inputs.iter().chain([&out]).zip(op.lens(s)) {
+        let act = self.activations();
+        let elems = match op {
+            ConvOp::Forward => [act, Elem::F32, act],
+            ConvOp::BackwardData => [Elem::F32; 3],
+            ConvOp::BackwardWeight => [Elem::F32, act, Elem::F32],
+        };
+        for ((t, len), elem) in inputs.iter().chain([&out]).zip(op.lens(s)).zip(elems) {
             check_len(op.name(), t, len)?;
+            t.expect_elem(op.name(), elem)?;
         }
         self.dispatches(gpu, Some(op), &plan, inputs, out, scratch)
     }
@@ -682,11 +715,15 @@ impl Conv2d {
         check_len(name, a, batch * m * k)?;
         check_len(name, b, batch * k * cols)?;
         check_len(name, c, batch * m * cols)?;
+        for t in [a, b, c] {
+            t.expect_elem(name, Elem::F32)?;
+        }
         self.dispatches(gpu, None, &plan, [a, b], c, scratch)
     }
 
     /// The GEMM dispatches of `plan` (of `op`, or of `gemm_batched` for `None`) reading `inputs` (bindings 1, 2),
-    /// writing `out` (binding 3) directly or, with splits, writing `scratch` and then reducing it into `out`.
+    /// writing `out` (binding 3) directly or, with splits, writing `scratch` (binding 3, or 4 for the forward
+    /// pass, whose output is stored as activations are) and then reducing it into `out`.
     fn dispatches(
         &self,
         gpu: &Gpu,
@@ -699,9 +736,8 @@ impl Conv2d {
         let name = op.map_or("gemm_batched", ConvOp::name);
         let pipelines = self.pipelines(plan.tile);
         let [a, b] = inputs;
-        let target = if plan.splits == 1 {
-            out
-        } else {
+        scratch.expect_elem(name, Elem::F32)?;
+        if plan.splits > 1 {
             if [a, b, out].iter().any(|t| t.buffer == scratch.buffer) {
                 bail!("{name}: {} is the scratch and also an operand", scratch.label);
             }
@@ -709,16 +745,25 @@ impl Conv2d {
             if scratch.len < needed {
                 bail!("{name}: {} has {} elements, {} splits need {needed}", scratch.label, scratch.len, plan.splits);
             }
-            scratch
+        }
+        let forward = op == Some(ConvOp::Forward);
+        let bound: Vec<&Tensor> = match (forward, plan.splits > 1) {
+            (true, _) => vec![a, b, out, scratch],
+            (false, false) => vec![a, b, out],
+            (false, true) => vec![a, b, scratch],
         };
         let mut dispatches = Vec::with_capacity(plan.gemms.len() + 1);
         for (params, grid) in &plan.gemms {
-            dispatches.push(gpu.dispatch(name, pipelines.gemm(op)?, params, &[a, b, target], *grid)?);
+            dispatches.push(gpu.dispatch(name, pipelines.gemm(op)?, params, &bound, *grid)?);
         }
         if plan.splits > 1 {
             let grid = gpu.grid_1d(plan.out_len as usize, ELEMENTWISE_WORKGROUP);
             let params = &plan.gemms[0].0;
-            dispatches.push(gpu.dispatch("conv2d_reduce_splits", &pipelines.reduce, params, &[scratch, out], grid)?);
+            let (entry, reduce) = match forward {
+                true => ("conv2d_reduce_splits_act", &pipelines.reduce_act),
+                false => ("conv2d_reduce_splits", &pipelines.reduce),
+            };
+            dispatches.push(gpu.dispatch(entry, reduce, params, &[scratch, out], grid)?);
         }
         Ok(dispatches)
     }

@@ -111,6 +111,19 @@ pub fn compose_f32(base: &str, shape: TileShape) -> Result<String, String> {
     Ok(s)
 }
 
+/// The line of `conv2d.wgsl` that declares the storage of the activations (see ACTIVATIONS there).
+pub const ACT_LINE: &str = "alias Act = f32;";
+
+/// `module` (a composition of `conv2d.wgsl`) with its activations stored as f16: the mixed-precision modules.
+/// Enables f16 where the module does not already.
+pub fn act_f16(module: &str) -> Result<String, String> {
+    if !module.contains(ACT_LINE) {
+        return Err(format!("conv2d.wgsl no longer declares `{ACT_LINE}`"));
+    }
+    let module = module.replace(ACT_LINE, "alias Act = f16;");
+    Ok(if module.contains("enable f16;") { module } else { format!("enable f16;\n{module}") })
+}
+
 /// The line of `conv2d.wgsl` that turns the f16 rounding of the tiles' operands off.
 pub const F16_OPERANDS_LINE: &str = "const F16_OPERANDS: bool = false;";
 

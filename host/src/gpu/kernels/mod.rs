@@ -22,7 +22,7 @@ pub mod winograd;
 use anyhow::{bail, Result};
 use wgpu::util::DeviceExt;
 
-use super::{Gpu, Tensor};
+use super::{Elem, Gpu, Tensor};
 
 /// Threads per workgroup of the element-wise kernels (must match `WG` in their shaders).
 pub const ELEMENTWISE_WORKGROUP: u32 = 256;
@@ -193,6 +193,28 @@ pub struct BufferCopy<'a> {
     pub dst_offset: usize,
     /// Elements.
     pub len: usize,
+}
+
+/// `source` (the shader `file`) with its storage aliases set: each `alias NAME = f32;` line of `aliases` declares
+/// the given element type instead, and `enable f16;` goes first where one is f16. The shaders whose tensors may
+/// hold mixed precision's f16 activations declare such aliases and convert as they read and write.
+/// Errors where a line is missing, or f16 is asked of an adapter without it.
+pub fn with_storage(gpu: &Gpu, file: &str, source: &str, aliases: &[(&str, Elem)]) -> Result<String> {
+    let f16 = aliases.iter().any(|(_, e)| *e == Elem::F16);
+    if f16 && !gpu.caps.f16 {
+        bail!("{}: {file} on f16 activations needs f16 in shaders, which the adapter lacks", gpu.info.name);
+    }
+    let mut out = if f16 { String::from("enable f16;\n") } else { String::new() };
+    let mut body = source.to_string();
+    for (name, elem) in aliases {
+        let line = format!("alias {name} = f32;");
+        if !body.contains(&line) {
+            bail!("{file} no longer declares `{line}`");
+        }
+        body = body.replace(&line, &format!("alias {name} = {elem};"));
+    }
+    out.push_str(&body);
+    Ok(out)
 }
 
 /// Checks that `t` has exactly `len` elements.

@@ -1,15 +1,20 @@
-//! `shaders/preprocess.wgsl`: a batch of u8 `(H, W, 3)` RGB images to the network's f32 `(N, 3, H, W)` input.
+//! `shaders/preprocess.wgsl`: a batch of u8 `(H, W, 3)` RGB images to the network's `(N, 3, H, W)` input, f32 or
+//! (mixed precision's activations) f16.
 //! CPU twin: [`elasticface_core::nn::preprocess_image`] (one image).
 //!
 //! The bytes travel packed four to a `u32` ([`Preprocess::pack`]). Their values come from a 256-entry table made
 //! by the core function itself, so the output is bit-identical to the core on every GPU (WGSL's `x / y` may be
 //! off by 2.5 ULP, so recomputing `(x / 255 - 0.5) / 0.5` in the shader would not guarantee that).
 
+use std::sync::OnceLock;
+
 use anyhow::{anyhow, bail, Result};
 use elasticface_core::nn::{preprocess_image, ImageShape};
 
-use super::{check_len, Dispatch, ELEMENTWISE_WORKGROUP};
-use crate::gpu::{Gpu, Tensor};
+use super::{check_len, with_storage, Dispatch, ELEMENTWISE_WORKGROUP};
+use crate::gpu::{Elem, Gpu, Tensor};
+
+const SOURCE: &str = include_str!("../../../../shaders/preprocess.wgsl");
 
 /// Mirrors `Params` in `shaders/preprocess.wgsl`.
 #[repr(C)]
@@ -23,9 +28,10 @@ pub struct PreprocessParams {
     pub w: u32,
 }
 
-/// The preprocessing pipeline and its byte-to-value table.
+/// The preprocessing pipelines and their byte-to-value table.
 pub struct Preprocess {
-    pipeline: wgpu::ComputePipeline,
+    /// By the output's storage, `[f32, f16]`: the f32 one compiled when made, the other on first use.
+    pipelines: [OnceLock<wgpu::ComputePipeline>; 2],
     /// `lut[b]`: what [`preprocess_image`] makes of byte `b` (256 elements).
     lut: Tensor,
 }
@@ -43,11 +49,23 @@ fn byte_values() -> Vec<f32> {
 impl Preprocess {
     /// Compiles the kernel and uploads its table.
     pub fn new(gpu: &Gpu) -> Self {
-        let m = gpu.shader("preprocess.wgsl", include_str!("../../../../shaders/preprocess.wgsl"));
-        Self {
-            pipeline: gpu.pipeline("preprocess_image", &m, "preprocess_image"),
-            lut: gpu.upload("preprocess_image byte values", &[256], &byte_values()),
+        let lut = gpu.upload("preprocess_image byte values", &[256], &byte_values());
+        let kernels = Self { pipelines: Default::default(), lut };
+        kernels.pipeline(gpu, Elem::F32).expect("f32 needs no feature");
+        kernels
+    }
+
+    /// The pipeline writing `out` elements, compiled on first use. Errors where f16 is asked of an adapter
+    /// without it.
+    fn pipeline(&self, gpu: &Gpu, out: Elem) -> Result<&wgpu::ComputePipeline> {
+        let slot = &self.pipelines[usize::from(out == Elem::F16)];
+        if let Some(p) = slot.get() {
+            return Ok(p);
         }
+        let source = with_storage(gpu, "preprocess.wgsl", SOURCE, &[("Out", out)])?;
+        let m = gpu.shader(&format!("preprocess.wgsl ({out})"), &source);
+        let pipeline = gpu.pipeline("preprocess_image", &m, "preprocess_image");
+        Ok(slot.get_or_init(|| pipeline))
     }
 
     /// Packs bytes four to a `u32`, little-endian (byte `b` in bits `8 * (b % 4)..` of word `b / 4`), the last
@@ -71,7 +89,8 @@ impl Preprocess {
     /// `out[i] = preprocess_image(image i, flip[i] != 0)` for the `n` images, bit-identical to the core.
     ///
     /// Shapes: `images` `(words(n, s))` u32, the `n` images' `(H, W, 3)` bytes back to back, packed by
-    /// [`pack`](Self::pack); `flip` `(n)` u32; `out` `(n, 3, H, W)` f32. One element-wise dispatch.
+    /// [`pack`](Self::pack); `flip` `(n)` u32; `out` `(n, 3, H, W)` f32 or f16 (then each value rounded to f16:
+    /// the core's values rounded by [`elasticface_core::nn::round_to_f16`]). One element-wise dispatch.
     /// Errors: `n = 0`, a zero height or width, more than 2^32 bytes, a tensor of the wrong size (named).
     pub fn forward(
         &self,
@@ -95,6 +114,7 @@ impl Preprocess {
         check_len(K, out, n * s.len())?;
         let params = PreprocessParams { len: (n * s.len()) as u32, h: s.h as u32, w: s.w as u32 };
         let grid = gpu.grid_1d(n * s.len(), ELEMENTWISE_WORKGROUP);
-        gpu.dispatch(K, &self.pipeline, &params, &[&self.lut, images, flip, out], grid)
+        let pipeline = self.pipeline(gpu, out.elem)?;
+        gpu.dispatch(K, pipeline, &params, &[&self.lut, images, flip, out], grid)
     }
 }

@@ -20,7 +20,7 @@ use elasticface_core::nn::{Conv2dShape, WinogradTile, WinogradTiles};
 
 use super::conv2d::{Conv2d, ConvOp};
 use super::{check_len, Dispatch, ELEMENTWISE_WORKGROUP};
-use crate::gpu::{Gpu, Tensor};
+use crate::gpu::{Elem, Gpu, Tensor};
 
 /// Mirrors `Params` in `shaders/winograd.wgsl`.
 #[repr(C)]
@@ -303,6 +303,8 @@ impl Winograd {
         let what = format!("winograd {}", op.name());
         for (t, len) in inputs.iter().chain([&out]).zip(op.lens(s)) {
             check_len(&what, t, len)?;
+            // Winograd runs in f32: mixed precision's f16 activations take the direct kernels.
+            t.expect_elem(&what, Elem::F32)?;
         }
         if let Some(n) = &norm {
             let named = [("mean", n.mean), ("var", n.var), ("gamma", n.gamma), ("beta", n.beta)];
