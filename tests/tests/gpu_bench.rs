@@ -3,10 +3,11 @@
 
 use std::sync::Arc;
 
-use elasticface::bench::network::{gflop_per_step, measure, tune, tune_settings, NetworkBenchConfig, Setting};
+use elasticface::bench::network::{gflop_per_step, measure, tune, tune_settings, NetworkBenchConfig};
 use elasticface::gpu::kernels::conv2d::{ConvPrecision, ConvTileChoice, TileShape};
 use elasticface::gpu::kernels::winograd::WinogradTileChoice;
 use elasticface::gpu::{Gpu, GpuOptions};
+use elasticface::train::gpu::ConvSettings;
 use elasticface_core::margin::MarginConfig;
 use elasticface_core::model::IResNetConfig;
 
@@ -97,7 +98,7 @@ fn tuning_times_every_setting_on_one_trainer_and_names_the_fastest() {
         return;
     }
     let gpu = Arc::new(Gpu::new(&GpuOptions::from_env()).unwrap());
-    let f32_setting = |winograd, winograd_tile| Setting {
+    let f32_setting = |winograd, winograd_tile| ConvSettings {
         precision: ConvPrecision::F32,
         winograd,
         winograd_tile,
@@ -119,10 +120,10 @@ fn tuning_times_every_setting_on_one_trainer_and_names_the_fastest() {
     let (adapter_tile, limit) = (ConvTileChoice::Auto.tiling(&gpu).tile, gpu.caps.max_workgroup_memory);
     for tile in TileShape::ALL {
         if tile != adapter_tile && tile.f32_bytes() <= limit {
-            expected.push(Setting { conv_tile: ConvTileChoice::Shape(tile), ..default });
+            expected.push(ConvSettings { conv_tile: ConvTileChoice::Shape(tile), ..default });
         }
     }
-    let mixed = Setting {
+    let mixed = ConvSettings {
         precision: ConvPrecision::Mixed,
         winograd: None,
         winograd_tile: WinogradTileChoice::Auto,
@@ -132,7 +133,7 @@ fn tuning_times_every_setting_on_one_trainer_and_names_the_fastest() {
         expected.push(mixed);
         for tile in TileShape::ALL {
             if tile != adapter_tile && tile.coop_bytes() <= limit {
-                expected.push(Setting { conv_tile: ConvTileChoice::Shape(tile), ..mixed });
+                expected.push(ConvSettings { conv_tile: ConvTileChoice::Shape(tile), ..mixed });
             }
         }
     }
@@ -140,9 +141,9 @@ fn tuning_times_every_setting_on_one_trainer_and_names_the_fastest() {
     assert!(settings.len() >= 12, "6 f32 settings and at least 6 other tiles: {settings:?}");
     assert_eq!(settings[1].to_string(), "--precision f32 --winograd off");
     assert_eq!(default.to_string(), "--precision f32 --winograd 8 --winograd-tile auto");
-    let mixed = Setting { winograd: Some(8), winograd_tile: WinogradTileChoice::F2x2, ..mixed };
+    let mixed = ConvSettings { winograd: Some(8), winograd_tile: WinogradTileChoice::F2x2, ..mixed };
     assert_eq!(mixed.to_string(), "--precision mixed", "mixed precision runs no Winograd convolution");
-    let tiled = Setting { conv_tile: ConvTileChoice::Shape(TileShape::new(128, 128, 16)), ..default };
+    let tiled = ConvSettings { conv_tile: ConvTileChoice::Shape(TileShape::new(128, 128, 16)), ..default };
     assert_eq!(tiled.to_string(), "--precision f32 --winograd 8 --winograd-tile auto --conv-tile 128x128x16");
 
     // Four of them, timed on one trainer: every layer as Winograd, none, F(2x2) from 8 channels, and the first
@@ -153,7 +154,7 @@ fn tuning_times_every_setting_on_one_trainer_and_names_the_fastest() {
         cfg.setting(),
         settings[1],
         f32_setting(Some(8), WinogradTileChoice::F2x2),
-        Setting { conv_tile: other_tile, ..cfg.setting() },
+        ConvSettings { conv_tile: other_tile, ..cfg.setting() },
     ];
     let r = tune(gpu.clone(), &cfg, &chosen, true).unwrap();
     assert_eq!(r.rows.len(), 4);
@@ -179,7 +180,7 @@ fn tuning_times_every_setting_on_one_trainer_and_names_the_fastest() {
     // A setting the adapter cannot run (a tile larger than its workgroup memory, where there is one: lavapipe
     // has 32 KiB) is reported, and the settings after it are measured.
     if let Some(&tile) = TileShape::ALL.iter().find(|t| t.f32_bytes() > gpu.caps.max_workgroup_memory) {
-        let too_big = Setting { conv_tile: ConvTileChoice::Shape(tile), ..cfg.setting() };
+        let too_big = ConvSettings { conv_tile: ConvTileChoice::Shape(tile), ..cfg.setting() };
         let r = tune(gpu.clone(), &cfg, &[cfg.setting(), too_big, settings[1]], true).unwrap();
         assert_eq!(r.rows.iter().map(|row| row.setting).collect::<Vec<_>>(), [cfg.setting(), settings[1]]);
         assert_eq!(r.failed.len(), 1);

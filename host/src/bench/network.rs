@@ -13,7 +13,7 @@
 //! Memory is what the trainer allocated ([`GpuBackend::memory`], every buffer it holds: its peak, since nothing is
 //! allocated during a step) and, where the backend reports it, what the allocator reserved from the driver.
 //!
-//! [`tune`] (`bench --tune`) times the same steps in each [`Setting`] of the convolutions on one trainer (the step
+//! [`tune`] (`bench --tune`) times the same steps in each [`ConvSettings`] of the convolutions on one trainer (the step
 //! is rebuilt between settings; the weights keep training), so that the settings a GPU runs fastest are measured
 //! on it rather than guessed.
 
@@ -33,7 +33,7 @@ use crate::data::{Batch, Position};
 use crate::gpu::kernels::conv2d::{ConvPrecision, ConvTileChoice, TileShape};
 use crate::gpu::kernels::winograd::WinogradTileChoice;
 use crate::gpu::Gpu;
-use crate::train::gpu::{GpuBackend, MemoryUse};
+use crate::train::gpu::{ConvSettings, GpuBackend, MemoryUse};
 use crate::train::Backend;
 
 /// What to measure.
@@ -69,64 +69,12 @@ pub struct NetworkBenchConfig {
 
 impl NetworkBenchConfig {
     /// The convolution settings it measures.
-    pub fn setting(&self) -> Setting {
-        Setting {
+    pub fn setting(&self) -> ConvSettings {
+        ConvSettings {
             precision: self.precision,
             winograd: self.winograd,
             winograd_tile: self.winograd_tile,
             conv_tile: self.conv_tile,
-        }
-    }
-}
-
-/// One choice of the settings `train` takes for the convolutions: what `bench --tune` compares.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct Setting {
-    /// Arithmetic of the convolutions.
-    pub precision: ConvPrecision,
-    /// The 3x3 stride-1 convolutions of at least this many channels run as Winograd (`None`: none do). f32 only:
-    /// mixed precision runs every convolution directly.
-    pub winograd: Option<usize>,
-    /// The Winograd tile.
-    pub winograd_tile: WinogradTileChoice,
-    /// The workgroup tile of the convolutions.
-    pub conv_tile: ConvTileChoice,
-}
-
-impl Setting {
-    /// Puts `backend` in this setting (rebuilding its step where anything changes).
-    pub fn apply(&self, backend: &mut GpuBackend) -> Result<()> {
-        backend.set_convolutions(self.precision, self.conv_tile)?;
-        backend.set_winograd(self.winograd)?;
-        backend.set_winograd_tile(self.winograd_tile)
-    }
-
-    /// The same setting with what it does not use cleared: mixed precision runs no Winograd convolution, and
-    /// without Winograd the tile does not matter.
-    fn canonical(self) -> Self {
-        match (self.precision, self.winograd) {
-            (ConvPrecision::Mixed, _) | (_, None) => {
-                Setting { winograd: None, winograd_tile: WinogradTileChoice::Auto, ..self }
-            }
-            _ => self,
-        }
-    }
-}
-
-impl fmt::Display for Setting {
-    /// The flags of `train` (and `bench`) that select it.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = self.canonical();
-        match (s.precision, s.winograd) {
-            (ConvPrecision::Mixed, _) => write!(f, "--precision mixed")?,
-            (ConvPrecision::F32, None) => write!(f, "--precision f32 --winograd off")?,
-            (ConvPrecision::F32, Some(c)) => {
-                write!(f, "--precision f32 --winograd {c} --winograd-tile {}", s.winograd_tile)?
-            }
-        }
-        match s.conv_tile {
-            ConvTileChoice::Auto => Ok(()),
-            tile => write!(f, " --conv-tile {tile}"),
         }
     }
 }
@@ -337,10 +285,12 @@ fn progress(quiet: bool) -> impl Fn(String) {
     }
 }
 
-/// The trainer `b` describes, in its default settings.
-fn build_trainer(gpu: &Arc<Gpu>, b: &NetworkBenchConfig) -> Result<GpuBackend> {
-    GpuBackend::new(gpu.clone(), &b.cfg, b.batch, b.classes, StepConfig::recipe(b.margin), b.seed)
-        .with_context(|| format!("building the {} trainer at batch {} with {} classes", b.arch, b.batch, b.classes))
+/// The trainer `b` describes, in `settings`.
+fn build_trainer(gpu: &Arc<Gpu>, b: &NetworkBenchConfig, settings: ConvSettings) -> Result<GpuBackend> {
+    let step_cfg = StepConfig::recipe(b.margin);
+    GpuBackend::with_settings(gpu.clone(), &b.cfg, b.batch, b.classes, step_cfg, b.seed, settings).with_context(|| {
+        format!("building the {} trainer at batch {} with {} classes ({settings})", b.arch, b.batch, b.classes)
+    })
 }
 
 /// Builds the trainer on `gpu` and measures it (progress on stderr unless `quiet`).
@@ -349,8 +299,7 @@ pub fn measure(gpu: Arc<Gpu>, b: &NetworkBenchConfig, quiet: bool) -> Result<Net
     let say = progress(quiet);
     let adapter = crate::gpu::AdapterLine(gpu.info.clone()).to_string();
     let t = Instant::now();
-    let mut backend = build_trainer(&gpu, b)?;
-    b.setting().apply(&mut backend)?;
+    let mut backend = build_trainer(&gpu, b, b.setting())?;
     let memory = MemoryReport::new(backend.memory(), &gpu);
     say(format!(
         "{}: {} at batch {}, {} classes: trainer built in {:.1} s, {:.2} GB allocated, {} dispatches per step",
@@ -482,11 +431,11 @@ impl fmt::Display for NetworkBenchResult {
 /// every convolution direct; Winograd from each width of the network on (the thresholds that differ), with the
 /// `auto` tile and with F(2x2) throughout; the default with each other convolution tile that fits the adapter;
 /// mixed precision where the adapter has cooperative matrices, with each tile that fits.
-pub fn tune_settings(gpu: &Gpu, cfg: &IResNetConfig, default: Setting) -> Vec<Setting> {
+pub fn tune_settings(gpu: &Gpu, cfg: &IResNetConfig, default: ConvSettings) -> Vec<ConvSettings> {
     let mut widths = cfg.widths.to_vec();
     widths.sort_unstable();
     widths.dedup();
-    let f32_setting = |winograd, winograd_tile| Setting {
+    let f32_setting = |winograd, winograd_tile| ConvSettings {
         precision: ConvPrecision::F32,
         winograd,
         winograd_tile,
@@ -505,10 +454,10 @@ pub fn tune_settings(gpu: &Gpu, cfg: &IResNetConfig, default: Setting) -> Vec<Se
         TileShape::ALL.into_iter().filter(move |t| *t != adapter_tile && bytes(t) <= limit).map(ConvTileChoice::Shape)
     };
     for conv_tile in other_tiles(TileShape::f32_bytes) {
-        all.push(Setting { precision: ConvPrecision::F32, conv_tile, ..default });
+        all.push(ConvSettings { precision: ConvPrecision::F32, conv_tile, ..default });
     }
     if gpu.caps.cooperative_matrix {
-        let mixed = Setting {
+        let mixed = ConvSettings {
             precision: ConvPrecision::Mixed,
             winograd: None,
             winograd_tile: WinogradTileChoice::Auto,
@@ -516,11 +465,11 @@ pub fn tune_settings(gpu: &Gpu, cfg: &IResNetConfig, default: Setting) -> Vec<Se
         };
         all.push(mixed);
         for conv_tile in other_tiles(TileShape::coop_bytes) {
-            all.push(Setting { conv_tile, ..mixed });
+            all.push(ConvSettings { conv_tile, ..mixed });
         }
     }
-    let mut settings: Vec<Setting> = Vec::with_capacity(all.len());
-    for s in all.into_iter().map(Setting::canonical) {
+    let mut settings: Vec<ConvSettings> = Vec::with_capacity(all.len());
+    for s in all.into_iter().map(ConvSettings::canonical) {
         if !settings.contains(&s) {
             settings.push(s);
         }
@@ -532,7 +481,7 @@ pub fn tune_settings(gpu: &Gpu, cfg: &IResNetConfig, default: Setting) -> Vec<Se
 #[derive(Clone, Debug, Serialize)]
 pub struct TuneRow {
     /// The setting.
-    pub setting: Setting,
+    pub setting: ConvSettings,
     /// Its flags for `train`.
     pub flags: String,
     /// Whether it is what `train` runs without flags.
@@ -582,7 +531,7 @@ pub struct TuneResult {
 #[derive(Clone, Debug, Serialize)]
 pub struct TuneFailure {
     /// The setting.
-    pub setting: Setting,
+    pub setting: ConvSettings,
     /// Its flags for `train`.
     pub flags: String,
     /// Why, with its causes.
@@ -594,19 +543,20 @@ pub struct TuneFailure {
 /// the speed-ups and is marked as the default; it must run. A later setting that cannot (its kernels do not
 /// compile or fit, or its steps fail) is reported in [`TuneResult::failed`] and the others go on. Progress on
 /// stderr unless `quiet`.
-pub fn tune(gpu: Arc<Gpu>, b: &NetworkBenchConfig, settings: &[Setting], quiet: bool) -> Result<TuneResult> {
+pub fn tune(gpu: Arc<Gpu>, b: &NetworkBenchConfig, settings: &[ConvSettings], quiet: bool) -> Result<TuneResult> {
     ensure!(!settings.is_empty(), "bench --tune: no setting to measure");
     ensure!(b.steps > 0, "bench: --steps must be at least 1");
     let say = progress(quiet);
     let adapter = crate::gpu::AdapterLine(gpu.info.clone()).to_string();
-    let mut backend = build_trainer(&gpu, b)?;
+    let baseline = "the default setting, the baseline of the others";
+    let mut backend = build_trainer(&gpu, b, settings[0]).context(baseline)?;
     let batches = synthetic_batches(&b.cfg, b.batch, b.classes, b.seed, 4);
     let mut rows: Vec<TuneRow> = Vec::with_capacity(settings.len());
     let mut failed = Vec::new();
     let mut next_step = 0;
     for (i, setting) in settings.iter().enumerate() {
         say(format!("[{}/{}] {setting}", i + 1, settings.len()));
-        let measured = setting.apply(&mut backend).with_context(|| format!("setting {setting}")).and_then(|()| {
+        let measured = backend.set_settings(setting).with_context(|| format!("setting {setting}")).and_then(|()| {
             time_steps(&mut backend, b, &batches, next_step, &say).with_context(|| format!("{setting}"))
         });
         let timing = match measured {
@@ -616,7 +566,7 @@ pub fn tune(gpu: Arc<Gpu>, b: &NetworkBenchConfig, settings: &[Setting], quiet: 
                 failed.push(TuneFailure { setting: *setting, flags: setting.to_string(), error: format!("{e:#}") });
                 continue;
             }
-            Err(e) => return Err(e.context("the default setting, the baseline of the others")),
+            Err(e) => return Err(e.context(baseline)),
         };
         next_step = timing.next_step;
         let images_per_s = b.batch as f64 / timing.median;

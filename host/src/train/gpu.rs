@@ -204,6 +204,68 @@ impl MemoryUse {
     }
 }
 
+/// How the GPU trainer runs its convolutions: what `train` and `bench` choose with `--precision`, `--winograd`,
+/// `--winograd-tile` and `--conv-tile`, and what `bench --tune` compares. A trainer is built in its settings
+/// ([`GpuBackend::with_settings`]), so that it allocates only what they need (mixed precision's f16 activations,
+/// the Winograd workspace of the layers that run as Winograd), and can move to others
+/// ([`GpuBackend::set_settings`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ConvSettings {
+    /// Arithmetic of the convolutions.
+    pub precision: ConvPrecision,
+    /// The 3x3 stride-1 convolutions of at least this many input and output channels run as Winograd (`None`:
+    /// none do). f32 only: mixed precision runs every convolution directly.
+    pub winograd: Option<usize>,
+    /// The Winograd tile.
+    pub winograd_tile: WinogradTileChoice,
+    /// The workgroup tile of the convolutions.
+    pub conv_tile: ConvTileChoice,
+}
+
+impl ConvSettings {
+    /// What `train` runs on `gpu` without flags: f32, Winograd from [`default_winograd`]'s width on, the `auto`
+    /// tiles.
+    pub fn for_adapter(gpu: &Gpu) -> Self {
+        Self {
+            precision: ConvPrecision::F32,
+            winograd: default_winograd(gpu),
+            winograd_tile: WinogradTileChoice::Auto,
+            conv_tile: ConvTileChoice::Auto,
+        }
+    }
+}
+
+impl ConvSettings {
+    /// The same settings with what they do not use cleared: mixed precision runs no Winograd convolution, and
+    /// without Winograd the tile does not matter.
+    pub fn canonical(self) -> Self {
+        match (self.precision, self.winograd) {
+            (ConvPrecision::Mixed, _) | (_, None) => {
+                ConvSettings { winograd: None, winograd_tile: WinogradTileChoice::Auto, ..self }
+            }
+            _ => self,
+        }
+    }
+}
+
+impl std::fmt::Display for ConvSettings {
+    /// The flags of `train` (and `bench`) that select them.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.canonical();
+        match (s.precision, s.winograd) {
+            (ConvPrecision::Mixed, _) => write!(f, "--precision mixed")?,
+            (ConvPrecision::F32, None) => write!(f, "--precision f32 --winograd off")?,
+            (ConvPrecision::F32, Some(c)) => {
+                write!(f, "--precision f32 --winograd {c} --winograd-tile {}", s.winograd_tile)?
+            }
+        }
+        match s.conv_tile {
+            ConvTileChoice::Auto => Ok(()),
+            tile => write!(f, " --conv-tile {tile}"),
+        }
+    }
+}
+
 /// The kernel families the trainer records, compiled once.
 struct Kernels {
     preprocess: Preprocess,
@@ -223,18 +285,29 @@ struct Kernels {
 }
 
 impl Kernels {
-    fn new(gpu: &Gpu) -> Self {
-        Self {
+    /// The kernels, the convolutions compiled in `settings`. Errors as [`Conv2d::build`].
+    fn new(gpu: &Gpu, settings: &ConvSettings) -> Result<Self> {
+        Ok(Self {
             preprocess: Preprocess::new(gpu),
-            conv: Conv2d::new(gpu),
+            conv: Conv2d::build(gpu, settings.precision, settings.conv_tile.tiling(gpu))?,
             winograd: Winograd::new(gpu),
-            winograd_min_channels: default_winograd(gpu),
-            winograd_tile: WinogradTileChoice::Auto,
-            conv_tile: ConvTileChoice::Auto,
+            winograd_min_channels: settings.winograd,
+            winograd_tile: settings.winograd_tile,
+            conv_tile: settings.conv_tile,
             linear: Linear::new(gpu),
             bn: BatchNormKernels::new(gpu),
             margin: MarginLoss::new(gpu),
             sgd: SgdKernels::new(gpu),
+        })
+    }
+
+    /// The settings these kernels run the convolutions in.
+    fn settings(&self) -> ConvSettings {
+        ConvSettings {
+            precision: self.conv.precision(),
+            winograd: self.winograd_min_channels,
+            winograd_tile: self.winograd_tile,
+            conv_tile: self.conv_tile,
         }
     }
 
@@ -1363,7 +1436,8 @@ impl LossScale {
 impl<G: Deref<Target = Gpu>> GpuBackend<G> {
     /// A trainer for `cfg` at batch `batch` with `classes` classes, initialised from `seed` exactly as
     /// [`CpuBackend::new`](super::cpu::CpuBackend::new) (on the CPU, by the core, then uploaded): both backends
-    /// start from the same bits.
+    /// start from the same bits. The convolutions run in the adapter's default settings
+    /// ([`ConvSettings::for_adapter`]).
     pub fn new(
         gpu: G,
         cfg: &IResNetConfig,
@@ -1372,17 +1446,32 @@ impl<G: Deref<Target = Gpu>> GpuBackend<G> {
         step_cfg: StepConfig,
         seed: u64,
     ) -> Result<Self> {
+        let settings = ConvSettings::for_adapter(&gpu);
+        Self::with_settings(gpu, cfg, batch, classes, step_cfg, seed, settings)
+    }
+
+    /// [`Self::new`] with the convolutions in `settings`: only what they need is allocated (a trainer built in
+    /// f32 and then switched to mixed precision would hold f32 activations first). Errors as [`Conv2d::build`].
+    pub fn with_settings(
+        gpu: G,
+        cfg: &IResNetConfig,
+        batch: usize,
+        classes: usize,
+        step_cfg: StepConfig,
+        seed: u64,
+        settings: ConvSettings,
+    ) -> Result<Self> {
         TrainerLayout::new(cfg, batch, classes)?;
         let mut state = vec![0.0; cfg.state_len()];
         let mut head = vec![0.0; cfg.embedding * classes];
         let mut rng = Philox4x32::new(seed, INIT_STREAM);
         init_state(cfg, &mut rng, &mut state)?;
         init_head(&mut rng, &mut head);
-        Self::with_weights(gpu, cfg, batch, classes, step_cfg, &state, &head)
+        Self::build(gpu, cfg, batch, classes, step_cfg, &state, &head, settings)
     }
 
     /// A trainer holding the given backbone `state` (the layout of [`IResNetConfig::tensors`]) and head
-    /// `head (D, C)`, with zero momentum and no steps taken.
+    /// `head (D, C)`, with zero momentum and no steps taken, in the adapter's default settings.
     pub fn with_weights(
         gpu: G,
         cfg: &IResNetConfig,
@@ -1392,13 +1481,46 @@ impl<G: Deref<Target = Gpu>> GpuBackend<G> {
         state: &[f32],
         head: &[f32],
     ) -> Result<Self> {
+        let settings = ConvSettings::for_adapter(&gpu);
+        Self::build(gpu, cfg, batch, classes, step_cfg, state, head, settings)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        gpu: G,
+        cfg: &IResNetConfig,
+        batch: usize,
+        classes: usize,
+        step_cfg: StepConfig,
+        state: &[f32],
+        head: &[f32],
+        settings: ConvSettings,
+    ) -> Result<Self> {
         TrainerLayout::new(cfg, batch, classes)?;
         step_cfg.margin.validate()?;
-        let k = Kernels::new(&gpu);
+        let k = Kernels::new(&gpu, &settings)?;
         let net = Net::new(&gpu, &k, cfg, batch, classes, state, head)?;
         SgdKernels::write_hyper(&gpu, &net.hyper, &step_cfg.sgd)?;
         let plan = Plan::new(&gpu, &k, &net, &step_cfg)?;
-        Ok(Self { gpu, k, net, step_cfg, plan, eval: HashMap::new(), steps: 0, loss_scale: None })
+        let mut me = Self { gpu, k, net, step_cfg, plan, eval: HashMap::new(), steps: 0, loss_scale: None };
+        if settings.precision == ConvPrecision::Mixed {
+            me.loss_scale = Some(LossScale { scale: LossScale::INITIAL, good_steps: 0 });
+            me.write_loss_scale()?;
+        }
+        Ok(me)
+    }
+
+    /// The settings the convolutions run in.
+    pub fn settings(&self) -> ConvSettings {
+        self.k.settings()
+    }
+
+    /// Moves the convolutions to `settings` (rebuilding the step where anything changes): [`Self::set_convolutions`],
+    /// [`Self::set_winograd`] and [`Self::set_winograd_tile`]. Errors as they do.
+    pub fn set_settings(&mut self, settings: &ConvSettings) -> Result<()> {
+        self.set_convolutions(settings.precision, settings.conv_tile)?;
+        self.set_winograd(settings.winograd)?;
+        self.set_winograd_tile(settings.winograd_tile)
     }
 
     /// A trainer continuing `checkpoint` at batch `batch`: its weights, momentum, step count and settings.

@@ -57,11 +57,13 @@ pub(crate) fn open_gpu_backend(
     if prefer_hardware && gpu.info.device_type == wgpu::DeviceType::Cpu {
         anyhow::bail!("only a software adapter ({}) was found; `--device gpu` uses it", gpu.info.name);
     }
-    let precision = cfg.precision.resolve(&gpu)?;
-    let mut backend = gpu::GpuBackend::new(std::sync::Arc::new(gpu), net, cfg.batch, classes, step_cfg, cfg.seed)?;
-    backend.set_convolutions(precision, cfg.conv_tile)?;
-    let winograd = cfg.winograd.resolve(backend.gpu());
-    backend.set_winograd(winograd)?;
-    backend.set_winograd_tile(cfg.winograd_tile)?;
+    let settings = gpu::ConvSettings {
+        precision: cfg.precision.resolve(&gpu)?,
+        winograd: cfg.winograd.resolve(&gpu),
+        winograd_tile: cfg.winograd_tile,
+        conv_tile: cfg.conv_tile,
+    };
+    let gpu = std::sync::Arc::new(gpu);
+    let backend = gpu::GpuBackend::with_settings(gpu, net, cfg.batch, classes, step_cfg, cfg.seed, settings)?;
     Ok(Box::new(backend))
 }
