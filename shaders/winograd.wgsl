@@ -37,6 +37,11 @@
 // batch norm's input, and that output is never stored. The same bits as batchnorm.wgsl's normalisation followed
 // by the plain input transform, wherever the compiler rounds both alike.
 //
+// STORAGE. `src` is read as `Src` and `dst` written as `Dst`: f32 here; the host rewrites either alias to f16
+// where the tensor is one of mixed precision's f16 activations (x of an input transform, y of an output
+// transform; see `Winograd` in host/src/gpu/kernels/winograd.rs). Values are converted to f32 as they are read
+// and rounded to Dst as they are written; the transformed operands, weights and gradients are f32.
+//
 // One invocation per (row, column) of the transformed operand, numbered so that neighbouring invocations write
 // neighbouring addresses; an F(4x4) invocation keeps one 6x6 (or smaller) intermediate and computes the second
 // pass row by row, storing each element as it comes. Every read and write checks its index against the sizes the
@@ -69,9 +74,12 @@ struct Params {
 
 const WG: u32 = 256u;
 
+alias Src = f32;
+alias Dst = f32;
+
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> src: array<f32>;
-@group(0) @binding(2) var<storage, read_write> dst: array<f32>;
+@group(0) @binding(1) var<storage, read> src: array<Src>;
+@group(0) @binding(2) var<storage, read_write> dst: array<Dst>;
 
 // The normalised input transforms' batch norm (and PReLU) per channel. Without a PReLU (p.prelu 0) the host binds
 // beta again as alpha, which is then never read.
@@ -88,7 +96,7 @@ fn index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
 // Writes element e of `v` to dst[e * plane + i] for e < 16: invocation i's column of a (16, plane) operand.
 fn store_planes(i: u32, plane: u32, v: array<f32, 16>) {
     for (var e = 0u; e < 16u; e++) {
-        dst[e * plane + i] = v[e];
+        dst[e * plane + i] = Dst(v[e]);
     }
 }
 
@@ -105,7 +113,7 @@ fn weight_kernel(i: u32) -> array<f32, 9> {
     let base = (co * p.c_in + ci) * 9u;
     var g: array<f32, 9>;
     for (var k = 0u; k < 9u; k++) {
-        g[k] = src[base + select(k, 8u - k, flip)];
+        g[k] = f32(src[base + select(k, 8u - k, flip)]);
     }
     return g;
 }
@@ -157,7 +165,7 @@ fn read_window(q: Window, a: u32, b: u32) -> f32 {
     let r = q.row0 + i32(a);
     let c = q.col0 + i32(b);
     if r >= 0 && r < i32(q.rows) && c >= 0 && c < i32(q.cols) {
-        return src[q.plane + u32(r) * q.cols + u32(c)];
+        return f32(src[q.plane + u32(r) * q.cols + u32(c)]);
     }
     return 0.0;
 }
@@ -175,7 +183,7 @@ fn read_normalized(q: Window, a: u32, b: u32, k: vec4<f32>) -> f32 {
     let r = q.row0 + i32(a);
     let c = q.col0 + i32(b);
     if r >= 0 && r < i32(q.rows) && c >= 0 && c < i32(q.cols) {
-        let z = (src[q.plane + u32(r) * q.cols + u32(c)] - k.x) * k.y + k.z;
+        let z = (f32(src[q.plane + u32(r) * q.cols + u32(c)]) - k.x) * k.y + k.z;
         if p.prelu == 1u {
             return select(k.w * z, z, z > 0.0);
         }
@@ -189,7 +197,7 @@ fn write_window(q: Window, a: u32, b: u32, v: f32) {
     let r = u32(q.row0) + a;
     let c = u32(q.col0) + b;
     if r < q.rows && c < q.cols {
-        dst[q.plane + r * q.cols + c] = v;
+        dst[q.plane + r * q.cols + c] = Dst(v);
     }
 }
 
@@ -305,10 +313,10 @@ fn winograd_output_transform(@builtin(global_invocation_id) gid: vec3<u32>, @bui
     // tmp = A^T M (2 x 4).
     var t: array<f32, 8>;
     for (var j = 0u; j < 4u; j++) {
-        let m0 = src[j * plane_size + i];
-        let m1 = src[(4u + j) * plane_size + i];
-        let m2 = src[(8u + j) * plane_size + i];
-        let m3 = src[(12u + j) * plane_size + i];
+        let m0 = f32(src[j * plane_size + i]);
+        let m1 = f32(src[(4u + j) * plane_size + i]);
+        let m2 = f32(src[(8u + j) * plane_size + i]);
+        let m3 = f32(src[(12u + j) * plane_size + i]);
         t[j] = (m0 + m1) + m2;
         t[4u + j] = (m1 - m2) - m3;
     }
@@ -376,10 +384,10 @@ fn winograd_weight_grad_transform(
     // tmp = G^T dU (3 x 4).
     var t: array<f32, 12>;
     for (var j = 0u; j < 4u; j++) {
-        let u0 = src[j * plane + i];
-        let u1 = src[(4u + j) * plane + i];
-        let u2 = src[(8u + j) * plane + i];
-        let u3 = src[(12u + j) * plane + i];
+        let u0 = f32(src[j * plane + i]);
+        let u1 = f32(src[(4u + j) * plane + i]);
+        let u2 = f32(src[(8u + j) * plane + i]);
+        let u3 = f32(src[(12u + j) * plane + i]);
         t[j] = u0 + 0.5 * (u1 + u2);
         t[4u + j] = 0.5 * (u1 - u2);
         t[8u + j] = 0.5 * (u1 + u2) + u3;
@@ -389,9 +397,9 @@ fn winograd_weight_grad_transform(
         let t1 = t[4u * a + 1u];
         let t2 = t[4u * a + 2u];
         let t3 = t[4u * a + 3u];
-        dst[i * 9u + 3u * a] = t0 + 0.5 * (t1 + t2);
-        dst[i * 9u + 3u * a + 1u] = 0.5 * (t1 - t2);
-        dst[i * 9u + 3u * a + 2u] = 0.5 * (t1 + t2) + t3;
+        dst[i * 9u + 3u * a] = Dst(t0 + 0.5 * (t1 + t2));
+        dst[i * 9u + 3u * a + 1u] = Dst(0.5 * (t1 - t2));
+        dst[i * 9u + 3u * a + 2u] = Dst(0.5 * (t1 + t2) + t3);
     }
 }
 
@@ -479,7 +487,7 @@ fn winograd_f4_weight_transform(
     for (var r = 0u; r < 6u; r++) {
         let row = f4_g(t[3u * r], t[3u * r + 1u], t[3u * r + 2u]);
         for (var b = 0u; b < 6u; b++) {
-            dst[(6u * r + b) * plane + i] = S[6u * r + b] * row[b];
+            dst[(6u * r + b) * plane + i] = Dst(S[6u * r + b] * row[b]);
         }
     }
 }
@@ -499,7 +507,7 @@ fn f4_input_rows(i: u32, t: array<f32, 36>) {
     for (var r = 0u; r < 6u; r++) {
         let row = f4_bt(t[6u * r], t[6u * r + 1u], t[6u * r + 2u], t[6u * r + 3u], t[6u * r + 4u], t[6u * r + 5u]);
         for (var b = 0u; b < 6u; b++) {
-            dst[(6u * r + b) * plane_size + i] = row[b];
+            dst[(6u * r + b) * plane_size + i] = Dst(row[b]);
         }
     }
 }
@@ -565,12 +573,12 @@ fn winograd_f4_output_transform(
     var t: array<f32, 24>;
     for (var j = 0u; j < 6u; j++) {
         let col = f4_at(
-            src[j * plane_size + i],
-            src[(6u + j) * plane_size + i],
-            src[(12u + j) * plane_size + i],
-            src[(18u + j) * plane_size + i],
-            src[(24u + j) * plane_size + i],
-            src[(30u + j) * plane_size + i],
+            f32(src[j * plane_size + i]),
+            f32(src[(6u + j) * plane_size + i]),
+            f32(src[(12u + j) * plane_size + i]),
+            f32(src[(18u + j) * plane_size + i]),
+            f32(src[(24u + j) * plane_size + i]),
+            f32(src[(30u + j) * plane_size + i]),
         );
         for (var r = 0u; r < 4u; r++) {
             t[6u * r + j] = col[r];
@@ -614,7 +622,7 @@ fn winograd_f4_output_grad_transform(
     for (var r = 0u; r < 6u; r++) {
         let row = f4_a(t[4u * r], t[4u * r + 1u], t[4u * r + 2u], t[4u * r + 3u]);
         for (var b = 0u; b < 6u; b++) {
-            dst[(6u * r + b) * plane_size + i] = row[b];
+            dst[(6u * r + b) * plane_size + i] = Dst(row[b]);
         }
     }
 }
@@ -635,7 +643,7 @@ fn winograd_f4_weight_grad_transform(
     for (var j = 0u; j < 6u; j++) {
         var u: array<f32, 6>;
         for (var a = 0u; a < 6u; a++) {
-            u[a] = S[6u * a + j] * src[(6u * a + j) * plane + i];
+            u[a] = S[6u * a + j] * f32(src[(6u * a + j) * plane + i]);
         }
         let col = f4_gt(u[0], u[1], u[2], u[3], u[4], u[5]);
         for (var r = 0u; r < 3u; r++) {
@@ -646,7 +654,7 @@ fn winograd_f4_weight_grad_transform(
     for (var r = 0u; r < 3u; r++) {
         let row = f4_gt(t[6u * r], t[6u * r + 1u], t[6u * r + 2u], t[6u * r + 3u], t[6u * r + 4u], t[6u * r + 5u]);
         for (var b = 0u; b < 3u; b++) {
-            dst[i * 9u + 3u * r + b] = row[b];
+            dst[i * 9u + 3u * r + b] = Dst(row[b]);
         }
     }
 }

@@ -115,8 +115,9 @@ enum Command {
     /// launches recorded into one compute pass; the median round is reported.
     ///
     /// --tune: the same steps in each setting of the convolutions that `train` offers (--precision, --winograd,
-    /// --winograd-tile, --conv-tile) on one trainer, fastest first, and the flags of the fastest: which settings
-    /// suit this GPU and network. A setting the adapter cannot run is listed with the reason.
+    /// --winograd-tile, --conv-tile; mixed precision, with and without Winograd, where the adapter has tensor
+    /// cores) on one trainer, fastest first, and the flags of the fastest: which settings suit this GPU and
+    /// network. A setting the adapter cannot run is listed with the reason.
     ///
     /// --peer COMMAND (with the default or --tune): then runs another trainer's benchmark on the same GPU, e.g.
     /// PyTorch's `python3 torch_iresnet_bench.py train`, and prints our images/s (the fastest setting with --tune)
@@ -165,8 +166,9 @@ enum Command {
         /// slowly, where there are none and ELASTICFACE_EMULATE_TENSOR_CORES=1).
         #[arg(long, value_enum, default_value = "auto")]
         precision: Precision,
-        /// 3x3 stride-1 convolutions run as Winograd (f32): auto (layers of at least 128 channels on a GPU, 64 on a
-        /// CPU adapter), off, or the fewest input and output channels of such a layer.
+        /// 3x3 stride-1 convolutions run as Winograd (in f32 arithmetic): auto (in f32, layers of at least 128
+        /// channels on a GPU, 64 on a CPU adapter; in mixed precision, none), off, or the fewest input and output
+        /// channels of such a layer.
         #[arg(long, value_name = "auto|off|N", default_value = "auto")]
         winograd: WinogradLayers,
         /// The Winograd tile: 4 (F(4x4, 3x3): 2.25 multiplications per output), 2 (F(2x2, 3x3): 4, and 5-9x
@@ -352,8 +354,9 @@ struct TrainArgs {
     /// [default: auto].
     #[arg(long, value_enum)]
     precision: Option<Precision>,
-    /// 3x3 stride-1 GPU convolutions run as Winograd (f32): auto (layers of at least 128 channels on a GPU, 64 on a
-    /// CPU adapter), off, or the fewest input and output channels of such a layer [default: auto].
+    /// 3x3 stride-1 GPU convolutions run as Winograd (in f32 arithmetic): auto (in f32, layers of at least 128
+    /// channels on a GPU, 64 on a CPU adapter; in mixed precision, none), off, or the fewest input and output
+    /// channels of such a layer [default: auto].
     #[arg(long, value_name = "auto|off|N")]
     winograd: Option<WinogradLayers>,
     /// The Winograd tile: 4 (F(4x4, 3x3): 2.25 multiplications per output), 2 (F(2x2, 3x3): 4, and 5-9x smaller
@@ -623,9 +626,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             let tc = TrainConfig { arch: arch.clone(), input_size, loss, ..TrainConfig::default() };
+            let precision = precision.resolve(&gpu)?;
             let cfg = bench::network::NetworkBenchConfig {
-                precision: precision.resolve(&gpu)?,
-                winograd: winograd.resolve(&gpu),
+                precision,
+                winograd: winograd.resolve(&gpu, precision),
                 winograd_tile,
                 conv_tile,
                 cfg: tc.network()?,

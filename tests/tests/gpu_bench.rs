@@ -108,7 +108,7 @@ fn tuning_times_every_setting_on_one_trainer_and_names_the_fastest() {
     let settings = tune_settings(&gpu, &TINY, default);
     // The default first; direct; each width of the network (4, 8, 16) with both tile choices; no repeats (the
     // default is one of the width settings); the default on each other convolution tile that fits. Mixed only
-    // where the adapter has tensor cores, on each tile that fits.
+    // where the adapter has tensor cores, on each tile that fits, then with Winograd from each width.
     let mut expected = vec![default, f32_setting(None, WinogradTileChoice::Auto)];
     for w in [4, 8, 16] {
         for tile in [WinogradTileChoice::Auto, WinogradTileChoice::F2x2] {
@@ -136,13 +136,19 @@ fn tuning_times_every_setting_on_one_trainer_and_names_the_fastest() {
                 expected.push(ConvSettings { conv_tile: ConvTileChoice::Shape(tile), ..mixed });
             }
         }
+        for w in [4, 8, 16] {
+            for winograd_tile in [WinogradTileChoice::Auto, WinogradTileChoice::F2x2] {
+                expected.push(ConvSettings { winograd: Some(w), winograd_tile, ..mixed });
+            }
+        }
     }
     assert_eq!(settings, expected);
     assert!(settings.len() >= 12, "6 f32 settings and at least 6 other tiles: {settings:?}");
     assert_eq!(settings[1].to_string(), "--precision f32 --winograd off");
     assert_eq!(default.to_string(), "--precision f32 --winograd 8 --winograd-tile auto");
+    assert_eq!(mixed.to_string(), "--precision mixed");
     let mixed = ConvSettings { winograd: Some(8), winograd_tile: WinogradTileChoice::F2x2, ..mixed };
-    assert_eq!(mixed.to_string(), "--precision mixed", "mixed precision runs no Winograd convolution");
+    assert_eq!(mixed.to_string(), "--precision mixed --winograd 8 --winograd-tile 2");
     let tiled = ConvSettings { conv_tile: ConvTileChoice::Shape(TileShape::new(128, 128, 16)), ..default };
     assert_eq!(tiled.to_string(), "--precision f32 --winograd 8 --winograd-tile auto --conv-tile 128x128x16");
 

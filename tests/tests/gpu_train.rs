@@ -338,6 +338,40 @@ fn mixed_precision_is_deterministic_and_close_to_f32() {
     }
 }
 
+/// Mixed precision with its 3x3 convolutions as Winograd (in f32 arithmetic on the f16 activations; the others on
+/// tensor cores, or emulated): two runs built in those settings agree bit for bit, the activations follow the
+/// formula (no PReLU output kept before a Winograd conv2), and the losses stay within 2% of f32's with the same
+/// Winograd layers. Measured on lavapipe over three steps: 0.64% apart at most with F(2x2) (46.312 vs 46.607),
+/// 0.28% with F(4x4).
+#[test]
+fn mixed_precision_with_winograd_convolutions_is_deterministic_and_close_to_f32() {
+    let Some(gpu) = gpu() else { return };
+    let (b, classes) = (6, 11);
+    for winograd_tile in [WinogradTileChoice::F2x2, WinogradTileChoice::F4x4] {
+        let settings =
+            |precision| ConvSettings { precision, winograd: Some(1), winograd_tile, conv_tile: ConvTileChoice::Auto };
+        let mut runs = Vec::new();
+        for precision in [ConvPrecision::Mixed, ConvPrecision::Mixed, ConvPrecision::F32] {
+            let mut g = GpuBackend::with_settings(gpu, &TINY, b, classes, step_cfg(), 4, settings(precision)).unwrap();
+            assert_eq!(g.memory().activations, activation_bytes(&TINY, b, Some(1), precision));
+            let losses = train(&mut g, &TINY, b, classes, 3);
+            let pos = Position::epoch_start(0);
+            runs.push((losses, bits(&g.checkpoint(4, pos, Default::default()).unwrap())));
+        }
+        assert!(
+            activation_bytes(&TINY, b, Some(1), ConvPrecision::Mixed)
+                < activation_bytes(&TINY, b, None, ConvPrecision::Mixed)
+        );
+        assert_eq!(runs[0].0, runs[1].0, "{winograd_tile}: losses of two runs");
+        assert!(runs[0].1 == runs[1].1, "{winograd_tile}: parameters, head or momentum differ between two runs");
+        for (i, (m, f)) in runs[0].0.iter().zip(&runs[2].0).enumerate() {
+            let (m, f) = (f32::from_bits(*m), f32::from_bits(*f));
+            eprintln!("{winograd_tile} step {i}: loss mixed {m}, f32 {f}");
+            assert!((m - f).abs() <= 0.02 * f.abs(), "{winograd_tile} step {i}: loss mixed {m}, f32 {f}");
+        }
+    }
+}
+
 /// A mixed-precision step whose backbone gradient overflows f16 runs again at half the loss scale until it does
 /// not, and then it is the step that scale gives from the start, bit for bit: the tries that overflowed moved no
 /// weight, no momentum and no batch norm running statistic (they are restored before each retry), and left no NaN
@@ -507,14 +541,12 @@ fn setup_is_checked_and_memory_follows_the_formula() {
         assert_eq!(g.memory().activations, activation_bytes(&TINY, b, winograd, f32), "{winograd:?}");
     }
     assert!(activation_bytes(&TINY, b, Some(1), f32) < activation_bytes(&TINY, b, None, f32));
-    // Mixed precision stores the convolutions' activations as f16 (and runs no Winograd): switching reallocates
-    // them, and back.
+    // Mixed precision stores the convolutions' activations as f16: switching reallocates them, and back.
     g.set_winograd(Some(1)).unwrap();
     g.set_precision(ConvPrecision::Mixed).unwrap();
     let mixed = activation_bytes(&TINY, b, Some(1), ConvPrecision::Mixed);
     assert_eq!(g.memory().activations, mixed);
-    assert_eq!(mixed, activation_bytes(&TINY, b, None, ConvPrecision::Mixed));
-    assert!(mixed < activation_bytes(&TINY, b, None, f32));
+    assert!(mixed < activation_bytes(&TINY, b, Some(1), f32));
     g.set_precision(f32).unwrap();
     assert_eq!(g.memory().activations, activation_bytes(&TINY, b, Some(1), f32));
     g.set_winograd(None).unwrap();

@@ -20,7 +20,7 @@ use elasticface::gpu::kernels::batchnorm::{BatchNormKernels, Epilogue};
 use elasticface::gpu::kernels::conv2d::{Conv2d, ConvOp, ConvPrecision, ConvTiling, TileShape};
 use elasticface::gpu::kernels::winograd::{InputNorm, Winograd, WinogradWorkspace};
 use elasticface::gpu::kernels::Dispatch;
-use elasticface::gpu::{Gpu, Tensor};
+use elasticface::gpu::{Elem, Gpu, Tensor};
 use elasticface_core::nn::{self, BatchNorm, BatchNormShape, Conv2dShape, WinogradTile, WinogradTiles};
 use elasticface_tests::{assert_within_scale, gpu, slack_allowed, uniform};
 
@@ -327,4 +327,64 @@ fn winograd_refuses_what_it_cannot_run() {
         (gpu.zeros("x", &[s.input_len()]), gpu.zeros("w", &[s.weight_len()]), gpu.zeros("y", &[s.output_len()]));
     let err = wino.run(gpu, &conv, ConvOp::Forward, &s, WinogradTile::F4x4, [&x, &w], None, &y, &ws).err().unwrap();
     assert!(format!("{err:#}").contains("winograd U"), "{err:#}");
+}
+
+/// Mixed precision's f16 activations (x read by the input transforms, plain and normalised, y written by the
+/// output transform) against the same kernels on f32 tensors holding the same values: reading f16 is exact and
+/// every transform computes in f32, so the weight gradient is the same bits and the output is the f32 output
+/// rounded by the core's `round_to_f16` (WGSL's conversion to f16 rounds to nearest even on the adapters we test;
+/// this checks it). The f32 kernels are checked against the core above.
+#[test]
+fn f16_activations_give_the_f32_results_on_the_rounded_values() {
+    let Some(gpu) = gpu() else { return };
+    assert!(gpu.caps.f16, "the test GPU has f16 in shaders");
+    let (conv, wino) = (Conv2d::new(gpu), Winograd::new(gpu));
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let rounded = |v: &[f32]| {
+        let mut v = v.to_vec();
+        nn::round_to_f16(&mut v);
+        v
+    };
+    let bn = BatchNorm::default();
+    for (i, s) in shapes().into_iter().take(5).enumerate() {
+        let seed = 900 + 10 * i as u64;
+        let xv = rounded(&uniform(seed, s.input_len()));
+        let (x32, x16) = (gpu.upload("x", &[s.input_len()], &xv), gpu.upload_f16("x16", &[s.input_len()], &xv));
+        let weight = gpu.upload("weight", &[s.weight_len()], &uniform(seed + 1, s.weight_len()));
+        let dy = gpu.upload("dy", &[s.output_len()], &uniform(seed + 2, s.output_len()));
+        let c = s.c_in;
+        let per_channel = |k: u64, lo: f32| {
+            gpu.upload("bn", &[c], &uniform(seed + k, c).iter().map(|v| lo + v.abs()).collect::<Vec<_>>())
+        };
+        let (mean, var, gamma, beta) =
+            (per_channel(3, -0.5), per_channel(4, 0.5), per_channel(5, 0.5), per_channel(6, -0.5));
+        let norm = InputNorm { eps: bn.eps, mean: &mean, var: &var, gamma: &gamma, beta: &beta, alpha: Some(&beta) };
+        for tile in WinogradTile::ALL {
+            let ws = workspace(gpu, &conv, &s, tile);
+            for norm in [None, Some(norm)] {
+                let what = format!("{tile:?} {s:?} normalised {}", norm.is_some());
+                let outputs = |x: &Tensor, y: &Tensor| {
+                    let dw = gpu.zeros("dweight", &[s.weight_len()]);
+                    let mut d = wino.run(gpu, &conv, ConvOp::Forward, &s, tile, [x, &weight], norm, y, &ws).unwrap();
+                    d.extend(wino.run(gpu, &conv, ConvOp::BackwardWeight, &s, tile, [&dy, x], norm, &dw, &ws).unwrap());
+                    run(gpu, &d);
+                    (gpu.read_f32(y).unwrap(), gpu.read_f32(&dw).unwrap())
+                };
+                let (y32, dw32) = outputs(&x32, &gpu.zeros("y", &[s.output_len()]));
+                let (y16, dw16) = outputs(&x16, &gpu.zeros_as("y16", &[s.output_len()], Elem::F16));
+                assert_eq!(bits(&y16), bits(&rounded(&y32)), "forward, {what}");
+                assert_eq!(bits(&dw16), bits(&dw32), "backward_weight, {what}");
+            }
+        }
+    }
+    // The gradients stay f32: an f16 one is refused, naming it.
+    let s = shapes()[0];
+    let ws = workspace(gpu, &conv, &s, WinogradTile::F2x2);
+    let (dy16, w, dx) = (
+        gpu.zeros_as("dy16", &[s.output_len()], Elem::F16),
+        gpu.zeros("w", &[s.weight_len()]),
+        gpu.zeros("dx", &[s.input_len()]),
+    );
+    let err = wino.run(gpu, &conv, ConvOp::BackwardData, &s, WinogradTile::F2x2, [&dy16, &w], None, &dx, &ws);
+    assert!(format!("{:#}", err.err().unwrap()).contains("dy16 holds f16 elements"));
 }

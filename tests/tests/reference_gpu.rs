@@ -10,9 +10,13 @@ use elasticface::tensorfile::TensorFile;
 use elasticface_tests::{assert_report_passed, gpu, reference_dir};
 
 fn run(file: &str) -> Option<Report> {
+    run_in(file, ConvPrecision::F32)
+}
+
+fn run_in(file: &str, precision: ConvPrecision) -> Option<Report> {
     let gpu = gpu()?;
     let f = TensorFile::open(&reference_dir().join(file)).expect("reference file loads");
-    Some(selftest::run_gpu(&[f], gpu, ConvPrecision::F32))
+    Some(selftest::run_gpu(&[f], gpu, precision))
 }
 
 #[test]
@@ -26,6 +30,16 @@ fn margin_head_on_the_gpu_matches_pytorch_for_all_eight_losses() {
 fn gpu_trainer_matches_pytorch_on_three_sgd_steps_of_the_tiny_iresnet() {
     let Some(report) = run("iresnet_tiny.safetensors") else { return };
     assert_report_passed(&report, 150);
+}
+
+/// Mixed precision (emulated where the adapter has no tensor cores, as on lavapipe in CI): f16 operands and
+/// activations, with every convolution direct and with the 3x3 ones as Winograd of either tile, against PyTorch's
+/// f32 run with mixed precision's tolerances.
+#[test]
+fn gpu_trainer_in_mixed_precision_matches_pytorch_within_its_tolerances() {
+    let Some(report) = run_in("iresnet_tiny.safetensors", ConvPrecision::Mixed) else { return };
+    assert_eq!(report.sections.len(), 3);
+    assert_report_passed(&report, 3 * 150);
 }
 
 #[test]

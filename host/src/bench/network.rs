@@ -430,7 +430,8 @@ impl fmt::Display for NetworkBenchResult {
 /// The settings `bench --tune` compares on `gpu` for `cfg`, `default` (what `train` runs without flags) first:
 /// every convolution direct; Winograd from each width of the network on (the thresholds that differ), with the
 /// `auto` tile and with F(2x2) throughout; the default with each other convolution tile that fits the adapter;
-/// mixed precision where the adapter has cooperative matrices, with each tile that fits.
+/// mixed precision where the adapter has cooperative matrices, with each tile that fits, and with Winograd from
+/// each width on (both tile choices).
 pub fn tune_settings(gpu: &Gpu, cfg: &IResNetConfig, default: ConvSettings) -> Vec<ConvSettings> {
     let mut widths = cfg.widths.to_vec();
     widths.sort_unstable();
@@ -442,7 +443,7 @@ pub fn tune_settings(gpu: &Gpu, cfg: &IResNetConfig, default: ConvSettings) -> V
         conv_tile: ConvTileChoice::Auto,
     };
     let mut all = vec![default, f32_setting(None, WinogradTileChoice::Auto)];
-    for w in widths {
+    for &w in &widths {
         for tile in [WinogradTileChoice::Auto, WinogradTileChoice::F2x2] {
             all.push(f32_setting(Some(w), tile));
         }
@@ -466,6 +467,12 @@ pub fn tune_settings(gpu: &Gpu, cfg: &IResNetConfig, default: ConvSettings) -> V
         all.push(mixed);
         for conv_tile in other_tiles(TileShape::coop_bytes) {
             all.push(ConvSettings { conv_tile, ..mixed });
+        }
+        // Winograd (f32 arithmetic on the f16 activations) against the tensor cores' direct products.
+        for &w in &widths {
+            for winograd_tile in [WinogradTileChoice::Auto, WinogradTileChoice::F2x2] {
+                all.push(ConvSettings { winograd: Some(w), winograd_tile, ..mixed });
+            }
         }
     }
     let mut settings: Vec<ConvSettings> = Vec::with_capacity(all.len());

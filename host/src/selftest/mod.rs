@@ -124,23 +124,23 @@ pub fn run_gpu(files: &[TensorFile], gpu: &Gpu, precision: ConvPrecision) -> Rep
             "margin_loss.safetensors" => {
                 sections.push(Section { file: f.name.clone(), checks: margin_loss::check_gpu(f, gpu) });
             }
-            "iresnet_tiny.safetensors" => match precision {
-                ConvPrecision::F32 => {
-                    let runs = [
-                        (None, ""),
-                        (Some(WinogradTile::F2x2), " (Winograd F(2x2, 3x3) convolutions)"),
-                        (Some(WinogradTile::F4x4), " (Winograd F(4x4, 3x3) convolutions)"),
-                    ];
-                    for (winograd, what) in runs {
-                        let checks = iresnet_tiny::check_gpu(f, gpu, precision, winograd);
-                        sections.push(Section { file: format!("{}{what}", f.name), checks });
-                    }
+            "iresnet_tiny.safetensors" => {
+                let runs = [
+                    (None, "direct"),
+                    (Some(WinogradTile::F2x2), "Winograd F(2x2, 3x3)"),
+                    (Some(WinogradTile::F4x4), "Winograd F(4x4, 3x3)"),
+                ];
+                for (winograd, what) in runs {
+                    let checks = iresnet_tiny::check_gpu(f, gpu, precision, winograd);
+                    let what = match (precision, winograd) {
+                        (ConvPrecision::F32, None) => String::new(),
+                        (ConvPrecision::F32, Some(_)) => format!(" ({what} convolutions)"),
+                        // Winograd runs in f32 arithmetic on the f16 activations.
+                        (ConvPrecision::Mixed, _) => format!(" (mixed-precision convolutions, {what})"),
+                    };
+                    sections.push(Section { file: format!("{}{what}", f.name), checks });
                 }
-                ConvPrecision::Mixed => {
-                    let checks = iresnet_tiny::check_gpu(f, gpu, precision, None);
-                    sections.push(Section { file: format!("{} (mixed-precision convolutions)", f.name), checks });
-                }
-            },
+            }
             "verification.safetensors" => sections.push(Section {
                 file: format!("{} (CPU: the protocol has no GPU part)", f.name),
                 checks: verification::check_cpu(f),

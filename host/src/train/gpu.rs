@@ -110,7 +110,7 @@
 
 use std::collections::HashMap;
 use std::ops::Deref;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{bail, ensure, Context, Result};
 use elasticface_core::margin::HeadShape;
@@ -142,10 +142,8 @@ use crate::gpu::{Elem, Gpu, Packed, SplitTensor, Tensor};
 
 /// Bytes of the activations a training step keeps for the backward pass, for a batch of `batch` with the
 /// convolutions in `precision`, with the 3x3 stride-1 convolutions of at least `winograd` input and output channels
-/// run as Winograd (`None`: none, which is also what mixed precision runs, whatever [`GpuBackend::winograd`]
-/// says): the formula in the [module documentation](self).
+/// run as Winograd (`None`: none): the formula in the [module documentation](self).
 pub fn activation_bytes(cfg: &IResNetConfig, batch: usize, winograd: Option<usize>, precision: ConvPrecision) -> u64 {
-    let winograd = winograd.filter(|_| precision == ConvPrecision::F32);
     let (h, w, c0) = (cfg.input_h, cfg.input_w, cfg.widths[0]);
     let stem = 3 * h * w + 2 * c0 * h * w;
     let blocks: usize = cfg
@@ -214,7 +212,7 @@ pub struct ConvSettings {
     /// Arithmetic of the convolutions.
     pub precision: ConvPrecision,
     /// The 3x3 stride-1 convolutions of at least this many input and output channels run as Winograd (`None`:
-    /// none do). f32 only: mixed precision runs every convolution directly.
+    /// none do), in f32 arithmetic (in mixed precision too, on its f16 activations).
     pub winograd: Option<usize>,
     /// The Winograd tile.
     pub winograd_tile: WinogradTileChoice,
@@ -236,14 +234,11 @@ impl ConvSettings {
 }
 
 impl ConvSettings {
-    /// The same settings with what they do not use cleared: mixed precision runs no Winograd convolution, and
-    /// without Winograd the tile does not matter.
+    /// The same settings with what they do not use cleared: without Winograd the tile does not matter.
     pub fn canonical(self) -> Self {
-        match (self.precision, self.winograd) {
-            (ConvPrecision::Mixed, _) | (_, None) => {
-                ConvSettings { winograd: None, winograd_tile: WinogradTileChoice::Auto, ..self }
-            }
-            _ => self,
+        match self.winograd {
+            None => ConvSettings { winograd_tile: WinogradTileChoice::Auto, ..self },
+            Some(_) => self,
         }
     }
 }
@@ -252,11 +247,13 @@ impl std::fmt::Display for ConvSettings {
     /// The flags of `train` (and `bench`) that select them.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let s = self.canonical();
+        // `--winograd auto` is off in mixed precision.
         match (s.precision, s.winograd) {
-            (ConvPrecision::Mixed, _) => write!(f, "--precision mixed")?,
+            (ConvPrecision::Mixed, None) => write!(f, "--precision mixed")?,
             (ConvPrecision::F32, None) => write!(f, "--precision f32 --winograd off")?,
-            (ConvPrecision::F32, Some(c)) => {
-                write!(f, "--precision f32 --winograd {c} --winograd-tile {}", s.winograd_tile)?
+            (precision, Some(c)) => {
+                let precision = if precision == ConvPrecision::Mixed { "mixed" } else { "f32" };
+                write!(f, "--precision {precision} --winograd {c} --winograd-tile {}", s.winograd_tile)?
             }
         }
         match s.conv_tile {
@@ -270,9 +267,12 @@ impl std::fmt::Display for ConvSettings {
 struct Kernels {
     preprocess: Preprocess,
     conv: Conv2d,
+    /// Mixed precision: the f32 kernels the Winograd convolutions' batched products run on, compiled on first
+    /// use (in f32, `conv` serves).
+    products: OnceLock<Conv2d>,
     winograd: Winograd,
-    /// The 3x3 stride-1 convolutions with at least this many input and output channels run as Winograd (in f32;
-    /// see [`GpuBackend::set_winograd`]); `None`: none do.
+    /// The 3x3 stride-1 convolutions with at least this many input and output channels run as Winograd (in f32
+    /// arithmetic; see [`GpuBackend::set_winograd`]); `None`: none do.
     winograd_min_channels: Option<usize>,
     /// The tile of each Winograd convolution (see [`GpuBackend::set_winograd_tile`]).
     winograd_tile: WinogradTileChoice,
@@ -290,6 +290,7 @@ impl Kernels {
         Ok(Self {
             preprocess: Preprocess::new(gpu),
             conv: Conv2d::build(gpu, settings.precision, settings.conv_tile.tiling(gpu))?,
+            products: OnceLock::new(),
             winograd: Winograd::new(gpu),
             winograd_min_channels: settings.winograd,
             winograd_tile: settings.winograd_tile,
@@ -313,12 +314,20 @@ impl Kernels {
 
     /// Whether the convolution `s` runs as Winograd.
     fn uses_winograd(&self, s: &Conv2dShape) -> bool {
-        is_winograd(s, self.winograd_layers())
+        is_winograd(s, self.winograd_min_channels)
     }
 
-    /// The fewest channels of a Winograd convolution as the trainer runs them: none in mixed precision.
-    fn winograd_layers(&self) -> Option<usize> {
-        self.winograd_min_channels.filter(|_| self.conv.precision() == ConvPrecision::F32)
+    /// The kernels of the Winograd convolutions' batched products: f32 (`conv`, or in mixed precision an f32
+    /// compilation with the same tiling). Errors as [`Conv2d::build`].
+    fn products(&self, gpu: &Gpu) -> Result<&Conv2d> {
+        if self.conv.precision() == ConvPrecision::F32 {
+            return Ok(&self.conv);
+        }
+        if let Some(p) = self.products.get() {
+            return Ok(p);
+        }
+        let built = Conv2d::build(gpu, ConvPrecision::F32, self.conv.tiling())?;
+        Ok(self.products.get_or_init(|| built))
     }
 
     /// The tile the Winograd convolution `s` runs with in a trainer of `batch` images: chosen for the layer at
@@ -545,7 +554,7 @@ fn winograd_workspace(
     let blocks = cfg.blocks().map(|b| BlockShapes::new(&b, n)).flat_map(|s| [s.conv1, s.conv2]);
     let mut lens: Option<WinogradLens> = None;
     for s in std::iter::once(stem).chain(blocks).filter(|s| k.uses_winograd(s)) {
-        let l = Winograd::workspace_lens(gpu, &k.conv, &s, k.winograd_tile(&s, n))?;
+        let l = Winograd::workspace_lens(gpu, k.products(gpu)?, &s, k.winograd_tile(&s, n))?;
         lens = Some(lens.map_or(l, |m| m.max(l)));
     }
     let Some(l) = lens else { return Ok(None) };
@@ -1065,7 +1074,8 @@ impl Builder<'_> {
         let (gpu, k) = (self.gpu, self.k);
         d.extend(match self.winograd(s) {
             Some(ws) => {
-                k.winograd.run(gpu, &k.conv, op, s, k.winograd_tile(s, self.net.batch), inputs, None, out, ws)?
+                let tile = k.winograd_tile(s, self.net.batch);
+                k.winograd.run(gpu, k.products(gpu)?, op, s, tile, inputs, None, out, ws)?
             }
             None => k.conv.run(gpu, op, s, inputs, out, &self.net.conv_scratch)?,
         });
@@ -1087,7 +1097,7 @@ impl Builder<'_> {
         let (gpu, k) = (self.gpu, self.k);
         let ws = self.winograd(s).context("a normalised input needs a Winograd convolution")?;
         let tile = k.winograd_tile(s, self.net.batch);
-        d.extend(k.winograd.run(gpu, &k.conv, op, s, tile, inputs, Some(norm), out, ws)?);
+        d.extend(k.winograd.run(gpu, k.products(gpu)?, op, s, tile, inputs, Some(norm), out, ws)?);
         Ok(())
     }
 
@@ -1467,26 +1477,13 @@ impl<G: Deref<Target = Gpu>> GpuBackend<G> {
         let mut rng = Philox4x32::new(seed, INIT_STREAM);
         init_state(cfg, &mut rng, &mut state)?;
         init_head(&mut rng, &mut head);
-        Self::build(gpu, cfg, batch, classes, step_cfg, &state, &head, settings)
+        Self::with_weights(gpu, cfg, batch, classes, step_cfg, &state, &head, settings)
     }
 
     /// A trainer holding the given backbone `state` (the layout of [`IResNetConfig::tensors`]) and head
-    /// `head (D, C)`, with zero momentum and no steps taken, in the adapter's default settings.
-    pub fn with_weights(
-        gpu: G,
-        cfg: &IResNetConfig,
-        batch: usize,
-        classes: usize,
-        step_cfg: StepConfig,
-        state: &[f32],
-        head: &[f32],
-    ) -> Result<Self> {
-        let settings = ConvSettings::for_adapter(&gpu);
-        Self::build(gpu, cfg, batch, classes, step_cfg, state, head, settings)
-    }
-
+    /// `head (D, C)`, with zero momentum and no steps taken, its convolutions in `settings`.
     #[allow(clippy::too_many_arguments)]
-    fn build(
+    pub fn with_weights(
         gpu: G,
         cfg: &IResNetConfig,
         batch: usize,
@@ -1526,7 +1523,8 @@ impl<G: Deref<Target = Gpu>> GpuBackend<G> {
     /// A trainer continuing `checkpoint` at batch `batch`: its weights, momentum, step count and settings.
     pub fn from_checkpoint(gpu: G, checkpoint: &Checkpoint, batch: usize) -> Result<Self> {
         let c = checkpoint;
-        let mut me = Self::with_weights(gpu, &c.cfg, batch, c.classes, c.step_cfg, &c.state, &c.head)?;
+        let settings = ConvSettings::for_adapter(&gpu);
+        let mut me = Self::with_weights(gpu, &c.cfg, batch, c.classes, c.step_cfg, &c.state, &c.head, settings)?;
         me.load(checkpoint)?;
         Ok(me)
     }
@@ -1602,10 +1600,14 @@ impl<G: Deref<Target = Gpu>> GpuBackend<G> {
             return Ok(());
         }
         let conv = Conv2d::build(&self.gpu, precision, tile.tiling(&self.gpu))?;
-        let old = (std::mem::replace(&mut self.k.conv, conv), std::mem::replace(&mut self.k.conv_tile, tile));
+        let old = (
+            std::mem::replace(&mut self.k.conv, conv),
+            std::mem::replace(&mut self.k.conv_tile, tile),
+            std::mem::take(&mut self.k.products),
+        );
         if let Err(e) = self.rebuild_step() {
             // E.g. a tile whose splits need more scratch than the device gives: back to the kernels that ran.
-            (self.k.conv, self.k.conv_tile) = old;
+            (self.k.conv, self.k.conv_tile, self.k.products) = old;
             self.rebuild_step()?;
             return Err(e);
         }
@@ -1619,9 +1621,10 @@ impl<G: Deref<Target = Gpu>> GpuBackend<G> {
         Ok(())
     }
 
-    /// Which 3x3 stride-1 convolutions run as Winograd (in f32; mixed precision runs every convolution directly):
-    /// those with at least `min_channels` input and output channels, or none for `None`. Reallocates the Winograd
-    /// workspace and rebuilds the step. The default is [`default_winograd`].
+    /// Which 3x3 stride-1 convolutions run as Winograd, in f32 arithmetic (in mixed precision too, reading and
+    /// writing its f16 activations; the other convolutions run on tensor cores): those with at least
+    /// `min_channels` input and output channels, or none for `None`. Reallocates the Winograd workspace and
+    /// rebuilds the step. The default is [`default_winograd`] ([`ConvSettings::for_adapter`]).
     pub fn set_winograd(&mut self, min_channels: Option<usize>) -> Result<()> {
         if min_channels == self.k.winograd_min_channels {
             return Ok(());

@@ -57,9 +57,10 @@ pub(crate) fn open_gpu_backend(
     if prefer_hardware && gpu.info.device_type == wgpu::DeviceType::Cpu {
         anyhow::bail!("only a software adapter ({}) was found; `--device gpu` uses it", gpu.info.name);
     }
+    let precision = cfg.precision.resolve(&gpu)?;
     let settings = gpu::ConvSettings {
-        precision: cfg.precision.resolve(&gpu)?,
-        winograd: cfg.winograd.resolve(&gpu),
+        precision,
+        winograd: cfg.winograd.resolve(&gpu, precision),
         winograd_tile: cfg.winograd_tile,
         conv_tile: cfg.conv_tile,
     };

@@ -79,13 +79,13 @@ impl Precision {
 }
 
 /// Which 3x3 stride-1 convolutions run as Winograd on the GPU (2.25x to 4x fewer multiply-adds, see
-/// [`WinogradTileChoice`]; f32 only, mixed precision runs every convolution directly). Written `auto`, `off`, or a
-/// channel count.
+/// [`WinogradTileChoice`]; in f32 arithmetic, in mixed precision too). Written `auto`, `off`, or a channel count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum WinogradLayers {
-    /// The adapter's default ([`default_winograd`](super::gpu::default_winograd)): layers
-    /// of at least 128 input and output channels on a GPU, 64 on a CPU adapter.
+    /// The adapter's default in f32 ([`default_winograd`](super::gpu::default_winograd)): layers
+    /// of at least 128 input and output channels on a GPU, 64 on a CPU adapter. None in mixed precision, whose
+    /// direct convolutions run on tensor cores (Winograd there is for `bench --tune` to weigh).
     Auto,
     /// None: every convolution runs directly.
     Off,
@@ -94,9 +94,10 @@ pub enum WinogradLayers {
 }
 
 impl WinogradLayers {
-    /// The minimum channel count this choice means on `gpu` (`None`: no layer).
-    pub fn resolve(self, gpu: &crate::gpu::Gpu) -> Option<usize> {
+    /// The minimum channel count this choice means on `gpu` in `precision` (`None`: no layer).
+    pub fn resolve(self, gpu: &crate::gpu::Gpu, precision: ConvPrecision) -> Option<usize> {
         match self {
+            WinogradLayers::Auto if precision == ConvPrecision::Mixed => None,
             WinogradLayers::Auto => super::gpu::default_winograd(gpu),
             WinogradLayers::Off => None,
             WinogradLayers::MinChannels(c) => Some(c),

@@ -15,11 +15,13 @@
 //! The sums differ from the direct convolution's (they run over transformed operands), so the results agree
 //! with it to rounding, not bit for bit; the bound is in the core's `winograd` module.
 
+use std::sync::OnceLock;
+
 use anyhow::{bail, Result};
 use elasticface_core::nn::{Conv2dShape, WinogradTile, WinogradTiles};
 
 use super::conv2d::{Conv2d, ConvOp};
-use super::{check_len, Dispatch, ELEMENTWISE_WORKGROUP};
+use super::{check_len, with_storage, Dispatch, ELEMENTWISE_WORKGROUP};
 use crate::gpu::{Elem, Gpu, Tensor};
 
 /// Mirrors `Params` in `shaders/winograd.wgsl`.
@@ -231,7 +233,19 @@ const F4_KERNELS: [&str; 5] = [
 const NORMALIZED_KERNELS: [&str; 2] = ["winograd_normalized_input_transform", "winograd_f4_normalized_input_transform"];
 
 /// The Winograd kernels' pipelines, both tile sizes.
+///
+/// The transforms read and write the activations as their tensors hold them ([`Tensor::elem`]): an input
+/// transform's `x` and an output transform's `y` may be f32 or mixed precision's f16 activations; the transformed
+/// operands, weights and gradients are f32 (the products always run in f32, on [`Conv2d::gemm_batched`]).
+/// `winograd.wgsl` is compiled once per pair of storages a dispatch reads and writes, f32 when the kernels are
+/// made and the others on first use.
 pub struct Winograd {
+    /// By `(src, dst)` storage: `[f32 -> f32, f32 -> f16, f16 -> f32, f16 -> f16]`.
+    modules: [OnceLock<Pipelines>; 4],
+}
+
+/// The pipelines of one compilation of `winograd.wgsl`.
+struct Pipelines {
     /// F(2x2, 3x3): [`F2_KERNELS`], in `Transform` order.
     f2: [wgpu::ComputePipeline; 5],
     /// F(4x4, 3x3): [`F4_KERNELS`], in `Transform` order.
@@ -240,20 +254,36 @@ pub struct Winograd {
     normalized: [wgpu::ComputePipeline; 2],
 }
 
+const SOURCE: &str = include_str!("../../../../shaders/winograd.wgsl");
+
 /// Elements of a transformed operand: the tile's 16 or 36 planes of `rows * cols`.
 fn planes(tile: WinogradTile, rows: usize, cols: usize) -> usize {
     tile.planes() * rows * cols
 }
 
 impl Winograd {
-    /// Compiles the kernels of both tile sizes.
+    /// Compiles the kernels of both tile sizes on f32 tensors (the others on first use).
     pub fn new(gpu: &Gpu) -> Self {
-        let m = gpu.shader("winograd.wgsl", include_str!("../../../../shaders/winograd.wgsl"));
-        Self {
+        let kernels = Self { modules: Default::default() };
+        kernels.pipelines(gpu, Elem::F32, Elem::F32).expect("f32 needs no feature");
+        kernels
+    }
+
+    /// The pipelines reading `src` and writing `dst` elements, compiled on first use. Errors where f16 is asked
+    /// of an adapter without it.
+    fn pipelines(&self, gpu: &Gpu, src: Elem, dst: Elem) -> Result<&Pipelines> {
+        let slot = &self.modules[2 * usize::from(src == Elem::F16) + usize::from(dst == Elem::F16)];
+        if let Some(p) = slot.get() {
+            return Ok(p);
+        }
+        let source = with_storage(gpu, "winograd.wgsl", SOURCE, &[("Src", src), ("Dst", dst)])?;
+        let m = gpu.shader(&format!("winograd.wgsl ({src} -> {dst})"), &source);
+        let compiled = Pipelines {
             f2: F2_KERNELS.map(|name| gpu.pipeline(name, &m, name)),
             f4: F4_KERNELS.map(|name| gpu.pipeline(name, &m, name)),
             normalized: NORMALIZED_KERNELS.map(|name| gpu.pipeline(name, &m, name)),
-        }
+        };
+        Ok(slot.get_or_init(|| compiled))
     }
 
     /// Whether `s` can run as Winograd (either tile): a 3x3 kernel, stride 1, padding at most 2.
@@ -301,10 +331,18 @@ impl Winograd {
     ) -> Result<Vec<Dispatch>> {
         let (fwd, bwd) = tilings(s, tile)?;
         let what = format!("winograd {}", op.name());
-        for (t, len) in inputs.iter().chain([&out]).zip(op.lens(s)) {
+        // The activations (forward's x and y, backward_weight's x) as the tensors hold them; the weight and the
+        // gradients f32.
+        let activations = match op {
+            ConvOp::Forward => [true, false, true],
+            ConvOp::BackwardData => [false; 3],
+            ConvOp::BackwardWeight => [false, true, false],
+        };
+        for ((t, len), activation) in inputs.iter().chain([&out]).zip(op.lens(s)).zip(activations) {
             check_len(&what, t, len)?;
-            // Winograd runs in f32: mixed precision's f16 activations take the direct kernels.
-            t.expect_elem(&what, Elem::F32)?;
+            if !activation {
+                t.expect_elem(&what, Elem::F32)?;
+            }
         }
         if let Some(n) = &norm {
             let named = [("mean", n.mean), ("var", n.var), ("gamma", n.gamma), ("beta", n.beta)];
@@ -391,9 +429,10 @@ impl Winograd {
         src: &Tensor,
         dst: &Tensor,
     ) -> Result<Dispatch> {
+        let module = self.pipelines(gpu, src.elem, dst.elem)?;
         let (names, pipelines) = match tile {
-            WinogradTile::F2x2 => (&F2_KERNELS, &self.f2),
-            WinogradTile::F4x4 => (&F4_KERNELS, &self.f4),
+            WinogradTile::F2x2 => (&F2_KERNELS, &module.f2),
+            WinogradTile::F4x4 => (&F4_KERNELS, &module.f4),
         };
         let (name, pipeline) = (names[which as usize], &pipelines[which as usize]);
         let grid = gpu.grid_1d(params.count as usize, ELEMENTWISE_WORKGROUP);
@@ -423,7 +462,8 @@ impl Winograd {
         let params = WinogradParams { eps: n.eps, prelu: n.alpha.is_some() as u32, ..params };
         let grid = gpu.grid_1d(params.count as usize, ELEMENTWISE_WORKGROUP);
         let bindings = [x, v, n.mean, n.var, n.gamma, n.beta, n.alpha.unwrap_or(n.beta)];
-        gpu.dispatch(NORMALIZED_KERNELS[which], &self.normalized[which], &params, &bindings, grid)
+        let pipeline = &self.pipelines(gpu, x.elem, v.elem)?.normalized[which];
+        gpu.dispatch(NORMALIZED_KERNELS[which], pipeline, &params, &bindings, grid)
     }
 }
 
