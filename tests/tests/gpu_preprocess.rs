@@ -2,6 +2,7 @@
 //! value up in a table made by the core function), so every comparison is exact.
 
 use elasticface::gpu::kernels::preprocess::Preprocess;
+use elasticface::gpu::kernels::with_storage;
 use elasticface::gpu::{Elem, Gpu};
 use elasticface_core::nn::{preprocess_image, round_to_f16, ImageShape};
 use elasticface_tests::{gpu, uniform};
@@ -115,4 +116,17 @@ fn bad_sizes_are_refused() {
     assert!(e.contains("no images"), "{e}");
     let e = err(k.forward(gpu, 2, &ImageShape { h: 0, w: 7 }, &images, &flip, &out));
     assert!(e.contains("zero"), "{e}");
+}
+
+/// The storage aliases a shader declares are rewritten for f16 (with `enable f16;` first), and a missing one is
+/// an error naming the file and the line, not a silently unchanged shader.
+#[test]
+fn storage_aliases_are_rewritten_or_refused() {
+    let Some(gpu) = gpu() else { return };
+    let source = "alias A = f32;\nalias B = f32;\n";
+    let both = with_storage(gpu, "s.wgsl", source, &[("A", Elem::F16), ("B", Elem::F32)]).unwrap();
+    assert_eq!(both, "enable f16;\nalias A = f16;\nalias B = f32;\n");
+    assert_eq!(with_storage(gpu, "s.wgsl", source, &[("A", Elem::F32)]).unwrap(), source);
+    let e = with_storage(gpu, "s.wgsl", source, &[("C", Elem::F16)]).unwrap_err().to_string();
+    assert_eq!(e, "s.wgsl no longer declares `alias C = f32;`");
 }
