@@ -138,7 +138,8 @@ pub struct NetworkBenchResult {
     pub batch: usize,
     /// Head classes.
     pub classes: usize,
-    /// Arithmetic of the convolutions (the fc layer, batch norms, head and loss are f32 in both).
+    /// Arithmetic of the convolutions (the fc layer, the head and the loss are f32 in both; the batch norms
+    /// compute in f32, on f16 activations in mixed precision).
     pub precision: ConvPrecision,
     /// The fewest channels of a convolution run as Winograd (`None`: every convolution runs directly).
     pub winograd: Option<usize>,
@@ -347,7 +348,7 @@ pub fn measure(gpu: Arc<Gpu>, b: &NetworkBenchConfig, quiet: bool) -> Result<Net
         batch: b.batch,
         classes: b.classes,
         precision: b.precision,
-        winograd: backend.winograd().filter(|_| b.precision == ConvPrecision::F32),
+        winograd: backend.winograd(),
         winograd_tile: backend.winograd_tile(),
         conv_tile: backend.conv_tile().tiling(&gpu).tile.to_string(),
         loss_scale: backend.loss_scale().map(|l| l.scale),
