@@ -335,14 +335,16 @@ fn message<T, E: std::fmt::Display>(r: Result<T, E>) -> String {
     r.err().expect("refused").to_string()
 }
 
+/// The kernels, the default batch norm and a small case's tensors, for the tests of what is refused.
+fn small_case(gpu: &Gpu, seed: u64) -> (BatchNormKernels, BatchNorm, BatchNormShape, Tensors) {
+    let s = BatchNormShape { n: 2, c: 3, hw: 4 };
+    (BatchNormKernels::new(gpu), BatchNorm::default(), s, Tensors::new(gpu, &Case::new(s, seed)))
+}
+
 #[test]
 fn fused_operands_are_checked() {
     let Some(gpu) = gpu() else { return };
-    let k = BatchNormKernels::new(gpu);
-    let bn = BatchNorm::default();
-    let s = BatchNormShape { n: 2, c: 3, hw: 4 };
-    let c = Case::new(s, 900);
-    let t = Tensors::new(gpu, &c);
+    let (k, bn, s, t) = small_case(gpu, 900);
     let (short, y) = (gpu.zeros("short", &[5]), gpu.zeros("y", &[s.len()]));
     let (x, g, b, rm, rv, sm, sv) =
         (&t.x, &t.gamma, &t.beta, &t.running_mean, &t.running_var, &t.save_mean, &t.save_var);
@@ -462,11 +464,7 @@ fn f16_activations_give_the_f32_kernels_results_on_the_rounded_values() {
 #[test]
 fn activations_stored_otherwise_are_refused() {
     let Some(gpu) = gpu() else { return };
-    let k = BatchNormKernels::new(gpu);
-    let bn = BatchNorm::default();
-    let s = BatchNormShape { n: 2, c: 3, hw: 4 };
-    let c = Case::new(s, 950);
-    let t = Tensors::new(gpu, &c);
+    let (k, bn, s, t) = small_case(gpu, 950);
     let full = [s.n, s.c, s.hw];
     let (x16, y) = (gpu.zeros_as("x16", &full, Elem::F16), gpu.zeros("y", &full));
     let (g, b, rm, rv, sm, sv) = (&t.gamma, &t.beta, &t.running_mean, &t.running_var, &t.save_mean, &t.save_var);

@@ -325,16 +325,27 @@ fn mixed_precision_is_deterministic_and_close_to_f32() {
             false => GpuBackend::new(gpu, &TINY, b, classes, step_cfg(), 4).unwrap(),
         };
         g.set_precision(precision).unwrap();
-        let losses = train(&mut g, &TINY, b, classes, 3);
-        let pos = Position::epoch_start(0);
-        runs.push((losses, bits(&g.checkpoint(4, pos, Default::default()).unwrap())));
+        runs.push(three_steps(&mut g, b, classes));
     }
-    assert_eq!(runs[0].0, runs[1].0, "mixed: losses of two runs");
-    assert!(runs[0].1 == runs[1].1, "mixed: parameters, head or momentum differ between two runs");
+    assert_mixed_runs("mixed", &runs);
+}
+
+/// Three training steps of `g` on the tiny net: the losses' bits and the final checkpoint's bits.
+fn three_steps(g: &mut GpuBackend<&Gpu>, b: usize, classes: usize) -> (Vec<u32>, Vec<u32>) {
+    let losses = train(g, &TINY, b, classes, 3);
+    let pos = Position::epoch_start(0);
+    (losses, bits(&g.checkpoint(4, pos, Default::default()).unwrap()))
+}
+
+/// `runs` (from [`three_steps`]): two mixed-precision runs, then an f32 one. The two mixed runs agree bit for
+/// bit, and their losses stay within 2% of f32's.
+fn assert_mixed_runs(what: &str, runs: &[(Vec<u32>, Vec<u32>)]) {
+    assert_eq!(runs[0].0, runs[1].0, "{what}: losses of two runs");
+    assert!(runs[0].1 == runs[1].1, "{what}: parameters, head or momentum differ between two runs");
     for (i, (m, f)) in runs[0].0.iter().zip(&runs[2].0).enumerate() {
         let (m, f) = (f32::from_bits(*m), f32::from_bits(*f));
-        eprintln!("step {i}: loss mixed {m}, f32 {f}");
-        assert!((m - f).abs() <= 0.02 * f.abs(), "step {i}: loss mixed {m}, f32 {f}");
+        eprintln!("{what} step {i}: loss mixed {m}, f32 {f}");
+        assert!((m - f).abs() <= 0.02 * f.abs(), "{what} step {i}: loss mixed {m}, f32 {f}");
     }
 }
 
@@ -354,21 +365,13 @@ fn mixed_precision_with_winograd_convolutions_is_deterministic_and_close_to_f32(
         for precision in [ConvPrecision::Mixed, ConvPrecision::Mixed, ConvPrecision::F32] {
             let mut g = GpuBackend::with_settings(gpu, &TINY, b, classes, step_cfg(), 4, settings(precision)).unwrap();
             assert_eq!(g.memory().activations, activation_bytes(&TINY, b, Some(1), precision));
-            let losses = train(&mut g, &TINY, b, classes, 3);
-            let pos = Position::epoch_start(0);
-            runs.push((losses, bits(&g.checkpoint(4, pos, Default::default()).unwrap())));
+            runs.push(three_steps(&mut g, b, classes));
         }
         assert!(
             activation_bytes(&TINY, b, Some(1), ConvPrecision::Mixed)
                 < activation_bytes(&TINY, b, None, ConvPrecision::Mixed)
         );
-        assert_eq!(runs[0].0, runs[1].0, "{winograd_tile}: losses of two runs");
-        assert!(runs[0].1 == runs[1].1, "{winograd_tile}: parameters, head or momentum differ between two runs");
-        for (i, (m, f)) in runs[0].0.iter().zip(&runs[2].0).enumerate() {
-            let (m, f) = (f32::from_bits(*m), f32::from_bits(*f));
-            eprintln!("{winograd_tile} step {i}: loss mixed {m}, f32 {f}");
-            assert!((m - f).abs() <= 0.02 * f.abs(), "{winograd_tile} step {i}: loss mixed {m}, f32 {f}");
-        }
+        assert_mixed_runs(&format!("mixed, Winograd tile {winograd_tile}"), &runs);
     }
 }
 

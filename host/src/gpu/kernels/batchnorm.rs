@@ -14,12 +14,10 @@
 //! They give the unfused kernels' results bit for bit (same operations, same order) with the same dispatch count
 //! as the batch norm alone.
 
-use std::sync::OnceLock;
-
 use anyhow::{anyhow, bail, Result};
 use elasticface_core::nn::{BatchNorm, BatchNormShape};
 
-use super::{check_len, with_storage, Dispatch, ELEMENTWISE_WORKGROUP};
+use super::{check_len, Dispatch, StorageVariants, ELEMENTWISE_WORKGROUP};
 use crate::gpu::{Elem, Gpu, Tensor};
 
 /// Values of one channel that one workgroup reduces in the statistics passes (must match `CHUNK` in
@@ -102,8 +100,8 @@ pub enum BackwardFusion<'a> {
 /// either way); statistics, parameters and gradients are f32. `batchnorm.wgsl` is compiled once per pair of
 /// storages in use, the f32 one when the kernels are made and the others on first use.
 pub struct BatchNormKernels {
-    /// By `(x, y)` storage: `[f32 -> f32, f32 -> f16, f16 -> f32, f16 -> f16]`.
-    modules: [OnceLock<Pipelines>; 4],
+    /// By the storage of `x` (aliases `X`) and `y` (`Y`).
+    modules: StorageVariants<Pipelines>,
 }
 
 /// The pipelines of one compilation of `batchnorm.wgsl`.
@@ -147,16 +145,11 @@ fn check_scratch(kernel: &str, s: &BatchNormShape, scratch: &Tensor) -> Result<(
     Ok(())
 }
 
-const SOURCE: &str = include_str!("../../../../shaders/batchnorm.wgsl");
-
-fn module_index(x: Elem, y: Elem) -> usize {
-    2 * usize::from(x == Elem::F16) + usize::from(y == Elem::F16)
-}
-
 impl BatchNormKernels {
     /// Compiles the kernels on f32 tensors (the others on first use).
     pub fn new(gpu: &Gpu) -> Self {
-        let kernels = Self { modules: Default::default() };
+        let source = include_str!("../../../../shaders/batchnorm.wgsl");
+        let kernels = Self { modules: StorageVariants::new("batchnorm.wgsl", source, &["X", "Y"]) };
         kernels.pipelines(gpu, Elem::F32, Elem::F32).expect("f32 needs no feature");
         kernels
     }
@@ -164,21 +157,13 @@ impl BatchNormKernels {
     /// The pipelines for input storage `x` and output storage `y`, compiled on first use. Errors where f16 is
     /// asked of an adapter without it.
     fn pipelines(&self, gpu: &Gpu, x: Elem, y: Elem) -> Result<&Pipelines> {
-        let slot = &self.modules[module_index(x, y)];
-        if let Some(p) = slot.get() {
-            return Ok(p);
-        }
-        let source = with_storage(gpu, "batchnorm.wgsl", SOURCE, &[("X", x), ("Y", y)])?;
-        let label = format!("batchnorm.wgsl ({x} -> {y})");
-        let compiled = Pipelines::compile(gpu, &label, &source);
-        Ok(slot.get_or_init(|| compiled))
+        self.modules.get(gpu, &[x, y], |m| Pipelines::compile(gpu, m))
     }
 }
 
 impl Pipelines {
-    fn compile(gpu: &Gpu, label: &str, source: &str) -> Self {
-        let m = gpu.shader(label, source);
-        let p = |entry: &str| gpu.pipeline(entry, &m, entry);
+    fn compile(gpu: &Gpu, m: &wgpu::ShaderModule) -> Self {
+        let p = |entry: &str| gpu.pipeline(entry, m, entry);
         Self {
             train_partials: p("batchnorm_forward_train_partials"),
             train_combine: p("batchnorm_forward_train_combine"),

@@ -19,6 +19,8 @@ pub mod residual;
 pub mod sgd;
 pub mod winograd;
 
+use std::sync::OnceLock;
+
 use anyhow::{bail, Result};
 use wgpu::util::DeviceExt;
 
@@ -215,6 +217,42 @@ pub fn with_storage(gpu: &Gpu, file: &str, source: &str, aliases: &[(&str, Elem)
     }
     out.push_str(&body);
     Ok(out)
+}
+
+/// A shader whose activation operands may be f32 or f16, compiled once per combination of storages on first
+/// use: the batch norms, the Winograd transforms and the input pipeline, whose kernels then read and write
+/// whatever their tensors hold ([`Tensor::elem`]). `P` is what one compilation builds (its pipelines).
+pub struct StorageVariants<P> {
+    file: &'static str,
+    source: &'static str,
+    /// The storage aliases the shader declares (`alias NAME = f32;`), in the order [`Self::get`] takes elements.
+    aliases: &'static [&'static str],
+    /// By combination: bit `i` of the index set where alias `i` is f16.
+    compiled: Vec<OnceLock<P>>,
+}
+
+impl<P> StorageVariants<P> {
+    /// The shader `file` (its text `source`) with the storage `aliases` it declares; nothing compiled yet.
+    pub fn new(file: &'static str, source: &'static str, aliases: &'static [&'static str]) -> Self {
+        Self { file, source, aliases, compiled: (0..1 << aliases.len()).map(|_| OnceLock::new()).collect() }
+    }
+
+    /// What `build` makes of the module with the aliases declaring `elems` (one per alias, in order): compiled
+    /// on the first call for that combination, kept after. Errors as [`with_storage`].
+    pub fn get(&self, gpu: &Gpu, elems: &[Elem], build: impl FnOnce(&wgpu::ShaderModule) -> P) -> Result<&P> {
+        assert_eq!(elems.len(), self.aliases.len(), "{}: one element type per storage alias", self.file);
+        let index = elems.iter().enumerate().map(|(i, e)| usize::from(*e == Elem::F16) << i).sum::<usize>();
+        let slot = &self.compiled[index];
+        if let Some(p) = slot.get() {
+            return Ok(p);
+        }
+        let aliases: Vec<(&str, Elem)> = self.aliases.iter().copied().zip(elems.iter().copied()).collect();
+        let source = with_storage(gpu, self.file, self.source, &aliases)?;
+        let names: Vec<String> = aliases.iter().map(|(name, elem)| format!("{name} {elem}")).collect();
+        let module = gpu.shader(&format!("{} ({})", self.file, names.join(", ")), &source);
+        let built = build(&module);
+        Ok(slot.get_or_init(|| built))
+    }
 }
 
 /// Checks that `t` has exactly `len` elements.

@@ -6,12 +6,10 @@
 //! by the core function itself, so the output is bit-identical to the core on every GPU (WGSL's `x / y` may be
 //! off by 2.5 ULP, so recomputing `(x / 255 - 0.5) / 0.5` in the shader would not guarantee that).
 
-use std::sync::OnceLock;
-
 use anyhow::{anyhow, bail, Result};
 use elasticface_core::nn::{preprocess_image, ImageShape};
 
-use super::{check_len, with_storage, Dispatch, ELEMENTWISE_WORKGROUP};
+use super::{check_len, Dispatch, StorageVariants, ELEMENTWISE_WORKGROUP};
 use crate::gpu::{Elem, Gpu, Tensor};
 
 const SOURCE: &str = include_str!("../../../../shaders/preprocess.wgsl");
@@ -30,8 +28,8 @@ pub struct PreprocessParams {
 
 /// The preprocessing pipelines and their byte-to-value table.
 pub struct Preprocess {
-    /// By the output's storage, `[f32, f16]`: the f32 one compiled when made, the other on first use.
-    pipelines: [OnceLock<wgpu::ComputePipeline>; 2],
+    /// By the output's storage (alias `Out`): the f32 one compiled when made, the other on first use.
+    pipelines: StorageVariants<wgpu::ComputePipeline>,
     /// `lut[b]`: what [`preprocess_image`] makes of byte `b` (256 elements).
     lut: Tensor,
 }
@@ -50,7 +48,8 @@ impl Preprocess {
     /// Compiles the kernel and uploads its table.
     pub fn new(gpu: &Gpu) -> Self {
         let lut = gpu.upload("preprocess_image byte values", &[256], &byte_values());
-        let kernels = Self { pipelines: Default::default(), lut };
+        let pipelines = StorageVariants::new("preprocess.wgsl", SOURCE, &["Out"]);
+        let kernels = Self { pipelines, lut };
         kernels.pipeline(gpu, Elem::F32).expect("f32 needs no feature");
         kernels
     }
@@ -58,14 +57,7 @@ impl Preprocess {
     /// The pipeline writing `out` elements, compiled on first use. Errors where f16 is asked of an adapter
     /// without it.
     fn pipeline(&self, gpu: &Gpu, out: Elem) -> Result<&wgpu::ComputePipeline> {
-        let slot = &self.pipelines[usize::from(out == Elem::F16)];
-        if let Some(p) = slot.get() {
-            return Ok(p);
-        }
-        let source = with_storage(gpu, "preprocess.wgsl", SOURCE, &[("Out", out)])?;
-        let m = gpu.shader(&format!("preprocess.wgsl ({out})"), &source);
-        let pipeline = gpu.pipeline("preprocess_image", &m, "preprocess_image");
-        Ok(slot.get_or_init(|| pipeline))
+        self.pipelines.get(gpu, &[out], |m| gpu.pipeline("preprocess_image", m, "preprocess_image"))
     }
 
     /// Packs bytes four to a `u32`, little-endian (byte `b` in bits `8 * (b % 4)..` of word `b / 4`), the last

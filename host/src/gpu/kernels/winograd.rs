@@ -15,13 +15,11 @@
 //! The sums differ from the direct convolution's (they run over transformed operands), so the results agree
 //! with it to rounding, not bit for bit; the bound is in the core's `winograd` module.
 
-use std::sync::OnceLock;
-
 use anyhow::{bail, Result};
 use elasticface_core::nn::{Conv2dShape, WinogradTile, WinogradTiles};
 
 use super::conv2d::{Conv2d, ConvOp};
-use super::{check_len, with_storage, Dispatch, ELEMENTWISE_WORKGROUP};
+use super::{check_len, Dispatch, StorageVariants, ELEMENTWISE_WORKGROUP};
 use crate::gpu::{Elem, Gpu, Tensor};
 
 /// Mirrors `Params` in `shaders/winograd.wgsl`.
@@ -240,8 +238,8 @@ const NORMALIZED_KERNELS: [&str; 2] = ["winograd_normalized_input_transform", "w
 /// `winograd.wgsl` is compiled once per pair of storages a dispatch reads and writes, f32 when the kernels are
 /// made and the others on first use.
 pub struct Winograd {
-    /// By `(src, dst)` storage: `[f32 -> f32, f32 -> f16, f16 -> f32, f16 -> f16]`.
-    modules: [OnceLock<Pipelines>; 4],
+    /// By the storage of `src` (alias `Src`) and `dst` (`Dst`).
+    modules: StorageVariants<Pipelines>,
 }
 
 /// The pipelines of one compilation of `winograd.wgsl`.
@@ -254,8 +252,6 @@ struct Pipelines {
     normalized: [wgpu::ComputePipeline; 2],
 }
 
-const SOURCE: &str = include_str!("../../../../shaders/winograd.wgsl");
-
 /// Elements of a transformed operand: the tile's 16 or 36 planes of `rows * cols`.
 fn planes(tile: WinogradTile, rows: usize, cols: usize) -> usize {
     tile.planes() * rows * cols
@@ -264,7 +260,8 @@ fn planes(tile: WinogradTile, rows: usize, cols: usize) -> usize {
 impl Winograd {
     /// Compiles the kernels of both tile sizes on f32 tensors (the others on first use).
     pub fn new(gpu: &Gpu) -> Self {
-        let kernels = Self { modules: Default::default() };
+        let source = include_str!("../../../../shaders/winograd.wgsl");
+        let kernels = Self { modules: StorageVariants::new("winograd.wgsl", source, &["Src", "Dst"]) };
         kernels.pipelines(gpu, Elem::F32, Elem::F32).expect("f32 needs no feature");
         kernels
     }
@@ -272,18 +269,11 @@ impl Winograd {
     /// The pipelines reading `src` and writing `dst` elements, compiled on first use. Errors where f16 is asked
     /// of an adapter without it.
     fn pipelines(&self, gpu: &Gpu, src: Elem, dst: Elem) -> Result<&Pipelines> {
-        let slot = &self.modules[2 * usize::from(src == Elem::F16) + usize::from(dst == Elem::F16)];
-        if let Some(p) = slot.get() {
-            return Ok(p);
-        }
-        let source = with_storage(gpu, "winograd.wgsl", SOURCE, &[("Src", src), ("Dst", dst)])?;
-        let m = gpu.shader(&format!("winograd.wgsl ({src} -> {dst})"), &source);
-        let compiled = Pipelines {
-            f2: F2_KERNELS.map(|name| gpu.pipeline(name, &m, name)),
-            f4: F4_KERNELS.map(|name| gpu.pipeline(name, &m, name)),
-            normalized: NORMALIZED_KERNELS.map(|name| gpu.pipeline(name, &m, name)),
-        };
-        Ok(slot.get_or_init(|| compiled))
+        self.modules.get(gpu, &[src, dst], |m| Pipelines {
+            f2: F2_KERNELS.map(|name| gpu.pipeline(name, m, name)),
+            f4: F4_KERNELS.map(|name| gpu.pipeline(name, m, name)),
+            normalized: NORMALIZED_KERNELS.map(|name| gpu.pipeline(name, m, name)),
+        })
     }
 
     /// Whether `s` can run as Winograd (either tile): a 3x3 kernel, stride 1, padding at most 2.
