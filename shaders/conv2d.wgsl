@@ -37,7 +37,12 @@
 // the first product adds +0 to accumulators that are +0, which changes no bit, and keeps every iteration the
 // same (cooperative matrix operations must not sit under a branch). The sums and their order are otherwise
 // those of the plain loop.
-//
+// With one copy of the tiles (BUFFERS = 1) an iteration needs two barriers: after the store (the tiles are
+// complete before anyone reads them) and after the product (everyone has read them before the next store
+// overwrites them). With two (BUFFERS = 2) iteration s stores into copy s % 2, whose last readers were the
+// products of iteration s - 2, and every invocation finished those before it passed the first barrier of
+// iteration s - 1: the second barrier goes. `buf_row` is the copy's first depth row (copy b holds the depth rows
+// b*BK ..). The arithmetic is the same; only the waiting differs.
 // LOADS. Copy-in assignments are fixed per invocation: A at depth lid % BK, rows lid / BK + (WG / BK)*i (the
 // depth fastest, where the tensor is contiguous along the depth), B at depths lid / 16 + 16*r, columns
 // lid % 16 + 16*i (the columns fastest), so neighbouring invocations read neighbouring addresses wherever the
@@ -65,8 +70,8 @@
 // `ACT_LINE` in conv2d_compose.rs). Every tile operand is converted to f32 as it is loaded and every result
 // rounded to Act as it is stored; gradients, weights and split partial sums stay f32.
 //
-// TM, TN (rows and columns per invocation, 4 or 8) and BK (16 or 32) are rewritten by the host before compiling
-// (see `TileShape` in conv2d.rs); everything else derives from them.
+// TM, TN (rows and columns per invocation, 4 or 8), BK (16 or 32) and BUFFERS (1 or 2) are rewritten by the host
+// before compiling (see `TileShape` in conv2d_compose.rs); everything else derives from them.
 
 alias Act = f32;
 
@@ -112,6 +117,7 @@ struct Params {
 const TM: u32 = 4u;
 const TN: u32 = 4u;
 const BK: u32 = 16u;
+const BUFFERS: u32 = 1u;
 const BM: u32 = 16u * TM;
 const BN: u32 = 16u * TN;
 const WG: u32 = 256u;
@@ -161,15 +167,22 @@ fn acc_at(i: u32, c: u32) -> f32 {
     return acc[i * (TN / 4u) + c / 4u][c % 4u];
 }
 
-// Writes the prefetched elements into the workgroup tiles.
-fn store_tiles(lid: u32) {
+// Writes the prefetched elements into the copy of the workgroup tiles that begins at depth row `buf_row`.
+fn store_tiles(lid: u32, buf_row: u32) {
     for (var i = 0u; i < A_LOADS; i++) {
-        put_a(lid % BK, lid / BK + A_STRIDE * i, next_a[i]);
+        put_a(buf_row + lid % BK, lid / BK + A_STRIDE * i, next_a[i]);
     }
     for (var r = 0u; r < B_DEPTHS; r++) {
         for (var i = 0u; i < TN; i++) {
-            put_b(lid / 16u + 16u * r, lid % 16u + 16u * i, next_b[r * TN + i]);
+            put_b(buf_row + lid / 16u + 16u * r, lid % 16u + 16u * i, next_b[r * TN + i]);
         }
+    }
+}
+
+// The end of a depth step: with one copy of the tiles, wait until every invocation has read them (see PIPELINE).
+fn release_tiles() {
+    if BUFFERS == 1u {
+        workgroupBarrier();
     }
 }
 
@@ -181,8 +194,8 @@ fn depth_steps(k_begin: u32, k_end: u32) -> u32 {
 
 // @@ TILES BEGIN: the f32 tile arithmetic. The mixed-precision module replaces this section and the calls to
 // clear_acc, multiply_tiles and finish_tiles (see conv2d_coop.wgsl.in).
-var<workgroup> a_tile: array<vec4<f32>, BK * A_ROW>;
-var<workgroup> b_tile: array<vec4<f32>, BK * B_ROW>;
+var<workgroup> a_tile: array<vec4<f32>, BUFFERS * BK * A_ROW>;
+var<workgroup> b_tile: array<vec4<f32>, BUFFERS * BK * B_ROW>;
 
 // EMULATED MIXED PRECISION. Where the adapter has no cooperative matrices, the host may compose a module with
 // F16_OPERANDS true (`compose_emulated`): every A and B element is then rounded to f16 as it enters the tiles,
@@ -226,12 +239,13 @@ fn put_b(k: u32, j: u32, v: f32) {
 }
 
 // acc += a_tile^T b_tile for this invocation's elements: the 4 x 4 blocks at rows ty*4 + 64*a, columns
-// tx*4 + 64*b.
-fn multiply_tiles(lid: u32) {
+// tx*4 + 64*b, from the copy of the tiles that begins at depth row `buf_row`.
+fn multiply_tiles(lid: u32, buf_row: u32) {
     let tx = lid % 16u;
     let ty = lid / 16u;
     let row_step = TN / 4u;
-    for (var k = 0u; k < BK; k++) {
+    for (var d = 0u; d < BK; d++) {
+        let k = buf_row + d;
         for (var b = 0u; b < TN / 4u; b++) {
             let bv = b_tile[k * B_ROW + tx + 16u * b];
             for (var a = 0u; a < TM / 4u; a++) {
@@ -323,7 +337,8 @@ fn conv2d_forward(
     clear_acc();
     let steps = depth_steps(k_begin, k_end);
     for (var s = 0u; s <= steps; s++) {
-        store_tiles(lid);
+        let buf_row = (s % BUFFERS) * BK;
+        store_tiles(lid, buf_row);
         workgroupBarrier();
         if s < steps {
             let k0 = k_begin + s * BK;
@@ -353,8 +368,8 @@ fn conv2d_forward(
                 tap[r] = advance(t, tap_step, p.kh, p.kw);
             }
         }
-        multiply_tiles(lid);
-        workgroupBarrier();
+        multiply_tiles(lid, buf_row);
+        release_tiles();
     }
 
     finish_tiles(lid);
@@ -438,7 +453,8 @@ fn conv2d_backward_data(
     clear_acc();
     let steps = depth_steps(k_begin, k_end);
     for (var s = 0u; s <= steps; s++) {
-        store_tiles(lid);
+        let buf_row = (s % BUFFERS) * BK;
+        store_tiles(lid, buf_row);
         workgroupBarrier();
         if s < steps {
             let k0 = k_begin + s * BK;
@@ -471,8 +487,8 @@ fn conv2d_backward_data(
                 b_tap[r] = advance(t, step, th, tw);
             }
         }
-        multiply_tiles(lid);
-        workgroupBarrier();
+        multiply_tiles(lid, buf_row);
+        release_tiles();
     }
 
     finish_tiles(lid);
@@ -542,7 +558,8 @@ fn conv2d_backward_weight(
     clear_acc();
     let steps = depth_steps(k_begin, k_end);
     for (var s = 0u; s <= steps; s++) {
-        store_tiles(lid);
+        let buf_row = (s % BUFFERS) * BK;
+        store_tiles(lid, buf_row);
         workgroupBarrier();
         if s < steps {
             let k0 = k_begin + s * BK;
@@ -576,8 +593,8 @@ fn conv2d_backward_weight(
                 b_pos[r] = advance(pos, b_step, p.ho, p.wo);
             }
         }
-        multiply_tiles(lid);
-        workgroupBarrier();
+        multiply_tiles(lid, buf_row);
+        release_tiles();
     }
 
     finish_tiles(lid);
@@ -626,7 +643,8 @@ fn gemm_batched(
     clear_acc();
     let steps = depth_steps(k_begin, k_end);
     for (var s = 0u; s <= steps; s++) {
-        store_tiles(lid);
+        let buf_row = (s % BUFFERS) * BK;
+        store_tiles(lid, buf_row);
         workgroupBarrier();
         if s < steps {
             let k0 = k_begin + s * BK;
@@ -653,8 +671,8 @@ fn gemm_batched(
                 }
             }
         }
-        multiply_tiles(lid);
-        workgroupBarrier();
+        multiply_tiles(lid, buf_row);
+        release_tiles();
     }
 
     finish_tiles(lid);

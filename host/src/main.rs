@@ -175,9 +175,10 @@ enum Command {
         /// smaller rounding errors), or auto (4 where a layer's batch has at least 64 output tiles, else 2).
         #[arg(long, value_name = "auto|2|4", default_value = "auto")]
         winograd_tile: WinogradTileChoice,
-        /// The workgroup tile of the convolutions, ROWSxCOLSxDEPTH (rows and columns 64 or 128, depth 16 or 32), or
-        /// auto (the adapter's: 128x64x16 on a GPU, 64x64x16 on a CPU adapter).
-        #[arg(long, value_name = "auto|RxCxD", default_value = "auto")]
+        /// The workgroup tile of the convolutions, ROWSxCOLSxDEPTH (rows and columns 64 or 128, depth 16 or 32),
+        /// with x2 appended for double-buffered tiles (one barrier per depth step instead of two, twice the
+        /// workgroup memory), or auto (the adapter's: 128x64x16 on a GPU, 64x64x16 on a CPU adapter).
+        #[arg(long, value_name = "auto|RxCxD[x2]", default_value = "auto")]
         conv_tile: ConvTileChoice,
         /// --kernels: divide the spatial sizes of the 112x112 network by this (default: 4 on a CPU adapter, else 1).
         #[arg(long)]
@@ -363,9 +364,10 @@ struct TrainArgs {
     /// rounding errors), or auto (4 where a layer's batch has at least 64 output tiles, else 2) [default: auto].
     #[arg(long, value_name = "auto|2|4")]
     winograd_tile: Option<WinogradTileChoice>,
-    /// The workgroup tile of the GPU convolutions, ROWSxCOLSxDEPTH (rows and columns 64 or 128, depth 16 or 32;
-    /// `elasticface bench --tune` measures them), or auto (the adapter's: 128x64x16 on a GPU) [default: auto].
-    #[arg(long, value_name = "auto|RxCxD")]
+    /// The workgroup tile of the GPU convolutions, ROWSxCOLSxDEPTH (rows and columns 64 or 128, depth 16 or 32)
+    /// with x2 appended for double-buffered tiles (`elasticface bench --tune` measures them all), or auto (the
+    /// adapter's: 128x64x16 on a GPU) [default: auto].
+    #[arg(long, value_name = "auto|RxCxD[x2]")]
     conv_tile: Option<ConvTileChoice>,
     /// GPU adapter name filter.
     #[arg(long, value_name = "NAME")]

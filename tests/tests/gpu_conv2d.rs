@@ -45,9 +45,11 @@ fn shapes() -> Vec<Conv2dShape> {
     ]
 }
 
-/// The tilings under test: the adapter's, every tile shape whose f32 tiles fit the adapter's workgroup memory,
-/// tall tiles with short ones for short products, and two that split every reduction they can, with the tile
-/// grid folded into two dimensions (the last one's plans are checked below).
+/// The tilings under test: the adapter's, every single-buffered tile shape whose f32 tiles fit the adapter's
+/// workgroup memory (the double-buffered ones give their bits: see
+/// `double_buffered_tiles_give_the_single_buffered_bits`), tall tiles with short ones for short products, and
+/// two that split every reduction they can, with the tile grid folded into two dimensions (the last one's plans
+/// are checked below).
 fn tilings(gpu: &Gpu) -> Vec<(String, ConvTiling)> {
     let base = ConvTiling {
         tile: TileShape::new(64, 64, 16),
@@ -57,7 +59,8 @@ fn tilings(gpu: &Gpu) -> Vec<(String, ConvTiling)> {
         max_grid_x: u32::MAX,
     };
     let mut all = vec![("adapter".to_string(), ConvTiling::for_adapter(gpu))];
-    for tile in TileShape::ALL.into_iter().filter(|t| t.f32_bytes() <= gpu.caps.max_workgroup_memory) {
+    for tile in TileShape::ALL.into_iter().filter(|t| t.buffers == 1 && t.f32_bytes() <= gpu.caps.max_workgroup_memory)
+    {
         all.push((tile.to_string(), ConvTiling { tile, ..base }));
     }
     let split = ConvTiling { target_workgroups: 1 << 20, max_grid_x: 3, ..base };
@@ -160,7 +163,10 @@ fn tiles_are_refused_where_they_do_not_fit() {
             .err()
             .expect("refused")
     );
-    assert!(e.contains("tile 96x64x16: rows and columns must be 64 or 128, the depth 16 or 32"), "{e}");
+    assert!(
+        e.contains("tile 96x64x16: rows and columns must be 64 or 128, the depth 16 or 32, the buffers 1 or 2"),
+        "{e}"
+    );
 }
 
 /// The mixed-precision kernels (f16 operands, f32 accumulation on cooperative matrices, or emulated where the
@@ -181,8 +187,9 @@ fn conv2d_mixed_matches_the_core_on_f16_operands() {
     assert!(tested >= 7, "{tested} tile shapes fit");
 }
 
-/// Checks the mixed-precision kernels `build` compiles for each tile shape against the core on `shapes`; a shape
-/// may be refused only for tiles (of `bytes` bytes) beyond the adapter's workgroup memory. Returns the shapes run.
+/// Checks the mixed-precision kernels `build` compiles for each single-buffered tile shape (the double-buffered
+/// ones give their bits) against the core on `shapes`; a shape may be refused only for tiles (of `bytes` bytes)
+/// beyond the adapter's workgroup memory. Returns the shapes run.
 fn check_mixed_on_every_tile<E: std::fmt::Display>(
     gpu: &Gpu,
     kind: &str,
@@ -191,7 +198,7 @@ fn check_mixed_on_every_tile<E: std::fmt::Display>(
     build: impl Fn(ConvTiling) -> Result<Conv2d, E>,
 ) -> usize {
     let mut tested = 0;
-    for tile in TileShape::ALL {
+    for tile in TileShape::ALL.into_iter().filter(|t| t.buffers == 1) {
         let conv = match build(ConvTiling { tile, short_tiles: false, ..ConvTiling::for_adapter(gpu) }) {
             Ok(conv) => conv,
             Err(e) if bytes(&tile) > gpu.caps.max_workgroup_memory => {
@@ -227,6 +234,96 @@ fn cooperative_matrix_layout_matches_the_core_with_fragments_as_loops() {
         Conv2d::mixed_fragments_as_loops(gpu, tiling)
     });
     assert!(tested >= 7, "{tested} tile shapes fit");
+}
+
+/// Double-buffered tiles change when the workgroup waits, not what it adds: every kernel gives the bits of the
+/// same tile single-buffered, for every shape whose double buffers fit the adapter's workgroup memory, in f32,
+/// in emulated mixed precision and in the cooperative-matrix layout (fragments as loops; the cooperative
+/// matrices themselves where the adapter has them), split and not. So the core comparisons of the single-buffered
+/// tiles above hold for them too. A double buffer that does not fit is refused for its workgroup memory.
+#[test]
+fn double_buffered_tiles_give_the_single_buffered_bits() {
+    let Some(gpu) = gpu() else { return };
+    let limit = gpu.caps.max_workgroup_memory;
+    type Build = fn(&Gpu, ConvTiling) -> Result<Conv2d, String>;
+    let f32_build: Build = |gpu, tiling| Conv2d::build(gpu, ConvPrecision::F32, tiling).map_err(|e| format!("{e:#}"));
+    let mixed_build: Build =
+        |gpu, tiling| Conv2d::build(gpu, ConvPrecision::Mixed, tiling).map_err(|e| format!("{e:#}"));
+    let loops_build: Build = |gpu, tiling| Conv2d::mixed_fragments_as_loops(gpu, tiling).map_err(|e| format!("{e:#}"));
+    type Bytes = fn(&TileShape) -> u32;
+    let mixed_bytes: Bytes = if gpu.caps.cooperative_matrix { TileShape::coop_bytes } else { TileShape::f32_bytes };
+    let kinds: [(&str, Build, Bytes); 3] = [
+        ("f32", f32_build, TileShape::f32_bytes),
+        ("mixed", mixed_build, mixed_bytes),
+        ("loops", loops_build, TileShape::coop_bytes),
+    ];
+    // Few shapes for the slow loops: two row tiles, a strided one, a 1x1 one.
+    let few = [
+        shape(2, 70, (5, 5), 130, (3, 3), 1, 1),
+        shape(2, 5, (11, 9), 7, (3, 3), 2, 1),
+        shape(2, 6, (9, 11), 9, (1, 1), 2, 0),
+    ];
+    let mut compared = 0;
+    for (kind, build, bytes) in kinds {
+        for single in TileShape::ALL.into_iter().filter(|t| t.buffers == 1) {
+            let double = single.double_buffered();
+            for splitting in [1, 1 << 20] {
+                let tiling = |tile| ConvTiling {
+                    tile,
+                    short_tiles: false,
+                    target_workgroups: splitting,
+                    min_steps_per_split: 1,
+                    max_grid_x: u32::MAX,
+                };
+                let two = match build(gpu, tiling(double)) {
+                    Ok(conv) => conv,
+                    Err(e) if bytes(&double) > limit => {
+                        assert!(e.contains("workgroup memory"), "{kind} {double}: {e}");
+                        break;
+                    }
+                    Err(e) => panic!("{kind} {double}: {e}"),
+                };
+                let one = build(gpu, tiling(single)).unwrap();
+                let shapes = if kind == "loops" { few.to_vec() } else { shapes() };
+                for s in &shapes {
+                    assert_eq!(
+                        run_all_ops(gpu, &one, s),
+                        run_all_ops(gpu, &two, s),
+                        "{kind} {double} (target workgroups {splitting}) on {s:?}"
+                    );
+                }
+                compared += 1;
+            }
+        }
+    }
+    // On lavapipe (32 KiB): 3 f32 shapes (64x64x16, 64x128x16, 128x64x16) and as many emulated; the
+    // cooperative-matrix layout in 5 (those and 64x64x32, 128x128x16); each split and not.
+    assert!(compared >= 2 * (3 + 3 + 5), "{compared} comparisons");
+}
+
+/// The bits of y, dx and dweight from `conv`'s three kernels on `s` (inputs seeded by the shape's sizes).
+fn run_all_ops(gpu: &Gpu, conv: &Conv2d, s: &Conv2dShape) -> [Vec<u32>; 3] {
+    let act = conv.activations();
+    let seed = (s.n * 1000 + s.c_in * 100 + s.c_out) as u64;
+    let xv = uniform(seed, s.input_len());
+    let x = match act {
+        Elem::F32 => gpu.upload("x", &[s.n, s.c_in, s.h, s.w], &xv),
+        Elem::F16 => gpu.upload_f16("x", &[s.n, s.c_in, s.h, s.w], &xv),
+    };
+    let weight = gpu.upload("weight", &[s.c_out, s.c_in, s.kh, s.kw], &uniform(seed + 1, s.weight_len()));
+    let dy = gpu.upload("dy", &[s.n, s.c_out, s.out_h(), s.out_w()], &uniform(seed + 2, s.output_len()));
+    let (y, dx, dw) = (
+        gpu.zeros_as("y", &[s.output_len()], act),
+        gpu.zeros("dx", &[s.input_len()]),
+        gpu.zeros("dweight", &[s.weight_len()]),
+    );
+    let scratch = scratch(gpu, conv, s);
+    let mut all = conv.forward(gpu, s, &x, &weight, &y, &scratch).unwrap();
+    all.extend(conv.backward_data(gpu, s, &dy, &weight, &dx, &scratch).unwrap());
+    all.extend(conv.backward_weight(gpu, s, &dy, &x, &dw, &scratch).unwrap());
+    run(gpu, &all);
+    let bits = |v: Vec<f32>| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>();
+    [bits(gpu.read_f32(&y).unwrap()), bits(gpu.read(&dx).unwrap()), bits(gpu.read(&dw).unwrap())]
 }
 
 /// The operands' rounding to f16 is the core's bit for bit (round to nearest, ties to even; subnormals; +-inf

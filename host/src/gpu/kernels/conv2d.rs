@@ -382,8 +382,8 @@ impl ConvTiling {
 }
 
 /// The convolution tile `train` and `bench` run with (`--conv-tile`): the adapter's
-/// ([`ConvTiling::for_adapter`]), or a given shape with the adapter's other choices. Written `auto` or
-/// `ROWSxCOLSxDEPTH`.
+/// ([`ConvTiling::for_adapter`]), or a given shape with the adapter's other choices. Written `auto`,
+/// `ROWSxCOLSxDEPTH` or `ROWSxCOLSxDEPTHx2`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum ConvTileChoice {
@@ -784,9 +784,18 @@ mod tests {
         assert_eq!("auto".parse::<ConvTileChoice>(), Ok(ConvTileChoice::Auto));
         assert_eq!(ConvTileChoice::Auto.to_string(), "auto");
         let e = "128x96x16".parse::<ConvTileChoice>().unwrap_err();
-        assert_eq!(e, "tile 128x96x16: rows and columns must be 64 or 128, the depth 16 or 32 (or `auto`)");
+        assert_eq!(
+            e,
+            "tile 128x96x16: rows and columns must be 64 or 128, the depth 16 or 32, the buffers 1 or 2 (or `auto`)"
+        );
+        let e = "128x64x16x3".parse::<TileShape>().unwrap_err();
+        assert_eq!(e, "tile 128x64x16x3: rows and columns must be 64 or 128, the depth 16 or 32, the buffers 1 or 2");
+        assert_eq!("128x64x16x1".parse::<TileShape>(), Ok(TileShape::new(128, 64, 16)));
+        assert_eq!("64x128x32x2".parse::<TileShape>(), Ok(TileShape::new(64, 128, 32).double_buffered()));
         let e = "128x64".parse::<TileShape>().unwrap_err();
-        assert_eq!(e, "tile `128x64`: expected ROWSxCOLSxDEPTH, e.g. 128x64x16");
+        assert_eq!(e, "tile `128x64`: expected ROWSxCOLSxDEPTH or ROWSxCOLSxDEPTHx2, e.g. 128x64x16");
+        assert!("128x64x16x2x2".parse::<TileShape>().is_err());
+        assert!("128x64xsixteen".parse::<TileShape>().is_err());
         assert!("big".parse::<ConvTileChoice>().is_err());
     }
 
@@ -796,9 +805,21 @@ mod tests {
         assert_eq!(TileShape::new(64, 64, 16).f32_bytes(), 16 * 16 * 17 + 16 * 16 * 16);
         // 128 x 128 x 32 in f32 exceeds 32 KiB (lavapipe), not 48 KiB (an H200).
         assert_eq!(TileShape::new(128, 128, 32).f32_bytes(), 33_280);
-        // Cooperative matrices: f16 A (BK x (BM + 8)) and B (BK x BN), and a 64 x 64 f32 staging block.
-        assert_eq!(TileShape::new(128, 128, 32).coop_bytes(), 2 * 32 * 136 + 2 * 32 * 128 + 4 * 64 * 64);
-        let short = TileShape::new(128, 128, 32).short();
-        assert_eq!((short.rows, short.cols, short.depth), (64, 128, 32));
+        // Cooperative matrices: f16 A (BK x (BM + 8)) and B (BK x BN), and a 64 x 32 f32 staging block.
+        assert_eq!(TileShape::new(128, 128, 32).coop_bytes(), 2 * 32 * 136 + 2 * 32 * 128 + 4 * 64 * 32);
+        // Double buffers: two copies of A and B, one staging block. The largest cooperative-matrix tile fits
+        // 48 KiB (an H200) double-buffered; the largest f32 tiles that do are 128 x 128 x 16 and 64 x 64 x 32.
+        let double = TileShape::new(128, 128, 32).double_buffered();
+        assert_eq!(double.coop_bytes(), 2 * (2 * 32 * 136 + 2 * 32 * 128) + 4 * 64 * 32);
+        assert!(double.coop_bytes() <= 48 * 1024);
+        assert_eq!(TileShape::new(128, 128, 16).double_buffered().f32_bytes(), 2 * 16_640);
+        let fit: Vec<String> = TileShape::ALL
+            .iter()
+            .filter(|t| t.buffers == 2 && t.f32_bytes() <= 48 * 1024)
+            .map(|t| t.to_string())
+            .collect();
+        assert_eq!(fit, ["64x64x16x2", "64x64x32x2", "64x128x16x2", "128x64x16x2", "128x128x16x2"]);
+        let short = TileShape::new(128, 128, 32).double_buffered().short();
+        assert_eq!(short, TileShape::new(64, 128, 32).double_buffered());
     }
 }

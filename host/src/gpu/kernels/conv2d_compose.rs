@@ -7,7 +7,8 @@
 const KERNELS: usize = 4;
 
 /// The workgroup tile of the convolution kernels: `rows x cols` elements of C per workgroup of 256 invocations,
-/// the depth walked `depth` at a time. Written as `ROWSxCOLSxDEPTH`, e.g. `128x64x16`.
+/// the depth walked `depth` at a time, through `buffers` copies of the staged tiles. Written as
+/// `ROWSxCOLSxDEPTH` (one buffer), e.g. `128x64x16`, or `ROWSxCOLSxDEPTHx2` (double-buffered).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TileShape {
     /// Rows of C per tile (`BM`): 64 or 128, i.e. 4 or 8 per invocation (`TM`).
@@ -16,23 +17,45 @@ pub struct TileShape {
     pub cols: u32,
     /// Depth step (`BK`): 16 or 32.
     pub depth: u32,
+    /// Copies of the staged A and B tiles in workgroup memory (`BUFFERS`): 1, with two barriers per depth step
+    /// (one before the tiles are read, one before they are overwritten), or 2, with one (each step fills the
+    /// copy the step before last read; see PIPELINE in `conv2d.wgsl`). The sums are the same bit for bit.
+    pub buffers: u32,
+}
+
+/// The shape of `TileShape::ALL[i]`: the bits of `i` choose rows, columns, depth and buffers.
+const fn nth_shape(i: usize) -> TileShape {
+    const fn pick(i: usize, bit: usize, unset: u32, set: u32) -> u32 {
+        if i & bit == 0 { unset } else { set }
+    }
+    TileShape {
+        rows: pick(i, 4, 64, 128),
+        cols: pick(i, 2, 64, 128),
+        depth: pick(i, 1, 16, 32),
+        buffers: pick(i, 8, 1, 2),
+    }
 }
 
 impl TileShape {
-    /// Every shape the kernels are written for.
-    pub const ALL: [TileShape; 8] = [
-        TileShape::new(64, 64, 16),
-        TileShape::new(64, 64, 32),
-        TileShape::new(64, 128, 16),
-        TileShape::new(64, 128, 32),
-        TileShape::new(128, 64, 16),
-        TileShape::new(128, 64, 32),
-        TileShape::new(128, 128, 16),
-        TileShape::new(128, 128, 32),
-    ];
+    /// Every shape the kernels are written for: the 8 single-buffered ones, then their double-buffered forms.
+    pub const ALL: [TileShape; 16] = {
+        let mut all = [nth_shape(0); 16];
+        let mut i = 1;
+        while i < 16 {
+            all[i] = nth_shape(i);
+            i += 1;
+        }
+        all
+    };
 
+    /// The single-buffered shape of `rows x cols x depth`.
     pub const fn new(rows: u32, cols: u32, depth: u32) -> Self {
-        Self { rows, cols, depth }
+        Self { rows, cols, depth, buffers: 1 }
+    }
+
+    /// This shape with its staged tiles double-buffered.
+    pub const fn double_buffered(self) -> Self {
+        Self { buffers: 2, ..self }
     }
 
     /// Errors unless the kernels are written for this shape.
@@ -40,7 +63,7 @@ impl TileShape {
         if Self::ALL.contains(self) {
             Ok(())
         } else {
-            Err(format!("tile {self}: rows and columns must be 64 or 128, the depth 16 or 32"))
+            Err(format!("tile {self}: rows and columns must be 64 or 128, the depth 16 or 32, the buffers 1 or 2"))
         }
     }
 
@@ -54,26 +77,32 @@ impl TileShape {
         self.cols / 16
     }
 
-    /// The same columns and depth on 64-row tiles.
+    /// The same columns, depth and buffers on 64-row tiles.
     pub fn short(&self) -> Self {
         Self { rows: 64, ..*self }
     }
 
-    /// Workgroup memory of the f32 tiles: a_tile (BK x (BM/4 + 1) vec4s) and b_tile (BK x BN/4 vec4s).
+    /// Workgroup memory of the f32 tiles: `buffers` copies of a_tile (BK x (BM/4 + 1) vec4s) and b_tile
+    /// (BK x BN/4 vec4s).
     pub fn f32_bytes(&self) -> u32 {
-        16 * self.depth * (self.rows / 4 + 1) + 4 * self.depth * self.cols
+        self.buffers * (16 * self.depth * (self.rows / 4 + 1) + 4 * self.depth * self.cols)
     }
 
-    /// Workgroup memory of the cooperative-matrix tiles: a_h (f16, BK x (BM + 8)), b_h (f16, BK x BN) and c_s
-    /// (f32, 64 x 64), as `conv2d_coop.wgsl.in` declares them.
+    /// Workgroup memory of the cooperative-matrix tiles: `buffers` copies of a_h (f16, BK x (BM + 8)) and b_h
+    /// (f16, BK x BN), and c_s (f32, the staging block of the epilogue), as `conv2d_coop.wgsl.in` declares them.
     pub fn coop_bytes(&self) -> u32 {
-        2 * self.depth * (self.rows + 8) + 2 * self.depth * self.cols + 4 * COOP_STAGE * COOP_STAGE
+        self.buffers * (2 * self.depth * (self.rows + 8) + 2 * self.depth * self.cols)
+            + 4 * COOP_STAGE_ROWS * COOP_STAGE_COLS
     }
 }
 
 impl std::fmt::Display for TileShape {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}x{}x{}", self.rows, self.cols, self.depth)
+        write!(f, "{}x{}x{}", self.rows, self.cols, self.depth)?;
+        if self.buffers != 1 {
+            write!(f, "x{}", self.buffers)?;
+        }
+        Ok(())
     }
 }
 
@@ -81,13 +110,12 @@ impl std::str::FromStr for TileShape {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let parts: Vec<&str> = s.split('x').collect();
-        let shape = match parts[..] {
-            [r, c, d] => match (r.parse(), c.parse(), d.parse()) {
-                (Ok(rows), Ok(cols), Ok(depth)) => TileShape { rows, cols, depth },
-                _ => return Err(format!("tile `{s}`: expected ROWSxCOLSxDEPTH, e.g. 128x64x16")),
-            },
-            _ => return Err(format!("tile `{s}`: expected ROWSxCOLSxDEPTH, e.g. 128x64x16")),
+        let expected = || format!("tile `{s}`: expected ROWSxCOLSxDEPTH or ROWSxCOLSxDEPTHx2, e.g. 128x64x16");
+        let numbers: Vec<u32> = s.split('x').map(|n| n.parse()).collect::<Result<_, _>>().map_err(|_| expected())?;
+        let shape = match numbers[..] {
+            [rows, cols, depth] => TileShape::new(rows, cols, depth),
+            [rows, cols, depth, buffers] => TileShape { rows, cols, depth, buffers },
+            _ => return Err(expected()),
         };
         shape.validate()?;
         Ok(shape)
@@ -95,13 +123,15 @@ impl std::str::FromStr for TileShape {
 }
 
 /// The lines of `conv2d.wgsl` that set the tile shape.
-pub const SHAPE_LINES: [&str; 3] = ["const TM: u32 = 4u;", "const TN: u32 = 4u;", "const BK: u32 = 16u;"];
+pub const SHAPE_LINES: [&str; 4] =
+    ["const TM: u32 = 4u;", "const TN: u32 = 4u;", "const BK: u32 = 16u;", "const BUFFERS: u32 = 1u;"];
 
 /// `base` with the tile shape `shape`.
 pub fn compose_f32(base: &str, shape: TileShape) -> Result<String, String> {
     shape.validate()?;
     let mut s = base.to_string();
-    for (line, value) in SHAPE_LINES.iter().zip([shape.rows_per_thread(), shape.cols_per_thread(), shape.depth]) {
+    let values = [shape.rows_per_thread(), shape.cols_per_thread(), shape.depth, shape.buffers];
+    for (line, value) in SHAPE_LINES.iter().zip(values) {
         if !s.contains(line) {
             return Err(format!("conv2d.wgsl no longer declares `{line}`"));
         }
@@ -136,8 +166,10 @@ pub fn compose_emulated(base: &str, shape: TileShape) -> Result<String, String> 
     Ok(compose_f32(base, shape)?.replace(F16_OPERANDS_LINE, "const F16_OPERANDS: bool = true;"))
 }
 
-/// Side of the square block of C that the cooperative-matrix epilogue stages through workgroup memory at a time.
-pub const COOP_STAGE: u32 = 64;
+/// The block of C (rows x columns) that the cooperative-matrix epilogue stages through workgroup memory at a
+/// time (`STAGE_ROWS`, `STAGE_COLS` in `conv2d_coop.wgsl.in`).
+pub const COOP_STAGE_ROWS: u32 = 64;
+pub const COOP_STAGE_COLS: u32 = 32;
 
 /// How the 16 x 16 fragments of the mixed-precision module are held and multiplied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,8 +185,10 @@ pub enum Fragments {
 
 /// The cooperative-matrix sections for `shape` (see `conv2d_coop.wgsl.in`, LAYOUT): `(CLEAR, MULTIPLY, FINISH)`.
 /// Subgroup `s` (of 8) holds the 16 x 16 fragments at rows `(s / 2) * 16 + 64 g` and columns
-/// `(s % 2) * 16 + 32 f` (`g < TM / 4`, `f < TN / 2`) in accumulators `c{g}_{f}`: each 64 x 64 block of the tile
-/// is spread over all 8 subgroups, two fragments each, so that the epilogue can stage one block at a time.
+/// `(s % 2) * 16 + 32 f` (`g < TM / 4`, `f < TN / 2`) in accumulators `c{g}_{f}`: each 64 x 32 block of the tile
+/// is spread over all 8 subgroups, one fragment each, so that the epilogue can stage one block at a time.
+/// MULTIPLY reads the depth rows `buf_row ..` of the staged tiles (the buffer of the depth step, see
+/// `conv2d.wgsl`).
 pub fn coop_sections(shape: TileShape, fragments: Fragments) -> (String, String, String) {
     let (gs, fs, ks) = (shape.rows / 64, shape.cols / 32, shape.depth / 16);
     let coop = fragments == Fragments::Cooperative;
@@ -182,7 +216,7 @@ pub fn coop_sections(shape: TileShape, fragments: Fragments) -> (String, String,
     };
     let store = |c: &str, i: &str| {
         if coop {
-            format!("coopStoreT({c}, &c_s[{i}], STAGE)")
+            format!("coopStoreT({c}, &c_s[{i}], STAGE_COLS)")
         } else {
             format!("fragment_store({c}, {i}, lid)")
         }
@@ -197,11 +231,11 @@ pub fn coop_sections(shape: TileShape, fragments: Fragments) -> (String, String,
     for k in 0..ks {
         multiply += "        {\n";
         for g in 0..gs {
-            multiply += &format!("            let ia{g} = {}u * LDA + sg_r + {}u;\n", 16 * k, 64 * g);
+            multiply += &format!("            let ia{g} = (buf_row + {}u) * LDA + sg_r + {}u;\n", 16 * k, 64 * g);
             multiply += &format!("            let a{g} = {};\n", load_a(&format!("ia{g}")));
         }
         for f in 0..fs {
-            multiply += &format!("            let ib{f} = {}u * BN + sg_q + {}u;\n", 16 * k, 32 * f);
+            multiply += &format!("            let ib{f} = (buf_row + {}u) * BN + sg_q + {}u;\n", 16 * k, 32 * f);
             multiply += &format!("            let b{f} = {};\n", load_b(&format!("ib{f}")));
         }
         for g in 0..gs {
@@ -212,20 +246,24 @@ pub fn coop_sections(shape: TileShape, fragments: Fragments) -> (String, String,
         }
         multiply += "        }\n";
     }
+    // Block (g, f), rows 64 g .., columns 32 f ..: every subgroup stores its fragment c{g}_{f}, then the
+    // invocations whose 4 columns lie in it (tx / 8 = f % 2, in the 64-column group f / 2 of `acc`) read their
+    // 4 x 4 elements.
     let mut finish = String::from("    {\n        let tx = lid % 16u;\n        let ty = lid / 16u;\n");
-    finish += "        let s0 = sg_r * STAGE + sg_q;\n        let s1 = s0 + 32u;\n";
+    finish += "        let s0 = sg_r * STAGE_COLS + sg_q;\n";
     for g in 0..gs {
-        for b in 0..shape.cols / 64 {
-            finish += &format!("        {};\n", store(&format!("c{g}_{}", 2 * b), "s0"));
-            finish += &format!("        {};\n", store(&format!("c{g}_{}", 2 * b + 1), "s1"));
+        for f in 0..fs {
+            finish += &format!("        {};\n", store(&format!("c{g}_{f}"), "s0"));
             finish += "        workgroupBarrier();\n";
-            finish += "        for (var e = 0u; e < 4u; e++) {\n";
-            finish += "            let r = (ty * 4u + e) * STAGE + tx * 4u;\n";
+            finish += &format!("        if tx / 8u == {}u {{\n", f % 2);
+            finish += "            for (var e = 0u; e < 4u; e++) {\n";
+            finish += "                let r = (ty * 4u + e) * STAGE_COLS + (tx % 8u) * 4u;\n";
             finish += &format!(
-                "            acc[({}u + e) * (TN / 4u) + {b}u] = vec4<f32>(c_s[r], c_s[r + 1u], c_s[r + 2u], c_s[r + 3u]);\n",
-                4 * g
+                "                acc[({}u + e) * (TN / 4u) + {}u] = vec4<f32>(c_s[r], c_s[r + 1u], c_s[r + 2u], c_s[r + 3u]);\n",
+                4 * g,
+                f / 2
             );
-            finish += "        }\n        workgroupBarrier();\n";
+            finish += "            }\n        }\n        workgroupBarrier();\n";
         }
     }
     finish += "    }\n";
@@ -254,7 +292,7 @@ pub fn compose_coop(base: &str, fragment: &str, shape: TileShape, fragments: Fra
     };
     s.replace_range(b..e, &tiles);
     let (clear, multiply, finish) = coop_sections(shape, fragments);
-    for (call, body) in [("clear_acc();\n", clear), ("multiply_tiles(lid);\n", multiply), ("finish_tiles(lid);\n", finish)]
+    for (call, body) in [("clear_acc();\n", clear), ("multiply_tiles(lid, buf_row);\n", multiply), ("finish_tiles(lid);\n", finish)]
     {
         let with_indent: Vec<(usize, usize)> = s
             .match_indices(call)
