@@ -617,7 +617,9 @@ fn conv2d_backward_weight(
 // gemm_batched: c[b] = a[b] * b[b] for b < BATCH, the products of a Winograd convolution (see
 // shaders/winograd.wgsl). a (BATCH, M, K), b (BATCH, K, COLS), c (BATCH, M, COLS), all row-major (or, with
 // splits, slices of a scratch (SPLITS, BATCH, M, COLS)). BATCH is p.n; workgroup z is batch * SPLITS + split.
-// Sums run over k in order, as in the convolutions: without splits exactly the core twin's order.
+// Sums run over k in order, as in the convolutions: without splits exactly the core twin's order. The operands
+// and the result are f32 in every module: the mixed-precision ones round a and b to f16 as they enter the tiles,
+// as they round every operand.
 @group(0) @binding(1) var<storage, read> gemm_a: array<f32>;
 @group(0) @binding(2) var<storage, read> gemm_b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> gemm_c: array<f32>;

@@ -166,9 +166,9 @@ enum Command {
         /// slowly, where there are none and ELASTICFACE_EMULATE_TENSOR_CORES=1).
         #[arg(long, value_enum, default_value = "auto")]
         precision: Precision,
-        /// 3x3 stride-1 convolutions run as Winograd (in f32 arithmetic): auto (in f32, layers of at least 128
-        /// channels on a GPU, 64 on a CPU adapter; in mixed precision, none), off, or the fewest input and output
-        /// channels of such a layer.
+        /// 3x3 stride-1 convolutions run as Winograd (in mixed precision F(2x2)'s products on tensor cores, F(4x4)'s
+        /// in f32): auto (in f32, layers of at least 128 channels on a GPU, 64 on a CPU adapter; in mixed
+        /// precision, none), off, or the fewest input and output channels of such a layer.
         #[arg(long, value_name = "auto|off|N", default_value = "auto")]
         winograd: WinogradLayers,
         /// The Winograd tile: 4 (F(4x4, 3x3): 2.25 multiplications per output), 2 (F(2x2, 3x3): 4, and 5-9x
@@ -355,9 +355,9 @@ struct TrainArgs {
     /// [default: auto].
     #[arg(long, value_enum)]
     precision: Option<Precision>,
-    /// 3x3 stride-1 GPU convolutions run as Winograd (in f32 arithmetic): auto (in f32, layers of at least 128
-    /// channels on a GPU, 64 on a CPU adapter; in mixed precision, none), off, or the fewest input and output
-    /// channels of such a layer [default: auto].
+    /// 3x3 stride-1 GPU convolutions run as Winograd (in mixed precision F(2x2)'s products on tensor cores,
+    /// F(4x4)'s in f32): auto (in f32, layers of at least 128 channels on a GPU, 64 on a CPU adapter; in mixed
+    /// precision, none), off, or the fewest input and output channels of such a layer [default: auto].
     #[arg(long, value_name = "auto|off|N")]
     winograd: Option<WinogradLayers>,
     /// The Winograd tile: 4 (F(4x4, 3x3): 2.25 multiplications per output), 2 (F(2x2, 3x3): 4, and 5-9x smaller

@@ -236,8 +236,61 @@ fn cooperative_matrix_layout_matches_the_core_with_fragments_as_loops() {
     assert!(tested >= 7, "{tested} tile shapes fit");
 }
 
-/// Double-buffered tiles change when the workgroup waits, not what it adds: every kernel gives the bits of the
-/// same tile single-buffered, for every shape whose double buffers fit the adapter's workgroup memory, in f32,
+/// The batched products of mixed precision (the F(2x2) Winograd convolutions' products; emulated where the adapter
+/// has no tensor cores, and the cooperative-matrix layout with its fragments as loops) against the core on
+/// operands rounded to f16: the products are exact on both sides, so the summation bound applies, doubled as for
+/// the convolutions above. Every single-buffered tile shape that fits, split and not, on products that are
+/// multiples of no tile.
+#[test]
+fn gemm_batched_in_mixed_precision_matches_the_core_on_f16_operands() {
+    let Some(gpu) = gpu() else { return };
+    type Bytes = fn(&TileShape) -> u32;
+    let mixed_bytes: Bytes = if gpu.caps.cooperative_matrix { TileShape::coop_bytes } else { TileShape::f32_bytes };
+    type Build = fn(&Gpu, ConvTiling) -> Result<Conv2d, String>;
+    let mixed: Build = |gpu, tiling| Conv2d::build(gpu, ConvPrecision::Mixed, tiling).map_err(|e| format!("{e:#}"));
+    let loops: Build = |gpu, tiling| Conv2d::mixed_fragments_as_loops(gpu, tiling).map_err(|e| format!("{e:#}"));
+    let builds: [(&str, Build, Bytes); 2] = [("mixed", mixed, mixed_bytes), ("loops", loops, TileShape::coop_bytes)];
+    let dims = [[3, 70, 45, 130], [2, 9, 300, 33]];
+    let (mut worst, mut tested) = (0.0f32, 0);
+    for (kind, build, bytes) in builds {
+        for tile in TileShape::ALL.into_iter().filter(|t| t.buffers == 1 && bytes(t) <= gpu.caps.max_workgroup_memory) {
+            for target_workgroups in [1, 1 << 20] {
+                let tiling =
+                    ConvTiling { tile, short_tiles: false, target_workgroups, min_steps_per_split: 1, max_grid_x: 3 };
+                let conv = build(gpu, tiling).unwrap();
+                // The loops are slow: one product.
+                let dims = if kind == "loops" { &dims[..1] } else { &dims[..] };
+                for (case, &[batch, m, k, cols]) in dims.iter().enumerate() {
+                    let seed = 100 + 10 * case as u64;
+                    let (av, bv) = (uniform(seed, batch * m * k), uniform(seed + 1, batch * k * cols));
+                    let (a, b) = (gpu.upload("a", &[av.len()], &av), gpu.upload("b", &[bv.len()], &bv));
+                    let c = gpu.zeros("c", &[batch * m * cols]);
+                    let plan = conv.plan_batched(gpu, batch, m, k, cols).unwrap();
+                    let scratch = gpu.zeros("scratch", &[plan.scratch_len().max(1)]);
+                    run(gpu, &conv.gemm_batched(gpu, [batch, m, k, cols], &a, &b, &c, &scratch).unwrap());
+                    let (mut ar, mut br) = (av.clone(), bv.clone());
+                    nn::round_to_f16(&mut ar);
+                    nn::round_to_f16(&mut br);
+                    let (mut want, mut sum) = (vec![0.0; c.len], vec![0.0; c.len]);
+                    nn::gemm_batched(batch, m, k, cols, &ar, &br, &mut want).unwrap();
+                    nn::gemm_batched(batch, m, k, cols, &abs(&ar), &abs(&br), &mut sum).unwrap();
+                    let what =
+                        format!("{kind} {tile} gemm_batched {batch}x({m}x{k})*({k}x{cols}), {} splits", plan.splits);
+                    let got = gpu.read(&c).unwrap();
+                    let terms = k + plan.splits as usize;
+                    worst = worst.max(check(&what, &got, &want, &sum, terms, 2.0, (0.0, 0.0)).1);
+                    tested += 1;
+                }
+            }
+        }
+    }
+    eprintln!("mixed gemm_batched: max error / bound {worst:.3}");
+    // On lavapipe (32 KiB): 7 shapes emulated, 5 as loops.
+    assert!(tested >= 2 * (2 * 7 + 5), "{tested} products");
+}
+
+/// Double-buffered tiles change when the workgroup waits, not what it adds: every kernel (the three convolutions
+/// and `gemm_batched`) gives the bits of the same tile single-buffered, for every shape whose double buffers fit the adapter's workgroup memory, in f32,
 /// in emulated mixed precision and in the cooperative-matrix layout (fragments as loops; the cooperative
 /// matrices themselves where the adapter has them), split and not. So the core comparisons of the single-buffered
 /// tiles above hold for them too. A double buffer that does not fit is refused for its workgroup memory.
@@ -292,6 +345,7 @@ fn double_buffered_tiles_give_the_single_buffered_bits() {
                         "{kind} {double} (target workgroups {splitting}) on {s:?}"
                     );
                 }
+                assert_eq!(run_gemm(gpu, &one), run_gemm(gpu, &two), "{kind} {double} gemm_batched");
                 compared += 1;
             }
         }
@@ -299,6 +353,18 @@ fn double_buffered_tiles_give_the_single_buffered_bits() {
     // On lavapipe (32 KiB): 3 f32 shapes (64x64x16, 64x128x16, 128x64x16) and as many emulated; the
     // cooperative-matrix layout in 5 (those and 64x64x32, 128x128x16); each split and not.
     assert!(compared >= 2 * (3 + 3 + 5), "{compared} comparisons");
+}
+
+/// The bits of `conv`'s `gemm_batched` of 2 x (70 x 45) * (45 x 33).
+fn run_gemm(gpu: &Gpu, conv: &Conv2d) -> Vec<u32> {
+    let [batch, m, k, cols] = [2, 70, 45, 33];
+    let a = gpu.upload("a", &[batch * m * k], &uniform(5, batch * m * k));
+    let b = gpu.upload("b", &[batch * k * cols], &uniform(6, batch * k * cols));
+    let c = gpu.zeros("c", &[batch * m * cols]);
+    let plan = conv.plan_batched(gpu, batch, m, k, cols).unwrap();
+    let scratch = gpu.zeros("scratch", &[plan.scratch_len().max(1)]);
+    run(gpu, &conv.gemm_batched(gpu, [batch, m, k, cols], &a, &b, &c, &scratch).unwrap());
+    gpu.read::<u32>(&c).unwrap()
 }
 
 /// The bits of y, dx and dweight from `conv`'s three kernels on `s` (inputs seeded by the shape's sizes).

@@ -1215,6 +1215,70 @@ mod tests {
         ((-2.0 * (1.0 - a).ln()).sqrt() * (2.0 * core::f64::consts::PI * b).cos()) as f32
     }
 
+    /// The relative error `||y - exact|| / ||exact||` (2-norms), `exact` the f32 direct convolution of the
+    /// unrounded operands (itself within ~1e-6 of exact arithmetic).
+    fn relative_error(y: &[f32], exact: &[f32]) -> f64 {
+        let sq = |v: f32| (v as f64) * (v as f64);
+        let err: f64 = y.iter().zip(exact).map(|(a, b)| sq(a - b)).sum();
+        (err / exact.iter().map(|&b| sq(b)).sum::<f64>()).sqrt()
+    }
+
+    /// Mixed precision's choice of where Winograd's products run (the GPU trainer's `Kernels::products`): on
+    /// tensor cores the transformed operands U and V are rounded to f16 before their exact products are summed in
+    /// f32. On a forward pass of iResNet-like data (PReLU-like activations, He-initialised weights, 64 channels,
+    /// 14x14), measured against the f32 direct convolution of the unrounded operands: the direct mixed kernels
+    /// (f16 operands) err by 3.0e-4, either tile in f32 on f16 operands the same, F(2x2) on f16 transformed
+    /// operands by 5.5e-4 (1.9x), F(4x4) by 2.6e-3 (8.8x: its transforms' terms are many times the inputs).
+    /// So F(2x2)'s products run on tensor cores in mixed precision and F(4x4)'s in f32.
+    #[test]
+    fn f16_transformed_operands_cost_f2x2_under_twice_the_direct_error_and_f4x4_far_more() {
+        let s = conv(2, 64, (14, 14), 64, 1);
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let x: Vec<f32> = (0..s.input_len())
+            .map(|_| {
+                let v = normal(&mut rng);
+                if v < 0.0 {
+                    0.25 * v
+                } else {
+                    v
+                }
+            })
+            .collect();
+        let scale = libm::sqrtf(2.0 / (9.0 * s.c_in as f32));
+        let w: Vec<f32> = (0..s.weight_len()).map(|_| normal(&mut rng) * scale).collect();
+        let mut exact = vec![0.0; s.output_len()];
+        conv2d_forward(&s, &x, &w, &mut exact).unwrap();
+        let rounded = |v: &[f32]| {
+            let mut v = v.to_vec();
+            crate::nn::round_to_f16(&mut v);
+            v
+        };
+        let (xh, wh) = (rounded(&x), rounded(&w));
+        let mut y = vec![0.0; s.output_len()];
+        conv2d_forward(&s, &xh, &wh, &mut y).unwrap();
+        let direct = relative_error(&y, &exact);
+        std::println!("direct on f16 operands: relative error {direct:.2e}");
+        assert!(direct > 1e-4 && direct < 5e-4, "{direct:e}: the f16 rounding of the operands");
+        for (tile, lowest, highest) in [(F2x2, 1.2, 2.5), (F4x4, 5.0, 20.0)] {
+            let t = WinogradTiles::forward_of(&s, tile).unwrap();
+            let (count, planes) = (t.tiles(), tile.planes());
+            let (mut u, mut v) = (vec![0.0; planes * 64 * 64], vec![0.0; planes * 64 * count]);
+            let mut m = vec![0.0; planes * 64 * count];
+            winograd_weight_transform(tile, 64, 64, &wh, false, &mut u).unwrap();
+            winograd_input_transform(&t, 64, &xh, false, &mut v).unwrap();
+            gemm_batched(planes, 64, 64, count, &u, &v, &mut m).unwrap();
+            winograd_output_transform(&t, 64, &m, &mut y).unwrap();
+            let in_f32 = relative_error(&y, &exact);
+            gemm_batched(planes, 64, 64, count, &rounded(&u), &rounded(&v), &mut m).unwrap();
+            winograd_output_transform(&t, 64, &m, &mut y).unwrap();
+            let in_f16 = relative_error(&y, &exact);
+            std::println!("{tile:?}: relative error {in_f32:.2e} with f32 products, {in_f16:.2e} on f16 operands");
+            assert!((in_f32 / direct - 1.0).abs() < 0.05, "{tile:?} in f32: {in_f32:e} against {direct:e}");
+            let ratio = in_f16 / direct;
+            assert!(ratio > lowest && ratio < highest, "{tile:?} on f16 operands: {ratio:.2}x the direct error");
+        }
+    }
+
     #[test]
     fn error_relative_to_scale_on_a_64_channel_layer() {
         // A layer of the trainer's size class, N(0, 1) data: the largest |winograd - direct| over the largest

@@ -120,14 +120,17 @@ pub fn kernel_cases(gpu: &Gpu, n: usize, shrink: usize, tile: ConvTileChoice) ->
             ops.push(("conv2d_backward_data", conv.backward_data(gpu, &s, &dy, &w, &dx, &scratch)?));
         }
         ops.push(("conv2d_backward_weight", conv.backward_weight(gpu, &s, &dy, &x, &w, &scratch)?));
-        // The f32 Winograd passes of the 3x3 stride-1 layers, F(2x2) (`winograd_*`) and F(4x4) (`winograd4_*`),
+        // The Winograd passes of the 3x3 stride-1 layers, F(2x2) (`winograd_*`) and F(4x4) (`winograd4_*`),
         // timed against the same FLOP count (the direct convolution's: an effective rate, comparable with the
-        // direct kernels').
-        if suffix.is_empty() && c_in != 3 && Winograd::applies(&s) {
-            for (tile, names) in [
-                (WinogradTile::F2x2, ["winograd_forward", "winograd_backward_data", "winograd_backward_weight"]),
-                (WinogradTile::F4x4, ["winograd4_forward", "winograd4_backward_data", "winograd4_backward_weight"]),
-            ] {
+        // direct kernels'). In mixed precision F(2x2) only, whose products run on the tensor cores (F(4x4)'s run
+        // on the f32 kernels timed above).
+        let tiles = [
+            (WinogradTile::F2x2, ["winograd_forward", "winograd_backward_data", "winograd_backward_weight"]),
+            (WinogradTile::F4x4, ["winograd4_forward", "winograd4_backward_data", "winograd4_backward_weight"]),
+        ];
+        let tiles = if conv.precision() == ConvPrecision::F32 { &tiles[..] } else { &tiles[..1] };
+        if c_in != 3 && Winograd::applies(&s) {
+            for &(tile, names) in tiles {
                 let lens = Winograd::workspace_lens(gpu, conv, &s, tile)?;
                 let ws = WinogradWorkspace::allocate(&lens, |label, len| Ok(gpu.zeros(label, &[len])))?;
                 let run = |op, inputs: [&Tensor; 2], out: &Tensor| {

@@ -469,7 +469,7 @@ pub fn tune_settings(gpu: &Gpu, cfg: &IResNetConfig, default: ConvSettings) -> V
         for conv_tile in other_tiles(TileShape::coop_bytes) {
             all.push(ConvSettings { conv_tile, ..mixed });
         }
-        // Winograd (f32 arithmetic on the f16 activations) against the tensor cores' direct products.
+        // Winograd (F(2x2)'s products on tensor cores, F(4x4)'s in f32) against the direct convolutions.
         for &w in &widths {
             for winograd_tile in [WinogradTileChoice::Auto, WinogradTileChoice::F2x2] {
                 all.push(ConvSettings { winograd: Some(w), winograd_tile, ..mixed });

@@ -135,7 +135,7 @@ pub fn run_gpu(files: &[TensorFile], gpu: &Gpu, precision: ConvPrecision) -> Rep
                     let what = match (precision, winograd) {
                         (ConvPrecision::F32, None) => String::new(),
                         (ConvPrecision::F32, Some(_)) => format!(" ({what} convolutions)"),
-                        // Winograd runs in f32 arithmetic on the f16 activations.
+                        // Winograd's transforms run on the f16 activations, F(2x2)'s products on tensor cores.
                         (ConvPrecision::Mixed, _) => format!(" (mixed-precision convolutions, {what})"),
                     };
                     sections.push(Section { file: format!("{}{what}", f.name), checks });

@@ -79,7 +79,7 @@ impl Precision {
 }
 
 /// Which 3x3 stride-1 convolutions run as Winograd on the GPU (2.25x to 4x fewer multiply-adds, see
-/// [`WinogradTileChoice`]; in f32 arithmetic, in mixed precision too). Written `auto`, `off`, or a channel count.
+/// [`WinogradTileChoice`]; in mixed precision too). Written `auto`, `off`, or a channel count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum WinogradLayers {

@@ -13,13 +13,16 @@
 //! cooperative matrices) put in by `conv2d_compose.rs`; the index maps, bounds, splits and epilogues are shared.
 //! The mixed kernels store the activations (`x` and the forward's `y`) as f16 ([`ConvPrecision::activations`]);
 //! their twins are the same core functions applied to operands rounded by
-//! [`elasticface_core::nn::round_to_f16`], with the forward's output rounded by it too. Without cooperative matrices, the mixed arithmetic can be emulated
-//! (`compose_emulated`: the f32 tiles with every operand rounded to f16 as it enters them), so that the
+//! [`elasticface_core::nn::round_to_f16`], with the forward's output rounded by it too (and `gemm_batched`'s
+//! twin is the core's on rounded operands: its operands and result stay f32). Without cooperative matrices,
+//! the mixed arithmetic can be emulated (`compose_emulated`: the f32 tiles with every operand rounded to f16 as
+//! it enters them), so that the
 //! mixed-precision trainer is tested on any adapter; and the cooperative-matrix layout itself can run with its
 //! fragment operations as plain loops ([`Conv2d::mixed_fragments_as_loops`]), so that it is tested there too.
 //!
-//! Tiles: any [`TileShape`] (64 or 128 rows and columns, depth 16 or 32) that fits the adapter's workgroup
-//! memory, chosen by [`ConvTiling`]; `conv2d_compose.rs` writes the shape into the shader before compiling.
+//! Tiles: any [`TileShape`] (64 or 128 rows and columns, depth 16 or 32, one or two buffers) that fits the
+//! adapter's workgroup memory, chosen by [`ConvTiling`]; `conv2d_compose.rs` writes the shape into the shader
+//! before compiling.
 
 use anyhow::{anyhow, bail, Result};
 use elasticface_core::nn::Conv2dShape;
@@ -457,33 +460,32 @@ struct Pipelines {
     forward: wgpu::ComputePipeline,
     backward_data: wgpu::ComputePipeline,
     backward_weight: wgpu::ComputePipeline,
-    /// f32 only: Winograd runs in f32, so the mixed module's (cooperative-matrix) `gemm_batched` is never built.
-    gemm_batched: Option<wgpu::ComputePipeline>,
+    gemm_batched: wgpu::ComputePipeline,
     reduce: wgpu::ComputePipeline,
     /// The reduction into `conv2d_forward`'s output, stored as the activations are.
     reduce_act: wgpu::ComputePipeline,
 }
 
 impl Pipelines {
-    fn compile(gpu: &Gpu, label: &str, source: &str, precision: ConvPrecision) -> Self {
+    fn compile(gpu: &Gpu, label: &str, source: &str) -> Self {
         let m = gpu.shader(label, source);
         Self {
             forward: gpu.pipeline("conv2d_forward", &m, "conv2d_forward"),
             backward_data: gpu.pipeline("conv2d_backward_data", &m, "conv2d_backward_data"),
             backward_weight: gpu.pipeline("conv2d_backward_weight", &m, "conv2d_backward_weight"),
-            gemm_batched: (precision == ConvPrecision::F32).then(|| gpu.pipeline("gemm_batched", &m, "gemm_batched")),
+            gemm_batched: gpu.pipeline("gemm_batched", &m, "gemm_batched"),
             reduce: gpu.pipeline("conv2d_reduce_splits", &m, "conv2d_reduce_splits"),
             reduce_act: gpu.pipeline("conv2d_reduce_splits_act", &m, "conv2d_reduce_splits_act"),
         }
     }
 
-    fn gemm(&self, op: Option<ConvOp>) -> Result<&wgpu::ComputePipeline> {
-        Ok(match op {
+    fn gemm(&self, op: Option<ConvOp>) -> &wgpu::ComputePipeline {
+        match op {
             Some(ConvOp::Forward) => &self.forward,
             Some(ConvOp::BackwardData) => &self.backward_data,
             Some(ConvOp::BackwardWeight) => &self.backward_weight,
-            None => self.gemm_batched.as_ref().ok_or_else(|| anyhow!("gemm_batched runs in f32 only"))?,
-        })
+            None => &self.gemm_batched,
+        }
     }
 }
 
@@ -578,7 +580,7 @@ impl Conv2d {
                 ConvPrecision::Mixed => source.and_then(|s| compose::act_f16(&s)),
             };
             let source = source.map_err(|e| anyhow!(e))?;
-            gpu.capture_errors(&label, || Pipelines::compile(gpu, &label, &source, precision))
+            gpu.capture_errors(&label, || Pipelines::compile(gpu, &label, &source))
         });
         let tall = compiled.next().expect("one shape at least")?;
         let short = compiled.next().transpose()?;
@@ -697,9 +699,10 @@ impl Conv2d {
 
     /// `c[b] = a[b] * b[b]` for `b < batch`: `a (batch, m, k)`, `b (batch, k, cols)`, `c (batch, m, cols)`
     /// (overwritten), row-major. CPU twin [`elasticface_core::nn::gemm_batched`]. `scratch`: at least
-    /// [`ConvPlan::scratch_len`] of [`Self::plan_batched`] elements, not one of the other tensors. Errors on the
-    /// mixed-precision kernels (Winograd runs in f32 only).
-    /// `dims`: `[batch, m, k, cols]`.
+    /// [`ConvPlan::scratch_len`] of [`Self::plan_batched`] elements, not one of the other tensors. All f32; the
+    /// mixed-precision kernels round `a` and `b` to f16 as they load them (on tensor cores, or emulated) and
+    /// accumulate in f32, so their twin is the core's on operands rounded by
+    /// [`elasticface_core::nn::round_to_f16`]. `dims`: `[batch, m, k, cols]`.
     pub fn gemm_batched(
         &self,
         gpu: &Gpu,
@@ -754,7 +757,7 @@ impl Conv2d {
         };
         let mut dispatches = Vec::with_capacity(plan.gemms.len() + 1);
         for (params, grid) in &plan.gemms {
-            dispatches.push(gpu.dispatch(name, pipelines.gemm(op)?, params, &bound, *grid)?);
+            dispatches.push(gpu.dispatch(name, pipelines.gemm(op), params, &bound, *grid)?);
         }
         if plan.splits > 1 {
             let grid = gpu.grid_1d(plan.out_len as usize, ELEMENTWISE_WORKGROUP);

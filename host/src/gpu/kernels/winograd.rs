@@ -234,7 +234,8 @@ const NORMALIZED_KERNELS: [&str; 2] = ["winograd_normalized_input_transform", "w
 ///
 /// The transforms read and write the activations as their tensors hold them ([`Tensor::elem`]): an input
 /// transform's `x` and an output transform's `y` may be f32 or mixed precision's f16 activations; the transformed
-/// operands, weights and gradients are f32 (the products always run in f32, on [`Conv2d::gemm_batched`]).
+/// operands, weights and gradients are f32. The products run on the [`Conv2d::gemm_batched`] they are given: f32,
+/// or mixed precision's (f16 operands, f32 accumulation).
 /// `winograd.wgsl` is compiled once per pair of storages a dispatch reads and writes, f32 when the kernels are
 /// made and the others on first use.
 pub struct Winograd {
