@@ -65,10 +65,11 @@
 // access leaves the tensors whose sizes the host checked against the same shape: correct without runtime
 // bounds checks.
 //
-// ACTIVATIONS. The forward values a network keeps (x of forward and backward_weight, y of forward) are stored
-// as `Act`: f32 here, f16 in the mixed-precision module (the host rewrites the alias and enables f16; see
-// `ACT_LINE` in conv2d_compose.rs). Every tile operand is converted to f32 as it is loaded and every result
-// rounded to Act as it is stored; gradients, weights and split partial sums stay f32.
+// ACTIVATIONS. The forward values a network keeps (x of forward and backward_weight, y of forward), and the
+// operands of gemm_batched, are stored as `Act`: f32 here, f16 in the mixed-precision module (the host rewrites
+// the alias and enables f16; see `ACT_LINE` in conv2d_compose.rs). Every tile operand is converted to f32 as it
+// is loaded and every result rounded to Act as it is stored; gradients, weights, gemm_batched's products and
+// split partial sums stay f32.
 //
 // TM, TN (rows and columns per invocation, 4 or 8), BK (16 or 32) and BUFFERS (1 or 2) are rewritten by the host
 // before compiling (see `TileShape` in conv2d_compose.rs); everything else derives from them.
@@ -618,10 +619,10 @@ fn conv2d_backward_weight(
 // shaders/winograd.wgsl). a (BATCH, M, K), b (BATCH, K, COLS), c (BATCH, M, COLS), all row-major (or, with
 // splits, slices of a scratch (SPLITS, BATCH, M, COLS)). BATCH is p.n; workgroup z is batch * SPLITS + split.
 // Sums run over k in order, as in the convolutions: without splits exactly the core twin's order. The operands
-// and the result are f32 in every module: the mixed-precision ones round a and b to f16 as they enter the tiles,
-// as they round every operand.
-@group(0) @binding(1) var<storage, read> gemm_a: array<f32>;
-@group(0) @binding(2) var<storage, read> gemm_b: array<f32>;
+// are stored as `Act` (f32 here; f16 in the mixed-precision modules, where the Winograd transforms write them
+// rounded as the tiles would round them), the result in f32.
+@group(0) @binding(1) var<storage, read> gemm_a: array<Act>;
+@group(0) @binding(2) var<storage, read> gemm_b: array<Act>;
 @group(0) @binding(3) var<storage, read_write> gemm_c: array<f32>;
 
 @compute @workgroup_size(WG)
@@ -656,7 +657,7 @@ fn gemm_batched(
                 let m = origin.x + lid / BK + A_STRIDE * i;
                 var v = 0.0;
                 if m < p.m && ka < k_end {
-                    v = gemm_a[a_base + m * p.k + ka];
+                    v = f32(gemm_a[a_base + m * p.k + ka]);
                 }
                 next_a[i] = v;
             }
@@ -667,7 +668,7 @@ fn gemm_batched(
                     let j = origin.y + lid % 16u + 16u * i;
                     var v = 0.0;
                     if k < k_end && j < p.cols {
-                        v = gemm_b[b_base + k * p.cols + j];
+                        v = f32(gemm_b[b_base + k * p.cols + j]);
                     }
                     next_b[r * TN + i] = v;
                 }

@@ -237,8 +237,8 @@ fn cooperative_matrix_layout_matches_the_core_with_fragments_as_loops() {
 }
 
 /// The batched products of mixed precision (the F(2x2) Winograd convolutions' products; emulated where the adapter
-/// has no tensor cores, and the cooperative-matrix layout with its fragments as loops) against the core on
-/// operands rounded to f16: the products are exact on both sides, so the summation bound applies, doubled as for
+/// has no tensor cores, and the cooperative-matrix layout with its fragments as loops) on f16 operands against the
+/// core on the same values: the products are exact on both sides, so the summation bound applies, doubled as for
 /// the convolutions above. Every single-buffered tile shape that fits, split and not, on products that are
 /// multiples of no tile.
 #[test]
@@ -263,7 +263,8 @@ fn gemm_batched_in_mixed_precision_matches_the_core_on_f16_operands() {
                 for (case, &[batch, m, k, cols]) in dims.iter().enumerate() {
                     let seed = 100 + 10 * case as u64;
                     let (av, bv) = (uniform(seed, batch * m * k), uniform(seed + 1, batch * k * cols));
-                    let (a, b) = (gpu.upload("a", &[av.len()], &av), gpu.upload("b", &[bv.len()], &bv));
+                    // Stored as f16, as the Winograd transforms write them for these kernels.
+                    let (a, b) = (gpu.upload_f16("a", &[av.len()], &av), gpu.upload_f16("b", &[bv.len()], &bv));
                     let c = gpu.zeros("c", &[batch * m * cols]);
                     let plan = conv.plan_batched(gpu, batch, m, k, cols).unwrap();
                     let scratch = gpu.zeros("scratch", &[plan.scratch_len().max(1)]);
@@ -355,11 +356,14 @@ fn double_buffered_tiles_give_the_single_buffered_bits() {
     assert!(compared >= 2 * (3 + 3 + 5), "{compared} comparisons");
 }
 
-/// The bits of `conv`'s `gemm_batched` of 2 x (70 x 45) * (45 x 33).
+/// The bits of `conv`'s `gemm_batched` of 2 x (70 x 45) * (45 x 33) (operands stored as `conv` reads them).
 fn run_gemm(gpu: &Gpu, conv: &Conv2d) -> Vec<u32> {
     let [batch, m, k, cols] = [2, 70, 45, 33];
-    let a = gpu.upload("a", &[batch * m * k], &uniform(5, batch * m * k));
-    let b = gpu.upload("b", &[batch * k * cols], &uniform(6, batch * k * cols));
+    let operand = |seed: u64, len: usize| match conv.activations() {
+        Elem::F32 => gpu.upload("operand", &[len], &uniform(seed, len)),
+        Elem::F16 => gpu.upload_f16("operand", &[len], &uniform(seed, len)),
+    };
+    let (a, b) = (operand(5, batch * m * k), operand(6, batch * k * cols));
     let c = gpu.zeros("c", &[batch * m * cols]);
     let plan = conv.plan_batched(gpu, batch, m, k, cols).unwrap();
     let scratch = gpu.zeros("scratch", &[plan.scratch_len().max(1)]);

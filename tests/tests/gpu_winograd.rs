@@ -15,6 +15,11 @@
 //! Then each pass's result against the direct convolution of the core: a wiring check (a wrong index, flip or
 //! padding gives differences of the order of the values), at 1e-4 of the result's scale; the arithmetic itself is
 //! bounded by the checks above and, for Winograd against the direct convolution, by the core's tests.
+//!
+//! Mixed precision's F(2x2) passes likewise (tensor cores emulated where there are none): x and y are f16, and the
+//! products' operands U, V and W are stored as f16, each the core's transform rounded by `round_to_f16`; the
+//! products, of exact f16 products, within twice the summation bound (as the mixed convolutions in
+//! `gpu_conv2d.rs`); the wiring check at 1e-2 of scale (f16 operands err by ~5e-4 of it).
 
 use elasticface::gpu::kernels::batchnorm::{BatchNormKernels, Epilogue};
 use elasticface::gpu::kernels::conv2d::{Conv2d, ConvOp, ConvPrecision, ConvTiling, TileShape};
@@ -69,15 +74,16 @@ fn abs(v: &[f32]) -> Vec<f32> {
     v.iter().map(|x| x.abs()).collect()
 }
 
-/// `gemm_batched` on the GPU (`got`) against the core on the same operands, within the summation bound.
-fn check_product(what: &str, dims: [usize; 4], a: &[f32], b: &[f32], got: &[f32], splits: usize) -> f32 {
+/// `gemm_batched` on the GPU (`got`) against the core on the same operands, within `slack` times the summation
+/// bound.
+fn check_product(what: &str, dims: [usize; 4], a: &[f32], b: &[f32], got: &[f32], splits: usize, slack: f32) -> f32 {
     let [batch, m, k, cols] = dims;
     let (mut want, mut sum) = (vec![0.0; batch * m * cols], vec![0.0; batch * m * cols]);
     nn::gemm_batched(batch, m, k, cols, a, b, &mut want).unwrap();
     nn::gemm_batched(batch, m, k, cols, &abs(a), &abs(b), &mut sum).unwrap();
     let mut worst = 0.0f32;
     for (i, ((&g, &w), &s)) in got.iter().zip(&want).zip(&sum).enumerate() {
-        let bound = (k + splits + 1) as f32 * f32::EPSILON * s * 1.01;
+        let bound = slack * (k + splits + 1) as f32 * f32::EPSILON * s * 1.01;
         let err = (g - w).abs();
         assert!(err <= bound, "{what}: element {i}: gpu {g}, core {w}, |error| {err:e} > bound {bound:e}");
         if bound > 0.0 {
@@ -87,12 +93,26 @@ fn check_product(what: &str, dims: [usize; 4], a: &[f32], b: &[f32], got: &[f32]
     worst
 }
 
-/// `got` against the direct convolution `want` at 1e-4 of its scale (the wiring check).
-fn check_wiring(what: &str, got: &[f32], want: &[f32]) {
+/// `got` against the direct convolution `want` at `tolerance` of its scale (the wiring check).
+fn check_wiring(what: &str, got: &[f32], want: &[f32], tolerance: f32) {
     let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        assert!((g - w).abs() <= 1e-4 * scale, "{what}: element {i}: winograd {g}, direct {w} (scale {scale})");
+        let ok = (g - w).abs() <= tolerance * scale;
+        assert!(ok, "{what}: element {i}: winograd {g}, direct {w} (scale {scale})");
     }
+}
+
+/// The first `len` elements of `t` viewed as `elem` (an f16 operand in an f32 workspace tensor), as f32.
+fn read_as(gpu: &Gpu, t: &Tensor, len: usize, elem: Elem) -> Vec<f32> {
+    gpu.read_f32(&t.view_as("read back", &[len], elem).unwrap()).unwrap()
+}
+
+/// `v` rounded to f16 by the core where `elem` is f16.
+fn stored(mut v: Vec<f32>, elem: Elem) -> Vec<f32> {
+    if elem == Elem::F16 {
+        nn::round_to_f16(&mut v);
+    }
+    v
 }
 
 fn workspace(gpu: &Gpu, conv: &Conv2d, s: &Conv2dShape, tile: WinogradTile) -> WinogradWorkspace {
@@ -105,20 +125,35 @@ fn winograd_kernels_match_their_core_twins() {
     let Some(gpu) = gpu() else { return };
     let slack = slack_allowed(gpu, 8.0);
     let wino = Winograd::new(gpu);
-    for ((name, tiling), tile) in tilings(gpu).into_iter().flat_map(|t| WinogradTile::ALL.map(move |tile| (t, tile))) {
-        let conv = Conv2d::build(gpu, ConvPrecision::F32, tiling).unwrap();
+    // f32 with both tiles; mixed precision with F(2x2), whose products run on its own kernels (F(4x4)'s run on the
+    // f32 ones, checked here already).
+    let mut runs = Vec::new();
+    for (name, tiling) in tilings(gpu) {
+        for tile in WinogradTile::ALL {
+            runs.push((name, tiling, ConvPrecision::F32, tile));
+        }
+        runs.push((name, tiling, ConvPrecision::Mixed, WinogradTile::F2x2));
+    }
+    for (name, tiling, precision, tile) in runs {
+        let conv = Conv2d::build(gpu, precision, tiling).unwrap();
+        // How x, y and the products' operands are stored; the products' slack and the wiring tolerance.
+        let act = conv.activations();
+        let (product_slack, wiring) = if act == Elem::F16 { (2.0, 1e-2) } else { (1.0, 1e-4) };
         let mut worst = 0.0f32;
         let p = tile.planes();
         for (case, s) in shapes().iter().enumerate() {
-            let what = |kernel: &str| format!("{name} {tile:?} {s:?}: {kernel}");
+            let what = |kernel: &str| format!("{name} {precision:?} {tile:?} {s:?}: {kernel}");
             let seed = 100 + 10 * case as u64;
-            let (xv, wv, dyv) =
-                (uniform(seed, s.input_len()), uniform(seed + 1, s.weight_len()), uniform(seed + 2, s.output_len()));
-            let x = gpu.upload("x", &[s.n, s.c_in, s.h, s.w], &xv);
+            let xv = stored(uniform(seed, s.input_len()), act);
+            let (wv, dyv) = (uniform(seed + 1, s.weight_len()), uniform(seed + 2, s.output_len()));
+            let x = match act {
+                Elem::F32 => gpu.upload("x", &[s.n, s.c_in, s.h, s.w], &xv),
+                Elem::F16 => gpu.upload_f16("x", &[s.n, s.c_in, s.h, s.w], &xv),
+            };
             let weight = gpu.upload("weight", &[s.c_out, s.c_in, 3, 3], &wv);
             let dy = gpu.upload("dy", &[s.n, s.c_out, s.out_h(), s.out_w()], &dyv);
             let (y, dx, dw) = (
-                gpu.zeros("y", &[s.output_len()]),
+                gpu.zeros_as("y", &[s.output_len()], act),
                 gpu.zeros("dx", &[s.input_len()]),
                 gpu.zeros("dweight", &[s.weight_len()]),
             );
@@ -128,13 +163,14 @@ fn winograd_kernels_match_their_core_twins() {
             let (t, t_data) = (fwd.tiles(), bwd.tiles());
             let splits = |m, k, cols| conv.plan_batched(gpu, p, m, k, cols).unwrap().splits as usize;
 
-            // Forward and backward_data: U, V, M, then the output.
+            // Forward and backward_data: U, V, M, then the output (y stored as the activations, dx in f32).
             for (pass, tiles, [c, c_next], input, flip) in [
                 ("forward", fwd, [s.c_in, s.c_out], &dyv, false),
                 ("backward_data", bwd, [s.c_out, s.c_in], &dyv, true),
             ] {
                 let (input, t) = if flip { (input, t_data) } else { (&xv, t) };
-                let (out, out_len) = if flip { (&dx, s.input_len()) } else { (&y, s.output_len()) };
+                let (out, out_len, out_elem) =
+                    if flip { (&dx, s.input_len(), Elem::F32) } else { (&y, s.output_len(), act) };
                 let d = if flip {
                     wino.run(gpu, &conv, ConvOp::BackwardData, s, tile, [&dy, &weight], None, &dx, &ws).unwrap()
                 } else {
@@ -142,21 +178,24 @@ fn winograd_kernels_match_their_core_twins() {
                 };
                 run(gpu, &d);
                 let (u_len, v_len, m_len) = (p * c * c_next, p * c * t, p * c_next * t);
-                let u = read(gpu, &ws.u, u_len);
+                let u = read_as(gpu, &ws.u, u_len, act);
                 let mut want = vec![0.0; u_len];
                 nn::winograd_weight_transform(tile, s.c_out, s.c_in, &wv, flip, &mut want).unwrap();
+                let want = stored(want, act);
                 assert_within_scale(&what(&format!("{pass}: winograd_weight_transform")), &u, &want, slack);
-                let v = read(gpu, &ws.v, v_len);
+                let v = read_as(gpu, &ws.v, v_len, act);
                 let mut want = vec![0.0; v_len];
                 nn::winograd_input_transform(&tiles, c, input, false, &mut want).unwrap();
+                let want = stored(want, act);
                 assert_within_scale(&what(&format!("{pass}: winograd_input_transform")), &v, &want, slack);
                 let m = read(gpu, &ws.m, m_len);
                 let dims = [p, c_next, c, t];
-                let product = format!("{pass}: gemm_batched");
-                worst = worst.max(check_product(&what(&product), dims, &u, &v, &m, splits(c_next, c, t)));
-                let got = read(gpu, out, out_len);
+                let product = what(&format!("{pass}: gemm_batched"));
+                worst = worst.max(check_product(&product, dims, &u, &v, &m, splits(c_next, c, t), product_slack));
+                let got = gpu.read_f32(out).unwrap();
                 let mut want = vec![0.0; out_len];
                 nn::winograd_output_transform(&tiles, c_next, &m, &mut want).unwrap();
+                let want = stored(want, out_elem);
                 assert_within_scale(&what(&format!("{pass}: winograd_output_transform")), &got, &want, slack);
                 let mut direct = vec![0.0; out_len];
                 if flip {
@@ -164,33 +203,32 @@ fn winograd_kernels_match_their_core_twins() {
                 } else {
                     nn::conv2d_forward(s, &xv, &wv, &mut direct).unwrap();
                 }
-                check_wiring(&what(pass), &got, &direct);
+                check_wiring(&what(pass), &got, &direct, wiring);
             }
 
-            // backward_weight: W (in M's tensor), V^T, dU (in U's tensor), then dweight.
+            // backward_weight: W (in M's tensor), V^T, dU (in U's tensor, f32), then dweight.
             run(gpu, &wino.run(gpu, &conv, ConvOp::BackwardWeight, s, tile, [&dy, &x], None, &dw, &ws).unwrap());
-            let w = read(gpu, &ws.m, p * s.c_out * t);
+            let w = read_as(gpu, &ws.m, p * s.c_out * t, act);
             let mut want = vec![0.0; w.len()];
             nn::winograd_output_grad_transform(&fwd, s.c_out, &dyv, &mut want).unwrap();
-            assert_within_scale(&what("winograd_output_grad_transform"), &w, &want, slack);
-            let vt = read(gpu, &ws.v, p * t * s.c_in);
+            assert_within_scale(&what("winograd_output_grad_transform"), &w, &stored(want, act), slack);
+            let vt = read_as(gpu, &ws.v, p * t * s.c_in, act);
             let mut want = vec![0.0; vt.len()];
             nn::winograd_input_transform(&fwd, s.c_in, &xv, true, &mut want).unwrap();
-            assert_within_scale(&what("winograd_input_transform (transposed)"), &vt, &want, slack);
+            assert_within_scale(&what("winograd_input_transform (transposed)"), &vt, &stored(want, act), slack);
             let du = read(gpu, &ws.u, p * s.c_out * s.c_in);
-            let dims = [p, s.c_out, t, s.c_in];
-            let bw =
-                check_product(&what("backward_weight: gemm_batched"), dims, &w, &vt, &du, splits(s.c_out, t, s.c_in));
-            worst = worst.max(bw);
+            let (dims, splits) = ([p, s.c_out, t, s.c_in], splits(s.c_out, t, s.c_in));
+            let product = what("backward_weight: gemm_batched");
+            worst = worst.max(check_product(&product, dims, &w, &vt, &du, splits, product_slack));
             let got = read(gpu, &dw, s.weight_len());
             let mut want = vec![0.0; s.weight_len()];
             nn::winograd_weight_grad_transform(tile, s.c_out, s.c_in, &du, &mut want).unwrap();
             assert_within_scale(&what("winograd_weight_grad_transform"), &got, &want, slack);
             let mut direct = vec![0.0; s.weight_len()];
             nn::conv2d_backward_weight(s, &dyv, &xv, &mut direct).unwrap();
-            check_wiring(&what("backward_weight"), &got, &direct);
+            check_wiring(&what("backward_weight"), &got, &direct, wiring);
         }
-        eprintln!("{name:>10} {tile:?}: gemm_batched max error / bound {worst:.3}");
+        eprintln!("{name:>10} {precision:?} {tile:?}: gemm_batched max error / bound {worst:.3}");
     }
 }
 

@@ -13,10 +13,9 @@
 //! cooperative matrices) put in by `conv2d_compose.rs`; the index maps, bounds, splits and epilogues are shared.
 //! The mixed kernels store the activations (`x` and the forward's `y`) as f16 ([`ConvPrecision::activations`]);
 //! their twins are the same core functions applied to operands rounded by
-//! [`elasticface_core::nn::round_to_f16`], with the forward's output rounded by it too (and `gemm_batched`'s
-//! twin is the core's on rounded operands: its operands and result stay f32). Without cooperative matrices,
-//! the mixed arithmetic can be emulated (`compose_emulated`: the f32 tiles with every operand rounded to f16 as
-//! it enters them), so that the
+//! [`elasticface_core::nn::round_to_f16`], with the forward's output rounded by it too (`gemm_batched` reads
+//! f16 operands there and writes f32). Without cooperative matrices, the mixed arithmetic can be emulated
+//! (`compose_emulated`: the f32 tiles with every operand rounded to f16 as it enters them), so that the
 //! mixed-precision trainer is tested on any adapter; and the cooperative-matrix layout itself can run with its
 //! fragment operations as plain loops ([`Conv2d::mixed_fragments_as_loops`]), so that it is tested there too.
 //!
@@ -699,10 +698,10 @@ impl Conv2d {
 
     /// `c[b] = a[b] * b[b]` for `b < batch`: `a (batch, m, k)`, `b (batch, k, cols)`, `c (batch, m, cols)`
     /// (overwritten), row-major. CPU twin [`elasticface_core::nn::gemm_batched`]. `scratch`: at least
-    /// [`ConvPlan::scratch_len`] of [`Self::plan_batched`] elements, not one of the other tensors. All f32; the
-    /// mixed-precision kernels round `a` and `b` to f16 as they load them (on tensor cores, or emulated) and
-    /// accumulate in f32, so their twin is the core's on operands rounded by
-    /// [`elasticface_core::nn::round_to_f16`]. `dims`: `[batch, m, k, cols]`.
+    /// [`ConvPlan::scratch_len`] of [`Self::plan_batched`] elements, not one of the other tensors. `a` and `b`
+    /// are stored as the activations are ([`Self::activations`]: f16 in mixed precision, whose kernels multiply
+    /// them on tensor cores, or emulated, accumulating in f32), `c` in f32; so the twin of the mixed kernels is
+    /// the core's on the f16 values. `dims`: `[batch, m, k, cols]`.
     pub fn gemm_batched(
         &self,
         gpu: &Gpu,
@@ -718,9 +717,9 @@ impl Conv2d {
         check_len(name, a, batch * m * k)?;
         check_len(name, b, batch * k * cols)?;
         check_len(name, c, batch * m * cols)?;
-        for t in [a, b, c] {
-            t.expect_elem(name, Elem::F32)?;
-        }
+        a.expect_elem(name, self.activations())?;
+        b.expect_elem(name, self.activations())?;
+        c.expect_elem(name, Elem::F32)?;
         self.dispatches(gpu, None, &plan, [a, b], c, scratch)
     }
 

@@ -233,9 +233,10 @@ const NORMALIZED_KERNELS: [&str; 2] = ["winograd_normalized_input_transform", "w
 /// The Winograd kernels' pipelines, both tile sizes.
 ///
 /// The transforms read and write the activations as their tensors hold them ([`Tensor::elem`]): an input
-/// transform's `x` and an output transform's `y` may be f32 or mixed precision's f16 activations; the transformed
-/// operands, weights and gradients are f32. The products run on the [`Conv2d::gemm_batched`] they are given: f32,
-/// or mixed precision's (f16 operands, f32 accumulation).
+/// transform's `x` and an output transform's `y` may be f32 or mixed precision's f16 activations, and so may the
+/// transformed operands (U, V, W: the products' operands, stored as the [`Conv2d::gemm_batched`] that multiplies
+/// them reads them: f32, or f16 for mixed precision's, which multiplies f16 operands with f32 accumulation).
+/// Weights, gradients, the products and dU are f32.
 /// `winograd.wgsl` is compiled once per pair of storages a dispatch reads and writes, f32 when the kernels are
 /// made and the others on first use.
 pub struct Winograd {
@@ -301,7 +302,9 @@ impl Winograd {
 
     /// The operation `op` on `s` as [`Conv2d::run`] computes it (same tensors, same order), as Winograd with
     /// `tile`, through `ws` (at least [`Winograd::workspace_lens`] of the same tile), with `conv`'s
-    /// `gemm_batched` for the products: 4 dispatches, 5 when the product splits.
+    /// `gemm_batched` for the products: 4 dispatches, 5 when the product splits. The transforms write the
+    /// products' operands (U, V, W) as `conv` stores its operands ([`Conv2d::activations`]: f16 for mixed
+    /// precision's kernels, rounded as those would round them, in half the bytes), the products and dU in f32.
     ///
     /// With `norm`, the convolution's input `x` (forward's first tensor, backward_weight's second) is a batch
     /// norm's input and the convolution reads `prelu(bn(x))` as `norm` describes (see [`InputNorm`]); same number
@@ -367,10 +370,10 @@ impl Winograd {
         dweight: &Tensor,
         ws: &WinogradWorkspace,
     ) -> Result<Vec<Dispatch>> {
-        let (t, tile, p) = (tiles.tiles(), tiles.tile, tiles.tile.planes());
-        let w = ws.m.view("winograd W", &[p, s.c_out, t])?;
-        let vt = ws.v.view("winograd V^T", &[p, t, s.c_in])?;
-        let du = ws.u.view("winograd dU", &[p, s.c_out, s.c_in])?;
+        let (t, tile, p, operand) = (tiles.tiles(), tiles.tile, tiles.tile.planes(), conv.activations());
+        let w = ws.m.view_as("winograd W", &[p, s.c_out, t], operand)?;
+        let vt = ws.v.view_as("winograd V^T", &[p, t, s.c_in], operand)?;
+        let du = ws.u.view_as("winograd dU", &[p, s.c_out, s.c_in], Elem::F32)?;
         let params = tile_params(tiles, s.c_out, false)?;
         let mut d = vec![self.transform(gpu, tile, Transform::OutputGrad, params, dy, &w)?];
         d.push(self.input_transform(gpu, tile, tile_params(tiles, s.c_in, true)?, x, norm, &vt)?);
@@ -396,10 +399,10 @@ impl Winograd {
         output: &Tensor,
         ws: &WinogradWorkspace,
     ) -> Result<Vec<Dispatch>> {
-        let (t, tile, p) = (tiles.tiles(), tiles.tile, tiles.tile.planes());
-        let u = ws.u.view("winograd U", &[p, c_next, c])?;
-        let v = ws.v.view("winograd V", &[p, c, t])?;
-        let m = ws.m.view("winograd M", &[p, c_next, t])?;
+        let (t, tile, p, operand) = (tiles.tiles(), tiles.tile, tiles.tile.planes(), conv.activations());
+        let u = ws.u.view_as("winograd U", &[p, c_next, c], operand)?;
+        let v = ws.v.view_as("winograd V", &[p, c, t], operand)?;
+        let m = ws.m.view_as("winograd M", &[p, c_next, t], Elem::F32)?;
         // The weight's shape (C_OUT, C_IN) is (c_next, c) forward, (c, c_next) flipped.
         let (c_out, c_in) = if flip { (c, c_next) } else { (c_next, c) };
         let mut d =
