@@ -89,9 +89,10 @@ impl TileShape {
     }
 
     /// Workgroup memory of the cooperative-matrix tiles: `buffers` copies of a_h (f16, BK x (BM + 8)) and b_h
-    /// (f16, BK x BN), and c_s (f32, the staging block of the epilogue), as `conv2d_coop.wgsl.in` declares them.
+    /// (f16, BK x (BN + 8)), and c_s (f32, the staging block of the epilogue), as `conv2d_coop.wgsl.in` declares
+    /// them.
     pub fn coop_bytes(&self) -> u32 {
-        self.buffers * (2 * self.depth * (self.rows + 8) + 2 * self.depth * self.cols)
+        self.buffers * (2 * self.depth * (self.rows + 8) + 2 * self.depth * (self.cols + 8))
             + 4 * COOP_STAGE_ROWS * COOP_STAGE_COLS
     }
 }
@@ -202,7 +203,7 @@ pub fn coop_sections(shape: TileShape, fragments: Fragments) -> (String, String,
     };
     let load_b = |i: &str| {
         if coop {
-            format!("coopLoadT<coop_mat16x16<f16, B>>(&b_h[{i}], BN)")
+            format!("coopLoadT<coop_mat16x16<f16, B>>(&b_h[{i}], LDB)")
         } else {
             format!("fragment_load_b({i})")
         }
@@ -235,7 +236,7 @@ pub fn coop_sections(shape: TileShape, fragments: Fragments) -> (String, String,
             multiply += &format!("            let a{g} = {};\n", load_a(&format!("ia{g}")));
         }
         for f in 0..fs {
-            multiply += &format!("            let ib{f} = (buf_row + {}u) * BN + sg_q + {}u;\n", 16 * k, 32 * f);
+            multiply += &format!("            let ib{f} = (buf_row + {}u) * LDB + sg_q + {}u;\n", 16 * k, 32 * f);
             multiply += &format!("            let b{f} = {};\n", load_b(&format!("ib{f}")));
         }
         for g in 0..gs {
