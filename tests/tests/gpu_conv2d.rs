@@ -373,15 +373,22 @@ fn run_gemm(gpu: &Gpu, conv: &Conv2d) -> Vec<u32> {
 
 /// The bits of y, dx and dweight from `conv`'s three kernels on `s` (inputs seeded by the shape's sizes).
 fn run_all_ops(gpu: &Gpu, conv: &Conv2d, s: &Conv2dShape) -> [Vec<u32>; 3] {
-    let act = conv.activations();
     let seed = (s.n * 1000 + s.c_in * 100 + s.c_out) as u64;
-    let xv = uniform(seed, s.input_len());
+    let (xv, wv, dyv) =
+        (uniform(seed, s.input_len()), uniform(seed + 1, s.weight_len()), uniform(seed + 2, s.output_len()));
+    run_convolutions(gpu, conv, s, [&xv, &wv, &dyv]).map(|v| v.iter().map(|f| f.to_bits()).collect())
+}
+
+/// `conv`'s three kernels on `s` from x, the weight and dy (x stored as `conv` stores activations: f16 in mixed
+/// precision, rounded on upload): `[y, dx, dweight]`, y as stored, read as f32.
+fn run_convolutions(gpu: &Gpu, conv: &Conv2d, s: &Conv2dShape, [xv, wv, dyv]: [&[f32]; 3]) -> [Vec<f32>; 3] {
+    let act = conv.activations();
     let x = match act {
-        Elem::F32 => gpu.upload("x", &[s.n, s.c_in, s.h, s.w], &xv),
-        Elem::F16 => gpu.upload_f16("x", &[s.n, s.c_in, s.h, s.w], &xv),
+        Elem::F32 => gpu.upload("x", &[s.n, s.c_in, s.h, s.w], xv),
+        Elem::F16 => gpu.upload_f16("x", &[s.n, s.c_in, s.h, s.w], xv),
     };
-    let weight = gpu.upload("weight", &[s.c_out, s.c_in, s.kh, s.kw], &uniform(seed + 1, s.weight_len()));
-    let dy = gpu.upload("dy", &[s.n, s.c_out, s.out_h(), s.out_w()], &uniform(seed + 2, s.output_len()));
+    let weight = gpu.upload("weight", &[s.c_out, s.c_in, s.kh, s.kw], wv);
+    let dy = gpu.upload("dy", &[s.n, s.c_out, s.out_h(), s.out_w()], dyv);
     let (y, dx, dw) = (
         gpu.zeros_as("y", &[s.output_len()], act),
         gpu.zeros("dx", &[s.input_len()]),
@@ -392,8 +399,7 @@ fn run_all_ops(gpu: &Gpu, conv: &Conv2d, s: &Conv2dShape) -> [Vec<u32>; 3] {
     all.extend(conv.backward_data(gpu, s, &dy, &weight, &dx, &scratch).unwrap());
     all.extend(conv.backward_weight(gpu, s, &dy, &x, &dw, &scratch).unwrap());
     run(gpu, &all);
-    let bits = |v: Vec<f32>| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>();
-    [bits(gpu.read_f32(&y).unwrap()), bits(gpu.read(&dx).unwrap()), bits(gpu.read(&dw).unwrap())]
+    [gpu.read_f32(&y).unwrap(), gpu.read(&dx).unwrap(), gpu.read(&dw).unwrap()]
 }
 
 /// The operands' rounding to f16 is the core's bit for bit (round to nearest, ties to even; subnormals; +-inf
@@ -464,22 +470,7 @@ fn compare_shapes_with_core(
         let (xv, wv, dyv) =
             (uniform(seed, s.input_len()), uniform(seed + 1, s.weight_len()), uniform(seed + 2, s.output_len()));
         // Stored as f16, x holds the rounded values the core is given below.
-        let x = match act {
-            Elem::F32 => gpu.upload("x", &[s.n, s.c_in, s.h, s.w], &xv),
-            Elem::F16 => gpu.upload_f16("x", &[s.n, s.c_in, s.h, s.w], &xv),
-        };
-        let weight = gpu.upload("weight", &[s.c_out, s.c_in, s.kh, s.kw], &wv);
-        let dy = gpu.upload("dy", &[s.n, s.c_out, s.out_h(), s.out_w()], &dyv);
-        let (y, dx, dw) = (
-            gpu.zeros_as("y", &[s.output_len()], act),
-            gpu.zeros("dx", &[s.input_len()]),
-            gpu.zeros("dweight", &[s.weight_len()]),
-        );
-        let scratch = scratch(gpu, conv, s);
-        let mut all = conv.forward(gpu, s, &x, &weight, &y, &scratch).unwrap();
-        all.extend(conv.backward_data(gpu, s, &dy, &weight, &dx, &scratch).unwrap());
-        all.extend(conv.backward_weight(gpu, s, &dy, &x, &dw, &scratch).unwrap());
-        run(gpu, &all);
+        let [y, dx, dw] = run_convolutions(gpu, conv, s, [&xv, &wv, &dyv]);
         let (xv, wv, dyv) = (rounded(xv), rounded(wv), rounded(dyv));
 
         let splits = |op| conv.plan(gpu, op, s).unwrap().splits as usize;
@@ -487,22 +478,19 @@ fn compare_shapes_with_core(
         nn::conv2d_forward(s, &xv, &wv, &mut want).unwrap();
         nn::conv2d_forward(s, &abs(&xv), &abs(&wv), &mut sum).unwrap();
         let terms = s.c_in * s.kh * s.kw + splits(ConvOp::Forward);
-        let got = gpu.read_f32(&y).unwrap();
-        let e0 = check(&format!("{name} forward {s:?}"), &got, &want, &sum, terms, slack, stored);
+        let e0 = check(&format!("{name} forward {s:?}"), &y, &want, &sum, terms, slack, stored);
 
         let (mut want, mut sum) = (vec![0.0; s.input_len()], vec![0.0; s.input_len()]);
         nn::conv2d_backward_data(s, &dyv, &wv, &mut want).unwrap();
         nn::conv2d_backward_data(s, &abs(&dyv), &abs(&wv), &mut sum).unwrap();
         let terms = s.c_out * s.kh * s.kw + splits(ConvOp::BackwardData);
-        let got = gpu.read(&dx).unwrap();
-        let e1 = check(&format!("{name} backward_data {s:?}"), &got, &want, &sum, terms, slack, (0.0, 0.0));
+        let e1 = check(&format!("{name} backward_data {s:?}"), &dx, &want, &sum, terms, slack, (0.0, 0.0));
 
         let (mut want, mut sum) = (vec![0.0; s.weight_len()], vec![0.0; s.weight_len()]);
         nn::conv2d_backward_weight(s, &dyv, &xv, &mut want).unwrap();
         nn::conv2d_backward_weight(s, &abs(&dyv), &abs(&xv), &mut sum).unwrap();
         let terms = s.n * s.out_h() * s.out_w() + splits(ConvOp::BackwardWeight);
-        let got = gpu.read(&dw).unwrap();
-        let e2 = check(&format!("{name} backward_weight {s:?}"), &got, &want, &sum, terms, slack, (0.0, 0.0));
+        let e2 = check(&format!("{name} backward_weight {s:?}"), &dw, &want, &sum, terms, slack, (0.0, 0.0));
 
         for (w, e) in worst.iter_mut().zip([e0, e1, e2]) {
             *w = (w.0.max(e.0), w.1.max(e.1));
