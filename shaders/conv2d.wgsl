@@ -43,6 +43,7 @@
 // products of iteration s - 2, and every invocation finished those before it passed the first barrier of
 // iteration s - 1: the second barrier goes. `buf_row` is the copy's first depth row (copy b holds the depth rows
 // b*BK ..). The arithmetic is the same; only the waiting differs.
+//
 // LOADS. Copy-in assignments are fixed per invocation: A at depth lid % BK, rows lid / BK + (WG / BK)*i (the
 // depth fastest, where the tensor is contiguous along the depth), B at depths lid / 16 + 16*r, columns
 // lid % 16 + 16*i (the columns fastest), so neighbouring invocations read neighbouring addresses wherever the

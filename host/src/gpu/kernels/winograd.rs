@@ -109,7 +109,8 @@ impl WinogradLens {
 }
 
 /// The tensors a Winograd pass works through: four distinct buffers (a dispatch may not read and write one
-/// buffer), each at least as long as [`WinogradLens`] says; one workspace serves every layer of a network.
+/// buffer), each at least as long as [`WinogradLens`] says, of f32 elements; one workspace serves every layer of
+/// a network. A pass whose products read f16 operands views U, V and W as f16 (in the first half of their bytes).
 pub struct WinogradWorkspace {
     /// Transformed weights, and the weight gradient before its transform.
     pub u: Tensor,
