@@ -578,6 +578,13 @@ pub fn tune(gpu: Arc<Gpu>, b: &NetworkBenchConfig, settings: &[ConvSettings], qu
         };
         next_step = timing.next_step;
         let images_per_s = b.batch as f64 / timing.median;
+        // The row as it comes: what a run cut short (a time limit, an interruption) still tells.
+        let memory = backend.memory().total();
+        say(format!(
+            "{setting}: {images_per_s:.1} images/s (median step {:.1} ms), {:.2} GB",
+            timing.median * 1e3,
+            memory as f64 / 1e9
+        ));
         rows.push(TuneRow {
             setting: *setting,
             flags: setting.to_string(),
@@ -587,7 +594,7 @@ pub fn tune(gpu: Arc<Gpu>, b: &NetworkBenchConfig, settings: &[ConvSettings], qu
             step_ms_max: timing.max * 1e3,
             images_per_s,
             speedup: rows.first().map_or(1.0, |d| images_per_s / d.images_per_s),
-            memory: backend.memory().total(),
+            memory,
             loss_last: timing.loss_last,
         });
     }
