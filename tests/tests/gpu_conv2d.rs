@@ -291,10 +291,11 @@ fn gemm_batched_in_mixed_precision_matches_the_core_on_f16_operands() {
 }
 
 /// Double-buffered tiles change when the workgroup waits, not what it adds: every kernel (the three convolutions
-/// and `gemm_batched`) gives the bits of the same tile single-buffered, for every shape whose double buffers fit the adapter's workgroup memory, in f32,
-/// in emulated mixed precision and in the cooperative-matrix layout (fragments as loops; the cooperative
-/// matrices themselves where the adapter has them), split and not. So the core comparisons of the single-buffered
-/// tiles above hold for them too. A double buffer that does not fit is refused for its workgroup memory.
+/// and `gemm_batched`) gives the bits of the same tile single-buffered, for every shape whose double buffers fit
+/// the adapter's workgroup memory, in f32, in mixed precision (emulated, or on the cooperative matrices where the
+/// adapter has them) and in the cooperative-matrix layout with its fragments as loops, split and not. So the core
+/// comparisons of the single-buffered tiles above hold for them too. A double buffer that does not fit is refused
+/// for its workgroup memory.
 #[test]
 fn double_buffered_tiles_give_the_single_buffered_bits() {
     let Some(gpu) = gpu() else { return };

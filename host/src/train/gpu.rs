@@ -4,9 +4,9 @@
 //! # One step
 //!
 //! Everything is built once ([`GpuBackend::new`]): a tensor per state tensor (labelled with its insightface name),
-//! a gradient and a momentum tensor per trainable one (packed into shared buffers; see Memory), the head (`(C, D)`, split; see
-//! [`crate::gpu::kernels::margin`]), the activations, four rotating gradient buffers, shared scratch, and the
-//! dispatches with their bind groups. A step then is:
+//! a gradient and a momentum tensor per trainable one (packed into shared buffers; see Memory), the head
+//! (`(C, D)`, split; see [`crate::gpu::kernels::margin`]), the activations, four rotating gradient buffers, shared
+//! scratch, and the dispatches with their bind groups. A step then is:
 //!
 //! ```text
 //! host:  write the packed u8 images (B, H, W, 3), the flip flags (B), the labels (B) and the margins (3, B)
@@ -102,9 +102,9 @@
 //! F(2x2), for the largest such layer; for r100 at batch 128 from 128 channels about 0.53 GB with F(4x4), which `auto`
 //! picks for every layer there, and 0.87 GB with F(2x2)). iResNet-100 at batch 128 (112 x 112): 2.34 G floats of
 //! activations (9.35 GB) with every convolution direct, 4.68 GB as f16 in mixed precision, 1.99 G (7.96 GB) with
-//! Winograd from 128 channels (the GPU
-//! default), 1.94 G (7.75 GB) from 64; 4 x 0.103 G floats of gradient buffers (1.64 GB), besides 0.78 GB of parameters,
-//! gradients and momentum and 0.7 GB of head (85,742 classes); [`GpuBackend::memory`] reports what a backend allocated.
+//! Winograd from 128 channels (the GPU default), 1.94 G (7.75 GB) from 64; 4 x 0.103 G floats of gradient buffers
+//! (1.64 GB), besides 0.78 GB of parameters, gradients and momentum and 0.7 GB of head (85,742 classes);
+//! [`GpuBackend::memory`] reports what a backend allocated.
 //!
 //! [`Capabilities::max_binding`]: crate::gpu::Capabilities::max_binding
 
@@ -231,9 +231,7 @@ impl ConvSettings {
             conv_tile: ConvTileChoice::Auto,
         }
     }
-}
 
-impl ConvSettings {
     /// The same settings with what they do not use cleared: without Winograd the tile does not matter.
     pub fn canonical(self) -> Self {
         match self.winograd {
@@ -271,8 +269,8 @@ struct Kernels {
     /// first use (see [`Kernels::products`]).
     products: OnceLock<Conv2d>,
     winograd: Winograd,
-    /// The 3x3 stride-1 convolutions with at least this many input and output channels run as Winograd (in f32
-    /// arithmetic; see [`GpuBackend::set_winograd`]); `None`: none do.
+    /// The 3x3 stride-1 convolutions with at least this many input and output channels run as Winograd (see
+    /// [`GpuBackend::set_winograd`]); `None`: none do.
     winograd_min_channels: Option<usize>,
     /// The tile of each Winograd convolution (see [`GpuBackend::set_winograd_tile`]).
     winograd_tile: WinogradTileChoice,

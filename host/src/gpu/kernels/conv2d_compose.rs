@@ -222,7 +222,8 @@ pub fn coop_sections(shape: TileShape, fragments: Fragments) -> (String, String,
             format!("fragment_store({c}, {i}, lid)")
         }
     };
-    let mut clear = String::from("    let sg_r = ((lid / 32u) / 2u) * 16u;\n    let sg_q = ((lid / 32u) % 2u) * 16u;\n");
+    let mut clear = String::from("    let sg_r = ((lid / 32u) / 2u) * 16u;\n");
+    clear += "    let sg_q = ((lid / 32u) % 2u) * 16u;\n";
     for g in 0..gs {
         for f in 0..fs {
             clear += &format!("    var c{g}_{f} = {zero};\n");
@@ -259,11 +260,8 @@ pub fn coop_sections(shape: TileShape, fragments: Fragments) -> (String, String,
             finish += &format!("        if tx / 8u == {}u {{\n", f % 2);
             finish += "            for (var e = 0u; e < 4u; e++) {\n";
             finish += "                let r = (ty * 4u + e) * STAGE_COLS + (tx % 8u) * 4u;\n";
-            finish += &format!(
-                "                acc[({}u + e) * (TN / 4u) + {}u] = vec4<f32>(c_s[r], c_s[r + 1u], c_s[r + 2u], c_s[r + 3u]);\n",
-                4 * g,
-                f / 2
-            );
+            let acc = format!("acc[({}u + e) * (TN / 4u) + {}u]", 4 * g, f / 2);
+            finish += &format!("                {acc} = vec4<f32>(c_s[r], c_s[r + 1u], c_s[r + 2u], c_s[r + 3u]);\n");
             finish += "            }\n        }\n        workgroupBarrier();\n";
         }
     }
@@ -293,8 +291,9 @@ pub fn compose_coop(base: &str, fragment: &str, shape: TileShape, fragments: Fra
     };
     s.replace_range(b..e, &tiles);
     let (clear, multiply, finish) = coop_sections(shape, fragments);
-    for (call, body) in [("clear_acc();\n", clear), ("multiply_tiles(lid, buf_row);\n", multiply), ("finish_tiles(lid);\n", finish)]
-    {
+    let calls =
+        [("clear_acc();\n", clear), ("multiply_tiles(lid, buf_row);\n", multiply), ("finish_tiles(lid);\n", finish)];
+    for (call, body) in calls {
         let with_indent: Vec<(usize, usize)> = s
             .match_indices(call)
             .map(|(i, _)| {
