@@ -45,12 +45,15 @@
 //
 // Each entry point has its own bindings, numbered 1.. in the order the host passes its tensors.
 //
-// Storage. The batch norm's input x (and a residual added to its output) is stored as `X`, its output as `Y`:
-// f32 here; the host rewrites either alias to f16 for mixed precision's activations (`BatchNormKernels` in
-// host/src/gpu/kernels/batchnorm.rs). Values are converted to f32 as they are read and rounded to Y as they are
-// stored; statistics, parameters, gradients and the scratch are f32.
+// Storage. The batch norm's input x (and a residual added to its output) is stored as `X`, its output as `Y`,
+// the backward pass's dy as `DY` and its dx (and a gradient added to it) as `DX`: f32 here; the host rewrites any
+// of the aliases to f16 for mixed precision's activations and their gradients (`BatchNormKernels` in
+// host/src/gpu/kernels/batchnorm.rs). Values are converted to f32 as they are read and rounded to Y (or DX) as
+// they are stored; statistics, parameters, parameter gradients and the scratch are f32.
 alias X = f32;
 alias Y = f32;
+alias DY = f32;
+alias DX = f32;
 
 struct Params {
     len: u32,      // N*C*HW
@@ -258,7 +261,7 @@ fn batchnorm_add_forward_normalize(
 
 // ---- backward, step 1: per-chunk (sum dy, sum dy * (x - mean)). Grid (chunks, C). ----
 @group(0) @binding(1) var<storage, read> bp_x: array<X>;
-@group(0) @binding(2) var<storage, read> bp_dy: array<f32>;
+@group(0) @binding(2) var<storage, read> bp_dy: array<DY>;
 @group(0) @binding(3) var<storage, read> bp_save_mean: array<f32>;
 @group(0) @binding(4) var<storage, read_write> bp_scratch: array<f32>;
 
@@ -273,7 +276,7 @@ fn batchnorm_backward_partials(@builtin(local_invocation_index) t: u32, @builtin
         let off = i * WG + t;
         if off < n_q {
             let a = channel_index(c, q * CHUNK + off);
-            let g = bp_dy[a];
+            let g = f32(bp_dy[a]);
             sums += vec2<f32>(g, g * (f32(bp_x[a]) - mean));
         }
     }
@@ -310,7 +313,7 @@ fn batchnorm_prelu_backward_partials(
             let k = channel_index(c, q * CHUNK + off);
             let x = f32(bp_x[k]);
             let z = normalized(x, mean, pp_save_var[c], pp_gamma[c], pp_beta[c]);
-            let dz = bp_dy[k];
+            let dz = f32(bp_dy[k]);
             var g = dz;
             if !(z > 0.0) {
                 g = a * dz;
@@ -401,17 +404,18 @@ fn batchnorm_prelu_backward_combine(
 
 // ---- backward, step 3: dx = gamma * invstd * (dy - mean(dy) - xhat * mean(dy * xhat)). Element-wise. ----
 @group(0) @binding(1) var<storage, read> bx_x: array<X>;
-@group(0) @binding(2) var<storage, read> bx_dy: array<f32>;
+@group(0) @binding(2) var<storage, read> bx_dy: array<DY>;
 @group(0) @binding(3) var<storage, read> bx_gamma: array<f32>;
 @group(0) @binding(4) var<storage, read> bx_save_mean: array<f32>;
 @group(0) @binding(5) var<storage, read> bx_save_var: array<f32>;
 @group(0) @binding(6) var<storage, read> bx_scratch: array<f32>;
-@group(0) @binding(7) var<storage, read_write> bx_dx: array<f32>;
+@group(0) @binding(7) var<storage, read_write> bx_dx: array<DX>;
 
-// The fused forms bind one more operand at 7 (beta for the PReLU backward; `other` for the accumulation) and dx
-// at 8. The PReLU backward binds dz as dy and reads alpha from the scratch tensor.
-@group(0) @binding(7) var<storage, read> bx_with: array<f32>;
-@group(0) @binding(8) var<storage, read_write> bx_then_dx: array<f32>;
+// The fused forms bind one more operand at 7 (beta for the PReLU backward; `other`, a gradient, for the
+// accumulation) and dx at 8. The PReLU backward binds dz as dy and reads alpha from the scratch tensor.
+@group(0) @binding(7) var<storage, read> bx_beta: array<f32>;
+@group(0) @binding(7) var<storage, read> bx_other: array<DX>;
+@group(0) @binding(8) var<storage, read_write> bx_then_dx: array<DX>;
 
 // dx of element i (channel c) from its dy.
 fn dx_of(i: u32, c: u32, dy: f32) -> f32 {
@@ -427,7 +431,7 @@ fn dx_of(i: u32, c: u32, dy: f32) -> f32 {
 fn batchnorm_backward_dx(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = gid.y * nwg.x * WG + gid.x;
     if i < p.len {
-        bx_dx[i] = dx_of(i, channel(i), bx_dy[i]);
+        bx_dx[i] = DX(dx_of(i, channel(i), f32(bx_dy[i])));
     }
 }
 
@@ -439,9 +443,9 @@ fn batchnorm_prelu_backward_dx(
     let i = gid.y * nwg.x * WG + gid.x;
     if i < p.len {
         let c = channel(i);
-        let z = normalized(f32(bx_x[i]), bx_save_mean[c], bx_save_var[c], bx_gamma[c], bx_with[c]);
-        let dz = bx_dy[i];
-        bx_then_dx[i] = dx_of(i, c, select(bx_scratch[alpha_copy(c)] * dz, dz, z > 0.0));
+        let z = normalized(f32(bx_x[i]), bx_save_mean[c], bx_save_var[c], bx_gamma[c], bx_beta[c]);
+        let dz = f32(bx_dy[i]);
+        bx_then_dx[i] = DX(dx_of(i, c, select(bx_scratch[alpha_copy(c)] * dz, dz, z > 0.0)));
     }
 }
 
@@ -452,6 +456,6 @@ fn batchnorm_backward_accumulate_dx(
 ) {
     let i = gid.y * nwg.x * WG + gid.x;
     if i < p.len {
-        bx_then_dx[i] = dx_of(i, channel(i), bx_dy[i]) + bx_with[i];
+        bx_then_dx[i] = DX(dx_of(i, channel(i), f32(bx_dy[i])) + f32(bx_other[i]));
     }
 }

@@ -54,9 +54,10 @@
 // SPLIT-K. With few output tiles (e.g. backward_weight of a wide early layer: K = N*HO*WO is huge, M*COLS is
 // small) the depth is cut into p.splits chunks of p.chunk (a multiple of BK): workgroup z sums depths
 // z*chunk .. min((z+1)*chunk, K) in order and writes its partial tile to slice z of the output binding (the host
-// binds a scratch tensor of splits * out_len elements; conv2d_forward has its own binding for it, as its output is
-// Act); conv2d_reduce_splits (or conv2d_reduce_splits_act, into Act) then adds the slices in the fixed
-// order z = 0, 1, ... Every sum has a fixed order: results are bit-identical from run to run. No atomics.
+// binds a scratch tensor of splits * out_len elements; conv2d_forward and conv2d_backward_data have their own
+// binding for it, as their outputs are Act); conv2d_reduce_splits (or conv2d_reduce_splits_act, into Act) then
+// adds the slices in the fixed order z = 0, 1, ... Every sum has a fixed order: results are bit-identical from
+// run to run. No atomics.
 //
 // GRID. Tiles are numbered t = tile_row + tiles_m * tile_col and folded into (x, y) as t = y * nwg.x + x, so
 // that no dimension exceeds the adapter's limit; z is the split. Workgroups with t >= tiles return at once.
@@ -66,11 +67,12 @@
 // access leaves the tensors whose sizes the host checked against the same shape: correct without runtime
 // bounds checks.
 //
-// ACTIVATIONS. The forward values a network keeps (x of forward and backward_weight, y of forward), and the
-// operands of gemm_batched, are stored as `Act`: f32 here, f16 in the mixed-precision module (the host rewrites
-// the alias and enables f16; see `ACT_LINE` in conv2d_compose.rs). Every tile operand is converted to f32 as it
-// is loaded and every result rounded to Act as it is stored; gradients, weights, gemm_batched's products and
-// split partial sums stay f32.
+// ACTIVATIONS. The forward values a network keeps (x of forward and backward_weight, y of forward), their
+// gradients (dy of both backward kernels, dx of backward_data), and the operands of gemm_batched, are stored as
+// `Act`: f32 here, f16 in the mixed-precision module (the host rewrites the alias and enables f16; see
+// `ACT_LINE` in conv2d_compose.rs). Every tile operand is converted to f32 as it is loaded and every result
+// rounded to Act as it is stored; weights, their gradients, gemm_batched's products and split partial sums stay
+// f32.
 //
 // TM, TN (rows and columns per invocation, 4 or 8), BK (16 or 32) and BUFFERS (1 or 2) are rewritten by the host
 // before compiling (see `TileShape` in conv2d_compose.rs); everything else derives from them.
@@ -398,8 +400,8 @@ fn conv2d_forward(
 
 // ---------------------------------------------------------------------------------------------------------
 // conv2d_backward_data: dx from dy and weight, one stride phase per dispatch. dy (N, C_OUT, HO, WO),
-// weight (C_OUT, C_IN, KH, KW) (binding 2, shared with conv2d_forward), dx (N, C_IN, H, W) (or slices of a
-// scratch).
+// weight (C_OUT, C_IN, KH, KW) (binding 2, shared with conv2d_forward), dx (N, C_IN, H, W); with splits,
+// dx_split instead: slices of a scratch (SPLITS, N, C_IN, H, W) (bound in every dispatch, at least one element).
 //
 // dx[n, ci, ih, iw] sums weight[co, ci, kh, kw] * dy[n, co, oh, ow] over the taps with oh*STRIDE = ih + PAD - kh
 // (likewise ow), i.e. over kh = ih + PAD (mod STRIDE). The input rows with (ih + PAD) % STRIDE = rh form a
@@ -408,8 +410,9 @@ fn conv2d_forward(
 // One phase is a dense stride-1 product, GEMM M = C_IN, COLS = N*ah*aw, K = C_OUT*taps_h*taps_w: no work
 // on taps that stride over, no divisions. Stride 1 is the single phase (0, 0). A phase without taps
 // (stride > kernel) has K = 0 and writes zeros, as the core does.
-@group(0) @binding(1) var<storage, read> dy: array<f32>;
-@group(0) @binding(3) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(1) var<storage, read> dy: array<Act>;
+@group(0) @binding(3) var<storage, read_write> dx: array<Act>;
+@group(0) @binding(4) var<storage, read_write> dx_split: array<f32>;
 
 @compute @workgroup_size(WG)
 fn conv2d_backward_data(
@@ -482,7 +485,7 @@ fn conv2d_backward_data(
                     let ow = ow0[i] - i32(t.z);
                     var v = 0.0;
                     if kb_ok && oh >= 0 && oh < i32(p.ho) && ow >= 0 && ow < i32(p.wo) {
-                        v = dy[dy_base[i] + t.x * hw_out + u32(oh) * p.wo + u32(ow)];
+                        v = f32(dy[dy_base[i] + t.x * hw_out + u32(oh) * p.wo + u32(ow)]);
                     }
                     next_b[r * TN + i] = v;
                 }
@@ -494,7 +497,8 @@ fn conv2d_backward_data(
     }
 
     finish_tiles(lid);
-    // C[m, j] -> dx[slice z][n, m, in_h0 + a*STRIDE, in_w0 + b*STRIDE].
+    // C[m, j] -> dx[n, m, in_h0 + a*STRIDE, in_w0 + b*STRIDE], or dx_split[slice z][...].
+    let split = p.splits > 1u;
     let slice = wid.z * p.out_len;
     for (var c = 0u; c < TN; c++) {
         let j = origin.y + tile_col(lid, c);
@@ -502,11 +506,15 @@ fn conv2d_backward_data(
             let q = j % phase_hw;
             let ih = p.in_h0 + (q / p.aw) * p.stride;
             let iw = p.in_w0 + (q % p.aw) * p.stride;
-            let base = slice + (j / phase_hw) * p.c_in * hw_in + ih * p.w + iw;
+            let base = (j / phase_hw) * p.c_in * hw_in + ih * p.w + iw;
             for (var i = 0u; i < TM; i++) {
                 let m = origin.x + tile_row(lid, i);
                 if m < p.m {
-                    dx[base + m * hw_in] = acc_at(i, c);
+                    if split {
+                        dx_split[slice + base + m * hw_in] = acc_at(i, c);
+                    } else {
+                        dx[base + m * hw_in] = Act(acc_at(i, c));
+                    }
                 }
             }
         }
@@ -571,7 +579,7 @@ fn conv2d_backward_weight(
                 let m = origin.x + lid / BK + A_STRIDE * i;
                 var v = 0.0;
                 if m < p.m && ka_ok {
-                    v = dy[(a_pos.x * p.c_out + m) * hw_out + a_pos.z];
+                    v = f32(dy[(a_pos.x * p.c_out + m) * hw_out + a_pos.z]);
                 }
                 next_a[i] = v;
             }
@@ -698,7 +706,7 @@ fn gemm_batched(
 // ---------------------------------------------------------------------------------------------------------
 // conv2d_reduce_splits: result[i] = sum over z = 0, 1, ... of partial[z * out_len + i], in that order.
 // partial (SPLITS, out_len), result (out_len): the output tensor of the split kernel. conv2d_reduce_splits_act
-// likewise into result_act, conv2d_forward's Act output.
+// likewise into result_act, the Act output of conv2d_forward or conv2d_backward_data.
 @group(0) @binding(1) var<storage, read> partial: array<f32>;
 @group(0) @binding(2) var<storage, read_write> result: array<f32>;
 @group(0) @binding(2) var<storage, read_write> result_act: array<Act>;

@@ -38,9 +38,11 @@
 // by the plain input transform, wherever the compiler rounds both alike.
 //
 // STORAGE. `src` is read as `Src` and `dst` written as `Dst`: f32 here; the host rewrites either alias to f16
-// where the tensor is one of mixed precision's f16 activations (x of an input transform, y of an output
-// transform; see `Winograd` in host/src/gpu/kernels/winograd.rs). Values are converted to f32 as they are read
-// and rounded to Dst as they are written; the transformed operands, weights and gradients are f32.
+// where the tensor is one of mixed precision's f16 activations or activation gradients (x of an input transform,
+// y or dx of an output transform, dy of the output gradient transform), or a transformed operand the
+// mixed-precision products read as f16 (see `Winograd` in host/src/gpu/kernels/winograd.rs). Values are
+// converted to f32 as they are read and rounded to Dst as they are written; the products, weights and their
+// gradients are f32.
 //
 // One invocation per (row, column) of the transformed operand, numbered so that neighbouring invocations write
 // neighbouring addresses; an F(4x4) invocation keeps one 6x6 (or smaller) intermediate and computes the second

@@ -147,7 +147,7 @@ impl Tensors {
     }
 
     /// The backward with `fusion` from `dy` (the saved statistics as the last `train` left them): (dx, dgamma,
-    /// dbeta).
+    /// dbeta), dx stored as f32.
     fn backward(
         &self,
         gpu: &Gpu,
@@ -156,9 +156,22 @@ impl Tensors {
         fusion: BackwardFusion<'_>,
         dy: &Tensor,
     ) -> [Vec<f32>; 3] {
+        self.backward_into(gpu, k, c, fusion, dy, Elem::F32)
+    }
+
+    /// [`Self::backward`] with dx stored as `dx_elem`.
+    fn backward_into(
+        &self,
+        gpu: &Gpu,
+        k: &BatchNormKernels,
+        c: &Case,
+        fusion: BackwardFusion<'_>,
+        dy: &Tensor,
+        dx_elem: Elem,
+    ) -> [Vec<f32>; 3] {
         let s = &c.s;
         let (dx, dgamma, dbeta) =
-            (gpu.zeros("dx", &[s.len()]), gpu.zeros("dgamma", &[s.c]), gpu.zeros("dbeta", &[s.c]));
+            (gpu.zeros_as("dx", &[s.len()], dx_elem), gpu.zeros("dgamma", &[s.c]), gpu.zeros("dbeta", &[s.c]));
         let t = self;
         let bn = BatchNorm::default();
         let d = k.backward(
@@ -384,11 +397,12 @@ fn epilogue(t: &Tensors, then: usize) -> Epilogue<'_> {
     }
 }
 
-/// The batch norm on mixed precision's f16 activations (input and residual stored as f16, the output as f16 or
-/// f32, in each combination the trainer uses and the other) against the f32 kernels on the same values: reading
-/// f16 is exact, so statistics, gradients and an f32 output are the f32 kernels' bits on the f16-rounded input,
-/// and an f16 output is their output rounded by the core's `round_to_f16` (WGSL's conversion to f16 rounds to
-/// nearest even on the adapters we test; this checks it). The f32 kernels are checked against the core above.
+/// The batch norm on mixed precision's f16 activations and gradients (input and residual stored as f16, the
+/// output as f16 or f32; the backward's dy, and dx with a gradient added to it, each as f16 or f32) against the
+/// f32 kernels on the same values: reading f16 is exact, so statistics, parameter gradients and f32 outputs are
+/// the f32 kernels' bits on the f16-rounded inputs, and an f16 output is their output rounded by the core's
+/// `round_to_f16` (WGSL's conversion to f16 rounds to nearest even on the adapters we test; this checks it). The
+/// f32 kernels are checked against the core above.
 #[test]
 fn f16_activations_give_the_f32_kernels_results_on_the_rounded_values() {
     let Some(gpu) = gpu() else { return };
@@ -405,6 +419,7 @@ fn f16_activations_give_the_f32_kernels_results_on_the_rounded_values() {
         // The values as f16 holds them: the f32 kernels' input.
         c.x = rounded(&c.x);
         c.residual = rounded(&c.residual);
+        c.dz = rounded(&c.dz);
         let t = Tensors::new(gpu, &c);
         let full = [s.n, s.c, s.hw];
         let (x16, residual16) = (gpu.upload_f16("x16", &full, &c.x), gpu.upload_f16("residual16", &full, &c.residual));
@@ -434,30 +449,34 @@ fn f16_activations_give_the_f32_kernels_results_on_the_rounded_values() {
         let got = t.train(gpu, &k, &c, Epilogue::None, &y);
         let want = t.train(gpu, &k, &c, Epilogue::None, &y32);
         assert_eq!(bits(&got[0]), bits(&rounded(&want[0])), "train y, {s:?}, f32 -> f16");
-        // The backward passes read x (and recompute the PReLU's input) from f16.
+        // The backward passes read x (and recompute the PReLU's input) from f16, and dy and dx (and a gradient
+        // accumulated into dx) either way: the f32 kernels' bits on the rounded values, dx rounded where stored
+        // as f16.
         t.train(gpu, &k, &c, Epilogue::None, &y32);
         half.train(gpu, &k, &c, Epilogue::None, &y32);
+        let dz16 = gpu.upload_f16("dz16", &full, &c.dz);
         let dalpha = [gpu.zeros("dalpha", &[s.c]), gpu.zeros("dalpha16", &[s.c])];
-        fn prelu<'a>(t: &'a Tensors, dalpha: &'a Tensor) -> BackwardFusion<'a> {
-            BackwardFusion::Prelu { beta: &t.beta, alpha: &t.alpha, dalpha }
-        }
-        for (name, want, got) in [
-            (
-                "plain",
-                t.backward(gpu, &k, &c, BackwardFusion::None, &t.dz),
-                half.backward(gpu, &k, &c, BackwardFusion::None, &half.dz),
-            ),
-            (
-                "prelu",
-                t.backward(gpu, &k, &c, prelu(&t, &dalpha[0]), &t.dz),
-                half.backward(gpu, &k, &c, prelu(&half, &dalpha[1]), &half.dz),
-            ),
-        ] {
-            for j in 0..3 {
-                assert_eq!(bits(&got[j]), bits(&want[j]), "backward {name} {j}, {s:?}");
+        fn fusion<'a>(t: &'a Tensors, which: usize, dalpha: &'a Tensor, other: &'a Tensor) -> BackwardFusion<'a> {
+            match which {
+                0 => BackwardFusion::None,
+                1 => BackwardFusion::Prelu { beta: &t.beta, alpha: &t.alpha, dalpha },
+                _ => BackwardFusion::Accumulate(other),
             }
         }
-        assert_eq!(bits(&read(gpu, &dalpha[1])), bits(&read(gpu, &dalpha[0])), "dalpha, {s:?}");
+        for which in 0..3 {
+            let want = t.backward(gpu, &k, &c, fusion(&t, which, &dalpha[0], &t.residual), &t.dz);
+            for (dy, dx_elem) in [(&t.dz, Elem::F32), (&t.dz, Elem::F16), (&dz16, Elem::F32), (&dz16, Elem::F16)] {
+                let other = if dx_elem == Elem::F16 { &half.residual } else { &t.residual };
+                let got = half.backward_into(gpu, &k, &c, fusion(&half, which, &dalpha[1], other), dy, dx_elem);
+                let what = format!("backward {which}, dy {}, dx {dx_elem}, {s:?}", dy.elem);
+                let want_dx = if dx_elem == Elem::F16 { rounded(&want[0]) } else { want[0].clone() };
+                assert_eq!(bits(&got[0]), bits(&want_dx), "dx, {what}");
+                for j in 1..3 {
+                    assert_eq!(bits(&got[j]), bits(&want[j]), "{j}, {what}");
+                }
+                assert_eq!(bits(&read(gpu, &dalpha[1])), bits(&read(gpu, &dalpha[0])), "dalpha, {what}");
+            }
+        }
     }
 }
 
@@ -471,7 +490,7 @@ fn activations_stored_otherwise_are_refused() {
     // A residual stored otherwise than the input.
     let e = message(k.forward_eval(gpu, &s, &bn, &x16, g, b, Epilogue::Add(&t.residual), rm, rv, &y));
     assert!(e.contains("residual holds f32 elements, the kernel takes f16"), "{e}");
-    // Gradients are f32.
+    // A gradient accumulated into dx stored otherwise than dx.
     let (dx16, d) = (gpu.zeros_as("dx16", &full, Elem::F16), gpu.zeros("d", &[s.c]));
     let e = message(k.backward(
         gpu,
@@ -481,12 +500,12 @@ fn activations_stored_otherwise_are_refused() {
         g,
         sm,
         sv,
-        BackwardFusion::None,
+        BackwardFusion::Accumulate(&t.residual),
         &t.dz,
         &dx16,
         Some(&d),
         &d,
         &t.scratch,
     ));
-    assert!(e.contains("dx16 holds f16 elements, the kernel takes f32"), "{e}");
+    assert!(e.contains("residual holds f32 elements, the kernel takes f16"), "{e}");
 }

@@ -185,6 +185,10 @@ fn conv2d_mixed_matches_the_core_on_f16_operands() {
         Conv2d::build(gpu, ConvPrecision::Mixed, tiling)
     });
     assert!(tested >= 7, "{tested} tile shapes fit");
+    // Every reduction split: the f16 outputs (forward's y, backward_data's dx) then come from the reduction.
+    let (name, split) = tilings(gpu).pop().unwrap();
+    let conv = Conv2d::build(gpu, ConvPrecision::Mixed, split).unwrap();
+    compare_with_core(gpu, &conv, &format!("{kind} {name}"), true);
 }
 
 /// Checks the mixed-precision kernels `build` compiles for each single-buffered tile shape (the double-buffered
@@ -380,19 +384,21 @@ fn run_all_ops(gpu: &Gpu, conv: &Conv2d, s: &Conv2dShape) -> [Vec<u32>; 3] {
     run_convolutions(gpu, conv, s, [&xv, &wv, &dyv]).map(|v| v.iter().map(|f| f.to_bits()).collect())
 }
 
-/// `conv`'s three kernels on `s` from x, the weight and dy (x stored as `conv` stores activations: f16 in mixed
-/// precision, rounded on upload): `[y, dx, dweight]`, y as stored, read as f32.
+/// `conv`'s three kernels on `s` from x, the weight and dy (x and dy stored as `conv` stores activations and
+/// their gradients: f16 in mixed precision, rounded on upload): `[y, dx, dweight]`, y and dx as stored, read as
+/// f32.
 fn run_convolutions(gpu: &Gpu, conv: &Conv2d, s: &Conv2dShape, [xv, wv, dyv]: [&[f32]; 3]) -> [Vec<f32>; 3] {
     let act = conv.activations();
-    let x = match act {
-        Elem::F32 => gpu.upload("x", &[s.n, s.c_in, s.h, s.w], xv),
-        Elem::F16 => gpu.upload_f16("x", &[s.n, s.c_in, s.h, s.w], xv),
+    let stored = |label: &str, shape: &[usize], v: &[f32]| match act {
+        Elem::F32 => gpu.upload(label, shape, v),
+        Elem::F16 => gpu.upload_f16(label, shape, v),
     };
+    let x = stored("x", &[s.n, s.c_in, s.h, s.w], xv);
     let weight = gpu.upload("weight", &[s.c_out, s.c_in, s.kh, s.kw], wv);
-    let dy = gpu.upload("dy", &[s.n, s.c_out, s.out_h(), s.out_w()], dyv);
+    let dy = stored("dy", &[s.n, s.c_out, s.out_h(), s.out_w()], dyv);
     let (y, dx, dw) = (
         gpu.zeros_as("y", &[s.output_len()], act),
-        gpu.zeros("dx", &[s.input_len()]),
+        gpu.zeros_as("dx", &[s.input_len()], act),
         gpu.zeros("dweight", &[s.weight_len()]),
     );
     let scratch = scratch(gpu, conv, s);
@@ -400,7 +406,7 @@ fn run_convolutions(gpu: &Gpu, conv: &Conv2d, s: &Conv2dShape, [xv, wv, dyv]: [&
     all.extend(conv.backward_data(gpu, s, &dy, &weight, &dx, &scratch).unwrap());
     all.extend(conv.backward_weight(gpu, s, &dy, &x, &dw, &scratch).unwrap());
     run(gpu, &all);
-    [gpu.read_f32(&y).unwrap(), gpu.read(&dx).unwrap(), gpu.read(&dw).unwrap()]
+    [gpu.read_f32(&y).unwrap(), gpu.read_f32(&dx).unwrap(), gpu.read(&dw).unwrap()]
 }
 
 /// The operands' rounding to f16 is the core's bit for bit (round to nearest, ties to even; subnormals; +-inf
@@ -485,7 +491,7 @@ fn compare_shapes_with_core(
         nn::conv2d_backward_data(s, &dyv, &wv, &mut want).unwrap();
         nn::conv2d_backward_data(s, &abs(&dyv), &abs(&wv), &mut sum).unwrap();
         let terms = s.c_out * s.kh * s.kw + splits(ConvOp::BackwardData);
-        let e1 = check(&format!("{name} backward_data {s:?}"), &dx, &want, &sum, terms, slack, (0.0, 0.0));
+        let e1 = check(&format!("{name} backward_data {s:?}"), &dx, &want, &sum, terms, slack, stored);
 
         let (mut want, mut sum) = (vec![0.0; s.weight_len()], vec![0.0; s.weight_len()]);
         nn::conv2d_backward_weight(s, &dyv, &xv, &mut want).unwrap();
@@ -520,6 +526,10 @@ fn plans_split_fold_and_cut_strided_gradients_into_phases() {
     // Every input position in exactly one phase; K = C_OUT * taps.
     assert_eq!(plan.gemms.iter().map(|(p, _)| p.cols).sum::<u32>(), 3 * 13 * 13);
     assert!(plan.gemms.iter().all(|(p, _)| p.k == 7 * p.taps_h * p.taps_w));
+    // The splitting tiling splits backward_data too (its output, stored as activations are, then comes from the
+    // split binding and the reduction into Act): K = 7 * 9 = 63, 4 steps of 16.
+    let plan = tiling.plan(ConvOp::BackwardData, &s, max).unwrap();
+    assert_eq!(plan.splits, 4, "{plan:?}");
     // 1x1 s3: only the phase of rows and columns 0, 3, 6, .. has a tap; the others write zeros (K = 0).
     let plan = tiling.plan(ConvOp::BackwardData, &shape(1, 2, (7, 7), 3, (1, 1), 3, 0), max).unwrap();
     assert_eq!(plan.gemms.len(), 9);

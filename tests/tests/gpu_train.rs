@@ -32,7 +32,7 @@ use elasticface::checkpoint::Checkpoint;
 use elasticface::data::{Batch, Position};
 use elasticface::gpu::kernels::conv2d::{ConvPrecision, ConvTileChoice, TileShape};
 use elasticface::gpu::kernels::winograd::WinogradTileChoice;
-use elasticface::gpu::{Gpu, GpuOptions};
+use elasticface::gpu::{Elem, Gpu, GpuOptions};
 use elasticface::train::cpu::CpuBackend;
 use elasticface::train::gpu::{activation_bytes, gradient_buffer_len, ConvSettings, GpuBackend, LossScale};
 use elasticface::train::Backend;
@@ -304,7 +304,8 @@ fn another_convolution_tile_trains_as_the_default_does() {
 /// the losses stay within 2% of f32's over three steps (f16 operands and activations carry ~1e-3 relative error
 /// into every convolution and batch norm). Measured on an H200 before the activations were f16: 63.064 vs 63.060,
 /// 52.809 vs 52.842, 46.895 vs 46.607 (0.62%); on lavapipe (emulated) with them: 63.047 vs 63.060, 52.700 vs
-/// 52.842, 46.794 vs 46.607 (0.40%).
+/// 52.842, 46.794 vs 46.607 (0.40%); with their gradients f16 too: 63.047 vs 63.060, 52.685 vs 52.842, 46.758 vs
+/// 46.607 (0.32%).
 #[test]
 fn mixed_precision_is_deterministic_and_close_to_f32() {
     let Some(gpu) = gpu() else { return };
@@ -551,10 +552,16 @@ fn setup_is_checked_and_memory_follows_the_formula() {
     let mixed = activation_bytes(&TINY, b, Some(1), ConvPrecision::Mixed);
     assert_eq!(g.memory().activations, mixed);
     assert!(mixed < activation_bytes(&TINY, b, Some(1), f32));
+    // And their gradients: the four gradient buffers hold f16, enough for the tail's f32 gradients too.
+    let f16_buffers = 4 * 2 * gradient_buffer_len(&TINY, b, Elem::F16) as u64;
+    assert_eq!(g.memory().gradient_buffers, f16_buffers);
+    assert!(f16_buffers < m.gradient_buffers);
+    assert!(2 * gradient_buffer_len(&TINY, b, Elem::F16) >= 4 * b * TINY.embedding.max(TINY.fc_inputs()));
     g.set_precision(f32).unwrap();
     assert_eq!(g.memory().activations, activation_bytes(&TINY, b, Some(1), f32));
+    assert_eq!(g.memory().gradient_buffers, m.gradient_buffers);
     g.set_winograd(None).unwrap();
-    assert_eq!(m.gradient_buffers, 4 * 4 * gradient_buffer_len(&TINY, b) as u64);
+    assert_eq!(m.gradient_buffers, 4 * 4 * gradient_buffer_len(&TINY, b, Elem::F32) as u64);
     // The state, and a gradient and momentum per trainable float; packed tensors start aligned, so each of the three
     // packs' tensors and the running statistics may leave a gap shorter than the alignment before the next.
     let exact = 4 * (TINY.state_len() + 2 * (TINY.parameter_count() - TINY.embedding)) as u64;

@@ -145,16 +145,17 @@ fn winograd_kernels_match_their_core_twins() {
             let what = |kernel: &str| format!("{name} {precision:?} {tile:?} {s:?}: {kernel}");
             let seed = 100 + 10 * case as u64;
             let xv = stored(uniform(seed, s.input_len()), act);
-            let (wv, dyv) = (uniform(seed + 1, s.weight_len()), uniform(seed + 2, s.output_len()));
-            let x = match act {
-                Elem::F32 => gpu.upload("x", &[s.n, s.c_in, s.h, s.w], &xv),
-                Elem::F16 => gpu.upload_f16("x", &[s.n, s.c_in, s.h, s.w], &xv),
+            let (wv, dyv) = (uniform(seed + 1, s.weight_len()), stored(uniform(seed + 2, s.output_len()), act));
+            let upload = |label: &str, shape: &[usize], v: &[f32]| match act {
+                Elem::F32 => gpu.upload(label, shape, v),
+                Elem::F16 => gpu.upload_f16(label, shape, v),
             };
+            let x = upload("x", &[s.n, s.c_in, s.h, s.w], &xv);
             let weight = gpu.upload("weight", &[s.c_out, s.c_in, 3, 3], &wv);
-            let dy = gpu.upload("dy", &[s.n, s.c_out, s.out_h(), s.out_w()], &dyv);
+            let dy = upload("dy", &[s.n, s.c_out, s.out_h(), s.out_w()], &dyv);
             let (y, dx, dw) = (
                 gpu.zeros_as("y", &[s.output_len()], act),
-                gpu.zeros("dx", &[s.input_len()]),
+                gpu.zeros_as("dx", &[s.input_len()], act),
                 gpu.zeros("dweight", &[s.weight_len()]),
             );
             let ws = workspace(gpu, &conv, s, tile);
@@ -163,14 +164,13 @@ fn winograd_kernels_match_their_core_twins() {
             let (t, t_data) = (fwd.tiles(), bwd.tiles());
             let splits = |m, k, cols| conv.plan_batched(gpu, p, m, k, cols).unwrap().splits as usize;
 
-            // Forward and backward_data: U, V, M, then the output (y stored as the activations, dx in f32).
+            // Forward and backward_data: U, V, M, then the output (y and dx stored as the activations are).
             for (pass, tiles, [c, c_next], input, flip) in [
                 ("forward", fwd, [s.c_in, s.c_out], &dyv, false),
                 ("backward_data", bwd, [s.c_out, s.c_in], &dyv, true),
             ] {
                 let (input, t) = if flip { (input, t_data) } else { (&xv, t) };
-                let (out, out_len, out_elem) =
-                    if flip { (&dx, s.input_len(), Elem::F32) } else { (&y, s.output_len(), act) };
+                let (out, out_len) = if flip { (&dx, s.input_len()) } else { (&y, s.output_len()) };
                 let d = if flip {
                     wino.run(gpu, &conv, ConvOp::BackwardData, s, tile, [&dy, &weight], None, &dx, &ws).unwrap()
                 } else {
@@ -195,7 +195,7 @@ fn winograd_kernels_match_their_core_twins() {
                 let got = gpu.read_f32(out).unwrap();
                 let mut want = vec![0.0; out_len];
                 nn::winograd_output_transform(&tiles, c_next, &m, &mut want).unwrap();
-                let want = stored(want, out_elem);
+                let want = stored(want, act);
                 assert_within_scale(&what(&format!("{pass}: winograd_output_transform")), &got, &want, slack);
                 let mut direct = vec![0.0; out_len];
                 if flip {
@@ -367,11 +367,12 @@ fn winograd_refuses_what_it_cannot_run() {
     assert!(format!("{err:#}").contains("winograd U"), "{err:#}");
 }
 
-/// Mixed precision's f16 activations (x read by the input transforms, plain and normalised, y written by the
-/// output transform) against the same kernels on f32 tensors holding the same values: reading f16 is exact and
-/// every transform computes in f32, so the weight gradient is the same bits and the output is the f32 output
-/// rounded by the core's `round_to_f16` (WGSL's conversion to f16 rounds to nearest even on the adapters we test;
-/// this checks it). The f32 kernels are checked against the core above.
+/// Mixed precision's f16 activations and gradients (x read by the input transforms, plain and normalised, dy by the
+/// output gradient and input transforms, y and dx written by the output transform) against the same kernels on f32
+/// tensors holding the same values: reading f16 is exact and every transform computes in f32, so the weight gradient
+/// is the same bits and y and dx are the f32 ones rounded by the core's `round_to_f16` (WGSL's conversion to f16
+/// rounds to nearest even on the adapters we test; this checks it). The f32 kernels are checked against the core
+/// above.
 #[test]
 fn f16_activations_give_the_f32_results_on_the_rounded_values() {
     let Some(gpu) = gpu() else { return };
@@ -389,7 +390,8 @@ fn f16_activations_give_the_f32_results_on_the_rounded_values() {
         let xv = rounded(&uniform(seed, s.input_len()));
         let (x32, x16) = (gpu.upload("x", &[s.input_len()], &xv), gpu.upload_f16("x16", &[s.input_len()], &xv));
         let weight = gpu.upload("weight", &[s.weight_len()], &uniform(seed + 1, s.weight_len()));
-        let dy = gpu.upload("dy", &[s.output_len()], &uniform(seed + 2, s.output_len()));
+        let dyv = rounded(&uniform(seed + 2, s.output_len()));
+        let (dy32, dy16) = (gpu.upload("dy", &[s.output_len()], &dyv), gpu.upload_f16("dy16", &[s.output_len()], &dyv));
         let c = s.c_in;
         let per_channel = |k: u64, lo: f32| {
             gpu.upload("bn", &[c], &uniform(seed + k, c).iter().map(|v| lo + v.abs()).collect::<Vec<_>>())
@@ -401,28 +403,34 @@ fn f16_activations_give_the_f32_results_on_the_rounded_values() {
             let ws = workspace(gpu, &conv, &s, tile);
             for norm in [None, Some(norm)] {
                 let what = format!("{tile:?} {s:?} normalised {}", norm.is_some());
-                let outputs = |x: &Tensor, y: &Tensor| {
+                let outputs = |x: &Tensor, dy: &Tensor, elem: Elem| {
+                    let (y, dx) =
+                        (gpu.zeros_as("y", &[s.output_len()], elem), gpu.zeros_as("dx", &[s.input_len()], elem));
                     let dw = gpu.zeros("dweight", &[s.weight_len()]);
-                    let mut d = wino.run(gpu, &conv, ConvOp::Forward, &s, tile, [x, &weight], norm, y, &ws).unwrap();
-                    d.extend(wino.run(gpu, &conv, ConvOp::BackwardWeight, &s, tile, [&dy, x], norm, &dw, &ws).unwrap());
+                    let mut d = wino.run(gpu, &conv, ConvOp::Forward, &s, tile, [x, &weight], norm, &y, &ws).unwrap();
+                    d.extend(wino.run(gpu, &conv, ConvOp::BackwardWeight, &s, tile, [dy, x], norm, &dw, &ws).unwrap());
+                    d.extend(
+                        wino.run(gpu, &conv, ConvOp::BackwardData, &s, tile, [dy, &weight], None, &dx, &ws).unwrap(),
+                    );
                     run(gpu, &d);
-                    (gpu.read_f32(y).unwrap(), gpu.read_f32(&dw).unwrap())
+                    [&y, &dw, &dx].map(|t| gpu.read_f32(t).unwrap())
                 };
-                let (y32, dw32) = outputs(&x32, &gpu.zeros("y", &[s.output_len()]));
-                let (y16, dw16) = outputs(&x16, &gpu.zeros_as("y16", &[s.output_len()], Elem::F16));
+                let [y32, dw32, dx32] = outputs(&x32, &dy32, Elem::F32);
+                let [y16, dw16, dx16] = outputs(&x16, &dy16, Elem::F16);
                 assert_eq!(bits(&y16), bits(&rounded(&y32)), "forward, {what}");
                 assert_eq!(bits(&dw16), bits(&dw32), "backward_weight, {what}");
+                assert_eq!(bits(&dx16), bits(&rounded(&dx32)), "backward_data, {what}");
             }
         }
     }
-    // The gradients stay f32: an f16 one is refused, naming it.
+    // The weight and its gradient stay f32: an f16 one is refused, naming it.
     let s = shapes()[0];
     let ws = workspace(gpu, &conv, &s, WinogradTile::F2x2);
-    let (dy16, w, dx) = (
-        gpu.zeros_as("dy16", &[s.output_len()], Elem::F16),
-        gpu.zeros("w", &[s.weight_len()]),
+    let (dy, w16, dx) = (
+        gpu.zeros("dy", &[s.output_len()]),
+        gpu.zeros_as("w16", &[s.weight_len()], Elem::F16),
         gpu.zeros("dx", &[s.input_len()]),
     );
-    let err = wino.run(gpu, &conv, ConvOp::BackwardData, &s, WinogradTile::F2x2, [&dy16, &w], None, &dx, &ws);
-    assert!(format!("{:#}", err.err().unwrap()).contains("dy16 holds f16 elements"));
+    let err = wino.run(gpu, &conv, ConvOp::BackwardData, &s, WinogradTile::F2x2, [&dy, &w16], None, &dx, &ws);
+    assert!(format!("{:#}", err.err().unwrap()).contains("w16 holds f16 elements"));
 }

@@ -83,27 +83,29 @@
 //! ```
 //!
 //! `a` is the bytes of an activation: 4 in f32, 2 in mixed precision, whose convolutions read and write their
-//! activations as f16 ([`ConvPrecision::activations`]; the batch norms read and write them as the tensors hold
-//! them, and the tail from bn2's output on is f32, as are gradients, statistics and parameters).
+//! activations and the activations' gradients as f16 ([`ConvPrecision::activations`]; the batch norms read and
+//! write them as the tensors hold them, and the tail from bn2's output on is f32, as are its gradients, the
+//! statistics, the parameters and their gradients).
 //!
 //! (`h, w` a block's input size, `h', w'` its output size.) The outputs of the batch norms followed by a PReLU (a
 //! block's bn2, the stem's bn1) or by the residual add (bn3) are never stored: each is computed inside the pass that
 //! applies the next layer ([`Epilogue`]), and the backward pass of a batch norm and PReLU recomputes it from the batch
-//! norm's input and saved statistics as it goes ([`BackwardFusion::Prelu`]). The downsample batch norm's output, read by
-//! the add, lives in a gradient buffer, which the forward pass does not otherwise use; so does bn1's output, which feeds
-//! conv1: the backward pass recomputes it from bn1's input and saved batch statistics, with the same kernel and the same
-//! arithmetic as the forward pass (bit-identical), into a gradient buffer that is free at that point, just before
-//! conv1's weight gradient reads it. Not keeping these outputs saves a third of the activations. Where conv1 runs as
-//! Winograd, bn1's output is not even recomputed: conv1 reads bn1's input through [`InputNorm`]; where conv2 does, it
-//! reads conv1's output the same way, and the PReLU's output is not kept at all (`k = 0` above). On top come four
-//! gradient buffers of [`gradient_buffer_len`] floats each (the largest activation) and scratch sized by the largest
-//! layer; where layers run as Winograd, its workspace too (transformed weights `P C_OUT C_IN`, transformed inputs and
-//! products `P max(C_IN, C_OUT) T` each, `T` the output tiles of the batch and `P` = 36 planes for F(4x4), 16 for
-//! F(2x2), for the largest such layer; for r100 at batch 128 from 128 channels about 0.53 GB with F(4x4), which `auto`
-//! picks for every layer there, and 0.87 GB with F(2x2)). iResNet-100 at batch 128 (112 x 112): 2.34 G floats of
-//! activations (9.35 GB) with every convolution direct, 4.68 GB as f16 in mixed precision, 1.99 G (7.96 GB) with
-//! Winograd from 128 channels (the GPU default), 1.94 G (7.75 GB) from 64; 4 x 0.103 G floats of gradient buffers
-//! (1.64 GB), besides 0.78 GB of parameters, gradients and momentum and 0.7 GB of head (85,742 classes);
+//! norm's input and saved statistics as it goes ([`BackwardFusion::Prelu`]). The downsample batch norm's output, read
+//! by the add, lives in a gradient buffer, which the forward pass does not otherwise use; so does bn1's output, which
+//! feeds conv1: the backward pass recomputes it from bn1's input and saved batch statistics, with the same kernel and
+//! the same arithmetic as the forward pass (bit-identical), into a gradient buffer that is free at that point, just
+//! before conv1's weight gradient reads it. Not keeping these outputs saves a third of the activations. Where conv1
+//! runs as Winograd, bn1's output is not even recomputed: conv1 reads bn1's input through [`InputNorm`]; where conv2
+//! does, it reads conv1's output the same way, and the PReLU's output is not kept at all (`k = 0` above). On top come
+//! four gradient buffers of [`gradient_buffer_len`] activations each (the largest; f16 in mixed precision, which stores
+//! the activations' gradients as their values, as autocast does) and scratch sized by the largest layer; where layers
+//! run as Winograd, its workspace too (transformed weights `P C_OUT C_IN`, transformed inputs and products `P max(C_IN,
+//! C_OUT) T` each, `T` the output tiles of the batch and `P` = 36 planes for F(4x4), 16 for F(2x2), for the largest
+//! such layer; for r100 at batch 128 from 128 channels about 0.53 GB with F(4x4), which `auto` picks for every layer
+//! there, and 0.87 GB with F(2x2)). iResNet-100 at batch 128 (112 x 112): 2.34 G floats of activations (9.35 GB) with
+//! every convolution direct, 4.68 GB as f16 in mixed precision, 1.99 G (7.96 GB) with Winograd from 128 channels (the
+//! GPU default), 1.94 G (7.75 GB) from 64; 4 x 0.103 G elements of gradient buffers (1.64 GB, 0.82 GB in mixed
+//! precision), besides 0.78 GB of parameters, gradients and momentum and 0.7 GB of head (85,742 classes);
 //! [`GpuBackend::memory`] reports what a backend allocated.
 //!
 //! [`Capabilities::max_binding`]: crate::gpu::Capabilities::max_binding
@@ -168,9 +170,12 @@ pub fn default_winograd(gpu: &Gpu) -> Option<usize> {
     Some(if gpu.info.device_type == wgpu::DeviceType::Cpu { 64 } else { 128 })
 }
 
-/// Floats of each of the four rotating gradient buffers: the largest activation (or the embeddings' gradient).
-pub fn gradient_buffer_len(cfg: &IResNetConfig, batch: usize) -> usize {
-    cfg.largest_activation(batch).max(batch * cfg.embedding)
+/// Elements of each of the four rotating gradient buffers, stored as `elem` (as the activations' gradients are:
+/// f16 in mixed precision): the largest activation, or the tail's f32 gradients (the embeddings', fc's input's)
+/// where those take more bytes.
+pub fn gradient_buffer_len(cfg: &IResNetConfig, batch: usize, elem: Elem) -> usize {
+    let tail_f32 = batch * cfg.embedding.max(cfg.fc_inputs());
+    cfg.largest_activation(batch).max(tail_f32 * Elem::F32.size() as usize / elem.size() as usize)
 }
 
 /// Channels of every batch norm of the network, summed.
@@ -616,8 +621,9 @@ struct Net {
     flips: Tensor,
     /// `(B, 3, H, W)` the network input.
     input: Tensor,
-    /// Four buffers of [`gradient_buffer_len`] floats: the backward pass's gradients, rotating as in the core, and
-    /// the forward pass's temporaries.
+    /// Four buffers of [`gradient_buffer_len`] elements, stored as the activations are: the backward pass's
+    /// gradients, rotating as in the core (the tail's, from the embeddings to fc's input, seen as f32), and the
+    /// forward pass's temporaries.
     grad_bufs: [Tensor; 4],
     conv_scratch: Tensor,
     /// The Winograd convolutions' workspace, where any layer runs as Winograd.
@@ -637,6 +643,14 @@ struct Net {
     /// step that is tried again restores them).
     running_backup: Tensor,
     memory: MemoryUse,
+}
+
+/// The four rotating gradient buffers for `cfg` at batch `n`, of elements `elem` (the activations' gradients').
+fn gradient_buffers(a: &mut Alloc, cfg: &IResNetConfig, n: usize, elem: Elem) -> Result<[Tensor; 4]> {
+    let len = gradient_buffer_len(cfg, n, elem);
+    let [g0, g1, g2, g3] =
+        [0, 1, 2, 3].map(|i| a.zeros_as(Purpose::GradientBuffers, &format!("gradient buffer {i}"), &[len], elem));
+    Ok([g0?, g1?, g2?, g3?])
 }
 
 /// The first `n` samples of a batch-major tensor `(B, ...)`, as `(n, ...)` on the same buffer.
@@ -736,11 +750,7 @@ impl Net {
         let scratch = Purpose::Scratch;
         let images = a.zeros(scratch, "images (u8, packed)", &[Preprocess::words(n, &shape)])?;
         let flips = a.zeros(scratch, "flips", &[n])?;
-        let big = gradient_buffer_len(cfg, n);
-        let grad_bufs =
-            [0, 1, 2, 3].map(|i| a.zeros(Purpose::GradientBuffers, &format!("gradient buffer {i}"), &[big]));
-        let [g0, g1, g2, g3] = grad_bufs;
-        let grad_bufs = [g0?, g1?, g2?, g3?];
+        let grad_bufs = gradient_buffers(&mut a, cfg, n, elem)?;
 
         // Scratch, sized by the largest layer.
         let k_conv = &k.conv;
@@ -839,13 +849,15 @@ impl Net {
         Ok(())
     }
 
-    /// Reallocates the activations the convolutions read and write where they are not stored as `elem` (on a
-    /// change of precision): zero, with the same labels and shapes.
+    /// Reallocates the activations the convolutions read and write, and the gradient buffers, where they are not
+    /// stored as `elem` (on a change of precision): zero, with the same labels and shapes.
     fn reallocate_activations(&mut self, gpu: &Gpu, elem: Elem) -> Result<()> {
         if self.input.elem == elem {
             return Ok(());
         }
         let mut a = Alloc { gpu, used: MemoryUse::default() };
+        self.grad_bufs = gradient_buffers(&mut a, &self.cfg, self.batch, elem)?;
+        self.memory.gradient_buffers = a.used.gradient_buffers;
         let mut freed = 0;
         let mut tensors = vec![&mut self.input, &mut self.stem.conv_out, &mut self.stem.prelu_out];
         for b in &mut self.blocks {
@@ -871,9 +883,15 @@ impl Net {
         self.params[i].grad.as_ref().with_context(|| format!("{} has no gradient", self.params[i].info))
     }
 
-    /// Gradient buffer `i` seen as a tensor of `shape`.
+    /// Gradient buffer `i` seen as a tensor of `shape`, holding an activation's gradient as the buffer stores it.
     fn buf(&self, i: usize, what: &str, shape: &[usize]) -> Result<Tensor> {
         self.grad_bufs[i].view(&format!("gradient buffer {i} ({what})"), shape)
+    }
+
+    /// Gradient buffer `i` seen as an f32 tensor of `shape`: the tail's gradients, from the embeddings to fc's
+    /// input, which the head and fc's kernels read and write in f32.
+    fn buf_f32(&self, i: usize, what: &str, shape: &[usize]) -> Result<Tensor> {
+        self.value_buf(i, what, shape, Elem::F32)
     }
 
     /// Copies of every running statistic into (`save`) or back from the backup: one per group.
@@ -1197,15 +1215,15 @@ impl Builder<'_> {
         // features (weight frozen): d embeddings in buffer 0 -> d fc output in buffer 1.
         let t = &net.tail;
         let sf = BatchNormShape { n, c: e, hw: 1 };
-        let d_emb = net.buf(0, "d embeddings", &[n, e])?;
-        let d_fc = net.buf(1, "d fc.out", &[n, e])?;
+        let d_emb = net.buf_f32(0, "d embeddings", &[n, e])?;
+        let d_fc = net.buf_f32(1, "d fc.out", &[n, e])?;
         let none = BackwardFusion::None;
         self.bn_backward(&mut d, &sf, t.features, &t.fc_out, &t.features_stats, none, &d_emb, &d_fc)?;
 
         // fc: -> d bn2 output (flattened) in buffer 2.
         let fc = LinearShape { n, inputs: cfg.fc_inputs(), outputs: e };
         let tail_dims = [n, c3, h / 16, w / 16];
-        let d_bn2 = net.buf(2, "d bn2.out", &tail_dims)?;
+        let d_bn2 = net.buf_f32(2, "d bn2.out", &tail_dims)?;
         let (dw, db) = (net.grad(t.fc)?, net.grad(t.fc + 1)?);
         d.extend(k.linear.backward(gpu, &fc, &t.bn2_out, net.value(t.fc), &d_fc, &d_bn2, dw, db, &net.conv_scratch)?);
 
@@ -1331,7 +1349,7 @@ impl Plan {
         let (n, e) = (net.batch, net.cfg.embedding);
         let b = Builder { gpu, k, net, bn: step_cfg.bn };
         let shape = HeadShape::new(n, e, net.classes);
-        let d_emb = net.buf(0, "d embeddings", &[n, e])?;
+        let d_emb = net.buf_f32(0, "d embeddings", &[n, e])?;
         let opts = HeadOptions::default();
         let head = MarginHead::new(
             gpu,
@@ -1421,14 +1439,15 @@ pub struct GpuBackend<G: Deref<Target = Gpu> = Arc<Gpu>> {
 }
 
 /// Dynamic loss scaling of mixed precision: the backward pass's gradients are multiplied by `S` (a power of two)
-/// before the convolutions round them to f16, so that small gradients keep their digits instead of flushing to
-/// zero, and divided by `S` again (exactly) before clipping. A step whose backbone gradient overflows (an f16
-/// operand beyond 65504 becomes infinite; the step's guard skips the update) is run again with `S / 2`; after
+/// before they are stored as f16 (from bn2's input gradient on) and multiplied on tensor cores, so that small
+/// gradients keep their digits instead of flushing to zero, and the parameters' gradients are divided by `S` again
+/// (exactly) before clipping. A step whose backbone gradient overflows (a value beyond 65504 becomes infinite as it
+/// is stored or rounded to f16; the step's guard skips the update) is run again with `S / 2`; after
 /// [`LossScale::GROWTH_INTERVAL`] steps in a row without overflow, `S` doubles. As PyTorch's `GradScaler`, except
 /// that an overflowing batch is retried rather than dropped: the batch norm running statistics are saved before each
-/// step (one copy of each, in the step's submission) and restored before a retry, so that the batch moves them
-/// once. The scale is not part of a checkpoint: a resumed run starts again at [`LossScale::INITIAL`] (it changes
-/// results only where a gradient is too small for f16 at one scale and not at the other).
+/// step (one copy of each, in the step's submission) and restored before a retry, so that the batch moves them once.
+/// The scale is not part of a checkpoint: a resumed run starts again at [`LossScale::INITIAL`] (it changes results
+/// only where a gradient is too small for f16 at one scale and not at the other).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LossScale {
     /// The current `S`.

@@ -51,9 +51,9 @@ pub enum Precision {
     /// f32 throughout (the CPU reference's arithmetic).
     F32,
     /// Convolution operands rounded to f16, products accumulated in f32 on tensor cores, with dynamic loss
-    /// scaling; the activations the convolutions read and write stored as f16 (half the memory); weights,
-    /// gradients, batch norm statistics, the head and the loss stay f32. Without tensor cores, with
-    /// `ELASTICFACE_EMULATE_TENSOR_CORES=1`: the same arithmetic emulated in f32 (slow; for testing).
+    /// scaling; the activations the convolutions read and write, and their gradients, stored as f16 (half the
+    /// memory); weights and their gradients, batch norm statistics, the head and the loss stay f32. Without tensor
+    /// cores, with `ELASTICFACE_EMULATE_TENSOR_CORES=1`: the same arithmetic emulated in f32 (slow; for testing).
     Mixed,
 }
 

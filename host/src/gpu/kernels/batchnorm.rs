@@ -95,12 +95,13 @@ pub enum BackwardFusion<'a> {
 /// The batch norm kernels' pipelines. (Named `BatchNormKernels`, not `BatchNorm`, which is the core's
 /// hyper-parameter struct.)
 ///
-/// The kernels read and write the activations as their tensors hold them ([`Tensor::elem`]): f32, or f16 for
-/// mixed precision's activations (the input `x` and a residual added to the output, and the output `y`, each
-/// either way); statistics, parameters and gradients are f32. `batchnorm.wgsl` is compiled once per pair of
-/// storages in use, the f32 one when the kernels are made and the others on first use.
+/// The kernels read and write the activations and their gradients as their tensors hold them ([`Tensor::elem`]):
+/// f32, or f16 for mixed precision's (the input `x` and a residual added to the output, the output `y`, the
+/// backward pass's `dy`, and its `dx` with a gradient added to it, each either way); statistics, parameters and
+/// their gradients are f32. `batchnorm.wgsl` is compiled once per combination of storages in use, the f32 one
+/// when the kernels are made and the others on first use.
 pub struct BatchNormKernels {
-    /// By the storage of `x` (aliases `X`) and `y` (`Y`).
+    /// By the storage of `x` (aliases `X`), `y` (`Y`), `dy` (`DY`) and `dx` (`DX`).
     modules: StorageVariants<Pipelines>,
 }
 
@@ -149,15 +150,21 @@ impl BatchNormKernels {
     /// Compiles the kernels on f32 tensors (the others on first use).
     pub fn new(gpu: &Gpu) -> Self {
         let source = include_str!("../../../../shaders/batchnorm.wgsl");
-        let kernels = Self { modules: StorageVariants::new("batchnorm.wgsl", source, &["X", "Y"]) };
+        let kernels = Self { modules: StorageVariants::new("batchnorm.wgsl", source, &["X", "Y", "DY", "DX"]) };
         kernels.pipelines(gpu, Elem::F32, Elem::F32).expect("f32 needs no feature");
         kernels
     }
 
-    /// The pipelines for input storage `x` and output storage `y`, compiled on first use. Errors where f16 is
-    /// asked of an adapter without it.
+    /// The forward pipelines for input storage `x` and output storage `y`, compiled on first use. Errors where
+    /// f16 is asked of an adapter without it.
     fn pipelines(&self, gpu: &Gpu, x: Elem, y: Elem) -> Result<&Pipelines> {
-        self.modules.get(gpu, &[x, y], |m| Pipelines::compile(gpu, m))
+        self.modules.get(gpu, &[x, y, Elem::F32, Elem::F32], |m| Pipelines::compile(gpu, m))
+    }
+
+    /// The backward pipelines for input storage `x`, output gradient storage `dy` and input gradient storage
+    /// `dx`, compiled on first use. Errors as [`Self::pipelines`].
+    fn backward_pipelines(&self, gpu: &Gpu, x: Elem, dy: Elem, dx: Elem) -> Result<&Pipelines> {
+        self.modules.get(gpu, &[x, x, dy, dx], |m| Pipelines::compile(gpu, m))
     }
 }
 
@@ -360,8 +367,9 @@ impl BatchNormKernels {
     /// Shapes: `x`, `dy`, `dx` `(N, C, HW)`; `gamma`, `save_mean`, `save_var`, `dgamma`, `dbeta` `(C)`; `scratch`
     /// at least [`scratch_len`](Self::scratch_len). Three dispatches, to be run in order: chunk sums
     /// `(chunks, C)` workgroups, their combination `(C)` (which also leaves the dx coefficients in `scratch`),
-    /// dx (element-wise). Errors: a zero size, `N*HW < 2`, a tensor of the wrong size (named), a frozen gamma
-    /// with a PReLU fused.
+    /// dx (element-wise). `dy` and `dx` may each be f32 or f16 (mixed precision's activation gradients); a
+    /// gradient accumulated into `dx` is stored as `dx` is. Errors: a zero size, `N*HW < 2`, a tensor of the
+    /// wrong size (named), an accumulated gradient stored otherwise than `dx`, a frozen gamma with a PReLU fused.
     #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &self,
@@ -387,9 +395,6 @@ impl BatchNormKernels {
         }
         check_len(K, dy, s.len())?;
         check_len(K, dx, s.len())?;
-        for t in [dy, dx] {
-            t.expect_elem(K, Elem::F32)?;
-        }
         if let Some(dgamma) = dgamma {
             check_len(K, dgamma, s.c)?;
         }
@@ -406,11 +411,11 @@ impl BatchNormKernels {
             }
             BackwardFusion::Accumulate(other) => {
                 check_len(K, other, s.len())?;
-                other.expect_elem(K, Elem::F32)?;
+                other.expect_elem(K, dx.elem)?;
             }
         }
         check_scratch(K, s, scratch)?;
-        let pipelines = self.pipelines(gpu, x.elem, x.elem)?;
+        let pipelines = self.backward_pipelines(gpu, x.elem, dy.elem, dx.elem)?;
         let params = BatchNormParams::new(s, bn);
         let chunk_grid = [params.chunks, params.c, 1];
         let elements = gpu.grid_1d(s.len(), ELEMENTWISE_WORKGROUP);

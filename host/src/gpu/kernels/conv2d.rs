@@ -11,13 +11,14 @@
 //! Two arithmetics ([`ConvPrecision`]): f32 ([`Conv2d::new`]), and mixed ([`Conv2d::mixed`]), whose module is
 //! `conv2d.wgsl` with the tile arithmetic of `shaders/conv2d_coop.wgsl.in` (f16 operands, f32 accumulation on
 //! cooperative matrices) put in by `conv2d_compose.rs`; the index maps, bounds, splits and epilogues are shared.
-//! The mixed kernels store the activations (`x` and the forward's `y`) as f16 ([`ConvPrecision::activations`]);
-//! their twins are the same core functions applied to operands rounded by
-//! [`elasticface_core::nn::round_to_f16`], with the forward's output rounded by it too (`gemm_batched` reads
-//! f16 operands there and writes f32). Without cooperative matrices, the mixed arithmetic can be emulated
-//! (`compose_emulated`: the f32 tiles with every operand rounded to f16 as it enters them), so that the
-//! mixed-precision trainer is tested on any adapter; and the cooperative-matrix layout itself can run with its
-//! fragment operations as plain loops ([`Conv2d::mixed_fragments_as_loops`]), so that it is tested there too.
+//! The mixed kernels store the activations (`x` and the forward's `y`) and their gradients (`dy`, and
+//! backward_data's `dx`) as f16 ([`ConvPrecision::activations`]); their twins are the same core functions applied to
+//! operands rounded by [`elasticface_core::nn::round_to_f16`], with the forward's and backward_data's outputs
+//! rounded by it too (`gemm_batched` reads f16 operands there and writes f32). Without cooperative matrices, the
+//! mixed arithmetic can be emulated (`compose_emulated`: the f32 tiles with every operand rounded to f16 as it
+//! enters them), so that the mixed-precision trainer is tested on any adapter; and the cooperative-matrix layout
+//! itself can run with its fragment operations as plain loops ([`Conv2d::mixed_fragments_as_loops`]), so that it is
+//! tested there too.
 //!
 //! Tiles: any [`TileShape`] (64 or 128 rows and columns, depth 16 or 32, one or two buffers) that fits the
 //! adapter's workgroup memory, chosen by [`ConvTiling`]; `conv2d_compose.rs` writes the shape into the shader
@@ -136,8 +137,9 @@ pub enum ConvPrecision {
 }
 
 impl ConvPrecision {
-    /// How the convolutions in this precision store the activations they read and write: f32, or f16 in mixed
-    /// precision (as PyTorch's autocast keeps a convolution's output). Gradients and weights stay f32.
+    /// How the convolutions in this precision store the activations they read and write, and the activations'
+    /// gradients: f32, or f16 in mixed precision (as PyTorch's autocast keeps a convolution's output and its
+    /// gradient). Weights and their gradients stay f32.
     pub fn activations(self) -> Elem {
         match self {
             ConvPrecision::F32 => Elem::F32,
@@ -461,7 +463,8 @@ struct Pipelines {
     backward_weight: wgpu::ComputePipeline,
     gemm_batched: wgpu::ComputePipeline,
     reduce: wgpu::ComputePipeline,
-    /// The reduction into `conv2d_forward`'s output, stored as the activations are.
+    /// The reduction into the output of `conv2d_forward` or `conv2d_backward_data`, stored as the activations
+    /// are.
     reduce_act: wgpu::ComputePipeline,
 }
 
@@ -600,7 +603,8 @@ impl Conv2d {
     }
 
     /// How these pipelines store activations (`x` of the forward pass and of the weight gradient, `y` of the
-    /// forward pass): f32, or f16 in mixed precision. Gradients and weights are f32 either way.
+    /// forward pass) and their gradients (`dy` of both backward passes, `dx`): f32, or f16 in mixed precision.
+    /// Weights and their gradients are f32 either way.
     pub fn activations(&self) -> Elem {
         self.precision.activations()
     }
@@ -639,8 +643,8 @@ impl Conv2d {
         let act = self.activations();
         let elems = match op {
             ConvOp::Forward => [act, Elem::F32, act],
-            ConvOp::BackwardData => [Elem::F32; 3],
-            ConvOp::BackwardWeight => [Elem::F32, act, Elem::F32],
+            ConvOp::BackwardData => [act, Elem::F32, act],
+            ConvOp::BackwardWeight => [act, act, Elem::F32],
         };
         for ((t, len), elem) in inputs.iter().chain([&out]).zip(op.lens(s)).zip(elems) {
             check_len(op.name(), t, len)?;
@@ -724,8 +728,8 @@ impl Conv2d {
     }
 
     /// The GEMM dispatches of `plan` (of `op`, or of `gemm_batched` for `None`) reading `inputs` (bindings 1, 2),
-    /// writing `out` (binding 3) directly or, with splits, writing `scratch` (binding 3, or 4 for the forward
-    /// pass, whose output is stored as activations are) and then reducing it into `out`.
+    /// writing `out` (binding 3) directly or, with splits, writing `scratch` (binding 3, or 4 for the forward and
+    /// backward_data passes, whose outputs are stored as activations are) and then reducing it into `out`.
     fn dispatches(
         &self,
         gpu: &Gpu,
@@ -748,8 +752,8 @@ impl Conv2d {
                 bail!("{name}: {} has {} elements, {} splits need {needed}", scratch.label, scratch.len, plan.splits);
             }
         }
-        let forward = op == Some(ConvOp::Forward);
-        let bound: Vec<&Tensor> = match (forward, plan.splits > 1) {
+        let act_out = matches!(op, Some(ConvOp::Forward | ConvOp::BackwardData));
+        let bound: Vec<&Tensor> = match (act_out, plan.splits > 1) {
             (true, _) => vec![a, b, out, scratch],
             (false, false) => vec![a, b, out],
             (false, true) => vec![a, b, scratch],
@@ -761,7 +765,7 @@ impl Conv2d {
         if plan.splits > 1 {
             let grid = gpu.grid_1d(plan.out_len as usize, ELEMENTWISE_WORKGROUP);
             let params = &plan.gemms[0].0;
-            let (entry, reduce) = match forward {
+            let (entry, reduce) = match act_out {
                 true => ("conv2d_reduce_splits_act", &pipelines.reduce_act),
                 false => ("conv2d_reduce_splits", &pipelines.reduce),
             };

@@ -233,11 +233,12 @@ const NORMALIZED_KERNELS: [&str; 2] = ["winograd_normalized_input_transform", "w
 
 /// The Winograd kernels' pipelines, both tile sizes.
 ///
-/// The transforms read and write the activations as their tensors hold them ([`Tensor::elem`]): an input
-/// transform's `x` and an output transform's `y` may be f32 or mixed precision's f16 activations, and so may the
-/// transformed operands (U, V, W: the products' operands, stored as the [`Conv2d::gemm_batched`] that multiplies
-/// them reads them: f32, or f16 for mixed precision's, which multiplies f16 operands with f32 accumulation).
-/// Weights, gradients, the products and dU are f32.
+/// The transforms read and write the activations and their gradients as their tensors hold them
+/// ([`Tensor::elem`]): an input transform's `x`, an output transform's `y` (or backward_data's `dx`) and the
+/// output gradient transform's `dy` may be f32 or mixed precision's f16, and so may the transformed operands (U,
+/// V, W: the products' operands, stored as the [`Conv2d::gemm_batched`] that multiplies them reads them: f32, or
+/// f16 for mixed precision's, which multiplies f16 operands with f32 accumulation). Weights, their gradients, the
+/// products and dU are f32.
 /// `winograd.wgsl` is compiled once per pair of storages a dispatch reads and writes, f32 when the kernels are
 /// made and the others on first use.
 pub struct Winograd {
@@ -326,12 +327,10 @@ impl Winograd {
     ) -> Result<Vec<Dispatch>> {
         let (fwd, bwd) = tilings(s, tile)?;
         let what = format!("winograd {}", op.name());
-        // The activations (forward's x and y, backward_weight's x) as the tensors hold them; the weight and the
-        // gradients f32.
+        // The activations and their gradients as the tensors hold them; the weight and its gradient f32.
         let activations = match op {
-            ConvOp::Forward => [true, false, true],
-            ConvOp::BackwardData => [false; 3],
-            ConvOp::BackwardWeight => [false, true, false],
+            ConvOp::Forward | ConvOp::BackwardData => [true, false, true],
+            ConvOp::BackwardWeight => [true, true, false],
         };
         for ((t, len), activation) in inputs.iter().chain([&out]).zip(op.lens(s)).zip(activations) {
             check_len(&what, t, len)?;
