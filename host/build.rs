@@ -9,7 +9,7 @@ use std::path::Path;
 mod compose {
     include!("src/gpu/kernels/conv2d_compose.rs");
 }
-use compose::{act_f16, compose_coop, compose_emulated, compose_f32, Fragments, TileShape};
+use compose::{act_f16, compose_coop, compose_emulated, compose_f32, FragmentSide, Fragments, TileShape};
 
 fn validate(name: &str, source: &str) -> Result<(), String> {
     let module = naga::front::wgsl::parse_str(source).map_err(|e| e.emit_to_string_with_path(source, name))?;
@@ -45,21 +45,27 @@ fn main() {
     let base = std::fs::read_to_string(dir.join("conv2d.wgsl")).expect("conv2d.wgsl");
     let fragment = std::fs::read_to_string(&fragment_path).expect("conv2d_coop.wgsl.in");
     for shape in TileShape::ALL {
-        for (name, module) in [
+        let mut modules = vec![
             (format!("conv2d.wgsl ({shape})"), compose_f32(&base, shape)),
-            (
-                format!("conv2d.wgsl + conv2d_coop.wgsl.in ({shape})"),
-                compose_coop(&base, &fragment, shape, Fragments::Cooperative),
-            ),
-            (
-                format!("conv2d.wgsl + conv2d_coop.wgsl.in ({shape}, fragments as loops)"),
-                compose_coop(&base, &fragment, shape, Fragments::Loops),
-            ),
             (format!("conv2d.wgsl (f16 operands, {shape})"), compose_emulated(&base, shape)),
-        ]
-        .map(|(name, module)| match name.contains("conv2d_coop") || name.contains("f16 operands") {
-            true => (name, module.and_then(|m| act_f16(&m))),
-            false => (name, module),
+        ];
+        for side in FragmentSide::ALL {
+            modules.extend([
+                (
+                    format!("conv2d.wgsl + conv2d_coop.wgsl.in ({shape}, {side} fragments)"),
+                    compose_coop(&base, &fragment, shape, Fragments::Cooperative, side),
+                ),
+                (
+                    format!("conv2d.wgsl + conv2d_coop.wgsl.in ({shape}, {side} fragments as loops)"),
+                    compose_coop(&base, &fragment, shape, Fragments::Loops, side),
+                ),
+            ]);
+        }
+        for (name, module) in modules.into_iter().map(|(name, module)| {
+            match name.contains("conv2d_coop") || name.contains("f16 operands") {
+                true => (name, module.and_then(|m| act_f16(&m))),
+                false => (name, module),
+            }
         }) {
             match module {
                 Ok(source) => {

@@ -129,7 +129,7 @@ fn tuning_times_every_setting_on_one_trainer_and_names_the_fastest() {
         winograd_tile: WinogradTileChoice::Auto,
         conv_tile: ConvTileChoice::Auto,
     };
-    if gpu.caps.cooperative_matrix {
+    if gpu.caps.cooperative_matrix.is_some() {
         expected.push(mixed);
         for tile in TileShape::ALL {
             if tile != adapter_tile && tile.coop_bytes() <= limit {

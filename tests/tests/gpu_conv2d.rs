@@ -11,7 +11,7 @@
 //! 0 wherever the GPU happens to sum in the core's order: forward and backward_data without splits): typical
 //! rounding errors grow like sqrt(K), the bound like K.
 
-use elasticface::gpu::kernels::conv2d::{Conv2d, ConvOp, ConvPrecision, ConvTiling, TileShape};
+use elasticface::gpu::kernels::conv2d::{Conv2d, ConvOp, ConvPrecision, ConvTiling, FragmentSide, TileShape};
 use elasticface::gpu::kernels::Dispatch;
 use elasticface::gpu::{Elem, Gpu, Tensor};
 use elasticface_core::nn::{self, Conv2dShape};
@@ -179,8 +179,11 @@ fn conv2d_mixed_matches_the_core_on_f16_operands() {
     let Some(gpu) = gpu() else { return };
     assert!(gpu.caps.mixed_precision(), "the test GPU emulates mixed precision where it has no tensor cores");
     // Every tile shape the adapter's workgroup memory holds (the cooperative-matrix code differs per shape).
-    let (kind, bytes): (_, fn(&TileShape) -> u32) =
-        if gpu.caps.cooperative_matrix { ("mixed", TileShape::coop_bytes) } else { ("emulated", TileShape::f32_bytes) };
+    let (kind, bytes): (_, fn(&TileShape) -> u32) = if gpu.caps.cooperative_matrix.is_some() {
+        ("mixed", TileShape::coop_bytes)
+    } else {
+        ("emulated", TileShape::f32_bytes)
+    };
     let tested = check_mixed_on_every_tile(gpu, kind, &shapes(), bytes, |tiling| {
         Conv2d::build(gpu, ConvPrecision::Mixed, tiling)
     });
@@ -221,8 +224,8 @@ fn check_mixed_on_every_tile<E: std::fmt::Display>(
     tested
 }
 
-/// The cooperative-matrix layout generated for each tile shape (fragment offsets, the depth sub-steps, the staged
-/// epilogue) on any adapter: the mixed-precision module with its fragment operations done by plain loops
+/// The cooperative-matrix layout generated for each tile shape and fragment side (fragment offsets, the depth
+/// sub-steps, the staged epilogue; 16 x 16 fragments as on NVIDIA's tensor cores, 8 x 8 as Apple's) on any adapter: the mixed-precision module with its fragment operations done by plain loops
 /// ([`Conv2d::mixed_fragments_as_loops`]), against the core with the mixed-precision bound above. Where the adapter
 /// has cooperative matrices, the test above runs the real ones on every tile shape as well. On shapes of two row
 /// tiles (M = 130) and of column tiles cut short, strided and not: the loops are slow.
@@ -234,10 +237,13 @@ fn cooperative_matrix_layout_matches_the_core_with_fragments_as_loops() {
         shape(2, 5, (11, 9), 7, (3, 3), 2, 1),
         shape(2, 6, (9, 11), 9, (1, 1), 2, 0),
     ];
-    let tested = check_mixed_on_every_tile(gpu, "loops", &shapes, TileShape::coop_bytes, |tiling| {
-        Conv2d::mixed_fragments_as_loops(gpu, tiling)
-    });
-    assert!(tested >= 7, "{tested} tile shapes fit");
+    for side in FragmentSide::ALL {
+        let tested =
+            check_mixed_on_every_tile(gpu, &format!("loops {side}"), &shapes, TileShape::coop_bytes, |tiling| {
+                Conv2d::mixed_fragments_as_loops(gpu, tiling, side)
+            });
+        assert!(tested >= 7, "{tested} tile shapes fit");
+    }
 }
 
 /// The batched products of mixed precision (the F(2x2) Winograd convolutions' products; emulated where the adapter
@@ -249,11 +255,20 @@ fn cooperative_matrix_layout_matches_the_core_with_fragments_as_loops() {
 fn gemm_batched_in_mixed_precision_matches_the_core_on_f16_operands() {
     let Some(gpu) = gpu() else { return };
     type Bytes = fn(&TileShape) -> u32;
-    let mixed_bytes: Bytes = if gpu.caps.cooperative_matrix { TileShape::coop_bytes } else { TileShape::f32_bytes };
+    let mixed_bytes: Bytes =
+        if gpu.caps.cooperative_matrix.is_some() { TileShape::coop_bytes } else { TileShape::f32_bytes };
     type Build = fn(&Gpu, ConvTiling) -> Result<Conv2d, String>;
     let mixed: Build = |gpu, tiling| Conv2d::build(gpu, ConvPrecision::Mixed, tiling).map_err(|e| format!("{e:#}"));
-    let loops: Build = |gpu, tiling| Conv2d::mixed_fragments_as_loops(gpu, tiling).map_err(|e| format!("{e:#}"));
-    let builds: [(&str, Build, Bytes); 2] = [("mixed", mixed, mixed_bytes), ("loops", loops, TileShape::coop_bytes)];
+    let loops: Build = |gpu, tiling| {
+        Conv2d::mixed_fragments_as_loops(gpu, tiling, FragmentSide::Sixteen).map_err(|e| format!("{e:#}"))
+    };
+    let loops8: Build =
+        |gpu, tiling| Conv2d::mixed_fragments_as_loops(gpu, tiling, FragmentSide::Eight).map_err(|e| format!("{e:#}"));
+    let builds: [(&str, Build, Bytes); 3] = [
+        ("mixed", mixed, mixed_bytes),
+        ("loops", loops, TileShape::coop_bytes),
+        ("loops 8x8x8", loops8, TileShape::coop_bytes),
+    ];
     let dims = [[3, 70, 45, 130], [2, 9, 300, 33]];
     let (mut worst, mut tested) = (0.0f32, 0);
     for (kind, build, bytes) in builds {
@@ -308,13 +323,19 @@ fn double_buffered_tiles_give_the_single_buffered_bits() {
     let f32_build: Build = |gpu, tiling| Conv2d::build(gpu, ConvPrecision::F32, tiling).map_err(|e| format!("{e:#}"));
     let mixed_build: Build =
         |gpu, tiling| Conv2d::build(gpu, ConvPrecision::Mixed, tiling).map_err(|e| format!("{e:#}"));
-    let loops_build: Build = |gpu, tiling| Conv2d::mixed_fragments_as_loops(gpu, tiling).map_err(|e| format!("{e:#}"));
+    let loops_build: Build = |gpu, tiling| {
+        Conv2d::mixed_fragments_as_loops(gpu, tiling, FragmentSide::Sixteen).map_err(|e| format!("{e:#}"))
+    };
+    let loops8_build: Build =
+        |gpu, tiling| Conv2d::mixed_fragments_as_loops(gpu, tiling, FragmentSide::Eight).map_err(|e| format!("{e:#}"));
     type Bytes = fn(&TileShape) -> u32;
-    let mixed_bytes: Bytes = if gpu.caps.cooperative_matrix { TileShape::coop_bytes } else { TileShape::f32_bytes };
-    let kinds: [(&str, Build, Bytes); 3] = [
+    let mixed_bytes: Bytes =
+        if gpu.caps.cooperative_matrix.is_some() { TileShape::coop_bytes } else { TileShape::f32_bytes };
+    let kinds: [(&str, Build, Bytes); 4] = [
         ("f32", f32_build, TileShape::f32_bytes),
         ("mixed", mixed_build, mixed_bytes),
         ("loops", loops_build, TileShape::coop_bytes),
+        ("loops 8x8x8", loops8_build, TileShape::coop_bytes),
     ];
     // Few shapes for the slow loops: two row tiles, a strided one, a 1x1 one.
     let few = [
@@ -343,7 +364,7 @@ fn double_buffered_tiles_give_the_single_buffered_bits() {
                     Err(e) => panic!("{kind} {double}: {e}"),
                 };
                 let one = build(gpu, tiling(single)).unwrap();
-                let shapes = if kind == "loops" { few.to_vec() } else { shapes() };
+                let shapes = if kind.starts_with("loops") { few.to_vec() } else { shapes() };
                 for s in &shapes {
                     assert_eq!(
                         run_all_ops(gpu, &one, s),
@@ -357,8 +378,8 @@ fn double_buffered_tiles_give_the_single_buffered_bits() {
         }
     }
     // On lavapipe (32 KiB): 3 f32 shapes (64x64x16, 64x128x16, 128x64x16) and as many emulated; the
-    // cooperative-matrix layout in 5 (those and 64x64x32, 128x128x16); each split and not.
-    assert!(compared >= 2 * (3 + 3 + 5), "{compared} comparisons");
+    // cooperative-matrix layout in 5 (those and 64x64x32, 128x128x16) with either fragment side; each split and not.
+    assert!(compared >= 2 * (3 + 3 + 5 + 5), "{compared} comparisons");
 }
 
 /// The bits of `conv`'s `gemm_batched` of 2 x (70 x 45) * (45 x 33) (operands stored as `conv` reads them).

@@ -88,7 +88,7 @@ pub fn kernel_cases(gpu: &Gpu, n: usize, shrink: usize, tile: ConvTileChoice) ->
     // The f32 kernels, and the mixed-precision ones where the adapter has cooperative matrices.
     let mut kinds = vec![("", Conv2d::build(gpu, ConvPrecision::F32, tile.tiling(gpu))?)];
     let winograd = Winograd::new(gpu);
-    if gpu.caps.cooperative_matrix {
+    if gpu.caps.cooperative_matrix.is_some() {
         kinds.push((" (mixed)", Conv2d::build(gpu, ConvPrecision::Mixed, tile.tiling(gpu))?));
     }
     let convs = [

@@ -458,7 +458,7 @@ pub fn tune_settings(gpu: &Gpu, cfg: &IResNetConfig, default: ConvSettings) -> V
     for conv_tile in other_tiles(TileShape::f32_bytes) {
         all.push(ConvSettings { precision: ConvPrecision::F32, conv_tile, ..default });
     }
-    if gpu.caps.cooperative_matrix {
+    if gpu.caps.cooperative_matrix.is_some() {
         let mixed = ConvSettings {
             precision: ConvPrecision::Mixed,
             winograd: None,

@@ -4,6 +4,8 @@ use std::fmt;
 
 use anyhow::{bail, Context, Result};
 
+use super::kernels::conv2d::FragmentSide;
+
 /// How to pick and set up the GPU.
 #[derive(Clone, Debug, Default)]
 pub struct GpuOptions {
@@ -48,8 +50,9 @@ pub struct Capabilities {
     /// GPU timestamps (`TIMESTAMP_QUERY`).
     pub timestamps: bool,
     /// Tensor-core matrices as the mixed-precision convolutions use them (`EXPERIMENTAL_COOPERATIVE_MATRIX` with
-    /// 16x16x16 f16 inputs and f32 accumulators, f16 in shaders, and subgroups of exactly 32 invocations).
-    pub cooperative_matrix: bool,
+    /// f16 inputs and f32 accumulators, f16 in shaders, subgroups of 32 invocations): the side of the fragments
+    /// (see [`coop_fragments`]), or `None`.
+    pub cooperative_matrix: Option<FragmentSide>,
     /// Mixed precision without cooperative matrices ([`GpuOptions::emulate_tensor_cores`] on an adapter that
     /// lacks them): the same f16-rounded operands, exact products, accumulated by f32 fused multiply-adds.
     pub emulated_tensor_cores: bool,
@@ -143,14 +146,13 @@ impl Gpu {
         let available = adapter.features();
         let wanted = wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY;
         let coop = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
-        let coop_f16 = adapter.cooperative_matrix_properties().iter().any(|p| {
-            (p.m_size, p.n_size, p.k_size) == (16, 16, 16)
-                && p.ab_type == wgpu::CooperativeScalarType::F16
-                && p.cr_type == wgpu::CooperativeScalarType::F32
-        });
-        let use_coop = available.contains(coop | wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP)
-            && coop_f16
-            && (info.subgroup_min_size, info.subgroup_max_size) == (32, 32);
+        let fragments = coop_fragments(
+            &adapter.cooperative_matrix_properties(),
+            info.backend,
+            (info.subgroup_min_size, info.subgroup_max_size),
+        )
+        .filter(|_| available.contains(coop | wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP));
+        let use_coop = fragments.is_some();
         let features = (available & wanted) | if use_coop { coop } else { wgpu::Features::empty() };
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
@@ -158,9 +160,10 @@ impl Gpu {
             required_features: features,
             required_limits: limits.clone(),
             // SAFETY: the one experimental feature asked for is the cooperative matrix, used only by the
-            // mixed-precision convolution module, which is compiled only when `use_coop` found the configuration it
-            // uses (16x16x16, f16 inputs, f32 accumulators, subgroups of 32); its results are checked against the
-            // core's convolution of f16-rounded operands by the test suite where such an adapter is present.
+            // mixed-precision convolution module, which is compiled only when `coop_fragments` found a configuration
+            // it uses (16x16x16 or 8x8x8, f16 inputs, f32 accumulators, subgroups of 32); its results are checked
+            // against the core's convolution of f16-rounded operands by the test suite where such an adapter is
+            // present.
             experimental_features: if use_coop {
                 unsafe { wgpu::ExperimentalFeatures::enabled() }
             } else {
@@ -175,7 +178,7 @@ impl Gpu {
             subgroups: features.contains(wgpu::Features::SUBGROUP),
             subgroup_size: (info.subgroup_min_size, info.subgroup_max_size),
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
-            cooperative_matrix: use_coop,
+            cooperative_matrix: fragments,
             emulated_tensor_cores: opts.emulate_tensor_cores && !use_coop,
             max_binding: opts.binding_limit.map_or(max_binding, |l| l.min(max_binding)),
             max_buffer: limits.max_buffer_size,
@@ -238,11 +241,37 @@ impl Gpu {
     }
 }
 
+/// The cooperative-matrix fragments the mixed-precision convolutions can run on, from the adapter's configurations
+/// (`props`), backend and subgroup sizes: 16x16x16 with f16 inputs and f32 accumulators where subgroups are
+/// exactly 32 wide (NVIDIA's tensor cores on Vulkan); else 8x8x8 of the same types on Metal (Apple's simdgroup
+/// matrices: wgpu offers them only on the Apple GPUs that have them, whose simdgroups are 32 wide, and reports
+/// Metal's subgroup sizes as 4..64 without asking the GPU); else `None`.
+pub fn coop_fragments(
+    props: &[wgpu::CooperativeMatrixProperties],
+    backend: wgpu::Backend,
+    (min_subgroup, max_subgroup): (u32, u32),
+) -> Option<FragmentSide> {
+    let offers = |n: u32| {
+        props.iter().any(|p| {
+            (p.m_size, p.n_size, p.k_size) == (n, n, n)
+                && p.ab_type == wgpu::CooperativeScalarType::F16
+                && p.cr_type == wgpu::CooperativeScalarType::F32
+        })
+    };
+    if offers(16) && (min_subgroup, max_subgroup) == (32, 32) {
+        Some(FragmentSide::Sixteen)
+    } else if offers(8) && backend == wgpu::Backend::Metal {
+        Some(FragmentSide::Eight)
+    } else {
+        None
+    }
+}
+
 impl Capabilities {
     /// Whether the convolutions can run in mixed precision: on cooperative matrices, or emulated, with f16 in
     /// shaders for the activations.
     pub fn mixed_precision(&self) -> bool {
-        (self.cooperative_matrix || self.emulated_tensor_cores) && self.f16
+        (self.cooperative_matrix.is_some() || self.emulated_tensor_cores) && self.f16
     }
 }
 
@@ -258,7 +287,10 @@ impl fmt::Display for Capabilities {
             self.subgroup_size.1
         )?;
         writeln!(f, "  timestamps:           {}", yes(self.timestamps))?;
-        writeln!(f, "  cooperative matrix:   {}", yes(self.cooperative_matrix))?;
+        match self.cooperative_matrix {
+            Some(side) => writeln!(f, "  cooperative matrix:   yes ({side} f16 -> f32)")?,
+            None => writeln!(f, "  cooperative matrix:   no")?,
+        }
         if self.emulated_tensor_cores {
             writeln!(f, "  mixed precision:      emulated (f16 operands, f32 arithmetic)")?;
         }
@@ -266,5 +298,44 @@ impl fmt::Display for Capabilities {
         writeln!(f, "  max buffer:           {} MiB", self.max_buffer >> 20)?;
         writeln!(f, "  workgroup memory:     {} KiB", self.max_workgroup_memory >> 10)?;
         write!(f, "  invocations/group:    {}", self.max_invocations)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(
+        n: u32,
+        ab: wgpu::CooperativeScalarType,
+        cr: wgpu::CooperativeScalarType,
+    ) -> wgpu::CooperativeMatrixProperties {
+        wgpu::CooperativeMatrixProperties {
+            m_size: n,
+            n_size: n,
+            k_size: n,
+            ab_type: ab,
+            cr_type: cr,
+            saturating_accumulation: false,
+        }
+    }
+
+    #[test]
+    fn fragments_are_16_on_32_wide_subgroups_and_8_on_metal() {
+        use wgpu::Backend::{Metal, Vulkan};
+        use wgpu::CooperativeScalarType::{F16, F32};
+        // An H200 on Vulkan: 16x16x16 (and others); subgroups of 32.
+        let nvidia = [config(16, F16, F16), config(16, F16, F32), config(8, F16, F32)];
+        assert_eq!(coop_fragments(&nvidia, Vulkan, (32, 32)), Some(FragmentSide::Sixteen));
+        // Subgroups that may be 64 wide (the layout assumes 32): none.
+        assert_eq!(coop_fragments(&nvidia, Vulkan, (32, 64)), None);
+        // What wgpu offers on Apple GPUs: 8x8x8 in f32, f16, and f16 with f32 accumulators.
+        let apple = [config(8, F32, F32), config(8, F16, F16), config(8, F16, F32)];
+        assert_eq!(coop_fragments(&apple, Metal, (4, 64)), Some(FragmentSide::Eight));
+        // 8x8x8 elsewhere, f16 accumulators only, or nothing: none.
+        assert_eq!(coop_fragments(&apple, Vulkan, (32, 32)), None);
+        assert_eq!(coop_fragments(&[config(8, F16, F16)], Metal, (4, 64)), None);
+        assert_eq!(coop_fragments(&[config(16, F16, F16)], Vulkan, (32, 32)), None);
+        assert_eq!(coop_fragments(&[], Vulkan, (32, 32)), None);
     }
 }

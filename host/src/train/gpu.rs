@@ -1999,7 +1999,12 @@ impl<G: Deref<Target = Gpu>> Backend for GpuBackend<G> {
         let mut how = Vec::new();
         if self.precision() == ConvPrecision::Mixed {
             how.push(
-                if self.gpu.caps.cooperative_matrix { "mixed precision" } else { "mixed precision, emulated" }.into(),
+                if self.gpu.caps.cooperative_matrix.is_some() {
+                    "mixed precision"
+                } else {
+                    "mixed precision, emulated"
+                }
+                .into(),
             );
         }
         if let (Some(c), Some(_)) = (self.k.winograd_min_channels, &self.net.winograd) {

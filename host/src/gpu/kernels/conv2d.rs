@@ -121,7 +121,7 @@ const MAX_SPLITS: u32 = 64;
 mod compose {
     include!("conv2d_compose.rs");
 }
-pub use compose::TileShape;
+pub use compose::{FragmentSide, TileShape};
 
 /// Arithmetic of the products.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -522,25 +522,27 @@ impl Conv2d {
     /// mixed precision on an adapter with neither cooperative matrices nor their emulation.
     pub fn build(gpu: &Gpu, precision: ConvPrecision, tiling: ConvTiling) -> Result<Self> {
         let coop = precision == ConvPrecision::Mixed && !gpu.caps.emulated_tensor_cores;
-        Self::compile(gpu, precision, tiling, coop.then_some(compose::Fragments::Cooperative))
+        // The adapter's fragments; an adapter without any is refused in `compile`, naming what it lacks.
+        let side = gpu.caps.cooperative_matrix.unwrap_or(FragmentSide::Sixteen);
+        Self::compile(gpu, precision, tiling, coop.then_some((compose::Fragments::Cooperative, side)))
     }
 
-    /// The mixed-precision kernels as [`Self::build`] composes them for cooperative matrices, with each
-    /// fragment operation done by plain loops instead (each of a subgroup's 32 invocations computing 8 elements of
-    /// an accumulator from the staged tiles): slower, for testing the cooperative-matrix layout generated for
-    /// `tiling`'s tile (its fragment offsets, staging and epilogue) on an adapter without cooperative matrices.
-    /// Errors as [`Self::build`], or where the adapter has no f16 in shaders.
-    pub fn mixed_fragments_as_loops(gpu: &Gpu, tiling: ConvTiling) -> Result<Self> {
-        Self::compile(gpu, ConvPrecision::Mixed, tiling, Some(compose::Fragments::Loops))
+    /// The mixed-precision kernels as [`Self::build`] composes them for cooperative matrices with fragments of
+    /// `side`, with each fragment operation done by plain loops instead (each of a subgroup's 32 invocations
+    /// computing 1/32 of an accumulator from the staged tiles): slower, for testing the cooperative-matrix layout
+    /// generated for `tiling`'s tile and `side` (its fragment offsets, staging and epilogue) on an adapter without
+    /// cooperative matrices (of that side). Errors as [`Self::build`], or where the adapter has no f16 in shaders.
+    pub fn mixed_fragments_as_loops(gpu: &Gpu, tiling: ConvTiling, side: FragmentSide) -> Result<Self> {
+        Self::compile(gpu, ConvPrecision::Mixed, tiling, Some((compose::Fragments::Loops, side)))
     }
 
     /// [`Self::build`]: the f32 tile arithmetic (on f16-rounded operands in mixed precision) without
-    /// `fragments`, else the cooperative-matrix layout with them.
+    /// `fragments`, else the cooperative-matrix layout with them (and fragments of the side given).
     fn compile(
         gpu: &Gpu,
         precision: ConvPrecision,
         tiling: ConvTiling,
-        fragments: Option<compose::Fragments>,
+        fragments: Option<(compose::Fragments, FragmentSide)>,
     ) -> Result<Self> {
         let caps = &gpu.caps;
         tiling.tile.validate().map_err(|e| anyhow!(e))?;
@@ -548,12 +550,15 @@ impl Conv2d {
         if precision == ConvPrecision::Mixed && !caps.f16 {
             bail!("{} has no f16 in shaders: mixed precision stores its activations in f16", gpu.info.name);
         }
-        if fragments == Some(compose::Fragments::Cooperative) && !caps.cooperative_matrix {
-            bail!(
-                "{} has no cooperative matrices with 16x16x16 f16 inputs, f32 accumulators and subgroups of 32: \
-                 mixed precision is not available on it (use f32)",
-                gpu.info.name
-            );
+        if let Some((compose::Fragments::Cooperative, side)) = fragments {
+            if caps.cooperative_matrix != Some(side) {
+                bail!(
+                    "{} has no cooperative matrices with {side} f16 inputs, f32 accumulators and subgroups of 32 \
+                     (16x16x16 with subgroups of exactly 32 on Vulkan, 8x8x8 on Metal): mixed precision is not \
+                     available on it (use f32)",
+                    gpu.info.name
+                );
+            }
         }
         let shapes = [Some(tiling.tile), (tiling.short_tiles && tiling.tile.rows != 64).then(|| tiling.tile.short())];
         let mut compiled = shapes.into_iter().flatten().map(|shape| {
@@ -571,10 +576,10 @@ impl Conv2d {
                 (ConvPrecision::Mixed, None) => {
                     (format!("conv2d.wgsl (f16 operands, {shape})"), compose::compose_emulated(SOURCE, shape))
                 }
-                (ConvPrecision::Mixed, Some(fragments)) => {
+                (ConvPrecision::Mixed, Some((fragments, side))) => {
                     let fragment = include_str!("../../../../shaders/conv2d_coop.wgsl.in");
-                    let source = compose::compose_coop(SOURCE, fragment, shape, fragments);
-                    (format!("conv2d.wgsl (mixed precision, {shape}, {fragments:?})"), source)
+                    let source = compose::compose_coop(SOURCE, fragment, shape, fragments, side);
+                    (format!("conv2d.wgsl (mixed precision, {shape}, {side} fragments, {fragments:?})"), source)
                 }
             };
             let source = match precision {
@@ -803,6 +808,35 @@ mod tests {
         assert!("128x64x16x2x2".parse::<TileShape>().is_err());
         assert!("128x64xsixteen".parse::<TileShape>().is_err());
         assert!("big".parse::<ConvTileChoice>().is_err());
+    }
+
+    #[test]
+    fn fragment_sides_cover_each_subgroups_blocks_and_depth() {
+        use compose::{coop_sections, Fragments};
+        let shape = TileShape::new(128, 64, 32);
+        for (side, per_block, steps) in [(FragmentSide::Sixteen, 1, 2), (FragmentSide::Eight, 4, 4)] {
+            let (clear, multiply, finish) = coop_sections(shape, Fragments::Cooperative, side);
+            let n = side.n();
+            // 2 x 2 blocks of 16 x 16 per subgroup (128 / 64 rows, 64 / 32 columns), each as `per_block` fragments.
+            let accumulators = 2 * 2 * per_block;
+            assert_eq!(clear.matches(&format!("coop_mat{n}x{n}<f32, C>()")).count(), accumulators, "{side}");
+            // The depth 32 in steps of `n`, every accumulator multiplied once per step.
+            assert_eq!(multiply.matches("        {\n").count(), steps, "{side}");
+            assert_eq!(multiply.matches("coopMultiplyAdd").count(), steps * accumulators, "{side}");
+            assert_eq!(
+                multiply.matches(&format!("coopLoad<coop_mat{n}x{n}<f16, A>>")).count(),
+                steps * 2 * (16 / n as usize),
+                "{side}"
+            );
+            let last = format!("(buf_row + {}u) * LDA", 32 - n);
+            assert!(multiply.contains(&last), "{side}: the last step begins at depth row {}", 32 - n);
+            // Every accumulator stored once, at its place in the staged 64 x 32 block.
+            assert_eq!(finish.matches("coopStoreT").count(), accumulators, "{side}");
+        }
+        let (_, _, finish) = coop_sections(shape, Fragments::Cooperative, FragmentSide::Eight);
+        for at in ["s0 + 0u", "s0 + 8u", "s0 + 256u", "s0 + 264u"] {
+            assert!(finish.contains(&format!("&c_s[{at}]")), "an 8 x 8 fragment stored at {at}");
+        }
     }
 
     #[test]

@@ -172,90 +172,120 @@ pub fn compose_emulated(base: &str, shape: TileShape) -> Result<String, String> 
 pub const COOP_STAGE_ROWS: u32 = 64;
 pub const COOP_STAGE_COLS: u32 = 32;
 
-/// How the 16 x 16 fragments of the mixed-precision module are held and multiplied.
+/// The cooperative-matrix fragments the mixed-precision module multiplies: square, f16 operands and f32
+/// accumulators, on subgroups of 32 invocations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FragmentSide {
+    /// 16 x 16 x 16: NVIDIA's tensor cores through Vulkan's cooperative matrices.
+    Sixteen,
+    /// 8 x 8 x 8: Apple's simdgroup matrices through Metal.
+    Eight,
+}
+
+impl FragmentSide {
+    /// Both sides, the larger first.
+    pub const ALL: [FragmentSide; 2] = [FragmentSide::Sixteen, FragmentSide::Eight];
+
+    /// Rows (and columns, and depth) of a fragment.
+    pub fn n(self) -> u32 {
+        match self {
+            FragmentSide::Sixteen => 16,
+            FragmentSide::Eight => 8,
+        }
+    }
+}
+
+impl std::fmt::Display for FragmentSide {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.n();
+        write!(f, "{n}x{n}x{n}")
+    }
+}
+
+/// How the fragments of the mixed-precision module are held and multiplied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fragments {
     /// Cooperative matrices (tensor cores): what mixed precision runs.
     Cooperative,
     /// The same layout and calls with the fragment operations as plain loops (the LOOPS section of
-    /// `conv2d_coop.wgsl.in`: each of a subgroup's 32 invocations holds 8 elements of each accumulator and
-    /// multiplies from the staged tiles where the loaded fragments point): slower, for testing the generated
-    /// layout, its staging and epilogue, on adapters without cooperative matrices.
+    /// `conv2d_coop.wgsl.in`: each of a subgroup's 32 invocations holds 1/32 of each accumulator, 8 elements of a
+    /// 16 x 16 one or 2 of an 8 x 8 one, and multiplies from the staged tiles where the loaded fragments point):
+    /// slower, for testing the generated layout, its staging and epilogue, on adapters without cooperative
+    /// matrices.
     Loops,
 }
 
-/// The cooperative-matrix sections for `shape` (see `conv2d_coop.wgsl.in`, LAYOUT): `(CLEAR, MULTIPLY, FINISH)`.
-/// Subgroup `s` (of 8) holds the 16 x 16 fragments at rows `(s / 2) * 16 + 64 g` and columns
-/// `(s % 2) * 16 + 32 f` (`g < TM / 4`, `f < TN / 2`) in accumulators `c{g}_{f}`: each 64 x 32 block of the tile
-/// is spread over all 8 subgroups, one fragment each, so that the epilogue can stage one block at a time.
-/// MULTIPLY reads the depth rows `buf_row ..` of the staged tiles (the buffer of the depth step, see
-/// `conv2d.wgsl`).
-pub fn coop_sections(shape: TileShape, fragments: Fragments) -> (String, String, String) {
-    let (gs, fs, ks) = (shape.rows / 64, shape.cols / 32, shape.depth / 16);
+/// The cooperative-matrix sections for `shape` with fragments of `side` (see `conv2d_coop.wgsl.in`, LAYOUT):
+/// `(CLEAR, MULTIPLY, FINISH)`. Subgroup `s` (of 8) holds the 16 x 16 blocks at rows `(s / 2) * 16 + 64 g` and
+/// columns `(s % 2) * 16 + 32 f` (`g < TM / 4`, `f < TN / 2`), each as one 16 x 16 fragment or 2 x 2 fragments of
+/// 8 x 8, in accumulators `c{g}_{f}_{i}{j}` (fragment `(i, j)` of the block): each 64 x 32 block of the tile is
+/// spread over all 8 subgroups, so that the epilogue can stage one block at a time. MULTIPLY reads the depth rows
+/// `buf_row ..` of the staged tiles (the buffer of the depth step, see `conv2d.wgsl`), `side` at a time.
+pub fn coop_sections(shape: TileShape, fragments: Fragments, side: FragmentSide) -> (String, String, String) {
+    let n = side.n();
+    let (gs, fs, ks, per) = (shape.rows / 64, shape.cols / 32, shape.depth / n, 16 / n);
     let coop = fragments == Fragments::Cooperative;
-    let zero = if coop { "coop_mat16x16<f32, C>()" } else { "Fragment()" };
-    let load_a = |i: &str| {
-        if coop {
-            format!("coopLoad<coop_mat16x16<f16, A>>(&a_h[{i}], LDA)")
-        } else {
-            format!("fragment_load_a({i})")
-        }
+    let mat = |elem: &str, role: &str| format!("coop_mat{n}x{n}<{elem}, {role}>");
+    let zero = if coop { format!("{}()", mat("f32", "C")) } else { "Fragment()".to_string() };
+    let load_a = |i: &str| match coop {
+        true => format!("coopLoad<{}>(&a_h[{i}], LDA)", mat("f16", "A")),
+        false => format!("fragment_load_a({i})"),
     };
-    let load_b = |i: &str| {
-        if coop {
-            format!("coopLoadT<coop_mat16x16<f16, B>>(&b_h[{i}], LDB)")
-        } else {
-            format!("fragment_load_b({i})")
-        }
+    let load_b = |i: &str| match coop {
+        true => format!("coopLoadT<{}>(&b_h[{i}], LDB)", mat("f16", "B")),
+        false => format!("fragment_load_b({i})"),
     };
-    let mma = |a: &str, b: &str, c: &str| {
-        if coop {
-            format!("coopMultiplyAdd({a}, {b}, {c})")
-        } else {
-            format!("fragment_multiply_add({a}, {b}, {c}, lid)")
-        }
+    let mma = |a: &str, b: &str, c: &str| match coop {
+        true => format!("coopMultiplyAdd({a}, {b}, {c})"),
+        false => format!("fragment_multiply_add({a}, {b}, {c}, lid)"),
     };
-    let store = |c: &str, i: &str| {
-        if coop {
-            format!("coopStoreT({c}, &c_s[{i}], STAGE_COLS)")
-        } else {
-            format!("fragment_store({c}, {i}, lid)")
-        }
+    let store = |c: &str, i: &str| match coop {
+        true => format!("coopStoreT({c}, &c_s[{i}], STAGE_COLS)"),
+        false => format!("fragment_store({c}, {i}, lid)"),
     };
     let mut clear = String::from("    let sg_r = ((lid / 32u) / 2u) * 16u;\n");
     clear += "    let sg_q = ((lid / 32u) % 2u) * 16u;\n";
     for g in 0..gs {
         for f in 0..fs {
-            clear += &format!("    var c{g}_{f} = {zero};\n");
+            for (i, j) in (0..per).flat_map(|i| (0..per).map(move |j| (i, j))) {
+                clear += &format!("    var c{g}_{f}_{i}{j} = {zero};\n");
+            }
         }
     }
     let mut multiply = String::new();
     for k in 0..ks {
         multiply += "        {\n";
-        for g in 0..gs {
-            multiply += &format!("            let ia{g} = (buf_row + {}u) * LDA + sg_r + {}u;\n", 16 * k, 64 * g);
-            multiply += &format!("            let a{g} = {};\n", load_a(&format!("ia{g}")));
+        for (g, i) in (0..gs).flat_map(|g| (0..per).map(move |i| (g, i))) {
+            let row = 64 * g + n * i;
+            multiply += &format!("            let ia{g}{i} = (buf_row + {}u) * LDA + sg_r + {row}u;\n", n * k);
+            multiply += &format!("            let a{g}{i} = {};\n", load_a(&format!("ia{g}{i}")));
         }
-        for f in 0..fs {
-            multiply += &format!("            let ib{f} = (buf_row + {}u) * LDB + sg_q + {}u;\n", 16 * k, 32 * f);
-            multiply += &format!("            let b{f} = {};\n", load_b(&format!("ib{f}")));
+        for (f, j) in (0..fs).flat_map(|f| (0..per).map(move |j| (f, j))) {
+            let col = 32 * f + n * j;
+            multiply += &format!("            let ib{f}{j} = (buf_row + {}u) * LDB + sg_q + {col}u;\n", n * k);
+            multiply += &format!("            let b{f}{j} = {};\n", load_b(&format!("ib{f}{j}")));
         }
         for g in 0..gs {
             for f in 0..fs {
-                let c = format!("c{g}_{f}");
-                multiply += &format!("            {c} = {};\n", mma(&format!("a{g}"), &format!("b{f}"), &c));
+                for (i, j) in (0..per).flat_map(|i| (0..per).map(move |j| (i, j))) {
+                    let c = format!("c{g}_{f}_{i}{j}");
+                    multiply += &format!("            {c} = {};\n", mma(&format!("a{g}{i}"), &format!("b{f}{j}"), &c));
+                }
             }
         }
         multiply += "        }\n";
     }
-    // Block (g, f), rows 64 g .., columns 32 f ..: every subgroup stores its fragment c{g}_{f}, then the
+    // Block (g, f), rows 64 g .., columns 32 f ..: every subgroup stores its fragments of the block, then the
     // invocations whose 4 columns lie in it (tx / 8 = f % 2, in the 64-column group f / 2 of `acc`) read their
     // 4 x 4 elements.
     let mut finish = String::from("    {\n        let tx = lid % 16u;\n        let ty = lid / 16u;\n");
     finish += "        let s0 = sg_r * STAGE_COLS + sg_q;\n";
     for g in 0..gs {
         for f in 0..fs {
-            finish += &format!("        {};\n", store(&format!("c{g}_{f}"), "s0"));
+            for (i, j) in (0..per).flat_map(|i| (0..per).map(move |j| (i, j))) {
+                let at = format!("s0 + {}u", n * i * COOP_STAGE_COLS + n * j);
+                finish += &format!("        {};\n", store(&format!("c{g}_{f}_{i}{j}"), &at));
+            }
             finish += "        workgroupBarrier();\n";
             finish += &format!("        if tx / 8u == {}u {{\n", f % 2);
             finish += "            for (var e = 0u; e < 4u; e++) {\n";
@@ -269,10 +299,19 @@ pub fn coop_sections(shape: TileShape, fragments: Fragments) -> (String, String,
     (clear, multiply, finish)
 }
 
+/// The line of the LOOPS section of `conv2d_coop.wgsl.in` that sets the side of its fragments.
+pub const LOOPS_SIDE_LINE: &str = "const FRAG: u32 = 16u;";
+
 /// The mixed-precision module: `base` with the tile shape `shape` and the sections of `fragment`
 /// (`// @@ ENABLE`, `TILES`, and for [`Fragments::Loops`] `F16` and `LOOPS` instead of `ENABLE`) and of
-/// [`coop_sections`] in place of the f32 tile arithmetic.
-pub fn compose_coop(base: &str, fragment: &str, shape: TileShape, fragments: Fragments) -> Result<String, String> {
+/// [`coop_sections`] for fragments of `side` in place of the f32 tile arithmetic.
+pub fn compose_coop(
+    base: &str,
+    fragment: &str,
+    shape: TileShape,
+    fragments: Fragments,
+    side: FragmentSide,
+) -> Result<String, String> {
     let section = |name: &str| -> Result<&str, String> {
         let marker = format!("// @@ {name}\n");
         let start = fragment.find(&marker).ok_or(format!("conv2d_coop.wgsl.in has no `{}`", marker.trim()))?;
@@ -287,10 +326,17 @@ pub fn compose_coop(base: &str, fragment: &str, shape: TileShape, fragments: Fra
     };
     let tiles = match fragments {
         Fragments::Cooperative => section("TILES")?.to_string(),
-        Fragments::Loops => format!("{}{}", section("TILES")?, section("LOOPS")?),
+        Fragments::Loops => {
+            let loops = section("LOOPS")?;
+            if !loops.contains(LOOPS_SIDE_LINE) {
+                return Err(format!("conv2d_coop.wgsl.in's LOOPS no longer declares `{LOOPS_SIDE_LINE}`"));
+            }
+            let loops = loops.replace(LOOPS_SIDE_LINE, &format!("const FRAG: u32 = {}u;", side.n()));
+            format!("{}{loops}", section("TILES")?)
+        }
     };
     s.replace_range(b..e, &tiles);
-    let (clear, multiply, finish) = coop_sections(shape, fragments);
+    let (clear, multiply, finish) = coop_sections(shape, fragments, side);
     let calls =
         [("clear_acc();\n", clear), ("multiply_tiles(lid, buf_row);\n", multiply), ("finish_tiles(lid);\n", finish)];
     for (call, body) in calls {
