@@ -146,21 +146,9 @@ impl Tensors {
         read(gpu, y)
     }
 
-    /// The backward with `fusion` from `dy` (the saved statistics as the last `train` left them): (dx, dgamma,
-    /// dbeta), dx stored as f32.
+    /// The backward with `fusion` from `dy` (the saved statistics as the last `train` left them) into dx stored as
+    /// `dx_elem`: (dx, dgamma, dbeta).
     fn backward(
-        &self,
-        gpu: &Gpu,
-        k: &BatchNormKernels,
-        c: &Case,
-        fusion: BackwardFusion<'_>,
-        dy: &Tensor,
-    ) -> [Vec<f32>; 3] {
-        self.backward_into(gpu, k, c, fusion, dy, Elem::F32)
-    }
-
-    /// [`Self::backward`] with dx stored as `dx_elem`.
-    fn backward_into(
         &self,
         gpu: &Gpu,
         k: &BatchNormKernels,
@@ -271,10 +259,10 @@ fn fused_backwards_match_the_unfused_kernels_and_the_core() {
         let d = prelu.backward(gpu, &s, &z, &t.alpha, &t.dz, &dy, &dalpha, &t.prelu_scratch).unwrap();
         run(gpu, &d);
         let want_dalpha = read(gpu, &dalpha);
-        let want = t.backward(gpu, &k, &c, BackwardFusion::None, &dy);
+        let want = t.backward(gpu, &k, &c, BackwardFusion::None, &dy, Elem::F32);
         let got_dalpha = gpu.zeros("fused dalpha", &[s.c]);
         let fusion = BackwardFusion::Prelu { beta: &t.beta, alpha: &t.alpha, dalpha: &got_dalpha };
-        let got = t.backward(gpu, &k, &c, fusion, &t.dz);
+        let got = t.backward(gpu, &k, &c, fusion, &t.dz, Elem::F32);
         for (name, g, w) in [("dx", &got[0], &want[0]), ("dgamma", &got[1], &want[1]), ("dbeta", &got[2], &want[2])] {
             assert_within_scale(&format!("prelu backward {name} {s:?}"), g, w, slack);
         }
@@ -319,10 +307,10 @@ fn fused_backwards_match_the_unfused_kernels_and_the_core() {
         check_sums("prelu backward dalpha", &s, &got_dalpha, &da, &slope_terms, TOL);
 
         // The accumulation: the batch norm backward from dz, then `accumulate` of the residual, against the fused.
-        let plain = t.backward(gpu, &k, &c, BackwardFusion::None, &t.dz);
+        let plain = t.backward(gpu, &k, &c, BackwardFusion::None, &t.dz, Elem::F32);
         let plain_dx = gpu.upload("plain dx", &full, &plain[0]);
         run(gpu, &[residual.accumulate(gpu, &plain_dx, &t.residual).unwrap()]);
-        let got = t.backward(gpu, &k, &c, BackwardFusion::Accumulate(&t.residual), &t.dz);
+        let got = t.backward(gpu, &k, &c, BackwardFusion::Accumulate(&t.residual), &t.dz, Elem::F32);
         assert_within_scale(&format!("accumulate dx {s:?}"), &got[0], &read(gpu, &plain_dx), slack);
         assert_eq!(got[1..], plain[1..], "accumulate dgamma, dbeta {s:?}");
         nn::batchnorm_backward_accumulate(
@@ -464,10 +452,10 @@ fn f16_activations_give_the_f32_kernels_results_on_the_rounded_values() {
             }
         }
         for which in 0..3 {
-            let want = t.backward(gpu, &k, &c, fusion(&t, which, &dalpha[0], &t.residual), &t.dz);
+            let want = t.backward(gpu, &k, &c, fusion(&t, which, &dalpha[0], &t.residual), &t.dz, Elem::F32);
             for (dy, dx_elem) in [(&t.dz, Elem::F32), (&t.dz, Elem::F16), (&dz16, Elem::F32), (&dz16, Elem::F16)] {
                 let other = if dx_elem == Elem::F16 { &half.residual } else { &t.residual };
-                let got = half.backward_into(gpu, &k, &c, fusion(&half, which, &dalpha[1], other), dy, dx_elem);
+                let got = half.backward(gpu, &k, &c, fusion(&half, which, &dalpha[1], other), dy, dx_elem);
                 let what = format!("backward {which}, dy {}, dx {dx_elem}, {s:?}", dy.elem);
                 let want_dx = if dx_elem == Elem::F16 { rounded(&want[0]) } else { want[0].clone() };
                 assert_eq!(bits(&got[0]), bits(&want_dx), "dx, {what}");
