@@ -68,11 +68,12 @@
 // bounds checks.
 //
 // ACTIVATIONS. The forward values a network keeps (x of forward and backward_weight, y of forward), their
-// gradients (dy of both backward kernels, dx of backward_data), and the operands of gemm_batched, are stored as
-// `Act`: f32 here, f16 in the mixed-precision module (the host rewrites the alias and enables f16; see
-// `ACT_LINE` in conv2d_compose.rs). Every tile operand is converted to f32 as it is loaded and every result
-// rounded to Act as it is stored; weights, their gradients, gemm_batched's products and split partial sums stay
-// f32.
+// gradients (dy of both backward kernels, dx of backward_data), the weight the forward and backward_data passes
+// read (in mixed precision a copy rounded to f16, as the tensor cores would round it), and the operands of
+// gemm_batched, are stored as `Act`: f32 here, f16 in the mixed-precision module (the host rewrites the alias
+// and enables f16; see `ACT_LINE` in conv2d_compose.rs). Every tile operand is converted to f32 as it is loaded
+// and every result rounded to Act as it is stored; the weight gradient, gemm_batched's products and split
+// partial sums stay f32.
 //
 // TM, TN (rows and columns per invocation, 4 or 8), BK (16 or 32) and BUFFERS (1 or 2) are rewritten by the host
 // before compiling (see `TileShape` in conv2d_compose.rs); everything else derives from them.
@@ -299,7 +300,7 @@ fn advance(v: vec3<u32>, step: vec3<u32>, mid_radix: u32, lo_radix: u32) -> vec3
 // with splits, y_split instead: slices of a scratch (SPLITS, N, C_OUT, HO, WO) (bound in every dispatch, at
 // least one element).
 @group(0) @binding(1) var<storage, read> x: array<Act>;
-@group(0) @binding(2) var<storage, read> weight: array<f32>;
+@group(0) @binding(2) var<storage, read> weight: array<Act>;
 @group(0) @binding(3) var<storage, read_write> y: array<Act>;
 @group(0) @binding(4) var<storage, read_write> y_split: array<f32>;
 
@@ -352,7 +353,7 @@ fn conv2d_forward(
                 let m = origin.x + lid / BK + A_STRIDE * i;
                 var v = 0.0;
                 if m < p.m && k < k_end {
-                    v = weight[m * p.k + k];
+                    v = f32(weight[m * p.k + k]);
                 }
                 next_a[i] = v;
             }
@@ -471,7 +472,7 @@ fn conv2d_backward_data(
                 let m = origin.x + lid / BK + A_STRIDE * i;
                 var v = 0.0;
                 if m < p.m && ka_ok {
-                    v = weight[((a_tap.x * p.c_in + m) * p.kh + kh) * p.kw + kw];
+                    v = f32(weight[((a_tap.x * p.c_in + m) * p.kh + kh) * p.kw + kw]);
                 }
                 next_a[i] = v;
             }

@@ -6,6 +6,7 @@
 //! values in another order (blocks that straddle tensors), so it is compared with the core's `f64` sum at 2e-6
 //! relative, the bound `gpu_sgd` derives for the `f32` block sums.
 
+use elasticface::gpu::kernels::precision::RoundToF16;
 use elasticface::gpu::kernels::sgd::{sum_of_squares_partials, GradClip, SgdKernels, CLIP_COEFFICIENT};
 use elasticface::gpu::kernels::Dispatch;
 use elasticface::gpu::{Elem, Gpu, GpuOptions, Packed, Tensor};
@@ -34,7 +35,8 @@ fn group_of<'a>(packed: &'a Packed, part: &Tensor) -> &'a Tensor {
 #[test]
 fn packed_parts_are_aligned_ranges_of_a_few_buffers() {
     let Some(gpu) = limited_gpu() else { return };
-    let align = u64::from(gpu.caps.storage_offset_alignment.max(4));
+    // Twice the storage alignment, so that the same elements of an f16 copy can be bound too.
+    let align = 2 * u64::from(gpu.caps.storage_offset_alignment.max(4));
     let packed = gpu.packed("p", &shapes("part")).unwrap();
     assert_eq!(packed.parts.len(), 7);
     assert!(packed.groups.len() >= 3, "{} groups under a 256-float limit", packed.groups.len());
@@ -63,6 +65,29 @@ fn packed_parts_are_aligned_ranges_of_a_few_buffers() {
         packed.groups.iter().map(|g| g.len).collect::<Vec<_>>(),
         again.groups.iter().map(|g| g.len).collect::<Vec<_>>()
     );
+
+    // Each part's elements in an f16 copy of its group: bound alone at an aligned offset, holding the part's
+    // values rounded (as mixed precision's copy of the weights does).
+    let round = RoundToF16::new(&gpu);
+    let values: Vec<Vec<f32>> = packed.groups.iter().map(|g| uniform(g.len as u64, g.len)).collect();
+    let copies: Vec<Tensor> =
+        packed.groups.iter().map(|g| gpu.zeros_as(&format!("{} (f16)", g.label), &[g.len], Elem::F16)).collect();
+    for ((g, v), copy) in packed.groups.iter().zip(&values).zip(&copies) {
+        gpu.write(g, v).unwrap();
+        gpu.run(&[&round.run(&gpu, g, copy).unwrap()]).unwrap();
+    }
+    for part in &packed.parts {
+        let g = packed.groups.iter().position(|g| g.buffer == part.buffer).unwrap();
+        let half = part.same_part_of(&packed.groups[g], &copies[g]).unwrap();
+        assert_eq!((half.len, &half.shape, half.elem), (part.len, &part.shape, Elem::F16), "{}", part.label);
+        assert_eq!(half.offset % (align / 2), 0, "{} at byte {} of the copy", part.label, half.offset);
+        let first = (part.offset / 4) as usize;
+        let mut want = values[g][first..first + part.len].to_vec();
+        elasticface_core::nn::round_to_f16(&mut want);
+        assert_eq!(gpu.read_f32(&half).unwrap(), want, "{}", part.label);
+    }
+    let other = gpu.zeros("elsewhere", &[4]);
+    assert!(packed.parts[0].same_part_of(&other, &copies[0]).is_err(), "a part of another buffer");
 
     // One part alone larger than a binding is refused by name.
     let Err(err) = gpu.packed("p", &[("small".into(), vec![4]), ("huge".into(), vec![257])]) else {

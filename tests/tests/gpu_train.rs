@@ -531,6 +531,11 @@ fn a_non_finite_input_is_refused_before_the_gpu() {
     assert!(format!("{err:#}").contains("`input` holds a non-finite value at element 7"), "{err:#}");
 }
 
+/// The adapter's storage offset alignment, bytes.
+fn storage_alignment(gpu: &Gpu) -> u64 {
+    u64::from(gpu.caps.storage_offset_alignment.max(4))
+}
+
 #[test]
 fn setup_is_checked_and_memory_follows_the_formula() {
     let Some(gpu) = gpu() else { return };
@@ -556,16 +561,22 @@ fn setup_is_checked_and_memory_follows_the_formula() {
     let f16_buffers = 4 * 2 * gradient_buffer_len(&TINY, b, Elem::F16) as u64;
     assert_eq!(g.memory().gradient_buffers, f16_buffers);
     assert!(f16_buffers < m.gradient_buffers);
+    // And the direct convolutions' weights: an f16 copy of the trainable values, gaps included.
+    let (trainable, gap) = ((TINY.parameter_count() - TINY.embedding) as u64, 2 * storage_alignment(gpu));
+    let copy = g.memory().parameters - m.parameters;
+    assert!((2 * trainable..2 * trainable + gap * TINY.tensors().count() as u64).contains(&copy), "{copy} bytes");
     assert!(2 * gradient_buffer_len(&TINY, b, Elem::F16) >= 4 * b * TINY.embedding.max(TINY.fc_inputs()));
     g.set_precision(f32).unwrap();
     assert_eq!(g.memory().activations, activation_bytes(&TINY, b, Some(1), f32));
     assert_eq!(g.memory().gradient_buffers, m.gradient_buffers);
+    assert_eq!(g.memory().parameters, m.parameters);
     g.set_winograd(None).unwrap();
     assert_eq!(m.gradient_buffers, 4 * 4 * gradient_buffer_len(&TINY, b, Elem::F32) as u64);
-    // The state, and a gradient and momentum per trainable float; packed tensors start aligned, so each of the three
-    // packs' tensors and the running statistics may leave a gap shorter than the alignment before the next.
+    // The state, and a gradient and momentum per trainable float; packed tensors start at twice the storage alignment,
+    // so each of the three packs' tensors and the running statistics may leave a gap shorter than that before the
+    // next.
     let exact = 4 * (TINY.state_len() + 2 * (TINY.parameter_count() - TINY.embedding)) as u64;
-    let gaps = 3 * TINY.tensors().count() as u64 * u64::from(gpu.caps.storage_offset_alignment);
+    let gaps = 3 * TINY.tensors().count() as u64 * 2 * storage_alignment(gpu);
     assert!((exact..exact + gaps).contains(&m.parameters), "{m:?}: {exact} bytes and gaps of at most {gaps}");
     assert_eq!(g.device(), gpu.info.name);
     eprintln!("tiny net, batch {b}: {} dispatches per step, memory {m:?}", g.dispatches_per_step());

@@ -105,19 +105,20 @@ pub fn kernel_cases(gpu: &Gpu, n: usize, shrink: usize, tile: ConvTileChoice) ->
     {
         let hw = (hw / shrink).max(k);
         let s = Conv2dShape { n, c_in, h: hw, w: hw, c_out, kh: k, kw: k, stride, pad };
-        // The activations x and y as the kernels store them (f16 in mixed precision); gradients in f32.
+        // The activations, their gradients and the weight the direct kernels read as the kernels store them (f16
+        // in mixed precision); the weight gradient (and the weight Winograd transforms) in f32.
         let act = conv.activations();
         let (x, y) = (gpu.zeros_as("x", &[s.input_len()], act), gpu.zeros_as("y", &[s.output_len()], act));
-        let (dx, dy) = (gpu.zeros("dx", &[s.input_len()]), gpu.zeros("dy", &[s.output_len()]));
-        let w = gpu.zeros("w", &[s.weight_len()]);
+        let (dx, dy) = (gpu.zeros_as("dx", &[s.input_len()], act), gpu.zeros_as("dy", &[s.output_len()], act));
+        let (w, w_read) = (gpu.zeros("w", &[s.weight_len()]), gpu.zeros_as("w (as read)", &[s.weight_len()], act));
         let scratch = gpu.zeros("scratch", &[conv.scratch_len(gpu, &s)?.max(1)]);
         let shape = format!("N={n} {c_in}->{c_out} {hw}x{hw} k{k} s{stride}");
         let flops = conv2d::flops(&s) as f64;
-        let bytes = (x.bytes() + w.bytes() + y.bytes()) as f64;
-        let mut ops = vec![("conv2d_forward", conv.forward(gpu, &s, &x, &w, &y, &scratch)?)];
+        let bytes = (x.bytes() + w_read.bytes() + y.bytes()) as f64;
+        let mut ops = vec![("conv2d_forward", conv.forward(gpu, &s, &x, &w_read, &y, &scratch)?)];
         // Training never needs the input image's gradient: the stem runs no backward_data.
         if c_in != 3 {
-            ops.push(("conv2d_backward_data", conv.backward_data(gpu, &s, &dy, &w, &dx, &scratch)?));
+            ops.push(("conv2d_backward_data", conv.backward_data(gpu, &s, &dy, &w_read, &dx, &scratch)?));
         }
         ops.push(("conv2d_backward_weight", conv.backward_weight(gpu, &s, &dy, &x, &w, &scratch)?));
         // The Winograd passes of the 3x3 stride-1 layers, F(2x2) (`winograd_*`) and F(4x4) (`winograd4_*`),

@@ -100,6 +100,23 @@ impl Tensor {
         self.view_as(label, shape, self.elem)
     }
 
+    /// This part of a packed group (`group`, laid out by [`Gpu::packed`]) seen at the same elements of `copy`, a
+    /// tensor as long as the group that holds the group's elements otherwise stored (e.g. in f16): the same element
+    /// offset, shape and label, `copy`'s buffer and element type. Errors unless this part lies in `group` and
+    /// `copy` is as long.
+    pub fn same_part_of(&self, group: &Tensor, copy: &Tensor) -> Result<Tensor> {
+        if self.buffer != group.buffer || self.offset < group.offset || copy.len != group.len {
+            bail!("{}: not a part of {} (or {} is not a copy of it)", self.label, group.label, copy.label);
+        }
+        let first = ((self.offset - group.offset) / self.elem.size()) as usize;
+        if first + self.len > group.len {
+            bail!("{}: elements {first}.. lie beyond {}", self.label, group.label);
+        }
+        let offset = copy.offset + first as u64 * copy.elem.size();
+        let (shape, label) = (self.shape.clone(), self.label.clone());
+        Ok(Tensor { buffer: copy.buffer.clone(), offset, shape, len: self.len, elem: copy.elem, label })
+    }
+
     /// [`Self::view`] with elements of `elem`: the first bytes of this tensor, as many as `shape` of `elem`
     /// take (e.g. f16 values in a buffer of f32 gradients). Errors when they are more than the tensor's bytes.
     pub fn view_as(&self, label: &str, shape: &[usize], elem: Elem) -> Result<Tensor> {
@@ -288,13 +305,15 @@ pub struct Packed {
 impl Gpu {
     /// Zero-filled tensors of the given labels and shapes, packed into shared buffers.
     ///
-    /// Every part starts at a multiple of the adapter's storage offset alignment, so it can be bound alone. A group
+    /// Every part starts at a multiple of twice the adapter's storage offset alignment, so it can be bound alone,
+    /// and so can the same elements of a copy of its group in f16 ([`Tensor::same_part_of`]: half the bytes,
+    /// offsets still multiples of the alignment; mixed precision's copy of the weights). A group
     /// holds consecutive parts and at most the largest binding (and buffer) in bytes. Given the same shapes, the
     /// layout is the same: tensors packed alike can be updated group by group together (a parameter, its gradient
     /// and its momentum). Errors when one part alone exceeds a binding.
     pub fn packed(&self, label: &str, parts: &[(String, Vec<usize>)]) -> Result<Packed> {
         let limit = self.caps.max_binding.min(self.caps.max_buffer) / 4;
-        let align = (self.caps.storage_offset_alignment.max(4) / 4) as usize;
+        let align = (2 * self.caps.storage_offset_alignment.max(4) / 4) as usize;
         // Elements of each group so far, and each part's (group, element offset).
         let mut ends: Vec<usize> = Vec::new();
         let mut places = Vec::with_capacity(parts.len());

@@ -65,11 +65,14 @@
 //!
 //! The backbone's trainable tensors are packed into shared buffers, as few as the binding limit allows
 //! ([`Gpu::packed`](crate::gpu::Gpu::packed); one for r100 where a binding holds 2 GiB), and so are their gradients
-//! and momentum, in the same layout; so are the running statistics. Each tensor starts at the adapter's storage
-//! offset alignment (the gaps cost at most that per tensor). The rest has a buffer per tensor. Any tensor larger
-//! than one storage binding ([`Capabilities::max_binding`]) is refused with an error naming it, except the head,
-//! which is split by classes. Besides the state (three times
-//! the parameters with gradients and momentum) and the head (weight, gradient, momentum, normalised copy), a
+//! and momentum, in the same layout; so are the running statistics. Each tensor starts at twice the adapter's
+//! storage offset alignment (the gaps cost at most that per tensor), so that mixed precision's f16 copy of the
+//! trainable values, refreshed at the start of every forward pass for the direct convolutions to read (half the
+//! bytes, the rounding the tensor cores would do: [`Net::weights16`]), keeps the same element offsets. The rest has
+//! a buffer per tensor. Any tensor larger than one storage binding ([`Capabilities::max_binding`]) is refused with
+//! an error naming it, except the head, which is split by classes. Besides the state (three times the parameters
+//! with gradients and momentum, and the f16 copy in mixed precision) and the head (weight, gradient, momentum,
+//! normalised copy), a
 //! step keeps the activations the backward pass reads, [`activation_bytes`] for a batch of `B`:
 //!
 //! ```text
@@ -105,7 +108,8 @@
 //! there, and 0.87 GB with F(2x2)). iResNet-100 at batch 128 (112 x 112): 2.34 G floats of activations (9.35 GB) with
 //! every convolution direct, 4.68 GB as f16 in mixed precision, 1.99 G (7.96 GB) with Winograd from 128 channels (the
 //! GPU default), 1.94 G (7.75 GB) from 64; 4 x 0.103 G elements of gradient buffers (1.64 GB, 0.82 GB in mixed
-//! precision), besides 0.78 GB of parameters, gradients and momentum and 0.7 GB of head (85,742 classes);
+//! precision), besides 0.78 GB of parameters, gradients and momentum (and 0.13 GB of their f16 copy in mixed
+//! precision) and 0.7 GB of head (85,742 classes);
 //! [`GpuBackend::memory`] reports what a backend allocated.
 //!
 //! [`Capabilities::max_binding`]: crate::gpu::Capabilities::max_binding
@@ -133,6 +137,7 @@ use crate::gpu::kernels::linear::{conv_shape, Linear};
 use crate::gpu::kernels::margin::{
     download_head_weight, transpose, upload_head_weight, HeadOptions, MarginHead, MarginLoss,
 };
+use crate::gpu::kernels::precision::RoundToF16;
 use crate::gpu::kernels::preprocess::Preprocess;
 use crate::gpu::kernels::sgd::{
     GradClip, SgdKernels, NON_FINITE_BACKBONE, NON_FINITE_HEAD, NON_FINITE_LOSS, REPORT_BACKBONE_NORM, REPORT_FLAGS,
@@ -285,6 +290,8 @@ struct Kernels {
     bn: BatchNormKernels,
     margin: MarginLoss,
     sgd: SgdKernels,
+    /// Mixed precision's copy of the weights in f16 (see [`Net::weights16`]).
+    round: RoundToF16,
 }
 
 impl Kernels {
@@ -302,6 +309,7 @@ impl Kernels {
             bn: BatchNormKernels::new(gpu),
             margin: MarginLoss::new(gpu),
             sgd: SgdKernels::new(gpu),
+            round: RoundToF16::new(gpu),
         })
     }
 
@@ -612,6 +620,11 @@ struct Net {
     params: Vec<Param>,
     /// The buffers that hold the trainable and running tensors of `params`.
     packs: Packs,
+    /// Mixed precision: the trainable values' groups rounded to f16, the same element offsets as
+    /// `packs.values` (see [`Gpu::packed`]), refreshed at the start of every forward pass; the direct convolutions
+    /// read their weights there ([`Net::conv_weight`]), half the bytes of the f32 ones and the rounding the tensor
+    /// cores would do. Empty in f32.
+    weights16: Vec<Tensor>,
     stem: Stem,
     blocks: Vec<Block>,
     tail: Tail,
@@ -643,6 +656,16 @@ struct Net {
     /// step that is tried again restores them).
     running_backup: Tensor,
     memory: MemoryUse,
+}
+
+/// The f16 copy of the trainable values' groups where the convolutions read `elem` weights (mixed precision),
+/// else none (see [`Net::weights16`]).
+fn weights16(a: &mut Alloc, packs: &Packs, elem: Elem) -> Result<Vec<Tensor>> {
+    if elem == Elem::F32 {
+        return Ok(Vec::new());
+    }
+    let copy = |g: &Tensor| a.zeros_as(Purpose::Parameters, &format!("{} (f16)", g.label), &[g.len], Elem::F16);
+    packs.values.iter().map(copy).collect()
 }
 
 /// The four rotating gradient buffers for `cfg` at batch `n`, of elements `elem` (the activations' gradients').
@@ -680,6 +703,7 @@ impl Net {
         for p in &params {
             gpu.write(&p.value, &state[p.info.range()])?;
         }
+        let weights16 = weights16(&mut a, &packs, k.conv.activations())?;
         let mut cursor = Cursor { params: &params, next: 0 };
 
         let act = Purpose::Activations;
@@ -799,6 +823,7 @@ impl Net {
             classes,
             params,
             packs,
+            weights16,
             stem,
             blocks,
             tail,
@@ -858,6 +883,9 @@ impl Net {
         let mut a = Alloc { gpu, used: MemoryUse::default() };
         self.grad_bufs = gradient_buffers(&mut a, &self.cfg, self.batch, elem)?;
         self.memory.gradient_buffers = a.used.gradient_buffers;
+        self.memory.parameters -= self.weights16.iter().map(Tensor::bytes).sum::<u64>();
+        self.weights16 = weights16(&mut a, &self.packs, elem)?;
+        self.memory.parameters += a.used.parameters;
         let mut freed = 0;
         let mut tensors = vec![&mut self.input, &mut self.stem.conv_out, &mut self.stem.prelu_out];
         for b in &mut self.blocks {
@@ -871,6 +899,22 @@ impl Net {
         }
         self.memory.activations = self.memory.activations - freed + a.used.activations;
         Ok(())
+    }
+
+    /// What the direct convolutions read as the weight `weight` (a trainable value): itself, or in mixed
+    /// precision its f16 copy in [`Net::weights16`].
+    fn conv_weight(&self, weight: &Tensor) -> Result<Tensor> {
+        if self.weights16.is_empty() {
+            return weight.view(&weight.label, &weight.shape);
+        }
+        let g = self.packs.values.iter().position(|g| g.buffer == weight.buffer);
+        let g = g.with_context(|| format!("{} is not a trainable value", weight.label))?;
+        weight.same_part_of(&self.packs.values[g], &self.weights16[g])
+    }
+
+    /// Mixed precision: the dispatches that refresh [`Net::weights16`] from the trainable values, one per group.
+    fn round_weights(&self, gpu: &Gpu, k: &Kernels) -> Result<Vec<Dispatch>> {
+        self.packs.values.iter().zip(&self.weights16).map(|(g, g16)| k.round.run(gpu, g, g16)).collect()
     }
 
     /// Gradient buffer `i` seen as a tensor of `shape` holding values stored as `elem` (the forward pass's
@@ -1098,7 +1142,15 @@ impl Builder<'_> {
                 let tile = k.winograd_tile(s, self.net.batch);
                 k.winograd.run(gpu, k.products(gpu, tile)?, op, s, tile, inputs, None, out, ws)?
             }
-            None => k.conv.run(gpu, op, s, inputs, out, &self.net.conv_scratch)?,
+            None => {
+                // The forward and backward_data passes read the weight (the second input) as the kernels store it.
+                let [a, b] = inputs;
+                let weight = match op {
+                    ConvOp::BackwardWeight => None,
+                    ConvOp::Forward | ConvOp::BackwardData => Some(self.net.conv_weight(b)?),
+                };
+                k.conv.run(gpu, op, s, [a, weight.as_ref().unwrap_or(b)], out, &self.net.conv_scratch)?
+            }
         });
         Ok(())
     }
@@ -1128,7 +1180,8 @@ impl Builder<'_> {
         let (gpu, k, net) = (self.gpu, self.k, self.net);
         let cfg = &net.cfg;
         let (h, w, c0, c3, e) = (cfg.input_h, cfg.input_w, cfg.widths[0], cfg.widths[3], cfg.embedding);
-        let mut d = Vec::new();
+        // Mixed precision: the weights as the direct convolutions read them, rounded to f16.
+        let mut d = net.round_weights(gpu, k)?;
 
         // Stem: conv1 (n, 3, H, W) -> (n, C0, H, W), bn1, prelu.
         let s = &net.stem;
@@ -1175,7 +1228,8 @@ impl Builder<'_> {
             let shortcut = match &b.shortcut {
                 Some(ds) => {
                     let dc = first(&ds.conv_out, n)?;
-                    d.extend(k.conv.forward(gpu, &sh.downsample, &x, net.value(ds.conv), &dc, &net.conv_scratch)?);
+                    let weight = net.conv_weight(net.value(ds.conv))?;
+                    d.extend(k.conv.forward(gpu, &sh.downsample, &x, &weight, &dc, &net.conv_scratch)?);
                     let db = net.value_buf(1, "downsample.1 output", &sh.out_dims, k.conv.activations())?;
                     self.bn_forward(&mut d, mode, &sh.out, ds.bn, &dc, Epilogue::None, &db, &ds.bn_stats)?;
                     db
@@ -1271,7 +1325,8 @@ impl Builder<'_> {
                 let d_dc = net.buf(r1, "d downsample.0.out", &out_dims)?;
                 self.bn_backward(d, &sh.out, ds.bn, &ds.conv_out, &ds.bn_stats, BackwardFusion::None, &dy, &d_dc)?;
                 let d_x = net.buf(r2, "d block input (shortcut)", &in_dims)?;
-                d.extend(k.conv.backward_data(gpu, &sh.downsample, &d_dc, net.value(ds.conv), &d_x, scratch)?);
+                let weight = net.conv_weight(net.value(ds.conv))?;
+                d.extend(k.conv.backward_data(gpu, &sh.downsample, &d_dc, &weight, &d_x, scratch)?);
                 d.extend(k.conv.backward_weight(gpu, &sh.downsample, &d_dc, x, net.grad(ds.conv)?, scratch)?);
                 Some(d_x)
             }

@@ -11,14 +11,14 @@
 //! Two arithmetics ([`ConvPrecision`]): f32 ([`Conv2d::new`]), and mixed ([`Conv2d::mixed`]), whose module is
 //! `conv2d.wgsl` with the tile arithmetic of `shaders/conv2d_coop.wgsl.in` (f16 operands, f32 accumulation on
 //! cooperative matrices) put in by `conv2d_compose.rs`; the index maps, bounds, splits and epilogues are shared.
-//! The mixed kernels store the activations (`x` and the forward's `y`) and their gradients (`dy`, and
-//! backward_data's `dx`) as f16 ([`ConvPrecision::activations`]); their twins are the same core functions applied to
-//! operands rounded by [`elasticface_core::nn::round_to_f16`], with the forward's and backward_data's outputs
-//! rounded by it too (`gemm_batched` reads f16 operands there and writes f32). Without cooperative matrices, the
-//! mixed arithmetic can be emulated (`compose_emulated`: the f32 tiles with every operand rounded to f16 as it
-//! enters them), so that the mixed-precision trainer is tested on any adapter; and the cooperative-matrix layout
-//! itself can run with its fragment operations as plain loops ([`Conv2d::mixed_fragments_as_loops`]), so that it is
-//! tested there too.
+//! The mixed kernels store the activations (`x` and the forward's `y`), their gradients (`dy`, and backward_data's
+//! `dx`) and the weight of the forward and backward_data passes as f16 ([`ConvPrecision::activations`]); their twins
+//! are the same core functions applied to operands rounded by [`elasticface_core::nn::round_to_f16`], with the
+//! forward's and backward_data's outputs rounded by it too (`gemm_batched` reads f16 operands there and writes f32).
+//! Without cooperative matrices, the mixed arithmetic can be emulated (`compose_emulated`: the f32 tiles with every
+//! operand rounded to f16 as it enters them), so that the mixed-precision trainer is tested on any adapter; and the
+//! cooperative-matrix layout itself can run with its fragment operations as plain loops
+//! ([`Conv2d::mixed_fragments_as_loops`]), so that it is tested there too.
 //!
 //! Tiles: any [`TileShape`] (64 or 128 rows and columns, depth 16 or 32, one or two buffers) that fits the
 //! adapter's workgroup memory, chosen by [`ConvTiling`]; `conv2d_compose.rs` writes the shape into the shader
@@ -608,8 +608,9 @@ impl Conv2d {
     }
 
     /// How these pipelines store activations (`x` of the forward pass and of the weight gradient, `y` of the
-    /// forward pass) and their gradients (`dy` of both backward passes, `dx`): f32, or f16 in mixed precision.
-    /// Weights and their gradients are f32 either way.
+    /// forward pass), their gradients (`dy` of both backward passes, `dx`) and the weight the forward and
+    /// backward_data passes read: f32, or f16 in mixed precision (the weight a copy rounded to f16, as the
+    /// tensor cores would round it). The weight gradient is f32 either way.
     pub fn activations(&self) -> Elem {
         self.precision.activations()
     }
@@ -647,8 +648,7 @@ impl Conv2d {
         let plan = self.plan(gpu, op, s)?;
         let act = self.activations();
         let elems = match op {
-            ConvOp::Forward => [act, Elem::F32, act],
-            ConvOp::BackwardData => [act, Elem::F32, act],
+            ConvOp::Forward | ConvOp::BackwardData => [act; 3],
             ConvOp::BackwardWeight => [act, act, Elem::F32],
         };
         for ((t, len), elem) in inputs.iter().chain([&out]).zip(op.lens(s)).zip(elems) {

@@ -13,6 +13,7 @@ pub mod conv2d;
 pub mod linear;
 pub mod margin;
 pub mod normalize;
+pub mod precision;
 pub mod prelu;
 pub mod preprocess;
 pub mod residual;
