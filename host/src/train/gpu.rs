@@ -874,9 +874,10 @@ impl Net {
         Ok(())
     }
 
-    /// Reallocates the activations the convolutions read and write, and the gradient buffers, where they are not
-    /// stored as `elem` (on a change of precision): zero, with the same labels and shapes.
-    fn reallocate_activations(&mut self, gpu: &Gpu, elem: Elem) -> Result<()> {
+    /// Reallocates what the convolutions store in their precision's elements where it is not stored as `elem` (on
+    /// a change of precision): the activations they read and write and the gradient buffers, zero, with the same
+    /// labels and shapes, and the f16 copy of the weights (made in mixed precision, dropped in f32).
+    fn reallocate_storage(&mut self, gpu: &Gpu, elem: Elem) -> Result<()> {
         if self.input.elem == elem {
             return Ok(());
         }
@@ -1714,7 +1715,7 @@ impl<G: Deref<Target = Gpu>> GpuBackend<G> {
     /// The Winograd workspace and the step, rebuilt for the current convolutions and choice of Winograd layers and
     /// tile.
     fn rebuild_step(&mut self) -> Result<()> {
-        self.net.reallocate_activations(&self.gpu, self.k.conv.activations())?;
+        self.net.reallocate_storage(&self.gpu, self.k.conv.activations())?;
         self.net.reallocate_winograd(&self.gpu, &self.k)?;
         self.plan = Plan::new(&self.gpu, &self.k, &self.net, &self.step_cfg)?;
         self.eval.clear();
