@@ -51,7 +51,7 @@ pub struct Capabilities {
     pub timestamps: bool,
     /// Tensor-core matrices as the mixed-precision convolutions use them (`EXPERIMENTAL_COOPERATIVE_MATRIX` with
     /// f16 inputs and f32 accumulators, f16 in shaders, subgroups of 32 invocations): the side of the fragments
-    /// (see [`coop_fragments`]), or `None`.
+    /// (see `coop_fragments`), or `None`.
     pub cooperative_matrix: Option<FragmentSide>,
     /// Mixed precision without cooperative matrices ([`GpuOptions::emulate_tensor_cores`] on an adapter that
     /// lacks them): the same f16-rounded operands, exact products, accumulated by f32 fused multiply-adds.

@@ -68,7 +68,7 @@
 //! momentum, in the same layout; so are the running statistics. Each tensor starts at twice the adapter's storage
 //! offset alignment (the gaps cost at most that per tensor), so that mixed precision's f16 copy of the trainable
 //! values, refreshed at the start of every forward pass for the direct convolutions to read (half the bytes, the
-//! rounding the tensor cores would do: [`Net::weights16`]), keeps the same element offsets. The rest has a buffer per
+//! rounding the tensor cores would do: `Net::weights16`), keeps the same element offsets. The rest has a buffer per
 //! tensor. Any tensor larger than one storage binding ([`Capabilities::max_binding`]) is refused with an error naming
 //! it, except the head, which is split by classes. Besides the state (three times the parameters with gradients and
 //! momentum, and the f16 copy in mixed precision) and the head (weight, gradient, momentum, normalised copy), a step
