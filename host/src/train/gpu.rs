@@ -1699,7 +1699,7 @@ impl<G: Deref<Target = Gpu>> GpuBackend<G> {
     }
 
     /// Which 3x3 stride-1 convolutions run as Winograd (in mixed precision the transforms read and write its f16
-    /// activations, F(2x2)'s products run on tensor cores and F(4x4)'s in f32; see [`Kernels::products`]): those
+    /// activations, F(2x2)'s products run on tensor cores and F(4x4)'s in f32; see `Kernels::products`): those
     /// with at least
     /// `min_channels` input and output channels, or none for `None`. Reallocates the Winograd workspace and
     /// rebuilds the step. The default is [`default_winograd`] ([`ConvSettings::for_adapter`]).

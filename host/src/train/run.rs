@@ -192,7 +192,7 @@ pub struct TrainConfig {
     pub winograd: WinogradLayers,
     /// Their tile: F(4x4, 3x3), F(2x2, 3x3), or per layer.
     pub winograd_tile: WinogradTileChoice,
-    /// The workgroup tile of the GPU convolutions: the adapter's, or ROWSxCOLSxDEPTH[x2].
+    /// The workgroup tile of the GPU convolutions: the adapter's, or `ROWSxCOLSxDEPTH[x2]`.
     pub conv_tile: ConvTileChoice,
     /// Write a checkpoint every this many steps (0: only at the end and on interruption).
     pub checkpoint_every: u64,
