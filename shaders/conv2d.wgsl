@@ -203,9 +203,10 @@ var<workgroup> a_tile: array<vec4<f32>, BUFFERS * BK * A_ROW>;
 var<workgroup> b_tile: array<vec4<f32>, BUFFERS * BK * B_ROW>;
 
 // EMULATED MIXED PRECISION. Where the adapter has no cooperative matrices, the host may compose a module with
-// F16_OPERANDS true (`compose_emulated`): every A and B element is then rounded to f16 as it enters the tiles,
-// as the cooperative-matrix module rounds it, and the products (exact: two 11-bit significands) accumulate in
-// f32 FMAs in depth order. The mixed-precision arithmetic without tensor cores: slow, for testing that path.
+// F16_OPERANDS true (`compose_emulated`): every A and B element is then rounded to f16 as it enters the tiles, as
+// the cooperative-matrix module rounds it (exact where the operands are stored as f16, as the mixed-precision
+// module's all are), and the products (exact: two 11-bit significands) accumulate in f32 FMAs in depth order. The
+// mixed-precision arithmetic without tensor cores: slow, for testing that path.
 const F16_OPERANDS: bool = false;
 
 // v rounded to the nearest binary16 value, ties to even, as f32: +-inf beyond 65504 (from 65520 on, as IEEE

@@ -247,6 +247,28 @@ fn cooperative_matrix_layout_matches_the_core_with_fragments_as_loops() {
     }
 }
 
+/// How a test compiles the kernels for a tiling, and the workgroup memory its tiles take.
+type Build = fn(&Gpu, ConvTiling) -> Result<Conv2d, String>;
+type Bytes = fn(&TileShape) -> u32;
+
+/// The mixed-precision compilations under test, named: the adapter's (cooperative matrices, or emulated), and the
+/// cooperative-matrix layout with its fragments as loops, 16 x 16 and 8 x 8.
+fn mixed_builds(gpu: &Gpu) -> [(&'static str, Build, Bytes); 3] {
+    let mixed_bytes: Bytes =
+        if gpu.caps.cooperative_matrix.is_some() { TileShape::coop_bytes } else { TileShape::f32_bytes };
+    let mixed: Build = |gpu, tiling| Conv2d::build(gpu, ConvPrecision::Mixed, tiling).map_err(|e| format!("{e:#}"));
+    let loops: Build = |gpu, tiling| {
+        Conv2d::mixed_fragments_as_loops(gpu, tiling, FragmentSide::Sixteen).map_err(|e| format!("{e:#}"))
+    };
+    let loops8: Build =
+        |gpu, tiling| Conv2d::mixed_fragments_as_loops(gpu, tiling, FragmentSide::Eight).map_err(|e| format!("{e:#}"));
+    [
+        ("mixed", mixed, mixed_bytes),
+        ("loops", loops, TileShape::coop_bytes),
+        ("loops 8x8x8", loops8, TileShape::coop_bytes),
+    ]
+}
+
 /// The batched products of mixed precision (the F(2x2) Winograd convolutions' products; emulated where the adapter
 /// has no tensor cores, and the cooperative-matrix layout with its fragments as loops) on f16 operands against the
 /// core on the same values: the products are exact on both sides, so the summation bound applies, doubled as for
@@ -255,21 +277,7 @@ fn cooperative_matrix_layout_matches_the_core_with_fragments_as_loops() {
 #[test]
 fn gemm_batched_in_mixed_precision_matches_the_core_on_f16_operands() {
     let Some(gpu) = gpu() else { return };
-    type Bytes = fn(&TileShape) -> u32;
-    let mixed_bytes: Bytes =
-        if gpu.caps.cooperative_matrix.is_some() { TileShape::coop_bytes } else { TileShape::f32_bytes };
-    type Build = fn(&Gpu, ConvTiling) -> Result<Conv2d, String>;
-    let mixed: Build = |gpu, tiling| Conv2d::build(gpu, ConvPrecision::Mixed, tiling).map_err(|e| format!("{e:#}"));
-    let loops: Build = |gpu, tiling| {
-        Conv2d::mixed_fragments_as_loops(gpu, tiling, FragmentSide::Sixteen).map_err(|e| format!("{e:#}"))
-    };
-    let loops8: Build =
-        |gpu, tiling| Conv2d::mixed_fragments_as_loops(gpu, tiling, FragmentSide::Eight).map_err(|e| format!("{e:#}"));
-    let builds: [(&str, Build, Bytes); 3] = [
-        ("mixed", mixed, mixed_bytes),
-        ("loops", loops, TileShape::coop_bytes),
-        ("loops 8x8x8", loops8, TileShape::coop_bytes),
-    ];
+    let builds = mixed_builds(gpu);
     let dims = [[3, 70, 45, 130], [2, 9, 300, 33]];
     let (mut worst, mut tested) = (0.0f32, 0);
     for (kind, build, bytes) in builds {
@@ -320,24 +328,8 @@ fn gemm_batched_in_mixed_precision_matches_the_core_on_f16_operands() {
 fn double_buffered_tiles_give_the_single_buffered_bits() {
     let Some(gpu) = gpu() else { return };
     let limit = gpu.caps.max_workgroup_memory;
-    type Build = fn(&Gpu, ConvTiling) -> Result<Conv2d, String>;
     let f32_build: Build = |gpu, tiling| Conv2d::build(gpu, ConvPrecision::F32, tiling).map_err(|e| format!("{e:#}"));
-    let mixed_build: Build =
-        |gpu, tiling| Conv2d::build(gpu, ConvPrecision::Mixed, tiling).map_err(|e| format!("{e:#}"));
-    let loops_build: Build = |gpu, tiling| {
-        Conv2d::mixed_fragments_as_loops(gpu, tiling, FragmentSide::Sixteen).map_err(|e| format!("{e:#}"))
-    };
-    let loops8_build: Build =
-        |gpu, tiling| Conv2d::mixed_fragments_as_loops(gpu, tiling, FragmentSide::Eight).map_err(|e| format!("{e:#}"));
-    type Bytes = fn(&TileShape) -> u32;
-    let mixed_bytes: Bytes =
-        if gpu.caps.cooperative_matrix.is_some() { TileShape::coop_bytes } else { TileShape::f32_bytes };
-    let kinds: [(&str, Build, Bytes); 4] = [
-        ("f32", f32_build, TileShape::f32_bytes),
-        ("mixed", mixed_build, mixed_bytes),
-        ("loops", loops_build, TileShape::coop_bytes),
-        ("loops 8x8x8", loops8_build, TileShape::coop_bytes),
-    ];
+    let kinds = [("f32", f32_build, TileShape::f32_bytes as Bytes)].into_iter().chain(mixed_builds(gpu));
     // Few shapes for the slow loops: two row tiles, a strided one, a 1x1 one.
     let few = [
         shape(2, 70, (5, 5), 130, (3, 3), 1, 1),

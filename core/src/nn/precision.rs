@@ -1,7 +1,8 @@
 //! The rounding of the mixed-precision convolutions.
 //!
-//! The GPU's mixed-precision convolution kernels (`shaders/conv2d_coop.wgsl.in`) round both operands of every
-//! product to IEEE binary16 and accumulate in f32. A product of two binary16 values is exact in f32 (11 + 11
+//! The GPU's mixed-precision convolution kernels (`shaders/conv2d_coop.wgsl.in`) multiply operands rounded to IEEE
+//! binary16 (stored as f16 by the kernels that write them; the weights' f16 copy by `shaders/precision.wgsl`, the
+//! twin of [`round_to_f16`]) and accumulate in f32. A product of two binary16 values is exact in f32 (11 + 11
 //! significant bits), so their result is the f32 sum of the exact products of the rounded operands: the core's
 //! [`conv2d_forward`](super::conv2d_forward) (and the gradients) applied to operands passed through
 //! [`round_to_f16`], up to the order of the additions.

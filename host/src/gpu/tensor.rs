@@ -100,10 +100,10 @@ impl Tensor {
         self.view_as(label, shape, self.elem)
     }
 
-    /// This part of a packed group (`group`, laid out by [`Gpu::packed`]) seen at the same elements of `copy`, a
-    /// tensor as long as the group that holds the group's elements otherwise stored (e.g. in f16): the same element
-    /// offset, shape and label, `copy`'s buffer and element type. Errors unless this part lies in `group` and
-    /// `copy` is as long.
+    /// This part of a packed group (`group`, laid out by [`Gpu::packed`]) seen in `copy`, a tensor of as many
+    /// elements as the group holding the same values in another storage (e.g. f16): the same element offset, shape,
+    /// length and label, `copy`'s buffer and element type. Errors unless this part lies in `group` and `copy` is as
+    /// long.
     pub fn same_part_of(&self, group: &Tensor, copy: &Tensor) -> Result<Tensor> {
         if self.buffer != group.buffer || self.offset < group.offset || copy.len != group.len {
             bail!("{}: not a part of {} (or {} is not a copy of it)", self.label, group.label, copy.label);
@@ -306,11 +306,11 @@ impl Gpu {
     /// Zero-filled tensors of the given labels and shapes, packed into shared buffers.
     ///
     /// Every part starts at a multiple of twice the adapter's storage offset alignment, so it can be bound alone,
-    /// and so can the same elements of a copy of its group in f16 ([`Tensor::same_part_of`]: half the bytes,
-    /// offsets still multiples of the alignment; mixed precision's copy of the weights). A group
-    /// holds consecutive parts and at most the largest binding (and buffer) in bytes. Given the same shapes, the
-    /// layout is the same: tensors packed alike can be updated group by group together (a parameter, its gradient
-    /// and its momentum). Errors when one part alone exceeds a binding.
+    /// and so can the same elements of a copy of its group in f16 ([`Tensor::same_part_of`]: half the bytes, offsets
+    /// still multiples of the alignment; mixed precision's copy of the weights). A group holds consecutive parts and
+    /// at most the largest binding (and buffer) in bytes. Given the same shapes, the layout is the same: tensors
+    /// packed alike can be updated group by group together (a parameter, its gradient and its momentum). Errors when
+    /// one part alone exceeds a binding.
     pub fn packed(&self, label: &str, parts: &[(String, Vec<usize>)]) -> Result<Packed> {
         let limit = self.caps.max_binding.min(self.caps.max_buffer) / 4;
         let align = (2 * self.caps.storage_offset_alignment.max(4) / 4) as usize;
