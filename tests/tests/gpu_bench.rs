@@ -61,7 +61,8 @@ fn the_network_benchmark_trains_profiles_every_dispatch_and_adds_up() {
         assert!((ms - r.gpu_ms_profiled.unwrap()).abs() <= 1e-9 * ms.max(1.0));
         assert!(r.kernels.windows(2).all(|w| w[0].ms >= w[1].ms), "slowest first");
         for kernel in ["conv2d_forward", "winograd_input_transform", "winograd_f4_input_transform", "gemm_batched"] {
-            assert!(r.kernels.iter().any(|k| k.kernel == kernel), "{kernel} is profiled");
+            // gemm_batched_vec4 counts as gemm_batched: which one runs depends on the products' sizes.
+            assert!(r.kernels.iter().any(|k| k.kernel.starts_with(kernel)), "{kernel} is profiled");
         }
     } else {
         assert!(r.kernels.is_empty() && r.gpu_ms_profiled.is_none());

@@ -118,12 +118,14 @@ fn run(gpu: &Gpu, dispatches: &[Dispatch]) {
     gpu.run(&dispatches.iter().collect::<Vec<_>>()).unwrap();
 }
 
+/// The f32 kernels on every tiling of [`tilings`]; each also checks its vec4 loads ([`check_vec4_loads`]).
 #[test]
 fn conv2d_matches_the_core_within_the_summation_bound() {
     let Some(gpu) = gpu() else { return };
     for (name, tiling) in tilings(gpu) {
         let conv = Conv2d::build(gpu, ConvPrecision::F32, tiling).unwrap();
         let worst = compare_with_core(gpu, &conv, &name, false);
+        check_vec4_loads(gpu, &conv, &name);
         for (op, (err, ratio)) in ConvOp::ALL.iter().zip(worst) {
             eprintln!("{name:>10} {:<24} max |error| {err:.2e}, max error / bound {ratio:.3}", op.name());
         }
@@ -273,7 +275,7 @@ fn mixed_builds(gpu: &Gpu) -> [(&'static str, Build, Bytes); 3] {
 /// has no tensor cores, and the cooperative-matrix layout with its fragments as loops) on f16 operands against the
 /// core on the same values: the products are exact on both sides, so the summation bound applies, doubled as for
 /// the convolutions above. Every single-buffered tile shape that fits, split and not, on products that are
-/// multiples of no tile.
+/// multiples of no tile. Each build also checks its vec4 loads ([`check_vec4_loads`]).
 #[test]
 fn gemm_batched_in_mixed_precision_matches_the_core_on_f16_operands() {
     let Some(gpu) = gpu() else { return };
@@ -286,6 +288,7 @@ fn gemm_batched_in_mixed_precision_matches_the_core_on_f16_operands() {
                 let tiling =
                     ConvTiling { tile, short_tiles: false, target_workgroups, min_steps_per_split: 1, max_grid_x: 3 };
                 let conv = build(gpu, tiling).unwrap();
+                check_vec4_loads(gpu, &conv, &format!("{kind} {tile}, target workgroups {target_workgroups}"));
                 // The loops are slow: one product.
                 let dims = if kind == "loops" { &dims[..1] } else { &dims[..] };
                 for (case, &[batch, m, k, cols]) in dims.iter().enumerate() {
@@ -316,6 +319,39 @@ fn gemm_batched_in_mixed_precision_matches_the_core_on_f16_operands() {
     eprintln!("mixed gemm_batched: max error / bound {worst:.3}");
     // On lavapipe (32 KiB): 7 shapes emulated, 5 as loops.
     assert!(tested >= 2 * (2 * 7 + 5), "{tested} products");
+}
+
+/// `gemm_batched` on products whose depth and columns are multiples of 4 loads its operands as vec4s
+/// (`gemm_batched_vec4`): the same sums in the same order, so the bits of the scalar loads. Checked on `conv`
+/// against the same product with one more column of B (37: every row of B then starts off the vec4s, so the
+/// scalar kernel runs, on the same tiles and splits), column by column. Called where the tests build their
+/// tilings: every tile shape, split and not, f32, mixed precision and the cooperative-matrix layout as loops.
+fn check_vec4_loads(gpu: &Gpu, conv: &Conv2d, what: &str) {
+    // Two row tiles, a partial column tile, a depth that is no multiple of 16 (the last step partly past K).
+    let [batch, m, k, cols] = [2, 70, 44, 36];
+    let (av, bv) = (uniform(7, batch * m * k), uniform(8, batch * k * cols));
+    let wide: Vec<f32> = bv.chunks(cols).flat_map(|row| row.iter().copied().chain([0.0])).collect();
+    let product = |b: &[f32], cols: usize| {
+        let a = stored_as(gpu, conv.activations(), "a", &[av.len()], &av);
+        let b = stored_as(gpu, conv.activations(), "b", &[b.len()], b);
+        let c = gpu.zeros("c", &[batch * m * cols]);
+        let plan = conv.plan_batched(gpu, batch, m, k, cols).unwrap();
+        let scratch = gpu.zeros("scratch", &[plan.scratch_len().max(1)]);
+        run(gpu, &conv.gemm_batched(gpu, [batch, m, k, cols], &a, &b, &c, &scratch).unwrap());
+        (gpu.read::<u32>(&c).unwrap(), plan.splits)
+    };
+    let ((vec4, splits), (scalar, wide_splits)) = (product(&bv, cols), product(&wide, cols + 1));
+    assert_eq!(splits, wide_splits, "{what}: the two products split alike");
+    let scalar: Vec<u32> = scalar.chunks(cols + 1).flat_map(|row| row[..cols].to_vec()).collect();
+    assert_eq!(vec4, scalar, "{what}: gemm_batched_vec4 ({splits} splits) against the scalar loads");
+}
+
+/// `v` uploaded as a tensor of `shape` stored as `elem` (f16: rounded to nearest even).
+fn stored_as(gpu: &Gpu, elem: Elem, label: &str, shape: &[usize], v: &[f32]) -> Tensor {
+    match elem {
+        Elem::F32 => gpu.upload(label, shape, v),
+        Elem::F16 => gpu.upload_f16(label, shape, v),
+    }
 }
 
 /// Double-buffered tiles change when the workgroup waits, not what it adds: every kernel (the three convolutions
@@ -365,7 +401,9 @@ fn double_buffered_tiles_give_the_single_buffered_bits() {
                         "{kind} {double} (target workgroups {splitting}) on {s:?}"
                     );
                 }
-                assert_eq!(run_gemm(gpu, &one), run_gemm(gpu, &two), "{kind} {double} gemm_batched");
+                for dims in [[2, 70, 45, 33], [2, 70, 44, 36]] {
+                    assert_eq!(run_gemm(gpu, &one, dims), run_gemm(gpu, &two, dims), "{kind} {double} {dims:?}");
+                }
                 compared += 1;
             }
         }
@@ -375,13 +413,9 @@ fn double_buffered_tiles_give_the_single_buffered_bits() {
     assert!(compared >= 2 * (3 + 3 + 5 + 5), "{compared} comparisons");
 }
 
-/// The bits of `conv`'s `gemm_batched` of 2 x (70 x 45) * (45 x 33) (operands stored as `conv` reads them).
-fn run_gemm(gpu: &Gpu, conv: &Conv2d) -> Vec<u32> {
-    let [batch, m, k, cols] = [2, 70, 45, 33];
-    let operand = |seed: u64, len: usize| match conv.activations() {
-        Elem::F32 => gpu.upload("operand", &[len], &uniform(seed, len)),
-        Elem::F16 => gpu.upload_f16("operand", &[len], &uniform(seed, len)),
-    };
+/// The bits of `conv`'s `gemm_batched` of `[batch, m, k, cols]` (operands stored as `conv` reads them).
+fn run_gemm(gpu: &Gpu, conv: &Conv2d, [batch, m, k, cols]: [usize; 4]) -> Vec<u32> {
+    let operand = |seed: u64, len: usize| stored_as(gpu, conv.activations(), "operand", &[len], &uniform(seed, len));
     let (a, b) = (operand(5, batch * m * k), operand(6, batch * k * cols));
     let c = gpu.zeros("c", &[batch * m * cols]);
     let plan = conv.plan_batched(gpu, batch, m, k, cols).unwrap();
@@ -402,10 +436,7 @@ fn run_all_ops(gpu: &Gpu, conv: &Conv2d, s: &Conv2dShape) -> [Vec<u32>; 3] {
 /// them: f16 in mixed precision, rounded on upload): `[y, dx, dweight]`, y and dx as stored, read as f32.
 fn run_convolutions(gpu: &Gpu, conv: &Conv2d, s: &Conv2dShape, [xv, wv, dyv]: [&[f32]; 3]) -> [Vec<f32>; 3] {
     let act = conv.activations();
-    let stored = |label: &str, shape: &[usize], v: &[f32]| match act {
-        Elem::F32 => gpu.upload(label, shape, v),
-        Elem::F16 => gpu.upload_f16(label, shape, v),
-    };
+    let stored = |label: &str, shape: &[usize], v: &[f32]| stored_as(gpu, act, label, shape, v);
     let x = stored("x", &[s.n, s.c_in, s.h, s.w], xv);
     let weight = stored("weight", &[s.c_out, s.c_in, s.kh, s.kw], wv);
     let dy = stored("dy", &[s.n, s.c_out, s.out_h(), s.out_w()], dyv);
