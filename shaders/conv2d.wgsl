@@ -18,9 +18,10 @@
 //                           B[j, t] = x[n, ci, ih, iw] (im2col, transposed) C[co, t] -> dweight[co, t]
 // backward_data gathers (every dx element sums its own taps), so a stride > 1 needs no scattering; to spend no
 // work on the taps whose output position is not an integer, it runs one product per stride phase.
-// A fourth kernel, gemm_batched, is the plain product of row-major matrices, BATCH at a time: the 16 products
-// of a Winograd convolution (shaders/winograd.wgsl), tiled, pipelined and split as the three above; its twin
-// gemm_batched_vec4 the same with the operands loaded 4 at a time, where their rows allow.
+// A fourth kernel, gemm_batched, is the plain product of row-major matrices, BATCH at a time: the 16 or 36
+// products of a Winograd convolution (shaders/winograd.wgsl), tiled, pipelined and split as the three above.
+// conv2d_forward, conv2d_backward_weight and gemm_batched have `_vec4` twins that load an operand contiguous along
+// the depth 4 elements at a time where the sizes allow (see VEC4 LOADS).
 //
 // TILING. A workgroup of WG = 256 invocations computes one BM x BN tile of C (BM = 16*TM rows, BN = 16*TN
 // columns; TM and TN 4 or 8). Invocation (tx, ty) = (lid % 16, lid / 16) owns TM x TN elements of it: rows
@@ -51,6 +52,15 @@
 // layout allows. The column (or row) index maps are decomposed with divisions once, before the depth loop; the
 // depth index is carried as a mixed-radix counter (e.g. (ci, kh, kw)) advanced by BK per step with carries: no
 // integer division in the loop.
+// VEC4 LOADS. Where an operand is contiguous along the depth in runs of whole vec4s (A of conv2d_forward, the
+// weight, when K is a multiple of 4; A of conv2d_backward_weight, dy, when HO*WO is; a and b of gemm_batched when
+// K and COLS are), the kernels' `_vec4` twins load it 4 elements at a time through a vec4 view of the same binding:
+// a quarter of the load instructions, the same elements in the same tiles, so the same sums and bits (the host
+// picks the twin when the sizes allow). A vec4 A copy-in takes the A_QUADS vec4s at depths 4*(lid % (BK/4)) .. + 3
+// of rows lid / (BK/4) + A_QUAD_ROWS*i (the BK/4 vec4s of a row are neighbours) and stores their elements one by
+// one into the depth-major tile (`store_a4`); a vec4 B copy-in the B_QUADS at columns 4*(lid % (BN/4)) .. + 3 of
+// depth rows lid / (BN/4) + B_QUAD_DEPTHS*r, each stored whole (`store_b4`). Bounds: a vec4 lies wholly inside
+// the depth range (K, the chunk and the step are multiples of 4) and the columns, or wholly outside.
 //
 // SPLIT-K. With few output tiles (e.g. backward_weight of a wide early layer: K = N*HO*WO is huge, M*COLS is
 // small) the depth is cut into p.splits chunks of p.chunk (a multiple of BK): workgroup z sums depths
@@ -136,6 +146,11 @@ const B_ROW: u32 = BN / 4u;
 const A_LOADS: u32 = BM * BK / WG;
 const A_STRIDE: u32 = WG / BK;
 const B_DEPTHS: u32 = BK / 16u;
+// The vec4 copy-ins (see VEC4 LOADS): A vec4s per invocation and depth step, rows apart; B vec4s, depth rows apart.
+const A_QUADS: u32 = BM * BK / (4u * WG);
+const A_QUAD_ROWS: u32 = WG / (BK / 4u);
+const B_QUADS: u32 = BK * BN / (4u * WG);
+const B_QUAD_DEPTHS: u32 = WG / (BN / 4u);
 // A column or row index that fails every bounds check: marks invocations whose B column is past COLS.
 const OFF: i32 = -1073741824;
 
@@ -159,6 +174,9 @@ var<private> acc: array<vec4<f32>, TM * TN / 4u>;
 // lid % 16 + 16*i, at next_b[r * TN + i].
 var<private> next_a: array<f32, A_LOADS>;
 var<private> next_b: array<f32, B_DEPTHS * TN>;
+// The same with the vec4 copy-ins (see VEC4 LOADS), as f32.
+var<private> next_a4: array<vec4<f32>, A_QUADS>;
+var<private> next_b4: array<vec4<f32>, B_QUADS>;
 
 // The tile row of this invocation's row i (< TM), and the tile column of its column c (< TN).
 fn tile_row(lid: u32, i: u32) -> u32 {
@@ -173,15 +191,37 @@ fn acc_at(i: u32, c: u32) -> f32 {
     return acc[i * (TN / 4u) + c / 4u][c % 4u];
 }
 
-// Writes the prefetched elements into the copy of the workgroup tiles that begins at depth row `buf_row`.
-fn store_tiles(lid: u32, buf_row: u32) {
+// Write the prefetched A or B elements (or vec4s) into the copy of the workgroup tiles that begins at depth row
+// `buf_row`.
+fn store_a(lid: u32, buf_row: u32) {
     for (var i = 0u; i < A_LOADS; i++) {
         put_a(buf_row + lid % BK, lid / BK + A_STRIDE * i, next_a[i]);
     }
+}
+
+fn store_b(lid: u32, buf_row: u32) {
     for (var r = 0u; r < B_DEPTHS; r++) {
         for (var i = 0u; i < TN; i++) {
             put_b(buf_row + lid / 16u + 16u * r, lid % 16u + 16u * i, next_b[r * TN + i]);
         }
+    }
+}
+
+fn store_a4(lid: u32, buf_row: u32) {
+    let k = buf_row + 4u * (lid % (BK / 4u));
+    for (var i = 0u; i < A_QUADS; i++) {
+        let m = lid / (BK / 4u) + A_QUAD_ROWS * i;
+        let v = next_a4[i];
+        put_a(k, m, v.x);
+        put_a(k + 1u, m, v.y);
+        put_a(k + 2u, m, v.z);
+        put_a(k + 3u, m, v.w);
+    }
+}
+
+fn store_b4(lid: u32, buf_row: u32) {
+    for (var r = 0u; r < B_QUADS; r++) {
+        put_b4(buf_row + lid / (BN / 4u) + B_QUAD_DEPTHS * r, 4u * (lid % (BN / 4u)), next_b4[r]);
     }
 }
 
@@ -305,89 +345,87 @@ fn advance(v: vec3<u32>, step: vec3<u32>, mid_radix: u32, lo_radix: u32) -> vec3
 // ---------------------------------------------------------------------------------------------------------
 // conv2d_forward: y = conv(x, weight). x (N, C_IN, H, W), weight (C_OUT, C_IN, KH, KW), y (N, C_OUT, HO, WO);
 // with splits, y_split instead: slices of a scratch (SPLITS, N, C_OUT, HO, WO) (bound in every dispatch, at
-// least one element).
+// least one element). conv2d_forward_vec4: the same where K = C_IN*KH*KW is a multiple of 4, the weight loaded as
+// vec4s (`weight4`, the same binding; see VEC4 LOADS).
 @group(0) @binding(1) var<storage, read> x: array<Act>;
 @group(0) @binding(2) var<storage, read> weight: array<Act>;
+@group(0) @binding(2) var<storage, read> weight4: array<vec4<Act>>;
 @group(0) @binding(3) var<storage, read_write> y: array<Act>;
 @group(0) @binding(4) var<storage, read_write> y_split: array<f32>;
 
-@compute @workgroup_size(WG)
-fn conv2d_forward(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    if !tile_exists(wid, nwg) {
-        return;
-    }
-    let origin = tile_origin(wid, nwg);
-    let k_begin = wid.z * p.chunk;
-    let k_end = min(k_begin + p.chunk, p.k);
-    let hw_in = p.h * p.w;
-    let hw_out = p.ho * p.wo;
+// The B copy-in of the forward kernels: depth rows lid / 16 + 16*r, columns lid % 16 + 16*i. Per column: the
+// sample's offset in x and the input position of tap (0, 0) (OFF for columns past COLS, so that every tap is out
+// of bounds); per depth row its tap (ci, kh, kw), advanced by `fwd_tap_step` (BK) per depth step.
+var<private> fwd_x_base: array<u32, TN>;
+var<private> fwd_ih0: array<i32, TN>;
+var<private> fwd_iw0: array<i32, TN>;
+var<private> fwd_tap: array<vec3<u32>, B_DEPTHS>;
+var<private> fwd_tap_step: vec3<u32>;
 
-    // B copy-in: depth rows kb + 16*r, columns lid % 16 + 16*i. Per column: the sample's offset in x and the
-    // input position of tap (0, 0) (OFF for columns past COLS, so that every tap is out of bounds).
-    let kb = lid / 16u;
-    var x_base: array<u32, TN>;
-    var ih0: array<i32, TN>;
-    var iw0: array<i32, TN>;
+fn forward_begin(origin: vec2<u32>, k_begin: u32, lid: u32) {
+    let hw_out = p.ho * p.wo;
     for (var i = 0u; i < TN; i++) {
         let j = origin.y + lid % 16u + 16u * i;
         let q = j % hw_out;
-        x_base[i] = (j / hw_out) * p.c_in * hw_in;
-        ih0[i] = select(OFF, i32((q / p.wo) * p.stride) - i32(p.pad), j < p.cols);
-        iw0[i] = i32((q % p.wo) * p.stride) - i32(p.pad);
+        fwd_x_base[i] = (j / hw_out) * p.c_in * p.h * p.w;
+        fwd_ih0[i] = select(OFF, i32((q / p.wo) * p.stride) - i32(p.pad), j < p.cols);
+        fwd_iw0[i] = i32((q % p.wo) * p.stride) - i32(p.pad);
     }
-    // Per depth row: tap (ci, kh, kw) of depth k_begin + kb + 16*r.
-    var tap: array<vec3<u32>, B_DEPTHS>;
     for (var r = 0u; r < B_DEPTHS; r++) {
-        tap[r] = digits(k_begin + kb + 16u * r, p.kh, p.kw);
+        fwd_tap[r] = digits(k_begin + lid / 16u + 16u * r, p.kh, p.kw);
     }
-    let tap_step = digits(BK, p.kh, p.kw);
+    fwd_tap_step = digits(BK, p.kh, p.kw);
+}
 
-    clear_acc();
-    let steps = depth_steps(k_begin, k_end);
-    for (var s = 0u; s <= steps; s++) {
-        let buf_row = (s % BUFFERS) * BK;
-        store_tiles(lid, buf_row);
-        workgroupBarrier();
-        if s < steps {
-            let k0 = k_begin + s * BK;
-            // A: weight[m, k], contiguous along k.
-            let k = k0 + lid % BK;
-            for (var i = 0u; i < A_LOADS; i++) {
-                let m = origin.x + lid / BK + A_STRIDE * i;
-                var v = 0.0;
-                if m < p.m && k < k_end {
-                    v = f32(weight[m * p.k + k]);
-                }
-                next_a[i] = v;
-            }
-            // B: im2col of x.
-            for (var r = 0u; r < B_DEPTHS; r++) {
-                let k_ok = k0 + kb + 16u * r < k_end;
-                let t = tap[r];
-                for (var i = 0u; i < TN; i++) {
-                    let ih = ih0[i] + i32(t.y);
-                    let iw = iw0[i] + i32(t.z);
-                    var v = 0.0;
-                    if k_ok && ih >= 0 && ih < i32(p.h) && iw >= 0 && iw < i32(p.w) {
-                        v = f32(x[x_base[i] + t.x * hw_in + u32(ih) * p.w + u32(iw)]);
-                    }
-                    next_b[r * TN + i] = v;
-                }
-                tap[r] = advance(t, tap_step, p.kh, p.kw);
-            }
+// A of the depth step from k0: weight[m, k], contiguous along k; one element or one vec4 at a time.
+fn forward_load_a(origin: vec2<u32>, k0: u32, k_end: u32, lid: u32) {
+    let k = k0 + lid % BK;
+    for (var i = 0u; i < A_LOADS; i++) {
+        let m = origin.x + lid / BK + A_STRIDE * i;
+        var v = 0.0;
+        if m < p.m && k < k_end {
+            v = f32(weight[m * p.k + k]);
         }
-        multiply_tiles(lid, buf_row);
-        release_tiles();
+        next_a[i] = v;
     }
+}
 
-    finish_tiles(lid);
-    // C[m, j] -> y[n, m, oh, ow], or y_split[slice z][n, m, oh, ow].
+fn forward_load_a4(origin: vec2<u32>, k0: u32, k_end: u32, lid: u32) {
+    let k = k0 + 4u * (lid % (BK / 4u));
+    for (var i = 0u; i < A_QUADS; i++) {
+        let m = origin.x + lid / (BK / 4u) + A_QUAD_ROWS * i;
+        var v = vec4<f32>(0.0);
+        if m < p.m && k < k_end {
+            v = vec4<f32>(weight4[(m * p.k + k) / 4u]);
+        }
+        next_a4[i] = v;
+    }
+}
+
+// B of the depth step from k0: the im2col of x.
+fn forward_load_b(k0: u32, k_end: u32, lid: u32) {
+    let hw_in = p.h * p.w;
+    for (var r = 0u; r < B_DEPTHS; r++) {
+        let k_ok = k0 + lid / 16u + 16u * r < k_end;
+        let t = fwd_tap[r];
+        for (var i = 0u; i < TN; i++) {
+            let ih = fwd_ih0[i] + i32(t.y);
+            let iw = fwd_iw0[i] + i32(t.z);
+            var v = 0.0;
+            if k_ok && ih >= 0 && ih < i32(p.h) && iw >= 0 && iw < i32(p.w) {
+                v = f32(x[fwd_x_base[i] + t.x * hw_in + u32(ih) * p.w + u32(iw)]);
+            }
+            next_b[r * TN + i] = v;
+        }
+        fwd_tap[r] = advance(t, fwd_tap_step, p.kh, p.kw);
+    }
+}
+
+// C[m, j] -> y[n, m, oh, ow], or y_split[slice z][n, m, oh, ow].
+fn forward_end(origin: vec2<u32>, z: u32, lid: u32) {
+    let hw_out = p.ho * p.wo;
     let split = p.splits > 1u;
-    let slice = wid.z * p.out_len;
+    let slice = z * p.out_len;
     for (var c = 0u; c < TN; c++) {
         let j = origin.y + tile_col(lid, c);
         if j < p.cols {
@@ -404,6 +442,72 @@ fn conv2d_forward(
             }
         }
     }
+}
+
+@compute @workgroup_size(WG)
+fn conv2d_forward(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    if !tile_exists(wid, nwg) {
+        return;
+    }
+    let origin = tile_origin(wid, nwg);
+    let k_begin = wid.z * p.chunk;
+    let k_end = min(k_begin + p.chunk, p.k);
+    forward_begin(origin, k_begin, lid);
+
+    clear_acc();
+    let steps = depth_steps(k_begin, k_end);
+    for (var s = 0u; s <= steps; s++) {
+        let buf_row = (s % BUFFERS) * BK;
+        store_a(lid, buf_row);
+        store_b(lid, buf_row);
+        workgroupBarrier();
+        if s < steps {
+            forward_load_a(origin, k_begin + s * BK, k_end, lid);
+            forward_load_b(k_begin + s * BK, k_end, lid);
+        }
+        multiply_tiles(lid, buf_row);
+        release_tiles();
+    }
+
+    finish_tiles(lid);
+    forward_end(origin, wid.z, lid);
+}
+
+@compute @workgroup_size(WG)
+fn conv2d_forward_vec4(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    if !tile_exists(wid, nwg) {
+        return;
+    }
+    let origin = tile_origin(wid, nwg);
+    let k_begin = wid.z * p.chunk;
+    let k_end = min(k_begin + p.chunk, p.k);
+    forward_begin(origin, k_begin, lid);
+
+    clear_acc();
+    let steps = depth_steps(k_begin, k_end);
+    for (var s = 0u; s <= steps; s++) {
+        let buf_row = (s % BUFFERS) * BK;
+        store_a4(lid, buf_row);
+        store_b(lid, buf_row);
+        workgroupBarrier();
+        if s < steps {
+            forward_load_a4(origin, k_begin + s * BK, k_end, lid);
+            forward_load_b(k_begin + s * BK, k_end, lid);
+        }
+        multiply_tiles(lid, buf_row);
+        release_tiles();
+    }
+
+    finish_tiles(lid);
+    forward_end(origin, wid.z, lid);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -467,7 +571,8 @@ fn conv2d_backward_data(
     let steps = depth_steps(k_begin, k_end);
     for (var s = 0u; s <= steps; s++) {
         let buf_row = (s % BUFFERS) * BK;
-        store_tiles(lid, buf_row);
+        store_a(lid, buf_row);
+        store_b(lid, buf_row);
         workgroupBarrier();
         if s < steps {
             let k0 = k_begin + s * BK;
@@ -532,9 +637,108 @@ fn conv2d_backward_data(
 // ---------------------------------------------------------------------------------------------------------
 // conv2d_backward_weight: dweight from dy and x. dy (N, C_OUT, HO, WO) (binding 1, shared with
 // conv2d_backward_data), x (N, C_IN, H, W) at binding 2 (named `saved_x`: binding 1 is taken by dy),
-// dweight (C_OUT, C_IN, KH, KW) (or slices of a scratch).
+// dweight (C_OUT, C_IN, KH, KW) (or slices of a scratch). conv2d_backward_weight_vec4: the same where HO*WO is a
+// multiple of 4, dy loaded as vec4s (`dy4`, the same binding; see VEC4 LOADS).
+@group(0) @binding(1) var<storage, read> dy4: array<vec4<Act>>;
 @group(0) @binding(2) var<storage, read> saved_x: array<Act>;
 @group(0) @binding(3) var<storage, read_write> dweight: array<f32>;
+
+// The copy-ins of the weight-gradient kernels. A: this invocation's first depth of a step as the output position
+// (n, 0, oh*WO + ow), advanced by `bw_a_step` (BK) per step. B: depth rows lid / 16 + 16*r as output positions
+// (n, oh, ow), advanced by `bw_b_step` (BK); columns lid % 16 + 16*i, each a tap: its channel's offset in a sample
+// of x, and (kh - PAD, kw - PAD) (OFF past COLS).
+var<private> bw_a_pos: vec3<u32>;
+var<private> bw_a_step: vec3<u32>;
+var<private> bw_b_pos: array<vec3<u32>, B_DEPTHS>;
+var<private> bw_b_step: vec3<u32>;
+var<private> bw_ci_base: array<u32, TN>;
+var<private> bw_dh: array<i32, TN>;
+var<private> bw_dw: array<i32, TN>;
+
+// `a_depth`: the depth of this invocation's first A element in a step, relative to the step's first depth.
+fn weight_begin(origin: vec2<u32>, k_begin: u32, a_depth: u32, lid: u32) {
+    let hw_out = p.ho * p.wo;
+    bw_a_pos = digits(k_begin + a_depth, 1u, hw_out);
+    bw_a_step = digits(BK, 1u, hw_out);
+    for (var r = 0u; r < B_DEPTHS; r++) {
+        bw_b_pos[r] = digits(k_begin + lid / 16u + 16u * r, p.ho, p.wo);
+    }
+    bw_b_step = digits(BK, p.ho, p.wo);
+    for (var i = 0u; i < TN; i++) {
+        let j = origin.y + lid % 16u + 16u * i;
+        let t = digits(j, p.kh, p.kw);
+        bw_ci_base[i] = t.x * p.h * p.w;
+        bw_dh[i] = select(OFF, i32(t.y) - i32(p.pad), j < p.cols);
+        bw_dw[i] = i32(t.z) - i32(p.pad);
+    }
+}
+
+// A of the depth step from k0: dy[n, m, oh, ow], contiguous along the output positions of one sample; one element
+// (depth k0 + lid % BK) or one vec4 (depths k0 + 4*(lid % (BK/4)) ..; HO*WO a multiple of 4) at a time.
+fn weight_load_a(origin: vec2<u32>, k0: u32, k_end: u32, lid: u32) {
+    let hw_out = p.ho * p.wo;
+    let ka_ok = k0 + lid % BK < k_end;
+    for (var i = 0u; i < A_LOADS; i++) {
+        let m = origin.x + lid / BK + A_STRIDE * i;
+        var v = 0.0;
+        if m < p.m && ka_ok {
+            v = f32(dy[(bw_a_pos.x * p.c_out + m) * hw_out + bw_a_pos.z]);
+        }
+        next_a[i] = v;
+    }
+    bw_a_pos = advance(bw_a_pos, bw_a_step, 1u, hw_out);
+}
+
+fn weight_load_a4(origin: vec2<u32>, k0: u32, k_end: u32, lid: u32) {
+    let hw_out = p.ho * p.wo;
+    let ka_ok = k0 + 4u * (lid % (BK / 4u)) < k_end;
+    for (var i = 0u; i < A_QUADS; i++) {
+        let m = origin.x + lid / (BK / 4u) + A_QUAD_ROWS * i;
+        var v = vec4<f32>(0.0);
+        if m < p.m && ka_ok {
+            v = vec4<f32>(dy4[((bw_a_pos.x * p.c_out + m) * hw_out + bw_a_pos.z) / 4u]);
+        }
+        next_a4[i] = v;
+    }
+    bw_a_pos = advance(bw_a_pos, bw_a_step, 1u, hw_out);
+}
+
+// B of the depth step from k0: x[n, ci, oh*STRIDE + kh - PAD, ow*STRIDE + kw - PAD].
+fn weight_load_b(k0: u32, k_end: u32, lid: u32) {
+    for (var r = 0u; r < B_DEPTHS; r++) {
+        let kb_ok = k0 + lid / 16u + 16u * r < k_end;
+        let pos = bw_b_pos[r];
+        let x_base = pos.x * p.c_in * p.h * p.w;
+        let ih0 = i32(pos.y * p.stride);
+        let iw0 = i32(pos.z * p.stride);
+        for (var i = 0u; i < TN; i++) {
+            let ih = ih0 + bw_dh[i];
+            let iw = iw0 + bw_dw[i];
+            var v = 0.0;
+            if kb_ok && ih >= 0 && ih < i32(p.h) && iw >= 0 && iw < i32(p.w) {
+                v = f32(saved_x[x_base + bw_ci_base[i] + u32(ih) * p.w + u32(iw)]);
+            }
+            next_b[r * TN + i] = v;
+        }
+        bw_b_pos[r] = advance(pos, bw_b_step, p.ho, p.wo);
+    }
+}
+
+// C[m, t] -> dweight[slice z][m, t].
+fn weight_end(origin: vec2<u32>, z: u32, lid: u32) {
+    let slice = z * p.out_len;
+    for (var c = 0u; c < TN; c++) {
+        let j = origin.y + tile_col(lid, c);
+        if j < p.cols {
+            for (var i = 0u; i < TM; i++) {
+                let m = origin.x + tile_row(lid, i);
+                if m < p.m {
+                    dweight[slice + m * p.cols + j] = acc_at(i, c);
+                }
+            }
+        }
+    }
+}
 
 @compute @workgroup_size(WG)
 fn conv2d_backward_weight(
@@ -548,87 +752,58 @@ fn conv2d_backward_weight(
     let origin = tile_origin(wid, nwg);
     let k_begin = wid.z * p.chunk;
     let k_end = min(k_begin + p.chunk, p.k);
-    let hw_in = p.h * p.w;
-    let hw_out = p.ho * p.wo;
-
-    // A copy-in: depth lid % BK as the output position (n, 0, oh*WO + ow); rows lid / BK + A_STRIDE*i.
-    var a_pos = digits(k_begin + lid % BK, 1u, hw_out);
-    let a_step = digits(BK, 1u, hw_out);
-    // B copy-in: depth rows kb + 16*r as the output position (n, oh, ow); columns lid % 16 + 16*i, each a
-    // tap: its channel's offset in a sample of x, and (kh - PAD, kw - PAD) (OFF past COLS).
-    let kb = lid / 16u;
-    var b_pos: array<vec3<u32>, B_DEPTHS>;
-    for (var r = 0u; r < B_DEPTHS; r++) {
-        b_pos[r] = digits(k_begin + kb + 16u * r, p.ho, p.wo);
-    }
-    let b_step = digits(BK, p.ho, p.wo);
-    var ci_base: array<u32, TN>;
-    var dh: array<i32, TN>;
-    var dw: array<i32, TN>;
-    for (var i = 0u; i < TN; i++) {
-        let j = origin.y + lid % 16u + 16u * i;
-        let t = digits(j, p.kh, p.kw);
-        ci_base[i] = t.x * hw_in;
-        dh[i] = select(OFF, i32(t.y) - i32(p.pad), j < p.cols);
-        dw[i] = i32(t.z) - i32(p.pad);
-    }
+    weight_begin(origin, k_begin, lid % BK, lid);
 
     clear_acc();
     let steps = depth_steps(k_begin, k_end);
     for (var s = 0u; s <= steps; s++) {
         let buf_row = (s % BUFFERS) * BK;
-        store_tiles(lid, buf_row);
+        store_a(lid, buf_row);
+        store_b(lid, buf_row);
         workgroupBarrier();
         if s < steps {
-            let k0 = k_begin + s * BK;
-            // A: dy[n, m, oh, ow], contiguous along the output positions of one sample.
-            let ka_ok = k0 + lid % BK < k_end;
-            for (var i = 0u; i < A_LOADS; i++) {
-                let m = origin.x + lid / BK + A_STRIDE * i;
-                var v = 0.0;
-                if m < p.m && ka_ok {
-                    v = f32(dy[(a_pos.x * p.c_out + m) * hw_out + a_pos.z]);
-                }
-                next_a[i] = v;
-            }
-            a_pos = advance(a_pos, a_step, 1u, hw_out);
-            // B: x[n, ci, oh*STRIDE + kh - PAD, ow*STRIDE + kw - PAD].
-            for (var r = 0u; r < B_DEPTHS; r++) {
-                let kb_ok = k0 + kb + 16u * r < k_end;
-                let pos = b_pos[r];
-                let x_base = pos.x * p.c_in * hw_in;
-                let ih0 = i32(pos.y * p.stride);
-                let iw0 = i32(pos.z * p.stride);
-                for (var i = 0u; i < TN; i++) {
-                    let ih = ih0 + dh[i];
-                    let iw = iw0 + dw[i];
-                    var v = 0.0;
-                    if kb_ok && ih >= 0 && ih < i32(p.h) && iw >= 0 && iw < i32(p.w) {
-                        v = f32(saved_x[x_base + ci_base[i] + u32(ih) * p.w + u32(iw)]);
-                    }
-                    next_b[r * TN + i] = v;
-                }
-                b_pos[r] = advance(pos, b_step, p.ho, p.wo);
-            }
+            weight_load_a(origin, k_begin + s * BK, k_end, lid);
+            weight_load_b(k_begin + s * BK, k_end, lid);
         }
         multiply_tiles(lid, buf_row);
         release_tiles();
     }
 
     finish_tiles(lid);
-    // C[m, t] -> dweight[slice z][m, t].
-    let slice = wid.z * p.out_len;
-    for (var c = 0u; c < TN; c++) {
-        let j = origin.y + tile_col(lid, c);
-        if j < p.cols {
-            for (var i = 0u; i < TM; i++) {
-                let m = origin.x + tile_row(lid, i);
-                if m < p.m {
-                    dweight[slice + m * p.cols + j] = acc_at(i, c);
-                }
-            }
-        }
+    weight_end(origin, wid.z, lid);
+}
+
+@compute @workgroup_size(WG)
+fn conv2d_backward_weight_vec4(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    if !tile_exists(wid, nwg) {
+        return;
     }
+    let origin = tile_origin(wid, nwg);
+    let k_begin = wid.z * p.chunk;
+    let k_end = min(k_begin + p.chunk, p.k);
+    weight_begin(origin, k_begin, 4u * (lid % (BK / 4u)), lid);
+
+    clear_acc();
+    let steps = depth_steps(k_begin, k_end);
+    for (var s = 0u; s <= steps; s++) {
+        let buf_row = (s % BUFFERS) * BK;
+        store_a4(lid, buf_row);
+        store_b(lid, buf_row);
+        workgroupBarrier();
+        if s < steps {
+            weight_load_a4(origin, k_begin + s * BK, k_end, lid);
+            weight_load_b(k_begin + s * BK, k_end, lid);
+        }
+        multiply_tiles(lid, buf_row);
+        release_tiles();
+    }
+
+    finish_tiles(lid);
+    weight_end(origin, wid.z, lid);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -664,7 +839,8 @@ fn gemm_batched(
     let steps = depth_steps(k_begin, k_end);
     for (var s = 0u; s <= steps; s++) {
         let buf_row = (s % BUFFERS) * BK;
-        store_tiles(lid, buf_row);
+        store_a(lid, buf_row);
+        store_b(lid, buf_row);
         workgroupBarrier();
         if s < steps {
             let k0 = k_begin + s * BK;
@@ -717,40 +893,9 @@ fn write_gemm_c(lid: u32, origin: vec2<u32>, base: u32) {
 
 // ---------------------------------------------------------------------------------------------------------
 // gemm_batched_vec4: gemm_batched where K and COLS are multiples of 4, so that every row of a and of b starts on a
-// vec4 (the host picks it then): the same tiles, pipeline, splits and sums in the same order (the same bits), with
-// the operands loaded 4 at a time, a quarter of the load instructions. Per depth step the A slice (BM x BK) is
-// BM * BK / 4 vec4s along k: invocation lid loads the A_QUADS at depths 4 * (lid % (BK / 4)) .. + 3 of rows
-// lid / (BK / 4) + A_QUAD_ROWS*i (the BK / 4 vec4s of a row are neighbours), and stores their elements one by one
-// into the depth-major tile; the B slice (BK x BN) is BK * BN / 4 vec4s along j: invocation lid loads the
-// B_QUADS at columns 4 * (lid % (BN / 4)) .. + 3 of depth rows lid / (BN / 4) + B_QUAD_DEPTHS*r and stores each
-// whole (`put_b4`). Bounds: k < k_end and j < COLS hold for all 4 elements of a vec4 or none (K, COLS, the
-// chunk and the tile origins are multiples of 4).
+// vec4: both operands loaded as vec4s (`gemm_a4`, `gemm_b4`, the same bindings; see VEC4 LOADS).
 @group(0) @binding(1) var<storage, read> gemm_a4: array<vec4<Act>>;
 @group(0) @binding(2) var<storage, read> gemm_b4: array<vec4<Act>>;
-
-const A_QUADS: u32 = BM * BK / (4u * WG);
-const A_QUAD_ROWS: u32 = WG / (BK / 4u);
-const B_QUADS: u32 = BK * BN / (4u * WG);
-const B_QUAD_DEPTHS: u32 = WG / (BN / 4u);
-// The vec4s this invocation copies in at the next depth step (see PIPELINE), as f32.
-var<private> next_a4: array<vec4<f32>, A_QUADS>;
-var<private> next_b4: array<vec4<f32>, B_QUADS>;
-
-// Writes the prefetched vec4s into the copy of the workgroup tiles that begins at depth row `buf_row`.
-fn store_tiles4(lid: u32, buf_row: u32) {
-    let ka = buf_row + 4u * (lid % (BK / 4u));
-    for (var i = 0u; i < A_QUADS; i++) {
-        let m = lid / (BK / 4u) + A_QUAD_ROWS * i;
-        let v = next_a4[i];
-        put_a(ka, m, v.x);
-        put_a(ka + 1u, m, v.y);
-        put_a(ka + 2u, m, v.z);
-        put_a(ka + 3u, m, v.w);
-    }
-    for (var r = 0u; r < B_QUADS; r++) {
-        put_b4(buf_row + lid / (BN / 4u) + B_QUAD_DEPTHS * r, 4u * (lid % (BN / 4u)), next_b4[r]);
-    }
-}
 
 @compute @workgroup_size(WG)
 fn gemm_batched_vec4(
@@ -775,7 +920,8 @@ fn gemm_batched_vec4(
     let steps = depth_steps(k_begin, k_end);
     for (var s = 0u; s <= steps; s++) {
         let buf_row = (s % BUFFERS) * BK;
-        store_tiles4(lid, buf_row);
+        store_a4(lid, buf_row);
+        store_b4(lid, buf_row);
         workgroupBarrier();
         if s < steps {
             let k0 = k_begin + s * BK;

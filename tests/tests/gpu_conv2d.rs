@@ -30,7 +30,8 @@ fn shape(
 }
 
 /// Shapes that are multiples of no tile, the iResNet kinds (3x3 s1 p1, 3x3 s2 p1, 1x1 s2 p0, the 3-channel
-/// stem), odd kernels and strides, and more than one tile along every GEMM dimension.
+/// stem), odd kernels and strides, and more than one tile along every GEMM dimension; forward passes whose K is a
+/// multiple of 4 and weight gradients whose HO*WO is (the `_vec4` kernels), and others.
 fn shapes() -> Vec<Conv2dShape> {
     vec![
         shape(3, 5, (13, 13), 7, (3, 3), 1, 1), // 3x3 s1 p1, odd everything; 8 column tiles forward
@@ -42,6 +43,7 @@ fn shapes() -> Vec<Conv2dShape> {
         shape(1, 4, (9, 11), 6, (5, 3), 3, 2),  // non-square kernel
         shape(2, 3, (2, 2), 5, (4, 4), 1, 1),   // kernel as large as the padded input: one output
         shape(2, 70, (5, 5), 130, (3, 3), 1, 1), // M > 128 forward and backward_weight, > 64 backward_data
+        shape(2, 12, (6, 6), 130, (3, 3), 1, 1), // the same with vec4 loads: K = 108, HO*WO = 36
     ]
 }
 
@@ -231,15 +233,11 @@ fn check_mixed_on_every_tile<E: std::fmt::Display>(
 /// the mixed-precision module with its fragment operations done by plain loops
 /// ([`Conv2d::mixed_fragments_as_loops`]), against the core with the mixed-precision bound above. Where the adapter
 /// has cooperative matrices, the test above runs the real ones on every tile shape as well. On shapes of two row
-/// tiles (M = 130) and of column tiles cut short, strided and not: the loops are slow.
+/// tiles (M = 130) and of column tiles cut short, strided and not, with scalar and vec4 loads: the loops are slow.
 #[test]
 fn cooperative_matrix_layout_matches_the_core_with_fragments_as_loops() {
     let Some(gpu) = gpu() else { return };
-    let shapes = [
-        shape(2, 70, (5, 5), 130, (3, 3), 1, 1),
-        shape(2, 5, (11, 9), 7, (3, 3), 2, 1),
-        shape(2, 6, (9, 11), 9, (1, 1), 2, 0),
-    ];
+    let shapes = few_shapes();
     for side in FragmentSide::ALL {
         let tested =
             check_mixed_on_every_tile(gpu, &format!("loops {side}"), &shapes, TileShape::coop_bytes, |tiling| {
@@ -354,6 +352,16 @@ fn stored_as(gpu: &Gpu, elem: Elem, label: &str, shape: &[usize], v: &[f32]) -> 
     }
 }
 
+/// Few shapes for the slow loops: two row tiles (scalar loads throughout), a strided one (K = 36 and HO*WO = 24:
+/// the vec4 loads of the forward pass and the weight gradient), a 1x1 one.
+fn few_shapes() -> [Conv2dShape; 3] {
+    [
+        shape(2, 70, (5, 5), 130, (3, 3), 1, 1),
+        shape(2, 4, (11, 8), 7, (3, 3), 2, 1),
+        shape(2, 6, (9, 11), 9, (1, 1), 2, 0),
+    ]
+}
+
 /// Double-buffered tiles change when the workgroup waits, not what it adds: every kernel (the three convolutions
 /// and `gemm_batched`) gives the bits of the same tile single-buffered, for every shape whose double buffers fit
 /// the adapter's workgroup memory, in f32, in mixed precision (emulated, or on the cooperative matrices where the
@@ -366,12 +374,7 @@ fn double_buffered_tiles_give_the_single_buffered_bits() {
     let limit = gpu.caps.max_workgroup_memory;
     let f32_build: Build = |gpu, tiling| Conv2d::build(gpu, ConvPrecision::F32, tiling).map_err(|e| format!("{e:#}"));
     let kinds = [("f32", f32_build, TileShape::f32_bytes as Bytes)].into_iter().chain(mixed_builds(gpu));
-    // Few shapes for the slow loops: two row tiles, a strided one, a 1x1 one.
-    let few = [
-        shape(2, 70, (5, 5), 130, (3, 3), 1, 1),
-        shape(2, 5, (11, 9), 7, (3, 3), 2, 1),
-        shape(2, 6, (9, 11), 9, (1, 1), 2, 0),
-    ];
+    let few = few_shapes();
     let mut compared = 0;
     for (kind, build, bytes) in kinds {
         for single in TileShape::ALL.into_iter().filter(|t| t.buffers == 1) {

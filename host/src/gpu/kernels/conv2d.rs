@@ -462,7 +462,9 @@ struct Pipelines {
     backward_data: wgpu::ComputePipeline,
     backward_weight: wgpu::ComputePipeline,
     gemm_batched: wgpu::ComputePipeline,
-    /// `gemm_batched` loading its operands as vec4s, for products whose depth and columns are multiples of 4.
+    /// The `_vec4` twins ([`Gemm::vec4`]).
+    forward_vec4: wgpu::ComputePipeline,
+    backward_weight_vec4: wgpu::ComputePipeline,
     gemm_batched_vec4: wgpu::ComputePipeline,
     reduce: wgpu::ComputePipeline,
     /// The reduction into the output of `conv2d_forward` or `conv2d_backward_data`, stored as the activations
@@ -473,44 +475,70 @@ struct Pipelines {
 impl Pipelines {
     fn compile(gpu: &Gpu, label: &str, source: &str) -> Self {
         let m = gpu.shader(label, source);
+        let p = |kernel: Gemm| gpu.pipeline(kernel.name(), &m, kernel.name());
+        let (batched, scalar, vec4) = (None, false, true);
         Self {
-            forward: gpu.pipeline("conv2d_forward", &m, "conv2d_forward"),
-            backward_data: gpu.pipeline("conv2d_backward_data", &m, "conv2d_backward_data"),
-            backward_weight: gpu.pipeline("conv2d_backward_weight", &m, "conv2d_backward_weight"),
-            gemm_batched: gpu.pipeline("gemm_batched", &m, "gemm_batched"),
-            gemm_batched_vec4: gpu.pipeline("gemm_batched_vec4", &m, "gemm_batched_vec4"),
+            forward: p(Gemm { op: Some(ConvOp::Forward), vec4: scalar }),
+            backward_data: p(Gemm { op: Some(ConvOp::BackwardData), vec4: scalar }),
+            backward_weight: p(Gemm { op: Some(ConvOp::BackwardWeight), vec4: scalar }),
+            gemm_batched: p(Gemm { op: batched, vec4: scalar }),
+            forward_vec4: p(Gemm { op: Some(ConvOp::Forward), vec4 }),
+            backward_weight_vec4: p(Gemm { op: Some(ConvOp::BackwardWeight), vec4 }),
+            gemm_batched_vec4: p(Gemm { op: batched, vec4 }),
             reduce: gpu.pipeline("conv2d_reduce_splits", &m, "conv2d_reduce_splits"),
             reduce_act: gpu.pipeline("conv2d_reduce_splits_act", &m, "conv2d_reduce_splits_act"),
         }
     }
 
     fn gemm(&self, kernel: Gemm) -> &wgpu::ComputePipeline {
-        match kernel {
-            Gemm::Conv(ConvOp::Forward) => &self.forward,
-            Gemm::Conv(ConvOp::BackwardData) => &self.backward_data,
-            Gemm::Conv(ConvOp::BackwardWeight) => &self.backward_weight,
-            Gemm::Batched => &self.gemm_batched,
-            Gemm::BatchedVec4 => &self.gemm_batched_vec4,
+        match (kernel.op, kernel.vec4) {
+            (Some(ConvOp::Forward), false) => &self.forward,
+            (Some(ConvOp::Forward), true) => &self.forward_vec4,
+            (Some(ConvOp::BackwardData), _) => &self.backward_data,
+            (Some(ConvOp::BackwardWeight), false) => &self.backward_weight,
+            (Some(ConvOp::BackwardWeight), true) => &self.backward_weight_vec4,
+            (None, false) => &self.gemm_batched,
+            (None, true) => &self.gemm_batched_vec4,
         }
     }
 }
 
-/// A tiled kernel of `conv2d.wgsl`.
+/// A tiled kernel of `conv2d.wgsl`: a convolution, or `gemm_batched` (`op` `None`).
 #[derive(Clone, Copy)]
-enum Gemm {
-    Conv(ConvOp),
-    Batched,
-    /// `gemm_batched` on operands whose rows start on a vec4: the same sums, loaded 4 at a time.
-    BatchedVec4,
+struct Gemm {
+    op: Option<ConvOp>,
+    /// Its `_vec4` twin, which loads an operand that is contiguous along the depth as vec4s (both of
+    /// `gemm_batched`'s, the forward pass's weight, the weight gradient's dy; backward_data has none): the same
+    /// sums in the same order. Only where every run of that operand along the depth starts on a vec4.
+    vec4: bool,
 }
 
 impl Gemm {
+    /// The kernel of `op` on `s`, with the vec4 loads where the sizes allow them (tensors start on the storage
+    /// alignment, a multiple of 16 bytes): forward's weight rows of `C_IN*KH*KW`, the weight gradient's runs of
+    /// dy of `HO*WO`.
+    fn conv(op: ConvOp, s: &Conv2dShape) -> Self {
+        let vec4 = match op {
+            ConvOp::Forward => (s.c_in * s.kh * s.kw).is_multiple_of(4),
+            ConvOp::BackwardData => false,
+            ConvOp::BackwardWeight => (s.out_h() * s.out_w()).is_multiple_of(4),
+        };
+        Self { op: Some(op), vec4 }
+    }
+
+    /// `gemm_batched` of depth `k` and `cols` columns, with the vec4 loads where both are multiples of 4.
+    fn batched(k: usize, cols: usize) -> Self {
+        Self { op: None, vec4: k.is_multiple_of(4) && cols.is_multiple_of(4) }
+    }
+
     /// Its entry point.
     fn name(self) -> &'static str {
-        match self {
-            Gemm::Conv(op) => op.name(),
-            Gemm::Batched => "gemm_batched",
-            Gemm::BatchedVec4 => "gemm_batched_vec4",
+        match (self.op, self.vec4) {
+            (Some(ConvOp::Forward), true) => "conv2d_forward_vec4",
+            (Some(ConvOp::BackwardWeight), true) => "conv2d_backward_weight_vec4",
+            (Some(op), _) => op.name(),
+            (None, false) => "gemm_batched",
+            (None, true) => "gemm_batched_vec4",
         }
     }
 }
@@ -679,7 +707,7 @@ impl Conv2d {
             check_len(op.name(), t, len)?;
             t.expect_elem(op.name(), elem)?;
         }
-        self.dispatches(gpu, Gemm::Conv(op), &plan, inputs, out, scratch)
+        self.dispatches(gpu, Gemm::conv(op, s), &plan, inputs, out, scratch)
     }
 
     /// `y = conv(x, weight)`: `x (N, C_IN, H, W)`, `weight (C_OUT, C_IN, KH, KW)`, `y (N, C_OUT, HO, WO)`.
@@ -753,10 +781,7 @@ impl Conv2d {
         a.expect_elem(name, self.activations())?;
         b.expect_elem(name, self.activations())?;
         c.expect_elem(name, Elem::F32)?;
-        // Rows of a (k elements) and of b (cols) that start on a vec4 take the vec4 loads (tensors start on the
-        // storage alignment, a multiple of 16 bytes).
-        let kernel = if k % 4 == 0 && cols % 4 == 0 { Gemm::BatchedVec4 } else { Gemm::Batched };
-        self.dispatches(gpu, kernel, &plan, [a, b], c, scratch)
+        self.dispatches(gpu, Gemm::batched(k, cols), &plan, [a, b], c, scratch)
     }
 
     /// The GEMM dispatches of `plan` (of `kernel`) reading `inputs` (bindings 1, 2),
@@ -784,7 +809,7 @@ impl Conv2d {
                 bail!("{name}: {} has {} elements, {} splits need {needed}", scratch.label, scratch.len, plan.splits);
             }
         }
-        let act_out = matches!(kernel, Gemm::Conv(ConvOp::Forward | ConvOp::BackwardData));
+        let act_out = matches!(kernel.op, Some(ConvOp::Forward | ConvOp::BackwardData));
         let bound: Vec<&Tensor> = match (act_out, plan.splits > 1) {
             (true, _) => vec![a, b, out, scratch],
             (false, false) => vec![a, b, out],
