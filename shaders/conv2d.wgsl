@@ -60,7 +60,9 @@
 // of rows lid / (BK/4) + A_QUAD_ROWS*i (the BK/4 vec4s of a row are neighbours) and stores their elements one by
 // one into the depth-major tile (`store_a4`); a vec4 B copy-in the B_QUADS at columns 4*(lid % (BN/4)) .. + 3 of
 // depth rows lid / (BN/4) + B_QUAD_DEPTHS*r, each stored whole (`store_b4`). Bounds: a vec4 lies wholly inside
-// the depth range (K, the chunk and the step are multiples of 4) and the columns, or wholly outside.
+// the depth range (K, the chunk and the step are multiples of 4) and the columns, or wholly outside. A twin shares
+// its kernel's copy-in functions and repeats only the short depth loop: an entry point may use one view of a
+// binding (scalar or vec4), and the mixed-precision composition rewrites the tile calls in each loop.
 //
 // SPLIT-K. With few output tiles (e.g. backward_weight of a wide early layer: K = N*HO*WO is huge, M*COLS is
 // small) the depth is cut into p.splits chunks of p.chunk (a multiple of BK): workgroup z sums depths
