@@ -891,6 +891,43 @@ mod tests {
         }
     }
 
+    /// The `_vec4` twins run exactly where every run of their operand along the depth starts on a vec4: on r100 at
+    /// batch 128, every forward pass but the stem's, every weight gradient but the 7x7 layers', every Winograd
+    /// product; never backward_data, and never a product of depth or columns off the vec4s.
+    #[test]
+    fn vec4_loads_are_picked_where_the_sizes_allow() {
+        let conv = |c_in, hw, c_out, k, stride, pad| Conv2dShape {
+            n: 128,
+            c_in,
+            h: hw,
+            w: hw,
+            c_out,
+            kh: k,
+            kw: k,
+            stride,
+            pad,
+        };
+        let picked = |op, s: &Conv2dShape| {
+            let kernel = Gemm::conv(op, s);
+            (kernel.vec4, kernel.name())
+        };
+        let stem = conv(3, 112, 64, 3, 1, 1);
+        assert_eq!(picked(ConvOp::Forward, &stem), (false, "conv2d_forward"));
+        assert_eq!(picked(ConvOp::BackwardWeight, &stem), (true, "conv2d_backward_weight_vec4"));
+        let stage4 = conv(512, 7, 512, 3, 1, 1);
+        assert_eq!(picked(ConvOp::Forward, &stage4), (true, "conv2d_forward_vec4"));
+        assert_eq!(picked(ConvOp::BackwardWeight, &stage4), (false, "conv2d_backward_weight"));
+        let into_stage4 = conv(256, 14, 512, 3, 2, 1);
+        assert_eq!(picked(ConvOp::BackwardWeight, &into_stage4), (false, "conv2d_backward_weight"));
+        for s in [stem, stage4, into_stage4, conv(64, 56, 128, 1, 2, 0)] {
+            assert_eq!(picked(ConvOp::BackwardData, &s), (false, "conv2d_backward_data"));
+        }
+        assert_eq!(Gemm::batched(256, 128 * 49).name(), "gemm_batched_vec4");
+        for [k, cols] in [[27, 64], [64, 49], [3, 3]] {
+            assert_eq!(Gemm::batched(k, cols).name(), "gemm_batched");
+        }
+    }
+
     #[test]
     fn tile_memory_is_what_the_shaders_declare() {
         // f32: a_tile BK x (BM/4 + 1) vec4s, b_tile BK x BN/4 vec4s.
