@@ -475,16 +475,18 @@ struct Pipelines {
 impl Pipelines {
     fn compile(gpu: &Gpu, label: &str, source: &str) -> Self {
         let m = gpu.shader(label, source);
-        let p = |kernel: Gemm| gpu.pipeline(kernel.name(), &m, kernel.name());
-        let (batched, scalar, vec4) = (None, false, true);
+        let p = |op, vec4| {
+            let name = Gemm { op, vec4 }.name();
+            gpu.pipeline(name, &m, name)
+        };
         Self {
-            forward: p(Gemm { op: Some(ConvOp::Forward), vec4: scalar }),
-            backward_data: p(Gemm { op: Some(ConvOp::BackwardData), vec4: scalar }),
-            backward_weight: p(Gemm { op: Some(ConvOp::BackwardWeight), vec4: scalar }),
-            gemm_batched: p(Gemm { op: batched, vec4: scalar }),
-            forward_vec4: p(Gemm { op: Some(ConvOp::Forward), vec4 }),
-            backward_weight_vec4: p(Gemm { op: Some(ConvOp::BackwardWeight), vec4 }),
-            gemm_batched_vec4: p(Gemm { op: batched, vec4 }),
+            forward: p(Some(ConvOp::Forward), false),
+            backward_data: p(Some(ConvOp::BackwardData), false),
+            backward_weight: p(Some(ConvOp::BackwardWeight), false),
+            gemm_batched: p(None, false),
+            forward_vec4: p(Some(ConvOp::Forward), true),
+            backward_weight_vec4: p(Some(ConvOp::BackwardWeight), true),
+            gemm_batched_vec4: p(None, true),
             reduce: gpu.pipeline("conv2d_reduce_splits", &m, "conv2d_reduce_splits"),
             reduce_act: gpu.pipeline("conv2d_reduce_splits_act", &m, "conv2d_reduce_splits_act"),
         }
@@ -514,9 +516,9 @@ struct Gemm {
 }
 
 impl Gemm {
-    /// The kernel of `op` on `s`, with the vec4 loads where the sizes allow them (tensors start on the storage
-    /// alignment, a multiple of 16 bytes): forward's weight rows of `C_IN*KH*KW`, the weight gradient's runs of
-    /// dy of `HO*WO`.
+    /// The kernel of `op` on `s`, with the vec4 loads where the sizes allow them: forward's weight rows of
+    /// `C_IN*KH*KW`, the weight gradient's runs of dy of `HO*WO` (the kernels index from the start of the tensor's
+    /// binding, so only the sizes matter).
     fn conv(op: ConvOp, s: &Conv2dShape) -> Self {
         let vec4 = match op {
             ConvOp::Forward => (s.c_in * s.kh * s.kw).is_multiple_of(4),
@@ -784,9 +786,9 @@ impl Conv2d {
         self.dispatches(gpu, Gemm::batched(k, cols), &plan, [a, b], c, scratch)
     }
 
-    /// The GEMM dispatches of `plan` (of `kernel`) reading `inputs` (bindings 1, 2),
-    /// writing `out` (binding 3) directly or, with splits, writing `scratch` (binding 3, or 4 for the forward and
-    /// backward_data passes, whose outputs are stored as activations are) and then reducing it into `out`.
+    /// The GEMM dispatches of `plan` (of `kernel`) reading `inputs` (bindings 1, 2), writing `out` (binding 3)
+    /// directly or, with splits, writing `scratch` (binding 3, or 4 for the forward and backward_data passes, whose
+    /// outputs are stored as activations are) and then reducing it into `out`.
     fn dispatches(
         &self,
         gpu: &Gpu,
