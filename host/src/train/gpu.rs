@@ -1228,8 +1228,7 @@ impl Builder<'_> {
             let shortcut = match &b.shortcut {
                 Some(ds) => {
                     let dc = first(&ds.conv_out, n)?;
-                    let weight = net.conv_weight(net.value(ds.conv))?;
-                    d.extend(k.conv.forward(gpu, &sh.downsample, &x, &weight, &dc, &net.conv_scratch)?);
+                    self.conv(&mut d, ConvOp::Forward, &sh.downsample, [&x, net.value(ds.conv)], &dc)?;
                     let db = net.value_buf(1, "downsample.1 output", &sh.out_dims, k.conv.activations())?;
                     self.bn_forward(&mut d, mode, &sh.out, ds.bn, &dc, Epilogue::None, &db, &ds.bn_stats)?;
                     db
@@ -1311,13 +1310,12 @@ impl Builder<'_> {
     /// One block backward, as the core's `block_backward`: `dy (B, C_out, h', w')` in buffer `roles[0]`, the result
     /// `dx (B, C_in, h, w)` in `roles[1]`; `roles[2]` and `roles[3]` are scratch. `x` is the block's input.
     fn block_backward(&self, d: &mut Vec<Dispatch>, b: &Block, x: &Tensor, roles: [usize; 4]) -> Result<()> {
-        let (gpu, k, net) = (self.gpu, self.k, self.net);
+        let (k, net) = (self.k, self.net);
         let n = net.batch;
         let sh = BlockShapes::new(&b.spec, n);
         let [r_dy, r1, r2, r3] = roles;
         let (in_dims, full_dims, out_dims) = (sh.in_dims, sh.full_dims, sh.out_dims);
         let dy = net.buf(r_dy, "d block output", &out_dims)?;
-        let scratch = &net.conv_scratch;
 
         // Shortcut: dy -> downsample.1 -> downsample.0 -> d x (shortcut part) in buffer r2.
         let d_x_shortcut = match &b.shortcut {
@@ -1325,9 +1323,8 @@ impl Builder<'_> {
                 let d_dc = net.buf(r1, "d downsample.0.out", &out_dims)?;
                 self.bn_backward(d, &sh.out, ds.bn, &ds.conv_out, &ds.bn_stats, BackwardFusion::None, &dy, &d_dc)?;
                 let d_x = net.buf(r2, "d block input (shortcut)", &in_dims)?;
-                let weight = net.conv_weight(net.value(ds.conv))?;
-                d.extend(k.conv.backward_data(gpu, &sh.downsample, &d_dc, &weight, &d_x, scratch)?);
-                d.extend(k.conv.backward_weight(gpu, &sh.downsample, &d_dc, x, net.grad(ds.conv)?, scratch)?);
+                self.conv(d, ConvOp::BackwardData, &sh.downsample, [&d_dc, net.value(ds.conv)], &d_x)?;
+                self.conv(d, ConvOp::BackwardWeight, &sh.downsample, [&d_dc, x], net.grad(ds.conv)?)?;
                 Some(d_x)
             }
             None => None,
@@ -1700,8 +1697,7 @@ impl<G: Deref<Target = Gpu>> GpuBackend<G> {
 
     /// Which 3x3 stride-1 convolutions run as Winograd (in mixed precision the transforms read and write its f16
     /// activations, F(2x2)'s products run on tensor cores and F(4x4)'s in f32; see `Kernels::products`): those
-    /// with at least
-    /// `min_channels` input and output channels, or none for `None`. Reallocates the Winograd workspace and
+    /// with at least `min_channels` input and output channels, or none for `None`. Reallocates the Winograd workspace and
     /// rebuilds the step. The default is [`default_winograd`] ([`ConvSettings::for_adapter`]).
     pub fn set_winograd(&mut self, min_channels: Option<usize>) -> Result<()> {
         if min_channels == self.k.winograd_min_channels {
