@@ -14,7 +14,8 @@ use elasticface::{bench, selftest};
 
 /// ElasticFace: train and check face-recognition networks with elastic margin losses.
 #[derive(Parser, Debug)]
-#[command(name = "elasticface", version, about, long_about = None)]
+// A flag given twice counts as given last, so that a script may append its overrides to a command line.
+#[command(name = "elasticface", version, about, long_about = None, args_override_self = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -135,6 +136,10 @@ enum Command {
         /// fastest first.
         #[arg(long, conflicts_with_all = ["kernels", "data", "precision", "winograd", "winograd_tile", "conv_tile"])]
         tune: bool,
+        /// --tune: start no new setting after this many seconds (the trainer's build included; the settings come
+        /// most telling first) and list those not measured, so that a peer after it still runs in a time limit.
+        #[arg(long, value_name = "SECONDS", requires = "tune")]
+        budget: Option<f64>,
         /// Time the input pipeline on this dataset (RecordIO .rec with its .idx, or an image folder).
         #[arg(long, value_name = "PATH")]
         data: Option<PathBuf>,
@@ -566,6 +571,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench {
             kernels,
             tune,
+            budget,
             data,
             arch,
             input_size,
@@ -647,7 +653,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             // Ours first; the trainer and the device are released before a peer runs.
             let (ours, (flags, images_per_s, memory)) = if tune {
                 let settings = bench::network::tune_settings(&gpu, &cfg.cfg, cfg.setting());
-                let r = bench::network::tune(std::sync::Arc::new(gpu), &cfg, &settings, false)?;
+                let budget = budget
+                    .map(|s| {
+                        std::time::Duration::try_from_secs_f64(s)
+                            .map_err(|e| anyhow::anyhow!("--budget {s}: not a number of seconds ({e})"))
+                    })
+                    .transpose()?;
+                let r = bench::network::tune(std::sync::Arc::new(gpu), &cfg, &settings, budget, false)?;
                 let best = &r.rows[r.fastest];
                 let compared = (best.flags.clone(), best.images_per_s, best.memory);
                 (BenchOutput::new(&r, json)?, compared)

@@ -79,3 +79,45 @@ fn the_peer_is_refused_with_kernels_and_data() {
         assert!(stderr.contains("cannot be used with"), "{stderr}");
     }
 }
+
+#[test]
+fn a_tune_within_a_budget_measures_the_default_lists_the_rest_and_still_runs_the_peer() {
+    // A budget of 0 s: the default runs (it is the baseline), every other setting is listed as not measured. The
+    // steps are given twice: the later count wins.
+    let peer = r#"echo '{"arch": "r18", "batch": 4, "mode": "fp32", "img_per_s": 0.5}'"#;
+    let out = elasticface()
+        .args(SMALL)
+        .args(["--tune", "--budget", "0", "--steps", "2", "--json", "--peer", peer])
+        .output()
+        .expect("runs");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if no_gpu(&stderr) {
+        return;
+    }
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON object");
+    let ours = &v["ours"];
+    assert_eq!(ours["steps"], 2, "{stdout}");
+    assert_eq!(ours["rows"].as_array().unwrap().len(), 1, "{stdout}");
+    assert_eq!(ours["rows"][0]["default"], true, "{stdout}");
+    assert_eq!(ours["budget_s"], 0.0, "{stdout}");
+    let not_measured = ours["not_measured"].as_array().unwrap();
+    assert!(not_measured.iter().any(|f| f == "--precision f32 --winograd off"), "{stdout}");
+    assert_eq!(v["peer"]["rows"].as_array().unwrap().len(), 1, "the peer ran: {stdout}");
+    assert!(stderr.contains("the budget is spent"), "{stderr}");
+}
+
+#[test]
+fn a_budget_needs_the_tune_and_a_number_of_seconds() {
+    let out = elasticface().args(["bench", "--budget", "10"]).output().expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--tune"), "{stderr}");
+    let out = elasticface().args(SMALL).args(["--tune", "--budget=-1"]).output().expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if no_gpu(&stderr) {
+        return;
+    }
+    assert!(!out.status.success());
+    assert!(stderr.contains("--budget -1: not a number of seconds"), "{stderr}");
+}

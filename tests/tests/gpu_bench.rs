@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use elasticface::bench::network::{gflop_per_step, measure, tune, tune_settings, NetworkBenchConfig};
-use elasticface::gpu::kernels::conv2d::{ConvPrecision, ConvTileChoice, TileShape};
+use elasticface::gpu::kernels::conv2d::{ConvPrecision, ConvTileChoice, FragmentSide, TileShape};
 use elasticface::gpu::kernels::winograd::WinogradTileChoice;
 use elasticface::gpu::{Gpu, GpuOptions};
 use elasticface::train::gpu::ConvSettings;
@@ -93,6 +93,74 @@ fn the_flop_count_is_the_convolutions_and_fc_of_forward_and_both_gradients() {
     assert!((gflop_per_step(&cfg, 3) - 3.0 * 149_160.0 / 1e9).abs() < 1e-18, "linear in the batch");
 }
 
+/// What `tune_settings` lists for [`TINY`] on `gpu` around `default` (see there).
+fn expected_tune_settings(gpu: &Gpu, default: ConvSettings) -> Vec<ConvSettings> {
+    let f32_setting = |winograd, winograd_tile| ConvSettings {
+        precision: ConvPrecision::F32,
+        winograd,
+        winograd_tile,
+        conv_tile: ConvTileChoice::Auto,
+    };
+    // The baselines (the default, every convolution direct, mixed precision's default where the adapter has tensor
+    // cores); Winograd from each width of the network (4, 8, 16) with the auto tile, and in mixed precision with
+    // F(2x2); the other tiles that fit, largest first, f32 then mixed; then F(2x2) throughout in f32 and the auto
+    // tile in mixed precision. No repeats (the default is one of the width settings).
+    let coop = gpu.caps.cooperative_matrix.is_some();
+    let mixed = ConvSettings {
+        precision: ConvPrecision::Mixed,
+        winograd: None,
+        winograd_tile: WinogradTileChoice::Auto,
+        conv_tile: ConvTileChoice::Auto,
+    };
+    let mixed_winograd = |w, winograd_tile| ConvSettings { winograd: Some(w), winograd_tile, ..mixed };
+    let mut expected = vec![default, f32_setting(None, WinogradTileChoice::Auto)];
+    if coop {
+        expected.push(mixed);
+    }
+    for w in [4, 8, 16] {
+        if f32_setting(Some(w), WinogradTileChoice::Auto) != default {
+            expected.push(f32_setting(Some(w), WinogradTileChoice::Auto));
+        }
+        if coop {
+            expected.push(mixed_winograd(w, WinogradTileChoice::F2x2));
+        }
+    }
+    let (adapter_tile, limit) = (ConvTileChoice::Auto.tiling(gpu).tile, gpu.caps.max_workgroup_memory);
+    let by_size = [
+        "128x128x32x2",
+        "128x128x32",
+        "128x128x16x2",
+        "128x128x16",
+        "128x64x32x2",
+        "64x128x32x2",
+        "128x64x32",
+        "64x128x32",
+        "128x64x16x2",
+        "64x128x16x2",
+        "128x64x16",
+        "64x128x16",
+        "64x64x32x2",
+        "64x64x32",
+        "64x64x16x2",
+        "64x64x16",
+    ];
+    for tile in by_size.map(|t| t.parse::<TileShape>().unwrap()) {
+        if tile != adapter_tile && tile.f32_bytes() <= limit {
+            expected.push(ConvSettings { conv_tile: ConvTileChoice::Shape(tile), ..default });
+        }
+        if tile != adapter_tile && tile.coop_bytes() <= limit && coop {
+            expected.push(ConvSettings { conv_tile: ConvTileChoice::Shape(tile), ..mixed });
+        }
+    }
+    for w in [4, 8, 16] {
+        expected.push(f32_setting(Some(w), WinogradTileChoice::F2x2));
+        if coop {
+            expected.push(mixed_winograd(w, WinogradTileChoice::Auto));
+        }
+    }
+    expected
+}
+
 #[test]
 fn tuning_times_every_setting_on_one_trainer_and_names_the_fastest() {
     if elasticface_tests::gpu().is_none() {
@@ -107,43 +175,32 @@ fn tuning_times_every_setting_on_one_trainer_and_names_the_fastest() {
     };
     let default = f32_setting(Some(8), WinogradTileChoice::Auto);
     let settings = tune_settings(&gpu, &TINY, default);
-    // The default first; direct; each width of the network (4, 8, 16) with both tile choices; no repeats (the
-    // default is one of the width settings); the default on each other convolution tile that fits. Mixed only
-    // where the adapter has tensor cores, on each tile that fits, then with Winograd from each width.
-    let mut expected = vec![default, f32_setting(None, WinogradTileChoice::Auto)];
-    for w in [4, 8, 16] {
-        for tile in [WinogradTileChoice::Auto, WinogradTileChoice::F2x2] {
-            if f32_setting(Some(w), tile) != default {
-                expected.push(f32_setting(Some(w), tile));
-            }
-        }
-    }
-    let (adapter_tile, limit) = (ConvTileChoice::Auto.tiling(&gpu).tile, gpu.caps.max_workgroup_memory);
-    for tile in TileShape::ALL {
-        if tile != adapter_tile && tile.f32_bytes() <= limit {
-            expected.push(ConvSettings { conv_tile: ConvTileChoice::Shape(tile), ..default });
-        }
-    }
+    assert_eq!(settings, expected_tune_settings(&gpu, default));
+    // On an adapter with tensor cores and 48 KiB of workgroup memory (an H200's capabilities; only listed here),
+    // mixed precision comes among the baselines, with Winograd, and on each tile.
+    let mut h200 = Gpu::new(&GpuOptions::from_env()).unwrap();
+    h200.caps.cooperative_matrix = Some(FragmentSide::Sixteen);
+    h200.caps.max_workgroup_memory = 48 * 1024;
+    let listed = tune_settings(&h200, &TINY, default);
+    assert_eq!(listed, expected_tune_settings(&h200, default));
+    let head: Vec<String> = listed[..8].iter().map(ConvSettings::to_string).collect();
+    let head_expected = [
+        "--precision f32 --winograd 8 --winograd-tile auto",
+        "--precision f32 --winograd off",
+        "--precision mixed",
+        "--precision f32 --winograd 4 --winograd-tile auto",
+        "--precision mixed --winograd 4 --winograd-tile 2",
+        "--precision mixed --winograd 8 --winograd-tile 2",
+        "--precision f32 --winograd 16 --winograd-tile auto",
+        "--precision mixed --winograd 16 --winograd-tile 2",
+    ];
+    assert_eq!(head, head_expected);
     let mixed = ConvSettings {
         precision: ConvPrecision::Mixed,
         winograd: None,
         winograd_tile: WinogradTileChoice::Auto,
         conv_tile: ConvTileChoice::Auto,
     };
-    if gpu.caps.cooperative_matrix.is_some() {
-        expected.push(mixed);
-        for tile in TileShape::ALL {
-            if tile != adapter_tile && tile.coop_bytes() <= limit {
-                expected.push(ConvSettings { conv_tile: ConvTileChoice::Shape(tile), ..mixed });
-            }
-        }
-        for w in [4, 8, 16] {
-            for winograd_tile in [WinogradTileChoice::Auto, WinogradTileChoice::F2x2] {
-                expected.push(ConvSettings { winograd: Some(w), winograd_tile, ..mixed });
-            }
-        }
-    }
-    assert_eq!(settings, expected);
     assert!(settings.len() >= 12, "6 f32 settings and at least 6 other tiles: {settings:?}");
     assert_eq!(settings[1].to_string(), "--precision f32 --winograd off");
     assert_eq!(default.to_string(), "--precision f32 --winograd 8 --winograd-tile auto");
@@ -163,8 +220,9 @@ fn tuning_times_every_setting_on_one_trainer_and_names_the_fastest() {
         f32_setting(Some(8), WinogradTileChoice::F2x2),
         ConvSettings { conv_tile: other_tile, ..cfg.setting() },
     ];
-    let r = tune(gpu.clone(), &cfg, &chosen, true).unwrap();
+    let r = tune(gpu.clone(), &cfg, &chosen, None, true).unwrap();
     assert_eq!(r.rows.len(), 4);
+    assert!(r.not_measured.is_empty() && r.budget_s.is_none());
     for (row, setting) in r.rows.iter().zip(chosen) {
         assert_eq!(row.setting, setting);
         assert_eq!(row.flags, setting.to_string());
@@ -184,11 +242,21 @@ fn tuning_times_every_setting_on_one_trainer_and_names_the_fastest() {
     assert!(table.contains("(default)"), "{table}");
     assert!(r.failed.is_empty(), "{:?}", r.failed);
 
+    // A spent budget: the default still runs (it is the baseline), the others are listed as not measured.
+    let r = tune(gpu.clone(), &cfg, &chosen, Some(std::time::Duration::ZERO), true).unwrap();
+    assert_eq!(r.rows.len(), 1);
+    assert_eq!(r.rows[0].setting, chosen[0]);
+    assert_eq!(r.not_measured, chosen[1..].iter().map(ConvSettings::to_string).collect::<Vec<_>>());
+    assert_eq!(r.budget_s, Some(0.0));
+    let table = r.to_string();
+    assert!(table.contains("not measured within the budget of 0 s: 3"), "{table}");
+    assert!(table.contains(&format!("\n  {}\n", chosen[3])), "{table}");
+
     // A setting the adapter cannot run (a tile larger than its workgroup memory, where there is one: lavapipe
     // has 32 KiB) is reported, and the settings after it are measured.
     if let Some(&tile) = TileShape::ALL.iter().find(|t| t.f32_bytes() > gpu.caps.max_workgroup_memory) {
         let too_big = ConvSettings { conv_tile: ConvTileChoice::Shape(tile), ..cfg.setting() };
-        let r = tune(gpu.clone(), &cfg, &[cfg.setting(), too_big, settings[1]], true).unwrap();
+        let r = tune(gpu.clone(), &cfg, &[cfg.setting(), too_big, settings[1]], None, true).unwrap();
         assert_eq!(r.rows.iter().map(|row| row.setting).collect::<Vec<_>>(), [cfg.setting(), settings[1]]);
         assert_eq!(r.failed.len(), 1);
         assert_eq!(r.failed[0].setting, too_big);
@@ -196,7 +264,7 @@ fn tuning_times_every_setting_on_one_trainer_and_names_the_fastest() {
         let table = r.to_string();
         assert!(table.contains(&format!("{} failed: ", too_big)), "{table}");
         // The default must run: it is the baseline.
-        let Err(e) = tune(gpu.clone(), &cfg, &[too_big, settings[1]], true) else { panic!("refused") };
+        let Err(e) = tune(gpu.clone(), &cfg, &[too_big, settings[1]], None, true) else { panic!("refused") };
         assert!(format!("{e:#}").contains("the default setting"), "{e:#}");
     }
 }

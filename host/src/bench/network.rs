@@ -20,7 +20,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use elasticface_core::margin::MarginConfig;
@@ -428,11 +428,16 @@ impl fmt::Display for NetworkBenchResult {
     }
 }
 
-/// The settings `bench --tune` compares on `gpu` for `cfg`, `default` (what `train` runs without flags) first:
-/// every convolution direct; Winograd from each width of the network on (the thresholds that differ), with the
-/// `auto` tile and with F(2x2) throughout; the default with each other convolution tile that fits the adapter;
-/// mixed precision where the adapter has cooperative matrices, with each tile that fits, and with Winograd from
-/// each width on (both tile choices).
+/// The settings `bench --tune` compares on `gpu` for `cfg`, most telling first, so that a tune cut short by its
+/// budget has measured what matters most:
+/// 1. the baselines: `default` (what `train` runs without flags), every convolution direct in f32, and mixed
+///    precision's default where the adapter has cooperative matrices;
+/// 2. Winograd from each width of the network on (the thresholds that differ, narrowest first: the largest changes of
+///    arithmetic), in f32 with the `auto` tile, then in mixed precision with F(2x2)'s products on tensor cores;
+/// 3. the default and mixed precision on each other convolution tile that fits the adapter's workgroup memory, the
+///    most products per staged element first (the largest tiles, then the deeper, then double-buffered, then the
+///    taller);
+/// 4. the rest: Winograd from each width with F(2x2) throughout in f32, and with the `auto` tile in mixed precision.
 pub fn tune_settings(gpu: &Gpu, cfg: &IResNetConfig, default: ConvSettings) -> Vec<ConvSettings> {
     let mut widths = cfg.widths.to_vec();
     widths.sort_unstable();
@@ -443,38 +448,39 @@ pub fn tune_settings(gpu: &Gpu, cfg: &IResNetConfig, default: ConvSettings) -> V
         winograd_tile,
         conv_tile: ConvTileChoice::Auto,
     };
+    let mixed = gpu.caps.cooperative_matrix.is_some().then_some(ConvSettings {
+        precision: ConvPrecision::Mixed,
+        winograd: None,
+        winograd_tile: WinogradTileChoice::Auto,
+        conv_tile: ConvTileChoice::Auto,
+    });
+    let mixed_winograd = |w, winograd_tile| mixed.map(|m| ConvSettings { winograd: Some(w), winograd_tile, ..m });
+    // 1.
     let mut all = vec![default, f32_setting(None, WinogradTileChoice::Auto)];
+    all.extend(mixed);
+    // 2.
     for &w in &widths {
-        for tile in [WinogradTileChoice::Auto, WinogradTileChoice::F2x2] {
-            all.push(f32_setting(Some(w), tile));
-        }
+        all.push(f32_setting(Some(w), WinogradTileChoice::Auto));
+        all.extend(mixed_winograd(w, WinogradTileChoice::F2x2));
     }
-    // The other tiles: `Auto` is the adapter's own, so it is not listed again as a shape.
+    // 3. `Auto` is the adapter's own tile, so it is not listed again as a shape.
     let adapter_tile = ConvTileChoice::Auto.tiling(gpu).tile;
     let limit = gpu.caps.max_workgroup_memory;
-    let other_tiles = |bytes: fn(&TileShape) -> u32| {
-        TileShape::ALL.into_iter().filter(move |t| *t != adapter_tile && bytes(t) <= limit).map(ConvTileChoice::Shape)
-    };
-    for conv_tile in other_tiles(TileShape::f32_bytes) {
-        all.push(ConvSettings { precision: ConvPrecision::F32, conv_tile, ..default });
+    let mut tiles: Vec<TileShape> = TileShape::ALL.into_iter().filter(|t| *t != adapter_tile).collect();
+    tiles.sort_by_key(|t| std::cmp::Reverse((t.rows * t.cols, t.depth, t.buffers, t.rows)));
+    for tile in tiles {
+        let conv_tile = ConvTileChoice::Shape(tile);
+        if tile.f32_bytes() <= limit {
+            all.push(ConvSettings { precision: ConvPrecision::F32, conv_tile, ..default });
+        }
+        if let Some(m) = mixed.filter(|_| tile.coop_bytes() <= limit) {
+            all.push(ConvSettings { conv_tile, ..m });
+        }
     }
-    if gpu.caps.cooperative_matrix.is_some() {
-        let mixed = ConvSettings {
-            precision: ConvPrecision::Mixed,
-            winograd: None,
-            winograd_tile: WinogradTileChoice::Auto,
-            conv_tile: ConvTileChoice::Auto,
-        };
-        all.push(mixed);
-        for conv_tile in other_tiles(TileShape::coop_bytes) {
-            all.push(ConvSettings { conv_tile, ..mixed });
-        }
-        // Winograd (F(2x2)'s products on tensor cores, F(4x4)'s in f32) against the direct convolutions.
-        for &w in &widths {
-            for winograd_tile in [WinogradTileChoice::Auto, WinogradTileChoice::F2x2] {
-                all.push(ConvSettings { winograd: Some(w), winograd_tile, ..mixed });
-            }
-        }
+    // 4.
+    for &w in &widths {
+        all.push(f32_setting(Some(w), WinogradTileChoice::F2x2));
+        all.extend(mixed_winograd(w, WinogradTileChoice::Auto));
     }
     let mut settings: Vec<ConvSettings> = Vec::with_capacity(all.len());
     for s in all.into_iter().map(ConvSettings::canonical) {
@@ -533,6 +539,10 @@ pub struct TuneResult {
     pub fastest: usize,
     /// The settings that could not run on this adapter (e.g. a tile its driver does not compile), with why.
     pub failed: Vec<TuneFailure>,
+    /// The time the settings were given, seconds (`None`: no limit).
+    pub budget_s: Option<f64>,
+    /// The flags of the settings not measured because the budget was spent, in the order they would have been.
+    pub not_measured: Vec<String>,
 }
 
 /// A setting `bench --tune` could not measure.
@@ -549,11 +559,19 @@ pub struct TuneFailure {
 /// Builds the trainer `b` describes once and times `settings` on it in turn (`b.warmup` untimed and `b.steps`
 /// timed steps each; the weights keep training from one setting to the next). `settings[0]` is the baseline of
 /// the speed-ups and is marked as the default; it must run. A later setting that cannot (its kernels do not
-/// compile or fit, or its steps fail) is reported in [`TuneResult::failed`] and the others go on. Progress on
-/// stderr unless `quiet`.
-pub fn tune(gpu: Arc<Gpu>, b: &NetworkBenchConfig, settings: &[ConvSettings], quiet: bool) -> Result<TuneResult> {
+/// compile or fit, or its steps fail) is reported in [`TuneResult::failed`] and the others go on. With a
+/// `budget`, no setting after the first starts once that much time has passed since the tune began (the trainer's
+/// build included): the rest are listed in [`TuneResult::not_measured`]. Progress on stderr unless `quiet`.
+pub fn tune(
+    gpu: Arc<Gpu>,
+    b: &NetworkBenchConfig,
+    settings: &[ConvSettings],
+    budget: Option<Duration>,
+    quiet: bool,
+) -> Result<TuneResult> {
     ensure!(!settings.is_empty(), "bench --tune: no setting to measure");
     ensure!(b.steps > 0, "bench: --steps must be at least 1");
+    let began = Instant::now();
     let say = progress(quiet);
     let adapter = crate::gpu::AdapterLine(gpu.info.clone()).to_string();
     let baseline = "the default setting, the baseline of the others";
@@ -562,7 +580,13 @@ pub fn tune(gpu: Arc<Gpu>, b: &NetworkBenchConfig, settings: &[ConvSettings], qu
     let mut rows: Vec<TuneRow> = Vec::with_capacity(settings.len());
     let mut failed = Vec::new();
     let mut next_step = 0;
+    let mut not_measured = Vec::new();
     for (i, setting) in settings.iter().enumerate() {
+        if i > 0 && budget.is_some_and(|budget| began.elapsed() >= budget) {
+            not_measured = settings[i..].iter().map(ConvSettings::to_string).collect();
+            say(format!("the budget is spent: {} settings not measured", not_measured.len()));
+            break;
+        }
         say(format!("[{}/{}] {setting}", i + 1, settings.len()));
         let measured = backend.set_settings(setting).with_context(|| format!("setting {setting}")).and_then(|()| {
             time_steps(&mut backend, b, &batches, next_step, &say).with_context(|| format!("{setting}"))
@@ -610,6 +634,8 @@ pub fn tune(gpu: Arc<Gpu>, b: &NetworkBenchConfig, settings: &[ConvSettings], qu
         rows,
         fastest,
         failed,
+        budget_s: budget.map(|d| d.as_secs_f64()),
+        not_measured,
     })
 }
 
@@ -643,6 +669,12 @@ impl fmt::Display for TuneResult {
         }
         for failure in &self.failed {
             writeln!(f, "{:<62} failed: {}", failure.flags, failure.error)?;
+        }
+        if let (Some(budget), false) = (self.budget_s, self.not_measured.is_empty()) {
+            writeln!(f, "not measured within the budget of {budget:.0} s: {}", self.not_measured.len())?;
+            for flags in &self.not_measured {
+                writeln!(f, "  {flags}")?;
+            }
         }
         let best = &self.rows[self.fastest];
         write!(f, "fastest: {} at {:.1} images/s ({:.2}x the default)", best.flags, best.images_per_s, best.speedup)
