@@ -13,15 +13,16 @@
 //   conv2d_backward_data    M = C_IN   COLS = N*H*W      K = C_OUT*KH*KW  A[ci, (co, kh, kw)] = weight[co, ci, kh, kw]
 //                           B[(co, kh, kw), j] = dy[n, co, oh, ow] where oh = (ih + PAD - kh) / STRIDE is an
 //                           integer in 0..HO (likewise ow), else 0      C[ci, j] -> dx[n, ci, ih, iw]
-//                           (run as STRIDE^2 products, one per stride phase, each without the zero taps)
+//                           (run as STRIDE^2 products, one per stride phase, each without the zero taps, its A
+//                           a row-major matrix of the weight as conv2d_phase_weights lays it out)
 //   conv2d_backward_weight  M = C_OUT  COLS = C_IN*KH*KW K = N*HO*WO     A[co, j] = dy[n, co, oh, ow]
 //                           B[j, t] = x[n, ci, ih, iw] (im2col, transposed) C[co, t] -> dweight[co, t]
 // backward_data gathers (every dx element sums its own taps), so a stride > 1 needs no scattering; to spend no
 // work on the taps whose output position is not an integer, it runs one product per stride phase.
 // A fourth kernel, gemm_batched, is the plain product of row-major matrices, BATCH at a time: the 16 or 36
 // products of a Winograd convolution (shaders/winograd.wgsl), tiled, pipelined and split as the three above.
-// conv2d_forward, conv2d_backward_weight and gemm_batched have `_vec4` twins that load an operand contiguous along
-// the depth 4 elements at a time where the sizes allow (see VEC4 LOADS).
+// Each of the four has a `_vec4` twin that loads an operand contiguous along the depth 4 elements at a time where
+// the sizes allow (see VEC4 LOADS).
 //
 // TILING. A workgroup of WG = 256 invocations computes one BM x BN tile of C (BM = 16*TM rows, BN = 16*TN
 // columns; TM and TN 4 or 8). Invocation (tx, ty) = (lid % 16, lid / 16) owns TM x TN elements of it: rows
@@ -53,8 +54,8 @@
 // depth index is carried as a mixed-radix counter (e.g. (ci, kh, kw)) advanced by BK per step with carries: no
 // integer division in the loop.
 // VEC4 LOADS. Where an operand is contiguous along the depth in runs of whole vec4s (A of conv2d_forward, the
-// weight, when K is a multiple of 4; A of conv2d_backward_weight, dy, when HO*WO is; a and b of gemm_batched when
-// K and COLS are), the kernels' `_vec4` twins load it 4 elements at a time through a vec4 view of the same binding:
+// weight, when K is a multiple of 4; A of conv2d_backward_data, the phase-major weight, when every phase's K is,
+// i.e. C_OUT; A of conv2d_backward_weight, dy, when HO*WO is; a and b of gemm_batched when K and COLS are), the kernels' `_vec4` twins load it 4 elements at a time through a vec4 view of the same binding:
 // a quarter of the load instructions, the same elements in the same tiles, so the same sums and bits (the host
 // picks the twin when the sizes allow). A vec4 A copy-in takes the A_QUADS vec4s at depths 4*(lid % (BK/4)) .. + 3
 // of rows lid / (BK/4) + A_QUAD_ROWS*i (the BK/4 vec4s of a row are neighbours) and stores their elements one by
@@ -130,6 +131,9 @@ struct Params {
     taps_w: u32,
     shift_h: u32,
     shift_w: u32,
+    // The first element of A in the weight binding: conv2d_backward_data's phase's matrix in the weight laid out by
+    // conv2d_phase_weights; zero for the other kernels.
+    weight_offset: u32,
 }
 
 const TM: u32 = 4u;
@@ -379,26 +383,28 @@ fn forward_begin(origin: vec2<u32>, k_begin: u32, lid: u32) {
     fwd_tap_step = digits(BK, p.kh, p.kw);
 }
 
-// A of the depth step from k0: weight[m, k], contiguous along k; one element or one vec4 at a time.
-fn forward_load_a(origin: vec2<u32>, k0: u32, k_end: u32, lid: u32) {
+// A of the depth step from k0, for conv2d_forward and conv2d_backward_data: the row-major M x K matrix that
+// begins at element p.weight_offset of the weight binding, contiguous along k; one element or one vec4 at a time
+// (the offset a multiple of 4 then).
+fn load_weight_a(origin: vec2<u32>, k0: u32, k_end: u32, lid: u32) {
     let k = k0 + lid % BK;
     for (var i = 0u; i < A_LOADS; i++) {
         let m = origin.x + lid / BK + A_STRIDE * i;
         var v = 0.0;
         if m < p.m && k < k_end {
-            v = f32(weight[m * p.k + k]);
+            v = f32(weight[p.weight_offset + m * p.k + k]);
         }
         next_a[i] = v;
     }
 }
 
-fn forward_load_a4(origin: vec2<u32>, k0: u32, k_end: u32, lid: u32) {
+fn load_weight_a4(origin: vec2<u32>, k0: u32, k_end: u32, lid: u32) {
     let k = k0 + 4u * (lid % (BK / 4u));
     for (var i = 0u; i < A_QUADS; i++) {
         let m = origin.x + lid / (BK / 4u) + A_QUAD_ROWS * i;
         var v = vec4<f32>(0.0);
         if m < p.m && k < k_end {
-            v = vec4<f32>(weight4[(m * p.k + k) / 4u]);
+            v = vec4<f32>(weight4[(p.weight_offset + m * p.k + k) / 4u]);
         }
         next_a4[i] = v;
     }
@@ -468,7 +474,7 @@ fn conv2d_forward(
         store_b(lid, buf_row);
         workgroupBarrier();
         if s < steps {
-            forward_load_a(origin, k_begin + s * BK, k_end, lid);
+            load_weight_a(origin, k_begin + s * BK, k_end, lid);
             forward_load_b(k_begin + s * BK, k_end, lid);
         }
         multiply_tiles(lid, buf_row);
@@ -501,7 +507,7 @@ fn conv2d_forward_vec4(
         store_b(lid, buf_row);
         workgroupBarrier();
         if s < steps {
-            forward_load_a4(origin, k_begin + s * BK, k_end, lid);
+            load_weight_a4(origin, k_begin + s * BK, k_end, lid);
             forward_load_b(k_begin + s * BK, k_end, lid);
         }
         multiply_tiles(lid, buf_row);
@@ -513,9 +519,11 @@ fn conv2d_forward_vec4(
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// conv2d_backward_data: dx from dy and weight, one stride phase per dispatch. dy (N, C_OUT, HO, WO),
-// weight (C_OUT, C_IN, KH, KW) (binding 2, shared with conv2d_forward), dx (N, C_IN, H, W); with splits,
-// dx_split instead: slices of a scratch (SPLITS, N, C_IN, H, W) (bound in every dispatch, at least one element).
+// conv2d_backward_data: dx from dy and the weight, one stride phase per dispatch. dy (N, C_OUT, HO, WO), the
+// weight laid out by conv2d_phase_weights (binding 2, shared with conv2d_forward; see below), dx (N, C_IN, H, W);
+// with splits, dx_split instead: slices of a scratch (SPLITS, N, C_IN, H, W) (bound in every dispatch, at least
+// one element). conv2d_backward_data_vec4: the same where every phase's K is a multiple of 4 (C_OUT is), the
+// weight loaded as vec4s (`weight4`; see VEC4 LOADS).
 //
 // dx[n, ci, ih, iw] sums weight[co, ci, kh, kw] * dy[n, co, oh, ow] over the taps with oh*STRIDE = ih + PAD - kh
 // (likewise ow), i.e. over kh = ih + PAD (mod STRIDE). The input rows with (ih + PAD) % STRIDE = rh form a
@@ -523,98 +531,71 @@ fn conv2d_forward_vec4(
 // t < taps_h), with oh = a + shift_h - t (shift_h = (in_h0 + PAD - rh) / STRIDE, exact); likewise columns.
 // One phase is a dense stride-1 product, GEMM M = C_IN, COLS = N*ah*aw, K = C_OUT*taps_h*taps_w: no work
 // on taps that stride over, no divisions. Stride 1 is the single phase (0, 0). A phase without taps
-// (stride > kernel) has K = 0 and writes zeros, as the core does.
+// (stride > kernel) has K = 0 and writes zeros, as the core does. Its A, A[ci, (co, t, u)] =
+// weight[co, ci, tap_h0 + t*STRIDE, tap_w0 + u*STRIDE], is a row-major matrix of the phase-major weight that
+// conv2d_phase_weights writes before (from p.weight_offset on): loaded as the forward pass loads its weight,
+// contiguous along the depth.
 @group(0) @binding(1) var<storage, read> dy: array<Act>;
 @group(0) @binding(3) var<storage, read_write> dx: array<Act>;
 @group(0) @binding(4) var<storage, read_write> dx_split: array<f32>;
 
-@compute @workgroup_size(WG)
-fn conv2d_backward_data(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    if !tile_exists(wid, nwg) {
-        return;
-    }
-    let origin = tile_origin(wid, nwg);
-    let k_begin = wid.z * p.chunk;
-    let k_end = min(k_begin + p.chunk, p.k);
-    let hw_in = p.h * p.w;
+// The B copy-in of the backward_data kernels: depth rows lid / 16 + 16*r as (co, t, u), advanced by
+// `data_tap_step` (BK) per depth step; columns lid % 16 + 16*i, each an input position (n, a, b) of the phase:
+// the sample's offset in dy and (a + shift_h, b + shift_w), the output position of tap (0, 0) (OFF past COLS).
+var<private> data_dy_base: array<u32, TN>;
+var<private> data_oh0: array<i32, TN>;
+var<private> data_ow0: array<i32, TN>;
+var<private> data_tap: array<vec3<u32>, B_DEPTHS>;
+var<private> data_tap_step: vec3<u32>;
+
+// Radices of the phase's taps (t, u); at least 1, so that `digits` never divides by zero when K = 0.
+fn data_radices() -> vec2<u32> {
+    return vec2<u32>(max(p.taps_h, 1u), max(p.taps_w, 1u));
+}
+
+fn data_begin(origin: vec2<u32>, k_begin: u32, lid: u32) {
     let hw_out = p.ho * p.wo;
     let phase_hw = p.ah * p.aw;
-    // Radices of the phase's taps (t, u); at least 1, so that `digits` never divides by zero when K = 0.
-    let th = max(p.taps_h, 1u);
-    let tw = max(p.taps_w, 1u);
-    let step = digits(BK, th, tw);
-
-    // A copy-in: depth lid % BK as (co, t, u); rows lid / BK + A_STRIDE*i.
-    var a_tap = digits(k_begin + lid % BK, th, tw);
-    // B copy-in: depth rows kb + 16*r as (co, t, u), columns lid % 16 + 16*i, each an input position (n, a, b)
-    // of the phase: the sample's offset in dy and (a + shift_h, b + shift_w), the output position of tap
-    // (0, 0) (OFF past COLS).
-    let kb = lid / 16u;
-    var b_tap: array<vec3<u32>, B_DEPTHS>;
+    let radix = data_radices();
     for (var r = 0u; r < B_DEPTHS; r++) {
-        b_tap[r] = digits(k_begin + kb + 16u * r, th, tw);
+        data_tap[r] = digits(k_begin + lid / 16u + 16u * r, radix.x, radix.y);
     }
-    var dy_base: array<u32, TN>;
-    var oh0: array<i32, TN>;
-    var ow0: array<i32, TN>;
+    data_tap_step = digits(BK, radix.x, radix.y);
     for (var i = 0u; i < TN; i++) {
         let j = origin.y + lid % 16u + 16u * i;
         let q = j % phase_hw;
-        dy_base[i] = (j / phase_hw) * p.c_out * hw_out;
-        oh0[i] = select(OFF, i32(q / p.aw + p.shift_h), j < p.cols);
-        ow0[i] = i32(q % p.aw + p.shift_w);
+        data_dy_base[i] = (j / phase_hw) * p.c_out * hw_out;
+        data_oh0[i] = select(OFF, i32(q / p.aw + p.shift_h), j < p.cols);
+        data_ow0[i] = i32(q % p.aw + p.shift_w);
     }
+}
 
-    clear_acc();
-    let steps = depth_steps(k_begin, k_end);
-    for (var s = 0u; s <= steps; s++) {
-        let buf_row = (s % BUFFERS) * BK;
-        store_a(lid, buf_row);
-        store_b(lid, buf_row);
-        workgroupBarrier();
-        if s < steps {
-            let k0 = k_begin + s * BK;
-            // A: weight[co, m, tap_h0 + t*STRIDE, tap_w0 + u*STRIDE].
-            let ka_ok = k0 + lid % BK < k_end;
-            let kh = p.tap_h0 + a_tap.y * p.stride;
-            let kw = p.tap_w0 + a_tap.z * p.stride;
-            for (var i = 0u; i < A_LOADS; i++) {
-                let m = origin.x + lid / BK + A_STRIDE * i;
-                var v = 0.0;
-                if m < p.m && ka_ok {
-                    v = f32(weight[((a_tap.x * p.c_in + m) * p.kh + kh) * p.kw + kw]);
-                }
-                next_a[i] = v;
+// B of the depth step from k0: dy[n, co, a + shift_h - t, b + shift_w - u], zero outside 0..HO, 0..WO.
+fn data_load_b(k0: u32, k_end: u32, lid: u32) {
+    let hw_out = p.ho * p.wo;
+    let radix = data_radices();
+    for (var r = 0u; r < B_DEPTHS; r++) {
+        let k_ok = k0 + lid / 16u + 16u * r < k_end;
+        let t = data_tap[r];
+        for (var i = 0u; i < TN; i++) {
+            let oh = data_oh0[i] - i32(t.y);
+            let ow = data_ow0[i] - i32(t.z);
+            var v = 0.0;
+            if k_ok && oh >= 0 && oh < i32(p.ho) && ow >= 0 && ow < i32(p.wo) {
+                v = f32(dy[data_dy_base[i] + t.x * hw_out + u32(oh) * p.wo + u32(ow)]);
             }
-            a_tap = advance(a_tap, step, th, tw);
-            // B: dy[n, co, a + shift_h - t, b + shift_w - u], zero outside 0..HO, 0..WO.
-            for (var r = 0u; r < B_DEPTHS; r++) {
-                let kb_ok = k0 + kb + 16u * r < k_end;
-                let t = b_tap[r];
-                for (var i = 0u; i < TN; i++) {
-                    let oh = oh0[i] - i32(t.y);
-                    let ow = ow0[i] - i32(t.z);
-                    var v = 0.0;
-                    if kb_ok && oh >= 0 && oh < i32(p.ho) && ow >= 0 && ow < i32(p.wo) {
-                        v = f32(dy[dy_base[i] + t.x * hw_out + u32(oh) * p.wo + u32(ow)]);
-                    }
-                    next_b[r * TN + i] = v;
-                }
-                b_tap[r] = advance(t, step, th, tw);
-            }
+            next_b[r * TN + i] = v;
         }
-        multiply_tiles(lid, buf_row);
-        release_tiles();
+        data_tap[r] = advance(t, data_tap_step, radix.x, radix.y);
     }
+}
 
-    finish_tiles(lid);
-    // C[m, j] -> dx[n, m, in_h0 + a*STRIDE, in_w0 + b*STRIDE], or dx_split[slice z][...].
+// C[m, j] -> dx[n, m, in_h0 + a*STRIDE, in_w0 + b*STRIDE], or dx_split[slice z][...].
+fn data_end(origin: vec2<u32>, z: u32, lid: u32) {
+    let hw_in = p.h * p.w;
+    let phase_hw = p.ah * p.aw;
     let split = p.splits > 1u;
-    let slice = wid.z * p.out_len;
+    let slice = z * p.out_len;
     for (var c = 0u; c < TN; c++) {
         let j = origin.y + tile_col(lid, c);
         if j < p.cols {
@@ -633,6 +614,115 @@ fn conv2d_backward_data(
                 }
             }
         }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn conv2d_backward_data(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    if !tile_exists(wid, nwg) {
+        return;
+    }
+    let origin = tile_origin(wid, nwg);
+    let k_begin = wid.z * p.chunk;
+    let k_end = min(k_begin + p.chunk, p.k);
+    data_begin(origin, k_begin, lid);
+
+    clear_acc();
+    let steps = depth_steps(k_begin, k_end);
+    for (var s = 0u; s <= steps; s++) {
+        let buf_row = (s % BUFFERS) * BK;
+        store_a(lid, buf_row);
+        store_b(lid, buf_row);
+        workgroupBarrier();
+        if s < steps {
+            load_weight_a(origin, k_begin + s * BK, k_end, lid);
+            data_load_b(k_begin + s * BK, k_end, lid);
+        }
+        multiply_tiles(lid, buf_row);
+        release_tiles();
+    }
+
+    finish_tiles(lid);
+    data_end(origin, wid.z, lid);
+}
+
+@compute @workgroup_size(WG)
+fn conv2d_backward_data_vec4(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    if !tile_exists(wid, nwg) {
+        return;
+    }
+    let origin = tile_origin(wid, nwg);
+    let k_begin = wid.z * p.chunk;
+    let k_end = min(k_begin + p.chunk, p.k);
+    data_begin(origin, k_begin, lid);
+
+    clear_acc();
+    let steps = depth_steps(k_begin, k_end);
+    for (var s = 0u; s <= steps; s++) {
+        let buf_row = (s % BUFFERS) * BK;
+        store_a4(lid, buf_row);
+        store_b(lid, buf_row);
+        workgroupBarrier();
+        if s < steps {
+            load_weight_a4(origin, k_begin + s * BK, k_end, lid);
+            data_load_b(k_begin + s * BK, k_end, lid);
+        }
+        multiply_tiles(lid, buf_row);
+        release_tiles();
+    }
+
+    finish_tiles(lid);
+    data_end(origin, wid.z, lid);
+}
+
+// conv2d_phase_weights: the weight (C_OUT, C_IN, KH, KW) (binding 1) laid out as conv2d_backward_data reads it
+// (binding 2): for each stride phase (rh, rw), row-major over STRIDE x STRIDE, the row-major matrix
+// A[ci, (co, t, u)] = weight[co, ci, rh + t*STRIDE, rw + u*STRIDE] (t < TH(rh), u < TW(rw), the phase's taps),
+// one after another; every tap is in one phase, so a permutation of the weight. One invocation per (ci, co), co
+// fastest (so that neighbours write neighbouring places of a phase's matrix), which copies the KH x KW taps of
+// weight[co, ci] to their places: the phases before (rh, rw) hold C_IN*C_OUT*(TH(< rh)*KW + TH(rh)*TW(< rw))
+// elements (TH(< rh), the kernel rows of the phases above, carried as a sum). Element-wise: no tiles.
+@group(0) @binding(1) var<storage, read> phase_src: array<Act>;
+@group(0) @binding(2) var<storage, read_write> phase_dst: array<Act>;
+
+// Taps of a kernel of `k` in stride phase `r` along one dimension.
+fn phase_taps(r: u32, k: u32) -> u32 {
+    return select(0u, (k - r + p.stride - 1u) / p.stride, r < k);
+}
+
+@compute @workgroup_size(WG)
+fn conv2d_phase_weights(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let j = gid.y * nwg.x * WG + gid.x;
+    if j >= p.c_out * p.c_in {
+        return;
+    }
+    let ci = j / p.c_out;
+    let co = j - ci * p.c_out;
+    let src = (co * p.c_in + ci) * p.kh * p.kw;
+    var above = 0u;
+    for (var rh = 0u; rh < min(p.stride, p.kh); rh++) {
+        let th = phase_taps(rh, p.kh);
+        var left = 0u;
+        for (var rw = 0u; rw < min(p.stride, p.kw); rw++) {
+            let tw = phase_taps(rw, p.kw);
+            let depth = p.c_out * th * tw;
+            let dst = p.c_in * p.c_out * (above * p.kw + th * left) + ci * depth + co * th * tw;
+            for (var t = 0u; t < th; t++) {
+                for (var u = 0u; u < tw; u++) {
+                    phase_dst[dst + t * tw + u] = phase_src[src + (rh + t * p.stride) * p.kw + rw + u * p.stride];
+                }
+            }
+            left += tw;
+        }
+        above += th;
     }
 }
 

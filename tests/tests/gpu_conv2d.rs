@@ -31,7 +31,8 @@ fn shape(
 
 /// Shapes that are multiples of no tile, the iResNet kinds (3x3 s1 p1, 3x3 s2 p1, 1x1 s2 p0, the 3-channel
 /// stem), odd kernels and strides, and more than one tile along every GEMM dimension; forward passes whose K is a
-/// multiple of 4 and weight gradients whose HO*WO is (the `_vec4` kernels), and others.
+/// multiple of 4, input gradients whose C_OUT is and weight gradients whose HO*WO is (the `_vec4` kernels), and
+/// others.
 fn shapes() -> Vec<Conv2dShape> {
     vec![
         shape(3, 5, (13, 13), 7, (3, 3), 1, 1), // 3x3 s1 p1, odd everything; 8 column tiles forward
@@ -44,6 +45,7 @@ fn shapes() -> Vec<Conv2dShape> {
         shape(2, 3, (2, 2), 5, (4, 4), 1, 1),   // kernel as large as the padded input: one output
         shape(2, 70, (5, 5), 130, (3, 3), 1, 1), // M > 128 forward and backward_weight, > 64 backward_data
         shape(2, 12, (6, 6), 130, (3, 3), 1, 1), // the same with vec4 loads: K = 108, HO*WO = 36
+        shape(2, 70, (9, 9), 12, (3, 3), 2, 1), // vec4 input gradient, 4 phases of K 48, 24, 24, 12; M = 70
     ]
 }
 
@@ -352,12 +354,12 @@ fn stored_as(gpu: &Gpu, elem: Elem, label: &str, shape: &[usize], v: &[f32]) -> 
     }
 }
 
-/// Few shapes for the slow loops: two row tiles (scalar loads throughout), a strided one (K = 36 and HO*WO = 24:
-/// the vec4 loads of the forward pass and the weight gradient), a 1x1 one.
+/// Few shapes for the slow loops: two row tiles (scalar loads throughout), a strided one (K = 36, C_OUT = 8 and
+/// HO*WO = 24: the vec4 loads of all three passes), a 1x1 one.
 fn few_shapes() -> [Conv2dShape; 3] {
     [
         shape(2, 70, (5, 5), 130, (3, 3), 1, 1),
-        shape(2, 4, (11, 8), 7, (3, 3), 2, 1),
+        shape(2, 4, (11, 8), 8, (3, 3), 2, 1),
         shape(2, 6, (9, 11), 9, (1, 1), 2, 0),
     ]
 }
@@ -448,9 +450,9 @@ fn run_convolutions(gpu: &Gpu, conv: &Conv2d, s: &Conv2dShape, [xv, wv, dyv]: [&
         gpu.zeros_as("dx", &[s.input_len()], act),
         gpu.zeros("dweight", &[s.weight_len()]),
     );
-    let scratch = scratch(gpu, conv, s);
+    let (scratch, phased) = (scratch(gpu, conv, s), gpu.zeros_as("phased", &[s.weight_len()], act));
     let mut all = conv.forward(gpu, s, &x, &weight, &y, &scratch).unwrap();
-    all.extend(conv.backward_data(gpu, s, &dy, &weight, &dx, &scratch).unwrap());
+    all.extend(conv.backward_data(gpu, s, &dy, &weight, &phased, &dx, &scratch).unwrap());
     all.extend(conv.backward_weight(gpu, s, &dy, &x, &dw, &scratch).unwrap());
     run(gpu, &all);
     [gpu.read_f32(&y).unwrap(), gpu.read_f32(&dx).unwrap(), gpu.read(&dw).unwrap()]
@@ -515,6 +517,31 @@ fn compare_shapes_with_core(
     worst
 }
 
+/// `conv2d_phase_weights` moves the weight's elements to the places its core twin puts them, bit for bit, stored as
+/// the kernels store weights: f32, and f16 in mixed precision (emulated where the adapter has no tensor cores).
+#[test]
+fn phase_weights_match_the_core_bit_for_bit() {
+    let Some(gpu) = gpu() else { return };
+    let tiling = ConvTiling::for_adapter(gpu);
+    for precision in [ConvPrecision::F32, ConvPrecision::Mixed] {
+        let conv = Conv2d::build(gpu, precision, tiling).unwrap();
+        for (case, s) in shapes().iter().enumerate() {
+            let mut wv = uniform(300 + case as u64, s.weight_len());
+            if precision == ConvPrecision::Mixed {
+                nn::round_to_f16(&mut wv);
+            }
+            let weight = stored_as(gpu, conv.activations(), "weight", &[wv.len()], &wv);
+            let phased = gpu.zeros_as("phased", &[wv.len()], conv.activations());
+            run(gpu, &[conv.phase_weights(gpu, s, &weight, &phased).unwrap()]);
+            let mut want = vec![f32::NAN; wv.len()];
+            nn::conv2d_phase_weights(s, &wv, &mut want).unwrap();
+            let got = gpu.read_f32(&phased).unwrap();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "{precision:?} {s:?}");
+        }
+    }
+}
+
 #[test]
 fn plans_split_fold_and_cut_strided_gradients_into_phases() {
     let Some(gpu) = gpu() else { return };
@@ -532,6 +559,9 @@ fn plans_split_fold_and_cut_strided_gradients_into_phases() {
     let plan = tiling.plan(ConvOp::BackwardData, &Conv2dShape { stride: 2, ..s }, max).unwrap();
     let phases: Vec<_> = plan.gemms.iter().map(|(p, _)| (p.in_h0, p.ah, p.taps_h, p.in_w0, p.aw, p.taps_w)).collect();
     assert_eq!(phases, [(1, 6, 2, 1, 6, 2), (1, 6, 2, 0, 7, 1), (0, 7, 1, 1, 6, 2), (0, 7, 1, 0, 7, 1)]);
+    // Their matrices in the phase-major weight: C_IN * K each, one after another (5 * 7 * 4, 5 * 7 * 2, ..).
+    let offsets: Vec<u32> = plan.gemms.iter().map(|(p, _)| p.weight_offset).collect();
+    assert_eq!(offsets, [0, 140, 210, 280]);
     // Every input position in exactly one phase; K = C_OUT * taps.
     assert_eq!(plan.gemms.iter().map(|(p, _)| p.cols).sum::<u32>(), 3 * 13 * 13);
     assert!(plan.gemms.iter().all(|(p, _)| p.k == 7 * p.taps_h * p.taps_w));
@@ -566,15 +596,16 @@ fn results_are_bit_identical_from_run_to_run() {
             gpu.zeros("dx", &[s.input_len()]),
             gpu.zeros("dweight", &[s.weight_len()]),
         );
-        let scratch = scratch(gpu, &conv, &s);
+        let (scratch, phased) = (scratch(gpu, &conv, &s), gpu.zeros("phased", &[s.weight_len()]));
         let mut all = conv.forward(gpu, &s, &x, &weight, &y, &scratch).unwrap();
-        all.extend(conv.backward_data(gpu, &s, &dy, &weight, &dx, &scratch).unwrap());
+        all.extend(conv.backward_data(gpu, &s, &dy, &weight, &phased, &dx, &scratch).unwrap());
         all.extend(conv.backward_weight(gpu, &s, &dy, &x, &dw, &scratch).unwrap());
         let bits = |t: &Tensor| gpu.read::<u32>(t).unwrap();
         run(gpu, &all);
         let first = [bits(&y), bits(&dx), bits(&dw)];
-        // Dirty the scratch, run again: same bits.
+        // Dirty the scratch and the phased weight, run again: same bits.
         gpu.write(&scratch, &uniform(4, scratch.len)).unwrap();
+        gpu.write(&phased, &uniform(5, phased.len)).unwrap();
         run(gpu, &all);
         assert_eq!(first, [bits(&y), bits(&dx), bits(&dw)], "{name}");
     }
@@ -589,6 +620,7 @@ fn wrong_tensors_are_refused_naming_them() {
     let (x, weight, y) = (t("x", s.input_len()), t("weight", s.weight_len()), t("y", s.output_len()));
     let (dx, dy, dw, scratch) =
         (t("dx", s.input_len()), t("dy", s.output_len()), t("dweight", s.weight_len()), scratch(gpu, &conv, &s));
+    let phased = t("phased", s.weight_len());
     let short = |label: &str, len: usize| t(label, len - 1);
     let message = |r: Result<Vec<Dispatch>, _>| -> String { format!("{:#}", r.err().expect("refused")) };
 
@@ -598,10 +630,16 @@ fn wrong_tensors_are_refused_naming_them() {
     assert!(e.contains("weight has 107"), "{e}");
     let e = message(conv.forward(gpu, &s, &x, &weight, &short("y", s.output_len()), &scratch));
     assert!(e.contains("y has 199"), "{e}");
-    let e = message(conv.backward_data(gpu, &s, &short("dy", s.output_len()), &weight, &dx, &scratch));
+    let e = message(conv.backward_data(gpu, &s, &short("dy", s.output_len()), &weight, &phased, &dx, &scratch));
     assert!(e.contains("conv2d_backward_data: dy has 199"), "{e}");
-    let e = message(conv.backward_data(gpu, &s, &dy, &weight, &short("dx", s.input_len()), &scratch));
+    let e = message(conv.backward_data(gpu, &s, &dy, &weight, &phased, &short("dx", s.input_len()), &scratch));
     assert!(e.contains("dx has 149"), "{e}");
+    let e = message(conv.backward_data(gpu, &s, &dy, &short("weight", s.weight_len()), &phased, &dx, &scratch));
+    assert!(e.contains("conv2d_phase_weights: weight has 107"), "{e}");
+    let e = message(conv.backward_data(gpu, &s, &dy, &weight, &short("phased", s.weight_len()), &dx, &scratch));
+    assert!(e.contains("conv2d_phase_weights: phased has 107"), "{e}");
+    let e = message(conv.backward_data(gpu, &s, &dy, &weight, &weight, &dx, &scratch));
+    assert!(e.contains("conv2d_phase_weights: weight and weight share a buffer"), "{e}");
     let e = message(conv.backward_weight(gpu, &s, &dy, &short("x", s.input_len()), &dw, &scratch));
     assert!(e.contains("conv2d_backward_weight: x has 149"), "{e}");
     let e = message(conv.backward_weight(gpu, &s, &dy, &x, &short("dweight", s.weight_len()), &scratch));
@@ -617,7 +655,7 @@ fn wrong_tensors_are_refused_naming_them() {
     assert!(e.contains("conv2d_forward: x holds f16 elements, the kernel takes f32"), "{e}");
     let e = message(conv.forward(gpu, &s, &x, &half("weight", s.weight_len()), &y, &scratch));
     assert!(e.contains("conv2d_forward: weight holds f16 elements, the kernel takes f32"), "{e}");
-    let e = message(conv.backward_data(gpu, &s, &half("dy", s.output_len()), &weight, &dx, &scratch));
+    let e = message(conv.backward_data(gpu, &s, &half("dy", s.output_len()), &weight, &phased, &dx, &scratch));
     assert!(e.contains("conv2d_backward_data: dy holds f16 elements"), "{e}");
     // An impossible shape.
     let e = message(conv.forward(gpu, &Conv2dShape { stride: 0, ..s }, &x, &weight, &y, &scratch));

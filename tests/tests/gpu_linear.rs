@@ -77,8 +77,9 @@ fn record(gpu: &Gpu, linear: &Linear, c: &Case) -> Run {
     let (y, dx) = (gpu.zeros("y", &[s.n, s.outputs]), gpu.zeros("dx", &[s.n, s.inputs]));
     let (dweight, dbias) = (gpu.zeros("dweight", &[s.outputs, s.inputs]), gpu.zeros("dbias", &[s.outputs]));
     let scratch = gpu.zeros("scratch", &[linear.scratch_len(gpu, s).unwrap().max(1)]);
+    let phased = gpu.zeros("phased", &[s.weight_len()]);
     let mut dispatches = linear.forward(gpu, s, &x, &weight, &bias, &y, &scratch).unwrap();
-    dispatches.extend(linear.backward(gpu, s, &x, &weight, &dy, &dx, &dweight, &dbias, &scratch).unwrap());
+    dispatches.extend(linear.backward(gpu, s, &x, &weight, &dy, &dx, &dweight, &dbias, &phased, &scratch).unwrap());
     Run { y, dx, dweight, dbias, dispatches }
 }
 
@@ -174,7 +175,8 @@ fn wrong_tensors_are_refused_naming_them() {
     let s = LinearShape { n: 2, inputs: 3, outputs: 4 };
     let t = |label: &str, len: usize| gpu.zeros(label, &[len]);
     let (x, w, b, y, dy) = (t("x", 6), t("weight", 12), t("bias", 4), t("y", 8), t("dy", 8));
-    let (dx, dw, db, scratch) = (t("dx", 6), t("dweight", 12), t("dbias", 4), t("scratch", 64));
+    let (dx, dw, db, scratch, phased) =
+        (t("dx", 6), t("dweight", 12), t("dbias", 4), t("scratch", 64), t("phased", 12));
     let message = |r: Result<Vec<Dispatch>, _>| -> String { format!("{:#}", r.err().expect("refused")) };
     let e = message(linear.forward(gpu, &s, &x, &w, &t("bias", 3), &y, &scratch));
     assert!(e.contains("linear_forward: bias has 3 elements, the shape needs 4"), "{e}");
@@ -182,11 +184,11 @@ fn wrong_tensors_are_refused_naming_them() {
     assert!(e.contains("linear_forward: x has 5"), "{e}");
     let e = message(linear.forward(gpu, &s, &x, &w, &b, &t("y", 9), &scratch));
     assert!(e.contains("y has 9"), "{e}");
-    let e = message(linear.backward(gpu, &s, &x, &w, &dy, &dx, &dw, &t("dbias", 5), &scratch));
+    let e = message(linear.backward(gpu, &s, &x, &w, &dy, &dx, &dw, &t("dbias", 5), &phased, &scratch));
     assert!(e.contains("linear_backward: dbias has 5"), "{e}");
-    let e = message(linear.backward(gpu, &s, &x, &t("weight", 11), &dy, &dx, &dw, &db, &scratch));
+    let e = message(linear.backward(gpu, &s, &x, &t("weight", 11), &dy, &dx, &dw, &db, &phased, &scratch));
     assert!(e.contains("linear_backward: weight has 11"), "{e}");
-    let e = message(linear.backward(gpu, &s, &x, &w, &dy, &dx, &t("dweight", 13), &db, &scratch));
+    let e = message(linear.backward(gpu, &s, &x, &w, &dy, &dx, &t("dweight", 13), &db, &phased, &scratch));
     assert!(e.contains("dweight has 13"), "{e}");
     let e = message(linear.forward(gpu, &LinearShape { n: 0, ..s }, &x, &w, &b, &y, &scratch));
     assert!(e.contains("linear_forward: invalid shape"), "{e}");

@@ -308,8 +308,60 @@ pub fn conv2d_backward_weight(s: &Conv2dShape, dy: &[f32], x: &[f32], dweight: &
     Ok(())
 }
 
+/// Taps of a kernel of `k` along one dimension in stride phase `r` (`r < stride`): those at `r + t*stride`.
+const fn phase_taps(r: usize, k: usize, stride: usize) -> usize {
+    if r < k {
+        (k - r).div_ceil(stride)
+    } else {
+        0
+    }
+}
+
+/// The weight laid out as the GPU's `conv2d_backward_data` reads it, one stride phase after another.
+///
+/// `backward_data` sums, for an input position whose row is in phase `rh` (`(ih + pad) % stride == rh`) and column
+/// in phase `rw`, over the taps `kh = rh + t*stride`, `kw = rw + u*stride` only. So it runs one product per phase
+/// `(rh, rw)` (row-major over `stride x stride`), of depth `C_OUT * TH * TW` (`TH`, `TW` the phase's taps), whose
+/// first operand is the matrix `A[ci, (co, t, u)] = weight[co, ci, rh + t*stride, rw + u*stride]`, row-major.
+/// `out` holds these matrices one after another: every tap belongs to one phase, so `out` is a permutation of the
+/// weight, `C_OUT*C_IN*KH*KW` elements. For stride 1 it is the single phase, `weight` with its two channel axes
+/// swapped. Contiguous along the depth, it is loaded four elements at a time.
+///
+/// Overwrites `out`. Errors as [`conv2d_forward`] ([`Error::Length`] naming `weight` or `out`).
+pub fn conv2d_phase_weights(s: &Conv2dShape, weight: &[f32], out: &mut [f32]) -> Result<(), Error> {
+    s.validate()?;
+    for (what, got) in [("weight", weight.len()), ("out", out.len())] {
+        if got != s.weight_len() {
+            return Err(Error::Length { what, expected: s.weight_len(), got });
+        }
+    }
+    let stride = s.stride;
+    let mut dst = out.iter_mut();
+    for rh in 0..stride {
+        for rw in 0..stride {
+            let (th, tw) = (phase_taps(rh, s.kh, stride), phase_taps(rw, s.kw, stride));
+            for ci in 0..s.c_in {
+                for co in 0..s.c_out {
+                    for t in 0..th {
+                        for u in 0..tw {
+                            let (kh, kw) = (rh + t * stride, rw + u * stride);
+                            // `check` sized `out` to the weight, and the phases' taps add up to KH*KW.
+                            if let Some(d) = dst.next() {
+                                *d = weight[((co * s.c_in + ci) * s.kh + kh) * s.kw + kw];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
+    extern crate std;
+
     use super::*;
 
     fn shape(
@@ -457,5 +509,96 @@ mod tests {
         assert_eq!(conv2d_backward_weight(&s, &y, &x, &mut wm[1..]), len("dweight", 54, 53));
         // Untouched on error.
         assert_eq!(ym, [0.0; 24]);
+    }
+
+    #[test]
+    fn phase_weights_by_hand() {
+        // Stride 1: the channel axes swapped, weight (C_OUT 2, C_IN 3, 1, 1) -> (3, 2).
+        let s = shape(1, 3, (2, 2), 2, (1, 1), 1, 0);
+        let mut out = [0.0; 6];
+        conv2d_phase_weights(&s, &[0.0, 1.0, 2.0, 10.0, 11.0, 12.0], &mut out).unwrap();
+        assert_eq!(out, [0.0, 10.0, 1.0, 11.0, 2.0, 12.0]);
+        // Stride 2, 3x3, one channel each, weight[kh, kw] = 3*kh + kw: phase (0, 0) has taps kh, kw in {0, 2},
+        // (0, 1) kh in {0, 2} and kw = 1, (1, 0) kh = 1 and kw in {0, 2}, (1, 1) the centre.
+        let s = shape(1, 1, (5, 5), 1, (3, 3), 2, 1);
+        let weight: [f32; 9] = core::array::from_fn(|i| i as f32);
+        let mut out = [f32::NAN; 9];
+        conv2d_phase_weights(&s, &weight, &mut out).unwrap();
+        assert_eq!(out, [0.0, 2.0, 6.0, 8.0, 1.0, 7.0, 3.0, 5.0, 4.0]);
+        // Two channels each: phase (1, 1) is A[ci, co] = weight[co, ci, 1, 1], after 2*2*(4 + 2 + 2) elements.
+        let s = shape(1, 2, (5, 5), 2, (3, 3), 2, 1);
+        let weight: [f32; 36] = core::array::from_fn(|i| i as f32);
+        let mut out = [f32::NAN; 36];
+        conv2d_phase_weights(&s, &weight, &mut out).unwrap();
+        assert_eq!(out[32..], [4.0, 22.0, 13.0, 31.0]);
+        // Errors name the slice and leave `out` alone.
+        let len = |what, expected, got| Err(Error::Length { what, expected, got });
+        assert_eq!(conv2d_phase_weights(&s, &weight[1..], &mut out), len("weight", 36, 35));
+        assert_eq!(conv2d_phase_weights(&s, &weight, &mut out[1..]), len("out", 36, 35));
+        let bad = Conv2dShape { stride: 0, ..s };
+        assert!(matches!(conv2d_phase_weights(&bad, &weight, &mut out), Err(Error::Shape { .. })));
+    }
+
+    /// `dx` as the GPU computes it: for each stride phase, the product of the phase's matrix from
+    /// [`conv2d_phase_weights`] and the phase's output gradients.
+    fn backward_data_by_phases(s: &Conv2dShape, dy: &[f32], weight: &[f32]) -> std::vec::Vec<f32> {
+        let mut phased = std::vec![0.0; s.weight_len()];
+        conv2d_phase_weights(s, weight, &mut phased).unwrap();
+        let (ho, wo, st) = (s.out_h() as isize, s.out_w() as isize, s.stride);
+        let mut dx = std::vec![0.0; s.input_len()];
+        let mut a_offset = 0;
+        for rh in 0..st {
+            for rw in 0..st {
+                let (th, tw) = (phase_taps(rh, s.kh, st), phase_taps(rw, s.kw, st));
+                let depth = s.c_out * th * tw;
+                // The phase's input positions in0 + a*stride and the output position of a = 0, tap 0.
+                let in_h0 = (rh + st - s.pad % st) % st;
+                let in_w0 = (rw + st - s.pad % st) % st;
+                let (shift_h, shift_w) = ((in_h0 + s.pad - rh) / st, (in_w0 + s.pad - rw) / st);
+                for n in 0..s.n {
+                    for ci in 0..s.c_in {
+                        for (a, ih) in (in_h0..s.h).step_by(st).enumerate() {
+                            for (b, iw) in (in_w0..s.w).step_by(st).enumerate() {
+                                let mut sum = 0.0;
+                                for k in 0..depth {
+                                    let (co, t, u) = (k / (th * tw), k / tw % th, k % tw);
+                                    let oh = (a + shift_h) as isize - t as isize;
+                                    let ow = (b + shift_w) as isize - u as isize;
+                                    if (0..ho).contains(&oh) && (0..wo).contains(&ow) {
+                                        let y = dy[((n * s.c_out + co) * ho as usize + oh as usize) * wo as usize
+                                            + ow as usize];
+                                        sum += phased[a_offset + ci * depth + k] * y;
+                                    }
+                                }
+                                dx[((n * s.c_in + ci) * s.h + ih) * s.w + iw] = sum;
+                            }
+                        }
+                    }
+                }
+                a_offset += s.c_in * depth;
+            }
+        }
+        assert_eq!(a_offset, s.weight_len(), "the phases cover the weight");
+        dx
+    }
+
+    #[test]
+    fn phase_weights_are_what_a_phase_product_reads() {
+        // Small integers: every sum is exact in either order, so the phase products match the direct loops bit
+        // for bit. Strides 1-3 with kernels 1-3 (stride 3 over a kernel of 2: a phase without taps, whose inputs
+        // get 0), odd sizes, padding 0-2.
+        for s in [
+            shape(2, 3, (5, 6), 4, (3, 3), 1, 1),
+            shape(2, 3, (7, 6), 4, (3, 3), 2, 1),
+            shape(1, 2, (6, 7), 3, (1, 1), 2, 0),
+            shape(1, 2, (8, 7), 2, (2, 3), 3, 2),
+            shape(2, 2, (5, 5), 3, (3, 2), 2, 0),
+        ] {
+            let dy: std::vec::Vec<f32> = (0..s.output_len()).map(|i| (i % 7) as f32 - 3.0).collect();
+            let weight: std::vec::Vec<f32> = (0..s.weight_len()).map(|i| (i % 5) as f32 - 2.0).collect();
+            let mut want = std::vec![f32::NAN; s.input_len()];
+            conv2d_backward_data(&s, &dy, &weight, &mut want).unwrap();
+            assert_eq!(backward_data_by_phases(&s, &dy, &weight), want, "{s:?}");
+        }
     }
 }

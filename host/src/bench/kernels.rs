@@ -118,7 +118,8 @@ pub fn kernel_cases(gpu: &Gpu, n: usize, shrink: usize, tile: ConvTileChoice) ->
         let mut ops = vec![("conv2d_forward", conv.forward(gpu, &s, &x, &w_read, &y, &scratch)?)];
         // Training never needs the input image's gradient: the stem runs no backward_data.
         if c_in != 3 {
-            ops.push(("conv2d_backward_data", conv.backward_data(gpu, &s, &dy, &w_read, &dx, &scratch)?));
+            let phased = gpu.zeros_as("w (phased)", &[s.weight_len()], act);
+            ops.push(("conv2d_backward_data", conv.backward_data(gpu, &s, &dy, &w_read, &phased, &dx, &scratch)?));
         }
         ops.push(("conv2d_backward_weight", conv.backward_weight(gpu, &s, &dy, &x, &w, &scratch)?));
         // The Winograd passes of the 3x3 stride-1 layers, F(2x2) (`winograd_*`) and F(4x4) (`winograd4_*`),
@@ -153,6 +154,7 @@ pub fn kernel_cases(gpu: &Gpu, n: usize, shrink: usize, tile: ConvTileChoice) ->
     let t = |name: &str, len: usize| gpu.zeros(name, &[len]);
     let (x, w, b, y) = (t("x", n * s.inputs), t("w", s.inputs * s.outputs), t("b", s.outputs), t("y", n * s.outputs));
     let (dx, dw, db) = (t("dx", n * s.inputs), t("dw", s.inputs * s.outputs), t("db", s.outputs));
+    let phased = t("w (phased)", s.inputs * s.outputs);
     let scratch = t("scratch", lin.scratch_len(gpu, &s)?.max(1));
     let shape = format!("N={n} {}->{}", s.inputs, s.outputs);
     let (flops, bytes) = (linear::flops(&s) as f64, 4.0 * (s.inputs * s.outputs) as f64);
@@ -168,7 +170,7 @@ pub fn kernel_cases(gpu: &Gpu, n: usize, shrink: usize, tile: ConvTileChoice) ->
         shape,
         flops: 2.0 * flops,
         bytes: 2.0 * bytes,
-        dispatches: lin.backward(gpu, &s, &x, &w, &y, &dx, &dw, &db, &scratch)?,
+        dispatches: lin.backward(gpu, &s, &x, &w, &y, &dx, &dw, &db, &phased, &scratch)?,
     });
 
     let residual = Residual::new(gpu);

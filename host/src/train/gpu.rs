@@ -638,6 +638,9 @@ struct Net {
     /// forward pass's temporaries.
     grad_bufs: [Tensor; 4],
     conv_scratch: Tensor,
+    /// The weight of a direct convolution's (or fc's) input gradient laid out as its products read it
+    /// ([`Conv2d::phase_weights`]): f32, seen as the activations' type for the convolutions; sized by the largest.
+    phased_weights: Tensor,
     /// The Winograd convolutions' workspace, where any layer runs as Winograd.
     winograd: Option<WinogradWorkspace>,
     bn_scratch: Tensor,
@@ -779,22 +782,26 @@ impl Net {
         let k_conv = &k.conv;
         let mut conv_len = k_conv.scratch_len(gpu, &conv3(3, c0, n, h, w, 1))?;
         let mut bn_len = BatchNormKernels::scratch_len(&BatchNormShape { n, c: c0, hw: h * w });
+        let fc = LinearShape { n, inputs: cfg.fc_inputs(), outputs: e };
+        // The stem needs no input gradient.
+        let mut phased_len = fc.weight_len();
         for b in &blocks {
             let s = BlockShapes::new(&b.spec, n);
             for conv in [s.conv1, s.conv2, s.downsample] {
                 conv_len = conv_len.max(k_conv.scratch_len(gpu, &conv)?);
+                phased_len = phased_len.max(conv.weight_len());
             }
             for bn in [s.input, s.full, s.out] {
                 bn_len = bn_len.max(BatchNormKernels::scratch_len(&bn));
             }
         }
-        let fc = LinearShape { n, inputs: cfg.fc_inputs(), outputs: e };
         conv_len = conv_len.max(k_conv.scratch_len(gpu, &conv_shape(&fc))?);
         for c in [c3, e] {
             bn_len = bn_len.max(BatchNormKernels::scratch_len(&BatchNormShape { n, c, hw: 1 }));
         }
         bn_len = bn_len.max(BatchNormKernels::scratch_len(&BatchNormShape { n, c: c3, hw: (h / 16) * (w / 16) }));
         let conv_scratch = a.zeros(scratch, "conv2d scratch", &[conv_len.max(1)])?;
+        let phased_weights = a.zeros(scratch, "weights laid out for the input gradients", &[phased_len])?;
         let winograd = winograd_workspace(gpu, k, cfg, n, &mut a)?;
         let bn_scratch = a.zeros(scratch, "batchnorm scratch", &[bn_len])?;
 
@@ -831,6 +838,7 @@ impl Net {
             input,
             grad_bufs,
             conv_scratch,
+            phased_weights,
             winograd,
             bn_scratch,
             head,
@@ -1145,11 +1153,19 @@ impl Builder<'_> {
             None => {
                 // The forward and backward_data passes read the weight (the second input) as the kernels store it.
                 let [a, b] = inputs;
-                let weight = match op {
-                    ConvOp::BackwardWeight => None,
-                    ConvOp::Forward | ConvOp::BackwardData => Some(self.net.conv_weight(b)?),
-                };
-                k.conv.run(gpu, op, s, [a, weight.as_ref().unwrap_or(b)], out, &self.net.conv_scratch)?
+                let scratch = &self.net.conv_scratch;
+                match op {
+                    ConvOp::Forward => k.conv.forward(gpu, s, a, &self.net.conv_weight(b)?, out, scratch)?,
+                    ConvOp::BackwardData => {
+                        let phased = self.net.phased_weights.view_as(
+                            "weight laid out for the input gradient",
+                            &[s.weight_len()],
+                            k.conv.activations(),
+                        )?;
+                        k.conv.backward_data(gpu, s, a, &self.net.conv_weight(b)?, &phased, out, scratch)?
+                    }
+                    ConvOp::BackwardWeight => k.conv.backward_weight(gpu, s, a, b, out, scratch)?,
+                }
             }
         });
         Ok(())
@@ -1278,7 +1294,9 @@ impl Builder<'_> {
         let tail_dims = [n, c3, h / 16, w / 16];
         let d_bn2 = net.buf_f32(2, "d bn2.out", &tail_dims)?;
         let (dw, db) = (net.grad(t.fc)?, net.grad(t.fc + 1)?);
-        d.extend(k.linear.backward(gpu, &fc, &t.bn2_out, net.value(t.fc), &d_fc, &d_bn2, dw, db, &net.conv_scratch)?);
+        let phased = net.phased_weights.view("fc.weight laid out for the input gradient", &[fc.weight_len()])?;
+        let scratch = &net.conv_scratch;
+        d.extend(k.linear.backward(gpu, &fc, &t.bn2_out, net.value(t.fc), &d_fc, &d_bn2, dw, db, &phased, scratch)?);
 
         // bn2: -> d last block output in buffer 0.
         let s2 = BatchNormShape { n, c: c3, hw: (h / 16) * (w / 16) };

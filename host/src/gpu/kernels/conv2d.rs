@@ -92,6 +92,9 @@ pub struct Conv2dParams {
     pub shift_h: u32,
     /// Output column of (phase column 0, phase tap 0).
     pub shift_w: u32,
+    /// `backward_data`: the first element of the phase's matrix in the weight as [`Conv2d::phase_weights`] lays it
+    /// out (0 for the other kernels).
+    pub weight_offset: u32,
 }
 
 /// One dimension of a stride phase of `backward_data`: the input positions `in0 + a*stride` (`a < count`) with
@@ -291,14 +294,20 @@ impl ConvTiling {
             ConvOp::BackwardWeight => vec![gemm(s.c_out, s.c_in * taps, s.n * ho * wo)],
             ConvOp::BackwardData => {
                 let mut phases = Vec::new();
+                // Where each phase's matrix begins in the phase-major weight: the phases in the same order, those
+                // without input positions included (their taps are laid out too).
+                let mut weight_offset = 0;
                 for rh in 0..s.stride {
                     let ph = phase_dim(rh, s.h, s.kh, s.stride, s.pad);
                     for rw in 0..s.stride {
                         let pw = phase_dim(rw, s.w, s.kw, s.stride, s.pad);
+                        let offset = weight_offset as u32;
+                        weight_offset += s.c_in * s.c_out * ph.taps * pw.taps;
                         if ph.count * pw.count == 0 {
                             continue;
                         }
                         phases.push(Conv2dParams {
+                            weight_offset: offset,
                             in_h0: ph.in0 as u32,
                             in_w0: pw.in0 as u32,
                             ah: ph.count as u32,
@@ -464,8 +473,11 @@ struct Pipelines {
     gemm_batched: wgpu::ComputePipeline,
     /// The `_vec4` twins ([`Gemm::vec4`]).
     forward_vec4: wgpu::ComputePipeline,
+    backward_data_vec4: wgpu::ComputePipeline,
     backward_weight_vec4: wgpu::ComputePipeline,
     gemm_batched_vec4: wgpu::ComputePipeline,
+    /// The weight laid out for `backward_data`.
+    phase_weights: wgpu::ComputePipeline,
     reduce: wgpu::ComputePipeline,
     /// The reduction into the output of `conv2d_forward` or `conv2d_backward_data`, stored as the activations
     /// are.
@@ -485,8 +497,10 @@ impl Pipelines {
             backward_weight: p(Some(ConvOp::BackwardWeight), false),
             gemm_batched: p(None, false),
             forward_vec4: p(Some(ConvOp::Forward), true),
+            backward_data_vec4: p(Some(ConvOp::BackwardData), true),
             backward_weight_vec4: p(Some(ConvOp::BackwardWeight), true),
             gemm_batched_vec4: p(None, true),
+            phase_weights: gpu.pipeline("conv2d_phase_weights", &m, "conv2d_phase_weights"),
             reduce: gpu.pipeline("conv2d_reduce_splits", &m, "conv2d_reduce_splits"),
             reduce_act: gpu.pipeline("conv2d_reduce_splits_act", &m, "conv2d_reduce_splits_act"),
         }
@@ -496,7 +510,8 @@ impl Pipelines {
         match (kernel.op, kernel.vec4) {
             (Some(ConvOp::Forward), false) => &self.forward,
             (Some(ConvOp::Forward), true) => &self.forward_vec4,
-            (Some(ConvOp::BackwardData), _) => &self.backward_data,
+            (Some(ConvOp::BackwardData), false) => &self.backward_data,
+            (Some(ConvOp::BackwardData), true) => &self.backward_data_vec4,
             (Some(ConvOp::BackwardWeight), false) => &self.backward_weight,
             (Some(ConvOp::BackwardWeight), true) => &self.backward_weight_vec4,
             (None, false) => &self.gemm_batched,
@@ -510,19 +525,21 @@ impl Pipelines {
 struct Gemm {
     op: Option<ConvOp>,
     /// Its `_vec4` twin, which loads an operand that is contiguous along the depth as vec4s (both of
-    /// `gemm_batched`'s, the forward pass's weight, the weight gradient's dy; backward_data has none): the same
-    /// sums in the same order. Only where every run of that operand along the depth starts on a vec4.
+    /// `gemm_batched`'s, the weight of the forward pass and, laid out by phase, of backward_data, the weight
+    /// gradient's dy): the same sums in the same order. Only where every run of that operand along the depth starts
+    /// on a vec4.
     vec4: bool,
 }
 
 impl Gemm {
     /// The kernel of `op` on `s`, with the vec4 loads where the sizes allow them: forward's weight rows of
-    /// `C_IN*KH*KW`, the weight gradient's runs of dy of `HO*WO` (the kernels index from the start of the tensor's
-    /// binding, so only the sizes matter).
+    /// `C_IN*KH*KW`, backward_data's phase matrices of rows of `C_OUT*TH*TW` (all multiples of 4, and so are the
+    /// phases' offsets, when `C_OUT` is), the weight gradient's runs of dy of `HO*WO` (the kernels index from the
+    /// start of the tensor's binding, so only the sizes matter).
     fn conv(op: ConvOp, s: &Conv2dShape) -> Self {
         let vec4 = match op {
             ConvOp::Forward => (s.c_in * s.kh * s.kw).is_multiple_of(4),
-            ConvOp::BackwardData => false,
+            ConvOp::BackwardData => s.c_out.is_multiple_of(4),
             ConvOp::BackwardWeight => (s.out_h() * s.out_w()).is_multiple_of(4),
         };
         Self { op: Some(op), vec4 }
@@ -537,6 +554,7 @@ impl Gemm {
     fn name(self) -> &'static str {
         match (self.op, self.vec4) {
             (Some(ConvOp::Forward), true) => "conv2d_forward_vec4",
+            (Some(ConvOp::BackwardData), true) => "conv2d_backward_data_vec4",
             (Some(ConvOp::BackwardWeight), true) => "conv2d_backward_weight_vec4",
             (Some(op), _) => op.name(),
             (None, false) => "gemm_batched",
@@ -688,9 +706,10 @@ impl Conv2d {
         Ok(len)
     }
 
-    /// The operation `op` on `s`: reads `inputs` (as [`ConvOp::lens`] orders them), overwrites `out`.
-    /// `scratch`: at least [`Self::scratch_len`] elements, not one of the other tensors.
-    pub fn run(
+    /// The products of `op` on `s`: read `inputs` (as [`ConvOp::lens`] orders them; backward_data's weight laid
+    /// out by [`Self::phase_weights`]), overwrite `out`. `scratch`: at least [`Self::scratch_len`] elements, not one
+    /// of the other tensors.
+    fn products(
         &self,
         gpu: &Gpu,
         op: ConvOp,
@@ -713,7 +732,7 @@ impl Conv2d {
     }
 
     /// `y = conv(x, weight)`: `x (N, C_IN, H, W)`, `weight (C_OUT, C_IN, KH, KW)`, `y (N, C_OUT, HO, WO)`.
-    /// `scratch` as in [`Self::run`].
+    /// `scratch`: at least [`Self::scratch_len`] elements, not one of the other tensors.
     pub fn forward(
         &self,
         gpu: &Gpu,
@@ -723,25 +742,51 @@ impl Conv2d {
         y: &Tensor,
         scratch: &Tensor,
     ) -> Result<Vec<Dispatch>> {
-        self.run(gpu, ConvOp::Forward, s, [x, weight], y, scratch)
+        self.products(gpu, ConvOp::Forward, s, [x, weight], y, scratch)
     }
 
     /// `dx` from `dy` and `weight`: `dy (N, C_OUT, HO, WO)`, `weight (C_OUT, C_IN, KH, KW)`, `dx (N, C_IN, H, W)`
-    /// (overwritten). `scratch` as in [`Self::run`].
+    /// (overwritten). `phased`: a workspace of the weight's size and type, overwritten with the weight laid out as
+    /// the products read it ([`Self::phase_weights`], the first dispatch). `scratch` as in [`Self::forward`].
+    #[allow(clippy::too_many_arguments)]
     pub fn backward_data(
         &self,
         gpu: &Gpu,
         s: &Conv2dShape,
         dy: &Tensor,
         weight: &Tensor,
+        phased: &Tensor,
         dx: &Tensor,
         scratch: &Tensor,
     ) -> Result<Vec<Dispatch>> {
-        self.run(gpu, ConvOp::BackwardData, s, [dy, weight], dx, scratch)
+        let mut dispatches = vec![self.phase_weights(gpu, s, weight, phased)?];
+        dispatches.extend(self.products(gpu, ConvOp::BackwardData, s, [dy, phased], dx, scratch)?);
+        Ok(dispatches)
+    }
+
+    /// `phased` = `weight (C_OUT, C_IN, KH, KW)` laid out as [`Self::backward_data`]'s products read it: one
+    /// row-major matrix `A[ci, (co, t, u)]` per stride phase, contiguous along their depth (CPU twin
+    /// [`elasticface_core::nn::conv2d_phase_weights`], which says more). Both as the kernels store weights
+    /// ([`Self::activations`]), `phased` overwritten.
+    pub fn phase_weights(&self, gpu: &Gpu, s: &Conv2dShape, weight: &Tensor, phased: &Tensor) -> Result<Dispatch> {
+        const NAME: &str = "conv2d_phase_weights";
+        let plan = self.plan(gpu, ConvOp::BackwardData, s)?;
+        for t in [weight, phased] {
+            check_len(NAME, t, s.weight_len())?;
+            t.expect_elem(NAME, self.activations())?;
+        }
+        if weight.buffer == phased.buffer {
+            bail!("{NAME}: {} and {} share a buffer", weight.label, phased.label);
+        }
+        // The plan's parameters hold the shape (validated, every size within u32).
+        let params = plan.gemms.first().map_or_else(Conv2dParams::default, |g| g.0);
+        // One invocation per (ci, co): the KH x KW taps of weight[co, ci].
+        let grid = gpu.grid_1d(s.c_out * s.c_in, ELEMENTWISE_WORKGROUP);
+        gpu.dispatch(NAME, &self.tall.phase_weights, &params, &[weight, phased], grid)
     }
 
     /// `dweight` from `dy` and `x`: `dy (N, C_OUT, HO, WO)`, `x (N, C_IN, H, W)`, `dweight (C_OUT, C_IN, KH, KW)`
-    /// (overwritten). `scratch` as in [`Self::run`].
+    /// (overwritten). `scratch` as in [`Self::forward`].
     pub fn backward_weight(
         &self,
         gpu: &Gpu,
@@ -751,7 +796,7 @@ impl Conv2d {
         dweight: &Tensor,
         scratch: &Tensor,
     ) -> Result<Vec<Dispatch>> {
-        self.run(gpu, ConvOp::BackwardWeight, s, [dy, x], dweight, scratch)
+        self.products(gpu, ConvOp::BackwardWeight, s, [dy, x], dweight, scratch)
     }
 
     /// Tiles, splits and grid of [`Self::gemm_batched`] on `gpu`.
@@ -921,9 +966,11 @@ mod tests {
         assert_eq!(picked(ConvOp::BackwardWeight, &stage4), (false, "conv2d_backward_weight"));
         let into_stage4 = conv(256, 14, 512, 3, 2, 1);
         assert_eq!(picked(ConvOp::BackwardWeight, &into_stage4), (false, "conv2d_backward_weight"));
-        for s in [stem, stage4, into_stage4, conv(64, 56, 128, 1, 2, 0)] {
-            assert_eq!(picked(ConvOp::BackwardData, &s), (false, "conv2d_backward_data"));
+        // Every r100 input gradient (C_OUT a multiple of 4); the phase-major weight of another.
+        for s in [stage4, into_stage4, conv(64, 56, 128, 1, 2, 0), conv(25088, 1, 512, 1, 1, 0)] {
+            assert_eq!(picked(ConvOp::BackwardData, &s), (true, "conv2d_backward_data_vec4"));
         }
+        assert_eq!(picked(ConvOp::BackwardData, &conv(64, 56, 130, 3, 1, 1)), (false, "conv2d_backward_data"));
         assert_eq!(Gemm::batched(256, 128 * 49).name(), "gemm_batched_vec4");
         for [k, cols] in [[27, 64], [64, 49], [3, 3]] {
             assert_eq!(Gemm::batched(k, cols).name(), "gemm_batched");

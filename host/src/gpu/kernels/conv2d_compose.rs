@@ -3,9 +3,8 @@
 // arithmetic (and the cooperative-matrix code generated here for the tile shape) in place of the f32 one. Plain
 // `std` code, included by `conv2d.rs` and by the build script (which validates every module with naga).
 
-/// The tiled kernels of `conv2d.wgsl`: the three convolutions and `gemm_batched`, and the `_vec4` twins of the
-/// forward and weight-gradient convolutions and of `gemm_batched`.
-const KERNELS: usize = 7;
+/// The tiled kernels of `conv2d.wgsl`: the three convolutions and `gemm_batched`, and the `_vec4` twin of each.
+const KERNELS: usize = 8;
 
 /// The workgroup tile of the convolution kernels: `rows x cols` elements of C per workgroup of 256 invocations,
 /// the depth walked `depth` at a time, through `buffers` copies of the staged tiles. Written as

@@ -87,8 +87,10 @@ impl Linear {
     }
 
     /// `dx = dy weight (N, IN)`, `dweight = dy^T x (OUT, IN)`, `dbias = sum_n dy (OUT)` from `x (N, IN)`,
-    /// `weight (OUT, IN)`, `dy (N, OUT)`; all three overwritten. `scratch` as in [`Self::forward`] (used by one
-    /// product after the other). Returns the dispatches to run in order.
+    /// `weight (OUT, IN)`, `dy (N, OUT)`; all three overwritten. `phased`: a workspace of the weight's size (f32),
+    /// overwritten with the weight laid out for `dx`'s product ([`Conv2d::phase_weights`]: here its transpose).
+    /// `scratch` as in [`Self::forward`] (used by one product after the other). Returns the dispatches to run in
+    /// order.
     #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &self,
@@ -100,6 +102,7 @@ impl Linear {
         dx: &Tensor,
         dweight: &Tensor,
         dbias: &Tensor,
+        phased: &Tensor,
         scratch: &Tensor,
     ) -> Result<Vec<Dispatch>> {
         const NAME: &str = "linear_backward";
@@ -111,7 +114,7 @@ impl Linear {
         check_len(NAME, dweight, s.weight_len())?;
         check_len(NAME, dbias, s.outputs)?;
         let conv = conv_shape(s);
-        let mut dispatches = self.conv.backward_data(gpu, &conv, dy, weight, dx, scratch)?;
+        let mut dispatches = self.conv.backward_data(gpu, &conv, dy, weight, phased, dx, scratch)?;
         dispatches.extend(self.conv.backward_weight(gpu, &conv, dy, x, dweight, scratch)?);
         let params = LinearParams { n: s.n as u32, outputs: s.outputs as u32 };
         let grid = gpu.grid_1d(s.outputs, ELEMENTWISE_WORKGROUP);
