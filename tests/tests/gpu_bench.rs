@@ -2,6 +2,7 @@
 //! accounts for every dispatch of a step, and its figures are consistent with one another.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use elasticface::bench::network::{gflop_per_step, measure, tune, tune_settings, NetworkBenchConfig};
 use elasticface::gpu::kernels::conv2d::{ConvPrecision, ConvTileChoice, FragmentSide, TileShape};
@@ -243,7 +244,7 @@ fn tuning_times_every_setting_on_one_trainer_and_names_the_fastest() {
     assert!(r.failed.is_empty(), "{:?}", r.failed);
 
     // A spent budget: the default still runs (it is the baseline), the others are listed as not measured.
-    let r = tune(gpu.clone(), &cfg, &chosen, Some(std::time::Duration::ZERO), true).unwrap();
+    let r = tune(gpu.clone(), &cfg, &chosen, Some(Duration::ZERO), true).unwrap();
     assert_eq!(r.rows.len(), 1);
     assert_eq!(r.rows[0].setting, chosen[0]);
     assert_eq!(r.not_measured, chosen[1..].iter().map(ConvSettings::to_string).collect::<Vec<_>>());
@@ -263,8 +264,18 @@ fn tuning_times_every_setting_on_one_trainer_and_names_the_fastest() {
         assert!(r.failed[0].error.contains("bytes of workgroup memory"), "{:?}", r.failed);
         let table = r.to_string();
         assert!(table.contains(&format!("{} failed: ", too_big)), "{table}");
-        // The default must run: it is the baseline.
-        let Err(e) = tune(gpu.clone(), &cfg, &[too_big, settings[1]], None, true) else { panic!("refused") };
-        assert!(format!("{e:#}").contains("the default setting"), "{e:#}");
+        // A default that cannot run is listed too; the trainer is built in the next setting, which is the baseline
+        // of the speed-ups, and the budget waits for a measured row.
+        let r = tune(gpu.clone(), &cfg, &[too_big, settings[1], cfg.setting()], Some(Duration::ZERO), true).unwrap();
+        assert_eq!(r.rows.iter().map(|row| row.setting).collect::<Vec<_>>(), [settings[1]]);
+        assert!(!r.rows[0].default && r.rows[0].speedup == 1.0, "{:?}", r.rows);
+        assert_eq!(r.failed.iter().map(|f| f.setting).collect::<Vec<_>>(), [too_big]);
+        assert_eq!(r.not_measured, [cfg.setting().to_string()]);
+        let table = r.to_string();
+        assert!(table.contains(&format!("(1.00x {} (the default failed))", settings[1])), "{table}");
+        // Nothing that runs: an error that says why for each.
+        let Err(e) = tune(gpu.clone(), &cfg, &[too_big], None, true) else { panic!("refused") };
+        let e = format!("{e:#}");
+        assert!(e.contains("no setting could run") && e.contains("bytes of workgroup memory"), "{e}");
     }
 }

@@ -22,7 +22,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use elasticface_core::margin::MarginConfig;
 use elasticface_core::model::{IResNetConfig, StepConfig};
 use elasticface_core::rng::Philox4x32;
@@ -508,7 +508,8 @@ pub struct TuneRow {
     pub step_ms_max: f64,
     /// Batch over the median step.
     pub images_per_s: f64,
-    /// `images_per_s` over the default setting's.
+    /// `images_per_s` over the first row's: the default's, or where the default could not run, the first setting
+    /// measured.
     pub speedup: f64,
     /// Bytes the trainer holds in this setting (the Winograd workspace depends on it).
     pub memory: u64,
@@ -533,7 +534,7 @@ pub struct TuneResult {
     pub warmup: usize,
     /// Timed steps per setting.
     pub steps: usize,
-    /// One row per setting measured, in the order measured (the default first).
+    /// One row per setting measured, in the order measured (the default first, where it ran).
     pub rows: Vec<TuneRow>,
     /// The row with the most images/s.
     pub fastest: usize,
@@ -557,11 +558,13 @@ pub struct TuneFailure {
 }
 
 /// Builds the trainer `b` describes once and times `settings` on it in turn (`b.warmup` untimed and `b.steps`
-/// timed steps each; the weights keep training from one setting to the next). `settings[0]` is the baseline of
-/// the speed-ups and is marked as the default; it must run. A later setting that cannot (its kernels do not
-/// compile or fit, or its steps fail) is reported in [`TuneResult::failed`] and the others go on. With a
-/// `budget`, no setting after the first starts once that much time has passed since the tune began (the trainer's
-/// build included): the rest are listed in [`TuneResult::not_measured`]. Progress on stderr unless `quiet`.
+/// timed steps each; the weights keep training from one setting to the next). `settings[0]` is marked as the
+/// default and is the baseline of the speed-ups. A setting that cannot run (its kernels do not compile or fit, or
+/// its steps fail) is reported in [`TuneResult::failed`] and the others go on; where that is the default, the first
+/// setting measured is the baseline (and the trainer is built in the first setting that builds). With a `budget`,
+/// no setting starts once that much time has passed since the tune began (the trainer's build included) and one
+/// has been measured: the rest are listed in [`TuneResult::not_measured`]. Errors when no setting could run.
+/// Progress on stderr unless `quiet`.
 pub fn tune(
     gpu: Arc<Gpu>,
     b: &NetworkBenchConfig,
@@ -574,36 +577,36 @@ pub fn tune(
     let began = Instant::now();
     let say = progress(quiet);
     let adapter = crate::gpu::AdapterLine(gpu.info.clone()).to_string();
-    let baseline = "the default setting, the baseline of the others";
-    let mut backend = build_trainer(&gpu, b, settings[0]).context(baseline)?;
     let batches = synthetic_batches(&b.cfg, b.batch, b.classes, b.seed, 4);
+    let mut backend: Option<GpuBackend> = None;
     let mut rows: Vec<TuneRow> = Vec::with_capacity(settings.len());
     let mut failed = Vec::new();
     let mut next_step = 0;
     let mut not_measured = Vec::new();
     for (i, setting) in settings.iter().enumerate() {
-        if i > 0 && budget.is_some_and(|budget| began.elapsed() >= budget) {
+        if !rows.is_empty() && budget.is_some_and(|budget| began.elapsed() >= budget) {
             not_measured = settings[i..].iter().map(ConvSettings::to_string).collect();
             say(format!("the budget is spent: {} settings not measured", not_measured.len()));
             break;
         }
         say(format!("[{}/{}] {setting}", i + 1, settings.len()));
-        let measured = backend.set_settings(setting).with_context(|| format!("setting {setting}")).and_then(|()| {
-            time_steps(&mut backend, b, &batches, next_step, &say).with_context(|| format!("{setting}"))
-        });
-        let timing = match measured {
-            Ok(timing) => timing,
-            Err(e) if i > 0 => {
+        let measured = in_setting(&gpu, b, &mut backend, setting)
+            .and_then(|backend| {
+                let timing = time_steps(backend, b, &batches, next_step, &say)?;
+                Ok((timing, backend.memory().total()))
+            })
+            .with_context(|| format!("{setting}"));
+        let (timing, memory) = match measured {
+            Ok(measured) => measured,
+            Err(e) => {
                 say(format!("{setting}: failed, skipped: {e:#}"));
                 failed.push(TuneFailure { setting: *setting, flags: setting.to_string(), error: format!("{e:#}") });
                 continue;
             }
-            Err(e) => return Err(e.context(baseline)),
         };
         next_step = timing.next_step;
         let images_per_s = b.batch as f64 / timing.median;
         // The row as it comes: what a run cut short (a time limit, an interruption) still tells.
-        let memory = backend.memory().total();
         say(format!(
             "{setting}: {images_per_s:.1} images/s (median step {:.1} ms), {:.2} GB",
             timing.median * 1e3,
@@ -622,6 +625,10 @@ pub fn tune(
             loss_last: timing.loss_last,
         });
     }
+    if rows.is_empty() {
+        let why: Vec<String> = failed.iter().map(|f| format!("{}: {}", f.flags, f.error)).collect();
+        bail!("bench --tune: no setting could run:\n  {}", why.join("\n  "));
+    }
     let fastest = (0..rows.len()).max_by(|&a, &b| rows[a].images_per_s.total_cmp(&rows[b].images_per_s)).unwrap_or(0);
     Ok(TuneResult {
         adapter,
@@ -639,6 +646,23 @@ pub fn tune(
     })
 }
 
+/// The trainer in `setting`: `backend` switched to it, or built in it where there is none yet (a failed build
+/// leaves none).
+fn in_setting<'a>(
+    gpu: &Arc<Gpu>,
+    b: &NetworkBenchConfig,
+    backend: &'a mut Option<GpuBackend>,
+    setting: &ConvSettings,
+) -> Result<&'a mut GpuBackend> {
+    match backend {
+        Some(existing) => {
+            existing.set_settings(setting)?;
+            Ok(existing)
+        }
+        None => Ok(backend.insert(build_trainer(gpu, b, *setting)?)),
+    }
+}
+
 impl fmt::Display for TuneResult {
     /// The settings fastest first, then the fastest one's flags.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -651,7 +675,7 @@ impl fmt::Display for TuneResult {
         writeln!(
             f,
             "{:<62} {:>9} {:>10} {:>8} {:>8}",
-            "setting (flags of train)", "images/s", "median ms", "x default", "GB"
+            "setting (flags of train)", "images/s", "median ms", "x base", "GB"
         )?;
         let mut order: Vec<&TuneRow> = self.rows.iter().collect();
         order.sort_by(|a, b| b.images_per_s.total_cmp(&a.images_per_s));
@@ -676,7 +700,9 @@ impl fmt::Display for TuneResult {
                 writeln!(f, "  {flags}")?;
             }
         }
-        let best = &self.rows[self.fastest];
-        write!(f, "fastest: {} at {:.1} images/s ({:.2}x the default)", best.flags, best.images_per_s, best.speedup)
+        let (best, base) = (&self.rows[self.fastest], &self.rows[0]);
+        let base =
+            if base.default { "the default".to_string() } else { format!("{} (the default failed)", base.flags) };
+        write!(f, "fastest: {} at {:.1} images/s ({:.2}x {base})", best.flags, best.images_per_s, best.speedup)
     }
 }
