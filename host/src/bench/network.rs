@@ -234,6 +234,20 @@ struct Timing {
     next_step: u64,
 }
 
+impl Timing {
+    /// Errors unless both losses are finite: a setting whose kernels compute garbage on an adapter may well be fast
+    /// (the step's guard then skips every update), and must not be measured as if it trained.
+    fn check_trains(&self) -> Result<()> {
+        ensure!(
+            self.loss_first.is_finite() && self.loss_last.is_finite(),
+            "its steps do not train (losses {} and {}): its kernels do not compute on this adapter",
+            self.loss_first,
+            self.loss_last
+        );
+        Ok(())
+    }
+}
+
 /// Runs `b.warmup` untimed, then `b.steps` (at least 1) timed steps of `backend`, numbered from `first_step` (the
 /// margins of step s are drawn for s), cycling through `batches`; reports each step through `say`.
 fn time_steps(
@@ -559,8 +573,8 @@ pub struct TuneFailure {
 
 /// Builds the trainer `b` describes once and times `settings` on it in turn (`b.warmup` untimed and `b.steps`
 /// timed steps each; the weights keep training from one setting to the next). `settings[0]` is marked as the
-/// default and is the baseline of the speed-ups. A setting that cannot run (its kernels do not compile or fit, or
-/// its steps fail) is reported in [`TuneResult::failed`] and the others go on; where that is the default, the first
+/// default and is the baseline of the speed-ups. A setting that cannot run (its kernels do not compile or fit, its
+/// steps fail, or its losses are not finite) is reported in [`TuneResult::failed`] and the others go on; where that is the default, the first
 /// setting measured is the baseline (and the trainer is built in the first setting that builds). With a `budget`,
 /// no setting starts once that much time has passed since the tune began (the trainer's build included) and one
 /// has been measured: the rest are listed in [`TuneResult::not_measured`]. Errors when no setting could run.
@@ -593,6 +607,7 @@ pub fn tune(
         let measured = in_setting(&gpu, b, &mut backend, setting)
             .and_then(|backend| {
                 let timing = time_steps(backend, b, &batches, next_step, &say)?;
+                timing.check_trains()?;
                 Ok((timing, backend.memory().total()))
             })
             .with_context(|| format!("{setting}"));
@@ -704,5 +719,21 @@ impl fmt::Display for TuneResult {
         let base =
             if base.default { "the default".to_string() } else { format!("{} (the default failed)", base.flags) };
         write!(f, "fastest: {} at {:.1} images/s ({:.2}x {base})", best.flags, best.images_per_s, best.speedup)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_setting_trains_only_with_finite_losses() {
+        let timing =
+            |loss_first, loss_last| Timing { median: 1.0, min: 1.0, max: 1.0, loss_first, loss_last, next_step: 3 };
+        assert!(timing(40.0, 39.5).check_trains().is_ok());
+        for (first, last) in [(f32::NAN, 39.5), (40.0, f32::INFINITY), (f32::NAN, f32::NAN)] {
+            let e = format!("{:#}", timing(first, last).check_trains().unwrap_err());
+            assert!(e.contains("its steps do not train"), "{e}");
+        }
     }
 }
