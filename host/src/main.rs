@@ -118,7 +118,8 @@ enum Command {
     /// --tune: the same steps in each setting of the convolutions that `train` offers (--precision, --winograd,
     /// --winograd-tile, --conv-tile; mixed precision, with and without Winograd, where the adapter has tensor
     /// cores) on one trainer, fastest first, and the flags of the fastest: which settings suit this GPU and
-    /// network. A setting the adapter cannot run is listed with the reason.
+    /// network. A setting the adapter cannot run, or whose losses are not finite, is listed with the reason;
+    /// --budget SECONDS bounds the time (the most telling settings come first).
     ///
     /// --peer COMMAND (with the default or --tune): then runs another trainer's benchmark on the same GPU, e.g.
     /// PyTorch's `python3 torch_iresnet_bench.py train`, and prints our images/s (the fastest setting with --tune)
