@@ -302,7 +302,7 @@ impl Winograd {
         })
     }
 
-    /// The operation `op` on `s` as [`Conv2d::run`] computes it (same tensors, same order), as Winograd with
+    /// The operation `op` on `s` on the tensors [`ConvOp::lens`] lists (in that order), as Winograd with
     /// `tile`, through `ws` (at least [`Winograd::workspace_lens`] of the same tile), with `conv`'s
     /// `gemm_batched` for the products: 4 dispatches, 5 when the product splits. The transforms write the
     /// products' operands (U, V, W) as `conv` stores its operands ([`Conv2d::activations`]: f16 for mixed
