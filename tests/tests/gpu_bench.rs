@@ -94,29 +94,31 @@ fn the_flop_count_is_the_convolutions_and_fc_of_forward_and_both_gradients() {
     assert!((gflop_per_step(&cfg, 3) - 3.0 * 149_160.0 / 1e9).abs() < 1e-18, "linear in the batch");
 }
 
+/// The f32 convolutions with Winograd from `winograd` channels (`None`: none) with `winograd_tile`, on the adapter's
+/// convolution tile.
+fn f32_setting(winograd: Option<usize>, winograd_tile: WinogradTileChoice) -> ConvSettings {
+    ConvSettings { precision: ConvPrecision::F32, winograd, winograd_tile, conv_tile: ConvTileChoice::Auto }
+}
+
+/// Mixed precision with every convolution direct, on the adapter's convolution tile.
+const MIXED: ConvSettings = ConvSettings {
+    precision: ConvPrecision::Mixed,
+    winograd: None,
+    winograd_tile: WinogradTileChoice::Auto,
+    conv_tile: ConvTileChoice::Auto,
+};
+
 /// What `tune_settings` lists for [`TINY`] on `gpu` around `default` (see there).
 fn expected_tune_settings(gpu: &Gpu, default: ConvSettings) -> Vec<ConvSettings> {
-    let f32_setting = |winograd, winograd_tile| ConvSettings {
-        precision: ConvPrecision::F32,
-        winograd,
-        winograd_tile,
-        conv_tile: ConvTileChoice::Auto,
-    };
     // The baselines (the default, every convolution direct, mixed precision's default where the adapter has tensor
     // cores); Winograd from each width of the network (4, 8, 16) with the auto tile, and in mixed precision with
     // F(2x2); the other tiles that fit, largest first, f32 then mixed; then F(2x2) throughout in f32 and the auto
     // tile in mixed precision. No repeats (the default is one of the width settings).
     let coop = gpu.caps.cooperative_matrix.is_some();
-    let mixed = ConvSettings {
-        precision: ConvPrecision::Mixed,
-        winograd: None,
-        winograd_tile: WinogradTileChoice::Auto,
-        conv_tile: ConvTileChoice::Auto,
-    };
-    let mixed_winograd = |w, winograd_tile| ConvSettings { winograd: Some(w), winograd_tile, ..mixed };
+    let mixed_winograd = |w, winograd_tile| ConvSettings { winograd: Some(w), winograd_tile, ..MIXED };
     let mut expected = vec![default, f32_setting(None, WinogradTileChoice::Auto)];
     if coop {
-        expected.push(mixed);
+        expected.push(MIXED);
     }
     for w in [4, 8, 16] {
         if f32_setting(Some(w), WinogradTileChoice::Auto) != default {
@@ -150,7 +152,7 @@ fn expected_tune_settings(gpu: &Gpu, default: ConvSettings) -> Vec<ConvSettings>
             expected.push(ConvSettings { conv_tile: ConvTileChoice::Shape(tile), ..default });
         }
         if tile != adapter_tile && tile.coop_bytes() <= limit && coop {
-            expected.push(ConvSettings { conv_tile: ConvTileChoice::Shape(tile), ..mixed });
+            expected.push(ConvSettings { conv_tile: ConvTileChoice::Shape(tile), ..MIXED });
         }
     }
     for w in [4, 8, 16] {
@@ -168,12 +170,6 @@ fn tuning_times_every_setting_on_one_trainer_and_names_the_fastest() {
         return;
     }
     let gpu = Arc::new(Gpu::new(&GpuOptions::from_env()).unwrap());
-    let f32_setting = |winograd, winograd_tile| ConvSettings {
-        precision: ConvPrecision::F32,
-        winograd,
-        winograd_tile,
-        conv_tile: ConvTileChoice::Auto,
-    };
     let default = f32_setting(Some(8), WinogradTileChoice::Auto);
     let settings = tune_settings(&gpu, &TINY, default);
     assert_eq!(settings, expected_tune_settings(&gpu, default));
@@ -196,17 +192,11 @@ fn tuning_times_every_setting_on_one_trainer_and_names_the_fastest() {
         "--precision mixed --winograd 16 --winograd-tile 2",
     ];
     assert_eq!(head, head_expected);
-    let mixed = ConvSettings {
-        precision: ConvPrecision::Mixed,
-        winograd: None,
-        winograd_tile: WinogradTileChoice::Auto,
-        conv_tile: ConvTileChoice::Auto,
-    };
     assert!(settings.len() >= 12, "6 f32 settings and at least 6 other tiles: {settings:?}");
     assert_eq!(settings[1].to_string(), "--precision f32 --winograd off");
     assert_eq!(default.to_string(), "--precision f32 --winograd 8 --winograd-tile auto");
-    assert_eq!(mixed.to_string(), "--precision mixed");
-    let mixed = ConvSettings { winograd: Some(8), winograd_tile: WinogradTileChoice::F2x2, ..mixed };
+    assert_eq!(MIXED.to_string(), "--precision mixed");
+    let mixed = ConvSettings { winograd: Some(8), winograd_tile: WinogradTileChoice::F2x2, ..MIXED };
     assert_eq!(mixed.to_string(), "--precision mixed --winograd 8 --winograd-tile 2");
     let tiled = ConvSettings { conv_tile: ConvTileChoice::Shape(TileShape::new(128, 128, 16)), ..default };
     assert_eq!(tiled.to_string(), "--precision f32 --winograd 8 --winograd-tile auto --conv-tile 128x128x16");
