@@ -11,12 +11,25 @@ mod compose {
 }
 use compose::{act_f16, compose_coop, compose_emulated, compose_f32, FragmentSide, Fragments, TileShape};
 
-fn validate(name: &str, source: &str) -> Result<(), String> {
+fn validate(name: &str, source: &str) -> Result<naga::Module, String> {
     let module = naga::front::wgsl::parse_str(source).map_err(|e| e.emit_to_string_with_path(source, name))?;
     let mut validator =
         naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all());
     validator.validate(&module).map_err(|e| e.emit_to_string_with_path(source, name))?;
-    Ok(())
+    Ok(module)
+}
+
+/// Bytes of workgroup memory the module declares: what the host's tile formulas (`TileShape::f32_bytes`,
+/// `coop_bytes`), which decide the tiles an adapter can run, must equal.
+fn workgroup_bytes(module: &naga::Module) -> Result<u32, String> {
+    let mut layouter = naga::proc::Layouter::default();
+    layouter.update(module.to_ctx()).map_err(|e| e.to_string())?;
+    Ok(module
+        .global_variables
+        .iter()
+        .filter(|(_, var)| var.space == naga::AddressSpace::WorkGroup)
+        .map(|(_, var)| layouter[var.ty].size)
+        .sum())
 }
 
 fn main() {
@@ -45,34 +58,36 @@ fn main() {
     let base = std::fs::read_to_string(dir.join("conv2d.wgsl")).expect("conv2d.wgsl");
     let fragment = std::fs::read_to_string(&fragment_path).expect("conv2d_coop.wgsl.in");
     for shape in TileShape::ALL {
+        // (name, source, the workgroup bytes the host's formula gives)
         let mut modules = vec![
-            (format!("conv2d.wgsl ({shape})"), compose_f32(&base, shape)),
-            (format!("conv2d.wgsl (f16 operands, {shape})"), compose_emulated(&base, shape)),
+            (format!("conv2d.wgsl ({shape})"), compose_f32(&base, shape), shape.f32_bytes()),
+            (format!("conv2d.wgsl (f16 operands, {shape})"), compose_emulated(&base, shape), shape.f32_bytes()),
         ];
         for side in FragmentSide::ALL {
             modules.extend([
                 (
                     format!("conv2d.wgsl + conv2d_coop.wgsl.in ({shape}, {side} fragments)"),
                     compose_coop(&base, &fragment, shape, Fragments::Cooperative, side),
+                    shape.coop_bytes(),
                 ),
                 (
                     format!("conv2d.wgsl + conv2d_coop.wgsl.in ({shape}, {side} fragments as loops)"),
                     compose_coop(&base, &fragment, shape, Fragments::Loops, side),
+                    shape.coop_bytes(),
                 ),
             ]);
         }
-        for (name, module) in modules.into_iter().map(|(name, module)| {
+        for (name, module, expected_bytes) in modules.into_iter().map(|(name, module, bytes)| {
             match name.contains("conv2d_coop") || name.contains("f16 operands") {
-                true => (name, module.and_then(|m| act_f16(&m))),
-                false => (name, module),
+                true => (name, module.and_then(|m| act_f16(&m)), bytes),
+                false => (name, module, bytes),
             }
         }) {
-            match module {
-                Ok(source) => {
-                    if let Err(e) = validate(&name, &source) {
-                        failed.push(e);
-                    }
-                }
+            match module.and_then(|source| validate(&name, &source)).and_then(|m| workgroup_bytes(&m)) {
+                Ok(bytes) if bytes != expected_bytes => failed.push(format!(
+                    "{name}: declares {bytes} bytes of workgroup memory, the host's formula says {expected_bytes}"
+                )),
+                Ok(_) => {}
                 Err(e) => failed.push(format!("{name}: {e}")),
             }
         }

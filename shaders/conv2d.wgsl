@@ -30,8 +30,10 @@
 // `tile_col`), held in registers as TM*TN/4 vec4 accumulators. The depth is walked in steps of BK (16 or 32):
 // the workgroup copies the A (BM x BK) and B (BK x BN) slices into workgroup memory, both depth-major
 // (a_tile[k][m], b_tile[k][j], as vec4s), then each invocation reads per depth k TN/4 vec4s of B and TM/4 vec4s
-// of A (neighbouring invocations read neighbouring vec4s) and does TM*TN FMAs. a_tile rows are padded by one
-// vec4 so that the transposed stores of a depth step spread over memory banks.
+// of A (neighbouring invocations read neighbouring vec4s) and does TM*TN FMAs. a_tile and b_tile rows are padded
+// by one vec4 so that the stores of a tile copied in depth fastest (A always, B in the weight gradients) spread
+// over the memory banks: 16 invocations writing one column at 16 depths hit 8 banks twice each instead of one
+// bank 16 times.
 //
 // PIPELINE. Each depth step's elements are loaded from global memory into registers (next_a, next_b) while the
 // previous step's tiles are multiplied: iteration s = 0..=steps of the depth loop stores step s - 1's registers
@@ -47,10 +49,14 @@
 // iteration s - 1: the second barrier goes. `buf_row` is the copy's first depth row (copy b holds the depth rows
 // b*BK ..). The arithmetic is the same; only the waiting differs.
 //
-// LOADS. Copy-in assignments are fixed per invocation: A at depth lid % BK, rows lid / BK + (WG / BK)*i (the
-// depth fastest, where the tensor is contiguous along the depth), B at depths lid / 16 + 16*r, columns
-// lid % 16 + 16*i (the columns fastest), so neighbouring invocations read neighbouring addresses wherever the
-// layout allows. The column (or row) index maps are decomposed with divisions once, before the depth loop; the
+// LOADS. Copy-in assignments are fixed per invocation, so that neighbouring invocations read neighbouring
+// addresses wherever the layout allows: A at depth lid % BK, rows lid / BK + (WG / BK)*i (the depth fastest: A is
+// contiguous along the depth in all four products); B at depths lid / 16 + 16*r, columns lid % 16 + 16*i (the
+// columns fastest: the output positions of conv2d_forward and the input positions of conv2d_backward_data are
+// contiguous along a row of the image, gemm_batched's b is row-major), except in conv2d_backward_weight, whose B
+// (x's im2col, transposed) is contiguous along the depth (the output positions) and scattered across its columns
+// (the taps: runs of KW elements): there B is copied in depth fastest, at depths lid % 16 + 16*r, columns
+// lid / 16 + 16*i (`store_b_by_depth`). Which invocation loads an element changes no sum. The column (or row) index maps are decomposed with divisions once, before the depth loop; the
 // depth index is carried as a mixed-radix counter (e.g. (ci, kh, kw)) advanced by BK per step with carries: no
 // integer division in the loop.
 // VEC4 LOADS. Where an operand is contiguous along the depth in runs of whole vec4s (A of conv2d_forward, the
@@ -145,10 +151,10 @@ const BN: u32 = 16u * TN;
 const WG: u32 = 256u;
 // vec4s per depth row of a_tile: BM / 4, padded by one.
 const A_ROW: u32 = BM / 4u + 1u;
-// vec4s per depth row of b_tile.
-const B_ROW: u32 = BN / 4u;
+// vec4s per depth row of b_tile: BN / 4, padded by one (see LOADS).
+const B_ROW: u32 = BN / 4u + 1u;
 // Copy-in (see LOADS): A elements per invocation and depth step, at rows lid / BK + A_STRIDE*i; B depth rows per
-// invocation (16 apart), each with TN columns.
+// invocation (16 apart), each with TN columns (16 apart).
 const A_LOADS: u32 = BM * BK / WG;
 const A_STRIDE: u32 = WG / BK;
 const B_DEPTHS: u32 = BK / 16u;
@@ -209,6 +215,16 @@ fn store_b(lid: u32, buf_row: u32) {
     for (var r = 0u; r < B_DEPTHS; r++) {
         for (var i = 0u; i < TN; i++) {
             put_b(buf_row + lid / 16u + 16u * r, lid % 16u + 16u * i, next_b[r * TN + i]);
+        }
+    }
+}
+
+// The same for a B copied in depth fastest (the weight-gradient kernels): depth rows lid % 16 + 16*r, columns
+// lid / 16 + 16*i.
+fn store_b_by_depth(lid: u32, buf_row: u32) {
+    for (var r = 0u; r < B_DEPTHS; r++) {
+        for (var i = 0u; i < TN; i++) {
+            put_b(buf_row + lid % 16u + 16u * r, lid / 16u + 16u * i, next_b[r * TN + i]);
         }
     }
 }
@@ -736,9 +752,9 @@ fn conv2d_phase_weights(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(
 @group(0) @binding(3) var<storage, read_write> dweight: array<f32>;
 
 // The copy-ins of the weight-gradient kernels. A: this invocation's first depth of a step as the output position
-// (n, 0, oh*WO + ow), advanced by `bw_a_step` (BK) per step. B: depth rows lid / 16 + 16*r as output positions
-// (n, oh, ow), advanced by `bw_b_step` (BK); columns lid % 16 + 16*i, each a tap: its channel's offset in a sample
-// of x, and (kh - PAD, kw - PAD) (OFF past COLS).
+// (n, 0, oh*WO + ow), advanced by `bw_a_step` (BK) per step. B, depth fastest (see LOADS): depth rows
+// lid % 16 + 16*r as output positions (n, oh, ow), advanced by `bw_b_step` (BK); columns lid / 16 + 16*i, each a
+// tap: its channel's offset in a sample of x, and (kh - PAD, kw - PAD) (OFF past COLS).
 var<private> bw_a_pos: vec3<u32>;
 var<private> bw_a_step: vec3<u32>;
 var<private> bw_b_pos: array<vec3<u32>, B_DEPTHS>;
@@ -753,11 +769,11 @@ fn weight_begin(origin: vec2<u32>, k_begin: u32, a_depth: u32, lid: u32) {
     bw_a_pos = digits(k_begin + a_depth, 1u, hw_out);
     bw_a_step = digits(BK, 1u, hw_out);
     for (var r = 0u; r < B_DEPTHS; r++) {
-        bw_b_pos[r] = digits(k_begin + lid / 16u + 16u * r, p.ho, p.wo);
+        bw_b_pos[r] = digits(k_begin + lid % 16u + 16u * r, p.ho, p.wo);
     }
     bw_b_step = digits(BK, p.ho, p.wo);
     for (var i = 0u; i < TN; i++) {
-        let j = origin.y + lid % 16u + 16u * i;
+        let j = origin.y + lid / 16u + 16u * i;
         let t = digits(j, p.kh, p.kw);
         bw_ci_base[i] = t.x * p.h * p.w;
         bw_dh[i] = select(OFF, i32(t.y) - i32(p.pad), j < p.cols);
@@ -798,7 +814,7 @@ fn weight_load_a4(origin: vec2<u32>, k0: u32, k_end: u32, lid: u32) {
 // B of the depth step from k0: x[n, ci, oh*STRIDE + kh - PAD, ow*STRIDE + kw - PAD].
 fn weight_load_b(k0: u32, k_end: u32, lid: u32) {
     for (var r = 0u; r < B_DEPTHS; r++) {
-        let kb_ok = k0 + lid / 16u + 16u * r < k_end;
+        let kb_ok = k0 + lid % 16u + 16u * r < k_end;
         let pos = bw_b_pos[r];
         let x_base = pos.x * p.c_in * p.h * p.w;
         let ih0 = i32(pos.y * p.stride);
@@ -851,7 +867,7 @@ fn conv2d_backward_weight(
     for (var s = 0u; s <= steps; s++) {
         let buf_row = (s % BUFFERS) * BK;
         store_a(lid, buf_row);
-        store_b(lid, buf_row);
+        store_b_by_depth(lid, buf_row);
         workgroupBarrier();
         if s < steps {
             weight_load_a(origin, k_begin + s * BK, k_end, lid);
@@ -884,7 +900,7 @@ fn conv2d_backward_weight_vec4(
     for (var s = 0u; s <= steps; s++) {
         let buf_row = (s % BUFFERS) * BK;
         store_a4(lid, buf_row);
-        store_b(lid, buf_row);
+        store_b_by_depth(lid, buf_row);
         workgroupBarrier();
         if s < steps {
             weight_load_a4(origin, k_begin + s * BK, k_end, lid);

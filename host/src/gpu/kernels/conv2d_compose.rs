@@ -83,14 +83,14 @@ impl TileShape {
     }
 
     /// Workgroup memory of the f32 tiles: `buffers` copies of a_tile (BK x (BM/4 + 1) vec4s) and b_tile
-    /// (BK x BN/4 vec4s).
+    /// (BK x (BN/4 + 1) vec4s). The build script checks it against what the composed modules declare.
     pub fn f32_bytes(&self) -> u32 {
-        self.buffers * (16 * self.depth * (self.rows / 4 + 1) + 4 * self.depth * self.cols)
+        self.buffers * 16 * self.depth * (self.rows / 4 + 1 + self.cols / 4 + 1)
     }
 
     /// Workgroup memory of the cooperative-matrix tiles: `buffers` copies of a_h (f16, BK x (BM + 8)) and b_h
     /// (f16, BK x (BN + 8)), and c_s (f32, the staging block of the epilogue), as `conv2d_coop.wgsl.in` declares
-    /// them.
+    /// them (checked by the build script).
     pub fn coop_bytes(&self) -> u32 {
         self.buffers * (2 * self.depth * (self.rows + 8) + 2 * self.depth * (self.cols + 8))
             + 4 * COOP_STAGE_ROWS * COOP_STAGE_COLS
