@@ -49,27 +49,28 @@
 // iteration s - 1: the second barrier goes. `buf_row` is the copy's first depth row (copy b holds the depth rows
 // b*BK ..). The arithmetic is the same; only the waiting differs.
 //
-// LOADS. Copy-in assignments are fixed per invocation, so that neighbouring invocations read neighbouring
-// addresses wherever the layout allows: A at depth lid % BK, rows lid / BK + (WG / BK)*i (the depth fastest: A is
-// contiguous along the depth in all four products); B at depths lid / 16 + 16*r, columns lid % 16 + 16*i (the
-// columns fastest: the output positions of conv2d_forward and the input positions of conv2d_backward_data are
-// contiguous along a row of the image, gemm_batched's b is row-major), except in conv2d_backward_weight, whose B
-// (x's im2col, transposed) is contiguous along the depth (the output positions) and scattered across its columns
-// (the taps: runs of KW elements): there B is copied in depth fastest, at depths lid % 16 + 16*r, columns
-// lid / 16 + 16*i (`store_b_by_depth`). Which invocation loads an element changes no sum. The column (or row) index maps are decomposed with divisions once, before the depth loop; the
-// depth index is carried as a mixed-radix counter (e.g. (ci, kh, kw)) advanced by BK per step with carries: no
-// integer division in the loop.
+// LOADS. Copy-in assignments are fixed per invocation, so that neighbouring invocations read neighbouring addresses
+// wherever the layout allows: A at depth lid % BK, rows lid / BK + (WG / BK)*i (the depth fastest: A is contiguous
+// along the depth in all four products); B at depths lid / 16 + 16*r, columns lid % 16 + 16*i (the columns fastest:
+// the output positions of conv2d_forward and the input positions of conv2d_backward_data are contiguous along a row
+// of the image, gemm_batched's b is row-major), except in conv2d_backward_weight, whose B (x's im2col, transposed)
+// is contiguous along the depth (the output positions) and scattered across its columns (the taps: runs of KW
+// elements): there B is copied in depth fastest, at depths lid % 16 + 16*r, columns lid / 16 + 16*i
+// (`store_b_by_depth`). Which invocation loads an element changes no sum. The column (or row) index maps are
+// decomposed with divisions once, before the depth loop; the depth index is carried as a mixed-radix counter (e.g.
+// (ci, kh, kw)) advanced by BK per step with carries: no integer division in the loop.
 // VEC4 LOADS. Where an operand is contiguous along the depth in runs of whole vec4s (A of conv2d_forward, the
 // weight, when K is a multiple of 4; A of conv2d_backward_data, the phase-major weight, when every phase's K is,
-// i.e. C_OUT; A of conv2d_backward_weight, dy, when HO*WO is; a and b of gemm_batched when K and COLS are), the kernels' `_vec4` twins load it 4 elements at a time through a vec4 view of the same binding:
-// a quarter of the load instructions, the same elements in the same tiles, so the same sums and bits (the host
-// picks the twin when the sizes allow). A vec4 A copy-in takes the A_QUADS vec4s at depths 4*(lid % (BK/4)) .. + 3
-// of rows lid / (BK/4) + A_QUAD_ROWS*i (the BK/4 vec4s of a row are neighbours) and stores their elements one by
-// one into the depth-major tile (`store_a4`); a vec4 B copy-in the B_QUADS at columns 4*(lid % (BN/4)) .. + 3 of
-// depth rows lid / (BN/4) + B_QUAD_DEPTHS*r, each stored whole (`store_b4`). Bounds: a vec4 lies wholly inside
-// the depth range (K, the chunk and the step are multiples of 4) and the columns, or wholly outside. A twin shares
-// its kernel's copy-in functions and repeats only the short depth loop: an entry point may use one view of a
-// binding (scalar or vec4), and the mixed-precision composition rewrites the tile calls in each loop.
+// i.e. C_OUT; A of conv2d_backward_weight, dy, when HO*WO is; a and b of gemm_batched when K and COLS are), the
+// kernels' `_vec4` twins load it 4 elements at a time through a vec4 view of the same binding: a quarter of the load
+// instructions, the same elements in the same tiles, so the same sums and bits (the host picks the twin when the
+// sizes allow). A vec4 A copy-in takes the A_QUADS vec4s at depths 4*(lid % (BK/4)) .. + 3 of rows lid / (BK/4) +
+// A_QUAD_ROWS*i (the BK/4 vec4s of a row are neighbours) and stores their elements one by one into the depth-major
+// tile (`store_a4`); a vec4 B copy-in the B_QUADS at columns 4*(lid % (BN/4)) .. + 3 of depth rows lid / (BN/4) +
+// B_QUAD_DEPTHS*r, each stored whole (`store_b4`). Bounds: a vec4 lies wholly inside the depth range (K, the chunk
+// and the step are multiples of 4) and the columns, or wholly outside. A twin shares its kernel's copy-in functions
+// and repeats only the short depth loop: an entry point may use one view of a binding (scalar or vec4), and the
+// mixed-precision composition rewrites the tile calls in each loop.
 //
 // SPLIT-K. With few output tiles (e.g. backward_weight of a wide early layer: K = N*HO*WO is huge, M*COLS is
 // small) the depth is cut into p.splits chunks of p.chunk (a multiple of BK): workgroup z sums depths

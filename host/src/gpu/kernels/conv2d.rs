@@ -939,8 +939,8 @@ mod tests {
     }
 
     /// The `_vec4` twins run exactly where every run of their operand along the depth starts on a vec4: on r100 at
-    /// batch 128, every forward pass but the stem's, every weight gradient but the 7x7 layers', every Winograd
-    /// product; never backward_data, and never a product of depth or columns off the vec4s.
+    /// batch 128, every forward pass but the stem's, every input gradient, every weight gradient but the 7x7
+    /// layers', every Winograd product; never a product of depth or columns off the vec4s.
     #[test]
     fn vec4_loads_are_picked_where_the_sizes_allow() {
         let conv = |c_in, hw, c_out, k, stride, pad| Conv2dShape {
