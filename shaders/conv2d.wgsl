@@ -184,7 +184,7 @@ fn tile_exists(wid: vec3<u32>, nwg: vec3<u32>) -> bool {
 var<private> acc: array<vec4<f32>, TM * TN / 4u>;
 // The A and B elements this invocation copies in at the next depth step, loaded from global memory one step
 // ahead (see PIPELINE): A at depth lid % BK, rows lid / BK + A_STRIDE*i; B at depths lid / 16 + 16*r, columns
-// lid % 16 + 16*i, at next_b[r * TN + i].
+// lid % 16 + 16*i (the weight gradients: depths lid % 16 + 16*r, columns lid / 16 + 16*i), at next_b[r * TN + i].
 var<private> next_a: array<f32, A_LOADS>;
 var<private> next_b: array<f32, B_DEPTHS * TN>;
 // The same with the vec4 copy-ins (see VEC4 LOADS), as f32.
