@@ -271,6 +271,41 @@ fn two_runs_are_bit_identical() {
     assert!(runs[0].1 == runs[1].1, "parameters, head or momentum differ");
 }
 
+/// Each step's commands are recorded while the step before runs (`GpuBackend::run_step`). A step recorded ahead
+/// computes what a step recorded when it runs computes, bit for bit, with its batch, labels and margins written in
+/// between; a step rebuilt for new settings never runs what was recorded for the old ones.
+#[test]
+fn steps_recorded_ahead_run_as_steps_recorded_when_they_run() {
+    let Some(gpu) = gpu() else { return };
+    let (b, classes) = (5, 13);
+    let pos = Position::epoch_start(0);
+    let fresh = || GpuBackend::new(gpu, &ODD, b, classes, step_cfg(), 9).unwrap();
+    let (mut ahead, mut at_once) = (fresh(), fresh());
+    let default = at_once.winograd();
+    let mut losses = (Vec::new(), Vec::new());
+    for s in 0..3 {
+        let (bt, m) = (batch(&ODD, b, classes, s), margins(s, b));
+        losses.0.push(ahead.step(&bt, &m).unwrap().loss.to_bits());
+        // Rebuilding the step (Winograd on every layer it can take, then back) leaves nothing recorded ahead.
+        at_once.set_winograd(Some(1)).unwrap();
+        at_once.set_winograd(default).unwrap();
+        losses.1.push(at_once.step(&bt, &m).unwrap().loss.to_bits());
+    }
+    assert_eq!(losses.0, losses.1, "losses");
+    let state = |g: &GpuBackend<&Gpu>| bits(&g.checkpoint(9, pos, Default::default()).unwrap());
+    assert!(state(&ahead) == state(&at_once), "parameters, head or momentum differ");
+
+    // `ahead` holds the next step recorded with direct convolutions; switched to Winograd, it runs Winograd's (which
+    // round differently: see `winograd_runs_are_bit_identical_and_switchable`), as `at_once` does.
+    let (bt, m) = (batch(&ODD, b, classes, 3), margins(3, b));
+    for g in [&mut ahead, &mut at_once] {
+        g.set_winograd(Some(1)).unwrap();
+    }
+    let (a, o) = (ahead.step(&bt, &m).unwrap().loss, at_once.step(&bt, &m).unwrap().loss);
+    assert_eq!(a.to_bits(), o.to_bits(), "after the switch: {a} vs {o}");
+    assert!(state(&ahead) == state(&at_once), "after the switch");
+}
+
 /// Another convolution tile trains as the default does: the same sums in another order (tiles change how
 /// reductions are split), so the losses agree to f32 rounding, and the trainer names its tile. A tile the adapter
 /// cannot run is refused and leaves the trainer as it was: it then trains bit for bit as one never asked.

@@ -10,4 +10,5 @@ mod tensor;
 
 pub use device::{adapters, AdapterLine, Capabilities, Gpu, GpuOptions};
 pub use split::SplitTensor;
+pub(crate) use tensor::Recorded;
 pub use tensor::{Elem, Packed, Tensor};

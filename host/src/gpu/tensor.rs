@@ -249,20 +249,25 @@ impl Gpu {
         self.submit_and_read_all(enc, &[t])
     }
 
-    fn submit_and_read_all<T: bytemuck::Pod>(&self, mut enc: wgpu::CommandEncoder, ts: &[&Tensor]) -> Result<Vec<T>> {
-        assert_eq!(std::mem::size_of::<T>(), 4, "read as 4-byte elements");
+    fn submit_and_read_all<T: bytemuck::Pod>(&self, enc: wgpu::CommandEncoder, ts: &[&Tensor]) -> Result<Vec<T>> {
+        let recorded = self.finish_with_read(enc, ts)?;
+        let submitted = self.submit(recorded);
+        self.receive(submitted)
+    }
+
+    /// Appends to `enc` a copy of each of `ts` into one staging buffer and finishes it, without submitting:
+    /// commands to submit later ([`Gpu::submit`]), e.g. a training step recorded while the one before it runs.
+    pub(crate) fn finish_with_read(&self, mut enc: wgpu::CommandEncoder, ts: &[&Tensor]) -> Result<Recorded> {
         if let Some(t) = ts.iter().find(|t| t.elem != Elem::F32) {
             bail!("{}: holds {} elements, read as 4-byte ones (`Gpu::read_f32` reads f16)", t.label, t.elem);
         }
         let total: u64 = ts.iter().map(|t| t.bytes()).sum();
-        let names = || ts.iter().map(|t| t.label.as_str()).collect::<Vec<_>>().join(", ");
+        let names = ts.iter().map(|t| t.label.as_str()).collect::<Vec<_>>().join(", ");
         if total == 0 {
-            self.queue.submit([enc.finish()]);
-            self.wait()?;
-            return Ok(Vec::new());
+            return Ok(Recorded { commands: enc.finish(), read: None });
         }
         if total > self.caps.max_buffer {
-            bail!("reading back {}: {total} bytes exceed the largest buffer ({})", names(), self.caps.max_buffer);
+            bail!("reading back {names}: {total} bytes exceed the largest buffer ({})", self.caps.max_buffer);
         }
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("read-back"),
@@ -275,19 +280,55 @@ impl Gpu {
             enc.copy_buffer_to_buffer(&t.buffer, t.offset, &staging, offset, t.bytes());
             offset += t.bytes();
         }
-        self.queue.submit([enc.finish()]);
-        let (tx, rx) = std::sync::mpsc::channel();
-        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
+        Ok(Recorded { commands: enc.finish(), read: Some(ReadBack { staging, names }) })
+    }
+
+    /// Submits commands recorded before, and asks for their read-back; [`Gpu::receive`] waits for it.
+    pub(crate) fn submit(&self, recorded: Recorded) -> Submitted {
+        self.queue.submit([recorded.commands]);
+        let read = recorded.read.map(|read| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            read.staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+                let _ = tx.send(r);
+            });
+            (read, rx)
         });
+        Submitted { read }
+    }
+
+    /// Waits for submitted commands and returns what they read back (nothing where they read nothing back), as
+    /// 4-byte elements.
+    pub(crate) fn receive<T: bytemuck::Pod>(&self, submitted: Submitted) -> Result<Vec<T>> {
+        assert_eq!(std::mem::size_of::<T>(), 4, "read as 4-byte elements");
         self.wait()?;
-        rx.recv().context("the GPU dropped a read-back")?.with_context(|| format!("cannot map {}", names()))?;
-        let view = staging.slice(..).get_mapped_range().with_context(|| format!("cannot read {}", names()))?;
+        let Some((read, rx)) = submitted.read else {
+            return Ok(Vec::new());
+        };
+        let names = &read.names;
+        rx.recv().context("the GPU dropped a read-back")?.with_context(|| format!("cannot map {names}"))?;
+        let view = read.staging.slice(..).get_mapped_range().with_context(|| format!("cannot read {names}"))?;
         let out = bytemuck::cast_slice(&view).to_vec();
         drop(view);
-        staging.unmap();
+        read.staging.unmap();
         Ok(out)
     }
+}
+
+/// Finished commands, not yet submitted, that end with a read-back ([`Gpu::finish_with_read`]).
+pub struct Recorded {
+    commands: wgpu::CommandBuffer,
+    read: Option<ReadBack>,
+}
+
+/// Submitted commands whose read-back is on its way ([`Gpu::submit`]).
+pub struct Submitted {
+    read: Option<(ReadBack, std::sync::mpsc::Receiver<Result<(), wgpu::BufferAsyncError>>)>,
+}
+
+/// The staging buffer of a read-back and what it holds, for errors.
+struct ReadBack {
+    staging: wgpu::Buffer,
+    names: String,
 }
 
 /// Tensors laid out one after another in as few buffers as the binding limit allows ([`Gpu::packed`]).

@@ -25,7 +25,7 @@ use std::sync::OnceLock;
 use anyhow::{bail, Result};
 use wgpu::util::DeviceExt;
 
-use super::{Elem, Gpu, Tensor};
+use super::{Elem, Gpu, Recorded, Tensor};
 
 /// Threads per workgroup of the element-wise kernels (must match `WG` in their shaders).
 pub const ELEMENTWISE_WORKGROUP: u32 = 256;
@@ -109,18 +109,19 @@ impl Gpu {
         self.submit_and_read(enc, t)
     }
 
-    /// [`Gpu::run_and_read`] with buffer copies before the compute pass, in the same submission: each
-    /// [`BufferCopy`] copies `len` elements.
-    pub fn copy_run_and_read<T: bytemuck::Pod>(
+    /// [`Gpu::run_and_read`] recorded now and submitted later ([`Gpu::submit`], then [`Gpu::receive`]), with buffer
+    /// copies before the compute pass (each [`BufferCopy`] copies `len` elements): a training step and its report,
+    /// recorded while the step before runs.
+    pub(crate) fn record_and_read(
         &self,
         copies: &[BufferCopy<'_>],
         dispatches: &[&Dispatch],
         t: &Tensor,
-    ) -> Result<Vec<T>> {
-        let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("copies") });
+    ) -> Result<Recorded> {
+        let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") });
         self.record_copies(&mut enc, copies)?;
         self.record_into(&mut enc, dispatches);
-        self.submit_and_read(enc, t)
+        self.finish_with_read(enc, &[t])
     }
 
     /// Runs `copies` alone and waits.

@@ -148,7 +148,7 @@ use crate::gpu::kernels::sgd::{
 };
 use crate::gpu::kernels::winograd::{InputNorm, Winograd, WinogradLens, WinogradTileChoice, WinogradWorkspace};
 use crate::gpu::kernels::{BufferCopy, Dispatch};
-use crate::gpu::{Elem, Gpu, Packed, SplitTensor, Tensor};
+use crate::gpu::{Elem, Gpu, Packed, Recorded, SplitTensor, Tensor};
 
 mod builder;
 mod net;
@@ -179,6 +179,15 @@ struct Plan {
     head_norm: GradClip,
     /// The step report, then the guarded SGD updates of the backbone and the head.
     update: Vec<Dispatch>,
+    /// The next step's commands, recorded while the last one ran (see [`GpuBackend::run_step`]); they belong to
+    /// this plan's dispatches and go with it.
+    ahead: Option<Ahead>,
+}
+
+/// A step recorded ahead: with or without the preprocessing of u8 images ([`Plan::dispatches`]), and its commands.
+struct Ahead {
+    preprocess: bool,
+    step: Recorded,
 }
 
 impl Plan {
@@ -232,6 +241,7 @@ impl Plan {
             clip,
             head_norm,
             update,
+            ahead: None,
         })
     }
 
@@ -583,17 +593,32 @@ impl<G: Deref<Target = Gpu>> GpuBackend<G> {
         self.gpu.write(&net.flips, &batch.flips.iter().map(|&f| u32::from(f)).collect::<Vec<u32>>())
     }
 
+    /// The commands of one step and the read-back of its report. Mixed precision saves the running statistics
+    /// first, in the same submission (see [`LossScale`]).
+    fn record_step(&self, preprocess: bool) -> Result<Recorded> {
+        let copies = match self.loss_scale {
+            None => Vec::new(),
+            Some(_) => self.net.running_copies(true),
+        };
+        self.gpu.record_and_read(&copies, &self.plan.dispatches(preprocess), &self.net.report)
+    }
+
     /// Writes the labels and margins, runs the step and reads its report.
     /// With mixed precision, a step whose backbone gradient overflowed runs again at half the loss scale.
+    ///
+    /// A step's commands are the same every time (its inputs, labels, margins and loss scale are written to buffers
+    /// before it is submitted), so the next step's are recorded while this one runs: recording and finishing r100's
+    /// 2,060 dispatches takes the host a few milliseconds, which the GPU would otherwise wait for.
     fn run_step(&mut self, preprocess: bool, labels: &[u32], margins_raw: &[f32]) -> Result<StepReport> {
         self.plan.head.write_step(&self.gpu, labels, margins_raw)?;
         loop {
-            let dispatches = self.plan.dispatches(preprocess);
-            let report: Vec<f32> = match self.loss_scale {
-                None => self.gpu.run_and_read(&dispatches, &self.net.report)?,
-                // Mixed precision saves the running statistics first, in the same submission.
-                Some(_) => self.gpu.copy_run_and_read(&self.net.running_copies(true), &dispatches, &self.net.report)?,
+            let step = match self.plan.ahead.take() {
+                Some(ahead) if ahead.preprocess == preprocess => ahead.step,
+                _ => self.record_step(preprocess)?,
             };
+            let submitted = self.gpu.submit(step);
+            self.plan.ahead = Some(Ahead { preprocess, step: self.record_step(preprocess)? });
+            let report: Vec<f32> = self.gpu.receive(submitted)?;
             let flags = report[REPORT_FLAGS] as u32;
             match &mut self.loss_scale {
                 Some(ls) if flags == NON_FINITE_BACKBONE && ls.scale > 1.0 => {
