@@ -53,6 +53,22 @@ fn packing_is_little_endian_and_zero_padded() {
     assert_eq!(Preprocess::words(3, &ImageShape { h: 1, w: 1 }), 3); // 9 bytes
 }
 
+/// `Gpu::write_bytes` (how the trainer uploads its images) leaves the words `Preprocess::pack` makes, whole or with a
+/// partial last word (zero-padded over what was there), and refuses a tensor of another length.
+#[test]
+fn bytes_written_as_they_are_are_the_packed_words() {
+    let Some(gpu) = gpu() else { return };
+    for len in 1..=9usize {
+        let bytes: Vec<u8> = (0..len).map(|i| 0x81 + 3 * i as u8).collect();
+        let words = len.div_ceil(4);
+        let t = gpu.upload("t", &[words], &vec![u32::MAX; words]);
+        gpu.write_bytes(&t, &bytes).unwrap();
+        assert_eq!(gpu.read::<u32>(&t).unwrap(), Preprocess::pack(&bytes), "{len} bytes");
+        let short = gpu.upload("short", &[words + 1], &vec![0u32; words + 1]);
+        assert!(err(gpu.write_bytes(&short, &bytes)).contains(&format!("writing {len} bytes")));
+    }
+}
+
 /// Every byte value (a 16 x 16 image holding each byte once per channel, in a different place per channel),
 /// mirrored or not: stored as f32, exactly the core's values; stored as f16 (mixed precision's input), the core's
 /// values rounded by `round_to_f16`.

@@ -589,7 +589,7 @@ impl<G: Deref<Target = Gpu>> GpuBackend<G> {
             cfg.input_h,
             cfg.input_w
         );
-        self.gpu.write(&net.images, &Preprocess::pack(&batch.images))?;
+        self.gpu.write_bytes(&net.images, &batch.images)?;
         self.gpu.write(&net.flips, &batch.flips.iter().map(|&f| u32::from(f)).collect::<Vec<u32>>())
     }
 
@@ -799,8 +799,8 @@ impl<G: Deref<Target = Gpu>> Backend for GpuBackend<G> {
         let mut out = Vec::with_capacity(flips.len() * self.net.cfg.embedding);
         for (imgs, fl) in images.chunks(b * per).zip(flips.chunks(b)) {
             let n = fl.len();
-            let words = Preprocess::pack(imgs);
-            self.gpu.write(&self.net.images.view(&self.net.images.label, &[words.len()])?, &words)?;
+            let words = imgs.len().div_ceil(4);
+            self.gpu.write_bytes(&self.net.images.view(&self.net.images.label, &[words])?, imgs)?;
             let flip_words: Vec<u32> = fl.iter().map(|&f| u32::from(f)).collect();
             self.gpu.write(&first(&self.net.flips, n)?, &flip_words)?;
             out.extend(self.run_eval(n, true)?);
