@@ -923,11 +923,11 @@ mod tests {
             assert_eq!(multiply.matches("        {\n").count(), steps, "{side}");
             assert_eq!(multiply.matches("coopMultiplyAdd").count(), steps * accumulators, "{side}");
             assert_eq!(
-                multiply.matches(&format!("coopLoad<coop_mat{n}x{n}<f16, A>>")).count(),
+                multiply.matches(&format!("coopLoadT<coop_mat{n}x{n}<f16, A>>")).count(),
                 steps * 2 * (16 / n as usize),
                 "{side}"
             );
-            let last = format!("(buf_row + {}u) * LDA", 32 - n);
+            let last = format!("* LDA + buf_row + {}u;", 32 - n);
             assert!(multiply.contains(&last), "{side}: the last step begins at depth row {}", 32 - n);
             // Every accumulator stored once, at its place in the staged 64 x 32 block.
             assert_eq!(finish.matches("coopStoreT").count(), accumulators, "{side}");
@@ -984,12 +984,13 @@ mod tests {
         assert_eq!(TileShape::new(64, 64, 16).f32_bytes(), 16 * 16 * 17 + 16 * 16 * 17);
         // 128 x 128 x 32 in f32 exceeds 32 KiB (lavapipe), not 48 KiB (an H200).
         assert_eq!(TileShape::new(128, 128, 32).f32_bytes(), 33_792);
-        // Cooperative matrices: f16 A (BK x (BM + 8)) and B (BK x (BN + 8)), and a 64 x 32 f32 staging block.
-        assert_eq!(TileShape::new(128, 128, 32).coop_bytes(), 2 * 32 * 136 + 2 * 32 * 136 + 4 * 64 * 32);
-        // Double buffers: two copies of A and B, one staging block. The largest cooperative-matrix tile fits
-        // 48 KiB (an H200) double-buffered; the largest f32 tiles that do are 128 x 128 x 16 and 64 x 64 x 32.
+        // Cooperative matrices: f16 A (BM x (BK + 8)) and B (BK x (BN + 8)), and a 64 x 32 f32 staging block.
+        assert_eq!(TileShape::new(128, 128, 32).coop_bytes(), 2 * 128 * 40 + 2 * 32 * 136 + 4 * 64 * 32);
+        // Double buffers: A's rows twice as long, two copies of B, one staging block. The largest cooperative-matrix
+        // tile fits 48 KiB (an H200) double-buffered; the largest f32 tiles that do are 128 x 128 x 16 and
+        // 64 x 64 x 32.
         let double = TileShape::new(128, 128, 32).double_buffered();
-        assert_eq!(double.coop_bytes(), 2 * (2 * 32 * 136 + 2 * 32 * 136) + 4 * 64 * 32);
+        assert_eq!(double.coop_bytes(), 2 * 128 * 72 + 2 * (2 * 32 * 136) + 4 * 64 * 32);
         assert!(double.coop_bytes() <= 48 * 1024);
         assert_eq!(TileShape::new(128, 128, 16).double_buffered().f32_bytes(), 2 * 16_896);
         let fit: Vec<String> = TileShape::ALL

@@ -88,11 +88,12 @@ impl TileShape {
         self.buffers * 16 * self.depth * (self.rows / 4 + 1 + self.cols / 4 + 1)
     }
 
-    /// Workgroup memory of the cooperative-matrix tiles: `buffers` copies of a_h (f16, BK x (BM + 8)) and b_h
-    /// (f16, BK x (BN + 8)), and c_s (f32, the staging block of the epilogue), as `conv2d_coop.wgsl.in` declares
+    /// Workgroup memory of the cooperative-matrix tiles: a_h (f16, BM x (buffers * BK + 8)), `buffers` copies of
+    /// b_h (f16, BK x (BN + 8)), and c_s (f32, the staging block of the epilogue), as `conv2d_coop.wgsl.in` declares
     /// them (checked by the build script).
     pub fn coop_bytes(&self) -> u32 {
-        self.buffers * (2 * self.depth * (self.rows + 8) + 2 * self.depth * (self.cols + 8))
+        2 * self.rows * (self.buffers * self.depth + 8)
+            + self.buffers * 2 * self.depth * (self.cols + 8)
             + 4 * COOP_STAGE_ROWS * COOP_STAGE_COLS
     }
 }
@@ -228,7 +229,7 @@ pub fn coop_sections(shape: TileShape, fragments: Fragments, side: FragmentSide)
     let mat = |elem: &str, role: &str| format!("coop_mat{n}x{n}<{elem}, {role}>");
     let zero = if coop { format!("{}()", mat("f32", "C")) } else { "Fragment()".to_string() };
     let load_a = |i: &str| match coop {
-        true => format!("coopLoad<{}>(&a_h[{i}], LDA)", mat("f16", "A")),
+        true => format!("coopLoadT<{}>(&a_h[{i}], LDA)", mat("f16", "A")),
         false => format!("fragment_load_a({i})"),
     };
     let load_b = |i: &str| match coop {
@@ -257,7 +258,7 @@ pub fn coop_sections(shape: TileShape, fragments: Fragments, side: FragmentSide)
         multiply += "        {\n";
         for (g, i) in (0..gs).flat_map(|g| (0..per).map(move |i| (g, i))) {
             let row = 64 * g + n * i;
-            multiply += &format!("            let ia{g}{i} = (buf_row + {}u) * LDA + sg_r + {row}u;\n", n * k);
+            multiply += &format!("            let ia{g}{i} = (sg_r + {row}u) * LDA + buf_row + {}u;\n", n * k);
             multiply += &format!("            let a{g}{i} = {};\n", load_a(&format!("ia{g}{i}")));
         }
         for (f, j) in (0..fs).flat_map(|f| (0..per).map(move |j| (f, j))) {
