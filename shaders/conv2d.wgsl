@@ -92,9 +92,10 @@
 // gradients (dy of both backward kernels, dx of backward_data), the weight the forward and backward_data passes
 // read (in mixed precision a copy rounded to f16, as the tensor cores would round it), and the operands of
 // gemm_batched, are stored as `Act`: f32 here, f16 in the mixed-precision module (the host rewrites the alias
-// and enables f16; see `ACT_LINE` in conv2d_compose.rs). Every tile operand is converted to f32 as it is loaded
-// and every result rounded to Act as it is stored; the weight gradient, gemm_batched's products and split
-// partial sums stay f32.
+// and enables f16; see `ACT_LINE` in conv2d_compose.rs). Every tile operand is kept as stored from its load until
+// it enters the workgroup tiles (`put_a`, `put_b`), which convert it: to f32 in the f32 tiles, to f16 (already f16:
+// no conversion) in the tensor-core ones; every result is rounded to Act as it is stored. The weight gradient,
+// gemm_batched's products and split partial sums stay f32.
 //
 // TM, TN (rows and columns per invocation, 4 or 8), BK (16 or 32) and BUFFERS (1 or 2) are rewritten by the host
 // before compiling (see `TileShape` in conv2d_compose.rs); everything else derives from them.
@@ -185,11 +186,11 @@ var<private> acc: array<vec4<f32>, TM * TN / 4u>;
 // The A and B elements this invocation copies in at the next depth step, loaded from global memory one step
 // ahead (see PIPELINE): A at depth lid % BK, rows lid / BK + A_STRIDE*i; B at depths lid / 16 + 16*r, columns
 // lid % 16 + 16*i (the weight gradients: depths lid % 16 + 16*r, columns lid / 16 + 16*i), at next_b[r * TN + i].
-var<private> next_a: array<f32, A_LOADS>;
-var<private> next_b: array<f32, B_DEPTHS * TN>;
-// The same with the vec4 copy-ins (see VEC4 LOADS), as f32.
-var<private> next_a4: array<vec4<f32>, A_QUADS>;
-var<private> next_b4: array<vec4<f32>, B_QUADS>;
+var<private> next_a: array<Act, A_LOADS>;
+var<private> next_b: array<Act, B_DEPTHS * TN>;
+// The same with the vec4 copy-ins (see VEC4 LOADS). All held as stored (`Act`; see ACTIVATIONS).
+var<private> next_a4: array<vec4<Act>, A_QUADS>;
+var<private> next_b4: array<vec4<Act>, B_QUADS>;
 
 // The tile row of this invocation's row i (< TM), and the tile column of its column c (< TN).
 fn tile_row(lid: u32, i: u32) -> u32 {
@@ -300,16 +301,17 @@ fn operand(v: f32) -> f32 {
     return v;
 }
 
-fn put_a(k: u32, m: u32, v: f32) {
-    a_tile[k * A_ROW + m / 4u][m % 4u] = operand(v);
+fn put_a(k: u32, m: u32, v: Act) {
+    a_tile[k * A_ROW + m / 4u][m % 4u] = operand(f32(v));
 }
 
-fn put_b(k: u32, j: u32, v: f32) {
-    b_tile[k * B_ROW + j / 4u][j % 4u] = operand(v);
+fn put_b(k: u32, j: u32, v: Act) {
+    b_tile[k * B_ROW + j / 4u][j % 4u] = operand(f32(v));
 }
 
 // Columns j .. j + 3 of depth row k (j a multiple of 4).
-fn put_b4(k: u32, j: u32, v: vec4<f32>) {
+fn put_b4(k: u32, j: u32, v4: vec4<Act>) {
+    let v = vec4<f32>(v4);
     b_tile[k * B_ROW + j / 4u] = vec4<f32>(operand(v.x), operand(v.y), operand(v.z), operand(v.w));
 }
 
@@ -407,9 +409,9 @@ fn load_weight_a(origin: vec2<u32>, k0: u32, k_end: u32, lid: u32) {
     let k = k0 + lid % BK;
     for (var i = 0u; i < A_LOADS; i++) {
         let m = origin.x + lid / BK + A_STRIDE * i;
-        var v = 0.0;
+        var v = Act(0.0);
         if m < p.m && k < k_end {
-            v = f32(weight[p.weight_offset + m * p.k + k]);
+            v = weight[p.weight_offset + m * p.k + k];
         }
         next_a[i] = v;
     }
@@ -419,9 +421,9 @@ fn load_weight_a4(origin: vec2<u32>, k0: u32, k_end: u32, lid: u32) {
     let k = k0 + 4u * (lid % (BK / 4u));
     for (var i = 0u; i < A_QUADS; i++) {
         let m = origin.x + lid / (BK / 4u) + A_QUAD_ROWS * i;
-        var v = vec4<f32>(0.0);
+        var v = vec4<Act>(0.0);
         if m < p.m && k < k_end {
-            v = vec4<f32>(weight4[(p.weight_offset + m * p.k + k) / 4u]);
+            v = weight4[(p.weight_offset + m * p.k + k) / 4u];
         }
         next_a4[i] = v;
     }
@@ -436,9 +438,9 @@ fn forward_load_b(k0: u32, k_end: u32, lid: u32) {
         for (var i = 0u; i < TN; i++) {
             let ih = fwd_ih0[i] + i32(t.y);
             let iw = fwd_iw0[i] + i32(t.z);
-            var v = 0.0;
+            var v = Act(0.0);
             if k_ok && ih >= 0 && ih < i32(p.h) && iw >= 0 && iw < i32(p.w) {
-                v = f32(x[fwd_x_base[i] + t.x * hw_in + u32(ih) * p.w + u32(iw)]);
+                v = x[fwd_x_base[i] + t.x * hw_in + u32(ih) * p.w + u32(iw)];
             }
             next_b[r * TN + i] = v;
         }
@@ -597,9 +599,9 @@ fn data_load_b(k0: u32, k_end: u32, lid: u32) {
         for (var i = 0u; i < TN; i++) {
             let oh = data_oh0[i] - i32(t.y);
             let ow = data_ow0[i] - i32(t.z);
-            var v = 0.0;
+            var v = Act(0.0);
             if k_ok && oh >= 0 && oh < i32(p.ho) && ow >= 0 && ow < i32(p.wo) {
-                v = f32(dy[data_dy_base[i] + t.x * hw_out + u32(oh) * p.wo + u32(ow)]);
+                v = dy[data_dy_base[i] + t.x * hw_out + u32(oh) * p.wo + u32(ow)];
             }
             next_b[r * TN + i] = v;
         }
@@ -789,9 +791,9 @@ fn weight_load_a(origin: vec2<u32>, k0: u32, k_end: u32, lid: u32) {
     let ka_ok = k0 + lid % BK < k_end;
     for (var i = 0u; i < A_LOADS; i++) {
         let m = origin.x + lid / BK + A_STRIDE * i;
-        var v = 0.0;
+        var v = Act(0.0);
         if m < p.m && ka_ok {
-            v = f32(dy[(bw_a_pos.x * p.c_out + m) * hw_out + bw_a_pos.z]);
+            v = dy[(bw_a_pos.x * p.c_out + m) * hw_out + bw_a_pos.z];
         }
         next_a[i] = v;
     }
@@ -803,9 +805,9 @@ fn weight_load_a4(origin: vec2<u32>, k0: u32, k_end: u32, lid: u32) {
     let ka_ok = k0 + 4u * (lid % (BK / 4u)) < k_end;
     for (var i = 0u; i < A_QUADS; i++) {
         let m = origin.x + lid / (BK / 4u) + A_QUAD_ROWS * i;
-        var v = vec4<f32>(0.0);
+        var v = vec4<Act>(0.0);
         if m < p.m && ka_ok {
-            v = vec4<f32>(dy4[((bw_a_pos.x * p.c_out + m) * hw_out + bw_a_pos.z) / 4u]);
+            v = dy4[((bw_a_pos.x * p.c_out + m) * hw_out + bw_a_pos.z) / 4u];
         }
         next_a4[i] = v;
     }
@@ -823,9 +825,9 @@ fn weight_load_b(k0: u32, k_end: u32, lid: u32) {
         for (var i = 0u; i < TN; i++) {
             let ih = ih0 + bw_dh[i];
             let iw = iw0 + bw_dw[i];
-            var v = 0.0;
+            var v = Act(0.0);
             if kb_ok && ih >= 0 && ih < i32(p.h) && iw >= 0 && iw < i32(p.w) {
-                v = f32(saved_x[x_base + bw_ci_base[i] + u32(ih) * p.w + u32(iw)]);
+                v = saved_x[x_base + bw_ci_base[i] + u32(ih) * p.w + u32(iw)];
             }
             next_b[r * TN + i] = v;
         }
@@ -957,9 +959,9 @@ fn gemm_batched(
             let ka = k0 + lid % BK;
             for (var i = 0u; i < A_LOADS; i++) {
                 let m = origin.x + lid / BK + A_STRIDE * i;
-                var v = 0.0;
+                var v = Act(0.0);
                 if m < p.m && ka < k_end {
-                    v = f32(gemm_a[a_base + m * p.k + ka]);
+                    v = gemm_a[a_base + m * p.k + ka];
                 }
                 next_a[i] = v;
             }
@@ -968,9 +970,9 @@ fn gemm_batched(
                 let k = k0 + kb + 16u * r;
                 for (var i = 0u; i < TN; i++) {
                     let j = origin.y + lid % 16u + 16u * i;
-                    var v = 0.0;
+                    var v = Act(0.0);
                     if k < k_end && j < p.cols {
-                        v = f32(gemm_b[b_base + k * p.cols + j]);
+                        v = gemm_b[b_base + k * p.cols + j];
                     }
                     next_b[r * TN + i] = v;
                 }
@@ -1038,18 +1040,18 @@ fn gemm_batched_vec4(
             let ka = k0 + 4u * (lid % (BK / 4u));
             for (var i = 0u; i < A_QUADS; i++) {
                 let m = origin.x + lid / (BK / 4u) + A_QUAD_ROWS * i;
-                var v = vec4<f32>(0.0);
+                var v = vec4<Act>(0.0);
                 if m < p.m && ka < k_end {
-                    v = vec4<f32>(gemm_a4[a_base + m * (p.k / 4u) + ka / 4u]);
+                    v = gemm_a4[a_base + m * (p.k / 4u) + ka / 4u];
                 }
                 next_a4[i] = v;
             }
             // B: b[batch, k, j .. j + 3].
             for (var r = 0u; r < B_QUADS; r++) {
                 let k = k0 + lid / (BN / 4u) + B_QUAD_DEPTHS * r;
-                var v = vec4<f32>(0.0);
+                var v = vec4<Act>(0.0);
                 if k < k_end && j < p.cols {
-                    v = vec4<f32>(gemm_b4[b_base + k * (p.cols / 4u) + j / 4u]);
+                    v = gemm_b4[b_base + k * (p.cols / 4u) + j / 4u];
                 }
                 next_b4[r] = v;
             }
