@@ -67,6 +67,14 @@ fn image_folder_errors_name_the_folder_or_file() {
     assert!(e.contains("identity folder") && e.contains("empty") && e.contains("no .jpg"), "{e}");
 
     fs::remove_dir_all(root.join("empty")).unwrap();
+
+    // A folder of datasets (as `elasticface synth` writes) given for one of them: the error says which to pass.
+    put(&root.join("train/train.rec"), b"");
+    let e = err_text(ImageFolder::open(root, SHAPE));
+    let train = root.join("train").display().to_string();
+    assert!(e.contains("holds a RecordIO dataset") && e.contains(&format!("pass {train} itself")), "{e}");
+    fs::remove_dir_all(root.join("train")).unwrap();
+
     let big = ImageShape { h: 24, w: 10 };
     put(&root.join("a/big.png"), &encode_png(&vec![7; big.len()], big).unwrap());
     put(&root.join("a/bad.jpg"), b"\xff\xd8\xff\xe0 truncated");

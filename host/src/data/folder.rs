@@ -61,6 +61,15 @@ impl ImageFolder {
                 .filter(|e| e.is_file && is_image_name(&e.name))
                 .map(|e| e.name)
                 .collect();
+            if files.is_empty() && dir.join("train.rec").is_file() {
+                // E.g. the folder `elasticface synth` writes, given instead of its `train` sub-folder.
+                bail!(
+                    "identity folder {} has no .jpg, .jpeg or .png image: it holds a RecordIO dataset (train.rec); \
+                     to train on it, pass {} itself",
+                    dir.display(),
+                    dir.display()
+                );
+            }
             if files.is_empty() {
                 bail!("identity folder {} has no .jpg, .jpeg or .png image", dir.display());
             }
