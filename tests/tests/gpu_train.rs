@@ -306,6 +306,41 @@ fn steps_recorded_ahead_run_as_steps_recorded_when_they_run() {
     assert!(state(&ahead) == state(&at_once), "after the switch");
 }
 
+/// A Winograd choice whose workspace does not fit a binding of the adapter is refused and leaves the trainer as it
+/// was: its settings and name as before, and it trains bit for bit as a trainer never asked. With 32 KiB bindings,
+/// ODD at batch 5 holds its activations (30 KiB at most) but not a Winograd workspace (the stem's transformed input
+/// alone takes 67.5 KiB with F(4x4)); with 96 KiB, Winograd fits with the `auto` tile, not with F(2x2) throughout
+/// (120 KiB).
+#[test]
+fn a_winograd_workspace_that_does_not_fit_leaves_the_trainer_as_it_was() {
+    if gpu().is_none() {
+        return;
+    }
+    let (b, classes) = (5, 13);
+    for (kib, winograd, tile) in [(32, Some(1), None), (96, Some(1), Some(WinogradTileChoice::F2x2))] {
+        let limited = Gpu::new(&GpuOptions { binding_limit: Some(kib * 1024), ..GpuOptions::from_env() }).unwrap();
+        let fresh = || GpuBackend::new(&limited, &ODD, b, classes, step_cfg(), 9).unwrap();
+        let mut g = fresh();
+        let refused = match tile {
+            None => g.set_winograd(winograd),
+            Some(t) => {
+                g.set_winograd(winograd).unwrap();
+                g.set_winograd_tile(t)
+            }
+        };
+        let e = format!("{:#}", refused.unwrap_err());
+        assert!(e.contains("the Winograd convolutions' workspace"), "{kib} KiB: {e}");
+        let mut want = fresh();
+        if tile.is_some() {
+            want.set_winograd(winograd).unwrap();
+        }
+        let settings = |g: &GpuBackend<&Gpu>| (g.winograd(), g.winograd_tile(), g.device(), g.memory().total());
+        assert_eq!(settings(&g), settings(&want), "{kib} KiB");
+        let trained = train(&mut g, &ODD, b, classes, 2);
+        assert_eq!(trained, train(&mut want, &ODD, b, classes, 2), "{kib} KiB: bit for bit");
+    }
+}
+
 /// Another convolution tile trains as the default does: the same sums in another order (tiles change how
 /// reductions are split), so the losses agree to f32 rounding, and the trainer names its tile. A tile the adapter
 /// cannot run is refused and leaves the trainer as it was: it then trains bit for bit as one never asked.

@@ -474,12 +474,8 @@ impl<G: Deref<Target = Gpu>> GpuBackend<G> {
             std::mem::replace(&mut self.k.conv_tile, tile),
             std::mem::take(&mut self.k.products),
         );
-        if let Err(e) = self.rebuild_step() {
-            // E.g. a tile whose splits need more scratch than the device gives: back to the kernels that ran.
-            (self.k.conv, self.k.conv_tile, self.k.products) = old;
-            self.rebuild_step()?;
-            return Err(e);
-        }
+        // E.g. a tile whose splits need more scratch than the device gives: back to the kernels that ran.
+        self.rebuild_or_restore(|k| (k.conv, k.conv_tile, k.products) = old)?;
         if new_precision {
             self.loss_scale = match precision {
                 ConvPrecision::F32 => None,
@@ -493,13 +489,25 @@ impl<G: Deref<Target = Gpu>> GpuBackend<G> {
     /// Which 3x3 stride-1 convolutions run as Winograd (in mixed precision the transforms read and write its f16
     /// activations, F(2x2)'s products run on tensor cores and F(4x4)'s in f32; see `Kernels::products`): those
     /// with at least `min_channels` input and output channels, or none for `None`. Reallocates the Winograd workspace
-    /// and rebuilds the step. The default is [`default_winograd`] ([`ConvSettings::for_adapter`]).
+    /// and rebuilds the step. The default is [`default_winograd`] ([`ConvSettings::for_adapter`]). Errors where the
+    /// step cannot be rebuilt (e.g. a workspace larger than a binding of the adapter), and then leaves the trainer as
+    /// it was.
     pub fn set_winograd(&mut self, min_channels: Option<usize>) -> Result<()> {
         if min_channels == self.k.winograd_min_channels {
             return Ok(());
         }
-        self.k.winograd_min_channels = min_channels;
-        self.rebuild_step()
+        let old = std::mem::replace(&mut self.k.winograd_min_channels, min_channels);
+        self.rebuild_or_restore(|k| k.winograd_min_channels = old)
+    }
+
+    /// Rebuilds the step after a change of `self.k`'s settings; where that fails, `restore` puts the settings back,
+    /// the step is rebuilt as it was, and the error is returned: the trainer never holds settings its step does not
+    /// run.
+    fn rebuild_or_restore(&mut self, restore: impl FnOnce(&mut Kernels)) -> Result<()> {
+        let Err(e) = self.rebuild_step() else { return Ok(()) };
+        restore(&mut self.k);
+        self.rebuild_step().context("rebuilding the step as it was")?;
+        Err(e)
     }
 
     /// The Winograd workspace and the step, rebuilt for the current convolutions and choice of Winograd layers and
@@ -518,13 +526,14 @@ impl<G: Deref<Target = Gpu>> GpuBackend<G> {
     }
 
     /// Which tile the Winograd convolutions run with: F(4x4, 3x3), F(2x2, 3x3), or each layer the one
-    /// [`WinogradTileChoice::Auto`] picks (the default). Reallocates the Winograd workspace and rebuilds the step.
+    /// [`WinogradTileChoice::Auto`] picks (the default). Reallocates the Winograd workspace and rebuilds the step;
+    /// errors as [`Self::set_winograd`] does, and then leaves the trainer as it was.
     pub fn set_winograd_tile(&mut self, tile: WinogradTileChoice) -> Result<()> {
         if tile == self.k.winograd_tile {
             return Ok(());
         }
-        self.k.winograd_tile = tile;
-        self.rebuild_step()
+        let old = std::mem::replace(&mut self.k.winograd_tile, tile);
+        self.rebuild_or_restore(|k| k.winograd_tile = old)
     }
 
     /// The workgroup tile of the convolutions (and of Winograd's batched products): the adapter's (the default) or
