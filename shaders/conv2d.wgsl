@@ -65,8 +65,8 @@
 // kernels' `_vec4` twins load it 4 elements at a time through a vec4 view of the same binding: a quarter of the load
 // instructions, the same elements in the same tiles, so the same sums and bits (the host picks the twin when the
 // sizes allow). A vec4 A copy-in takes the A_QUADS vec4s at depths 4*(lid % (BK/4)) .. + 3 of rows lid / (BK/4) +
-// A_QUAD_ROWS*i (the BK/4 vec4s of a row are neighbours) and stores their elements one by one into the depth-major
-// tile (`store_a4`); a vec4 B copy-in the B_QUADS at columns 4*(lid % (BN/4)) .. + 3 of depth rows lid / (BN/4) +
+// A_QUAD_ROWS*i (the BK/4 vec4s of a row are neighbours) and stores their elements one by one into the A tile
+// (`store_a4`; depth-major in f32, row-major on tensor cores); a vec4 B copy-in the B_QUADS at columns 4*(lid % (BN/4)) .. + 3 of depth rows lid / (BN/4) +
 // B_QUAD_DEPTHS*r, each stored whole (`store_b4`). Bounds: a vec4 lies wholly inside the depth range (K, the chunk
 // and the step are multiples of 4) and the columns, or wholly outside. A twin shares its kernel's copy-in functions
 // and repeats only the short depth loop: an entry point may use one view of a binding (scalar or vec4), and the

@@ -61,17 +61,15 @@ impl ImageFolder {
                 .filter(|e| e.is_file && is_image_name(&e.name))
                 .map(|e| e.name)
                 .collect();
-            if files.is_empty() && dir.join("train.rec").is_file() {
-                // E.g. the folder `elasticface synth` writes, given instead of its `train` sub-folder.
-                bail!(
-                    "identity folder {} has no .jpg, .jpeg or .png image: it holds a RecordIO dataset (train.rec); \
-                     to train on it, pass {} itself",
-                    dir.display(),
-                    dir.display()
-                );
-            }
             if files.is_empty() {
-                bail!("identity folder {} has no .jpg, .jpeg or .png image", dir.display());
+                // E.g. the folder `elasticface synth` writes, given instead of its `train` sub-folder.
+                let recordio = dir.join("train.rec").is_file();
+                let dir = dir.display();
+                let hint = match recordio {
+                    true => format!(": it holds a RecordIO dataset (train.rec); to train on it, pass {dir} itself"),
+                    false => String::new(),
+                };
+                bail!("identity folder {dir} has no .jpg, .jpeg or .png image{hint}");
             }
             files.sort();
             images.extend(files.into_iter().map(|f| (label as u32, f)));

@@ -234,8 +234,7 @@ impl Gpu {
     /// holds bytes `4i .. 4i + 3`, the first in its lowest 8 bits (WGSL reads storage little-endian), and the last
     /// element is zero-padded; `t` has `ceil(bytes.len() / 4)` elements. The layout of
     /// [`Preprocess::pack`](super::kernels::preprocess::Preprocess::pack), without packing: the bytes go to the
-    /// queue as they are (a batch of 128 images of 112x112, 4.8 MB, is written in 0.13 ms instead of 1.85 ms packed
-    /// and written, on a 2-core machine).
+    /// queue as they are (how the trainer uploads its images; docs/speed.md has the time it saves).
     pub fn write_bytes(&self, t: &Tensor, bytes: &[u8]) -> Result<()> {
         if t.elem != Elem::F32 || bytes.len().div_ceil(4) != t.len {
             bail!("{}: writing {} bytes into a tensor of {} 4-byte elements", t.label, bytes.len(), t.len);

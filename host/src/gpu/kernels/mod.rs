@@ -102,23 +102,23 @@ impl Gpu {
         self.wait()
     }
 
-    /// [`Gpu::run`] followed, in the same submission, by the read-back of `t` (a training step and its report:
-    /// one submission, one wait).
+    /// [`Gpu::run`] followed, in the same submission, by the read-back of `t` (a pass and its result: one
+    /// submission, one wait).
     pub fn run_and_read<T: bytemuck::Pod>(&self, dispatches: &[&Dispatch], t: &Tensor) -> Result<Vec<T>> {
-        let enc = self.record(dispatches);
-        self.submit_and_read(enc, t)
+        let recorded = self.record_and_read(&[], dispatches, t)?;
+        self.receive(self.submit(recorded))
     }
 
     /// [`Gpu::run_and_read`] recorded now and submitted later ([`Gpu::submit`], then [`Gpu::receive`]), with buffer
-    /// copies before the compute pass (each [`BufferCopy`] copies `len` elements): a training step and its report,
-    /// recorded while the step before runs.
+    /// copies before the compute pass (each [`BufferCopy`] copies `len` elements): e.g. a training step and its
+    /// report, recorded while the step before runs.
     pub(crate) fn record_and_read(
         &self,
         copies: &[BufferCopy<'_>],
         dispatches: &[&Dispatch],
         t: &Tensor,
     ) -> Result<Recorded> {
-        let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") });
+        let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("run") });
         self.record_copies(&mut enc, copies)?;
         self.record_into(&mut enc, dispatches);
         self.finish_with_read(enc, &[t])

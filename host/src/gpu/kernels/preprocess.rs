@@ -2,9 +2,10 @@
 //! (mixed precision's activations) f16.
 //! CPU twin: [`elasticface_core::nn::preprocess_image`] (one image).
 //!
-//! The bytes travel four to a `u32` ([`Preprocess::pack`]; [`Gpu::write_bytes`] uploads them so). Their values come from a 256-entry table made
-//! by the core function itself, so the output is bit-identical to the core on every GPU (WGSL's `x / y` may be
-//! off by 2.5 ULP, so recomputing `(x / 255 - 0.5) / 0.5` in the shader would not guarantee that).
+//! The bytes travel four to a `u32` ([`Preprocess::pack`]; [`Gpu::write_bytes`] uploads them so). Their values
+//! come from a 256-entry table made by the core function itself, so the output is bit-identical to the core on
+//! every GPU (WGSL's `x / y` may be off by 2.5 ULP, so recomputing `(x / 255 - 0.5) / 0.5` in the shader would not
+//! guarantee that).
 
 use anyhow::{anyhow, bail, Result};
 use elasticface_core::nn::{preprocess_image, ImageShape};
