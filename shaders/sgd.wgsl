@@ -1,5 +1,5 @@
 // SGD with momentum and weight decay, and global gradient-norm clipping.
-// CPU twins: elasticface_core::nn::{sgd_step, sum_of_squares, clip_coefficient, scale}.
+// CPU twins: elasticface_core::nn::{sgd_step, sum_of_squares, clip_coefficient, scale, accumulate_gradient}.
 // Params mirrors `SgdParams` in host/src/gpu/kernels/sgd.rs.
 //
 // sgd_step (element-wise, same operations in the same order as the core):
@@ -16,6 +16,10 @@
 //      not finite (as the core: the step is refused, and a NaN factor would turn the zero gaps of packed gradient
 //      buffers into NaN for good). Writes clip = [total, norm, coefficient].
 //   3. scale, once per tensor: x *= factor[factor_index] (the coefficient).
+//
+// Gradient accumulation over N micro-batches (accumulate_gradient, element-wise, the core's arithmetic): stage 0
+// (the first) sum = g; stage 1 (the next) sum = sum + g; stage 2 (the last) g = (sum + g) * factor[factor_index]
+// (1 / N), the mean, where clipping and the update read it.
 // Every sum runs in a fixed order: reruns are bit-identical. The sums are f32 (the core accumulates in f64): the
 // relative error of the norm is of the order of 1e-6.
 //
@@ -38,7 +42,8 @@ struct Params {
     factor_index: u32,
     // clip_coefficient: the largest norm allowed.
     max_norm: f32,
-    _pad0: u32,
+    // accumulate_gradient: 0 first, 1 next, 2 last.
+    stage: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -163,6 +168,24 @@ fn scale(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
     let i = gid.y * nwg.x * WG + gid.x;
     if i < p.len {
         scaled[i] = scaled[i] * factor[p.factor_index];
+    }
+}
+
+// accumulate_gradient: bindings factor (read) 1, sum 2, grad 3.
+@group(0) @binding(2) var<storage, read_write> grad_sum: array<f32>;
+@group(0) @binding(3) var<storage, read_write> micro_grad: array<f32>;
+
+@compute @workgroup_size(WG)
+fn accumulate_gradient(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.y * nwg.x * WG + gid.x;
+    if i < p.len {
+        if p.stage == 0u {
+            grad_sum[i] = micro_grad[i];
+        } else if p.stage == 1u {
+            grad_sum[i] = grad_sum[i] + micro_grad[i];
+        } else {
+            micro_grad[i] = (grad_sum[i] + micro_grad[i]) * factor[p.factor_index];
+        }
     }
 }
 

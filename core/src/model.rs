@@ -27,10 +27,10 @@ use rand_core::RngCore;
 use crate::error::{check_finite, check_labels, check_len, Error};
 use crate::margin::{margin_loss_backward, margin_loss_forward, HeadScratch, HeadShape, MarginConfig};
 use crate::nn::{
-    accumulate, batchnorm_backward, batchnorm_forward_eval, batchnorm_forward_train, clip_coefficient,
-    conv2d_backward_data, conv2d_backward_weight, conv2d_forward, linear_backward, linear_forward, prelu_backward,
-    prelu_forward, residual_add_forward, scale, sgd_step, sum_of_squares, BatchNorm, BatchNormShape, Conv2dShape,
-    LinearShape, Sgd,
+    accumulate, accumulate_gradient, batchnorm_backward, batchnorm_forward_eval, batchnorm_forward_train,
+    clip_coefficient, conv2d_backward_data, conv2d_backward_weight, conv2d_forward, linear_backward, linear_forward,
+    prelu_backward, prelu_forward, residual_add_forward, scale, sgd_step, sum_of_squares, BatchNorm, BatchNormShape,
+    Conv2dShape, LinearShape, MicroBatch, Sgd,
 };
 use crate::rng::standard_normal;
 
@@ -1067,6 +1067,10 @@ pub struct TrainerLayout {
     cos: Range<usize>,
     logits: Range<usize>,
     margins: Range<usize>,
+    // Gradient accumulation (see `with_accumulation`; empty without): the running sums of the backbone's and the
+    // head's gradients over a step's micro-batches.
+    grad_sum: Range<usize>,
+    head_grad_sum: Range<usize>,
 }
 
 impl TrainerLayout {
@@ -1098,12 +1102,31 @@ impl TrainerLayout {
             cos: b.take(batch * k),
             logits: b.take(batch * k),
             margins: b.take(batch),
+            grad_sum: b.0..b.0,
+            head_grad_sum: b.0..b.0,
         })
+    }
+
+    /// This layout with room for gradient accumulation ([`Trainer::step`] over several micro-batches of `batch`
+    /// samples): a sum of the backbone's gradients and one of the head's, appended after everything else, so an
+    /// arena laid out without them keeps its contents where they were when it grows to [`TrainerLayout::arena_len`].
+    pub fn with_accumulation(mut self) -> Self {
+        if !self.accumulates() {
+            let mut b = Bump(self.margins.end);
+            self.grad_sum = b.take(self.state.len());
+            self.head_grad_sum = b.take(self.head.len());
+        }
+        self
+    }
+
+    /// Whether the layout has room for gradient accumulation ([`TrainerLayout::with_accumulation`]).
+    pub fn accumulates(&self) -> bool {
+        !self.grad_sum.is_empty()
     }
 
     /// Elements of the arena.
     pub fn arena_len(&self) -> usize {
-        self.margins.end
+        self.head_grad_sum.end
     }
 }
 
@@ -1220,18 +1243,30 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
-    /// One training step on `input (B, 3, H, W)` with `labels (B)` and the sampled margins `margins_raw (B)`
-    /// (the Plus variants assign them by rank inside the head).
+    /// One training step on `input (N B, 3, H, W)` with `labels (N B)` and the sampled margins `margins_raw (N B)`
+    /// (the Plus variants assign them by rank inside the head): `N` micro-batches of the layout's `B` samples, `N`
+    /// at least 1 (more needs a layout [`TrainerLayout::with_accumulation`]).
     ///
-    /// A non-finite loss or gradient stops the step before the update, with [`Error::NonFinite`] naming it;
-    /// the parameters, head and momentum are then unchanged (the running statistics have already moved, as
-    /// they do in PyTorch's forward pass).
+    /// Each micro-batch runs forward (its own batch statistics; the running statistics move once per micro-batch)
+    /// and backward as a step of `B` would; the update then follows the mean of their gradients and reports the mean
+    /// of their losses, both summed in micro-batch order ([`accumulate_gradient`]): what `N` data-parallel replicas
+    /// of `B` samples each compute, one after the other. With `N = 1` no sum is taken.
+    ///
+    /// A non-finite loss stops the step before its micro-batch's backward pass, and a non-finite (mean) gradient
+    /// before the update, with [`Error::NonFinite`] naming it; the parameters, head and momentum are then unchanged
+    /// (the running statistics have already moved, as they do in PyTorch's forward pass).
     pub fn step(&mut self, input: &[f32], labels: &[u32], margins_raw: &[f32]) -> Result<StepReport, Error> {
         let l = self.layout.clone();
         let (cfg, b, k, e) = (l.cfg, l.batch, l.classes, l.cfg.embedding);
-        check_len("input", input, b * cfg.input_len())?;
-        check_len("labels", labels, b)?;
-        check_len("margins_raw", margins_raw, b)?;
+        let micro = labels.len() / b;
+        if micro == 0 || labels.len() % b != 0 {
+            return Err(Error::Config { what: "a step takes a whole number of micro-batches of the layout's batch" });
+        }
+        if micro > 1 && !l.accumulates() {
+            return Err(Error::Config { what: "several micro-batches need a layout with accumulation" });
+        }
+        check_len("input", input, labels.len() * cfg.input_len())?;
+        check_len("margins_raw", margins_raw, labels.len())?;
         check_labels(labels, k)?;
         check_finite("input", input)?;
         let sc = &self.step_cfg;
@@ -1254,23 +1289,41 @@ impl<'a> Trainer<'a> {
         let (w_unit, rest) = rest.split_at_mut(l.w_unit.len());
         let (w_norm, rest) = rest.split_at_mut(l.w_norm.len());
         let (cos, rest) = rest.split_at_mut(l.cos.len());
-        let (logits, margins) = rest.split_at_mut(l.logits.len());
+        let (logits, rest) = rest.split_at_mut(l.logits.len());
+        let (margins, rest) = rest.split_at_mut(l.margins.len());
+        let (grad_sum, head_grad_sum) = rest.split_at_mut(l.grad_sum.len());
         let state = &mut state[..l.state.len()];
         let mut scratch = HeadScratch { emb_unit, emb_norm, w_unit, w_norm, cos, logits, margins, order: self.order };
-
-        // Forward: backbone (batch statistics), then the margin head.
-        let emb = forward_in_arena(&cfg, Mode::Train, &sc.bn, state, b, input, acts)?;
         let shape = HeadShape { batch: b, dim: e, classes: k };
-        let loss = margin_loss_forward(&sc.margin, &shape, &acts[emb], head, labels, margins_raw, &mut scratch)?;
-        if !loss.is_finite() {
-            return Err(Error::NonFinite { what: "loss", index: 0 });
-        }
-
-        // Backward: head, then backbone.
-        margin_loss_backward(&sc.margin, &shape, labels, &mut scratch, &mut g0[..b * e], head_grad)?;
-        backward_in_arena(&cfg, &sc.bn, state, b, input, acts, grads, [g0, g1, g2, g3])?;
-        check_finite("head gradient", head_grad)?;
         let trainable = || cfg.tensors().filter(|t| t.kind == TensorKind::Trainable);
+
+        let per = b * cfg.input_len();
+        let mut loss_sum = [0.0f32];
+        let mut loss = [0.0f32];
+        for (i, ((input, labels), margins_raw)) in
+            input.chunks_exact(per).zip(labels.chunks_exact(b)).zip(margins_raw.chunks_exact(b)).enumerate()
+        {
+            // Forward: backbone (batch statistics), then the margin head.
+            let emb = forward_in_arena(&cfg, Mode::Train, &sc.bn, state, b, input, acts)?;
+            loss[0] = margin_loss_forward(&sc.margin, &shape, &acts[emb], head, labels, margins_raw, &mut scratch)?;
+            if !loss[0].is_finite() {
+                return Err(Error::NonFinite { what: "loss", index: 0 });
+            }
+
+            // Backward: head, then backbone.
+            margin_loss_backward(&sc.margin, &shape, labels, &mut scratch, &mut g0[..b * e], head_grad)?;
+            let bufs = [&mut *g0, &mut *g1, &mut *g2, &mut *g3];
+            backward_in_arena(&cfg, &sc.bn, state, b, input, acts, grads, bufs)?;
+            if micro > 1 {
+                let stage = MicroBatch::of(i, micro);
+                accumulate_gradient(stage, &mut loss_sum, &mut loss)?;
+                accumulate_gradient(stage, head_grad_sum, head_grad)?;
+                for t in trainable() {
+                    accumulate_gradient(stage, &mut grad_sum[t.range()], &mut grads[t.range()])?;
+                }
+            }
+        }
+        check_finite("head gradient", head_grad)?;
         for t in trainable() {
             check_finite("backbone gradient", &grads[t.range()])
                 .map_err(|_| Error::NonFinite { what: "backbone gradient", index: t.offset })?;
@@ -1285,7 +1338,7 @@ impl<'a> Trainer<'a> {
         }
         sgd_step(&sc.sgd, head, head_grad, head_momentum)?;
         self.steps += 1;
-        Ok(StepReport { loss, grad_norm })
+        Ok(StepReport { loss: loss[0], grad_norm })
     }
 
     /// The embeddings `(B, E)` of the last training step's forward pass (batch statistics).

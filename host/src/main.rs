@@ -317,16 +317,22 @@ struct TrainArgs {
     /// indexing, which leaves margins unordered; to reproduce published numbers) [default: paper].
     #[arg(long)]
     plus_assignment: Option<String>,
-    /// Images per step [default: 128].
+    /// Images per step, or per micro-batch with --accumulate [default: 128].
     #[arg(long)]
     batch: Option<usize>,
+    /// Micro-batches per step (gradient accumulation): each of --batch images runs forward and backward with batch
+    /// norm statistics of its own, and one update follows the mean of their gradients, as N GPUs of --batch images
+    /// each would make it. The step then takes batch x N images (the learning rate scales with it): the released
+    /// recipe (4 GPUs of 128) on one GPU is --batch 128 --accumulate 4 [default: 1].
+    #[arg(long, value_name = "N")]
+    accumulate: Option<usize>,
     /// Epochs [default: 26].
     #[arg(long)]
     epochs: Option<u64>,
     /// Stop after this many steps in all; 0 means no limit [default: 0].
     #[arg(long)]
     max_steps: Option<u64>,
-    /// Base learning rate for a global batch of 512, scaled by batch/512 [default: 0.1].
+    /// Base learning rate for a global batch of 512, scaled by the step's images / 512 [default: 0.1].
     #[arg(long)]
     lr: Option<f32>,
     /// step (x0.1 at --decay-epochs) or poly (linear warmup, then power-2 decay) [default: step].
@@ -406,7 +412,7 @@ impl TrainArgs {
         }
         set!(data, out, arch, embedding, input_size, loss, plus_assignment, batch, epochs, max_steps, lr, schedule);
         set!(decay_epochs, warmup_epochs, momentum, weight_decay, clip_norm, seed, workers, device, checkpoint_every);
-        set!(eval_every, val_pairs, precision, winograd, winograd_tile, conv_tile);
+        set!(eval_every, val_pairs, precision, winograd, winograd_tile, conv_tile, accumulate);
         if self.val.is_some() {
             c.val = self.val.clone();
         }

@@ -1,4 +1,5 @@
-//! `shaders/sgd.wgsl` against its core twins `sgd_step`, `sum_of_squares`, `clip_coefficient` and `scale`.
+//! `shaders/sgd.wgsl` against its core twins `sgd_step`, `sum_of_squares`, `clip_coefficient`, `scale` and
+//! `accumulate_gradient`.
 //!
 //! Tolerances. `sgd_step` and `scale` are the core's `f32` operations in the core's order: bit-identical where the
 //! device rounds each operation correctly and does not fuse `a * b + c` into one rounding (lavapipe, CI: checked bit
@@ -7,14 +8,16 @@
 //! 8 `f32::EPSILON` of the tensor's largest value ([`slack_allowed`]). The guarded step is `sgd_step` behind a flag: the same when the step report's flags are 0, and
 //! no change to any bit otherwise (on every device). The sum of squares is accumulated in `f32` in blocks and a fixed tree where the core accumulates in
 //! `f64`: about `(16 + log2(n)) u` relative in the worst case (`u = 2^-24`); 2e-6 (~34 u) covers it; the norm
-//! (square root) and the clip coefficient carry half and the same relative error.
+//! (square root) and the clip coefficient carry half and the same relative error. `accumulate_gradient` adds, then
+//! multiplies the sum (no multiply-add to contract): bit-identical on every device that rounds `f32` operations
+//! correctly, as Vulkan, Metal and DX12 require of addition and multiplication.
 
 use elasticface::gpu::kernels::sgd::{
     sum_of_squares_partials, GradClip, SgdKernels, CLIP_LEN, NON_FINITE_BACKBONE, NON_FINITE_HEAD, NON_FINITE_LOSS,
     REPORT_LEN, SUM_BLOCK,
 };
 use elasticface::gpu::{Gpu, GpuOptions, Tensor};
-use elasticface_core::nn::{clip_coefficient, scale, sgd_step, sum_of_squares, Sgd};
+use elasticface_core::nn::{accumulate_gradient, clip_coefficient, scale, sgd_step, sum_of_squares, MicroBatch, Sgd};
 use elasticface_tests::{assert_within_scale, gpu, slack_allowed, uniform};
 
 /// Slack of an SGD result on a device that contracts multiply-adds, in `f32::EPSILON` of the tensor's scale (see
@@ -56,6 +59,37 @@ fn sgd_steps_match_the_core_exactly() {
             );
         }
     }
+}
+
+#[test]
+fn gradients_accumulate_as_in_the_core_bit_for_bit() {
+    let Some(gpu) = gpu() else { return };
+    let k = SgdKernels::new(gpu);
+    for (len, n) in [(1usize, 2usize), (257, 3), (1000, 4)] {
+        // 1 / N at index 1 of a factor tensor, as the trainer keeps it.
+        let factor = gpu.upload("factor", &[2], &[7.0, 1.0 / n as f32]);
+        let tsum = gpu.upload("sum", &[len], &vec![f32::NAN; len]);
+        let tg = gpu.zeros("grad", &[len]);
+        let mut sum = vec![f32::NAN; len];
+        for i in 0..n {
+            let stage = MicroBatch::of(i, n);
+            let mut g = uniform(40 + i as u64, len);
+            gpu.write(&tg, &g).unwrap();
+            gpu.run(&[&k.accumulate_gradient(gpu, stage, &factor, 1, &tsum, &tg).unwrap()]).unwrap();
+            accumulate_gradient(stage, &mut sum, &mut g).unwrap();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            let what = format!("len {len}, micro-batch {i} of {n}");
+            assert_eq!(bits(&gpu.read::<f32>(&tg).unwrap()), bits(&g), "grad, {what}");
+            if i + 1 < n {
+                assert_eq!(bits(&gpu.read::<f32>(&tsum).unwrap()), bits(&sum), "sum, {what}");
+            }
+        }
+    }
+    let (factor, t3, t4) = (gpu.zeros("factor", &[1]), gpu.zeros("sum", &[3]), gpu.zeros("grad", &[4]));
+    let e = k.accumulate_gradient(gpu, MicroBatch::First, &factor, 0, &t3, &t4).err().unwrap().to_string();
+    assert!(e.contains("sum"), "{e}");
+    let e = k.accumulate_gradient(gpu, MicroBatch::First, &factor, 1, &t4, &t4).err().unwrap().to_string();
+    assert!(e.contains("no index 1"), "{e}");
 }
 
 #[test]

@@ -33,7 +33,7 @@ pub use precision::round_to_f16;
 pub use prelu::{prelu_backward, prelu_forward};
 pub use preprocess::{preprocess_image, ImageShape};
 pub use residual::{accumulate, residual_add_backward, residual_add_forward};
-pub use sgd::{clip_coefficient, scale, sgd_step, sum_of_squares, Sgd};
+pub use sgd::{accumulate_gradient, clip_coefficient, scale, sgd_step, sum_of_squares, MicroBatch, Sgd};
 pub use winograd::{
     conv2d_winograd_backward_data, conv2d_winograd_backward_weight, conv2d_winograd_forward, gemm_batched,
     winograd_input_transform, winograd_normalized_input_transform, winograd_output_grad_transform,

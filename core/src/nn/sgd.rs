@@ -1,5 +1,6 @@
 //! SGD with momentum and weight decay (`torch.optim.SGD`, dampening 0, not Nesterov) and global
-//! gradient-norm clipping (`torch.nn.utils.clip_grad_norm_`).
+//! gradient-norm clipping (`torch.nn.utils.clip_grad_norm_`), and the mean of the gradients of several
+//! micro-batches ([`accumulate_gradient`]).
 //!
 //! Clipping a set of tensors: `total = sqrt(sum of sum_of_squares(g))` over the tensors, then
 //! `scale(g, clip_coefficient(total, max_norm))` for each (PyTorch multiplies even when the factor is 1,
@@ -32,6 +33,50 @@ pub fn sgd_step(cfg: &Sgd, param: &mut [f32], grad: &[f32], momentum_buf: &mut [
         let d = g + cfg.weight_decay * *p;
         *buf = cfg.momentum * *buf + d;
         *p -= cfg.lr * *buf;
+    }
+    Ok(())
+}
+
+/// Where a micro-batch stands among the `N` whose gradients one update averages (gradient accumulation: `N`
+/// micro-batches of `B` samples make one step of `N B`, as `N` data-parallel GPUs of `B` each do).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum MicroBatch {
+    /// The first of `N > 1`: `sum = g`.
+    First,
+    /// One after the first and before the last: `sum = sum + g`.
+    Next,
+    /// The last: `g = (sum + g) * inv_n`, the mean gradient, where the clip and the update read it (`inv_n` is
+    /// `1 / N` rounded to f32: exact for a power of two).
+    Last {
+        /// `1 / N`.
+        inv_n: f32,
+    },
+}
+
+impl MicroBatch {
+    /// Micro-batch `i` of `n > 1` (`i < n`).
+    pub fn of(i: usize, n: usize) -> Self {
+        match i {
+            0 => MicroBatch::First,
+            i if i + 1 == n => MicroBatch::Last { inv_n: 1.0 / n as f32 },
+            _ => MicroBatch::Next,
+        }
+    }
+}
+
+/// One micro-batch's gradient `grad` into the running `sum` of its micro-batches, element-wise, as `stage` says:
+/// the first copies, the next add, the last adds and leaves the mean in `grad` (the sum is then spent). The sum's
+/// order is the micro-batches' (`((g0 + g1) + g2) + ...`), the same on every target.
+///
+/// Errors: [`Error::Length`] naming `sum` when it differs from `grad`; nothing is written then.
+pub fn accumulate_gradient(stage: MicroBatch, sum: &mut [f32], grad: &mut [f32]) -> Result<(), Error> {
+    check_len("sum", sum, grad.len())?;
+    for (s, g) in sum.iter_mut().zip(grad.iter_mut()) {
+        match stage {
+            MicroBatch::First => *s = *g,
+            MicroBatch::Next => *s += *g,
+            MicroBatch::Last { inv_n } => *g = (*s + *g) * inv_n,
+        }
     }
     Ok(())
 }
@@ -101,6 +146,31 @@ mod tests {
         let e = sgd_step(&cfg, &mut p, &[1.0; 3], &mut buf[..1]);
         assert_eq!(e, Err(Error::Length { what: "momentum_buf", expected: 3, got: 1 }));
         assert_eq!(p, [1.0; 3]);
+    }
+
+    #[test]
+    fn micro_batches_sum_in_order_and_the_last_leaves_the_mean() {
+        assert_eq!(MicroBatch::of(0, 3), MicroBatch::First);
+        assert_eq!(MicroBatch::of(1, 3), MicroBatch::Next);
+        assert_eq!(MicroBatch::of(2, 3), MicroBatch::Last { inv_n: 1.0 / 3.0 });
+        assert_eq!(MicroBatch::of(1, 2), MicroBatch::Last { inv_n: 0.5 });
+        let g = [[1.0f32, -2.0], [0.5, 4.0], [0.25, 1.0], [3.0, -1.0]];
+        let mut sum = [f32::NAN; 2];
+        let mut grads = g;
+        for (i, grad) in grads.iter_mut().enumerate() {
+            accumulate_gradient(MicroBatch::of(i, 4), &mut sum, grad).unwrap();
+        }
+        // The first three leave their gradients as they were; the last holds the mean.
+        assert_eq!(grads[..3], g[..3]);
+        assert_eq!(grads[3], [(((1.0 + 0.5) + 0.25) + 3.0) * 0.25, (((-2.0 + 4.0) + 1.0) - 1.0) * 0.25]);
+        // Three: the mean through 1/3 rounded to f32, as the GPU multiplies.
+        let (mut sum, mut last) = ([0.0f32], [0.7f32]);
+        accumulate_gradient(MicroBatch::First, &mut sum, &mut [0.1]).unwrap();
+        accumulate_gradient(MicroBatch::Next, &mut sum, &mut [0.2]).unwrap();
+        accumulate_gradient(MicroBatch::of(2, 3), &mut sum, &mut last).unwrap();
+        assert_eq!(last[0], ((0.1f32 + 0.2) + 0.7) * (1.0 / 3.0));
+        let e = accumulate_gradient(MicroBatch::First, &mut [0.0; 2], &mut [1.0; 3]);
+        assert_eq!(e, Err(Error::Length { what: "sum", expected: 3, got: 2 }));
     }
 
     #[test]

@@ -44,6 +44,11 @@ impl CpuBackend {
 
 impl Backend for CpuBackend {
     fn step(&mut self, batch: &Batch, margins_raw: &[f32]) -> Result<StepReport> {
+        if batch.len() > self.layout.batch && !self.layout.accumulates() {
+            // The sums of gradient accumulation go after everything else: the arena grows, the rest stays.
+            self.layout = self.layout.clone().with_accumulation();
+            self.arena.resize(self.layout.arena_len(), 0.0);
+        }
         let input = batch.to_input(self.shape())?;
         let mut t = self.trainer()?;
         let report = t.step(&input, &batch.labels, margins_raw)?;

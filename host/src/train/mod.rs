@@ -17,9 +17,11 @@ use crate::data::{Batch, Position};
 /// Both take the same inputs (u8 images with flip flags, labels, the step's sampled margins) and produce the same
 /// training state, so a run can be checked on one against the other and checkpoints move between them.
 pub trait Backend {
-    /// One step on `batch` (`B` images `u8 (B, H, W, 3)`, flipped where `batch.flips` says) with the margins
-    /// drawn for this step `margins_raw (B)` (the Plus variants assign them by rank inside the head).
-    /// A non-finite loss or gradient is an error and leaves the weights untouched.
+    /// One step on `batch` (`N B` images `u8 (N B, H, W, 3)`, flipped where `batch.flips` says) with the margins
+    /// drawn for this step `margins_raw (N B)` (the Plus variants assign them by rank inside the head), `B` the
+    /// backend's batch: with `N > 1`, `N` micro-batches of `B` whose gradients are averaged into one update
+    /// (gradient accumulation, [`Trainer::step`](elasticface_core::model::Trainer::step); the memory of the sums
+    /// is taken at the first such step). A non-finite loss or gradient is an error and leaves the weights untouched.
     fn step(&mut self, batch: &Batch, margins_raw: &[f32]) -> Result<StepReport>;
 
     /// Sets the learning rate of the following steps.

@@ -158,13 +158,16 @@ pub struct TrainConfig {
     pub loss: String,
     /// Plus assignment: paper (default) or released-code (reproduces the released implementation).
     pub plus_assignment: String,
-    /// Images per step.
+    /// Images per step, or per micro-batch where `accumulate` is more than 1: the batch norms' batch.
     pub batch: usize,
+    /// Micro-batches of `batch` images per step, whose mean gradient makes one update (gradient accumulation: a
+    /// step of `batch * accumulate` images, as `accumulate` data-parallel GPUs of `batch` each).
+    pub accumulate: usize,
     /// Epochs.
     pub epochs: u64,
     /// Stop after this many steps in all (0: no limit).
     pub max_steps: u64,
-    /// Base learning rate, for a global batch of 512; scaled by `batch / 512`.
+    /// Base learning rate, for a global batch of 512; scaled by the images of a step (`batch * accumulate`) / 512.
     pub lr: f32,
     /// `step` (x0.1 at `decay_epochs`, the ElasticFace recipe) or `poly` (warmup then power-2 decay).
     pub schedule: String,
@@ -217,6 +220,7 @@ impl Default for TrainConfig {
             loss: "elastic-arc-plus".into(),
             plus_assignment: "paper".into(),
             batch: 128,
+            accumulate: 1,
             epochs: 26,
             max_steps: 0,
             lr: 0.1,
@@ -280,9 +284,14 @@ impl TrainConfig {
         Ok(if loss.plus == PlusAssignment::None { loss } else { loss.with_plus(plus) })
     }
 
-    /// The learning rate scaled to the batch: `lr * batch / 512`.
+    /// Images per step: `batch * accumulate`.
+    pub fn step_images(&self) -> usize {
+        self.batch * self.accumulate
+    }
+
+    /// The learning rate scaled to the images of a step: `lr * batch * accumulate / 512`.
     pub fn scaled_lr(&self) -> f32 {
-        self.lr * self.batch as f32 / 512.0
+        self.lr * self.step_images() as f32 / 512.0
     }
 
     /// The schedule for `steps_per_epoch`.
@@ -398,16 +407,20 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>, quiet: bool) -> Result<Ru
     let net = cfg.network()?;
     let margin = cfg.margin()?;
     ensure!(cfg.batch >= 2, "batch must be at least 2 (batch norm)");
+    ensure!(cfg.accumulate >= 1, "accumulate must be at least 1 (micro-batches per step)");
     let shape = ImageShape { h: net.input_h, w: net.input_w };
     let dataset = data::open(&cfg.data, shape).with_context(|| format!("training data {}", cfg.data.display()))?;
     let classes = dataset.num_classes();
-    let steps_per_epoch = (dataset.len() / cfg.batch) as u64;
+    let steps_per_epoch = (dataset.len() / cfg.step_images()) as u64;
     ensure!(
         steps_per_epoch > 0,
-        "{} holds {} images, fewer than one batch of {}",
+        "{} holds {} images, fewer than one step of {}",
         cfg.data.display(),
         dataset.len(),
-        cfg.batch
+        match cfg.accumulate {
+            1 => cfg.batch.to_string(),
+            n => format!("{n} micro-batches of {}", cfg.batch),
+        }
     );
     let schedule = cfg.schedule(steps_per_epoch)?;
     let step_cfg = StepConfig {
@@ -477,7 +490,7 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>, quiet: bool) -> Result<Ru
         let lc = LoaderConfig {
             workers: cfg.workers.max(1),
             skip_bad_samples: cfg.skip_bad_samples,
-            ..LoaderConfig::new(cfg.batch, cfg.seed)
+            ..LoaderConfig::new(cfg.step_images(), cfg.seed)
         };
         let mut loader = Loader::new(Arc::clone(&dataset), lc, position)?;
         while let Some(batch) = loader.next_batch()? {
@@ -547,7 +560,7 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>, quiet: bool) -> Result<Ru
         val_before,
         val_after,
         seconds,
-        images_per_second: (steps - start_steps) as f64 * cfg.batch as f64 / seconds.max(1e-9),
+        images_per_second: (steps - start_steps) as f64 * cfg.step_images() as f64 / seconds.max(1e-9),
         interrupted,
         skipped_samples: skipped,
         checkpoint: ck_path,

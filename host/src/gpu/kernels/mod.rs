@@ -105,23 +105,23 @@ impl Gpu {
     /// [`Gpu::run`] followed, in the same submission, by the read-back of `t` (a pass and its result: one
     /// submission, one wait).
     pub fn run_and_read<T: bytemuck::Pod>(&self, dispatches: &[&Dispatch], t: &Tensor) -> Result<Vec<T>> {
-        let recorded = self.record_and_read(&[], dispatches, t)?;
+        let recorded = self.record_and_read(&[], dispatches, &[t])?;
         self.receive(self.submit(recorded))
     }
 
     /// [`Gpu::run_and_read`] recorded now and submitted later ([`Gpu::submit`], then [`Gpu::receive`]), with buffer
-    /// copies before the compute pass (each [`BufferCopy`] copies `len` elements): e.g. a training step and its
-    /// report, recorded while the step before runs.
+    /// copies before the compute pass (each [`BufferCopy`] copies `len` elements) and the read-back of `reads`
+    /// (concatenated; none when empty): e.g. a training step and its report, recorded while the step before runs.
     pub(crate) fn record_and_read(
         &self,
         copies: &[BufferCopy<'_>],
         dispatches: &[&Dispatch],
-        t: &Tensor,
+        reads: &[&Tensor],
     ) -> Result<Recorded> {
         let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("run") });
         self.record_copies(&mut enc, copies)?;
         self.record_into(&mut enc, dispatches);
-        self.finish_with_read(enc, &[t])
+        self.finish_with_read(enc, reads)
     }
 
     /// Runs `copies` alone and waits.

@@ -1,6 +1,7 @@
 //! `shaders/sgd.wgsl`: SGD with momentum and weight decay, and global gradient-norm clipping.
 //! CPU twins: [`elasticface_core::nn::sgd_step`], [`elasticface_core::nn::sum_of_squares`],
-//! [`elasticface_core::nn::clip_coefficient`], [`elasticface_core::nn::scale`].
+//! [`elasticface_core::nn::clip_coefficient`], [`elasticface_core::nn::scale`],
+//! [`elasticface_core::nn::accumulate_gradient`].
 //!
 //! # One training step's optimiser work
 //!
@@ -29,7 +30,7 @@
 //! flags are 0. The host reads the report after the step (16 bytes) and turns non-zero flags into an error.
 
 use anyhow::{bail, Result};
-use elasticface_core::nn::Sgd;
+use elasticface_core::nn::{MicroBatch, Sgd};
 
 use super::{check_len, Dispatch, ELEMENTWISE_WORKGROUP};
 use crate::gpu::{Gpu, SplitTensor, Tensor};
@@ -74,8 +75,10 @@ pub struct SgdParams {
     pub factor_index: u32,
     /// `clip_coefficient`: the largest norm allowed.
     pub max_norm: f32,
+    /// `accumulate_gradient`: 0 first, 1 next, 2 last ([`MicroBatch`]).
+    pub stage: u32,
     /// Padding to 16-byte multiples.
-    pub _pad: [u32; 3],
+    pub _pad: [u32; 2],
 }
 
 /// Number of partials `sum_of_squares` writes for a tensor of `len` elements (at least one).
@@ -95,6 +98,7 @@ pub struct SgdKernels {
     sum_of_squares: wgpu::ComputePipeline,
     clip_coefficient: wgpu::ComputePipeline,
     scale: wgpu::ComputePipeline,
+    accumulate_gradient: wgpu::ComputePipeline,
     step_report: wgpu::ComputePipeline,
 }
 
@@ -108,6 +112,7 @@ impl SgdKernels {
             sum_of_squares: gpu.pipeline("sum_of_squares", &m, "sum_of_squares"),
             clip_coefficient: gpu.pipeline("clip_coefficient", &m, "clip_coefficient"),
             scale: gpu.pipeline("scale", &m, "scale"),
+            accumulate_gradient: gpu.pipeline("accumulate_gradient", &m, "accumulate_gradient"),
             step_report: gpu.pipeline("step_report", &m, "step_report"),
         }
     }
@@ -262,6 +267,33 @@ impl SgdKernels {
         let params = SgdParams { len: len_u32(name, x)?, factor_index: index as u32, ..Default::default() };
         let grid = gpu.grid_1d(x.len, ELEMENTWISE_WORKGROUP);
         gpu.dispatch(name, &self.scale, &params, &[factor, x], grid)
+    }
+
+    /// A micro-batch's gradient `grad` into the running `sum` of a step's micro-batches, as `stage` says: `sum = g`,
+    /// `sum += g`, or the mean `g = (sum + g) * factor[index]` (`1 / N`, read on the GPU, so one recording serves any
+    /// `N`); the `inv_n` of [`MicroBatch::Last`] is not read. `sum` as long as `grad`.
+    pub fn accumulate_gradient(
+        &self,
+        gpu: &Gpu,
+        stage: MicroBatch,
+        factor: &Tensor,
+        index: usize,
+        sum: &Tensor,
+        grad: &Tensor,
+    ) -> Result<Dispatch> {
+        let name = "accumulate_gradient";
+        if index >= factor.len {
+            bail!("{name}: {} has {} elements, no index {index}", factor.label, factor.len);
+        }
+        check_len(name, sum, grad.len)?;
+        let stage = match stage {
+            MicroBatch::First => 0,
+            MicroBatch::Next => 1,
+            MicroBatch::Last { .. } => 2,
+        };
+        let params = SgdParams { len: len_u32(name, grad)?, factor_index: index as u32, stage, ..Default::default() };
+        let grid = gpu.grid_1d(grad.len, ELEMENTWISE_WORKGROUP);
+        gpu.dispatch(name, &self.accumulate_gradient, &params, &[factor, sum, grad], grid)
     }
 }
 

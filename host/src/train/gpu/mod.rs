@@ -127,7 +127,9 @@ use elasticface_core::model::{
     init_head, init_state, BlockSpec, IResNetConfig, Mode, StepConfig, StepReport, TensorInfo, TensorKind,
     TrainerLayout,
 };
-use elasticface_core::nn::{BatchNorm, BatchNormShape, Conv2dShape, ImageShape, LinearShape, WinogradTile};
+use elasticface_core::nn::{
+    BatchNorm, BatchNormShape, Conv2dShape, ImageShape, LinearShape, MicroBatch, WinogradTile,
+};
 use elasticface_core::rng::Philox4x32;
 
 use super::cpu::INIT_STREAM;
@@ -179,15 +181,76 @@ struct Plan {
     head_norm: GradClip,
     /// The step report, then the guarded SGD updates of the backbone and the head.
     update: Vec<Dispatch>,
+    /// Gradient accumulation, where the net has its sums: each micro-batch's gradients and loss into them.
+    accumulate: Option<Accumulate>,
     /// The next step's commands, recorded while the last one ran (see [`GpuBackend::run_step`]); they belong to
     /// this plan's dispatches and go with it.
     ahead: Option<Ahead>,
 }
 
-/// A step recorded ahead: with or without the preprocessing of u8 images ([`Plan::dispatches`]), and its commands.
+/// A step (or a part of one) recorded ahead: with or without the preprocessing of u8 images
+/// ([`Plan::dispatches`]), and its commands.
 struct Ahead {
     preprocess: bool,
+    part: Part,
     step: Recorded,
+}
+
+/// What one submission of a training step runs: a whole step, or one micro-batch of a step of several (gradient
+/// accumulation): each runs forward and backward and adds its gradients and loss into the sums; the last turns
+/// them into means, then clips, reports and updates as a whole step does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Part {
+    Whole,
+    First,
+    Next,
+    Last,
+}
+
+impl Part {
+    /// Micro-batch `i` of a step of `n` (`Whole` where `n` is 1).
+    fn of(i: usize, n: usize) -> Self {
+        match (n, MicroBatch::of(i, n)) {
+            (1, _) => Part::Whole,
+            (_, MicroBatch::First) => Part::First,
+            (_, MicroBatch::Next) => Part::Next,
+            (_, MicroBatch::Last { .. }) => Part::Last,
+        }
+    }
+
+    /// Whether the part ends the step (clips, reports and updates).
+    fn ends_the_step(self) -> bool {
+        matches!(self, Part::Whole | Part::Last)
+    }
+}
+
+/// The dispatches that add a micro-batch's gradients and loss into the sums ([`Sums`]), per stage.
+struct Accumulate {
+    first: Vec<Dispatch>,
+    next: Vec<Dispatch>,
+    last: Vec<Dispatch>,
+}
+
+impl Accumulate {
+    fn new(gpu: &Gpu, k: &Kernels, net: &Net, sums: &Sums, loss: &Tensor) -> Result<Self> {
+        ensure!(sums.head_grad.same_split(&net.head_grad), "the head's gradient sum is not split as its gradient");
+        let pairs: Vec<(&Tensor, &Tensor)> = sums
+            .grads
+            .iter()
+            .zip(&net.packs.grads)
+            .chain(sums.head_grad.parts.iter().zip(&net.head_grad.parts))
+            .chain([(&sums.loss, loss)])
+            .collect();
+        let stage = |stage: MicroBatch| -> Result<Vec<Dispatch>> {
+            let factor = &sums.micro_batches;
+            pairs.iter().map(|(sum, g)| k.sgd.accumulate_gradient(gpu, stage, factor, 1, sum, g)).collect()
+        };
+        Ok(Self {
+            first: stage(MicroBatch::First)?,
+            next: stage(MicroBatch::Next)?,
+            last: stage(MicroBatch::Last { inv_n: f32::NAN })?,
+        })
+    }
 }
 
 impl Plan {
@@ -231,6 +294,7 @@ impl Plan {
             ),
         };
         let image = ImageShape { h: net.cfg.input_h, w: net.cfg.input_w };
+        let accumulate = net.sums.as_ref().map(|sums| Accumulate::new(gpu, k, net, sums, &head.loss)).transpose()?;
         Ok(Self {
             preprocess: k.preprocess.forward(gpu, n, &image, &net.images, &net.flips, &net.input)?,
             forward: b.forward(Mode::Train, n)?,
@@ -241,24 +305,36 @@ impl Plan {
             clip,
             head_norm,
             update,
+            accumulate,
             ahead: None,
         })
     }
 
-    /// Every dispatch of a step in recording order, with or without the preprocessing of u8 images.
-    fn dispatches(&self, preprocess: bool) -> Vec<&Dispatch> {
+    /// Every dispatch of a step's `part` in recording order, with or without the preprocessing of u8 images.
+    fn dispatches(&self, preprocess: bool, part: Part) -> Result<Vec<&Dispatch>> {
+        let accumulate: &[Dispatch] = match (part, &self.accumulate) {
+            (Part::Whole, _) => &[],
+            (Part::First, Some(a)) => &a.first,
+            (Part::Next, Some(a)) => &a.next,
+            (Part::Last, Some(a)) => &a.last,
+            (_, None) => bail!("a micro-batch of a step on a trainer without gradient sums"),
+        };
+        let end: Vec<&Dispatch> = match part.ends_the_step() {
+            true => self.clip.dispatches().iter().chain(self.head_norm.dispatches()).chain(&self.update).collect(),
+            false => Vec::new(),
+        };
         let pre = preprocess.then_some(&self.preprocess);
-        pre.into_iter()
+        Ok(pre
+            .into_iter()
             .chain(&self.forward)
             .chain(self.head.forward())
             .chain(self.head.backward())
             .chain(&self.scale_up)
             .chain(&self.backward)
             .chain(&self.unscale)
-            .chain(self.clip.dispatches())
-            .chain(self.head_norm.dispatches())
-            .chain(&self.update)
-            .collect()
+            .chain(accumulate)
+            .chain(end)
+            .collect())
     }
 }
 
@@ -560,7 +636,7 @@ impl<G: Deref<Target = Gpu>> GpuBackend<G> {
 
     /// Dispatches recorded per training step (from u8 images).
     pub fn dispatches_per_step(&self) -> usize {
-        self.plan.dispatches(true).len()
+        self.plan.dispatches(true, Part::Whole).map_or(0, |d| d.len())
     }
 
     /// One training step on the network input `input (B, 3, H, W)` given as floats (skipping the u8
@@ -572,62 +648,83 @@ impl<G: Deref<Target = Gpu>> GpuBackend<G> {
         if let Some(i) = input.iter().position(|v| !v.is_finite()) {
             return Err(elasticface_core::Error::NonFinite { what: "input", index: i }.into());
         }
-        self.gpu.write_f32_as(&net.input, input)?;
-        self.run_step(false, labels, margins_raw)
+        self.run_step(false, 1, &|me, _| {
+            me.gpu.write_f32_as(&me.net.input, input)?;
+            me.plan.head.write_step(&me.gpu, labels, margins_raw)
+        })
     }
 
     /// One training step like [`Backend::step`] (the weights move), run with a GPU timestamp around every dispatch
     /// ([`Gpu::profile`]): each dispatch's label (its kernel) and GPU seconds, in recording order. The step's report
     /// is not checked and the step counter does not advance; profile after the timed steps.
     pub fn profile_step(&mut self, batch: &Batch, margins_raw: &[f32]) -> Result<Vec<(String, f64)>> {
-        self.write_batch(batch)?;
-        self.plan.head.write_step(&self.gpu, &batch.labels, margins_raw)?;
-        let dispatches = self.plan.dispatches(true);
+        ensure!(batch.len() == self.net.batch, "profiling takes one batch of {}, not {}", self.net.batch, batch.len());
+        self.write_micro_batch(batch, margins_raw, 0)?;
+        let dispatches = self.plan.dispatches(true, Part::Whole)?;
         let times = self.gpu.profile(&dispatches)?;
         Ok(dispatches.iter().zip(times).map(|(d, t)| (d.label.clone(), t)).collect())
     }
 
-    /// Uploads a batch's u8 images and flips.
-    fn write_batch(&self, batch: &Batch) -> Result<()> {
+    /// Uploads micro-batch `i` of `batch` (its images `i B..(i + 1) B`, their flips, labels and margins).
+    fn write_micro_batch(&self, batch: &Batch, margins_raw: &[f32], i: usize) -> Result<()> {
         let net = &self.net;
-        let (b, cfg) = (net.batch, &net.cfg);
-        ensure!(batch.len() == b, "a batch of {} images, the GPU trainer was built for {b}", batch.len());
-        ensure!(
-            batch.images.len() == b * cfg.input_len() && batch.flips.len() == b,
-            "batch images are not {b} x {}x{}x3 bytes with {b} flips",
-            cfg.input_h,
-            cfg.input_w
-        );
-        self.gpu.write_bytes(&net.images, &batch.images)?;
-        self.gpu.write(&net.flips, &batch.flips.iter().map(|&f| u32::from(f)).collect::<Vec<u32>>())
+        let (b, per) = (net.batch, net.cfg.input_len());
+        let samples = i * b..(i + 1) * b;
+        self.gpu.write_bytes(&net.images, &batch.images[samples.start * per..samples.end * per])?;
+        let flips: Vec<u32> = batch.flips[samples.clone()].iter().map(|&f| u32::from(f)).collect();
+        self.gpu.write(&net.flips, &flips)?;
+        self.plan.head.write_step(&self.gpu, &batch.labels[samples.clone()], &margins_raw[samples])
     }
 
-    /// The commands of one step and the read-back of its report. Mixed precision saves the running statistics
-    /// first, in the same submission (see [`LossScale`]).
-    fn record_step(&self, preprocess: bool) -> Result<Recorded> {
-        let copies = match self.loss_scale {
-            None => Vec::new(),
-            Some(_) => self.net.running_copies(true),
+    /// The commands of one step's `part` and, where it ends the step, the read-back of its report. Mixed
+    /// precision saves the running statistics first, in the same submission, at the start of a step (see
+    /// [`LossScale`]).
+    fn record_step(&self, preprocess: bool, part: Part) -> Result<Recorded> {
+        let copies = match (self.loss_scale, part) {
+            (Some(_), Part::Whole | Part::First) => self.net.running_copies(true),
+            _ => Vec::new(),
         };
-        self.gpu.record_and_read(&copies, &self.plan.dispatches(preprocess), &self.net.report)
+        let report: &[&Tensor] = if part.ends_the_step() { &[&self.net.report] } else { &[] };
+        self.gpu.record_and_read(&copies, &self.plan.dispatches(preprocess, part)?, report)
     }
 
-    /// Writes the labels and margins, runs the step and reads its report.
-    /// With mixed precision, a step whose backbone gradient overflowed runs again at half the loss scale.
+    /// Runs a step of `n` micro-batches (`n = 1`: a whole step of B) and reads its report: for each micro-batch
+    /// `write(self, i)` uploads its inputs, labels and margins, then it is submitted; only the last is waited for.
+    /// With mixed precision, a step whose backbone gradient overflowed runs again (every micro-batch) at half the
+    /// loss scale.
     ///
     /// A step's commands are the same every time (its inputs, labels, margins and loss scale are written to buffers
-    /// before it is submitted), so the next step's are recorded while this one runs: recording and finishing r100's
-    /// 2,060 dispatches takes the host a few milliseconds, which the GPU would otherwise wait for.
-    fn run_step(&mut self, preprocess: bool, labels: &[u32], margins_raw: &[f32]) -> Result<StepReport> {
-        self.plan.head.write_step(&self.gpu, labels, margins_raw)?;
+    /// before it is submitted), so the next step's (or micro-batch's) are recorded while this one runs: recording
+    /// and finishing r100's 2,060 dispatches takes the host a few milliseconds, which the GPU would otherwise wait
+    /// for. Writes to a buffer queued after a submission take effect after it (wgpu orders them on the queue), so
+    /// the next micro-batch's images are uploaded while the last one still runs.
+    fn run_step(
+        &mut self,
+        preprocess: bool,
+        n: usize,
+        write: &dyn Fn(&Self, usize) -> Result<()>,
+    ) -> Result<StepReport> {
+        if n > 1 {
+            self.add_sums()?;
+            let sums = self.net.sums.as_ref().context("gradient sums")?;
+            self.gpu.write(&sums.micro_batches, &[n as f32, 1.0 / n as f32])?;
+        }
         loop {
-            let step = match self.plan.ahead.take() {
-                Some(ahead) if ahead.preprocess == preprocess => ahead.step,
-                _ => self.record_step(preprocess)?,
-            };
-            let submitted = self.gpu.submit(step);
-            self.plan.ahead = Some(Ahead { preprocess, step: self.record_step(preprocess)? });
-            let report: Vec<f32> = self.gpu.receive(submitted)?;
+            let mut report: Vec<f32> = Vec::new();
+            for i in 0..n {
+                let part = Part::of(i, n);
+                write(self, i)?;
+                let step = match self.plan.ahead.take() {
+                    Some(ahead) if ahead.preprocess == preprocess && ahead.part == part => ahead.step,
+                    _ => self.record_step(preprocess, part)?,
+                };
+                let submitted = self.gpu.submit(step);
+                let next = Part::of((i + 1) % n, n);
+                self.plan.ahead = Some(Ahead { preprocess, part: next, step: self.record_step(preprocess, next)? });
+                if part.ends_the_step() {
+                    report = self.gpu.receive(submitted)?;
+                }
+            }
             let flags = report[REPORT_FLAGS] as u32;
             match &mut self.loss_scale {
                 Some(ls) if flags == NON_FINITE_BACKBONE && ls.scale > 1.0 => {
@@ -652,6 +749,15 @@ impl<G: Deref<Target = Gpu>> GpuBackend<G> {
             self.steps += 1;
             return Ok(StepReport { loss: report[REPORT_LOSS], grad_norm: report[REPORT_BACKBONE_NORM] });
         }
+    }
+
+    /// Allocates the sums of gradient accumulation and rebuilds the step with them, unless it has them already.
+    fn add_sums(&mut self) -> Result<()> {
+        if self.net.sums.is_none() {
+            self.net.add_sums(&self.gpu)?;
+            self.plan = Plan::new(&self.gpu, &self.k, &self.net, &self.step_cfg)?;
+        }
+        Ok(())
     }
 
     /// Embeddings `(N, E)` in evaluation mode of `N` network inputs `input (N, 3, H, W)` given as floats, in
@@ -793,8 +899,22 @@ fn non_finite(flags: u32, loss: f32, step: u64) -> anyhow::Error {
 
 impl<G: Deref<Target = Gpu>> Backend for GpuBackend<G> {
     fn step(&mut self, batch: &Batch, margins_raw: &[f32]) -> Result<StepReport> {
-        self.write_batch(batch)?;
-        self.run_step(true, &batch.labels, margins_raw)
+        let (b, cfg) = (self.net.batch, &self.net.cfg);
+        let n = batch.len() / b;
+        ensure!(
+            n > 0 && batch.len() == n * b,
+            "a batch of {} images: the GPU trainer was built for {b} (or a step of several micro-batches of {b})",
+            batch.len()
+        );
+        ensure!(
+            batch.images.len() == batch.len() * cfg.input_len() && batch.flips.len() == batch.len(),
+            "batch images are not {} x {}x{}x3 bytes with as many flips",
+            batch.len(),
+            cfg.input_h,
+            cfg.input_w
+        );
+        ensure!(margins_raw.len() == batch.len(), "{} margins for {} images", margins_raw.len(), batch.len());
+        self.run_step(true, n, &|me, i| me.write_micro_batch(batch, margins_raw, i))
     }
 
     fn set_lr(&mut self, lr: f32) -> Result<()> {

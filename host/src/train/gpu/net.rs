@@ -296,7 +296,18 @@ pub(super) struct Net {
     /// Every batch norm running statistic as it was before the step (mixed precision saves them there, and a
     /// step that is tried again restores them).
     pub(super) running_backup: Tensor,
+    /// Gradient accumulation's sums, from the first step of several micro-batches on ([`Net::add_sums`]).
+    pub(super) sums: Option<Sums>,
     pub(super) memory: MemoryUse,
+}
+
+/// The running sums of a step's micro-batches (gradient accumulation, the core's `accumulate_gradient`): of the
+/// backbone's gradients (packed as `packs.grads`), of the head's (split as it is) and of the loss; and `[N, 1 / N]`.
+pub(super) struct Sums {
+    pub(super) grads: Vec<Tensor>,
+    pub(super) head_grad: SplitTensor,
+    pub(super) loss: Tensor,
+    pub(super) micro_batches: Tensor,
 }
 
 /// The f16 copy of the trainable values' groups where the convolutions read `elem` weights (mixed precision),
@@ -487,8 +498,32 @@ impl Net {
             report,
             loss_scale,
             running_backup,
+            sums: None,
             memory: a.used,
         })
+    }
+
+    /// Allocates the sums of gradient accumulation ([`Sums`]), unless there are some already.
+    pub(super) fn add_sums(&mut self, gpu: &Gpu) -> Result<()> {
+        if self.sums.is_some() {
+            return Ok(());
+        }
+        let mut a = Alloc { gpu, used: MemoryUse::default() };
+        let grads = self
+            .packs
+            .grads
+            .iter()
+            .map(|g| a.zeros(Purpose::Parameters, &format!("{} (sum of micro-batches)", g.label), &[g.len]))
+            .collect::<Result<_>>()?;
+        let head_grad = gpu.zeros_split_like("grad.head.weight (sum of micro-batches)", &self.head, self.cfg.embedding)?;
+        a.count(Purpose::Head, 4 * (self.cfg.embedding * self.classes) as u64);
+        let loss = a.zeros(Purpose::Scratch, "loss (sum of micro-batches)", &[1])?;
+        let micro_batches = a.zeros(Purpose::Scratch, "micro-batches [N, 1 / N]", &[2])?;
+        self.memory.parameters += a.used.parameters;
+        self.memory.head += a.used.head;
+        self.memory.scratch += a.used.scratch;
+        self.sums = Some(Sums { grads, head_grad, loss, micro_batches });
+        Ok(())
     }
 
     pub(super) fn value(&self, i: usize) -> &Tensor {
