@@ -1259,7 +1259,7 @@ impl<'a> Trainer<'a> {
         let l = self.layout.clone();
         let (cfg, b, k, e) = (l.cfg, l.batch, l.classes, l.cfg.embedding);
         let micro = labels.len() / b;
-        if micro == 0 || labels.len() % b != 0 {
+        if micro == 0 || !labels.len().is_multiple_of(b) {
             return Err(Error::Config { what: "a step takes a whole number of micro-batches of the layout's batch" });
         }
         if micro > 1 && !l.accumulates() {

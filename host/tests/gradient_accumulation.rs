@@ -21,7 +21,8 @@ const SEED: u64 = 23;
 /// `n` micro-batches of inputs, labels and margins.
 fn data(n: usize, step: u64) -> (Vec<f32>, Vec<u32>, Vec<f32>) {
     let mut rng = Philox4x32::new(SEED, 1000 + step);
-    let input = (0..n * BATCH * CFG.input_len()).map(|_| elasticface_core::rng::standard_normal(&mut rng) as f32).collect();
+    let input =
+        (0..n * BATCH * CFG.input_len()).map(|_| elasticface_core::rng::standard_normal(&mut rng) as f32).collect();
     let labels = (0..n * BATCH).map(|i| ((i as u64 * 3 + step) % CLASSES as u64) as u32).collect();
     let mut margins = vec![0.0; n * BATCH];
     MarginConfig::ELASTIC_ARC_PLUS.draw_margins_at(SEED, step, &mut margins);
@@ -59,7 +60,8 @@ fn a_step_of_micro_batches_updates_with_the_mean_of_their_gradients() {
     let trainable: Vec<_> = CFG.tensors().filter(|t| t.kind == TensorKind::Trainable).collect();
     for n in [2usize, 3] {
         let mut acc = Owned::new(plain.clone().with_accumulation(), recipe);
-        let at_zero = StepConfig { sgd: elasticface_core::nn::Sgd { lr: 0.0, ..recipe.sgd }, clip_norm: f32::MAX, ..recipe };
+        let at_zero =
+            StepConfig { sgd: elasticface_core::nn::Sgd { lr: 0.0, ..recipe.sgd }, clip_norm: f32::MAX, ..recipe };
         let mut each = Owned::new(plain.clone(), at_zero);
         let (state0, head0) = (each.trainer().state().to_vec(), each.trainer().head().to_vec());
         let (input, labels, margins) = data(n, 0);

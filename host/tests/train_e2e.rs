@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use elasticface::checkpoint::Checkpoint;
 use elasticface::data::decode::encode_png;
 use elasticface::data::{RecordIoPaths, RecordIoWriter};
 use elasticface::train::run::{train, Device, TrainConfig, WinogradLayers};
@@ -99,29 +100,55 @@ fn training_learns_identities_and_generalises_to_held_out_ones() {
     assert_eq!(lines.lines().count() as u64, s.steps + 2, "a line per step and per evaluation");
 }
 
+/// Trains `cfg` straight into `root/straight{tag}`, and again stopped after 7 steps (mid-epoch) and resumed from its
+/// folder `root/resumed{tag}`; returns both final checkpoints and the straight run's metrics.
+fn straight_and_resumed(cfg: &TrainConfig, root: &Path, tag: &str) -> (Checkpoint, Checkpoint, String) {
+    let straight_cfg = TrainConfig { out: root.join(format!("straight{tag}")), ..cfg.clone() };
+    let s = train(&straight_cfg, None, true).unwrap();
+    assert_eq!(s.steps, 18);
+    let metrics = std::fs::read_to_string(straight_cfg.out.join("metrics.jsonl")).unwrap();
+    let straight = Checkpoint::load(&straight_cfg.out.join("final.safetensors")).unwrap();
+
+    let resumed_cfg = TrainConfig { out: root.join(format!("resumed{tag}")), ..cfg.clone() };
+    let first = train(&TrainConfig { max_steps: 7, ..resumed_cfg.clone() }, None, true).unwrap();
+    assert_eq!(first.steps, 7);
+    let second = train(&resumed_cfg, Some(&resumed_cfg.out), true).unwrap();
+    assert_eq!(second.steps, 18);
+    (straight, Checkpoint::load(&resumed_cfg.out.join("final.safetensors")).unwrap(), metrics)
+}
+
 #[test]
 fn a_stopped_run_resumes_to_the_same_weights() {
     let root = tempfile::tempdir().unwrap();
     write_set(&root.path().join("train"), 0, 6, 8);
-    let mut cfg = TrainConfig { val: None, epochs: 3, batch: 8, ..config(root.path()) };
-    cfg.out = root.path().join("straight");
-    train(&cfg, None, true).unwrap();
-    let straight = std::fs::read(root.path().join("straight/final.safetensors")).unwrap();
-
-    // The same run stopped after 7 steps (mid-epoch), then resumed from its folder.
-    cfg.out = root.path().join("resumed");
-    let first = train(&TrainConfig { max_steps: 7, ..cfg.clone() }, None, true).unwrap();
-    assert_eq!(first.steps, 7);
-    let second = train(&cfg, Some(&cfg.out), true).unwrap();
-    assert_eq!(second.steps, 18);
-    let resumed = elasticface::checkpoint::Checkpoint::load(&root.path().join("resumed/final.safetensors")).unwrap();
-    let straight = elasticface::checkpoint::Checkpoint::from_file(
-        &elasticface::tensorfile::TensorFile::from_bytes("straight", &straight).unwrap(),
-    )
-    .unwrap();
+    // 48 images, 6 steps of 8 an epoch.
+    let cfg = TrainConfig { val: None, epochs: 3, batch: 8, ..config(root.path()) };
+    let (straight, resumed, _) = straight_and_resumed(&cfg, root.path(), "");
     assert_eq!(resumed.state, straight.state, "parameters differ after resuming");
     assert_eq!(resumed.head, straight.head);
     assert_eq!(resumed.momentum, straight.momentum);
+}
+
+/// Gradient accumulation through the run: steps of 2 micro-batches of 4 take the images of steps of 8 (6 steps an
+/// epoch, the learning rate scaled by 8 / 512), resume to the same weights, and train otherwise than whole steps of
+/// 8 (each micro-batch's batch norms normalise over its 4 images).
+#[test]
+fn a_run_of_micro_batches_steps_by_their_sum_and_resumes_to_the_same_weights() {
+    let root = tempfile::tempdir().unwrap();
+    write_set(&root.path().join("train"), 0, 6, 8);
+    let whole = TrainConfig { val: None, epochs: 3, batch: 8, lr: 0.2, ..config(root.path()) };
+    let micro = TrainConfig { batch: 4, accumulate: 2, ..whole.clone() };
+    let (straight, resumed, metrics) = straight_and_resumed(&micro, root.path(), "-micro");
+    assert_eq!(resumed.state, straight.state, "parameters differ after resuming");
+    assert_eq!(resumed.head, straight.head);
+    assert_eq!(resumed.momentum, straight.momentum);
+    let first: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+    assert_eq!(first["lr"].as_f64().unwrap() as f32, 0.2 * 8.0 / 512.0, "{first}");
+
+    let whole = train(&TrainConfig { out: root.path().join("whole"), ..whole }, None, true).unwrap();
+    assert_eq!(whole.steps, 18);
+    let whole = Checkpoint::load(&root.path().join("whole/final.safetensors")).unwrap();
+    assert_ne!(whole.state, straight.state, "micro-batches of 4 normalise otherwise than batches of 8");
 }
 
 #[test]

@@ -759,6 +759,3 @@ fn setup_is_checked_and_memory_follows_the_formula() {
     let text = format!("{err:#}");
     assert!(text.contains("conv1.out") && text.contains("smaller batch"), "{text}");
 }
-
-
-

@@ -127,9 +127,7 @@ use elasticface_core::model::{
     init_head, init_state, BlockSpec, IResNetConfig, Mode, StepConfig, StepReport, TensorInfo, TensorKind,
     TrainerLayout,
 };
-use elasticface_core::nn::{
-    BatchNorm, BatchNormShape, Conv2dShape, ImageShape, LinearShape, MicroBatch, WinogradTile,
-};
+use elasticface_core::nn::{BatchNorm, BatchNormShape, Conv2dShape, ImageShape, LinearShape, MicroBatch, WinogradTile};
 use elasticface_core::rng::Philox4x32;
 
 use super::cpu::INIT_STREAM;

@@ -515,7 +515,8 @@ impl Net {
             .iter()
             .map(|g| a.zeros(Purpose::Parameters, &format!("{} (sum of micro-batches)", g.label), &[g.len]))
             .collect::<Result<_>>()?;
-        let head_grad = gpu.zeros_split_like("grad.head.weight (sum of micro-batches)", &self.head, self.cfg.embedding)?;
+        let head_grad =
+            gpu.zeros_split_like("grad.head.weight (sum of micro-batches)", &self.head, self.cfg.embedding)?;
         a.count(Purpose::Head, 4 * (self.cfg.embedding * self.classes) as u64);
         let loss = a.zeros(Purpose::Scratch, "loss (sum of micro-batches)", &[1])?;
         let micro_batches = a.zeros(Purpose::Scratch, "micro-batches [N, 1 / N]", &[2])?;
