@@ -24,6 +24,16 @@
 //! bit. `features.weight` is frozen (no gradient, no
 //! update); weight decay applies to the backbone and the head; the head is not clipped.
 //!
+//! # Gradient accumulation
+//!
+//! A step of `N > 1` micro-batches of `B` ([`Backend::step`] on `N B` images) is `N` submissions: each uploads its
+//! micro-batch and runs the step above up to the backbone's gradients (and their unscaling in mixed precision), then
+//! adds its backbone and head gradients and its loss into sums (the core's `accumulate_gradient`: the first copies,
+//! the next add, the last leaves `(sum + g) / N` in the gradients); the last goes on with clipping, the report and the
+//! update. Only the last is waited for: the next micro-batch's images are written (wgpu orders a queue write after
+//! the submissions before it) and its commands recorded while one runs. The sums (as large as the gradients, and one
+//! float for the loss) are allocated at the first such step. A mixed-precision retry runs every micro-batch again.
+//!
 //! # Non-finite steps
 //!
 //! The core checks the loss and the gradients before it updates anything. Waiting for the GPU halfway through a step
@@ -108,8 +118,8 @@
 //! every convolution direct, 4.68 GB as f16 in mixed precision, 1.99 G (7.96 GB) with Winograd from 128 channels (the
 //! GPU default), 1.94 G (7.75 GB) from 64; 4 x 0.103 G elements of gradient buffers (1.64 GB, 0.82 GB in mixed
 //! precision), besides 0.78 GB of parameters, gradients and momentum (and 0.13 GB of their f16 copy in mixed
-//! precision) and 0.7 GB of head (85,742 classes);
-//! [`GpuBackend::memory`] reports what a backend allocated.
+//! precision) and 0.7 GB of head (85,742 classes); gradient accumulation adds its sums (0.26 GB for r100's backbone,
+//! 0.18 GB for that head). [`GpuBackend::memory`] reports what a backend allocated.
 //!
 //! The code: `settings` (what the convolutions run as, their kernels, the memory formulas above), `net` (every
 //! tensor, allocated once), `builder` (the dispatches of the forward and backward passes); here, the step's plan
