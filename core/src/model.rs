@@ -1215,12 +1215,13 @@ impl<'a> Trainer<'a> {
     pub fn head_mut(&mut self) -> &mut [f32] {
         &mut self.arena[self.layout.head.clone()]
     }
-    /// The backbone gradients of the last step (after clipping), laid out as the state; entries of running
-    /// statistics and frozen tensors are unused.
+    /// The backbone gradients of the last step (after clipping; the mean over its micro-batches where it had
+    /// several), laid out as the state; entries of running statistics and frozen tensors are unused.
     pub fn grads(&self) -> &[f32] {
         &self.arena[self.layout.grads.clone()]
     }
-    /// The head gradient of the last step `(E, K)` (not clipped).
+    /// The head gradient of the last step `(E, K)` (not clipped; the mean over its micro-batches where it had
+    /// several).
     pub fn head_grad(&self) -> &[f32] {
         &self.arena[self.layout.head_grad.clone()]
     }
@@ -1341,7 +1342,8 @@ impl<'a> Trainer<'a> {
         Ok(StepReport { loss: loss[0], grad_norm })
     }
 
-    /// The embeddings `(B, E)` of the last training step's forward pass (batch statistics).
+    /// The embeddings `(B, E)` of the last training step's forward pass (batch statistics; its last micro-batch's
+    /// where it had several).
     pub fn embeddings(&self) -> &[f32] {
         let l = &self.layout;
         let start = l.acts.start + embedding_offset(&l.cfg, l.batch);

@@ -453,6 +453,21 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>, quiet: bool) -> Result<Ru
         );
         backend.load(&ck)?;
         position = ck.position;
+        let images = |run: &serde_json::Value| {
+            let (batch, accumulate) = (run.get("batch")?.as_u64()?, run["accumulate"].as_u64().unwrap_or(1));
+            Some((batch, accumulate))
+        };
+        let now = (cfg.batch as u64, cfg.accumulate as u64);
+        if let Some(then) = images(&ck.run).filter(|&then| then != now) {
+            eprintln!(
+                "note: {} was trained in steps of {} x {} images (batch x accumulate); this run goes on with {} x {}",
+                path.display(),
+                then.0,
+                then.1,
+                now.0,
+                now.1
+            );
+        }
     }
     let val = held_out_pairs(cfg, shape)?;
     let val_before = match &val {

@@ -850,8 +850,9 @@ impl<G: Deref<Target = Gpu>> GpuBackend<G> {
         Ok(out)
     }
 
-    /// The backbone gradients of the last step after clipping, state layout (zero for running statistics and
-    /// frozen tensors). After a refused (non-finite) step they hold that step's gradients.
+    /// The backbone gradients of the last step after clipping (the mean over its micro-batches where it had
+    /// several), state layout (zero for running statistics and frozen tensors). After a refused (non-finite) step
+    /// they hold that step's gradients.
     pub fn grads(&self) -> Result<Vec<f32>> {
         self.read_trainable(|p| p.grad.as_ref())
     }
@@ -871,8 +872,8 @@ impl<G: Deref<Target = Gpu>> GpuBackend<G> {
         Ok((self.read_trainable(|p| p.momentum.as_ref())?, download_head_weight(&self.gpu, &self.net.head_momentum)?))
     }
 
-    /// The embeddings `(B, E)` of the last training step's forward pass (batch statistics), unless an evaluation
-    /// ran since.
+    /// The embeddings `(B, E)` of the last training step's forward pass (batch statistics; its last micro-batch's
+    /// where it had several), unless an evaluation ran since.
     pub fn embeddings(&self) -> Result<Vec<f32>> {
         self.gpu.read(&self.net.tail.features_out)
     }
