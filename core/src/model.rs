@@ -1259,10 +1259,9 @@ impl<'a> Trainer<'a> {
     pub fn step(&mut self, input: &[f32], labels: &[u32], margins_raw: &[f32]) -> Result<StepReport, Error> {
         let l = self.layout.clone();
         let (cfg, b, k, e) = (l.cfg, l.batch, l.classes, l.cfg.embedding);
-        let micro = labels.len() / b;
-        if micro == 0 || !labels.len().is_multiple_of(b) {
-            return Err(Error::Config { what: "a step takes a whole number of micro-batches of the layout's batch" });
-        }
+        // A whole number of micro-batches of the layout's batch (at least one).
+        let micro = (labels.len() / b).max(1);
+        check_len("labels", labels, micro * b)?;
         if micro > 1 && !l.accumulates() {
             return Err(Error::Config { what: "several micro-batches need a layout with accumulation" });
         }

@@ -133,7 +133,7 @@ fn micro_batches_need_room_for_the_sums_and_whole_micro_batches() {
     let mut t = Owned::new(grown, recipe);
     let part = BATCH * CFG.input_len();
     let e = t.trainer().step(&input[..part + 1], &labels[..BATCH + 1], &margins[..BATCH + 1]).unwrap_err();
-    assert!(matches!(e, Error::Config { what } if what.contains("whole number")), "{e}");
+    assert_eq!(e, Error::Length { what: "labels", expected: BATCH, got: BATCH + 1 }, "whole micro-batches only");
     // One micro-batch on a layout with room is a plain step.
     assert!(t.trainer().step(&input[..part], &labels[..BATCH], &margins[..BATCH]).is_ok());
 }
