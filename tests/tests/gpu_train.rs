@@ -748,7 +748,7 @@ fn setup_is_checked_and_memory_follows_the_formula() {
     assert!(GpuBackend::new(gpu, &TINY, 1, classes, step_cfg(), 1).is_err());
     let mut g = g;
     let err = g.step(&batch(&TINY, 5, classes, 0), &margins(0, 5)).unwrap_err();
-    assert!(err.to_string().contains("a batch of 5 images, the GPU trainer was built for 6"), "{err}");
+    assert!(err.to_string().contains("a batch of 5 images: the GPU trainer was built for 6"), "{err}");
     let err = g.step(&batch(&TINY, 6, 12, 0), &margins(0, 6)).unwrap_err();
     assert!(format!("{err:#}").contains("is not below the class count 11"), "{err:#}");
 
