@@ -229,7 +229,16 @@ fn gpu_matches_cpu_with_accumulated_micro_batches() {
     let (bt, m) = (batch(&ODD, 2 * b + 1, classes, 3), margins(3, 2 * b + 1));
     let err = g.step(&bt, &m).unwrap_err().to_string();
     assert!(err.contains("micro-batches of 5"), "{err}");
-    assert_eq!(g.steps(), 1, "a refused batch is no step");
+    // A bad label in the second micro-batch is refused before the first runs: nothing moves, not even the running
+    // statistics.
+    let before = bits(&g.checkpoint(9, Position::epoch_start(0), Default::default()).unwrap());
+    let (mut bt, m) = (batch(&ODD, 2 * b, classes, 3), margins(3, 2 * b));
+    bt.labels[b + 1] = classes as u32;
+    let err = format!("{:#}", g.step(&bt, &m).unwrap_err());
+    assert!(err.contains("micro-batch 1 of 2") && err.contains("labels[1] = 13 is not below the class count"), "{err}");
+    let after = bits(&g.checkpoint(9, Position::epoch_start(0), Default::default()).unwrap());
+    assert!(before == after, "a refused step moved the state");
+    assert_eq!(g.steps(), 1, "refused batches are no step");
 }
 
 /// Micro-batch `i` of `bt` (images `i b..(i + 1) b`) as a batch of its own.

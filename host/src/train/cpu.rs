@@ -44,7 +44,8 @@ impl CpuBackend {
 
 impl Backend for CpuBackend {
     fn step(&mut self, batch: &Batch, margins_raw: &[f32]) -> Result<StepReport> {
-        if batch.len() > self.layout.batch && !self.layout.accumulates() {
+        let b = self.layout.batch;
+        if batch.len() > b && batch.len().is_multiple_of(b) && !self.layout.accumulates() {
             // The sums of gradient accumulation go after everything else: the arena grows, the rest stays.
             self.layout = self.layout.clone().with_accumulation();
             self.arena.resize(self.layout.arena_len(), 0.0);

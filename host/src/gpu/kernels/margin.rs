@@ -429,6 +429,14 @@ impl MarginHead {
     /// Writes one step's labels `(B)` (each below `C`) and drawn margins `(B)` (finite; see
     /// [`MarginConfig::draw_margins_at`]) for the next submission: `B` u32 and `3 B` f32 through the queue.
     pub fn write_step(&self, gpu: &Gpu, labels: &[u32], margins_raw: &[f32]) -> Result<()> {
+        self.check_step(labels, margins_raw)?;
+        gpu.write(&self.labels, labels)?;
+        gpu.write(&self.margins_raw, &margin_table(margins_raw))
+    }
+
+    /// What [`MarginHead::write_step`] checks before it writes anything: `B` labels below the class count and `B`
+    /// finite margins.
+    pub fn check_step(&self, labels: &[u32], margins_raw: &[f32]) -> Result<()> {
         let (b, c) = (self.shape.batch, self.shape.classes);
         if labels.len() != b || margins_raw.len() != b {
             bail!("margin head: {} labels and {} margins for a batch of {b}", labels.len(), margins_raw.len());
@@ -439,8 +447,7 @@ impl MarginHead {
         if let Some(i) = margins_raw.iter().position(|m| !m.is_finite()) {
             bail!("margin head: margins_raw[{i}] = {} is not finite", margins_raw[i]);
         }
-        gpu.write(&self.labels, labels)?;
-        gpu.write(&self.margins_raw, &margin_table(margins_raw))
+        Ok(())
     }
 
     /// The forward pass, in recording order: normalise, cosine partials per part, Plus assignment, loss.

@@ -44,6 +44,10 @@
 //! parameters, the head and the momentum keep their bits, and the step counter does not advance. The batch norm
 //! running statistics have moved in the forward pass, as they do in the core and in PyTorch.
 //!
+//! In a step of micro-batches the report comes after the last: every micro-batch has run (and moved the running
+//! statistics) when a non-finite loss or gradient is found, where the core stops at the first micro-batch whose loss
+//! is not finite; the weights, head and momentum are unchanged either way.
+//!
 //! A NaN that reaches the embeddings may leave the GPU's loss finite where the core's is NaN (WGSL's `clamp` of a
 //! NaN cosine may return a bound), so the error can name the gradients where the core names the loss; nothing is
 //! updated either way. Overflow counts as non-finite: a gradient whose sum of squares exceeds `f32::MAX` (entries
@@ -666,11 +670,41 @@ impl<G: Deref<Target = Gpu>> GpuBackend<G> {
     /// ([`Gpu::profile`]): each dispatch's label (its kernel) and GPU seconds, in recording order. The step's report
     /// is not checked and the step counter does not advance; profile after the timed steps.
     pub fn profile_step(&mut self, batch: &Batch, margins_raw: &[f32]) -> Result<Vec<(String, f64)>> {
-        ensure!(batch.len() == self.net.batch, "profiling takes one batch of {}, not {}", self.net.batch, batch.len());
+        let n = self.check_batch(batch, margins_raw)?;
+        ensure!(n == 1, "profiling takes one batch of {}, not {}", self.net.batch, batch.len());
         self.write_micro_batch(batch, margins_raw, 0)?;
         let dispatches = self.plan.dispatches(true, Part::Whole)?;
         let times = self.gpu.profile(&dispatches)?;
         Ok(dispatches.iter().zip(times).map(|(d, t)| (d.label.clone(), t)).collect())
+    }
+
+    /// Checks a step's batch and margins before anything runs: `N B` images (`N >= 1`) of the network's size with
+    /// their flips, labels below the class count and finite margins. Returns `N`.
+    fn check_batch(&self, batch: &Batch, margins_raw: &[f32]) -> Result<usize> {
+        let (b, cfg) = (self.net.batch, &self.net.cfg);
+        let n = batch.len() / b;
+        ensure!(
+            n > 0 && batch.len() == n * b,
+            "a batch of {} images: the GPU trainer was built for {b} (or a step of several micro-batches of {b})",
+            batch.len()
+        );
+        ensure!(
+            batch.images.len() == batch.len() * cfg.input_len() && batch.flips.len() == batch.len(),
+            "batch images are not {} x {}x{}x3 bytes with as many flips",
+            batch.len(),
+            cfg.input_h,
+            cfg.input_w
+        );
+        ensure!(margins_raw.len() == batch.len(), "{} margins for {} images", margins_raw.len(), batch.len());
+        for i in 0..n {
+            let samples = i * b..(i + 1) * b;
+            let checked = self.plan.head.check_step(&batch.labels[samples.clone()], &margins_raw[samples]);
+            match n {
+                1 => checked?,
+                _ => checked.with_context(|| format!("micro-batch {i} of {n}"))?,
+            }
+        }
+        Ok(n)
     }
 
     /// Uploads micro-batch `i` of `batch` (its images `i B..(i + 1) B`, their flips, labels and margins).
@@ -761,7 +795,7 @@ impl<G: Deref<Target = Gpu>> GpuBackend<G> {
 
     /// Allocates the sums of gradient accumulation and rebuilds the step with them, unless it has them already.
     fn add_sums(&mut self) -> Result<()> {
-        if self.net.sums.is_none() {
+        if self.plan.accumulate.is_none() {
             self.net.add_sums(&self.gpu)?;
             self.plan = Plan::new(&self.gpu, &self.k, &self.net, &self.step_cfg)?;
         }
@@ -862,7 +896,8 @@ impl<G: Deref<Target = Gpu>> GpuBackend<G> {
         download_head_weight(&self.gpu, &self.net.head)
     }
 
-    /// The head gradient of the last step `(D, C)` (not clipped).
+    /// The head gradient of the last step `(D, C)` (not clipped; the mean over its micro-batches where it had
+    /// several).
     pub fn head_grad(&self) -> Result<Vec<f32>> {
         download_head_weight(&self.gpu, &self.net.head_grad)
     }
@@ -908,21 +943,7 @@ fn non_finite(flags: u32, loss: f32, step: u64) -> anyhow::Error {
 
 impl<G: Deref<Target = Gpu>> Backend for GpuBackend<G> {
     fn step(&mut self, batch: &Batch, margins_raw: &[f32]) -> Result<StepReport> {
-        let (b, cfg) = (self.net.batch, &self.net.cfg);
-        let n = batch.len() / b;
-        ensure!(
-            n > 0 && batch.len() == n * b,
-            "a batch of {} images: the GPU trainer was built for {b} (or a step of several micro-batches of {b})",
-            batch.len()
-        );
-        ensure!(
-            batch.images.len() == batch.len() * cfg.input_len() && batch.flips.len() == batch.len(),
-            "batch images are not {} x {}x{}x3 bytes with as many flips",
-            batch.len(),
-            cfg.input_h,
-            cfg.input_w
-        );
-        ensure!(margins_raw.len() == batch.len(), "{} margins for {} images", margins_raw.len(), batch.len());
+        let n = self.check_batch(batch, margins_raw)?;
         self.run_step(true, n, &|me, i| me.write_micro_batch(batch, margins_raw, i))
     }
 

@@ -48,16 +48,18 @@ pub(super) fn batchnorm_channels(cfg: &IResNetConfig) -> usize {
 /// Bytes of GPU memory a [`GpuBackend`] allocated, by purpose.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MemoryUse {
-    /// The backbone's state, and gradients and momentum of its trainable tensors.
+    /// The backbone's state, and gradients and momentum of its trainable tensors (and their sum over micro-batches
+    /// once a step of several ran).
     pub parameters: u64,
-    /// The head: weight, gradient, momentum, and the margin head's tensors (normalised centres, scratch).
+    /// The head: weight, gradient, momentum, and the margin head's tensors (normalised centres, scratch); the sum of
+    /// its gradient over micro-batches once a step of several ran.
     pub head: u64,
     /// The activations kept for the backward pass: [`activation_bytes`].
     pub activations: u64,
     /// The four rotating gradient buffers.
     pub gradient_buffers: u64,
     /// The u8 images and flips of a batch, the shared scratch of the convolutions, batch norms and PReLUs, the
-    /// clipping partial sums, the hyper-parameters and the step report.
+    /// clipping partial sums, the hyper-parameters and the step report (and the loss's sum over micro-batches).
     pub scratch: u64,
 }
 
