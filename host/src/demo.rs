@@ -122,7 +122,7 @@ pub fn demo(cfg: &DemoConfig) -> Result<DemoReport> {
     let run = train(&tc, None, cfg.quiet)?;
     let losses = read_losses(&metrics)?;
     let picture = cfg.out.join("demo.png");
-    if let (Some(b), Some(a)) = (&run.val_before, &run.val_after) {
+    if let (Some(b), Some(a)) = (run.val_before.first().map(|r| &r.report), run.val_after.first().map(|r| &r.report)) {
         // The same pairs the run scored (drawn from the same seed) give the labels of the distances.
         let shape = ImageShape { h: cfg.size, w: cfg.size };
         let issame = held_out_pairs(&tc, shape)?.map(|p| p.issame).unwrap_or_default();

@@ -283,10 +283,12 @@ struct TrainArgs {
     /// Training data: a folder with train.rec/train.idx/property, a .rec file, or one sub-folder per identity.
     #[arg(long, value_name = "PATH")]
     data: Option<PathBuf>,
-    /// Held-out identities (same formats) for verification accuracy during training.
+    /// Verification accuracy during training (at the start, every --eval-every steps, at the end), on held-out
+    /// identities (same formats as --data) or on insightface verification packs: a .bin file, or a folder of them
+    /// (e.g. faces_emore: lfw.bin, cfp_fp.bin, agedb_30.bin ...), each scored as `elasticface eval` does.
     #[arg(long, value_name = "PATH")]
     val: Option<PathBuf>,
-    /// Verification pairs drawn from --val [default: 600].
+    /// Verification pairs drawn from held-out identities in --val [default: 600].
     #[arg(long)]
     val_pairs: Option<usize>,
     /// Run folder: config.toml, metrics.jsonl, checkpoint.safetensors [default: runs/train].
@@ -481,7 +483,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 s.steps, cfg.batch, s.seconds, s.images_per_second
             );
             println!("  loss             {:.3} -> {:.3}", s.first_loss, s.last_loss);
-            if let (Some(b), Some(a)) = (&s.val_before, &s.val_after) {
+            if let (Some(b), Some(a)) =
+                (s.val_before.first().map(|r| &r.report), s.val_after.first().map(|r| &r.report))
+            {
                 println!("  held-out pairs   {} ({} identities never seen in training)", a.pairs, cfg.val_ids);
                 println!(
                     "  verification     {:.1}% -> {:.1}% (10-fold accuracy)",
@@ -544,12 +548,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 "{state}: {} steps, loss {:.4} -> {:.4}, {:.1} s, {:.1} images/s",
                 s.steps, s.first_loss, s.last_loss, s.seconds, s.images_per_second
             );
-            if let (Some(a), Some(b)) = (&s.val_before, &s.val_after) {
+            for (a, b) in s.val_before.iter().zip(&s.val_after) {
                 println!(
-                    "held-out verification: {:.2}% -> {:.2}% ({} pairs)",
-                    100.0 * a.accuracy,
-                    100.0 * b.accuracy,
-                    b.pairs
+                    "{} verification: {:.2}% -> {:.2}% ({} pairs)",
+                    b.set,
+                    100.0 * a.report.accuracy,
+                    100.0 * b.report.accuracy,
+                    b.report.pairs
                 );
             }
             if s.skipped_samples > 0 {

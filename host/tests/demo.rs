@@ -23,7 +23,7 @@ fn a_short_demo_learns_to_verify_unseen_identities() {
         quiet: true,
     };
     let r = demo(&cfg).unwrap();
-    let (before, after) = (r.run.val_before.as_ref().unwrap(), r.run.val_after.as_ref().unwrap());
+    let (before, after) = (&r.run.val_before[0].report, &r.run.val_after[0].report);
     println!(
         "loss {:.2} -> {:.2}, held-out accuracy {:.3} -> {:.3}",
         r.run.first_loss, r.run.last_loss, before.accuracy, after.accuracy

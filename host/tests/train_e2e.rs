@@ -86,7 +86,7 @@ fn training_learns_identities_and_generalises_to_held_out_ones() {
     write_set(&root.path().join("val"), 1000, 12, 6);
     let cfg = config(root.path());
     let s = train(&cfg, None, true).unwrap();
-    let (before, after) = (s.val_before.unwrap(), s.val_after.unwrap());
+    let (before, after) = (&s.val_before[0].report, &s.val_after[0].report);
     println!(
         "{} steps in {:.1} s: loss {:.3} -> {:.3}, held-out accuracy {:.3} -> {:.3}",
         s.steps, s.seconds, s.first_loss, s.last_loss, before.accuracy, after.accuracy
@@ -151,6 +151,71 @@ fn a_run_of_micro_batches_steps_by_their_sum_and_resumes_to_the_same_weights() {
     assert_ne!(whole.state, straight.state, "micro-batches of 4 normalise otherwise than batches of 8");
 }
 
+/// An insightface verification pack at `path` of `pairs` pairs of held-out identities (from `first_identity` on),
+/// alternately the same identity and two different ones, as PNGs.
+fn write_pack(path: &Path, first_identity: u64, pairs: usize) {
+    let shape = ImageShape { h: SIZE, w: SIZE };
+    let (mut images, mut issame) = (Vec::new(), Vec::new());
+    for p in 0..pairs as u64 {
+        let (a, b) = (first_identity + p / 2, first_identity + 100 + p / 2);
+        let same = p % 2 == 0;
+        images.push(encode_png(&sample(a, p), shape).unwrap());
+        images.push(encode_png(&sample(if same { a } else { b }, p + 50), shape).unwrap());
+        issame.push(same);
+    }
+    std::fs::write(path, elasticface::eval::bin::write_python2_pack(&images, &issame)).unwrap();
+}
+
+/// `--val` given insightface verification packs: a folder of them (other files ignored) is scored set by set at the
+/// start, every `eval_every` steps and at the end, each exactly as `elasticface eval` scores the final weights; a
+/// single `.bin` file is one set.
+#[test]
+fn verification_packs_are_scored_during_training() {
+    let root = tempfile::tempdir().unwrap();
+    write_set(&root.path().join("train"), 0, 6, 8);
+    let packs = root.path().join("packs");
+    std::fs::create_dir_all(&packs).unwrap();
+    write_pack(&packs.join("lfw.bin"), 2000, 40);
+    write_pack(&packs.join("agedb_30.bin"), 3000, 30);
+    std::fs::write(packs.join("README.txt"), "not a pack").unwrap();
+    let cfg = TrainConfig { val: Some(packs.clone()), epochs: 1, batch: 8, eval_every: 3, ..config(root.path()) };
+    let s = train(&cfg, None, true).unwrap();
+    assert_eq!(s.steps, 6);
+    let names = |r: &[elasticface::train::run::SetResult]| r.iter().map(|r| r.set.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        (names(&s.val_before), names(&s.val_after)),
+        (vec!["agedb_30".into(), "lfw".into()], names(&s.val_before))
+    );
+    assert_eq!((s.val_after[0].report.pairs, s.val_after[1].report.pairs), (30, 40));
+
+    // Steps 0, 3, 6 (every 3) and 6 (the end): a line per set each time, besides a line per step.
+    let metrics = std::fs::read_to_string(cfg.out.join("metrics.jsonl")).unwrap();
+    let evals: Vec<(u64, String)> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("val").is_some())
+        .map(|v| (v["step"].as_u64().unwrap(), v["set"].as_str().unwrap().to_string()))
+        .collect();
+    let want: Vec<(u64, String)> =
+        [0, 3, 6, 6].iter().flat_map(|&k| [(k, "agedb_30".to_string()), (k, "lfw".to_string())]).collect();
+    assert_eq!(evals, want);
+
+    // The end's figures are `eval`'s on the final weights.
+    let backbone = elasticface::checkpoint::Backbone::open(&cfg.out.join("final.safetensors"), None, None).unwrap();
+    let mut inference = elasticface::train::run::open_inference(&backbone, Device::Cpu, None, 16).unwrap();
+    for r in &s.val_after {
+        let path = packs.join(format!("{}.bin", r.set));
+        let shape = ImageShape { h: SIZE, w: SIZE };
+        let e = elasticface::eval::suite::evaluate_pack(inference.as_mut(), &path, shape, true).unwrap().verify;
+        assert_eq!((r.report.accuracy, r.report.best_threshold), (e.accuracy, e.best_threshold), "{}", r.set);
+        assert_eq!(r.report.dist, e.dist, "{}: distances", r.set);
+    }
+
+    let one = TrainConfig { val: Some(packs.join("lfw.bin")), max_steps: 1, out: root.path().join("one"), ..cfg };
+    let s = train(&one, None, true).unwrap();
+    assert_eq!((names(&s.val_before), names(&s.val_after)), (vec!["lfw".into()], vec!["lfw".into()]));
+}
+
 #[test]
 fn training_on_the_gpu_learns_identities_too() {
     if elasticface::gpu::Gpu::new(&elasticface::gpu::GpuOptions::from_env()).is_err() {
@@ -176,7 +241,7 @@ fn training_on_the_gpu_learns_identities_too() {
         ..config(root.path())
     };
     let s = train(&cfg, None, true).unwrap();
-    let (before, after) = (s.val_before.unwrap(), s.val_after.unwrap());
+    let (before, after) = (&s.val_before[0].report, &s.val_after[0].report);
     println!(
         "gpu: {} steps in {:.1} s: loss {:.3} -> {:.3}, held-out accuracy {:.3} -> {:.3}",
         s.steps, s.seconds, s.first_loss, s.last_loss, before.accuracy, after.accuracy

@@ -1,8 +1,9 @@
-//! The training loop behind `elasticface train`: data, schedule, steps, metrics, checkpoints, held-out
-//! verification, and a clean stop on Ctrl-C or SIGTERM.
+//! The training loop behind `elasticface train`: data, schedule, steps (of several micro-batches with
+//! `accumulate`), metrics, checkpoints, verification (held-out identities or insightface's packs), and a clean stop
+//! on Ctrl-C or SIGTERM.
 //!
 //! A run lives in one folder (`out`): `config.toml` (what was asked), `metrics.jsonl` (one JSON object per step
-//! and per evaluation), `checkpoint.safetensors` (the latest state, rewritten atomically) and `final.safetensors`.
+//! and per set at each evaluation), `checkpoint.safetensors` (the latest state, rewritten atomically) and `final.safetensors`.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -138,9 +139,11 @@ pub struct TrainConfig {
     /// Training data: a folder with `train.rec`/`train.idx`/`property` (insightface RecordIO), a `.rec` file,
     /// or an image folder (one sub-folder per identity).
     pub data: PathBuf,
-    /// Held-out identities (same formats) to measure verification accuracy on during training.
+    /// What to measure verification on during training: held-out identities (same formats as `data`), or
+    /// insightface verification packs (a `.bin` file, or a folder holding `*.bin` files, each scored as `elasticface
+    /// eval` scores it).
     pub val: Option<PathBuf>,
-    /// Verification pairs drawn from `val`.
+    /// Verification pairs drawn from held-out identities in `val`.
     pub val_pairs: usize,
     /// The run folder.
     pub out: PathBuf,
@@ -323,6 +326,74 @@ pub fn held_out_pairs(cfg: &TrainConfig, shape: ImageShape) -> Result<Option<Pai
     Ok(Some(eval::pairs_from_dataset(ds.as_ref(), cfg.val_pairs, cfg.seed ^ 0x5eed)?))
 }
 
+/// What a run measures verification on (`val`): pairs drawn from held-out identities, or insightface's
+/// verification packs (`lfw.bin`, `cfp_fp.bin`, `agedb_30.bin`, ...) as `elasticface eval` scores them.
+pub enum Validation {
+    /// [`held_out_pairs`].
+    HeldOut(Pairs),
+    /// The packs, in name order where they came from a folder.
+    Packs(Vec<PathBuf>),
+}
+
+impl Validation {
+    /// What `cfg.val` names: a `.bin` file, or a folder holding `*.bin` files (insightface's `faces_emore` holds its
+    /// packs next to `train.rec`), is verification packs; anything else held-out identities ([`data::open`]).
+    pub fn of(cfg: &TrainConfig, shape: ImageShape) -> Result<Option<Self>> {
+        let Some(p) = &cfg.val else { return Ok(None) };
+        let is_bin = |p: &Path| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("bin"));
+        if p.is_file() && is_bin(p) {
+            return Ok(Some(Validation::Packs(vec![p.clone()])));
+        }
+        if p.is_dir() {
+            let listing = std::fs::read_dir(p).with_context(|| format!("validation data {}", p.display()))?;
+            let has_packs = listing.filter_map(|e| e.ok()).any(|e| e.path().is_file() && is_bin(&e.path()));
+            if has_packs {
+                return Ok(Some(Validation::Packs(eval::suite::packs_in(p)?)));
+            }
+        }
+        Ok(held_out_pairs(cfg, shape)?.map(Validation::HeldOut))
+    }
+
+    /// Verification on every set, in the backend's current state (each image and its mirror image embedded).
+    pub fn measure(&self, backend: &mut dyn Backend, shape: ImageShape) -> Result<Vec<SetResult>> {
+        match self {
+            Validation::HeldOut(pairs) => {
+                Ok(vec![SetResult { set: "held-out".into(), report: eval::verify(backend, pairs)? }])
+            }
+            Validation::Packs(paths) => paths
+                .iter()
+                .map(|p| {
+                    let report = eval::suite::evaluate_pack(backend, p, shape, true)?.verify;
+                    Ok(SetResult { set: eval::suite::pack_name(p), report })
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Verification measured on one set during a run.
+#[derive(Clone, Debug, Serialize)]
+pub struct SetResult {
+    /// `held-out`, or the pack's name (its file name without `.bin`).
+    pub set: String,
+    /// What was measured.
+    pub report: eval::VerifyReport,
+}
+
+/// Measures `val` and appends one metrics line per set: `{"step", "set", "val"}`.
+fn measure_and_log(
+    val: &Validation,
+    backend: &mut dyn Backend,
+    shape: ImageShape,
+    metrics: &Path,
+) -> Result<Vec<SetResult>> {
+    let results = val.measure(backend, shape)?;
+    for r in &results {
+        append_jsonl(metrics, &json!({"step": backend.steps(), "set": r.set, "val": r.report}))?;
+    }
+    Ok(results)
+}
+
 /// Set by Ctrl-C or SIGTERM: the loop saves a checkpoint and stops after the current step.
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -335,10 +406,11 @@ pub struct RunSummary {
     pub first_loss: f32,
     /// See `first_loss`.
     pub last_loss: f32,
-    /// Held-out verification before and after (when `val` was given).
-    pub val_before: Option<eval::VerifyReport>,
+    /// Verification before and after, a result per set of `val` (none without `val`; none after an interrupted
+    /// run).
+    pub val_before: Vec<SetResult>,
     /// See `val_before`.
-    pub val_after: Option<eval::VerifyReport>,
+    pub val_after: Vec<SetResult>,
     /// Seconds spent.
     pub seconds: f64,
     /// Images per second over the steps of this invocation.
@@ -469,14 +541,10 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>, quiet: bool) -> Result<Ru
             );
         }
     }
-    let val = held_out_pairs(cfg, shape)?;
+    let val = Validation::of(cfg, shape)?;
     let val_before = match &val {
-        Some(pairs) => {
-            let r = eval::verify(backend.as_mut(), pairs)?;
-            append_jsonl(&metrics, &json!({"step": backend.steps(), "val": r}))?;
-            Some(r)
-        }
-        None => None,
+        Some(val) => measure_and_log(val, backend.as_mut(), shape, &metrics)?,
+        None => Vec::new(),
     };
 
     STOP.store(false, Ordering::SeqCst);
@@ -536,9 +604,8 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>, quiet: bool) -> Result<Ru
             if cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0 {
                 backend.checkpoint(cfg.seed, position, run_json.clone())?.save(&ck_path)?;
             }
-            if let (Some(pairs), true) = (&val, cfg.eval_every > 0 && done % cfg.eval_every == 0) {
-                let r = eval::verify(backend.as_mut(), pairs)?;
-                append_jsonl(&metrics, &json!({"step": done, "val": r}))?;
+            if let (Some(val), true) = (&val, cfg.eval_every > 0 && done % cfg.eval_every == 0) {
+                measure_and_log(val, backend.as_mut(), shape, &metrics)?;
             }
             if STOP.load(Ordering::SeqCst) {
                 interrupted = true;
@@ -559,12 +626,8 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>, quiet: bool) -> Result<Ru
         std::fs::copy(&ck_path, cfg.out.join("final.safetensors")).context("cannot write final.safetensors")?;
     }
     let val_after = match (&val, interrupted) {
-        (Some(pairs), false) => {
-            let r = eval::verify(backend.as_mut(), pairs)?;
-            append_jsonl(&metrics, &json!({"step": backend.steps(), "val": r}))?;
-            Some(r)
-        }
-        _ => None,
+        (Some(val), false) => measure_and_log(val, backend.as_mut(), shape, &metrics)?,
+        _ => Vec::new(),
     };
     let seconds = started.elapsed().as_secs_f64();
     let steps = backend.steps();
