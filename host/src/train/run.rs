@@ -546,6 +546,7 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>, quiet: bool) -> Result<Ru
         Some(val) => measure_and_log(val, backend.as_mut(), shape, &metrics)?,
         None => Vec::new(),
     };
+    let mut last_eval: Option<(u64, Vec<SetResult>)> = None;
 
     STOP.store(false, Ordering::SeqCst);
     let _ = ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst));
@@ -605,7 +606,7 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>, quiet: bool) -> Result<Ru
                 backend.checkpoint(cfg.seed, position, run_json.clone())?.save(&ck_path)?;
             }
             if let (Some(val), true) = (&val, cfg.eval_every > 0 && done % cfg.eval_every == 0) {
-                measure_and_log(val, backend.as_mut(), shape, &metrics)?;
+                last_eval = Some((done, measure_and_log(val, backend.as_mut(), shape, &metrics)?));
             }
             if STOP.load(Ordering::SeqCst) {
                 interrupted = true;
@@ -625,8 +626,10 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>, quiet: bool) -> Result<Ru
     if !interrupted {
         std::fs::copy(&ck_path, cfg.out.join("final.safetensors")).context("cannot write final.safetensors")?;
     }
-    let val_after = match (&val, interrupted) {
-        (Some(val), false) => measure_and_log(val, backend.as_mut(), shape, &metrics)?,
+    let val_after = match (&val, interrupted, last_eval) {
+        // The last step was just measured: not again.
+        (Some(_), false, Some((step, results))) if step == backend.steps() => results,
+        (Some(val), false, _) => measure_and_log(val, backend.as_mut(), shape, &metrics)?,
         _ => Vec::new(),
     };
     let seconds = started.elapsed().as_secs_f64();
