@@ -66,11 +66,11 @@
 // instructions, the same elements in the same tiles, so the same sums and bits (the host picks the twin when the
 // sizes allow). A vec4 A copy-in takes the A_QUADS vec4s at depths 4*(lid % (BK/4)) .. + 3 of rows lid / (BK/4) +
 // A_QUAD_ROWS*i (the BK/4 vec4s of a row are neighbours) and stores their elements one by one into the A tile
-// (`store_a4`; depth-major in f32, row-major on tensor cores); a vec4 B copy-in the B_QUADS at columns 4*(lid % (BN/4)) .. + 3 of depth rows lid / (BN/4) +
-// B_QUAD_DEPTHS*r, each stored whole (`store_b4`). Bounds: a vec4 lies wholly inside the depth range (K, the chunk
-// and the step are multiples of 4) and the columns, or wholly outside. A twin shares its kernel's copy-in functions
-// and repeats only the short depth loop: an entry point may use one view of a binding (scalar or vec4), and the
-// mixed-precision composition rewrites the tile calls in each loop.
+// (`store_a4`; depth-major in f32, row-major on tensor cores); a vec4 B copy-in the B_QUADS at columns 4*(lid % (BN/4))
+// .. + 3 of depth rows lid / (BN/4) + B_QUAD_DEPTHS*r, each stored whole (`store_b4`). Bounds: a vec4 lies wholly
+// inside the depth range (K, the chunk and the step are multiples of 4) and the columns, or wholly outside. A twin
+// shares its kernel's copy-in functions and repeats only the short depth loop: an entry point may use one view of a
+// binding (scalar or vec4), and the mixed-precision composition rewrites the tile calls in each loop.
 //
 // SPLIT-K. With few output tiles (e.g. backward_weight of a wide early layer: K = N*HO*WO is huge, M*COLS is
 // small) the depth is cut into p.splits chunks of p.chunk (a multiple of BK): workgroup z sums depths

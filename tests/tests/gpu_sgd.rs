@@ -5,12 +5,13 @@
 //! device rounds each operation correctly and does not fuse `a * b + c` into one rounding (lavapipe, CI: checked bit
 //! for bit). A driver may contract to FMA (WGSL allows it; NVIDIA's does): each contracted operation then differs by
 //! up to an ulp of its operands, and three steps of momentum carry a few; on such a device each element may differ by
-//! 8 `f32::EPSILON` of the tensor's largest value ([`slack_allowed`]). The guarded step is `sgd_step` behind a flag: the same when the step report's flags are 0, and
-//! no change to any bit otherwise (on every device). The sum of squares is accumulated in `f32` in blocks and a fixed tree where the core accumulates in
-//! `f64`: about `(16 + log2(n)) u` relative in the worst case (`u = 2^-24`); 2e-6 (~34 u) covers it; the norm
-//! (square root) and the clip coefficient carry half and the same relative error. `accumulate_gradient` adds, then
-//! multiplies the sum (no multiply-add to contract): bit-identical on every device that rounds `f32` operations
-//! correctly, as Vulkan, Metal and DX12 require of addition and multiplication.
+//! 8 `f32::EPSILON` of the tensor's largest value ([`slack_allowed`]). The guarded step is `sgd_step` behind a flag:
+//! the same when the step report's flags are 0, and no change to any bit otherwise (on every device). The sum of
+//! squares is accumulated in `f32` in blocks and a fixed tree where the core accumulates in `f64`: about `(16 +
+//! log2(n)) u` relative in the worst case (`u = 2^-24`); 2e-6 (~34 u) covers it; the norm (square root) and the clip
+//! coefficient carry half and the same relative error. `accumulate_gradient` adds, then multiplies the sum (no
+//! multiply-add to contract): bit-identical on every device that rounds `f32` operations correctly, as Vulkan, Metal
+//! and DX12 require of addition and multiplication.
 
 use elasticface::gpu::kernels::sgd::{
     sum_of_squares_partials, GradClip, SgdKernels, CLIP_LEN, NON_FINITE_BACKBONE, NON_FINITE_HEAD, NON_FINITE_LOSS,

@@ -88,20 +88,44 @@ dist = squared L2; 10 consecutive folds, thresholds 0.00..3.99 step 0.01, each f
 nine (first maximum), accuracy mean and population std over folds; TAR at FAR: the largest threshold whose FAR on \
 different pairs does not exceed the target";
 
-/// Every `*.bin` file in `dir`, sorted by name.
-pub fn packs_in(dir: &Path) -> Result<Vec<PathBuf>> {
+/// Whether `path` is a verification pack: a file named `*.bin`.
+fn is_pack(path: &Path) -> bool {
+    path.is_file() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("bin"))
+}
+
+/// Every `*.bin` file in `dir`, sorted by name (none is not an error here).
+fn packs_found_in(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
         let path = entry.with_context(|| format!("cannot read {}", dir.display()))?.path();
-        if path.is_file() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("bin")) {
+        if is_pack(&path) {
             found.push(path);
         }
     }
     found.sort();
+    Ok(found)
+}
+
+/// Every `*.bin` file in `dir`, sorted by name; a folder without one is an error.
+pub fn packs_in(dir: &Path) -> Result<Vec<PathBuf>> {
+    let found = packs_found_in(dir)?;
     if found.is_empty() {
         bail!("{} holds no verification pack (*.bin)", dir.display());
     }
     Ok(found)
+}
+
+/// The packs `path` names, if it names any: itself where it is a `*.bin` file, the `*.bin` files it holds (sorted by
+/// name) where it is a folder holding some; `None` for anything else (e.g. a dataset of held-out identities).
+pub fn packs_at(path: &Path) -> Result<Option<Vec<PathBuf>>> {
+    if is_pack(path) {
+        return Ok(Some(vec![path.to_path_buf()]));
+    }
+    if !path.is_dir() {
+        return Ok(None);
+    }
+    let found = packs_found_in(path)?;
+    Ok((!found.is_empty()).then_some(found))
 }
 
 /// The name a pack is reported under: its file name without the extension.

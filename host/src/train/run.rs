@@ -3,7 +3,8 @@
 //! on Ctrl-C or SIGTERM.
 //!
 //! A run lives in one folder (`out`): `config.toml` (what was asked), `metrics.jsonl` (one JSON object per step
-//! and per set at each evaluation), `checkpoint.safetensors` (the latest state, rewritten atomically) and `final.safetensors`.
+//! and per set at each evaluation), `checkpoint.safetensors` (the latest state, rewritten atomically) and
+//! `final.safetensors`.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -340,16 +341,8 @@ impl Validation {
     /// packs next to `train.rec`), is verification packs; anything else held-out identities ([`data::open`]).
     pub fn of(cfg: &TrainConfig, shape: ImageShape) -> Result<Option<Self>> {
         let Some(p) = &cfg.val else { return Ok(None) };
-        let is_bin = |p: &Path| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("bin"));
-        if p.is_file() && is_bin(p) {
-            return Ok(Some(Validation::Packs(vec![p.clone()])));
-        }
-        if p.is_dir() {
-            let listing = std::fs::read_dir(p).with_context(|| format!("validation data {}", p.display()))?;
-            let has_packs = listing.filter_map(|e| e.ok()).any(|e| e.path().is_file() && is_bin(&e.path()));
-            if has_packs {
-                return Ok(Some(Validation::Packs(eval::suite::packs_in(p)?)));
-            }
+        if let Some(packs) = eval::suite::packs_at(p).with_context(|| format!("validation data {}", p.display()))? {
+            return Ok(Some(Validation::Packs(packs)));
         }
         Ok(held_out_pairs(cfg, shape)?.map(Validation::HeldOut))
     }

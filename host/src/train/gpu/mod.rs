@@ -260,6 +260,7 @@ impl Accumulate {
         Ok(Self {
             first: stage(MicroBatch::First)?,
             next: stage(MicroBatch::Next)?,
+            // The GPU reads 1 / N from `sums.micro_batches`, written before each step: the stage's own is unused.
             last: stage(MicroBatch::Last { inv_n: f32::NAN })?,
         })
     }
