@@ -14,6 +14,8 @@
 //! - [`verify`], [`embedding`], [`gallery`]: what a device needs to check embeddings: the LFW 10-fold
 //!   protocol, TAR at FAR, ROC points, normalise/compare/quantise, and fixed-capacity galleries (f32 or
 //!   int8) for 1:1 verification and 1:N identification.
+//! - [`align`]: faces aligned from five landmarks onto insightface's reference points (a least-squares
+//!   similarity, a bilinear warp), as evaluation sets such as IJB-B/C give them.
 //! - [`conformance`]: does a device compute the host's embeddings? Per probe cosine, largest difference and
 //!   verification decision, streamed, with a pass/fail against the caller's tolerances.
 //! - `ffi` (feature `ffi`): a C ABI over the galleries, the conformance check and the margin math, for
@@ -57,6 +59,7 @@
 #![cfg_attr(feature = "ffi", deny(unsafe_code))]
 #![warn(missing_docs)]
 
+pub mod align;
 pub mod conformance;
 pub mod embedding;
 mod error;

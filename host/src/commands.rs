@@ -11,6 +11,7 @@ use serde_json::json;
 
 use crate::checkpoint::Backbone;
 use crate::embed::{self, EmbedOptions};
+use crate::eval::ijb;
 use crate::eval::suite::{self, EvalReport};
 use crate::train::run::{open_inference, Device, TrainConfig};
 use crate::train::Backend;
@@ -110,6 +111,11 @@ pub struct EvalArgs {
     /// Evaluate every *.bin file in this folder (after the --bin files).
     #[arg(long, value_name = "DIR")]
     pub val_dir: Option<PathBuf>,
+    /// An IJB-B or IJB-C set (the folder holding loose_crop/ and meta/, e.g. IJB_release/IJBC): 1:1 verification
+    /// of templates as insightface's eval_ijbc.py measures it, TAR at FAR 1e-6 .. 1e-1 (the paper reports 1e-4);
+    /// repeat for both.
+    #[arg(long = "ijb", value_name = "DIR")]
+    pub ijb: Vec<PathBuf>,
     /// Folder for report.json, roc.png and roc.svg.
     #[arg(long, value_name = "DIR", default_value = "eval")]
     pub out: PathBuf,
@@ -136,9 +142,11 @@ impl EvalArgs {
         if let Some(dir) = &self.val_dir {
             packs.extend(suite::packs_in(dir)?);
         }
-        if packs.is_empty() {
-            bail!("nothing to evaluate: give --bin FILE (repeatable) or --val-dir DIR");
+        if packs.is_empty() && self.ijb.is_empty() {
+            bail!("nothing to evaluate: give --bin FILE (repeatable), --val-dir DIR or --ijb DIR");
         }
+        // Read every set's metadata before the first image is embedded: a typo fails at once.
+        let ijb_sets = self.ijb.iter().map(|d| ijb::IjbSet::open(d)).collect::<Result<Vec<_>>>()?;
         let backbone = self.network.load(&self.model)?;
         let mut backend = self.device.open(&backbone)?;
         let shape = input_shape(&backbone);
@@ -146,12 +154,19 @@ impl EvalArgs {
         for p in &packs {
             sets.push(suite::evaluate_pack(backend.as_mut(), p, shape, self.quiet)?);
         }
+        let mut ijb_reports = Vec::with_capacity(ijb_sets.len());
+        for set in &ijb_sets {
+            let templates = ijb::embed_templates(backend.as_mut(), set, shape, self.quiet)?;
+            ijb_reports.push(ijb::score_set(set, &templates)?);
+        }
         Ok(EvalReport {
             model: self.model.clone(),
             network: backbone.describe(),
             device: backend.device(),
             protocol: suite::PROTOCOL,
             sets,
+            ijb_protocol: (!ijb_reports.is_empty()).then_some(ijb::IJB_PROTOCOL),
+            ijb: ijb_reports,
         })
     }
 }

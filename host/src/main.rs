@@ -504,8 +504,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 r.picture.display()
             );
             println!("next:");
+            // synth writes the held-out identities as an IJB set beside the pack (a data folder made before it
+            // did holds none).
+            let ijb = r.val_bin.with_file_name("ijb");
+            let ijb =
+                if elasticface::eval::ijb::is_ijb(&ijb) { format!(" --ijb {}", ijb.display()) } else { String::new() };
             println!(
-                "  elasticface eval --model {} --bin {}",
+                "  elasticface eval --model {} --bin {}{ijb}",
                 cfg.out.join("final.safetensors").display(),
                 r.val_bin.display()
             );
@@ -532,11 +537,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             let o = elasticface::synth::synth(&cfg, quiet)?;
             println!(
-                "wrote {} images: {} (training), {} (held-out), {} ({val_pairs} pairs)",
+                "wrote {} images: {} (training), {} (held-out), {} ({val_pairs} pairs), {} (the held-out identities as \
+                 an IJB set)",
                 o.images,
                 o.train.display(),
                 o.val.display(),
-                o.val_bin.display()
+                o.val_bin.display(),
+                o.ijb.display()
             );
             Ok(ExitCode::SUCCESS)
         }

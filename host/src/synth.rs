@@ -4,13 +4,17 @@
 //! - `train/`: insightface RecordIO (`train.rec`, `train.idx`, `property`) of identities `0..ids`, JPEG;
 //! - `val/`: RecordIO of the held-out identities `ids..ids + val_ids` (labelled, for `train --val`);
 //! - `val.bin`: an insightface verification pack of pairs of held-out identities, half of them the same person,
-//!   pickled as Python 2's protocol 2 writes insightface's published packs.
+//!   pickled as Python 2's protocol 2 writes insightface's published packs;
+//! - `ijb/`: the held-out identities as an IJB set ([`crate::eval::ijb`]): two templates per identity (the first
+//!   half of its samples, the second half), frames of one media in pairs, each face turned, scaled and moved
+//!   into a larger loose crop with its five landmarks and a detector score, and every pair of templates.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{ensure, Context, Result};
+use elasticface_core::align::{reference_landmarks, warp_affine, Similarity};
 use elasticface_core::nn::ImageShape;
 use elasticface_core::rng::Philox4x32;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -54,6 +58,8 @@ pub struct SynthOutput {
     pub val: PathBuf,
     /// Verification pack of held-out pairs.
     pub val_bin: PathBuf,
+    /// IJB set of the held-out identities.
+    pub ijb: PathBuf,
     /// Images written in all.
     pub images: usize,
 }
@@ -156,5 +162,63 @@ pub fn synth(cfg: &SynthConfig, quiet: bool) -> Result<SynthOutput> {
     let bytes = write_python2_pack(&bins, &issame);
     let mut f = std::fs::File::create(&val_bin).with_context(|| format!("cannot create {}", val_bin.display()))?;
     f.write_all(&bytes).with_context(|| format!("cannot write {}", val_bin.display()))?;
-    Ok(SynthOutput { train, val, val_bin, images: jpegs.len() })
+    let ijb = cfg.out.join("ijb");
+    let crops = write_ijb(cfg, &ijb, first_val)?;
+    Ok(SynthOutput { train, val, val_bin, ijb, images: jpegs.len() + crops })
+}
+
+/// Writes the held-out identities `first..first + val_ids` as an IJB set in `dir` (see the module documentation);
+/// returns the number of crops written.
+fn write_ijb(cfg: &SynthConfig, dir: &Path, first: u64) -> Result<usize> {
+    let shape = ImageShape { h: cfg.size, w: cfg.size };
+    // The loose crops: twice the aligned size, as detectors' crops hold the face with its surroundings.
+    let crop = ImageShape { h: 2 * cfg.size, w: 2 * cfg.size };
+    let (crops, meta) = (dir.join("loose_crop"), dir.join("meta"));
+    for d in [&crops, &meta] {
+        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+    }
+    let mut rng = Philox4x32::new(cfg.seed, 0x11b);
+    let mut uniform = |lo: f64, hi: f64| lo + (hi - lo) * (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+    let reference = reference_landmarks(shape);
+    let (mut tid_mid, mut five) = (String::new(), String::new());
+    let half = cfg.val_per_id.div_ceil(2);
+    for id in 0..cfg.val_ids as u64 {
+        for k in 0..cfg.val_per_id as u64 {
+            let (template, media) = (1 + 2 * id + u64::from(k >= half as u64), 1 + id * cfg.val_per_id as u64 + k / 2);
+            // The face turned by up to 0.3 rad, scaled 1-1.6x about its centre, moved by up to an eighth.
+            let (angle, scale) = (uniform(-0.3, 0.3), uniform(1.0, 1.6));
+            let (a, b) = (scale * angle.cos(), scale * angle.sin());
+            let c = cfg.size as f64 / 2.0;
+            let (cx, cy) = (cfg.size as f64 + uniform(-c / 4.0, c / 4.0), cfg.size as f64 + uniform(-c / 4.0, c / 4.0));
+            let m = Similarity { a, b, tx: cx - (a * c - b * c), ty: cy - (b * c + a * c) };
+            let mut pixels = vec![0u8; crop.len()];
+            warp_affine(&render(cfg.seed, first + id, k, shape), shape, &m, &mut pixels, crop)?;
+            let name = format!("{}.jpg", id * cfg.val_per_id as u64 + k + 1);
+            let path = crops.join(&name);
+            std::fs::write(&path, encode_jpeg(&pixels, crop, cfg.quality)?)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            tid_mid.push_str(&format!("{name} {template} {media}\n"));
+            five.push_str(&name);
+            for p in reference {
+                // A detector's landmarks: where the reference points went, within half a pixel.
+                let [x, y] = m.apply([f64::from(p[0]), f64::from(p[1])]);
+                five.push_str(&format!(" {:.3} {:.3}", x + uniform(-0.5, 0.5), y + uniform(-0.5, 0.5)));
+            }
+            five.push_str(&format!(" {:.4}\n", uniform(0.5, 1.0)));
+        }
+    }
+    let mut pairs = String::new();
+    let templates = 2 * cfg.val_ids as u64;
+    for t1 in 1..=templates {
+        for t2 in t1 + 1..=templates {
+            pairs.push_str(&format!("{t1} {t2} {}\n", u8::from((t1 - 1) / 2 == (t2 - 1) / 2)));
+        }
+    }
+    for (file, text) in
+        [("ijb_face_tid_mid.txt", tid_mid), ("ijb_name_5pts_score.txt", five), ("ijb_template_pair_label.txt", pairs)]
+    {
+        let path = meta.join(file);
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(cfg.val_ids * cfg.val_per_id)
 }

@@ -61,6 +61,46 @@ fn import_export_eval_embed_compare() {
     // The same pairs in both encodings give the same figures.
     assert_eq!(report["sets"][0]["fold_accuracies"], report["sets"][1]["fold_accuracies"]);
 
+    // An IJB set (synth's held-out identities) beside a pack: both tables, one report.
+    let out = elasticface(&[
+        "synth",
+        "--out",
+        &p("synth"),
+        "--ids",
+        "2",
+        "--per-id",
+        "2",
+        "--val-ids",
+        "4",
+        "--val-per-id",
+        "3",
+        "--size",
+        "32",
+        "--val-pairs",
+        "20",
+        "--quiet",
+    ]);
+    assert!(out.contains("as an IJB set"), "{out}");
+    let out = elasticface(&[
+        "eval",
+        "--model",
+        &p("tiny.safetensors"),
+        "--bin",
+        &p("synth/val.bin"),
+        "--ijb",
+        &p("synth/ijb"),
+        "--out",
+        &p("eval-ijb"),
+        "--device",
+        "cpu",
+        "--quiet",
+    ]);
+    assert!(out.contains("TAR@FAR=1e-3") && out.contains("IJB set"), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("IJB ") && l.contains(" 12 ") && l.contains(" 28 ")), "{out}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("eval-ijb/report.json")).unwrap()).unwrap();
+    assert_eq!((report["sets"][0]["pairs"].as_u64(), report["ijb"][0]["templates"].as_u64()), (Some(20), Some(8)));
+
     // A folder of images (one of another size) to .npy with its file list, and to safetensors.
     let imgs = dir.path().join("faces");
     std::fs::create_dir_all(imgs.join("b")).unwrap();

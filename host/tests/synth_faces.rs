@@ -92,7 +92,10 @@ fn synth_writes_recordio_and_a_verification_pack() {
         quality: 95,
     };
     let out = elasticface::synth::synth(&cfg, true).unwrap();
-    assert_eq!(out.images, 6 * 3 + 3 * 2);
+    // Training and held-out images, and the held-out identities again as the IJB set's crops.
+    assert_eq!(out.images, 6 * 3 + 3 * 2 + 3 * 2);
+    let ijb = elasticface::eval::ijb::IjbSet::open(&out.ijb).unwrap();
+    assert_eq!((ijb.faces.len(), ijb.pairs.0.len()), (6, 15));
     let train = RecordIoDataset::open(&out.train).unwrap();
     assert_eq!((train.len(), train.num_classes()), (18, 6));
     assert_eq!(train.load(4).unwrap().label, 1);
@@ -106,6 +109,9 @@ fn synth_writes_recordio_and_a_verification_pack() {
     elasticface::synth::synth(&elasticface::synth::SynthConfig { out: again.path().to_path_buf(), ..cfg }, true)
         .unwrap();
     assert_eq!(std::fs::read(again.path().join("val.bin")).unwrap(), bin);
+    for file in ["ijb/loose_crop/6.jpg", "ijb/meta/ijb_name_5pts_score.txt"] {
+        assert_eq!(std::fs::read(again.path().join(file)).unwrap(), std::fs::read(dir.path().join(file)).unwrap());
+    }
     assert_eq!(
         std::fs::read(again.path().join("train/train.rec")).unwrap(),
         std::fs::read(out.train.join("train.rec")).unwrap()

@@ -100,6 +100,7 @@ fn eval_args(model: &Path, bins: Vec<PathBuf>) -> EvalArgs {
         network: NetworkArgs::default(),
         bins,
         val_dir: None,
+        ijb: Vec::new(),
         out: PathBuf::from("unused"),
         device: DeviceArgs { device: Device::Cpu, adapter: None, batch: 64 },
         quiet: true,

@@ -91,43 +91,48 @@ where
     S: Fn(usize) -> Result<std::borrow::Cow<'a, [u8]>> + Sync,
     D: Fn(usize) -> String + Sync,
 {
-    let per = target.len();
-    let mut pixels = vec![0u8; count * per];
+    let mut pixels = vec![0u8; count * target.len()];
+    let resized = fill_parallel(&mut pixels, target.len(), |i, out| {
+        let bytes = source(i)?;
+        let (rgb, original) = decode_rgb_resized(&bytes, target).with_context(|| describe(i))?;
+        out.copy_from_slice(&rgb);
+        Ok(original)
+    })?;
+    Ok((pixels, resized))
+}
+
+/// Fills the records of `per` bytes that make up `out` on all cores, record `i` by `fill(i, record)`, and returns
+/// what each returned, in record order. The first failing record (in index order) is the error.
+pub fn fill_parallel<T, F>(out: &mut [u8], per: usize, fill: F) -> Result<Vec<T>>
+where
+    T: Send,
+    F: Fn(usize, &mut [u8]) -> Result<T> + Sync,
+{
+    ensure!(per > 0 && out.len().is_multiple_of(per), "{} bytes are no whole number of records of {per}", out.len());
+    let count = out.len() / per;
     if count == 0 {
-        return Ok((pixels, Vec::new()));
+        return Ok(Vec::new());
     }
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(count);
     let chunk = count.div_ceil(workers);
-    let parts: Vec<Result<Vec<Option<ImageShape>>>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = pixels
+    let parts: Vec<Result<Vec<T>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = out
             .chunks_mut(chunk * per)
             .enumerate()
             .map(|(w, dst)| {
-                let (source, describe) = (&source, &describe);
+                let fill = &fill;
                 scope.spawn(move || {
-                    dst.chunks_exact_mut(per)
-                        .enumerate()
-                        .map(|(j, out)| {
-                            let i = w * chunk + j;
-                            let bytes = source(i)?;
-                            let (rgb, original) = decode_rgb_resized(&bytes, target).with_context(|| describe(i))?;
-                            out.copy_from_slice(&rgb);
-                            Ok(original)
-                        })
-                        .collect()
+                    dst.chunks_exact_mut(per).enumerate().map(|(j, record)| fill(w * chunk + j, record)).collect()
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("an image decoder thread panicked"))))
-            .collect()
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("a worker thread panicked")))).collect()
     });
-    let mut resized = Vec::with_capacity(count);
+    let mut all = Vec::with_capacity(count);
     for part in parts {
-        resized.extend(part?);
+        all.extend(part?);
     }
-    Ok((pixels, resized))
+    Ok(all)
 }
 
 /// Resizes `u8 (H, W, 3)` RGB of size `from` to `to`: shorter side first, then a centre crop.

@@ -15,6 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::bin::VerificationPack;
+use super::ijb::{IjbReport, IJB_FARS};
 use super::plot::{self, Curve};
 use super::{roc_curve, score, FlipEmbeddings, VerifyReport};
 use crate::data::decode::decode_many;
@@ -80,6 +81,12 @@ pub struct EvalReport {
     pub protocol: &'static str,
     /// One entry per pack, in the order given.
     pub sets: Vec<SetReport>,
+    /// The IJB protocol ([`super::ijb::IJB_PROTOCOL`]), where IJB sets were evaluated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ijb_protocol: Option<&'static str>,
+    /// One entry per IJB set, in the order given.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ijb: Vec<IjbReport>,
 }
 
 /// The protocol, as the report states it.
@@ -200,51 +207,76 @@ pub fn write_outputs(report: &EvalReport, dir: &Path) -> Result<Outputs> {
     let out = Outputs { json: dir.join("report.json"), png: dir.join("roc.png"), svg: dir.join("roc.svg") };
     let text = serde_json::to_string_pretty(report)?;
     std::fs::write(&out.json, text + "\n").with_context(|| format!("cannot write {}", out.json.display()))?;
-    let curves: Vec<Curve> = report
-        .sets
-        .iter()
-        .map(|s| Curve {
-            label: format!("{} ({:.2}%)", s.name, 100.0 * s.verify.accuracy),
-            points: s.roc.iter().map(|&p| p.into()).collect(),
-        })
-        .collect();
+    let packs = report.sets.iter().map(|s| Curve {
+        label: format!("{} ({:.2}%)", s.name, 100.0 * s.verify.accuracy),
+        points: s.roc.iter().map(|&p| p.into()).collect(),
+    });
+    let ijb = report.ijb.iter().map(|s| Curve {
+        label: match s.tar(1e-4) {
+            Some(t) => format!("{} (TAR {:.2}% at FAR 1e-4)", s.name, 100.0 * t),
+            None => s.name.clone(),
+        },
+        points: s.roc.iter().map(|&p| p.into()).collect(),
+    });
+    let curves: Vec<Curve> = packs.chain(ijb).collect();
     plot::write_roc(&curves, &out.png, &out.svg)?;
     Ok(out)
 }
 
-/// Formats a TAR for the table: a percentage, or `n/a` when the pack has too few different pairs.
-fn tar_cell(r: &VerifyReport, far: f64) -> String {
-    match r.tar(far) {
+/// Formats a TAR for the table: a percentage, or `n/a` when the set has too few different pairs.
+fn tar_cell(tar: Option<f64>) -> String {
+    match tar {
         Some(t) => format!("{:.2}", 100.0 * t),
         None => "n/a".to_string(),
     }
 }
 
-/// Prints the results as a table.
+/// Prints the results as tables: the packs, then the IJB sets.
 pub fn print_table(report: &EvalReport, out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(out, "model {} ({}), on {}", report.model.display(), report.network, report.device)?;
-    writeln!(
-        out,
-        "{:<12} {:>6} {:>17} {:>14} {:>14} {:>10} {:>10}",
-        "set", "pairs", "accuracy (%)", "TAR@FAR=1e-3", "TAR@FAR=1e-4", "threshold", "best thr"
-    )?;
-    for s in &report.sets {
-        let v = &s.verify;
+    if !report.sets.is_empty() {
         writeln!(
             out,
-            "{:<12} {:>6} {:>17} {:>14} {:>14} {:>10.3} {:>10.2}",
-            s.name,
-            v.pairs,
-            format!("{:.2} ± {:.2}", 100.0 * v.accuracy, 100.0 * v.accuracy_std),
-            tar_cell(v, 1e-3),
-            tar_cell(v, 1e-4),
-            v.threshold,
-            v.best_threshold,
+            "{:<12} {:>6} {:>17} {:>14} {:>14} {:>10} {:>10}",
+            "set", "pairs", "accuracy (%)", "TAR@FAR=1e-3", "TAR@FAR=1e-4", "threshold", "best thr"
+        )?;
+        for s in &report.sets {
+            let v = &s.verify;
+            writeln!(
+                out,
+                "{:<12} {:>6} {:>17} {:>14} {:>14} {:>10.3} {:>10.2}",
+                s.name,
+                v.pairs,
+                format!("{:.2} ± {:.2}", 100.0 * v.accuracy, 100.0 * v.accuracy_std),
+                tar_cell(v.tar(1e-3)),
+                tar_cell(v.tar(1e-4)),
+                v.threshold,
+                v.best_threshold,
+            )?;
+        }
+        writeln!(
+            out,
+            "thresholds are squared distances of unit embeddings (cosine = 1 - t/2): `threshold` is the mean of the \
+             10 folds' choices, `best thr` the best over all pairs; n/a: fewer than 1/FAR different pairs"
         )?;
     }
-    writeln!(
-        out,
-        "thresholds are squared distances of unit embeddings (cosine = 1 - t/2): `threshold` is the mean of the 10 \
-         folds' choices, `best thr` the best over all pairs; n/a: fewer than 1/FAR different pairs"
-    )
+    if !report.ijb.is_empty() {
+        write!(out, "{:<8} {:>8} {:>9} {:>10}", "IJB set", "faces", "templates", "pairs")?;
+        for far in IJB_FARS {
+            write!(out, " {:>7}", format!("{far:.0e}"))?;
+        }
+        writeln!(out)?;
+        for s in &report.ijb {
+            write!(out, "{:<8} {:>8} {:>9} {:>10}", s.name, s.faces, s.templates, s.pairs)?;
+            for far in IJB_FARS {
+                write!(out, " {:>7}", tar_cell(s.tar(far)))?;
+            }
+            writeln!(out)?;
+        }
+        writeln!(
+            out,
+            "IJB: TAR (%) at each FAR, 1:1 verification of templates; n/a: fewer than 1/FAR different pairs"
+        )?;
+    }
+    Ok(())
 }

@@ -1,0 +1,281 @@
+//! `elasticface eval --ijb`: IJB-B/C 1:1 verification. The protocol's arithmetic against numpy's
+//! (`gen_ijb.py`), a synthetic set (`elasticface synth`'s `ijb/`) read, aligned and scored end to end against an
+//! independent computation from the core, and malformed sets named by file and line.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use elasticface::commands::{DeviceArgs, EvalArgs, NetworkArgs};
+use elasticface::data::faces::render;
+use elasticface::eval::ijb::{score_set, Face, IjbSet, Templates, IJB_FARS};
+use elasticface::eval::suite;
+use elasticface::synth::{synth, SynthConfig};
+use elasticface::train::run::Device;
+use elasticface_core::embedding::squared_l2;
+use elasticface_core::model::{forward, Mode};
+use elasticface_core::nn::{preprocess_image, BatchNorm, ImageShape};
+use elasticface_core::verify::tar_at_far;
+use elasticface_tests::{reference_dir, tiny_backbone};
+
+/// The template features, pair scores and TARs of `gen_ijb.py` (numpy, f64, insightface's steps) from the same
+/// face embeddings. Tolerances: template features and distances within 1e-6 (f32 results of f64 sums that
+/// differ in order: the project weights each face by 1/(faces of its media), numpy averages then adds; both round
+/// once to f32); TAR exactly (no same pair lies within 1e-6 of a threshold here).
+#[test]
+fn the_protocol_matches_numpy() {
+    let text = std::fs::read_to_string(reference_dir().join("ijb_protocol.json")).unwrap();
+    let r: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let f32s = |v: &serde_json::Value| -> Vec<f32> {
+        v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    };
+    assert_eq!(r["dim"], 8);
+    let faces: Vec<Face> = r["faces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| Face {
+            file: format!("{i}.jpg"),
+            template: f["template"].as_u64().unwrap() as u32,
+            media: f["media"].as_u64().unwrap() as u32,
+            landmarks: [[0.0; 2]; 5],
+            score: f["score"].as_f64().unwrap() as f32,
+        })
+        .collect();
+    let pairs = r["pairs"].as_array().unwrap();
+    let set = IjbSet {
+        name: "NUMPY".into(),
+        root: PathBuf::new(),
+        faces,
+        pairs: (
+            pairs.iter().map(|p| p[0].as_u64().unwrap() as u32).collect(),
+            pairs.iter().map(|p| p[1].as_u64().unwrap() as u32).collect(),
+            pairs.iter().map(|p| p[2].as_u64().unwrap() == 1).collect(),
+        ),
+    };
+    // Step 1 as `embed_templates` does it, from the given embeddings: (e + e_flip) * score in f32.
+    let mut templates = Templates::new(&set);
+    for (i, (e, f)) in r["e"].as_array().unwrap().iter().zip(r["e_flip"].as_array().unwrap()).enumerate() {
+        let feature: Vec<f32> = f32s(e).iter().zip(f32s(f)).map(|(a, b)| (a + b) * set.faces[i].score).collect();
+        templates.add(i, &feature).unwrap();
+    }
+    let ids: Vec<u32> = r["template_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    assert_eq!(templates.ids, ids, "templates in ascending id order");
+    let want: Vec<f32> = r["template_features"].as_array().unwrap().iter().flat_map(f32s).collect();
+    let got = templates.features();
+    let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0f32, f32::max);
+    assert!(worst < 1e-6, "template features: {worst:e}");
+
+    let report = score_set(&set, &templates).unwrap();
+    assert_eq!((report.faces, report.templates, report.pairs, report.same_pairs), (309, 80, 3160, 40));
+    let cos = f32s(&r["cos"]);
+    let worst = report.dist.iter().zip(&cos).map(|(d, c)| (d - (2.0 - 2.0 * c)).abs()).fold(0.0f32, f32::max);
+    assert!(worst < 1e-6, "distances: {worst:e}");
+    // The keys are Python's repr of each FAR.
+    let keys = ["1e-06", "1e-05", "0.0001", "0.001", "0.01", "0.1"];
+    assert_eq!(report.tar_at_far.iter().map(|t| t.far).collect::<Vec<_>>(), IJB_FARS);
+    for (t, key) in report.tar_at_far.iter().zip(keys) {
+        assert_eq!(t.tar, r["tar_at_far"][key].as_f64(), "TAR at FAR {}", t.far);
+    }
+    assert_eq!(report.tar(1e-3), Some(0.25));
+    eprintln!(
+        "IJB protocol vs numpy: TAR at FAR 1e-3, 1e-2, 1e-1: {:?}",
+        &report.tar_at_far[3..].iter().map(|t| t.tar).collect::<Vec<_>>()
+    );
+}
+
+fn eval_args(model: &Path, ijb: Vec<PathBuf>, out: PathBuf) -> EvalArgs {
+    EvalArgs {
+        model: model.to_path_buf(),
+        network: NetworkArgs::default(),
+        bins: Vec::new(),
+        val_dir: None,
+        ijb,
+        out,
+        device: DeviceArgs { device: Device::Cpu, adapter: None, batch: 64 },
+        quiet: true,
+    }
+}
+
+/// `synth`'s IJB set of `val_ids` held-out identities with `per_id` faces each, at `size`.
+fn synthetic_set(dir: &Path, val_ids: usize, per_id: usize, size: usize) -> PathBuf {
+    let cfg = SynthConfig {
+        out: dir.to_path_buf(),
+        ids: 2,
+        per_id: 2,
+        val_ids,
+        val_per_id: per_id,
+        val_pairs: 4,
+        size,
+        seed: 11,
+        quality: 95,
+    };
+    synth(&cfg, true).unwrap().ijb
+}
+
+/// The synthetic set's faces, placed turned and scaled into larger crops, come back aligned close to the faces
+/// rendered: far closer than to any other identity's face.
+#[test]
+fn synthetic_faces_align_back_to_the_rendered_faces() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ids, per_id, size) = (3, 4, 112);
+    let set = IjbSet::open(&synthetic_set(dir.path(), ids, per_id, size)).unwrap();
+    assert_eq!(set.name, "IJB");
+    assert_eq!(set.faces.len(), ids * per_id);
+    // Two templates per identity (first and second half of its samples), frames of a media in pairs.
+    assert_eq!(
+        set.faces[..4].iter().map(|f| (f.template, f.media)).collect::<Vec<_>>(),
+        [(1, 1), (1, 1), (2, 2), (2, 2)]
+    );
+    let templates = 2 * ids;
+    assert_eq!(set.pairs.0.len(), templates * (templates - 1) / 2);
+    assert_eq!(set.pairs.2.iter().filter(|&&s| s).count(), ids);
+    let shape = ImageShape { h: size, w: size };
+    let mean_abs =
+        |a: &[u8], b: &[u8]| a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).abs()).sum::<f64>() / a.len() as f64;
+    let first_val = 2; // synth's held-out identities follow its 2 training identities
+    let (mut worst, mut closest) = (0.0f64, f64::INFINITY);
+    for (i, face) in set.faces.iter().enumerate() {
+        let aligned = set.aligned(i, shape).unwrap();
+        let (id, k) = ((i / per_id) as u64, (i % per_id) as u64);
+        let own = mean_abs(&aligned, &render(11, first_val + id, k, shape));
+        let other = mean_abs(&aligned, &render(11, first_val + (id + 1) % ids as u64, k, shape));
+        // JPEG at quality 95, two bilinear resamplings, landmarks within half a pixel, and corners the turn moved
+        // out of the crop (black): measured at most 5.0 levels on average, another identity 5.9x as far.
+        assert!(own < 8.0 && own * 4.0 < other, "face {i} ({}): {own:.1} vs {other:.1}", face.file);
+        (worst, closest) = (worst.max(own), closest.min(other / own));
+    }
+    eprintln!("aligned vs rendered: mean |difference| at most {worst:.2} levels, another identity {closest:.1}x that");
+}
+
+/// The embedding of `rgb` and of its mirror image by the core's forward pass in eval mode.
+fn core_embeddings(b: &elasticface::checkpoint::Backbone, rgb: &[u8], shape: ImageShape) -> (Vec<f32>, Vec<f32>) {
+    let cfg = b.cfg;
+    let mut state = b.state.clone();
+    let mut acts = vec![0.0; cfg.activations_len(1)];
+    let mut embed = |flip: bool| {
+        let mut x = vec![0.0; cfg.input_len()];
+        preprocess_image(&shape, rgb, flip, &mut x).unwrap();
+        let mut out = vec![0.0; cfg.embedding];
+        forward(&cfg, Mode::Eval, &BatchNorm::default(), &mut state, 1, &x, &mut acts, &mut out).unwrap();
+        out
+    };
+    (embed(false), embed(true))
+}
+
+/// `eval --ijb` end to end on the CPU backend: its distances equal, within 1e-6, the protocol computed here
+/// step by step from the core (each face's forward pass, media grouped then averaged then summed, f64); its TARs
+/// are the core's on its distances; the report, table and plot hold the set.
+#[test]
+fn a_synthetic_set_scores_as_the_protocol_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let backbone = tiny_backbone(5);
+    let shape = ImageShape { h: backbone.cfg.input_h, w: backbone.cfg.input_w };
+    let model = dir.path().join("tiny.safetensors");
+    backbone.save(&model, serde_json::json!("test")).unwrap();
+    let ijb = synthetic_set(&dir.path().join("data"), 12, 5, shape.w);
+    let out = dir.path().join("eval");
+    let args = eval_args(&model, vec![ijb.clone()], out.clone());
+    let report = args.evaluate().unwrap();
+    assert!(report.sets.is_empty());
+    let r = &report.ijb[0];
+    assert_eq!((r.name.as_str(), r.faces, r.templates, r.pairs, r.same_pairs), ("IJB", 60, 24, 276, 12));
+
+    let set = IjbSet::open(&ijb).unwrap();
+    // template -> media -> features of its faces.
+    let mut groups: BTreeMap<u32, BTreeMap<u32, Vec<Vec<f32>>>> = BTreeMap::new();
+    for (i, face) in set.faces.iter().enumerate() {
+        let (e, f) = core_embeddings(&backbone, &set.aligned(i, shape).unwrap(), shape);
+        let feature = e.iter().zip(&f).map(|(a, b)| (a + b) * face.score).collect();
+        groups.entry(face.template).or_default().entry(face.media).or_default().push(feature);
+    }
+    let d = backbone.cfg.embedding;
+    let features: BTreeMap<u32, Vec<f32>> = groups
+        .into_iter()
+        .map(|(t, medias)| {
+            let mut sum = vec![0.0f64; d];
+            for frames in medias.values() {
+                for j in 0..d {
+                    sum[j] += frames.iter().map(|f| f64::from(f[j])).sum::<f64>() / frames.len() as f64;
+                }
+            }
+            let norm = sum.iter().map(|v| v * v).sum::<f64>().sqrt();
+            (t, sum.iter().map(|v| (v / norm) as f32).collect())
+        })
+        .collect();
+    let (first, second, same) = &set.pairs;
+    let dist: Vec<f32> =
+        first.iter().zip(second).map(|(a, b)| squared_l2(&features[a], &features[b]).unwrap()).collect();
+    let worst = r.dist.iter().zip(&dist).map(|(g, w)| (g - w).abs()).fold(0.0f32, f32::max);
+    assert!(worst < 1e-6, "distances: {worst:e}");
+    let mut scratch = vec![0.0; r.dist.len()];
+    assert_eq!(r.tar_at_far.len(), IJB_FARS.len());
+    for t in &r.tar_at_far {
+        let want = tar_at_far(&r.dist, same, t.far, &mut scratch).unwrap();
+        assert_eq!((t.tar, t.threshold), (want.map(|w| w.tar), want.map(|w| w.threshold)), "FAR {}", t.far);
+    }
+    // 264 different pairs resolve FAR 1e-2 (2 of them) and 1e-1, not 1e-3.
+    assert!(r.tar(1e-2).is_some() && r.tar(1e-3).is_none());
+
+    // The table, the report and the plot.
+    let mut table = Vec::new();
+    suite::print_table(&report, &mut table).unwrap();
+    let table = String::from_utf8(table).unwrap();
+    assert!(table.contains("IJB set") && table.contains("1e-4") && !table.contains("accuracy (%)"), "{table}");
+    let row = table.lines().find(|l| l.starts_with("IJB ") && !l.contains("IJB set")).expect("a row for the set");
+    assert!(row.contains(" 60 ") && row.contains(" 276 ") && row.contains("n/a"), "{row}");
+    let files = suite::write_outputs(&report, &out).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&files.json).unwrap()).unwrap();
+    assert_eq!(json["ijb"][0]["pairs"], 276);
+    assert!(json["ijb_protocol"].as_str().unwrap().contains("detector score"));
+    assert!(json["ijb"][0]["roc"].as_array().unwrap().len() > 10);
+    // No TAR at FAR 1e-4 to give (264 different pairs): the legend is the name alone.
+    assert!(std::fs::read_to_string(&files.svg).unwrap().contains(">\nIJB\n<"), "the legend names the set");
+}
+
+/// Writes a one-face set with the given meta lines.
+fn one_face_set(dir: &Path, tid_mid: &str, five: &str, pairs: &str) -> PathBuf {
+    let root = dir.join("IJBX");
+    std::fs::create_dir_all(root.join("meta")).unwrap();
+    std::fs::create_dir_all(root.join("loose_crop")).unwrap();
+    std::fs::write(root.join("meta/ijbx_face_tid_mid.txt"), tid_mid).unwrap();
+    std::fs::write(root.join("meta/ijbx_name_5pts_score.txt"), five).unwrap();
+    std::fs::write(root.join("meta/ijbx_template_pair_label.txt"), pairs).unwrap();
+    root
+}
+
+#[test]
+fn malformed_sets_are_named_by_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let five = "1.jpg 38 51 73 51 56 71 41 92 70 92 0.9\n2.jpg 38 51 73 51 56 71 41 92 70 92 0.8\n";
+    let ids = "1.jpg 1 1\n2.jpg 2 2\n";
+    let err =
+        |tid: &str, f: &str, p: &str| format!("{:#}", IjbSet::open(&one_face_set(dir.path(), tid, f, p)).unwrap_err());
+    let e = err("1.jpg 1 1\n3.jpg 2 2\n", five, "1 2 0\n");
+    assert!(e.contains("line 2") && e.contains("names 3.jpg") && e.contains("names 2.jpg"), "{e}");
+    let e = err(ids, "1.jpg 38 51 73 51 56 71 41 92 70 92 0.9\n", "1 2 0\n");
+    assert!(e.contains("different numbers of faces"), "{e}");
+    let e = err("1.jpg 1 x\n2.jpg 2 2\n", five, "1 2 0\n");
+    assert!(e.contains("ijbx_face_tid_mid.txt line 1") && e.contains("media id \"x\""), "{e}");
+    let e = err(ids, "1.jpg 38 51 73 51 56 71 41 92 70 92\n2.jpg 38 51 73 51 56 71 41 92 70 92 0.8\n", "1 2 0\n");
+    assert!(e.contains("ijbx_name_5pts_score.txt line 1") && e.contains("11 fields"), "{e}");
+    let e = err(ids, five, "1 2 0\n1 2 2\n");
+    assert!(e.contains("ijbx_template_pair_label.txt line 2") && e.contains("\"2\" is neither 1 nor 0"), "{e}");
+    // A pair naming a template without faces is found when scoring.
+    let set = IjbSet::open(&one_face_set(dir.path(), ids, five, "1 7 0\n")).unwrap();
+    let mut t = Templates::new(&set);
+    t.add(0, &[1.0, 0.0]).unwrap();
+    t.add(1, &[0.0, 1.0]).unwrap();
+    let e = format!("{:#}", score_set(&set, &t).unwrap_err());
+    assert!(e.contains("pair 1 names template 7, which has no face"), "{e}");
+    // A missing crop, and landmarks that coincide, name the file.
+    let e = format!("{:#}", set.aligned(0, ImageShape { h: 16, w: 16 }).unwrap_err());
+    assert!(e.contains("loose_crop/1.jpg"), "{e}");
+    // Not a set at all.
+    let e = format!("{:#}", IjbSet::open(dir.path()).unwrap_err());
+    assert!(e.contains("is not an IJB set"), "{e}");
+    let root = one_face_set(dir.path(), ids, five, "1 2 0\n");
+    std::fs::remove_dir(root.join("loose_crop")).unwrap();
+    let e = format!("{:#}", IjbSet::open(&root).unwrap_err());
+    assert!(e.contains("loose_crop/) are missing"), "{e}");
+}
