@@ -18,8 +18,8 @@
 //!   similarity, a bilinear warp), as evaluation sets such as IJB-B/C give them.
 //! - [`conformance`]: does a device compute the host's embeddings? Per probe cosine, largest difference and
 //!   verification decision, streamed, with a pass/fail against the caller's tolerances.
-//! - `ffi` (feature `ffi`): a C ABI over the galleries, the conformance check and the margin math, for
-//!   firmware written in C; the header is `ffi/include/elasticface.h`.
+//! - `ffi` (feature `ffi`): a C ABI over the galleries, the conformance check, face alignment and the margin
+//!   math, for firmware written in C; the header is `ffi/include/elasticface.h`.
 //!
 //! `#![no_std]`, no allocator required. Every function that takes slices checks their lengths and returns
 //! an [`Error`] instead of panicking.

@@ -1,6 +1,7 @@
 /*
  * A C program on the elasticface C ABI: margins and a margin loss with its gradients, an embedding
- * conformance check, a float and an int8 gallery, and the status codes of bad input.
+ * conformance check, a float and an int8 gallery, a face aligned from its landmarks, and the status codes of
+ * bad input.
  *
  * It prints one line per result: floats as their IEEE-754 bit patterns (hex), so that a test can compare
  * them exactly with what the Rust API computes (tests/tests/ffi_c.rs). Build and run from the repository
@@ -41,6 +42,11 @@ static uint32_t bits(float x) {
 static void put_f32(const char *key, int i, float x) { printf("%s[%d] %08x\n", key, i, (unsigned)bits(x)); }
 static void put_int(const char *key, int i, long long x) { printf("%s[%d] %lld\n", key, i, x); }
 static void put_status(const char *what, EfStatus s) { printf("status %s %d\n", what, (int)s); }
+static void put_f64(const char *key, int i, double x) {
+    uint64_t u;
+    memcpy(&u, &x, sizeof u);
+    printf("%s[%d] %016llx\n", key, i, (unsigned long long)u);
+}
 
 /* A deterministic value in [-1, 1]: exact float arithmetic, the same bits in C and in Rust. */
 static float value(int k) { return (float)((k * 37 + 11) % 101) / 50.0f - 1.0f; }
@@ -177,6 +183,31 @@ static int galleries(float host[PROBES][DIM]) {
     return 0;
 }
 
+/* A 24 x 20 photo (RGB) and its face aligned into a 12 x 12 crop from five landmarks. */
+enum { PHOTO_H = 20, PHOTO_W = 24, CROP = 12 };
+
+static int alignment(void) {
+    static uint8_t photo[PHOTO_H * PHOTO_W * 3], crop[CROP * CROP * 3];
+    for (int r = 0; r < PHOTO_H; r++)
+        for (int c = 0; c < PHOTO_W; c++)
+            for (int k = 0; k < 3; k++) photo[(r * PHOTO_W + c) * 3 + k] = (uint8_t)((r * 11 + c * 5 + k * 40) % 256);
+    const float landmarks[10] = {6.5f, 8.25f, 13.0f, 7.5f, 10.0f, 11.75f, 7.25f, 15.5f, 12.75f, 15.0f};
+    double m[6];
+    MUST(ef_align_face(photo, PHOTO_H, PHOTO_W, landmarks, crop, CROP, CROP, m));
+    for (int i = 0; i < 6; i++) put_f64("align.matrix", i, m[i]);
+    for (int i = 0; i < CROP * CROP * 3; i++) put_int("align.pixel", i, crop[i]);
+    float same[10] = {5.0f, 5.0f, 5.0f, 5.0f, 5.0f, 5.0f, 5.0f, 5.0f, 5.0f, 5.0f}, nan[10];
+    memcpy(nan, landmarks, sizeof nan);
+    nan[7] = 0.0f / 0.0f;
+    put_status("align_coincide", ef_align_face(photo, PHOTO_H, PHOTO_W, same, crop, CROP, CROP, m));
+    put_status("align_nan", ef_align_face(photo, PHOTO_H, PHOTO_W, nan, crop, CROP, CROP, m));
+    put_status("align_null", ef_align_face(photo, PHOTO_H, PHOTO_W, NULL, crop, CROP, CROP, m));
+    put_status("align_empty", ef_align_face(photo, 0, PHOTO_W, landmarks, crop, CROP, CROP, m));
+    put_status("align_huge", ef_align_face(photo, (size_t)-1, 2, landmarks, crop, CROP, CROP, m));
+    put_status("align_overlap", ef_align_face(photo, PHOTO_H, PHOTO_W, landmarks, photo, CROP, CROP, m));
+    return 0;
+}
+
 static void bad_input(float host[PROBES][DIM]) {
     float c, nan_probe[DIM], zeros[DIM] = {0};
     size_t n;
@@ -220,7 +251,7 @@ int main(void) {
     float host[PROBES][DIM];
     for (int p = 0; p < PROBES; p++)
         for (int k = 0; k < DIM; k++) host[p][k] = value(p * DIM + k + 3);
-    if (margins() || conformance(host) || galleries(host)) return 1;
+    if (margins() || conformance(host) || galleries(host) || alignment()) return 1;
     bad_input(host);
     puts("done");
     return 0;

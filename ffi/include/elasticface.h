@@ -247,6 +247,30 @@ EfStatus ef_quantize_i8(const float *x,
                         int8_t *out_q,
                         float *out_scale);
 
+// Aligns a face for the network: the similarity that best maps its five `landmarks` (x, y pairs in the
+// photo's pixels: the left eye, the right eye, the nose tip, the left and the right mouth corner, left and
+// right as seen) onto insightface's reference points scaled to `dst_h` x `dst_w` (112 x 112: the points
+// themselves), and the photo `src` warped through it into `dst`: bilinear, black outside the photo, rounded
+// to the nearest level. Images are RGB, 3 bytes a pixel, rows top to bottom (`h * w * 3` bytes).
+// `out_matrix` receives the transform, photo to crop, as OpenCV's 2x3 matrix `[a, -b, tx, b, a, ty]`.
+// Computed in double with no fused multiply-add: every target gives the same pixels.
+//
+// Errors: a null pointer, `SHAPE` (a zero or overflowing size, or landmarks all at one point), `NON_FINITE`
+// (a landmark), `OVERLAP` (`dst` or `out_matrix` overlapping another array).
+//
+// # Safety
+//
+// `src` points to `src_h * src_w * 3` bytes, `landmarks` to 10 floats, `dst` to `dst_h * dst_w * 3`
+// writable bytes, `out_matrix` to 6 writable doubles.
+EfStatus ef_align_face(const uint8_t *src,
+                       size_t src_h,
+                       size_t src_w,
+                       const float *landmarks,
+                       uint8_t *dst,
+                       size_t dst_h,
+                       size_t dst_w,
+                       double *out_matrix);
+
 // Sets `*summary` to an empty run (no probe, worst cosine 1, worst difference 0).
 //
 // # Safety

@@ -11,6 +11,8 @@
 //!    the host's, with mated and impostor templates; the summary and the verdict; rejected bad input.
 //! 4. **Galleries**: f32 and int8 galleries of 512-dimensional templates: enrolment up to full, 1:N
 //!    identification, 1:1 verification, update, removal.
+//! 5. **Alignment**: faces aligned from five landmarks (a similarity estimated in f64, a bilinear warp): the
+//!    transform's bits and every pixel, for landmarks turned, scaled, mirrored and degenerate.
 //!
 //! Parts 2 to 4 run their core calls inside [`Sink::measure`], where the firmware measures the stack.
 
@@ -18,12 +20,14 @@
 // box it in.
 #![allow(clippy::result_large_err)]
 
+use elasticface_core::align::{align_face, Similarity};
 use elasticface_core::conformance::{ConformanceCheck, ConformanceConfig, DiffSpace, EmbeddingRef, Probe, ProbeReport};
 use elasticface_core::embedding::quantize_i8;
 use elasticface_core::gallery::{EnrollError, Gallery, Match};
 use elasticface_core::margin::{
     margin_loss_backward, margin_loss_forward, HeadScratch, HeadShape, MarginConfig, PlusAssignment,
 };
+use elasticface_core::nn::ImageShape;
 use elasticface_core::rng::{standard_normal, Philox4x32};
 use elasticface_core::Error;
 
@@ -37,7 +41,7 @@ pub trait Sink {
 }
 
 /// The parts [`Sink::measure`] is called with.
-pub const PARTS: [&str; 4] = ["margin_loss", "conformance", "gallery_f32", "gallery_i8"];
+pub const PARTS: [&str; 5] = ["margin_loss", "conformance", "gallery_f32", "gallery_i8", "align"];
 
 /// Seed of the margins, as a training run's.
 const SEED: u64 = 20_261_128;
@@ -78,6 +82,7 @@ pub fn run(sink: &mut impl Sink) {
     margin_losses(sink);
     conformance(sink);
     galleries(sink);
+    alignment(sink);
 }
 
 fn put_f32(sink: &mut impl Sink, name: &'static str, index: usize, v: f32) {
@@ -362,4 +367,55 @@ fn galleries(sink: &mut impl Sink) {
     nan[100] = f32::NAN;
     sink.value("bad.verify_nan", 0, code(&g.verify(1001, &nan, 0.5)));
     sink.value("bad.identify_i8_zero", 0, code(&g8.identify::<TOP>(&[0; EMB], 0.5)));
+}
+
+/// Size of the photo faces are aligned from, and of the aligned crop.
+const PHOTO: ImageShape = ImageShape { h: 30, w: 40 };
+const CROP: ImageShape = ImageShape { h: 16, w: 16 };
+
+/// Records a similarity's four coefficients as the high and low halves of their f64 bits.
+fn put_similarity(sink: &mut impl Sink, name: &'static str, at: usize, m: &Similarity) {
+    for (k, v) in [m.a, m.b, m.tx, m.ty].into_iter().enumerate() {
+        let bits = v.to_bits();
+        sink.value(name, at * 8 + 2 * k, (bits >> 32) as u32);
+        sink.value(name, at * 8 + 2 * k + 1, bits as u32);
+    }
+}
+
+fn alignment(sink: &mut impl Sink) {
+    // A photo of smooth gradients and a sharp-edged block, so interpolation weights show in every channel.
+    let mut photo = [0u8; 30 * 40 * 3];
+    for (i, px) in photo.chunks_exact_mut(3).enumerate() {
+        let (r, c) = (i / PHOTO.w, i % PHOTO.w);
+        let block = if (8..20).contains(&r) && (12..26).contains(&c) { 90 } else { 0 };
+        px[0] = (r * 8 + block) as u8;
+        px[1] = (c * 6) as u8;
+        px[2] = ((r * 13 + c * 7) % 256) as u8;
+    }
+    // Landmarks of a 16x16 reference face turned, scaled and moved into the photo (about 0.3 rad and 1.7x, and
+    // -0.6 rad and 0.9x), mirrored (no similarity maps it well: the fit shrinks), then coinciding (refused).
+    let mut sets = [[[0.0f32; 2]; 5]; 4];
+    let reference = elasticface_core::align::reference_landmarks(CROP);
+    for (set, m) in sets
+        .iter_mut()
+        .zip([Similarity { a: 1.625, b: 0.5, tx: 9.5, ty: 2.25 }, Similarity { a: 0.75, b: -0.5, tx: 14.0, ty: 8.0 }])
+    {
+        for (p, q) in set.iter_mut().zip(reference) {
+            let [x, y] = m.apply([f64::from(q[0]), f64::from(q[1])]);
+            *p = [x as f32, y as f32];
+        }
+    }
+    sets[2] = sets[0].map(|[x, y]| [40.0 - x, y]);
+    sets[3] = [[12.5, 7.25]; 5];
+    let mut crop = [0u8; 16 * 16 * 3];
+    for (at, landmarks) in sets.iter().enumerate() {
+        let r = sink.measure("align", || align_face(&photo, PHOTO, landmarks, &mut crop, CROP));
+        sink.value("align.status", at, code(&r));
+        if let Ok(m) = r {
+            put_similarity(sink, "align.transform", at, &m);
+            for (i, &v) in crop.iter().enumerate() {
+                sink.value("align.pixels", at * CROP.len() + i, u32::from(v));
+            }
+        }
+    }
 }

@@ -53,7 +53,7 @@ fn gallery_capacity(st: &State) -> usize {
 }
 
 fn step(b: &mut Bytes<'_>, st: &mut State) {
-    match b.u8() % 16 {
+    match b.u8() % 17 {
         0 => {
             // (Re)initialise the block, sometimes misaligned or too small.
             let element = [EF_ELEMENT_F32, EF_ELEMENT_I8, 2, u32::MAX][b.below(4)];
@@ -326,6 +326,29 @@ fn step(b: &mut Bytes<'_>, st: &mut State) {
         14 => {
             let text = unsafe { std::ffi::CStr::from_ptr(ef_status_str(b.u32() as i32)) };
             assert!(!text.to_bytes().is_empty());
+        }
+        15 => {
+            // A face aligned from fuzzed landmarks (NaN, coinciding, huge), photo and crop of fuzzed sizes (0
+            // included, sometimes overflowing), sometimes into the photo's own bytes.
+            let mut photo = [0u8; 8 * 8 * 3];
+            let filled = b.below(8 * 8 * 3);
+            for v in photo.iter_mut().take(filled) {
+                *v = b.u8();
+            }
+            let (h, w) = if b.one_in(16) { (usize::MAX, 2) } else { (b.below(9), b.below(9)) };
+            let (ch, cw) = (b.below(9), b.below(9));
+            let landmarks = at_dim(b, &st.floats, 10);
+            let (mut crop, mut m) = ([0u8; 8 * 8 * 3], [f64::NAN; 6]);
+            let in_place = b.one_in(8);
+            let out = if in_place { photo.as_mut_ptr() } else { crop.as_mut_ptr() };
+            let s = unsafe { ef_align_face(photo.as_ptr(), h, w, landmarks, out, ch, cw, m.as_mut_ptr()) };
+            if in_place && s == EfStatus::Ok {
+                panic!("aligned into the photo's own bytes");
+            }
+            if s == EfStatus::Ok {
+                // [a, -b, tx, b, a, ty]: a similarity, finite.
+                assert!(m.iter().all(|v| v.is_finite()) && m[0] == m[4] && m[1] == -m[3], "{m:?}");
+            }
         }
         _ => {
             // A handle to memory that is not a gallery.

@@ -229,8 +229,9 @@ fn a_synthetic_set_scores_as_the_protocol_says() {
     assert_eq!(json["ijb"][0]["pairs"], 276);
     assert!(json["ijb_protocol"].as_str().unwrap().contains("detector score"));
     assert!(json["ijb"][0]["roc"].as_array().unwrap().len() > 10);
-    // No TAR at FAR 1e-4 to give (264 different pairs): the legend is the name alone.
-    assert!(std::fs::read_to_string(&files.svg).unwrap().contains(">\nIJB\n<"), "the legend names the set");
+    // No TAR at FAR 1e-4 to give (264 different pairs): the legend gives the one at 1e-2.
+    let legend = format!("IJB (TAR {:.2}% at FAR 1e-2)", 100.0 * r.tar(1e-2).unwrap());
+    assert!(std::fs::read_to_string(&files.svg).unwrap().contains(&legend), "the legend: {legend}");
 }
 
 /// Writes a one-face set with the given meta lines.

@@ -10,10 +10,12 @@ mod external;
 use std::process::Command;
 use std::time::Duration;
 
+use elasticface_core::align::align_face;
 use elasticface_core::conformance::{ConformanceCheck, ConformanceConfig, DiffSpace, EmbeddingRef, Probe};
 use elasticface_core::embedding::{cosine, quantize_i8};
 use elasticface_core::gallery::{Gallery, Match};
 use elasticface_core::margin::{margin_loss_backward, margin_loss_forward, HeadScratch, HeadShape, MarginConfig};
+use elasticface_core::nn::ImageShape;
 use external::{available_or_required, cargo, check, compare_lines, repo_root, run_with_limit, runs, target_dir};
 
 const DIM: usize = 16;
@@ -49,6 +51,7 @@ impl Expected {
 
 const OK: i32 = 0;
 const NULL_POINTER: i32 = 1;
+const OVERLAP: i32 = 3;
 const LENGTH: i32 = 4;
 const SHAPE: i32 = 5;
 const NON_FINITE: i32 = 6;
@@ -178,6 +181,31 @@ fn expected() -> Vec<String> {
     e.f32("verify_i8.cosine", 0, v.cosine);
     e.int("verify_i8.accepted", 0, i64::from(v.accepted));
     e.status("wrong_element", WRONG_ELEMENT);
+
+    // A face aligned from its landmarks (the photo is the C program's), and refused ones.
+    let photo_shape = ImageShape { h: 20, w: 24 };
+    let photo: Vec<u8> =
+        (0..photo_shape.len()).map(|i| ((i / 3 / 24 * 11 + i / 3 % 24 * 5 + i % 3 * 40) % 256) as u8).collect();
+    let landmarks = [[6.5f32, 8.25], [13.0, 7.5], [10.0, 11.75], [7.25, 15.5], [12.75, 15.0]];
+    let crop_shape = ImageShape { h: 12, w: 12 };
+    let mut crop = vec![0u8; crop_shape.len()];
+    let m = align_face(&photo, photo_shape, &landmarks, &mut crop, crop_shape).unwrap();
+    for (i, v) in [m.a, -m.b, m.tx, m.b, m.a, m.ty].into_iter().enumerate() {
+        e.0.push(format!("align.matrix[{i}] {:016x}", v.to_bits()));
+    }
+    for (i, &v) in crop.iter().enumerate() {
+        e.int("align.pixel", i as i64, i64::from(v));
+    }
+    for (what, code) in [
+        ("align_coincide", SHAPE),
+        ("align_nan", NON_FINITE),
+        ("align_null", NULL_POINTER),
+        ("align_empty", SHAPE),
+        ("align_huge", SHAPE),
+        ("align_overlap", OVERLAP),
+    ] {
+        e.status(what, code);
+    }
 
     // Bad input.
     assert!(cosine(&host[0], &host[1]).is_ok());

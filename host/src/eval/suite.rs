@@ -211,9 +211,10 @@ pub fn write_outputs(report: &EvalReport, dir: &Path) -> Result<Outputs> {
         label: format!("{} ({:.2}%)", s.name, 100.0 * s.verify.accuracy),
         points: s.roc.iter().map(|&p| p.into()).collect(),
     });
+    // IJB sets are labelled with the TAR at FAR 1e-4, the figure papers give, or at the next FAR the set resolves.
     let ijb = report.ijb.iter().map(|s| Curve {
-        label: match s.tar(1e-4) {
-            Some(t) => format!("{} (TAR {:.2}% at FAR 1e-4)", s.name, 100.0 * t),
+        label: match s.tar_at_far.iter().filter(|t| t.far >= 1e-4).find_map(|t| Some((t.far, t.tar?))) {
+            Some((far, tar)) => format!("{} (TAR {:.2}% at FAR {far:.0e})", s.name, 100.0 * tar),
             None => s.name.clone(),
         },
         points: s.roc.iter().map(|&p| p.into()).collect(),
