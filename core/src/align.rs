@@ -12,7 +12,8 @@
 //! Everything is computed in `f64` with no fused multiply-add, so every target gives the same pixels. They are not
 //! bit-identical to OpenCV's: its `warpAffine` rounds source coordinates to 1/32 pixel and the bilinear weights to
 //! 15 bits, where these are exact; where neighbouring pixels differ by `d` levels, the two can differ by about
-//! `d / 64` rounded, so by a level or two at the sharpest edges.
+//! `d / 64` rounded, so by a level or two at the sharpest edges (estimated from that rounding, not measured
+//! against OpenCV).
 //!
 //! Coordinates are in pixels, `(x, y)` with `x` to the right and `y` down, the centre of pixel `(col, row)` at
 //! `(col, row)` (OpenCV's convention).

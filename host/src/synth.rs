@@ -7,7 +7,8 @@
 //!   pickled as Python 2's protocol 2 writes insightface's published packs;
 //! - `ijb/`: the held-out identities as an IJB set ([`crate::eval::ijb`]): two templates per identity (the first
 //!   half of its samples, the second half), frames of one media in pairs, each face turned, scaled and moved
-//!   into a larger loose crop with its five landmarks and a detector score, and every pair of templates.
+//!   into a larger loose crop with its five landmarks and a detector score, and the pairs of templates up to
+//!   1,000 apart (every pair for up to 500 identities).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -207,10 +208,12 @@ fn write_ijb(cfg: &SynthConfig, dir: &Path, first: u64) -> Result<usize> {
             five.push_str(&format!(" {:.4}\n", uniform(0.5, 1.0)));
         }
     }
+    // Every pair of templates up to 1,000 apart: all of them for up to 500 identities, and never more than 1,000
+    // pairs a template (both of an identity's templates are neighbours, so every same pair is in).
     let mut pairs = String::new();
     let templates = 2 * cfg.val_ids as u64;
     for t1 in 1..=templates {
-        for t2 in t1 + 1..=templates {
+        for t2 in t1 + 1..=templates.min(t1 + 1000) {
             pairs.push_str(&format!("{t1} {t2} {}\n", u8::from((t1 - 1) / 2 == (t2 - 1) / 2)));
         }
     }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use elasticface::commands::{DeviceArgs, EvalArgs, NetworkArgs};
+use elasticface::data::decode::encode_png;
 use elasticface::data::faces::render;
 use elasticface::eval::ijb::{score_set, Face, IjbSet, Templates, IJB_FARS};
 use elasticface::eval::suite;
@@ -62,7 +63,7 @@ fn the_protocol_matches_numpy() {
     let ids: Vec<u32> = r["template_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
     assert_eq!(templates.ids, ids, "templates in ascending id order");
     let want: Vec<f32> = r["template_features"].as_array().unwrap().iter().flat_map(f32s).collect();
-    let got = templates.features();
+    let got = templates.features().unwrap();
     let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0f32, f32::max);
     assert!(worst < 1e-6, "template features: {worst:e}");
 
@@ -254,29 +255,46 @@ fn malformed_sets_are_named_by_file_and_line() {
         |tid: &str, f: &str, p: &str| format!("{:#}", IjbSet::open(&one_face_set(dir.path(), tid, f, p)).unwrap_err());
     let e = err("1.jpg 1 1\n3.jpg 2 2\n", five, "1 2 0\n");
     assert!(e.contains("line 2") && e.contains("names 3.jpg") && e.contains("names 2.jpg"), "{e}");
-    let e = err(ids, "1.jpg 38 51 73 51 56 71 41 92 70 92 0.9\n", "1 2 0\n");
-    assert!(e.contains("different numbers of faces"), "{e}");
     let e = err("1.jpg 1 x\n2.jpg 2 2\n", five, "1 2 0\n");
     assert!(e.contains("ijbx_face_tid_mid.txt line 1") && e.contains("media id \"x\""), "{e}");
     let e = err(ids, "1.jpg 38 51 73 51 56 71 41 92 70 92\n2.jpg 38 51 73 51 56 71 41 92 70 92 0.8\n", "1 2 0\n");
     assert!(e.contains("ijbx_name_5pts_score.txt line 1") && e.contains("11 fields"), "{e}");
     let e = err(ids, five, "1 2 0\n1 2 2\n");
     assert!(e.contains("ijbx_template_pair_label.txt line 2") && e.contains("\"2\" is neither 1 nor 0"), "{e}");
-    // A pair naming a template without faces is found when scoring.
-    let set = IjbSet::open(&one_face_set(dir.path(), ids, five, "1 7 0\n")).unwrap();
+    // A pair naming a template without faces is found on reading, before any face is embedded.
+    let e = err(ids, five, "1 2 0\n\n1 7 0\n");
+    assert!(e.contains("ijbx_template_pair_label.txt line 3: template 7 has no face"), "{e}");
+    // Scores and landmarks that are not finite (Rust parses "nan" and "inf").
+    let e = err(ids, "1.jpg 38 51 73 51 56 71 41 92 70 92 nan\n2.jpg 38 51 73 51 56 71 41 92 70 92 0.8\n", "1 2 0\n");
+    assert!(e.contains("ijbx_name_5pts_score.txt line 1: the detector score nan is not finite"), "{e}");
+    let e = err(ids, "1.jpg 38 51 73 51 56 71 41 92 70 92 0.9\n2.jpg 38 51 inf 51 56 71 41 92 70 92 0.8\n", "1 2 0\n");
+    assert!(e.contains("line 2: the landmark inf is not finite"), "{e}");
+    // Blank lines count in neither file; the numbers of faces they list are given.
+    assert!(IjbSet::open(&one_face_set(dir.path(), &format!("{ids}\n\n"), five, "1 2 0\n")).is_ok());
+    let e = err(ids, "1.jpg 38 51 73 51 56 71 41 92 70 92 0.9\n", "1 2 0\n");
+    assert!(e.contains("lists 2 faces") && e.contains("lists 1"), "{e}");
+    // A template whose features are not finite is named.
+    let set = IjbSet::open(&one_face_set(dir.path(), ids, five, "1 2 0\n")).unwrap();
     let mut t = Templates::new(&set);
     t.add(0, &[1.0, 0.0]).unwrap();
-    t.add(1, &[0.0, 1.0]).unwrap();
+    t.add(1, &[f32::NAN, 1.0]).unwrap();
     let e = format!("{:#}", score_set(&set, &t).unwrap_err());
-    assert!(e.contains("pair 1 names template 7, which has no face"), "{e}");
+    assert!(e.contains("template 2: its feature is not finite"), "{e}");
     // A missing crop, and landmarks that coincide, name the file.
     let e = format!("{:#}", set.aligned(0, ImageShape { h: 16, w: 16 }).unwrap_err());
     assert!(e.contains("loose_crop/1.jpg"), "{e}");
+    let crop = ImageShape { h: 8, w: 8 };
+    std::fs::write(set.root.join("loose_crop/2.jpg"), encode_png(&vec![9; crop.len()], crop).unwrap()).unwrap();
+    let mut same_point = set.clone();
+    same_point.faces[1].landmarks = [[3.0, 4.0]; 5];
+    let e = format!("{:#}", same_point.aligned(1, ImageShape { h: 16, w: 16 }).unwrap_err());
+    assert!(e.contains("loose_crop/2.jpg: cannot align") && e.contains("the landmarks all coincide"), "{e}");
+    assert!(set.aligned(1, ImageShape { h: 16, w: 16 }).is_ok(), "the crop itself is fine");
     // Not a set at all.
     let e = format!("{:#}", IjbSet::open(dir.path()).unwrap_err());
     assert!(e.contains("is not an IJB set"), "{e}");
     let root = one_face_set(dir.path(), ids, five, "1 2 0\n");
-    std::fs::remove_dir(root.join("loose_crop")).unwrap();
+    std::fs::remove_dir_all(root.join("loose_crop")).unwrap();
     let e = format!("{:#}", IjbSet::open(&root).unwrap_err());
     assert!(e.contains("loose_crop/) are missing"), "{e}");
 }

@@ -17,27 +17,27 @@
 //!    `use_norm_score`, `use_detector_score`);
 //! 2. a template's feature is the sum over its media of the mean feature of the template's faces from that media
 //!    (the frames of one video count once), L2-normalised; sums in `f64`, in file order;
-//! 3. each pair of templates is scored by the squared distance of their features (`2 - 2 cos`), and the TAR is
-//!    given at FAR 1e-6 .. 1e-1 with the core's [`tar_at_far`]: the largest threshold whose FAR does not exceed the
-//!    target. (insightface reads the TAR off scikit-learn's ROC at the point whose FAR is nearest the target,
-//!    which may lie above it; with IJB-C's 15.3 million impostor pairs the two differ by at most a few pairs.)
+//! 3. each pair of templates is scored by the distance of their features, `2 - 2 cos` (the squared distance of
+//!    unit vectors), and the TAR is given at FAR 1e-6 .. 1e-1 with the core's
+//!    [`tar_at_far`](elasticface_core::verify::tar_at_far): the largest threshold whose FAR does not exceed the
+//!    target. insightface reads the TAR off scikit-learn's ROC at the point whose FAR is nearest the target, which
+//!    may lie above it: the two differ where the curve has a step at the target.
 //!
-//! Memory: one feature per template (IJB-C: 23,124 x 512 x 8 bytes), the pairs and their distances (15.7 million
-//! x 5 bytes), and one chunk of faces at a time.
+//! Memory, for IJB-C (469,375 faces, 23,124 templates, 15,658,489 pairs): the template sums (23,124 x 512 x 8
+//! bytes, 95 MB), the pairs and their distances (13 bytes a pair), the selection and the ROC's sort (about 36
+//! bytes a pair while they run): about 0.9 GB at most; and one chunk of faces at a time.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use elasticface_core::align::align_face;
-use elasticface_core::embedding::squared_l2;
 use elasticface_core::nn::ImageShape;
-use elasticface_core::verify::tar_at_far;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::suite::{RocJson, CHUNK_IMAGES, ROC_POINTS};
-use super::{roc_curve, FlipEmbeddings, TarReport};
+use super::{roc_curve, tar_reports, FlipEmbeddings, TarReport};
 use crate::data::decode::{decode_rgb_any, fill_parallel};
 use crate::train::Backend;
 
@@ -104,6 +104,15 @@ pub fn is_ijb(dir: &Path) -> bool {
     matches!(prefix_in(dir), Ok(Some(_)))
 }
 
+/// `(line number, fields)` of each line of `text` that is not blank.
+fn rows(text: &str) -> Vec<(usize, Vec<&str>)> {
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.split_ascii_whitespace().collect::<Vec<_>>()))
+        .filter(|(_, f)| !f.is_empty())
+        .collect()
+}
+
 /// Reads a text file for parsing, naming it in the error.
 fn read_text(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
@@ -135,21 +144,18 @@ impl IjbSet {
         ensure!(crops.is_dir(), "{}: the face crops (loose_crop/) are missing", dir.display());
 
         let (ids_text, five_text) = (read_text(&tid_mid)?, read_text(&five)?);
-        let (mut ids, mut points) = (ids_text.lines().enumerate(), five_text.lines().enumerate());
-        let mut faces = Vec::new();
-        loop {
-            let (a, b) = (ids.next(), points.next());
-            let ((i, ids_line), (_, five_line)) = match (a, b) {
-                (None, None) => break,
-                (Some(a), Some(b)) => (a, b),
-                _ => bail!("{} and {} list different numbers of faces", tid_mid.display(), five.display()),
-            };
-            let line = i + 1;
-            let f: Vec<&str> = ids_line.split_ascii_whitespace().collect();
-            let p: Vec<&str> = five_line.split_ascii_whitespace().collect();
-            if f.is_empty() && p.is_empty() {
-                continue;
-            }
+        let (id_rows, five_rows) = (rows(&ids_text), rows(&five_text));
+        ensure!(
+            id_rows.len() == five_rows.len(),
+            "{} lists {} faces, {} lists {}",
+            tid_mid.display(),
+            id_rows.len(),
+            five.display(),
+            five_rows.len()
+        );
+        let mut faces = Vec::with_capacity(id_rows.len());
+        for ((line, f), (five_line, p)) in id_rows.iter().zip(&five_rows) {
+            let (line, five_line) = (*line, *five_line);
             ensure!(
                 f.len() == 3,
                 "{} line {line}: {} fields, expected 3 (file template media)",
@@ -158,34 +164,39 @@ impl IjbSet {
             );
             ensure!(
                 p.len() == 12,
-                "{} line {line}: {} fields, expected 12 (file, 5 landmarks x y, score)",
+                "{} line {five_line}: {} fields, expected 12 (file, 5 landmarks x y, score)",
                 five.display(),
                 p.len()
             );
             ensure!(
                 f[0] == p[0],
-                "line {line}: {} names {} where {} names {}",
+                "{} line {line} names {} where {} line {five_line} names {}",
                 tid_mid.display(),
                 f[0],
                 five.display(),
                 p[0]
             );
+            let finite = |k: usize, what: &str| -> Result<f32> {
+                let v: f32 = field(p, k, &five, five_line, what)?;
+                ensure!(v.is_finite(), "{} line {five_line}: the {what} {} is not finite", five.display(), p[k]);
+                Ok(v)
+            };
             let mut landmarks = [[0.0f32; 2]; 5];
             for (k, xy) in landmarks.iter_mut().enumerate() {
-                xy[0] = field(&p, 1 + 2 * k, &five, line, "landmark")?;
-                xy[1] = field(&p, 2 + 2 * k, &five, line, "landmark")?;
+                *xy = [finite(1 + 2 * k, "landmark")?, finite(2 + 2 * k, "landmark")?];
             }
             faces.push(Face {
                 file: f[0].to_string(),
-                template: field(&f, 1, &tid_mid, line, "template id")?,
-                media: field(&f, 2, &tid_mid, line, "media id")?,
+                template: field(f, 1, &tid_mid, line, "template id")?,
+                media: field(f, 2, &tid_mid, line, "media id")?,
                 landmarks,
-                score: field(&p, 11, &five, line, "detector score")?,
+                score: finite(11, "detector score")?,
             });
         }
         ensure!(!faces.is_empty(), "{} lists no face", tid_mid.display());
 
         let text = read_text(&pair_file)?;
+        let known: std::collections::HashSet<u32> = faces.iter().map(|f| f.template).collect();
         let (mut first, mut second, mut same) = (Vec::new(), Vec::new(), Vec::new());
         for (i, l) in text.lines().enumerate() {
             let f: Vec<&str> = l.split_ascii_whitespace().collect();
@@ -199,8 +210,18 @@ impl IjbSet {
                 i + 1,
                 f.len()
             );
-            first.push(field(&f, 0, &pair_file, i + 1, "template id")?);
-            second.push(field(&f, 1, &pair_file, i + 1, "template id")?);
+            for k in 0..2 {
+                let t = field(&f, k, &pair_file, i + 1, "template id")?;
+                // Found here, before hours of embedding, not when the pairs are scored.
+                ensure!(
+                    known.contains(&t),
+                    "{} line {}: template {t} has no face in {}",
+                    pair_file.display(),
+                    i + 1,
+                    tid_mid.display()
+                );
+                [&mut first, &mut second][k].push(t);
+            }
             same.push(match f[2] {
                 "1" => true,
                 "0" => false,
@@ -283,28 +304,53 @@ impl Templates {
         self.dim
     }
 
-    /// The template features `(T, D)`, each sum L2-normalised (a zero sum stays zero: it matches nothing).
-    pub fn features(&self) -> Vec<f32> {
+    /// The template features `(T, D)`, each sum L2-normalised. A zero sum (faces of detector score 0) stays
+    /// zero, as `sklearn.preprocessing.normalize` leaves it: its cosine with any template is 0. A sum that is not
+    /// finite (a network that returned NaN) is an error naming the template.
+    pub fn features(&self) -> Result<Vec<f32>> {
         let mut out = vec![0.0f32; self.sums.len()];
         if self.dim == 0 {
-            return out;
+            return Ok(out);
         }
-        for (row, o) in self.sums.chunks_exact(self.dim).zip(out.chunks_exact_mut(self.dim)) {
+        for (t, (row, o)) in self.sums.chunks_exact(self.dim).zip(out.chunks_exact_mut(self.dim)).enumerate() {
             let norm = row.iter().map(|v| v * v).sum::<f64>().sqrt();
+            ensure!(norm.is_finite(), "template {}: its feature is not finite", self.ids[t]);
             if norm > 0.0 {
                 for (o, v) in o.iter_mut().zip(row) {
                     *o = (v / norm) as f32;
                 }
             }
         }
-        out
+        Ok(out)
     }
 }
 
-/// The squared distance of every pair of template features (`(T, D)`, unit rows): on all cores, each pair on its
-/// own (the same bits whatever the number of threads).
+/// `sum(a[k] b[k])` in f32, in 8 lanes (lane `j` sums the products at `k = j mod 8`) added pairwise at the end:
+/// a fixed order, so the same bits everywhere, and lanes a compiler can keep in vector registers.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for j in 0..8 {
+            lanes[j] += x[j] * y[j];
+        }
+    }
+    for (j, (x, y)) in ra.iter().zip(rb).enumerate() {
+        lanes[j] += x * y;
+    }
+    ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
+}
+
+/// The distance of every pair of template features (`(T, D)`, unit or zero rows): `2 - 2 cos`, the squared
+/// distance of unit vectors, where a zero template has cosine 0 with every other (distance 2), as insightface
+/// scores it. On all cores, each pair on its own (the same bits whatever the number of threads).
 pub fn pair_distances(templates: &[f32], dim: usize, first: &[usize], second: &[usize]) -> Result<Vec<f32>> {
     ensure!(first.len() == second.len(), "{} first and {} second templates", first.len(), second.len());
+    let count = templates.len().checked_div(dim).unwrap_or(0);
+    if let Some(&t) = first.iter().chain(second).find(|&&t| t >= count) {
+        bail!("template index {t} of {count}");
+    }
     let mut dist = vec![0.0f32; first.len()];
     if dist.is_empty() {
         return Ok(dist);
@@ -313,21 +359,15 @@ pub fn pair_distances(templates: &[f32], dim: usize, first: &[usize], second: &[
     let chunk = dist.len().div_ceil(workers);
     let row = |t: usize| &templates[t * dim..(t + 1) * dim];
     std::thread::scope(|scope| {
-        let handles: Vec<_> = dist
-            .chunks_mut(chunk)
-            .enumerate()
-            .map(|(w, part)| {
-                scope.spawn(move || -> Result<()> {
-                    for (j, d) in part.iter_mut().enumerate() {
-                        let p = w * chunk + j;
-                        *d = squared_l2(row(first[p]), row(second[p])).map_err(|e| anyhow!("pair {p}: {e}"))?;
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        handles.into_iter().try_for_each(|h| h.join().unwrap_or_else(|_| Err(anyhow!("a worker thread panicked"))))
-    })?;
+        for (w, part) in dist.chunks_mut(chunk).enumerate() {
+            scope.spawn(move || {
+                for (j, d) in part.iter_mut().enumerate() {
+                    let p = w * chunk + j;
+                    *d = (2.0 - 2.0 * dot(row(first[p]), row(second[p]))).max(0.0);
+                }
+            });
+        }
+    });
     Ok(dist)
 }
 
@@ -358,13 +398,13 @@ pub struct IjbReport {
 impl IjbReport {
     /// The TAR at `far`, when it was measured and could be resolved.
     pub fn tar(&self, far: f64) -> Option<f64> {
-        self.tar_at_far.iter().find(|t| t.far == far).and_then(|t| t.tar)
+        TarReport::find(&self.tar_at_far, far)
     }
 }
 
 /// Scores a set from its template features (steps 1 and 2 done): step 3.
 pub fn score_set(set: &IjbSet, templates: &Templates) -> Result<IjbReport> {
-    let (features, dim) = (templates.features(), templates.dim());
+    let (features, dim) = (templates.features()?, templates.dim());
     ensure!(dim > 0, "{}: no face was embedded", set.name);
     let index: HashMap<u32, usize> = templates.ids.iter().enumerate().map(|(i, &t)| (t, i)).collect();
     let (first, second, same) = &set.pairs;
@@ -380,20 +420,7 @@ pub fn score_set(set: &IjbSet, templates: &Templates) -> Result<IjbReport> {
             .collect()
     };
     let dist = pair_distances(&features, dim, &lookup(first)?, &lookup(second)?)?;
-    let mut scratch = vec![0.0f32; dist.len()];
-    let tar_at_far = IJB_FARS
-        .iter()
-        .map(|&far| {
-            let t = tar_at_far(&dist, same, far, &mut scratch)
-                .map_err(|e| anyhow!("{}: TAR at FAR {far}: {e}", set.name))?;
-            Ok(TarReport {
-                far,
-                tar: t.map(|t| t.tar),
-                threshold: t.map(|t| t.threshold),
-                far_reached: t.map(|t| t.far),
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let tar_at_far = tar_reports(&dist, same, &IJB_FARS).with_context(|| set.name.clone())?;
     let roc = roc_curve(&dist, same, ROC_POINTS).with_context(|| format!("{}: ROC", set.name))?;
     Ok(IjbReport {
         name: set.name.clone(),

@@ -103,6 +103,29 @@ pub struct TarReport {
     pub far_reached: Option<f64>,
 }
 
+impl TarReport {
+    /// The TAR at `far` among `reports`, when it was measured and could be resolved.
+    pub fn find(reports: &[TarReport], far: f64) -> Option<f64> {
+        reports.iter().find(|t| t.far == far).and_then(|t| t.tar)
+    }
+}
+
+/// TAR at each of `fars` ([`tar_at_far`]) of pairs at squared distances `dist`.
+pub fn tar_reports(dist: &[f32], issame: &[bool], fars: &[f64]) -> Result<Vec<TarReport>> {
+    let mut scratch = vec![0.0; dist.len()];
+    fars.iter()
+        .map(|&far| {
+            let t = tar_at_far(dist, issame, far, &mut scratch).map_err(|e| anyhow!("TAR at FAR {far}: {e}"))?;
+            Ok(TarReport {
+                far,
+                tar: t.map(|t| t.tar),
+                threshold: t.map(|t| t.threshold),
+                far_reached: t.map(|t| t.far),
+            })
+        })
+        .collect()
+}
+
 /// What a verification run measured.
 #[derive(Clone, Debug, Serialize)]
 pub struct VerifyReport {
@@ -135,7 +158,7 @@ pub struct VerifyReport {
 impl VerifyReport {
     /// The TAR at `far`, when it was measured and could be resolved.
     pub fn tar(&self, far: f64) -> Option<f64> {
-        self.tar_at_far.iter().find(|t| t.far == far).and_then(|t| t.tar)
+        TarReport::find(&self.tar_at_far, far)
     }
 }
 
@@ -227,19 +250,7 @@ pub fn score(emb: &FlipEmbeddings, issame: &[bool]) -> Result<VerifyReport> {
     let mut dist = vec![0.0; issame.len()];
     fused_distances(&fp, &mut vec![0.0; 3 * d], &mut dist)?;
     let k = kfold_accuracy(&dist, issame)?;
-    let mut scratch = vec![0.0; dist.len()];
-    let tar_at_far = REPORTED_FARS
-        .iter()
-        .map(|&far| {
-            let t = tar_at_far(&dist, issame, far, &mut scratch)?;
-            Ok(TarReport {
-                far,
-                tar: t.map(|t| t.tar),
-                threshold: t.map(|t| t.threshold),
-                far_reached: t.map(|t| t.far),
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let tar_at_far = tar_reports(&dist, issame, &REPORTED_FARS)?;
     let (best_threshold, best_threshold_accuracy) = best_threshold(&dist, issame)?;
     Ok(VerifyReport {
         pairs: issame.len(),
@@ -282,10 +293,13 @@ fn best_threshold(dist: &[f32], issame: &[bool]) -> Result<(f64, f64)> {
     Ok((thresholds[best], correct(&points[best]) as f64 / issame.len() as f64))
 }
 
-/// ROC points for a plot: the exact curve at every distinct distance (each threshold just above a pair's
-/// distance), thinned evenly to at most `max_points` when there are more, from (0, 0) to (1, 1). The points are
-/// those the core's [`roc`] gives at these thresholds (and its errors), counted over the distances sorted once:
-/// `O(n log n)`, for IJB-C's 15.7 million pairs as for LFW's 6,000.
+/// ROC points for a plot on a logarithmic FAR axis, from (0, 0) to (1, 1): the exact curve (a threshold just above
+/// each distinct distance) when there are at most `max_points` distinct distances; else at most `max_points`
+/// thresholds at impostor distances whose ranks are spaced evenly on a logarithmic scale, from the first impostor
+/// to the last (the threshold at the `k`-th smallest impostor distance accepts the `k - 1` below it: the top of
+/// the curve's step at FAR `(k - 1) / M`, the point TAR at FAR reads), so that FAR 1e-6 .. 1e-3 of IJB-C's 15.6
+/// million impostor pairs get as many points as 1e-3 .. 1. The points are those the core's [`roc`] gives at these
+/// thresholds (and its errors), counted over the distances sorted once: `O(n log n)`.
 pub fn roc_curve(dist: &[f32], issame: &[bool], max_points: usize) -> Result<Vec<RocPoint>> {
     // Checks the lengths, the distances and that both kinds of pair are present.
     roc(dist, issame, &[], &mut [])?;
@@ -301,10 +315,19 @@ pub fn roc_curve(dist: &[f32], issame: &[bool], max_points: usize) -> Result<Vec
     let different = sorted.len() - same;
     let mut cuts: Vec<f64> = sorted.iter().map(|&(d, _)| f64::from(d).next_up()).collect();
     cuts.dedup();
-    let keep = max_points.max(2);
+    let keep = max_points.max(3);
     if cuts.len() > keep {
-        let last = cuts.len() - 1;
-        cuts = (0..keep).map(|i| cuts[i * last / (keep - 1)]).collect();
+        let impostors: Vec<f32> = sorted.iter().filter(|&&(_, s)| !s).map(|&(d, _)| d).collect();
+        // Ranks 1 ..= M, evenly spaced in log; the last point accepts everything.
+        let (steps, log_m) = (keep - 2, (different as f64).ln());
+        cuts = (0..steps)
+            .map(|i| {
+                let rank = (log_m * i as f64 / (steps - 1).max(1) as f64).exp().round() as usize;
+                f64::from(impostors[rank.clamp(1, different) - 1])
+            })
+            .collect();
+        cuts.dedup();
+        cuts.push(f64::INFINITY);
     }
     let point = |threshold: f64| {
         let accepted = sorted.partition_point(|&(d, _)| f64::from(d) < threshold);
@@ -315,7 +338,10 @@ pub fn roc_curve(dist: &[f32], issame: &[bool], max_points: usize) -> Result<Vec
             tar: true_accepts as f64 / same as f64,
         }
     };
-    Ok(std::iter::once(0.0).chain(cuts).map(point).collect())
+    let mut thresholds: Vec<f64> = std::iter::once(0.0).chain(cuts).collect();
+    // An impostor at distance 0 gives the first threshold again.
+    thresholds.dedup();
+    Ok(thresholds.into_iter().map(point).collect())
 }
 
 /// Embeds both images of every pair and their mirror images on `backend`, fuses (`l2normalize(e + e_flip)`)
@@ -338,7 +364,7 @@ mod tests {
         // Distances on a coarse grid, so many pairs tie.
         let dist: Vec<f32> = (0..n).map(|_| (rng.next_u32() % 700) as f32 / 200.0).collect();
         let issame: Vec<bool> = dist.iter().map(|&d| (d < 1.2) != rng.next_u32().is_multiple_of(5)).collect();
-        for max_points in [2, 100, 5000] {
+        for max_points in [3, 100, 5000] {
             let curve = roc_curve(&dist, &issame, max_points).unwrap();
             let thresholds: Vec<f64> = curve.iter().map(|p| p.threshold).collect();
             assert_eq!(thresholds[0], 0.0);
@@ -349,7 +375,16 @@ mod tests {
                 d.dedup();
                 d.len()
             };
-            assert_eq!(curve.len(), 1 + distinct.min(max_points), "{max_points}");
+            if distinct <= max_points {
+                assert_eq!(curve.len(), 1 + distinct, "the exact curve");
+            } else {
+                assert!(curve.len() <= max_points && curve.len() > max_points.min(40) / 2, "{}", curve.len());
+                // Thinned on impostor ranks spaced in log: the curve reaches down to its first steps (distances
+                // tie in threes here).
+                let lowest = curve.iter().map(|p| p.far).filter(|&f| f > 0.0).fold(1.0, f64::min);
+                let different = issame.iter().filter(|&&s| !s).count() as f64;
+                assert!(max_points < 100 || lowest <= 10.0 / different, "lowest FAR {lowest}");
+            }
             let mut want = vec![RocPoint::default(); thresholds.len()];
             roc(&dist, &issame, &thresholds, &mut want).unwrap();
             assert_eq!(curve, want);
