@@ -121,6 +121,28 @@ pub fn tiny_backbone(seed: u64) -> elasticface::checkpoint::Backbone {
     elasticface::checkpoint::Backbone { cfg, bn: Default::default(), state, steps: 0 }
 }
 
+/// The embeddings of an RGB image `u8 (H, W, 3)` and of its mirror image by the core's forward pass in eval
+/// mode, without the crate's backends: what evaluation tests compare the backends' results with.
+pub fn core_flip_embeddings(
+    b: &elasticface::checkpoint::Backbone,
+    rgb: &[u8],
+    shape: elasticface_core::nn::ImageShape,
+) -> (Vec<f32>, Vec<f32>) {
+    use elasticface_core::model::{forward, Mode};
+    use elasticface_core::nn::{preprocess_image, BatchNorm};
+    let cfg = b.cfg;
+    let mut state = b.state.clone();
+    let mut acts = vec![0.0; cfg.activations_len(1)];
+    let mut embed = |flip: bool| {
+        let mut x = vec![0.0; cfg.input_len()];
+        preprocess_image(&shape, rgb, flip, &mut x).expect("an image of the network's size");
+        let mut out = vec![0.0; cfg.embedding];
+        forward(&cfg, Mode::Eval, &BatchNorm::default(), &mut state, 1, &x, &mut acts, &mut out).expect("forward");
+        out
+    };
+    (embed(false), embed(true))
+}
+
 /// The batch norm comparisons `gpu_batchnorm.rs` and `gpu_batchnorm_fused.rs` share (their error measures and
 /// tolerances are explained in `gpu_batchnorm.rs`).
 pub mod batchnorm {

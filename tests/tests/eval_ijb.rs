@@ -13,10 +13,9 @@ use elasticface::eval::suite;
 use elasticface::synth::{synth, SynthConfig};
 use elasticface::train::run::Device;
 use elasticface_core::embedding::squared_l2;
-use elasticface_core::model::{forward, Mode};
-use elasticface_core::nn::{preprocess_image, BatchNorm, ImageShape};
+use elasticface_core::nn::ImageShape;
 use elasticface_core::verify::tar_at_far;
-use elasticface_tests::{reference_dir, tiny_backbone};
+use elasticface_tests::{core_flip_embeddings, reference_dir, tiny_backbone};
 
 /// The template features, pair scores and TARs of `gen_ijb.py` (numpy, f64, insightface's steps) from the same
 /// face embeddings. Tolerances: template features and distances within 1e-6 (f32 results of f64 sums that
@@ -149,21 +148,6 @@ fn synthetic_faces_align_back_to_the_rendered_faces() {
     eprintln!("aligned vs rendered: mean |difference| at most {worst:.2} levels, another identity {closest:.1}x that");
 }
 
-/// The embedding of `rgb` and of its mirror image by the core's forward pass in eval mode.
-fn core_embeddings(b: &elasticface::checkpoint::Backbone, rgb: &[u8], shape: ImageShape) -> (Vec<f32>, Vec<f32>) {
-    let cfg = b.cfg;
-    let mut state = b.state.clone();
-    let mut acts = vec![0.0; cfg.activations_len(1)];
-    let mut embed = |flip: bool| {
-        let mut x = vec![0.0; cfg.input_len()];
-        preprocess_image(&shape, rgb, flip, &mut x).unwrap();
-        let mut out = vec![0.0; cfg.embedding];
-        forward(&cfg, Mode::Eval, &BatchNorm::default(), &mut state, 1, &x, &mut acts, &mut out).unwrap();
-        out
-    };
-    (embed(false), embed(true))
-}
-
 /// `eval --ijb` end to end on the CPU backend: its distances equal, within 1e-6, the protocol computed here
 /// step by step from the core (each face's forward pass, media grouped then averaged then summed, f64); its TARs
 /// are the core's on its distances; the report, table and plot hold the set.
@@ -186,7 +170,7 @@ fn a_synthetic_set_scores_as_the_protocol_says() {
     // template -> media -> features of its faces.
     let mut groups: BTreeMap<u32, BTreeMap<u32, Vec<Vec<f32>>>> = BTreeMap::new();
     for (i, face) in set.faces.iter().enumerate() {
-        let (e, f) = core_embeddings(&backbone, &set.aligned(i, shape).unwrap(), shape);
+        let (e, f) = core_flip_embeddings(&backbone, &set.aligned(i, shape).unwrap(), shape);
         let feature = e.iter().zip(&f).map(|(a, b)| (a + b) * face.score).collect();
         groups.entry(face.template).or_default().entry(face.media).or_default().push(feature);
     }

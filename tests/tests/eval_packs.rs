@@ -10,10 +10,9 @@ use elasticface::eval::bin::VerificationPack;
 use elasticface::eval::plot::COLORS;
 use elasticface::eval::suite::{self, EvalReport};
 use elasticface::train::run::Device;
-use elasticface_core::model::{forward, Mode};
-use elasticface_core::nn::{preprocess_image, BatchNorm, ImageShape};
+use elasticface_core::nn::ImageShape;
 use elasticface_core::verify::{fused_distances, kfold_accuracy, tar_at_far, FlipPairs};
-use elasticface_tests::{reference_dir, tiny_backbone, uniform};
+use elasticface_tests::{core_flip_embeddings, reference_dir, tiny_backbone, uniform};
 use sha2::{Digest, Sha256};
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -110,22 +109,14 @@ fn eval_args(model: &Path, bins: Vec<PathBuf>) -> EvalArgs {
 /// The protocol's distances computed without the crate's backends: the core's forward pass in eval mode on each
 /// image and its mirror image, then the core's fusion.
 fn independent_distances(b: &Backbone, images: &[Vec<u8>], shape: ImageShape) -> Vec<f32> {
-    let (cfg, e) = (b.cfg, b.cfg.embedding);
-    let mut state = b.state.clone();
-    let mut acts = vec![0.0; cfg.activations_len(1)];
-    let mut embed = |rgb: &[u8], flip: bool| {
-        let mut x = vec![0.0; cfg.input_len()];
-        preprocess_image(&shape, rgb, flip, &mut x).unwrap();
-        let mut out = vec![0.0; e];
-        forward(&cfg, Mode::Eval, &BatchNorm::default(), &mut state, 1, &x, &mut acts, &mut out).unwrap();
-        out
-    };
+    let e = b.cfg.embedding;
     let (mut e1, mut f1, mut e2, mut f2) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (k, png) in images.iter().enumerate() {
         let rgb = decode_rgb_any(png).unwrap().0;
         let (plain, flipped) = if k % 2 == 0 { (&mut e1, &mut f1) } else { (&mut e2, &mut f2) };
-        plain.extend(embed(&rgb, false));
-        flipped.extend(embed(&rgb, true));
+        let (p, f) = core_flip_embeddings(b, &rgb, shape);
+        plain.extend(p);
+        flipped.extend(f);
     }
     let pairs = FlipPairs { dim: e, emb1: &e1, emb1_flip: &f1, emb2: &e2, emb2_flip: &f2 };
     let mut dist = vec![0.0; images.len() / 2];
