@@ -1,7 +1,7 @@
-//! The model commands of `elasticface`: `eval`, `embed`, `compare`, `export` and `import`, as clap argument
-//! structs with a `run` each (the binary only dispatches to them).
+//! The model commands of `elasticface`: `eval`, `embed`, `compare`, `export` and `import`, and `align`, as clap
+//! argument structs with a `run` each (the binary only dispatches to them).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -213,6 +213,51 @@ impl EmbedArgs {
         });
         embed::write_embeddings(&self.out, &emb, &files, about)?;
         println!("{} embeddings of size {} -> {}", files.len(), emb.dim, self.out.display());
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// `elasticface align`.
+#[derive(clap::Args, Debug)]
+pub struct AlignArgs {
+    /// The list: one face a line, the photo's path (relative to --root), its five landmarks as ten numbers x y
+    /// (left eye, right eye, nose tip, left and right mouth corner, as seen) and an optional score: insightface's
+    /// *_name_5pts_score.txt as it is.
+    #[arg(value_name = "LIST")]
+    pub list: PathBuf,
+    /// The folder the listed paths are relative to [default: the list's folder].
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Where the crops go, under the photos' relative paths.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Height and width of the crops (insightface's reference points are for 112; other sizes scale them).
+    #[arg(long, default_value_t = 112)]
+    pub size: usize,
+    /// Write JPEG at this quality instead of PNG.
+    #[arg(long, value_name = "QUALITY", value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub jpeg: Option<u8>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl AlignArgs {
+    /// Aligns every listed face and writes the crops.
+    pub fn run(&self) -> Result<ExitCode> {
+        let root = match &self.root {
+            Some(r) => r.clone(),
+            None => self.list.parent().map(Path::to_path_buf).unwrap_or_default(),
+        };
+        let cfg = crate::align::AlignConfig {
+            list: self.list.clone(),
+            root,
+            out: self.out.clone(),
+            shape: ImageShape { h: self.size, w: self.size },
+            jpeg: self.jpeg,
+        };
+        let n = crate::align::align_all(&cfg, self.quiet)?;
+        println!("aligned {n} faces into {}x{} crops under {}", self.size, self.size, self.out.display());
         Ok(ExitCode::SUCCESS)
     }
 }

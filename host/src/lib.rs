@@ -7,16 +7,19 @@
 //!   multi-threaded batch loader.
 //! - [`train`]: the training step on the GPU or the CPU reference (one `Backend` trait), schedules and the
 //!   `elasticface train` loop; [`checkpoint`]: complete training states under insightface's names.
-//! - [`synth`]: writes the synthetic-faces set as RecordIO and a verification pack; [`demo`]: `elasticface demo`.
+//! - [`synth`]: writes the synthetic-faces set as RecordIO, a verification pack and an IJB set; [`demo`]:
+//!   `elasticface demo`.
 //! - [`bench`](mod@bench): measured throughput: whole training steps on the GPU (images/s, GPU time per kernel,
 //!   memory), each kernel (`--kernels`), and the input pipeline on the CPU (`--data`).
 //! - [`tensorfile`]: named tensors in safetensors files (reference vectors, checkpoints), written atomically.
 //! - [`reference`](mod@reference): comparing results with reference tensors under written tolerances.
 //! - [`selftest`]: runs the PyTorch reference vectors through the GPU trainer or the core and reports each
 //!   tensor's error.
-//! - [`eval`]: verification (LFW protocol) on insightface `.bin` packs and held-out pairs, reports and ROC plots;
-//!   [`embed`]: embeddings of image files; [`onnx`]: ONNX export; [`pth`]: PyTorch checkpoints (through the strict
-//!   [`pickle`] reader); [`commands`]: the `eval`, `embed`, `compare`, `export` and `import` commands.
+//! - [`eval`]: verification (LFW protocol) on insightface `.bin` packs and held-out pairs, IJB-B/C, reports and
+//!   ROC plots;
+//!   [`embed`]: embeddings of image files; [`align`](mod@align): face photos with landmarks to aligned crops;
+//!   [`onnx`]: ONNX export; [`pth`]: PyTorch checkpoints (through the strict [`pickle`] reader); [`commands`]: the
+//!   `eval`, `embed`, `compare`, `align`, `export` and `import` commands.
 
 /// Serde through the type's text form: `TryFrom<String>` by `FromStr` (error `String`) and `From<T> for String`
 /// by `Display`, for a type marked `#[serde(try_from = "String", into = "String")]` (the choices a config file
@@ -39,6 +42,7 @@ macro_rules! serde_as_text {
     };
 }
 
+pub mod align;
 pub mod bench;
 pub mod checkpoint;
 pub mod commands;

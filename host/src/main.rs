@@ -77,8 +77,8 @@ enum Command {
     /// clipped at 5, random horizontal flips. Every key can also come from a TOML file (`--config`); flags win.
     /// Ctrl-C or SIGTERM saves a checkpoint before stopping; `--resume OUT` continues exactly where it stopped.
     Train(Box<TrainArgs>),
-    /// Verification accuracy on insightface packs (lfw, cfp_fp, agedb_30, calfw, cplfw .bin): 10-fold accuracy,
-    /// TAR at FAR 1e-3 and 1e-4, thresholds; a table, OUT/report.json and ROC plots OUT/roc.png, OUT/roc.svg.
+    /// Verification on insightface packs (lfw, cfp_fp, agedb_30, calfw, cplfw .bin) and IJB-B/C: 10-fold
+    /// accuracy, TAR at FAR, thresholds; a table, OUT/report.json and ROC plots OUT/roc.png, OUT/roc.svg.
     ///
     /// Each image and its mirror image are embedded and fused (l2normalize(e + e_flip)); distances are squared L2;
     /// the 10-fold protocol is insightface's, computed by the core bit for bit as the numpy reference.
@@ -90,6 +90,12 @@ enum Command {
     Embed(Box<elasticface::commands::EmbedArgs>),
     /// Compare two face images: the cosine of their flip-fused embeddings and the same/different decision.
     Compare(Box<elasticface::commands::CompareArgs>),
+    /// Align face photos from their five landmarks into the crops networks take (insightface's 112x112
+    /// alignment: a similarity onto its reference points, bilinear), for embed, compare or a training folder.
+    ///
+    /// The list is insightface's landmark format (IJB's *_name_5pts_score.txt reads as it is). Crops keep the
+    /// photos' relative paths, so one folder per identity stays an image-folder data set.
+    Align(Box<elasticface::commands::AlignArgs>),
     /// Export a model to ONNX as insightface publishes them: input `data` (N, 3, H, W) float32, RGB scaled
     /// (x/255 - 0.5)/0.5; output `embedding` (N, E) before normalisation.
     Export(Box<elasticface::commands::ExportArgs>),
@@ -457,6 +463,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Eval(args) => args.run(),
         Command::Embed(args) => args.run(),
         Command::Compare(args) => args.run(),
+        Command::Align(args) => args.run(),
         Command::Export(args) => args.run(),
         Command::Import(args) => args.run(),
         Command::Demo { out, data, ids, per_id, val_ids, size, arch, steps, batch, loss, device, seed, quiet } => {

@@ -164,3 +164,81 @@ fn bad_model_files_are_reported() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.pth") && err.contains("not a PyTorch checkpoint"), "{err}");
 }
+
+/// `align` on synth's IJB set (its landmark file as it is): every crop is, bit for bit, the face `eval --ijb`
+/// aligns; a photo listed twice gets a second crop; JPEG on request; bad lines name the list and the line.
+#[test]
+fn align_writes_the_crops_eval_aligns() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).display().to_string();
+    elasticface(&[
+        "synth",
+        "--out",
+        &p("synth"),
+        "--ids",
+        "2",
+        "--per-id",
+        "2",
+        "--val-ids",
+        "3",
+        "--val-per-id",
+        "2",
+        "--size",
+        "32",
+        "--val-pairs",
+        "10",
+        "--quiet",
+    ]);
+    let ijb = dir.path().join("synth/ijb");
+    let list = ijb.join("meta/ijb_name_5pts_score.txt");
+    let out = elasticface(&[
+        "align",
+        &list.display().to_string(),
+        "--root",
+        &ijb.join("loose_crop").display().to_string(),
+        "--out",
+        &p("aligned"),
+        "--size",
+        "32",
+        "--quiet",
+    ]);
+    assert!(out.contains("aligned 6 faces into 32x32 crops"), "{out}");
+    let set = elasticface::eval::ijb::IjbSet::open(&ijb).unwrap();
+    let shape = ImageShape { h: 32, w: 32 };
+    for (i, face) in set.faces.iter().enumerate() {
+        let crop = dir.path().join("aligned").join(face.file.replace(".jpg", ".png"));
+        let (rgb, size) = elasticface::data::decode::decode_rgb_any(&std::fs::read(&crop).unwrap()).unwrap();
+        assert_eq!(size, shape);
+        assert!(rgb == set.aligned(i, shape).unwrap(), "face {i}");
+    }
+
+    // The same photo twice (two faces in it), as JPEG, the list's folder as the root.
+    let photos = dir.path().join("photos/id7");
+    std::fs::create_dir_all(&photos).unwrap();
+    std::fs::copy(ijb.join("loose_crop/1.jpg"), photos.join("a.jpg")).unwrap();
+    let lines = "id7/a.jpg 20 25 44 25 32 38 22 50 42 50\n\nid7/a.jpg 21 26 45 26 33 39 23 51 43 51 0.9\n";
+    std::fs::write(dir.path().join("photos/list.txt"), lines).unwrap();
+    let out = elasticface(&["align", &p("photos/list.txt"), "--out", &p("crops"), "--jpeg", "90", "--quiet"]);
+    assert!(out.contains("aligned 2 faces into 112x112"), "{out}");
+    for name in ["a.jpg", "a_1.jpg"] {
+        let bytes = std::fs::read(dir.path().join("crops/id7").join(name)).unwrap();
+        assert_eq!(elasticface::data::decode::decode_rgb_any(&bytes).unwrap().1, ImageShape { h: 112, w: 112 });
+    }
+
+    // Bad lines.
+    for (lines, want) in [
+        ("id7/a.jpg 20 25 44\n", "list.txt line 1: 4 fields, expected 11 or 12"),
+        ("\nid7/a.jpg 20 25 44 25 32 38 22 50 42 nan\n", "list.txt line 2: the landmark nan is not finite"),
+        ("../a.jpg 20 25 44 25 32 38 22 50 42 50\n", "must be a path inside the root"),
+        ("id7/missing.jpg 20 25 44 25 32 38 22 50 42 50\n", "cannot read"),
+        ("id7/a.jpg 5 5 5 5 5 5 5 5 5 5\n", "a.jpg: cannot align"),
+    ] {
+        std::fs::write(dir.path().join("photos/list.txt"), lines).unwrap();
+        let run = Command::new(env!("CARGO_BIN_EXE_elasticface"))
+            .args(["align", &p("photos/list.txt"), "--out", &p("crops2"), "--quiet"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert!(!run.status.success() && err.contains(want), "{lines:?}: {err}");
+    }
+}

@@ -105,7 +105,7 @@ pub fn is_ijb(dir: &Path) -> bool {
 }
 
 /// `(line number, fields)` of each line of `text` that is not blank.
-fn rows(text: &str) -> Vec<(usize, Vec<&str>)> {
+pub(crate) fn rows(text: &str) -> Vec<(usize, Vec<&str>)> {
     text.lines()
         .enumerate()
         .map(|(i, l)| (i + 1, l.split_ascii_whitespace().collect::<Vec<_>>()))
@@ -114,16 +114,39 @@ fn rows(text: &str) -> Vec<(usize, Vec<&str>)> {
 }
 
 /// Reads a text file for parsing, naming it in the error.
-fn read_text(path: &Path) -> Result<String> {
+pub(crate) fn read_text(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
 /// Parses field `k` of a line, naming the file, the line and the field in the error.
-fn field<T: std::str::FromStr>(fields: &[&str], k: usize, path: &Path, line: usize, what: &str) -> Result<T> {
+pub(crate) fn field<T: std::str::FromStr>(
+    fields: &[&str],
+    k: usize,
+    path: &Path,
+    line: usize,
+    what: &str,
+) -> Result<T> {
     let text = fields.get(k).ok_or_else(|| {
         anyhow!("{} line {line}: {} fields, the {what} is field {}", path.display(), fields.len(), k + 1)
     })?;
     text.parse().map_err(|_| anyhow!("{} line {line}: the {what} {text:?} is not a number", path.display()))
+}
+
+/// Field `k` of a line as a finite number, naming the file, the line and the field in the error.
+pub(crate) fn finite(fields: &[&str], k: usize, path: &Path, line: usize, what: &str) -> Result<f32> {
+    let v: f32 = field(fields, k, path, line, what)?;
+    ensure!(v.is_finite(), "{} line {line}: the {what} {} is not finite", path.display(), fields[k]);
+    Ok(v)
+}
+
+/// The five landmarks `(x, y)` in fields 1 to 10 of a line (field 0 names the image), as insightface's
+/// `*_name_5pts_score.txt` gives them.
+pub(crate) fn five_points(fields: &[&str], path: &Path, line: usize) -> Result<[[f32; 2]; 5]> {
+    let mut landmarks = [[0.0f32; 2]; 5];
+    for (k, xy) in landmarks.iter_mut().enumerate() {
+        *xy = [finite(fields, 1 + 2 * k, path, line, "landmark")?, finite(fields, 2 + 2 * k, path, line, "landmark")?];
+    }
+    Ok(landmarks)
 }
 
 impl IjbSet {
@@ -176,21 +199,12 @@ impl IjbSet {
                 five.display(),
                 p[0]
             );
-            let finite = |k: usize, what: &str| -> Result<f32> {
-                let v: f32 = field(p, k, &five, five_line, what)?;
-                ensure!(v.is_finite(), "{} line {five_line}: the {what} {} is not finite", five.display(), p[k]);
-                Ok(v)
-            };
-            let mut landmarks = [[0.0f32; 2]; 5];
-            for (k, xy) in landmarks.iter_mut().enumerate() {
-                *xy = [finite(1 + 2 * k, "landmark")?, finite(2 + 2 * k, "landmark")?];
-            }
             faces.push(Face {
                 file: f[0].to_string(),
                 template: field(f, 1, &tid_mid, line, "template id")?,
                 media: field(f, 2, &tid_mid, line, "media id")?,
-                landmarks,
-                score: finite(11, "detector score")?,
+                landmarks: five_points(p, &five, five_line)?,
+                score: finite(p, 11, &five, five_line, "detector score")?,
             });
         }
         ensure!(!faces.is_empty(), "{} lists no face", tid_mid.display());
