@@ -6,7 +6,8 @@
 //! path (relative to the root), ten numbers `x y` for the left eye, the right eye, the nose tip, the left and the
 //! right corner of the mouth (left and right as seen), and optionally a detector score, which is ignored. Each crop
 //! is written under the photo's path relative to the root, as PNG (lossless) or JPEG, so a photo tree of one folder
-//! per identity becomes an image-folder data set. A photo listed again (another face in it) gets `_1`, `_2` ...
+//! per identity becomes an image-folder data set. A photo listed again (another face in it), or another photo of
+//! the same name but for its extension, gets `_1`, `_2` ...
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -67,7 +68,8 @@ pub fn read_list(list: &Path, extension: &str) -> Result<Vec<ListedFace>> {
             list.display(),
             fields[0]
         );
-        let again = seen.entry(photo.clone()).or_default();
+        // Keyed on the crop's name: `a.jpg` and `a.png` in one folder would both write `a.png`.
+        let again = seen.entry(photo.with_extension("")).or_default();
         let stem = photo.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let name = if *again == 0 { format!("{stem}.{extension}") } else { format!("{stem}_{again}.{extension}") };
         *again += 1;

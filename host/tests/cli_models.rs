@@ -216,14 +216,22 @@ fn align_writes_the_crops_eval_aligns() {
     let photos = dir.path().join("photos/id7");
     std::fs::create_dir_all(&photos).unwrap();
     std::fs::copy(ijb.join("loose_crop/1.jpg"), photos.join("a.jpg")).unwrap();
-    let lines = "id7/a.jpg 20 25 44 25 32 38 22 50 42 50\n\nid7/a.jpg 21 26 45 26 33 39 23 51 43 51 0.9\n";
+    std::fs::copy(ijb.join("loose_crop/2.jpg"), photos.join("a.jpeg")).unwrap();
+    let lines = "id7/a.jpg 20 25 44 25 32 38 22 50 42 50\n\nid7/a.jpg 21 26 45 26 33 39 23 51 43 51 0.9\n\
+                 id7/a.jpeg 20 25 44 25 32 38 22 50 42 50\n";
     std::fs::write(dir.path().join("photos/list.txt"), lines).unwrap();
     let out = elasticface(&["align", &p("photos/list.txt"), "--out", &p("crops"), "--jpeg", "90", "--quiet"]);
-    assert!(out.contains("aligned 2 faces into 112x112"), "{out}");
-    for name in ["a.jpg", "a_1.jpg"] {
-        let bytes = std::fs::read(dir.path().join("crops/id7").join(name)).unwrap();
-        assert_eq!(elasticface::data::decode::decode_rgb_any(&bytes).unwrap().1, ImageShape { h: 112, w: 112 });
-    }
+    assert!(out.contains("aligned 3 faces into 112x112"), "{out}");
+    let crops: Vec<Vec<u8>> = ["a.jpg", "a_1.jpg", "a_2.jpg"]
+        .iter()
+        .map(|name| {
+            let bytes = std::fs::read(dir.path().join("crops/id7").join(name)).unwrap();
+            let (rgb, size) = elasticface::data::decode::decode_rgb_any(&bytes).unwrap();
+            assert_eq!(size, ImageShape { h: 112, w: 112 });
+            rgb
+        })
+        .collect();
+    assert!(crops[0] != crops[2], "a.jpeg did not overwrite a.jpg's crop");
 
     // Bad lines.
     for (lines, want) in [
