@@ -47,8 +47,8 @@ pub const IJB_FARS: [f64; 6] = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1];
 /// The protocol, as the report states it.
 pub const IJB_PROTOCOL: &str = "insightface eval_ijbc.py 1:1: faces aligned from 5 landmarks (similarity onto the \
 112x112 arcface points, bilinear, border 0), feature = (e + e_flip) * detector score (not normalised); template = \
-sum over media of the mean feature of the media's faces, l2-normalised; score = squared L2 distance of templates; \
-TAR at FAR: the largest threshold whose FAR on different pairs does not exceed the target";
+sum over media of the mean feature of the media's faces, l2-normalised; distance = 2 - 2 cos of the templates (a \
+zero template has cos 0); TAR at FAR: the largest threshold whose FAR on different pairs does not exceed the target";
 
 /// One face of a set.
 #[derive(Clone, Debug, PartialEq)]
