@@ -116,7 +116,9 @@ pub struct EvalArgs {
     /// repeat for both.
     #[arg(long = "ijb", value_name = "DIR")]
     pub ijb: Vec<PathBuf>,
-    /// Folder for report.json, roc.png and roc.svg.
+    /// Folder for report.json, roc.png and roc.svg; with --ijb also each set's face features (SET.features, 4 x 512
+    /// bytes a face), written as they are embedded: a run stopped by Ctrl-C or a crash resumes from them, and a
+    /// rerun with the same model reads them instead of embedding again (delete them to free the space).
     #[arg(long, value_name = "DIR", default_value = "eval")]
     pub out: PathBuf,
     #[command(flatten)]
@@ -155,8 +157,12 @@ impl EvalArgs {
             sets.push(suite::evaluate_pack(backend.as_mut(), p, shape, self.quiet)?);
         }
         let mut ijb_reports = Vec::with_capacity(ijb_sets.len());
+        if !ijb_sets.is_empty() {
+            std::fs::create_dir_all(&self.out).with_context(|| format!("cannot create {}", self.out.display()))?;
+        }
         for set in &ijb_sets {
-            let templates = ijb::embed_templates(backend.as_mut(), set, shape, self.quiet)?;
+            let resume = self.out.join(format!("{}.features", set.name));
+            let templates = ijb::embed_templates(backend.as_mut(), set, shape, self.quiet, Some(&resume))?;
             ijb_reports.push(ijb::score_set(set, &templates)?);
         }
         Ok(EvalReport {

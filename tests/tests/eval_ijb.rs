@@ -282,3 +282,93 @@ fn malformed_sets_are_named_by_file_and_line() {
     let e = format!("{:#}", IjbSet::open(&root).unwrap_err());
     assert!(e.contains("loose_crop/) are missing"), "{e}");
 }
+
+/// A backend that counts its `embed` calls and fails the one numbered `fail_at` (from 0), as a crash would stop a
+/// run; everything else goes to the CPU reference.
+struct Stopping {
+    inner: Box<dyn elasticface::train::Backend>,
+    calls: usize,
+    fail_at: Option<usize>,
+}
+
+impl elasticface::train::Backend for Stopping {
+    fn step(&mut self, b: &elasticface::data::Batch, m: &[f32]) -> anyhow::Result<elasticface_core::model::StepReport> {
+        self.inner.step(b, m)
+    }
+    fn set_lr(&mut self, lr: f32) -> anyhow::Result<()> {
+        self.inner.set_lr(lr)
+    }
+    fn embed(&mut self, images: &[u8], flips: &[bool]) -> anyhow::Result<Vec<f32>> {
+        self.calls += 1;
+        anyhow::ensure!(Some(self.calls - 1) != self.fail_at, "stopped");
+        self.inner.embed(images, flips)
+    }
+    fn steps(&self) -> u64 {
+        self.inner.steps()
+    }
+    fn checkpoint(
+        &self,
+        seed: u64,
+        p: elasticface::data::Position,
+        run: serde_json::Value,
+    ) -> anyhow::Result<elasticface::checkpoint::Checkpoint> {
+        self.inner.checkpoint(seed, p, run)
+    }
+    fn load(&mut self, c: &elasticface::checkpoint::Checkpoint) -> anyhow::Result<()> {
+        self.inner.load(c)
+    }
+    fn device(&self) -> String {
+        self.inner.device()
+    }
+}
+
+/// A run stopped part way resumes from its feature file: it embeds the first chunk again (to check the file) and
+/// then only the faces the file lacks, and its templates and figures are those of a run never stopped, bit for bit.
+/// A file of another model is not used (its first record differs): everything is embedded again.
+#[test]
+fn a_stopped_run_resumes_from_its_feature_file() {
+    let dir = tempfile::tempdir().unwrap();
+    // 2,100 faces: chunks of 1,024, 1,024 and 52; each chunk is two embed calls (the faces, their mirror images).
+    let ijb = synthetic_set(&dir.path().join("data"), 210, 10, 16);
+    let set = IjbSet::open(&ijb).unwrap();
+    let shape = ImageShape { h: 16, w: 16 };
+    let backend = |seed: u64, fail_at: Option<usize>| Stopping {
+        inner: elasticface::train::run::open_inference(&tiny_backbone(seed), Device::Cpu, None, 64).unwrap(),
+        calls: 0,
+        fail_at,
+    };
+    let run =
+        |b: &mut Stopping, resume: Option<&Path>| elasticface::eval::ijb::embed_templates(b, &set, shape, true, resume);
+    let bits = |t: &Templates| t.features().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+
+    let mut whole = backend(5, None);
+    let straight = run(&mut whole, None).unwrap();
+    assert_eq!(whole.calls, 6);
+
+    let file = dir.path().join("IJB.features");
+    let mut stopped = backend(5, Some(4));
+    assert!(run(&mut stopped, Some(&file)).is_err(), "stopped in the third chunk");
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 32 + 2048 * 8 * 4, "two chunks kept");
+    // A crash in the middle of a write leaves part of a record: it is cut off.
+    let f = std::fs::OpenOptions::new().append(true).open(&file).unwrap();
+    f.set_len(32 + 2048 * 8 * 4 + 13).unwrap();
+    let mut resumed = backend(5, None);
+    let again = run(&mut resumed, Some(&file)).unwrap();
+    assert_eq!(resumed.calls, 4, "the first chunk (the check) and the last");
+    assert!(bits(&again) == bits(&straight), "resumed templates differ");
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 32 + 2100 * 8 * 4);
+    let (a, b) = (score_set(&set, &again).unwrap(), score_set(&set, &straight).unwrap());
+    assert!(a.dist == b.dist && a.tar_at_far == b.tar_at_far);
+    // A whole file is read, not embedded again.
+    let mut reread = backend(5, None);
+    assert!(bits(&run(&mut reread, Some(&file)).unwrap()) == bits(&straight));
+    assert_eq!(reread.calls, 2);
+
+    // Another model: its first chunk differs from the file's, so the file starts afresh.
+    let mut other = backend(6, None);
+    let fresh = run(&mut other, Some(&file)).unwrap();
+    assert_eq!(other.calls, 6);
+    let mut other_whole = backend(6, None);
+    assert!(bits(&fresh) == bits(&run(&mut other_whole, None).unwrap()));
+    assert!(bits(&fresh) != bits(&straight));
+}

@@ -449,9 +449,146 @@ pub fn score_set(set: &IjbSet, templates: &Templates) -> Result<IjbReport> {
     })
 }
 
+/// The features of the faces embedded so far, kept in a file so that a run stopped by Ctrl-C or a crash resumes
+/// where it stopped: a 32-byte header (`EFIJBFT1`, the set's fingerprint, `D`, 0) then one record of `D`
+/// little-endian f32 per face, in face order, appended and flushed chunk by chunk. It is reused only when the
+/// fingerprint (the set's faces and landmarks, the input size) and `D` agree and the first chunk, embedded again,
+/// gives the first record's bits (the same model on the same device); else it is started afresh. A partial last
+/// record is cut off.
+struct FeatureFile {
+    file: std::fs::File,
+    path: PathBuf,
+    dim: usize,
+    /// Records in the file.
+    records: usize,
+}
+
+const FEATURE_MAGIC: &[u8; 8] = b"EFIJBFT1";
+const FEATURE_HEADER: u64 = 32;
+
+/// FNV-1a over what makes the set's faces and their crops: file names, templates, media, landmarks and scores
+/// (bits), and the input size.
+fn fingerprint(set: &IjbSet, shape: ImageShape) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    eat(&(shape.h as u64).to_le_bytes());
+    eat(&(shape.w as u64).to_le_bytes());
+    for f in &set.faces {
+        eat(f.file.as_bytes());
+        eat(&[0]);
+        eat(&f.template.to_le_bytes());
+        eat(&f.media.to_le_bytes());
+        for v in f.landmarks.iter().flatten().chain([&f.score]) {
+            eat(&v.to_bits().to_le_bytes());
+        }
+    }
+    h
+}
+
+impl FeatureFile {
+    /// Opens `path` for a set whose first face's feature is `first` (`D` values): the records already there when
+    /// they are this set's, this model's and this device's; else a new file.
+    fn open(path: &Path, key: u64, first: &[f32]) -> Result<Self> {
+        use std::io::{Read, Seek, SeekFrom, Write};
+        let dim = first.len();
+        let record = 4 * dim as u64;
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        let len = file.metadata().with_context(|| format!("cannot read {}", path.display()))?.len();
+        let mut records = 0;
+        if len >= FEATURE_HEADER + record {
+            let mut head = [0u8; 32];
+            let mut first_record = vec![0u8; record as usize];
+            file.read_exact(&mut head)
+                .and_then(|()| file.read_exact(&mut first_record))
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let word = |k: usize| u64::from_le_bytes(head[k..k + 8].try_into().expect("8 bytes"));
+            let same_first = first_record.chunks_exact(4).zip(first).all(|(b, v)| b == v.to_le_bytes());
+            if &head[..8] == FEATURE_MAGIC && word(8) == key && word(16) == dim as u64 && same_first {
+                records = ((len - FEATURE_HEADER) / record) as usize;
+            }
+        }
+        // Keep the whole records (a crash may have left part of one), or start afresh.
+        file.set_len(FEATURE_HEADER + records as u64 * record)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        if records == 0 {
+            let mut head = Vec::with_capacity(32);
+            head.extend_from_slice(FEATURE_MAGIC);
+            head.extend_from_slice(&key.to_le_bytes());
+            head.extend_from_slice(&(dim as u64).to_le_bytes());
+            head.extend_from_slice(&0u64.to_le_bytes());
+            file.seek(SeekFrom::Start(0))
+                .and_then(|_| file.write_all(&head))
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        file.seek(SeekFrom::Start(FEATURE_HEADER)).with_context(|| format!("cannot read {}", path.display()))?;
+        Ok(Self { file, path: path.to_path_buf(), dim, records })
+    }
+
+    /// Reads records `start..start + count` (all present).
+    fn read(&mut self, count: usize) -> Result<Vec<f32>> {
+        use std::io::Read;
+        let mut bytes = vec![0u8; count * self.dim * 4];
+        self.file.read_exact(&mut bytes).with_context(|| format!("cannot read {}", self.path.display()))?;
+        Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect())
+    }
+
+    /// Appends records (after every record read) and makes them durable.
+    fn append(&mut self, features: &[f32]) -> Result<()> {
+        use std::io::Write;
+        let bytes: Vec<u8> = features.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.file
+            .write_all(&bytes)
+            .and_then(|()| self.file.sync_data())
+            .with_context(|| format!("cannot write {}", self.path.display()))?;
+        self.records += features.len() / self.dim;
+        Ok(())
+    }
+}
+
+/// Features `(count, D)` of faces `start..start + count`: aligned on all cores, embedded with their mirror images,
+/// `(e + e_flip) * score`.
+fn embed_faces(
+    backend: &mut dyn Backend,
+    set: &IjbSet,
+    shape: ImageShape,
+    start: usize,
+    count: usize,
+) -> Result<Vec<f32>> {
+    let mut pixels = vec![0u8; count * shape.len()];
+    fill_parallel(&mut pixels, shape.len(), |i, out| set.align_into(start + i, shape, out))?;
+    let emb = FlipEmbeddings::embed(backend, &pixels, count).with_context(|| format!("{}: embedding", set.name))?;
+    let d = emb.dim;
+    let mut features = Vec::with_capacity(count * d);
+    for (i, (e, f)) in emb.plain.chunks_exact(d).zip(emb.flipped.chunks_exact(d)).enumerate() {
+        let score = set.faces[start + i].score;
+        features.extend(e.iter().zip(f).map(|(a, b)| (a + b) * score));
+    }
+    Ok(features)
+}
+
 /// Template features of a set on `backend` (steps 1 and 2): faces aligned to `shape` on all cores, a chunk at a
-/// time, embedded with their mirror images, `(e + e_flip) * score` added to their template's sum.
-pub fn embed_templates(backend: &mut dyn Backend, set: &IjbSet, shape: ImageShape, quiet: bool) -> Result<Templates> {
+/// time, embedded with their mirror images, `(e + e_flip) * score` added to their template's sum in face order.
+///
+/// With `resume`, the faces' features are also kept in that file ([`FeatureFile`]): a run stopped part way (Ctrl-C,
+/// a crash) and started again embeds the first chunk again to check the file, reads the faces it holds, and
+/// embeds only the rest; the templates are the same, bit for bit, as those of a run that was never stopped.
+pub fn embed_templates(
+    backend: &mut dyn Backend,
+    set: &IjbSet,
+    shape: ImageShape,
+    quiet: bool,
+    resume: Option<&Path>,
+) -> Result<Templates> {
     let n = set.faces.len();
     let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(n as u64) };
     bar.set_style(
@@ -460,20 +597,45 @@ pub fn embed_templates(backend: &mut dyn Backend, set: &IjbSet, shape: ImageShap
     );
     bar.set_prefix(set.name.clone());
     let mut templates = Templates::new(set);
-    let mut feature = Vec::new();
-    for start in (0..n).step_by(CHUNK_IMAGES) {
-        let count = CHUNK_IMAGES.min(n - start);
-        let mut pixels = vec![0u8; count * shape.len()];
-        fill_parallel(&mut pixels, shape.len(), |i, out| set.align_into(start + i, shape, out))?;
-        let emb = FlipEmbeddings::embed(backend, &pixels, count).with_context(|| format!("{}: embedding", set.name))?;
-        let d = emb.dim;
-        for (i, (e, f)) in emb.plain.chunks_exact(d).zip(emb.flipped.chunks_exact(d)).enumerate() {
-            let score = set.faces[start + i].score;
-            feature.clear();
-            feature.extend(e.iter().zip(f).map(|(a, b)| (a + b) * score));
-            templates.add(start + i, &feature)?;
+    let first_count = CHUNK_IMAGES.min(n);
+    let first = embed_faces(backend, set, shape, 0, first_count)?;
+    let dim = first.len() / first_count;
+    let mut file = match resume {
+        Some(path) => Some(FeatureFile::open(path, fingerprint(set, shape), &first[..dim])?),
+        None => None,
+    };
+    // Faces whose features the file holds, read back in chunks; then the first chunk's, then the rest embedded.
+    let mut done = 0;
+    if let Some(f) = file.as_mut() {
+        let held = f.records.min(n);
+        if held > 0 && !quiet {
+            eprintln!("{}: the features of {held} of {n} faces read from {}", set.name, f.path.display());
         }
-        bar.inc(count as u64);
+        while done < held {
+            let count = CHUNK_IMAGES.min(held - done);
+            for (i, feature) in f.read(count)?.chunks_exact(dim).enumerate() {
+                templates.add(done + i, feature)?;
+            }
+            done += count;
+            bar.set_position(done as u64);
+        }
+    }
+    while done < n {
+        let count = CHUNK_IMAGES.min(n - done);
+        let features = if done < first_count {
+            first[done * dim..].to_vec()
+        } else {
+            embed_faces(backend, set, shape, done, count)?
+        };
+        let count = features.len() / dim;
+        for (i, feature) in features.chunks_exact(dim).enumerate() {
+            templates.add(done + i, feature)?;
+        }
+        if let Some(f) = file.as_mut() {
+            f.append(&features)?;
+        }
+        done += count;
+        bar.set_position(done as u64);
     }
     bar.finish_and_clear();
     Ok(templates)
