@@ -7,12 +7,13 @@
 //! right corner of the mouth (left and right as seen), and optionally a detector score, which is ignored. Each crop
 //! is written under the photo's path relative to the root, as PNG (lossless) or JPEG, so a photo tree of one folder
 //! per identity becomes an image-folder data set. A photo listed again (another face in it), or another photo of
-//! the same name but for its extension, gets `_1`, `_2` ...
+//! the same name but for its extension, gets `_1`, `_2` ... (the first name no other face has). Paths of plain
+//! names only (no `..`, roots or drives), and no crop may replace a listed photo.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use elasticface_core::align::align_face;
 use elasticface_core::nn::ImageShape;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -41,18 +42,21 @@ pub struct AlignConfig {
 /// One face of the list.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ListedFace {
-    /// The photo, relative to the root.
+    /// Its line in the list.
+    pub line: usize,
+    /// The photo, relative to the root (plain names only: no `.`, `..`, root or prefix).
     pub photo: PathBuf,
     /// Its landmarks.
     pub landmarks: [[f32; 2]; 5],
-    /// Where its crop goes, relative to the output folder.
+    /// Where its crop goes, relative to the output folder; no two faces share one.
     pub crop: PathBuf,
 }
 
 /// Reads the list: every malformed line is an error naming the list and the line. `extension` is the crops'.
 pub fn read_list(list: &Path, extension: &str) -> Result<Vec<ListedFace>> {
+    use std::path::Component;
     let text = read_text(list)?;
-    let mut seen: HashMap<PathBuf, usize> = HashMap::new();
+    let mut taken: HashSet<PathBuf> = HashSet::new();
     let mut faces = Vec::new();
     for (line, fields) in rows(&text) {
         ensure!(
@@ -61,23 +65,28 @@ pub fn read_list(list: &Path, extension: &str) -> Result<Vec<ListedFace>> {
             list.display(),
             fields.len()
         );
-        let photo = PathBuf::from(fields[0]);
+        // `./a.jpg` is `a.jpg`; anything but plain names (`..`, a root, a drive) could leave the folders.
+        let given = Path::new(fields[0]);
+        let plain = given.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+        let photo: PathBuf = given.components().filter(|c| matches!(c, Component::Normal(_))).collect();
         ensure!(
-            photo.is_relative() && !photo.components().any(|c| c == std::path::Component::ParentDir),
+            plain && photo.file_name().is_some(),
             "{} line {line}: {} must be a path inside the root (relative, no ..)",
             list.display(),
             fields[0]
         );
-        // Keyed on the crop's name: `a.jpg` and `a.png` in one folder would both write `a.png`.
-        let again = seen.entry(photo.with_extension("")).or_default();
+        // The first free name of `stem.ext`, `stem_1.ext`, ...: a photo listed again (another face in it), `a.jpg`
+        // beside `a.png`, or a photo named `a_1.jpg` after two faces of `a.jpg`, never share a crop.
         let stem = photo.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        let name = if *again == 0 { format!("{stem}.{extension}") } else { format!("{stem}_{again}.{extension}") };
-        *again += 1;
-        faces.push(ListedFace {
-            crop: photo.with_file_name(name),
-            landmarks: five_points(&fields, list, line)?,
-            photo,
-        });
+        let crop = (0..)
+            .map(|k| {
+                let name = if k == 0 { format!("{stem}.{extension}") } else { format!("{stem}_{k}.{extension}") };
+                photo.with_file_name(name)
+            })
+            .find(|c| !taken.contains(c))
+            .expect("a free name");
+        taken.insert(crop.clone());
+        faces.push(ListedFace { line, crop, landmarks: five_points(&fields, list, line)?, photo });
     }
     ensure!(!faces.is_empty(), "{} lists no face", list.display());
     Ok(faces)
@@ -88,6 +97,20 @@ pub fn align_all(cfg: &AlignConfig, quiet: bool) -> Result<usize> {
     cfg.shape.validate().map_err(|e| anyhow::anyhow!("crop size: {e}"))?;
     let extension = if cfg.jpeg.is_some() { "jpg" } else { "png" };
     let faces = read_list(&cfg.list, extension)?;
+    // No crop may replace a listed photo (an output folder that is the root, or holds it): a later face of that
+    // photo would be cut from the crop.
+    std::fs::create_dir_all(&cfg.out).with_context(|| format!("cannot create {}", cfg.out.display()))?;
+    let real = |dir: &Path| dir.canonicalize().with_context(|| format!("cannot read {}", dir.display()));
+    let (root, out) = (real(&cfg.root)?, real(&cfg.out)?);
+    let photos: HashSet<PathBuf> = faces.iter().map(|f| root.join(&f.photo)).collect();
+    if let Some(f) = faces.iter().find(|f| photos.contains(&out.join(&f.crop))) {
+        bail!(
+            "{} line {}: the crop {} would replace a listed photo; write the crops to another folder",
+            cfg.list.display(),
+            f.line,
+            cfg.out.join(&f.crop).display()
+        );
+    }
     let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(faces.len() as u64) };
     bar.set_style(
         ProgressStyle::with_template("aligning {bar:30} {pos}/{len} faces  [{elapsed_precise} < {eta_precise}]")
@@ -98,14 +121,16 @@ pub fn align_all(cfg: &AlignConfig, quiet: bool) -> Result<usize> {
         crate::data::decode::fill_parallel(&mut pixels, cfg.shape.len(), |i, out| {
             let face = &chunk[i];
             let path = cfg.root.join(&face.photo);
-            let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-            let (rgb, found) = decode_rgb_any(&bytes).with_context(|| format!("{}", path.display()))?;
+            let at = || format!("{} line {}: {}", cfg.list.display(), face.line, path.display());
+            let bytes = std::fs::read(&path).with_context(|| format!("{}: cannot read it", at()))?;
+            let (rgb, found) = decode_rgb_any(&bytes).with_context(at)?;
             align_face(&rgb, found, &face.landmarks, out, cfg.shape)
-                .map_err(|e| anyhow::anyhow!("{}: cannot align: {e}", path.display()))?;
+                .map_err(|e| anyhow::anyhow!("{}: cannot align: {e}", at()))?;
             let encoded = match cfg.jpeg {
-                Some(q) => encode_jpeg(out, cfg.shape, q)?,
-                None => encode_png(out, cfg.shape)?,
-            };
+                Some(q) => encode_jpeg(out, cfg.shape, q),
+                None => encode_png(out, cfg.shape),
+            }
+            .with_context(at)?;
             let dest = cfg.out.join(&face.crop);
             if let Some(dir) = dest.parent() {
                 std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;

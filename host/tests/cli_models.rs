@@ -212,17 +212,19 @@ fn align_writes_the_crops_eval_aligns() {
         assert!(rgb == set.aligned(i, shape).unwrap(), "face {i}");
     }
 
-    // The same photo twice (two faces in it), as JPEG, the list's folder as the root.
+    // The same photo twice (two faces in it), once as `./`, a photo whose crop name the second face would take,
+    // another of the same name but its extension: four crops, none overwritten. JPEG, the list's folder as root.
     let photos = dir.path().join("photos/id7");
     std::fs::create_dir_all(&photos).unwrap();
-    std::fs::copy(ijb.join("loose_crop/1.jpg"), photos.join("a.jpg")).unwrap();
-    std::fs::copy(ijb.join("loose_crop/2.jpg"), photos.join("a.jpeg")).unwrap();
-    let lines = "id7/a.jpg 20 25 44 25 32 38 22 50 42 50\n\nid7/a.jpg 21 26 45 26 33 39 23 51 43 51 0.9\n\
-                 id7/a.jpeg 20 25 44 25 32 38 22 50 42 50\n";
+    for (from, to) in [("1.jpg", "a.jpg"), ("2.jpg", "a.jpeg"), ("3.jpg", "a_1.jpg")] {
+        std::fs::copy(ijb.join("loose_crop").join(from), photos.join(to)).unwrap();
+    }
+    let lines = "id7/a.jpg 20 25 44 25 32 38 22 50 42 50\n\n./id7/a.jpg 21 26 45 26 33 39 23 51 43 51 0.9\n\
+                 id7/a_1.jpg 20 25 44 25 32 38 22 50 42 50\nid7/a.jpeg 20 25 44 25 32 38 22 50 42 50\n";
     std::fs::write(dir.path().join("photos/list.txt"), lines).unwrap();
     let out = elasticface(&["align", &p("photos/list.txt"), "--out", &p("crops"), "--jpeg", "90", "--quiet"]);
-    assert!(out.contains("aligned 3 faces into 112x112"), "{out}");
-    let crops: Vec<Vec<u8>> = ["a.jpg", "a_1.jpg", "a_2.jpg"]
+    assert!(out.contains("aligned 4 faces into 112x112"), "{out}");
+    let crops: Vec<Vec<u8>> = ["a.jpg", "a_1.jpg", "a_1_1.jpg", "a_2.jpg"]
         .iter()
         .map(|name| {
             let bytes = std::fs::read(dir.path().join("crops/id7").join(name)).unwrap();
@@ -231,15 +233,32 @@ fn align_writes_the_crops_eval_aligns() {
             rgb
         })
         .collect();
-    assert!(crops[0] != crops[2], "a.jpeg did not overwrite a.jpg's crop");
+    for i in 0..4 {
+        for j in i + 1..4 {
+            assert!(crops[i] != crops[j], "crops {i} and {j} are the same: one overwrote another");
+        }
+    }
+    assert_eq!(std::fs::read_dir(dir.path().join("crops/id7")).unwrap().count(), 4);
+    // PNG crops written into the photos' own folder would replace PNG photos: refused before anything is written.
+    let png = ImageShape { h: 64, w: 64 };
+    std::fs::write(photos.join("b.png"), encode_png(&vec![80; png.len()], png).unwrap()).unwrap();
+    std::fs::write(dir.path().join("photos/list.txt"), "id7/b.png 20 25 44 25 32 38 22 50 42 50\n").unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_elasticface"))
+        .args(["align", &p("photos/list.txt"), "--out", &p("photos"), "--quiet"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success() && err.contains("line 1: the crop") && err.contains("would replace"), "{err}");
+    assert_eq!(decode_rgb(&std::fs::read(photos.join("b.png")).unwrap()), vec![80; png.len()]);
 
     // Bad lines.
     for (lines, want) in [
         ("id7/a.jpg 20 25 44\n", "list.txt line 1: 4 fields, expected 11 or 12"),
         ("\nid7/a.jpg 20 25 44 25 32 38 22 50 42 nan\n", "list.txt line 2: the landmark nan is not finite"),
         ("../a.jpg 20 25 44 25 32 38 22 50 42 50\n", "must be a path inside the root"),
-        ("id7/missing.jpg 20 25 44 25 32 38 22 50 42 50\n", "cannot read"),
-        ("id7/a.jpg 5 5 5 5 5 5 5 5 5 5\n", "a.jpg: cannot align"),
+        ("/tmp/a.jpg 20 25 44 25 32 38 22 50 42 50\n", "must be a path inside the root"),
+        ("id7/missing.jpg 20 25 44 25 32 38 22 50 42 50\n", "list.txt line 1: "),
+        ("\nid7/a.jpg 5 5 5 5 5 5 5 5 5 5\n", "list.txt line 2: "),
     ] {
         std::fs::write(dir.path().join("photos/list.txt"), lines).unwrap();
         let run = Command::new(env!("CARGO_BIN_EXE_elasticface"))
@@ -249,4 +268,8 @@ fn align_writes_the_crops_eval_aligns() {
         let err = String::from_utf8_lossy(&run.stderr);
         assert!(!run.status.success() && err.contains(want), "{lines:?}: {err}");
     }
+}
+
+fn decode_rgb(bytes: &[u8]) -> Vec<u8> {
+    elasticface::data::decode::decode_rgb_any(bytes).unwrap().0
 }

@@ -346,23 +346,53 @@ fn a_stopped_run_resumes_from_its_feature_file() {
     assert_eq!(whole.calls, 6);
 
     let file = dir.path().join("IJB.features");
+    let record = 8 * 4u64;
     let mut stopped = backend(5, Some(4));
     assert!(run(&mut stopped, Some(&file)).is_err(), "stopped in the third chunk");
-    assert_eq!(std::fs::metadata(&file).unwrap().len(), 32 + 2048 * 8 * 4, "two chunks kept");
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 32 + 2048 * record, "two chunks kept");
     // A crash in the middle of a write leaves part of a record: it is cut off.
     let f = std::fs::OpenOptions::new().append(true).open(&file).unwrap();
-    f.set_len(32 + 2048 * 8 * 4 + 13).unwrap();
+    f.set_len(32 + 2048 * record + 13).unwrap();
     let mut resumed = backend(5, None);
     let again = run(&mut resumed, Some(&file)).unwrap();
     assert_eq!(resumed.calls, 4, "the first chunk (the check) and the last");
     assert!(bits(&again) == bits(&straight), "resumed templates differ");
-    assert_eq!(std::fs::metadata(&file).unwrap().len(), 32 + 2100 * 8 * 4);
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 32 + 2100 * record);
     let (a, b) = (score_set(&set, &again).unwrap(), score_set(&set, &straight).unwrap());
     assert!(a.dist == b.dist && a.tar_at_far == b.tar_at_far);
     // A whole file is read, not embedded again.
     let mut reread = backend(5, None);
     assert!(bits(&run(&mut reread, Some(&file)).unwrap()) == bits(&straight));
     assert_eq!(reread.calls, 2);
+
+    // Records the header does not count (space a crash left unwritten: here garbage), and counted records of no
+    // whole chunk, are not used: the run goes on from the last whole chunk counted, with the same results.
+    let edit = |count: u64, garbage_at: Option<u64>| {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+        f.seek(SeekFrom::Start(24)).unwrap();
+        f.write_all(&count.to_le_bytes()).unwrap();
+        if let Some(r) = garbage_at {
+            f.seek(SeekFrom::Start(32 + r * record)).unwrap();
+            f.write_all(&[0xff; 32]).unwrap();
+        }
+    };
+    for (count, garbage) in [(1024, Some(1500u64)), (1500, None)] {
+        edit(count, garbage);
+        let mut b = backend(5, None);
+        assert!(bits(&run(&mut b, Some(&file)).unwrap()) == bits(&straight), "count {count}");
+        assert_eq!(b.calls, 6, "count {count}: resumed after the first chunk");
+    }
+    // Another set (the fingerprint differs): started afresh.
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+        f.seek(SeekFrom::Start(8)).unwrap();
+        f.write_all(&[0; 8]).unwrap();
+    }
+    let mut b = backend(5, None);
+    assert!(bits(&run(&mut b, Some(&file)).unwrap()) == bits(&straight));
+    assert_eq!(b.calls, 6, "another set's file is not read");
 
     // Another model: its first chunk differs from the file's, so the file starts afresh.
     let mut other = backend(6, None);

@@ -450,11 +450,13 @@ pub fn score_set(set: &IjbSet, templates: &Templates) -> Result<IjbReport> {
 }
 
 /// The features of the faces embedded so far, kept in a file so that a run stopped by Ctrl-C or a crash resumes
-/// where it stopped: a 32-byte header (`EFIJBFT1`, the set's fingerprint, `D`, 0) then one record of `D`
-/// little-endian f32 per face, in face order, appended and flushed chunk by chunk. It is reused only when the
-/// fingerprint (the set's faces and landmarks, the input size) and `D` agree and the first chunk, embedded again,
-/// gives the first record's bits (the same model on the same device); else it is started afresh. A partial last
-/// record is cut off.
+/// where it stopped: a 32-byte header (`EFIJBFT1`, the set's fingerprint, `D`, the records committed) then one
+/// record of `D` little-endian f32 per face, in face order. Each chunk's records are written and synced, then the
+/// header's count; only counted records are trusted (space a crash left unwritten is not), and only whole chunks
+/// (so a resumed run embeds in the chunks an unstopped one does). The file is reused only when the fingerprint (the
+/// set's faces and landmarks, the input size), `D`, and the first chunk, embedded again, agree with it (the same
+/// model on the same device); else it is started afresh, with a message. Two runs must not share one file at a
+/// time (nothing locks it).
 struct FeatureFile {
     file: std::fs::File,
     path: PathBuf,
@@ -492,9 +494,11 @@ fn fingerprint(set: &IjbSet, shape: ImageShape) -> u64 {
 impl FeatureFile {
     /// Opens `path` for a set whose first face's feature is `first` (`D` values): the records already there when
     /// they are this set's, this model's and this device's; else a new file.
-    fn open(path: &Path, key: u64, first: &[f32]) -> Result<Self> {
+    /// Opens `path` for a set of `faces` faces whose first chunk (`chunk` faces) has the features `first` (`(chunk,
+    /// D)`): the records already there when they are this set's, this model's and this device's; else a new file.
+    fn open(path: &Path, key: u64, first: &[f32], chunk: usize, faces: usize) -> Result<Self> {
         use std::io::{Read, Seek, SeekFrom, Write};
-        let dim = first.len();
+        let dim = first.len() / chunk;
         let record = 4 * dim as u64;
         let mut file = std::fs::OpenOptions::new()
             .read(true)
@@ -505,36 +509,46 @@ impl FeatureFile {
             .with_context(|| format!("cannot open {}", path.display()))?;
         let len = file.metadata().with_context(|| format!("cannot read {}", path.display()))?.len();
         let mut records = 0;
-        if len >= FEATURE_HEADER + record {
+        if len >= FEATURE_HEADER {
             let mut head = [0u8; 32];
-            let mut first_record = vec![0u8; record as usize];
-            file.read_exact(&mut head)
-                .and_then(|()| file.read_exact(&mut first_record))
-                .with_context(|| format!("cannot read {}", path.display()))?;
+            file.read_exact(&mut head).with_context(|| format!("cannot read {}", path.display()))?;
             let word = |k: usize| u64::from_le_bytes(head[k..k + 8].try_into().expect("8 bytes"));
-            let same_first = first_record.chunks_exact(4).zip(first).all(|(b, v)| b == v.to_le_bytes());
-            if &head[..8] == FEATURE_MAGIC && word(8) == key && word(16) == dim as u64 && same_first {
-                records = ((len - FEATURE_HEADER) / record) as usize;
+            let present = (len - FEATURE_HEADER) / record;
+            let committed = word(24).min(present) as usize;
+            // Whole chunks, or the whole set.
+            let usable = if committed == faces { faces } else { committed / chunk * chunk };
+            let fits = usable >= chunk.min(faces) && usable <= faces;
+            if &head[..8] == FEATURE_MAGIC && word(8) == key && word(16) == dim as u64 && fits {
+                let mut stored = vec![0u8; first.len() * 4];
+                file.read_exact(&mut stored).with_context(|| format!("cannot read {}", path.display()))?;
+                if stored.chunks_exact(4).zip(first).all(|(b, v)| b == v.to_le_bytes()) {
+                    records = usable;
+                }
+            }
+            if records == 0 && word(24) > 0 {
+                eprintln!(
+                    "note: {} holds features of another set, input size or model (or of no whole chunk): starting \
+                     afresh",
+                    path.display()
+                );
             }
         }
-        // Keep the whole records (a crash may have left part of one), or start afresh.
+        // Keep the trusted records, or start afresh.
         file.set_len(FEATURE_HEADER + records as u64 * record)
             .with_context(|| format!("cannot write {}", path.display()))?;
-        if records == 0 {
-            let mut head = Vec::with_capacity(32);
-            head.extend_from_slice(FEATURE_MAGIC);
-            head.extend_from_slice(&key.to_le_bytes());
-            head.extend_from_slice(&(dim as u64).to_le_bytes());
-            head.extend_from_slice(&0u64.to_le_bytes());
-            file.seek(SeekFrom::Start(0))
-                .and_then(|_| file.write_all(&head))
-                .with_context(|| format!("cannot write {}", path.display()))?;
-        }
-        file.seek(SeekFrom::Start(FEATURE_HEADER)).with_context(|| format!("cannot read {}", path.display()))?;
+        let mut head = Vec::with_capacity(32);
+        head.extend_from_slice(FEATURE_MAGIC);
+        head.extend_from_slice(&key.to_le_bytes());
+        head.extend_from_slice(&(dim as u64).to_le_bytes());
+        head.extend_from_slice(&(records as u64).to_le_bytes());
+        file.seek(SeekFrom::Start(0))
+            .and_then(|_| file.write_all(&head))
+            .and_then(|()| file.seek(SeekFrom::Start(FEATURE_HEADER)))
+            .with_context(|| format!("cannot write {}", path.display()))?;
         Ok(Self { file, path: path.to_path_buf(), dim, records })
     }
 
-    /// Reads records `start..start + count` (all present).
+    /// Reads the next `count` records (all present).
     fn read(&mut self, count: usize) -> Result<Vec<f32>> {
         use std::io::Read;
         let mut bytes = vec![0u8; count * self.dim * 4];
@@ -542,15 +556,21 @@ impl FeatureFile {
         Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect())
     }
 
-    /// Appends records (after every record read) and makes them durable.
+    /// Appends records (after every record read), makes them durable, then counts them in the header.
     fn append(&mut self, features: &[f32]) -> Result<()> {
-        use std::io::Write;
+        use std::io::{Seek, SeekFrom, Write};
         let bytes: Vec<u8> = features.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let records = self.records + features.len() / self.dim;
+        let end = FEATURE_HEADER + (records * self.dim * 4) as u64;
         self.file
             .write_all(&bytes)
             .and_then(|()| self.file.sync_data())
+            .and_then(|()| self.file.seek(SeekFrom::Start(24)))
+            .and_then(|_| self.file.write_all(&(records as u64).to_le_bytes()))
+            .and_then(|()| self.file.sync_data())
+            .and_then(|()| self.file.seek(SeekFrom::Start(end)))
             .with_context(|| format!("cannot write {}", self.path.display()))?;
-        self.records += features.len() / self.dim;
+        self.records = records;
         Ok(())
     }
 }
@@ -601,7 +621,7 @@ pub fn embed_templates(
     let first = embed_faces(backend, set, shape, 0, first_count)?;
     let dim = first.len() / first_count;
     let mut file = match resume {
-        Some(path) => Some(FeatureFile::open(path, fingerprint(set, shape), &first[..dim])?),
+        Some(path) => Some(FeatureFile::open(path, fingerprint(set, shape), &first, first_count, n)?),
         None => None,
     };
     // Faces whose features the file holds, read back in chunks; then the first chunk's, then the rest embedded.
