@@ -23,6 +23,37 @@ fn elasticface(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Runs `elasticface args...`, which must fail; returns its stderr.
+fn elasticface_fails(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_elasticface")).args(args).output().unwrap();
+    assert!(!out.status.success(), "elasticface {args:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `elasticface synth` of 2 training identities and `val_ids` held-out ones of `val_per_id` 32x32 images into
+/// `out` (20 pairs in val.bin; the held-out identities also as the IJB set `out/ijb`); returns its stdout.
+fn synth_small(out: &str, val_ids: usize, val_per_id: usize) -> String {
+    let (ids, per_id) = (val_ids.to_string(), val_per_id.to_string());
+    elasticface(&[
+        "synth",
+        "--out",
+        out,
+        "--ids",
+        "2",
+        "--per-id",
+        "2",
+        "--val-ids",
+        &ids,
+        "--val-per-id",
+        &per_id,
+        "--size",
+        "32",
+        "--val-pairs",
+        "20",
+        "--quiet",
+    ])
+}
+
 #[test]
 fn import_export_eval_embed_compare() {
     let dir = tempfile::tempdir().unwrap();
@@ -62,24 +93,7 @@ fn import_export_eval_embed_compare() {
     assert_eq!(report["sets"][0]["fold_accuracies"], report["sets"][1]["fold_accuracies"]);
 
     // An IJB set (synth's held-out identities) beside a pack: both tables, one report.
-    let out = elasticface(&[
-        "synth",
-        "--out",
-        &p("synth"),
-        "--ids",
-        "2",
-        "--per-id",
-        "2",
-        "--val-ids",
-        "4",
-        "--val-per-id",
-        "3",
-        "--size",
-        "32",
-        "--val-pairs",
-        "20",
-        "--quiet",
-    ]);
+    let out = synth_small(&p("synth"), 4, 3);
     assert!(out.contains("as an IJB set"), "{out}");
     let out = elasticface(&[
         "eval",
@@ -156,39 +170,23 @@ fn bad_model_files_are_reported() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.pth");
     std::fs::write(&bad, b"not a checkpoint").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_elasticface"))
-        .args(["import", &bad.display().to_string(), "--out", &dir.path().join("x.safetensors").display().to_string()])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = elasticface_fails(&[
+        "import",
+        &bad.display().to_string(),
+        "--out",
+        &dir.path().join("x.safetensors").display().to_string(),
+    ]);
     assert!(err.contains("bad.pth") && err.contains("not a PyTorch checkpoint"), "{err}");
 }
 
 /// `align` on synth's IJB set (its landmark file as it is): every crop is, bit for bit, the face `eval --ijb`
-/// aligns; a photo listed twice gets a second crop; JPEG on request; bad lines name the list and the line.
+/// aligns; colliding names get crops of their own; JPEG on request; a crop may not replace a photo; bad lines name
+/// the list and the line.
 #[test]
 fn align_writes_the_crops_eval_aligns() {
     let dir = tempfile::tempdir().unwrap();
     let p = |name: &str| dir.path().join(name).display().to_string();
-    elasticface(&[
-        "synth",
-        "--out",
-        &p("synth"),
-        "--ids",
-        "2",
-        "--per-id",
-        "2",
-        "--val-ids",
-        "3",
-        "--val-per-id",
-        "2",
-        "--size",
-        "32",
-        "--val-pairs",
-        "10",
-        "--quiet",
-    ]);
+    synth_small(&p("synth"), 3, 2);
     let ijb = dir.path().join("synth/ijb");
     let list = ijb.join("meta/ijb_name_5pts_score.txt");
     let out = elasticface(&[
@@ -243,12 +241,8 @@ fn align_writes_the_crops_eval_aligns() {
     let png = ImageShape { h: 64, w: 64 };
     std::fs::write(photos.join("b.png"), encode_png(&vec![80; png.len()], png).unwrap()).unwrap();
     std::fs::write(dir.path().join("photos/list.txt"), "id7/b.png 20 25 44 25 32 38 22 50 42 50\n").unwrap();
-    let run = Command::new(env!("CARGO_BIN_EXE_elasticface"))
-        .args(["align", &p("photos/list.txt"), "--out", &p("photos"), "--quiet"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&run.stderr);
-    assert!(!run.status.success() && err.contains("line 1: the crop") && err.contains("would replace"), "{err}");
+    let err = elasticface_fails(&["align", &p("photos/list.txt"), "--out", &p("photos"), "--quiet"]);
+    assert!(err.contains("line 1: the crop") && err.contains("would replace"), "{err}");
     assert_eq!(decode_rgb(&std::fs::read(photos.join("b.png")).unwrap()), vec![80; png.len()]);
 
     // Bad lines.
@@ -261,12 +255,8 @@ fn align_writes_the_crops_eval_aligns() {
         ("\nid7/a.jpg 5 5 5 5 5 5 5 5 5 5\n", "list.txt line 2: "),
     ] {
         std::fs::write(dir.path().join("photos/list.txt"), lines).unwrap();
-        let run = Command::new(env!("CARGO_BIN_EXE_elasticface"))
-            .args(["align", &p("photos/list.txt"), "--out", &p("crops2"), "--quiet"])
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&run.stderr);
-        assert!(!run.status.success() && err.contains(want), "{lines:?}: {err}");
+        let err = elasticface_fails(&["align", &p("photos/list.txt"), "--out", &p("crops2"), "--quiet"]);
+        assert!(err.contains(want), "{lines:?}: {err}");
     }
 }
 

@@ -121,6 +121,13 @@ pub fn tiny_backbone(seed: u64) -> elasticface::checkpoint::Backbone {
     elasticface::checkpoint::Backbone { cfg, bn: Default::default(), state, steps: 0 }
 }
 
+/// Saves `b` as `dir/tiny.safetensors` (a backbone file, as `import` writes) and returns the path.
+pub fn save_model(b: &elasticface::checkpoint::Backbone, dir: &std::path::Path) -> PathBuf {
+    let model = dir.join("tiny.safetensors");
+    b.save(&model, Default::default()).expect("the model is written");
+    model
+}
+
 /// The embeddings of an RGB image `u8 (H, W, 3)` and of its mirror image by the core's forward pass in eval
 /// mode, without the crate's backends: what evaluation tests compare the backends' results with.
 pub fn core_flip_embeddings(

@@ -15,7 +15,7 @@ use elasticface::train::run::Device;
 use elasticface_core::embedding::squared_l2;
 use elasticface_core::nn::ImageShape;
 use elasticface_core::verify::tar_at_far;
-use elasticface_tests::{core_flip_embeddings, reference_dir, tiny_backbone};
+use elasticface_tests::{core_flip_embeddings, reference_dir, save_model, tiny_backbone};
 
 /// The template features, pair scores and TARs of `gen_ijb.py` (numpy, f64, insightface's steps) from the same
 /// face embeddings. Tolerances: template features and distances within 1e-6 (f32 results of f64 sums that
@@ -156,8 +156,7 @@ fn a_synthetic_set_scores_as_the_protocol_says() {
     let dir = tempfile::tempdir().unwrap();
     let backbone = tiny_backbone(5);
     let shape = ImageShape { h: backbone.cfg.input_h, w: backbone.cfg.input_w };
-    let model = dir.path().join("tiny.safetensors");
-    backbone.save(&model, serde_json::json!("test")).unwrap();
+    let model = save_model(&backbone, dir.path());
     let ijb = synthetic_set(&dir.path().join("data"), 12, 5, shape.w);
     let out = dir.path().join("eval");
     let args = eval_args(&model, vec![ijb.clone()], out.clone());

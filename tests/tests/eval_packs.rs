@@ -12,7 +12,7 @@ use elasticface::eval::suite::{self, EvalReport};
 use elasticface::train::run::Device;
 use elasticface_core::nn::ImageShape;
 use elasticface_core::verify::{fused_distances, kfold_accuracy, tar_at_far, FlipPairs};
-use elasticface_tests::{core_flip_embeddings, reference_dir, tiny_backbone, uniform};
+use elasticface_tests::{core_flip_embeddings, reference_dir, save_model, tiny_backbone, uniform};
 use sha2::{Digest, Sha256};
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -129,8 +129,7 @@ fn a_pack_with_known_accuracy_matches_the_core_protocol_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let backbone = tiny_backbone(1);
     let shape = ImageShape { h: backbone.cfg.input_h, w: backbone.cfg.input_w };
-    let model = dir.path().join("tiny.safetensors");
-    backbone.save(&model, serde_json::json!("test")).unwrap();
+    let model = save_model(&backbone, dir.path());
     // 2000 pairs: 1000 different ones, enough to resolve FAR 1e-3 (not 1e-4).
     let (images, issame) = known_pack(shape, 2000);
     let bin = dir.path().join("known.bin");
@@ -185,8 +184,7 @@ fn reports_and_plots_hold_every_curve() {
     let dir = tempfile::tempdir().unwrap();
     let backbone = tiny_backbone(3);
     let shape = ImageShape { h: 16, w: 16 };
-    let model = dir.path().join("tiny.safetensors");
-    backbone.save(&model, serde_json::json!("test")).unwrap();
+    let model = save_model(&backbone, dir.path());
     // Two packs of different difficulty: the second's same pairs are noisy copies, some barely related.
     let (images, issame) = known_pack(shape, 400);
     let easy = dir.path().join("easy.bin");
@@ -251,8 +249,7 @@ fn reports_and_plots_hold_every_curve() {
 fn bad_packs_name_the_file_and_the_item() {
     let dir = tempfile::tempdir().unwrap();
     let backbone = tiny_backbone(1);
-    let model = dir.path().join("tiny.safetensors");
-    backbone.save(&model, serde_json::json!("test")).unwrap();
+    let model = save_model(&backbone, dir.path());
     let shape = ImageShape { h: 16, w: 16 };
     let (mut images, issame) = known_pack(shape, 12);
     let run = |name: &str, bytes: Vec<u8>| -> String {
