@@ -11,6 +11,8 @@
 //! - [`tar_at_far`]: the true-accept rate at the threshold that keeps the false-accept rate at or below a
 //!   target.
 //! - [`roc`], [`roc_evenly_spaced`]: (FAR, TAR) at given thresholds.
+//! - [`mate_rank`], [`tpir_at_fpir`]: 1:N search, where a probe is compared with every entry of a gallery: the
+//!   rank of its mate, and the identification rate at a false-positive identification rate.
 //!
 //! Nothing allocates: results are fixed-size or written into caller buffers. Every function checks its
 //! lengths, rejects NaN and infinite distances with [`Error::NonFinite`], and never panics.
@@ -342,6 +344,85 @@ fn roc_point(dist: &[f32], issame: &[bool], (same, different): (usize, usize), t
     RocPoint { threshold: t, far: false_accepts as f64 / different as f64, tar: true_accepts as f64 / same as f64 }
 }
 
+/// Where a probe's mate ranks when the probe searches a gallery: `1 + #{j != mate : dist[j] <= dist[mate]}`,
+/// with `dist` the probe's distance to each gallery entry. Ties count against the mate (a search that cannot tell
+/// two entries apart does not name the mate first), so rank 1 means the mate is strictly the nearest.
+///
+/// Shapes: `dist`: `(G)`. Errors: `mate >= G` ([`Error::Shape`]), a non-finite distance ([`Error::NonFinite`]).
+/// Cost: `O(G)`.
+pub fn mate_rank(dist: &[f32], mate: usize) -> Result<usize, Error> {
+    check_finite("dist", dist)?;
+    let Some(&d) = dist.get(mate) else {
+        return Err(Error::Shape { what: "the mate's index lies outside the gallery" });
+    };
+    Ok(1 + dist.iter().enumerate().filter(|&(j, &x)| j != mate && x <= d).count())
+}
+
+/// The result of [`tpir_at_fpir`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TpirAtFpir {
+    /// The threshold: a search answers only when its nearest entry has `dist < threshold`. `+inf` when `fpir = 1`.
+    pub threshold: f32,
+    /// True-positive identification rate: mated probes whose mate ranks first at a distance below the
+    /// threshold / mated probes.
+    pub tpir: f64,
+    /// The false-positive identification rate reached: non-mated probes answered / non-mated probes (at most the
+    /// target; below it when several share the distance at the threshold).
+    pub fpir: f64,
+}
+
+/// Open-set identification (1:N search): the true-positive identification rate at a target false-positive
+/// identification rate `fpir`, as NIST defines them for IJB-B/C.
+///
+/// Each probe searches the gallery. A mated probe (its subject is enrolled) is identified when its mate is the
+/// nearest entry ([`mate_rank`] 1) and nearer than the threshold; a non-mated probe (its subject is not enrolled)
+/// is falsely answered when its nearest entry is nearer than the threshold. With `M` non-mated probes, at most
+/// `k = floor(fpir * M)` may be answered: the threshold is the largest value that keeps to that, the `(k + 1)`-th
+/// smallest non-mated distance, or `+inf` when `k = M` (as [`tar_at_far`] chooses its threshold).
+///
+/// Shapes: `mated`: `(P)` the mated probes' distances to their mates; `first`: `(P)` whether each mate ranks first;
+/// `non_mated`: `(M)` the non-mated probes' distances to their nearest entries; `scratch`: at least `M` elements,
+/// overwritten. Returns `Ok(None)` when the probes cannot resolve `fpir` (fewer than `1 / fpir` non-mated
+/// probes). Errors: a length mismatch or a too short `scratch` ([`Error::Length`]), a non-finite distance
+/// ([`Error::NonFinite`]), `fpir` outside `(0, 1]` ([`Error::Config`]), or no mated probe ([`Error::Shape`]).
+/// Cost: `O(P + M)` (a selection, no sort).
+pub fn tpir_at_fpir(
+    mated: &[f32],
+    first: &[bool],
+    non_mated: &[f32],
+    fpir: f64,
+    scratch: &mut [f32],
+) -> Result<Option<TpirAtFpir>, Error> {
+    check_len("first", first, mated.len())?;
+    check_finite("mated", mated)?;
+    check_finite("non_mated", non_mated)?;
+    if !(fpir > 0.0 && fpir <= 1.0) {
+        return Err(Error::Config { what: "the target FPIR must lie in (0, 1]" });
+    }
+    if mated.is_empty() {
+        return Err(Error::Shape { what: "TPIR needs at least one mated probe" });
+    }
+    let m = non_mated.len();
+    if scratch.len() < m {
+        return Err(Error::Length { what: "scratch", expected: m, got: scratch.len() });
+    }
+    // fpir <= 1, so k <= m; the cast saturates and floors.
+    let k = (fpir * m as f64) as usize;
+    if k == 0 {
+        return Ok(None);
+    }
+    let threshold = if k >= m {
+        f32::INFINITY
+    } else {
+        let s = &mut scratch[..m];
+        s.copy_from_slice(non_mated);
+        *s.select_nth_unstable_by(k, f32::total_cmp).1
+    };
+    let identified = mated.iter().zip(first).filter(|&(&d, &f)| f && d < threshold).count();
+    let answered = non_mated.iter().filter(|&&d| d < threshold).count();
+    Ok(Some(TpirAtFpir { threshold, tpir: identified as f64 / mated.len() as f64, fpir: answered as f64 / m as f64 }))
+}
+
 /// Numbers of same and of different pairs.
 fn class_counts(issame: &[bool]) -> (usize, usize) {
     let same = issame.iter().filter(|&&s| s).count();
@@ -635,5 +716,69 @@ mod tests {
         assert!(matches!(roc_evenly_spaced(&dist, &issame, 0.0, f64::INFINITY, &mut out), Err(Error::Config { .. })));
         assert!(matches!(roc_evenly_spaced(&dist, &issame, f64::NAN, 1.0, &mut out), Err(Error::Config { .. })));
         assert!(matches!(roc_evenly_spaced(&dist, &issame, -f64::MAX, f64::MAX, &mut out), Err(Error::Config { .. })));
+    }
+
+    #[test]
+    fn mate_rank_counts_ties_against_the_mate() {
+        let dist = [0.9, 0.3, 0.5, 0.3, 1.2];
+        assert_eq!(mate_rank(&dist, 1), Ok(2)); // entry 3 ties with the mate
+        assert_eq!(mate_rank(&dist, 2), Ok(3));
+        assert_eq!(mate_rank(&dist, 4), Ok(5));
+        assert_eq!(mate_rank(&[0.2, 0.7], 0), Ok(1));
+        assert_eq!(mate_rank(&[0.2], 0), Ok(1));
+        assert!(matches!(mate_rank(&dist, 5), Err(Error::Shape { .. })));
+        assert_eq!(mate_rank(&[0.1, f32::NAN], 0), Err(Error::NonFinite { what: "dist", index: 1 }));
+    }
+
+    #[test]
+    fn tpir_at_fpir_keeps_to_the_allowed_false_answers() {
+        // Ten non-mated probes: FPIR 0.2 allows two answered, so the threshold is the third smallest (0.3).
+        let non_mated = [0.9, 0.1, 0.7, 0.3, 0.2, 1.5, 0.8, 0.6, 1.1, 0.5];
+        let mated = [0.05, 0.25, 0.29, 0.3, 0.15];
+        let first = [true, true, true, true, false];
+        let mut scratch = [0.0f32; 10];
+        let t = tpir_at_fpir(&mated, &first, &non_mated, 0.2, &mut scratch).unwrap().unwrap();
+        assert_eq!(t.threshold, 0.3);
+        assert_eq!(t.fpir, 0.2);
+        // 0.3 is not below the threshold; 0.15 is, but its mate does not rank first.
+        assert_eq!(t.tpir, 3.0 / 5.0);
+        let t = tpir_at_fpir(&mated, &first, &non_mated, 0.1, &mut scratch).unwrap().unwrap();
+        assert_eq!((t.threshold, t.fpir, t.tpir), (0.2, 0.1, 1.0 / 5.0));
+        // FPIR 1: every search answers; only mates ranked first count.
+        let t = tpir_at_fpir(&mated, &first, &non_mated, 1.0, &mut scratch).unwrap().unwrap();
+        assert_eq!((t.threshold, t.fpir, t.tpir), (f32::INFINITY, 1.0, 4.0 / 5.0));
+        // Fewer than 1 / FPIR non-mated probes: unresolved; none at all likewise.
+        assert_eq!(tpir_at_fpir(&mated, &first, &non_mated, 0.05, &mut scratch), Ok(None));
+        assert_eq!(tpir_at_fpir(&mated, &first, &[], 0.5, &mut []), Ok(None));
+        // Ties at the threshold: fewer answered than allowed, never more.
+        let tied = [0.4, 0.4, 0.4, 0.9];
+        let t = tpir_at_fpir(&[0.39], &[true], &tied, 0.5, &mut scratch).unwrap().unwrap();
+        assert_eq!((t.threshold, t.fpir, t.tpir), (0.4, 0.0, 1.0));
+    }
+
+    #[test]
+    fn tpir_at_fpir_rejects_bad_input() {
+        let mut scratch = [0.0f32; 4];
+        let non_mated = [0.5, 0.6];
+        assert_eq!(
+            tpir_at_fpir(&[0.1], &[true, false], &non_mated, 0.5, &mut scratch),
+            Err(Error::Length { what: "first", expected: 1, got: 2 })
+        );
+        assert!(matches!(tpir_at_fpir(&[], &[], &non_mated, 0.5, &mut scratch), Err(Error::Shape { .. })));
+        for bad in [0.0, -0.1, 1.5, f64::NAN] {
+            assert!(matches!(tpir_at_fpir(&[0.1], &[true], &non_mated, bad, &mut scratch), Err(Error::Config { .. })));
+        }
+        assert_eq!(
+            tpir_at_fpir(&[f32::INFINITY], &[false], &non_mated, 0.5, &mut scratch),
+            Err(Error::NonFinite { what: "mated", index: 0 })
+        );
+        assert_eq!(
+            tpir_at_fpir(&[0.1], &[true], &[0.2, f32::NAN], 0.5, &mut scratch),
+            Err(Error::NonFinite { what: "non_mated", index: 1 })
+        );
+        assert_eq!(
+            tpir_at_fpir(&[0.1], &[true], &non_mated, 0.5, &mut scratch[..1]),
+            Err(Error::Length { what: "scratch", expected: 2, got: 1 })
+        );
     }
 }

@@ -113,7 +113,8 @@ pub struct EvalArgs {
     pub val_dir: Option<PathBuf>,
     /// An IJB-B or IJB-C set (the folder holding loose_crop/ and meta/, e.g. IJB_release/IJBC): 1:1 verification
     /// of templates as insightface's eval_ijbc.py measures it, TAR at FAR 1e-6 .. 1e-1 (the paper reports 1e-4);
-    /// repeat for both.
+    /// where meta/ also holds the 1:N lists (ijbc_1N_gallery_G1.csv, _G2.csv, ijbc_1N_probe_mixed.csv), 1:N
+    /// identification too, as ijb_evals.py: rank 1/5/10 and TPIR at FPIR 1e-4 .. 1e-1 per gallery; repeat for both.
     #[arg(long = "ijb", value_name = "DIR")]
     pub ijb: Vec<PathBuf>,
     /// Folder for report.json, roc.png and roc.svg; with --ijb also each set's face features (SET.features, 4 x 512

@@ -84,7 +84,8 @@ enum Command {
     /// the 10-fold protocol is insightface's, computed by the core bit for bit as the numpy reference.
     ///
     /// With --ijb, IJB-B and IJB-C as insightface's eval_ijbc.py measures them: faces aligned from their five
-    /// landmarks, (e + e_flip) weighted by the detector score, templates of media means, TAR at FAR 1e-6 .. 1e-1.
+    /// landmarks, (e + e_flip) weighted by the detector score, templates of media means, TAR at FAR 1e-6 .. 1e-1;
+    /// and, where the set has the 1:N lists, 1:N identification as ijb_evals.py: rank 1/5/10, TPIR at FPIR.
     Eval(Box<elasticface::commands::EvalArgs>),
     /// Embeddings of images (files or folders) to a .npy or .safetensors file, with the list of files.
     Embed(Box<elasticface::commands::EmbedArgs>),

@@ -8,7 +8,8 @@
 //! - `ijb/`: the held-out identities as an IJB set ([`crate::eval::ijb`]): two templates per identity (the first
 //!   half of its samples, the second half), frames of one media in pairs, each face turned, scaled and moved
 //!   into a larger loose crop with its five landmarks and a detector score, and the pairs of templates up to
-//!   1,000 apart (every pair for up to 500 identities).
+//!   1,000 apart (every pair for up to 500 identities); and 1:N lists, the first templates of the even identities
+//!   as gallery `G1`, of the odd ones as `G2`, the second templates as probes.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -182,6 +183,9 @@ fn write_ijb(cfg: &SynthConfig, dir: &Path, first: u64) -> Result<usize> {
     let mut uniform = |lo: f64, hi: f64| lo + (hi - lo) * (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
     let reference = reference_landmarks(shape);
     let (mut tid_mid, mut five) = (String::new(), String::new());
+    // The 1:N lists, NIST's columns (a row per face): galleries G1 (even identities), G2 (odd ones), probes.
+    let header = "TEMPLATE_ID,SUBJECT_ID,FILENAME\n";
+    let mut lists = [header.to_string(), header.to_string(), header.to_string()];
     let half = cfg.val_per_id.div_ceil(2);
     for id in 0..cfg.val_ids as u64 {
         for k in 0..cfg.val_per_id as u64 {
@@ -199,6 +203,8 @@ fn write_ijb(cfg: &SynthConfig, dir: &Path, first: u64) -> Result<usize> {
             std::fs::write(&path, encode_jpeg(&pixels, crop, cfg.quality)?)
                 .with_context(|| format!("cannot write {}", path.display()))?;
             tid_mid.push_str(&format!("{name} {template} {media}\n"));
+            let list = if k >= half as u64 { 2 } else { (id % 2) as usize };
+            lists[list].push_str(&format!("{template},{},{name}\n", id + 1));
             five.push_str(&name);
             for p in reference {
                 // A detector's landmarks: where the reference points went, within half a pixel.
@@ -217,9 +223,15 @@ fn write_ijb(cfg: &SynthConfig, dir: &Path, first: u64) -> Result<usize> {
             pairs.push_str(&format!("{t1} {t2} {}\n", u8::from((t1 - 1) / 2 == (t2 - 1) / 2)));
         }
     }
-    for (file, text) in
-        [("ijb_face_tid_mid.txt", tid_mid), ("ijb_name_5pts_score.txt", five), ("ijb_template_pair_label.txt", pairs)]
-    {
+    let [g1, g2, probes] = lists;
+    for (file, text) in [
+        ("ijb_face_tid_mid.txt", tid_mid),
+        ("ijb_name_5pts_score.txt", five),
+        ("ijb_template_pair_label.txt", pairs),
+        ("ijb_1N_gallery_G1.csv", g1),
+        ("ijb_1N_gallery_G2.csv", g2),
+        ("ijb_1N_probe_mixed.csv", probes),
+    ] {
         let path = meta.join(file);
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }

@@ -114,6 +114,9 @@ fn import_export_eval_embed_compare() {
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("eval-ijb/report.json")).unwrap()).unwrap();
     assert_eq!((report["sets"][0]["pairs"].as_u64(), report["ijb"][0]["templates"].as_u64()), (Some(20), Some(8)));
+    // synth's IJB set has 1:N lists: two galleries of two, four probes.
+    assert!(out.contains("IJB 1:N") && out.contains("4 probes"), "{out}");
+    assert_eq!(report["ijb"][0]["search"]["galleries"][0]["templates"].as_u64(), Some(2));
 
     // A folder of images (one of another size) to .npy with its file list, and to safetensors.
     let imgs = dir.path().join("faces");

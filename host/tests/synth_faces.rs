@@ -96,6 +96,12 @@ fn synth_writes_recordio_and_a_verification_pack() {
     assert_eq!(out.images, 6 * 3 + 3 * 2 + 3 * 2);
     let ijb = elasticface::eval::ijb::IjbSet::open(&out.ijb).unwrap();
     assert_eq!((ijb.faces.len(), ijb.pairs.0.len()), (6, 15));
+    // 1:N: the first templates of identities 0 and 2 (even: G1, subjects 1 and 3) and of 1 (G2); the second ones
+    // probe.
+    let search = ijb.search.as_ref().expect("1:N lists");
+    let galleries: Vec<_> = search.galleries.iter().map(|g| (g.name.as_str(), g.templates.clone())).collect();
+    assert_eq!(galleries, [("G1", vec![(1, 1), (5, 3)]), ("G2", vec![(3, 2)])]);
+    assert_eq!(search.probes, [(2, 1), (4, 2), (6, 3)]);
     let train = RecordIoDataset::open(&out.train).unwrap();
     assert_eq!((train.len(), train.num_classes()), (18, 6));
     assert_eq!(train.load(4).unwrap().label, 1);
@@ -109,7 +115,7 @@ fn synth_writes_recordio_and_a_verification_pack() {
     elasticface::synth::synth(&elasticface::synth::SynthConfig { out: again.path().to_path_buf(), ..cfg }, true)
         .unwrap();
     assert_eq!(std::fs::read(again.path().join("val.bin")).unwrap(), bin);
-    for file in ["ijb/loose_crop/6.jpg", "ijb/meta/ijb_name_5pts_score.txt"] {
+    for file in ["ijb/loose_crop/6.jpg", "ijb/meta/ijb_name_5pts_score.txt", "ijb/meta/ijb_1N_probe_mixed.csv"] {
         assert_eq!(std::fs::read(again.path().join(file)).unwrap(), std::fs::read(dir.path().join(file)).unwrap());
     }
     assert_eq!(

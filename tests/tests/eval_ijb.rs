@@ -1,6 +1,6 @@
-//! `elasticface eval --ijb`: IJB-B/C 1:1 verification. The protocol's arithmetic against numpy's
-//! (`gen_ijb.py`), a synthetic set (`elasticface synth`'s `ijb/`) read, aligned and scored end to end against an
-//! independent computation from the core, and malformed sets named by file and line.
+//! `elasticface eval --ijb`: IJB-B/C 1:1 verification and 1:N identification. The protocol's arithmetic against
+//! numpy's (`gen_ijb.py`), a synthetic set (`elasticface synth`'s `ijb/`) read, aligned and scored end to end against
+//! an independent computation from the core, and malformed sets named by file and line.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -8,19 +8,20 @@ use std::path::{Path, PathBuf};
 use elasticface::commands::{DeviceArgs, EvalArgs, NetworkArgs};
 use elasticface::data::decode::encode_png;
 use elasticface::data::faces::render;
-use elasticface::eval::ijb::{score_set, Face, IjbSet, Templates, IJB_FARS};
+use elasticface::eval::ijb::{score_set, Face, Gallery, IjbSet, Search, Templates, IJB_FARS, IJB_FPIRS, IJB_RANKS};
 use elasticface::eval::suite;
 use elasticface::synth::{synth, SynthConfig};
 use elasticface::train::run::Device;
 use elasticface_core::embedding::squared_l2;
 use elasticface_core::nn::ImageShape;
-use elasticface_core::verify::tar_at_far;
+use elasticface_core::verify::{mate_rank, tar_at_far};
 use elasticface_tests::{core_flip_embeddings, reference_dir, save_model, tiny_backbone};
 
 /// The template features, pair scores and TARs of `gen_ijb.py` (numpy, f64, insightface's steps) from the same
-/// face embeddings. Tolerances: template features and distances within 1e-6 (f32 results of f64 sums that
-/// differ in order: the project weights each face by 1/(faces of its media), numpy averages then adds; both round
-/// once to f32); TAR exactly (no same pair lies within 1e-6 of a threshold here).
+/// face embeddings, and its 1:N ranks and TPIRs. Tolerances: template features and distances within 1e-6 (f32
+/// results of f64 sums that differ in order: the project weights each face by 1/(faces of its media), numpy
+/// averages then adds; both round once to f32); TAR, ranks and TPIR exactly (no same pair lies within 1e-6 of a
+/// threshold here, and no two gallery templates within 1e-6 of a probe's mate).
 #[test]
 fn the_protocol_matches_numpy() {
     let text = std::fs::read_to_string(reference_dir().join("ijb_protocol.json")).unwrap();
@@ -43,6 +44,12 @@ fn the_protocol_matches_numpy() {
         })
         .collect();
     let pairs = r["pairs"].as_array().unwrap();
+    let subject_templates = |v: &serde_json::Value| -> Vec<(u32, u32)> {
+        v.as_array().unwrap().iter().map(|p| (p[0].as_u64().unwrap() as u32, p[1].as_u64().unwrap() as u32)).collect()
+    };
+    let numpy_search = &r["search"];
+    let galleries = ["G1", "G2"]
+        .map(|g| Gallery { name: g.into(), templates: subject_templates(&numpy_search["galleries"][g]["templates"]) });
     let set = IjbSet {
         name: "NUMPY".into(),
         root: PathBuf::new(),
@@ -52,6 +59,7 @@ fn the_protocol_matches_numpy() {
             pairs.iter().map(|p| p[1].as_u64().unwrap() as u32).collect(),
             pairs.iter().map(|p| p[2].as_u64().unwrap() == 1).collect(),
         ),
+        search: Some(Search { galleries: galleries.to_vec(), probes: subject_templates(&numpy_search["probes"]) }),
     };
     // Step 1 as `embed_templates` does it, from the given embeddings: (e + e_flip) * score in f32.
     let mut templates = Templates::new(&set);
@@ -82,6 +90,29 @@ fn the_protocol_matches_numpy() {
         "IJB protocol vs numpy: TAR at FAR 1e-3, 1e-2, 1e-1: {:?}",
         &report.tar_at_far[3..].iter().map(|t| t.tar).collect::<Vec<_>>()
     );
+
+    // 1:N: each gallery's mated and non-mated probes, hits at each rank, TPIR at each FPIR.
+    let search = report.search.as_ref().expect("1:N figures");
+    assert_eq!(search.probes, 64);
+    let fpir_keys = ["0.0001", "0.001", "0.01", "0.1"];
+    for g in &search.galleries {
+        let want = &numpy_search["galleries"][g.name.as_str()];
+        assert_eq!((g.templates, g.mated, g.non_mated), (8, 8, 56), "{}", g.name);
+        assert_eq!(g.mated as u64, want["mated"].as_u64().unwrap());
+        for (rank, k) in g.rank.iter().zip(IJB_RANKS) {
+            assert_eq!((rank.rank, rank.hits as u64), (k, want["rank"][k.to_string()].as_u64().unwrap()), "{}", g.name);
+        }
+        assert_eq!(g.tpir_at_fpir.iter().map(|t| t.fpir).collect::<Vec<_>>(), IJB_FPIRS);
+        for (t, key) in g.tpir_at_fpir.iter().zip(fpir_keys) {
+            assert_eq!(t.tpir, want["tpir_at_fpir"][key].as_f64(), "{} TPIR at FPIR {key}", g.name);
+        }
+    }
+    // Over the galleries: hits summed (7 + 5 of 16 at rank 1), TPIR averaged.
+    assert_eq!(search.rank[0].hits, 12);
+    assert_eq!(search.rank[0].rate, 12.0 / 16.0);
+    assert_eq!(search.tpir(1e-1), Some((0.625 + 0.125) / 2.0));
+    assert_eq!(search.tpir(1e-2), None);
+    eprintln!("IJB 1:N vs numpy: rank-1 {:.4}, TPIR at FPIR 1e-1 {:?}", search.rank[0].rate, search.tpir(1e-1));
 }
 
 fn eval_args(model: &Path, ijb: Vec<PathBuf>, out: PathBuf) -> EvalArgs {
@@ -201,6 +232,39 @@ fn a_synthetic_set_scores_as_the_protocol_says() {
     // 264 different pairs resolve FAR 1e-2 (2 of them) and 1e-1, not 1e-3.
     assert!(r.tar(1e-2).is_some() && r.tar(1e-3).is_none());
 
+    // 1:N: synth's galleries hold the first templates (odd ids) of the even identities (G1) and of the odd ones
+    // (G2); the second templates probe. Each gallery's mates ranked here from the core's distances.
+    let search = set.search.as_ref().expect("synth writes 1:N lists");
+    assert_eq!(search.probes, (1..=12).map(|i| (2 * i, i)).collect::<Vec<_>>());
+    let got = r.search.as_ref().expect("1:N figures");
+    assert_eq!(got.probes, 12);
+    let mut all_hits = [0usize; 3];
+    for (g, want) in got.galleries.iter().zip(&search.galleries) {
+        assert_eq!((g.name.as_str(), g.templates, g.mated, g.non_mated), (want.name.as_str(), 6, 6, 6));
+        let first_id = usize::from(g.name == "G2");
+        let expect: Vec<(u32, u32)> = (first_id..12).step_by(2).map(|i| (2 * i as u32 + 1, i as u32 + 1)).collect();
+        assert_eq!(want.templates, expect, "{}", g.name);
+        let mut hits = [0usize; 3];
+        for &(probe, subject) in &search.probes {
+            let dist: Vec<f32> =
+                want.templates.iter().map(|(t, _)| squared_l2(&features[&probe], &features[t]).unwrap()).collect();
+            if let Some(mate) = want.templates.iter().position(|&(_, s)| s == subject) {
+                let rank = mate_rank(&dist, mate).unwrap();
+                for (h, k) in hits.iter_mut().zip(IJB_RANKS) {
+                    *h += usize::from(rank <= k);
+                }
+            }
+        }
+        assert_eq!(g.rank.iter().map(|r| r.hits).collect::<Vec<_>>(), hits, "{}", g.name);
+        // Six non-mated probes resolve no FPIR up to 1e-1.
+        assert!(g.tpir_at_fpir.iter().all(|t| t.tpir.is_none()), "{}", g.name);
+        for (a, h) in all_hits.iter_mut().zip(hits) {
+            *a += h;
+        }
+    }
+    assert_eq!(got.rank.iter().map(|r| r.hits).collect::<Vec<_>>(), all_hits);
+    assert_eq!(got.rank[2].hits, 12, "every mate within rank 10 of a gallery of 6");
+
     // The table, the report and the plot.
     let mut table = Vec::new();
     suite::print_table(&report, &mut table).unwrap();
@@ -208,9 +272,14 @@ fn a_synthetic_set_scores_as_the_protocol_says() {
     assert!(table.contains("IJB set") && table.contains("1e-4") && !table.contains("accuracy (%)"), "{table}");
     let row = table.lines().find(|l| l.starts_with("IJB ") && !l.contains("IJB set")).expect("a row for the set");
     assert!(row.contains(" 60 ") && row.contains(" 276 ") && row.contains("n/a"), "{row}");
+    assert!(table.contains("IJB 1:N") && table.contains("rank10"), "{table}");
+    let all = table.lines().find(|l| l.contains(" all ")).expect("a row over the galleries");
+    assert!(all.contains("12 probes") && all.contains(&format!("{:.2}", 100.0 * got.rank[0].rate)), "{all}");
     let files = suite::write_outputs(&report, &out).unwrap();
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&files.json).unwrap()).unwrap();
     assert_eq!(json["ijb"][0]["pairs"], 276);
+    assert_eq!(json["ijb"][0]["search"]["galleries"][1]["name"], "G2");
+    assert_eq!(json["ijb"][0]["search"]["rank"][2]["hits"], 12);
     assert!(json["ijb_protocol"].as_str().unwrap().contains("detector score"));
     assert!(json["ijb"][0]["roc"].as_array().unwrap().len() > 10);
     // No TAR at FAR 1e-4 to give (264 different pairs): the legend gives the one at 1e-2.
@@ -280,6 +349,65 @@ fn malformed_sets_are_named_by_file_and_line() {
     std::fs::remove_dir_all(root.join("loose_crop")).unwrap();
     let e = format!("{:#}", IjbSet::open(&root).unwrap_err());
     assert!(e.contains("loose_crop/) are missing"), "{e}");
+}
+
+/// The 1:N lists: read with or without NIST's header, quoted or not; each kind of bad list named by file and line.
+#[test]
+fn malformed_search_lists_are_named_by_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let five = "1.jpg 38 51 73 51 56 71 41 92 70 92 0.9\n2.jpg 38 51 73 51 56 71 41 92 70 92 0.8\n\
+                3.jpg 38 51 73 51 56 71 41 92 70 92 0.7\n";
+    let root = one_face_set(dir.path(), "1.jpg 1 1\n2.jpg 2 2\n3.jpg 3 3\n", five, "1 2 0\n");
+    let meta = root.join("meta");
+    let write = |name: &str, text: &str| std::fs::write(meta.join(format!("ijbx_1N_{name}.csv")), text).unwrap();
+    let open = || IjbSet::open(&root);
+    let err = || format!("{:#}", open().unwrap_err());
+    let header = "TEMPLATE_ID,SUBJECT_ID,FILENAME\n";
+    // No lists: 1:1 alone. Galleries without probes, and probes without a gallery, are a set copied in part.
+    assert!(open().unwrap().search.is_none());
+    write("gallery_G1", &format!("{header}1,10,1.jpg\n"));
+    let e = err();
+    assert!(e.contains("the 1:N galleries (G1) need their probes") && e.contains("ijbx_1N_probe_mixed.csv"), "{e}");
+    std::fs::remove_file(meta.join("ijbx_1N_gallery_G1.csv")).unwrap();
+    write("probe_mixed", &format!("{header}2,10,2.jpg\n"));
+    assert!(err().contains("the 1:N probes need a gallery, ijbx_1N_gallery_<NAME>.csv"), "{}", err());
+    // A well-formed pair of lists, galleries in name order, a row per face, quoted fields, no header on G2.
+    write("gallery_G2", "\"3\",\"11\",\"3.jpg\"\n");
+    write("gallery_G1", &format!("{header}1,10,1.jpg\n1,10,1b.jpg\n\n"));
+    write("probe_mixed", &format!("{header}2,10,2.jpg\n3,11,3.jpg\n"));
+    let search = open().unwrap().search.unwrap();
+    assert_eq!(search.galleries.iter().map(|g| g.name.as_str()).collect::<Vec<_>>(), ["G1", "G2"]);
+    assert_eq!(
+        (search.galleries[0].templates.as_slice(), search.probes.as_slice()),
+        (&[(1, 10)][..], &[(2, 10), (3, 11)][..])
+    );
+    // Each kind of bad list.
+    write("probe_mixed", &format!("{header}2,10,2.jpg\n2,12,2b.jpg\n"));
+    assert!(
+        err().contains("ijbx_1N_probe_mixed.csv line 3: template 2 is subject 12 here and 10 on line 2"),
+        "{}",
+        err()
+    );
+    write("probe_mixed", &format!("{header}2,x,2.jpg\n"));
+    assert!(err().contains("ijbx_1N_probe_mixed.csv line 2: the subject id \"x\" is not a number"), "{}", err());
+    write("probe_mixed", &format!("{header}7,10,7.jpg\n"));
+    assert!(
+        err().contains("line 2: template 7 has no face in") && err().contains("ijbx_face_tid_mid.txt"),
+        "{}",
+        err()
+    );
+    write("probe_mixed", &format!("{header}2\n"));
+    assert!(err().contains("ijbx_1N_probe_mixed.csv line 2: 1 fields, the subject id is field 2"), "{}", err());
+    write("probe_mixed", header);
+    assert!(err().contains("ijbx_1N_probe_mixed.csv lists no template"), "{}", err());
+    write("probe_mixed", &format!("{header}2,10,2.jpg\n"));
+    assert!(
+        err().contains("ijbx_1N_gallery_G2.csv: no probe of") && err().contains("is of a subject this gallery"),
+        "{}",
+        err()
+    );
+    write("gallery_G2", &format!("{header}2,11,2.jpg\n3,11,3.jpg\n"));
+    assert!(err().contains("ijbx_1N_gallery_G2.csv: subject 11 has templates 2 and 3"), "{}", err());
 }
 
 /// A backend that counts its `embed` calls and fails the one numbered `fail_at` (from 0), as a crash would stop a

@@ -101,14 +101,16 @@ where
     Ok((pixels, resized))
 }
 
-/// Fills the records of `per` bytes that make up `out` on all cores, record `i` by `fill(i, record)`, and returns
-/// what each returned, in record order. The first failing record (in index order) is the error.
-pub fn fill_parallel<T, F>(out: &mut [u8], per: usize, fill: F) -> Result<Vec<T>>
+/// Fills the records of `per` elements (bytes of an image, say) that make up `out` on all cores, record `i` by
+/// `fill(i, record)`, and returns what each returned, in record order. The first failing record (in index order) is
+/// the error.
+pub fn fill_parallel<E, T, F>(out: &mut [E], per: usize, fill: F) -> Result<Vec<T>>
 where
+    E: Send,
     T: Send,
-    F: Fn(usize, &mut [u8]) -> Result<T> + Sync,
+    F: Fn(usize, &mut [E]) -> Result<T> + Sync,
 {
-    ensure!(per > 0 && out.len().is_multiple_of(per), "{} bytes are no whole number of records of {per}", out.len());
+    ensure!(per > 0 && out.len().is_multiple_of(per), "{} elements are no whole number of records of {per}", out.len());
     let count = out.len() / per;
     if count == 0 {
         return Ok(Vec::new());

@@ -15,7 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::bin::VerificationPack;
-use super::ijb::{IjbReport, IJB_FARS};
+use super::ijb::{IjbReport, RankReport, TpirReport, IJB_FARS, IJB_FPIRS};
 use super::plot::{self, Curve};
 use super::{roc_curve, score, FlipEmbeddings, VerifyReport};
 use crate::data::decode::decode_many;
@@ -279,5 +279,48 @@ pub fn print_table(report: &EvalReport, out: &mut dyn Write) -> std::io::Result<
             "IJB: TAR (%) at each FAR, 1:1 verification of templates; n/a: fewer than 1/FAR different pairs"
         )?;
     }
+    if report.ijb.iter().any(|s| s.search.is_some()) {
+        print_search_table(report, out)?;
+    }
     Ok(())
+}
+
+/// The IJB sets' 1:N identification: each gallery, then over the galleries.
+fn print_search_table(report: &EvalReport, out: &mut dyn Write) -> std::io::Result<()> {
+    write!(
+        out,
+        "{:<8} {:<7} {:>9} {:>7} {:>9} {:>6} {:>6} {:>7}",
+        "IJB 1:N", "gallery", "templates", "mated", "non-mated", "rank1", "rank5", "rank10"
+    )?;
+    for fpir in IJB_FPIRS {
+        write!(out, " {:>7}", format!("{fpir:.0e}"))?;
+    }
+    writeln!(out)?;
+    let row = |out: &mut dyn Write, cells: [String; 5], rank: &[RankReport], tpir: &[TpirReport]| {
+        let [set, gallery, templates, mated, non_mated] = cells;
+        write!(out, "{set:<8} {gallery:<7} {templates:>9} {mated:>7} {non_mated:>9}")?;
+        for r in rank {
+            write!(out, " {:>6.2}", 100.0 * r.rate)?;
+        }
+        for t in tpir {
+            write!(out, " {:>7}", tar_cell(t.tpir))?;
+        }
+        writeln!(out)
+    };
+    for s in &report.ijb {
+        let Some(search) = &s.search else { continue };
+        for g in &search.galleries {
+            let cells =
+                [s.name.clone(), g.name.clone(), g.templates.to_string(), g.mated.to_string(), g.non_mated.to_string()];
+            row(out, cells, &g.rank, &g.tpir_at_fpir)?;
+        }
+        let cells = [s.name.clone(), "all".into(), String::new(), String::new(), format!("{} probes", search.probes)];
+        row(out, cells, &search.rank, &search.tpir_at_fpir)?;
+    }
+    writeln!(
+        out,
+        "IJB 1:N: identification rate (%) at rank 1, 5, 10 over mated probes, then TPIR (%) at each FPIR; each gallery \
+         searched by every probe template (those of subjects it does not hold are non-mated); all: ranks over every \
+         gallery's mated probes, mean TPIR; n/a: fewer than 1/FPIR non-mated probes"
+    )
 }

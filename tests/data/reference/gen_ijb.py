@@ -9,6 +9,14 @@ Steps, as insightface's defaults run them (use_flip_test, use_norm_score, use_de
 TAR at FAR as the project defines it: with M different pairs, k = floor(far * M) of them may be accepted; the
 threshold is the (k + 1)-th largest impostor score; TAR = same pairs scoring above it / same pairs.
 
+1:N identification, as insightface's ijb_evals.py runs it (NIST's open-set protocol), on the same template features:
+gallery G1 holds the first template of identities 0, 2, .., 14, G2 those of 1, 3, .., 15; every other template is a
+probe (so each gallery has 8 mated probes and 56 non-mated ones). Each probe is scored against each gallery template
+by cosine; a mated probe's rank is 1 + the number of other gallery templates scoring at least its mate; a non-mated
+probe keeps its best score. TPIR at FPIR as the project defines it: with M non-mated probes, k = floor(fpir * M) may
+be answered; the threshold is the (k + 1)-th largest best score; TPIR = mated probes ranked 1 scoring above it /
+mated probes. No random draw is added: the 1:1 figures are those the same seed gave before.
+
 Writes ijb_protocol.json. Usage: python gen_ijb.py OUT_DIR SEED   (the file in data/ was made with SEED 20261130)
 """
 import json, sys
@@ -71,14 +79,47 @@ for far in [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1]:
     threshold = impostor[k]
     tars[repr(far)] = float((cos[label_arr] > threshold).mean())
 
+# 1:N. Gallery templates in ascending template order, as numpy.unique orders them.
+first_template = {}
+for t, ident in template_of_id.items():  # in the order they were drawn
+    first_template.setdefault(ident, t)
+galleries = {"G1": sorted(first_template[i] for i in range(0, 16, 2)),
+             "G2": sorted(first_template[i] for i in range(1, 16, 2))}
+enrolled = set(galleries["G1"]) | set(galleries["G2"])
+probes = sorted(int(t) for t in unique_templates if int(t) not in enrolled)
+search = {"galleries": {}, "probes": [[t, template_of_id[t]] for t in probes]}
+for name, gallery in galleries.items():
+    g = np.array([template_feats[index[t]] for t in gallery])
+    subjects = [template_of_id[t] for t in gallery]
+    ranks, mated, best = [], [], []
+    for t in probes:
+        sims = g @ template_feats[index[t]]
+        if template_of_id[t] in subjects:
+            j = subjects.index(template_of_id[t])
+            ranks.append(1 + int(np.sum(np.delete(sims, j) >= sims[j])))
+            mated.append(sims[j])
+        else:
+            best.append(sims.max())
+    ranks, mated, best = np.array(ranks), np.array(mated), np.sort(np.array(best))[::-1]
+    tpirs = {}
+    for fpir in [1e-4, 1e-3, 1e-2, 1e-1]:
+        k = int(fpir * len(best))
+        tpirs[repr(fpir)] = None if k == 0 else float(((ranks == 1) & (mated > best[k])).mean())
+    search["galleries"][name] = {
+        "templates": [[t, template_of_id[t]] for t in gallery], "mated": len(ranks), "non_mated": len(best),
+        "rank": {str(r): int((ranks <= r).sum()) for r in [1, 5, 10]}, "tpir_at_fpir": tpirs,
+    }
+
 out = {
     "seed": SEED, "generator": "gen_ijb.py", "dim": D,
     "faces": [{"template": int(t), "media": int(m), "score": float(s)} for (t, m, _), s in zip(faces, score)],
     "e": e.tolist(), "e_flip": e_flip.tolist(),
     "template_ids": unique_templates.tolist(), "template_features": template_feats.tolist(),
     "pairs": [[a, b, l] for (a, b), l in zip(pairs, label)], "cos": cos.tolist(), "tar_at_far": tars,
+    "search": search,
 }
 with open(f"{OUT}/ijb_protocol.json", "w") as f:
     json.dump(out, f)
     f.write("\n")
 print(N, "faces,", len(unique_templates), "templates,", len(pairs), "pairs,", sum(label), "same;", tars)
+print({name: (g["rank"], g["tpir_at_fpir"]) for name, g in search["galleries"].items()})
