@@ -55,10 +55,10 @@ impl Similarity {
         libm::hypot(self.a, self.b)
     }
 
-    /// The inverse transform; `None` for a transform of scale 0 (or not finite), which has none.
+    /// The inverse transform; `None` for a transform of scale 0, or with a part that is not finite, which has none.
     pub fn inverse(&self) -> Option<Self> {
         let n = self.a * self.a + self.b * self.b;
-        if !(n > 0.0 && n.is_finite()) {
+        if !(n > 0.0 && n.is_finite() && self.tx.is_finite() && self.ty.is_finite()) {
             return None;
         }
         let (a, b) = (self.a / n, -self.b / n);
@@ -156,11 +156,19 @@ pub fn warp_affine(
     Ok(())
 }
 
-/// The reference landmarks for a crop of `shape`: [`ARCFACE_LANDMARKS`] scaled by `w / 112` along x and
-/// `h / 112` along y (the points themselves at 112x112).
+/// The reference landmarks for a crop of `shape`, placed as insightface's `estimate_norm` places them: for a
+/// square crop whose side is a multiple of 128 but not of 112, [`ARCFACE_LANDMARKS`] scaled by `side / 128` and
+/// moved `8 side / 128` to the right (the 112x112 points centred in 128x128, as insightface's 128 crops have
+/// them); otherwise scaled by `w / 112` along x and `h / 112` along y (insightface's rule for multiples of 112; it
+/// takes no other size).
 pub fn reference_landmarks(shape: ImageShape) -> [[f32; 2]; 5] {
-    let (sx, sy) = (shape.w as f64 / 112.0, shape.h as f64 / 112.0);
-    ARCFACE_LANDMARKS.map(|[x, y]| [(f64::from(x) * sx) as f32, (f64::from(y) * sy) as f32])
+    let (w, h) = (shape.w as f64, shape.h as f64);
+    let (sx, sy, dx) = if shape.w == shape.h && shape.w.is_multiple_of(128) && !shape.w.is_multiple_of(112) {
+        (w / 128.0, h / 128.0, 8.0 * w / 128.0)
+    } else {
+        (w / 112.0, h / 112.0, 0.0)
+    };
+    ARCFACE_LANDMARKS.map(|[x, y]| [(f64::from(x) * sx + dx) as f32, (f64::from(y) * sy) as f32])
 }
 
 /// Aligns a face: the similarity that maps its five `landmarks` (in `src`'s pixels, ordered as
@@ -295,6 +303,8 @@ mod tests {
         assert_eq!(dst, [10, 10, 10, 0, 0, 0]);
         let none = Similarity { a: 0.0, b: 0.0, tx: 1.0, ty: 1.0 };
         assert!(matches!(warp_affine(&src, shape, &none, &mut dst, shape), Err(Error::Config { .. })));
+        let lost = Similarity { a: 1.0, b: 0.0, tx: f64::NAN, ty: 0.0 };
+        assert!(matches!(warp_affine(&src, shape, &lost, &mut dst, shape), Err(Error::Config { .. })));
         assert!(matches!(warp_affine(&src[..5], shape, &m, &mut dst, shape), Err(Error::Length { what: "src", .. })));
         assert!(matches!(warp_affine(&src, shape, &m, &mut dst[..3], shape), Err(Error::Length { what: "dst", .. })));
     }
@@ -304,5 +314,12 @@ mod tests {
         assert_eq!(reference_landmarks(ImageShape { h: 112, w: 112 }), ARCFACE_LANDMARKS);
         let half = reference_landmarks(ImageShape { h: 56, w: 112 });
         assert_eq!(half[0], [38.2946, (51.6963f64 / 2.0) as f32]);
+        // insightface's 128x128 crops: the 112x112 points moved 8 pixels right (its estimate_norm); 256 likewise
+        // at twice the size; 224 (a multiple of 112) and 896 (of both) scale.
+        let square = |side| reference_landmarks(ImageShape { h: side, w: side });
+        assert_eq!(square(128)[0], [(38.2946f64 + 8.0) as f32, 51.6963]);
+        assert_eq!(square(256)[4], [((70.7299f64 + 8.0) * 2.0) as f32, (92.2041f64 * 2.0) as f32]);
+        assert_eq!(square(224)[0], [(38.2946f64 * 2.0) as f32, (51.6963f64 * 2.0) as f32]);
+        assert_eq!(square(896)[0], [(38.2946f64 * 8.0) as f32, (51.6963f64 * 8.0) as f32]);
     }
 }

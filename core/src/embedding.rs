@@ -27,8 +27,8 @@ pub const I8_MAX_DIM: usize = (i32::MAX / (128 * 128)) as usize;
 /// Arithmetic as [`crate::nn::l2_normalize_forward`] (which it calls): `||x|| = sqrt(sum_k x_k^2)` summed in
 /// f32 in index order, then one division per element.
 ///
-/// Shapes: `x`, `out`: `(D)`. Errors: a length mismatch ([`Error::Length`]), a non-finite `x`
-/// ([`Error::NonFinite`]), `||x|| = 0`, an empty `x` included ([`Error::ZeroNorm`]).
+/// Shapes: `x`, `out`: `(D)`. Errors: a length mismatch ([`Error::Length`]), a non-finite `x` or one whose norm
+/// overflows f32 ([`Error::NonFinite`]), `||x|| = 0`, an empty `x` included ([`Error::ZeroNorm`]).
 pub fn l2_normalize(x: &[f32], out: &mut [f32]) -> Result<f32, Error> {
     normalize_named("x", x, out)
 }
@@ -158,7 +158,9 @@ pub fn quantize_i8(x: &[f32], out: &mut [i8]) -> Result<f32, Error> {
     Ok(max / 127.0)
 }
 
-/// `out_k = q_k * scale`, the inverse of [`quantize_i8`] up to its rounding.
+/// `out_k = q_k * scale`, the inverse of [`quantize_i8`] up to its rounding. The product is the f32 product (an
+/// i8 times an f32 is exact in f64, then rounded once), except that it saturates at `+-f32::MAX` where it would
+/// round to infinity (`127 * (f32::MAX / 127)` does): within `scale / 2` of the value quantised, as everywhere.
 ///
 /// Shapes: `q`, `out`: `(D)`. Errors: a length mismatch, or a `scale` that is negative or not finite
 /// ([`Error::Config`]).
@@ -167,8 +169,9 @@ pub fn dequantize_i8(q: &[i8], scale: f32, out: &mut [f32]) -> Result<(), Error>
     if !(scale.is_finite() && scale >= 0.0) {
         return Err(Error::Config { what: "an int8 scale must be finite and not negative" });
     }
+    let max = f64::from(f32::MAX);
     for (o, &v) in out.iter_mut().zip(q) {
-        *o = f32::from(v) * scale;
+        *o = (f64::from(v) * f64::from(scale)).clamp(-max, max) as f32;
     }
     Ok(())
 }
@@ -227,6 +230,9 @@ mod tests {
         assert_eq!(l2_normalize(&[1.0, f32::NAN], &mut y), Err(Error::NonFinite { what: "x", index: 1 }));
         assert_eq!(l2_normalize(&[1.0], &mut y), Err(Error::Length { what: "out", expected: 1, got: 2 }));
         assert_eq!(l2_normalize(&[], &mut []), Err(Error::ZeroNorm { what: "x", index: 0 }));
+        // Finite, but the sum of squares overflows f32: an error, not a vector of zeros.
+        assert_eq!(l2_normalize(&[2e19, 2e19], &mut y), Err(Error::NonFinite { what: "norms", index: 0 }));
+        assert!(l2_normalize(&[1e19, 1e19], &mut y).is_ok());
     }
 
     #[test]
@@ -307,6 +313,8 @@ mod tests {
         // Extremes stay finite.
         assert_eq!(quantize_i8(&[f32::MAX, -f32::MAX, 0.0], &mut q), Ok(f32::MAX / 127.0));
         assert_eq!(q, [127, -127, 0]);
+        dequantize_i8(&q, f32::MAX / 127.0, &mut back).unwrap();
+        assert_eq!(back, [f32::MAX, -f32::MAX, 0.0], "127 * (MAX / 127) saturates, not infinity");
         let tiny = f32::from_bits(1); // the smallest subnormal: the scale underflows to zero
         assert_eq!(quantize_i8(&[tiny, -tiny, 0.0], &mut q), Ok(0.0));
         assert_eq!(q, [127, -127, 0]);

@@ -336,7 +336,7 @@ pub unsafe extern "C" fn ef_cosine_i8(a: *const i8, b: *const i8, dim: usize, ou
 /// Symmetric int8 quantisation of a `dim`-element float embedding: `out_q[k] = round(127 x[k] / max|x|)`,
 /// `*out_scale = max|x| / 127` (0 for the zero vector, which quantises to zeros).
 ///
-/// Errors: a null pointer, `NON_FINITE`, `OVERLAP` (`out_q` overlapping `x`).
+/// Errors: a null pointer, `NON_FINITE`, `OVERLAP` (`out_q` overlapping `x`, or `out_scale` overlapping either).
 ///
 /// # Safety
 ///
@@ -349,7 +349,12 @@ pub unsafe extern "C" fn ef_quantize_i8(x: *const f32, dim: usize, out_q: *mut i
         // SAFETY: as above; disjoint from `x` (checked).
         let q = unsafe { output(out_q, dim, &[Span::of(x)])? };
         let scale = quantize_i8(x, q)?;
-        // SAFETY: as above.
+        // Writing the scale into `x` or `out_q` would change four of their bytes behind the caller's back.
+        let span = region(out_scale, 1)?;
+        if span.overlaps(&Span::of(x)) || span.overlaps(&Span::of(q)) {
+            return Err(EfStatus::Overlap);
+        }
+        // SAFETY: as above; disjoint from `x` and `out_q` (checked).
         unsafe { write(out_scale, scale) }
     })
 }
@@ -1480,6 +1485,14 @@ mod tests {
         let mut x = [0.5f32, -0.5, 0.25, 0.0];
         let q_in_x = x.as_mut_ptr().cast::<i8>();
         assert_eq!(unsafe { ef_quantize_i8(x.as_ptr(), 4, q_in_x, &mut scale) }, EfStatus::Overlap);
+        assert_eq!(x, [0.5, -0.5, 0.25, 0.0]);
+        // So is a scale written into the codes or into x; right after the codes is fine.
+        let mut words = [0i32; 2];
+        let (q, after_q) = (words.as_mut_ptr().cast::<i8>(), unsafe { words.as_mut_ptr().add(1) }.cast::<f32>());
+        assert_eq!(unsafe { ef_quantize_i8(x.as_ptr(), 4, q, after_q) }, EfStatus::Ok);
+        assert_eq!(unsafe { ef_quantize_i8(x.as_ptr(), 4, q, q.cast::<f32>()) }, EfStatus::Overlap);
+        let scale_in_x = x.as_mut_ptr().wrapping_add(2);
+        assert_eq!(unsafe { ef_quantize_i8(x.as_ptr(), 3, q, scale_in_x) }, EfStatus::Overlap);
         assert_eq!(x, [0.5, -0.5, 0.25, 0.0]);
         assert_eq!(unsafe { ef_cosine_f32(a.as_ptr(), b.as_ptr(), usize::MAX, &mut c) }, EfStatus::Length);
     }

@@ -523,10 +523,12 @@ fn check_norms(what: &'static str, norms: &[f32]) -> Result<(), Error> {
     }
 }
 
-/// Gives an error of the normalisation the name of the head's argument.
-fn rename(e: Error, what: &'static str) -> Error {
+/// Gives an error of the normalisation the name of the head's argument (`what`), or of its norms (`norms`) where
+/// a norm overflows.
+fn rename(e: Error, what: &'static str, norms: &'static str) -> Error {
     match e {
         Error::ZeroNorm { index, .. } => Error::ZeroNorm { what, index },
+        Error::NonFinite { what: "norms", index } => Error::NonFinite { what: norms, index },
         Error::NonFinite { index, .. } => Error::NonFinite { what, index },
         other => other,
     }
@@ -879,10 +881,8 @@ pub fn margin_loss_forward(
     let HeadScratch { emb_unit, emb_norm, w_unit, w_norm, cos, logits, margins, order } = scratch;
     let rows = VectorLayout::rows(shape.batch, shape.dim);
     let columns = VectorLayout::columns(shape.dim, shape.classes);
-    l2_normalize_forward(rows, emb, emb_unit, emb_norm).map_err(|e| rename(e, "emb"))?;
-    l2_normalize_forward(columns, w, w_unit, w_norm).map_err(|e| rename(e, "w"))?;
-    check_finite("emb_norm", emb_norm)?;
-    check_finite("w_norm", w_norm)?;
+    l2_normalize_forward(rows, emb, emb_unit, emb_norm).map_err(|e| rename(e, "emb", "emb_norm"))?;
+    l2_normalize_forward(columns, w, w_unit, w_norm).map_err(|e| rename(e, "w", "w_norm"))?;
 
     cosine_forward(shape, emb_unit, w_unit, cos)?;
     margins.copy_from_slice(margins_raw);

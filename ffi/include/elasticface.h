@@ -237,7 +237,7 @@ EfStatus ef_cosine_i8(const int8_t *a,
 // Symmetric int8 quantisation of a `dim`-element float embedding: `out_q[k] = round(127 x[k] / max|x|)`,
 // `*out_scale = max|x| / 127` (0 for the zero vector, which quantises to zeros).
 //
-// Errors: a null pointer, `NON_FINITE`, `OVERLAP` (`out_q` overlapping `x`).
+// Errors: a null pointer, `NON_FINITE`, `OVERLAP` (`out_q` overlapping `x`, or `out_scale` overlapping either).
 //
 // # Safety
 //

@@ -45,7 +45,8 @@ impl VectorLayout {
 /// `y = x / ||x||` per vector; `norms[i] = ||x_i||` is kept for the backward pass.
 ///
 /// Shapes: `x`, `y`: `layout.buffer_len()`; `norms`: `(layout.count)`.
-/// Errors: a non-finite `x` ([`Error::NonFinite`]) or a zero vector ([`Error::ZeroNorm`]).
+/// Errors: a non-finite `x` ([`Error::NonFinite`]), a vector whose norm overflows f32 ([`Error::NonFinite`] named
+/// `norms`, at the vector's index), or a zero vector ([`Error::ZeroNorm`]).
 pub fn l2_normalize_forward(layout: VectorLayout, x: &[f32], y: &mut [f32], norms: &mut [f32]) -> Result<(), Error> {
     let n = layout.buffer_len();
     check_len("x", x, n)?;
@@ -61,6 +62,10 @@ pub fn l2_normalize_forward(layout: VectorLayout, x: &[f32], y: &mut [f32], norm
         let norm = libm::sqrtf(ss);
         if norm == 0.0 {
             return Err(Error::ZeroNorm { what: "x", index: i });
+        }
+        // A finite vector whose sum of squares overflows f32 (|x| above about 1.8e19) would come out all zeros.
+        if !norm.is_finite() {
+            return Err(Error::NonFinite { what: "norms", index: i });
         }
         *norm_out = norm;
         for k in 0..layout.len {
