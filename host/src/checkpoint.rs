@@ -107,6 +107,21 @@ impl Checkpoint {
     pub fn to_file(&self) -> Result<TensorFile> {
         let c = &self.cfg;
         let s = &self.step_cfg;
+        let m = &s.margin;
+        check_finite(
+            "checkpoint",
+            &[
+                ("loss s", m.s),
+                ("loss m", m.m),
+                ("loss sigma", m.sigma),
+                ("optimizer.lr", s.sgd.lr),
+                ("optimizer.momentum", s.sgd.momentum),
+                ("optimizer.weight_decay", s.sgd.weight_decay),
+                ("optimizer.backbone_clip_grad_norm", s.clip_norm),
+                ("batchnorm.eps", s.bn.eps),
+                ("batchnorm.momentum", s.bn.momentum),
+            ],
+        )?;
         let meta = json!({
             "format": FORMAT,
             "version": VERSION,
@@ -229,6 +244,7 @@ impl Backbone {
     /// The backbone as a state dict (insightface's names, `num_batches_tracked` included) with a manifest
     /// ([`BACKBONE_FORMAT`]: the network, batch norm settings, and `source`, free JSON saying where it came from).
     pub fn to_file(&self, source: Value) -> Result<TensorFile> {
+        check_finite("backbone", &[("batchnorm.eps", self.bn.eps), ("batchnorm.momentum", self.bn.momentum)])?;
         let meta = json!({
             "format": BACKBONE_FORMAT,
             "version": VERSION,
@@ -369,6 +385,15 @@ fn network_from_json(f: &TensorFile, n: &Value) -> Result<IResNetConfig> {
     Ok(cfg)
 }
 
+/// Refuses to write a manifest holding a non-finite number: JSON has no infinity or NaN (serde_json writes them as
+/// `null`), so the file would be written but never read back.
+fn check_finite(what: &str, values: &[(&str, f32)]) -> Result<()> {
+    for (name, v) in values {
+        ensure!(v.is_finite(), "{what} manifest: {name} is {v}, which JSON cannot hold; the file would not load back");
+    }
+    Ok(())
+}
+
 /// Refuses files of a newer format version than this build reads.
 fn check_version(f: &TensorFile, what: &str) -> Result<()> {
     let version = f.meta["version"].as_u64().ok_or_else(|| anyhow!("{}: {what} manifest: no version", f.name))?;
@@ -427,6 +452,8 @@ pub fn infer_network(f: &TensorFile, input_size: Option<usize>) -> Result<IResNe
         ensure!(layers[s] > 0, "{}: no block in layer{} (no layer{}.0.bn1.weight)", f.name, s + 1, s + 1);
         let key = format!("layer{}.0.conv1.weight", s + 1);
         widths[s] = *shape(&key)?.first().with_context(|| format!("{}: {key} has no dimensions", f.name))?;
+        // A stage of no channels is no network, and the last width divides the fc layer's inputs below.
+        ensure!(widths[s] > 0, "{}: {key} has shape {:?}: a stage of 0 channels", f.name, shape(&key)?);
     }
     ensure!(
         conv1[0] == widths[0],

@@ -118,7 +118,11 @@ pub fn demo(cfg: &DemoConfig) -> Result<DemoReport> {
     ensure_data(cfg, cfg.quiet)?;
     let tc = train_config(cfg);
     let metrics = cfg.out.join("metrics.jsonl");
-    let _ = std::fs::remove_file(&metrics); // a fresh curve for a fresh run
+    // A fresh curve and fresh weights for a fresh run (`train` refuses a folder that holds a run unless resumed).
+    let _ = std::fs::remove_file(&metrics);
+    for name in ["checkpoint.safetensors", "final.safetensors"] {
+        let _ = std::fs::remove_file(cfg.out.join(name));
+    }
     let run = train(&tc, None, cfg.quiet)?;
     let losses = read_losses(&metrics)?;
     let picture = cfg.out.join("demo.png");

@@ -301,7 +301,8 @@ struct TrainArgs {
     /// Verification pairs drawn from held-out identities in --val [default: 600].
     #[arg(long)]
     val_pairs: Option<usize>,
-    /// Run folder: config.toml, metrics.jsonl, checkpoint.safetensors [default: runs/train].
+    /// Run folder: config.toml, metrics.jsonl, checkpoint.safetensors; one that holds a checkpoint is only trained
+    /// on again with --resume [default: runs/train].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     /// Continue from a checkpoint file, or from a run folder's latest checkpoint.

@@ -2,9 +2,10 @@
 //! `accumulate`), metrics, checkpoints, verification (held-out identities or insightface's packs), and a clean stop
 //! on Ctrl-C or SIGTERM.
 //!
-//! A run lives in one folder (`out`): `config.toml` (what was asked), `metrics.jsonl` (one JSON object per step
-//! and per set at each evaluation), `checkpoint.safetensors` (the latest state, rewritten atomically) and
-//! `final.safetensors`.
+//! A run lives in one folder (`out`): `config.toml` (what was asked), `metrics.jsonl` (one JSON object per step,
+//! per set at each evaluation, and per epoch that skipped unreadable samples), `checkpoint.safetensors` (the latest
+//! state, rewritten atomically) and `final.safetensors` (written the same way). A folder holding a run is only
+//! trained on again by resuming it.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -25,10 +26,11 @@ use super::cpu::CpuBackend;
 use super::schedule::Schedule;
 use super::Backend;
 use crate::checkpoint::{Backbone, Checkpoint};
-use crate::data::{self, Loader, LoaderConfig, Position};
+use crate::data::{self, BadSamples, Loader, LoaderConfig, Position};
 use crate::eval::{self, Pairs};
 use crate::gpu::kernels::conv2d::{ConvPrecision, ConvTileChoice};
 use crate::gpu::kernels::winograd::WinogradTileChoice;
+use crate::tensorfile::write_atomically;
 
 /// Where to train.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -288,6 +290,35 @@ impl TrainConfig {
         Ok(if loss.plus == PlusAssignment::None { loss } else { loss.with_plus(plus) })
     }
 
+    /// Refuses settings out of their domain, each named as its flag and its config key, all at once. Floats must
+    /// be finite: an infinity trains but the checkpoint's JSON manifest cannot hold it, NaN poisons the weights.
+    /// A clip norm of 0 freezes the backbone and a negative one turns descent into ascent; so does a negative
+    /// learning rate or weight decay; a momentum of 1 or more never forgets a gradient and diverges.
+    pub fn validate(&self) -> Result<()> {
+        let mut bad = Vec::new();
+        let mut check = |ok: bool, flag: &str, key: &str, value: String, want: &str| {
+            if !ok {
+                bad.push(format!("--{flag} ({key} in a --config file) is {value}: {want}"));
+            }
+        };
+        let (lr, m, wd, clip) = (self.lr, self.momentum, self.weight_decay, self.clip_norm);
+        check(lr.is_finite() && lr > 0.0, "lr", "lr", lr.to_string(), "a finite number above 0 (0.1 in the recipe)");
+        let want = "a finite number in [0, 1) (0.9 in the recipe)";
+        check(m.is_finite() && (0.0..1.0).contains(&m), "momentum", "momentum", m.to_string(), want);
+        let want = "a finite number, 0 or more (5e-4 in the recipe)";
+        check(wd.is_finite() && wd >= 0.0, "weight-decay", "weight_decay", wd.to_string(), want);
+        let want = "a finite number above 0 (5 in the recipe)";
+        check(clip.is_finite() && clip > 0.0, "clip-norm", "clip_norm", clip.to_string(), want);
+        check(self.batch >= 2, "batch", "batch", self.batch.to_string(), "at least 2 (batch norm)");
+        let want = "at least 1 (micro-batches per step)";
+        check(self.accumulate >= 1, "accumulate", "accumulate", self.accumulate.to_string(), want);
+        match bad.len() {
+            0 => Ok(()),
+            1 => bail!("{}", bad[0]),
+            _ => bail!("invalid settings:\n  {}", bad.join("\n  ")),
+        }
+    }
+
     /// Images per step: `batch * accumulate`.
     pub fn step_images(&self) -> usize {
         self.batch * self.accumulate
@@ -387,7 +418,7 @@ fn measure_and_log(
     Ok(results)
 }
 
-/// Set by Ctrl-C or SIGTERM: the loop saves a checkpoint and stops after the current step.
+/// Set by Ctrl-C or SIGTERM (in [`train`]): the loop saves a checkpoint and stops after the current step.
 static STOP: AtomicBool = AtomicBool::new(false);
 
 /// What a finished (or interrupted) run reports.
@@ -466,13 +497,157 @@ fn append_jsonl(path: &Path, value: &serde_json::Value) -> Result<()> {
     writeln!(f, "{value}").with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// Refuses a fresh run in a folder that holds another run's weights: it would overwrite them (a forgotten
+/// `--resume` and a Ctrl-C would lose a long run) and mix two runs in one metrics.jsonl.
+fn refuse_existing_run(out: &Path) -> Result<()> {
+    for name in ["checkpoint.safetensors", "final.safetensors"] {
+        if out.join(name).exists() {
+            bail!(
+                "{} already holds a run ({name}): pass `--resume {}` to continue it, or choose another --out (delete \
+                 the folder to start over in it)",
+                out.display(),
+                out.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Each setting of this run that differs from what checkpoint `ck` was trained with, as `flag: checkpoint value,
+/// given value`. A resumed run trains with the checkpoint's loss and optimizer (they are part of its state) while
+/// the margins of every step are drawn from this run's loss, so any difference would train a mixture silently.
+fn resume_mismatches(
+    ck: &Checkpoint,
+    cfg: &TrainConfig,
+    net: &IResNetConfig,
+    classes: usize,
+    step_cfg: &StepConfig,
+) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut differ = |flag: &str, then: String, now: String| {
+        if then != now {
+            found.push(format!("{flag}: {then} in the checkpoint, {now} given"));
+        }
+    };
+    let (c, n) = (&ck.cfg, net);
+    differ("--arch/--layers (blocks per stage)", format!("{:?}", c.layers), format!("{:?}", n.layers));
+    differ("--arch/--widths", format!("{:?}", c.widths), format!("{:?}", n.widths));
+    differ("--embedding", c.embedding.to_string(), n.embedding.to_string());
+    differ("--input-size", format!("{}x{}", c.input_h, c.input_w), format!("{}x{}", n.input_h, n.input_w));
+    differ("--data (its classes)", ck.classes.to_string(), classes.to_string());
+    differ("--seed", ck.seed.to_string(), cfg.seed.to_string());
+    // The Plus assignment is a flag of its own only where both losses are Plus variants; otherwise it is part of
+    // the loss (a Plus variant against a plain one).
+    let (then, now) = (ck.step_cfg.margin, step_cfg.margin);
+    let none = PlusAssignment::None;
+    if then.with_plus(none) == now.with_plus(none) && then.plus != none && now.plus != none {
+        differ("--plus-assignment", then.plus.to_string(), now.plus.to_string());
+    } else {
+        differ("--loss", then.to_string(), now.to_string());
+    }
+    // f32's Display is the shortest text that reads back as the same number: equal texts, equal values.
+    let (then, now) = (&ck.step_cfg, step_cfg);
+    differ("--momentum", then.sgd.momentum.to_string(), now.sgd.momentum.to_string());
+    differ("--weight-decay", then.sgd.weight_decay.to_string(), now.sgd.weight_decay.to_string());
+    differ("--clip-norm", then.clip_norm.to_string(), now.clip_norm.to_string());
+    found
+}
+
+/// The checkpoint `resume` names (a file, or a run folder's `checkpoint.safetensors`), refused unless it was
+/// trained with this run's network, classes, seed, loss and optimizer settings ([`resume_mismatches`]).
+fn checkpoint_to_resume(
+    resume: &Path,
+    cfg: &TrainConfig,
+    net: &IResNetConfig,
+    classes: usize,
+    step_cfg: &StepConfig,
+) -> Result<Checkpoint> {
+    let path = if resume.is_dir() { resume.join("checkpoint.safetensors") } else { resume.to_path_buf() };
+    let ck = Checkpoint::load(&path).with_context(|| format!("resuming from {}", path.display()))?;
+    let mismatches = resume_mismatches(&ck, cfg, net, classes, step_cfg);
+    if !mismatches.is_empty() {
+        bail!(
+            "cannot resume from {}: it was trained with other settings than given (its run folder's config.toml \
+             holds them); give the same flags, or start a new run with another --out:\n  {}",
+            path.display(),
+            mismatches.join("\n  ")
+        );
+    }
+    let images = |run: &serde_json::Value| {
+        let (batch, accumulate) = (run.get("batch")?.as_u64()?, run["accumulate"].as_u64().unwrap_or(1));
+        Some((batch, accumulate))
+    };
+    let now = (cfg.batch as u64, cfg.accumulate as u64);
+    if let Some(then) = images(&ck.run).filter(|&then| then != now) {
+        eprintln!(
+            "note: {} was trained in steps of {} x {} images (batch x accumulate); this run goes on with {} x {}",
+            path.display(),
+            then.0,
+            then.1,
+            now.0,
+            now.1
+        );
+    }
+    Ok(ck)
+}
+
+/// How many of the reasons for skipped samples a run prints (the loader keeps [`BadSamples::MAX_KEPT`]).
+const REASONS_SHOWN: usize = 5;
+
+/// Reports the samples an epoch's loader left out (`--skip-bad-samples`): a metrics line per epoch that skipped
+/// any (`{"step", "epoch", "skipped_samples", "first_skipped"}`), and the first reasons on stderr, once a run
+/// (every epoch visits the same samples, so the reasons repeat).
+fn report_bad_samples(
+    bad: &BadSamples,
+    epoch: u64,
+    step: u64,
+    metrics: &Path,
+    bar: &ProgressBar,
+    shown: &mut bool,
+) -> Result<()> {
+    if bad.count == 0 {
+        return Ok(());
+    }
+    append_jsonl(
+        metrics,
+        &json!({"step": step, "epoch": epoch, "skipped_samples": bad.count, "first_skipped": bad.first}),
+    )?;
+    if !*shown {
+        *shown = true;
+        let reasons: Vec<&str> = bad.first.iter().take(REASONS_SHOWN).map(String::as_str).collect();
+        bar.suspend(|| {
+            eprintln!(
+                "warning: epoch {epoch} skipped {} unreadable samples (--skip-bad-samples); the first {}:\n  {}",
+                bad.count,
+                reasons.len(),
+                reasons.join("\n  ")
+            )
+        });
+    }
+    Ok(())
+}
+
 /// Trains as `cfg` says, resuming from `resume` when given (a checkpoint file, or `out`'s latest checkpoint
-/// when `resume` is the run folder itself). `quiet` hides the progress bar.
+/// when `resume` is the run folder itself). `quiet` hides the progress bar. Ctrl-C or SIGTERM saves a checkpoint
+/// and stops after the current step.
+///
+/// Refused before anything is written: settings out of their domain ([`TrainConfig::validate`]), a fresh run
+/// (no `resume`) into a folder that holds a checkpoint, and a resume with other settings than the checkpoint's.
 pub fn train(cfg: &TrainConfig, resume: Option<&Path>, quiet: bool) -> Result<RunSummary> {
+    train_inner(cfg, resume, quiet, None)
+}
+
+/// [`train`], stopping (with a checkpoint, as on Ctrl-C) after the step during which `stop` is set, for callers
+/// that stop a run themselves; signals are left to the caller. A `stop` set before the call stops after the first
+/// step.
+pub fn train_until(cfg: &TrainConfig, resume: Option<&Path>, quiet: bool, stop: &AtomicBool) -> Result<RunSummary> {
+    train_inner(cfg, resume, quiet, Some(stop))
+}
+
+fn train_inner(cfg: &TrainConfig, resume: Option<&Path>, quiet: bool, stop: Option<&AtomicBool>) -> Result<RunSummary> {
+    cfg.validate()?;
     let net = cfg.network()?;
     let margin = cfg.margin()?;
-    ensure!(cfg.batch >= 2, "batch must be at least 2 (batch norm)");
-    ensure!(cfg.accumulate >= 1, "accumulate must be at least 1 (micro-batches per step)");
     let shape = ImageShape { h: net.input_h, w: net.input_w };
     let dataset = data::open(&cfg.data, shape).with_context(|| format!("training data {}", cfg.data.display()))?;
     let classes = dataset.num_classes();
@@ -494,46 +669,27 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>, quiet: bool) -> Result<Ru
         clip_norm: cfg.clip_norm,
         bn: BatchNorm::default(),
     };
+    let resumed = match resume {
+        Some(r) => Some(checkpoint_to_resume(r, cfg, &net, classes, &step_cfg)?),
+        None => {
+            refuse_existing_run(&cfg.out)?;
+            None
+        }
+    };
+    let mut backend = open_backend(cfg, &net, classes, step_cfg)?;
+    let mut position = Position::epoch_start(0);
+    if let Some(ck) = &resumed {
+        backend.load(ck)?;
+        position = ck.position;
+    }
+    // Loaded into the backend: not kept through the run.
+    drop(resumed);
+    // Only now that the run is accepted: a refused resume leaves the folder's config.toml as it was.
     std::fs::create_dir_all(&cfg.out).with_context(|| format!("cannot create {}", cfg.out.display()))?;
-    std::fs::write(cfg.out.join("config.toml"), toml::to_string(cfg)?).context("cannot write config.toml")?;
+    write_atomically(&cfg.out.join("config.toml"), toml::to_string(cfg)?.as_bytes())?;
     let metrics = cfg.out.join("metrics.jsonl");
     let ck_path = cfg.out.join("checkpoint.safetensors");
 
-    let mut backend = open_backend(cfg, &net, classes, step_cfg)?;
-    let mut position = Position::epoch_start(0);
-    if let Some(r) = resume {
-        let path = if r.is_dir() { r.join("checkpoint.safetensors") } else { r.to_path_buf() };
-        let ck = Checkpoint::load(&path).with_context(|| format!("resuming from {}", path.display()))?;
-        ensure!(
-            ck.cfg == net && ck.classes == classes,
-            "{} is a checkpoint of another network or class count",
-            path.display()
-        );
-        ensure!(
-            ck.seed == cfg.seed,
-            "{} was trained with seed {}, this run has seed {}",
-            path.display(),
-            ck.seed,
-            cfg.seed
-        );
-        backend.load(&ck)?;
-        position = ck.position;
-        let images = |run: &serde_json::Value| {
-            let (batch, accumulate) = (run.get("batch")?.as_u64()?, run["accumulate"].as_u64().unwrap_or(1));
-            Some((batch, accumulate))
-        };
-        let now = (cfg.batch as u64, cfg.accumulate as u64);
-        if let Some(then) = images(&ck.run).filter(|&then| then != now) {
-            eprintln!(
-                "note: {} was trained in steps of {} x {} images (batch x accumulate); this run goes on with {} x {}",
-                path.display(),
-                then.0,
-                then.1,
-                now.0,
-                now.1
-            );
-        }
-    }
     let val = Validation::of(cfg, shape)?;
     let val_before = match &val {
         Some(val) => measure_and_log(val, backend.as_mut(), shape, &metrics)?,
@@ -541,8 +697,14 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>, quiet: bool) -> Result<Ru
     };
     let mut last_eval: Option<(u64, Vec<SetResult>)> = None;
 
-    STOP.store(false, Ordering::SeqCst);
-    let _ = ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst));
+    let stop = match stop {
+        Some(s) => s,
+        None => {
+            STOP.store(false, Ordering::SeqCst);
+            let _ = ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst));
+            &STOP
+        }
+    };
     let total_steps = {
         let by_epochs = cfg.epochs.saturating_mul(steps_per_epoch);
         if cfg.max_steps > 0 {
@@ -562,15 +724,18 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>, quiet: bool) -> Result<Ru
     let run_json = serde_json::to_value(cfg)?;
     let started = Instant::now();
     let (start_steps, mut first_loss, mut last_loss) = (backend.steps(), f32::NAN, f32::NAN);
-    let (mut interrupted, mut skipped) = (false, 0);
-    'epochs: while position.epoch < cfg.epochs && backend.steps() < total_steps {
+    let (mut interrupted, mut skipped, mut reasons_shown) = (false, 0, false);
+    while position.epoch < cfg.epochs && backend.steps() < total_steps {
         let lc = LoaderConfig {
             workers: cfg.workers.max(1),
             skip_bad_samples: cfg.skip_bad_samples,
             ..LoaderConfig::new(cfg.step_images(), cfg.seed)
         };
+        let epoch_start = position;
         let mut loader = Loader::new(Arc::clone(&dataset), lc, position)?;
+        let (mut batches, mut finished) = (0u64, false);
         while let Some(batch) = loader.next_batch()? {
+            batches += 1;
             let step = backend.steps();
             let lr = schedule.lr(step, batch.epoch);
             backend.set_lr(lr)?;
@@ -595,30 +760,61 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>, quiet: bool) -> Result<Ru
             bar.set_position(step + 1);
             bar.set_message(format!("epoch {} loss {:.4} lr {:.2e} {:.0} img/s", batch.epoch, report.loss, lr, ips));
             let done = backend.steps();
+            // A stop asked for during the step goes straight to the checkpoint below the loop: neither the
+            // periodic checkpoint (written there anyway) nor an evaluation (minutes on large packs) delays it.
+            if stop.load(Ordering::SeqCst) {
+                (interrupted, finished) = (true, true);
+                break;
+            }
             if cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0 {
                 backend.checkpoint(cfg.seed, position, run_json.clone())?.save(&ck_path)?;
             }
             if let (Some(val), true) = (&val, cfg.eval_every > 0 && done % cfg.eval_every == 0) {
-                last_eval = Some((done, measure_and_log(val, backend.as_mut(), shape, &metrics)?));
+                if !stop.load(Ordering::SeqCst) {
+                    last_eval = Some((done, measure_and_log(val, backend.as_mut(), shape, &metrics)?));
+                }
             }
-            if STOP.load(Ordering::SeqCst) {
-                interrupted = true;
-                skipped += loader.bad_samples().count;
-                break 'epochs;
+            if stop.load(Ordering::SeqCst) {
+                (interrupted, finished) = (true, true);
+                break;
             }
             if done >= total_steps {
-                skipped += loader.bad_samples().count;
-                break 'epochs;
+                finished = true;
+                break;
             }
         }
-        skipped += loader.bad_samples().count;
+        let bad = loader.bad_samples();
+        skipped += bad.count;
+        report_bad_samples(bad, epoch_start.epoch, backend.steps(), &metrics, &bar, &mut reasons_shown)?;
+        // An epoch with a step's worth of samples that delivers no batch has left every one of them out: going on
+        // would end "successfully" with weights no step touched.
+        if batches == 0 && dataset.len().saturating_sub(epoch_start.sample) >= cfg.step_images() {
+            bar.finish_and_clear();
+            if backend.steps() > start_steps {
+                backend.checkpoint(cfg.seed, epoch_start, run_json.clone())?.save(&ck_path)?;
+            }
+            let first: Vec<&str> = bad.first.iter().take(REASONS_SHOWN).map(String::as_str).collect();
+            bail!(
+                "epoch {} delivered no batch: all {} samples read were left out as unreadable (--skip-bad-samples){}",
+                epoch_start.epoch,
+                bad.count,
+                if first.is_empty() { String::new() } else { format!("; the first:\n  {}", first.join("\n  ")) }
+            );
+        }
+        if finished {
+            break;
+        }
         position = Position::epoch_start(position.epoch + 1);
     }
     bar.finish_and_clear();
-    backend.checkpoint(cfg.seed, position, run_json.clone())?.save(&ck_path)?;
+    let ck = backend.checkpoint(cfg.seed, position, run_json)?;
+    ck.save(&ck_path)?;
     if !interrupted {
-        std::fs::copy(&ck_path, cfg.out.join("final.safetensors")).context("cannot write final.safetensors")?;
+        // Written as the checkpoint is (atomically, synced), not copied: a crash mid-copy would leave a torn file.
+        ck.save(&cfg.out.join("final.safetensors")).context("cannot write final.safetensors")?;
     }
+    // The weights twice over (with a large head, gigabytes): not kept through the last evaluation.
+    drop(ck);
     let val_after = match (&val, interrupted, last_eval) {
         // The last step was just measured: not again.
         (Some(_), false, Some((step, results))) if step == backend.steps() => results,
@@ -660,6 +856,22 @@ mod tests {
         let err = "some".parse::<WinogradLayers>().unwrap_err();
         assert!(err.contains("`auto`, `off`, or the fewest channels"), "{err}");
         assert!(toml::from_str::<TrainConfig>("winograd = \"-1\"").is_err());
+    }
+
+    #[test]
+    fn settings_from_the_config_file_are_checked_as_flags_are() {
+        TrainConfig::default().validate().unwrap();
+        for (text, want) in [
+            ("clip_norm = inf", "--clip-norm (clip_norm in a --config file) is inf: a finite number above 0"),
+            ("clip_norm = 0.0", "--clip-norm (clip_norm in a --config file) is 0"),
+            ("momentum = nan", "--momentum (momentum in a --config file) is NaN"),
+            ("weight_decay = -1e-4", "--weight-decay (weight_decay in a --config file) is -0.0001"),
+            ("lr = -inf", "--lr (lr in a --config file) is -inf"),
+        ] {
+            let cfg: TrainConfig = toml::from_str(text).unwrap();
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.contains(want), "{text}: {e}");
+        }
     }
 
     #[test]
