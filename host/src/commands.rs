@@ -210,6 +210,7 @@ impl EmbedArgs {
     /// Embeds the images and writes the file.
     pub fn run(&self) -> Result<ExitCode> {
         let files = embed::list_images(&self.inputs)?;
+        embed::check_output(&self.out, &files)?;
         let backbone = self.network.load(&self.model)?;
         let mut backend = self.device.open(&backbone)?;
         let opts = EmbedOptions { flip: self.flip, normalize: self.normalize, quiet: self.quiet };
@@ -282,7 +283,7 @@ pub struct CompareArgs {
     pub a: PathBuf,
     /// Second image.
     pub b: PathBuf,
-    /// Cosine at or above which the two are judged the same person. An `eval` report's `best_threshold` t (a
+    /// Cosine above which the two are judged the same person. An `eval` report's `best_threshold` t (a
     /// squared distance) is the cosine 1 - t/2; 0.3 is about t = 1.4, typical of insightface r100 models on LFW.
     #[arg(long, default_value_t = 0.3, allow_negative_numbers = true)]
     pub threshold: f32,

@@ -123,6 +123,7 @@ pub fn embed_files(
         } else {
             let e = backend.embed(&pixels, &vec![false; chunk.len()])?;
             let d = e.len() / chunk.len();
+            ensure!(d * chunk.len() == e.len(), "the backend returned {} values for {} images", e.len(), chunk.len());
             (e, d)
         };
         ensure!(d > 0 && (dim == 0 || dim == d), "the backend returned embeddings of size {d}");
@@ -176,9 +177,42 @@ pub fn file_list_path(npy: &Path) -> PathBuf {
     npy.with_extension("files.txt")
 }
 
+/// The most bytes of file names a `.safetensors` output takes: the format refuses a header above 100 MB, and the
+/// manifest holds the names (about 1.2 M names of 80 bytes).
+const SAFETENSORS_NAMES_MAX: usize = 90_000_000;
+
+/// Checks, before anything is embedded, that [`write_embeddings`] can write `files`' embeddings to `out`: a `.npy`
+/// or `.safetensors` name, every file name UTF-8 without a line break (the list holds one a line), and names that
+/// fit a safetensors manifest.
+pub fn check_output(out: &Path, files: &[PathBuf]) -> Result<()> {
+    let ext = out.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    ensure!(
+        ext == "npy" || ext == "safetensors",
+        "{}: write embeddings to a .npy or a .safetensors file",
+        out.display()
+    );
+    let mut bytes = 0;
+    for f in files {
+        let name = f.to_str().ok_or_else(|| anyhow!("{}: the file name is not UTF-8", f.display()))?;
+        ensure!(!name.contains(['\n', '\r']), "{name:?}: a file name with a line break cannot go in the file list");
+        bytes += name.len() + 4;
+    }
+    ensure!(
+        ext == "npy" || bytes <= SAFETENSORS_NAMES_MAX,
+        "{}: the names of {} files take about {} MB, more than a safetensors manifest holds (100 MB); write a .npy \
+         (its file list is a text file beside it)",
+        out.display(),
+        files.len(),
+        bytes / 1_000_000
+    );
+    Ok(())
+}
+
 /// Writes the embeddings of `files` to `out`: `.npy` (with [`file_list_path`]) or `.safetensors` (paths in the
-/// manifest). `about` is added to the safetensors manifest (the model, the options).
+/// manifest). `about` is added to the safetensors manifest (the model, the options). [`check_output`] says
+/// beforehand whether it can.
 pub fn write_embeddings(out: &Path, emb: &Embeddings, files: &[PathBuf], about: serde_json::Value) -> Result<()> {
+    check_output(out, files)?;
     let rows = files.len();
     let ext = out.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
@@ -201,7 +235,7 @@ pub fn write_embeddings(out: &Path, emb: &Embeddings, files: &[PathBuf], about: 
             f.insert_f32("embeddings", &[rows, emb.dim], emb.values.clone())?;
             f.save(out)?;
         }
-        _ => bail!("{}: write embeddings to a .npy or a .safetensors file", out.display()),
+        _ => unreachable!("check_output accepts .npy and .safetensors only"),
     }
     Ok(())
 }
@@ -213,23 +247,41 @@ pub struct Comparison {
     pub cosine: f32,
     /// The squared distance of the two unit embeddings, `2 - 2 cosine` (the scale of `eval`'s thresholds).
     pub distance: f32,
-    /// Whether `cosine >= threshold`.
+    /// Whether `cosine > threshold` (as `eval` accepts a pair at `distance < 2 - 2 threshold`).
     pub same: bool,
 }
 
 /// Compares two image files: each embedded with its mirror image and fused (as the verification protocol), then
-/// the cosine of the two, judged "same person" at `cosine >= threshold`.
+/// the cosine of the two, judged "same person" at `cosine > threshold`: `distance < 2 - 2 threshold`, strictly, as
+/// `eval` and insightface accept a pair below a distance threshold.
 pub fn compare(backend: &mut dyn Backend, a: &Path, b: &Path, shape: ImageShape, threshold: f32) -> Result<Comparison> {
     let opts = EmbedOptions { flip: true, normalize: true, quiet: true };
     let e = embed_files(backend, &[a.to_path_buf(), b.to_path_buf()], shape, opts)?;
     let (x, y) = e.values.split_at(e.dim);
     let c = cosine(x, y)?;
-    Ok(Comparison { cosine: c, distance: 2.0 - 2.0 * c, same: c >= threshold })
+    Ok(Comparison { cosine: c, distance: 2.0 - 2.0 * c, same: c > threshold })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outputs_that_cannot_be_written_are_refused_before_embedding() {
+        let files = |names: &[&str]| names.iter().map(PathBuf::from).collect::<Vec<_>>();
+        let ok = files(&["a/1.jpg", "b/2.jpg"]);
+        assert!(check_output(Path::new("e.npy"), &ok).is_ok());
+        assert!(check_output(Path::new("e.SafeTensors"), &ok).is_ok());
+        let e = check_output(Path::new("e.csv"), &ok).unwrap_err().to_string();
+        assert!(e.contains("e.csv: write embeddings to a .npy or a .safetensors file"), "{e}");
+        let e = check_output(Path::new("e.npy"), &files(&["a/1.jpg", "b/two\nlines.jpg"])).unwrap_err().to_string();
+        assert!(e.contains("\"b/two\\nlines.jpg\": a file name with a line break"), "{e}");
+        // About 1.5 M names of 60 bytes: more than a safetensors header holds, fine for .npy.
+        let many: Vec<PathBuf> = (0..1_500_000).map(|i| PathBuf::from(format!("{:0>56}.jpg", i))).collect();
+        let e = check_output(Path::new("e.safetensors"), &many).unwrap_err().to_string();
+        assert!(e.contains("the names of 1500000 files take about 96 MB") && e.contains("write a .npy"), "{e}");
+        assert!(check_output(Path::new("e.npy"), &many).is_ok());
+    }
 
     #[test]
     fn npy_header_is_aligned_and_parsable() {

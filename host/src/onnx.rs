@@ -498,9 +498,10 @@ pub fn check_model(m: &ModelProto) -> Result<()> {
         let name = t.name.as_deref().filter(|n| !n.is_empty()).ok_or_else(|| anyhow!("an unnamed initializer"))?;
         ensure!(t.data_type == Some(FLOAT), "initializer `{name}` is not FLOAT");
         ensure!(t.dims.iter().all(|&d| d >= 0), "initializer `{name}` has a negative dimension");
-        let count: i64 = t.dims.iter().product();
+        let need = t.dims.iter().try_fold(4i64, |a, &d| a.checked_mul(d));
+        let need = need.ok_or_else(|| anyhow!("initializer `{name}`: the dims {:?} overflow", t.dims))?;
         let bytes = t.raw_data.as_ref().map_or(4 * t.float_data.len(), Vec::len);
-        ensure!(bytes as i64 == 4 * count, "initializer `{name}` has {bytes} bytes for dims {:?}", t.dims);
+        ensure!(bytes as i64 == need, "initializer `{name}` has {bytes} bytes for dims {:?}", t.dims);
         ensure!(defined.insert(name), "`{name}` is defined twice");
     }
     for n in &g.node {

@@ -80,6 +80,8 @@ pub fn from_bytes(name: &str, bytes: &[u8]) -> Result<TensorFile> {
     for &(k, v) in dict {
         let key = pickle.str(k, &"a state dict key").with_context(|| format!("{name}: {entry}"))?;
         let key = key.strip_prefix("module.").unwrap_or(key);
+        // `module.fc.weight` beside `fc.weight` would silently keep one of the two.
+        ensure!(!out.contains(key), "{name}: tensor `{key}` appears twice (with and without `module.`)");
         let t = tensor(&pickle, v).with_context(|| format!("{name}: tensor `{key}`"))?;
         if !storages.contains_key(&t.storage.key) {
             let raw = read_entry(&format!("{prefix}data/{}", t.storage.key))
@@ -93,12 +95,15 @@ pub fn from_bytes(name: &str, bytes: &[u8]) -> Result<TensorFile> {
     Ok(out)
 }
 
-/// The root dict of tensors; a dict holding it under `state_dict` is unwrapped.
+/// The root dict of tensors; a dict holding it under `state_dict` (a training checkpoint), or the backbone's under
+/// `state_dict_backbone` (arcface_torch's `checkpoint_gpu_*.pt`), is unwrapped.
 fn state_dict<'p>(p: &'p Pickle<'_>) -> Result<&'p [(Id, Id)]> {
     let root = p.dict(p.root, &"the pickled object").context("a state dict is a dict of tensors")?;
-    for &(k, v) in root {
-        if matches!(p.get(k), Object::Str(_)) && p.str(k, &"key")? == "state_dict" {
-            return p.dict(v, &"`state_dict`");
+    for wrapper in ["state_dict", "state_dict_backbone"] {
+        for &(k, v) in root {
+            if matches!(p.get(k), Object::Str(_)) && p.str(k, &"key")? == wrapper {
+                return p.dict(v, &format!("`{wrapper}`"));
+            }
         }
     }
     Ok(root)
@@ -166,8 +171,15 @@ fn tensor(p: &Pickle<'_>, id: Id) -> Result<TensorRef> {
     let args = p.tuple(args, &"the arguments")?;
     match p.global(func, &"the constructor")? {
         ("torch._utils", "_rebuild_parameter") => {
-            // A Parameter: (tensor, requires_grad, backward_hooks).
+            // A Parameter: (tensor, requires_grad, backward_hooks). It wraps a tensor, never another Parameter: one
+            // that does is refused rather than followed (a file nesting them deeply would exhaust the stack).
             ensure!(!args.is_empty(), "_rebuild_parameter without arguments");
+            if let Object::Call { func, .. } = *p.get(args[0]) {
+                ensure!(
+                    p.global(func, &"the constructor")? != ("torch._utils", "_rebuild_parameter"),
+                    "a Parameter wrapping a Parameter"
+                );
+            }
             tensor(p, args[0])
         }
         ("torch._utils", "_rebuild_tensor_v2") => {
@@ -221,6 +233,15 @@ impl TensorRef {
         );
         let count =
             self.size.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| anyhow!("size overflows"))?;
+        // A state dict's tensors hold their own elements; a view repeating them (stride 0) could claim terabytes of
+        // a one-element storage.
+        ensure!(
+            count <= s.numel,
+            "the view (size {:?}, stride {:?}) has {count} elements, more than its storage's {}",
+            self.size,
+            self.stride,
+            s.numel
+        );
         if count > 0 {
             // The last element the view touches must lie inside the storage.
             let last = self
@@ -486,6 +507,64 @@ mod tests {
         assert!(e.contains("os.system"), "{e}");
         // Big-endian storages are refused.
         assert!(err(&zip_of(&[("data.pkl", &p.out), ("byteorder", b"big")])).contains("big-endian"));
+
+        // A view repeating one element (stride 0) 2^40 times is refused before anything is allocated.
+        let mut z = PickleWriter::new();
+        z.out.extend(b"}q\x00(");
+        z.memo = 1;
+        z.str("w");
+        z.tensor("FloatStorage", "0", 1, 0, &[1 << 20, 1 << 20], &[0, 0]);
+        z.out.extend(b"u.");
+        let e = err(&zip_of(&[("data.pkl", &z.out), ("data/0", &[0u8; 4])]));
+        assert!(e.contains("has 1099511627776 elements, more than its storage's 1"), "{e}");
+        // `module.w` beside `w`: one would silently replace the other.
+        let mut d = PickleWriter::new();
+        d.out.extend(b"}q\x00(");
+        d.memo = 1;
+        d.str("w");
+        d.tensor("FloatStorage", "0", 1, 0, &[1], &[1]);
+        d.str("module.w");
+        d.tensor("FloatStorage", "0", 1, 0, &[1], &[1]);
+        d.out.extend(b"u.");
+        let e = err(&zip_of(&[("data.pkl", &d.out), ("data/0", &[0u8; 4])]));
+        assert!(e.contains("tensor `w` appears twice"), "{e}");
+        // A Parameter wrapping a Parameter (a file nesting them deeply would exhaust the stack) is refused.
+        let mut n = PickleWriter::new();
+        n.out.extend(b"}q\x00(");
+        n.memo = 1;
+        n.str("w");
+        for _ in 0..2 {
+            n.global("torch._utils", "_rebuild_parameter");
+        }
+        n.tensor("FloatStorage", "0", 1, 0, &[1], &[1]);
+        for _ in 0..2 {
+            n.out.push(0x89); // requires_grad False, then the argument tuple (tensor, False) and the call
+            n.out.extend(b"\x86R");
+            n.put();
+        }
+        n.out.extend(b"u.");
+        let e = err(&zip_of(&[("data.pkl", &n.out), ("data/0", &[0u8; 4])]));
+        assert!(e.contains("a Parameter wrapping a Parameter"), "{e}");
+    }
+
+    #[test]
+    fn arcface_torch_checkpoints_are_unwrapped() {
+        // {"epoch": 3, "state_dict_backbone": {"w": tensor}}, as arcface_torch's checkpoint_gpu_0.pt holds it.
+        let mut p = PickleWriter::new();
+        p.out.extend(b"}q\x00(");
+        p.memo = 1;
+        p.str("epoch");
+        p.int(3);
+        p.str("state_dict_backbone");
+        p.out.push(b'}');
+        p.put();
+        p.out.push(b'(');
+        p.str("module.w");
+        p.tensor("FloatStorage", "0", 1, 0, &[1], &[1]);
+        p.out.extend(b"uu.");
+        let f = from_bytes("checkpoint_gpu_0.pt", &zip_of(&[("data.pkl", &p.out), ("data/0", &2.5f32.to_le_bytes())]))
+            .unwrap();
+        assert_eq!((f.keys(), f.f32("w").unwrap()), (vec!["w"], &[2.5f32][..]));
     }
 
     #[test]
