@@ -830,3 +830,30 @@ fn setup_is_checked_and_memory_follows_the_formula() {
     let text = format!("{err:#}");
     assert!(text.contains("conv1.out") && text.contains("smaller batch"), "{text}");
 }
+
+/// Embedding any number of images, fewer than the batch included, on the buffers the trainer sized for its batch:
+/// a partial chunk (the last 96 of LFW's 12,000 images at batch 128) plans its convolutions for fewer images, and
+/// fewer output tiles split the depth more: that scratch must fit too. Here no convolution splits at batch 128 on
+/// a CPU adapter, and one does for 100 images (seen to fail: "conv2d scratch has 331776 elements, 2 splits need
+/// 409600"). The embeddings are the CPU reference's within the trainer's tolerance.
+#[test]
+fn embeddings_of_fewer_images_than_the_batch_fit_the_trainers_buffers() {
+    let Some(gpu) = gpu() else { return };
+    let cfg =
+        IResNetConfig { layers: [1, 1, 1, 1], widths: [32, 64, 96, 128], input_h: 64, input_w: 64, embedding: 16 };
+    let (b, classes) = (128, 10);
+    // Direct convolutions throughout, then Winograd from 64 channels (layer3's conv1, layer4's: 4x4 tiles).
+    for winograd in [None, Some(64)] {
+        let mut g = GpuBackend::new(gpu, &cfg, b, classes, step_cfg(), 3).unwrap();
+        g.set_winograd(winograd).unwrap();
+        let mut c = CpuBackend::new(&cfg, b, classes, step_cfg(), 3).unwrap();
+        let per = cfg.input_h * cfg.input_w * 3;
+        for n in [1, 3, 9, 65, 100] {
+            let images: Vec<u8> = (0..n * per).map(|i| (i * 37 % 251) as u8).collect();
+            let flips: Vec<bool> = (0..n).map(|i| i % 3 == 0).collect();
+            let got = g.embed(&images, &flips).unwrap_or_else(|e| panic!("{n} images, winograd {winograd:?}: {e:#}"));
+            let want = c.embed(&images, &flips).unwrap();
+            assert!(rel(&got, &want) < 1e-4, "{n} images, winograd {winograd:?}: {:e}", rel(&got, &want));
+        }
+    }
+}

@@ -56,7 +56,9 @@ pub struct Capabilities {
     /// Mixed precision without cooperative matrices ([`GpuOptions::emulate_tensor_cores`] on an adapter that
     /// lacks them): the same f16-rounded operands, exact products, accumulated by f32 fused multiply-adds.
     pub emulated_tensor_cores: bool,
-    /// Largest storage buffer binding, bytes (possibly lowered by [`GpuOptions::binding_limit`]).
+    /// Largest storage buffer binding, bytes: the adapter's, at most its largest buffer (a binding lies in one;
+    /// adapters may report a larger binding limit than buffer limit), possibly lowered by
+    /// [`GpuOptions::binding_limit`].
     pub max_binding: u64,
     /// Largest buffer, bytes.
     pub max_buffer: u64,
@@ -180,7 +182,7 @@ impl Gpu {
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             cooperative_matrix: fragments,
             emulated_tensor_cores: opts.emulate_tensor_cores && !use_coop,
-            max_binding: opts.binding_limit.map_or(max_binding, |l| l.min(max_binding)),
+            max_binding: opts.binding_limit.map_or(max_binding, |l| l.min(max_binding)).min(limits.max_buffer_size),
             max_buffer: limits.max_buffer_size,
             max_workgroup_memory: limits.max_compute_workgroup_storage_size,
             max_invocations: limits.max_compute_invocations_per_workgroup,
@@ -208,15 +210,24 @@ impl Gpu {
         }
     }
 
-    /// Runs `f` (e.g. compiling modules and pipelines) and returns the first validation or internal error the device
-    /// reported meanwhile (a driver that rejects a shader) as an error naming `what`, instead of leaving it to the
-    /// device's uncaptured-error handler, which panics.
+    /// Runs `f` (e.g. compiling modules and pipelines, allocating buffers) and returns the first validation,
+    /// internal or out-of-memory error the device reported meanwhile (a driver that rejects a shader, a card too
+    /// small for the buffers) as an error naming `what`, instead of leaving it to the device's uncaptured-error
+    /// handler, which panics.
     pub fn capture_errors<T>(&self, what: &str, f: impl FnOnce() -> T) -> anyhow::Result<T> {
+        let memory = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let internal = self.device.push_error_scope(wgpu::ErrorFilter::Internal);
         let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let value = f();
-        let errors = [pollster::block_on(validation.pop()), pollster::block_on(internal.pop())];
+        let errors = [
+            pollster::block_on(validation.pop()),
+            pollster::block_on(internal.pop()),
+            pollster::block_on(memory.pop()),
+        ];
         match errors.into_iter().flatten().next() {
+            Some(e @ wgpu::Error::OutOfMemory { .. }) => {
+                Err(anyhow::anyhow!("{what}: the GPU ran out of memory ({e}); a smaller batch needs less"))
+            }
             Some(e) => Err(anyhow::anyhow!("{what}: {e}")),
             None => Ok(value),
         }

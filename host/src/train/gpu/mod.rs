@@ -453,8 +453,12 @@ impl<G: Deref<Target = Gpu>> GpuBackend<G> {
     ) -> Result<Self> {
         TrainerLayout::new(cfg, batch, classes)?;
         step_cfg.margin.validate()?;
-        let k = Kernels::new(&gpu, &settings)?;
-        let net = Net::new(&gpu, &k, cfg, batch, classes, state, head)?;
+        // An adapter below a kernel's needs (storage buffers per stage, workgroup memory or size) rejects its
+        // pipeline: reported as an error naming the adapter's complaint, not a panic.
+        let k = gpu.capture_errors("compiling the kernels", || Kernels::new(&gpu, &settings))??;
+        // A card too small for the buffers reports it as an error here, not as a panic of wgpu's default handler.
+        let buffers = format!("the trainer's buffers (batch {batch}, {classes} classes)");
+        let net = gpu.capture_errors(&buffers, || Net::new(&gpu, &k, cfg, batch, classes, state, head))??;
         SgdKernels::write_hyper(&gpu, &net.hyper, &step_cfg.sgd)?;
         let plan = Plan::new(&gpu, &k, &net, &step_cfg)?;
         let mut me = Self { gpu, k, net, step_cfg, plan, eval: HashMap::new(), steps: 0, loss_scale: None };
