@@ -27,6 +27,7 @@ use serde_json::{json, Value};
 
 use crate::data::Position;
 use crate::tensorfile::TensorFile;
+use crate::train::gpu::LossScale;
 
 /// The format name in the manifest.
 pub const FORMAT: &str = "elasticface-checkpoint";
@@ -60,6 +61,9 @@ pub struct Checkpoint {
     pub head_momentum: Vec<f32>,
     /// The run's own settings (schedule, data, ...), kept verbatim.
     pub run: Value,
+    /// Mixed precision's dynamic loss scale, where the run trains in mixed precision (so that a resumed run goes on
+    /// with the scale it had, bit for bit).
+    pub loss_scale: Option<LossScale>,
 }
 
 impl Checkpoint {
@@ -79,6 +83,7 @@ impl Checkpoint {
             momentum: momentum.to_vec(),
             head_momentum: head_momentum.to_vec(),
             run,
+            loss_scale: None,
         }
     }
 
@@ -138,6 +143,10 @@ impl Checkpoint {
             "position": {"epoch": self.position.epoch, "batch": self.position.batch, "sample": self.position.sample},
             "run": self.run,
         });
+        let mut meta = meta;
+        if let Some(ls) = self.loss_scale {
+            meta["loss_scale"] = json!({"scale": ls.scale, "good_steps": ls.good_steps});
+        }
         let mut f = TensorFile::new("checkpoint", meta);
         for t in c.tensors() {
             let name = t.to_string();
@@ -196,6 +205,14 @@ impl Checkpoint {
             momentum[t.range()].copy_from_slice(tensor(f, &format!("optimizer.momentum.{t}"), t.dims())?);
         }
         let head_shape = [cfg.embedding, classes];
+        let loss_scale = match &m["loss_scale"] {
+            Value::Null => None,
+            ls => Some(LossScale {
+                scale: fl(&ls["scale"], "loss_scale.scale")?,
+                good_steps: u32::try_from(u(&ls["good_steps"], "loss_scale.good_steps")?)
+                    .map_err(|_| anyhow!(ctx("loss_scale.good_steps")))?,
+            }),
+        };
         Ok(Self {
             cfg,
             classes,
@@ -208,6 +225,7 @@ impl Checkpoint {
             state,
             momentum,
             run: m["run"].clone(),
+            loss_scale,
         })
     }
 
@@ -357,6 +375,7 @@ impl Backbone {
             momentum: vec![0.0; self.state.len()],
             head_momentum: vec![0.0; e],
             run: Value::Null,
+            loss_scale: None,
         }
     }
 }

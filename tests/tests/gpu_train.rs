@@ -33,6 +33,7 @@ use elasticface::data::{Batch, Position};
 use elasticface::gpu::kernels::conv2d::{ConvPrecision, ConvTileChoice, TileShape};
 use elasticface::gpu::kernels::winograd::WinogradTileChoice;
 use elasticface::gpu::{Elem, Gpu, GpuOptions};
+use elasticface::tensorfile::TensorFile;
 use elasticface::train::cpu::CpuBackend;
 use elasticface::train::gpu::{activation_bytes, gradient_buffer_len, ConvSettings, GpuBackend, LossScale};
 use elasticface::train::Backend;
@@ -679,6 +680,49 @@ fn resuming_from_a_checkpoint_is_bit_exact() {
     );
     assert!(bits(&r) == bits(&s), "parameters, head or momentum differ after resuming");
     assert_eq!(r.step, 4);
+}
+
+/// Mixed precision's loss scale is part of the checkpoint: a run resumed in mixed precision goes on with the scale
+/// and the count of good steps it had (here 1,024 after one step, not the initial 65,536), and with the losses of a
+/// run never stopped, bit for bit. Seen to fail with the scale left out of the checkpoint.
+#[test]
+fn resuming_in_mixed_precision_keeps_the_loss_scale() {
+    let Some(gpu) = gpu() else { return };
+    let (b, classes) = (5, 13);
+    let mixed = || {
+        let mut g = GpuBackend::new(gpu, &ODD, b, classes, step_cfg(), 3).unwrap();
+        g.set_precision(ConvPrecision::Mixed).unwrap();
+        g
+    };
+    // One step at the initial scale, then 1,024 from the second step on.
+    let run = |g: &mut GpuBackend<&Gpu>, steps: u64| {
+        let mut losses = train(g, &ODD, b, classes, 1);
+        g.set_loss_scale(1024.0).unwrap();
+        losses.extend(train(g, &ODD, b, classes, steps - 1));
+        losses
+    };
+    let mut straight = mixed();
+    let losses_straight = run(&mut straight, 4);
+
+    let mut first = mixed();
+    let mut losses = run(&mut first, 2);
+    let bytes = first.checkpoint(3, Position::at_batch(0, 2, b), Default::default()).unwrap().to_file().unwrap();
+    let ck = Checkpoint::from_file(&TensorFile::from_bytes("step2", &bytes.to_bytes().unwrap()).unwrap()).unwrap();
+    assert_eq!(ck.loss_scale, first.loss_scale());
+    assert_eq!(ck.loss_scale.map(|l| l.scale), Some(1024.0));
+    let mut resumed = mixed();
+    resumed.load(&ck).unwrap();
+    assert_eq!(resumed.loss_scale(), ck.loss_scale);
+    losses.extend(train(&mut resumed, &ODD, b, classes, 2));
+    assert_eq!(losses, losses_straight, "losses (f32 bits) differ after resuming");
+    assert_eq!(resumed.loss_scale(), straight.loss_scale());
+    // An f32 trainer's checkpoint has none.
+    let f32_ck = GpuBackend::new(gpu, &ODD, b, classes, step_cfg(), 3).unwrap().checkpoint(
+        3,
+        Position::epoch_start(0),
+        Default::default(),
+    );
+    assert_eq!(f32_ck.unwrap().loss_scale, None);
 }
 
 #[test]

@@ -382,8 +382,8 @@ pub struct GpuBackend<G: Deref<Target = Gpu> = Arc<Gpu>> {
 /// [`LossScale::GROWTH_INTERVAL`] steps in a row without overflow, `S` doubles. As PyTorch's `GradScaler`, except
 /// that an overflowing batch is retried rather than dropped: the batch norm running statistics are saved before each
 /// step (one copy of each, in the step's submission) and restored before a retry, so that the batch moves them once.
-/// The scale is not part of a checkpoint: a resumed run starts again at [`LossScale::INITIAL`] (it changes results
-/// only where a gradient is too small for f16 at one scale and not at the other).
+/// The scale and its count of good steps are part of a checkpoint: a resumed run goes on with them, bit for bit as a
+/// run never stopped.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LossScale {
     /// The current `S`.
@@ -990,6 +990,7 @@ impl<G: Deref<Target = Gpu>> Backend for GpuBackend<G> {
             momentum,
             head_momentum,
             run,
+            loss_scale: self.loss_scale,
         })
     }
 
@@ -1017,6 +1018,17 @@ impl<G: Deref<Target = Gpu>> Backend for GpuBackend<G> {
         self.gpu.write_split(&net.head_momentum, &transpose(e, k, &c.head_momentum))?;
         self.reconfigure(c.step_cfg)?;
         self.steps = c.step;
+        // A mixed-precision run's scale goes on; an f32 checkpoint leaves mixed precision's where it is.
+        if let (Some(ls), Some(saved)) = (&mut self.loss_scale, c.loss_scale) {
+            ensure!(
+                (1.0..=LossScale::MAX).contains(&saved.scale) && saved.scale.log2().fract() == 0.0,
+                "checkpoint: a loss scale of {} (a power of two from 1 to {} expected)",
+                saved.scale,
+                LossScale::MAX
+            );
+            *ls = saved;
+            self.write_loss_scale()?;
+        }
         Ok(())
     }
 
