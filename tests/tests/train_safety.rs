@@ -256,3 +256,40 @@ fn a_state_dict_with_a_stage_of_no_channels_is_an_error() {
     let e = format!("{:#}", infer_network(&f, None).unwrap_err());
     assert!(e.contains("layer4.0.conv1.weight") && e.contains("0 channels"), "{e}");
 }
+
+/// Step and loss of each step line of a run's metrics.jsonl.
+fn step_losses(metrics: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(metrics)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("loss").is_some())
+        .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
+        .collect()
+}
+
+/// A run resumed from a checkpoint older than its last steps (a crash after step 4, the checkpoint of step 2) does
+/// not log steps 3 and 4 twice, nor keep a line the crash cut short: its metrics are an unstopped run's.
+#[test]
+fn a_resume_drops_the_metrics_it_writes_again() {
+    let _one = one_at_a_time();
+    let root = tempfile::tempdir().unwrap();
+    let straight = TrainConfig { max_steps: 4, out: root.path().join("straight"), ..config(root.path()) };
+    train(&straight, None, true).unwrap();
+    let want = step_losses(&straight.out.join("metrics.jsonl"));
+    assert_eq!(want.iter().map(|s| s.0).collect::<Vec<_>>(), [1, 2, 3, 4]);
+
+    let cfg = TrainConfig { max_steps: 2, ..config(root.path()) };
+    train(&cfg, None, true).unwrap();
+    let step2 = read(&cfg.out.join("checkpoint.safetensors"));
+    let four = TrainConfig { max_steps: 4, ..cfg.clone() };
+    train(&four, Some(&cfg.out), true).unwrap();
+    // The crash: the checkpoint of step 2 is the last one saved, and the metrics end with half a line.
+    std::fs::write(cfg.out.join("checkpoint.safetensors"), step2).unwrap();
+    let metrics = cfg.out.join("metrics.jsonl");
+    let mut torn = read(&metrics);
+    torn.extend(b"{\"step\": 5, \"epo");
+    std::fs::write(&metrics, torn).unwrap();
+    train(&four, Some(&cfg.out), true).unwrap();
+    assert_eq!(step_losses(&metrics), want);
+}

@@ -497,6 +497,38 @@ fn append_jsonl(path: &Path, value: &serde_json::Value) -> Result<()> {
     writeln!(f, "{value}").with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// On resuming from step `step`, drops the lines of `metrics.jsonl` that the resumed run writes again: those of
+/// later steps (written after the checkpoint, before a crash; a resumed run repeats them bit for bit), evaluations
+/// at `step` when the run measures before its first step (`reevaluated`), and a line a crash cut short (not JSON).
+/// The file is rewritten atomically, only if a line goes; returns how many went.
+fn drop_metrics_after(path: &Path, step: u64, reevaluated: bool) -> Result<usize> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let (mut kept, mut dropped) = (String::with_capacity(text.len()), 0);
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let keep = match serde_json::from_str::<serde_json::Value>(line) {
+            Ok(v) => match v["step"].as_u64() {
+                Some(s) => s < step || (s == step && !(reevaluated && v.get("set").is_some())),
+                None => true,
+            },
+            Err(_) => false,
+        };
+        if keep {
+            kept.push_str(line);
+            kept.push('\n');
+        } else {
+            dropped += 1;
+        }
+    }
+    if dropped > 0 {
+        write_atomically(path, kept.as_bytes())?;
+    }
+    Ok(dropped)
+}
+
 /// Refuses a fresh run in a folder that holds another run's weights: it would overwrite them (a forgotten
 /// `--resume` and a Ctrl-C would lose a long run) and mix two runs in one metrics.jsonl.
 fn refuse_existing_run(out: &Path) -> Result<()> {
@@ -682,6 +714,7 @@ fn train_inner(cfg: &TrainConfig, resume: Option<&Path>, quiet: bool, stop: Opti
         backend.load(ck)?;
         position = ck.position;
     }
+    let resumed_at = resumed.as_ref().map(|ck| ck.step);
     // Loaded into the backend: not kept through the run.
     drop(resumed);
     // Only now that the run is accepted: a refused resume leaves the folder's config.toml as it was.
@@ -691,6 +724,12 @@ fn train_inner(cfg: &TrainConfig, resume: Option<&Path>, quiet: bool, stop: Opti
     let ck_path = cfg.out.join("checkpoint.safetensors");
 
     let val = Validation::of(cfg, shape)?;
+    if let Some(step) = resumed_at {
+        let dropped = drop_metrics_after(&metrics, step, val.is_some())?;
+        if dropped > 0 && !quiet {
+            eprintln!("{}: {dropped} lines after step {step} dropped (the run writes them again)", metrics.display());
+        }
+    }
     let val_before = match &val {
         Some(val) => measure_and_log(val, backend.as_mut(), shape, &metrics)?,
         None => Vec::new(),
