@@ -52,6 +52,19 @@ pub struct ListedFace {
     pub crop: PathBuf,
 }
 
+/// The folder of the list `list`, the default root: `.` for a bare file name (whose parent is "").
+pub fn list_folder(list: &Path) -> PathBuf {
+    match list.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// `path` in lower case: names that a file system ignoring case takes for one file compare equal.
+fn folded(path: &Path) -> PathBuf {
+    PathBuf::from(path.to_string_lossy().to_lowercase())
+}
+
 /// Reads the list: every malformed line is an error naming the list and the line. `extension` is the crops'.
 pub fn read_list(list: &Path, extension: &str) -> Result<Vec<ListedFace>> {
     use std::path::Component;
@@ -76,16 +89,17 @@ pub fn read_list(list: &Path, extension: &str) -> Result<Vec<ListedFace>> {
             fields[0]
         );
         // The first free name of `stem.ext`, `stem_1.ext`, ...: a photo listed again (another face in it), `a.jpg`
-        // beside `a.png`, or a photo named `a_1.jpg` after two faces of `a.jpg`, never share a crop.
+        // beside `a.png`, or a photo named `a_1.jpg` after two faces of `a.jpg`, never share a crop; nor do `A.jpg`
+        // and `a.jpg` (one file where names ignore case: macOS, Windows).
         let stem = photo.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let crop = (0..)
             .map(|k| {
                 let name = if k == 0 { format!("{stem}.{extension}") } else { format!("{stem}_{k}.{extension}") };
                 photo.with_file_name(name)
             })
-            .find(|c| !taken.contains(c))
+            .find(|c| !taken.contains(&folded(c)))
             .expect("a free name");
-        taken.insert(crop.clone());
+        taken.insert(folded(&crop));
         faces.push(ListedFace { line, crop, landmarks: five_points(&fields, list, line)?, photo });
     }
     ensure!(!faces.is_empty(), "{} lists no face", list.display());
@@ -102,8 +116,8 @@ pub fn align_all(cfg: &AlignConfig, quiet: bool) -> Result<usize> {
     std::fs::create_dir_all(&cfg.out).with_context(|| format!("cannot create {}", cfg.out.display()))?;
     let real = |dir: &Path| dir.canonicalize().with_context(|| format!("cannot read {}", dir.display()));
     let (root, out) = (real(&cfg.root)?, real(&cfg.out)?);
-    let photos: HashSet<PathBuf> = faces.iter().map(|f| root.join(&f.photo)).collect();
-    if let Some(f) = faces.iter().find(|f| photos.contains(&out.join(&f.crop))) {
+    let photos: HashSet<PathBuf> = faces.iter().map(|f| folded(&root.join(&f.photo))).collect();
+    if let Some(f) = faces.iter().find(|f| photos.contains(&folded(&out.join(&f.crop)))) {
         bail!(
             "{} line {}: the crop {} would replace a listed photo; write the crops to another folder",
             cfg.list.display(),
@@ -141,4 +155,26 @@ pub fn align_all(cfg: &AlignConfig, quiet: bool) -> Result<usize> {
     }
     bar.finish_and_clear();
     Ok(faces.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_list_name_lies_in_the_current_folder() {
+        assert_eq!(list_folder(Path::new("list.txt")), Path::new("."));
+        assert_eq!(list_folder(Path::new("photos/list.txt")), Path::new("photos"));
+        assert_eq!(list_folder(Path::new("/data/list.txt")), Path::new("/data"));
+    }
+
+    #[test]
+    fn names_that_differ_in_case_only_get_different_crops() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = dir.path().join("list.txt");
+        let points = "20 25 44 25 32 38 22 50 42 50";
+        std::fs::write(&list, format!("d/A.jpg {points}\nd/a.jpg {points}\nd/a.JPG {points}\n")).unwrap();
+        let crops: Vec<PathBuf> = read_list(&list, "png").unwrap().into_iter().map(|f| f.crop).collect();
+        assert_eq!(crops, [PathBuf::from("d/A.png"), PathBuf::from("d/a_1.png"), PathBuf::from("d/a_2.png")]);
+    }
 }

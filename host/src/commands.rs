@@ -1,7 +1,7 @@
 //! The model commands of `elasticface`: `eval`, `embed`, `compare`, `export` and `import`, and `align`, as clap
 //! argument structs with a `run` each (the binary only dispatches to them).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -256,7 +256,7 @@ impl AlignArgs {
     pub fn run(&self) -> Result<ExitCode> {
         let root = match &self.root {
             Some(r) => r.clone(),
-            None => self.list.parent().map(Path::to_path_buf).unwrap_or_default(),
+            None => crate::align::list_folder(&self.list),
         };
         let cfg = crate::align::AlignConfig {
             list: self.list.clone(),

@@ -411,11 +411,13 @@ fn malformed_search_lists_are_named_by_file_and_line() {
 }
 
 /// A backend that counts its `embed` calls and fails the one numbered `fail_at` (from 0), as a crash would stop a
-/// run; everything else goes to the CPU reference.
+/// run; at the call numbered `take_file_at.0` it truncates the feature file `take_file_at.1` to its header, as
+/// another run opening it afresh would; everything else goes to the CPU reference.
 struct Stopping {
     inner: Box<dyn elasticface::train::Backend>,
     calls: usize,
     fail_at: Option<usize>,
+    take_file_at: Option<(usize, PathBuf)>,
 }
 
 impl elasticface::train::Backend for Stopping {
@@ -428,6 +430,9 @@ impl elasticface::train::Backend for Stopping {
     fn embed(&mut self, images: &[u8], flips: &[bool]) -> anyhow::Result<Vec<f32>> {
         self.calls += 1;
         anyhow::ensure!(Some(self.calls - 1) != self.fail_at, "stopped");
+        if let Some((_, file)) = self.take_file_at.as_ref().filter(|(at, _)| *at == self.calls - 1) {
+            std::fs::OpenOptions::new().write(true).open(file).unwrap().set_len(32).unwrap();
+        }
         self.inner.embed(images, flips)
     }
     fn steps(&self) -> u64 {
@@ -463,6 +468,7 @@ fn a_stopped_run_resumes_from_its_feature_file() {
         inner: elasticface::train::run::open_inference(&tiny_backbone(seed), Device::Cpu, None, 64).unwrap(),
         calls: 0,
         fail_at,
+        take_file_at: None,
     };
     let run =
         |b: &mut Stopping, resume: Option<&Path>| elasticface::eval::ijb::embed_templates(b, &set, shape, true, resume);
@@ -528,4 +534,26 @@ fn a_stopped_run_resumes_from_its_feature_file() {
     let mut other_whole = backend(6, None);
     assert!(bits(&fresh) == bits(&run(&mut other_whole, None).unwrap()));
     assert!(bits(&fresh) != bits(&straight));
+}
+
+/// Two runs on one feature file (the same `--out`): the run whose file the other took meanwhile stops at its next
+/// chunk with an error naming the file, instead of interleaving its records with the other's.
+#[test]
+fn a_run_whose_feature_file_another_run_took_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let ijb = synthetic_set(&dir.path().join("data"), 210, 10, 16);
+    let set = IjbSet::open(&ijb).unwrap();
+    let file = dir.path().join("IJB.features");
+    // Calls 2 and 3 embed the second chunk (its faces, their mirror images): the file is taken during them.
+    let mut b = Stopping {
+        inner: elasticface::train::run::open_inference(&tiny_backbone(5), Device::Cpu, None, 64).unwrap(),
+        calls: 0,
+        fail_at: None,
+        take_file_at: Some((3, file.clone())),
+    };
+    let shape = ImageShape { h: 16, w: 16 };
+    let e =
+        format!("{:#}", elasticface::eval::ijb::embed_templates(&mut b, &set, shape, true, Some(&file)).unwrap_err());
+    assert!(e.contains("IJB.features changed while this run wrote it") && e.contains("its own --out"), "{e}");
+    assert_eq!((b.calls, std::fs::metadata(&file).unwrap().len()), (4, 32), "nothing written after the intrusion");
 }

@@ -777,13 +777,17 @@ pub fn score_set(set: &IjbSet, templates: &Templates) -> Result<IjbReport> {
 /// (so a resumed run embeds in the chunks an unstopped one does). The file is reused only when the fingerprint (the
 /// set's faces and landmarks, the input size), `D`, and the first chunk, embedded again, agree with it (the same
 /// model on the same device); else it is started afresh, with a message. Two runs must not share one file at a
-/// time (nothing locks it).
+/// time: nothing locks it, but a run whose file another run has taken meanwhile (its header or length changed)
+/// stops at its next chunk rather than interleave records.
 struct FeatureFile {
     file: std::fs::File,
     path: PathBuf,
     dim: usize,
     /// Records in the file.
     records: usize,
+    /// The header as this run wrote it last: compared before each append, so that another run that took the file
+    /// meanwhile (the same `--out`) stops this one instead of the two interleaving their records.
+    head: [u8; 32],
 }
 
 const FEATURE_MAGIC: &[u8; 8] = b"EFIJBFT1";
@@ -857,16 +861,16 @@ impl FeatureFile {
         // Keep the trusted records, or start afresh.
         file.set_len(FEATURE_HEADER + records as u64 * record)
             .with_context(|| format!("cannot write {}", path.display()))?;
-        let mut head = Vec::with_capacity(32);
-        head.extend_from_slice(FEATURE_MAGIC);
-        head.extend_from_slice(&key.to_le_bytes());
-        head.extend_from_slice(&(dim as u64).to_le_bytes());
-        head.extend_from_slice(&(records as u64).to_le_bytes());
+        let mut head = [0u8; 32];
+        head[..8].copy_from_slice(FEATURE_MAGIC);
+        head[8..16].copy_from_slice(&key.to_le_bytes());
+        head[16..24].copy_from_slice(&(dim as u64).to_le_bytes());
+        head[24..].copy_from_slice(&(records as u64).to_le_bytes());
         file.seek(SeekFrom::Start(0))
             .and_then(|_| file.write_all(&head))
             .and_then(|()| file.seek(SeekFrom::Start(FEATURE_HEADER)))
             .with_context(|| format!("cannot write {}", path.display()))?;
-        Ok(Self { file, path: path.to_path_buf(), dim, records })
+        Ok(Self { file, path: path.to_path_buf(), dim, records, head })
     }
 
     /// Reads the next `count` records (all present).
@@ -877,9 +881,25 @@ impl FeatureFile {
         Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect())
     }
 
-    /// Appends records (after every record read), makes them durable, then counts them in the header.
+    /// Appends records (after every record read), makes them durable, then counts them in the header. Errors when
+    /// the file is not as this run left it (its header or its length changed: another run writes it).
     fn append(&mut self, features: &[f32]) -> Result<()> {
-        use std::io::{Seek, SeekFrom, Write};
+        use std::io::{Read, Seek, SeekFrom, Write};
+        let here = FEATURE_HEADER + (self.records * self.dim * 4) as u64;
+        let mut head = [0u8; 32];
+        let len = self
+            .file
+            .seek(SeekFrom::Start(0))
+            .and_then(|_| self.file.read_exact(&mut head))
+            .and_then(|()| self.file.metadata())
+            .and_then(|m| self.file.seek(SeekFrom::Start(here)).map(|_| m.len()))
+            .with_context(|| format!("cannot read {}", self.path.display()))?;
+        ensure!(
+            head == self.head && len == here,
+            "{} changed while this run wrote it (another run with the same --out?): stopped; give each run its own \
+             --out",
+            self.path.display()
+        );
         let bytes: Vec<u8> = features.iter().flat_map(|v| v.to_le_bytes()).collect();
         let records = self.records + features.len() / self.dim;
         let end = FEATURE_HEADER + (records * self.dim * 4) as u64;
@@ -892,6 +912,7 @@ impl FeatureFile {
             .and_then(|()| self.file.seek(SeekFrom::Start(end)))
             .with_context(|| format!("cannot write {}", self.path.display()))?;
         self.records = records;
+        self.head[24..].copy_from_slice(&(records as u64).to_le_bytes());
         Ok(())
     }
 }

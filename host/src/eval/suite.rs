@@ -48,7 +48,8 @@ pub struct SetReport {
 /// A ROC point as the report stores it.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct RocJson {
-    /// Squared-distance threshold (pairs with `dist < threshold` are accepted).
+    /// Squared-distance threshold (pairs with `dist < threshold` are accepted); the curve's last point, which
+    /// accepts every pair, has `+inf`, written `null` in JSON (which has no infinity).
     pub threshold: f64,
     /// False-accept rate.
     pub far: f64,
@@ -206,7 +207,7 @@ pub fn write_outputs(report: &EvalReport, dir: &Path) -> Result<Outputs> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let out = Outputs { json: dir.join("report.json"), png: dir.join("roc.png"), svg: dir.join("roc.svg") };
     let text = serde_json::to_string_pretty(report)?;
-    std::fs::write(&out.json, text + "\n").with_context(|| format!("cannot write {}", out.json.display()))?;
+    crate::tensorfile::write_atomically(&out.json, (text + "\n").as_bytes())?;
     let packs = report.sets.iter().map(|s| Curve {
         label: format!("{} ({:.2}%)", s.name, 100.0 * s.verify.accuracy),
         points: s.roc.iter().map(|&p| p.into()).collect(),
