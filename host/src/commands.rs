@@ -148,7 +148,11 @@ impl EvalArgs {
         if packs.is_empty() && self.ijb.is_empty() {
             bail!("nothing to evaluate: give --bin FILE (repeatable), --val-dir DIR or --ijb DIR");
         }
-        // Read every set's metadata before the first image is embedded: a typo fails at once.
+        // Read every pack and every set's metadata before the first image is embedded: a typo or a malformed pack
+        // fails at once, not after the packs before it (the packs are read again, one at a time, as they run).
+        for p in &packs {
+            crate::eval::bin::VerificationPack::open(p)?;
+        }
         let ijb_sets = self.ijb.iter().map(|d| ijb::IjbSet::open(d)).collect::<Result<Vec<_>>>()?;
         let backbone = self.network.load(&self.model)?;
         let mut backend = self.device.open(&backbone)?;

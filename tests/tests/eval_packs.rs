@@ -273,6 +273,14 @@ fn bad_packs_name_the_file_and_the_item() {
     images[5] = b"GIF89a".to_vec();
     let e = run("gif.bin", python3_pack(&images, &issame));
     assert!(e.contains("image 5 (pair 2)") && e.contains("not a JPEG or PNG"), "{e}");
+    // Every pack is read before anything is embedded, the model loaded included: a malformed last pack fails at
+    // once, not after the packs before it (here the model does not even exist).
+    let good_path = dir.path().join("good.bin");
+    std::fs::write(&good_path, python3_pack(&images[..4], &issame[..2])).unwrap();
+    let bad_path = dir.path().join("odd.bin");
+    let no_model = dir.path().join("missing.safetensors");
+    let e = format!("{:#}", eval_args(&no_model, vec![good_path, bad_path.clone()]).evaluate().unwrap_err());
+    assert!(e.contains(&bad_path.display().to_string()) && e.contains("an odd count"), "{e}");
 }
 
 #[test]

@@ -90,6 +90,14 @@ fn parse(bytes: &[u8]) -> Result<(Vec<Range<usize>>, Vec<bool>)> {
     if issame.is_empty() {
         bail!("the pack holds no pair");
     }
+    // The protocol needs both kinds: TAR at FAR and the ROC are undefined with one (found here, not after embedding).
+    if issame.iter().all(|&s| s) || !issame.iter().any(|&s| s) {
+        bail!(
+            "all {} pairs are {}: verification needs same and different pairs",
+            issame.len(),
+            if issame[0] { "of one person" } else { "of two people" }
+        );
+    }
     Ok((images, issame))
 }
 
@@ -178,5 +186,10 @@ mod tests {
         assert!(e.contains("unsupported pickle opcode 0x3c ('<') at byte 0"), "{e}");
         let e = err(write_python2_pack(&[], &[]));
         assert!(e.contains("no pair"), "{e}");
+        // One kind of pair only: no TAR, no ROC.
+        let e = err(write_python2_pack(&vec![vec![1u8, 2, 3]; 4], &[true, true]));
+        assert!(e.contains("all 2 pairs are of one person: verification needs same and different pairs"), "{e}");
+        let e = err(write_python2_pack(&vec![vec![1u8, 2, 3]; 2], &[false]));
+        assert!(e.contains("all 1 pairs are of two people"), "{e}");
     }
 }
