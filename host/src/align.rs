@@ -149,7 +149,13 @@ pub fn align_all(cfg: &AlignConfig, quiet: bool) -> Result<usize> {
             if let Some(dir) = dest.parent() {
                 std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
             }
-            std::fs::write(&dest, encoded).with_context(|| format!("cannot write {}", dest.display()))
+            // Written beside and renamed over: a crash leaves no torn crop, and a link at `dest` is replaced, not
+            // followed (a crop tree made of links to the photos keeps its photos).
+            let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let tmp = dest.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+            std::fs::write(&tmp, encoded)
+                .and_then(|()| std::fs::rename(&tmp, &dest))
+                .with_context(|| format!("cannot write {}", dest.display()))
         })?;
         bar.inc(chunk.len() as u64);
     }
@@ -166,6 +172,28 @@ mod tests {
         assert_eq!(list_folder(Path::new("list.txt")), Path::new("."));
         assert_eq!(list_folder(Path::new("photos/list.txt")), Path::new("photos"));
         assert_eq!(list_folder(Path::new("/data/list.txt")), Path::new("/data"));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_link_where_a_crop_goes_is_replaced_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let shape = ImageShape { h: 16, w: 16 };
+        std::fs::create_dir_all(dir.path().join("photos/d")).unwrap();
+        std::fs::create_dir_all(dir.path().join("crops/d")).unwrap();
+        let photo = dir.path().join("photos/d/a.png");
+        let bytes = encode_png(&vec![200; shape.len()], shape).unwrap();
+        std::fs::write(&photo, &bytes).unwrap();
+        std::os::unix::fs::symlink(&photo, dir.path().join("crops/d/a.png")).unwrap();
+        let list = dir.path().join("photos/list.txt");
+        std::fs::write(&list, "d/a.png 5 6 11 6 8 9 6 12 10 12\n").unwrap();
+        let cfg =
+            AlignConfig { list, root: dir.path().join("photos"), out: dir.path().join("crops"), shape, jpeg: None };
+        assert_eq!(align_all(&cfg, true).unwrap(), 1);
+        assert_eq!(std::fs::read(&photo).unwrap(), bytes, "the photo behind the link is untouched");
+        let crop = dir.path().join("crops/d/a.png");
+        assert!(!std::fs::symlink_metadata(&crop).unwrap().file_type().is_symlink());
+        assert_ne!(std::fs::read(&crop).unwrap(), bytes);
     }
 
     #[test]

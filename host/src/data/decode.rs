@@ -137,7 +137,12 @@ where
     Ok(all)
 }
 
-/// Resizes `u8 (H, W, 3)` RGB of size `from` to `to`: shorter side first, then a centre crop.
+/// The most pixels an image is scaled to before its centre crop: 64 M (192 MB), far above any face photo's scaling
+/// (a 112x112 crop of a 4:1 image scales it to 448x112); a strip of 16384x1 pixels would scale to 1.8 M x 112.
+const MAX_SCALED_PIXELS: u64 = 64 << 20;
+
+/// Resizes `u8 (H, W, 3)` RGB of size `from` to `to`: shorter side first, then a centre crop. Errors when the
+/// scaled image would exceed [`MAX_SCALED_PIXELS`] (an image too elongated to be a face).
 pub fn resize_rgb(rgb: Vec<u8>, from: ImageShape, to: ImageShape) -> Result<Vec<u8>> {
     use image::imageops::{self, FilterType};
     let (fw, fh) = dims_u32(&rgb, from)?;
@@ -145,8 +150,13 @@ pub fn resize_rgb(rgb: Vec<u8>, from: ImageShape, to: ImageShape) -> Result<Vec<
     let img = image::RgbImage::from_raw(fw, fh, rgb).context("RGB buffer of the wrong size")?;
     // Scale so that both sides cover the target, keeping the aspect ratio, then crop the middle.
     let scale = f64::max(f64::from(tw) / f64::from(fw), f64::from(th) / f64::from(fh));
-    let sw = ((f64::from(fw) * scale).round() as u32).max(tw);
-    let sh = ((f64::from(fh) * scale).round() as u32).max(th);
+    let (sw, sh) =
+        ((f64::from(fw) * scale).round().max(f64::from(tw)), (f64::from(fh) * scale).round().max(f64::from(th)));
+    anyhow::ensure!(
+        sw * sh <= MAX_SCALED_PIXELS as f64,
+        "a {fw}x{fh} image scaled to cover {tw}x{th} would be {sw}x{sh} pixels: too elongated to resize"
+    );
+    let (sw, sh) = (sw as u32, sh as u32);
     let scaled = imageops::resize(&img, sw, sh, FilterType::Triangle);
     let cropped = imageops::crop_imm(&scaled, (sw - tw) / 2, (sh - th) / 2, tw, th).to_image();
     Ok(cropped.into_raw())
@@ -265,6 +275,10 @@ mod tests {
         let big = ImageShape { h: 50, w: 50 };
         let (out, _) = decode_rgb_resized(&encode_png(&vec![77; big.len()], big).unwrap(), target).unwrap();
         assert!(out.iter().all(|&v| v == 77));
+        // A strip of 1 x 5,000,000 pixels would scale to 80 M x 16 before its crop: refused, not allocated.
+        let strip = ImageShape { h: 1, w: 5_000_000 };
+        let e = resize_rgb(vec![9; strip.len()], strip, target).unwrap_err().to_string();
+        assert!(e.contains("a 5000000x1 image scaled to cover 16x16 would be 80000000x16 pixels"), "{e}");
     }
 
     #[test]
