@@ -243,19 +243,9 @@ pub fn tar_at_far(dist: &[f32], issame: &[bool], far: f64, scratch: &mut [f32]) 
     if scratch.len() < different {
         return Err(Error::Length { what: "scratch", expected: different, got: scratch.len() });
     }
-    // far <= 1, so k <= different; the cast saturates and floors.
-    let k = (far * different as f64) as usize;
-    if k == 0 {
+    let impostors = dist.iter().zip(issame).filter(|&(_, &s)| !s).map(|(&d, _)| d);
+    let Some(threshold) = threshold_admitting(far, different, impostors, scratch) else {
         return Ok(None);
-    }
-    let threshold = if k >= different {
-        f32::INFINITY
-    } else {
-        let impostors = &mut scratch[..different];
-        for (slot, (&d, _)) in impostors.iter_mut().zip(dist.iter().zip(issame).filter(|&(_, &s)| !s)) {
-            *slot = d;
-        }
-        *impostors.select_nth_unstable_by(k, f32::total_cmp).1
     };
     let accepted = |want: bool| dist.iter().zip(issame).filter(|&(&d, &s)| s == want && d < threshold).count();
     Ok(Some(TarAtFar {
@@ -406,21 +396,32 @@ pub fn tpir_at_fpir(
     if scratch.len() < m {
         return Err(Error::Length { what: "scratch", expected: m, got: scratch.len() });
     }
-    // fpir <= 1, so k <= m; the cast saturates and floors.
-    let k = (fpir * m as f64) as usize;
-    if k == 0 {
+    let Some(threshold) = threshold_admitting(fpir, m, non_mated.iter().copied(), scratch) else {
         return Ok(None);
-    }
-    let threshold = if k >= m {
-        f32::INFINITY
-    } else {
-        let s = &mut scratch[..m];
-        s.copy_from_slice(non_mated);
-        *s.select_nth_unstable_by(k, f32::total_cmp).1
     };
     let identified = mated.iter().zip(first).filter(|&(&d, &f)| f && d < threshold).count();
     let answered = non_mated.iter().filter(|&&d| d < threshold).count();
     Ok(Some(TpirAtFpir { threshold, tpir: identified as f64 / mated.len() as f64, fpir: answered as f64 / m as f64 }))
+}
+
+/// The largest threshold that accepts (`dist < threshold`) at most `k = floor(rate * M)` of `M` negatives (the
+/// impostor pairs of [`tar_at_far`], the non-mated probes of [`tpir_at_fpir`]): the `(k + 1)`-th smallest negative
+/// distance, `+inf` when `k = M`, `None` when `k = 0` (the rate cannot be resolved). `negatives` yields the `M`
+/// distances, copied into `scratch` (at least `M` elements, checked by the caller) for the selection. `rate` lies in
+/// `(0, 1]`, so `k <= M`: the cast saturates and floors.
+fn threshold_admitting(rate: f64, m: usize, negatives: impl Iterator<Item = f32>, scratch: &mut [f32]) -> Option<f32> {
+    let k = (rate * m as f64) as usize;
+    if k == 0 {
+        return None;
+    }
+    if k >= m {
+        return Some(f32::INFINITY);
+    }
+    let s = &mut scratch[..m];
+    for (slot, d) in s.iter_mut().zip(negatives) {
+        *slot = d;
+    }
+    Some(*s.select_nth_unstable_by(k, f32::total_cmp).1)
 }
 
 /// Numbers of same and of different pairs.

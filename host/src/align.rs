@@ -145,17 +145,9 @@ pub fn align_all(cfg: &AlignConfig, quiet: bool) -> Result<usize> {
                 None => encode_png(out, cfg.shape),
             }
             .with_context(at)?;
-            let dest = cfg.out.join(&face.crop);
-            if let Some(dir) = dest.parent() {
-                std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-            }
-            // Written beside and renamed over: a crash leaves no torn crop, and a link at `dest` is replaced, not
-            // followed (a crop tree made of links to the photos keeps its photos).
-            let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let tmp = dest.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-            std::fs::write(&tmp, encoded)
-                .and_then(|()| std::fs::rename(&tmp, &dest))
-                .with_context(|| format!("cannot write {}", dest.display()))
+            // Written beside and renamed over: a crash leaves no torn crop, and a link at the crop's place is
+            // replaced, not followed (a crop tree made of links to the photos keeps its photos).
+            crate::files::write_replacing(&cfg.out.join(&face.crop), &encoded)
         })?;
         bar.inc(chunk.len() as u64);
     }

@@ -113,7 +113,7 @@ impl Checkpoint {
         let c = &self.cfg;
         let s = &self.step_cfg;
         let m = &s.margin;
-        check_finite(
+        json_numbers_finite(
             "checkpoint",
             &[
                 ("loss s", m.s),
@@ -262,7 +262,7 @@ impl Backbone {
     /// The backbone as a state dict (insightface's names, `num_batches_tracked` included) with a manifest
     /// ([`BACKBONE_FORMAT`]: the network, batch norm settings, and `source`, free JSON saying where it came from).
     pub fn to_file(&self, source: Value) -> Result<TensorFile> {
-        check_finite("backbone", &[("batchnorm.eps", self.bn.eps), ("batchnorm.momentum", self.bn.momentum)])?;
+        json_numbers_finite("backbone", &[("batchnorm.eps", self.bn.eps), ("batchnorm.momentum", self.bn.momentum)])?;
         let meta = json!({
             "format": BACKBONE_FORMAT,
             "version": VERSION,
@@ -406,7 +406,7 @@ fn network_from_json(f: &TensorFile, n: &Value) -> Result<IResNetConfig> {
 
 /// Refuses to write a manifest holding a non-finite number: JSON has no infinity or NaN (serde_json writes them as
 /// `null`), so the file would be written but never read back.
-fn check_finite(what: &str, values: &[(&str, f32)]) -> Result<()> {
+fn json_numbers_finite(what: &str, values: &[(&str, f32)]) -> Result<()> {
     for (name, v) in values {
         ensure!(v.is_finite(), "{what} manifest: {name} is {v}, which JSON cannot hold; the file would not load back");
     }

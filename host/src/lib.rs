@@ -50,6 +50,7 @@ pub mod data;
 pub mod demo;
 pub mod embed;
 pub mod eval;
+pub mod files;
 pub mod gpu;
 pub mod onnx;
 pub mod pickle;

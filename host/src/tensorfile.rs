@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use std::borrow::Cow;
-use std::io::Write;
 
 use anyhow::{anyhow, bail, Context, Result};
 use safetensors::{Dtype, SafeTensors, View};
@@ -110,7 +109,7 @@ impl TensorFile {
 
     /// Writes the file atomically: a temporary file beside `path`, synced, then renamed over `path`.
     pub fn save(&self, path: &Path) -> Result<()> {
-        write_atomically(path, &self.to_bytes()?)
+        crate::files::write_atomically(path, &self.to_bytes()?)
     }
 
     /// Reads and parses a safetensors file.
@@ -193,30 +192,6 @@ impl View for &Tensor {
             Data::I64(v) => 8 * v.len(),
         }
     }
-}
-
-/// Writes `bytes` to `path` atomically: a temporary file beside it (its folder created if needed), synced, then
-/// renamed over `path`, and the folder synced; a crash leaves the old file or the new one, never a part.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let file_name = path.file_name().ok_or_else(|| anyhow!("{} is not a file path", path.display()))?;
-    let tmp = dir.join(format!(".{}.tmp-{}", file_name.to_string_lossy(), std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        // Make the rename itself durable.
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        anyhow!("cannot write {}: {e}", path.display())
-    })
 }
 
 #[cfg(test)]

@@ -233,7 +233,8 @@ fn a_synthetic_set_scores_as_the_protocol_says() {
     assert!(r.tar(1e-2).is_some() && r.tar(1e-3).is_none());
 
     // 1:N: synth's galleries hold the first templates (odd ids) of the even identities (G1) and of the odd ones
-    // (G2); the second templates probe. Each gallery's mates ranked here from the core's distances.
+    // (G2); the second templates probe. Each gallery's mates ranked here from the core's distances: the hits must be
+    // equal (the distances agree within 1e-6, above, and no rank here turns on a smaller difference).
     let search = set.search.as_ref().expect("synth writes 1:N lists");
     assert_eq!(search.probes, (1..=12).map(|i| (2 * i, i)).collect::<Vec<_>>());
     let got = r.search.as_ref().expect("1:N figures");

@@ -879,7 +879,9 @@ fn setup_is_checked_and_memory_follows_the_formula() {
 /// a partial chunk (the last 96 of LFW's 12,000 images at batch 128) plans its convolutions for fewer images, and
 /// fewer output tiles split the depth more: that scratch must fit too. Here no convolution splits at batch 128 on
 /// a CPU adapter, and one does for 100 images (seen to fail: "conv2d scratch has 331776 elements, 2 splits need
-/// 409600"). The embeddings are the CPU reference's within the trainer's tolerance.
+/// 409600"). The embeddings are the CPU reference's within 1e-4 of their largest magnitude: the forward pass alone,
+/// whose sums the GPU orders otherwise (tiles, depth splits, Winograd's transforms); measured 2.6e-6 direct and
+/// 4.2e-6 with Winograd on lavapipe.
 #[test]
 fn embeddings_of_fewer_images_than_the_batch_fit_the_trainers_buffers() {
     let Some(gpu) = gpu() else { return };
@@ -892,12 +894,15 @@ fn embeddings_of_fewer_images_than_the_batch_fit_the_trainers_buffers() {
         g.set_winograd(winograd).unwrap();
         let mut c = CpuBackend::new(&cfg, b, classes, step_cfg(), 3).unwrap();
         let per = cfg.input_h * cfg.input_w * 3;
+        let mut worst = 0.0f64;
         for n in [1, 3, 9, 65, 100] {
             let images: Vec<u8> = (0..n * per).map(|i| (i * 37 % 251) as u8).collect();
             let flips: Vec<bool> = (0..n).map(|i| i % 3 == 0).collect();
             let got = g.embed(&images, &flips).unwrap_or_else(|e| panic!("{n} images, winograd {winograd:?}: {e:#}"));
             let want = c.embed(&images, &flips).unwrap();
             assert!(rel(&got, &want) < 1e-4, "{n} images, winograd {winograd:?}: {:e}", rel(&got, &want));
+            worst = worst.max(rel(&got, &want));
         }
+        eprintln!("embeddings of 1 to 100 images at batch 128, winograd {winograd:?}: largest error {worst:.1e}");
     }
 }

@@ -142,7 +142,7 @@ where
 const MAX_SCALED_PIXELS: u64 = 64 << 20;
 
 /// Resizes `u8 (H, W, 3)` RGB of size `from` to `to`: shorter side first, then a centre crop. Errors when the
-/// scaled image would exceed [`MAX_SCALED_PIXELS`] (an image too elongated to be a face).
+/// scaled image would exceed 64 M pixels (an image too elongated to be a face).
 pub fn resize_rgb(rgb: Vec<u8>, from: ImageShape, to: ImageShape) -> Result<Vec<u8>> {
     use image::imageops::{self, FilterType};
     let (fw, fh) = dims_u32(&rgb, from)?;

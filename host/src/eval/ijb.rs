@@ -8,8 +8,8 @@
 //! meta/ijbc_face_tid_mid.txt                 one line per face: file, template id, media id
 //! meta/ijbc_name_5pts_score.txt              the same faces in the same order: file, 5 landmarks (x y), detector score
 //! meta/ijbc_template_pair_label.txt          one line per pair of templates: template, template, 1 (same) or 0
-//! meta/ijbc_1N_gallery_G1.csv, _G2.csv       optional, 1:N: the galleries, CSV with a header, TEMPLATE_ID,SUBJECT_ID,...
-//! meta/ijbc_1N_probe_mixed.csv               optional, 1:N: the probes, the same columns
+//! meta/ijbc_1N_gallery_G1.csv, _G2.csv       optional, 1:N: the galleries (CSV: TEMPLATE_ID,SUBJECT_ID,...)
+//! meta/ijbc_1N_probe_mixed.csv               optional, 1:N: the probes, the same columns ([`search`])
 //! ```
 //!
 //! (`ijbb_...` for IJB-B, whose galleries are `S1` and `S2`.) The 1:1 protocol:
@@ -25,29 +25,18 @@
 //!    target. insightface reads the TAR off scikit-learn's ROC at the point whose FAR is nearest the target, which
 //!    may lie above it: the two differ where the curve has a step at the target.
 //!
-//! 1:N identification, where the set has the 1:N lists (insightface's updated meta files, from NIST's protocol),
-//! follows insightface's `ijb_evals.py` (NIST's open-set protocol): templates as in step 2; every probe template
-//! searches each gallery on its own (`2 - 2 cos` to each gallery template); a probe whose subject the gallery holds
-//! is mated, the others are non-mated for that gallery. Per gallery: the identification rate at rank 1, 5 and 10
-//! over the mated probes ([`mate_rank`]: ties count against the mate), and the TPIR at FPIR 1e-4 .. 1e-1
-//! ([`tpir_at_fpir`]: a mated probe counts when its mate ranks first below the threshold; the threshold admits
-//! `floor(FPIR x non-mated)` non-mated probes whose nearest template lies below it). Over the galleries: rank hits
-//! summed over the mated probes of all galleries (each probe is mated in one of IJB's galleries, so this is
-//! `ijb_evals.py`'s division by the probes), and the mean TPIR. `ijb_evals.py` takes its threshold one non-mated
-//! probe stricter (the `floor(FPIR x non-mated)`-th largest score, exclusive), and at FPIRs its probes cannot
-//! resolve still gives a figure (at FPIR 0); here those are `n/a`.
+//! 1:N identification, where the set has the 1:N lists: [`search`].
 //!
 //! Memory, for IJB-C (469,375 faces, 23,124 templates, 15,658,489 pairs): the template sums (23,124 x 512 x 8
 //! bytes, 95 MB), the pairs and their distances (13 bytes a pair), the selection and the ROC's sort (about 36
 //! bytes a pair while they run): about 0.9 GB at most; and one chunk of faces at a time.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use elasticface_core::align::align_face;
 use elasticface_core::nn::ImageShape;
-use elasticface_core::verify::{mate_rank, tpir_at_fpir};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
@@ -55,6 +44,9 @@ use super::suite::{RocJson, CHUNK_IMAGES, ROC_POINTS};
 use super::{roc_curve, tar_reports, FlipEmbeddings, TarReport};
 use crate::data::decode::{decode_rgb_any, fill_parallel};
 use crate::train::Backend;
+
+pub mod search;
+pub use search::{Gallery, GalleryReport, RankReport, Search, SearchReport, TpirReport, IJB_FPIRS, IJB_RANKS};
 
 /// The false-accept rates IJB results are given at (insightface's table).
 pub const IJB_FARS: [f64; 6] = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1];
@@ -68,12 +60,6 @@ zero template has cos 0); TAR at FAR: the largest threshold whose FAR on differe
 (2 - 2 cos), probes of subjects it holds mated, the others non-mated; identification rate at rank 1/5/10 over mated \
 probes (ties against the mate); TPIR at FPIR: mate ranked first below the largest threshold that answers at most \
 floor(FPIR x non-mated) non-mated probes; over galleries: rank hits summed, TPIR averaged";
-
-/// The false-positive identification rates 1:N results are given at.
-pub const IJB_FPIRS: [f64; 4] = [1e-4, 1e-3, 1e-2, 1e-1];
-
-/// The ranks 1:N identification rates are given at.
-pub const IJB_RANKS: [usize; 3] = [1, 5, 10];
 
 /// One face of a set.
 #[derive(Clone, Debug, PartialEq)]
@@ -103,110 +89,6 @@ pub struct IjbSet {
     pub pairs: (Vec<u32>, Vec<u32>, Vec<bool>),
     /// The 1:N lists, where the set has them.
     pub search: Option<Search>,
-}
-
-/// A set's 1:N lists: galleries of enrolled templates and the probe templates that search them.
-#[derive(Clone, Debug)]
-pub struct Search {
-    /// The galleries, by name (`G1`, `G2`; `S1`, `S2` for IJB-B), in name order.
-    pub galleries: Vec<Gallery>,
-    /// The probe templates `(template, subject)`, ascending by template.
-    pub probes: Vec<(u32, u32)>,
-}
-
-/// One 1:N gallery.
-#[derive(Clone, Debug)]
-pub struct Gallery {
-    /// Its name, from its file (`ijbc_1N_gallery_G1.csv`: `G1`).
-    pub name: String,
-    /// Its templates `(template, subject)`, ascending by template; one per subject.
-    pub templates: Vec<(u32, u32)>,
-}
-
-/// The `(template, subject)` pairs a 1:N list names, ascending by template, one per template: a CSV file with a
-/// row per face (`TEMPLATE_ID,SUBJECT_ID,...`) under an optional header. Errors name the file and line of a
-/// malformed row, a template without faces in `faces_file`, and a template given two subjects.
-fn subject_templates(path: &Path, known: &HashSet<u32>, faces_file: &Path) -> Result<Vec<(u32, u32)>> {
-    let text = read_text(path)?;
-    let mut subject_of: BTreeMap<u32, (u32, usize)> = BTreeMap::new();
-    for (i, l) in text.lines().enumerate() {
-        let line = i + 1;
-        let fields: Vec<&str> = l.split(',').map(|f| f.trim().trim_matches('"')).collect();
-        if fields.iter().all(|f| f.is_empty()) || (line == 1 && fields[0].parse::<u32>().is_err()) {
-            continue; // a blank line, or the header (TEMPLATE_ID,SUBJECT_ID,FILENAME,...)
-        }
-        let template: u32 = field(&fields, 0, path, line, "template id")?;
-        let subject: u32 = field(&fields, 1, path, line, "subject id")?;
-        ensure!(
-            known.contains(&template),
-            "{} line {line}: template {template} has no face in {}",
-            path.display(),
-            faces_file.display()
-        );
-        let (first, first_line) = *subject_of.entry(template).or_insert((subject, line));
-        ensure!(
-            first == subject,
-            "{} line {line}: template {template} is subject {subject} here and {first} on line {first_line}",
-            path.display()
-        );
-    }
-    ensure!(!subject_of.is_empty(), "{} lists no template", path.display());
-    Ok(subject_of.into_iter().map(|(t, (s, _))| (t, s)).collect())
-}
-
-impl Search {
-    /// The 1:N lists of set `prefix` in `meta`, if it has them: `<prefix>_1N_probe_mixed.csv` and every
-    /// `<prefix>_1N_gallery_<NAME>.csv`. Probes without a gallery, or galleries without probes, are an error (a
-    /// set copied in part); so is a gallery with two templates of one subject or with no mated probe.
-    fn open(meta: &Path, prefix: &str, known: &HashSet<u32>, faces_file: &Path) -> Result<Option<Self>> {
-        let probe_file = meta.join(format!("{prefix}_1N_probe_mixed.csv"));
-        let gallery_prefix = format!("{prefix}_1N_gallery_");
-        let mut gallery_files = Vec::new();
-        for entry in std::fs::read_dir(meta).with_context(|| format!("cannot read {}", meta.display()))? {
-            let path = entry.with_context(|| format!("cannot read {}", meta.display()))?.path();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            if let Some(g) = name.strip_prefix(&gallery_prefix).and_then(|r| r.strip_suffix(".csv")) {
-                gallery_files.push((g.to_string(), path.clone()));
-            }
-        }
-        gallery_files.sort();
-        match (probe_file.is_file(), gallery_files.is_empty()) {
-            (false, true) => return Ok(None),
-            (false, false) => bail!(
-                "{}: the 1:N galleries ({}) need their probes, {}",
-                meta.display(),
-                gallery_files.iter().map(|(g, _)| g.as_str()).collect::<Vec<_>>().join(", "),
-                probe_file.display()
-            ),
-            (true, true) => {
-                bail!("{}: the 1:N probes need a gallery, {gallery_prefix}<NAME>.csv", probe_file.display())
-            }
-            (true, false) => {}
-        }
-        let probes = subject_templates(&probe_file, known, faces_file)?;
-        let probe_subjects: HashSet<u32> = probes.iter().map(|&(_, s)| s).collect();
-        let mut galleries = Vec::with_capacity(gallery_files.len());
-        for (name, path) in gallery_files {
-            let templates = subject_templates(&path, known, faces_file)?;
-            let mut template_of: HashMap<u32, u32> = HashMap::new();
-            for &(template, subject) in &templates {
-                if let Some(other) = template_of.insert(subject, template) {
-                    bail!(
-                        "{}: subject {subject} has templates {other} and {template}; a gallery holds one per subject",
-                        path.display()
-                    );
-                }
-            }
-            ensure!(
-                templates.iter().any(|(_, s)| probe_subjects.contains(s)),
-                "{}: no probe of {} is of a subject this gallery holds",
-                path.display(),
-                probe_file.display()
-            );
-            galleries.push(Gallery { name, templates });
-        }
-        Ok(Some(Self { galleries, probes }))
-    }
 }
 
 /// The prefix (`ijbc`) of the set in `dir`, if `dir` holds one: the `*_template_pair_label.txt` in `dir/meta`.
@@ -494,8 +376,8 @@ fn distance(a: &[f32], b: &[f32]) -> f32 {
     (2.0 - 2.0 * dot(a, b)).max(0.0)
 }
 
-/// The [`distance`] of every pair of template features (`(T, D)`, unit or zero rows). On all cores, each pair on
-/// its own (the same bits whatever the number of threads).
+/// The distance, `2 - 2 cos`, of every pair of template features (`(T, D)`, unit or zero rows). On all cores, each
+/// pair on its own (the same bits whatever the number of threads).
 pub fn pair_distances(templates: &[f32], dim: usize, first: &[usize], second: &[usize]) -> Result<Vec<f32>> {
     ensure!(first.len() == second.len(), "{} first and {} second templates", first.len(), second.len());
     let count = templates.len().checked_div(dim).unwrap_or(0);
@@ -549,182 +431,6 @@ pub struct IjbReport {
     pub search: Option<SearchReport>,
 }
 
-/// An identification rate at a rank.
-#[derive(Clone, Debug, Serialize)]
-pub struct RankReport {
-    /// The rank `k`.
-    pub rank: usize,
-    /// Mated probes whose mate ranks at most `k`.
-    pub hits: usize,
-    /// `hits` / mated probes.
-    pub rate: f64,
-}
-
-/// The TPIR at a target FPIR.
-#[derive(Clone, Debug, Serialize)]
-pub struct TpirReport {
-    /// The target false-positive identification rate.
-    pub fpir: f64,
-    /// The true-positive identification rate; `None` when the probes cannot resolve `fpir` (fewer than `1 / fpir`
-    /// non-mated probes, in some gallery for a mean).
-    pub tpir: Option<f64>,
-    /// The squared-distance threshold (a search answers when its nearest template lies below it); `None` for a
-    /// mean over galleries.
-    pub threshold: Option<f32>,
-    /// The FPIR reached at that threshold (at most `fpir`); for a mean, the mean.
-    pub fpir_reached: Option<f64>,
-}
-
-/// What one gallery measured.
-#[derive(Clone, Debug, Serialize)]
-pub struct GalleryReport {
-    /// Its name (`G1`).
-    pub name: String,
-    /// Templates enrolled.
-    pub templates: usize,
-    /// Probes whose subject it holds.
-    pub mated: usize,
-    /// Probes whose subject it does not hold.
-    pub non_mated: usize,
-    /// The identification rate at each of [`IJB_RANKS`].
-    pub rank: Vec<RankReport>,
-    /// The TPIR at each of [`IJB_FPIRS`].
-    pub tpir_at_fpir: Vec<TpirReport>,
-}
-
-/// What 1:N identification measured: each gallery, then over the galleries.
-#[derive(Clone, Debug, Serialize)]
-pub struct SearchReport {
-    /// Probe templates.
-    pub probes: usize,
-    /// Each gallery, in name order.
-    pub galleries: Vec<GalleryReport>,
-    /// Over the galleries: rank hits and mated probes summed.
-    pub rank: Vec<RankReport>,
-    /// Over the galleries: the mean TPIR.
-    pub tpir_at_fpir: Vec<TpirReport>,
-}
-
-impl SearchReport {
-    /// The mean TPIR at `fpir` over the galleries, when it was measured and could be resolved.
-    pub fn tpir(&self, fpir: f64) -> Option<f64> {
-        self.tpir_at_fpir.iter().find(|t| t.fpir == fpir).and_then(|t| t.tpir)
-    }
-}
-
-/// What one probe's search of a gallery found.
-#[derive(Clone, Copy, Debug)]
-enum Searched {
-    /// The gallery holds the probe's subject: the distance to its mate and the mate's rank.
-    Mated { dist: f32, rank: usize },
-    /// It does not: the distance to the nearest template.
-    NonMated { nearest: f32 },
-}
-
-/// Every probe searches `gallery` (template features `(T, D)`, `index` from template id to row), on all cores.
-fn search_gallery(
-    features: &[f32],
-    dim: usize,
-    index: &HashMap<u32, usize>,
-    gallery: &Gallery,
-    probes: &[(u32, u32)],
-) -> Result<GalleryReport> {
-    let row = |t: u32| -> Result<&[f32]> {
-        let i = *index.get(&t).ok_or_else(|| anyhow!("template {t} has no face"))?;
-        Ok(&features[i * dim..(i + 1) * dim])
-    };
-    let enrolled = gallery.templates.iter().map(|&(t, _)| row(t)).collect::<Result<Vec<_>>>()?;
-    let mate_of: HashMap<u32, usize> = gallery.templates.iter().enumerate().map(|(j, &(_, s))| (s, j)).collect();
-    let mut searched = vec![Searched::NonMated { nearest: 0.0 }; probes.len()];
-    fill_parallel(&mut searched, 1, |p, out| {
-        let (template, subject) = probes[p];
-        let probe = row(template)?;
-        let dist: Vec<f32> = enrolled.iter().map(|g| distance(probe, g)).collect();
-        out[0] = match mate_of.get(&subject) {
-            Some(&mate) => Searched::Mated {
-                dist: dist[mate],
-                rank: mate_rank(&dist, mate).map_err(|e| anyhow!("probe template {template}: {e}"))?,
-            },
-            None => Searched::NonMated { nearest: dist.iter().copied().fold(f32::INFINITY, f32::min) },
-        };
-        Ok(())
-    })?;
-    let (mut mated, mut first, mut ranks, mut non_mated) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for s in searched {
-        match s {
-            Searched::Mated { dist, rank } => {
-                mated.push(dist);
-                first.push(rank == 1);
-                ranks.push(rank);
-            }
-            Searched::NonMated { nearest } => non_mated.push(nearest),
-        }
-    }
-    let rank = IJB_RANKS
-        .iter()
-        .map(|&k| {
-            let hits = ranks.iter().filter(|&&r| r <= k).count();
-            RankReport { rank: k, hits, rate: hits as f64 / ranks.len() as f64 }
-        })
-        .collect();
-    let mut scratch = vec![0.0; non_mated.len()];
-    let tpir_at_fpir = IJB_FPIRS
-        .iter()
-        .map(|&fpir| {
-            let t = tpir_at_fpir(&mated, &first, &non_mated, fpir, &mut scratch)
-                .map_err(|e| anyhow!("gallery {}: TPIR at FPIR {fpir}: {e}", gallery.name))?;
-            Ok(TpirReport {
-                fpir,
-                tpir: t.map(|t| t.tpir),
-                threshold: t.map(|t| t.threshold),
-                fpir_reached: t.map(|t| t.fpir),
-            })
-        })
-        .collect::<Result<_>>()?;
-    Ok(GalleryReport {
-        name: gallery.name.clone(),
-        templates: gallery.templates.len(),
-        mated: mated.len(),
-        non_mated: non_mated.len(),
-        rank,
-        tpir_at_fpir,
-    })
-}
-
-/// 1:N identification of a set's probes in each of its galleries (template features `(T, D)`).
-fn score_search(search: &Search, features: &[f32], dim: usize, index: &HashMap<u32, usize>) -> Result<SearchReport> {
-    let galleries = search
-        .galleries
-        .iter()
-        .map(|g| search_gallery(features, dim, index, g, &search.probes))
-        .collect::<Result<Vec<_>>>()?;
-    let mated: usize = galleries.iter().map(|g| g.mated).sum();
-    let rank = IJB_RANKS
-        .iter()
-        .enumerate()
-        .map(|(i, &k)| {
-            let hits = galleries.iter().map(|g| g.rank[i].hits).sum();
-            RankReport { rank: k, hits, rate: hits as f64 / mated as f64 }
-        })
-        .collect();
-    let n = galleries.len() as f64;
-    let tpir_at_fpir = IJB_FPIRS
-        .iter()
-        .enumerate()
-        .map(|(i, &fpir)| {
-            let each: Option<Vec<(f64, f64)>> =
-                galleries.iter().map(|g| Some((g.tpir_at_fpir[i].tpir?, g.tpir_at_fpir[i].fpir_reached?))).collect();
-            TpirReport {
-                fpir,
-                tpir: each.as_ref().map(|e| e.iter().map(|v| v.0).sum::<f64>() / n),
-                threshold: None,
-                fpir_reached: each.as_ref().map(|e| e.iter().map(|v| v.1).sum::<f64>() / n),
-            }
-        })
-        .collect();
-    Ok(SearchReport { probes: search.probes.len(), galleries, rank, tpir_at_fpir })
-}
-
 impl IjbReport {
     /// The TAR at `far`, when it was measured and could be resolved.
     pub fn tar(&self, far: f64) -> Option<f64> {
@@ -753,7 +459,7 @@ pub fn score_set(set: &IjbSet, templates: &Templates) -> Result<IjbReport> {
     let tar_at_far = tar_reports(&dist, same, &IJB_FARS).with_context(|| set.name.clone())?;
     let roc = roc_curve(&dist, same, ROC_POINTS).with_context(|| format!("{}: ROC", set.name))?;
     let search = match &set.search {
-        Some(s) => Some(score_search(s, &features, dim, &index).with_context(|| format!("{}: 1:N", set.name))?),
+        Some(s) => Some(search::score_search(s, &features, dim, &index).with_context(|| format!("{}: 1:N", set.name))?),
         None => None,
     };
     Ok(IjbReport {
@@ -941,7 +647,7 @@ fn embed_faces(
 /// Template features of a set on `backend` (steps 1 and 2): faces aligned to `shape` on all cores, a chunk at a
 /// time, embedded with their mirror images, `(e + e_flip) * score` added to their template's sum in face order.
 ///
-/// With `resume`, the faces' features are also kept in that file ([`FeatureFile`]): a run stopped part way (Ctrl-C,
+/// With `resume`, the faces' features are also kept in that file (see `FeatureFile`): a run stopped part way (Ctrl-C,
 /// a crash) and started again embeds the first chunk again to check the file, reads the faces it holds, and
 /// embeds only the rest; the templates are the same, bit for bit, as those of a run that was never stopped.
 pub fn embed_templates(

@@ -207,7 +207,7 @@ pub fn write_outputs(report: &EvalReport, dir: &Path) -> Result<Outputs> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let out = Outputs { json: dir.join("report.json"), png: dir.join("roc.png"), svg: dir.join("roc.svg") };
     let text = serde_json::to_string_pretty(report)?;
-    crate::tensorfile::write_atomically(&out.json, (text + "\n").as_bytes())?;
+    crate::files::write_atomically(&out.json, (text + "\n").as_bytes())?;
     let packs = report.sets.iter().map(|s| Curve {
         label: format!("{} ({:.2}%)", s.name, 100.0 * s.verify.accuracy),
         points: s.roc.iter().map(|&p| p.into()).collect(),

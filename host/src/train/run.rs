@@ -28,9 +28,9 @@ use super::Backend;
 use crate::checkpoint::{Backbone, Checkpoint};
 use crate::data::{self, BadSamples, Loader, LoaderConfig, Position};
 use crate::eval::{self, Pairs};
+use crate::files::write_atomically;
 use crate::gpu::kernels::conv2d::{ConvPrecision, ConvTileChoice};
 use crate::gpu::kernels::winograd::WinogradTileChoice;
-use crate::tensorfile::write_atomically;
 
 /// Where to train.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
