@@ -216,10 +216,10 @@ impl Builder<'_> {
         Ok(())
     }
 
-    /// The backbone forward of the first `n` images of `input` in `mode`, writing the embeddings into the first
-    /// `n` rows of `features.out`. Training mode (`n = B`) keeps what the backward pass reads.
-    pub(super) fn forward(&self, mode: Mode, n: usize) -> Result<Vec<Dispatch>> {
-        let (gpu, k, net) = (self.gpu, self.k, self.net);
+    /// The backbone forward of the batch in `input` in `mode`, writing the embeddings into `features.out`.
+    /// Training mode keeps what the backward pass reads.
+    pub(super) fn forward(&self, mode: Mode) -> Result<Vec<Dispatch>> {
+        let (gpu, k, net, n) = (self.gpu, self.k, self.net, self.net.batch);
         let cfg = &net.cfg;
         let (h, w, c0, c3, e) = (cfg.input_h, cfg.input_w, cfg.widths[0], cfg.widths[3], cfg.embedding);
         // Mixed precision: the weights as the direct convolutions read them, rounded to f16.
@@ -227,74 +227,67 @@ impl Builder<'_> {
 
         // Stem: conv1 (n, 3, H, W) -> (n, C0, H, W), bn1, prelu.
         let s = &net.stem;
-        let input = first(&net.input, n)?;
-        let conv_out = first(&s.conv_out, n)?;
         let stem_conv = conv3(3, c0, n, h, w, 1);
-        self.conv(&mut d, ConvOp::Forward, &stem_conv, [&input, net.value(s.conv)], &conv_out)?;
+        self.conv(&mut d, ConvOp::Forward, &stem_conv, [&net.input, net.value(s.conv)], &s.conv_out)?;
         let s0 = BatchNormShape { n, c: c0, hw: h * w };
         // bn1 and the PReLU in one pass.
-        let mut x = first(&s.prelu_out, n)?;
+        let mut x = &s.prelu_out;
         let alpha = Epilogue::Prelu(net.value(s.prelu));
-        self.bn_forward(&mut d, mode, &s0, s.bn, &conv_out, alpha, &x, &s.bn_stats)?;
+        self.bn_forward(&mut d, mode, &s0, s.bn, &s.conv_out, alpha, x, &s.bn_stats)?;
 
         // Blocks: x (n, C_in, h, w) -> y (n, C_out, h', w').
         for b in &net.blocks {
             let sh = BlockShapes::new(&b.spec, n);
-            let c1 = first(&b.c1, n)?;
             if self.winograd(&sh.conv1).is_some() {
                 // conv1 normalises x as its input transform reads it: bn1's output is never stored.
-                self.bn_statistics(&mut d, mode, &sh.input, b.bn1, &x, &b.a1_stats)?;
+                self.bn_statistics(&mut d, mode, &sh.input, b.bn1, x, &b.a1_stats)?;
                 let norm = self.input_norm(mode, b.bn1, &b.a1_stats, None);
-                self.conv_normalized(&mut d, ConvOp::Forward, &sh.conv1, [&x, net.value(b.conv1)], norm, &c1)?;
+                self.conv_normalized(&mut d, ConvOp::Forward, &sh.conv1, [x, net.value(b.conv1)], norm, &b.c1)?;
             } else {
                 // bn1's output is a temporary in a gradient buffer, recomputed in the backward pass.
                 let a1 = net.value_buf(0, "bn1 output", &sh.in_dims, k.conv.activations())?;
-                self.bn_forward(&mut d, mode, &sh.input, b.bn1, &x, Epilogue::None, &a1, &b.a1_stats)?;
-                self.conv(&mut d, ConvOp::Forward, &sh.conv1, [&a1, net.value(b.conv1)], &c1)?;
+                self.bn_forward(&mut d, mode, &sh.input, b.bn1, x, Epilogue::None, &a1, &b.a1_stats)?;
+                self.conv(&mut d, ConvOp::Forward, &sh.conv1, [&a1, net.value(b.conv1)], &b.c1)?;
             }
-            let c2 = first(&b.c2, n)?;
             if self.winograd(&sh.conv2).is_some() {
                 // conv2 applies bn2 and the PReLU as its input transform reads conv1's output.
-                self.bn_statistics(&mut d, mode, &sh.full, b.bn2, &c1, &b.a2_stats)?;
+                self.bn_statistics(&mut d, mode, &sh.full, b.bn2, &b.c1, &b.a2_stats)?;
                 let norm = self.input_norm(mode, b.bn2, &b.a2_stats, Some(b.prelu));
-                self.conv_normalized(&mut d, ConvOp::Forward, &sh.conv2, [&c1, net.value(b.conv2)], norm, &c2)?;
+                self.conv_normalized(&mut d, ConvOp::Forward, &sh.conv2, [&b.c1, net.value(b.conv2)], norm, &b.c2)?;
             } else {
                 // bn2 and the PReLU in one pass.
-                let p = first(b.p.as_ref().context("a block's PReLU output (conv2 runs directly)")?, n)?;
+                let p = b.p.as_ref().context("a block's PReLU output (conv2 runs directly)")?;
                 let alpha = Epilogue::Prelu(net.value(b.prelu));
-                self.bn_forward(&mut d, mode, &sh.full, b.bn2, &c1, alpha, &p, &b.a2_stats)?;
-                self.conv(&mut d, ConvOp::Forward, &sh.conv2, [&p, net.value(b.conv2)], &c2)?;
+                self.bn_forward(&mut d, mode, &sh.full, b.bn2, &b.c1, alpha, p, &b.a2_stats)?;
+                self.conv(&mut d, ConvOp::Forward, &sh.conv2, [p, net.value(b.conv2)], &b.c2)?;
             }
             // The shortcut: x, or the downsample batch norm's output, a temporary in a gradient buffer (free in
             // the forward pass).
+            let downsampled;
             let shortcut = match &b.shortcut {
                 Some(ds) => {
-                    let dc = first(&ds.conv_out, n)?;
-                    self.conv(&mut d, ConvOp::Forward, &sh.downsample, [&x, net.value(ds.conv)], &dc)?;
-                    let db = net.value_buf(1, "downsample.1 output", &sh.out_dims, k.conv.activations())?;
-                    self.bn_forward(&mut d, mode, &sh.out, ds.bn, &dc, Epilogue::None, &db, &ds.bn_stats)?;
+                    self.conv(&mut d, ConvOp::Forward, &sh.downsample, [x, net.value(ds.conv)], &ds.conv_out)?;
+                    downsampled = net.value_buf(1, "downsample.1 output", &sh.out_dims, k.conv.activations())?;
+                    let (db, stats) = (&downsampled, &ds.bn_stats);
+                    self.bn_forward(&mut d, mode, &sh.out, ds.bn, &ds.conv_out, Epilogue::None, db, stats)?;
                     db
                 }
                 None => x,
             };
             // bn3 and the residual add in one pass.
-            let y = first(&b.y, n)?;
-            self.bn_forward(&mut d, mode, &sh.out, b.bn3, &c2, Epilogue::Add(&shortcut), &y, &b.a3_stats)?;
-            x = y;
+            self.bn_forward(&mut d, mode, &sh.out, b.bn3, &b.c2, Epilogue::Add(shortcut), &b.y, &b.a3_stats)?;
+            x = &b.y;
         }
 
         // Tail: bn2 (n, C3, H/16, W/16), flattened to (n, FC_IN), fc -> (n, E), features -> (n, E).
         let t = &net.tail;
         let s2 = BatchNormShape { n, c: c3, hw: (h / 16) * (w / 16) };
-        let bn2_out = first(&t.bn2_out, n)?;
-        self.bn_forward(&mut d, mode, &s2, t.bn2, &x, Epilogue::None, &bn2_out, &t.bn2_stats)?;
+        self.bn_forward(&mut d, mode, &s2, t.bn2, x, Epilogue::None, &t.bn2_out, &t.bn2_stats)?;
         let fc = LinearShape { n, inputs: cfg.fc_inputs(), outputs: e };
-        let fc_out = first(&t.fc_out, n)?;
         let (weight, bias) = (net.value(t.fc), net.value(t.fc + 1));
-        d.extend(k.linear.forward(gpu, &fc, &bn2_out, weight, bias, &fc_out, &net.conv_scratch)?);
-        let features = first(&t.features_out, n)?;
+        d.extend(k.linear.forward(gpu, &fc, &t.bn2_out, weight, bias, &t.fc_out, &net.conv_scratch)?);
         let sf = BatchNormShape { n, c: e, hw: 1 };
-        self.bn_forward(&mut d, mode, &sf, t.features, &fc_out, Epilogue::None, &features, &t.features_stats)?;
+        self.bn_forward(&mut d, mode, &sf, t.features, &t.fc_out, Epilogue::None, &t.features_out, &t.features_stats)?;
         Ok(d)
     }
 

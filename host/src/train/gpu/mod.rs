@@ -73,7 +73,8 @@
 //! tensors packed in one group.
 //! iResNet-100 at batch 128 with 85,742 classes on an H200: 3,247 before the batch norm fusions, 298 fewer with them
 //! (computed), and 1,383 fewer again with its 462 trainable tensors packed in one group (computed: `3 (T - G)`).
-//! Evaluation ([`Backend::embed`]) records the forward pass alone, for each chunk size, built on first use.
+//! Evaluation ([`Backend::embed`]) records the forward pass alone, for the whole batch, built on first use: a chunk
+//! of fewer images runs it on its first rows, so an image embeds to the same bits in any chunk.
 //!
 //! # Memory
 //!
@@ -131,7 +132,6 @@
 //!
 //! [`Capabilities::max_binding`]: crate::gpu::Capabilities::max_binding
 
-use std::collections::HashMap;
 use std::ops::Deref;
 use std::sync::{Arc, OnceLock};
 
@@ -310,7 +310,7 @@ impl Plan {
         let accumulate = net.sums.as_ref().map(|sums| Accumulate::new(gpu, k, net, sums, &head.loss)).transpose()?;
         Ok(Self {
             preprocess: k.preprocess.forward(gpu, n, &image, &net.images, &net.flips, &net.input)?,
-            forward: b.forward(Mode::Train, n)?,
+            forward: b.forward(Mode::Train)?,
             scale_up,
             backward: b.backward()?,
             unscale,
@@ -351,7 +351,10 @@ impl Plan {
     }
 }
 
-/// The evaluation-mode forward of `n` images (`n <= B`), on the first `n` samples of the training tensors.
+/// The evaluation-mode forward of a whole batch on the training tensors. A chunk of fewer images runs it too, on
+/// the first rows (the others hold what they last held and are not read): every convolution is then planned for the
+/// batch, so an image's embedding is the same bits wherever it lies in whichever chunk (a convolution planned for
+/// fewer images splits its depth otherwise, summing in another order).
 struct EvalPlan {
     preprocess: Dispatch,
     forward: Vec<Dispatch>,
@@ -367,8 +370,8 @@ pub struct GpuBackend<G: Deref<Target = Gpu> = Arc<Gpu>> {
     net: Net,
     step_cfg: StepConfig,
     plan: Plan,
-    /// Evaluation plans by chunk size, built on first use.
-    eval: HashMap<usize, EvalPlan>,
+    /// The evaluation plan, built on first use.
+    eval: Option<EvalPlan>,
     steps: u64,
     /// Mixed precision's loss scale; `None` in f32.
     loss_scale: Option<LossScale>,
@@ -461,7 +464,7 @@ impl<G: Deref<Target = Gpu>> GpuBackend<G> {
         let net = gpu.capture_errors(&buffers, || Net::new(&gpu, &k, cfg, batch, classes, state, head))??;
         SgdKernels::write_hyper(&gpu, &net.hyper, &step_cfg.sgd)?;
         let plan = Plan::new(&gpu, &k, &net, &step_cfg)?;
-        let mut me = Self { gpu, k, net, step_cfg, plan, eval: HashMap::new(), steps: 0, loss_scale: None };
+        let mut me = Self { gpu, k, net, step_cfg, plan, eval: None, steps: 0, loss_scale: None };
         if settings.precision == ConvPrecision::Mixed {
             me.loss_scale = Some(LossScale { scale: LossScale::INITIAL, good_steps: 0 });
             me.write_loss_scale()?;
@@ -609,7 +612,7 @@ impl<G: Deref<Target = Gpu>> GpuBackend<G> {
         self.net.reallocate_storage(&self.gpu, self.k.conv.activations())?;
         self.net.reallocate_winograd(&self.gpu, &self.k)?;
         self.plan = Plan::new(&self.gpu, &self.k, &self.net, &self.step_cfg)?;
-        self.eval.clear();
+        self.eval = None;
         Ok(())
     }
 
@@ -828,23 +831,20 @@ impl<G: Deref<Target = Gpu>> GpuBackend<G> {
         Ok(out)
     }
 
-    /// Runs the evaluation forward of the first `n` samples (preprocessing them first or not) and reads the
-    /// embeddings `(n, E)`.
+    /// Runs the evaluation forward of the batch (preprocessing it first or not) and reads the embeddings `(n, E)`
+    /// of its first `n` samples (see [`EvalPlan`]).
     fn run_eval(&mut self, n: usize, preprocess: bool) -> Result<Vec<f32>> {
-        if !self.eval.contains_key(&n) {
+        ensure!(n <= self.net.batch, "embed: a chunk of {n} images on a trainer of batch {}", self.net.batch);
+        if self.eval.is_none() {
             let (gpu, net) = (&*self.gpu, &self.net);
             let b = Builder { gpu, k: &self.k, net, bn: self.step_cfg.bn };
             let image = ImageShape { h: net.cfg.input_h, w: net.cfg.input_w };
-            let images =
-                net.images.view(&format!("{}[..{n} images]", net.images.label), &[Preprocess::words(n, &image)])?;
-            let flips = first(&net.flips, n)?;
-            let plan = EvalPlan {
-                preprocess: self.k.preprocess.forward(gpu, n, &image, &images, &flips, &first(&net.input, n)?)?,
-                forward: b.forward(Mode::Eval, n)?,
-            };
-            self.eval.insert(n, plan);
+            self.eval = Some(EvalPlan {
+                preprocess: self.k.preprocess.forward(gpu, net.batch, &image, &net.images, &net.flips, &net.input)?,
+                forward: b.forward(Mode::Eval)?,
+            });
         }
-        let plan = &self.eval[&n];
+        let plan = self.eval.as_ref().context("the evaluation plan was just built")?;
         let pre = preprocess.then_some(&plan.preprocess);
         let list: Vec<&Dispatch> = pre.into_iter().chain(&plan.forward).collect();
         self.gpu.run_and_read(&list, &first(&self.net.tail.features_out, n)?)
@@ -925,7 +925,7 @@ impl<G: Deref<Target = Gpu>> GpuBackend<G> {
         if !same_dispatches {
             step_cfg.margin.validate()?;
             self.plan = Plan::new(&self.gpu, &self.k, &self.net, &step_cfg)?;
-            self.eval.clear();
+            self.eval = None;
         }
         self.step_cfg = step_cfg;
         SgdKernels::write_hyper(&self.gpu, &self.net.hyper, &self.step_cfg.sgd)

@@ -195,21 +195,7 @@ pub(super) fn conv3(c_in: usize, c_out: usize, n: usize, h: usize, w: usize, str
     Conv2dShape { n, c_in, h, w, c_out, kh: 3, kw: 3, stride, pad: 1 }
 }
 
-/// The distinct shapes among `shapes`, each at every batch from 1 to `n`: scratch is sized for all of them, since
-/// evaluation runs the forward pass on chunks of any size up to the training batch `n`, and a convolution planned
-/// for fewer images may split its depth more (fewer output tiles to spread), needing more scratch than at `n`.
-fn at_every_batch(shapes: impl IntoIterator<Item = Conv2dShape>, n: usize) -> Vec<Conv2dShape> {
-    let mut distinct: Vec<Conv2dShape> = Vec::new();
-    for s in shapes {
-        if !distinct.contains(&s) {
-            distinct.push(s);
-        }
-    }
-    distinct.iter().flat_map(|s| (1..=n).map(move |m| Conv2dShape { n: m, ..*s })).collect()
-}
-
-/// The workspace of the convolutions of `cfg` that `k` runs as Winograd (`None` if none), for their forward pass at
-/// any batch up to `n` and the rest at `n` (with the tile chosen at `n`, as every pass uses it).
+/// The workspace of the convolutions of `cfg` that `k` runs as Winograd (`None` if none), at batch `n`.
 pub(super) fn winograd_workspace(
     gpu: &Gpu,
     k: &Kernels,
@@ -220,7 +206,7 @@ pub(super) fn winograd_workspace(
     let stem = conv3(3, cfg.widths[0], n, cfg.input_h, cfg.input_w, 1);
     let blocks = cfg.blocks().map(|b| BlockShapes::new(&b, n)).flat_map(|s| [s.conv1, s.conv2]);
     let mut lens: Option<WinogradLens> = None;
-    for s in at_every_batch(std::iter::once(stem).chain(blocks).filter(|s| k.uses_winograd(s)), n) {
+    for s in std::iter::once(stem).chain(blocks).filter(|s| k.uses_winograd(s)) {
         let tile = k.winograd_tile(&s, n);
         let l = Winograd::workspace_lens(gpu, k.products(gpu, tile)?, &s, tile)?;
         lens = Some(lens.map_or(l, |m| m.max(l)));
@@ -442,7 +428,7 @@ impl Net {
         let flips = a.zeros(scratch, "flips", &[n])?;
         let grad_bufs = gradient_buffers(&mut a, cfg, n, elem)?;
 
-        // Scratch, sized by the largest layer (the convolutions' at every batch up to n: see `at_every_batch`).
+        // Scratch, sized by the largest layer.
         let mut bn_len = BatchNormKernels::scratch_len(&BatchNormShape { n, c: c0, hw: h * w });
         let fc = LinearShape { n, inputs: cfg.fc_inputs(), outputs: e };
         let mut convs = vec![conv3(3, c0, n, h, w, 1), conv_shape(&fc)];
@@ -459,8 +445,8 @@ impl Net {
             }
         }
         let mut conv_len = 0;
-        for conv in at_every_batch(convs, n) {
-            conv_len = conv_len.max(k.conv.scratch_len(gpu, &conv)?);
+        for conv in &convs {
+            conv_len = conv_len.max(k.conv.scratch_len(gpu, conv)?);
         }
         for c in [c3, e] {
             bn_len = bn_len.max(BatchNormKernels::scratch_len(&BatchNormShape { n, c, hw: 1 }));
