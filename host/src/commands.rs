@@ -250,6 +250,11 @@ pub struct AlignArgs {
     /// Write JPEG at this quality instead of PNG.
     #[arg(long, value_name = "QUALITY", value_parser = clap::value_parser!(u8).range(1..=100))]
     pub jpeg: Option<u8>,
+    /// For photos with an EXIF orientation (a phone's): the landmarks are in the pixels as stored (ignore: PIL's
+    /// Image.open, IJB's lists) or in the photo turned upright as its tag says (apply: OpenCV's imread, as
+    /// insightface's detector scripts read photos).
+    #[arg(long, value_enum, default_value_t = crate::align::Exif::Ignore)]
+    pub exif: crate::align::Exif,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -268,8 +273,13 @@ impl AlignArgs {
             out: self.out.clone(),
             shape: ImageShape { h: self.size, w: self.size },
             jpeg: self.jpeg,
+            exif: self.exif,
         };
-        let n = crate::align::align_all(&cfg, self.quiet)?;
+        let done = crate::align::align_all(&cfg, self.quiet)?;
+        if let Some(note) = done.exif_note(self.exif) {
+            eprintln!("note: {note}");
+        }
+        let n = done.faces;
         println!("aligned {n} faces into {}x{} crops under {}", self.size, self.size, self.out.display());
         Ok(ExitCode::SUCCESS)
     }

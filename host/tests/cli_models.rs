@@ -214,7 +214,8 @@ fn align_writes_the_crops_eval_aligns() {
     }
 
     // The same photo twice (two faces in it), once as `./`, a photo whose crop name the second face would take,
-    // another of the same name but its extension: four crops, none overwritten. JPEG, the list's folder as root.
+    // another of the same name but its extension: four crops, none overwritten. JPEG, the list's folder as root;
+    // `--exif apply` reads these photos (no EXIF orientation) as stored.
     let photos = dir.path().join("photos/id7");
     std::fs::create_dir_all(&photos).unwrap();
     for (from, to) in [("1.jpg", "a.jpg"), ("2.jpg", "a.jpeg"), ("3.jpg", "a_1.jpg")] {
@@ -223,7 +224,17 @@ fn align_writes_the_crops_eval_aligns() {
     let lines = "id7/a.jpg 20 25 44 25 32 38 22 50 42 50\n\n./id7/a.jpg 21 26 45 26 33 39 23 51 43 51 0.9\n\
                  id7/a_1.jpg 20 25 44 25 32 38 22 50 42 50\nid7/a.jpeg 20 25 44 25 32 38 22 50 42 50\n";
     std::fs::write(dir.path().join("photos/list.txt"), lines).unwrap();
-    let out = elasticface(&["align", &p("photos/list.txt"), "--out", &p("crops"), "--jpeg", "90", "--quiet"]);
+    let out = elasticface(&[
+        "align",
+        &p("photos/list.txt"),
+        "--out",
+        &p("crops"),
+        "--jpeg",
+        "90",
+        "--exif",
+        "apply",
+        "--quiet",
+    ]);
     assert!(out.contains("aligned 4 faces into 112x112"), "{out}");
     let crops: Vec<Vec<u8>> = ["a.jpg", "a_1.jpg", "a_1_1.jpg", "a_2.jpg"]
         .iter()
