@@ -5,7 +5,7 @@
 //! - [`margin`]: the margin-penalty softmax family (ArcFace, CosFace, ElasticFace-Arc/Cos and their Plus
 //!   forms), forward and backward, on caller-provided buffers.
 //! - [`rng`]: a counter-based generator (Philox4x32-10) and a normal sampler, so that the same seed gives
-//!   the same margins, bit for bit, on every target.
+//!   the same margins, bit for bit, on every target but x86 without SSE2 (see [`rng`]).
 //! - [`nn`]: the CPU reference of every layer the GPU runs (conv2d, batch norm, PReLU, linear, residual add,
 //!   L2 normalise, SGD, gradient clipping, input preprocessing), forward and backward side by side, with
 //!   PyTorch semantics.
@@ -38,7 +38,8 @@
 //! // All memory is the caller's: one f32 arena and one u32 buffer for the Plus ranking.
 //! let (mut arena, mut order) = (vec![0.0; layout.arena_len()], vec![0; batch]);
 //! let mut trainer = Trainer::new(layout, StepConfig::recipe(loss), &mut arena, &mut order)?;
-//! trainer.init(&mut Philox4x32::new(/* seed */ 1, /* stream */ 0))?;
+//! // Streams 0, 1, 2, ... of the seed are the margins of steps 0, 1, 2, ...: initialise from another one.
+//! trainer.init(&mut Philox4x32::new(/* seed */ 1, /* stream */ u64::MAX))?;
 //!
 //! let mut rng = Philox4x32::new(2, 0);
 //! let images: Vec<f32> = (0..batch * cfg.input_len()).map(|_| standard_normal(&mut rng) as f32).collect();

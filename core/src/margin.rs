@@ -61,6 +61,11 @@
 //! Products and sums over `D` and `B` are `f32` (the GPU twins do the same). The target logit and its derivative
 //! (`B` values) and the log-sum-exp over `C` are computed in `f64` from the `f32` inputs and rounded once.
 //!
+//! The margins (and everything here) are the same bits on every target whose `f64` arithmetic is IEEE binary64,
+//! with `libm`'s software functions and no fused multiply-add. The exception is x86 without SSE2 (`i586`, `i686`
+//! built without it): `f64` runs on the x87 unit in extended precision and `libm` swaps in an x87 `exp`, so the
+//! results there may differ in the last bits.
+//!
 //! # Errors
 //!
 //! Every function checks its slice lengths ([`Error::Length`] naming the argument), labels ([`Error::Label`]),
@@ -75,8 +80,8 @@ use core::str::FromStr;
 use rand_core::RngCore;
 
 use crate::error::{check_finite, check_labels, check_len, Error};
-use crate::nn::{l2_normalize_backward, l2_normalize_forward, VectorLayout};
-use crate::rng::{standard_normal, Philox4x32};
+use crate::nn::{check_norms, l2_normalize_backward, l2_normalize_forward, VectorLayout};
+use crate::rng::{standard_normal, Philox4x32, STANDARD_NORMAL_BOUND};
 
 /// Floor of `sin(theta_y) = sqrt(1 - cos_y^2)` in the Arc derivative. It changes nothing unless `cos_y` is exactly
 /// `+-1` in `f32` (every other `f32` cosine has `sin(theta) >= 3.45e-4`); see the module documentation.
@@ -242,7 +247,9 @@ impl MarginConfig {
         Self { plus, ..self }
     }
 
-    /// Checks the domain: `s` finite and positive, `m` finite, `sigma` finite and non-negative.
+    /// Checks the domain: `s` finite and positive, `m` finite, `sigma` finite and non-negative, and
+    /// `|m| + 8.58 sigma <= f32::MAX` (in `f64`), so that every margin drawn is finite: [`standard_normal`] stays
+    /// below 8.58 in magnitude, so `m + sigma * z` does too, and rounds to a finite `f32`.
     pub fn validate(&self) -> Result<(), Error> {
         if !(self.s.is_finite() && self.s > 0.0) {
             return Err(Error::Config { what: "margin scale `s` must be finite and positive" });
@@ -253,11 +260,16 @@ impl MarginConfig {
         if !(self.sigma.is_finite() && self.sigma >= 0.0) {
             return Err(Error::Config { what: "margin standard deviation `sigma` must be finite and non-negative" });
         }
+        // f64 keeps this exact enough: rounding is monotone, so |m + sigma z| as computed never exceeds it.
+        if f64::from(self.m).abs() + STANDARD_NORMAL_BOUND * f64::from(self.sigma) > f64::from(f32::MAX) {
+            return Err(Error::Config { what: "margins m +- 8.58 sigma must fit f32" });
+        }
         Ok(())
     }
 
     /// One margin per element of `out`: `out[i] = (m + sigma * z_i) as f32`, computed in `f64`, with `z_i` the
-    /// `i`-th [`standard_normal`] drawn from `rng`.
+    /// `i`-th [`standard_normal`] drawn from `rng`. Finite for every configuration [`MarginConfig::validate`]
+    /// accepts.
     ///
     /// A normal is drawn for every sample even when `sigma == 0` (the margin is then exactly `m`), so the stream
     /// position after a step does not depend on the loss.
@@ -270,6 +282,9 @@ impl MarginConfig {
 
     /// The margins of training step `step`: [`MarginConfig::draw_margins`] on `Philox4x32::new(seed, step)`.
     /// Margin `i` is also [`MarginConfig::margin_at`]`(seed, step, i)`.
+    ///
+    /// Streams `0..steps` of a training seed thus belong to the margins: draw anything else from that seed (the
+    /// initial weights, say) from other streams, such as `u64::MAX`, which the host initialises the weights from.
     pub fn draw_margins_at(&self, seed: u64, step: u64, out: &mut [f32]) {
         self.draw_margins(&mut Philox4x32::new(seed, step), out);
     }
@@ -514,15 +529,6 @@ fn check_cosines(what: &'static str, cos: &[f32]) -> Result<(), Error> {
     Ok(())
 }
 
-/// Checks that norms are finite and positive, as [`l2_normalize_forward`] writes them.
-fn check_norms(what: &'static str, norms: &[f32]) -> Result<(), Error> {
-    check_finite(what, norms)?;
-    match norms.iter().position(|&n| n <= 0.0) {
-        None => Ok(()),
-        Some(index) => Err(Error::ZeroNorm { what, index }),
-    }
-}
-
 /// Gives an error of the normalisation the name of the head's argument (`what`), or of its norms (`norms`) where
 /// a norm overflows.
 fn rename(e: Error, what: &'static str, norms: &'static str) -> Error {
@@ -643,6 +649,9 @@ fn raw_cosine(shape: &HeadShape, emb_unit: &[f32], w_unit: &[f32], b: usize, c: 
 }
 
 /// `cos (B, C) = clamp(emb_unit (B, D) @ w_unit (D, C), -1, 1)`, accumulated in `f32` over `D` in order.
+///
+/// Errors besides the usual: a product that overflows `f32` (inputs far from unit length) is [`Error::NonFinite`]
+/// naming `cos`, at its index in `(B, C)`; rows before it are written.
 pub fn cosine_forward(shape: &HeadShape, emb_unit: &[f32], w_unit: &[f32], cos: &mut [f32]) -> Result<(), Error> {
     shape.validate()?;
     check_len("emb_unit", emb_unit, shape.emb_len())?;
@@ -650,12 +659,17 @@ pub fn cosine_forward(shape: &HeadShape, emb_unit: &[f32], w_unit: &[f32], cos: 
     check_len("cos", cos, shape.logits_len())?;
     check_finite("emb_unit", emb_unit)?;
     check_finite("w_unit", w_unit)?;
-    for (erow, crow) in emb_unit.chunks_exact(shape.dim).zip(cos.chunks_exact_mut(shape.classes)) {
+    let rows = emb_unit.chunks_exact(shape.dim).zip(cos.chunks_exact_mut(shape.classes));
+    for (b, (erow, crow)) in rows.enumerate() {
         crow.fill(0.0);
         for (&e, wrow) in erow.iter().zip(w_unit.chunks_exact(shape.classes)) {
             for (acc, &w) in crow.iter_mut().zip(wrow) {
                 *acc += e * w;
             }
+        }
+        // Before the clamp, which would keep a NaN (inf - inf) and turn an overflow into +-1.
+        if let Some(c) = crow.iter().position(|v| !v.is_finite()) {
+            return Err(Error::NonFinite { what: "cos", index: b * shape.classes + c });
         }
         for v in crow.iter_mut() {
             *v = v.clamp(-1.0, 1.0);
@@ -1058,9 +1072,40 @@ mod tests {
             MarginConfig { m: f32::NAN, ..ok },
             MarginConfig { sigma: -0.01, ..ok },
             MarginConfig { sigma: f32::INFINITY, ..ok },
+            MarginConfig { sigma: 3e38, ..ok },
+            MarginConfig { m: -3e38, sigma: 1e37, ..ok },
+            MarginConfig { m: f32::MAX, sigma: 1e31, ..ok },
         ] {
             assert!(matches!(bad.validate(), Err(Error::Config { .. })), "{bad:?}");
         }
+        assert!("cos(s=64, m=0.35, sigma=3e38)".parse::<MarginConfig>().is_err());
+    }
+
+    #[test]
+    fn every_margin_of_an_accepted_config_is_finite() {
+        // The widest accepted spread: |m| + 8.58 sigma just below f32::MAX, where the normals reach 8.57.
+        let sigma = (f64::from(f32::MAX) / 8.58 * 0.999_999) as f32;
+        for m in [0.0, 1e30, -1e30] {
+            let cfg = MarginConfig { m, sigma, ..MarginConfig::ELASTIC_ARC };
+            cfg.validate().unwrap();
+            let mut margins = [0.0f32; 4096];
+            cfg.draw_margins_at(7, 0, &mut margins);
+            assert!(margins.iter().all(|v| v.is_finite()));
+            assert!(margins.iter().any(|v| v.abs() > 1e38), "the test reaches the range it is about");
+            assert!(cfg.margin_at(7, 0, 3).is_finite());
+        }
+    }
+
+    #[test]
+    fn cosines_that_overflow_are_errors_not_nan() {
+        // Not unit vectors: 3e38 * 2 overflows, and inf - inf is NaN (which the clamp would keep).
+        let shape = HeadShape::new(1, 2, 2);
+        let mut cos = [0.0; 2];
+        let e = cosine_forward(&shape, &[3e38, 3e38], &[2.0, 1.0, -2.0, 1.0], &mut cos);
+        assert_eq!(e, Err(Error::NonFinite { what: "cos", index: 0 }));
+        // An infinity alone would be clamped to 1.
+        let e = cosine_forward(&shape, &[3e38, 3e38], &[0.0, 1.0, 0.0, 1.0], &mut cos);
+        assert_eq!(e, Err(Error::NonFinite { what: "cos", index: 1 }));
     }
 
     #[test]
@@ -1154,10 +1199,14 @@ mod tests {
                     assign_plus(plus, &cos_y, &mut m, &mut order).unwrap();
                     assert_eq!(order, want_order);
                     assert_eq!(&m, want);
-                }
-                // Paper: margins never decrease as cos_y decreases.
-                for k in 1..batch {
-                    assert!(paper[want_order[k] as usize] >= paper[want_order[k - 1] as usize]);
+                    if plus == PlusAssignment::Paper {
+                        // Paper: the margins assign_plus hands out never decrease as cos_y decreases.
+                        for k in 1..batch {
+                            let (prev, next) = (want_order[k - 1] as usize, want_order[k] as usize);
+                            assert!(m[next] >= m[prev], "{m:?} by {want_order:?}");
+                            assert!(cos_y[next] <= cos_y[prev]);
+                        }
+                    }
                 }
             }
         }

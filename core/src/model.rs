@@ -74,7 +74,8 @@ impl IResNetConfig {
         Self::PRESETS.iter().find(|(n, _)| *n == name).map(|(_, c)| *c)
     }
 
-    /// Checks that every size is non-zero and the input is divisible by 16.
+    /// Checks that every size is non-zero, the input is divisible by 16, and the sizes of the state, of one input
+    /// image and of one image's activations fit `usize`.
     pub fn validate(&self) -> Result<(), Error> {
         if self.layers.contains(&0) {
             return Err(Error::Config { what: "every stage needs at least one block" });
@@ -89,21 +90,33 @@ impl IResNetConfig {
         {
             return Err(Error::Config { what: "input height and width must be non-zero multiples of 16" });
         }
+        // The sizes saturate at usize::MAX, which no slice can have: reaching it means the size overflowed.
+        // Every other size (a tensor, a stage's share) is part of one of these sums.
+        let sizes = [self.input_len(), self.fc_inputs(), self.state_len(), self.activations_len(1)];
+        if sizes.contains(&usize::MAX) || self.largest_activation(1) == usize::MAX {
+            return Err(Error::Config { what: "the network's sizes overflow usize" });
+        }
         Ok(())
     }
 
-    /// Elements of one input image, `3 * H * W`.
+    /// Elements of one input image, `3 * H * W` (saturating at `usize::MAX`, which no slice can match).
     pub const fn input_len(&self) -> usize {
-        3 * self.input_h * self.input_w
+        3usize.saturating_mul(self.input_h).saturating_mul(self.input_w)
     }
 
-    /// Input features of `fc`: the last width times `(H/16) * (W/16)`.
+    /// Input features of `fc`: the last width times `(H/16) * (W/16)` (saturating at `usize::MAX`).
     pub const fn fc_inputs(&self) -> usize {
-        self.widths[3] * (self.input_h / 16) * (self.input_w / 16)
+        self.widths[3].saturating_mul(self.input_h / 16).saturating_mul(self.input_w / 16)
     }
 
-    /// Block `index` of stage `stage` (both from 0).
-    pub fn block(&self, stage: usize, index: usize) -> BlockSpec {
+    /// Block `index` of stage `stage` (both from 0), or `None` where the network has no such block
+    /// (`stage >= 4` or `index >= layers[stage]`).
+    pub fn block(&self, stage: usize, index: usize) -> Option<BlockSpec> {
+        self.layers.get(stage).is_some_and(|&blocks| index < blocks).then(|| self.block_spec(stage, index))
+    }
+
+    /// Block `index` of stage `stage < 4`.
+    fn block_spec(&self, stage: usize, index: usize) -> BlockSpec {
         let c_out = self.widths[stage];
         let c_in = match (stage, index) {
             (_, i) if i > 0 => c_out,
@@ -119,12 +132,18 @@ impl IResNetConfig {
 
     /// Every block, in order.
     pub fn blocks(&self) -> impl DoubleEndedIterator<Item = BlockSpec> + '_ {
-        (0..4).flat_map(move |s| (0..self.layers[s]).map(move |i| self.block(s, i)))
+        (0..4).flat_map(move |s| (0..self.layers[s]).map(move |i| self.block_spec(s, i)))
     }
 
     /// Every module with parameters, in state-dict order.
     pub fn modules(&self) -> impl Iterator<Item = Module> + '_ {
-        let stem = [
+        let blocks = self.blocks().flat_map(|b| b.modules().into_iter().flatten());
+        self.stem_modules().into_iter().chain(blocks).chain(self.tail_modules())
+    }
+
+    /// `conv1`, `bn1`, `prelu`.
+    fn stem_modules(&self) -> [Module; 3] {
+        [
             Module {
                 scope: Scope::Stem,
                 name: "conv1",
@@ -136,8 +155,12 @@ impl IResNetConfig {
                 kind: ModuleKind::BatchNorm { c: self.widths[0], frozen: false },
             },
             Module { scope: Scope::Stem, name: "prelu", kind: ModuleKind::PRelu { c: self.widths[0] } },
-        ];
-        let tail = [
+        ]
+    }
+
+    /// `bn2`, `fc`, `features`.
+    fn tail_modules(&self) -> [Module; 3] {
+        [
             Module {
                 scope: Scope::Tail,
                 name: "bn2",
@@ -153,8 +176,20 @@ impl IResNetConfig {
                 name: "features",
                 kind: ModuleKind::BatchNorm { c: self.embedding, frozen: true },
             },
-        ];
-        stem.into_iter().chain(self.blocks().flat_map(|b| b.modules().into_iter().flatten())).chain(tail)
+        ]
+    }
+
+    /// The sum of `size` over every block, in time independent of the block counts: the blocks of a stage after its
+    /// first are all alike. Saturating at `usize::MAX`.
+    fn sum_over_blocks(&self, size: impl Fn(&BlockSpec) -> usize) -> usize {
+        (0..4).fold(0, |sum, s| match self.layers[s] {
+            0 => sum,
+            blocks => {
+                let first = size(&self.block_spec(s, 0));
+                let rest = if blocks > 1 { sat_mul(&[blocks - 1, size(&self.block_spec(s, 1))]) } else { 0 };
+                sat_sum(&[sum, first, rest])
+            }
+        })
     }
 
     /// Every float tensor of the state dict, in order, with its offset in the state arena.
@@ -163,9 +198,9 @@ impl IResNetConfig {
             0usize,
             |offset, (module, t)| {
                 let (field, kind, shape, rank) = module.kind.tensor(t);
-                let len = shape[..rank].iter().product();
+                let len = shape[..rank].iter().fold(1usize, |p, &d| p.saturating_mul(d));
                 let info = TensorInfo { module, field, kind, shape, rank, offset: *offset, len };
-                *offset += len;
+                *offset = offset.saturating_add(len);
                 Some(info)
             },
         )
@@ -176,34 +211,58 @@ impl IResNetConfig {
         self.tensors().find(|t| t.has_name(name))
     }
 
-    /// Elements of the state arena: every float tensor of the state dict.
+    /// Elements of the state arena: every float tensor of the state dict (saturating at `usize::MAX`, which no
+    /// slice can match; [`IResNetConfig::validate`] refuses such a network).
     pub fn state_len(&self) -> usize {
-        self.modules().map(|m| m.kind.state_len()).sum()
+        let ends = self.stem_modules().into_iter().chain(self.tail_modules());
+        let ends = ends.fold(0, |sum: usize, m| sum.saturating_add(m.kind.state_len()));
+        ends.saturating_add(self.sum_over_blocks(BlockSpec::state_len))
     }
 
     /// Number of parameters as PyTorch counts them (trainable and frozen; not the running statistics).
     pub fn parameter_count(&self) -> usize {
-        self.tensors().filter(|t| matches!(t.kind, TensorKind::Trainable | TensorKind::Frozen)).map(|t| t.len).sum()
+        self.tensors()
+            .filter(|t| matches!(t.kind, TensorKind::Trainable | TensorKind::Frozen))
+            .fold(0, |sum, t| sum.saturating_add(t.len))
     }
 
-    /// Elements of the activation arena for a batch of `n`.
+    /// Elements of the activation arena for a batch of `n` (saturating at `usize::MAX`, which no slice can match).
     pub fn activations_len(&self, n: usize) -> usize {
-        let stem = 3 * n * self.widths[0] * self.input_h * self.input_w + 2 * self.widths[0];
-        let blocks: usize = self.blocks().map(|b| b.activations_len(n)).sum();
-        stem + blocks + self.tail_activations_len(n)
+        let stem =
+            sat_mul(&[3, n, self.widths[0], self.input_h, self.input_w]).saturating_add(sat_mul(&[2, self.widths[0]]));
+        let blocks = self.sum_over_blocks(|b| b.activations_len(n));
+        stem.saturating_add(blocks).saturating_add(self.tail_activations_len(n))
     }
 
     fn tail_activations_len(&self, n: usize) -> usize {
         // bn2 output and stats, fc output, features output and stats.
-        n * self.fc_inputs() + 2 * self.widths[3] + 2 * n * self.embedding + 2 * self.embedding
+        sat_sum(&[
+            sat_mul(&[n, self.fc_inputs()]),
+            sat_mul(&[2, self.widths[3]]),
+            sat_mul(&[2, n, self.embedding]),
+            sat_mul(&[2, self.embedding]),
+        ])
     }
 
-    /// The largest activation tensor for a batch of `n`: the size of each gradient scratch buffer.
+    /// The largest activation tensor for a batch of `n`: the size of each gradient scratch buffer (saturating at
+    /// `usize::MAX`).
     pub fn largest_activation(&self, n: usize) -> usize {
-        let stem = n * self.widths[0] * self.input_h * self.input_w;
-        let blocks = self.blocks().map(|b| n * b.c_in.max(b.c_out) * b.h * b.w).max().unwrap_or(0);
-        stem.max(blocks).max(n * self.fc_inputs())
+        let stem = sat_mul(&[n, self.widths[0], self.input_h, self.input_w]);
+        // The blocks of a stage after its first are all alike.
+        let first_two = (0..4).flat_map(|s| (0..self.layers[s].min(2)).map(move |i| self.block_spec(s, i)));
+        let blocks = first_two.map(|b| sat_mul(&[n, b.c_in.max(b.c_out), b.h, b.w])).max().unwrap_or(0);
+        stem.max(blocks).max(sat_mul(&[n, self.fc_inputs()]))
     }
+}
+
+/// The product of `factors`, saturating at `usize::MAX` (exactly `min(product, usize::MAX)`).
+fn sat_mul(factors: &[usize]) -> usize {
+    factors.iter().fold(1usize, |p, &f| p.saturating_mul(f))
+}
+
+/// The sum of `terms`, saturating at `usize::MAX` (exactly `min(sum, usize::MAX)`).
+fn sat_sum(terms: &[usize]) -> usize {
+    terms.iter().fold(0usize, |s, &t| s.saturating_add(t))
 }
 
 /// One `IBasicBlock`: its place, channels, stride and input size.
@@ -256,19 +315,20 @@ impl BlockSpec {
         ]
     }
 
-    /// Elements of the block's part of the state arena.
+    /// Elements of the block's part of the state arena (saturating at `usize::MAX`).
     pub fn state_len(&self) -> usize {
-        self.modules().iter().flatten().map(|m| m.kind.state_len()).sum()
+        sat_sum(&self.modules().map(|m| m.map_or(0, |m| m.kind.state_len())))
     }
 
-    /// Elements of the block's part of the activation arena for a batch of `n`.
+    /// Elements of the block's part of the activation arena for a batch of `n` (saturating at `usize::MAX`).
     pub fn activations_len(&self, n: usize) -> usize {
-        let full = n * self.c_out * self.h * self.w;
-        let out = n * self.c_out * self.out_h() * self.out_w();
-        let stats = 2 * (self.c_in + 2 * self.c_out);
-        let shortcut = if self.downsample { 2 * out + 2 * self.c_out } else { 0 };
+        let full = sat_mul(&[n, self.c_out, self.h, self.w]);
+        let out = sat_mul(&[n, self.c_out, self.out_h(), self.out_w()]);
+        let stats = sat_mul(&[2, sat_sum(&[self.c_in, sat_mul(&[2, self.c_out])])]);
+        let shortcut = if self.downsample { sat_sum(&[sat_mul(&[2, out]), sat_mul(&[2, self.c_out])]) } else { 0 };
         // a1 (input-sized), c1, a2, p (full), c2, a3, y (output-sized).
-        n * self.c_in * self.h * self.w + 3 * full + 3 * out + stats + shortcut
+        let input = sat_mul(&[n, self.c_in, self.h, self.w]);
+        sat_sum(&[input, sat_mul(&[3, full]), sat_mul(&[3, out]), stats, shortcut])
     }
 }
 
@@ -352,13 +412,13 @@ impl ModuleKind {
         }
     }
 
-    /// Elements of the module's part of the state arena.
+    /// Elements of the module's part of the state arena (saturating at `usize::MAX`).
     pub fn state_len(&self) -> usize {
         match *self {
-            ModuleKind::Conv { c_in, c_out, k } => c_out * c_in * k * k,
+            ModuleKind::Conv { c_in, c_out, k } => sat_mul(&[c_out, c_in, k, k]),
             ModuleKind::PRelu { c } => c,
-            ModuleKind::Linear { inputs, outputs } => outputs * inputs + outputs,
-            ModuleKind::BatchNorm { c, .. } => 4 * c,
+            ModuleKind::Linear { inputs, outputs } => sat_mul(&[outputs, inputs]).saturating_add(outputs),
+            ModuleKind::BatchNorm { c, .. } => sat_mul(&[4, c]),
         }
     }
 }
@@ -684,6 +744,11 @@ fn forward_in_arena(
     input: &[f32],
     acts: &mut [f32],
 ) -> Result<Range<usize>, Error> {
+    // Checked before the first layer runs: the `features` batch norm (one value per sample and channel) would
+    // refuse a single image only after every 2-D batch norm had moved its running statistics.
+    if mode == Mode::Train && n < 2 {
+        return Err(Error::Shape { what: "training mode needs a batch of at least 2 (batch norm of the features)" });
+    }
     let mut bump = Bump::default();
     let (h, w, c0) = (cfg.input_h, cfg.input_w, cfg.widths[0]);
     let mut params = 0usize;
@@ -756,6 +821,10 @@ fn forward_in_arena(
 ///
 /// `Mode::Train` normalises with batch statistics and updates the running statistics in `state` (as PyTorch's
 /// `train()` mode); `Mode::Eval` uses them. `acts` needs `cfg.activations_len(n)` elements.
+///
+/// Errors: [`Error::Config`] for a network [`IResNetConfig::validate`] refuses; [`Error::Shape`] for `n < 2` in
+/// `Mode::Train` (refused before any running statistic moves), `n = 0`, or a batch whose sizes overflow `usize`;
+/// [`Error::Length`] naming a slice; [`Error::NonFinite`] for a non-finite `input`.
 #[allow(clippy::too_many_arguments)]
 pub fn forward(
     cfg: &IResNetConfig,
@@ -768,10 +837,16 @@ pub fn forward(
     out: &mut [f32],
 ) -> Result<(), Error> {
     cfg.validate()?;
+    let overflow = Error::Shape { what: "the batch's sizes overflow usize" };
+    let (input_len, out_len) = (n.checked_mul(cfg.input_len()), n.checked_mul(cfg.embedding));
+    let acts_len = Some(cfg.activations_len(n)).filter(|&l| l != usize::MAX);
+    let (Some(input_len), Some(out_len), Some(acts_len)) = (input_len, out_len, acts_len) else {
+        return Err(overflow);
+    };
     check_len("state", state, cfg.state_len())?;
-    check_len("input", input, n * cfg.input_len())?;
-    check_len("acts", acts, cfg.activations_len(n))?;
-    check_len("out", out, n * cfg.embedding)?;
+    check_len("input", input, input_len)?;
+    check_len("acts", acts, acts_len)?;
+    check_len("out", out, out_len)?;
     check_finite("input", input)?;
     let e = forward_in_arena(cfg, mode, bn, state, n, input, acts)?;
     out.copy_from_slice(&acts[e]);
@@ -1081,7 +1156,21 @@ impl TrainerLayout {
             return Err(Error::Config { what: "training needs a batch of at least 2 and at least one class" });
         }
         let (s, e, k) = (cfg.state_len(), cfg.embedding, classes);
-        let big = cfg.largest_activation(batch).max(batch * e);
+        // Every part's size, and the arena's with the accumulation sums that `with_accumulation` may append, must
+        // fit `usize` (the activation sizes saturate at usize::MAX, which no slice can have).
+        let overflow = Error::Config { what: "the trainer arena's size overflows usize" };
+        let (acts, largest) = (cfg.activations_len(batch), cfg.largest_activation(batch));
+        let (Some(ek), Some(be), Some(bk)) = (e.checked_mul(k), batch.checked_mul(e), batch.checked_mul(k)) else {
+            return Err(overflow);
+        };
+        let big = largest.max(be);
+        let parts = [s, s, s, ek, ek, ek, acts, big, big, big, big, be, batch, ek, k, bk, bk, batch, s, ek];
+        if acts == usize::MAX
+            || largest == usize::MAX
+            || parts.iter().try_fold(0usize, |a, &p| a.checked_add(p)).is_none()
+        {
+            return Err(overflow);
+        }
         let mut b = Bump::default();
         Ok(Self {
             cfg: *cfg,
@@ -1090,17 +1179,17 @@ impl TrainerLayout {
             state: b.take(s),
             grads: b.take(s),
             momentum: b.take(s),
-            head: b.take(e * k),
-            head_grad: b.take(e * k),
-            head_momentum: b.take(e * k),
-            acts: b.take(cfg.activations_len(batch)),
+            head: b.take(ek),
+            head_grad: b.take(ek),
+            head_momentum: b.take(ek),
+            acts: b.take(acts),
             bufs: [b.take(big), b.take(big), b.take(big), b.take(big)],
-            emb_unit: b.take(batch * e),
+            emb_unit: b.take(be),
             emb_norm: b.take(batch),
-            w_unit: b.take(e * k),
+            w_unit: b.take(ek),
             w_norm: b.take(k),
-            cos: b.take(batch * k),
-            logits: b.take(batch * k),
+            cos: b.take(bk),
+            logits: b.take(bk),
             margins: b.take(batch),
             grad_sum: b.0..b.0,
             head_grad_sum: b.0..b.0,
@@ -1128,6 +1217,18 @@ impl TrainerLayout {
     pub fn arena_len(&self) -> usize {
         self.head_grad_sum.end
     }
+}
+
+/// Checks that every trainable tensor's gradient in `grads` (state layout) is finite: [`Error::NonFinite`] named
+/// `backbone gradient` otherwise, at the index in `grads` of the first non-finite element.
+fn check_backbone_grads(cfg: &IResNetConfig, grads: &[f32]) -> Result<(), Error> {
+    for t in cfg.tensors().filter(|t| t.kind == TensorKind::Trainable) {
+        check_finite("backbone gradient", &grads[t.range()]).map_err(|e| match e {
+            Error::NonFinite { what, index } => Error::NonFinite { what, index: t.offset + index },
+            other => other,
+        })?;
+    }
+    Ok(())
 }
 
 /// What a training step reports.
@@ -1166,6 +1267,10 @@ impl<'a> Trainer<'a> {
 
     /// A trainer on an arena that already holds a training state (laid out by the same `layout`), e.g. one
     /// kept between calls by its owner. The step counter starts at 0: set it with [`Trainer::set_steps`].
+    ///
+    /// Errors: [`Error::Config`] for an invalid margin, or a layout that is not what [`TrainerLayout::new`] (and
+    /// [`TrainerLayout::with_accumulation`]) make from its `cfg`, `batch` and `classes` (fields edited since);
+    /// [`Error::Length`] naming `arena` or `order`.
     pub fn attach(
         layout: TrainerLayout,
         step_cfg: StepConfig,
@@ -1173,6 +1278,14 @@ impl<'a> Trainer<'a> {
         order: &'a mut [u32],
     ) -> Result<Self, Error> {
         step_cfg.margin.validate()?;
+        // The public fields may have been edited since `TrainerLayout::new` laid out the (private) ranges from them.
+        let mut made = TrainerLayout::new(&layout.cfg, layout.batch, layout.classes)?;
+        if layout.accumulates() {
+            made = made.with_accumulation();
+        }
+        if made != layout {
+            return Err(Error::Config { what: "the layout's cfg, batch or classes changed after TrainerLayout::new" });
+        }
         check_len("arena", arena, layout.arena_len())?;
         check_len("order", order, layout.batch)?;
         Ok(Self { layout, step_cfg, arena, order, steps: 0 })
@@ -1265,7 +1378,8 @@ impl<'a> Trainer<'a> {
         if micro > 1 && !l.accumulates() {
             return Err(Error::Config { what: "several micro-batches need a layout with accumulation" });
         }
-        check_len("input", input, labels.len() * cfg.input_len())?;
+        let input_len = labels.len().checked_mul(cfg.input_len());
+        check_len("input", input, input_len.ok_or(Error::Shape { what: "the step's input size overflows usize" })?)?;
         check_len("margins_raw", margins_raw, labels.len())?;
         check_labels(labels, k)?;
         check_finite("input", input)?;
@@ -1324,10 +1438,7 @@ impl<'a> Trainer<'a> {
             }
         }
         check_finite("head gradient", head_grad)?;
-        for t in trainable() {
-            check_finite("backbone gradient", &grads[t.range()])
-                .map_err(|_| Error::NonFinite { what: "backbone gradient", index: t.offset })?;
-        }
+        check_backbone_grads(&cfg, grads)?;
 
         // Clip the backbone's global gradient norm, then SGD on the backbone and the head.
         let grad_norm = libm::sqrtf(trainable().map(|t| sum_of_squares(&grads[t.range()])).sum());
@@ -1394,12 +1505,122 @@ mod tests {
     #[test]
     fn blocks_have_the_insightface_shapes() {
         let cfg = IResNetConfig::R18;
-        let b = cfg.block(1, 0);
+        let b = cfg.block(1, 0).unwrap();
         assert_eq!((b.c_in, b.c_out, b.stride, b.h, b.out_h(), b.downsample), (64, 128, 2, 56, 28, true));
-        let b = cfg.block(3, 1);
+        let b = cfg.block(3, 1).unwrap();
         assert_eq!((b.c_in, b.c_out, b.stride, b.h, b.out_h(), b.downsample), (512, 512, 1, 7, 7, false));
-        let b = cfg.block(0, 0);
+        let b = cfg.block(0, 0).unwrap();
         assert_eq!((b.c_in, b.c_out, b.h, b.out_h(), b.downsample), (64, 64, 112, 56, true));
+        // Blocks the network does not have.
+        assert_eq!(cfg.block(4, 0), None);
+        assert_eq!(cfg.block(usize::MAX, 0), None);
+        assert_eq!(cfg.block(0, 2), None);
+        assert_eq!(cfg.blocks().count(), 8);
+    }
+
+    extern crate std;
+    use std::vec;
+
+    use crate::margin::MarginConfig;
+    use crate::rng::Philox4x32;
+
+    const TINY: IResNetConfig =
+        IResNetConfig { layers: [1, 1, 1, 1], widths: [2, 2, 2, 2], input_h: 16, input_w: 16, embedding: 4 };
+
+    #[test]
+    fn a_layout_edited_after_new_is_refused() {
+        let step = StepConfig::recipe(MarginConfig::ARCFACE);
+        let layout = TrainerLayout::new(&TINY, 2, 3).unwrap();
+        let (mut arena, mut order) = (vec![0.0; layout.arena_len()], vec![0u32; 4]);
+        assert!(Trainer::new(layout.clone(), step, &mut arena, &mut order[..2]).is_ok());
+        let wider = IResNetConfig { widths: [4, 4, 4, 4], ..TINY };
+        let edits: [&dyn Fn(&mut TrainerLayout); 3] = [&|l| l.batch = 4, &|l| l.classes = 1000, &|l| l.cfg = wider];
+        for edit in edits {
+            let mut edited = layout.clone();
+            edit(&mut edited);
+            let order = &mut order[..edited.batch];
+            let e = Trainer::new(edited.clone(), step, &mut arena, order).map(|_| ());
+            assert!(matches!(e, Err(Error::Config { .. })), "{edited:?}: {e:?}");
+        }
+        // With accumulation: accepted as made, refused once edited.
+        let acc = layout.with_accumulation();
+        let mut arena = vec![0.0; acc.arena_len()];
+        assert!(Trainer::new(acc.clone(), step, &mut arena, &mut order[..2]).is_ok());
+        let edited = TrainerLayout { classes: 2, ..acc };
+        let e = Trainer::attach(edited, step, &mut arena, &mut order[..2]).map(|_| ());
+        assert!(matches!(e, Err(Error::Config { .. })), "{e:?}");
+    }
+
+    #[test]
+    fn train_mode_refuses_one_image_before_the_running_statistics_move() {
+        let bn = BatchNorm::default();
+        let mut state = vec![0.0; TINY.state_len()];
+        init_state(&TINY, &mut Philox4x32::new(1, u64::MAX), &mut state).unwrap();
+        let before = state.clone();
+        let input: std::vec::Vec<f32> = (0..TINY.input_len()).map(|i| (i % 7) as f32 - 3.0).collect();
+        let (mut acts, mut out) = (vec![0.0; TINY.activations_len(1)], vec![0.0; TINY.embedding]);
+        let e = forward(&TINY, Mode::Train, &bn, &mut state, 1, &input, &mut acts, &mut out);
+        assert!(matches!(e, Err(Error::Shape { .. })), "{e:?}");
+        assert_eq!(state, before, "the running statistics moved");
+        forward(&TINY, Mode::Eval, &bn, &mut state, 1, &input, &mut acts, &mut out).unwrap();
+    }
+
+    #[test]
+    fn sizes_that_overflow_are_refused() {
+        let big = 1usize << (usize::BITS / 2);
+        let wide = IResNetConfig { widths: [big; 4], ..TINY };
+        assert!(matches!(wide.validate(), Err(Error::Config { .. })));
+        assert_eq!(wide.state_len(), usize::MAX);
+        let large = IResNetConfig { input_h: big, input_w: big, ..TINY };
+        assert!(matches!(large.validate(), Err(Error::Config { .. })));
+        assert_eq!(large.input_len(), usize::MAX);
+        assert!(matches!(TrainerLayout::new(&TINY, 2, usize::MAX / 2), Err(Error::Config { .. })));
+        assert!(matches!(TrainerLayout::new(&TINY, usize::MAX / 2, 3), Err(Error::Config { .. })));
+        let bn = BatchNorm::default();
+        let mut state = vec![0.0; TINY.state_len()];
+        for n in [usize::MAX / 2, usize::MAX / 4096] {
+            let e = forward(&TINY, Mode::Eval, &bn, &mut state, n, &[], &mut [], &mut []);
+            assert!(matches!(e, Err(Error::Shape { .. })), "{n}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn sizes_are_the_sums_over_every_block() {
+        let odd = IResNetConfig { layers: [1, 3, 2, 5], widths: [3, 5, 5, 7], input_h: 32, input_w: 48, embedding: 6 };
+        for cfg in [IResNetConfig::R100, IResNetConfig::R18, TINY, odd] {
+            let tensors: usize = cfg.tensors().map(|t| t.len).sum();
+            assert_eq!(cfg.state_len(), tensors);
+            assert_eq!(cfg.state_len(), cfg.modules().map(|m| m.kind.state_len()).sum::<usize>());
+            for n in [1, 2, 5] {
+                let blocks: usize = cfg.blocks().map(|b| b.activations_len(n)).sum();
+                let mut bump = Bump::default();
+                StemActs::new(&cfg, n, &mut bump);
+                bump.0 += blocks;
+                TailActs::new(&cfg, n, &mut bump);
+                assert_eq!(cfg.activations_len(n), bump.0);
+                let largest = cfg.blocks().map(|b| n * b.c_in.max(b.c_out) * b.h * b.w).max().unwrap();
+                let stem = n * cfg.widths[0] * cfg.input_h * cfg.input_w;
+                assert_eq!(cfg.largest_activation(n), largest.max(stem).max(n * cfg.fc_inputs()));
+            }
+        }
+        // Block counts far beyond anything iterable are sized (and refused) at once.
+        let deep = IResNetConfig { layers: [usize::MAX / 2; 4], ..TINY };
+        assert_eq!(deep.state_len(), usize::MAX);
+        assert!(matches!(deep.validate(), Err(Error::Config { .. })));
+    }
+
+    #[test]
+    fn a_non_finite_gradient_is_reported_at_its_element() {
+        let mut grads = vec![0.0; TINY.state_len()];
+        check_backbone_grads(&TINY, &grads).unwrap();
+        let t = TINY.find("layer1.0.conv1.weight").unwrap();
+        grads[t.offset + 5] = f32::NAN;
+        let e = check_backbone_grads(&TINY, &grads);
+        assert_eq!(e, Err(Error::NonFinite { what: "backbone gradient", index: t.offset + 5 }));
+        // Running statistics are not gradients.
+        grads[t.offset + 5] = 0.0;
+        grads[TINY.find("bn1.running_var").unwrap().offset] = f32::INFINITY;
+        check_backbone_grads(&TINY, &grads).unwrap();
     }
 
     #[test]

@@ -22,7 +22,17 @@
 //! [`standard_normal`] is Box–Muller in `f64` using only the cosine branch: one normal consumes two `u64`
 //! draws, i.e. exactly one Philox block when the stream is at a block boundary. [`Philox4x32::normal_at`] is
 //! therefore the `i`-th normal of a stream computed directly. Only `libm` is used (software `log`, `cos`, and
-//! the correctly rounded `sqrt`), and no fused multiply-add, so the bits are the same on every target.
+//! the correctly rounded `sqrt`), and no fused multiply-add, so the bits are the same on every target whose `f64`
+//! arithmetic is IEEE binary64 (SSE2 on x86, every other architecture, software floats). The exception: x86
+//! targets without SSE2 (`i586`, `i686` built without it) compute `f64` on the x87 unit, in extended precision, and
+//! `libm` swaps in an x87 `exp` there, so their bits may differ.
+//!
+//! # Streams of a training seed
+//!
+//! A training run draws the margins of step `t` from stream `t` of its seed
+//! ([`MarginConfig::draw_margins_at`](crate::margin::MarginConfig::draw_margins_at)): streams `0..steps` of a
+//! training seed belong to the margins. Anything else drawn from the same seed (the initial weights, data order)
+//! must use other streams; the host initialises the weights from stream `u64::MAX`.
 //!
 //! # Stability
 //!
@@ -69,6 +79,9 @@ pub const fn philox4x32_10(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
     ctr
 }
 
+/// A bound on the magnitude of every [`standard_normal`]: the largest is `sqrt(-2 ln 2^-53) = 8.5717...`.
+pub(crate) const STANDARD_NORMAL_BOUND: f64 = 8.58;
+
 /// `2^-53`: the spacing of the 53-bit uniforms.
 const TWO_POW_MINUS_53: f64 = 1.0 / (1u64 << 53) as f64;
 
@@ -108,7 +121,10 @@ pub fn standard_normal<R: RngCore + ?Sized>(rng: &mut R) -> f64 {
 /// The stream is the sequence of blocks `0, 1, 2, ...` of [`Philox4x32::block`]`(seed, stream, _)`, handed out
 /// word by word. Its position is counted in words ([`Philox4x32::word_pos`]) and can be set directly
 /// ([`Philox4x32::set_word_pos`]). The block counter is 64 bits: a stream repeats after `2^66` words.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// Two generators are equal when they have the same key, stream and position (modulo `2^66` words): they then draw
+/// the same words, however each got there.
+#[derive(Clone, Debug)]
 pub struct Philox4x32 {
     /// Key: the seed's low and high halves.
     key: [u32; 2],
@@ -154,9 +170,12 @@ impl Philox4x32 {
         self.stream
     }
 
-    /// Number of 32-bit words drawn since the start of the stream (modulo `2^66`). A `next_u64` counts two.
+    /// Number of 32-bit words drawn since the start of the stream (modulo `2^66`, so below `2^66`). A `next_u64`
+    /// counts two.
     pub const fn word_pos(&self) -> u128 {
-        (self.block as u128) * 4 + self.next as u128
+        // `next` is 4 when block `block` is used up: the position is then the start of the next block, which for
+        // the last block is 2^66, the start of the stream again.
+        ((self.block as u128) * 4 + self.next as u128) & ((1u128 << 66) - 1)
     }
 
     /// Moves to word `pos` (taken modulo `2^66`) of the stream; the next word drawn is that word.
@@ -167,6 +186,15 @@ impl Philox4x32 {
         self.next = (pos & 3) as usize;
     }
 }
+
+impl PartialEq for Philox4x32 {
+    /// Same key, stream and position: the same words to come (the buffered block is a function of these).
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key && self.stream == other.stream && self.word_pos() == other.word_pos()
+    }
+}
+
+impl Eq for Philox4x32 {}
 
 impl RngCore for Philox4x32 {
     /// The next word of the stream.
@@ -310,6 +338,38 @@ mod tests {
         let last = r.next_u32();
         assert_eq!(last, Philox4x32::block(77, 1, u64::MAX)[3]);
         assert_eq!(r.next_u32(), words[0]);
+    }
+
+    #[test]
+    fn equal_means_same_key_stream_and_position() {
+        let mut a = Philox4x32::new(3, 4);
+        for _ in 0..4 {
+            let _ = a.next_u32();
+        }
+        let mut b = Philox4x32::new(3, 4);
+        b.set_word_pos(4);
+        assert_eq!(a, b);
+        assert_eq!(a.next_u32(), b.next_u32());
+        assert_eq!(a, b);
+        assert_ne!(a, Philox4x32::new(3, 4));
+        b.set_word_pos(4);
+        assert_ne!(a, b);
+        assert_ne!(Philox4x32::new(3, 4), Philox4x32::new(3, 5));
+        assert_ne!(Philox4x32::new(3, 4), Philox4x32::new(2, 4));
+    }
+
+    #[test]
+    fn word_pos_is_below_2_pow_66() {
+        let mut r = Philox4x32::new(8, 9);
+        r.set_word_pos((1u128 << 66) - 4);
+        assert_eq!(r.word_pos(), (1u128 << 66) - 4);
+        for _ in 0..4 {
+            let _ = r.next_u32();
+        }
+        // The whole stream drawn: back at its start.
+        assert_eq!(r.word_pos(), 0);
+        assert_eq!(r, Philox4x32::new(8, 9));
+        assert_eq!(r.next_u32(), Philox4x32::new(8, 9).next_u32());
     }
 
     #[test]

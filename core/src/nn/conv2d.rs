@@ -324,8 +324,9 @@ const fn phase_taps(r: usize, k: usize, stride: usize) -> usize {
 /// `(rh, rw)` (row-major over `stride x stride`), of depth `C_OUT * TH * TW` (`TH`, `TW` the phase's taps), whose
 /// first operand is the matrix `A[ci, (co, t, u)] = weight[co, ci, rh + t*stride, rw + u*stride]`, row-major.
 /// `out` holds these matrices one after another: every tap belongs to one phase, so `out` is a permutation of the
-/// weight, `C_OUT*C_IN*KH*KW` elements. For stride 1 it is the single phase, `weight` with its two channel axes
-/// swapped. Contiguous along the depth, it is loaded four elements at a time.
+/// weight, `C_OUT*C_IN*KH*KW` elements (a phase with `rh >= KH` or `rw >= KW` has no taps and holds nothing). For
+/// stride 1 it is the single phase, `weight` with its two channel axes swapped. Contiguous along the depth, it is
+/// loaded four elements at a time.
 ///
 /// Overwrites `out`. Errors as [`conv2d_forward`] ([`Error::Length`] naming `weight` or `out`).
 pub fn conv2d_phase_weights(s: &Conv2dShape, weight: &[f32], out: &mut [f32]) -> Result<(), Error> {
@@ -337,8 +338,10 @@ pub fn conv2d_phase_weights(s: &Conv2dShape, weight: &[f32], out: &mut [f32]) ->
     }
     let stride = s.stride;
     let mut dst = out.iter_mut();
-    for rh in 0..stride {
-        for rw in 0..stride {
+    // Phases at or past the kernel size have no taps and write nothing (`out` is their concatenation, no offsets),
+    // so only the first `min(stride, K)` of each dimension are visited: a huge stride costs nothing.
+    for rh in 0..stride.min(s.kh) {
+        for rw in 0..stride.min(s.kw) {
             let (th, tw) = (phase_taps(rh, s.kh, stride), phase_taps(rw, s.kw, stride));
             for ci in 0..s.c_in {
                 for co in 0..s.c_out {
@@ -580,6 +583,24 @@ mod tests {
         }
         assert_eq!(a_offset, s.weight_len(), "the phases cover the weight");
         dx
+    }
+
+    #[test]
+    fn phase_weights_with_a_huge_stride_finish() {
+        // Only phases below the kernel size have taps: a stride of usize::MAX / 4 has its square of phases, 9 of them
+        // with taps.
+        let weight: [f32; 18] = core::array::from_fn(|i| i as f32);
+        let s = shape(1, 2, (3, 3), 1, (3, 3), usize::MAX / 4, 1);
+        s.validate().unwrap();
+        let mut out = [f32::NAN; 18];
+        conv2d_phase_weights(&s, &weight, &mut out).unwrap();
+        // One tap per phase, phases row-major over (kh, kw), channels inside: A[ci, co] of tap (kh, kw).
+        let want: [f32; 18] = core::array::from_fn(|i| weight[(i % 2) * 9 + i / 2]);
+        assert_eq!(out, want);
+        let s = shape(1, 1, (1, 1), 1, (1, 1), usize::MAX, 0);
+        let mut out = [0.0];
+        conv2d_phase_weights(&s, &[7.0], &mut out).unwrap();
+        assert_eq!(out, [7.0]);
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub use batchnorm::{
 };
 pub use conv2d::{conv2d_backward_data, conv2d_backward_weight, conv2d_forward, conv2d_phase_weights, Conv2dShape};
 pub use linear::{linear_backward, linear_forward, LinearShape};
+pub(crate) use normalize::check_norms;
 pub use normalize::{l2_normalize_backward, l2_normalize_forward, VectorLayout};
 pub use precision::round_to_f16;
 pub use prelu::{prelu_backward, prelu_forward};

@@ -54,11 +54,11 @@ pub enum MicroBatch {
 }
 
 impl MicroBatch {
-    /// Micro-batch `i` of `n > 1` (`i < n`).
+    /// Micro-batch `i` of `n > 1` (`i < n`; outside that, `First` for 0 and `Next` otherwise, never a panic).
     pub fn of(i: usize, n: usize) -> Self {
         match i {
             0 => MicroBatch::First,
-            i if i + 1 == n => MicroBatch::Last { inv_n: 1.0 / n as f32 },
+            i if i.checked_add(1) == Some(n) => MicroBatch::Last { inv_n: 1.0 / n as f32 },
             _ => MicroBatch::Next,
         }
     }
@@ -115,6 +115,16 @@ pub fn scale(x: &mut [f32], factor: f32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn micro_batch_stages_never_overflow() {
+        assert_eq!(MicroBatch::of(0, 3), MicroBatch::First);
+        assert_eq!(MicroBatch::of(1, 3), MicroBatch::Next);
+        assert_eq!(MicroBatch::of(2, 3), MicroBatch::Last { inv_n: 1.0 / 3.0 });
+        // Outside the contract (`i < n`), but no panic.
+        assert_eq!(MicroBatch::of(usize::MAX, 3), MicroBatch::Next);
+        assert_eq!(MicroBatch::of(usize::MAX, usize::MAX), MicroBatch::Next);
+    }
 
     #[test]
     fn two_steps_follow_the_formula() {
