@@ -351,7 +351,8 @@ struct TrainArgs {
     /// step (x0.1 at --decay-epochs) or poly (linear warmup, then power-2 decay) [default: step].
     #[arg(long)]
     schedule: Option<String>,
-    /// Epochs where the step schedule decays [default: 8,14,20,25].
+    /// Epochs, counted from 1, from whose start the step schedule has decayed, as the released config counts
+    /// them: 8 trains the 8th epoch (the first seven at the base rate) at a tenth [default: 8,14,20,25].
     #[arg(long, value_delimiter = ',')]
     decay_epochs: Option<Vec<u64>>,
     /// Warmup epochs of the poly schedule [default: 0].
@@ -577,7 +578,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 );
             }
             if s.skipped_samples > 0 {
-                println!("skipped {} unreadable samples", s.skipped_samples);
+                println!("left out {} unreadable samples (counted in every epoch that read them)", s.skipped_samples);
             }
             println!("checkpoint: {}", s.checkpoint.display());
             if s.interrupted {

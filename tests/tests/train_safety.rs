@@ -1,8 +1,9 @@
 //! `train` protects a run and refuses what would silently spoil one (tiny iResNet on the CPU reference, a few
 //! steps): a fresh run into a folder holding a run, settings out of their domain, a resume with other settings
-//! than the checkpoint's, an epoch whose samples were all unreadable; it reports the samples it skipped, replaces
-//! final.safetensors rather than rewriting it, and stops before an evaluation when asked to stop. Checkpoints
-//! refuse to write what they cannot read back, and a state dict with a stage of 0 channels is an error.
+//! than the checkpoint's, an epoch whose samples were all unreadable; it saves the steps done before a sample it
+//! cannot read stops it, reports the samples it skipped, replaces final.safetensors rather than rewriting it, and
+//! stops before an evaluation when asked to stop. Checkpoints refuse to write what they cannot read back, and a
+//! state dict with a stage of 0 channels is an error.
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
@@ -201,6 +202,36 @@ fn skipped_samples_are_reported_and_an_epoch_of_unreadable_samples_fails() {
     assert!(e.contains("epoch 0 delivered no batch") && e.contains("16 samples"), "{e}");
     assert!(e.contains("record key"), "the reasons: {e}");
     assert!(!cfg.out.join("final.safetensors").exists() && !cfg.out.join("checkpoint.safetensors").exists());
+}
+
+/// A sample that cannot be read (without --skip-bad-samples) stops the run with its error, after saving the steps
+/// done: a resume after fixing the cause (here by skipping it) goes on from there instead of from the last periodic
+/// checkpoint. Where the bad sample falls in the shuffled epoch depends on the seed: some seeds meet it in the first
+/// batch (no step done, nothing saved), the others after steps that must be kept.
+#[test]
+fn a_failing_sample_stops_the_run_with_its_steps_saved() {
+    let _one = one_at_a_time();
+    let root = tempfile::tempdir().unwrap();
+    write_set(&root.path().join("one-bad"), 4, 4, |i, k| (i, k) == (2, 3));
+    let mut saved_after = Vec::new();
+    for seed in 1..=8 {
+        let out = root.path().join(format!("run-{seed}"));
+        let cfg = TrainConfig { data: root.path().join("one-bad"), out, seed, epochs: 2, ..config(root.path()) };
+        let e = format!("{:#}", train(&cfg, None, true).unwrap_err());
+        assert!(e.contains("record key"), "the sample's own error: {e}");
+        let ck = cfg.out.join("checkpoint.safetensors");
+        if !e.contains("saved in") {
+            assert!(!ck.exists(), "seed {seed}: {e}");
+            continue;
+        }
+        let steps = Checkpoint::load(&ck).unwrap().step;
+        assert!(steps > 0 && e.contains(&format!("the run stopped after step {steps}, saved in")), "{e}");
+        saved_after.push(steps);
+        let s = train(&TrainConfig { skip_bad_samples: true, ..cfg }, Some(&ck), true).unwrap();
+        assert!(s.steps > steps && !s.interrupted, "seed {seed}: resumed at {steps}, ended at {}", s.steps);
+    }
+    assert!(!saved_after.is_empty(), "no seed met the bad sample after a step");
+    eprintln!("steps saved before the bad sample, seeds 1..=8 where any: {saved_after:?}");
 }
 
 #[test]

@@ -177,7 +177,8 @@ pub struct TrainConfig {
     pub lr: f32,
     /// `step` (x0.1 at `decay_epochs`, the ElasticFace recipe) or `poly` (warmup then power-2 decay).
     pub schedule: String,
-    /// Epochs at which the step schedule decays.
+    /// Epochs (counted from 1) from whose start the step schedule has decayed: 8 is the eighth epoch, as the
+    /// released config counts.
     pub decay_epochs: Vec<u64>,
     /// Warmup epochs of the poly schedule.
     pub warmup_epochs: u64,
@@ -329,21 +330,27 @@ impl TrainConfig {
         self.lr * self.step_images() as f32 / 512.0
     }
 
+    /// The steps of the whole run at `steps_per_epoch`: the epochs', or `max_steps` where that is fewer.
+    pub fn total_steps(&self, steps_per_epoch: u64) -> u64 {
+        let by_epochs = self.epochs.saturating_mul(steps_per_epoch);
+        if self.max_steps > 0 {
+            by_epochs.min(self.max_steps)
+        } else {
+            by_epochs
+        }
+    }
+
     /// The schedule for `steps_per_epoch`.
     pub fn schedule(&self, steps_per_epoch: u64) -> Result<Schedule> {
         let lr = self.scaled_lr();
         let s = match self.schedule.as_str() {
             "step" => Schedule::Step { lr, epochs: self.decay_epochs.clone(), factor: 0.1 },
-            "poly" => {
-                let total =
-                    if self.max_steps > 0 { self.max_steps } else { self.epochs.saturating_mul(steps_per_epoch) };
-                Schedule::Poly {
-                    lr,
-                    warmup: self.warmup_epochs.saturating_mul(steps_per_epoch),
-                    total: total.max(1),
-                    power: 2.0,
-                }
-            }
+            "poly" => Schedule::Poly {
+                lr,
+                warmup: self.warmup_epochs.saturating_mul(steps_per_epoch),
+                total: self.total_steps(steps_per_epoch).max(1),
+                power: 2.0,
+            },
             other => bail!("schedule `{other}`: use step or poly"),
         };
         s.validate()?;
@@ -435,13 +442,14 @@ pub struct RunSummary {
     pub val_before: Vec<SetResult>,
     /// See `val_before`.
     pub val_after: Vec<SetResult>,
-    /// Seconds spent.
+    /// Seconds of this invocation's steps: each one's wait for its batch and the step itself (not the evaluations
+    /// nor the checkpoints).
     pub seconds: f64,
-    /// Images per second over the steps of this invocation.
+    /// Images per second over those seconds.
     pub images_per_second: f64,
     /// Whether the run stopped early on a signal.
     pub interrupted: bool,
-    /// Samples skipped as unreadable.
+    /// Samples left out as unreadable, counted in every epoch that read them.
     pub skipped_samples: usize,
     /// The last checkpoint written.
     pub checkpoint: PathBuf,
@@ -489,6 +497,28 @@ pub fn open_inference(
     let mut backend = open_backend(&cfg, &backbone.cfg, ck.classes, ck.step_cfg)?;
     backend.load(&ck)?;
     Ok(backend)
+}
+
+/// `error`, with the run's progress saved by `checkpoint` to `path` first when this invocation made any (steps beyond
+/// `start_steps`): the context says where, or why it could not be saved.
+fn progress_saved(
+    error: anyhow::Error,
+    backend: &dyn Backend,
+    start_steps: u64,
+    checkpoint: impl FnOnce() -> Result<Checkpoint>,
+    path: &Path,
+) -> anyhow::Error {
+    let steps = backend.steps();
+    if steps <= start_steps {
+        return error;
+    }
+    match checkpoint().and_then(|ck| ck.save(path)) {
+        Ok(()) => error.context(format!(
+            "the run stopped after step {steps}, saved in {} (fix the cause, then --resume from it)",
+            path.display()
+        )),
+        Err(e) => error.context(format!("the run stopped after step {steps}, and saving it failed: {e:#}")),
+    }
 }
 
 fn append_jsonl(path: &Path, value: &serde_json::Value) -> Result<()> {
@@ -740,28 +770,30 @@ fn train_inner(cfg: &TrainConfig, resume: Option<&Path>, quiet: bool, stop: Opti
         Some(s) => s,
         None => {
             STOP.store(false, Ordering::SeqCst);
-            let _ = ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst));
+            // The first Ctrl-C (or SIGTERM) stops after the step with a checkpoint; a second one, in an evaluation of
+            // minutes say, quits at once (the checkpoint is written atomically: a file is whole or not there).
+            let _ = ctrlc::set_handler(|| {
+                if STOP.swap(true, Ordering::SeqCst) {
+                    std::process::exit(130);
+                }
+                eprintln!("\nstopping after this step with a checkpoint (Ctrl-C again quits at once)");
+            });
             &STOP
         }
     };
-    let total_steps = {
-        let by_epochs = cfg.epochs.saturating_mul(steps_per_epoch);
-        if cfg.max_steps > 0 {
-            by_epochs.min(cfg.max_steps)
-        } else {
-            by_epochs
-        }
-    };
+    let total_steps = cfg.total_steps(steps_per_epoch);
     let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(total_steps) };
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]")
             .expect("valid template"),
     );
     bar.set_position(backend.steps().min(total_steps));
+    // A resumed run's steps so far took no time in this process: not a rate to estimate from.
+    bar.reset_eta();
     bar.set_message(format!("on {}", backend.device()));
 
     let run_json = serde_json::to_value(cfg)?;
-    let started = Instant::now();
+    let mut step_seconds = 0.0f64;
     let (start_steps, mut first_loss, mut last_loss) = (backend.steps(), f32::NAN, f32::NAN);
     let (mut interrupted, mut skipped, mut reasons_shown) = (false, 0, false);
     while position.epoch < cfg.epochs && backend.steps() < total_steps {
@@ -773,16 +805,37 @@ fn train_inner(cfg: &TrainConfig, resume: Option<&Path>, quiet: bool, stop: Opti
         let epoch_start = position;
         let mut loader = Loader::new(Arc::clone(&dataset), lc, position)?;
         let (mut batches, mut finished) = (0u64, false);
-        while let Some(batch) = loader.next_batch()? {
+        loop {
+            // A step's time: the wait for its batch and the step (what the data and the device sustain together).
+            let t = Instant::now();
+            // A failing sample (without --skip-bad-samples) or step keeps the steps done so far: they are saved
+            // before the error is returned, at the position of the last batch trained on.
+            let saved = |e: anyhow::Error, backend: &dyn Backend| {
+                progress_saved(
+                    e,
+                    backend,
+                    start_steps,
+                    || backend.checkpoint(cfg.seed, position, run_json.clone()),
+                    &ck_path,
+                )
+            };
+            let batch = match loader.next_batch() {
+                Ok(Some(batch)) => batch,
+                Ok(None) => break,
+                Err(e) => return Err(saved(e, backend.as_ref())),
+            };
             batches += 1;
             let step = backend.steps();
             let lr = schedule.lr(step, batch.epoch);
             backend.set_lr(lr)?;
             let mut margins = vec![0.0; batch.len()];
             margin.draw_margins_at(cfg.seed, step, &mut margins);
-            let t = Instant::now();
-            let report = backend.step(&batch, &margins).with_context(|| format!("step {step}"))?;
+            let report = match backend.step(&batch, &margins) {
+                Ok(report) => report,
+                Err(e) => return Err(saved(e.context(format!("step {step}")), backend.as_ref())),
+            };
             let secs = t.elapsed().as_secs_f64();
+            step_seconds += secs;
             position = batch.next;
             if first_loss.is_nan() {
                 first_loss = report.loss;
@@ -860,7 +913,7 @@ fn train_inner(cfg: &TrainConfig, resume: Option<&Path>, quiet: bool, stop: Opti
         (Some(val), false, _) => measure_and_log(val, backend.as_mut(), shape, &metrics)?,
         _ => Vec::new(),
     };
-    let seconds = started.elapsed().as_secs_f64();
+    let seconds = step_seconds;
     let steps = backend.steps();
     Ok(RunSummary {
         steps,

@@ -8,12 +8,13 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Schedule {
-    /// `lr * factor^k` where `k` is the number of `epochs` already reached. The ElasticFace recipe: lr 0.1,
-    /// factor 0.1 at epochs 8, 14, 20, 25 of 26.
+    /// `lr * factor^k` where `k` is the number of `epochs` already reached, counted from 1 as the released
+    /// ElasticFace config counts them (its `0.1 ** len([m for m in [8, 14, 20, 25] if m - 1 <= epoch])` with `epoch`
+    /// from 0): lr 0.1 for epochs 1 to 7, 0.01 from the 8th (epoch index 7), ... 1e-5 for the 25th and 26th.
     Step {
         /// Learning rate at the start.
         lr: f32,
-        /// Epochs at whose start the rate is multiplied by `factor`, ascending.
+        /// Epochs, counted from 1, at whose start the rate is multiplied by `factor`, ascending.
         epochs: Vec<u64>,
         /// The multiplier.
         factor: f32,
@@ -48,6 +49,9 @@ impl Schedule {
                 if epochs.windows(2).any(|w| w[0] >= w[1]) {
                     bail!("step schedule: decay epochs {epochs:?} must be strictly ascending");
                 }
+                if epochs.contains(&0) {
+                    bail!("step schedule: decay epochs {epochs:?} count from 1 (the first epoch is 1)");
+                }
             }
             Schedule::Poly { lr, warmup, total, power } => {
                 if !(lr.is_finite() && *lr >= 0.0 && power.is_finite() && *power > 0.0) {
@@ -63,11 +67,12 @@ impl Schedule {
         Ok(())
     }
 
-    /// The rate of step `step` (from 0), which belongs to epoch `epoch` (from 0).
+    /// The rate of step `step` (from 0), which belongs to epoch index `epoch` (from 0: the epoch numbered
+    /// `epoch + 1`).
     pub fn lr(&self, step: u64, epoch: u64) -> f32 {
         match self {
             Schedule::Step { lr, epochs, factor } => {
-                let k = epochs.iter().filter(|&&e| epoch >= e).count();
+                let k = epochs.iter().filter(|&&e| epoch + 1 >= e).count();
                 (f64::from(*lr) * f64::from(*factor).powi(k as i32)) as f32
             }
             Schedule::Poly { lr, warmup, total, power } => {
@@ -90,7 +95,12 @@ mod tests {
     #[test]
     fn elasticface_recipe_decays_tenfold_at_its_epochs() {
         let s = Schedule::elasticface(0.1);
-        for (epoch, want) in [(0, 0.1), (7, 0.1), (8, 0.01), (13, 0.01), (14, 1e-3), (20, 1e-4), (25, 1e-5)] {
+        // Epoch indices from 0. The released config's rate: lr 0.1 times its lr_func(epoch), which is
+        // 0.1 ** len([m for m in [8, 14, 20, 25] if m - 1 <= epoch]).
+        let lr_func = |epoch: u64| 0.1f64.powi([8, 14, 20, 25].iter().filter(|&&m| m - 1 <= epoch).count() as i32);
+        let epochs = [(0, 0.1), (6, 0.1), (7, 0.01), (12, 0.01), (13, 1e-3), (19, 1e-4), (24, 1e-5), (25, 1e-5)];
+        for (epoch, want) in epochs {
+            assert!((0.1 * lr_func(epoch) - want).abs() <= want * 1e-12, "epoch {epoch}");
             let got = f64::from(s.lr(0, epoch));
             // Within f32 rounding of the decimal value.
             assert!((got - want).abs() <= want * 1e-6, "epoch {epoch}: {got} vs {want}");
@@ -111,6 +121,7 @@ mod tests {
     #[test]
     fn bad_schedules_are_refused() {
         assert!(Schedule::Step { lr: 0.1, epochs: vec![5, 3], factor: 0.1 }.validate().is_err());
+        assert!(Schedule::Step { lr: 0.1, epochs: vec![0, 3], factor: 0.1 }.validate().is_err());
         assert!(Schedule::Poly { lr: 0.1, warmup: 20, total: 10, power: 2.0 }.validate().is_err());
         assert!(Schedule::Poly { lr: f32::NAN, warmup: 0, total: 10, power: 2.0 }.validate().is_err());
     }
