@@ -16,7 +16,8 @@
 // GPU. (Computing `(f32(b) / 255.0 - 0.5) / 0.5` here would not be: WGSL allows 2.5 ULP for `x / y`.)
 //
 // Storage. The input is stored as `Out`: f32 here, f16 for mixed precision's activations (the host rewrites the
-// alias). Every value, (2b - 255) / 255, rounds to f16 as the core's `round_to_f16` rounds it.
+// alias). For f16 the host binds the table rounded to f16 by the core's `round_to_f16` (still f32, each value one
+// that f16 holds): the conversion is exact, where WGSL lets a GPU round an inexact f32 -> f16 either way.
 alias Out = f32;
 
 struct Params {

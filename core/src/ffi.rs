@@ -1252,7 +1252,8 @@ pub struct EfMarginConfig {
     pub s: f32,
     /// Mean margin `m`, finite.
     pub m: f32,
-    /// Standard deviation of the margins, finite and not negative (0: ArcFace, CosFace).
+    /// Standard deviation of the margins, finite and not negative (0: ArcFace, CosFace), with `|m| + 8.58 sigma`
+    /// within the float range (so that every margin drawn is finite).
     pub sigma: f32,
 }
 

@@ -194,7 +194,8 @@ typedef struct EfMarginConfig {
   float s;
   // Mean margin `m`, finite.
   float m;
-  // Standard deviation of the margins, finite and not negative (0: ArcFace, CosFace).
+  // Standard deviation of the margins, finite and not negative (0: ArcFace, CosFace), with `|m| + 8.58 sigma`
+  // within the float range (so that every margin drawn is finite).
   float sigma;
 } EfMarginConfig;
 

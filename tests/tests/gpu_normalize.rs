@@ -9,7 +9,7 @@
 //! bit-identical on a rerun, and a split matrix bit-identical to the whole.
 
 use elasticface::gpu::kernels::normalize::Normalize;
-use elasticface::gpu::{Gpu, GpuOptions};
+use elasticface::gpu::{Elem, Gpu, GpuOptions};
 use elasticface_core::nn::{l2_normalize_backward, l2_normalize_forward, VectorLayout};
 use elasticface_tests::{gpu, max_abs_diff, uniform};
 
@@ -134,4 +134,8 @@ fn mismatched_tensors_are_refused() {
     assert!(err.to_string().contains("norms has 2 elements"), "{err}");
     let err = k.backward(gpu, layout, &x, &norms, &y).err().expect("refused");
     assert!(err.to_string().contains("y has 14 elements"), "{err}");
+    // The kernels take f32: an f16 tensor of the right length (half the bytes) would be read past its end.
+    let half = gpu.zeros_as("half", &[15], Elem::F16);
+    let err = k.forward(gpu, layout, &half, &x, &norms).err().expect("refused");
+    assert!(err.to_string().contains("half holds f16 elements, the kernel takes f32"), "{err}");
 }

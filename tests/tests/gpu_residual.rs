@@ -1,6 +1,7 @@
 //! `shaders/residual.wgsl` against its core twins.
 
 use elasticface::gpu::kernels::residual::Residual;
+use elasticface::gpu::Elem;
 use elasticface_core::nn;
 use elasticface_tests::{gpu, uniform};
 
@@ -33,4 +34,10 @@ fn mismatched_tensors_are_refused() {
     let (a, b) = (gpu.zeros("a", &[4]), gpu.zeros("b", &[5]));
     let err = k.forward(gpu, &a, &b, &a).err().expect("refused");
     assert!(err.to_string().contains("b has 5 elements"), "{err}");
+    // The kernels take f32: an f16 tensor of the right length (half the bytes) would be read past its end.
+    let half = gpu.zeros_as("half", &[4], Elem::F16);
+    let err = k.forward(gpu, &a, &half, &a).err().expect("refused");
+    assert!(err.to_string().contains("half holds f16 elements, the kernel takes f32"), "{err}");
+    let err = k.accumulate(gpu, &half, &a).err().expect("refused");
+    assert!(err.to_string().contains("half holds f16 elements"), "{err}");
 }

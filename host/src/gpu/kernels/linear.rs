@@ -7,7 +7,7 @@ use anyhow::{anyhow, Result};
 use elasticface_core::nn::{Conv2dShape, LinearShape};
 
 use super::conv2d::{Conv2d, ConvPrecision, ConvTiling};
-use super::{check_len, Dispatch, ELEMENTWISE_WORKGROUP};
+use super::{check_f32, check_len, Dispatch, ELEMENTWISE_WORKGROUP};
 use crate::gpu::{Gpu, Tensor};
 
 /// Mirrors `Params` in `shaders/linear.wgsl`.
@@ -77,8 +77,9 @@ impl Linear {
         validate(s, NAME)?;
         check_len(NAME, x, s.input_len())?;
         check_len(NAME, weight, s.weight_len())?;
-        check_len(NAME, bias, s.outputs)?;
-        check_len(NAME, y, s.output_len())?;
+        // The bias kernel reads and writes f32.
+        check_f32(NAME, bias, s.outputs)?;
+        check_f32(NAME, y, s.output_len())?;
         let mut dispatches = self.conv.forward(gpu, &conv_shape(s), x, weight, y, scratch)?;
         let params = LinearParams { n: s.n as u32, outputs: s.outputs as u32 };
         let grid = gpu.grid_1d(s.output_len(), ELEMENTWISE_WORKGROUP);
@@ -109,10 +110,10 @@ impl Linear {
         validate(s, NAME)?;
         check_len(NAME, x, s.input_len())?;
         check_len(NAME, weight, s.weight_len())?;
-        check_len(NAME, dy, s.output_len())?;
+        check_f32(NAME, dy, s.output_len())?;
         check_len(NAME, dx, s.input_len())?;
         check_len(NAME, dweight, s.weight_len())?;
-        check_len(NAME, dbias, s.outputs)?;
+        check_f32(NAME, dbias, s.outputs)?;
         let conv = conv_shape(s);
         let mut dispatches = self.conv.backward_data(gpu, &conv, dy, weight, phased, dx, scratch)?;
         dispatches.extend(self.conv.backward_weight(gpu, &conv, dy, x, dweight, scratch)?);

@@ -57,8 +57,8 @@ use elasticface_core::margin::{HeadShape, MarginConfig, MarginKind, PlusAssignme
 use elasticface_core::nn::VectorLayout;
 
 use super::normalize::Normalize;
-use super::{check_len, Dispatch, ELEMENTWISE_WORKGROUP};
-use crate::gpu::{Gpu, SplitTensor, Tensor};
+use super::{check_f32, Dispatch, ELEMENTWISE_WORKGROUP};
+use crate::gpu::{Elem, Gpu, SplitTensor, Tensor};
 
 /// Classes per chunk of the forward pass (`TILE` in the shader). Every part of the head weight but the last holds a
 /// multiple of it, so the chunks (and the loss, bit for bit) do not depend on the split.
@@ -277,8 +277,11 @@ impl MarginHead {
         shape.validate()?;
         let HeadShape { batch: b, dim: d, classes: c } = shape;
         let name = "margin head";
-        check_len(name, emb, b * d)?;
-        check_len(name, d_emb, b * d)?;
+        check_f32(name, emb, b * d)?;
+        check_f32(name, d_emb, b * d)?;
+        for part in w.parts.iter().chain(&d_w.parts) {
+            part.expect_elem(name, Elem::F32)?;
+        }
         if w.rows != c || w.cols != d {
             bail!("{name}: {} is ({}, {}), the head needs (C, D) = ({c}, {d})", w.label, w.rows, w.cols);
         }

@@ -257,6 +257,13 @@ impl<P> StorageVariants<P> {
     }
 }
 
+/// Checks that `t` has exactly `len` elements stored as f32: the storage of a kernel that takes f32 only (an f16
+/// tensor of `len` elements, bound by its bytes, would be read past its end).
+pub fn check_f32(kernel: &str, t: &Tensor, len: usize) -> Result<()> {
+    check_len(kernel, t, len)?;
+    t.expect_elem(kernel, Elem::F32)
+}
+
 /// Checks that `t` has exactly `len` elements.
 pub fn check_len(kernel: &str, t: &Tensor, len: usize) -> Result<()> {
     if t.len != len {

@@ -9,7 +9,7 @@
 use anyhow::{bail, Result};
 use elasticface_core::nn::VectorLayout;
 
-use super::{check_len, Dispatch};
+use super::{check_f32, Dispatch};
 use crate::gpu::{Gpu, SplitTensor, Tensor};
 
 /// Mirrors `Params` in `shaders/normalize.wgsl`.
@@ -64,9 +64,9 @@ impl Normalize {
     /// Shapes: `x`, `y`: `layout.buffer_len()`; `norms`: `(layout.count)`.
     pub fn forward(&self, gpu: &Gpu, layout: VectorLayout, x: &Tensor, y: &Tensor, norms: &Tensor) -> Result<Dispatch> {
         let name = "l2_normalize_forward";
-        check_len(name, x, layout.buffer_len())?;
-        check_len(name, y, layout.buffer_len())?;
-        check_len(name, norms, layout.count)?;
+        check_f32(name, x, layout.buffer_len())?;
+        check_f32(name, y, layout.buffer_len())?;
+        check_f32(name, norms, layout.count)?;
         let params = NormalizeParams::new(name, layout)?;
         gpu.dispatch(name, &self.forward, &params, &[x, y, norms], gpu.grid_1d(layout.count, 1))
     }
@@ -82,9 +82,9 @@ impl Normalize {
         grad: &Tensor,
     ) -> Result<Dispatch> {
         let name = "l2_normalize_backward";
-        check_len(name, y, layout.buffer_len())?;
-        check_len(name, grad, layout.buffer_len())?;
-        check_len(name, norms, layout.count)?;
+        check_f32(name, y, layout.buffer_len())?;
+        check_f32(name, grad, layout.buffer_len())?;
+        check_f32(name, norms, layout.count)?;
         let params = NormalizeParams::new(name, layout)?;
         gpu.dispatch(name, &self.backward, &params, &[y, norms, grad], gpu.grid_1d(layout.count, 1))
     }

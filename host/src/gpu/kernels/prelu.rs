@@ -8,7 +8,7 @@
 use anyhow::{anyhow, bail, Result};
 use elasticface_core::nn::BatchNormShape;
 
-use super::{check_len, Dispatch, ELEMENTWISE_WORKGROUP};
+use super::{check_f32, Dispatch, ELEMENTWISE_WORKGROUP};
 use crate::gpu::{Gpu, Tensor};
 
 /// Values of one channel that one workgroup reduces in the backward pass (must match `CHUNK` in
@@ -82,9 +82,9 @@ impl Prelu {
     pub fn forward(&self, gpu: &Gpu, s: &BatchNormShape, x: &Tensor, alpha: &Tensor, y: &Tensor) -> Result<Dispatch> {
         const K: &str = "prelu_forward";
         check_shape(K, s)?;
-        check_len(K, x, s.len())?;
-        check_len(K, alpha, s.c)?;
-        check_len(K, y, s.len())?;
+        check_f32(K, x, s.len())?;
+        check_f32(K, alpha, s.c)?;
+        check_f32(K, y, s.len())?;
         let params = PreluParams::new(s);
         gpu.dispatch(K, &self.forward, &params, &[x, alpha, y], gpu.grid_1d(s.len(), ELEMENTWISE_WORKGROUP))
     }
@@ -110,11 +110,11 @@ impl Prelu {
     ) -> Result<[Dispatch; 2]> {
         const K: &str = "prelu_backward";
         check_shape(K, s)?;
-        check_len(K, x, s.len())?;
-        check_len(K, alpha, s.c)?;
-        check_len(K, dy, s.len())?;
-        check_len(K, dx, s.len())?;
-        check_len(K, dalpha, s.c)?;
+        check_f32(K, x, s.len())?;
+        check_f32(K, alpha, s.c)?;
+        check_f32(K, dy, s.len())?;
+        check_f32(K, dx, s.len())?;
+        check_f32(K, dalpha, s.c)?;
         let need = Self::scratch_len(s);
         if scratch.len < need {
             bail!("{K}: {} has {} elements, the shape needs at least {need}", scratch.label, scratch.len);

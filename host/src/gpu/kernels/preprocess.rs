@@ -8,7 +8,7 @@
 //! guarantee that).
 
 use anyhow::{anyhow, bail, Result};
-use elasticface_core::nn::{preprocess_image, ImageShape};
+use elasticface_core::nn::{preprocess_image, round_to_f16, ImageShape};
 
 use super::{check_len, Dispatch, StorageVariants, ELEMENTWISE_WORKGROUP};
 use crate::gpu::{Elem, Gpu, Tensor};
@@ -33,6 +33,9 @@ pub struct Preprocess {
     pipelines: StorageVariants<wgpu::ComputePipeline>,
     /// `lut[b]`: what [`preprocess_image`] makes of byte `b` (256 elements).
     lut: Tensor,
+    /// The same rounded to f16 by the core ([`elasticface_core::nn::round_to_f16`]), kept in f32, for the f16
+    /// output: its conversion is then exact, where WGSL lets a GPU round an inexact f32 -> f16 either way.
+    lut_f16: Tensor,
 }
 
 /// The value of every byte, taken from the core: a 1 x 256 image whose pixel `x` is `[x, x, x]`.
@@ -48,9 +51,13 @@ fn byte_values() -> Vec<f32> {
 impl Preprocess {
     /// Compiles the kernel and uploads its table.
     pub fn new(gpu: &Gpu) -> Self {
-        let lut = gpu.upload("preprocess_image byte values", &[256], &byte_values());
+        let values = byte_values();
+        let lut = gpu.upload("preprocess_image byte values", &[256], &values);
+        let mut rounded = values.clone();
+        round_to_f16(&mut rounded);
+        let lut_f16 = gpu.upload("preprocess_image byte values (f16)", &[256], &rounded);
         let pipelines = StorageVariants::new("preprocess.wgsl", SOURCE, &["Out"]);
-        let kernels = Self { pipelines, lut };
+        let kernels = Self { pipelines, lut, lut_f16 };
         kernels.pipeline(gpu, Elem::F32).expect("f32 needs no feature");
         kernels
     }
@@ -108,6 +115,10 @@ impl Preprocess {
         let params = PreprocessParams { len: (n * s.len()) as u32, h: s.h as u32, w: s.w as u32 };
         let grid = gpu.grid_1d(n * s.len(), ELEMENTWISE_WORKGROUP);
         let pipeline = self.pipeline(gpu, out.elem)?;
-        gpu.dispatch(K, pipeline, &params, &[&self.lut, images, flip, out], grid)
+        let lut = match out.elem {
+            Elem::F32 => &self.lut,
+            Elem::F16 => &self.lut_f16,
+        };
+        gpu.dispatch(K, pipeline, &params, &[lut, images, flip, out], grid)
     }
 }

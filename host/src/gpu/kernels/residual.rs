@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 
-use super::{check_len, Dispatch, ELEMENTWISE_WORKGROUP};
+use super::{check_f32, Dispatch, ELEMENTWISE_WORKGROUP};
 use crate::gpu::{Gpu, Tensor};
 
 /// Mirrors `Params` in `shaders/residual.wgsl`.
@@ -32,8 +32,9 @@ impl Residual {
 
     /// `y = a + b`.
     pub fn forward(&self, gpu: &Gpu, a: &Tensor, b: &Tensor, y: &Tensor) -> Result<Dispatch> {
-        check_len("residual_add_forward", b, a.len)?;
-        check_len("residual_add_forward", y, a.len)?;
+        for t in [a, b, y] {
+            check_f32("residual_add_forward", t, a.len)?;
+        }
         let params = ResidualParams { len: a.len as u32 };
         let grid = gpu.grid_1d(a.len, ELEMENTWISE_WORKGROUP);
         gpu.dispatch("residual_add_forward", &self.add, &params, &[a, b, y], grid)
@@ -41,7 +42,8 @@ impl Residual {
 
     /// `dst += src`.
     pub fn accumulate(&self, gpu: &Gpu, dst: &Tensor, src: &Tensor) -> Result<Dispatch> {
-        check_len("accumulate", src, dst.len)?;
+        check_f32("accumulate", src, dst.len)?;
+        check_f32("accumulate", dst, dst.len)?;
         let params = ResidualParams { len: dst.len as u32 };
         let grid = gpu.grid_1d(dst.len, ELEMENTWISE_WORKGROUP);
         gpu.dispatch("accumulate", &self.accumulate, &params, &[src, dst], grid)
