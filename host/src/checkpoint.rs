@@ -491,7 +491,7 @@ pub fn infer_network(f: &TensorFile, input_size: Option<usize>) -> Result<IResNe
             let cells = fc_in / widths[3];
             let root = (cells as f64).sqrt().round() as usize;
             ensure!(
-                root * root == cells,
+                root.checked_mul(root) == Some(cells),
                 "{}: fc takes {cells} positions of the last stage, not a square; give the input size",
                 f.name
             );

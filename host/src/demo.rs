@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use serde::Serialize;
 
 use elasticface_core::nn::ImageShape;
@@ -76,8 +76,37 @@ fn ensure_data(cfg: &DemoConfig, quiet: bool) -> Result<()> {
     if std::fs::read_to_string(&manifest).is_ok_and(|m| m == wanted) {
         return Ok(());
     }
+    // The manifest goes first and comes back last: a generation cut short leaves a folder that is made again.
+    match std::fs::remove_file(&manifest) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("cannot remove {}", manifest.display()));
+        }
+        _ => {}
+    }
     synth(&synth_cfg, quiet)?;
-    std::fs::write(&manifest, wanted).with_context(|| format!("cannot write {}", manifest.display()))
+    crate::files::write_atomically(&manifest, wanted.as_bytes())
+}
+
+/// Checks that `out`, where the demo replaces any weights, holds no run but a demo's (one trained on `data`): the
+/// demo must not delete the checkpoint of a real run given as `--out` by mistake.
+fn check_demo_folder(out: &Path, data: &Path) -> Result<()> {
+    let weights = ["checkpoint.safetensors", "final.safetensors"].map(|n| out.join(n));
+    if !weights.iter().any(|w| w.exists()) {
+        return Ok(());
+    }
+    let settings = out.join("config.toml");
+    let trained_on = std::fs::read_to_string(&settings)
+        .ok()
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .and_then(|t| t.get("data").and_then(|d| d.as_str()).map(PathBuf::from));
+    ensure!(
+        trained_on.as_deref() == Some(data),
+        "{} holds a run that is not the demo's (trained on {}); the demo replaces the weights in its folder: give \
+         it another --out",
+        out.display(),
+        trained_on.map_or_else(|| "unknown data".to_string(), |d| d.display().to_string())
+    );
+    Ok(())
 }
 
 /// The training configuration of the demo.
@@ -101,7 +130,7 @@ pub fn train_config(cfg: &DemoConfig) -> TrainConfig {
         batch: cfg.batch,
         epochs: u64::MAX,
         max_steps: cfg.steps,
-        // lr 0.1 at the demo's batch, warmed up over the first tenth, decayed to 0 at the last step.
+        // lr 0.1 for a batch of 512 taken as is at the demo's batch (no warmup), decayed to 0 at the last step.
         lr: 0.1 * 512.0 / cfg.batch as f32,
         schedule: "poly".into(),
         warmup_epochs: 0,
@@ -118,6 +147,7 @@ pub fn demo(cfg: &DemoConfig) -> Result<DemoReport> {
     ensure_data(cfg, cfg.quiet)?;
     let tc = train_config(cfg);
     let metrics = cfg.out.join("metrics.jsonl");
+    check_demo_folder(&cfg.out, &tc.data)?;
     // A fresh curve and fresh weights for a fresh run (`train` refuses a folder that holds a run unless resumed).
     let _ = std::fs::remove_file(&metrics);
     for name in ["checkpoint.safetensors", "final.safetensors"] {
@@ -149,4 +179,29 @@ fn read_losses(metrics: &Path) -> Result<Vec<f32>> {
         .filter_map(|v| v.get("loss").and_then(serde_json::Value::as_f64))
         .map(|l| l as f32)
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_replaces_only_its_own_weights() {
+        let dir = tempfile::tempdir().unwrap();
+        let (out, data) = (dir.path().join("run"), Path::new("runs/demo-data/train"));
+        std::fs::create_dir_all(&out).unwrap();
+        // No weights: nothing to protect.
+        check_demo_folder(&out, data).unwrap();
+        // Weights of a run on other data, or of unknown settings: refused.
+        std::fs::write(out.join("final.safetensors"), b"weights").unwrap();
+        let e = check_demo_folder(&out, data).unwrap_err().to_string();
+        assert!(e.contains("not the demo's (trained on unknown data)"), "{e}");
+        std::fs::write(out.join("config.toml"), "data = \"faces_emore\"\nbatch = 128\n").unwrap();
+        let e = check_demo_folder(&out, data).unwrap_err().to_string();
+        assert!(e.contains("trained on faces_emore") && e.contains("another --out"), "{e}");
+        // A demo's run: replaced.
+        let settings = toml::to_string(&TrainConfig { data: data.to_path_buf(), ..TrainConfig::default() }).unwrap();
+        std::fs::write(out.join("config.toml"), settings).unwrap();
+        check_demo_folder(&out, data).unwrap();
+    }
 }

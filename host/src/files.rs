@@ -8,7 +8,8 @@ use std::path::Path;
 use anyhow::{anyhow, Context, Result};
 
 /// Writes `bytes` to `path` durably: replaced as the module says, the temporary file synced before the rename and
-/// the folder after it, so the new file is on disk when this returns. For checkpoints, reports, run settings.
+/// the folder after it where the platform can sync a folder (not Windows), so the new file is on disk when this
+/// returns. For checkpoints, reports, run settings.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     replace(path, bytes, true)
 }

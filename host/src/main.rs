@@ -228,7 +228,8 @@ enum Command {
     /// Faces are rendered procedurally from the seed (same seed, same bytes on every machine): each identity has
     /// fixed traits (face shape, skin, hair, eyes, brows, nose, mouth, marks, glasses), each image varies pose,
     /// expression, lighting, colour cast, background, occlusion, blur and noise. Writes OUT/train (train.rec,
-    /// train.idx, property), OUT/val (held-out identities, same format) and OUT/val.bin (insightface pairs).
+    /// train.idx, property), OUT/val (held-out identities, same format), OUT/val.bin (insightface pairs) and
+    /// OUT/ijb (an IJB-style set of the held-out identities: loose crops, landmarks, templates, 1:1 and 1:N lists).
     Synth {
         /// Output folder.
         #[arg(long, value_name = "DIR")]

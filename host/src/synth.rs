@@ -192,7 +192,8 @@ fn write_ijb(cfg: &SynthConfig, dir: &Path, first: u64) -> Result<usize> {
             let (template, media) = (1 + 2 * id + u64::from(k >= half as u64), 1 + id * cfg.val_per_id as u64 + k / 2);
             // The face turned by up to 0.3 rad, scaled 1-1.6x about its centre, moved by up to an eighth.
             let (angle, scale) = (uniform(-0.3, 0.3), uniform(1.0, 1.6));
-            let (a, b) = (scale * angle.cos(), scale * angle.sin());
+            // libm's, not the platform's: the same bits on every machine.
+            let (a, b) = (scale * libm::cos(angle), scale * libm::sin(angle));
             let c = cfg.size as f64 / 2.0;
             let (cx, cy) = (cfg.size as f64 + uniform(-c / 4.0, c / 4.0), cfg.size as f64 + uniform(-c / 4.0, c / 4.0));
             let m = Similarity { a, b, tx: cx - (a * c - b * c), ty: cy - (b * c + a * c) };

@@ -88,9 +88,9 @@ pub fn load(dir: Option<&Path>) -> Result<Vec<TensorFile>> {
     Ok(files)
 }
 
-/// The file name of a loaded reference file (its name may carry a directory).
+/// The file name of a loaded reference file (its name may carry a directory, with either separator on Windows).
 fn base_name(f: &TensorFile) -> &str {
-    f.name.rsplit('/').next().unwrap_or(&f.name)
+    std::path::Path::new(&f.name).file_name().and_then(|n| n.to_str()).unwrap_or(&f.name)
 }
 
 /// Runs every loaded reference file through the CPU reference (the core).

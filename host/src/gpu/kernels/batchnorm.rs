@@ -17,7 +17,7 @@
 use anyhow::{anyhow, bail, Result};
 use elasticface_core::nn::{BatchNorm, BatchNormShape};
 
-use super::{check_len, Dispatch, StorageVariants, ELEMENTWISE_WORKGROUP};
+use super::{check_f32, check_len, Dispatch, StorageVariants, ELEMENTWISE_WORKGROUP};
 use crate::gpu::{Elem, Gpu, Tensor};
 
 /// Values of one channel that one workgroup reduces in the statistics passes (must match `CHUNK` in
@@ -229,7 +229,7 @@ impl BatchNormKernels {
         let stats = [running_mean, running_var, save_mean, save_var];
         let [partials, combine] = Self::statistics_with(pipelines, gpu, s, bn, x, stats, scratch)?;
         for t in [gamma, beta] {
-            check_len(K, t, s.c)?;
+            check_f32(K, t, s.c)?;
         }
         check_len(K, y, s.len())?;
         check_epilogue(K, s, x, then)?;
@@ -282,7 +282,7 @@ impl BatchNormKernels {
         check_shape(K, s, true)?;
         check_len(K, x, s.len())?;
         for t in [running_mean, running_var, save_mean, save_var] {
-            check_len(K, t, s.c)?;
+            check_f32(K, t, s.c)?;
         }
         check_scratch(K, s, scratch)?;
         let params = BatchNormParams::new(s, bn);
@@ -327,7 +327,7 @@ impl BatchNormKernels {
         check_shape(K, s, false)?;
         check_len(K, x, s.len())?;
         for t in [gamma, beta, running_mean, running_var] {
-            check_len(K, t, s.c)?;
+            check_f32(K, t, s.c)?;
         }
         check_len(K, y, s.len())?;
         check_epilogue(K, s, x, then)?;
@@ -391,19 +391,19 @@ impl BatchNormKernels {
         check_shape(K, s, true)?;
         check_len(K, x, s.len())?;
         for t in [gamma, save_mean, save_var] {
-            check_len(K, t, s.c)?;
+            check_f32(K, t, s.c)?;
         }
         check_len(K, dy, s.len())?;
         check_len(K, dx, s.len())?;
         if let Some(dgamma) = dgamma {
-            check_len(K, dgamma, s.c)?;
+            check_f32(K, dgamma, s.c)?;
         }
-        check_len(K, dbeta, s.c)?;
+        check_f32(K, dbeta, s.c)?;
         match fusion {
             BackwardFusion::None => {}
             BackwardFusion::Prelu { beta, alpha, dalpha } => {
                 for t in [beta, alpha, dalpha] {
-                    check_len(K, t, s.c)?;
+                    check_f32(K, t, s.c)?;
                 }
                 if dgamma.is_none() {
                     bail!("{K}: a PReLU fused into the backward pass needs a trainable gamma (dgamma)");
@@ -474,7 +474,7 @@ impl BatchNormKernels {
 fn check_epilogue(kernel: &str, s: &BatchNormShape, x: &Tensor, then: Epilogue<'_>) -> Result<()> {
     match then {
         Epilogue::None => Ok(()),
-        Epilogue::Prelu(alpha) => check_len(kernel, alpha, s.c),
+        Epilogue::Prelu(alpha) => check_f32(kernel, alpha, s.c),
         Epilogue::Add(residual) => {
             check_len(kernel, residual, s.len())?;
             residual.expect_elem(kernel, x.elem)

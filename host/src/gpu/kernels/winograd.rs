@@ -19,7 +19,7 @@ use anyhow::{bail, Result};
 use elasticface_core::nn::{Conv2dShape, WinogradTile, WinogradTiles};
 
 use super::conv2d::{Conv2d, ConvOp};
-use super::{check_len, Dispatch, StorageVariants, ELEMENTWISE_WORKGROUP};
+use super::{check_f32, check_len, Dispatch, StorageVariants, ELEMENTWISE_WORKGROUP};
 use crate::gpu::{Elem, Gpu, Tensor};
 
 /// Mirrors `Params` in `shaders/winograd.wgsl`.
@@ -341,7 +341,7 @@ impl Winograd {
         if let Some(n) = &norm {
             let named = [("mean", n.mean), ("var", n.var), ("gamma", n.gamma), ("beta", n.beta)];
             for (name, t) in named.into_iter().chain(n.alpha.map(|a| ("alpha", a))) {
-                check_len(&format!("{what} (normalised input: {name})"), t, s.c_in)?;
+                check_f32(&format!("{what} (normalised input: {name})"), t, s.c_in)?;
             }
         }
         let [a, b] = inputs;
