@@ -26,8 +26,11 @@ use crate::train::Backend;
 // carries f32 rounding (~6e-8 relative per operation) accumulated through the network: batch norm divides by the
 // batch standard deviation (the last stage normalises over only 6 x 2 x 2 = 24 values) and the head multiplies
 // cosines by s = 64. Measured on x86-64, every tensor's largest error is 1e-7..1e-5 of the tensor's largest value
-// (the `max_rel` column of the selftest); each bound below is 5-15x the largest error measured for its family,
-// far below what a real mistake (a wrong index, a missing term, a wrong momentum) produces: 1e-2 and up.
+// (the `max_rel` column of the selftest). Each bound is `abs + rel * |reference|` per element: its absolute part
+// is 5-15x the largest error measured for its family, and the relative part widens it on the largest elements
+// (the head gradient's bound there is ~90x its error, the parameters' ~150x). Real mistakes stay far outside: a
+// missing weight decay moves a parameter ~1.5e-5 against a bound of ~4e-6 where it is small, a wrong index, a
+// missing term or a wrong momentum by 1e-2 and up.
 
 /// Embeddings (values ~1): a ~30-layer forward pass in f32; measured 9e-6 at step 2.
 const FORWARD: Tolerance = Tolerance::new(2e-5, 2e-4);
