@@ -38,7 +38,8 @@
 //! Int8 values are dequantised as [`crate::embedding::dequantize_i8`] does (`f32::from(q) * scale`). Every
 //! cosine is [`crate::embedding::cosine`]'s: three sums in f64 in index order, one division, rounded to f32
 //! and clamped to `[-1, 1]`. Differences are taken in f64 (no overflow) and their maximum rounded to f32.
-//! There is no other floating-point arithmetic, so a report is the same bits on every target.
+//! There is no other floating-point arithmetic, so a report is the same bits on every target whose `f64`
+//! arithmetic is IEEE binary64 (all but x86 without SSE2, whose x87 unit rounds in extended precision).
 
 use crate::embedding::CosineSums;
 use crate::error::Error;
