@@ -123,7 +123,9 @@ enum Command {
     /// queries (one extra profiled step, where the adapter has them) and the GPU memory the trainer holds.
     ///
     /// --kernels: GFLOP/s of each kernel on iResNet shapes; each runs once to warm up, then in rounds of --reps
-    /// launches recorded into one compute pass; the median round is reported.
+    /// launches recorded into one compute pass; the median round is reported. Every convolution kernel is timed:
+    /// direct and Winograd in f32 (both tiles), and in mixed precision (F(2x2)) where the adapter has tensor cores;
+    /// --precision, --winograd and --winograd-tile do not apply (--conv-tile does).
     ///
     /// --tune: the same steps in each setting of the convolutions that `train` offers (--precision, --winograd,
     /// --winograd-tile, --conv-tile; mixed precision, with and without Winograd, where the adapter has tensor
