@@ -499,20 +499,21 @@ pub fn open_inference(
     Ok(backend)
 }
 
-/// `error`, with the run's progress saved by `checkpoint` to `path` first when this invocation made any (steps beyond
-/// `start_steps`): the context says where, or why it could not be saved.
-fn progress_saved(
+/// `error`, with `backend`'s checkpoint at `position` saved to `path` first when this invocation trained (steps
+/// beyond `start_steps`): the context says where, or why it could not be saved.
+fn with_progress_saved(
     error: anyhow::Error,
     backend: &dyn Backend,
     start_steps: u64,
-    checkpoint: impl FnOnce() -> Result<Checkpoint>,
+    (seed, position): (u64, Position),
+    run: &serde_json::Value,
     path: &Path,
 ) -> anyhow::Error {
     let steps = backend.steps();
     if steps <= start_steps {
         return error;
     }
-    match checkpoint().and_then(|ck| ck.save(path)) {
+    match backend.checkpoint(seed, position, run.clone()).and_then(|ck| ck.save(path)) {
         Ok(()) => error.context(format!(
             "the run stopped after step {steps}, saved in {} (fix the cause, then --resume from it)",
             path.display()
@@ -810,14 +811,8 @@ fn train_inner(cfg: &TrainConfig, resume: Option<&Path>, quiet: bool, stop: Opti
             let t = Instant::now();
             // A failing sample (without --skip-bad-samples) or step keeps the steps done so far: they are saved
             // before the error is returned, at the position of the last batch trained on.
-            let saved = |e: anyhow::Error, backend: &dyn Backend| {
-                progress_saved(
-                    e,
-                    backend,
-                    start_steps,
-                    || backend.checkpoint(cfg.seed, position, run_json.clone()),
-                    &ck_path,
-                )
+            let saved = |e, backend: &dyn Backend| {
+                with_progress_saved(e, backend, start_steps, (cfg.seed, position), &run_json, &ck_path)
             };
             let batch = match loader.next_batch() {
                 Ok(Some(batch)) => batch,
