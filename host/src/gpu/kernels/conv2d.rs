@@ -121,10 +121,37 @@ const SOURCE: &str = include_str!("../../../../shaders/conv2d.wgsl");
 /// The most splits of one reduction: bounds the scratch at `MAX_SPLITS` times the output.
 const MAX_SPLITS: u32 = 64;
 
-mod compose {
+pub(super) mod compose {
     include!("conv2d_compose.rs");
 }
 pub use compose::{FragmentSide, TileShape};
+
+/// The label and WGSL text of the convolution module in `precision` on tiles of `shape`: the f32 tile arithmetic
+/// (on f16-rounded operands in mixed precision) without `fragments`, else the cooperative-matrix layout with them.
+/// The build script validates these compositions (and fails the build if one no longer applies); a test
+/// translates them for every backend (`backends.rs`).
+pub(super) fn module_source(
+    precision: ConvPrecision,
+    fragments: Option<(compose::Fragments, FragmentSide)>,
+    shape: TileShape,
+) -> (String, Result<String, String>) {
+    let (label, source) = match (precision, fragments) {
+        (ConvPrecision::F32, _) => (format!("conv2d.wgsl ({shape})"), compose::compose_f32(SOURCE, shape)),
+        (ConvPrecision::Mixed, None) => {
+            (format!("conv2d.wgsl (f16 operands, {shape})"), compose::compose_emulated(SOURCE, shape))
+        }
+        (ConvPrecision::Mixed, Some((fragments, side))) => {
+            let fragment = include_str!("../../../../shaders/conv2d_coop.wgsl.in");
+            let source = compose::compose_coop(SOURCE, fragment, shape, fragments, side);
+            (format!("conv2d.wgsl (mixed precision, {shape}, {side} fragments, {fragments:?})"), source)
+        }
+    };
+    let source = match precision {
+        ConvPrecision::F32 => source,
+        ConvPrecision::Mixed => source.and_then(|s| compose::act_f16(&s)),
+    };
+    (label, source)
+}
 
 /// Arithmetic of the products.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -642,22 +669,7 @@ impl Conv2d {
                     caps.max_workgroup_memory
                 );
             }
-            // The build script validated these compositions (and fails the build if one no longer applies).
-            let (label, source) = match (precision, fragments) {
-                (ConvPrecision::F32, _) => (format!("conv2d.wgsl ({shape})"), compose::compose_f32(SOURCE, shape)),
-                (ConvPrecision::Mixed, None) => {
-                    (format!("conv2d.wgsl (f16 operands, {shape})"), compose::compose_emulated(SOURCE, shape))
-                }
-                (ConvPrecision::Mixed, Some((fragments, side))) => {
-                    let fragment = include_str!("../../../../shaders/conv2d_coop.wgsl.in");
-                    let source = compose::compose_coop(SOURCE, fragment, shape, fragments, side);
-                    (format!("conv2d.wgsl (mixed precision, {shape}, {side} fragments, {fragments:?})"), source)
-                }
-            };
-            let source = match precision {
-                ConvPrecision::F32 => source,
-                ConvPrecision::Mixed => source.and_then(|s| compose::act_f16(&s)),
-            };
+            let (label, source) = module_source(precision, fragments, shape);
             let source = source.map_err(|e| anyhow!(e))?;
             gpu.capture_errors(&label, || Pipelines::compile(gpu, &label, &source))
         });

@@ -20,6 +20,9 @@ pub mod residual;
 pub mod sgd;
 pub mod winograd;
 
+#[cfg(test)]
+mod backends;
+
 use std::sync::OnceLock;
 
 use anyhow::{bail, Result};
@@ -204,10 +207,15 @@ pub struct BufferCopy<'a> {
 /// hold mixed precision's f16 activations declare such aliases and convert as they read and write.
 /// Errors where a line is missing, or f16 is asked of an adapter without it.
 pub fn with_storage(gpu: &Gpu, file: &str, source: &str, aliases: &[(&str, Elem)]) -> Result<String> {
-    let f16 = aliases.iter().any(|(_, e)| *e == Elem::F16);
-    if f16 && !gpu.caps.f16 {
+    if aliases.iter().any(|(_, e)| *e == Elem::F16) && !gpu.caps.f16 {
         bail!("{}: {file} on f16 activations needs f16 in shaders, which the adapter lacks", gpu.info.name);
     }
+    storage_source(file, source, aliases)
+}
+
+/// [`with_storage`] on any adapter: `source` with its storage aliases set. Errors where a line is missing.
+fn storage_source(file: &str, source: &str, aliases: &[(&str, Elem)]) -> Result<String> {
+    let f16 = aliases.iter().any(|(_, e)| *e == Elem::F16);
     let mut out = if f16 { String::from("enable f16;\n") } else { String::new() };
     let mut body = source.to_string();
     for (name, elem) in aliases {
