@@ -113,7 +113,7 @@ fn an_epoch_visits_every_sample_once_in_the_documented_order() {
     let mut sorted = visited.clone();
     sorted.sort();
     assert_eq!(sorted, (0..50).collect::<Vec<_>>());
-    assert_eq!(batches.last().unwrap().next, Position { epoch: 0, batch: 4, sample: 50 });
+    assert_eq!(batches.last().unwrap().next, Position { epoch: 0, batch: 4, sample: 50, skipped: 0 });
     let flips = batches.iter().flat_map(|b| b.flips.iter()).filter(|&&f| f).count();
     assert!((10..=40).contains(&flips), "about half flipped: {flips}");
 }
@@ -218,10 +218,17 @@ fn skip_mode_leaves_bad_samples_out_deterministically_and_counts_them() {
                 assert_eq!(b.flips[slot], flip_for(cfg.seed, 1, position));
             }
         }
-        // Resuming from any batch's `next` gives the rest.
+        // Resuming from any batch's `next` gives the rest, and counts the epoch's bad samples from those left out
+        // before it.
         for k in [0, 2, 5] {
             let resumed: Vec<Batch> = collect(&flaky, &cfg, batches[k].next);
             assert_eq!(resumed, batches[k + 1..], "resume after batch {k}");
+            let before = order[..batches[k].next.sample].iter().filter(|&&i| bad.contains(&(i as usize))).count();
+            assert_eq!(batches[k].next.skipped, before, "after batch {k}");
+            let mut loader = Loader::new(Arc::clone(&flaky), cfg.clone(), batches[k].next).unwrap();
+            loader.by_ref().for_each(|b| drop(b.unwrap()));
+            assert_eq!(loader.bad_samples().count, bad.len(), "resumed after batch {k}");
+            assert_eq!(loader.bad_samples().first.len(), bad.len() - before, "messages of what it read");
         }
         runs.push(batches.iter().map(summary).collect::<Vec<_>>());
     }
@@ -356,7 +363,8 @@ fn bad_configurations_are_errors() {
     let start = Position::epoch_start(0);
     assert!(Loader::new(Arc::clone(&ds), config(0, 1), start).is_err());
     assert!(Loader::new(Arc::clone(&ds), config(2, 0), start).is_err());
-    assert!(Loader::new(Arc::clone(&ds), config(2, 1), Position { epoch: 0, batch: 0, sample: 11 }).is_err());
+    assert!(Loader::new(Arc::clone(&ds), config(2, 1), Position { sample: 11, ..start }).is_err());
+    assert!(Loader::new(Arc::clone(&ds), config(2, 1), Position { sample: 3, skipped: 4, ..start }).is_err());
     assert!(Loader::new(Arc::clone(&ds), config(2, 1), Position::epoch_start(1 << 62)).is_err());
     assert!(Loader::new(synthetic(0, 2), config(2, 1), start).is_err());
 }

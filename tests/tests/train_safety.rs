@@ -1,8 +1,8 @@
 //! `train` protects a run and refuses what would silently spoil one (tiny iResNet on the CPU reference, a few
 //! steps): a fresh run into a folder holding a run, settings out of their domain, a resume with other settings
 //! than the checkpoint's, an epoch whose samples were all unreadable; it saves the steps done before a sample it
-//! cannot read stops it, reports the samples it skipped, replaces final.safetensors rather than rewriting it, and
-//! stops before an evaluation when asked to stop. Checkpoints refuse to write what they cannot read back, and a
+//! cannot read stops it, reports the samples it skipped (each epoch's once, across resumes), replaces
+//! final.safetensors rather than rewriting it, and stops before an evaluation when asked to stop. Checkpoints refuse to write what they cannot read back, and a
 //! state dict with a stage of 0 channels is an error.
 
 use std::path::Path;
@@ -202,6 +202,47 @@ fn skipped_samples_are_reported_and_an_epoch_of_unreadable_samples_fails() {
     assert!(e.contains("epoch 0 delivered no batch") && e.contains("16 samples"), "{e}");
     assert!(e.contains("record key"), "the reasons: {e}");
     assert!(!cfg.out.join("final.safetensors").exists() && !cfg.out.join("checkpoint.safetensors").exists());
+}
+
+/// The skipped-samples lines of a run folder's metrics: `(step, epoch, count)`.
+fn skip_lines(out: &Path) -> Vec<(u64, u64, u64)> {
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("skipped_samples").is_some())
+        .map(|v| (v["step"].as_u64().unwrap(), v["epoch"].as_u64().unwrap(), v["skipped_samples"].as_u64().unwrap()))
+        .collect()
+}
+
+/// A run stopped at any step and resumed, or one that crashed after any checkpoint having written the lines of
+/// every later step, reports each epoch's skipped samples once, with the whole epoch's count: the checkpoint
+/// carries the count of the samples skipped before its position, and the line of the epoch it stopped in is
+/// written again by the resumed run.
+#[test]
+fn a_resumed_run_counts_each_epochs_skipped_samples_once() {
+    let _one = one_at_a_time();
+    let root = tempfile::tempdir().unwrap();
+    // Two of 16 unreadable: 3 steps of 4 an epoch, 2 epochs.
+    write_set(&root.path().join("some"), 4, 4, |i, k| k == 1 && i < 2);
+    let cfg = TrainConfig { data: root.path().join("some"), skip_bad_samples: true, epochs: 2, ..config(root.path()) };
+    train(&cfg, None, true).unwrap();
+    let whole = skip_lines(&cfg.out);
+    assert_eq!(whole, [(3, 0, 2), (6, 1, 2)]);
+    let whole_metrics = std::fs::read(cfg.out.join("metrics.jsonl")).unwrap();
+    for stop in 1..=5 {
+        for crashed in [false, true] {
+            let out = root.path().join(format!("stop-{stop}-{crashed}"));
+            let stopped = TrainConfig { out: out.clone(), max_steps: stop, ..cfg.clone() };
+            train(&stopped, None, true).unwrap();
+            if crashed {
+                // What a run that went on past this checkpoint and crashed at the end leaves.
+                std::fs::write(out.join("metrics.jsonl"), &whole_metrics).unwrap();
+            }
+            train(&TrainConfig { out: out.clone(), ..cfg.clone() }, Some(&out), true).unwrap();
+            assert_eq!(skip_lines(&out), whole, "stopped at step {stop}, crashed after it: {crashed}");
+        }
+    }
 }
 
 /// A sample that cannot be read (without --skip-bad-samples) stops the run with its error, after saving the steps

@@ -156,17 +156,20 @@ pub struct Position {
     pub batch: usize,
     /// Epoch position of the next sample to read.
     pub sample: usize,
+    /// Samples of the epoch before `sample` left out as unreadable (`skip_bad_samples`): a loader started here
+    /// counts on from them, so an epoch's [`BadSamples::count`] is the whole epoch's after a resume too.
+    pub skipped: usize,
 }
 
 impl Position {
     /// The start of epoch `epoch`.
     pub fn epoch_start(epoch: u64) -> Self {
-        Self { epoch, batch: 0, sample: 0 }
+        Self { epoch, batch: 0, sample: 0, skipped: 0 }
     }
 
     /// Batch `batch` of epoch `epoch` when no sample before it was skipped: position `batch * batch_size`.
     pub fn at_batch(epoch: u64, batch: usize, batch_size: usize) -> Self {
-        Self { epoch, batch, sample: batch.saturating_mul(batch_size) }
+        Self { epoch, batch, sample: batch.saturating_mul(batch_size), skipped: 0 }
     }
 }
 
@@ -216,9 +219,11 @@ impl Batch {
 /// The samples a [`Loader`] left out with `skip_bad_samples`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BadSamples {
-    /// How many were left out.
+    /// How many were left out in the epoch, those before the loader's start position included
+    /// ([`Position::skipped`]).
     pub count: usize,
-    /// Messages of the first [`BadSamples::MAX_KEPT`]: position, sample, file, record and what went wrong.
+    /// Messages of the first [`BadSamples::MAX_KEPT`] this loader met: position, sample, file, record and what
+    /// went wrong.
     pub first: Vec<String>,
 }
 
@@ -349,6 +354,12 @@ impl Loader {
         ensure!(!dataset.is_empty(), "the dataset has no sample");
         let len = dataset.len();
         ensure!(start.sample <= len, "start position {} is past the {len} samples of an epoch", start.sample);
+        ensure!(
+            start.skipped <= start.sample,
+            "{} samples skipped before start position {}: more than were read",
+            start.skipped,
+            start.sample
+        );
         let order = epoch_order(config.seed, start.epoch, len, config.shuffle)?;
         // Without skipping, chunk k is batch k exactly, so a short tail that `drop_last` drops is not even read.
         let remaining = len - start.sample;
@@ -397,7 +408,7 @@ impl Loader {
             results: Some(results_rx),
             threads,
             position: start,
-            bad: BadSamples::default(),
+            bad: BadSamples { count: start.skipped, first: Vec::new() },
             done: false,
         };
         loader.issue();
@@ -516,7 +527,7 @@ impl Loader {
         if labels.is_empty() || (labels.len() < b && self.config.drop_last) {
             return Ok(None);
         }
-        let next = Position { epoch, batch: self.position.batch + 1, sample: next_sample };
+        let next = Position { epoch, batch: self.position.batch + 1, sample: next_sample, skipped: self.bad.count };
         let batch = Batch { epoch, index: self.position.batch, images, labels, flips, indices, next };
         self.position = next;
         Ok(Some(batch))

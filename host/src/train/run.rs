@@ -528,11 +528,14 @@ fn append_jsonl(path: &Path, value: &serde_json::Value) -> Result<()> {
     writeln!(f, "{value}").with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// On resuming from step `step`, drops the lines of `metrics.jsonl` that the resumed run writes again: those of
-/// later steps (written after the checkpoint, before a crash; a resumed run repeats them bit for bit), evaluations
-/// at `step` when the run measures before its first step (`reevaluated`), and a line a crash cut short (not JSON).
-/// The file is rewritten atomically, only if a line goes; returns how many went.
-fn drop_metrics_after(path: &Path, step: u64, reevaluated: bool) -> Result<usize> {
+/// On resuming from step `step` at data position `position`, drops the lines of `metrics.jsonl` that the resumed
+/// run writes again: those of later steps (written after the checkpoint, before a crash; a resumed run repeats
+/// them bit for bit), evaluations at `step` when the run measures before its first step (`reevaluated`), the
+/// skipped-samples line of `position`'s epoch at `step` (written when the run stopped there, or when it read the
+/// epoch's last samples after its last step: the resumed run reads them again and counts the whole epoch, from
+/// [`Position::skipped`]), and a line a crash cut short (not JSON). The file is rewritten atomically, only if a
+/// line goes; returns how many went.
+fn drop_metrics_after(path: &Path, step: u64, position: Position, reevaluated: bool) -> Result<usize> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
@@ -542,7 +545,12 @@ fn drop_metrics_after(path: &Path, step: u64, reevaluated: bool) -> Result<usize
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let keep = match serde_json::from_str::<serde_json::Value>(line) {
             Ok(v) => match v["step"].as_u64() {
-                Some(s) => s < step || (s == step && !(reevaluated && v.get("set").is_some())),
+                Some(s) if s == step => {
+                    let reevaluation = reevaluated && v.get("set").is_some();
+                    let recounted = v.get("skipped_samples").is_some() && v["epoch"].as_u64() == Some(position.epoch);
+                    !(reevaluation || recounted)
+                }
+                Some(s) => s < step,
                 None => true,
             },
             Err(_) => false,
@@ -658,8 +666,9 @@ fn checkpoint_to_resume(
 const REASONS_SHOWN: usize = 5;
 
 /// Reports the samples an epoch's loader left out (`--skip-bad-samples`): a metrics line per epoch that skipped
-/// any (`{"step", "epoch", "skipped_samples", "first_skipped"}`), and the first reasons on stderr, once a run
-/// (every epoch visits the same samples, so the reasons repeat).
+/// any (`{"step", "epoch", "skipped_samples", "first_skipped"}`: the epoch's count, a resumed epoch's included,
+/// and the first reasons this process met), and the first reasons on stderr, once a run (every epoch visits the
+/// same samples, so the reasons repeat).
 fn report_bad_samples(
     bad: &BadSamples,
     epoch: u64,
@@ -675,7 +684,8 @@ fn report_bad_samples(
         metrics,
         &json!({"step": step, "epoch": epoch, "skipped_samples": bad.count, "first_skipped": bad.first}),
     )?;
-    if !*shown {
+    // A resumed epoch's samples left out before the resume were reported when they were read.
+    if !*shown && !bad.first.is_empty() {
         *shown = true;
         let reasons: Vec<&str> = bad.first.iter().take(REASONS_SHOWN).map(String::as_str).collect();
         bar.suspend(|| {
@@ -745,7 +755,7 @@ fn train_inner(cfg: &TrainConfig, resume: Option<&Path>, quiet: bool, stop: Opti
         backend.load(ck)?;
         position = ck.position;
     }
-    let resumed_at = resumed.as_ref().map(|ck| ck.step);
+    let resumed_at = resumed.as_ref().map(|ck| (ck.step, ck.position));
     // Loaded into the backend: not kept through the run.
     drop(resumed);
     // Only now that the run is accepted: a refused resume leaves the folder's config.toml as it was.
@@ -755,8 +765,8 @@ fn train_inner(cfg: &TrainConfig, resume: Option<&Path>, quiet: bool, stop: Opti
     let ck_path = cfg.out.join("checkpoint.safetensors");
 
     let val = Validation::of(cfg, shape)?;
-    if let Some(step) = resumed_at {
-        let dropped = drop_metrics_after(&metrics, step, val.is_some())?;
+    if let Some((step, position)) = resumed_at {
+        let dropped = drop_metrics_after(&metrics, step, position, val.is_some())?;
         if dropped > 0 && !quiet {
             eprintln!("{}: {dropped} lines after step {step} dropped (the run writes them again)", metrics.display());
         }
@@ -884,7 +894,7 @@ fn train_inner(cfg: &TrainConfig, resume: Option<&Path>, quiet: bool, stop: Opti
             bail!(
                 "epoch {} delivered no batch: all {} samples read were left out as unreadable (--skip-bad-samples){}",
                 epoch_start.epoch,
-                bad.count,
+                bad.count - epoch_start.skipped,
                 if first.is_empty() { String::new() } else { format!("; the first:\n  {}", first.join("\n  ")) }
             );
         }
