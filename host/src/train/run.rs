@@ -768,7 +768,7 @@ fn train_inner(cfg: &TrainConfig, resume: Option<&Path>, quiet: bool, stop: Opti
     if let Some((step, position)) = resumed_at {
         let dropped = drop_metrics_after(&metrics, step, position, val.is_some())?;
         if dropped > 0 && !quiet {
-            eprintln!("{}: {dropped} lines after step {step} dropped (the run writes them again)", metrics.display());
+            eprintln!("{}: {dropped} lines from step {step} on dropped (the run writes them again)", metrics.display());
         }
     }
     let val_before = match &val {
