@@ -241,7 +241,7 @@ impl Gpu {
             Some(e @ wgpu::Error::OutOfMemory { .. }) => {
                 Err(anyhow::anyhow!("{what}: the GPU ran out of memory ({e}); a smaller batch needs less"))
             }
-            Some(e) => Err(anyhow::anyhow!("{what}: {e}")),
+            Some(e) => Err(anyhow::anyhow!("{what}: {e}{}", backend_hint(self.info.backend))),
             None => Ok(value),
         }
     }
@@ -262,6 +262,18 @@ impl Gpu {
     pub fn wait(&self) -> Result<()> {
         self.device.poll(wgpu::PollType::wait_indefinitely()).context("waiting for the GPU")?;
         Ok(())
+    }
+}
+
+/// What to add to an error of a backend the kernels have not yet run on (README: GPUs and platforms).
+fn backend_hint(backend: wgpu::Backend) -> &'static str {
+    match backend {
+        wgpu::Backend::Dx12 => {
+            "\n(the kernels have not yet run on DX12: `WGPU_BACKEND=vulkan` takes the GPU's Vulkan driver instead; \
+             without dxcompiler.dll, DX12 compiles them with the older FXC)"
+        }
+        wgpu::Backend::Metal => "\n(the kernels have not yet run on Metal on Apple hardware)",
+        _ => "",
     }
 }
 
@@ -328,6 +340,12 @@ impl fmt::Display for Capabilities {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_on_dx12_points_to_vulkan() {
+        assert!(backend_hint(wgpu::Backend::Dx12).contains("WGPU_BACKEND=vulkan"));
+        assert_eq!(backend_hint(wgpu::Backend::Vulkan), "");
+    }
 
     #[test]
     fn a_discrete_gpu_comes_first_and_of_one_gpu_its_vulkan_adapter() {
