@@ -172,22 +172,32 @@ fn a_resume_with_other_settings_is_refused_listing_each_and_leaves_the_folder_as
     assert!(!e.contains("--loss"), "{e}");
 }
 
+/// Two epochs with `--skip-bad-samples` on a set of which two of 16 samples are unreadable: 14 left, 3 steps of 4
+/// an epoch.
+fn two_bad_samples(root: &Path) -> TrainConfig {
+    write_set(&root.join("some"), 4, 4, |i, k| k == 1 && i < 2);
+    TrainConfig { data: root.join("some"), skip_bad_samples: true, epochs: 2, ..config(root) }
+}
+
+/// The skipped-samples lines of a run folder's metrics.
+fn skip_lines(out: &Path) -> Vec<serde_json::Value> {
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("skipped_samples").is_some())
+        .collect()
+}
+
 #[test]
 fn skipped_samples_are_reported_and_an_epoch_of_unreadable_samples_fails() {
     let _one = one_at_a_time();
     let root = tempfile::tempdir().unwrap();
-    // Two of 16 unreadable: 14 left, 3 steps of 4 an epoch.
-    write_set(&root.path().join("some"), 4, 4, |i, k| k == 1 && i < 2);
-    let cfg = TrainConfig { data: root.path().join("some"), skip_bad_samples: true, epochs: 2, ..config(root.path()) };
+    let cfg = two_bad_samples(root.path());
     let s = train(&cfg, None, true).unwrap();
     assert_eq!((s.steps, s.skipped_samples), (6, 4));
-    let metrics = std::fs::read_to_string(cfg.out.join("metrics.jsonl")).unwrap();
-    let skips: Vec<serde_json::Value> = metrics
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v.get("skipped_samples").is_some())
-        .collect();
-    assert_eq!(skips.len(), 2, "a line per epoch that skipped samples:\n{metrics}");
+    let skips = skip_lines(&cfg.out);
+    assert_eq!(skips.len(), 2, "a line per epoch that skipped samples: {skips:?}");
     for (epoch, v) in skips.iter().enumerate() {
         assert_eq!((v["epoch"].as_u64(), v["skipped_samples"].as_u64()), (Some(epoch as u64), Some(2)), "{v}");
         let first = v["first_skipped"].as_array().unwrap();
@@ -204,15 +214,10 @@ fn skipped_samples_are_reported_and_an_epoch_of_unreadable_samples_fails() {
     assert!(!cfg.out.join("final.safetensors").exists() && !cfg.out.join("checkpoint.safetensors").exists());
 }
 
-/// The skipped-samples lines of a run folder's metrics: `(step, epoch, count)`.
-fn skip_lines(out: &Path) -> Vec<(u64, u64, u64)> {
-    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
-    metrics
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v.get("skipped_samples").is_some())
-        .map(|v| (v["step"].as_u64().unwrap(), v["epoch"].as_u64().unwrap(), v["skipped_samples"].as_u64().unwrap()))
-        .collect()
+/// The skipped-samples lines of a run folder's metrics as `(step, epoch, count)`.
+fn skip_counts(out: &Path) -> Vec<(u64, u64, u64)> {
+    let count = |v: &serde_json::Value, key: &str| v[key].as_u64().unwrap();
+    skip_lines(out).iter().map(|v| (count(v, "step"), count(v, "epoch"), count(v, "skipped_samples"))).collect()
 }
 
 /// A run stopped at any step and resumed, or one that crashed after any checkpoint having written the lines of
@@ -223,11 +228,9 @@ fn skip_lines(out: &Path) -> Vec<(u64, u64, u64)> {
 fn a_resumed_run_counts_each_epochs_skipped_samples_once() {
     let _one = one_at_a_time();
     let root = tempfile::tempdir().unwrap();
-    // Two of 16 unreadable: 3 steps of 4 an epoch, 2 epochs.
-    write_set(&root.path().join("some"), 4, 4, |i, k| k == 1 && i < 2);
-    let cfg = TrainConfig { data: root.path().join("some"), skip_bad_samples: true, epochs: 2, ..config(root.path()) };
+    let cfg = two_bad_samples(root.path());
     train(&cfg, None, true).unwrap();
-    let whole = skip_lines(&cfg.out);
+    let whole = skip_counts(&cfg.out);
     assert_eq!(whole, [(3, 0, 2), (6, 1, 2)]);
     let whole_metrics = std::fs::read(cfg.out.join("metrics.jsonl")).unwrap();
     for stop in 1..=5 {
@@ -240,7 +243,7 @@ fn a_resumed_run_counts_each_epochs_skipped_samples_once() {
                 std::fs::write(out.join("metrics.jsonl"), &whole_metrics).unwrap();
             }
             train(&TrainConfig { out: out.clone(), ..cfg.clone() }, Some(&out), true).unwrap();
-            assert_eq!(skip_lines(&out), whole, "stopped at step {stop}, crashed after it: {crashed}");
+            assert_eq!(skip_counts(&out), whole, "stopped at step {stop}, crashed after it: {crashed}");
         }
     }
 }
