@@ -33,21 +33,13 @@ use crate::gpu::Elem;
 struct Module {
     label: String,
     source: String,
+    /// The fragments it multiplies on cooperative matrices, if it does.
+    cooperative: Option<FragmentSide>,
 }
 
 impl Module {
     fn f16(&self) -> bool {
         self.source.contains("enable f16;")
-    }
-
-    /// Which fragments it multiplies on cooperative matrices, if it does.
-    fn cooperative(&self) -> Option<FragmentSide> {
-        let coop = self.source.contains("enable wgpu_cooperative_matrix;");
-        match (coop, self.label.contains("8x8x8 fragments")) {
-            (false, _) => None,
-            (true, true) => Some(FragmentSide::Eight),
-            (true, false) => Some(FragmentSide::Sixteen),
-        }
     }
 }
 
@@ -83,6 +75,7 @@ fn storage_modules() -> Vec<Module> {
             modules.push(Module {
                 label: format!("{file} ({})", names.join(", ")),
                 source: storage_source(&file, &source, &elems).expect("the aliases were read from the file"),
+                cooperative: None,
             });
         }
     }
@@ -100,7 +93,11 @@ fn convolution_modules() -> Vec<Module> {
     for shape in TileShape::ALL {
         for &(precision, fragments) in &variants {
             let (label, source) = module_source(precision, fragments, shape);
-            modules.push(Module { source: source.unwrap_or_else(|e| panic!("{label}: {e}")), label });
+            let cooperative = match fragments {
+                Some((Fragments::Cooperative, side)) => Some(side),
+                _ => None,
+            };
+            modules.push(Module { source: source.unwrap_or_else(|e| panic!("{label}: {e}")), label, cooperative });
         }
     }
     modules
@@ -117,7 +114,7 @@ enum Backend {
 impl Backend {
     /// Whether the host can build `m` for this backend (see the module documentation).
     fn builds(self, m: &Module) -> bool {
-        match (self, m.cooperative()) {
+        match (self, m.cooperative) {
             (_, None) => true,
             (Backend::Vulkan, Some(side)) => side == FragmentSide::Sixteen,
             (Backend::Metal, Some(side)) => side == FragmentSide::Eight,
@@ -153,7 +150,7 @@ impl Backend {
                 })
                 .into(),
             Backend::Metal => {
-                let lang_version = if m.cooperative().is_some() { (2, 3) } else { (1, 0) };
+                let lang_version = if m.cooperative.is_some() { (2, 3) } else { (1, 0) };
                 checks
                     .map(|(checks, how)| {
                         let options =
