@@ -53,6 +53,8 @@ pub struct Capabilities {
     /// f16 inputs and f32 accumulators, f16 in shaders, subgroups of 32 invocations): the side of the fragments
     /// (see `coop_fragments`), or `None`.
     pub cooperative_matrix: Option<FragmentSide>,
+    /// Why `cooperative_matrix` is `None`, in words (for `info` and errors).
+    pub no_cooperative_matrix: Option<String>,
     /// Mixed precision without cooperative matrices ([`GpuOptions::emulate_tensor_cores`] on an adapter that
     /// lacks them): the same f16-rounded operands, exact products, accumulated by f32 fused multiply-adds.
     pub emulated_tensor_cores: bool,
@@ -161,13 +163,24 @@ impl Gpu {
         let available = adapter.features();
         let wanted = wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY;
         let coop = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+        let needed = [
+            (coop, "cooperative matrices"),
+            (wgpu::Features::SHADER_F16, "f16"),
+            (wgpu::Features::SUBGROUP, "subgroups"),
+        ];
         let fragments = coop_fragments(
             &adapter.cooperative_matrix_properties(),
             info.backend,
             (info.subgroup_min_size, info.subgroup_max_size),
         )
-        .filter(|_| available.contains(coop | wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP));
-        let use_coop = fragments.is_some();
+        .and_then(|side| {
+            let missing: Vec<&str> = needed.iter().filter(|(f, _)| !available.contains(*f)).map(|(_, n)| *n).collect();
+            match missing.is_empty() {
+                true => Ok(side),
+                false => Err(format!("the adapter does not offer {} in shaders", missing.join(", "))),
+            }
+        });
+        let use_coop = fragments.is_ok();
         let features = (available & wanted) | if use_coop { coop } else { wgpu::Features::empty() };
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
@@ -193,7 +206,8 @@ impl Gpu {
             subgroups: features.contains(wgpu::Features::SUBGROUP),
             subgroup_size: (info.subgroup_min_size, info.subgroup_max_size),
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
-            cooperative_matrix: fragments,
+            cooperative_matrix: fragments.as_ref().ok().copied(),
+            no_cooperative_matrix: fragments.err(),
             emulated_tensor_cores: opts.emulate_tensor_cores && !use_coop,
             max_binding: opts.binding_limit.map_or(max_binding, |l| l.min(max_binding)).min(limits.max_buffer_size),
             max_buffer: limits.max_buffer_size,
@@ -281,12 +295,12 @@ fn backend_hint(backend: wgpu::Backend) -> &'static str {
 /// (`props`), backend and subgroup sizes: 16x16x16 with f16 inputs and f32 accumulators where subgroups are
 /// exactly 32 wide (NVIDIA's tensor cores on Vulkan); else 8x8x8 of the same types on Metal (Apple's simdgroup
 /// matrices: wgpu offers them only on the Apple GPUs that have them, whose simdgroups are 32 wide, and reports
-/// Metal's subgroup sizes as 4..64 without asking the GPU); else `None`.
+/// Metal's subgroup sizes as 4..64 without asking the GPU); else why not, in words.
 pub fn coop_fragments(
     props: &[wgpu::CooperativeMatrixProperties],
     backend: wgpu::Backend,
     (min_subgroup, max_subgroup): (u32, u32),
-) -> Option<FragmentSide> {
+) -> Result<FragmentSide, String> {
     let offers = |n: u32| {
         props.iter().any(|p| {
             (p.m_size, p.n_size, p.k_size) == (n, n, n)
@@ -295,11 +309,26 @@ pub fn coop_fragments(
         })
     };
     if offers(16) && (min_subgroup, max_subgroup) == (32, 32) {
-        Some(FragmentSide::Sixteen)
+        Ok(FragmentSide::Sixteen)
     } else if offers(8) && backend == wgpu::Backend::Metal {
-        Some(FragmentSide::Eight)
+        Ok(FragmentSide::Eight)
+    } else if offers(16) {
+        Err(format!(
+            "its 16x16x16 f16 -> f32 matrices run on subgroups of {min_subgroup}..{max_subgroup} invocations; the \
+             fragments' layout needs exactly 32"
+        ))
+    } else if props.is_empty() {
+        Err(match backend {
+            wgpu::Backend::Dx12 => "wgpu has none on DX12".to_string(),
+            _ => "the adapter offers none".to_string(),
+        })
     } else {
-        None
+        let offered: Vec<String> = props
+            .iter()
+            .map(|p| format!("{}x{}x{} {:?} -> {:?}", p.m_size, p.n_size, p.k_size, p.ab_type, p.cr_type))
+            .collect();
+        let wanted = if backend == wgpu::Backend::Metal { "16x16x16 or 8x8x8" } else { "16x16x16" };
+        Err(format!("none {wanted} with f16 inputs and f32 accumulators among those offered: {}", offered.join(", ")))
     }
 }
 
@@ -325,7 +354,10 @@ impl fmt::Display for Capabilities {
         writeln!(f, "  timestamps:           {}", yes(self.timestamps))?;
         match self.cooperative_matrix {
             Some(side) => writeln!(f, "  cooperative matrix:   yes ({side} f16 -> f32)")?,
-            None => writeln!(f, "  cooperative matrix:   no")?,
+            None => match &self.no_cooperative_matrix {
+                Some(why) => writeln!(f, "  cooperative matrix:   no ({why})")?,
+                None => writeln!(f, "  cooperative matrix:   no")?,
+            },
         }
         if self.emulated_tensor_cores {
             writeln!(f, "  mixed precision:      emulated (f16 operands, f32 arithmetic)")?;
@@ -378,16 +410,19 @@ mod tests {
         use wgpu::CooperativeScalarType::{F16, F32};
         // An H200 on Vulkan: 16x16x16 (and others); subgroups of 32.
         let nvidia = [config(16, F16, F16), config(16, F16, F32), config(8, F16, F32)];
-        assert_eq!(coop_fragments(&nvidia, Vulkan, (32, 32)), Some(FragmentSide::Sixteen));
-        // Subgroups that may be 64 wide (the layout assumes 32): none.
-        assert_eq!(coop_fragments(&nvidia, Vulkan, (32, 64)), None);
+        assert_eq!(coop_fragments(&nvidia, Vulkan, (32, 32)), Ok(FragmentSide::Sixteen));
+        // Subgroups that may be 64 wide (the layout assumes 32): none, and why.
+        let why = coop_fragments(&nvidia, Vulkan, (32, 64)).unwrap_err();
+        assert!(why.contains("subgroups of 32..64 invocations"), "{why}");
         // What wgpu offers on Apple GPUs: 8x8x8 in f32, f16, and f16 with f32 accumulators.
         let apple = [config(8, F32, F32), config(8, F16, F16), config(8, F16, F32)];
-        assert_eq!(coop_fragments(&apple, Metal, (4, 64)), Some(FragmentSide::Eight));
+        assert_eq!(coop_fragments(&apple, Metal, (4, 64)), Ok(FragmentSide::Eight));
         // 8x8x8 elsewhere, f16 accumulators only, or nothing: none.
-        assert_eq!(coop_fragments(&apple, Vulkan, (32, 32)), None);
-        assert_eq!(coop_fragments(&[config(8, F16, F16)], Metal, (4, 64)), None);
-        assert_eq!(coop_fragments(&[config(16, F16, F16)], Vulkan, (32, 32)), None);
-        assert_eq!(coop_fragments(&[], Vulkan, (32, 32)), None);
+        let why = coop_fragments(&apple, Vulkan, (32, 32)).unwrap_err();
+        assert!(why.contains("none 16x16x16 with f16 inputs") && why.contains("8x8x8 F16 -> F32"), "{why}");
+        assert!(coop_fragments(&[config(8, F16, F16)], Metal, (4, 64)).unwrap_err().contains("16x16x16 or 8x8x8"));
+        assert!(coop_fragments(&[config(16, F16, F16)], Vulkan, (32, 32)).is_err());
+        assert_eq!(coop_fragments(&[], Vulkan, (32, 32)).unwrap_err(), "the adapter offers none");
+        assert_eq!(coop_fragments(&[], wgpu::Backend::Dx12, (32, 32)).unwrap_err(), "wgpu has none on DX12");
     }
 }

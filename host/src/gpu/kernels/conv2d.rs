@@ -651,9 +651,10 @@ impl Conv2d {
         }
         if let Some((compose::Fragments::Cooperative, side)) = fragments {
             if caps.cooperative_matrix != Some(side) {
+                let why = caps.no_cooperative_matrix.as_deref().map(|w| format!(" ({w})")).unwrap_or_default();
                 bail!(
                     "{} has no cooperative matrices with {side} f16 inputs, f32 accumulators and subgroups of 32 \
-                     (16x16x16 with subgroups of exactly 32 on Vulkan, 8x8x8 on Metal): mixed precision is not \
+                     (16x16x16 with subgroups of exactly 32 on Vulkan, 8x8x8 on Metal){why}: mixed precision is not \
                      available on it (use f32)",
                     gpu.info.name
                 );
