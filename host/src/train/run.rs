@@ -74,9 +74,10 @@ impl Precision {
                 )
             }
             Precision::Mixed => bail!(
-                "--precision mixed: {} has no cooperative matrices with f16 inputs and f32 accumulators \
+                "--precision mixed: {} has no cooperative matrices with f16 inputs and f32 accumulators{} \
                  (ELASTICFACE_EMULATE_TENSOR_CORES=1 emulates them, slowly, to test the mixed-precision path)",
-                gpu.info.name
+                gpu.info.name,
+                gpu.caps.no_cooperative_matrix.as_deref().map(|why| format!(": {why}")).unwrap_or_default()
             ),
         }
     }
