@@ -599,28 +599,61 @@ pub enum Mode {
     Eval,
 }
 
-/// One batch norm in the given mode: `x` at `input` of `acts`, output at `output`, batch stats at `stats`
-/// (mean then variance, `2C`), parameters at `offset` of `state`.
+/// The network state a forward pass runs with ([`forward`]): in training mode it reads the parameters and moves the
+/// running statistics; in evaluation mode it only reads, so that one state can serve several passes at once (one a
+/// thread) or lie in read-only memory.
+#[derive(Debug)]
+pub enum StateRef<'a> {
+    /// [`Mode::Train`]: batch statistics; the running statistics move.
+    Train(&'a mut [f32]),
+    /// [`Mode::Eval`]: the running statistics.
+    Eval(&'a [f32]),
+}
+
+impl StateRef<'_> {
+    /// The batch norms' mode.
+    pub fn mode(&self) -> Mode {
+        match self {
+            StateRef::Train(_) => Mode::Train,
+            StateRef::Eval(_) => Mode::Eval,
+        }
+    }
+
+    /// The state, to read.
+    pub fn read(&self) -> &[f32] {
+        match self {
+            StateRef::Train(state) => state,
+            StateRef::Eval(state) => state,
+        }
+    }
+}
+
+/// One batch norm in `state`'s mode: `x` at `input` of `acts`, output at `output`, batch stats at `stats` (mean then
+/// variance, `2C`; training mode only), parameters at `offset` of `state`.
 #[allow(clippy::too_many_arguments)]
 fn bn_forward(
-    mode: Mode,
     bn: &BatchNorm,
     s: &BatchNormShape,
-    state: &mut [f32],
+    state: &mut StateRef<'_>,
     offset: usize,
     acts: &mut [f32],
     input: Range<usize>,
     output: Range<usize>,
     stats: Range<usize>,
 ) -> Result<(), Error> {
-    let p = bn_state(state, offset, s.c);
     let (x, rest) = read_write(acts, input, output.start..stats.end);
     let (y, st) = rest.split_at_mut(output.len());
-    let st = &mut st[stats.start - output.end..];
-    let (mean, var) = st.split_at_mut(s.c);
-    match mode {
-        Mode::Train => batchnorm_forward_train(s, bn, x, p.gamma, p.beta, p.running_mean, p.running_var, y, mean, var),
-        Mode::Eval => batchnorm_forward_eval(s, bn, x, p.gamma, p.beta, p.running_mean, p.running_var, y),
+    match state {
+        StateRef::Train(state) => {
+            let p = bn_state(state, offset, s.c);
+            let (mean, var) = st[stats.start - output.end..].split_at_mut(s.c);
+            batchnorm_forward_train(s, bn, x, p.gamma, p.beta, p.running_mean, p.running_var, y, mean, var)
+        }
+        StateRef::Eval(state) => {
+            let (params, stats) = state[offset..offset + 4 * s.c].split_at(2 * s.c);
+            let ((gamma, beta), (running_mean, running_var)) = (params.split_at(s.c), stats.split_at(s.c));
+            batchnorm_forward_eval(s, bn, x, gamma, beta, running_mean, running_var, y)
+        }
     }
 }
 
@@ -737,16 +770,15 @@ fn conv3(c_in: usize, c_out: usize, n: usize, h: usize, w: usize, stride: usize)
 /// Returns the range of the embeddings `(N, E)` in `acts`.
 fn forward_in_arena(
     cfg: &IResNetConfig,
-    mode: Mode,
     bn: &BatchNorm,
-    state: &mut [f32],
+    state: &mut StateRef<'_>,
     n: usize,
     input: &[f32],
     acts: &mut [f32],
 ) -> Result<Range<usize>, Error> {
     // Checked before the first layer runs: the `features` batch norm (one value per sample and channel) would
     // refuse a single image only after every 2-D batch norm had moved its running statistics.
-    if mode == Mode::Train && n < 2 {
+    if state.mode() == Mode::Train && n < 2 {
         return Err(Error::Shape { what: "training mode needs a batch of at least 2 (batch norm of the features)" });
     }
     let mut bump = Bump::default();
@@ -755,13 +787,18 @@ fn forward_in_arena(
 
     // Stem: conv1 (N, 3, H, W) -> (N, C0, H, W), bn1, prelu.
     let stem = StemActs::new(cfg, n, &mut bump);
-    conv2d_forward(&conv3(3, c0, n, h, w, 1), input, &state[params..params + c0 * 27], &mut acts[stem.conv.clone()])?;
+    conv2d_forward(
+        &conv3(3, c0, n, h, w, 1),
+        input,
+        &state.read()[params..params + c0 * 27],
+        &mut acts[stem.conv.clone()],
+    )?;
     params += c0 * 27;
     let s0 = BatchNormShape { n, c: c0, hw: h * w };
-    bn_forward(mode, bn, &s0, state, params, acts, stem.conv.clone(), stem.bn.clone(), stem.bn_stats.clone())?;
+    bn_forward(bn, &s0, state, params, acts, stem.conv.clone(), stem.bn.clone(), stem.bn_stats.clone())?;
     params += 4 * c0;
     let (x, y) = read_write(acts, stem.bn.clone(), stem.prelu.clone());
-    prelu_forward(&s0, x, &state[params..params + c0], y)?;
+    prelu_forward(&s0, x, &state.read()[params..params + c0], y)?;
     params += c0;
 
     // Blocks: x (N, C_in, H, W) -> y (N, C_out, H/stride, W/stride).
@@ -772,23 +809,23 @@ fn forward_in_arena(
         let in_shape = BatchNormShape { n, c: b.c_in, hw: b.h * b.w };
         let full = BatchNormShape { n, c: b.c_out, hw: b.h * b.w };
         let out = BatchNormShape { n, c: b.c_out, hw: b.out_h() * b.out_w() };
-        bn_forward(mode, bn, &in_shape, state, p.bn1, acts, x_range.clone(), a.a1.clone(), a.a1_stats.clone())?;
+        bn_forward(bn, &in_shape, state, p.bn1, acts, x_range.clone(), a.a1.clone(), a.a1_stats.clone())?;
         let c1 = conv3(b.c_in, b.c_out, n, b.h, b.w, 1);
         let (x, y) = read_write(acts, a.a1.clone(), a.c1.clone());
-        conv2d_forward(&c1, x, &state[p.conv1..p.conv1 + c1.weight_len()], y)?;
-        bn_forward(mode, bn, &full, state, p.bn2, acts, a.c1.clone(), a.a2.clone(), a.a2_stats.clone())?;
+        conv2d_forward(&c1, x, &state.read()[p.conv1..p.conv1 + c1.weight_len()], y)?;
+        bn_forward(bn, &full, state, p.bn2, acts, a.c1.clone(), a.a2.clone(), a.a2_stats.clone())?;
         let (x, y) = read_write(acts, a.a2.clone(), a.p.clone());
-        prelu_forward(&full, x, &state[p.prelu..p.prelu + b.c_out], y)?;
+        prelu_forward(&full, x, &state.read()[p.prelu..p.prelu + b.c_out], y)?;
         let c2 = conv3(b.c_out, b.c_out, n, b.h, b.w, b.stride);
         let (x, y) = read_write(acts, a.p.clone(), a.c2.clone());
-        conv2d_forward(&c2, x, &state[p.conv2..p.conv2 + c2.weight_len()], y)?;
-        bn_forward(mode, bn, &out, state, p.bn3, acts, a.c2.clone(), a.a3.clone(), a.a3_stats.clone())?;
+        conv2d_forward(&c2, x, &state.read()[p.conv2..p.conv2 + c2.weight_len()], y)?;
+        bn_forward(bn, &out, state, p.bn3, acts, a.c2.clone(), a.a3.clone(), a.a3_stats.clone())?;
         let shortcut = match &a.shortcut {
             Some((dc, db, db_stats)) => {
                 let ds = Conv2dShape { kh: 1, kw: 1, pad: 0, ..conv3(b.c_in, b.c_out, n, b.h, b.w, b.stride) };
                 let (x, y) = read_write(acts, x_range.clone(), dc.clone());
-                conv2d_forward(&ds, x, &state[p.ds_conv..p.ds_conv + ds.weight_len()], y)?;
-                bn_forward(mode, bn, &out, state, p.ds_bn, acts, dc.clone(), db.clone(), db_stats.clone())?;
+                conv2d_forward(&ds, x, &state.read()[p.ds_conv..p.ds_conv + ds.weight_len()], y)?;
+                bn_forward(bn, &out, state, p.ds_bn, acts, dc.clone(), db.clone(), db_stats.clone())?;
                 db.clone()
             }
             None => x_range.clone(),
@@ -803,15 +840,21 @@ fn forward_in_arena(
     let t = TailActs::new(cfg, n, &mut bump);
     let c3 = cfg.widths[3];
     let s2 = BatchNormShape { n, c: c3, hw: (h / 16) * (w / 16) };
-    bn_forward(mode, bn, &s2, state, params, acts, x_range, t.bn2.clone(), t.bn2_stats.clone())?;
+    bn_forward(bn, &s2, state, params, acts, x_range, t.bn2.clone(), t.bn2_stats.clone())?;
     params += 4 * c3;
     let fc = LinearShape { n, inputs: cfg.fc_inputs(), outputs: cfg.embedding };
     let wlen = fc.inputs * fc.outputs;
     let (x, y) = read_write(acts, t.bn2.clone(), t.fc.clone());
-    linear_forward(&fc, x, &state[params..params + wlen], &state[params + wlen..params + wlen + fc.outputs], y)?;
+    linear_forward(
+        &fc,
+        x,
+        &state.read()[params..params + wlen],
+        &state.read()[params + wlen..params + wlen + fc.outputs],
+        y,
+    )?;
     params += wlen + fc.outputs;
     let sf = BatchNormShape { n, c: cfg.embedding, hw: 1 };
-    bn_forward(mode, bn, &sf, state, params, acts, t.fc, t.features.clone(), t.features_stats)?;
+    bn_forward(bn, &sf, state, params, acts, t.fc, t.features.clone(), t.features_stats)?;
     debug_assert_eq!(params + 4 * cfg.embedding, cfg.state_len());
     debug_assert_eq!(bump.0, cfg.activations_len(n));
     Ok(t.features)
@@ -819,8 +862,10 @@ fn forward_in_arena(
 
 /// Runs the backbone on `n` images `input (N, 3, H, W)` and writes the embeddings `out (N, E)`.
 ///
-/// `Mode::Train` normalises with batch statistics and updates the running statistics in `state` (as PyTorch's
-/// `train()` mode); `Mode::Eval` uses them. `acts` needs `cfg.activations_len(n)` elements.
+/// [`StateRef::Train`] normalises with batch statistics and updates the running statistics in the state (as
+/// PyTorch's `train()` mode); [`StateRef::Eval`] uses them, reading the state only. `acts` needs
+/// `cfg.activations_len(n)` elements. An image's embedding in evaluation mode does not depend on the other images
+/// of the batch, nor on `n`: the same bits in any batch.
 ///
 /// Errors: [`Error::Config`] for a network [`IResNetConfig::validate`] refuses; [`Error::Shape`] for `n < 2` in
 /// `Mode::Train` (refused before any running statistic moves), `n = 0`, or a batch whose sizes overflow `usize`;
@@ -828,9 +873,8 @@ fn forward_in_arena(
 #[allow(clippy::too_many_arguments)]
 pub fn forward(
     cfg: &IResNetConfig,
-    mode: Mode,
     bn: &BatchNorm,
-    state: &mut [f32],
+    mut state: StateRef<'_>,
     n: usize,
     input: &[f32],
     acts: &mut [f32],
@@ -843,12 +887,12 @@ pub fn forward(
     let (Some(input_len), Some(out_len), Some(acts_len)) = (input_len, out_len, acts_len) else {
         return Err(overflow);
     };
-    check_len("state", state, cfg.state_len())?;
+    check_len("state", state.read(), cfg.state_len())?;
     check_len("input", input, input_len)?;
     check_len("acts", acts, acts_len)?;
     check_len("out", out, out_len)?;
     check_finite("input", input)?;
-    let e = forward_in_arena(cfg, mode, bn, state, n, input, acts)?;
+    let e = forward_in_arena(cfg, bn, &mut state, n, input, acts)?;
     out.copy_from_slice(&acts[e]);
     Ok(())
 }
@@ -1418,7 +1462,7 @@ impl<'a> Trainer<'a> {
             input.chunks_exact(per).zip(labels.chunks_exact(b)).zip(margins_raw.chunks_exact(b)).enumerate()
         {
             // Forward: backbone (batch statistics), then the margin head.
-            let emb = forward_in_arena(&cfg, Mode::Train, &sc.bn, state, b, input, acts)?;
+            let emb = forward_in_arena(&cfg, &sc.bn, &mut StateRef::Train(&mut *state), b, input, acts)?;
             loss[0] = margin_loss_forward(&sc.margin, &shape, &acts[emb], head, labels, margins_raw, &mut scratch)?;
             if !loss[0].is_finite() {
                 return Err(Error::NonFinite { what: "loss", index: 0 });
@@ -1468,7 +1512,7 @@ impl<'a> Trainer<'a> {
         }
         let (lo, hi) = self.arena.split_at_mut(l.acts.start);
         let acts = &mut hi[..l.cfg.activations_len(n)];
-        forward(&l.cfg, Mode::Eval, &self.step_cfg.bn, &mut lo[l.state.clone()], n, input, acts, out)
+        forward(&l.cfg, &self.step_cfg.bn, StateRef::Eval(&lo[l.state.clone()]), n, input, acts, out)
     }
 }
 
@@ -1559,10 +1603,10 @@ mod tests {
         let before = state.clone();
         let input: std::vec::Vec<f32> = (0..TINY.input_len()).map(|i| (i % 7) as f32 - 3.0).collect();
         let (mut acts, mut out) = (vec![0.0; TINY.activations_len(1)], vec![0.0; TINY.embedding]);
-        let e = forward(&TINY, Mode::Train, &bn, &mut state, 1, &input, &mut acts, &mut out);
+        let e = forward(&TINY, &bn, StateRef::Train(&mut state), 1, &input, &mut acts, &mut out);
         assert!(matches!(e, Err(Error::Shape { .. })), "{e:?}");
         assert_eq!(state, before, "the running statistics moved");
-        forward(&TINY, Mode::Eval, &bn, &mut state, 1, &input, &mut acts, &mut out).unwrap();
+        forward(&TINY, &bn, StateRef::Eval(&state), 1, &input, &mut acts, &mut out).unwrap();
     }
 
     #[test]
@@ -1577,9 +1621,9 @@ mod tests {
         assert!(matches!(TrainerLayout::new(&TINY, 2, usize::MAX / 2), Err(Error::Config { .. })));
         assert!(matches!(TrainerLayout::new(&TINY, usize::MAX / 2, 3), Err(Error::Config { .. })));
         let bn = BatchNorm::default();
-        let mut state = vec![0.0; TINY.state_len()];
+        let state = vec![0.0; TINY.state_len()];
         for n in [usize::MAX / 2, usize::MAX / 4096] {
-            let e = forward(&TINY, Mode::Eval, &bn, &mut state, n, &[], &mut [], &mut []);
+            let e = forward(&TINY, &bn, StateRef::Eval(&state), n, &[], &mut [], &mut []);
             assert!(matches!(e, Err(Error::Shape { .. })), "{n}: {e:?}");
         }
     }

@@ -135,16 +135,16 @@ pub fn core_flip_embeddings(
     rgb: &[u8],
     shape: elasticface_core::nn::ImageShape,
 ) -> (Vec<f32>, Vec<f32>) {
-    use elasticface_core::model::{forward, Mode};
+    use elasticface_core::model::{forward, StateRef};
     use elasticface_core::nn::{preprocess_image, BatchNorm};
     let cfg = b.cfg;
-    let mut state = b.state.clone();
     let mut acts = vec![0.0; cfg.activations_len(1)];
     let mut embed = |flip: bool| {
         let mut x = vec![0.0; cfg.input_len()];
         preprocess_image(&shape, rgb, flip, &mut x).expect("an image of the network's size");
         let mut out = vec![0.0; cfg.embedding];
-        forward(&cfg, Mode::Eval, &BatchNorm::default(), &mut state, 1, &x, &mut acts, &mut out).expect("forward");
+        let state = StateRef::Eval(&b.state);
+        forward(&cfg, &BatchNorm::default(), state, 1, &x, &mut acts, &mut out).expect("forward");
         out
     };
     (embed(false), embed(true))
