@@ -9,8 +9,9 @@
 //! - [`nn`]: the CPU reference of every layer the GPU runs (conv2d, batch norm, PReLU, linear, residual add,
 //!   L2 normalise, SGD, gradient clipping, input preprocessing), forward and backward side by side, with
 //!   PyTorch semantics.
-//! - [`model`]: iResNet (r18 .. r200 and custom configs) with insightface's parameter names, and a complete
-//!   CPU training step on one caller-provided arena.
+//! - [`model`]: iResNet (r18 .. r200 and custom configs) with insightface's parameter names, a complete CPU
+//!   training step on one caller-provided arena, and the forward pass alone ([`model::forward`]), whose
+//!   evaluation mode reads the weights through a shared reference (read-only memory, several threads).
 //! - [`verify`], [`embedding`], [`gallery`]: what a device needs to check embeddings: the LFW 10-fold
 //!   protocol, TAR at FAR, ROC points, normalise/compare/quantise, and fixed-capacity galleries (f32 or
 //!   int8) for 1:1 verification and 1:N identification.
