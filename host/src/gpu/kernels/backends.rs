@@ -16,7 +16,8 @@
 //!   for those with f16, the first model on which wgpu offers f16; wgpu has no cooperative matrices on DX12.
 //!
 //! Each translation runs with naga's bounds checks off (as the host compiles its modules, `Gpu::shader`) and with
-//! its default checks (a `checked` device).
+//! its default checks (a `checked` device). A second test holds every kernel but the convolution (whose tiles follow
+//! the adapter's limits) to the workgroup limits of every backend: 32 KiB of workgroup memory, 256 invocations.
 
 use std::path::Path;
 
@@ -192,6 +193,42 @@ fn translate_everywhere(m: &Module) -> Vec<String> {
         }
     }
     failures
+}
+
+/// The most workgroup memory a kernel other than the convolution's may declare: what every DX12 device and every
+/// Apple GPU offers (32 KiB), and no desktop Vulkan driver offers less of. The convolution's tiles are chosen by
+/// the adapter's own limit (`ConvTiling::for_adapter`).
+const PORTABLE_WORKGROUP_BYTES: u32 = 32 * 1024;
+
+/// The most invocations a workgroup may have on any adapter wgpu opens with its default limits.
+const PORTABLE_INVOCATIONS: u32 = 256;
+
+/// Workgroup bytes `m` declares, and the largest workgroup of its entry points, in invocations.
+fn workgroup_needs(m: &Module) -> (u32, u32) {
+    let module = naga::front::wgsl::parse_str(&m.source).unwrap_or_else(|e| panic!("{}: {e}", m.label));
+    let mut layouter = naga::proc::Layouter::default();
+    layouter.update(module.to_ctx()).expect("layouts");
+    let bytes = module
+        .global_variables
+        .iter()
+        .filter(|(_, var)| var.space == naga::AddressSpace::WorkGroup)
+        .map(|(_, var)| layouter[var.ty].size)
+        .sum();
+    let invocations = module.entry_points.iter().map(|e| e.workgroup_size.iter().product()).max().unwrap_or(0);
+    (bytes, invocations)
+}
+
+#[test]
+fn the_kernels_but_the_convolution_fit_every_backends_workgroup_limits() {
+    let mut largest = (0, String::new());
+    for m in storage_modules() {
+        let (bytes, invocations) = workgroup_needs(&m);
+        assert!(bytes <= PORTABLE_WORKGROUP_BYTES, "{}: {bytes} bytes of workgroup memory", m.label);
+        assert!((1..=PORTABLE_INVOCATIONS).contains(&invocations), "{}: {invocations} invocations", m.label);
+        largest = largest.max((bytes, m.label));
+    }
+    // The margin head's tiles of the cosines and logits (f32: 2 x 1040 + 4160, and 256 partial sums).
+    assert_eq!(largest, ((1040 + 1040 + 4160 + 256) * 4, "margin_loss.wgsl ()".to_string()));
 }
 
 #[test]
