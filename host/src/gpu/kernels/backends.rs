@@ -196,7 +196,7 @@ fn translate_everywhere(m: &Module) -> Vec<String> {
 }
 
 /// The most workgroup memory a kernel other than the convolution's may declare: what every DX12 device and every
-/// Apple GPU offers (32 KiB), and no desktop Vulkan driver offers less of. The convolution's tiles are chosen by
+/// Mac's GPU offers (32 KiB), and no desktop Vulkan driver offers less of. The convolution's tiles are chosen by
 /// the adapter's own limit (`ConvTiling::for_adapter`).
 const PORTABLE_WORKGROUP_BYTES: u32 = 32 * 1024;
 
