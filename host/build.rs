@@ -11,6 +11,13 @@ mod compose {
 }
 use compose::{act_f16, compose_coop, compose_emulated, compose_f32, FragmentSide, Fragments, TileShape};
 
+mod shader_files {
+    include!("src/gpu/kernels/shader_files.rs");
+}
+// `workgroup_bytes`: what the host's tile formulas (`TileShape::f32_bytes`, `coop_bytes`), which decide the tiles an
+// adapter can run, must equal for every composed convolution module.
+use shader_files::{shader_files, workgroup_bytes};
+
 fn validate(name: &str, source: &str) -> Result<naga::Module, String> {
     let module = naga::front::wgsl::parse_str(source).map_err(|e| e.emit_to_string_with_path(source, name))?;
     let mut validator =
@@ -19,30 +26,12 @@ fn validate(name: &str, source: &str) -> Result<naga::Module, String> {
     Ok(module)
 }
 
-/// Bytes of workgroup memory the module declares: what the host's tile formulas (`TileShape::f32_bytes`,
-/// `coop_bytes`), which decide the tiles an adapter can run, must equal.
-fn workgroup_bytes(module: &naga::Module) -> Result<u32, String> {
-    let mut layouter = naga::proc::Layouter::default();
-    layouter.update(module.to_ctx()).map_err(|e| e.to_string())?;
-    Ok(module
-        .global_variables
-        .iter()
-        .filter(|(_, var)| var.space == naga::AddressSpace::WorkGroup)
-        .map(|(_, var)| layouter[var.ty].size)
-        .sum())
-}
-
 fn main() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shaders");
     println!("cargo:rerun-if-changed={}", dir.display());
-    let mut entries: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
-        .map(|e| e.expect("directory entry").path())
-        .filter(|p| p.extension().is_some_and(|x| x == "wgsl"))
-        .collect();
-    entries.sort();
+    println!("cargo:rerun-if-changed=src/gpu/kernels/shader_files.rs");
     let mut failed = Vec::new();
-    for path in entries {
+    for path in shader_files() {
         println!("cargo:rerun-if-changed={}", path.display());
         let source = std::fs::read_to_string(&path).expect("shader is UTF-8");
         let name = path.file_name().unwrap().to_string_lossy().into_owned();

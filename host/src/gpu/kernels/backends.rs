@@ -19,14 +19,13 @@
 //! its default checks (a `checked` device). A second test holds every kernel but the convolution (whose tiles follow
 //! the adapter's limits) to the workgroup limits of every backend: 32 KiB of workgroup memory, 256 invocations.
 
-use std::path::Path;
-
 use naga::back::{hlsl, msl, spv};
 use naga::proc::{BoundsCheckPolicies, BoundsCheckPolicy};
 use naga::valid::{Capabilities, ModuleInfo, ValidationFlags, Validator};
 
 use super::conv2d::compose::{FragmentSide, Fragments, TileShape};
 use super::conv2d::{module_source, ConvPrecision};
+use super::shader_files::{shader_files, workgroup_bytes};
 use super::storage_source;
 use crate::gpu::Elem;
 
@@ -47,15 +46,8 @@ impl Module {
 /// The shaders of `shaders/` but the convolution, with their storage aliases (`alias NAME = f32;`) in every
 /// combination of f32 and f16.
 fn storage_modules() -> Vec<Module> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shaders");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
-        .map(|e| e.expect("directory entry").path())
-        .filter(|p| p.extension().is_some_and(|x| x == "wgsl"))
-        .collect();
-    files.sort();
     let mut modules = Vec::new();
-    for path in files {
+    for path in shader_files() {
         let file = path.file_name().expect("a file").to_string_lossy().into_owned();
         if file == "conv2d.wgsl" {
             continue;
@@ -206,14 +198,7 @@ const PORTABLE_INVOCATIONS: u32 = 256;
 /// Workgroup bytes `m` declares, and the largest workgroup of its entry points, in invocations.
 fn workgroup_needs(m: &Module) -> (u32, u32) {
     let module = naga::front::wgsl::parse_str(&m.source).unwrap_or_else(|e| panic!("{}: {e}", m.label));
-    let mut layouter = naga::proc::Layouter::default();
-    layouter.update(module.to_ctx()).expect("layouts");
-    let bytes = module
-        .global_variables
-        .iter()
-        .filter(|(_, var)| var.space == naga::AddressSpace::WorkGroup)
-        .map(|(_, var)| layouter[var.ty].size)
-        .sum();
+    let bytes = workgroup_bytes(&module).unwrap_or_else(|e| panic!("{}: {e}", m.label));
     let invocations = module.entry_points.iter().map(|e| e.workgroup_size.iter().product()).max().unwrap_or(0);
     (bytes, invocations)
 }

@@ -22,6 +22,8 @@ pub mod winograd;
 
 #[cfg(test)]
 mod backends;
+#[cfg(test)]
+mod shader_files;
 
 use std::sync::OnceLock;
 
