@@ -12,6 +12,8 @@
 //! - [`model`]: iResNet (r18 .. r200 and custom configs) with insightface's parameter names, a complete CPU
 //!   training step on one caller-provided arena, and the forward pass alone ([`model::forward`]), whose
 //!   evaluation mode reads the weights through a shared reference (read-only memory, several threads).
+//! - [`parallel`]: who runs a layer's independent parts: the calling thread, or threads a host lends; the same
+//!   bits either way.
 //! - [`verify`], [`embedding`], [`gallery`]: what a device needs to check embeddings: the LFW 10-fold
 //!   protocol, TAR at FAR, ROC points, normalise/compare/quantise, and fixed-capacity galleries (f32 or
 //!   int8) for 1:1 verification and 1:N identification.
@@ -72,6 +74,7 @@ pub mod gallery;
 pub mod margin;
 pub mod model;
 pub mod nn;
+pub mod parallel;
 pub mod rng;
 pub mod verify;
 

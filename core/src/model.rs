@@ -28,10 +28,11 @@ use crate::error::{check_finite, check_labels, check_len, Error};
 use crate::margin::{margin_loss_backward, margin_loss_forward, HeadScratch, HeadShape, MarginConfig};
 use crate::nn::{
     accumulate, accumulate_gradient, batchnorm_backward, batchnorm_forward_eval, batchnorm_forward_train,
-    clip_coefficient, conv2d_backward_data, conv2d_backward_weight, conv2d_forward, linear_backward, linear_forward,
-    prelu_backward, prelu_forward, residual_add_forward, scale, sgd_step, sum_of_squares, BatchNorm, BatchNormShape,
-    Conv2dShape, LinearShape, MicroBatch, Sgd,
+    clip_coefficient, conv2d_backward_data_on, conv2d_backward_weight_on, conv2d_forward_on, linear_backward,
+    linear_forward, prelu_backward, prelu_forward, residual_add_forward, scale, sgd_step, sum_of_squares, BatchNorm,
+    BatchNormShape, Conv2dShape, LinearShape, MicroBatch, Sgd,
 };
+use crate::parallel::{Executor, Serial};
 use crate::rng::standard_normal;
 
 /// The shape of an iResNet: blocks per stage, widths, input size and embedding size.
@@ -769,6 +770,7 @@ fn conv3(c_in: usize, c_out: usize, n: usize, h: usize, w: usize, stride: usize)
 ///
 /// Returns the range of the embeddings `(N, E)` in `acts`.
 fn forward_in_arena(
+    exec: &dyn Executor,
     cfg: &IResNetConfig,
     bn: &BatchNorm,
     state: &mut StateRef<'_>,
@@ -787,7 +789,8 @@ fn forward_in_arena(
 
     // Stem: conv1 (N, 3, H, W) -> (N, C0, H, W), bn1, prelu.
     let stem = StemActs::new(cfg, n, &mut bump);
-    conv2d_forward(
+    conv2d_forward_on(
+        exec,
         &conv3(3, c0, n, h, w, 1),
         input,
         &state.read()[params..params + c0 * 27],
@@ -812,19 +815,19 @@ fn forward_in_arena(
         bn_forward(bn, &in_shape, state, p.bn1, acts, x_range.clone(), a.a1.clone(), a.a1_stats.clone())?;
         let c1 = conv3(b.c_in, b.c_out, n, b.h, b.w, 1);
         let (x, y) = read_write(acts, a.a1.clone(), a.c1.clone());
-        conv2d_forward(&c1, x, &state.read()[p.conv1..p.conv1 + c1.weight_len()], y)?;
+        conv2d_forward_on(exec, &c1, x, &state.read()[p.conv1..p.conv1 + c1.weight_len()], y)?;
         bn_forward(bn, &full, state, p.bn2, acts, a.c1.clone(), a.a2.clone(), a.a2_stats.clone())?;
         let (x, y) = read_write(acts, a.a2.clone(), a.p.clone());
         prelu_forward(&full, x, &state.read()[p.prelu..p.prelu + b.c_out], y)?;
         let c2 = conv3(b.c_out, b.c_out, n, b.h, b.w, b.stride);
         let (x, y) = read_write(acts, a.p.clone(), a.c2.clone());
-        conv2d_forward(&c2, x, &state.read()[p.conv2..p.conv2 + c2.weight_len()], y)?;
+        conv2d_forward_on(exec, &c2, x, &state.read()[p.conv2..p.conv2 + c2.weight_len()], y)?;
         bn_forward(bn, &out, state, p.bn3, acts, a.c2.clone(), a.a3.clone(), a.a3_stats.clone())?;
         let shortcut = match &a.shortcut {
             Some((dc, db, db_stats)) => {
                 let ds = Conv2dShape { kh: 1, kw: 1, pad: 0, ..conv3(b.c_in, b.c_out, n, b.h, b.w, b.stride) };
                 let (x, y) = read_write(acts, x_range.clone(), dc.clone());
-                conv2d_forward(&ds, x, &state.read()[p.ds_conv..p.ds_conv + ds.weight_len()], y)?;
+                conv2d_forward_on(exec, &ds, x, &state.read()[p.ds_conv..p.ds_conv + ds.weight_len()], y)?;
                 bn_forward(bn, &out, state, p.ds_bn, acts, dc.clone(), db.clone(), db_stats.clone())?;
                 db.clone()
             }
@@ -892,7 +895,7 @@ pub fn forward(
     check_len("acts", acts, acts_len)?;
     check_len("out", out, out_len)?;
     check_finite("input", input)?;
-    let e = forward_in_arena(cfg, bn, &mut state, n, input, acts)?;
+    let e = forward_in_arena(&Serial, cfg, bn, &mut state, n, input, acts)?;
     out.copy_from_slice(&acts[e]);
     Ok(())
 }
@@ -912,6 +915,7 @@ fn embedding_offset(cfg: &IResNetConfig, n: usize) -> usize {
 /// as the largest activation and rotate as the pass walks back through the blocks.
 #[allow(clippy::too_many_arguments)]
 fn backward_in_arena(
+    exec: &dyn Executor,
     cfg: &IResNetConfig,
     bn: &BatchNorm,
     state: &[f32],
@@ -976,7 +980,7 @@ fn backward_in_arena(
         let a = BlockActs::new(&b, n, &mut Bump(act_end));
         // The block input (the stem's or the previous block's output) ends where this block's activations start.
         let x = act_end - n * b.c_in * b.h * b.w..act_end;
-        block_backward(bn, &b, n, state, grads, params, acts, x, &a, &mut bufs)?;
+        block_backward(exec, bn, &b, n, state, grads, params, acts, x, &a, &mut bufs)?;
     }
 
     // Stem: d prelu output in g0 -> prelu -> bn1 -> conv1 weight.
@@ -1006,7 +1010,7 @@ fn backward_in_arena(
     )?;
     params -= 27 * c0;
     debug_assert_eq!(params, 0);
-    conv2d_backward_weight(&conv3(3, c0, n, h, w, 1), &g2[..len], input, &mut grads[..27 * c0])
+    conv2d_backward_weight_on(exec, &conv3(3, c0, n, h, w, 1), &g2[..len], input, &mut grads[..27 * c0])
 }
 
 /// Batch norm backward with its parameters at `offset` (gradients of weight and bias into `grads`).
@@ -1030,6 +1034,7 @@ fn bn_backward(
 /// One block backward: `bufs[0]` holds `dy (N, C_out, HO, WO)` on entry and `dx (N, C_in, H, W)` on return.
 #[allow(clippy::too_many_arguments)]
 fn block_backward(
+    exec: &dyn Executor,
     bn: &BatchNorm,
     b: &BlockSpec,
     n: usize,
@@ -1067,8 +1072,8 @@ fn block_backward(
         )?;
         let ds = Conv2dShape { kh: 1, kw: 1, pad: 0, ..conv3(b.c_in, b.c_out, n, b.h, b.w, b.stride) };
         let wl = ds.weight_len();
-        conv2d_backward_data(&ds, &t1[..out_len], &state[p.ds_conv..p.ds_conv + wl], &mut t2[..in_len])?;
-        conv2d_backward_weight(&ds, &t1[..out_len], &acts[x.clone()], &mut grads[p.ds_conv..p.ds_conv + wl])?;
+        conv2d_backward_data_on(exec, &ds, &t1[..out_len], &state[p.ds_conv..p.ds_conv + wl], &mut t2[..in_len])?;
+        conv2d_backward_weight_on(exec, &ds, &t1[..out_len], &acts[x.clone()], &mut grads[p.ds_conv..p.ds_conv + wl])?;
     }
 
     // Main path: bn3 -> conv2 -> prelu -> bn2 -> conv1 -> bn1, ending in t3.
@@ -1085,8 +1090,8 @@ fn block_backward(
     )?;
     let c2 = conv3(b.c_out, b.c_out, n, b.h, b.w, b.stride);
     let wl = c2.weight_len();
-    conv2d_backward_data(&c2, &t1[..out_len], &state[p.conv2..p.conv2 + wl], &mut t3[..full_len])?;
-    conv2d_backward_weight(&c2, &t1[..out_len], &acts[a.p.clone()], &mut grads[p.conv2..p.conv2 + wl])?;
+    conv2d_backward_data_on(exec, &c2, &t1[..out_len], &state[p.conv2..p.conv2 + wl], &mut t3[..full_len])?;
+    conv2d_backward_weight_on(exec, &c2, &t1[..out_len], &acts[a.p.clone()], &mut grads[p.conv2..p.conv2 + wl])?;
     let alpha = p.prelu..p.prelu + b.c_out;
     prelu_backward(
         &full,
@@ -1109,8 +1114,8 @@ fn block_backward(
     )?;
     let c1 = conv3(b.c_in, b.c_out, n, b.h, b.w, 1);
     let wl = c1.weight_len();
-    conv2d_backward_data(&c1, &t3[..full_len], &state[p.conv1..p.conv1 + wl], &mut t1[..in_len])?;
-    conv2d_backward_weight(&c1, &t3[..full_len], &acts[a.a1.clone()], &mut grads[p.conv1..p.conv1 + wl])?;
+    conv2d_backward_data_on(exec, &c1, &t3[..full_len], &state[p.conv1..p.conv1 + wl], &mut t1[..in_len])?;
+    conv2d_backward_weight_on(exec, &c1, &t3[..full_len], &acts[a.a1.clone()], &mut grads[p.conv1..p.conv1 + wl])?;
     bn_backward(
         bn,
         &in_shape,
@@ -1286,14 +1291,16 @@ pub struct StepReport {
 
 /// A complete, slow, readable iResNet trainer on the CPU: forward, margin head, backward, clip, SGD.
 ///
-/// It is the oracle for the GPU trainer. All memory is the caller's: one f32 arena of
-/// [`TrainerLayout::arena_len`] elements and `batch` u32s for the Plus ranking.
+/// It is the oracle for the GPU trainer. Its convolutions (nearly all of its time) run on the calling thread, or on
+/// threads a host lends through [`Trainer::with_executor`], with the same bits. All memory is the caller's: one f32
+/// arena of [`TrainerLayout::arena_len`] elements and `batch` u32s for the Plus ranking.
 pub struct Trainer<'a> {
     layout: TrainerLayout,
     step_cfg: StepConfig,
     arena: &'a mut [f32],
     order: &'a mut [u32],
     steps: u64,
+    exec: &'a dyn Executor,
 }
 
 impl<'a> Trainer<'a> {
@@ -1332,7 +1339,14 @@ impl<'a> Trainer<'a> {
         }
         check_len("arena", arena, layout.arena_len())?;
         check_len("order", order, layout.batch)?;
-        Ok(Self { layout, step_cfg, arena, order, steps: 0 })
+        Ok(Self { layout, step_cfg, arena, order, steps: 0, exec: &Serial })
+    }
+
+    /// Runs the convolutions of the following steps on `exec` (threads a host lends; [`Serial`] by default): the
+    /// same bits on any executor.
+    pub fn with_executor(mut self, exec: &'a dyn Executor) -> Self {
+        self.exec = exec;
+        self
     }
 
     /// Sets the learning rate of the following steps.
@@ -1462,7 +1476,7 @@ impl<'a> Trainer<'a> {
             input.chunks_exact(per).zip(labels.chunks_exact(b)).zip(margins_raw.chunks_exact(b)).enumerate()
         {
             // Forward: backbone (batch statistics), then the margin head.
-            let emb = forward_in_arena(&cfg, &sc.bn, &mut StateRef::Train(&mut *state), b, input, acts)?;
+            let emb = forward_in_arena(self.exec, &cfg, &sc.bn, &mut StateRef::Train(&mut *state), b, input, acts)?;
             loss[0] = margin_loss_forward(&sc.margin, &shape, &acts[emb], head, labels, margins_raw, &mut scratch)?;
             if !loss[0].is_finite() {
                 return Err(Error::NonFinite { what: "loss", index: 0 });
@@ -1471,7 +1485,7 @@ impl<'a> Trainer<'a> {
             // Backward: head, then backbone.
             margin_loss_backward(&sc.margin, &shape, labels, &mut scratch, &mut g0[..b * e], head_grad)?;
             let bufs = [&mut *g0, &mut *g1, &mut *g2, &mut *g3];
-            backward_in_arena(&cfg, &sc.bn, state, b, input, acts, grads, bufs)?;
+            backward_in_arena(self.exec, &cfg, &sc.bn, state, b, input, acts, grads, bufs)?;
             if micro > 1 {
                 let stage = MicroBatch::of(i, micro);
                 accumulate_gradient(stage, &mut loss_sum, &mut loss)?;

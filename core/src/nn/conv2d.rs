@@ -10,6 +10,7 @@
 use core::ops::Range;
 
 use crate::error::Error;
+use crate::parallel::{Executor, Serial};
 
 /// Shape of a convolution: input `(N, C_IN, H, W)`, weight `(C_OUT, C_IN, KH, KW)`,
 /// output `(N, C_OUT, HO, WO)` with `HO = (H + 2*pad - KH) / stride + 1` (likewise `WO`).
@@ -145,6 +146,36 @@ fn tap_reaches(s: &Conv2dShape) -> impl Iterator<Item = TapReach> + '_ {
     })
 }
 
+/// The taps of one convolution, in [`tap_reaches`]' order. Their reach does not depend on the image or the channels,
+/// so kernels of up to 3x3 taps (every convolution of an iResNet) have them listed once per call; a larger kernel
+/// computes each tap's reach where it is used (the same taps, the same order, the same sums).
+struct Taps<'s> {
+    shape: &'s Conv2dShape,
+    /// `None` for a kernel of more than 9 taps.
+    listed: Option<heapless::Vec<TapReach, 9>>,
+}
+
+impl<'s> Taps<'s> {
+    fn of(shape: &'s Conv2dShape) -> Self {
+        let mut listed = heapless::Vec::new();
+        for t in tap_reaches(shape) {
+            if listed.push(t).is_err() {
+                return Self { shape, listed: None };
+            }
+        }
+        Self { shape, listed: Some(listed) }
+    }
+
+    /// Calls `f` on each tap in order.
+    #[inline]
+    fn for_each(&self, mut f: impl FnMut(&TapReach)) {
+        match &self.listed {
+            Some(taps) => taps.iter().for_each(f),
+            None => tap_reaches(self.shape).for_each(|t| f(&t)),
+        }
+    }
+}
+
 /// The output positions `o` in `lo..hi` (within `0..out`) for which `o * stride + k - pad` lies in `0..size`.
 /// Requires a validated shape (`stride > 0`, `size + 2 * pad` fits `usize`); `lo <= hi` always.
 #[inline]
@@ -212,6 +243,17 @@ fn check(s: &Conv2dShape, slices: [(&'static str, usize, usize); 3]) -> Result<(
 /// Overwrites `y`. Errors: an invalid shape ([`Error::Shape`], see [`Conv2dShape::validate`]) or a slice of
 /// the wrong length ([`Error::Length`] naming `x`, `weight` or `y`). Non-finite inputs propagate.
 pub fn conv2d_forward(s: &Conv2dShape, x: &[f32], weight: &[f32], y: &mut [f32]) -> Result<(), Error> {
+    conv2d_forward_on(&Serial, s, x, weight, y)
+}
+
+/// [`conv2d_forward`] on `exec`, one output plane `(n, co)` a row: the same bits on any executor.
+pub fn conv2d_forward_on(
+    exec: &dyn Executor,
+    s: &Conv2dShape,
+    x: &[f32],
+    weight: &[f32],
+    y: &mut [f32],
+) -> Result<(), Error> {
     check(
         s,
         [("x", x.len(), s.input_len()), ("weight", weight.len(), s.weight_len()), ("y", y.len(), s.output_len())],
@@ -219,24 +261,26 @@ pub fn conv2d_forward(s: &Conv2dShape, x: &[f32], weight: &[f32], y: &mut [f32])
     let (h, w, stride) = (s.h, s.w, s.stride);
     let (ho, wo) = (s.out_h(), s.out_w());
     let kernel = s.kh * s.kw;
+    let taps = Taps::of(s);
     // For each output plane (n, co): add every input plane (n, ci) times every tap of weight[co, ci],
     // one contiguous output row at a time.
-    for (n, y_batch) in y.chunks_exact_mut(s.c_out * ho * wo).enumerate() {
-        let x_batch = &x[n * s.c_in * h * w..][..s.c_in * h * w];
-        for (co, y_plane) in y_batch.chunks_exact_mut(ho * wo).enumerate() {
+    exec.for_each_rows(y, ho * wo, &|first, planes| {
+        for (i, y_plane) in planes.chunks_exact_mut(ho * wo).enumerate() {
+            let (n, co) = ((first + i) / s.c_out, (first + i) % s.c_out);
+            let x_batch = &x[n * s.c_in * h * w..][..s.c_in * h * w];
             y_plane.fill(0.0);
             for (ci, x_plane) in x_batch.chunks_exact(h * w).enumerate() {
-                let taps = &weight[(co * s.c_in + ci) * kernel..][..kernel];
-                for t in tap_reaches(s) {
+                let weights = &weight[(co * s.c_in + ci) * kernel..][..kernel];
+                taps.for_each(|t| {
                     for oh in t.rows.clone() {
                         let x_row = &x_plane[t.input_row(s, oh) * w..][..w];
                         let y_row = &mut y_plane[oh * wo..][..wo];
-                        axpy_gather(&mut y_row[t.cols.clone()], taps[t.tap], x_row, t.first_input_col, stride);
+                        axpy_gather(&mut y_row[t.cols.clone()], weights[t.tap], x_row, t.first_input_col, stride);
                     }
-                }
+                });
             }
         }
-    }
+    });
     Ok(())
 }
 
@@ -245,6 +289,17 @@ pub fn conv2d_forward(s: &Conv2dShape, x: &[f32], weight: &[f32], y: &mut [f32])
 /// Input positions no tap reads (possible when `stride > KH`) get 0. Errors as [`conv2d_forward`]
 /// ([`Error::Length`] naming `dy`, `weight` or `dx`). Non-finite inputs propagate.
 pub fn conv2d_backward_data(s: &Conv2dShape, dy: &[f32], weight: &[f32], dx: &mut [f32]) -> Result<(), Error> {
+    conv2d_backward_data_on(&Serial, s, dy, weight, dx)
+}
+
+/// [`conv2d_backward_data`] on `exec`, one input-gradient plane `(n, ci)` a row: the same bits on any executor.
+pub fn conv2d_backward_data_on(
+    exec: &dyn Executor,
+    s: &Conv2dShape,
+    dy: &[f32],
+    weight: &[f32],
+    dx: &mut [f32],
+) -> Result<(), Error> {
     check(
         s,
         [("dy", dy.len(), s.output_len()), ("weight", weight.len(), s.weight_len()), ("dx", dx.len(), s.input_len())],
@@ -252,24 +307,26 @@ pub fn conv2d_backward_data(s: &Conv2dShape, dy: &[f32], weight: &[f32], dx: &mu
     let (h, w, stride) = (s.h, s.w, s.stride);
     let (ho, wo) = (s.out_h(), s.out_w());
     let kernel = s.kh * s.kw;
+    let taps = Taps::of(s);
     // The transpose of the forward pass: each output-gradient row is scattered back through every tap
     // into the input-gradient plane (n, ci).
-    for (n, dx_batch) in dx.chunks_exact_mut(s.c_in * h * w).enumerate() {
-        let dy_batch = &dy[n * s.c_out * ho * wo..][..s.c_out * ho * wo];
-        for (ci, dx_plane) in dx_batch.chunks_exact_mut(h * w).enumerate() {
+    exec.for_each_rows(dx, h * w, &|first, planes| {
+        for (i, dx_plane) in planes.chunks_exact_mut(h * w).enumerate() {
+            let (n, ci) = ((first + i) / s.c_in, (first + i) % s.c_in);
+            let dy_batch = &dy[n * s.c_out * ho * wo..][..s.c_out * ho * wo];
             dx_plane.fill(0.0);
             for (co, dy_plane) in dy_batch.chunks_exact(ho * wo).enumerate() {
-                let taps = &weight[(co * s.c_in + ci) * kernel..][..kernel];
-                for t in tap_reaches(s) {
+                let weights = &weight[(co * s.c_in + ci) * kernel..][..kernel];
+                taps.for_each(|t| {
                     for oh in t.rows.clone() {
                         let dy_row = &dy_plane[oh * wo..][..wo];
                         let dx_row = &mut dx_plane[t.input_row(s, oh) * w..][..w];
-                        axpy_scatter(dx_row, t.first_input_col, stride, taps[t.tap], &dy_row[t.cols.clone()]);
+                        axpy_scatter(dx_row, t.first_input_col, stride, weights[t.tap], &dy_row[t.cols.clone()]);
                     }
-                }
+                });
             }
         }
-    }
+    });
     Ok(())
 }
 
@@ -279,6 +336,17 @@ pub fn conv2d_backward_data(s: &Conv2dShape, dy: &[f32], weight: &[f32], dx: &mu
 /// then over the batch. Errors as [`conv2d_forward`] ([`Error::Length`] naming `dy`, `x` or `dweight`).
 /// Non-finite inputs propagate.
 pub fn conv2d_backward_weight(s: &Conv2dShape, dy: &[f32], x: &[f32], dweight: &mut [f32]) -> Result<(), Error> {
+    conv2d_backward_weight_on(&Serial, s, dy, x, dweight)
+}
+
+/// [`conv2d_backward_weight`] on `exec`, one filter `co` (`C_IN x KH x KW`) a row: the same bits on any executor.
+pub fn conv2d_backward_weight_on(
+    exec: &dyn Executor,
+    s: &Conv2dShape,
+    dy: &[f32],
+    x: &[f32],
+    dweight: &mut [f32],
+) -> Result<(), Error> {
     check(
         s,
         [("dy", dy.len(), s.output_len()), ("x", x.len(), s.input_len()), ("dweight", dweight.len(), s.weight_len())],
@@ -286,25 +354,30 @@ pub fn conv2d_backward_weight(s: &Conv2dShape, dy: &[f32], x: &[f32], dweight: &
     let (h, w, stride) = (s.h, s.w, s.stride);
     let (ho, wo) = (s.out_h(), s.out_w());
     let kernel = s.kh * s.kw;
-    dweight.fill(0.0);
-    for n in 0..s.n {
-        let x_batch = &x[n * s.c_in * h * w..][..s.c_in * h * w];
-        let dy_batch = &dy[n * s.c_out * ho * wo..][..s.c_out * ho * wo];
-        for (co, dy_plane) in dy_batch.chunks_exact(ho * wo).enumerate() {
-            for (ci, x_plane) in x_batch.chunks_exact(h * w).enumerate() {
-                let taps = &mut dweight[(co * s.c_in + ci) * kernel..][..kernel];
-                for t in tap_reaches(s) {
-                    let mut acc = 0.0f32;
-                    for oh in t.rows.clone() {
-                        let x_row = &x_plane[t.input_row(s, oh) * w..][..w];
-                        let dy_row = &dy_plane[oh * wo..][..wo];
-                        acc += dot_gather(&dy_row[t.cols.clone()], x_row, t.first_input_col, stride);
-                    }
-                    taps[t.tap] += acc;
+    let taps = Taps::of(s);
+    exec.for_each_rows(dweight, s.c_in * kernel, &|first, filters| {
+        filters.fill(0.0);
+        // Samples outermost (each sample's input is read once per piece); each tap sums the samples in order.
+        for n in 0..s.n {
+            let x_batch = &x[n * s.c_in * h * w..][..s.c_in * h * w];
+            let dy_batch = &dy[n * s.c_out * ho * wo..][..s.c_out * ho * wo];
+            for (i, filter) in filters.chunks_exact_mut(s.c_in * kernel).enumerate() {
+                let dy_plane = &dy_batch[(first + i) * ho * wo..][..ho * wo];
+                for (ci, x_plane) in x_batch.chunks_exact(h * w).enumerate() {
+                    let dweights = &mut filter[ci * kernel..][..kernel];
+                    taps.for_each(|t| {
+                        let mut acc = 0.0f32;
+                        for oh in t.rows.clone() {
+                            let x_row = &x_plane[t.input_row(s, oh) * w..][..w];
+                            let dy_row = &dy_plane[oh * wo..][..wo];
+                            acc += dot_gather(&dy_row[t.cols.clone()], x_row, t.first_input_col, stride);
+                        }
+                        dweights[t.tap] += acc;
+                    });
                 }
             }
         }
-    }
+    });
     Ok(())
 }
 
@@ -620,6 +693,101 @@ mod tests {
             let mut want = std::vec![f32::NAN; s.input_len()];
             conv2d_backward_data(&s, &dy, &weight, &mut want).unwrap();
             assert_eq!(backward_data_by_phases(&s, &dy, &weight), want, "{s:?}");
+        }
+    }
+
+    /// Cuts an output into pieces of `rows` rows and runs them last first, as threads might finish.
+    struct Pieces(usize);
+
+    impl Executor for Pieces {
+        fn for_each_rows(&self, out: &mut [f32], row_len: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
+            let pieces: std::vec::Vec<_> = out.chunks_mut(self.0 * row_len).enumerate().collect();
+            for (i, piece) in pieces.into_iter().rev() {
+                f(i * self.0, piece);
+            }
+        }
+    }
+
+    /// The three convolutions straight from their definitions, one output element at a time.
+    fn by_definition(s: &Conv2dShape, x: &[f32], weight: &[f32], dy: &[f32]) -> [std::vec::Vec<f32>; 3] {
+        let (ho, wo) = (s.out_h(), s.out_w());
+        let mut y = std::vec![0.0; s.output_len()];
+        let mut dx = std::vec![0.0; s.input_len()];
+        let mut dw = std::vec![0.0; s.weight_len()];
+        for n in 0..s.n {
+            for co in 0..s.c_out {
+                for (oh, ow) in (0..ho).flat_map(|oh| (0..wo).map(move |ow| (oh, ow))) {
+                    let o = ((n * s.c_out + co) * ho + oh) * wo + ow;
+                    for (ci, ki, kj) in
+                        (0..s.c_in).flat_map(|ci| (0..s.kh).flat_map(move |ki| (0..s.kw).map(move |kj| (ci, ki, kj))))
+                    {
+                        let (ih, iw) =
+                            ((oh * s.stride + ki).wrapping_sub(s.pad), (ow * s.stride + kj).wrapping_sub(s.pad));
+                        if ih < s.h && iw < s.w {
+                            let i = ((n * s.c_in + ci) * s.h + ih) * s.w + iw;
+                            let k = ((co * s.c_in + ci) * s.kh + ki) * s.kw + kj;
+                            y[o] += weight[k] * x[i];
+                            dx[i] += weight[k] * dy[o];
+                            dw[k] += dy[o] * x[i];
+                        }
+                    }
+                }
+            }
+        }
+        [y, dx, dw]
+    }
+
+    #[test]
+    fn any_cut_into_rows_gives_the_same_bits_and_the_definition() {
+        // Small integers: the definition's sums are exact in any order, so the direct loops must match them exactly.
+        // Then fractions: each row computed alone gives the serial loops' bits however the rows are cut. Kernels of
+        // up to 9 taps are listed once per call, the 5x3 and 7x7 ones computed where used: both checked.
+        for s in [
+            shape(3, 4, (6, 7), 5, (3, 3), 1, 1),
+            shape(2, 3, (7, 8), 4, (3, 3), 2, 1),
+            shape(2, 3, (6, 6), 5, (1, 1), 2, 0),
+            shape(2, 2, (9, 11), 3, (5, 3), 3, 2),
+            shape(1, 2, (8, 8), 3, (7, 7), 1, 3),
+        ] {
+            let ints =
+                |len: usize, m: usize| -> std::vec::Vec<f32> { (0..len).map(|i| (i * 7 % m) as f32 - 3.0).collect() };
+            let (x, weight, dy) = (ints(s.input_len(), 7), ints(s.weight_len(), 5), ints(s.output_len(), 9));
+            let [want_y, want_dx, want_dw] = by_definition(&s, &x, &weight, &dy);
+            let mut y = std::vec![f32::NAN; s.output_len()];
+            conv2d_forward(&s, &x, &weight, &mut y).unwrap();
+            assert_eq!(y, want_y, "forward {s:?}");
+            let mut dx = std::vec![f32::NAN; s.input_len()];
+            conv2d_backward_data(&s, &dy, &weight, &mut dx).unwrap();
+            assert_eq!(dx, want_dx, "backward data {s:?}");
+            let mut dw = std::vec![f32::NAN; s.weight_len()];
+            conv2d_backward_weight(&s, &dy, &x, &mut dw).unwrap();
+            assert_eq!(dw, want_dw, "backward weight {s:?}");
+
+            let frac = |len: usize, k: f32| -> std::vec::Vec<f32> {
+                (0..len).map(|i| libm::sinf(i as f32 * k) / 3.0).collect()
+            };
+            let (x, weight, dy) = (frac(s.input_len(), 0.37), frac(s.weight_len(), 1.3), frac(s.output_len(), 0.71));
+            let bits = |v: &[f32]| -> std::vec::Vec<u32> { v.iter().map(|v| v.to_bits()).collect() };
+            let mut serial =
+                [std::vec![0.0; s.output_len()], std::vec![0.0; s.input_len()], std::vec![0.0; s.weight_len()]];
+            conv2d_forward(&s, &x, &weight, &mut serial[0]).unwrap();
+            conv2d_backward_data(&s, &dy, &weight, &mut serial[1]).unwrap();
+            conv2d_backward_weight(&s, &dy, &x, &mut serial[2]).unwrap();
+            for rows in [1, 2, 3, 100] {
+                let mut cut = [
+                    std::vec![f32::NAN; s.output_len()],
+                    std::vec![f32::NAN; s.input_len()],
+                    std::vec![f32::NAN; s.weight_len()],
+                ];
+                conv2d_forward_on(&Pieces(rows), &s, &x, &weight, &mut cut[0]).unwrap();
+                conv2d_backward_data_on(&Pieces(rows), &s, &dy, &weight, &mut cut[1]).unwrap();
+                conv2d_backward_weight_on(&Pieces(rows), &s, &dy, &x, &mut cut[2]).unwrap();
+                for (what, (a, b)) in
+                    ["forward", "backward data", "backward weight"].iter().zip(serial.iter().zip(&cut))
+                {
+                    assert_eq!(bits(a), bits(b), "{what} {s:?} in pieces of {rows} rows");
+                }
+            }
         }
     }
 }

@@ -26,7 +26,10 @@ pub use batchnorm::{
     batchnorm_forward_eval, batchnorm_forward_train, batchnorm_prelu_backward, batchnorm_prelu_forward_eval,
     batchnorm_prelu_forward_train, BatchNorm, BatchNormShape,
 };
-pub use conv2d::{conv2d_backward_data, conv2d_backward_weight, conv2d_forward, conv2d_phase_weights, Conv2dShape};
+pub use conv2d::{
+    conv2d_backward_data, conv2d_backward_data_on, conv2d_backward_weight, conv2d_backward_weight_on, conv2d_forward,
+    conv2d_forward_on, conv2d_phase_weights, Conv2dShape,
+};
 pub use linear::{linear_backward, linear_forward, LinearShape};
 pub(crate) use normalize::check_norms;
 pub use normalize::{l2_normalize_backward, l2_normalize_forward, VectorLayout};

@@ -1,10 +1,12 @@
-//! The core's CPU trainer as a [`Backend`]: slow, simple, the reference for the GPU. Training steps run on one
-//! thread; embeddings on every core (each image's embedding is the same bits in any batch, so the threads change
-//! nothing but the time).
+//! The core's CPU trainer as a [`Backend`]: slow, simple, the reference for the GPU, on every core. Training steps
+//! split each convolution's output planes (or filters) over the threads ([`Threads`]); embeddings split the batch.
+//! Each plane, filter and image is computed alone by the same code wherever it runs, so the threads change nothing
+//! but the time: the same bits on any number of them.
 
 use anyhow::{anyhow, ensure, Result};
 use elasticface_core::model::{forward, IResNetConfig, StateRef, StepConfig, StepReport, Trainer, TrainerLayout};
 use elasticface_core::nn::{preprocess_image, ImageShape};
+use elasticface_core::parallel::Executor;
 use elasticface_core::rng::Philox4x32;
 
 use super::Backend;
@@ -22,30 +24,73 @@ pub struct CpuBackend {
     arena: Vec<f32>,
     order: Vec<u32>,
     steps: u64,
-    /// Threads that embed at once.
-    threads: usize,
+    /// Threads that train and embed at once.
+    threads: Threads,
+}
+
+/// The core's [`Executor`] on this many threads (at least 1): the calling one and scoped ones started for each
+/// layer, each given an equal share of the rows.
+#[derive(Clone, Copy, Debug)]
+pub struct Threads(usize);
+
+impl Threads {
+    /// One thread a core of this machine.
+    pub fn per_core() -> Self {
+        Self(std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
+    /// `n` threads (at least 1).
+    pub fn new(n: usize) -> Self {
+        Self(n.max(1))
+    }
+
+    /// How many.
+    pub fn count(self) -> usize {
+        self.0
+    }
+}
+
+impl Executor for Threads {
+    fn for_each_rows(&self, out: &mut [f32], row_len: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
+        let rows = out.len() / row_len.max(1);
+        let per = rows.div_ceil(self.0).max(1);
+        if per >= rows {
+            return f(0, out);
+        }
+        std::thread::scope(|scope| {
+            let mut pieces = out.chunks_mut(per * row_len).enumerate();
+            let own = pieces.next();
+            for (i, piece) in pieces {
+                scope.spawn(move || f(i * per, piece));
+            }
+            if let Some((_, piece)) = own {
+                f(0, piece);
+            }
+        });
+    }
 }
 
 impl CpuBackend {
     /// A trainer for `cfg` at batch `batch` with `classes` classes, initialised from `seed` as insightface does.
     pub fn new(cfg: &IResNetConfig, batch: usize, classes: usize, step_cfg: StepConfig, seed: u64) -> Result<Self> {
         let layout = TrainerLayout::new(cfg, batch, classes)?;
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = Threads::per_core();
         let arena = vec![0.0; layout.arena_len()];
         let mut me = Self { arena, order: vec![0; batch], layout, step_cfg, steps: 0, threads };
         me.trainer()?.init(&mut Philox4x32::new(seed, INIT_STREAM))?;
         Ok(me)
     }
 
-    /// Embeds on `threads` threads (at least 1) instead of one a core.
+    /// Trains and embeds on `threads` threads (at least 1) instead of one a core.
     pub fn with_threads(mut self, threads: usize) -> Self {
-        self.threads = threads.max(1);
+        self.threads = Threads::new(threads);
         self
     }
 
-    /// The core trainer over this backend's memory.
+    /// The core trainer over this backend's memory, on its threads.
     pub fn trainer(&mut self) -> Result<Trainer<'_>> {
-        let mut t = Trainer::attach(self.layout.clone(), self.step_cfg, &mut self.arena, &mut self.order)?;
+        let t = Trainer::attach(self.layout.clone(), self.step_cfg, &mut self.arena, &mut self.order)?;
+        let mut t = t.with_executor(&self.threads);
         t.set_steps(self.steps);
         Ok(t)
     }
@@ -83,13 +128,14 @@ impl Backend for CpuBackend {
         let (cfg, bn) = (self.layout.cfg, self.step_cfg.bn);
         let (per, e) = (cfg.input_len(), cfg.embedding);
         ensure!(images.len() == flips.len() * per, "embed: {} bytes for {} images", images.len(), flips.len());
-        let part = self.layout.batch.div_ceil(self.threads).max(1);
+        let threads = self.threads.count();
+        let part = self.layout.batch.div_ceil(threads).max(1);
         let mut out = vec![0.0; flips.len() * e];
         // Part i goes to thread i % threads.
         let parts = images.chunks(part * per).zip(flips.chunks(part)).zip(out.chunks_mut(part * e));
-        let mut lanes: Vec<Vec<_>> = (0..self.threads).map(|_| Vec::new()).collect();
+        let mut lanes: Vec<Vec<_>> = (0..threads).map(|_| Vec::new()).collect();
         for (i, p) in parts.enumerate() {
-            lanes[i % self.threads].push(p);
+            lanes[i % threads].push(p);
         }
         let t = self.trainer()?;
         let state = t.state();
@@ -182,6 +228,51 @@ mod tests {
             let got = one.clone().with_threads(threads).embed(&images, &flips).unwrap();
             assert_eq!(got.len(), alone.len());
             assert!(got.iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits()), "{threads} threads");
+        }
+    }
+
+    #[test]
+    fn training_on_any_number_of_threads_is_the_cores_serial_trainer() {
+        // Stride 2, a downsampling shortcut and planes of 1x1 at the end: pieces of every kind.
+        let cfg = IResNetConfig { layers: [1, 1, 1, 1], widths: [4, 8, 8, 16], input_h: 16, input_w: 16, embedding: 8 };
+        let step = StepConfig::recipe("elastic-arc-plus".parse().unwrap());
+        let (b, classes, seed) = (5, 3, 11);
+        let per = cfg.input_len();
+        let batches: Vec<_> = (0..2)
+            .map(|k| crate::data::Batch {
+                epoch: 0,
+                index: k,
+                images: (0..b * per).map(|i| ((i * 37 + k * 101) % 251) as u8).collect(),
+                labels: vec![0, 1, 2, 0, (k % 3) as u32],
+                flips: vec![false; b],
+                indices: (0..b).collect(),
+                next: Position::at_batch(0, k + 1, b),
+            })
+            .collect();
+        let margins = |k: usize| -> Vec<f32> { (0..b).map(|i| 0.4 + 0.02 * (i + k) as f32).collect() };
+
+        // The core's trainer on its default executor: the calling thread, in one piece.
+        let layout = TrainerLayout::new(&cfg, b, classes).unwrap();
+        let (mut arena, mut order) = (vec![0.0; layout.arena_len()], vec![0; b]);
+        let mut core = Trainer::new(layout, step, &mut arena, &mut order).unwrap();
+        core.init(&mut Philox4x32::new(seed, INIT_STREAM)).unwrap();
+        let shape = ImageShape { h: cfg.input_h, w: cfg.input_w };
+        let want: Vec<_> = batches
+            .iter()
+            .enumerate()
+            .map(|(k, batch)| core.step(&batch.to_input(shape).unwrap(), &batch.labels, &margins(k)).unwrap())
+            .collect();
+        let bits = |v: &[f32]| -> Vec<u32> { v.iter().map(|v| v.to_bits()).collect() };
+        let want_arena = bits(&arena);
+
+        for threads in [1, 2, 3, 8] {
+            let mut backend = CpuBackend::new(&cfg, b, classes, step, seed).unwrap().with_threads(threads);
+            for (k, batch) in batches.iter().enumerate() {
+                let got = backend.step(batch, &margins(k)).unwrap();
+                assert_eq!(got.loss.to_bits(), want[k].loss.to_bits(), "loss of step {k} on {threads} threads");
+                assert_eq!(got.grad_norm.to_bits(), want[k].grad_norm.to_bits(), "{threads} threads");
+            }
+            assert!(bits(&backend.arena) == want_arena, "weights, gradients, momentum on {threads} threads");
         }
     }
 }
