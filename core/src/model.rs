@@ -868,13 +868,15 @@ fn forward_in_arena(
 /// [`StateRef::Train`] normalises with batch statistics and updates the running statistics in the state (as
 /// PyTorch's `train()` mode); [`StateRef::Eval`] uses them, reading the state only. `acts` needs
 /// `cfg.activations_len(n)` elements. An image's embedding in evaluation mode does not depend on the other images
-/// of the batch, nor on `n`: the same bits in any batch.
+/// of the batch, nor on `n`: the same bits in any batch. The convolutions run on `exec` ([`Serial`]: the calling
+/// thread), the same bits on any executor.
 ///
 /// Errors: [`Error::Config`] for a network [`IResNetConfig::validate`] refuses; [`Error::Shape`] for `n < 2` in
 /// `Mode::Train` (refused before any running statistic moves), `n = 0`, or a batch whose sizes overflow `usize`;
 /// [`Error::Length`] naming a slice; [`Error::NonFinite`] for a non-finite `input`.
 #[allow(clippy::too_many_arguments)]
 pub fn forward(
+    exec: &dyn Executor,
     cfg: &IResNetConfig,
     bn: &BatchNorm,
     mut state: StateRef<'_>,
@@ -895,7 +897,7 @@ pub fn forward(
     check_len("acts", acts, acts_len)?;
     check_len("out", out, out_len)?;
     check_finite("input", input)?;
-    let e = forward_in_arena(&Serial, cfg, bn, &mut state, n, input, acts)?;
+    let e = forward_in_arena(exec, cfg, bn, &mut state, n, input, acts)?;
     out.copy_from_slice(&acts[e]);
     Ok(())
 }
@@ -1518,7 +1520,8 @@ impl<'a> Trainer<'a> {
         &self.arena[start..start + l.batch * l.cfg.embedding]
     }
 
-    /// Embeddings `out (N, E)` of `n <= B` images `input (N, 3, H, W)` in evaluation mode (running statistics).
+    /// Embeddings `out (N, E)` of `n <= B` images `input (N, 3, H, W)` in evaluation mode (running statistics), on
+    /// the trainer's executor.
     pub fn embed(&mut self, n: usize, input: &[f32], out: &mut [f32]) -> Result<(), Error> {
         let l = &self.layout;
         if n > l.batch {
@@ -1526,7 +1529,7 @@ impl<'a> Trainer<'a> {
         }
         let (lo, hi) = self.arena.split_at_mut(l.acts.start);
         let acts = &mut hi[..l.cfg.activations_len(n)];
-        forward(&l.cfg, &self.step_cfg.bn, StateRef::Eval(&lo[l.state.clone()]), n, input, acts, out)
+        forward(self.exec, &l.cfg, &self.step_cfg.bn, StateRef::Eval(&lo[l.state.clone()]), n, input, acts, out)
     }
 }
 
@@ -1617,10 +1620,10 @@ mod tests {
         let before = state.clone();
         let input: std::vec::Vec<f32> = (0..TINY.input_len()).map(|i| (i % 7) as f32 - 3.0).collect();
         let (mut acts, mut out) = (vec![0.0; TINY.activations_len(1)], vec![0.0; TINY.embedding]);
-        let e = forward(&TINY, &bn, StateRef::Train(&mut state), 1, &input, &mut acts, &mut out);
+        let e = forward(&Serial, &TINY, &bn, StateRef::Train(&mut state), 1, &input, &mut acts, &mut out);
         assert!(matches!(e, Err(Error::Shape { .. })), "{e:?}");
         assert_eq!(state, before, "the running statistics moved");
-        forward(&TINY, &bn, StateRef::Eval(&state), 1, &input, &mut acts, &mut out).unwrap();
+        forward(&Serial, &TINY, &bn, StateRef::Eval(&state), 1, &input, &mut acts, &mut out).unwrap();
     }
 
     #[test]
@@ -1637,7 +1640,7 @@ mod tests {
         let bn = BatchNorm::default();
         let state = vec![0.0; TINY.state_len()];
         for n in [usize::MAX / 2, usize::MAX / 4096] {
-            let e = forward(&TINY, &bn, StateRef::Eval(&state), n, &[], &mut [], &mut []);
+            let e = forward(&Serial, &TINY, &bn, StateRef::Eval(&state), n, &[], &mut [], &mut []);
             assert!(matches!(e, Err(Error::Shape { .. })), "{n}: {e:?}");
         }
     }

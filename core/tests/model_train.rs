@@ -5,6 +5,7 @@
 use elasticface_core::margin::{margin_loss_forward, HeadScratch, HeadShape, MarginConfig, MarginKind, PlusAssignment};
 use elasticface_core::model::{forward, IResNetConfig, StateRef, StepConfig, TensorKind, Trainer, TrainerLayout};
 use elasticface_core::nn::BatchNorm;
+use elasticface_core::parallel::Serial;
 use elasticface_core::rng::{standard_normal, Philox4x32};
 use elasticface_core::Error;
 
@@ -94,7 +95,7 @@ fn loss_at(
     let mut state = state.to_vec();
     let mut acts = vec![0.0; cfg.activations_len(b)];
     let mut emb = vec![0.0; b * cfg.embedding];
-    forward(cfg, &BatchNorm::default(), StateRef::Train(&mut state), b, x, &mut acts, &mut emb).unwrap();
+    forward(&Serial, cfg, &BatchNorm::default(), StateRef::Train(&mut state), b, x, &mut acts, &mut emb).unwrap();
     let shape = HeadShape::new(b, cfg.embedding, head.len() / cfg.embedding);
     let mut arena = vec![0.0; shape.scratch_len()];
     let mut order = vec![0; b];

@@ -137,6 +137,7 @@ pub fn core_flip_embeddings(
 ) -> (Vec<f32>, Vec<f32>) {
     use elasticface_core::model::{forward, StateRef};
     use elasticface_core::nn::{preprocess_image, BatchNorm};
+    use elasticface_core::parallel::Serial;
     let cfg = b.cfg;
     let mut acts = vec![0.0; cfg.activations_len(1)];
     let mut embed = |flip: bool| {
@@ -144,7 +145,7 @@ pub fn core_flip_embeddings(
         preprocess_image(&shape, rgb, flip, &mut x).expect("an image of the network's size");
         let mut out = vec![0.0; cfg.embedding];
         let state = StateRef::Eval(&b.state);
-        forward(&cfg, &BatchNorm::default(), state, 1, &x, &mut acts, &mut out).expect("forward");
+        forward(&Serial, &cfg, &BatchNorm::default(), state, 1, &x, &mut acts, &mut out).expect("forward");
         out
     };
     (embed(false), embed(true))

@@ -122,7 +122,8 @@ impl Backend for CpuBackend {
 
     /// Evaluation-mode embeddings of `images` (RGB, `u8 (N, H, W, 3)`), flipped where `flips` says, on
     /// [`Self::with_threads`] threads sharing the weights: each embeds parts of `B / threads` images (`B` the
-    /// batch), so that their activations together take about one batch's.
+    /// batch), so that their activations together take about one batch's; with fewer parts than threads, each part's
+    /// convolutions are shared out too.
     fn embed(&mut self, images: &[u8], flips: &[bool]) -> Result<Vec<f32>> {
         let shape = self.shape();
         let (cfg, bn) = (self.layout.cfg, self.step_cfg.bn);
@@ -137,12 +138,14 @@ impl Backend for CpuBackend {
         for (i, p) in parts.enumerate() {
             lanes[i % threads].push(p);
         }
+        lanes.retain(|lane| !lane.is_empty());
+        // Fewer parts than threads (a few images): the threads left over share out each lane's convolutions.
+        let exec = Threads::new(threads / lanes.len().max(1));
         let t = self.trainer()?;
         let state = t.state();
         std::thread::scope(|scope| {
             let workers: Vec<_> = lanes
                 .into_iter()
-                .filter(|lane| !lane.is_empty())
                 .map(|lane| {
                     scope.spawn(move || -> Result<()> {
                         let (mut input, mut acts) = (vec![0.0; part * per], vec![0.0; cfg.activations_len(part)]);
@@ -153,7 +156,7 @@ impl Backend for CpuBackend {
                                 preprocess_image(&shape, rgb, flip, chw)?;
                             }
                             let acts = &mut acts[..cfg.activations_len(n)];
-                            forward(&cfg, &bn, StateRef::Eval(state), n, &input[..n * per], acts, out)?;
+                            forward(&exec, &cfg, &bn, StateRef::Eval(state), n, &input[..n * per], acts, out)?;
                         }
                         Ok(())
                     })
@@ -228,6 +231,10 @@ mod tests {
             let got = one.clone().with_threads(threads).embed(&images, &flips).unwrap();
             assert_eq!(got.len(), alone.len());
             assert!(got.iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits()), "{threads} threads");
+            // Two images: fewer parts than threads, the threads left over share out the convolutions.
+            let (two, per) = (2 * cfg.embedding, cfg.input_len());
+            let got = one.clone().with_threads(threads).embed(&images[..2 * per], &flips[..2]).unwrap();
+            assert!(got.iter().zip(&alone[..two]).all(|(a, b)| a.to_bits() == b.to_bits()), "2 on {threads} threads");
         }
     }
 
