@@ -132,8 +132,8 @@ fn preference(device_type: wgpu::DeviceType, backend: wgpu::Backend) -> (u8, u8)
 }
 
 impl Gpu {
-    /// Opens the best adapter (a discrete GPU first, a CPU adapter such as lavapipe last, Vulkan before the other
-    /// backends: [`preference`]), or the one named in `opts`. The error lists what was found and how to get an adapter.
+    /// Opens the best adapter (a discrete GPU first, a CPU adapter such as lavapipe last; of one GPU, Vulkan, then
+    /// Metal, then DX12), or the one named in `opts`. The error lists what was found and how to get an adapter.
     pub fn new(opts: &GpuOptions) -> Result<Self> {
         let instance = instance();
         let mut all = pollster::block_on(instance.enumerate_adapters(BACKENDS));
