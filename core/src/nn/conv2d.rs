@@ -1,8 +1,11 @@
 //! 2-D convolution without bias, as `torch.nn.Conv2d(bias=False)` (square stride and padding).
 //!
-//! The three functions are direct loops ordered for the cache: the innermost loop always runs along one
-//! row of an output (or input) plane, and the range of output positions that touch the input for a given
-//! kernel offset is computed once per row instead of testing every tap against the padding.
+//! Each function documents the order in which every element sums its products; that order, not the loops,
+//! defines the bits. The loops are blocked for registers: the forward pass and the input gradient compute tiles of
+//! [`TILE`] positions of [`BLOCK`] planes at once (output channels, or input channels), each element read once for
+//! all of them; the weight gradient sums [`BLOCK`] filters times [`BLOCK`] input channels at once. Blocks, tiles and
+//! the executor's pieces change which sums run side by side, never the order within one: the same bits as the plain
+//! loops of the documented order (tested), on any executor.
 //!
 //! Non-finite values are not scanned for: they propagate into the outputs as IEEE arithmetic makes them.
 //! No function panics: the shape and every slice length are checked before any element is touched.
@@ -187,44 +190,163 @@ fn taps_in_range(k: usize, size: usize, out: usize, stride: usize, pad: usize) -
     (lo.min(hi), hi)
 }
 
-/// `dst[i] += a * src[first + i * stride]` for every `i` of `dst`. Requires the last index in `src`.
-#[inline]
-fn axpy_gather(dst: &mut [f32], a: f32, src: &[f32], first: usize, stride: usize) {
-    if stride == 1 {
-        // Contiguous: a zip of two slices, which the compiler vectorises.
-        let src = &src[first..first + dst.len()];
-        for (d, &v) in dst.iter_mut().zip(src) {
-            *d += a * v;
+/// Positions of one plane computed together, their sums held in registers: a tile.
+const TILE: usize = 8;
+/// Planes computed together (output channels in the forward pass, input channels in the input gradient), sharing
+/// each element they read.
+const BLOCK: usize = 4;
+/// No source element: the tap reads padding (or, for the input gradient, belongs to another stride phase).
+const NOWHERE: usize = usize::MAX;
+
+/// Where one kernel tap reads for each position of a tile: offsets into one source plane.
+#[derive(Clone, Copy)]
+enum Reads {
+    /// No position of the tile reads anything.
+    Nothing,
+    /// All `TILE` positions read, from consecutive elements starting here.
+    Run(usize),
+    /// Position `j` reads `at[j]` where `live[j]`, nothing elsewhere (where `at[j]` is 0, a safe place to read).
+    Gather { at: [usize; TILE], live: [bool; TILE] },
+}
+
+impl Reads {
+    /// The reads of the first `len` positions of a tile (`len <= TILE`); `source(j)` is position `j`'s, if any.
+    fn of(len: usize, source: impl Fn(usize) -> Option<usize>) -> Self {
+        let mut at = [NOWHERE; TILE];
+        for (j, a) in at.iter_mut().enumerate().take(len) {
+            *a = source(j).unwrap_or(NOWHERE);
         }
-    } else {
-        for (i, d) in dst.iter_mut().enumerate() {
-            *d += a * src[first + i * stride];
+        if at.iter().all(|&a| a == NOWHERE) {
+            Self::Nothing
+        } else if at[0] != NOWHERE && at.iter().enumerate().all(|(j, &a)| a == at[0] + j) {
+            Self::Run(at[0])
+        } else {
+            let live = at.map(|a| a != NOWHERE);
+            Self::Gather { at: at.map(|a| if a == NOWHERE { 0 } else { a }), live }
         }
     }
 }
 
-/// `dst[first + i * stride] += a * src[i]` for every `i` of `src`. Requires the last index in `dst`.
-#[inline]
-fn axpy_scatter(dst: &mut [f32], first: usize, stride: usize, a: f32, src: &[f32]) {
-    if stride == 1 {
-        for (d, &v) in dst[first..first + src.len()].iter_mut().zip(src) {
-            *d += a * v;
+/// The sums of the forward pass and of the input gradient for one tile of `B` planes: `acc[b][j]` is `0.0` plus, for
+/// each source plane `k` of `src` in order (`planes` planes of `plane` elements) and each tap in order (`kernel`
+/// taps), `weight_of(k, tap)[b]` times what `reads_of(tap)` says position `j` reads from plane `k`. Taps that read
+/// nothing add nothing: each element is the sum of its products in the order (plane, tap), whatever the tiling.
+fn tile_sums<const B: usize>(
+    (src, plane, planes): (&[f32], usize, usize),
+    kernel: usize,
+    reads_of: impl Fn(usize) -> Reads,
+    weight_of: impl Fn(usize, usize) -> [f32; B],
+) -> [[f32; TILE]; B] {
+    // Up to 9 taps (every iResNet kernel): their reads are listed once for the tile. A larger kernel lists them
+    // 9 at a time for every plane (the same taps, in the same order).
+    const LISTED: usize = 9;
+    // Taps that read nothing for this tile (padding, another stride phase) are left out.
+    let mut listed = heapless::Vec::<(usize, Reads), LISTED>::new();
+    let list = |listed: &mut heapless::Vec<(usize, Reads), LISTED>, first: usize| {
+        listed.clear();
+        for tap in first..kernel.min(first + LISTED) {
+            let reads = reads_of(tap);
+            if !matches!(reads, Reads::Nothing) {
+                // At most LISTED taps from `first`: every push fits.
+                let _ = listed.push((tap, reads));
+            }
         }
-    } else {
-        for (i, &v) in src.iter().enumerate() {
-            dst[first + i * stride] += a * v;
+    };
+    let mut acc = [[0.0f32; TILE]; B];
+    if kernel <= LISTED {
+        list(&mut listed, 0);
+        if listed.is_empty() {
+            // No tap reads anything for this tile (the input gradient of a stride larger than the kernel).
+            return acc;
+        }
+    }
+    for (k, src_plane) in src.chunks_exact(plane).take(planes).enumerate() {
+        for first in (0..kernel).step_by(LISTED) {
+            if kernel > LISTED {
+                list(&mut listed, first);
+            }
+            for (tap, reads) in &listed {
+                let wv = weight_of(k, *tap);
+                match reads {
+                    Reads::Nothing => {}
+                    Reads::Run(start) => {
+                        let xs = &src_plane[*start..*start + TILE];
+                        for (row, &w) in acc.iter_mut().zip(&wv) {
+                            for (a, &x) in row.iter_mut().zip(xs) {
+                                *a += w * x;
+                            }
+                        }
+                    }
+                    Reads::Gather { at, live } => {
+                        // Adding +0.0 where a position reads nothing leaves its sum as skipping would: a sum that
+                        // starts at +0.0 is never -0.0.
+                        let xs = at.map(|a| src_plane[a]);
+                        for (row, &w) in acc.iter_mut().zip(&wv) {
+                            for ((a, &x), &live) in row.iter_mut().zip(&xs).zip(live) {
+                                *a += if live { w * x } else { 0.0 };
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    acc
+}
+
+/// Computes `out`, a piece of whole planes starting at plane `first` of `(N, per_n, plane)`, `B` planes of one sample
+/// at a time (one at a time where fewer are left), a tile at a time; `tile(first_plane, b_planes, p0, len, out)`
+/// writes the tile's `len` positions from `p0` of the `b_planes` planes (`1` or [`BLOCK`]) from `first_plane` on.
+fn by_tiles(
+    out: &mut [f32],
+    first: usize,
+    (per_n, plane): (usize, usize),
+    tile: impl Fn(usize, usize, usize, usize, &mut [f32]),
+) {
+    let mut done = 0;
+    while done < out.len() / plane {
+        let p = first + done;
+        let left_in_sample = per_n - p % per_n;
+        let b = if left_in_sample >= BLOCK && out.len() / plane - done >= BLOCK { BLOCK } else { 1 };
+        let block = &mut out[done * plane..(done + b) * plane];
+        for p0 in (0..plane).step_by(TILE) {
+            tile(p, b, p0, TILE.min(plane - p0), block);
+        }
+        done += b;
+    }
+}
+
+/// Writes `acc[b][..len]` at position `p0` of plane `b` of `block`.
+fn store<const B: usize>(acc: &[[f32; TILE]; B], block: &mut [f32], plane: usize, p0: usize, len: usize) {
+    for (row, out) in acc.iter().zip(block.chunks_exact_mut(plane)) {
+        out[p0..p0 + len].copy_from_slice(&row[..len]);
+    }
+}
+
+/// Writes `acc[b][j]` at position `at[j]` of plane `b` of `block`, for `j < len`.
+fn store_at<const B: usize>(acc: &[[f32; TILE]; B], block: &mut [f32], plane: usize, at: &[usize; TILE], len: usize) {
+    for (row, out) in acc.iter().zip(block.chunks_exact_mut(plane)) {
+        for (&v, &a) in row.iter().zip(at).take(len) {
+            out[a] = v;
         }
     }
 }
 
-/// `sum_i a[i] * src[first + i * stride]`. Requires the last index in `src`.
-#[inline]
-fn dot_gather(a: &[f32], src: &[f32], first: usize, stride: usize) -> f32 {
-    if stride == 1 {
-        a.iter().zip(&src[first..first + a.len()]).map(|(&p, &q)| p * q).sum()
-    } else {
-        a.iter().enumerate().map(|(i, &p)| p * src[first + i * stride]).sum()
+/// The positions of a plane of width `w` in stride-phase order: row by row, and within a row the columns
+/// `c, c + stride, ...` for `c = 0, 1, ... min(stride, w) - 1` in turn. Index `i` of that order is position
+/// `phase_order(i)`; for stride 1 it is the identity. A tile of the input gradient then holds columns of one phase,
+/// which the same taps reach, from consecutive output columns.
+fn phase_order(i: usize, w: usize, stride: usize) -> usize {
+    let (row, mut rest) = (i / w, i % w);
+    for c in 0..stride.min(w) {
+        let count = (w - c).div_ceil(stride);
+        if rest < count {
+            return row * w + c + rest * stride;
+        }
+        rest -= count;
     }
+    // The counts of the phases add up to `w`: not reached.
+    i
 }
 
 /// Checks the shape, then each slice against it (`Error::Length` names the first wrong one).
@@ -240,8 +362,10 @@ fn check(s: &Conv2dShape, slices: [(&'static str, usize, usize); 3]) -> Result<(
 
 /// `y = conv(x, weight)`. Shapes: `x (N, C_IN, H, W)`, `weight (C_OUT, C_IN, KH, KW)`, `y (N, C_OUT, HO, WO)`.
 ///
-/// Overwrites `y`. Errors: an invalid shape ([`Error::Shape`], see [`Conv2dShape::validate`]) or a slice of
-/// the wrong length ([`Error::Length`] naming `x`, `weight` or `y`). Non-finite inputs propagate.
+/// Each output element is `0.0` plus its products `weight * x` in the order (input channel, tap `(ki, kj)`), taps
+/// that read padding skipped. Overwrites `y`. Errors: an invalid shape ([`Error::Shape`], see
+/// [`Conv2dShape::validate`]) or a slice of the wrong length ([`Error::Length`] naming `x`, `weight` or `y`).
+/// Non-finite inputs propagate.
 pub fn conv2d_forward(s: &Conv2dShape, x: &[f32], weight: &[f32], y: &mut [f32]) -> Result<(), Error> {
     conv2d_forward_on(&Serial, s, x, weight, y)
 }
@@ -258,36 +382,47 @@ pub fn conv2d_forward_on(
         s,
         [("x", x.len(), s.input_len()), ("weight", weight.len(), s.weight_len()), ("y", y.len(), s.output_len())],
     )?;
-    let (h, w, stride) = (s.h, s.w, s.stride);
+    let (h, w, stride, pad) = (s.h, s.w, s.stride, s.pad);
     let (ho, wo) = (s.out_h(), s.out_w());
     let kernel = s.kh * s.kw;
-    let taps = Taps::of(s);
-    // For each output plane (n, co): add every input plane (n, ci) times every tap of weight[co, ci],
-    // one contiguous output row at a time.
+    // Output position (oh, ow) reads, through tap (ki, kj), input (oh * stride + ki - pad, ow * stride + kj - pad).
+    // A tile's `(oh * stride, ow * stride)` are computed once, its reads once for each tap.
+    let starts = |p0: usize| -> [(usize, usize); TILE] {
+        core::array::from_fn(|j| ((p0 + j) / wo * stride, (p0 + j) % wo * stride))
+    };
+    let reads = |starts: &[(usize, usize); TILE], len: usize, tap: usize| {
+        let (ki, kj) = (tap / s.kw, tap % s.kw);
+        Reads::of(len, |j| {
+            let ih = (starts[j].0 + ki).checked_sub(pad).filter(|&ih| ih < h)?;
+            let iw = (starts[j].1 + kj).checked_sub(pad).filter(|&iw| iw < w)?;
+            Some(ih * w + iw)
+        })
+    };
     exec.for_each_rows(y, ho * wo, &|first, planes| {
-        for (i, y_plane) in planes.chunks_exact_mut(ho * wo).enumerate() {
-            let (n, co) = ((first + i) / s.c_out, (first + i) % s.c_out);
-            let x_batch = &x[n * s.c_in * h * w..][..s.c_in * h * w];
-            y_plane.fill(0.0);
-            for (ci, x_plane) in x_batch.chunks_exact(h * w).enumerate() {
-                let weights = &weight[(co * s.c_in + ci) * kernel..][..kernel];
-                taps.for_each(|t| {
-                    for oh in t.rows.clone() {
-                        let x_row = &x_plane[t.input_row(s, oh) * w..][..w];
-                        let y_row = &mut y_plane[oh * wo..][..wo];
-                        axpy_gather(&mut y_row[t.cols.clone()], weights[t.tap], x_row, t.first_input_col, stride);
-                    }
-                });
+        by_tiles(planes, first, (s.c_out, ho * wo), |p, b, p0, len, block| {
+            let (n, co) = (p / s.c_out, p % s.c_out);
+            let src = (&x[n * s.c_in * h * w..][..s.c_in * h * w], h * w, s.c_in);
+            let weight_at = |co: usize, ci: usize, tap: usize| weight[(co * s.c_in + ci) * kernel + tap];
+            let starts = starts(p0);
+            let reads = |tap| reads(&starts, len, tap);
+            if b == BLOCK {
+                let weights = |ci, tap| core::array::from_fn(|b| weight_at(co + b, ci, tap));
+                let acc: [_; BLOCK] = tile_sums(src, kernel, reads, weights);
+                store(&acc, block, ho * wo, p0, len);
+            } else {
+                let acc = tile_sums(src, kernel, reads, |ci, tap| [weight_at(co, ci, tap)]);
+                store(&acc, block, ho * wo, p0, len);
             }
-        }
+        });
     });
     Ok(())
 }
 
 /// Gradient with respect to the input: `dx (N, C_IN, H, W)` from `dy (N, C_OUT, HO, WO)` and `weight`. Overwrites `dx`.
 ///
-/// Input positions no tap reads (possible when `stride > KH`) get 0. Errors as [`conv2d_forward`]
-/// ([`Error::Length`] naming `dy`, `weight` or `dx`). Non-finite inputs propagate.
+/// Each element is `0.0` plus its products `weight * dy` in the order (output channel, tap `(ki, kj)`); input
+/// positions no tap reads (possible when `stride > KH`) get 0. Errors as [`conv2d_forward`] ([`Error::Length`]
+/// naming `dy`, `weight` or `dx`). Non-finite inputs propagate.
 pub fn conv2d_backward_data(s: &Conv2dShape, dy: &[f32], weight: &[f32], dx: &mut [f32]) -> Result<(), Error> {
     conv2d_backward_data_on(&Serial, s, dy, weight, dx)
 }
@@ -304,37 +439,52 @@ pub fn conv2d_backward_data_on(
         s,
         [("dy", dy.len(), s.output_len()), ("weight", weight.len(), s.weight_len()), ("dx", dx.len(), s.input_len())],
     )?;
-    let (h, w, stride) = (s.h, s.w, s.stride);
+    let (h, w, stride, pad) = (s.h, s.w, s.stride, s.pad);
     let (ho, wo) = (s.out_h(), s.out_w());
     let kernel = s.kh * s.kw;
-    let taps = Taps::of(s);
-    // The transpose of the forward pass: each output-gradient row is scattered back through every tap
-    // into the input-gradient plane (n, ci).
+    // The transpose of the forward pass: input position (ih, iw) gets, through tap (ki, kj), the output gradient at
+    // ((ih + pad - ki) / stride, (iw + pad - kj) / stride) where both divide exactly and land in the output. With
+    // `ih + pad = q * stride + r`: where `ki % stride == r` and `ki / stride <= q`, at row `q - ki / stride`.
+    let order = |i| if stride == 1 { i } else { phase_order(i, w, stride) };
+    // A tile's positions and their `(q, r)` of rows and columns, computed once.
+    let starts = |at: &[usize; TILE]| -> [[(usize, usize); 2]; TILE] {
+        at.map(|p| [p / w, p % w].map(|i| ((i + pad) / stride, (i + pad) % stride)))
+    };
+    let back = |(q, r): (usize, usize), k: usize, out: usize| {
+        let o = q.checked_sub(k / stride).filter(|&o| r == k % stride && o < out)?;
+        Some(o)
+    };
+    let reads = |starts: &[[(usize, usize); 2]; TILE], len: usize, tap: usize| {
+        let (ki, kj) = (tap / s.kw, tap % s.kw);
+        Reads::of(len, |j| Some(back(starts[j][0], ki, ho)? * wo + back(starts[j][1], kj, wo)?))
+    };
     exec.for_each_rows(dx, h * w, &|first, planes| {
-        for (i, dx_plane) in planes.chunks_exact_mut(h * w).enumerate() {
-            let (n, ci) = ((first + i) / s.c_in, (first + i) % s.c_in);
-            let dy_batch = &dy[n * s.c_out * ho * wo..][..s.c_out * ho * wo];
-            dx_plane.fill(0.0);
-            for (co, dy_plane) in dy_batch.chunks_exact(ho * wo).enumerate() {
-                let weights = &weight[(co * s.c_in + ci) * kernel..][..kernel];
-                taps.for_each(|t| {
-                    for oh in t.rows.clone() {
-                        let dy_row = &dy_plane[oh * wo..][..wo];
-                        let dx_row = &mut dx_plane[t.input_row(s, oh) * w..][..w];
-                        axpy_scatter(dx_row, t.first_input_col, stride, weights[t.tap], &dy_row[t.cols.clone()]);
-                    }
-                });
+        by_tiles(planes, first, (s.c_in, h * w), |q, b, q0, len, block| {
+            let (n, ci) = (q / s.c_in, q % s.c_in);
+            let src = (&dy[n * s.c_out * ho * wo..][..s.c_out * ho * wo], ho * wo, s.c_out);
+            let weight_at = |co: usize, ci: usize, tap: usize| weight[(co * s.c_in + ci) * kernel + tap];
+            let at: [usize; TILE] = core::array::from_fn(|j| order(q0 + j));
+            let starts = starts(&at);
+            let reads = |tap| reads(&starts, len, tap);
+            if b == BLOCK {
+                let weights = |co, tap| core::array::from_fn(|b| weight_at(co, ci + b, tap));
+                let acc: [_; BLOCK] = tile_sums(src, kernel, reads, weights);
+                store_at(&acc, block, h * w, &at, len);
+            } else {
+                let acc = tile_sums(src, kernel, reads, |co, tap| [weight_at(co, ci, tap)]);
+                store_at(&acc, block, h * w, &at, len);
             }
-        }
+        });
     });
     Ok(())
 }
 
 /// Gradient with respect to the weight: `dweight (C_OUT, C_IN, KH, KW)` from `dy` and `x`. Overwrites `dweight`.
 ///
-/// Shapes: `dy (N, C_OUT, HO, WO)`, `x (N, C_IN, H, W)`. Each tap is summed over one sample's output plane,
-/// then over the batch. Errors as [`conv2d_forward`] ([`Error::Length`] naming `dy`, `x` or `dweight`).
-/// Non-finite inputs propagate.
+/// Shapes: `dy (N, C_OUT, HO, WO)`, `x (N, C_IN, H, W)`. Each element is `0.0` plus, sample by sample, the sample's
+/// sum: `0.0` plus, output row by output row, the row's sum of its products `dy * x` in column order (from `-0.0`, as
+/// `Iterator::sum`), positions that read padding skipped. Errors as [`conv2d_forward`] ([`Error::Length`] naming
+/// `dy`, `x` or `dweight`). Non-finite inputs propagate.
 pub fn conv2d_backward_weight(s: &Conv2dShape, dy: &[f32], x: &[f32], dweight: &mut [f32]) -> Result<(), Error> {
     conv2d_backward_weight_on(&Serial, s, dy, x, dweight)
 }
@@ -351,34 +501,97 @@ pub fn conv2d_backward_weight_on(
         s,
         [("dy", dy.len(), s.output_len()), ("x", x.len(), s.input_len()), ("dweight", dweight.len(), s.weight_len())],
     )?;
-    let (h, w, stride) = (s.h, s.w, s.stride);
+    let (h, w) = (s.h, s.w);
     let (ho, wo) = (s.out_h(), s.out_w());
-    let kernel = s.kh * s.kw;
+    let filter = s.c_in * s.kh * s.kw;
     let taps = Taps::of(s);
-    exec.for_each_rows(dweight, s.c_in * kernel, &|first, filters| {
+    exec.for_each_rows(dweight, filter, &|first, filters| {
         filters.fill(0.0);
-        // Samples outermost (each sample's input is read once per piece); each tap sums the samples in order.
+        let count = filters.len() / filter;
+        // Samples outermost (each sample's input is read once per piece); within a sample, blocks of filters times
+        // blocks of input channels, each tap's sums for all of them at once.
         for n in 0..s.n {
             let x_batch = &x[n * s.c_in * h * w..][..s.c_in * h * w];
             let dy_batch = &dy[n * s.c_out * ho * wo..][..s.c_out * ho * wo];
-            for (i, filter) in filters.chunks_exact_mut(s.c_in * kernel).enumerate() {
-                let dy_plane = &dy_batch[(first + i) * ho * wo..][..ho * wo];
-                for (ci, x_plane) in x_batch.chunks_exact(h * w).enumerate() {
-                    let dweights = &mut filter[ci * kernel..][..kernel];
-                    taps.for_each(|t| {
-                        let mut acc = 0.0f32;
-                        for oh in t.rows.clone() {
-                            let x_row = &x_plane[t.input_row(s, oh) * w..][..w];
-                            let dy_row = &dy_plane[oh * wo..][..wo];
-                            acc += dot_gather(&dy_row[t.cols.clone()], x_row, t.first_input_col, stride);
-                        }
-                        dweights[t.tap] += acc;
-                    });
+            let sample = Sample { s, taps: &taps, x: x_batch, dy: dy_batch };
+            let mut co = 0;
+            while co < count {
+                if count - co >= BLOCK {
+                    sample.filters_sums::<BLOCK>(filters, (first, co));
+                    co += BLOCK;
+                } else {
+                    sample.filters_sums::<1>(filters, (first, co));
+                    co += 1;
                 }
             }
         }
     });
     Ok(())
+}
+
+/// One sample's part of the weight gradient: `x (C_IN, H, W)`, `dy (C_OUT, HO, WO)`.
+struct Sample<'a> {
+    s: &'a Conv2dShape,
+    taps: &'a Taps<'a>,
+    x: &'a [f32],
+    dy: &'a [f32],
+}
+
+impl Sample<'_> {
+    /// Adds this sample's sums to the filters `co..co + BO` of the piece `filters` (whose first filter is `first`),
+    /// [`BLOCK`] input channels at a time (one at a time for the last few).
+    fn filters_sums<const BO: usize>(&self, filters: &mut [f32], (first, co): (usize, usize)) {
+        let mut ci = 0;
+        while self.s.c_in - ci >= BLOCK {
+            self.filter_sums::<BO, BLOCK>(filters, (first, co), ci);
+            ci += BLOCK;
+        }
+        for ci in ci..self.s.c_in {
+            self.filter_sums::<BO, 1>(filters, (first, co), ci);
+        }
+    }
+
+    /// Adds this sample's sums to the `BO x BI` elements of every tap for the filters `co..co + BO` of the piece
+    /// `filters` (whose first filter is `first`) and the input channels `ci..ci + BI`: `BO * BI` independent sums,
+    /// each in its own order.
+    fn filter_sums<const BO: usize, const BI: usize>(
+        &self,
+        filters: &mut [f32],
+        (first, co): (usize, usize),
+        ci: usize,
+    ) {
+        let s = self.s;
+        let (h, w, stride, kernel) = (s.h, s.w, s.stride, s.kh * s.kw);
+        let (ho, wo) = (s.out_h(), s.out_w());
+        let (co_global, filter) = (first + co, s.c_in * kernel);
+        self.taps.for_each(|t| {
+            let mut acc = [[0.0f32; BI]; BO];
+            for oh in t.rows.clone() {
+                let ih = t.input_row(s, oh);
+                let mut row = [[-0.0f32; BI]; BO];
+                for (c, ow) in t.cols.clone().enumerate() {
+                    let iw = t.first_input_col + c * stride;
+                    let xv: [f32; BI] = core::array::from_fn(|i| self.x[((ci + i) * h + ih) * w + iw]);
+                    let dyv: [f32; BO] = core::array::from_fn(|o| self.dy[((co_global + o) * ho + oh) * wo + ow]);
+                    for (r, &d) in row.iter_mut().zip(&dyv) {
+                        for (a, &v) in r.iter_mut().zip(&xv) {
+                            *a += d * v;
+                        }
+                    }
+                }
+                for (a, r) in acc.iter_mut().zip(&row) {
+                    for (a, &r) in a.iter_mut().zip(r) {
+                        *a += r;
+                    }
+                }
+            }
+            for (o, a) in acc.iter().enumerate() {
+                for (i, &a) in a.iter().enumerate() {
+                    filters[(co + o) * filter + (ci + i) * kernel + t.tap] += a;
+                }
+            }
+        });
+    }
 }
 
 /// Taps of a kernel of `k` along one dimension in stride phase `r` (`r < stride`): those at `r + t*stride`.
@@ -735,6 +948,99 @@ mod tests {
             }
         }
         [y, dx, dw]
+    }
+
+    /// The three convolutions as the plainest loops in the order their docs give, one element at a time.
+    fn in_documented_order(s: &Conv2dShape, x: &[f32], weight: &[f32], dy: &[f32]) -> [std::vec::Vec<f32>; 3] {
+        let (ho, wo) = (s.out_h(), s.out_w());
+        let input = |i: usize, k: usize, size: usize| (i * s.stride + k).checked_sub(s.pad).filter(|&v| v < size);
+        let x_at = |n: usize, ci: usize, ih: usize, iw: usize| x[((n * s.c_in + ci) * s.h + ih) * s.w + iw];
+        let dy_at = |n: usize, co: usize, oh: usize, ow: usize| dy[((n * s.c_out + co) * ho + oh) * wo + ow];
+        let w_at = |co: usize, ci: usize, ki: usize, kj: usize| weight[((co * s.c_in + ci) * s.kh + ki) * s.kw + kj];
+        let taps = || (0..s.kh).flat_map(|ki| (0..s.kw).map(move |kj| (ki, kj)));
+        let mut y = std::vec::Vec::new();
+        for (n, co, oh, ow) in nested(s.n, s.c_out, ho, wo) {
+            let mut acc = 0.0f32;
+            for ci in 0..s.c_in {
+                for (ki, kj) in taps() {
+                    if let (Some(ih), Some(iw)) = (input(oh, ki, s.h), input(ow, kj, s.w)) {
+                        acc += w_at(co, ci, ki, kj) * x_at(n, ci, ih, iw);
+                    }
+                }
+            }
+            y.push(acc);
+        }
+        let mut dx = std::vec::Vec::new();
+        for (n, ci, ih, iw) in nested(s.n, s.c_in, s.h, s.w) {
+            let mut acc = 0.0f32;
+            for co in 0..s.c_out {
+                for (ki, kj) in taps() {
+                    let oh = (0..ho).find(|&oh| input(oh, ki, s.h) == Some(ih));
+                    let ow = (0..wo).find(|&ow| input(ow, kj, s.w) == Some(iw));
+                    if let (Some(oh), Some(ow)) = (oh, ow) {
+                        acc += w_at(co, ci, ki, kj) * dy_at(n, co, oh, ow);
+                    }
+                }
+            }
+            dx.push(acc);
+        }
+        let mut dw = std::vec::Vec::new();
+        for (co, ci, ki, kj) in nested(s.c_out, s.c_in, s.kh, s.kw) {
+            let mut total = 0.0f32;
+            for n in 0..s.n {
+                let mut acc = 0.0f32;
+                for oh in 0..ho {
+                    if let Some(ih) = input(oh, ki, s.h) {
+                        let products =
+                            (0..wo).filter_map(|ow| Some(dy_at(n, co, oh, ow) * x_at(n, ci, ih, input(ow, kj, s.w)?)));
+                        acc += products.sum::<f32>();
+                    }
+                }
+                total += acc;
+            }
+            dw.push(total);
+        }
+        [y, dx, dw]
+    }
+
+    /// `(a, b, c, d)` over `0..a x 0..b x 0..c x 0..d`, the last fastest.
+    fn nested(a: usize, b: usize, c: usize, d: usize) -> impl Iterator<Item = (usize, usize, usize, usize)> {
+        (0..a).flat_map(move |i| (0..b).flat_map(move |j| (0..c).flat_map(move |k| (0..d).map(move |l| (i, j, k, l)))))
+    }
+
+    #[test]
+    fn every_element_sums_in_its_documented_order() {
+        // Fractions, whose sums round differently in another order. Shapes for every path of the blocked loops:
+        // channel counts that leave remainders after blocks of 4, planes that are not whole tiles (tiles across rows),
+        // strides 2 and 3 (the input gradient in phase order, a stride larger than the kernel), kernels larger than
+        // 3x3, and a sample boundary inside a block of planes.
+        for s in [
+            shape(3, 4, (6, 7), 5, (3, 3), 1, 1),
+            shape(2, 3, (7, 8), 6, (3, 3), 2, 1),
+            shape(2, 6, (9, 5), 5, (3, 3), 2, 1),
+            shape(2, 3, (6, 6), 5, (1, 1), 2, 0),
+            shape(3, 5, (8, 9), 9, (2, 2), 3, 0),
+            shape(2, 2, (9, 11), 3, (5, 3), 3, 2),
+            shape(1, 2, (8, 8), 3, (7, 7), 1, 3),
+            shape(2, 8, (16, 16), 8, (3, 3), 1, 1),
+            shape(5, 4, (2, 2), 4, (3, 3), 1, 1),
+        ] {
+            let frac = |len: usize, k: f32| -> std::vec::Vec<f32> {
+                (0..len).map(|i| libm::sinf(i as f32 * k) / 3.0).collect()
+            };
+            let (x, weight, dy) = (frac(s.input_len(), 0.37), frac(s.weight_len(), 1.3), frac(s.output_len(), 0.71));
+            let [want_y, want_dx, want_dw] = in_documented_order(&s, &x, &weight, &dy);
+            let bits = |v: &[f32]| -> std::vec::Vec<u32> { v.iter().map(|v| v.to_bits()).collect() };
+            let mut y = std::vec![f32::NAN; s.output_len()];
+            conv2d_forward(&s, &x, &weight, &mut y).unwrap();
+            assert_eq!(bits(&y), bits(&want_y), "forward {s:?}");
+            let mut dx = std::vec![f32::NAN; s.input_len()];
+            conv2d_backward_data(&s, &dy, &weight, &mut dx).unwrap();
+            assert_eq!(bits(&dx), bits(&want_dx), "backward data {s:?}");
+            let mut dw = std::vec![f32::NAN; s.weight_len()];
+            conv2d_backward_weight(&s, &dy, &x, &mut dw).unwrap();
+            assert_eq!(bits(&dw), bits(&want_dw), "backward weight {s:?}");
+        }
     }
 
     #[test]
