@@ -205,8 +205,9 @@ enum Reads {
     Nothing,
     /// All `TILE` positions read, from consecutive elements starting here.
     Run(usize),
-    /// Position `j` reads `at[j]` where `live[j]`, nothing elsewhere (where `at[j]` is 0, a safe place to read).
-    Gather { at: [usize; TILE], live: [bool; TILE] },
+    /// Position `j` reads `at[j]` where `live[j]` is all ones, nothing where it is 0 (and `at[j]` is 0, a safe place
+    /// to read). The masks apply to the bits of the products.
+    Gather { at: [usize; TILE], live: [u32; TILE] },
 }
 
 impl Reads {
@@ -221,7 +222,7 @@ impl Reads {
         } else if at[0] != NOWHERE && at.iter().enumerate().all(|(j, &a)| a == at[0] + j) {
             Self::Run(at[0])
         } else {
-            let live = at.map(|a| a != NOWHERE);
+            let live = at.map(|a| if a == NOWHERE { 0 } else { u32::MAX });
             Self::Gather { at: at.map(|a| if a == NOWHERE { 0 } else { a }), live }
         }
     }
@@ -278,12 +279,12 @@ fn tile_sums<const B: usize>(
                         }
                     }
                     Reads::Gather { at, live } => {
-                        // Adding +0.0 where a position reads nothing leaves its sum as skipping would: a sum that
-                        // starts at +0.0 is never -0.0.
+                        // A masked product is +0.0, and adding +0.0 leaves a sum as skipping would: a sum that starts
+                        // at +0.0 is never -0.0.
                         let xs = at.map(|a| src_plane[a]);
                         for (row, &w) in acc.iter_mut().zip(&wv) {
                             for ((a, &x), &live) in row.iter_mut().zip(&xs).zip(live) {
-                                *a += if live { w * x } else { 0.0 };
+                                *a += f32::from_bits((w * x).to_bits() & live);
                             }
                         }
                     }
