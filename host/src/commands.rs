@@ -80,6 +80,10 @@ pub struct DeviceArgs {
     /// GPU adapter name filter.
     #[arg(long, value_name = "NAME")]
     pub adapter: Option<String>,
+    /// Threads of the CPU reference; 0 is one a core the process may use (`taskset` and container limits count).
+    /// The embeddings are the same bits on any number.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub threads: usize,
     /// Images embedded at once (lower it for large networks on the CPU).
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
@@ -87,7 +91,7 @@ pub struct DeviceArgs {
 
 impl DeviceArgs {
     fn open(&self, backbone: &Backbone) -> Result<Box<dyn Backend>> {
-        open_inference(backbone, self.device, self.adapter.clone(), self.batch)
+        open_inference(backbone, self.device, self.adapter.clone(), self.threads, self.batch)
     }
 }
 

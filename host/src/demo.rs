@@ -14,34 +14,50 @@ use crate::eval::{roc_curve, VerifyReport};
 use crate::synth::{synth, SynthConfig};
 use crate::train::run::{held_out_pairs, train, Device, RunSummary, TrainConfig};
 
-/// The demo's knobs (the command's flags).
-#[derive(Clone, Debug)]
+/// The demo's knobs: the flags of `elasticface demo`.
+#[derive(clap::Args, Clone, Debug)]
 pub struct DemoConfig {
     /// Run folder (report, checkpoint, metrics, picture).
+    #[arg(long, value_name = "DIR", default_value = "runs/demo")]
     pub out: PathBuf,
-    /// Where the generated data set is kept and reused.
+    /// Where the generated data set is kept (and reused when the settings match).
+    #[arg(long, value_name = "DIR", default_value = "runs/demo-data")]
     pub data: PathBuf,
     /// Training identities.
+    #[arg(long, default_value_t = 100)]
     pub ids: usize,
     /// Images per training identity.
+    #[arg(long, default_value_t = 20)]
     pub per_id: usize,
-    /// Held-out identities.
+    /// Held-out identities (10 images each).
+    #[arg(long, default_value_t = 40)]
     pub val_ids: usize,
-    /// Image size.
+    /// Image height and width (a multiple of 16).
+    #[arg(long, default_value_t = 32)]
     pub size: usize,
-    /// Backbone: `demo` (a 4-block iResNet, widths 16-128) or r18, r34, r50, r100, r200.
+    /// Backbone: demo (1 block per stage, widths 16-128, 64-d) or r18, r34, r50, r100, r200.
+    #[arg(long, default_value = "demo")]
     pub arch: String,
     /// Training steps.
+    #[arg(long, default_value_t = 200)]
     pub steps: u64,
     /// Images per step.
+    #[arg(long, default_value_t = 64)]
     pub batch: usize,
-    /// Loss preset.
+    /// Loss: arcface, cosface, elastic-arc, elastic-cos, elastic-arc-plus, elastic-cos-plus.
+    #[arg(long, default_value = "elastic-arc-plus")]
     pub loss: String,
-    /// Device.
+    /// auto (GPU if found, else CPU), gpu, or cpu.
+    #[arg(long, value_enum, default_value = "auto")]
     pub device: Device,
-    /// Seed of the data and the run.
+    /// Threads of the CPU reference; 0 is one a core the process may use (the results are the same bits).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub threads: usize,
+    /// Seed of the data, the weights, the margins and the data order.
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// No progress bars.
+    #[arg(long)]
     pub quiet: bool,
 }
 
@@ -137,6 +153,7 @@ pub fn train_config(cfg: &DemoConfig) -> TrainConfig {
         seed: cfg.seed,
         workers: 2,
         device: cfg.device,
+        threads: cfg.threads,
         checkpoint_every: 0,
         ..TrainConfig::default()
     }

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use elasticface::gpu::kernels::conv2d::ConvTileChoice;
 use elasticface::gpu::kernels::winograd::WinogradTileChoice;
 use elasticface::gpu::{adapters, AdapterLine, Gpu, GpuOptions};
+use elasticface::train::cpu::Threads;
 use elasticface::train::run::{train, Device, Precision, TrainConfig, WinogradLayers};
 use elasticface::{bench, selftest};
 
@@ -29,47 +30,7 @@ enum Command {
     /// on the GPU (or the CPU reference where there is none), measures verification on held-out identities
     /// before and after training, and writes the checkpoint, metrics.jsonl and demo.png (loss and ROC curves).
     /// Scale it up with --ids, --size, --arch, --steps; compare losses on the same seed with --loss.
-    Demo {
-        /// Run folder.
-        #[arg(long, value_name = "DIR", default_value = "runs/demo")]
-        out: PathBuf,
-        /// Where the generated data set is kept (and reused when the settings match).
-        #[arg(long, value_name = "DIR", default_value = "runs/demo-data")]
-        data: PathBuf,
-        /// Training identities.
-        #[arg(long, default_value_t = 100)]
-        ids: usize,
-        /// Images per training identity.
-        #[arg(long, default_value_t = 20)]
-        per_id: usize,
-        /// Held-out identities (10 images each).
-        #[arg(long, default_value_t = 40)]
-        val_ids: usize,
-        /// Image height and width (a multiple of 16).
-        #[arg(long, default_value_t = 32)]
-        size: usize,
-        /// Backbone: demo (1 block per stage, widths 16-128, 64-d) or r18, r34, r50, r100, r200.
-        #[arg(long, default_value = "demo")]
-        arch: String,
-        /// Training steps.
-        #[arg(long, default_value_t = 200)]
-        steps: u64,
-        /// Images per step.
-        #[arg(long, default_value_t = 64)]
-        batch: usize,
-        /// Loss: arcface, cosface, elastic-arc, elastic-cos, elastic-arc-plus, elastic-cos-plus.
-        #[arg(long, default_value = "elastic-arc-plus")]
-        loss: String,
-        /// auto (GPU if found, else CPU), gpu, or cpu.
-        #[arg(long, value_enum, default_value = "auto")]
-        device: Device,
-        /// Seed of the data, the weights, the margins and the data order.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// No progress bars.
-        #[arg(long)]
-        quiet: bool,
-    },
+    Demo(elasticface::demo::DemoConfig),
     /// Train an iResNet with an ElasticFace (or ArcFace/CosFace) head on insightface RecordIO or an image folder.
     ///
     /// Defaults follow the released ElasticFace recipe: r100, 512-d, ElasticFace-Arc+, SGD momentum 0.9,
@@ -127,6 +88,9 @@ enum Command {
     /// direct and Winograd in f32 (both tiles), and in mixed precision (F(2x2)) where the adapter has tensor cores;
     /// --precision, --winograd and --winograd-tile do not apply (--conv-tile does).
     ///
+    /// --kernels --cpu: the CPU reference's convolutions (what `--device cpu` trains with) on the same shapes, on
+    /// --threads threads, timed the same way (rounds of --reps runs, the median round); no GPU needed.
+    ///
     /// --tune: the same steps in each setting of the convolutions that `train` offers (--precision, --winograd,
     /// --winograd-tile, --conv-tile; mixed precision, with and without Winograd, where the adapter has tensor
     /// cores) on one trainer, fastest first, and the flags of the fastest: which settings suit this GPU and
@@ -143,6 +107,12 @@ enum Command {
         /// Time each kernel family instead of whole steps.
         #[arg(long, conflicts_with = "data")]
         kernels: bool,
+        /// --kernels: time the CPU reference's convolutions instead of the GPU's kernels.
+        #[arg(long, requires = "kernels")]
+        cpu: bool,
+        /// --kernels --cpu: threads of the CPU reference (default: one a core the process may use).
+        #[arg(long, value_name = "N", requires = "cpu")]
+        threads: Option<usize>,
         /// Time whole steps in every setting of the convolutions (direct, Winograd from each width of the
         /// network with either tile choice, the default on every other convolution tile that fits, mixed precision
         /// on every tile that fits where the adapter has tensor cores), --warmup and --steps each, and print them
@@ -198,7 +168,8 @@ enum Command {
         /// workgroup memory), or auto (the adapter's: 128x64x16 on a GPU, 64x64x16 on a CPU adapter).
         #[arg(long, value_name = "auto|RxCxD[x2]", default_value = "auto")]
         conv_tile: ConvTileChoice,
-        /// --kernels: divide the spatial sizes of the 112x112 network by this (default: 4 on a CPU adapter, else 1).
+        /// --kernels: divide the spatial sizes of the 112x112 network by this (default: 4 on a CPU adapter and with
+        /// --cpu, else 1).
         #[arg(long)]
         shrink: Option<usize>,
         /// --kernels: launches per timed round.
@@ -379,6 +350,10 @@ struct TrainArgs {
     /// auto (GPU if found, else CPU), gpu, or cpu (the exact, slow reference) [default: auto].
     #[arg(long, value_enum)]
     device: Option<Device>,
+    /// Threads of the CPU reference; 0 is one a core the process may use (`taskset` and container limits count).
+    /// The losses and weights are the same bits on any number [default: 0].
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
     /// GPU arithmetic of the convolutions: auto (f32, the faster today), f32, or mixed (tensor cores: f16
     /// operands, f32 accumulation, dynamic loss scaling; activations stored as f16, half the memory)
     /// [default: auto].
@@ -429,7 +404,7 @@ impl TrainArgs {
         }
         set!(data, out, arch, embedding, input_size, loss, plus_assignment, batch, epochs, max_steps, lr, schedule);
         set!(decay_epochs, warmup_epochs, momentum, weight_decay, clip_norm, seed, workers, device, checkpoint_every);
-        set!(eval_every, val_pairs, precision, winograd, winograd_tile, conv_tile, accumulate);
+        set!(eval_every, val_pairs, precision, winograd, winograd_tile, conv_tile, accumulate, threads);
         if self.val.is_some() {
             c.val = self.val.clone();
         }
@@ -472,22 +447,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Align(args) => args.run(),
         Command::Export(args) => args.run(),
         Command::Import(args) => args.run(),
-        Command::Demo { out, data, ids, per_id, val_ids, size, arch, steps, batch, loss, device, seed, quiet } => {
-            let cfg = elasticface::demo::DemoConfig {
-                out,
-                data,
-                ids,
-                per_id,
-                val_ids,
-                size,
-                arch,
-                steps,
-                batch,
-                loss,
-                device,
-                seed,
-                quiet,
-            };
+        Command::Demo(cfg) => {
             let r = elasticface::demo::demo(&cfg)?;
             let s = &r.run;
             println!(
@@ -605,6 +565,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Bench {
             kernels,
+            cpu,
+            threads,
             tune,
             budget,
             data,
@@ -641,6 +603,31 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 return Ok(ExitCode::SUCCESS);
             }
+            // --kernels: a table (or JSON lines), a row as each kernel is timed.
+            let header = || {
+                if !json {
+                    println!("{:<28} {:<32} {:>10} {:>10} {:>9}", "kernel", "shape", "ms", "GFLOP/s", "GB/s");
+                }
+            };
+            let row = |r: &bench::kernels::KernelResult| -> Result<()> {
+                if json {
+                    println!("{}", serde_json::to_string(r)?);
+                } else {
+                    println!("{:<28} {:<32} {:>10.3} {:>10.2} {:>9.2}", r.kernel, r.shape, r.ms, r.gflops, r.gbytes);
+                }
+                Ok(())
+            };
+            if cpu {
+                let exec = threads.map_or_else(Threads::per_core, Threads::new);
+                let (batch, shrink) = (batch.unwrap_or(8), shrink.unwrap_or(4).max(1));
+                let on = if exec.count() == 1 { "1 thread".into() } else { format!("{} threads", exec.count()) };
+                eprintln!("CPU reference on {on} (shapes: batch {batch}, spatial / {shrink})");
+                header();
+                for r in bench::kernels::cpu_conv_results(&exec, batch, shrink, reps.max(1), 3)? {
+                    row(&r)?;
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             let mut opts = GpuOptions::from_env();
             opts.adapter_name = adapter.or(opts.adapter_name);
             let gpu = Gpu::new(&opts)?;
@@ -652,19 +639,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     "adapter: {} (shapes: batch {batch}, spatial / {shrink}; convolution tiles {tile})",
                     AdapterLine(gpu.info.clone())
                 );
-                if !json {
-                    println!("{:<28} {:<32} {:>10} {:>10} {:>9}", "kernel", "shape", "ms", "GFLOP/s", "GB/s");
-                }
+                header();
                 for case in bench::kernels::kernel_cases(&gpu, batch, shrink.max(1), conv_tile)? {
-                    let r = bench::kernels::time_case(&gpu, &case, reps.max(1), 3)?;
-                    if json {
-                        println!("{}", serde_json::to_string(&r)?);
-                    } else {
-                        println!(
-                            "{:<28} {:<32} {:>10.3} {:>10.2} {:>9.2}",
-                            r.kernel, r.shape, r.ms, r.gflops, r.gbytes
-                        );
-                    }
+                    row(&bench::kernels::time_case(&gpu, &case, reps.max(1), 3)?)?;
                 }
                 return Ok(ExitCode::SUCCESS);
             }

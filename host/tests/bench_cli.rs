@@ -121,3 +121,23 @@ fn a_budget_needs_the_tune_and_a_number_of_seconds() {
     assert!(!out.status.success());
     assert!(stderr.contains("--budget -1: not a number of seconds"), "{stderr}");
 }
+
+#[test]
+fn the_cpu_references_convolutions_are_timed_on_the_threads_asked_for() {
+    let args = ["bench", "--kernels", "--cpu", "--threads", "2", "--batch", "2", "--shrink", "8", "--reps", "1"];
+    let out = elasticface().args(args).arg("--json").output().expect("runs");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("CPU reference on 2 threads (shapes: batch 2, spatial / 8)"), "{stderr}");
+    let rows: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).expect("JSON lines")).collect();
+    // Seven convolutions, each forward and weight gradient, and the input gradient of all but the stem.
+    assert_eq!(rows.len(), 7 * 3 - 1, "{stdout}");
+    assert_eq!(rows[0]["kernel"], "conv2d_forward (cpu)");
+    assert_eq!(rows[0]["shape"], "N=2 3->64 14x14 k3 s1");
+    assert_eq!(rows[1]["kernel"], "conv2d_backward_weight (cpu)");
+    assert!(rows.iter().all(|r| r["gflops"].as_f64().unwrap() > 0.0 && r["ms"].as_f64().unwrap() > 0.0), "{stdout}");
+    // --cpu is a form of --kernels.
+    let out = elasticface().args(["bench", "--cpu"]).output().expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--kernels"));
+}

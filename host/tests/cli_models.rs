@@ -79,9 +79,12 @@ fn import_export_eval_embed_compare() {
         &p("eval"),
         "--device",
         "cpu",
+        "--threads",
+        "3",
         "--quiet",
     ]);
     assert!(out.contains("pairs_py2") && out.contains("pairs_py3") && out.contains("TAR@FAR=1e-3"), "{out}");
+    assert!(out.contains(", on cpu (3 threads)"), "{out}");
     for f in ["report.json", "roc.png", "roc.svg"] {
         assert!(dir.path().join("eval").join(f).is_file(), "{f}");
     }
@@ -158,6 +161,14 @@ fn import_export_eval_embed_compare() {
     let st = elasticface::tensorfile::TensorFile::open(Path::new(&p("e.safetensors"))).unwrap();
     assert_eq!(st.get("embeddings").unwrap().shape, [3, 16]);
     assert_eq!(st.meta["files"].as_array().unwrap().len(), 3);
+    // On one thread: the same bits.
+    let one = p("e1.safetensors");
+    elasticface(&["embed", "--model", &model, &faces, "--out", &one, "--device", "cpu", "--threads", "1", "--quiet"]);
+    let st1 = elasticface::tensorfile::TensorFile::open(Path::new(&one)).unwrap();
+    let bits = |t: &elasticface::tensorfile::TensorFile| -> Vec<u32> {
+        t.f32("embeddings").unwrap().iter().map(|v| v.to_bits()).collect()
+    };
+    assert_eq!(bits(&st1), bits(&st));
 
     // An image compared with itself: cosine 1, the same person.
     let a = imgs.join("0.png").display().to_string();

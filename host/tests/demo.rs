@@ -19,6 +19,7 @@ fn a_short_demo_learns_to_verify_unseen_identities() {
         batch: 32,
         loss: "elastic-arc-plus".into(),
         device: Device::Cpu,
+        threads: 0,
         seed: 0,
         quiet: true,
     };

@@ -203,7 +203,7 @@ fn verification_packs_are_scored_during_training() {
 
     // The end's figures are `eval`'s on the final weights.
     let backbone = elasticface::checkpoint::Backbone::open(&cfg.out.join("final.safetensors"), None, None).unwrap();
-    let mut inference = elasticface::train::run::open_inference(&backbone, Device::Cpu, None, 16).unwrap();
+    let mut inference = elasticface::train::run::open_inference(&backbone, Device::Cpu, None, 0, 16).unwrap();
     for r in &s.val_after {
         let path = packs.join(format!("{}.bin", r.set));
         let shape = ImageShape { h: SIZE, w: SIZE };

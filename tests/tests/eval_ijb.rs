@@ -123,7 +123,7 @@ fn eval_args(model: &Path, ijb: Vec<PathBuf>, out: PathBuf) -> EvalArgs {
         val_dir: None,
         ijb,
         out,
-        device: DeviceArgs { device: Device::Cpu, adapter: None, batch: 64 },
+        device: DeviceArgs { device: Device::Cpu, adapter: None, threads: 0, batch: 64 },
         quiet: true,
     }
 }
@@ -466,7 +466,7 @@ fn a_stopped_run_resumes_from_its_feature_file() {
     let set = IjbSet::open(&ijb).unwrap();
     let shape = ImageShape { h: 16, w: 16 };
     let backend = |seed: u64, fail_at: Option<usize>| Stopping {
-        inner: elasticface::train::run::open_inference(&tiny_backbone(seed), Device::Cpu, None, 64).unwrap(),
+        inner: elasticface::train::run::open_inference(&tiny_backbone(seed), Device::Cpu, None, 0, 64).unwrap(),
         calls: 0,
         fail_at,
         take_file_at: None,
@@ -547,7 +547,7 @@ fn a_run_whose_feature_file_another_run_took_stops() {
     let file = dir.path().join("IJB.features");
     // Calls 2 and 3 embed the second chunk (its faces, their mirror images): the file is taken during them.
     let mut b = Stopping {
-        inner: elasticface::train::run::open_inference(&tiny_backbone(5), Device::Cpu, None, 64).unwrap(),
+        inner: elasticface::train::run::open_inference(&tiny_backbone(5), Device::Cpu, None, 0, 64).unwrap(),
         calls: 0,
         fail_at: None,
         take_file_at: Some((3, file.clone())),

@@ -101,7 +101,7 @@ fn eval_args(model: &Path, bins: Vec<PathBuf>) -> EvalArgs {
         val_dir: None,
         ijb: Vec::new(),
         out: PathBuf::from("unused"),
-        device: DeviceArgs { device: Device::Cpu, adapter: None, batch: 64 },
+        device: DeviceArgs { device: Device::Cpu, adapter: None, threads: 0, batch: 64 },
         quiet: true,
     }
 }

@@ -41,7 +41,7 @@ fn the_pytorch_fixture_equals_the_reference_initial_weights_exactly() {
 
 /// The backbone's embeddings `(N, E)` of `u8` images on the CPU reference.
 fn cpu_embeddings(b: &Backbone, images: &[u8], n: usize) -> Vec<f32> {
-    let mut backend = open_inference(b, Device::Cpu, None, 8).unwrap();
+    let mut backend = open_inference(b, Device::Cpu, None, 0, 8).unwrap();
     backend.embed(images, &vec![false; n]).unwrap()
 }
 

@@ -4,13 +4,20 @@
 //! one compute pass and times the submission with the wall clock (so the figure includes the ~µs launch cost per
 //! dispatch, as training does). GFLOP/s counts the multiply-adds as two operations; element-wise kernels count
 //! one operation per element and are reported with their memory traffic in GB/s.
+//!
+//! With `--cpu`, the CPU reference's convolutions (the core's functions, on the host's threads) on the same shapes,
+//! timed the same way: what `--device cpu` trains and embeds with.
 
 use std::time::Instant;
 
 use anyhow::Result;
 use serde::Serialize;
 
-use elasticface_core::nn::{BatchNorm, BatchNormShape, Conv2dShape, LinearShape, WinogradTile};
+use elasticface_core::nn::{
+    conv2d_backward_data_on, conv2d_backward_weight_on, conv2d_forward_on, BatchNorm, BatchNormShape, Conv2dShape,
+    LinearShape, WinogradTile,
+};
+use elasticface_core::parallel::Executor;
 
 use crate::gpu::kernels::batchnorm::{BackwardFusion, BatchNormKernels, Epilogue};
 use crate::gpu::kernels::conv2d::{self, Conv2d, ConvOp, ConvPrecision, ConvTileChoice};
@@ -80,31 +87,41 @@ pub fn time_case(gpu: &Gpu, case: &KernelCase, reps: usize, rounds: usize) -> Re
     })
 }
 
+/// The convolutions of an iResNet stage by stage: (C_in, C_out, input size, kernel, stride, pad).
+const CONVS: [(usize, usize, usize, usize, usize, usize); 7] = [
+    (3, 64, 112, 3, 1, 1),
+    (64, 64, 56, 3, 1, 1),
+    (64, 128, 56, 3, 2, 1),
+    (64, 128, 56, 1, 2, 0),
+    (128, 128, 28, 3, 1, 1),
+    (256, 256, 14, 3, 1, 1),
+    (512, 512, 7, 3, 1, 1),
+];
+
+/// The convolution shapes of the cases: [`CONVS`] for a batch of `n`, spatial sizes divided by `shrink`.
+fn conv_shapes(n: usize, shrink: usize) -> impl Iterator<Item = Conv2dShape> {
+    CONVS.into_iter().map(move |(c_in, c_out, hw, k, stride, pad)| {
+        let hw = (hw / shrink.max(1)).max(k);
+        Conv2dShape { n, c_in, h: hw, w: hw, c_out, kh: k, kw: k, stride, pad }
+    })
+}
+
+/// A shape in words, e.g. `N=8 64->64 56x56 k3 s1`.
+fn conv_words(s: &Conv2dShape) -> String {
+    format!("N={} {}->{} {}x{} k{} s{}", s.n, s.c_in, s.c_out, s.h, s.w, s.kh, s.stride)
+}
+
 /// The cases for a batch of `n` (iResNet shapes at 112x112 scaled down by `shrink` in each spatial dimension, so
 /// that a CPU adapter finishes in seconds), the convolutions (and Winograd's products) on `tile`.
 pub fn kernel_cases(gpu: &Gpu, n: usize, shrink: usize, tile: ConvTileChoice) -> Result<Vec<KernelCase>> {
     let mut cases = Vec::new();
-    // The convolutions of an iResNet stage by stage: (C_in, C_out, input size, kernel, stride, pad).
     // The f32 kernels, and the mixed-precision ones where the adapter has cooperative matrices.
     let mut kinds = vec![("", Conv2d::build(gpu, ConvPrecision::F32, tile.tiling(gpu))?)];
     let winograd = Winograd::new(gpu);
     if gpu.caps.cooperative_matrix.is_some() {
         kinds.push((" (mixed)", Conv2d::build(gpu, ConvPrecision::Mixed, tile.tiling(gpu))?));
     }
-    let convs = [
-        (3usize, 64usize, 112usize, 3usize, 1usize, 1usize),
-        (64, 64, 56, 3, 1, 1),
-        (64, 128, 56, 3, 2, 1),
-        (64, 128, 56, 1, 2, 0),
-        (128, 128, 28, 3, 1, 1),
-        (256, 256, 14, 3, 1, 1),
-        (512, 512, 7, 3, 1, 1),
-    ];
-    for ((c_in, c_out, hw, k, stride, pad), (suffix, conv)) in
-        convs.into_iter().flat_map(|c| kinds.iter().map(move |kind| (c, kind)))
-    {
-        let hw = (hw / shrink).max(k);
-        let s = Conv2dShape { n, c_in, h: hw, w: hw, c_out, kh: k, kw: k, stride, pad };
+    for (s, (suffix, conv)) in conv_shapes(n, shrink).flat_map(|s| kinds.iter().map(move |kind| (s, kind))) {
         // The activations, their gradients and the weight the direct kernels read as the kernels store them (f16
         // in mixed precision); the weight gradient (and the weight Winograd transforms) in f32.
         let act = conv.activations();
@@ -112,12 +129,12 @@ pub fn kernel_cases(gpu: &Gpu, n: usize, shrink: usize, tile: ConvTileChoice) ->
         let (dx, dy) = (gpu.zeros_as("dx", &[s.input_len()], act), gpu.zeros_as("dy", &[s.output_len()], act));
         let (w, w_read) = (gpu.zeros("w", &[s.weight_len()]), gpu.zeros_as("w (as read)", &[s.weight_len()], act));
         let scratch = gpu.zeros("scratch", &[conv.scratch_len(gpu, &s)?.max(1)]);
-        let shape = format!("N={n} {c_in}->{c_out} {hw}x{hw} k{k} s{stride}");
+        let shape = conv_words(&s);
         let flops = conv2d::flops(&s) as f64;
         let bytes = (x.bytes() + w_read.bytes() + y.bytes()) as f64;
         let mut ops = vec![("conv2d_forward", conv.forward(gpu, &s, &x, &w_read, &y, &scratch)?)];
         // Training never needs the input image's gradient: the stem runs no backward_data.
-        if c_in != 3 {
+        if s.c_in != 3 {
             let phased = gpu.zeros_as("w (phased)", &[s.weight_len()], act);
             ops.push(("conv2d_backward_data", conv.backward_data(gpu, &s, &dy, &w_read, &phased, &dx, &scratch)?));
         }
@@ -131,7 +148,7 @@ pub fn kernel_cases(gpu: &Gpu, n: usize, shrink: usize, tile: ConvTileChoice) ->
             (WinogradTile::F4x4, ["winograd4_forward", "winograd4_backward_data", "winograd4_backward_weight"]),
         ];
         let tiles = if conv.precision() == ConvPrecision::F32 { &tiles[..] } else { &tiles[..1] };
-        if c_in != 3 && Winograd::applies(&s) {
+        if s.c_in != 3 && Winograd::applies(&s) {
             for &(tile, names) in tiles {
                 let lens = Winograd::workspace_lens(gpu, conv, &s, tile)?;
                 let ws = WinogradWorkspace::allocate(&lens, |label, len| Ok(gpu.zeros(label, &[len])))?;
@@ -246,4 +263,53 @@ pub fn kernel_cases(gpu: &Gpu, n: usize, shrink: usize, tile: ConvTileChoice) ->
         }
     }
     Ok(cases)
+}
+
+/// The CPU reference's convolutions (the core's, on `exec`) on the shapes of [`kernel_cases`], in their order: each
+/// runs once to warm up, then `rounds` rounds of `reps` runs; the median round. The inputs are fractions (no zeros,
+/// no subnormals); the stem has no input gradient, as in training.
+pub fn cpu_conv_results(
+    exec: &dyn Executor,
+    n: usize,
+    shrink: usize,
+    reps: usize,
+    rounds: usize,
+) -> Result<Vec<KernelResult>> {
+    let mut results = Vec::new();
+    for s in conv_shapes(n, shrink) {
+        let frac = |len: usize, k: f32| -> Vec<f32> { (0..len).map(|i| (i as f32 * k).sin() / 3.0 + 0.5).collect() };
+        let (x, w, dy) = (frac(s.input_len(), 0.37), frac(s.weight_len(), 1.3), frac(s.output_len(), 0.71));
+        let (mut y, mut dx, mut dw) = (vec![0.0; s.output_len()], vec![0.0; s.input_len()], vec![0.0; s.weight_len()]);
+        let flops = conv2d::flops(&s) as f64;
+        let bytes = 4.0 * (s.input_len() + s.weight_len() + s.output_len()) as f64;
+        type Run<'a> = Box<dyn FnMut() -> Result<()> + 'a>;
+        let mut ops: Vec<(&str, Run)> =
+            vec![("conv2d_forward (cpu)", Box::new(|| Ok(conv2d_forward_on(exec, &s, &x, &w, &mut y)?)))];
+        if s.c_in != 3 {
+            let run = || Ok(conv2d_backward_data_on(exec, &s, &dy, &w, &mut dx)?);
+            ops.push(("conv2d_backward_data (cpu)", Box::new(run)));
+        }
+        let run = || Ok(conv2d_backward_weight_on(exec, &s, &dy, &x, &mut dw)?);
+        ops.push(("conv2d_backward_weight (cpu)", Box::new(run)));
+        for (kernel, run) in &mut ops {
+            run()?;
+            let reps = reps.max(1);
+            let mut times: Vec<f64> = (0..rounds.max(1))
+                .map(|_| {
+                    let t = Instant::now();
+                    (0..reps).try_for_each(|_| run()).map(|_| t.elapsed().as_secs_f64() / reps as f64)
+                })
+                .collect::<Result<_>>()?;
+            times.sort_by(f64::total_cmp);
+            let t = times[times.len() / 2];
+            results.push(KernelResult {
+                kernel: kernel.to_string(),
+                shape: conv_words(&s),
+                ms: t * 1e3,
+                gflops: flops / t / 1e9,
+                gbytes: bytes / t / 1e9,
+            });
+        }
+    }
+    Ok(results)
 }

@@ -188,7 +188,10 @@ impl Backend for CpuBackend {
     }
 
     fn device(&self) -> String {
-        "cpu".to_string()
+        match self.threads.count() {
+            1 => "cpu (1 thread)".to_string(),
+            n => format!("cpu ({n} threads)"),
+        }
     }
 }
 

@@ -197,6 +197,9 @@ pub struct TrainConfig {
     pub device: Device,
     /// Adapter name filter (GPU).
     pub adapter: Option<String>,
+    /// Threads of the CPU reference, 0 for one a core the process may use. The results are the same bits on any
+    /// number.
+    pub threads: usize,
     /// Arithmetic of the convolutions on the GPU (the CPU reference is f32).
     pub precision: Precision,
     /// The GPU convolutions that run as Winograd.
@@ -242,6 +245,7 @@ impl Default for TrainConfig {
             workers: 4,
             device: Device::Auto,
             adapter: None,
+            threads: 0,
             precision: Precision::Auto,
             winograd: WinogradLayers::Auto,
             winograd_tile: WinogradTileChoice::Auto,
@@ -466,7 +470,8 @@ pub(crate) fn open_backend(
 ) -> Result<Box<dyn Backend>> {
     let cpu = || -> Result<Box<dyn Backend>> {
         ensure!(cfg.precision != Precision::Mixed, "--precision mixed needs a GPU; the CPU reference is f32");
-        Ok(Box::new(CpuBackend::new(net, cfg.batch, classes, step_cfg, cfg.seed)?))
+        let backend = CpuBackend::new(net, cfg.batch, classes, step_cfg, cfg.seed)?;
+        Ok(Box::new(if cfg.threads > 0 { backend.with_threads(cfg.threads) } else { backend }))
     };
     match cfg.device {
         Device::Cpu => cpu(),
@@ -484,17 +489,19 @@ pub(crate) fn open_backend(
 }
 
 /// Opens a backend that embeds with `backbone` (evaluation, embedding extraction), on the device chosen as for
-/// training (`device`, `adapter`), embedding up to `batch` images at a time (at least 2).
+/// training (`device`, `adapter`; `threads` on the CPU reference, 0 for one a core), embedding up to `batch` images
+/// at a time (at least 2).
 pub fn open_inference(
     backbone: &Backbone,
     device: Device,
     adapter: Option<String>,
+    threads: usize,
     batch: usize,
 ) -> Result<Box<dyn Backend>> {
     ensure!(batch >= 2, "the embedding batch must be at least 2");
     let ck = backbone.inference_checkpoint();
     // Embeddings for evaluation are computed in f32, whatever the model was trained with.
-    let cfg = TrainConfig { device, adapter, batch, precision: Precision::F32, ..TrainConfig::default() };
+    let cfg = TrainConfig { device, adapter, threads, batch, precision: Precision::F32, ..TrainConfig::default() };
     let mut backend = open_backend(&cfg, &backbone.cfg, ck.classes, ck.step_cfg)?;
     backend.load(&ck)?;
     Ok(backend)
