@@ -620,8 +620,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if cpu {
                 let exec = threads.map_or_else(Threads::per_core, Threads::new);
                 let (batch, shrink) = (batch.unwrap_or(8), shrink.unwrap_or(4).max(1));
-                let on = if exec.count() == 1 { "1 thread".into() } else { format!("{} threads", exec.count()) };
-                eprintln!("CPU reference on {on} (shapes: batch {batch}, spatial / {shrink})");
+                eprintln!("CPU reference on {exec} (shapes: batch {batch}, spatial / {shrink})");
                 header();
                 for r in bench::kernels::cpu_conv_results(&exec, batch, shrink, reps.max(1), 3)? {
                     row(&r)?;

@@ -317,19 +317,20 @@ fn by_tiles(
     }
 }
 
-/// Writes `acc[b][..len]` at position `p0` of plane `b` of `block`.
-fn store<const B: usize>(acc: &[[f32; TILE]; B], block: &mut [f32], plane: usize, p0: usize, len: usize) {
-    for (row, out) in acc.iter().zip(block.chunks_exact_mut(plane)) {
-        out[p0..p0 + len].copy_from_slice(&row[..len]);
-    }
-}
-
-/// Writes `acc[b][j]` at position `at[j]` of plane `b` of `block`, for `j < len`.
-fn store_at<const B: usize>(acc: &[[f32; TILE]; B], block: &mut [f32], plane: usize, at: &[usize; TILE], len: usize) {
-    for (row, out) in acc.iter().zip(block.chunks_exact_mut(plane)) {
-        for (&v, &a) in row.iter().zip(at).take(len) {
-            out[a] = v;
-        }
+/// [`tile_sums`] for the `b` planes of a block (1 or [`BLOCK`]), where plane `i`'s weight for source plane `k` and
+/// tap `tap` is `weight_of(k, i, tap)`: the sums of plane `i` in row `i` (the rows from `b` on are zeros).
+fn block_sums(
+    b: usize,
+    src: (&[f32], usize, usize),
+    kernel: usize,
+    reads_of: impl Fn(usize) -> Reads,
+    weight_of: impl Fn(usize, usize, usize) -> f32,
+) -> [[f32; TILE]; BLOCK] {
+    if b == BLOCK {
+        tile_sums(src, kernel, reads_of, |k, tap| core::array::from_fn(|i| weight_of(k, i, tap)))
+    } else {
+        let [row] = tile_sums(src, kernel, reads_of, |k, tap| [weight_of(k, 0, tap)]);
+        core::array::from_fn(|i| if i == 0 { row } else { [0.0; TILE] })
     }
 }
 
@@ -403,16 +404,11 @@ pub fn conv2d_forward_on(
         by_tiles(planes, first, (s.c_out, ho * wo), |p, b, p0, len, block| {
             let (n, co) = (p / s.c_out, p % s.c_out);
             let src = (&x[n * s.c_in * h * w..][..s.c_in * h * w], h * w, s.c_in);
-            let weight_at = |co: usize, ci: usize, tap: usize| weight[(co * s.c_in + ci) * kernel + tap];
+            let weight_of = |ci: usize, i: usize, tap: usize| weight[((co + i) * s.c_in + ci) * kernel + tap];
             let starts = starts(p0);
-            let reads = |tap| reads(&starts, len, tap);
-            if b == BLOCK {
-                let weights = |ci, tap| core::array::from_fn(|b| weight_at(co + b, ci, tap));
-                let acc: [_; BLOCK] = tile_sums(src, kernel, reads, weights);
-                store(&acc, block, ho * wo, p0, len);
-            } else {
-                let acc = tile_sums(src, kernel, reads, |ci, tap| [weight_at(co, ci, tap)]);
-                store(&acc, block, ho * wo, p0, len);
+            let sums = block_sums(b, src, kernel, |tap| reads(&starts, len, tap), weight_of);
+            for (row, plane) in sums.iter().zip(block.chunks_exact_mut(ho * wo)) {
+                plane[p0..p0 + len].copy_from_slice(&row[..len]);
             }
         });
     });
@@ -463,17 +459,14 @@ pub fn conv2d_backward_data_on(
         by_tiles(planes, first, (s.c_in, h * w), |q, b, q0, len, block| {
             let (n, ci) = (q / s.c_in, q % s.c_in);
             let src = (&dy[n * s.c_out * ho * wo..][..s.c_out * ho * wo], ho * wo, s.c_out);
-            let weight_at = |co: usize, ci: usize, tap: usize| weight[(co * s.c_in + ci) * kernel + tap];
+            let weight_of = |co: usize, i: usize, tap: usize| weight[(co * s.c_in + ci + i) * kernel + tap];
             let at: [usize; TILE] = core::array::from_fn(|j| order(q0 + j));
             let starts = starts(&at);
-            let reads = |tap| reads(&starts, len, tap);
-            if b == BLOCK {
-                let weights = |co, tap| core::array::from_fn(|b| weight_at(co, ci + b, tap));
-                let acc: [_; BLOCK] = tile_sums(src, kernel, reads, weights);
-                store_at(&acc, block, h * w, &at, len);
-            } else {
-                let acc = tile_sums(src, kernel, reads, |co, tap| [weight_at(co, ci, tap)]);
-                store_at(&acc, block, h * w, &at, len);
+            let sums = block_sums(b, src, kernel, |tap| reads(&starts, len, tap), weight_of);
+            for (row, plane) in sums.iter().zip(block.chunks_exact_mut(h * w)) {
+                for (&v, &a) in row.iter().zip(&at).take(len) {
+                    plane[a] = v;
+                }
             }
         });
     });
@@ -1004,6 +997,36 @@ mod tests {
         [y, dx, dw]
     }
 
+    /// `sin(i k) / 3` for `i < len`: fractions, whose sums round differently in another order.
+    fn fractions(len: usize, k: f32) -> std::vec::Vec<f32> {
+        (0..len).map(|i| libm::sinf(i as f32 * k) / 3.0).collect()
+    }
+
+    fn bits(v: &[f32]) -> std::vec::Vec<u32> {
+        v.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// `[y, dx, dw]`: the three convolutions of `s` on `exec`, into outputs that start as NaN.
+    fn all_three(
+        exec: &dyn Executor,
+        s: &Conv2dShape,
+        x: &[f32],
+        weight: &[f32],
+        dy: &[f32],
+    ) -> [std::vec::Vec<f32>; 3] {
+        let mut out = [
+            std::vec![f32::NAN; s.output_len()],
+            std::vec![f32::NAN; s.input_len()],
+            std::vec![f32::NAN; s.weight_len()],
+        ];
+        conv2d_forward_on(exec, s, x, weight, &mut out[0]).unwrap();
+        conv2d_backward_data_on(exec, s, dy, weight, &mut out[1]).unwrap();
+        conv2d_backward_weight_on(exec, s, dy, x, &mut out[2]).unwrap();
+        out
+    }
+
+    const THREE: [&str; 3] = ["forward", "backward data", "backward weight"];
+
     /// `(a, b, c, d)` over `0..a x 0..b x 0..c x 0..d`, the last fastest.
     fn nested(a: usize, b: usize, c: usize, d: usize) -> impl Iterator<Item = (usize, usize, usize, usize)> {
         (0..a).flat_map(move |i| (0..b).flat_map(move |j| (0..c).flat_map(move |k| (0..d).map(move |l| (i, j, k, l)))))
@@ -1026,21 +1049,13 @@ mod tests {
             shape(2, 8, (16, 16), 8, (3, 3), 1, 1),
             shape(5, 4, (2, 2), 4, (3, 3), 1, 1),
         ] {
-            let frac = |len: usize, k: f32| -> std::vec::Vec<f32> {
-                (0..len).map(|i| libm::sinf(i as f32 * k) / 3.0).collect()
-            };
-            let (x, weight, dy) = (frac(s.input_len(), 0.37), frac(s.weight_len(), 1.3), frac(s.output_len(), 0.71));
-            let [want_y, want_dx, want_dw] = in_documented_order(&s, &x, &weight, &dy);
-            let bits = |v: &[f32]| -> std::vec::Vec<u32> { v.iter().map(|v| v.to_bits()).collect() };
-            let mut y = std::vec![f32::NAN; s.output_len()];
-            conv2d_forward(&s, &x, &weight, &mut y).unwrap();
-            assert_eq!(bits(&y), bits(&want_y), "forward {s:?}");
-            let mut dx = std::vec![f32::NAN; s.input_len()];
-            conv2d_backward_data(&s, &dy, &weight, &mut dx).unwrap();
-            assert_eq!(bits(&dx), bits(&want_dx), "backward data {s:?}");
-            let mut dw = std::vec![f32::NAN; s.weight_len()];
-            conv2d_backward_weight(&s, &dy, &x, &mut dw).unwrap();
-            assert_eq!(bits(&dw), bits(&want_dw), "backward weight {s:?}");
+            let (x, weight, dy) =
+                (fractions(s.input_len(), 0.37), fractions(s.weight_len(), 1.3), fractions(s.output_len(), 0.71));
+            let want = in_documented_order(&s, &x, &weight, &dy);
+            let got = all_three(&Serial, &s, &x, &weight, &dy);
+            for (what, (got, want)) in THREE.iter().zip(got.iter().zip(&want)) {
+                assert_eq!(bits(got), bits(want), "{what} {s:?}");
+            }
         }
     }
 
@@ -1059,39 +1074,18 @@ mod tests {
             let ints =
                 |len: usize, m: usize| -> std::vec::Vec<f32> { (0..len).map(|i| (i * 7 % m) as f32 - 3.0).collect() };
             let (x, weight, dy) = (ints(s.input_len(), 7), ints(s.weight_len(), 5), ints(s.output_len(), 9));
-            let [want_y, want_dx, want_dw] = by_definition(&s, &x, &weight, &dy);
-            let mut y = std::vec![f32::NAN; s.output_len()];
-            conv2d_forward(&s, &x, &weight, &mut y).unwrap();
-            assert_eq!(y, want_y, "forward {s:?}");
-            let mut dx = std::vec![f32::NAN; s.input_len()];
-            conv2d_backward_data(&s, &dy, &weight, &mut dx).unwrap();
-            assert_eq!(dx, want_dx, "backward data {s:?}");
-            let mut dw = std::vec![f32::NAN; s.weight_len()];
-            conv2d_backward_weight(&s, &dy, &x, &mut dw).unwrap();
-            assert_eq!(dw, want_dw, "backward weight {s:?}");
+            let want = by_definition(&s, &x, &weight, &dy);
+            let got = all_three(&Serial, &s, &x, &weight, &dy);
+            for (what, (got, want)) in THREE.iter().zip(got.iter().zip(&want)) {
+                assert_eq!(got, want, "{what} {s:?}");
+            }
 
-            let frac = |len: usize, k: f32| -> std::vec::Vec<f32> {
-                (0..len).map(|i| libm::sinf(i as f32 * k) / 3.0).collect()
-            };
-            let (x, weight, dy) = (frac(s.input_len(), 0.37), frac(s.weight_len(), 1.3), frac(s.output_len(), 0.71));
-            let bits = |v: &[f32]| -> std::vec::Vec<u32> { v.iter().map(|v| v.to_bits()).collect() };
-            let mut serial =
-                [std::vec![0.0; s.output_len()], std::vec![0.0; s.input_len()], std::vec![0.0; s.weight_len()]];
-            conv2d_forward(&s, &x, &weight, &mut serial[0]).unwrap();
-            conv2d_backward_data(&s, &dy, &weight, &mut serial[1]).unwrap();
-            conv2d_backward_weight(&s, &dy, &x, &mut serial[2]).unwrap();
+            let (x, weight, dy) =
+                (fractions(s.input_len(), 0.37), fractions(s.weight_len(), 1.3), fractions(s.output_len(), 0.71));
+            let serial = all_three(&Serial, &s, &x, &weight, &dy);
             for rows in [1, 2, 3, 100] {
-                let mut cut = [
-                    std::vec![f32::NAN; s.output_len()],
-                    std::vec![f32::NAN; s.input_len()],
-                    std::vec![f32::NAN; s.weight_len()],
-                ];
-                conv2d_forward_on(&Pieces(rows), &s, &x, &weight, &mut cut[0]).unwrap();
-                conv2d_backward_data_on(&Pieces(rows), &s, &dy, &weight, &mut cut[1]).unwrap();
-                conv2d_backward_weight_on(&Pieces(rows), &s, &dy, &x, &mut cut[2]).unwrap();
-                for (what, (a, b)) in
-                    ["forward", "backward data", "backward weight"].iter().zip(serial.iter().zip(&cut))
-                {
+                let cut = all_three(&Pieces(rows), &s, &x, &weight, &dy);
+                for (what, (a, b)) in THREE.iter().zip(serial.iter().zip(&cut)) {
                     assert_eq!(bits(a), bits(b), "{what} {s:?} in pieces of {rows} rows");
                 }
             }

@@ -70,21 +70,32 @@ pub fn time_case(gpu: &Gpu, case: &KernelCase, reps: usize, rounds: usize) -> Re
     let all: Vec<&Dispatch> = case.dispatches.iter().collect();
     gpu.run(&all)?;
     let repeated: Vec<&Dispatch> = (0..reps).flat_map(|_| all.iter().copied()).collect();
-    let mut times: Vec<f64> = (0..rounds.max(1))
-        .map(|_| {
-            let t = Instant::now();
-            gpu.run(&repeated).map(|_| t.elapsed().as_secs_f64() / reps as f64)
-        })
-        .collect::<Result<_>>()?;
-    times.sort_by(f64::total_cmp);
-    let s = times[times.len() / 2];
-    Ok(KernelResult {
-        kernel: case.kernel.clone(),
-        shape: case.shape.clone(),
-        ms: s * 1e3,
-        gflops: case.flops / s / 1e9,
-        gbytes: case.bytes / s / 1e9,
+    let work = (case.flops, case.bytes);
+    KernelResult::timed(case.kernel.clone(), case.shape.clone(), work, (reps, rounds), || {
+        gpu.run(&repeated).map(|_| ())
     })
+}
+
+impl KernelResult {
+    /// The figures of `kernel` on `shape` doing `work` (FLOPs, bytes) a run, from the median of `rounds` timed calls
+    /// of `round`, each `reps` runs.
+    fn timed(
+        kernel: String,
+        shape: String,
+        (flops, bytes): (f64, f64),
+        (reps, rounds): (usize, usize),
+        mut round: impl FnMut() -> Result<()>,
+    ) -> Result<Self> {
+        let mut times: Vec<f64> = (0..rounds.max(1))
+            .map(|_| {
+                let t = Instant::now();
+                round().map(|_| t.elapsed().as_secs_f64() / reps.max(1) as f64)
+            })
+            .collect::<Result<_>>()?;
+        times.sort_by(f64::total_cmp);
+        let s = times[times.len() / 2];
+        Ok(Self { kernel, shape, ms: s * 1e3, gflops: flops / s / 1e9, gbytes: bytes / s / 1e9 })
+    }
 }
 
 /// The convolutions of an iResNet stage by stage: (C_in, C_out, input size, kernel, stride, pad).
@@ -293,22 +304,9 @@ pub fn cpu_conv_results(
         ops.push(("conv2d_backward_weight (cpu)", Box::new(run)));
         for (kernel, run) in &mut ops {
             run()?;
-            let reps = reps.max(1);
-            let mut times: Vec<f64> = (0..rounds.max(1))
-                .map(|_| {
-                    let t = Instant::now();
-                    (0..reps).try_for_each(|_| run()).map(|_| t.elapsed().as_secs_f64() / reps as f64)
-                })
-                .collect::<Result<_>>()?;
-            times.sort_by(f64::total_cmp);
-            let t = times[times.len() / 2];
-            results.push(KernelResult {
-                kernel: kernel.to_string(),
-                shape: conv_words(&s),
-                ms: t * 1e3,
-                gflops: flops / t / 1e9,
-                gbytes: bytes / t / 1e9,
-            });
+            let (kernel, shape) = (kernel.to_string(), conv_words(&s));
+            let round = || (0..reps.max(1)).try_for_each(|_| run());
+            results.push(KernelResult::timed(kernel, shape, (flops, bytes), (reps, rounds), round)?);
         }
     }
     Ok(results)

@@ -50,6 +50,16 @@ impl Threads {
     }
 }
 
+/// "1 thread", "N threads".
+impl std::fmt::Display for Threads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            1 => write!(f, "1 thread"),
+            n => write!(f, "{n} threads"),
+        }
+    }
+}
+
 impl Executor for Threads {
     fn for_each_rows(&self, out: &mut [f32], row_len: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
         let rows = out.len() / row_len.max(1);
@@ -188,10 +198,7 @@ impl Backend for CpuBackend {
     }
 
     fn device(&self) -> String {
-        match self.threads.count() {
-            1 => "cpu (1 thread)".to_string(),
-            n => format!("cpu ({n} threads)"),
-        }
+        format!("cpu ({})", self.threads)
     }
 }
 
