@@ -57,6 +57,7 @@ pub mod pickle;
 pub mod pth;
 pub mod reference;
 pub mod selftest;
+pub mod streams;
 pub mod synth;
 pub mod tensorfile;
 pub mod train;

@@ -27,6 +27,7 @@ use crate::data::decode::encode_jpeg;
 use crate::data::faces::render;
 use crate::data::{RecordIoPaths, RecordIoWriter};
 use crate::eval::bin::write_python2_pack;
+use crate::streams::{SYNTH_IJB_STREAM, SYNTH_PAIRS_STREAM};
 
 /// What to generate.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -116,7 +117,7 @@ pub fn synth(cfg: &SynthConfig, quiet: bool) -> Result<SynthOutput> {
     std::fs::create_dir_all(&cfg.out).with_context(|| format!("cannot create {}", cfg.out.display()))?;
 
     // Pairs of held-out samples: alternately the same identity (two of its samples) and two identities.
-    let mut rng = Philox4x32::new(cfg.seed, 0x7a1_b1a);
+    let mut rng = Philox4x32::new(cfg.seed, SYNTH_PAIRS_STREAM);
     let mut pick = |n: usize| rng.next_u64() % n as u64;
     let (vi, vk) = (cfg.val_ids, cfg.val_per_id);
     let mut pairs = Vec::with_capacity(cfg.val_pairs);
@@ -179,7 +180,7 @@ fn write_ijb(cfg: &SynthConfig, dir: &Path, first: u64) -> Result<usize> {
     for d in [&crops, &meta] {
         std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
     }
-    let mut rng = Philox4x32::new(cfg.seed, 0x11b);
+    let mut rng = Philox4x32::new(cfg.seed, SYNTH_IJB_STREAM);
     let mut uniform = |lo: f64, hi: f64| lo + (hi - lo) * (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
     let reference = reference_landmarks(shape);
     let (mut tid_mid, mut five) = (String::new(), String::new());

@@ -17,8 +17,8 @@ fn rendering_is_pinned_bit_for_bit() {
     let a = render(0, 0, 0, ImageShape { h: 112, w: 112 });
     let b = render(7, 5, 3, ImageShape { h: 48, w: 48 });
     assert_eq!(a, render(0, 0, 0, ImageShape { h: 112, w: 112 }));
-    assert_eq!(sha(&a), "7c14207cd8a33b404d91dbcc446f09fec1b647db5f4d10efe589f22fa193cce3");
-    assert_eq!(sha(&b), "87b70e5f404eb1186abf0588b46ab49f2ec86d778a5dfa11d54c2a742a334fec");
+    assert_eq!(sha(&a), "9df0386eaf82f85a1ede4779c08b092f9f1196dd3a88885f148d88a9a47110b2");
+    assert_eq!(sha(&b), "e3ead5a5b9dcd7c9d866ffac83c8e2cad7be8f83867e206a404f755341694567");
 }
 
 /// 1-nearest-neighbour identification on raw pixels: enrol `enrol` samples per identity, probe with the rest.

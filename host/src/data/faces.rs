@@ -17,8 +17,7 @@ use elasticface_core::nn::ImageShape;
 use elasticface_core::rng::{standard_normal, Philox4x32};
 use rand_core::RngCore;
 
-/// Stream offset of the per-sample variation (identity traits use stream `identity`).
-const SAMPLE_STREAM: u64 = 1 << 48;
+use crate::streams::{face_stream, FACE_IDENTITY_STREAM, FACE_NOISE_STREAM, FACE_SAMPLE_STREAM};
 
 /// A uniform draw in `[lo, hi)`.
 fn uniform(rng: &mut Philox4x32, lo: f32, hi: f32) -> f32 {
@@ -89,7 +88,7 @@ struct Identity {
 
 impl Identity {
     fn draw(seed: u64, identity: u64) -> Self {
-        let r = &mut Philox4x32::new(seed, identity);
+        let r = &mut Philox4x32::new(seed, FACE_IDENTITY_STREAM + identity);
         let tone = uniform(r, 0.0, 1.0);
         let skin = mix([235.0, 200.0, 170.0], [110.0, 70.0, 45.0], tone);
         let skin = [skin[0] + normal(r, 8.0), skin[1] + normal(r, 8.0), skin[2] + normal(r, 8.0)];
@@ -157,7 +156,7 @@ struct Shot {
 
 impl Shot {
     fn draw(seed: u64, identity: u64, sample: u64) -> Self {
-        let r = &mut Philox4x32::new(seed, SAMPLE_STREAM + identity * (1 << 20) + sample);
+        let r = &mut Philox4x32::new(seed, face_stream(FACE_SAMPLE_STREAM, identity, sample));
         let bg = |r: &mut Philox4x32| [uniform(r, 20.0, 235.0), uniform(r, 20.0, 235.0), uniform(r, 20.0, 235.0)];
         let background = (bg(r), bg(r));
         let occluder = (uniform(r, 0.0, 1.0) < 0.3).then(|| {
@@ -281,7 +280,7 @@ pub fn render(seed: u64, identity: u64, sample: u64, shape: ImageShape) -> Vec<u
     if shot.blur {
         img = box_blur(&img, h, w);
     }
-    let r = &mut Philox4x32::new(seed ^ 0x006e_015e, SAMPLE_STREAM + identity * (1 << 20) + sample);
+    let r = &mut Philox4x32::new(seed, face_stream(FACE_NOISE_STREAM, identity, sample));
     img.iter().map(|&v| libm::roundf(v + normal(r, shot.noise)).clamp(0.0, 255.0) as u8).collect()
 }
 

@@ -3,7 +3,7 @@
 //! # Order
 //!
 //! Epoch `e` visits the samples in the order [`epoch_order`]`(seed, e, n)`: a Fisher–Yates shuffle driven by
-//! `Philox4x32::new(seed, SHUFFLE_STREAM | e)`, drawn exactly as follows (this is a reproducibility contract: a
+//! `Philox4x32::new(seed,` [`SHUFFLE_STREAM`]` | e)`, drawn exactly as follows (this is a reproducibility contract: a
 //! resumed or repeated run depends on it):
 //!
 //! ```text
@@ -17,12 +17,12 @@
 //!
 //! The epoch's `k`-th position is called position `k`. The stream is not `Philox4x32::new(seed, e)` itself:
 //! the margin sampler draws step `s`'s margins from stream `s` of the same seed, and the data must not reuse
-//! those numbers. With `shuffle: false` the order is `0..n`.
+//! those numbers (see [`crate::streams`]). With `shuffle: false` the order is `0..n`.
 //!
 //! # Flips
 //!
 //! Position `k` of epoch `e` is flipped horizontally when [`flip_for`]`(seed, e, k)`: bit `k mod 32` of word
-//! `(k / 32) mod 4` of `Philox4x32::block(seed, FLIP_STREAM | e, k / 128)`. The loader only decides: the image
+//! `(k / 32) mod 4` of `Philox4x32::block(seed,` [`FLIP_STREAM`]` | e, k / 128)`. The loader only decides: the image
 //! bytes are delivered unflipped, with [`Batch::flips`], for the preprocess step (the GPU kernel and
 //! `elasticface_core::nn::preprocess_image` take a flip flag per image). A flip belongs to a position, not to
 //! a batch slot, so it does not change when bad samples are skipped before it.
@@ -66,11 +66,8 @@ use elasticface_core::rng::Philox4x32;
 use rand_core::RngCore;
 
 use super::{Dataset, ImageShape};
+use crate::streams::{FLIP_STREAM, SHUFFLE_STREAM};
 
-/// Philox stream bit for the epoch shuffles: epoch `e` uses stream `SHUFFLE_STREAM | e`.
-pub const SHUFFLE_STREAM: u64 = 1 << 63;
-/// Philox stream bits for the flips: epoch `e` uses stream `FLIP_STREAM | e`.
-pub const FLIP_STREAM: u64 = (1 << 63) | (1 << 62);
 /// Epochs must be below this, so that their streams stay apart from each other and from the margin steps.
 pub const MAX_EPOCH: u64 = 1 << 62;
 

@@ -10,9 +10,7 @@ use elasticface_core::nn::ImageShape;
 use elasticface_core::rng::Philox4x32;
 
 use super::{Dataset, Sample};
-
-/// Philox stream (under the dataset's seed) whose block `i` seeds sample `i`'s pixels.
-pub const SYNTHETIC_STREAM: u64 = 0x5359_4e54_0000_0000; // "SYNT"
+use crate::streams::SYNTHETIC_STREAM;
 
 /// A synthetic training set (see the [module documentation](self)).
 #[derive(Clone, Debug)]

@@ -24,6 +24,7 @@ use rand_core::RngCore;
 use serde::Serialize;
 
 use crate::data::Dataset;
+use crate::streams::HELD_OUT_PAIRS_STREAM;
 use crate::train::Backend;
 
 /// Verification pairs held in memory: `2P` images (pair `p` is images `2p` and `2p + 1`) and whether each pair is
@@ -64,7 +65,7 @@ pub fn pairs_from_dataset(ds: &dyn Dataset, pairs: usize, seed: u64) -> Result<P
         !multi.is_empty() && present.len() >= 2,
         "verification pairs need an identity with two images and two identities"
     );
-    let mut rng = Philox4x32::new(seed, 0);
+    let mut rng = Philox4x32::new(seed, HELD_OUT_PAIRS_STREAM);
     let mut pick = |n: usize| (rng.next_u64() % n as u64) as usize;
     let (mut images, mut issame) = (Vec::new(), Vec::with_capacity(pairs));
     for p in 0..pairs {

@@ -12,9 +12,7 @@ use elasticface_core::rng::Philox4x32;
 use super::Backend;
 use crate::checkpoint::Checkpoint;
 use crate::data::{Batch, Position};
-
-/// The seed stream of the initial weights (margins use streams `0..steps`).
-pub const INIT_STREAM: u64 = u64::MAX;
+use crate::streams::INIT_STREAM;
 
 /// Owns the memory of a core [`Trainer`] and hands out trainers over it.
 #[derive(Clone)]

@@ -367,7 +367,7 @@ impl TrainConfig {
 pub fn held_out_pairs(cfg: &TrainConfig, shape: ImageShape) -> Result<Option<Pairs>> {
     let Some(p) = &cfg.val else { return Ok(None) };
     let ds = data::open(p, shape).with_context(|| format!("validation data {}", p.display()))?;
-    Ok(Some(eval::pairs_from_dataset(ds.as_ref(), cfg.val_pairs, cfg.seed ^ 0x5eed)?))
+    Ok(Some(eval::pairs_from_dataset(ds.as_ref(), cfg.val_pairs, cfg.seed)?))
 }
 
 /// What a run measures verification on (`val`): pairs drawn from held-out identities, or insightface's

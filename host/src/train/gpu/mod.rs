@@ -144,7 +144,6 @@ use elasticface_core::model::{
 use elasticface_core::nn::{BatchNorm, BatchNormShape, Conv2dShape, ImageShape, LinearShape, MicroBatch, WinogradTile};
 use elasticface_core::rng::Philox4x32;
 
-use super::cpu::INIT_STREAM;
 use super::Backend;
 use crate::checkpoint::Checkpoint;
 use crate::data::{Batch, Position};
@@ -163,6 +162,7 @@ use crate::gpu::kernels::sgd::{
 use crate::gpu::kernels::winograd::{InputNorm, Winograd, WinogradLens, WinogradTileChoice, WinogradWorkspace};
 use crate::gpu::kernels::{BufferCopy, Dispatch};
 use crate::gpu::{Elem, Gpu, Packed, Recorded, SplitTensor, Tensor};
+use crate::streams::INIT_STREAM;
 
 mod builder;
 mod net;
