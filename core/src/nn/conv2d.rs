@@ -334,21 +334,50 @@ fn block_sums(
     }
 }
 
-/// The positions of a plane of width `w` in stride-phase order: row by row, and within a row the columns
-/// `c, c + stride, ...` for `c = 0, 1, ... min(stride, w) - 1` in turn. Index `i` of that order is position
-/// `phase_order(i)`; for stride 1 it is the identity. A tile of the input gradient then holds columns of one phase,
-/// which the same taps reach, from consecutive output columns.
-fn phase_order(i: usize, w: usize, stride: usize) -> usize {
-    let (row, mut rest) = (i / w, i % w);
-    for c in 0..stride.min(w) {
-        let count = (w - c).div_ceil(stride);
-        if rest < count {
-            return row * w + c + rest * stride;
+/// Positions `first .. first + len` (`len <= TILE`) of an `h x w` plane in stride-phase order, the rest of the tile 0.
+///
+/// The order: phase after phase, the phase of rows `a, a + stride, ...` and columns `b, b + stride, ...` for
+/// `(a, b) = (0, 0), (0, 1), ... (min(stride, h) - 1, min(stride, w) - 1)`, each phase's positions row by row; for
+/// stride 1, the plane's own order. The same taps reach every position of a phase, from neighbouring output positions:
+/// a tile of the input gradient that lies within one phase reads only those taps, and tiles straddle two phases only
+/// where a phase ends.
+fn phase_tile(first: usize, len: usize, (h, w): (usize, usize), stride: usize) -> [usize; TILE] {
+    let (phases_h, phases_w) = (stride.min(h), stride.min(w));
+    let count = |size: usize, phase: usize| (size - phase).div_ceil(stride);
+    // The phase (a, b) that holds index `first`, and `first`'s index within it.
+    let (mut a, mut b, mut rest) = (0, 0, first);
+    while a < phases_h && rest >= count(h, a) * count(w, b) {
+        rest -= count(h, a) * count(w, b);
+        b += 1;
+        if b == phases_w {
+            (a, b) = (a + 1, 0);
         }
-        rest -= count;
     }
-    // The counts of the phases add up to `w`: not reached.
-    i
+    let mut at = [0; TILE];
+    if a == phases_h {
+        // `first` is past the plane.
+        return at;
+    }
+    let (mut rows, mut cols) = (count(h, a), count(w, b));
+    let (mut r, mut c) = (rest / cols, rest % cols);
+    for slot in at.iter_mut().take(len) {
+        *slot = (a + r * stride) * w + b + c * stride;
+        c += 1;
+        if c == cols {
+            (r, c) = (r + 1, 0);
+        }
+        if r == rows {
+            (r, b) = (0, b + 1);
+            if b == phases_w {
+                (a, b) = (a + 1, 0);
+            }
+            if a == phases_h {
+                break;
+            }
+            (rows, cols) = (count(h, a), count(w, b));
+        }
+    }
+    at
 }
 
 /// Checks the shape, then each slice against it (`Error::Length` names the first wrong one).
@@ -442,7 +471,6 @@ pub fn conv2d_backward_data_on(
     // The transpose of the forward pass: input position (ih, iw) gets, through tap (ki, kj), the output gradient at
     // ((ih + pad - ki) / stride, (iw + pad - kj) / stride) where both divide exactly and land in the output. With
     // `ih + pad = q * stride + r`: where `ki % stride == r` and `ki / stride <= q`, at row `q - ki / stride`.
-    let order = |i| if stride == 1 { i } else { phase_order(i, w, stride) };
     // A tile's positions and their `(q, r)` of rows and columns, computed once.
     let starts = |at: &[usize; TILE]| -> [[(usize, usize); 2]; TILE] {
         at.map(|p| [p / w, p % w].map(|i| ((i + pad) / stride, (i + pad) % stride)))
@@ -460,7 +488,7 @@ pub fn conv2d_backward_data_on(
             let (n, ci) = (q / s.c_in, q % s.c_in);
             let src = (&dy[n * s.c_out * ho * wo..][..s.c_out * ho * wo], ho * wo, s.c_out);
             let weight_of = |co: usize, i: usize, tap: usize| weight[(co * s.c_in + ci + i) * kernel + tap];
-            let at: [usize; TILE] = core::array::from_fn(|j| order(q0 + j));
+            let at = phase_tile(q0, len, (h, w), stride);
             let starts = starts(&at);
             let sums = block_sums(b, src, kernel, |tap| reads(&starts, len, tap), weight_of);
             for (row, plane) in sums.iter().zip(block.chunks_exact_mut(h * w)) {
@@ -866,6 +894,24 @@ mod tests {
     }
 
     #[test]
+    fn phase_tiles_walk_the_plane_phase_by_phase() {
+        for (h, w, stride) in [(4, 4, 2), (7, 5, 2), (5, 8, 3), (2, 3, 4), (1, 6, 2), (9, 9, 1), (3, 17, 2)] {
+            // The order by definition: positions sorted by phase (row % stride, column % stride), then position.
+            let mut want: std::vec::Vec<usize> = (0..h * w).collect();
+            want.sort_by_key(|&p| (p / w % stride, p % w % stride, p));
+            // Tiles from every start, as the input gradient cuts planes (from multiples of TILE) and beyond.
+            for first in 0..h * w {
+                let len = TILE.min(h * w - first);
+                let tile = phase_tile(first, len, (h, w), stride);
+                assert_eq!(tile[..len], want[first..first + len], "{h}x{w} stride {stride} from {first}");
+                assert!(tile[len..].iter().all(|&p| p == 0));
+            }
+        }
+        assert_eq!(phase_tile(0, 8, (4, 4), 2), [0, 2, 8, 10, 1, 3, 9, 11]);
+        assert_eq!(phase_tile(8, 8, (4, 4), 2), [4, 6, 12, 14, 5, 7, 13, 15]);
+    }
+
+    #[test]
     fn phase_weights_with_a_huge_stride_finish() {
         // Only phases below the kernel size have taps: a stride of usize::MAX / 4 has its square of phases, 9 of them
         // with taps.
@@ -1036,8 +1082,8 @@ mod tests {
     fn every_element_sums_in_its_documented_order() {
         // Fractions, whose sums round differently in another order. Shapes for every path of the blocked loops:
         // channel counts that leave remainders after blocks of 4, planes that are not whole tiles (tiles across rows),
-        // strides 2 and 3 (the input gradient in phase order, a stride larger than the kernel), kernels larger than
-        // 3x3, and a sample boundary inside a block of planes.
+        // strides 2 and 3 (the input gradient in phase order, tiles across phases, a stride larger than the kernel),
+        // kernels larger than 3x3, and a sample boundary inside a block of planes.
         for s in [
             shape(3, 4, (6, 7), 5, (3, 3), 1, 1),
             shape(2, 3, (7, 8), 6, (3, 3), 2, 1),
@@ -1048,6 +1094,7 @@ mod tests {
             shape(1, 2, (8, 8), 3, (7, 7), 1, 3),
             shape(2, 8, (16, 16), 8, (3, 3), 1, 1),
             shape(5, 4, (2, 2), 4, (3, 3), 1, 1),
+            shape(3, 5, (4, 4), 6, (3, 3), 2, 1),
         ] {
             let (x, weight, dy) =
                 (fractions(s.input_len(), 0.37), fractions(s.weight_len(), 1.3), fractions(s.output_len(), 0.71));
