@@ -473,14 +473,17 @@ pub fn conv2d_backward_data_on(
     // `ih + pad = q * stride + r`: where `ki % stride == r` and `ki / stride <= q`, at row `q - ki / stride`.
     // A tile's positions and their `(q, r)` of rows and columns, computed once.
     let starts = |at: &[usize; TILE]| -> [[(usize, usize); 2]; TILE] {
-        at.map(|p| [p / w, p % w].map(|i| ((i + pad) / stride, (i + pad) % stride)))
+        // Stride 1 (most layers) without the divisions.
+        let split = |i: usize| if stride == 1 { (i + pad, 0) } else { ((i + pad) / stride, (i + pad) % stride) };
+        at.map(|p| [p / w, p % w].map(split))
     };
-    let back = |(q, r): (usize, usize), k: usize, out: usize| {
-        let o = q.checked_sub(k / stride).filter(|&o| r == k % stride && o < out)?;
+    // Tap index `k` as its `(k / stride, k % stride)`.
+    let back = |(q, r): (usize, usize), (k_q, k_r): (usize, usize), out: usize| {
+        let o = q.checked_sub(k_q).filter(|&o| r == k_r && o < out)?;
         Some(o)
     };
     let reads = |starts: &[[(usize, usize); 2]; TILE], len: usize, tap: usize| {
-        let (ki, kj) = (tap / s.kw, tap % s.kw);
+        let [ki, kj] = [tap / s.kw, tap % s.kw].map(|k| (k / stride, k % stride));
         Reads::of(len, |j| Some(back(starts[j][0], ki, ho)? * wo + back(starts[j][1], kj, wo)?))
     };
     exec.for_each_rows(dx, h * w, &|first, planes| {
