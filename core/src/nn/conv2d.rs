@@ -230,13 +230,15 @@ impl Reads {
 
 /// The sums of the forward pass and of the input gradient for one tile of `B` planes: `acc[b][j]` is `0.0` plus, for
 /// each source plane `k` of `src` in order (`planes` planes of `plane` elements) and each tap in order (`kernel`
-/// taps), `weight_of(k, tap)[b]` times what `reads_of(tap)` says position `j` reads from plane `k`. Taps that read
-/// nothing add nothing: each element is the sum of its products in the order (plane, tap), whatever the tiling.
-fn tile_sums<const B: usize>(
+/// taps), `weight_of(k)[b][tap]` times what `reads_of(tap)` says position `j` reads from plane `k`: `weight_of(k)[b]`
+/// holds plane `b`'s weights for source plane `k`, tap after tap (a slice of at least `kernel` elements: its place in
+/// the weight is found once per source plane, not once per tap). Taps that read nothing add nothing: each element is
+/// the sum of its products in the order (plane, tap), whatever the tiling.
+fn tile_sums<'w, const B: usize>(
     (src, plane, planes): (&[f32], usize, usize),
     kernel: usize,
     reads_of: impl Fn(usize) -> Reads,
-    weight_of: impl Fn(usize, usize) -> [f32; B],
+    weight_of: impl Fn(usize) -> [&'w [f32]; B],
 ) -> [[f32; TILE]; B] {
     // Up to 9 taps (every iResNet kernel): their reads are listed once for the tile. A larger kernel lists them
     // 9 at a time for every plane (the same taps, in the same order).
@@ -266,8 +268,9 @@ fn tile_sums<const B: usize>(
             if kernel > LISTED {
                 list(&mut listed, first);
             }
+            let rows = weight_of(k).map(|r| &r[..kernel]);
             for (tap, reads) in &listed {
-                let wv = weight_of(k, *tap);
+                let wv: [f32; B] = core::array::from_fn(|i| rows[i][*tap]);
                 match reads {
                     Reads::Nothing => {}
                     Reads::Run(start) => {
@@ -317,19 +320,19 @@ fn by_tiles(
     }
 }
 
-/// [`tile_sums`] for the `b` planes of a block (1 or [`BLOCK`]), where plane `i`'s weight for source plane `k` and
-/// tap `tap` is `weight_of(k, i, tap)`: the sums of plane `i` in row `i` (the rows from `b` on are zeros).
-fn block_sums(
+/// [`tile_sums`] for the `b` planes of a block (1 or [`BLOCK`]), where plane `i`'s weights for source plane `k` are
+/// `weight_of(k, i)`, tap after tap: the sums of plane `i` in row `i` (the rows from `b` on are zeros).
+fn block_sums<'w>(
     b: usize,
     src: (&[f32], usize, usize),
     kernel: usize,
     reads_of: impl Fn(usize) -> Reads,
-    weight_of: impl Fn(usize, usize, usize) -> f32,
+    weight_of: impl Fn(usize, usize) -> &'w [f32],
 ) -> [[f32; TILE]; BLOCK] {
     if b == BLOCK {
-        tile_sums(src, kernel, reads_of, |k, tap| core::array::from_fn(|i| weight_of(k, i, tap)))
+        tile_sums(src, kernel, reads_of, |k| core::array::from_fn(|i| weight_of(k, i)))
     } else {
-        let [row] = tile_sums(src, kernel, reads_of, |k, tap| [weight_of(k, 0, tap)]);
+        let [row] = tile_sums(src, kernel, reads_of, |k| [weight_of(k, 0)]);
         core::array::from_fn(|i| if i == 0 { row } else { [0.0; TILE] })
     }
 }
@@ -433,7 +436,7 @@ pub fn conv2d_forward_on(
         by_tiles(planes, first, (s.c_out, ho * wo), |p, b, p0, len, block| {
             let (n, co) = (p / s.c_out, p % s.c_out);
             let src = (&x[n * s.c_in * h * w..][..s.c_in * h * w], h * w, s.c_in);
-            let weight_of = |ci: usize, i: usize, tap: usize| weight[((co + i) * s.c_in + ci) * kernel + tap];
+            let weight_of = |ci: usize, i: usize| &weight[((co + i) * s.c_in + ci) * kernel..];
             let starts = starts(p0);
             let sums = block_sums(b, src, kernel, |tap| reads(&starts, len, tap), weight_of);
             for (row, plane) in sums.iter().zip(block.chunks_exact_mut(ho * wo)) {
@@ -490,7 +493,7 @@ pub fn conv2d_backward_data_on(
         by_tiles(planes, first, (s.c_in, h * w), |q, b, q0, len, block| {
             let (n, ci) = (q / s.c_in, q % s.c_in);
             let src = (&dy[n * s.c_out * ho * wo..][..s.c_out * ho * wo], ho * wo, s.c_out);
-            let weight_of = |co: usize, i: usize, tap: usize| weight[(co * s.c_in + ci + i) * kernel + tap];
+            let weight_of = |co: usize, i: usize| &weight[(co * s.c_in + ci + i) * kernel..];
             let at = phase_tile(q0, len, (h, w), stride);
             let starts = starts(&at);
             let sums = block_sums(b, src, kernel, |tap| reads(&starts, len, tap), weight_of);
