@@ -594,13 +594,17 @@ impl Sample<'_> {
         let (co_global, filter) = (first + co, s.c_in * kernel);
         self.taps.for_each(|t| {
             let mut acc = [[0.0f32; BI]; BO];
+            let cols = t.cols.len();
             for oh in t.rows.clone() {
                 let ih = t.input_row(s, oh);
+                // The row's reads: x from the first input column on (every `stride`-th), dy over the tap's columns.
+                let xs: [&[f32]; BI] = core::array::from_fn(|i| &self.x[((ci + i) * h + ih) * w + t.first_input_col..]);
+                let dys: [&[f32]; BO] =
+                    core::array::from_fn(|o| &self.dy[((co_global + o) * ho + oh) * wo + t.cols.start..][..cols]);
                 let mut row = [[-0.0f32; BI]; BO];
-                for (c, ow) in t.cols.clone().enumerate() {
-                    let iw = t.first_input_col + c * stride;
-                    let xv: [f32; BI] = core::array::from_fn(|i| self.x[((ci + i) * h + ih) * w + iw]);
-                    let dyv: [f32; BO] = core::array::from_fn(|o| self.dy[((co_global + o) * ho + oh) * wo + ow]);
+                for c in 0..cols {
+                    let xv: [f32; BI] = core::array::from_fn(|i| xs[i][c * stride]);
+                    let dyv: [f32; BO] = core::array::from_fn(|o| dys[o][c]);
                     for (r, &d) in row.iter_mut().zip(&dyv) {
                         for (a, &v) in r.iter_mut().zip(&xv) {
                             *a += d * v;
