@@ -27,10 +27,10 @@ use rand_core::RngCore;
 use crate::error::{check_finite, check_labels, check_len, Error};
 use crate::margin::{margin_loss_backward, margin_loss_forward, HeadScratch, HeadShape, MarginConfig};
 use crate::nn::{
-    accumulate, accumulate_gradient, batchnorm_backward, batchnorm_forward_eval, batchnorm_forward_train,
-    clip_coefficient, conv2d_backward_data_on, conv2d_backward_weight_on, conv2d_forward_on, linear_backward,
-    linear_forward, prelu_backward, prelu_forward, residual_add_forward, scale, sgd_step, sum_of_squares, BatchNorm,
-    BatchNormShape, Conv2dShape, LinearShape, MicroBatch, Sgd,
+    accumulate, accumulate_gradient, batchnorm_backward, batchnorm_backward_on, batchnorm_forward_eval_on,
+    batchnorm_forward_train_on, clip_coefficient, conv2d_backward_data_on, conv2d_backward_weight_on,
+    conv2d_forward_on, linear_backward, linear_forward, prelu_backward_on, prelu_forward_on, residual_add_forward,
+    scale, sgd_step, sum_of_squares, BatchNorm, BatchNormShape, Conv2dShape, LinearShape, MicroBatch, Sgd,
 };
 use crate::parallel::{Executor, Serial};
 use crate::rng::standard_normal;
@@ -633,6 +633,7 @@ impl StateRef<'_> {
 /// variance, `2C`; training mode only), parameters at `offset` of `state`.
 #[allow(clippy::too_many_arguments)]
 fn bn_forward(
+    exec: &dyn Executor,
     bn: &BatchNorm,
     s: &BatchNormShape,
     state: &mut StateRef<'_>,
@@ -648,12 +649,12 @@ fn bn_forward(
         StateRef::Train(state) => {
             let p = bn_state(state, offset, s.c);
             let (mean, var) = st[stats.start - output.end..].split_at_mut(s.c);
-            batchnorm_forward_train(s, bn, x, p.gamma, p.beta, p.running_mean, p.running_var, y, mean, var)
+            batchnorm_forward_train_on(exec, s, bn, x, p.gamma, p.beta, p.running_mean, p.running_var, y, mean, var)
         }
         StateRef::Eval(state) => {
             let (params, stats) = state[offset..offset + 4 * s.c].split_at(2 * s.c);
             let ((gamma, beta), (running_mean, running_var)) = (params.split_at(s.c), stats.split_at(s.c));
-            batchnorm_forward_eval(s, bn, x, gamma, beta, running_mean, running_var, y)
+            batchnorm_forward_eval_on(exec, s, bn, x, gamma, beta, running_mean, running_var, y)
         }
     }
 }
@@ -798,10 +799,10 @@ fn forward_in_arena(
     )?;
     params += c0 * 27;
     let s0 = BatchNormShape { n, c: c0, hw: h * w };
-    bn_forward(bn, &s0, state, params, acts, stem.conv.clone(), stem.bn.clone(), stem.bn_stats.clone())?;
+    bn_forward(exec, bn, &s0, state, params, acts, stem.conv.clone(), stem.bn.clone(), stem.bn_stats.clone())?;
     params += 4 * c0;
     let (x, y) = read_write(acts, stem.bn.clone(), stem.prelu.clone());
-    prelu_forward(&s0, x, &state.read()[params..params + c0], y)?;
+    prelu_forward_on(exec, &s0, x, &state.read()[params..params + c0], y)?;
     params += c0;
 
     // Blocks: x (N, C_in, H, W) -> y (N, C_out, H/stride, W/stride).
@@ -812,23 +813,23 @@ fn forward_in_arena(
         let in_shape = BatchNormShape { n, c: b.c_in, hw: b.h * b.w };
         let full = BatchNormShape { n, c: b.c_out, hw: b.h * b.w };
         let out = BatchNormShape { n, c: b.c_out, hw: b.out_h() * b.out_w() };
-        bn_forward(bn, &in_shape, state, p.bn1, acts, x_range.clone(), a.a1.clone(), a.a1_stats.clone())?;
+        bn_forward(exec, bn, &in_shape, state, p.bn1, acts, x_range.clone(), a.a1.clone(), a.a1_stats.clone())?;
         let c1 = conv3(b.c_in, b.c_out, n, b.h, b.w, 1);
         let (x, y) = read_write(acts, a.a1.clone(), a.c1.clone());
         conv2d_forward_on(exec, &c1, x, &state.read()[p.conv1..p.conv1 + c1.weight_len()], y)?;
-        bn_forward(bn, &full, state, p.bn2, acts, a.c1.clone(), a.a2.clone(), a.a2_stats.clone())?;
+        bn_forward(exec, bn, &full, state, p.bn2, acts, a.c1.clone(), a.a2.clone(), a.a2_stats.clone())?;
         let (x, y) = read_write(acts, a.a2.clone(), a.p.clone());
-        prelu_forward(&full, x, &state.read()[p.prelu..p.prelu + b.c_out], y)?;
+        prelu_forward_on(exec, &full, x, &state.read()[p.prelu..p.prelu + b.c_out], y)?;
         let c2 = conv3(b.c_out, b.c_out, n, b.h, b.w, b.stride);
         let (x, y) = read_write(acts, a.p.clone(), a.c2.clone());
         conv2d_forward_on(exec, &c2, x, &state.read()[p.conv2..p.conv2 + c2.weight_len()], y)?;
-        bn_forward(bn, &out, state, p.bn3, acts, a.c2.clone(), a.a3.clone(), a.a3_stats.clone())?;
+        bn_forward(exec, bn, &out, state, p.bn3, acts, a.c2.clone(), a.a3.clone(), a.a3_stats.clone())?;
         let shortcut = match &a.shortcut {
             Some((dc, db, db_stats)) => {
                 let ds = Conv2dShape { kh: 1, kw: 1, pad: 0, ..conv3(b.c_in, b.c_out, n, b.h, b.w, b.stride) };
                 let (x, y) = read_write(acts, x_range.clone(), dc.clone());
                 conv2d_forward_on(exec, &ds, x, &state.read()[p.ds_conv..p.ds_conv + ds.weight_len()], y)?;
-                bn_forward(bn, &out, state, p.ds_bn, acts, dc.clone(), db.clone(), db_stats.clone())?;
+                bn_forward(exec, bn, &out, state, p.ds_bn, acts, dc.clone(), db.clone(), db_stats.clone())?;
                 db.clone()
             }
             None => x_range.clone(),
@@ -843,7 +844,7 @@ fn forward_in_arena(
     let t = TailActs::new(cfg, n, &mut bump);
     let c3 = cfg.widths[3];
     let s2 = BatchNormShape { n, c: c3, hw: (h / 16) * (w / 16) };
-    bn_forward(bn, &s2, state, params, acts, x_range, t.bn2.clone(), t.bn2_stats.clone())?;
+    bn_forward(exec, bn, &s2, state, params, acts, x_range, t.bn2.clone(), t.bn2_stats.clone())?;
     params += 4 * c3;
     let fc = LinearShape { n, inputs: cfg.fc_inputs(), outputs: cfg.embedding };
     let wlen = fc.inputs * fc.outputs;
@@ -857,7 +858,7 @@ fn forward_in_arena(
     )?;
     params += wlen + fc.outputs;
     let sf = BatchNormShape { n, c: cfg.embedding, hw: 1 };
-    bn_forward(bn, &sf, state, params, acts, t.fc, t.features.clone(), t.features_stats)?;
+    bn_forward(exec, bn, &sf, state, params, acts, t.fc, t.features.clone(), t.features_stats)?;
     debug_assert_eq!(params + 4 * cfg.embedding, cfg.state_len());
     debug_assert_eq!(bump.0, cfg.activations_len(n));
     Ok(t.features)
@@ -971,7 +972,7 @@ fn backward_in_arena(
     params -= 4 * c3;
     let s2 = BatchNormShape { n, c: c3, hw: (h / 16) * (w / 16) };
     let last_y = t.bn2.start - nf..t.bn2.start; // the last block's output ends right before the tail
-    bn_backward(bn, &s2, state, grads, params, &acts[last_y], stats(&t.bn2_stats, c3), &g2[..nf], &mut g0[..nf])?;
+    bn_backward(exec, bn, &s2, state, grads, params, &acts[last_y], stats(&t.bn2_stats, c3), &g2[..nf], &mut g0[..nf])?;
 
     // Blocks in reverse: dy in g0 -> dx in g0 (buffers rotate).
     let mut act_end = blocks_start + blocks_len;
@@ -990,7 +991,8 @@ fn backward_in_arena(
     let len = n * c0 * h * w;
     let [g0, g1, g2, _] = bufs;
     params -= c0;
-    prelu_backward(
+    prelu_backward_on(
+        exec,
         &s0,
         &acts[stem.bn.clone()],
         &state[params..params + c0],
@@ -1000,6 +1002,7 @@ fn backward_in_arena(
     )?;
     params -= 4 * c0;
     bn_backward(
+        exec,
         bn,
         &s0,
         state,
@@ -1018,6 +1021,7 @@ fn backward_in_arena(
 /// Batch norm backward with its parameters at `offset` (gradients of weight and bias into `grads`).
 #[allow(clippy::too_many_arguments)]
 fn bn_backward(
+    exec: &dyn Executor,
     bn: &BatchNorm,
     s: &BatchNormShape,
     state: &[f32],
@@ -1030,7 +1034,7 @@ fn bn_backward(
 ) -> Result<(), Error> {
     let [gamma, _, _, _] = bn_ranges(offset, s.c);
     let (dgamma, rest) = grads[offset..offset + 2 * s.c].split_at_mut(s.c);
-    batchnorm_backward(s, bn, x, &state[gamma], mean, var, dy, dx, Some(dgamma), rest)
+    batchnorm_backward_on(exec, s, bn, x, &state[gamma], mean, var, dy, dx, Some(dgamma), rest)
 }
 
 /// One block backward: `bufs[0]` holds `dy (N, C_out, HO, WO)` on entry and `dx (N, C_in, H, W)` on return.
@@ -1062,6 +1066,7 @@ fn block_backward(
     // Shortcut: dy -> downsample.1 -> downsample.0 -> d x (shortcut part) in t2.
     if let Some((dc, _, db_stats)) = &a.shortcut {
         bn_backward(
+            exec,
             bn,
             &out,
             state,
@@ -1080,6 +1085,7 @@ fn block_backward(
 
     // Main path: bn3 -> conv2 -> prelu -> bn2 -> conv1 -> bn1, ending in t3.
     bn_backward(
+        exec,
         bn,
         &out,
         state,
@@ -1095,7 +1101,8 @@ fn block_backward(
     conv2d_backward_data_on(exec, &c2, &t1[..out_len], &state[p.conv2..p.conv2 + wl], &mut t3[..full_len])?;
     conv2d_backward_weight_on(exec, &c2, &t1[..out_len], &acts[a.p.clone()], &mut grads[p.conv2..p.conv2 + wl])?;
     let alpha = p.prelu..p.prelu + b.c_out;
-    prelu_backward(
+    prelu_backward_on(
+        exec,
         &full,
         &acts[a.a2.clone()],
         &state[alpha.clone()],
@@ -1104,6 +1111,7 @@ fn block_backward(
         &mut grads[alpha],
     )?;
     bn_backward(
+        exec,
         bn,
         &full,
         state,
@@ -1119,6 +1127,7 @@ fn block_backward(
     conv2d_backward_data_on(exec, &c1, &t3[..full_len], &state[p.conv1..p.conv1 + wl], &mut t1[..in_len])?;
     conv2d_backward_weight_on(exec, &c1, &t3[..full_len], &acts[a.a1.clone()], &mut grads[p.conv1..p.conv1 + wl])?;
     bn_backward(
+        exec,
         bn,
         &in_shape,
         state,

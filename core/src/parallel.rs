@@ -30,6 +30,24 @@ impl Executor for Serial {
 }
 
 #[cfg(test)]
+extern crate std;
+
+/// Cuts an output into pieces of `.0` rows and runs them last first, as threads might finish: for tests of the
+/// layers' independence from the executor.
+#[cfg(test)]
+pub(crate) struct Pieces(pub usize);
+
+#[cfg(test)]
+impl Executor for Pieces {
+    fn for_each_rows(&self, out: &mut [f32], row_len: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
+        let pieces: std::vec::Vec<_> = out.chunks_mut(self.0 * row_len).enumerate().collect();
+        for (i, piece) in pieces.into_iter().rev() {
+            f(i * self.0, piece);
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -3,6 +3,9 @@
 //! Statistics are computed in f32 in two passes (the mean, then the mean of squared deviations), each
 //! channel as a sum of per-plane partial sums, so they stay accurate for the large `N*H*W` of the stem.
 //!
+//! The `_on` forms run on an [`Executor`]: the per-channel sums a channel at a time, the outputs a plane at a time,
+//! each computed alone by the same code wherever it runs, so the results are the same bits on any executor.
+//!
 //! Non-finite values are not scanned for: they propagate (into `y`, the running statistics and the
 //! gradients) as IEEE arithmetic makes them. No function panics: the shape and every slice length are
 //! checked before any element is touched or written.
@@ -10,6 +13,7 @@
 use core::ops::Range;
 
 use crate::error::{check_len, Error};
+use crate::parallel::{Executor, Serial};
 
 /// Shape of a batch norm input `(N, C, HW)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,52 +90,75 @@ fn inv_std(var: f32, eps: f32) -> f32 {
     1.0 / libm::sqrtf(var + eps)
 }
 
-/// Mean and biased variance of channel `c` of `x`, two-pass. Requires a validated shape and `x.len() == s.len()`.
-fn channel_stats(s: &BatchNormShape, x: &[f32], c: usize) -> (f32, f32) {
-    let count = s.count() as f32;
+/// Mean of channel `c` of `x`: the planes' sums (`Iterator::sum`) added in batch order from `0.0`, over `N*HW`.
+/// Requires a validated shape and `x.len() == s.len()`.
+fn channel_mean(s: &BatchNormShape, x: &[f32], c: usize) -> f32 {
     let mut sum = 0.0f32;
     for n in 0..s.n {
         sum += x[s.plane(n, c)].iter().sum::<f32>();
     }
-    let mean = sum / count;
+    sum / s.count() as f32
+}
+
+/// Biased variance of channel `c` of `x` about its `mean`, summed as [`channel_mean`] sums.
+fn channel_var(s: &BatchNormShape, x: &[f32], c: usize, mean: f32) -> f32 {
     let mut squares = 0.0f32;
     for n in 0..s.n {
         squares += x[s.plane(n, c)].iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>();
     }
-    (mean, squares / count)
+    squares / s.count() as f32
 }
 
-/// `y = then(i, c, (x - mean) * scale + shift)` on every plane of channel `c`, `i` the flat index.
+/// Channel `c`'s sum of `term(i)` over its elements `i`: per-plane partial sums from `0.0`, added in batch order
+/// from `0.0`.
 #[inline]
-#[allow(clippy::too_many_arguments)]
-fn affine_channel(
-    s: &BatchNormShape,
-    x: &[f32],
-    y: &mut [f32],
-    c: usize,
-    mean: f32,
-    scale: f32,
-    shift: f32,
-    then: &impl Fn(usize, usize, f32) -> f32,
-) {
+fn channel_sum(s: &BatchNormShape, c: usize, term: impl Fn(usize) -> f32) -> f32 {
+    let mut sum = 0.0f32;
     for n in 0..s.n {
-        let plane = s.plane(n, c);
-        let start = plane.start;
-        for (k, (yv, &xv)) in y[plane.clone()].iter_mut().zip(&x[plane]).enumerate() {
-            *yv = then(start + k, c, normalised(xv, mean, scale, shift));
+        let mut partial = 0.0f32;
+        for i in s.plane(n, c) {
+            partial += term(i);
         }
+        sum += partial;
     }
+    sum
+}
+
+/// `out[c] = value(c)` for every channel (`out (C)`), the channels shared out on `exec`.
+fn per_channel(exec: &dyn Executor, out: &mut [f32], value: impl Fn(usize) -> f32 + Sync) {
+    exec.for_each_rows(out, 1, &|first, piece| {
+        for (k, v) in piece.iter_mut().enumerate() {
+            *v = value(first + k);
+        }
+    });
+}
+
+/// `plane(start, c, out)` on every plane of `out (N, C, HW)` (`start` its first element's index, `c` its channel),
+/// the planes shared out on `exec`.
+fn per_plane(
+    exec: &dyn Executor,
+    s: &BatchNormShape,
+    out: &mut [f32],
+    plane: impl Fn(usize, usize, &mut [f32]) + Sync,
+) {
+    exec.for_each_rows(out, s.hw, &|first, planes| {
+        for (k, out) in planes.chunks_exact_mut(s.hw).enumerate() {
+            let p = first + k;
+            plane(p * s.hw, p % s.c, out);
+        }
+    });
 }
 
 /// The normalised value of element `xv` of channel `c` with the statistics `(mean, var)`: the forward pass's
-/// `(x - mean) * (gamma / sqrt(var + eps)) + beta`, rounded as [`affine_channel`] rounds it.
+/// `(x - mean) * (gamma / sqrt(var + eps)) + beta`, rounded as the forward passes round it (`gamma / sqrt(var + eps)`
+/// first, as `scale`).
 #[inline]
 fn normalised(xv: f32, mean: f32, scale: f32, shift: f32) -> f32 {
     (xv - mean) * scale + shift
 }
 
 /// The batch norm's output of one element `xv` of a channel with statistics `(mean, var)`, weight `gamma` and bias
-/// `beta`, with the same roundings as [`affine_channel`] (which computes `gamma * inv_std` once per channel): what
+/// `beta`, with the same roundings as the forward passes (which compute `gamma * inv_std` once per plane): what
 /// a pass that recomputes the output element by element uses.
 #[inline]
 pub(super) fn normalised_value(xv: f32, mean: f32, var: f32, gamma: f32, beta: f32, eps: f32) -> f32 {
@@ -172,7 +199,27 @@ pub fn batchnorm_forward_train(
     save_var: &mut [f32],
 ) -> Result<(), Error> {
     let state = TrainState { running_mean, running_var, save_mean, save_var };
-    forward_train_then(s, bn, x, gamma, beta, &[], state, y, |_, _, z| z)
+    forward_train_then(&Serial, s, bn, x, gamma, beta, &[], state, y, |_, _, z| z)
+}
+
+/// [`batchnorm_forward_train`] on `exec`: the statistics a channel at a time, `y` a plane at a time; the same bits
+/// on any executor.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_forward_train_on(
+    exec: &dyn Executor,
+    s: &BatchNormShape,
+    bn: &BatchNorm,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    running_mean: &mut [f32],
+    running_var: &mut [f32],
+    y: &mut [f32],
+    save_mean: &mut [f32],
+    save_var: &mut [f32],
+) -> Result<(), Error> {
+    let state = TrainState { running_mean, running_var, save_mean, save_var };
+    forward_train_then(exec, s, bn, x, gamma, beta, &[], state, y, |_, _, z| z)
 }
 
 /// A slice a fused function reads besides the batch norm's own, as (name, slice, expected length).
@@ -194,6 +241,7 @@ struct TrainState<'a> {
 /// `then` reads are in `operands`, checked after `beta`.
 #[allow(clippy::too_many_arguments)]
 fn forward_train_then(
+    exec: &dyn Executor,
     s: &BatchNormShape,
     bn: &BatchNorm,
     x: &[f32],
@@ -202,7 +250,7 @@ fn forward_train_then(
     operands: &[Operand<'_>],
     state: TrainState<'_>,
     y: &mut [f32],
-    then: impl Fn(usize, usize, f32) -> f32,
+    then: impl Fn(usize, usize, f32) -> f32 + Sync,
 ) -> Result<(), Error> {
     let TrainState { running_mean, running_var, save_mean, save_var } = state;
     s.validate_train()?;
@@ -218,15 +266,34 @@ fn forward_train_then(
     let count = s.count() as f32;
     let unbias = count / (count - 1.0);
     let keep = 1.0 - bn.momentum;
+    per_channel(exec, save_mean, |c| channel_mean(s, x, c));
+    let mean: &[f32] = save_mean;
+    per_channel(exec, save_var, |c| channel_var(s, x, c, mean[c]));
+    let var: &[f32] = save_var;
     for c in 0..s.c {
-        let (mean, var) = channel_stats(s, x, c);
-        save_mean[c] = mean;
-        save_var[c] = var;
-        running_mean[c] = keep * running_mean[c] + bn.momentum * mean;
-        running_var[c] = keep * running_var[c] + bn.momentum * (var * unbias);
-        affine_channel(s, x, y, c, mean, gamma[c] * inv_std(var, bn.eps), beta[c], &then);
+        running_mean[c] = keep * running_mean[c] + bn.momentum * mean[c];
+        running_var[c] = keep * running_var[c] + bn.momentum * (var[c] * unbias);
     }
+    affine_planes(exec, s, x, y, |c| (mean[c], gamma[c] * inv_std(var[c], bn.eps), beta[c]), then);
     Ok(())
+}
+
+/// `y = then(i, c, (x - mean) * scale + shift)` on every element `i` (channel `c`), with `(mean, scale, shift)` of
+/// each channel from `affine(c)`, computed once per plane; the planes shared out on `exec`.
+fn affine_planes(
+    exec: &dyn Executor,
+    s: &BatchNormShape,
+    x: &[f32],
+    y: &mut [f32],
+    affine: impl Fn(usize) -> (f32, f32, f32) + Sync,
+    then: impl Fn(usize, usize, f32) -> f32 + Sync,
+) {
+    per_plane(exec, s, y, |start, c, y_plane| {
+        let (mean, scale, shift) = affine(c);
+        for (k, (yv, &xv)) in y_plane.iter_mut().zip(&x[start..start + s.hw]).enumerate() {
+            *yv = then(start + k, c, normalised(xv, mean, scale, shift));
+        }
+    });
 }
 
 /// Evaluation mode: normalise with the running statistics. Shapes as [`batchnorm_forward_train`].
@@ -245,12 +312,29 @@ pub fn batchnorm_forward_eval(
     running_var: &[f32],
     y: &mut [f32],
 ) -> Result<(), Error> {
-    forward_eval_then(s, bn, x, gamma, beta, &[], running_mean, running_var, y, |_, _, z| z)
+    forward_eval_then(&Serial, s, bn, x, gamma, beta, &[], running_mean, running_var, y, |_, _, z| z)
+}
+
+/// [`batchnorm_forward_eval`] on `exec`, a plane at a time: the same bits on any executor.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_forward_eval_on(
+    exec: &dyn Executor,
+    s: &BatchNormShape,
+    bn: &BatchNorm,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    running_mean: &[f32],
+    running_var: &[f32],
+    y: &mut [f32],
+) -> Result<(), Error> {
+    forward_eval_then(exec, s, bn, x, gamma, beta, &[], running_mean, running_var, y, |_, _, z| z)
 }
 
 /// [`batchnorm_forward_eval`] storing `then(i, c, z)`, as [`forward_train_then`].
 #[allow(clippy::too_many_arguments)]
 fn forward_eval_then(
+    exec: &dyn Executor,
     s: &BatchNormShape,
     bn: &BatchNorm,
     x: &[f32],
@@ -260,7 +344,7 @@ fn forward_eval_then(
     running_mean: &[f32],
     running_var: &[f32],
     y: &mut [f32],
-    then: impl Fn(usize, usize, f32) -> f32,
+    then: impl Fn(usize, usize, f32) -> f32 + Sync,
 ) -> Result<(), Error> {
     s.validate()?;
     check_len("x", x, s.len())?;
@@ -270,10 +354,7 @@ fn forward_eval_then(
     check_len("running_mean", running_mean, s.c)?;
     check_len("running_var", running_var, s.c)?;
     check_len("y", y, s.len())?;
-    for c in 0..s.c {
-        let scale = gamma[c] * inv_std(running_var[c], bn.eps);
-        affine_channel(s, x, y, c, running_mean[c], scale, beta[c], &then);
-    }
+    affine_planes(exec, s, x, y, |c| (running_mean[c], gamma[c] * inv_std(running_var[c], bn.eps), beta[c]), then);
     Ok(())
 }
 
@@ -301,14 +382,35 @@ pub fn batchnorm_backward(
     dgamma: Option<&mut [f32]>,
     dbeta: &mut [f32],
 ) -> Result<(), Error> {
+    batchnorm_backward_on(&Serial, s, bn, x, gamma, save_mean, save_var, dy, dx, dgamma, dbeta)
+}
+
+/// [`batchnorm_backward`] on `exec`: `dbeta` and `dgamma` a channel at a time, then `dx` a plane at a time; the same
+/// bits on any executor. With the weight frozen (`dgamma = None`) it runs on the calling thread.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_backward_on(
+    exec: &dyn Executor,
+    s: &BatchNormShape,
+    bn: &BatchNorm,
+    x: &[f32],
+    gamma: &[f32],
+    save_mean: &[f32],
+    save_var: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    dgamma: Option<&mut [f32]>,
+    dbeta: &mut [f32],
+) -> Result<(), Error> {
     let operands = [("dy", dy, s.len())];
-    backward_with(s, bn, x, gamma, save_mean, save_var, &operands, |i, _| dy[i], dx, dgamma, dbeta, |_, v| v)
+    let dy = |i, _| dy[i];
+    backward_with(exec, s, bn, x, gamma, save_mean, save_var, &operands, dy, dx, dgamma, dbeta, |_, v| v)
 }
 
 /// [`batchnorm_backward`] with `dy` given element by element, `dy(i, c)`, and `dx[i] = then(i, value)`. The
 /// slices `dy` and `then` read are in `operands` as (name, slice, length), checked after the shape.
 #[allow(clippy::too_many_arguments)]
 fn backward_with(
+    exec: &dyn Executor,
     s: &BatchNormShape,
     bn: &BatchNorm,
     x: &[f32],
@@ -316,11 +418,11 @@ fn backward_with(
     save_mean: &[f32],
     save_var: &[f32],
     operands: &[Operand<'_>],
-    dy: impl Fn(usize, usize) -> f32,
+    dy: impl Fn(usize, usize) -> f32 + Sync,
     dx: &mut [f32],
-    mut dgamma: Option<&mut [f32]>,
+    dgamma: Option<&mut [f32]>,
     dbeta: &mut [f32],
-    then: impl Fn(usize, f32) -> f32,
+    then: impl Fn(usize, f32) -> f32 + Sync,
 ) -> Result<(), Error> {
     s.validate_train()?;
     check_len("x", x, s.len())?;
@@ -334,34 +436,35 @@ fn backward_with(
     }
     check_len("dbeta", dbeta, s.c)?;
     let count = s.count() as f32;
-    for c in 0..s.c {
-        let mean = save_mean[c];
-        let invstd = inv_std(save_var[c], bn.eps);
-        // sum(dy) and sum(dy * (x - mean)), from per-plane partial sums.
-        let (mut sum_dy, mut sum_dy_xmu) = (0.0f32, 0.0f32);
-        for n in 0..s.n {
-            let plane = s.plane(n, c);
-            let (mut p_dy, mut p_dy_xmu) = (0.0f32, 0.0f32);
-            for i in plane {
-                let g = dy(i, c);
-                p_dy += g;
-                p_dy_xmu += g * (x[i] - mean);
-            }
-            sum_dy += p_dy;
-            sum_dy_xmu += p_dy_xmu;
-        }
-        let sum_dy_xhat = sum_dy_xmu * invstd;
-        dbeta[c] = sum_dy;
-        if let Some(dgamma) = dgamma.as_deref_mut() {
-            dgamma[c] = sum_dy_xhat;
-        }
-        let mean_dy = sum_dy / count;
-        let mean_dy_xhat = sum_dy_xhat / count;
+    // sum(dy), and sum(dy * xhat) as sum(dy * (x - mean)) * invstd.
+    let sum_dy = |c: usize| channel_sum(s, c, |i| dy(i, c));
+    let sum_dy_xhat = |c: usize| channel_sum(s, c, |i| dy(i, c) * (x[i] - save_mean[c])) * inv_std(save_var[c], bn.eps);
+    // dx of one plane of channel c from the channel's sums.
+    let dx_plane = |start: usize, c: usize, dx_plane: &mut [f32], sum_dy: f32, sum_dy_xhat: f32| {
+        let (mean, invstd) = (save_mean[c], inv_std(save_var[c], bn.eps));
+        let (mean_dy, mean_dy_xhat) = (sum_dy / count, sum_dy_xhat / count);
         let k = gamma[c] * invstd;
-        for n in 0..s.n {
-            for i in s.plane(n, c) {
-                let xhat = (x[i] - mean) * invstd;
-                dx[i] = then(i, k * (dy(i, c) - mean_dy - xhat * mean_dy_xhat));
+        for (i, d) in (start..).zip(dx_plane) {
+            let xhat = (x[i] - mean) * invstd;
+            *d = then(i, k * (dy(i, c) - mean_dy - xhat * mean_dy_xhat));
+        }
+    };
+    match dgamma {
+        Some(dgamma) => {
+            per_channel(exec, dbeta, sum_dy);
+            per_channel(exec, dgamma, sum_dy_xhat);
+            let (dbeta, dgamma): (&[f32], &[f32]) = (dbeta, dgamma);
+            per_plane(exec, s, dx, |start, c, out| dx_plane(start, c, out, dbeta[c], dgamma[c]));
+        }
+        None => {
+            // Nowhere to keep sum(dy * xhat) but a register: a channel at a time.
+            for (c, dbeta) in dbeta.iter_mut().enumerate() {
+                let (sum_dy, sum_dy_xhat) = (sum_dy(c), sum_dy_xhat(c));
+                *dbeta = sum_dy;
+                for n in 0..s.n {
+                    let plane = s.plane(n, c);
+                    dx_plane(plane.start, c, &mut dx[plane], sum_dy, sum_dy_xhat);
+                }
             }
         }
     }
@@ -392,7 +495,7 @@ pub fn batchnorm_prelu_forward_train(
 ) -> Result<(), Error> {
     let state = TrainState { running_mean, running_var, save_mean, save_var };
     let operands = [("alpha", alpha, s.c)];
-    forward_train_then(s, bn, x, gamma, beta, &operands, state, y, |_, c, z| prelu(z, alpha[c]))
+    forward_train_then(&Serial, s, bn, x, gamma, beta, &operands, state, y, |_, c, z| prelu(z, alpha[c]))
 }
 
 /// [`batchnorm_forward_eval`] then [`prelu_forward`](super::prelu_forward), in one pass: `y = prelu(bn(x))`.
@@ -410,7 +513,8 @@ pub fn batchnorm_prelu_forward_eval(
     y: &mut [f32],
 ) -> Result<(), Error> {
     let operands = [("alpha", alpha, s.c)];
-    forward_eval_then(s, bn, x, gamma, beta, &operands, running_mean, running_var, y, |_, c, z| prelu(z, alpha[c]))
+    let then = |_, c: usize, z| prelu(z, alpha[c]);
+    forward_eval_then(&Serial, s, bn, x, gamma, beta, &operands, running_mean, running_var, y, then)
 }
 
 /// [`batchnorm_forward_train`] then [`residual_add_forward`](super::residual_add_forward) of `residual
@@ -432,7 +536,7 @@ pub fn batchnorm_add_forward_train(
 ) -> Result<(), Error> {
     let state = TrainState { running_mean, running_var, save_mean, save_var };
     let operands = [("residual", residual, s.len())];
-    forward_train_then(s, bn, x, gamma, beta, &operands, state, y, |i, _, z| z + residual[i])
+    forward_train_then(&Serial, s, bn, x, gamma, beta, &operands, state, y, |i, _, z| z + residual[i])
 }
 
 /// [`batchnorm_forward_eval`] then [`residual_add_forward`](super::residual_add_forward), in one pass:
@@ -450,7 +554,8 @@ pub fn batchnorm_add_forward_eval(
     y: &mut [f32],
 ) -> Result<(), Error> {
     let operands = [("residual", residual, s.len())];
-    forward_eval_then(s, bn, x, gamma, beta, &operands, running_mean, running_var, y, |i, _, z| z + residual[i])
+    let then = |i: usize, _, z| z + residual[i];
+    forward_eval_then(&Serial, s, bn, x, gamma, beta, &operands, running_mean, running_var, y, then)
 }
 
 /// The backward of `z = prelu(bn(x))` (training mode) from `dz`, in one pass: the batch norm's output is
@@ -480,7 +585,7 @@ pub fn batchnorm_prelu_backward(
     // The batch norm's output z of element i (channel c), as the forward pass rounded it.
     let z = |i: usize, c: usize| normalised_value(x[i], save_mean[c], save_var[c], gamma[c], beta[c], bn.eps);
     let dy = |i: usize, c: usize| if z(i, c) > 0.0 { dz[i] } else { alpha[c] * dz[i] };
-    backward_with(s, bn, x, gamma, save_mean, save_var, &operands, dy, dx, dgamma, dbeta, |_, v| v)?;
+    backward_with(&Serial, s, bn, x, gamma, save_mean, save_var, &operands, dy, dx, dgamma, dbeta, |_, v| v)?;
     // dalpha as prelu_backward sums it: per plane, the planes of a channel in batch order.
     dalpha.fill(0.0);
     for n in 0..s.n {
@@ -517,7 +622,8 @@ pub fn batchnorm_backward_accumulate(
     dbeta: &mut [f32],
 ) -> Result<(), Error> {
     let operands = [("dy", dy, s.len()), ("other", other, s.len())];
-    backward_with(s, bn, x, gamma, save_mean, save_var, &operands, |i, _| dy[i], dx, dgamma, dbeta, |i, v| v + other[i])
+    let (dy, then) = (|i, _| dy[i], |i: usize, v| v + other[i]);
+    backward_with(&Serial, s, bn, x, gamma, save_mean, save_var, &operands, dy, dx, dgamma, dbeta, then)
 }
 
 #[cfg(test)]
@@ -900,5 +1006,48 @@ mod tests {
         let e = batchnorm_backward_accumulate(&s, &bn, &x, &p, &p, &p, &x, &x[1..], &mut dx, None, &mut db);
         assert_eq!(e, len("other", 4, 3));
         assert_eq!((dx, dg, db, da), ([7.0; 4], [7.0; 2], [7.0; 2], [7.0; 2]));
+    }
+
+    /// Values with fractions (whose sums round differently in another order), some negative.
+    fn fractions(len: usize, k: f32) -> std::vec::Vec<f32> {
+        (0..len).map(|i| libm::sinf(i as f32 * k) * 1.7 + 0.3).collect()
+    }
+
+    #[test]
+    fn any_cut_into_channels_and_planes_gives_the_same_bits() {
+        use crate::parallel::Pieces;
+        let bn = BatchNorm::default();
+        for s in [BatchNormShape { n: 3, c: 5, hw: 7 }, BatchNormShape { n: 4, c: 3, hw: 1 }] {
+            let (x, dy) = (fractions(s.len(), 0.37), fractions(s.len(), 0.71));
+            let (gamma, beta) = (fractions(s.c, 1.3), fractions(s.c, 2.1));
+            let running = fractions(s.c, 0.9).iter().map(|v| v.abs() + 0.5).collect::<std::vec::Vec<_>>();
+            // Every output of the three passes, on one executor.
+            let run = |exec: &dyn Executor| {
+                let (mut rm, mut rv) = (running.clone(), running.clone());
+                let (mut y, mut mean, mut var) = (std::vec![0.0; s.len()], std::vec![0.0; s.c], std::vec![0.0; s.c]);
+                batchnorm_forward_train_on(
+                    exec, &s, &bn, &x, &gamma, &beta, &mut rm, &mut rv, &mut y, &mut mean, &mut var,
+                )
+                .unwrap();
+                let mut y_eval = std::vec![0.0; s.len()];
+                batchnorm_forward_eval_on(exec, &s, &bn, &x, &gamma, &beta, &running, &running, &mut y_eval).unwrap();
+                let (mut dx, mut dgamma, mut dbeta) =
+                    (std::vec![0.0; s.len()], std::vec![0.0; s.c], std::vec![0.0; s.c]);
+                let back = |dx: &mut [f32], dgamma, dbeta: &mut [f32]| {
+                    batchnorm_backward_on(exec, &s, &bn, &x, &gamma, &mean, &var, &dy, dx, dgamma, dbeta).unwrap()
+                };
+                back(&mut dx, Some(&mut dgamma), &mut dbeta);
+                let (mut dx_frozen, mut dbeta_frozen) = (std::vec![0.0; s.len()], std::vec![0.0; s.c]);
+                back(&mut dx_frozen, None, &mut dbeta_frozen);
+                [rm, rv, y.clone(), mean.clone(), var.clone(), y_eval, dx, dgamma, dbeta, dx_frozen, dbeta_frozen]
+                    .map(|v| bits(&v))
+            };
+            let serial = run(&Serial);
+            // The frozen weight changes nothing but the missing dgamma.
+            assert_eq!((&serial[9], &serial[10]), (&serial[6], &serial[8]), "{s:?}");
+            for rows in [1, 2, 4, 100] {
+                assert_eq!(run(&Pieces(rows)), serial, "{s:?}, pieces of {rows}");
+            }
+        }
     }
 }

@@ -684,6 +684,7 @@ mod tests {
     extern crate std;
 
     use super::*;
+    use crate::parallel::Pieces;
 
     fn shape(
         n: usize,
@@ -956,18 +957,6 @@ mod tests {
             let mut want = std::vec![f32::NAN; s.input_len()];
             conv2d_backward_data(&s, &dy, &weight, &mut want).unwrap();
             assert_eq!(backward_data_by_phases(&s, &dy, &weight), want, "{s:?}");
-        }
-    }
-
-    /// Cuts an output into pieces of `rows` rows and runs them last first, as threads might finish.
-    struct Pieces(usize);
-
-    impl Executor for Pieces {
-        fn for_each_rows(&self, out: &mut [f32], row_len: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
-            let pieces: std::vec::Vec<_> = out.chunks_mut(self.0 * row_len).enumerate().collect();
-            for (i, piece) in pieces.into_iter().rev() {
-                f(i * self.0, piece);
-            }
         }
     }
 

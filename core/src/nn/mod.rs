@@ -23,8 +23,9 @@ mod winograd;
 
 pub use batchnorm::{
     batchnorm_add_forward_eval, batchnorm_add_forward_train, batchnorm_backward, batchnorm_backward_accumulate,
-    batchnorm_forward_eval, batchnorm_forward_train, batchnorm_prelu_backward, batchnorm_prelu_forward_eval,
-    batchnorm_prelu_forward_train, BatchNorm, BatchNormShape,
+    batchnorm_backward_on, batchnorm_forward_eval, batchnorm_forward_eval_on, batchnorm_forward_train,
+    batchnorm_forward_train_on, batchnorm_prelu_backward, batchnorm_prelu_forward_eval, batchnorm_prelu_forward_train,
+    BatchNorm, BatchNormShape,
 };
 pub use conv2d::{
     conv2d_backward_data, conv2d_backward_data_on, conv2d_backward_weight, conv2d_backward_weight_on, conv2d_forward,
@@ -34,7 +35,7 @@ pub use linear::{linear_backward, linear_forward, LinearShape};
 pub(crate) use normalize::check_norms;
 pub use normalize::{l2_normalize_backward, l2_normalize_forward, VectorLayout};
 pub use precision::round_to_f16;
-pub use prelu::{prelu_backward, prelu_forward};
+pub use prelu::{prelu_backward, prelu_backward_on, prelu_forward, prelu_forward_on};
 pub use preprocess::{preprocess_image, ImageShape};
 pub use residual::{accumulate, residual_add_backward, residual_add_forward};
 pub use sgd::{accumulate_gradient, clip_coefficient, scale, sgd_step, sum_of_squares, MicroBatch, Sgd};

@@ -6,23 +6,38 @@
 
 use super::BatchNormShape as ChannelShape;
 use crate::error::{check_len, Error};
+use crate::parallel::{Executor, Serial};
 
 /// `y = x` where `x > 0`, else `alpha[c] * x`. Shapes: `x`, `y` `(N, C, HW)`; `alpha (C)`.
 ///
 /// Errors: [`Error::Shape`] for a zero size ([`ChannelShape::validate`]), [`Error::Length`] naming `x`,
 /// `alpha` or `y`.
 pub fn prelu_forward(s: &ChannelShape, x: &[f32], alpha: &[f32], y: &mut [f32]) -> Result<(), Error> {
+    prelu_forward_on(&Serial, s, x, alpha, y)
+}
+
+/// [`prelu_forward`] on `exec`, a plane at a time: the same bits on any executor.
+pub fn prelu_forward_on(
+    exec: &dyn Executor,
+    s: &ChannelShape,
+    x: &[f32],
+    alpha: &[f32],
+    y: &mut [f32],
+) -> Result<(), Error> {
     s.validate()?;
     check_len("x", x, s.len())?;
     check_len("alpha", alpha, s.c)?;
     check_len("y", y, s.len())?;
-    // Planes of HW elements in memory order: plane i belongs to channel i % C.
-    for (i, (y_plane, x_plane)) in y.chunks_exact_mut(s.hw).zip(x.chunks_exact(s.hw)).enumerate() {
-        let a = alpha[i % s.c];
-        for (yv, &xv) in y_plane.iter_mut().zip(x_plane) {
-            *yv = if xv > 0.0 { xv } else { a * xv };
+    // Planes of HW elements in memory order: plane p belongs to channel p % C.
+    exec.for_each_rows(y, s.hw, &|first, planes| {
+        for (k, y_plane) in planes.chunks_exact_mut(s.hw).enumerate() {
+            let p = first + k;
+            let a = alpha[p % s.c];
+            for (yv, &xv) in y_plane.iter_mut().zip(&x[p * s.hw..(p + 1) * s.hw]) {
+                *yv = if xv > 0.0 { xv } else { a * xv };
+            }
         }
-    }
+    });
     Ok(())
 }
 
@@ -38,28 +53,56 @@ pub fn prelu_backward(
     dx: &mut [f32],
     dalpha: &mut [f32],
 ) -> Result<(), Error> {
+    prelu_backward_on(&Serial, s, x, alpha, dy, dx, dalpha)
+}
+
+/// [`prelu_backward`] on `exec`: `dx` a plane at a time, then `dalpha` a channel at a time; the same bits on any
+/// executor.
+pub fn prelu_backward_on(
+    exec: &dyn Executor,
+    s: &ChannelShape,
+    x: &[f32],
+    alpha: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    dalpha: &mut [f32],
+) -> Result<(), Error> {
     s.validate()?;
     check_len("x", x, s.len())?;
     check_len("alpha", alpha, s.c)?;
     check_len("dy", dy, s.len())?;
     check_len("dx", dx, s.len())?;
     check_len("dalpha", dalpha, s.c)?;
-    dalpha.fill(0.0);
-    let planes = dx.chunks_exact_mut(s.hw).zip(x.chunks_exact(s.hw)).zip(dy.chunks_exact(s.hw));
-    for (i, ((dx_plane, x_plane), dy_plane)) in planes.enumerate() {
-        let c = i % s.c;
-        let a = alpha[c];
-        let mut partial = 0.0f32;
-        for ((d, &xv), &g) in dx_plane.iter_mut().zip(x_plane).zip(dy_plane) {
-            if xv > 0.0 {
-                *d = g;
-            } else {
-                *d = a * g;
-                partial += xv * g;
+    let plane = |p: usize| p * s.hw..(p + 1) * s.hw;
+    exec.for_each_rows(dx, s.hw, &|first, planes| {
+        for (k, dx_plane) in planes.chunks_exact_mut(s.hw).enumerate() {
+            let p = first + k;
+            let a = alpha[p % s.c];
+            for ((d, &xv), &g) in dx_plane.iter_mut().zip(&x[plane(p)]).zip(&dy[plane(p)]) {
+                *d = if xv > 0.0 { g } else { a * g };
             }
         }
-        dalpha[c] += partial;
-    }
+    });
+    // Each channel's planes' partial sums (from 0.0, in element order) added in batch order from 0.0.
+    exec.for_each_rows(dalpha, 1, &|first, piece| {
+        for (k, d) in piece.iter_mut().enumerate() {
+            let c = first + k;
+            let mut sum = 0.0f32;
+            for n in 0..s.n {
+                let p = n * s.c + c;
+                let mut partial = 0.0f32;
+                for (&xv, &g) in x[plane(p)].iter().zip(&dy[plane(p)]) {
+                    // The negative branch of the forward pass (a NaN takes it too).
+                    if xv > 0.0 {
+                        continue;
+                    }
+                    partial += xv * g;
+                }
+                sum += partial;
+            }
+            *d = sum;
+        }
+    });
     Ok(())
 }
 
@@ -102,5 +145,25 @@ mod tests {
         let zero = ChannelShape { n: 2, c: 2, hw: 0 };
         assert!(matches!(prelu_forward(&zero, &[], &ALPHA, &mut []), Err(Error::Shape { .. })));
         assert!(matches!(prelu_backward(&zero, &[], &ALPHA, &[], &mut [], &mut da), Err(Error::Shape { .. })));
+    }
+
+    #[test]
+    fn any_cut_into_planes_and_channels_gives_the_same_bits() {
+        extern crate std;
+        use crate::parallel::Pieces;
+        let s = ChannelShape { n: 3, c: 5, hw: 7 };
+        let values =
+            |len: usize, k: f32| (0..len).map(|i| libm::sinf(i as f32 * k) * 1.7 - 0.2).collect::<std::vec::Vec<_>>();
+        let (x, dy, alpha) = (values(s.len(), 0.37), values(s.len(), 0.71), values(s.c, 1.3));
+        let run = |exec: &dyn Executor| {
+            let (mut y, mut dx, mut dalpha) = (std::vec![0.0; s.len()], std::vec![0.0; s.len()], std::vec![0.0; s.c]);
+            prelu_forward_on(exec, &s, &x, &alpha, &mut y).unwrap();
+            prelu_backward_on(exec, &s, &x, &alpha, &dy, &mut dx, &mut dalpha).unwrap();
+            [y, dx, dalpha].map(|v| v.iter().map(|v| v.to_bits()).collect::<std::vec::Vec<_>>())
+        };
+        let serial = run(&Serial);
+        for rows in [1, 2, 4, 100] {
+            assert_eq!(run(&Pieces(rows)), serial, "pieces of {rows}");
+        }
     }
 }
