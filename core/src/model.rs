@@ -869,8 +869,8 @@ fn forward_in_arena(
 /// [`StateRef::Train`] normalises with batch statistics and updates the running statistics in the state (as
 /// PyTorch's `train()` mode); [`StateRef::Eval`] uses them, reading the state only. `acts` needs
 /// `cfg.activations_len(n)` elements. An image's embedding in evaluation mode does not depend on the other images
-/// of the batch, nor on `n`: the same bits in any batch. The convolutions run on `exec` ([`Serial`]: the calling
-/// thread), the same bits on any executor.
+/// of the batch, nor on `n`: the same bits in any batch. The convolutions, batch norms and PReLUs run on `exec`
+/// ([`Serial`]: the calling thread), the same bits on any executor.
 ///
 /// Errors: [`Error::Config`] for a network [`IResNetConfig::validate`] refuses; [`Error::Shape`] for `n < 2` in
 /// `Mode::Train` (refused before any running statistic moves), `n = 0`, or a batch whose sizes overflow `usize`;
@@ -1353,8 +1353,8 @@ impl<'a> Trainer<'a> {
         Ok(Self { layout, step_cfg, arena, order, steps: 0, exec: &Serial })
     }
 
-    /// Runs the convolutions of the following steps on `exec` (threads a host lends; [`Serial`] by default): the
-    /// same bits on any executor.
+    /// Runs the convolutions, batch norms and PReLUs of the following steps on `exec` (threads a host lends;
+    /// [`Serial`] by default): the same bits on any executor.
     pub fn with_executor(mut self, exec: &'a dyn Executor) -> Self {
         self.exec = exec;
         self

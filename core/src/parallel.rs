@@ -1,11 +1,12 @@
 //! Who runs the independent parts of a layer: the calling thread ([`Serial`]) or the host's threads.
 //!
 //! The core has no threads of its own (it runs on bare metal too); a host lends them through an [`Executor`]. The
-//! layers that take one ([`nn::conv2d_forward_on`](crate::nn::conv2d_forward_on) and its two backward passes, and
-//! through them [`model::forward`](crate::model::forward) and the [`Trainer`](crate::model::Trainer)) cut their
-//! output into pieces of whole rows (an output plane, a filter) and compute every row with the same code and the same
-//! order of sums wherever it lands. So the results are the same bits on any executor and any number of threads:
-//! determinism does not depend on the machine.
+//! layers that take one ([`nn::conv2d_forward_on`](crate::nn::conv2d_forward_on) and its two backward passes, the
+//! batch norms' and PReLUs' `_on` forms, and through them [`model::forward`](crate::model::forward) and the
+//! [`Trainer`](crate::model::Trainer)) cut their output into pieces of whole rows (an output plane, a filter, a
+//! channel's statistic) and compute every row with the same code and the same order of sums wherever it lands. So
+//! the results are the same bits on any executor and any number of threads: determinism does not depend on the
+//! machine.
 
 /// Runs a function over the pieces of an output, possibly several at once.
 ///
