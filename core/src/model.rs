@@ -1302,8 +1302,8 @@ pub struct StepReport {
 
 /// A complete, slow, readable iResNet trainer on the CPU: forward, margin head, backward, clip, SGD.
 ///
-/// It is the oracle for the GPU trainer. Its convolutions (nearly all of its time) run on the calling thread, or on
-/// threads a host lends through [`Trainer::with_executor`], with the same bits. All memory is the caller's: one f32
+/// It is the oracle for the GPU trainer. Its convolutions (nearly all of its time), batch norms and PReLUs run on the
+/// calling thread, or on threads a host lends through [`Trainer::with_executor`], with the same bits. All memory is the caller's: one f32
 /// arena of [`TrainerLayout::arena_len`] elements and `batch` u32s for the Plus ranking.
 pub struct Trainer<'a> {
     layout: TrainerLayout,

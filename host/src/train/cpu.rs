@@ -1,7 +1,7 @@
 //! The core's CPU trainer as a [`Backend`]: slow, simple, the reference for the GPU, on every core. Training steps
-//! split each convolution's output planes (or filters) over the threads ([`Threads`]); embeddings split the batch.
-//! Each plane, filter and image is computed alone by the same code wherever it runs, so the threads change nothing
-//! but the time: the same bits on any number of them.
+//! split each convolution's output planes (or filters), and each batch norm's and PReLU's channels and planes, over
+//! the threads ([`Threads`]); embeddings split the batch. Each plane, filter, channel and image is computed alone by
+//! the same code wherever it runs, so the threads change nothing but the time: the same bits on any number of them.
 
 use anyhow::{anyhow, ensure, Result};
 use elasticface_core::model::{forward, IResNetConfig, StateRef, StepConfig, StepReport, Trainer, TrainerLayout};
