@@ -11,7 +11,7 @@ use elasticface_core::nn::ImageShape;
 
 use crate::eval::plot::{self, Curve};
 use crate::eval::{roc_curve, VerifyReport};
-use crate::synth::{synth, SynthConfig};
+use crate::synth::{synth, SynthConfig, GENERATOR_VERSION};
 use crate::train::run::{held_out_pairs, train, Device, RunSummary, TrainConfig};
 
 /// The demo's knobs: the flags of `elasticface demo`.
@@ -88,7 +88,7 @@ fn ensure_data(cfg: &DemoConfig, quiet: bool) -> Result<()> {
         quality: 95,
     };
     let manifest = cfg.data.join("synth.json");
-    let wanted = serde_json::to_string_pretty(&synth_cfg)?;
+    let wanted = manifest_of(&synth_cfg)?;
     if std::fs::read_to_string(&manifest).is_ok_and(|m| m == wanted) {
         return Ok(());
     }
@@ -101,6 +101,16 @@ fn ensure_data(cfg: &DemoConfig, quiet: bool) -> Result<()> {
     }
     synth(&synth_cfg, quiet)?;
     crate::files::write_atomically(&manifest, wanted.as_bytes())
+}
+
+/// The data folder's manifest: the generator's version and its settings.
+fn manifest_of(synth_cfg: &SynthConfig) -> Result<String> {
+    #[derive(Serialize)]
+    struct Manifest<'a> {
+        generator: u32,
+        settings: &'a SynthConfig,
+    }
+    Ok(serde_json::to_string_pretty(&Manifest { generator: GENERATOR_VERSION, settings: synth_cfg })?)
 }
 
 /// Checks that `out`, where the demo replaces any weights, holds no run but a demo's (one trained on `data`): the
@@ -201,6 +211,27 @@ fn read_losses(metrics: &Path) -> Result<Vec<f32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_made_by_another_generator_is_made_again() {
+        let cfg = SynthConfig {
+            out: "runs/demo-data".into(),
+            ids: 100,
+            per_id: 20,
+            val_ids: 40,
+            val_per_id: 10,
+            val_pairs: 1000,
+            size: 32,
+            seed: 0,
+            quality: 95,
+        };
+        let manifest = manifest_of(&cfg).unwrap();
+        // What versions before the generator's version kept: the settings alone. Such a folder is not reused.
+        assert_ne!(manifest, serde_json::to_string_pretty(&cfg).unwrap());
+        let read: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+        assert_eq!(read["generator"], GENERATOR_VERSION);
+        assert_eq!(read["settings"], serde_json::to_value(&cfg).unwrap());
+    }
 
     #[test]
     fn the_demo_replaces_only_its_own_weights() {

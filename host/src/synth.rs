@@ -52,6 +52,11 @@ pub struct SynthConfig {
     pub quality: u8,
 }
 
+/// The version of what the generator makes of its settings, bumped whenever the same settings give other files
+/// (2: each kind of draw in its own Philox streams, [`crate::streams`]). The demo keeps it in its data folder's
+/// manifest, so that a folder made by another version is made again.
+pub const GENERATOR_VERSION: u32 = 2;
+
 /// Where the files went.
 #[derive(Clone, Debug, Serialize)]
 pub struct SynthOutput {
