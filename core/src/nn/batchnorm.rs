@@ -1050,4 +1050,47 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn every_statistic_and_gradient_sums_in_its_documented_order() {
+        // The plainest loops in the documented orders: each channel's sums per plane (`Iterator::sum` for the
+        // statistics, from 0.0 for the gradients), the planes' sums added in batch order from 0.0. On fractions,
+        // whose sums round differently in another order.
+        let bn = BatchNorm::default();
+        let s = BatchNormShape { n: 3, c: 4, hw: 37 };
+        let (x, dy) = (fractions(s.len(), 0.37), fractions(s.len(), 0.71));
+        let (gamma, beta) = (fractions(s.c, 1.3), fractions(s.c, 2.1));
+        let planes = |c: usize| (0..s.n).map(move |n| s.plane(n, c));
+        let count = s.count() as f32;
+        let (mut rm, mut rv) = (std::vec![0.0; s.c], std::vec![1.0; s.c]);
+        let (mut y, mut mean, mut var) = (std::vec![0.0; s.len()], std::vec![0.0; s.c], std::vec![0.0; s.c]);
+        batchnorm_forward_train(&s, &bn, &x, &gamma, &beta, &mut rm, &mut rv, &mut y, &mut mean, &mut var).unwrap();
+        let (mut dx, mut dgamma, mut dbeta) = (std::vec![0.0; s.len()], std::vec![0.0; s.c], std::vec![0.0; s.c]);
+        batchnorm_backward(&s, &bn, &x, &gamma, &mean, &var, &dy, &mut dx, Some(&mut dgamma), &mut dbeta).unwrap();
+        for c in 0..s.c {
+            let mut sum = 0.0f32;
+            for p in planes(c) {
+                sum += x[p].iter().sum::<f32>();
+            }
+            let m = sum / count;
+            let mut squares = 0.0f32;
+            for p in planes(c) {
+                squares += x[p].iter().map(|&v| (v - m) * (v - m)).sum::<f32>();
+            }
+            let invstd = 1.0 / libm::sqrtf(squares / count + bn.eps);
+            let (mut sum_dy, mut sum_dy_xmu) = (0.0f32, 0.0f32);
+            for p in planes(c) {
+                let (mut a, mut b) = (0.0f32, 0.0f32);
+                for i in p {
+                    a += dy[i];
+                    b += dy[i] * (x[i] - m);
+                }
+                sum_dy += a;
+                sum_dy_xmu += b;
+            }
+            assert_eq!([mean[c], var[c]].map(f32::to_bits), [m, squares / count].map(f32::to_bits), "channel {c}");
+            let want = [sum_dy, sum_dy_xmu * invstd];
+            assert_eq!([dbeta[c], dgamma[c]].map(f32::to_bits), want.map(f32::to_bits), "channel {c}");
+        }
+    }
 }
