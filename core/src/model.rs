@@ -27,10 +27,10 @@ use rand_core::RngCore;
 use crate::error::{check_finite, check_labels, check_len, Error};
 use crate::margin::{margin_loss_backward, margin_loss_forward, HeadScratch, HeadShape, MarginConfig};
 use crate::nn::{
-    accumulate, accumulate_gradient, batchnorm_backward, batchnorm_backward_on, batchnorm_forward_eval_on,
-    batchnorm_forward_train_on, clip_coefficient, conv2d_backward_data_on, conv2d_backward_weight_on,
-    conv2d_forward_on, linear_backward, linear_forward, prelu_backward_on, prelu_forward_on, residual_add_forward,
-    scale, sgd_step, sum_of_squares, BatchNorm, BatchNormShape, Conv2dShape, LinearShape, MicroBatch, Sgd,
+    accumulate, accumulate_gradient, batchnorm_backward_on, batchnorm_forward_eval_on, batchnorm_forward_train_on,
+    clip_coefficient, conv2d_backward_data_on, conv2d_backward_weight_on, conv2d_forward_on, linear_backward,
+    linear_forward, prelu_backward_on, prelu_forward_on, residual_add_forward, scale, sgd_step, sum_of_squares,
+    BatchNorm, BatchNormShape, Conv2dShape, LinearShape, MicroBatch, Sgd,
 };
 use crate::parallel::{Executor, Serial};
 use crate::rng::standard_normal;
@@ -948,7 +948,8 @@ fn backward_in_arena(
     let (ne, nf) = (n * e, n * cfg.fc_inputs());
     let gamma = &state[params..params + e];
     let [_, beta_r, _, _] = bn_ranges(params, e);
-    batchnorm_backward(
+    batchnorm_backward_on(
+        exec,
         &sf,
         bn,
         &acts[t.fc.clone()],

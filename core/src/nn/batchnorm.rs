@@ -112,7 +112,7 @@ fn channel_var(s: &BatchNormShape, x: &[f32], c: usize, mean: f32) -> f32 {
 /// Channel `c`'s sum of `term(i)` over its elements `i`: per-plane partial sums from `0.0`, added in batch order
 /// from `0.0`.
 #[inline]
-fn channel_sum(s: &BatchNormShape, c: usize, term: impl Fn(usize) -> f32) -> f32 {
+pub(super) fn channel_sum(s: &BatchNormShape, c: usize, term: impl Fn(usize) -> f32) -> f32 {
     let mut sum = 0.0f32;
     for n in 0..s.n {
         let mut partial = 0.0f32;
@@ -125,7 +125,7 @@ fn channel_sum(s: &BatchNormShape, c: usize, term: impl Fn(usize) -> f32) -> f32
 }
 
 /// `out[c] = value(c)` for every channel (`out (C)`), the channels shared out on `exec`.
-fn per_channel(exec: &dyn Executor, out: &mut [f32], value: impl Fn(usize) -> f32 + Sync) {
+pub(super) fn per_channel(exec: &dyn Executor, out: &mut [f32], value: impl Fn(usize) -> f32 + Sync) {
     exec.for_each_rows(out, 1, &|first, piece| {
         for (k, v) in piece.iter_mut().enumerate() {
             *v = value(first + k);
@@ -135,7 +135,7 @@ fn per_channel(exec: &dyn Executor, out: &mut [f32], value: impl Fn(usize) -> f3
 
 /// `plane(start, c, out)` on every plane of `out (N, C, HW)` (`start` its first element's index, `c` its channel),
 /// the planes shared out on `exec`.
-fn per_plane(
+pub(super) fn per_plane(
     exec: &dyn Executor,
     s: &BatchNormShape,
     out: &mut [f32],
@@ -172,6 +172,18 @@ pub(super) fn prelu(v: f32, a: f32) -> f32 {
         v
     } else {
         a * v
+    }
+}
+
+/// PReLU input `v`'s term of its slope's gradient for the output gradient `g`: `v * g` on the negative branch (a NaN
+/// takes it too), else `+0.0`, which leaves a sum started at `+0.0` as skipping the term would (such a sum is never
+/// `-0.0`).
+#[inline]
+pub(super) fn prelu_slope_term(v: f32, g: f32) -> f32 {
+    if v > 0.0 {
+        0.0
+    } else {
+        v * g
     }
 }
 
@@ -237,8 +249,8 @@ struct TrainState<'a> {
     save_var: &'a mut [f32],
 }
 
-/// [`batchnorm_forward_train`] storing `then(i, c, z)` for the normalised value `z` of element `i` (channel `c`). The slices
-/// `then` reads are in `operands`, checked after `beta`.
+/// [`batchnorm_forward_train`] storing `then(i, c, z)` for the normalised value `z` of element `i` (channel `c`).
+/// The slices `then` reads are in `operands`, checked after `beta`.
 #[allow(clippy::too_many_arguments)]
 fn forward_train_then(
     exec: &dyn Executor,
@@ -587,19 +599,8 @@ pub fn batchnorm_prelu_backward(
     let dy = |i: usize, c: usize| if z(i, c) > 0.0 { dz[i] } else { alpha[c] * dz[i] };
     backward_with(&Serial, s, bn, x, gamma, save_mean, save_var, &operands, dy, dx, dgamma, dbeta, |_, v| v)?;
     // dalpha as prelu_backward sums it: per plane, the planes of a channel in batch order.
-    dalpha.fill(0.0);
-    for n in 0..s.n {
-        for (c, d) in dalpha.iter_mut().enumerate() {
-            let mut partial = 0.0f32;
-            for i in s.plane(n, c) {
-                let zv = z(i, c);
-                if zv > 0.0 {
-                    continue;
-                }
-                partial += zv * dz[i];
-            }
-            *d += partial;
-        }
+    for (c, d) in dalpha.iter_mut().enumerate() {
+        *d = channel_sum(s, c, |i| prelu_slope_term(z(i, c), dz[i]));
     }
     Ok(())
 }

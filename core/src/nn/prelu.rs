@@ -4,6 +4,7 @@
 //! not `> 0`, so it takes the negative branch). No function panics: the shape and every slice length are
 //! checked before any element is touched.
 
+use super::batchnorm::{channel_sum, per_channel, per_plane, prelu, prelu_slope_term};
 use super::BatchNormShape as ChannelShape;
 use crate::error::{check_len, Error};
 use crate::parallel::{Executor, Serial};
@@ -28,14 +29,9 @@ pub fn prelu_forward_on(
     check_len("x", x, s.len())?;
     check_len("alpha", alpha, s.c)?;
     check_len("y", y, s.len())?;
-    // Planes of HW elements in memory order: plane p belongs to channel p % C.
-    exec.for_each_rows(y, s.hw, &|first, planes| {
-        for (k, y_plane) in planes.chunks_exact_mut(s.hw).enumerate() {
-            let p = first + k;
-            let a = alpha[p % s.c];
-            for (yv, &xv) in y_plane.iter_mut().zip(&x[p * s.hw..(p + 1) * s.hw]) {
-                *yv = if xv > 0.0 { xv } else { a * xv };
-            }
+    per_plane(exec, s, y, |start, c, y_plane| {
+        for (yv, &xv) in y_plane.iter_mut().zip(&x[start..start + s.hw]) {
+            *yv = prelu(xv, alpha[c]);
         }
     });
     Ok(())
@@ -73,36 +69,14 @@ pub fn prelu_backward_on(
     check_len("dy", dy, s.len())?;
     check_len("dx", dx, s.len())?;
     check_len("dalpha", dalpha, s.c)?;
-    let plane = |p: usize| p * s.hw..(p + 1) * s.hw;
-    exec.for_each_rows(dx, s.hw, &|first, planes| {
-        for (k, dx_plane) in planes.chunks_exact_mut(s.hw).enumerate() {
-            let p = first + k;
-            let a = alpha[p % s.c];
-            for ((d, &xv), &g) in dx_plane.iter_mut().zip(&x[plane(p)]).zip(&dy[plane(p)]) {
-                *d = if xv > 0.0 { g } else { a * g };
-            }
+    per_plane(exec, s, dx, |start, c, dx_plane| {
+        let plane = start..start + s.hw;
+        for ((d, &xv), &g) in dx_plane.iter_mut().zip(&x[plane.clone()]).zip(&dy[plane]) {
+            *d = if xv > 0.0 { g } else { alpha[c] * g };
         }
     });
     // Each channel's planes' partial sums (from 0.0, in element order) added in batch order from 0.0.
-    exec.for_each_rows(dalpha, 1, &|first, piece| {
-        for (k, d) in piece.iter_mut().enumerate() {
-            let c = first + k;
-            let mut sum = 0.0f32;
-            for n in 0..s.n {
-                let p = n * s.c + c;
-                let mut partial = 0.0f32;
-                for (&xv, &g) in x[plane(p)].iter().zip(&dy[plane(p)]) {
-                    // The negative branch of the forward pass (a NaN takes it too).
-                    if xv > 0.0 {
-                        continue;
-                    }
-                    partial += xv * g;
-                }
-                sum += partial;
-            }
-            *d = sum;
-        }
-    });
+    per_channel(exec, dalpha, |c| channel_sum(s, c, |i| prelu_slope_term(x[i], dy[i])));
     Ok(())
 }
 
