@@ -1,6 +1,7 @@
-//! The model commands of `elasticface`: `eval`, `embed`, `compare`, `export` and `import`, and `align`, as clap
-//! argument structs with a `run` each (the binary only dispatches to them).
+//! The model commands of `elasticface`: `eval`, `embed`, `compare`, `enroll`, `identify`, `export` and `import`,
+//! and `align`, as clap argument structs with a `run` each (the binary only dispatches to them).
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -13,6 +14,7 @@ use crate::checkpoint::Backbone;
 use crate::embed::{self, EmbedOptions};
 use crate::eval::ijb;
 use crate::eval::suite::{self, EvalReport};
+use crate::identify::{self, Found, Gallery};
 use crate::train::run::{open_inference, Device, TrainConfig};
 use crate::train::Backend;
 
@@ -324,6 +326,179 @@ impl CompareArgs {
             self.threshold
         );
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// `elasticface enroll`.
+#[derive(clap::Args, Debug)]
+pub struct EnrollArgs {
+    /// The model (as for `eval`). Probes must be searched with the same model: the gallery keeps its fingerprint.
+    #[arg(long, value_name = "FILE")]
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub network: NetworkArgs,
+    /// Folders of people: each sub-folder is a person named by the sub-folder, with every .jpg, .jpeg and .png
+    /// under it; each image directly in the folder is a person of its own, named by its file stem.
+    #[arg(required = true, value_name = "DIR")]
+    pub people: Vec<PathBuf>,
+    /// The gallery file to write (safetensors: the templates and, in its manifest, the names and the model).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Add to the gallery --out holds (made with the same model): new names are appended, a name it holds
+    /// already gets the new images' template in its place.
+    #[arg(long)]
+    pub update: bool,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl EnrollArgs {
+    /// Embeds the people's images and writes the gallery.
+    pub fn run(&self) -> Result<ExitCode> {
+        let people = identify::list_people(&self.people)?;
+        let files: Vec<PathBuf> = people.iter().flat_map(|p| p.files.iter().cloned()).collect();
+        let backbone = self.network.load(&self.model)?;
+        let mut gallery = if self.update && self.out.exists() {
+            let g = Gallery::open(&self.out)?;
+            g.check_model(&self.out, &self.model, &backbone)?;
+            g
+        } else {
+            ensure!(
+                !self.out.exists(),
+                "{} exists: add --update to add these people to it, or give another --out",
+                self.out.display()
+            );
+            Gallery::new(&self.model, &backbone)
+        };
+        let mut backend = self.device.open(&backbone)?;
+        let emb = embed::embed_files(backend.as_mut(), &files, input_shape(&backbone), fused(self.quiet))?;
+        let done = gallery.enroll(&people, &emb)?;
+        gallery.save(&self.out)?;
+        let replaced = if done.replaced > 0 { format!(", {} replaced", done.replaced) } else { String::new() };
+        println!(
+            "enrolled {} people from {} images ({} new{replaced}) -> {}: {} people",
+            people.len(),
+            files.len(),
+            done.added,
+            self.out.display(),
+            gallery.len()
+        );
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Embeddings as the verification protocol fuses them: with the mirror image, L2-normalised.
+fn fused(quiet: bool) -> EmbedOptions {
+    EmbedOptions { flip: true, normalize: true, quiet }
+}
+
+/// `elasticface identify`.
+#[derive(clap::Args, Debug)]
+pub struct IdentifyArgs {
+    /// The model the gallery was enrolled with (as for `eval`).
+    #[arg(long, value_name = "FILE")]
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub network: NetworkArgs,
+    /// The gallery file written by `elasticface enroll`.
+    #[arg(long, value_name = "FILE")]
+    pub gallery: PathBuf,
+    /// Probe images: files, or folders searched recursively for .jpg, .jpeg, .png.
+    #[arg(required = true, value_name = "IMAGE_OR_DIR")]
+    pub probes: Vec<PathBuf>,
+    /// The cosine from which the best candidate is taken to be the person shown (accepted at cosine >= threshold,
+    /// as the core's gallery decides); the scale of `compare`'s threshold.
+    #[arg(long, default_value_t = 0.3, allow_negative_numbers = true)]
+    pub threshold: f32,
+    /// Candidates listed per probe, best first.
+    #[arg(long, default_value_t = 1, value_name = "K", value_parser = clap::value_parser!(u32).range(1..))]
+    pub top: u32,
+    /// Search int8 templates with int8 probes (each quantised from its unit embedding), as a device with int8
+    /// embeddings does: exact integer cosines.
+    #[arg(long)]
+    pub int8: bool,
+    /// Also write every candidate to this file: .csv (probe, rank, name, cosine, accepted) or .json.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl IdentifyArgs {
+    /// Embeds the probes, searches the gallery, prints a line a probe and writes --out.
+    pub fn run(&self) -> Result<ExitCode> {
+        ensure!((-1.0..=1.0).contains(&self.threshold), "--threshold is a cosine, in [-1, 1]");
+        let out = match &self.out {
+            Some(out) => match CandidateFormat::of(out) {
+                Some(format) => Some((out, format)),
+                None => bail!("{}: write the candidates to a .csv or a .json file", out.display()),
+            },
+            None => None,
+        };
+        let gallery = Gallery::open(&self.gallery)?;
+        let probes = embed::list_images(&self.probes)?;
+        let backbone = self.network.load(&self.model)?;
+        gallery.check_model(&self.gallery, &self.model, &backbone)?;
+        let mut backend = self.device.open(&backbone)?;
+        let emb = embed::embed_files(backend.as_mut(), &probes, input_shape(&backbone), fused(self.quiet))?;
+        let found = gallery.search(&emb.values, self.top as usize, self.int8, |i| probes[i].display().to_string())?;
+        let found = Found {
+            gallery: &gallery,
+            probes: probes.iter().map(|p| p.display().to_string()).collect(),
+            candidates: found,
+            threshold: self.threshold,
+        };
+        let mut stdout = std::io::stdout().lock();
+        for line in found.lines() {
+            writeln!(stdout, "{line}")?;
+        }
+        let search = if self.int8 { "int8" } else { "f32" };
+        writeln!(
+            stdout,
+            "{} of {} probes identified among {} people ({search} search, cosine >= {})",
+            found.identified(),
+            probes.len(),
+            gallery.len(),
+            self.threshold
+        )?;
+        if let Some((out, format)) = out {
+            let bytes = match format {
+                CandidateFormat::Csv => found.csv().into_bytes(),
+                CandidateFormat::Json => {
+                    let doc = json!({
+                        "gallery": self.gallery.display().to_string(), "model": self.model.display().to_string(),
+                        "threshold": self.threshold, "search": search, "probes": found.json(),
+                    });
+                    serde_json::to_vec_pretty(&doc)?
+                }
+            };
+            crate::files::write_atomically(out, &bytes)?;
+            writeln!(stdout, "candidates: {}", out.display())?;
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// The file types `identify --out` writes, by extension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CandidateFormat {
+    Csv,
+    Json,
+}
+
+impl CandidateFormat {
+    fn of(path: &std::path::Path) -> Option<Self> {
+        match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+            Some("csv") => Some(Self::Csv),
+            Some("json") => Some(Self::Json),
+            _ => None,
+        }
     }
 }
 

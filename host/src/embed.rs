@@ -81,15 +81,18 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
         let path = entry.path();
         if path.is_dir() {
             walk(&path, out)?;
-        } else if path
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
-        {
+        } else if is_image(&path) {
             out.push(path);
         }
     }
     Ok(())
+}
+
+/// Whether a folder search takes `path` as an image: a `.jpg`, `.jpeg` or `.png` extension, in any case.
+pub fn is_image(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
 }
 
 /// Embeds `files` on `backend` (input size `shape`) in chunks, with a progress bar unless `opts.quiet`.

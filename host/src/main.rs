@@ -52,6 +52,18 @@ enum Command {
     Embed(Box<elasticface::commands::EmbedArgs>),
     /// Compare two face images: the cosine of their flip-fused embeddings and the same/different decision.
     Compare(Box<elasticface::commands::CompareArgs>),
+    /// Enrol people in a gallery file for `identify`: each person's photos embedded (with their mirror images) and
+    /// averaged into one unit template.
+    ///
+    /// Each folder given holds people: a sub-folder per person (named by it, every image under it) or an image
+    /// per person (named by its file stem). --update adds people to an existing gallery, or replaces them.
+    Enroll(Box<elasticface::commands::EnrollArgs>),
+    /// Who is this? Each probe photo searched in a gallery made by `enroll`: the best candidates by cosine, and
+    /// the person shown where the best reaches --threshold.
+    ///
+    /// The search is the core's gallery, the code a device runs (--int8: as a device with int8 embeddings);
+    /// --out writes every candidate to CSV or JSON.
+    Identify(Box<elasticface::commands::IdentifyArgs>),
     /// Align face photos from their five landmarks into the crops networks take (insightface's 112x112
     /// alignment: a similarity onto its reference points, bilinear), for embed, compare or a training folder.
     ///
@@ -444,6 +456,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Eval(args) => args.run(),
         Command::Embed(args) => args.run(),
         Command::Compare(args) => args.run(),
+        Command::Enroll(args) => args.run(),
+        Command::Identify(args) => args.run(),
         Command::Align(args) => args.run(),
         Command::Export(args) => args.run(),
         Command::Import(args) => args.run(),

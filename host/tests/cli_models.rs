@@ -288,3 +288,131 @@ fn align_writes_the_crops_eval_aligns() {
 fn decode_rgb(bytes: &[u8]) -> Vec<u8> {
     elasticface::data::decode::decode_rgb_any(bytes).unwrap().0
 }
+
+/// `enroll` then `identify`, as a user runs them: the gallery holds each person's normalised sum of `embed`'s fused
+/// embeddings, bit for bit; `identify` lists the candidates by the core's cosines (f32 and int8); `--update` adds
+/// and replaces people; a gallery is refused to another model, and an existing one without `--update`.
+#[test]
+fn enroll_then_identify() {
+    use elasticface::identify::Gallery;
+    use elasticface_core::embedding::{cosine, l2_normalize};
+
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).display().to_string();
+    let model = fixture("pth/iresnet_tiny_init.pth").display().to_string();
+    // alice: two images in her folder; bob: an image of his own; carol: one image in her folder.
+    let people = dir.path().join("people");
+    let shape = ImageShape { h: 32, w: 32 };
+    for (i, rel) in ["alice/a.png", "alice/b.png", "bob.png", "carol/c.png"].iter().enumerate() {
+        let rgb: Vec<u8> = (0..shape.len()).map(|k| ((k * (i + 3)) % 251) as u8).collect();
+        let path = people.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, encode_png(&rgb, shape).unwrap()).unwrap();
+    }
+    let cpu = ["--device", "cpu", "--quiet"];
+    let run = |args: &[&str]| elasticface(&[args, &cpu[..]].concat());
+    let out = run(&["enroll", "--model", &model, &p("people"), "--out", &p("g.safetensors")]);
+    assert!(out.contains("enrolled 3 people from 4 images (3 new) -> ") && out.ends_with(": 3 people\n"), "{out}");
+
+    // The templates: each person's fused unit embeddings (as `embed` writes them) summed and normalised.
+    run(&["embed", "--model", &model, &p("people"), "--flip", "--normalize", "--out", &p("e.safetensors")]);
+    let e = elasticface::tensorfile::TensorFile::open(Path::new(&p("e.safetensors"))).unwrap();
+    let rows: Vec<&[f32]> = e.f32("embeddings").unwrap().chunks_exact(16).collect();
+    let unit = |v: Vec<f32>| {
+        let mut out = vec![0.0; v.len()];
+        l2_normalize(&v, &mut out).unwrap();
+        out
+    };
+    let want = [
+        unit(rows[0].iter().zip(rows[1]).map(|(a, b)| a + b).collect()),
+        unit(rows[2].to_vec()),
+        unit(rows[3].to_vec()),
+    ];
+    let g = Gallery::open(Path::new(&p("g.safetensors"))).unwrap();
+    assert_eq!(
+        (g.names.clone(), g.images.clone(), g.dim),
+        (vec!["alice".into(), "bob".into(), "carol".into()], vec![2, 1, 1], 16)
+    );
+    assert_eq!(g.templates, want.concat());
+
+    // Every candidate of every probe, by the core's cosine, best first.
+    let out = run(&[
+        "identify",
+        "--model",
+        &model,
+        "--gallery",
+        &p("g.safetensors"),
+        &p("people/bob.png"),
+        &p("people/alice"),
+        "--top",
+        "3",
+        "--threshold",
+        "0.99",
+        "--out",
+        &p("c.csv"),
+    ]);
+    let printed: Vec<&str> = out.lines().collect();
+    assert!(printed[0].contains("bob.png: bob (cosine 1.0000); next: "), "{out}");
+    assert!(printed[1].contains("alice/a.png: ") && printed[2].contains("alice/b.png: "), "{out}");
+    assert!(out.contains("of 3 probes identified among 3 people (f32 search, cosine >= 0.99)"), "{out}");
+    let csv = std::fs::read_to_string(p("c.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!((lines[0], lines.len()), ("probe,rank,name,cosine,accepted", 1 + 3 * 3));
+    let probe_rows = [rows[2], rows[0], rows[1]];
+    for (k, line) in lines[1..].iter().enumerate() {
+        let f: Vec<&str> = line.split(',').collect();
+        let (probe, rank) = (k / 3, k % 3);
+        assert_eq!(f[1], (rank + 1).to_string(), "{line}");
+        let person = ["alice", "bob", "carol"].iter().position(|n| *n == f[2]).unwrap();
+        let c: f32 = f[3].parse().unwrap();
+        assert_eq!(c, cosine(probe_rows[probe], &want[person]).unwrap(), "{line}");
+        assert_eq!(f[4], (c >= 0.99).to_string(), "{line}");
+        if rank > 0 {
+            let before: f32 = lines[k].split(',').nth(3).unwrap().parse().unwrap();
+            assert!(before >= c, "{line} after {}", lines[k]);
+        }
+    }
+    // int8, as a device: bob's quantised probe against his quantised template.
+    let out = run(&["identify", "--model", &model, "--gallery", &p("g.safetensors"), &p("people/bob.png"), "--int8"]);
+    assert!(out.contains("bob.png: bob (cosine 1.0000)") && out.contains("(int8 search"), "{out}");
+
+    // --update: dave is added, bob gets carol's image in his place; without --update the file is refused.
+    std::fs::create_dir_all(dir.path().join("more/bob")).unwrap();
+    std::fs::copy(people.join("carol/c.png"), dir.path().join("more/bob/c.png")).unwrap();
+    std::fs::copy(people.join("alice/a.png"), dir.path().join("more/dave.png")).unwrap();
+    let err =
+        elasticface_fails(&["enroll", "--model", &model, &p("more"), "--out", &p("g.safetensors"), "--device", "cpu"]);
+    assert!(err.contains("exists: add --update"), "{err}");
+    let out = run(&["enroll", "--model", &model, &p("more"), "--out", &p("g.safetensors"), "--update"]);
+    assert!(
+        out.contains("enrolled 2 people from 2 images (1 new, 1 replaced)") && out.ends_with(": 4 people\n"),
+        "{out}"
+    );
+    let g = Gallery::open(Path::new(&p("g.safetensors"))).unwrap();
+    assert_eq!(g.names, ["alice", "bob", "carol", "dave"]);
+    assert_eq!(g.templates, [&want[0][..], &want[2], &want[2], &unit(rows[0].to_vec())].concat());
+
+    // The same weights imported, or exported to ONNX, are the same model.
+    elasticface(&["import", &model, "--out", &p("tiny.safetensors")]);
+    elasticface(&["export", "--model", &p("tiny.safetensors"), "--out", &p("tiny.onnx")]);
+    for copy in [p("tiny.safetensors"), p("tiny.onnx")] {
+        let out = run(&["identify", "--model", &copy, "--gallery", &p("g.safetensors"), &p("more/dave.png")]);
+        assert!(out.contains("dave.png: dave (cosine 1.0000)"), "{copy}: {out}");
+    }
+
+    // Another model's embeddings cannot be searched in this gallery.
+    let mut other = elasticface::checkpoint::Backbone::open(Path::new(&model), None, None).unwrap();
+    other.state[0] += 0.5;
+    other.save(Path::new(&p("other.safetensors")), serde_json::json!({})).unwrap();
+    let err = elasticface_fails(&[
+        "identify",
+        "--model",
+        &p("other.safetensors"),
+        "--gallery",
+        &p("g.safetensors"),
+        &p("people"),
+        "--device",
+        "cpu",
+    ]);
+    assert!(err.contains("was enrolled with another model") && err.contains("enrol the people again"), "{err}");
+}

@@ -43,6 +43,7 @@ use serde::Serialize;
 use super::suite::{RocJson, CHUNK_IMAGES, ROC_POINTS};
 use super::{roc_curve, tar_reports, FlipEmbeddings, TarReport};
 use crate::data::decode::{decode_rgb_any, fill_parallel};
+use crate::fingerprint::Fnv1a;
 use crate::train::Backend;
 
 pub mod search;
@@ -502,29 +503,22 @@ const FEATURE_HEADER: u64 = 32;
 /// FNV-1a over what makes the set's faces and their crops: file names, templates, media, landmarks and scores
 /// (bits), and the input size.
 fn fingerprint(set: &IjbSet, shape: ImageShape) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64;
-    let mut eat = |bytes: &[u8]| {
-        for &b in bytes {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    };
-    eat(&(shape.h as u64).to_le_bytes());
-    eat(&(shape.w as u64).to_le_bytes());
+    let mut h = Fnv1a::new();
+    h.eat(&(shape.h as u64).to_le_bytes());
+    h.eat(&(shape.w as u64).to_le_bytes());
     for f in &set.faces {
-        eat(f.file.as_bytes());
-        eat(&[0]);
-        eat(&f.template.to_le_bytes());
-        eat(&f.media.to_le_bytes());
+        h.eat(f.file.as_bytes());
+        h.eat(&[0]);
+        h.eat(&f.template.to_le_bytes());
+        h.eat(&f.media.to_le_bytes());
         for v in f.landmarks.iter().flatten().chain([&f.score]) {
-            eat(&v.to_bits().to_le_bytes());
+            h.eat(&v.to_bits().to_le_bytes());
         }
     }
-    h
+    h.finish()
 }
 
 impl FeatureFile {
-    /// Opens `path` for a set whose first face's feature is `first` (`D` values): the records already there when
-    /// they are this set's, this model's and this device's; else a new file.
     /// Opens `path` for a set of `faces` faces whose first chunk (`chunk` faces) has the features `first` (`(chunk,
     /// D)`): the records already there when they are this set's, this model's and this device's; else a new file.
     fn open(path: &Path, key: u64, first: &[f32], chunk: usize, faces: usize) -> Result<Self> {
