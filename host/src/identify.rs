@@ -23,6 +23,7 @@ use elasticface_core::gallery::{Element, GalleryView, GalleryViewMut, Match};
 use serde_json::json;
 
 use crate::checkpoint::Backbone;
+use crate::data::decode::fill_parallel;
 use crate::embed::{self, Embeddings};
 use crate::fingerprint::Fnv1a;
 use crate::tensorfile::TensorFile;
@@ -211,13 +212,14 @@ impl Gallery {
     /// The `top` people most like each probe (`probes`: `(N, E)`), by cosine, best first (equal cosines in
     /// enrolment order): the core's [`GalleryView::identify_into`] at threshold -1, on the f32 templates, or with
     /// `int8` on templates and probes quantised by [`quantize_i8`] (exact integer cosines, as a device with int8
-    /// embeddings computes them). `name(i)` names probe `i` in errors.
+    /// embeddings computes them). The probes are shared out over all cores, each searched alone (the same result on
+    /// any number). `name(i)` names probe `i` in errors.
     pub fn search(
         &self,
         probes: &[f32],
         top: usize,
         int8: bool,
-        name: impl Fn(usize) -> String,
+        name: impl Fn(usize) -> String + Sync,
     ) -> Result<Vec<Vec<Match>>> {
         ensure!(top > 0, "ask for at least one candidate");
         ensure!(probes.len().is_multiple_of(self.dim), "{} probe values are not rows of {}", probes.len(), self.dim);
@@ -320,25 +322,26 @@ impl Gallery {
     }
 }
 
-/// [`GalleryView::identify_into`] for each probe row, on one element type.
-fn search_view<T: Element>(
+/// [`GalleryView::identify_into`] for each probe row, on one element type, the probes shared out over all cores.
+fn search_view<T: Element + Sync>(
     dim: usize,
     ids: &[u32],
     templates: &[T],
     probes: &[T],
     top: usize,
-    name: &dyn Fn(usize) -> String,
+    name: &(dyn Fn(usize) -> String + Sync),
 ) -> Result<Vec<Vec<Match>>> {
     let view = GalleryView::new(dim, ids, templates).map_err(|e| anyhow!("gallery: {e}"))?;
-    let mut out = vec![Match { id: 0, cosine: 0.0 }; top.min(ids.len())];
-    probes
-        .chunks_exact(dim)
-        .enumerate()
-        .map(|(i, probe)| {
-            let n = view.identify_into(probe, -1.0, &mut out).map_err(|e| anyhow!("{}: {e}", name(i)))?;
-            Ok(out[..n].to_vec())
-        })
-        .collect()
+    let (count, per) = (probes.len() / dim, top.min(ids.len()));
+    if per == 0 {
+        return Ok(vec![Vec::new(); count]);
+    }
+    let mut out = vec![Match { id: 0, cosine: 0.0 }; count * per];
+    let written = fill_parallel(&mut out, per, |i, candidates| {
+        let probe = &probes[i * dim..(i + 1) * dim];
+        view.identify_into(probe, -1.0, candidates).map_err(|e| anyhow!("{}: {e}", name(i)))
+    })?;
+    Ok(out.chunks_exact(per).zip(written).map(|(c, n)| c[..n].to_vec()).collect())
 }
 
 /// The candidates of probes, and how they read.
