@@ -423,6 +423,12 @@ pub struct IdentifyArgs {
     /// Also write every candidate to this file: .csv (probe, rank, name, cosine, accepted) or .json.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+    /// The probes are of known people, in folders laid out as for `enroll` (a sub-folder of images, or an image,
+    /// per person): also measure 1:N on them. A probe's person is enrolled (mated) or not (non-mated); prints the
+    /// identification rate at ranks 1, 5 and 10 and the TPIR at FPIR 1e-4 .. 1e-1 with the --threshold that gives
+    /// each (also in the JSON of --out).
+    #[arg(long)]
+    pub truth: bool,
     #[command(flatten)]
     pub device: DeviceArgs,
     /// No progress bar.
@@ -442,12 +448,18 @@ impl IdentifyArgs {
             None => None,
         };
         let gallery = Gallery::open(&self.gallery)?;
-        let probes = embed::list_images(&self.probes)?;
+        let (probes, mates) = if self.truth {
+            gallery.known_probes(&self.probes)?
+        } else {
+            (embed::list_images(&self.probes)?, Vec::new())
+        };
         let backbone = self.network.load(&self.model)?;
         gallery.check_model(&self.gallery, &self.model, &backbone)?;
         let mut backend = self.device.open(&backbone)?;
         let emb = embed::embed_files(backend.as_mut(), &probes, input_shape(&backbone), fused(self.quiet))?;
-        let found = gallery.search(&emb.values, self.top as usize, self.int8, |i| probes[i].display().to_string())?;
+        let name = |i: usize| probes[i].display().to_string();
+        let found = gallery.search(&emb.values, self.top as usize, self.int8, name)?;
+        let evaluation = if self.truth { Some(gallery.evaluate(&emb.values, &mates, self.int8, name)?) } else { None };
         let found = Found {
             gallery: &gallery,
             probes: probes.iter().map(|p| p.display().to_string()).collect(),
@@ -467,6 +479,9 @@ impl IdentifyArgs {
             gallery.len(),
             self.threshold
         )?;
+        for line in evaluation.iter().flat_map(|e| e.lines()) {
+            writeln!(stdout, "{line}")?;
+        }
         if let Some((out, format)) = out {
             let bytes = match format {
                 CandidateFormat::Csv => found.csv().into_bytes(),
@@ -474,6 +489,7 @@ impl IdentifyArgs {
                     let doc = json!({
                         "gallery": self.gallery.display().to_string(), "model": self.model.display().to_string(),
                         "threshold": self.threshold, "search": search, "probes": found.json(),
+                        "evaluation": evaluation,
                     });
                     serde_json::to_vec_pretty(&doc)?
                 }

@@ -20,11 +20,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use elasticface_core::embedding::quantize_i8;
 use elasticface_core::gallery::{Element, GalleryView, GalleryViewMut, Match};
+use elasticface_core::verify::mate_rank;
+use serde::Serialize;
 use serde_json::json;
 
 use crate::checkpoint::Backbone;
 use crate::data::decode::fill_parallel;
 use crate::embed::{self, Embeddings};
+use crate::eval::ijb::{score_searches, RankReport, Searched};
 use crate::fingerprint::Fnv1a;
 use crate::tensorfile::TensorFile;
 
@@ -46,8 +49,19 @@ pub struct Person {
 /// Errors: a path that is not a folder, a person's folder without images, a name that is not UTF-8, two people of
 /// one name, or no one at all.
 pub fn list_people(dirs: &[PathBuf]) -> Result<Vec<Person>> {
+    let people = people_in(dirs)?;
+    let mut seen: HashMap<&str, &Path> = HashMap::new();
+    for p in &people {
+        if let Some(other) = seen.insert(&p.name, p.files[0].as_path()) {
+            bail!("two people named {:?}: {} and {}", p.name, other.display(), p.files[0].display());
+        }
+    }
+    Ok(people)
+}
+
+/// [`list_people`], where one name may stand for a person in several folders (probes of known people).
+fn people_in(dirs: &[PathBuf]) -> Result<Vec<Person>> {
     let mut people: Vec<Person> = Vec::new();
-    let mut seen: HashMap<String, PathBuf> = HashMap::new();
     for dir in dirs {
         ensure!(
             dir.is_dir(),
@@ -74,16 +88,13 @@ pub fn list_people(dirs: &[PathBuf]) -> Result<Vec<Person>> {
                 .and_then(|n| n.to_str())
                 .ok_or_else(|| anyhow!("{}: the name is not UTF-8", path.display()))?
                 .to_string();
-            if let Some(other) = seen.insert(name.clone(), path.clone()) {
-                bail!("two people named {name:?}: {} and {}", other.display(), path.display());
-            }
             people.push(Person { name, files });
         }
     }
     let names: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
     ensure!(
         !people.is_empty(),
-        "no people in {}: enrol folders holding a sub-folder of images, or an image, per person",
+        "no people in {}: give folders holding a sub-folder of images, or an image, per person",
         names.join(", ")
     );
     Ok(people)
@@ -222,8 +233,78 @@ impl Gallery {
         name: impl Fn(usize) -> String + Sync,
     ) -> Result<Vec<Vec<Match>>> {
         ensure!(top > 0, "ask for at least one candidate");
-        ensure!(probes.len().is_multiple_of(self.dim), "{} probe values are not rows of {}", probes.len(), self.dim);
         let ids: Vec<u32> = (0..self.len() as u32).collect();
+        match self.operands(probes, int8, &name)? {
+            Operands::F32 { templates, probes } => search_view(self.dim, &ids, templates, probes, top, &name),
+            Operands::I8 { templates, probes } => search_view(self.dim, &ids, &templates, &probes, top, &name),
+        }
+    }
+
+    /// 1:N identification measured on probes of known people (`probes`: `(N, E)`; `mates[i]`: the gallery's index
+    /// of probe `i`'s person, `None` for a person it does not hold), searched as [`Gallery::search`] searches: the
+    /// identification rate at ranks 1, 5 and 10 of the mated probes, and the TPIR at FPIR 1e-4 .. 1e-1 with the
+    /// `--threshold` that gives each (see [`Evaluation`]). `name(i)` names probe `i` in errors.
+    pub fn evaluate(
+        &self,
+        probes: &[f32],
+        mates: &[Option<usize>],
+        int8: bool,
+        name: impl Fn(usize) -> String + Sync,
+    ) -> Result<Evaluation> {
+        ensure!(mates.len() * self.dim == probes.len(), "{} probes named for {} values", mates.len(), probes.len());
+        if let Some(m) = mates.iter().flatten().find(|&&m| m >= self.len()) {
+            bail!("person {m} of a gallery of {}", self.len());
+        }
+        ensure!(
+            mates.iter().any(Option::is_some),
+            "none of the probes' people is in the gallery: there is no mate to find"
+        );
+        let searched = match self.operands(probes, int8, &name)? {
+            Operands::F32 { templates, probes } => searches_view(self.dim, templates, probes, mates, &name)?,
+            Operands::I8 { templates, probes } => searches_view(self.dim, &templates, &probes, mates, &name)?,
+        };
+        let scores = score_searches(&searched, "the gallery")?;
+        let tpir_at_fpir = scores
+            .tpir_at_fpir
+            .iter()
+            .map(|t| CosineTpir {
+                fpir: t.fpir,
+                tpir: t.tpir,
+                // Answered at -cosine < t, so at cosine > -t: from the next f32 up on, where that is a cosine.
+                threshold: t.threshold.map(|t| (-t).next_up().max(-1.0)).filter(|&c| c <= 1.0),
+                fpir_reached: t.fpir_reached,
+            })
+            .collect();
+        Ok(Evaluation {
+            probes: mates.len(),
+            mated: scores.mated,
+            non_mated: scores.non_mated,
+            rank: scores.rank,
+            tpir_at_fpir,
+        })
+    }
+
+    /// The probe images of known people in `dirs`, laid out as for enrolment ([`list_people`]; one person may
+    /// have images in several folders), and each one's mate: the gallery's index of their person, `None` for a
+    /// person it does not hold.
+    pub fn known_probes(&self, dirs: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<Option<usize>>)> {
+        let index: HashMap<&str, usize> = self.names.iter().map(String::as_str).zip(0..).collect();
+        let (mut files, mut mates) = (Vec::new(), Vec::new());
+        for p in people_in(dirs)? {
+            let mate = index.get(p.name.as_str()).copied();
+            mates.extend(std::iter::repeat_n(mate, p.files.len()));
+            files.extend(p.files);
+        }
+        Ok((files, mates))
+    }
+
+    /// The templates and `probes` as a search takes them: as they are, or with `int8` each quantised by
+    /// [`quantize_i8`].
+    fn operands<'a>(&'a self, probes: &'a [f32], int8: bool, name: &dyn Fn(usize) -> String) -> Result<Operands<'a>> {
+        ensure!(probes.len().is_multiple_of(self.dim), "{} probe values are not rows of {}", probes.len(), self.dim);
+        if !int8 {
+            return Ok(Operands::F32 { templates: &self.templates, probes });
+        }
         let quantised = |rows: &[f32], what: &dyn Fn(usize) -> String| -> Result<Vec<i8>> {
             let mut out = vec![0i8; rows.len()];
             for (i, (x, q)) in rows.chunks_exact(self.dim).zip(out.chunks_exact_mut(self.dim)).enumerate() {
@@ -231,12 +312,10 @@ impl Gallery {
             }
             Ok(out)
         };
-        if int8 {
-            let templates = quantised(&self.templates, &|i| format!("the template of {}", self.names[i]))?;
-            search_view(self.dim, &ids, &templates, &quantised(probes, &name)?, top, &name)
-        } else {
-            search_view(self.dim, &ids, &self.templates, probes, top, &name)
-        }
+        Ok(Operands::I8 {
+            templates: quantised(&self.templates, &|i| format!("the template of {}", self.names[i]))?,
+            probes: quantised(probes, name)?,
+        })
     }
 
     /// The gallery file's contents.
@@ -320,6 +399,110 @@ impl Gallery {
         );
         Ok(())
     }
+}
+
+/// Templates and probes as a search takes them.
+enum Operands<'a> {
+    F32 { templates: &'a [f32], probes: &'a [f32] },
+    I8 { templates: Vec<i8>, probes: Vec<i8> },
+}
+
+/// 1:N measured on probes of known people ([`Gallery::evaluate`]): mated probes (their person is in the gallery)
+/// and non-mated ones, scored by `-cosine` as a distance with the core's [`mate_rank`] (ties count against the
+/// mate) and [`tpir_at_fpir`](elasticface_core::verify::tpir_at_fpir), as `eval` scores IJB's 1:N.
+#[derive(Clone, Debug, Serialize)]
+pub struct Evaluation {
+    /// Probes searched.
+    pub probes: usize,
+    /// Probes whose person the gallery holds.
+    pub mated: usize,
+    /// Probes whose person it does not.
+    pub non_mated: usize,
+    /// The identification rate of the mated probes at ranks 1, 5 and 10.
+    pub rank: Vec<RankReport>,
+    /// The TPIR at FPIR 1e-4 .. 1e-1.
+    pub tpir_at_fpir: Vec<CosineTpir>,
+}
+
+impl Evaluation {
+    /// The evaluation in words: the probes, the identification rates, then a line per FPIR.
+    pub fn lines(&self) -> Vec<String> {
+        let mut lines = vec![format!(
+            "1:N on {} probes: {} mated (their person enrolled), {} non-mated",
+            self.probes, self.mated, self.non_mated
+        )];
+        let ranks: Vec<String> = self
+            .rank
+            .iter()
+            .map(|r| format!("rank {} {:.2}% ({} of {})", r.rank, 100.0 * r.rate, r.hits, self.mated))
+            .collect();
+        lines.push(format!("identification rate: {}", ranks.join(", ")));
+        for t in &self.tpir_at_fpir {
+            let line = match (t.tpir, t.fpir_reached) {
+                (Some(tpir), Some(reached)) => {
+                    let threshold = match t.threshold {
+                        Some(c) => format!("--threshold {c}"),
+                        None => "no threshold refuses the nearest non-mated probe".to_string(),
+                    };
+                    format!(
+                        "TPIR at FPIR {:.0e}: {:.2}% (FPIR reached {:.2}%, {threshold})",
+                        t.fpir,
+                        100.0 * tpir,
+                        100.0 * reached
+                    )
+                }
+                _ => format!(
+                    "TPIR at FPIR {:.0e}: n/a (takes at least {} non-mated probes)",
+                    t.fpir,
+                    (1.0 / t.fpir).round()
+                ),
+            };
+            lines.push(line);
+        }
+        lines
+    }
+}
+
+/// The TPIR at a target FPIR, with the cosine threshold that gives it.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct CosineTpir {
+    /// The target false-positive identification rate (non-mated probes answered).
+    pub fpir: f64,
+    /// Mated probes whose person ranks first and is accepted / mated probes; `None` when the probes cannot resolve
+    /// `fpir` (fewer than `1 / fpir` non-mated probes).
+    pub tpir: Option<f64>,
+    /// The `--threshold` (accepted at `cosine >= threshold`) that keeps to `fpir`: the next f32 above the cosine of
+    /// the first non-mated probe it must refuse. `None` where `tpir` is, or where no cosine up to 1 refuses it.
+    pub threshold: Option<f32>,
+    /// The FPIR reached at that threshold (at most `fpir`).
+    pub fpir_reached: Option<f64>,
+}
+
+/// Each probe against every template, on all cores: its mate's rank and `-cosine`, or the nearest `-cosine`.
+fn searches_view<T: Element + Sync>(
+    dim: usize,
+    templates: &[T],
+    probes: &[T],
+    mates: &[Option<usize>],
+    name: &(dyn Fn(usize) -> String + Sync),
+) -> Result<Vec<Searched>> {
+    let mut searched = vec![Searched::NonMated { nearest: 0.0 }; mates.len()];
+    fill_parallel(&mut searched, 1, |i, out| {
+        let probe = &probes[i * dim..(i + 1) * dim];
+        let named = |e: &dyn std::fmt::Display| anyhow!("{}: {e}", name(i));
+        T::check_probe(probe).map_err(|e| named(&e))?;
+        let dist = templates
+            .chunks_exact(dim)
+            .map(|t| T::similarity(probe, t).map(|c| -c))
+            .collect::<Result<Vec<f32>, _>>()
+            .map_err(|e| named(&e))?;
+        out[0] = match mates[i] {
+            Some(m) => Searched::Mated { dist: dist[m], rank: mate_rank(&dist, m).map_err(|e| named(&e))? },
+            None => Searched::NonMated { nearest: dist.iter().copied().fold(f32::INFINITY, f32::min) },
+        };
+        Ok(())
+    })?;
+    Ok(searched)
 }
 
 /// [`GalleryView::identify_into`] for each probe row, on one element type, the probes shared out over all cores.
@@ -557,6 +740,54 @@ mod tests {
         // A probe that cannot be searched is named.
         let e = g.search(&[0.0; 4], 1, false, |i| format!("probe {i}.png")).unwrap_err();
         assert!(e.to_string().starts_with("probe 0.png:"), "{e}");
+    }
+
+    #[test]
+    fn evaluation_ranks_mates_and_finds_the_threshold_of_each_fpir() {
+        let at = |deg: f32| {
+            let r = deg.to_radians();
+            vec![r.cos(), r.sin()]
+        };
+        let mut g = gallery(2);
+        g.enroll(
+            &[person("a", 1), person("b", 1)],
+            &Embeddings { dim: 2, values: [at(0.0), at(90.0)].concat(), resized: 0 },
+        )
+        .unwrap();
+        // p0 (a's) nearest a; p1 (b's) nearer a than b; ten non-mated probes at 35..44 degrees, nearest a.
+        let mut probes = [at(10.0), at(30.0)].concat();
+        let mut mates = vec![Some(0), Some(1)];
+        for k in 0..10 {
+            probes.extend(at(35.0 + k as f32));
+            mates.push(None);
+        }
+        let e = g.evaluate(&probes, &mates, false, |i| format!("probe {i}")).unwrap();
+        assert_eq!((e.probes, e.mated, e.non_mated), (12, 2, 10));
+        let rates: Vec<(usize, usize)> = e.rank.iter().map(|r| (r.rank, r.hits)).collect();
+        assert_eq!(rates, [(1, 1), (5, 2), (10, 2)]);
+        // FPIR 1e-1 admits one of ten non-mated probes: the threshold is just above the second nearest's cosine
+        // (36 degrees), so the first (35) is answered, and p0 (10 degrees, its mate first) identified.
+        let t = e.tpir_at_fpir.iter().find(|t| t.fpir == 1e-1).unwrap();
+        let second = cosine(&probes[6..8], &g.templates[..2]).unwrap();
+        assert_eq!((t.tpir, t.fpir_reached, t.threshold), (Some(0.5), Some(0.1), Some(second.next_up())));
+        // Below 1e-1, ten non-mated probes resolve nothing.
+        assert!(e.tpir_at_fpir.iter().filter(|t| t.fpir < 1e-1).all(|t| t.tpir.is_none() && t.threshold.is_none()));
+        let lines = e.lines();
+        assert_eq!(
+            lines[1],
+            "identification rate: rank 1 50.00% (1 of 2), rank 5 100.00% (2 of 2), rank 10 100.00% (2 of 2)"
+        );
+        assert!(lines
+            .contains(&format!("TPIR at FPIR 1e-1: 50.00% (FPIR reached 10.00%, --threshold {})", second.next_up())));
+        assert!(lines.contains(&"TPIR at FPIR 1e-2: n/a (takes at least 100 non-mated probes)".to_string()));
+
+        // int8: the same ranks here; the threshold is above an int8 cosine.
+        let q = g.evaluate(&probes, &mates, true, |i| i.to_string()).unwrap();
+        assert_eq!(q.rank.iter().map(|r| r.hits).collect::<Vec<_>>(), [1, 2, 2]);
+        assert_eq!(q.tpir_at_fpir[3].tpir, Some(0.5));
+        // Probes of people none of whom is enrolled measure nothing.
+        let e = g.evaluate(&probes[..2], &[None], false, |i| i.to_string()).unwrap_err();
+        assert!(e.to_string().contains("none of the probes' people is in the gallery"), "{e}");
     }
 
     #[test]

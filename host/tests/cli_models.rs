@@ -290,8 +290,9 @@ fn decode_rgb(bytes: &[u8]) -> Vec<u8> {
 }
 
 /// `enroll` then `identify`, as a user runs them: the gallery holds each person's normalised sum of `embed`'s fused
-/// embeddings, bit for bit; `identify` lists the candidates by the core's cosines (f32 and int8); `--update` adds
-/// and replaces people; a gallery is refused to another model, and an existing one without `--update`.
+/// embeddings, bit for bit; `identify` lists the candidates by the core's cosines (f32 and int8) and, with
+/// `--truth`, ranks the mates as it lists them; `--update` adds and replaces people; a gallery is refused to another
+/// model (not to a converted copy of its own), and an existing one without `--update`.
 #[test]
 fn enroll_then_identify() {
     use elasticface::identify::Gallery;
@@ -311,7 +312,11 @@ fn enroll_then_identify() {
     }
     let cpu = ["--device", "cpu", "--quiet"];
     let run = |args: &[&str]| elasticface(&[args, &cpu[..]].concat());
-    let out = run(&["enroll", "--model", &model, &p("people"), "--out", &p("g.safetensors")]);
+    let gallery = p("g.safetensors");
+    // `identify` with `model` in the gallery, on the CPU.
+    let identify =
+        |model: &str, args: &[&str]| run(&[&["identify", "--model", model, "--gallery", &gallery], args].concat());
+    let out = run(&["enroll", "--model", &model, &p("people"), "--out", &gallery]);
     assert!(out.contains("enrolled 3 people from 4 images (3 new) -> ") && out.ends_with(": 3 people\n"), "{out}");
 
     // The templates: each person's fused unit embeddings (as `embed` writes them) summed and normalised.
@@ -328,7 +333,7 @@ fn enroll_then_identify() {
         unit(rows[2].to_vec()),
         unit(rows[3].to_vec()),
     ];
-    let g = Gallery::open(Path::new(&p("g.safetensors"))).unwrap();
+    let g = Gallery::open(Path::new(&gallery)).unwrap();
     assert_eq!(
         (g.names.clone(), g.images.clone(), g.dim),
         (vec!["alice".into(), "bob".into(), "carol".into()], vec![2, 1, 1], 16)
@@ -336,21 +341,10 @@ fn enroll_then_identify() {
     assert_eq!(g.templates, want.concat());
 
     // Every candidate of every probe, by the core's cosine, best first.
-    let out = run(&[
-        "identify",
-        "--model",
+    let out = identify(
         &model,
-        "--gallery",
-        &p("g.safetensors"),
-        &p("people/bob.png"),
-        &p("people/alice"),
-        "--top",
-        "3",
-        "--threshold",
-        "0.99",
-        "--out",
-        &p("c.csv"),
-    ]);
+        &[&p("people/bob.png"), &p("people/alice"), "--top", "3", "--threshold", "0.99", "--out", &p("c.csv")],
+    );
     let printed: Vec<&str> = out.lines().collect();
     assert!(printed[0].contains("bob.png: bob (cosine 1.0000); next: "), "{out}");
     assert!(printed[1].contains("alice/a.png: ") && printed[2].contains("alice/b.png: "), "{out}");
@@ -373,30 +367,53 @@ fn enroll_then_identify() {
         }
     }
     // int8, as a device: bob's quantised probe against his quantised template.
-    let out = run(&["identify", "--model", &model, "--gallery", &p("g.safetensors"), &p("people/bob.png"), "--int8"]);
+    let out = identify(&model, &[&p("people/bob.png"), "--int8"]);
     assert!(out.contains("bob.png: bob (cosine 1.0000)") && out.contains("(int8 search"), "{out}");
 
     // --update: dave is added, bob gets carol's image in his place; without --update the file is refused.
     std::fs::create_dir_all(dir.path().join("more/bob")).unwrap();
     std::fs::copy(people.join("carol/c.png"), dir.path().join("more/bob/c.png")).unwrap();
     std::fs::copy(people.join("alice/a.png"), dir.path().join("more/dave.png")).unwrap();
-    let err =
-        elasticface_fails(&["enroll", "--model", &model, &p("more"), "--out", &p("g.safetensors"), "--device", "cpu"]);
+    let err = elasticface_fails(&["enroll", "--model", &model, &p("more"), "--out", &gallery, "--device", "cpu"]);
     assert!(err.contains("exists: add --update"), "{err}");
-    let out = run(&["enroll", "--model", &model, &p("more"), "--out", &p("g.safetensors"), "--update"]);
+    let out = run(&["enroll", "--model", &model, &p("more"), "--out", &gallery, "--update"]);
     assert!(
         out.contains("enrolled 2 people from 2 images (1 new, 1 replaced)") && out.ends_with(": 4 people\n"),
         "{out}"
     );
-    let g = Gallery::open(Path::new(&p("g.safetensors"))).unwrap();
+    let g = Gallery::open(Path::new(&gallery)).unwrap();
     assert_eq!(g.names, ["alice", "bob", "carol", "dave"]);
     assert_eq!(g.templates, [&want[0][..], &want[2], &want[2], &unit(rows[0].to_vec())].concat());
+
+    // --truth: probes of known people (people/: all enrolled; more/: bob and dave, enrolled too) measured as 1:N.
+    let out = identify(&model, &[&p("people"), &p("more"), "--truth", "--top", "4", "--out", &p("t.json")]);
+    assert!(out.contains("1:N on 6 probes: 6 mated (their person enrolled), 0 non-mated"), "{out}");
+    assert!(out.contains("TPIR at FPIR 1e-1: n/a (takes at least 10 non-mated probes)"), "{out}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p("t.json")).unwrap()).unwrap();
+    let e = &report["evaluation"];
+    assert_eq!((e["probes"].as_u64(), e["mated"].as_u64()), (Some(6), Some(6)));
+    // The rank-1 hits are the probes whose own person comes first, strictly: a tie counts against the mate (bob's
+    // template is carol's image, so her probe and bob's copy of it tie at cosine 1 with both).
+    let hits = report["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| {
+            let probe = p["probe"].as_str().unwrap();
+            let (first, c) = (&p["candidates"][0], &p["candidates"]);
+            let name = first["name"].as_str().unwrap();
+            let own = probe.contains(&format!("/{name}/")) || probe.ends_with(&format!("/{name}.png"));
+            own && c[1]["cosine"].as_f64() < first["cosine"].as_f64()
+        })
+        .count();
+    assert_eq!((e["rank"][0]["hits"].as_u64(), hits), (Some(2), 2), "{report}");
+    assert_eq!(e["rank"][1]["hits"].as_u64(), Some(6), "4 people: every mate within rank 5");
 
     // The same weights imported, or exported to ONNX, are the same model.
     elasticface(&["import", &model, "--out", &p("tiny.safetensors")]);
     elasticface(&["export", "--model", &p("tiny.safetensors"), "--out", &p("tiny.onnx")]);
     for copy in [p("tiny.safetensors"), p("tiny.onnx")] {
-        let out = run(&["identify", "--model", &copy, "--gallery", &p("g.safetensors"), &p("more/dave.png")]);
+        let out = identify(&copy, &[&p("more/dave.png")]);
         assert!(out.contains("dave.png: dave (cosine 1.0000)"), "{copy}: {out}");
     }
 
@@ -404,15 +421,8 @@ fn enroll_then_identify() {
     let mut other = elasticface::checkpoint::Backbone::open(Path::new(&model), None, None).unwrap();
     other.state[0] += 0.5;
     other.save(Path::new(&p("other.safetensors")), serde_json::json!({})).unwrap();
-    let err = elasticface_fails(&[
-        "identify",
-        "--model",
-        &p("other.safetensors"),
-        "--gallery",
-        &p("g.safetensors"),
-        &p("people"),
-        "--device",
-        "cpu",
-    ]);
+    let other = p("other.safetensors");
+    let err =
+        elasticface_fails(&["identify", "--model", &other, "--gallery", &gallery, &p("people"), "--device", "cpu"]);
     assert!(err.contains("was enrolled with another model") && err.contains("enrol the people again"), "{err}");
 }

@@ -47,7 +47,10 @@ use crate::fingerprint::Fnv1a;
 use crate::train::Backend;
 
 pub mod search;
-pub use search::{Gallery, GalleryReport, RankReport, Search, SearchReport, TpirReport, IJB_FPIRS, IJB_RANKS};
+pub use search::{
+    score_searches, Gallery, GalleryReport, RankReport, Scores, Search, SearchReport, Searched, TpirReport, IJB_FPIRS,
+    IJB_RANKS,
+};
 
 /// The false-accept rates IJB results are given at (insightface's table).
 pub const IJB_FARS: [f64; 6] = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1];

@@ -159,8 +159,8 @@ pub struct TpirReport {
     /// The true-positive identification rate; `None` when the probes cannot resolve `fpir` (fewer than `1 / fpir`
     /// non-mated probes, in some gallery for a mean).
     pub tpir: Option<f64>,
-    /// The squared-distance threshold (a search answers when its nearest template lies below it); `None` for a
-    /// mean over galleries.
+    /// The distance threshold (a search answers when its nearest entry lies below it; for IJB a squared distance,
+    /// `2 - 2 cos`); `None` for a mean over galleries.
     pub threshold: Option<f32>,
     /// The FPIR reached at that threshold (at most `fpir`); for a mean, the mean.
     pub fpir_reached: Option<f64>,
@@ -205,11 +205,70 @@ impl SearchReport {
 
 /// What one probe's search of a gallery found.
 #[derive(Clone, Copy, Debug)]
-enum Searched {
-    /// The gallery holds the probe's subject: the distance to its mate and the mate's rank.
-    Mated { dist: f32, rank: usize },
-    /// It does not: the distance to the nearest template.
-    NonMated { nearest: f32 },
+pub enum Searched {
+    /// The gallery holds the probe's subject: the distance to its mate and the mate's rank ([`mate_rank`]).
+    Mated {
+        /// The distance to the mate.
+        dist: f32,
+        /// The mate's rank, from 1.
+        rank: usize,
+    },
+    /// It does not: the distance to the nearest entry.
+    NonMated {
+        /// The distance to the nearest entry.
+        nearest: f32,
+    },
+}
+
+/// The 1:N figures of one gallery's searches.
+#[derive(Clone, Debug)]
+pub struct Scores {
+    /// Mated probes.
+    pub mated: usize,
+    /// Non-mated probes.
+    pub non_mated: usize,
+    /// The identification rate at each of [`IJB_RANKS`].
+    pub rank: Vec<RankReport>,
+    /// The TPIR at each of [`IJB_FPIRS`], with the distance threshold.
+    pub tpir_at_fpir: Vec<TpirReport>,
+}
+
+/// The identification rates and TPIRs of the searches of one gallery (`what` names it in errors). Distances are
+/// any measure where nearer is smaller (`2 - 2 cos` for IJB); the thresholds are in that measure.
+pub fn score_searches(searched: &[Searched], what: &str) -> Result<Scores> {
+    let (mut mated, mut first, mut ranks, mut non_mated) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for s in searched {
+        match *s {
+            Searched::Mated { dist, rank } => {
+                mated.push(dist);
+                first.push(rank == 1);
+                ranks.push(rank);
+            }
+            Searched::NonMated { nearest } => non_mated.push(nearest),
+        }
+    }
+    let rank = IJB_RANKS
+        .iter()
+        .map(|&k| {
+            let hits = ranks.iter().filter(|&&r| r <= k).count();
+            RankReport::of(k, hits, ranks.len())
+        })
+        .collect();
+    let mut scratch = vec![0.0; non_mated.len()];
+    let tpir_at_fpir = IJB_FPIRS
+        .iter()
+        .map(|&fpir| {
+            let t = tpir_at_fpir(&mated, &first, &non_mated, fpir, &mut scratch)
+                .map_err(|e| anyhow!("{what}: TPIR at FPIR {fpir}: {e}"))?;
+            Ok(TpirReport {
+                fpir,
+                tpir: t.map(|t| t.tpir),
+                threshold: t.map(|t| t.threshold),
+                fpir_reached: t.map(|t| t.fpir),
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(Scores { mated: mated.len(), non_mated: non_mated.len(), rank, tpir_at_fpir })
 }
 
 /// Every probe searches `gallery` (template features `(T, D)`, `index` from template id to row), on all cores.
@@ -240,45 +299,14 @@ fn search_gallery(
         };
         Ok(())
     })?;
-    let (mut mated, mut first, mut ranks, mut non_mated) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for s in searched {
-        match s {
-            Searched::Mated { dist, rank } => {
-                mated.push(dist);
-                first.push(rank == 1);
-                ranks.push(rank);
-            }
-            Searched::NonMated { nearest } => non_mated.push(nearest),
-        }
-    }
-    let rank = IJB_RANKS
-        .iter()
-        .map(|&k| {
-            let hits = ranks.iter().filter(|&&r| r <= k).count();
-            RankReport::of(k, hits, ranks.len())
-        })
-        .collect();
-    let mut scratch = vec![0.0; non_mated.len()];
-    let tpir_at_fpir = IJB_FPIRS
-        .iter()
-        .map(|&fpir| {
-            let t = tpir_at_fpir(&mated, &first, &non_mated, fpir, &mut scratch)
-                .map_err(|e| anyhow!("gallery {}: TPIR at FPIR {fpir}: {e}", gallery.name))?;
-            Ok(TpirReport {
-                fpir,
-                tpir: t.map(|t| t.tpir),
-                threshold: t.map(|t| t.threshold),
-                fpir_reached: t.map(|t| t.fpir),
-            })
-        })
-        .collect::<Result<_>>()?;
+    let scores = score_searches(&searched, &format!("gallery {}", gallery.name))?;
     Ok(GalleryReport {
         name: gallery.name.clone(),
         templates: gallery.templates.len(),
-        mated: mated.len(),
-        non_mated: non_mated.len(),
-        rank,
-        tpir_at_fpir,
+        mated: scores.mated,
+        non_mated: scores.non_mated,
+        rank: scores.rank,
+        tpir_at_fpir: scores.tpir_at_fpir,
     })
 }
 
