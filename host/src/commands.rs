@@ -1,5 +1,5 @@
-//! The model commands of `elasticface`: `eval`, `embed`, `compare`, `enroll`, `identify`, `export` and `import`,
-//! and `align`, as clap argument structs with a `run` each (the binary only dispatches to them).
+//! The model commands of `elasticface`: `eval`, `embed`, `compare`, `enroll`, `identify`, `gallery`, `export` and
+//! `import`, and `align`, as clap argument structs with a `run` each (the binary only dispatches to them).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -497,6 +497,32 @@ impl IdentifyArgs {
             crate::files::write_atomically(out, &bytes)?;
             writeln!(stdout, "candidates: {}", out.display())?;
         }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// `elasticface gallery`.
+#[derive(clap::Args, Debug)]
+pub struct GalleryArgs {
+    /// The gallery file written by `elasticface enroll`.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Take this person out of the gallery (repeat for several); the file is rewritten, the others keep their
+    /// order. A name it does not hold changes nothing and is an error.
+    #[arg(long, value_name = "NAME")]
+    pub remove: Vec<String>,
+}
+
+impl GalleryArgs {
+    /// Prints the gallery, after removing people when asked.
+    pub fn run(&self) -> Result<ExitCode> {
+        let mut gallery = Gallery::open(&self.file)?;
+        if !self.remove.is_empty() {
+            gallery.remove(&self.remove)?;
+            gallery.save(&self.file)?;
+            println!("{}: removed {}", self.file.display(), self.remove.join(", "));
+        }
+        println!("{}: {}", self.file.display(), gallery.describe().join("\n"));
         Ok(ExitCode::SUCCESS)
     }
 }

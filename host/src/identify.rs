@@ -166,6 +166,41 @@ impl Gallery {
         self.names.is_empty()
     }
 
+    /// Takes the people named `names` out of the gallery; the others keep their order. Errors, before anything
+    /// changes: a name the gallery does not hold.
+    pub fn remove(&mut self, names: &[String]) -> Result<()> {
+        if let Some(n) = names.iter().find(|n| !self.names.contains(n)) {
+            bail!("{n:?} is not in the gallery");
+        }
+        let keep: Vec<bool> = self.names.iter().map(|n| !names.contains(n)).collect();
+        let mut kept = keep.iter();
+        self.names.retain(|_| *kept.next().expect("a flag a person"));
+        let mut kept = keep.iter();
+        self.images.retain(|_| *kept.next().expect("a flag a person"));
+        self.templates = self
+            .templates
+            .chunks_exact(self.dim)
+            .zip(&keep)
+            .filter(|(_, &k)| k)
+            .flat_map(|(t, _)| t.to_vec())
+            .collect();
+        Ok(())
+    }
+
+    /// What the gallery holds, in words: its size and model, then a line per person with their image count.
+    pub fn describe(&self) -> Vec<String> {
+        let mut lines = vec![
+            format!("{} people, templates of {} values", self.len(), self.dim),
+            format!("model: {} ({}, weights {})", self.model, self.network, self.weights),
+        ];
+        let width = self.names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
+        for (name, images) in self.names.iter().zip(&self.images) {
+            let s = if *images == 1 { "" } else { "s" };
+            lines.push(format!("  {name:<width$}  {images} image{s}"));
+        }
+        lines
+    }
+
     /// Enrols `people`, whose images' unit embeddings are `emb`'s rows, person after person, each person's files
     /// in order. A person of a name already in the gallery gets the new template in their place (the images of
     /// before are not kept); the others are appended.
@@ -709,6 +744,22 @@ mod tests {
         // Embeddings that do not fit the people are refused.
         let e = g.enroll(&[person("d", 2)], &Embeddings { dim: 3, values: b0, resized: 0 }).unwrap_err();
         assert!(e.to_string().contains("for 2 images"), "{e}");
+    }
+
+    #[test]
+    fn people_are_removed_by_name_and_the_rest_keep_their_order() {
+        let mut g = gallery(2);
+        let values = [unit(&[1.0, 0.0]), unit(&[0.0, 1.0]), unit(&[1.0, 1.0])].concat();
+        let people = [person("a", 1), person("bé", 1), person("c", 1)];
+        g.enroll(&people, &Embeddings { dim: 2, values, resized: 0 }).unwrap();
+        assert_eq!(g.describe()[2..], ["  a   1 image", "  bé  1 image", "  c   1 image"]);
+        let before = g.clone();
+        assert!(g.remove(&["c".into(), "x".into()]).unwrap_err().to_string().contains("\"x\" is not in the gallery"));
+        assert_eq!(g, before, "nothing removed on error");
+        g.remove(&["a".into()]).unwrap();
+        assert_eq!((g.names.clone(), g.images.clone()), (vec!["bé".to_string(), "c".into()], vec![1, 1]));
+        assert_eq!(g.templates, before.templates[2..]);
+        assert_eq!(g.describe()[0], "2 people, templates of 2 values");
     }
 
     #[test]

@@ -18,9 +18,9 @@
 //! - [`eval`]: verification (LFW protocol) on insightface `.bin` packs and held-out pairs, IJB-B/C, reports and
 //!   ROC plots;
 //!   [`embed`]: embeddings of image files; [`align`](mod@align): face photos with landmarks to aligned crops;
-//!   [`identify`]: galleries of people and 1:N search (`enroll`, `identify`) through the core's gallery;
+//!   [`identify`]: galleries of people and 1:N search (`enroll`, `identify`, `gallery`) through the core's gallery;
 //!   [`onnx`]: ONNX export; [`pth`]: PyTorch checkpoints (through the strict [`pickle`] reader); [`commands`]: the
-//!   `eval`, `embed`, `compare`, `enroll`, `identify`, `align`, `export` and `import` commands;
+//!   `eval`, `embed`, `compare`, `enroll`, `identify`, `gallery`, `align`, `export` and `import` commands;
 //!   [`fingerprint`]: FNV-1a, which tells whether a file was made from the same inputs.
 
 /// Serde through the type's text form: `TryFrom<String>` by `FromStr` (error `String`) and `From<T> for String`

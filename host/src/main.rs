@@ -64,6 +64,9 @@ enum Command {
     /// The search is the core's gallery, the code a device runs (--int8: as a device with int8 embeddings);
     /// --out writes every candidate to CSV or JSON.
     Identify(Box<elasticface::commands::IdentifyArgs>),
+    /// What a gallery file made by `enroll` holds: its model and its people with their image counts; --remove NAME
+    /// takes people out of it.
+    Gallery(Box<elasticface::commands::GalleryArgs>),
     /// Align face photos from their five landmarks into the crops networks take (insightface's 112x112
     /// alignment: a similarity onto its reference points, bilinear), for embed, compare or a training folder.
     ///
@@ -458,6 +461,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Compare(args) => args.run(),
         Command::Enroll(args) => args.run(),
         Command::Identify(args) => args.run(),
+        Command::Gallery(args) => args.run(),
         Command::Align(args) => args.run(),
         Command::Export(args) => args.run(),
         Command::Import(args) => args.run(),

@@ -292,7 +292,8 @@ fn decode_rgb(bytes: &[u8]) -> Vec<u8> {
 /// `enroll` then `identify`, as a user runs them: the gallery holds each person's normalised sum of `embed`'s fused
 /// embeddings, bit for bit; `identify` lists the candidates by the core's cosines (f32 and int8) and, with
 /// `--truth`, ranks the mates as it lists them; `--update` adds and replaces people; a gallery is refused to another
-/// model (not to a converted copy of its own), and an existing one without `--update`.
+/// model (not to a converted copy of its own), and an existing one without `--update`; `gallery` lists and removes
+/// people.
 #[test]
 fn enroll_then_identify() {
     use elasticface::identify::Gallery;
@@ -384,6 +385,21 @@ fn enroll_then_identify() {
     let g = Gallery::open(Path::new(&gallery)).unwrap();
     assert_eq!(g.names, ["alice", "bob", "carol", "dave"]);
     assert_eq!(g.templates, [&want[0][..], &want[2], &want[2], &unit(rows[0].to_vec())].concat());
+
+    // `gallery` lists it; --remove takes people out (a name it does not hold changes nothing).
+    let out = elasticface(&["gallery", &gallery]);
+    assert!(
+        out.contains(": 4 people, templates of 16 values\nmodel: ") && out.contains("\n  alice  2 images\n"),
+        "{out}"
+    );
+    let err = elasticface_fails(&["gallery", &gallery, "--remove", "carol", "--remove", "erin"]);
+    assert!(err.contains("\"erin\" is not in the gallery"), "{err}");
+    let copy = p("copy.safetensors");
+    std::fs::copy(&gallery, &copy).unwrap();
+    let out = elasticface(&["gallery", &copy, "--remove", "carol", "--remove", "alice"]);
+    assert!(out.contains("removed carol, alice") && out.contains(": 2 people"), "{out}");
+    assert_eq!(Gallery::open(Path::new(&copy)).unwrap().names, ["bob", "dave"]);
+    assert_eq!(Gallery::open(Path::new(&gallery)).unwrap(), g);
 
     // --truth: probes of known people (people/: all enrolled; more/: bob and dave, enrolled too) measured as 1:N.
     let out = identify(&model, &[&p("people"), &p("more"), "--truth", "--top", "4", "--out", &p("t.json")]);
