@@ -200,7 +200,8 @@ pub struct EmbedArgs {
     #[arg(required = true, value_name = "IMAGE_OR_DIR")]
     pub inputs: Vec<PathBuf>,
     /// Output: a .npy file (the image list goes to NAME.files.txt beside it) or a .safetensors file (tensor
-    /// `embeddings`, the image list in its manifest).
+    /// `embeddings`, the image list in its manifest). While it embeds, the embeddings so far are kept in
+    /// FILE.features: a run stopped by Ctrl-C or a crash and started again resumes from them.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
     /// Add the mirror image's embedding (e + e_flip), as the verification protocol does.
@@ -224,12 +225,14 @@ impl EmbedArgs {
         let backbone = self.network.load(&self.model)?;
         let mut backend = self.device.open(&backbone)?;
         let opts = EmbedOptions { flip: self.flip, normalize: self.normalize, quiet: self.quiet };
-        let emb = embed::embed_files(backend.as_mut(), &files, input_shape(&backbone), opts)?;
+        let resume = embed::resume_path(&self.out);
+        let emb = embed::embed_files(backend.as_mut(), &files, input_shape(&backbone), opts, Some(&resume))?;
         let about = json!({
             "model": self.model.display().to_string(), "network": backbone.describe(),
             "flip": self.flip, "normalize": self.normalize, "shape": [files.len(), emb.dim],
         });
         embed::write_embeddings(&self.out, &emb, &files, about)?;
+        embed::remove_resume_file(&resume)?;
         println!("{} embeddings of size {} -> {}", files.len(), emb.dim, self.out.display());
         Ok(ExitCode::SUCCESS)
     }
@@ -341,7 +344,9 @@ pub struct EnrollArgs {
     /// under it; each image directly in the folder is a person of its own, named by its file stem.
     #[arg(required = true, value_name = "DIR")]
     pub people: Vec<PathBuf>,
-    /// The gallery file to write (safetensors: the templates and, in its manifest, the names and the model).
+    /// The gallery file to write (safetensors: the templates and, in its manifest, the names and the model). While
+    /// it embeds, the embeddings so far are kept in FILE.features: a run stopped by Ctrl-C or a crash and started
+    /// again resumes from them.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
     /// Add to the gallery --out holds (made with the same model): new names are appended, a name it holds
@@ -374,9 +379,12 @@ impl EnrollArgs {
             Gallery::new(&self.model, &backbone)
         };
         let mut backend = self.device.open(&backbone)?;
-        let emb = embed::embed_files(backend.as_mut(), &files, input_shape(&backbone), fused(self.quiet))?;
+        let resume = embed::resume_path(&self.out);
+        let emb =
+            embed::embed_files(backend.as_mut(), &files, input_shape(&backbone), fused(self.quiet), Some(&resume))?;
         let done = gallery.enroll(&people, &emb)?;
         gallery.save(&self.out)?;
+        embed::remove_resume_file(&resume)?;
         let replaced = if done.replaced > 0 { format!(", {} replaced", done.replaced) } else { String::new() };
         println!(
             "enrolled {} people from {} images ({} new{replaced}) -> {}: {} people",
@@ -456,7 +464,7 @@ impl IdentifyArgs {
         let backbone = self.network.load(&self.model)?;
         gallery.check_model(&self.gallery, &self.model, &backbone)?;
         let mut backend = self.device.open(&backbone)?;
-        let emb = embed::embed_files(backend.as_mut(), &probes, input_shape(&backbone), fused(self.quiet))?;
+        let emb = embed::embed_files(backend.as_mut(), &probes, input_shape(&backbone), fused(self.quiet), None)?;
         let name = |i: usize| probes[i].display().to_string();
         let found = gallery.search(&emb.values, self.top as usize, self.int8, name)?;
         let evaluation = if self.truth { Some(gallery.evaluate(&emb.values, &mates, self.int8, name)?) } else { None };

@@ -23,6 +23,8 @@ use serde_json::json;
 use crate::data::decode::decode_many;
 use crate::eval::suite::CHUNK_IMAGES;
 use crate::eval::FlipEmbeddings;
+use crate::features::{compute_resumable, Resume};
+use crate::fingerprint::Fnv1a;
 use crate::tensorfile::TensorFile;
 use crate::train::Backend;
 
@@ -95,20 +97,37 @@ pub fn is_image(path: &Path) -> bool {
         .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
 }
 
+/// The magic of the feature files of `embed_files` (see [`crate::features`]).
+const FEATURE_MAGIC: &[u8; 8] = b"EFIMGFT1";
+
 /// Embeds `files` on `backend` (input size `shape`) in chunks, with a progress bar unless `opts.quiet`.
+///
+/// With `resume`, each chunk's embeddings (before normalisation) are also kept in that file ([`crate::features`]):
+/// a run stopped part way (Ctrl-C, a crash) and started again with the same files (names, sizes and modification
+/// times), input size and `flip` embeds the first chunk again to check the model and device, reads back what the
+/// file holds and embeds only the rest; the embeddings are the same bits as those of a run never stopped. The
+/// caller removes the file once its output is written. `resized` then counts the images decoded in this run.
 pub fn embed_files(
     backend: &mut dyn Backend,
     files: &[PathBuf],
     shape: ImageShape,
     opts: EmbedOptions,
+    resume: Option<&Path>,
 ) -> Result<Embeddings> {
     let bar = if opts.quiet { ProgressBar::hidden() } else { ProgressBar::new(files.len() as u64) };
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} images  {per_sec}  [{elapsed_precise} < {eta_precise}]")
             .expect("valid template"),
     );
-    let (mut values, mut dim, mut resized) = (Vec::new(), 0, 0);
-    for chunk in files.chunks(CHUNK_IMAGES) {
+    let resume = match resume {
+        Some(path) => {
+            Some(Resume { path, magic: FEATURE_MAGIC, key: fingerprint(files, shape, opts)?, quiet: opts.quiet })
+        }
+        None => None,
+    };
+    let (mut values, mut resized) = (Vec::new(), 0);
+    let mut embed_chunk = |start: usize, count: usize, resized: &mut usize| -> Result<Vec<f32>> {
+        let chunk = &files[start..start + count];
         let (pixels, originals) = decode_many(
             chunk.len(),
             shape,
@@ -118,22 +137,25 @@ pub fn embed_files(
             },
             |i| chunk[i].display().to_string(),
         )?;
-        resized += originals.iter().flatten().count();
-        let (rows, d) = if opts.flip {
+        *resized += originals.iter().flatten().count();
+        if opts.flip {
             let e = FlipEmbeddings::embed(backend, &pixels, chunk.len())?;
-            let sum: Vec<f32> = e.plain.iter().zip(&e.flipped).map(|(a, b)| a + b).collect();
-            (sum, e.dim)
+            Ok(e.plain.iter().zip(&e.flipped).map(|(a, b)| a + b).collect())
         } else {
-            let e = backend.embed(&pixels, &vec![false; chunk.len()])?;
-            let d = e.len() / chunk.len();
-            ensure!(d * chunk.len() == e.len(), "the backend returned {} values for {} images", e.len(), chunk.len());
-            (e, d)
-        };
-        ensure!(d > 0 && (dim == 0 || dim == d), "the backend returned embeddings of size {d}");
-        dim = d;
-        values.extend(rows);
-        bar.inc(chunk.len() as u64);
-    }
+            backend.embed(&pixels, &vec![false; chunk.len()])
+        }
+    };
+    let dim = compute_resumable(
+        files.len(),
+        CHUNK_IMAGES,
+        resume,
+        |start, count| embed_chunk(start, count, &mut resized),
+        |_, _, rows| {
+            values.extend_from_slice(rows);
+            Ok(())
+        },
+        |done| bar.set_position(done as u64),
+    )?;
     bar.finish_and_clear();
     if opts.normalize {
         let mut unit = vec![0.0; dim];
@@ -152,6 +174,24 @@ pub fn embed_files(
         );
     }
     Ok(Embeddings { dim, values, resized })
+}
+
+/// FNV-1a over what makes `embed_files`' features: the input size, `flip`, and each file's name, size and
+/// modification time (a file replaced under the same name is embedded again).
+fn fingerprint(files: &[PathBuf], shape: ImageShape, opts: EmbedOptions) -> Result<u64> {
+    let mut h = Fnv1a::new();
+    h.eat(&(shape.h as u64).to_le_bytes());
+    h.eat(&(shape.w as u64).to_le_bytes());
+    h.eat(&[u8::from(opts.flip)]);
+    for f in files {
+        let meta = std::fs::metadata(f).with_context(|| format!("cannot read {}", f.display()))?;
+        let modified = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+        h.eat(f.as_os_str().as_encoded_bytes());
+        h.eat(&[0]);
+        h.eat(&meta.len().to_le_bytes());
+        h.eat(&modified.map_or(0, |d| d.as_nanos()).to_le_bytes());
+    }
+    Ok(h.finish())
 }
 
 /// The `.npy` bytes (format 1.0) of little-endian C-order `float32` `values` of `shape`.
@@ -173,6 +213,24 @@ pub fn npy_bytes(values: &[f32], shape: &[usize]) -> Result<Vec<u8>> {
     out.extend(header.as_bytes());
     out.extend(values.iter().flat_map(|v| v.to_le_bytes()));
     Ok(out)
+}
+
+/// The feature file a command that writes `out` keeps while it embeds (`embed_files`' `resume`): `out` with
+/// `.features` added (`people.safetensors.features`).
+pub fn resume_path(out: &Path) -> PathBuf {
+    let mut name = out.as_os_str().to_owned();
+    name.push(".features");
+    PathBuf::from(name)
+}
+
+/// Removes the feature file of a finished run ([`resume_path`]); one that is not there is fine.
+pub fn remove_resume_file(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot remove {}", path.display()))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The file list written beside a `.npy` output: `emb.npy` -> `emb.files.txt`.
@@ -259,7 +317,7 @@ pub struct Comparison {
 /// `eval` and insightface accept a pair below a distance threshold.
 pub fn compare(backend: &mut dyn Backend, a: &Path, b: &Path, shape: ImageShape, threshold: f32) -> Result<Comparison> {
     let opts = EmbedOptions { flip: true, normalize: true, quiet: true };
-    let e = embed_files(backend, &[a.to_path_buf(), b.to_path_buf()], shape, opts)?;
+    let e = embed_files(backend, &[a.to_path_buf(), b.to_path_buf()], shape, opts, None)?;
     let (x, y) = e.values.split_at(e.dim);
     let c = cosine(x, y)?;
     Ok(Comparison { cosine: c, distance: 2.0 - 2.0 * c, same: c > threshold })

@@ -21,7 +21,8 @@
 //!   [`identify`]: galleries of people and 1:N search (`enroll`, `identify`, `gallery`) through the core's gallery;
 //!   [`onnx`]: ONNX export; [`pth`]: PyTorch checkpoints (through the strict [`pickle`] reader); [`commands`]: the
 //!   `eval`, `embed`, `compare`, `enroll`, `identify`, `gallery`, `align`, `export` and `import` commands;
-//!   [`fingerprint`]: FNV-1a, which tells whether a file was made from the same inputs.
+//!   [`fingerprint`]: FNV-1a, which tells whether a file was made from the same inputs; [`features`]: features kept
+//!   on disk as they are computed, so that long runs resume after a crash.
 
 /// Serde through the type's text form: `TryFrom<String>` by `FromStr` (error `String`) and `From<T> for String`
 /// by `Display`, for a type marked `#[serde(try_from = "String", into = "String")]` (the choices a config file
@@ -52,6 +53,7 @@ pub mod data;
 pub mod demo;
 pub mod embed;
 pub mod eval;
+pub mod features;
 pub mod files;
 pub mod fingerprint;
 pub mod gpu;

@@ -146,6 +146,7 @@ fn import_export_eval_embed_compare() {
         "--quiet",
     ]);
     assert!(out.contains("3 embeddings of size 16"), "{out}");
+    assert!(!dir.path().join("e.npy.features").exists(), "the feature file is removed once the output is written");
     let npy = std::fs::read(p("e.npy")).unwrap();
     assert!(std::str::from_utf8(&npy[10..80]).unwrap().contains("'shape': (3, 16)"));
     let list = std::fs::read_to_string(p("e.files.txt")).unwrap();
@@ -319,6 +320,10 @@ fn enroll_then_identify() {
         |model: &str, args: &[&str]| run(&[&["identify", "--model", model, "--gallery", &gallery], args].concat());
     let out = run(&["enroll", "--model", &model, &p("people"), "--out", &gallery]);
     assert!(out.contains("enrolled 3 people from 4 images (3 new) -> ") && out.ends_with(": 3 people\n"), "{out}");
+    assert!(
+        !Path::new(&format!("{gallery}.features")).exists(),
+        "the feature file is removed once the gallery is written"
+    );
 
     // The templates: each person's fused unit embeddings (as `embed` writes them) summed and normalised.
     run(&["embed", "--model", &model, &p("people"), "--flip", "--normalize", "--out", &p("e.safetensors")]);

@@ -188,3 +188,51 @@ pub mod batchnorm {
         out.into_iter().map(|v| v as f32).collect()
     }
 }
+
+/// A backend that counts its `embed` calls and fails the one numbered `fail_at` (from 0), as a crash would stop a
+/// run; at the call numbered `take_file_at.0` it truncates the feature file `take_file_at.1` to its header, as
+/// another run opening it afresh would; everything else goes to the CPU reference.
+pub struct Stopping {
+    /// The CPU reference.
+    pub inner: Box<dyn elasticface::train::Backend>,
+    /// `embed` calls so far.
+    pub calls: usize,
+    /// The call that fails.
+    pub fail_at: Option<usize>,
+    /// The call at which the feature file is taken, and the file.
+    pub take_file_at: Option<(usize, PathBuf)>,
+}
+
+impl elasticface::train::Backend for Stopping {
+    fn step(&mut self, b: &elasticface::data::Batch, m: &[f32]) -> anyhow::Result<elasticface_core::model::StepReport> {
+        self.inner.step(b, m)
+    }
+    fn set_lr(&mut self, lr: f32) -> anyhow::Result<()> {
+        self.inner.set_lr(lr)
+    }
+    fn embed(&mut self, images: &[u8], flips: &[bool]) -> anyhow::Result<Vec<f32>> {
+        self.calls += 1;
+        anyhow::ensure!(Some(self.calls - 1) != self.fail_at, "stopped");
+        if let Some((_, file)) = self.take_file_at.as_ref().filter(|(at, _)| *at == self.calls - 1) {
+            std::fs::OpenOptions::new().write(true).open(file).unwrap().set_len(32).unwrap();
+        }
+        self.inner.embed(images, flips)
+    }
+    fn steps(&self) -> u64 {
+        self.inner.steps()
+    }
+    fn checkpoint(
+        &self,
+        seed: u64,
+        p: elasticface::data::Position,
+        run: serde_json::Value,
+    ) -> anyhow::Result<elasticface::checkpoint::Checkpoint> {
+        self.inner.checkpoint(seed, p, run)
+    }
+    fn load(&mut self, c: &elasticface::checkpoint::Checkpoint) -> anyhow::Result<()> {
+        self.inner.load(c)
+    }
+    fn device(&self) -> String {
+        self.inner.device()
+    }
+}

@@ -15,7 +15,7 @@ use elasticface::train::run::Device;
 use elasticface_core::embedding::squared_l2;
 use elasticface_core::nn::ImageShape;
 use elasticface_core::verify::{mate_rank, tar_at_far};
-use elasticface_tests::{core_flip_embeddings, reference_dir, save_model, tiny_backbone};
+use elasticface_tests::{core_flip_embeddings, reference_dir, save_model, tiny_backbone, Stopping};
 
 /// The template features, pair scores and TARs of `gen_ijb.py` (numpy, f64, insightface's steps) from the same
 /// face embeddings, and its 1:N ranks and TPIRs. Tolerances: template features and distances within 1e-6 (f32
@@ -409,50 +409,6 @@ fn malformed_search_lists_are_named_by_file_and_line() {
     );
     write("gallery_G2", &format!("{header}2,11,2.jpg\n3,11,3.jpg\n"));
     assert!(err().contains("ijbx_1N_gallery_G2.csv: subject 11 has templates 2 and 3"), "{}", err());
-}
-
-/// A backend that counts its `embed` calls and fails the one numbered `fail_at` (from 0), as a crash would stop a
-/// run; at the call numbered `take_file_at.0` it truncates the feature file `take_file_at.1` to its header, as
-/// another run opening it afresh would; everything else goes to the CPU reference.
-struct Stopping {
-    inner: Box<dyn elasticface::train::Backend>,
-    calls: usize,
-    fail_at: Option<usize>,
-    take_file_at: Option<(usize, PathBuf)>,
-}
-
-impl elasticface::train::Backend for Stopping {
-    fn step(&mut self, b: &elasticface::data::Batch, m: &[f32]) -> anyhow::Result<elasticface_core::model::StepReport> {
-        self.inner.step(b, m)
-    }
-    fn set_lr(&mut self, lr: f32) -> anyhow::Result<()> {
-        self.inner.set_lr(lr)
-    }
-    fn embed(&mut self, images: &[u8], flips: &[bool]) -> anyhow::Result<Vec<f32>> {
-        self.calls += 1;
-        anyhow::ensure!(Some(self.calls - 1) != self.fail_at, "stopped");
-        if let Some((_, file)) = self.take_file_at.as_ref().filter(|(at, _)| *at == self.calls - 1) {
-            std::fs::OpenOptions::new().write(true).open(file).unwrap().set_len(32).unwrap();
-        }
-        self.inner.embed(images, flips)
-    }
-    fn steps(&self) -> u64 {
-        self.inner.steps()
-    }
-    fn checkpoint(
-        &self,
-        seed: u64,
-        p: elasticface::data::Position,
-        run: serde_json::Value,
-    ) -> anyhow::Result<elasticface::checkpoint::Checkpoint> {
-        self.inner.checkpoint(seed, p, run)
-    }
-    fn load(&mut self, c: &elasticface::checkpoint::Checkpoint) -> anyhow::Result<()> {
-        self.inner.load(c)
-    }
-    fn device(&self) -> String {
-        self.inner.device()
-    }
 }
 
 /// A run stopped part way resumes from its feature file: it embeds the first chunk again (to check the file) and

@@ -43,6 +43,7 @@ use serde::Serialize;
 use super::suite::{RocJson, CHUNK_IMAGES, ROC_POINTS};
 use super::{roc_curve, tar_reports, FlipEmbeddings, TarReport};
 use crate::data::decode::{decode_rgb_any, fill_parallel};
+use crate::features::{compute_resumable, Resume};
 use crate::fingerprint::Fnv1a;
 use crate::train::Backend;
 
@@ -480,28 +481,8 @@ pub fn score_set(set: &IjbSet, templates: &Templates) -> Result<IjbReport> {
     })
 }
 
-/// The features of the faces embedded so far, kept in a file so that a run stopped by Ctrl-C or a crash resumes
-/// where it stopped: a 32-byte header (`EFIJBFT1`, the set's fingerprint, `D`, the records committed) then one
-/// record of `D` little-endian f32 per face, in face order. Each chunk's records are written and synced, then the
-/// header's count; only counted records are trusted (space a crash left unwritten is not), and only whole chunks
-/// (so a resumed run embeds in the chunks an unstopped one does). The file is reused only when the fingerprint (the
-/// set's faces and landmarks, the input size), `D`, and the first chunk, embedded again, agree with it (the same
-/// model on the same device); else it is started afresh, with a message. Two runs must not share one file at a
-/// time: nothing locks it, but a run whose file another run has taken meanwhile (its header or length changed)
-/// stops at its next chunk rather than interleave records.
-struct FeatureFile {
-    file: std::fs::File,
-    path: PathBuf,
-    dim: usize,
-    /// Records in the file.
-    records: usize,
-    /// The header as this run wrote it last: compared before each append, so that another run that took the file
-    /// meanwhile (the same `--out`) stops this one instead of the two interleaving their records.
-    head: [u8; 32],
-}
-
+/// The magic of the feature files of IJB faces (see [`crate::features`]).
 const FEATURE_MAGIC: &[u8; 8] = b"EFIJBFT1";
-const FEATURE_HEADER: u64 = 32;
 
 /// FNV-1a over what makes the set's faces and their crops: file names, templates, media, landmarks and scores
 /// (bits), and the input size.
@@ -519,105 +500,6 @@ fn fingerprint(set: &IjbSet, shape: ImageShape) -> u64 {
         }
     }
     h.finish()
-}
-
-impl FeatureFile {
-    /// Opens `path` for a set of `faces` faces whose first chunk (`chunk` faces) has the features `first` (`(chunk,
-    /// D)`): the records already there when they are this set's, this model's and this device's; else a new file.
-    fn open(path: &Path, key: u64, first: &[f32], chunk: usize, faces: usize) -> Result<Self> {
-        use std::io::{Read, Seek, SeekFrom, Write};
-        let dim = first.len() / chunk;
-        let record = 4 * dim as u64;
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
-        let len = file.metadata().with_context(|| format!("cannot read {}", path.display()))?.len();
-        let mut records = 0;
-        if len >= FEATURE_HEADER {
-            let mut head = [0u8; 32];
-            file.read_exact(&mut head).with_context(|| format!("cannot read {}", path.display()))?;
-            let word = |k: usize| u64::from_le_bytes(head[k..k + 8].try_into().expect("8 bytes"));
-            let present = (len - FEATURE_HEADER) / record;
-            let committed = word(24).min(present) as usize;
-            // Whole chunks, or the whole set.
-            let usable = if committed == faces { faces } else { committed / chunk * chunk };
-            let fits = usable >= chunk.min(faces) && usable <= faces;
-            if &head[..8] == FEATURE_MAGIC && word(8) == key && word(16) == dim as u64 && fits {
-                let mut stored = vec![0u8; first.len() * 4];
-                file.read_exact(&mut stored).with_context(|| format!("cannot read {}", path.display()))?;
-                if stored.chunks_exact(4).zip(first).all(|(b, v)| b == v.to_le_bytes()) {
-                    records = usable;
-                }
-            }
-            if records == 0 && word(24) > 0 {
-                eprintln!(
-                    "note: {} holds features of another set, input size or model (or of no whole chunk): starting \
-                     afresh",
-                    path.display()
-                );
-            }
-        }
-        // Keep the trusted records, or start afresh.
-        file.set_len(FEATURE_HEADER + records as u64 * record)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        let mut head = [0u8; 32];
-        head[..8].copy_from_slice(FEATURE_MAGIC);
-        head[8..16].copy_from_slice(&key.to_le_bytes());
-        head[16..24].copy_from_slice(&(dim as u64).to_le_bytes());
-        head[24..].copy_from_slice(&(records as u64).to_le_bytes());
-        file.seek(SeekFrom::Start(0))
-            .and_then(|_| file.write_all(&head))
-            .and_then(|()| file.seek(SeekFrom::Start(FEATURE_HEADER)))
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        Ok(Self { file, path: path.to_path_buf(), dim, records, head })
-    }
-
-    /// Reads the next `count` records (all present).
-    fn read(&mut self, count: usize) -> Result<Vec<f32>> {
-        use std::io::Read;
-        let mut bytes = vec![0u8; count * self.dim * 4];
-        self.file.read_exact(&mut bytes).with_context(|| format!("cannot read {}", self.path.display()))?;
-        Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect())
-    }
-
-    /// Appends records (after every record read), makes them durable, then counts them in the header. Errors when
-    /// the file is not as this run left it (its header or its length changed: another run writes it).
-    fn append(&mut self, features: &[f32]) -> Result<()> {
-        use std::io::{Read, Seek, SeekFrom, Write};
-        let here = FEATURE_HEADER + (self.records * self.dim * 4) as u64;
-        let mut head = [0u8; 32];
-        let len = self
-            .file
-            .seek(SeekFrom::Start(0))
-            .and_then(|_| self.file.read_exact(&mut head))
-            .and_then(|()| self.file.metadata())
-            .and_then(|m| self.file.seek(SeekFrom::Start(here)).map(|_| m.len()))
-            .with_context(|| format!("cannot read {}", self.path.display()))?;
-        ensure!(
-            head == self.head && len == here,
-            "{} changed while this run wrote it (another run with the same --out?): stopped; give each run its own \
-             --out",
-            self.path.display()
-        );
-        let bytes: Vec<u8> = features.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let records = self.records + features.len() / self.dim;
-        let end = FEATURE_HEADER + (records * self.dim * 4) as u64;
-        self.file
-            .write_all(&bytes)
-            .and_then(|()| self.file.sync_data())
-            .and_then(|()| self.file.seek(SeekFrom::Start(24)))
-            .and_then(|_| self.file.write_all(&(records as u64).to_le_bytes()))
-            .and_then(|()| self.file.sync_data())
-            .and_then(|()| self.file.seek(SeekFrom::Start(end)))
-            .with_context(|| format!("cannot write {}", self.path.display()))?;
-        self.records = records;
-        self.head[24..].copy_from_slice(&(records as u64).to_le_bytes());
-        Ok(())
-    }
 }
 
 /// Features `(count, D)` of faces `start..start + count`: aligned on all cores, embedded with their mirror images,
@@ -644,9 +526,9 @@ fn embed_faces(
 /// Template features of a set on `backend` (steps 1 and 2): faces aligned to `shape` on all cores, a chunk at a
 /// time, embedded with their mirror images, `(e + e_flip) * score` added to their template's sum in face order.
 ///
-/// With `resume`, the faces' features are also kept in that file (see `FeatureFile`): a run stopped part way (Ctrl-C,
-/// a crash) and started again embeds the first chunk again to check the file, reads the faces it holds, and
-/// embeds only the rest; the templates are the same, bit for bit, as those of a run that was never stopped.
+/// With `resume`, the faces' features are also kept in that file (see [`crate::features`]): a run stopped part way
+/// (Ctrl-C, a crash) and started again embeds the first chunk again to check the file, reads the faces it holds,
+/// and embeds only the rest; the templates are the same, bit for bit, as those of a run that was never stopped.
 pub fn embed_templates(
     backend: &mut dyn Backend,
     set: &IjbSet,
@@ -662,46 +544,20 @@ pub fn embed_templates(
     );
     bar.set_prefix(set.name.clone());
     let mut templates = Templates::new(set);
-    let first_count = CHUNK_IMAGES.min(n);
-    let first = embed_faces(backend, set, shape, 0, first_count)?;
-    let dim = first.len() / first_count;
-    let mut file = match resume {
-        Some(path) => Some(FeatureFile::open(path, fingerprint(set, shape), &first, first_count, n)?),
-        None => None,
-    };
-    // Faces whose features the file holds, read back in chunks; then the first chunk's, then the rest embedded.
-    let mut done = 0;
-    if let Some(f) = file.as_mut() {
-        let held = f.records.min(n);
-        if held > 0 && !quiet {
-            eprintln!("{}: the features of {held} of {n} faces read from {}", set.name, f.path.display());
-        }
-        while done < held {
-            let count = CHUNK_IMAGES.min(held - done);
-            for (i, feature) in f.read(count)?.chunks_exact(dim).enumerate() {
-                templates.add(done + i, feature)?;
+    let resume = resume.map(|path| Resume { path, magic: FEATURE_MAGIC, key: fingerprint(set, shape), quiet });
+    compute_resumable(
+        set.faces.len(),
+        CHUNK_IMAGES,
+        resume,
+        |start, count| embed_faces(backend, set, shape, start, count),
+        |start, dim, features| {
+            for (i, feature) in features.chunks_exact(dim).enumerate() {
+                templates.add(start + i, feature)?;
             }
-            done += count;
-            bar.set_position(done as u64);
-        }
-    }
-    while done < n {
-        let count = CHUNK_IMAGES.min(n - done);
-        let features = if done < first_count {
-            first[done * dim..].to_vec()
-        } else {
-            embed_faces(backend, set, shape, done, count)?
-        };
-        let count = features.len() / dim;
-        for (i, feature) in features.chunks_exact(dim).enumerate() {
-            templates.add(done + i, feature)?;
-        }
-        if let Some(f) = file.as_mut() {
-            f.append(&features)?;
-        }
-        done += count;
-        bar.set_position(done as u64);
-    }
+            Ok(())
+        },
+        |done| bar.set_position(done as u64),
+    )?;
     bar.finish_and_clear();
     Ok(templates)
 }
