@@ -210,6 +210,10 @@ pub struct EmbedArgs {
     /// L2-normalise each embedding.
     #[arg(long)]
     pub normalize: bool,
+    /// Leave out images that cannot be read (named in a warning, and not in the output's list) instead of
+    /// stopping at the first.
+    #[arg(long)]
+    pub skip_bad_images: bool,
     #[command(flatten)]
     pub device: DeviceArgs,
     /// No progress bar.
@@ -224,9 +228,15 @@ impl EmbedArgs {
         embed::check_output(&self.out, &files)?;
         let backbone = self.network.load(&self.model)?;
         let mut backend = self.device.open(&backbone)?;
-        let opts = EmbedOptions { flip: self.flip, normalize: self.normalize, quiet: self.quiet };
+        let opts = EmbedOptions {
+            flip: self.flip,
+            normalize: self.normalize,
+            quiet: self.quiet,
+            skip_bad: self.skip_bad_images,
+        };
         let resume = embed::resume_path(&self.out);
         let emb = embed::embed_files(backend.as_mut(), &files, input_shape(&backbone), opts, Some(&resume))?;
+        let files = emb.kept(&files);
         let about = json!({
             "model": self.model.display().to_string(), "network": backbone.describe(),
             "flip": self.flip, "normalize": self.normalize, "shape": [files.len(), emb.dim],
@@ -353,6 +363,10 @@ pub struct EnrollArgs {
     /// already gets the new images' template in its place.
     #[arg(long)]
     pub update: bool,
+    /// Leave out images that cannot be read (named in a warning; a person left with none is not enrolled) instead
+    /// of stopping at the first.
+    #[arg(long)]
+    pub skip_bad_images: bool,
     #[command(flatten)]
     pub device: DeviceArgs,
     /// No progress bar.
@@ -380,8 +394,10 @@ impl EnrollArgs {
         };
         let mut backend = self.device.open(&backbone)?;
         let resume = embed::resume_path(&self.out);
-        let emb =
-            embed::embed_files(backend.as_mut(), &files, input_shape(&backbone), fused(self.quiet), Some(&resume))?;
+        let opts = fused(self.quiet, self.skip_bad_images);
+        let emb = embed::embed_files(backend.as_mut(), &files, input_shape(&backbone), opts, Some(&resume))?;
+        let people = identify::readable(&people, &emb)?;
+        let files: Vec<PathBuf> = people.iter().flat_map(|p| p.files.iter().cloned()).collect();
         let done = gallery.enroll(&people, &emb)?;
         gallery.save(&self.out)?;
         embed::remove_resume_file(&resume)?;
@@ -399,8 +415,8 @@ impl EnrollArgs {
 }
 
 /// Embeddings as the verification protocol fuses them: with the mirror image, L2-normalised.
-fn fused(quiet: bool) -> EmbedOptions {
-    EmbedOptions { flip: true, normalize: true, quiet }
+fn fused(quiet: bool, skip_bad: bool) -> EmbedOptions {
+    EmbedOptions { flip: true, normalize: true, quiet, skip_bad }
 }
 
 /// `elasticface identify`.
@@ -437,6 +453,9 @@ pub struct IdentifyArgs {
     /// each (also in the JSON of --out).
     #[arg(long)]
     pub truth: bool,
+    /// Leave out probes that cannot be read (named in a warning) instead of stopping at the first.
+    #[arg(long)]
+    pub skip_bad_images: bool,
     #[command(flatten)]
     pub device: DeviceArgs,
     /// No progress bar.
@@ -464,7 +483,9 @@ impl IdentifyArgs {
         let backbone = self.network.load(&self.model)?;
         gallery.check_model(&self.gallery, &self.model, &backbone)?;
         let mut backend = self.device.open(&backbone)?;
-        let emb = embed::embed_files(backend.as_mut(), &probes, input_shape(&backbone), fused(self.quiet), None)?;
+        let opts = fused(self.quiet, self.skip_bad_images);
+        let emb = embed::embed_files(backend.as_mut(), &probes, input_shape(&backbone), opts, None)?;
+        let (probes, mates) = (emb.kept(&probes), if self.truth { emb.kept(&mates) } else { mates });
         let name = |i: usize| probes[i].display().to_string();
         let found = gallery.search(&emb.values, self.top as usize, self.int8, name)?;
         let evaluation = if self.truth { Some(gallery.evaluate(&emb.values, &mates, self.int8, name)?) } else { None };

@@ -1,7 +1,7 @@
 //! Embeddings of image files: `elasticface embed` (many images to a `.npy` or safetensors file) and
 //! `elasticface compare` (two images to a cosine and a decision).
 //!
-//! Images are decoded on all cores ([`decode_many`]; other sizes are resized to the network's input as
+//! Images are decoded on all cores ([`decode_each`]; other sizes are resized to the network's input as
 //! insightface's evaluation does, with a warning) and embedded in chunks on the backend. Options:
 //! - `flip`: add the embedding of the mirror image (`e + e_flip`, the verification protocol's fusion);
 //! - `normalize`: L2-normalise each embedding. With both, the result is the protocol's fused embedding.
@@ -20,7 +20,7 @@ use elasticface_core::nn::ImageShape;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use crate::data::decode::decode_many;
+use crate::data::decode::decode_each;
 use crate::eval::suite::CHUNK_IMAGES;
 use crate::eval::FlipEmbeddings;
 use crate::features::{compute_resumable, Resume};
@@ -40,6 +40,9 @@ pub struct EmbedOptions {
     pub normalize: bool,
     /// No progress bar.
     pub quiet: bool,
+    /// Skip images that cannot be read (listed in a warning; [`Embeddings::skipped`]) instead of stopping at the
+    /// first.
+    pub skip_bad: bool,
 }
 
 /// Embeddings of a list of images.
@@ -47,10 +50,25 @@ pub struct EmbedOptions {
 pub struct Embeddings {
     /// Embedding size `E`.
     pub dim: usize,
-    /// `(N, E)`, row `i` for image `i`.
+    /// `(N, E)`, row `i` for the `i`-th image embedded (the images given, less those skipped).
     pub values: Vec<f32>,
     /// Images that were resized to the network's input.
     pub resized: usize,
+    /// The images skipped as unreadable (`skip_bad`), by their index in the list given, ascending.
+    pub skipped: Vec<usize>,
+}
+
+impl Embeddings {
+    /// The items of `all` (one per image given) that were embedded, in order: the files, people's images, mates.
+    pub fn kept<T: Clone>(&self, all: &[T]) -> Vec<T> {
+        without(all, &self.skipped)
+    }
+}
+
+/// `all` without the items at `skipped` (ascending).
+fn without<T: Clone>(all: &[T], skipped: &[usize]) -> Vec<T> {
+    let mut skipped = skipped.iter().peekable();
+    all.iter().enumerate().filter(|(i, _)| skipped.next_if_eq(&i).is_none()).map(|(_, v)| v.clone()).collect()
 }
 
 /// The image files named by `inputs`: files as given (any extension), folders searched recursively for
@@ -100,6 +118,10 @@ pub fn is_image(path: &Path) -> bool {
 /// The magic of the feature files of `embed_files` (see [`crate::features`]).
 const FEATURE_MAGIC: &[u8; 8] = b"EFIMGFT1";
 
+/// The row `embed_files` keeps for an image it skipped: a NaN with a payload of its own, which no network computes,
+/// so that a resumed run knows the image was skipped.
+const SKIPPED: u32 = 0x7fc1_5eed;
+
 /// Embeds `files` on `backend` (input size `shape`) in chunks, with a progress bar unless `opts.quiet`.
 ///
 /// With `resume`, each chunk's embeddings (before normalisation) are also kept in that file ([`crate::features`]):
@@ -125,10 +147,10 @@ pub fn embed_files(
         }
         None => None,
     };
-    let (mut values, mut resized) = (Vec::new(), 0);
-    let mut embed_chunk = |start: usize, count: usize, resized: &mut usize| -> Result<Vec<f32>> {
+    let (mut values, mut resized, mut reasons) = (Vec::new(), 0, Vec::new());
+    let mut embed_chunk = |start: usize, count: usize, resized: &mut usize, reasons: &mut Vec<(usize, String)>| {
         let chunk = &files[start..start + count];
-        let (pixels, originals) = decode_many(
+        let (pixels, each) = decode_each(
             chunk.len(),
             shape,
             |i| {
@@ -137,19 +159,34 @@ pub fn embed_files(
             },
             |i| chunk[i].display().to_string(),
         )?;
-        *resized += originals.iter().flatten().count();
-        if opts.flip {
-            let e = FlipEmbeddings::embed(backend, &pixels, chunk.len())?;
-            Ok(e.plain.iter().zip(&e.flipped).map(|(a, b)| a + b).collect())
-        } else {
-            backend.embed(&pixels, &vec![false; chunk.len()])
+        let mut bad = Vec::new();
+        for (i, decoded) in each.into_iter().enumerate() {
+            match decoded {
+                Ok(original) => *resized += usize::from(original.is_some()),
+                Err(e) if opts.skip_bad => {
+                    bad.push(i);
+                    reasons.push((start + i, format!("{e:#}")));
+                }
+                Err(e) => return Err(e),
+            }
         }
+        let mut rows = if opts.flip {
+            let e = FlipEmbeddings::embed(backend, &pixels, chunk.len())?;
+            e.plain.iter().zip(&e.flipped).map(|(a, b)| a + b).collect()
+        } else {
+            backend.embed(&pixels, &vec![false; chunk.len()])?
+        };
+        let dim = rows.len() / count;
+        for i in bad {
+            rows[i * dim..(i + 1) * dim].fill(f32::from_bits(SKIPPED));
+        }
+        Ok(rows)
     };
     let dim = compute_resumable(
         files.len(),
         CHUNK_IMAGES,
         resume,
-        |start, count| embed_chunk(start, count, &mut resized),
+        |start, count| embed_chunk(start, count, &mut resized, &mut reasons),
         |_, _, rows| {
             values.extend_from_slice(rows);
             Ok(())
@@ -157,10 +194,38 @@ pub fn embed_files(
         |done| bar.set_position(done as u64),
     )?;
     bar.finish_and_clear();
+    // Rows of skipped images (this run's, or an earlier run's read back) go.
+    let skipped: Vec<usize> =
+        values.chunks_exact(dim).enumerate().filter(|(_, r)| r[0].to_bits() == SKIPPED).map(|(i, _)| i).collect();
+    if let (Some(&i), false) = (skipped.first(), opts.skip_bad) {
+        bail!(
+            "{}: cannot be read (skipped by an earlier run with --skip-bad-images, whose embeddings {} holds)",
+            files[i].display(),
+            resume.map_or(String::new(), |r| r.path.display().to_string())
+        );
+    }
+    if !skipped.is_empty() {
+        let mut kept = Vec::with_capacity(values.len() - skipped.len() * dim);
+        for row in values.chunks_exact(dim).filter(|r| r[0].to_bits() != SKIPPED) {
+            kept.extend_from_slice(row);
+        }
+        values = kept;
+        let named: Vec<String> = skipped
+            .iter()
+            .take(5)
+            .map(|&i| match reasons.iter().find(|(j, _)| *j == i) {
+                Some((_, why)) => why.clone(),
+                None => format!("{} (skipped by an earlier run)", files[i].display()),
+            })
+            .collect();
+        let more = if skipped.len() > 5 { format!("; and {} more", skipped.len() - 5) } else { String::new() };
+        eprintln!("warning: skipped {} unreadable images: {}{more}", skipped.len(), named.join("; "));
+    }
+    ensure!(!values.is_empty() || files.is_empty(), "none of the {} images could be read", files.len());
     if opts.normalize {
         let mut unit = vec![0.0; dim];
-        for (i, row) in values.chunks_exact_mut(dim).enumerate() {
-            l2_normalize(row, &mut unit).map_err(|e| anyhow!("{}: {e}", files[i].display()))?;
+        for (row, file) in values.chunks_exact_mut(dim).zip(without(files, &skipped)) {
+            l2_normalize(row, &mut unit).map_err(|e| anyhow!("{}: {e}", file.display()))?;
             row.copy_from_slice(&unit);
         }
     }
@@ -173,7 +238,7 @@ pub fn embed_files(
             shape.w
         );
     }
-    Ok(Embeddings { dim, values, resized })
+    Ok(Embeddings { dim, values, resized, skipped })
 }
 
 /// FNV-1a over what makes `embed_files`' features: the input size, `flip`, and each file's name, size and
@@ -316,7 +381,7 @@ pub struct Comparison {
 /// the cosine of the two, judged "same person" at `cosine > threshold`: `distance < 2 - 2 threshold`, strictly, as
 /// `eval` and insightface accept a pair below a distance threshold.
 pub fn compare(backend: &mut dyn Backend, a: &Path, b: &Path, shape: ImageShape, threshold: f32) -> Result<Comparison> {
-    let opts = EmbedOptions { flip: true, normalize: true, quiet: true };
+    let opts = EmbedOptions { flip: true, normalize: true, quiet: true, skip_bad: false };
     let e = embed_files(backend, &[a.to_path_buf(), b.to_path_buf()], shape, opts, None)?;
     let (x, y) = e.values.split_at(e.dim);
     let c = cosine(x, y)?;

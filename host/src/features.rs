@@ -4,6 +4,13 @@
 //! [`compute_resumable`] computes the features of a list of records (faces, images) chunk after chunk. With a
 //! [`Resume`] file, each chunk's features are also written to it; a run started again reads back the chunks the file
 //! holds and computes only the rest. The result is the same, bit for bit, as that of a run that was never stopped.
+//!
+//! The file: a 32-byte header (the magic, the key, `D`, the records committed), then one record of `D` little-endian
+//! f32 each, in record order. Each chunk's records are written and synced, then the header's count; only counted
+//! records are trusted (space a crash left unwritten is not), and only whole chunks (so a resumed run computes in
+//! the chunks an unstopped one does). Two runs must not share one file at a time: nothing locks it, but a run whose
+//! file another run has taken meanwhile (its header or length changed) stops at its next chunk rather than
+//! interleave records.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -28,10 +35,10 @@ pub struct Resume<'a> {
 /// (which returns `(count, D)`), each chunk handed to `take(start, D, features)` in record order as it is computed
 /// or read back; `progress(done)` after each chunk.
 ///
-/// With `resume`, the features are also kept in that file ([`FeatureFile`]): the first chunk is always computed,
-/// and when the file holds this computation's records (its magic, key and `D`, and its first chunk the same bits as
-/// the one just computed: the same model on the same device), the chunks it holds are read back and only the rest
-/// computed; else it is started afresh, with a note on stderr. Returns `D`.
+/// With `resume`, the features are also kept in that file (its format: the module documentation): the first chunk
+/// is always computed, and when the file holds this computation's records (its magic, key and `D`, and its first
+/// chunk the same bits as the one just computed: the same model on the same device), the chunks it holds are read
+/// back and only the rest computed; else it is started afresh, with a note on stderr. Returns `D`.
 pub fn compute_resumable(
     total: usize,
     chunk: usize,
@@ -77,12 +84,7 @@ pub fn compute_resumable(
     Ok(dim)
 }
 
-/// A file of the features computed so far: a 32-byte header (the magic, the key, `D`, the records committed), then
-/// one record of `D` little-endian f32 each, in record order. Each chunk's records are written and synced, then the
-/// header's count; only counted records are trusted (space a crash left unwritten is not), and only whole chunks (so
-/// a resumed run computes in the chunks an unstopped one does). Two runs must not share one file at a time: nothing
-/// locks it, but a run whose file another run has taken meanwhile (its header or length changed) stops at its next
-/// chunk rather than interleave records.
+/// A file of the features computed so far (its format: the module documentation).
 struct FeatureFile {
     file: std::fs::File,
     path: PathBuf,

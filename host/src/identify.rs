@@ -100,6 +100,29 @@ fn people_in(dirs: &[PathBuf]) -> Result<Vec<Person>> {
     Ok(people)
 }
 
+/// `people` with only their images that `emb` embedded (`emb` made from every person's images in order), and
+/// without those left with none (named in a warning). Errors when no one is left.
+pub fn readable(people: &[Person], emb: &Embeddings) -> Result<Vec<Person>> {
+    if emb.skipped.is_empty() {
+        return Ok(people.to_vec());
+    }
+    let owner: Vec<usize> =
+        people.iter().enumerate().flat_map(|(i, p)| std::iter::repeat_n(i, p.files.len())).collect();
+    let all: Vec<(usize, PathBuf)> =
+        owner.into_iter().zip(people.iter().flat_map(|p| p.files.iter().cloned())).collect();
+    let mut kept: Vec<Person> = people.iter().map(|p| Person { name: p.name.clone(), files: Vec::new() }).collect();
+    for (i, file) in emb.kept(&all) {
+        kept[i].files.push(file);
+    }
+    let (kept, none): (Vec<Person>, Vec<Person>) = kept.into_iter().partition(|p| !p.files.is_empty());
+    if !none.is_empty() {
+        let names: Vec<&str> = none.iter().map(|p| p.name.as_str()).collect();
+        eprintln!("warning: not enrolled, no image of theirs could be read: {}", names.join(", "));
+    }
+    ensure!(!kept.is_empty(), "no one has an image that could be read");
+    Ok(kept)
+}
+
 /// The fingerprint of a model's embeddings, 16 hex digits: FNV-1a over the input size, the batch norms' eps and
 /// every weight's bits. The same file read again (or converted: `.pth`, `.onnx`, `import`) gives the same
 /// fingerprint; another model or a training step more does not.
@@ -723,7 +746,9 @@ mod tests {
         let mut g = gallery(3);
         let (a0, a1, b0) = (unit(&[1.0, 0.0, 0.0]), unit(&[0.0, 1.0, 0.0]), unit(&[0.0, 0.6, 0.8]));
         let values = [a0.clone(), a1.clone(), b0.clone()].concat();
-        let done = g.enroll(&[person("a", 2), person("b", 1)], &Embeddings { dim: 3, values, resized: 0 }).unwrap();
+        let done = g
+            .enroll(&[person("a", 2), person("b", 1)], &Embeddings { dim: 3, values, resized: 0, skipped: vec![] })
+            .unwrap();
         assert_eq!(done, Enrolled { added: 2, replaced: 0 });
         assert_eq!(g.names, ["a", "b"]);
         assert_eq!(g.images, [2, 1]);
@@ -735,14 +760,17 @@ mod tests {
         // c is new, a again replaces its template where it was.
         let c0 = unit(&[0.0, 0.0, 1.0]);
         let values = [c0.clone(), b0.clone()].concat();
-        let done = g.enroll(&[person("c", 1), person("a", 1)], &Embeddings { dim: 3, values, resized: 0 }).unwrap();
+        let done = g
+            .enroll(&[person("c", 1), person("a", 1)], &Embeddings { dim: 3, values, resized: 0, skipped: vec![] })
+            .unwrap();
         assert_eq!(done, Enrolled { added: 1, replaced: 1 });
         assert_eq!(g.names, ["a", "b", "c"]);
         assert_eq!(g.images, [1, 1, 1]);
         assert_eq!(g.templates, [b0.clone(), b0.clone(), c0].concat());
 
         // Embeddings that do not fit the people are refused.
-        let e = g.enroll(&[person("d", 2)], &Embeddings { dim: 3, values: b0, resized: 0 }).unwrap_err();
+        let e =
+            g.enroll(&[person("d", 2)], &Embeddings { dim: 3, values: b0, resized: 0, skipped: vec![] }).unwrap_err();
         assert!(e.to_string().contains("for 2 images"), "{e}");
     }
 
@@ -751,7 +779,7 @@ mod tests {
         let mut g = gallery(2);
         let values = [unit(&[1.0, 0.0]), unit(&[0.0, 1.0]), unit(&[1.0, 1.0])].concat();
         let people = [person("a", 1), person("bé", 1), person("c", 1)];
-        g.enroll(&people, &Embeddings { dim: 2, values, resized: 0 }).unwrap();
+        g.enroll(&people, &Embeddings { dim: 2, values, resized: 0, skipped: vec![] }).unwrap();
         assert_eq!(g.describe()[2..], ["  a   1 image", "  bé  1 image", "  c   1 image"]);
         let before = g.clone();
         assert!(g.remove(&["c".into(), "x".into()]).unwrap_err().to_string().contains("\"x\" is not in the gallery"));
@@ -767,7 +795,7 @@ mod tests {
         let mut g = gallery(4);
         let t = [unit(&[1.0, 0.2, 0.0, 0.0]), unit(&[0.0, 1.0, 0.3, 0.0]), unit(&[0.1, 0.0, 0.0, 1.0])];
         let people = [person("a", 1), person("b", 1), person("c", 1)];
-        g.enroll(&people, &Embeddings { dim: 4, values: t.concat(), resized: 0 }).unwrap();
+        g.enroll(&people, &Embeddings { dim: 4, values: t.concat(), resized: 0, skipped: vec![] }).unwrap();
         let probes = [unit(&[0.1, 0.9, 0.2, 0.1]), unit(&[0.9, 0.1, 0.0, 0.5])].concat();
         let found = g.search(&probes, 2, false, |i| format!("probe {i}")).unwrap();
         let ids = |f: &[Match]| f.iter().map(|m| m.id).collect::<Vec<_>>();
@@ -802,7 +830,7 @@ mod tests {
         let mut g = gallery(2);
         g.enroll(
             &[person("a", 1), person("b", 1)],
-            &Embeddings { dim: 2, values: [at(0.0), at(90.0)].concat(), resized: 0 },
+            &Embeddings { dim: 2, values: [at(0.0), at(90.0)].concat(), resized: 0, skipped: vec![] },
         )
         .unwrap();
         // p0 (a's) nearest a; p1 (b's) nearer a than b; ten non-mated probes at 35..44 degrees, nearest a.
@@ -847,7 +875,8 @@ mod tests {
         let path = dir.path().join("g.safetensors");
         let mut g = gallery(2);
         let values = [unit(&[1.0, 1.0]), unit(&[1.0, -2.0])].concat();
-        g.enroll(&[person("a,\"x\"", 1), person("b", 1)], &Embeddings { dim: 2, values, resized: 0 }).unwrap();
+        g.enroll(&[person("a,\"x\"", 1), person("b", 1)], &Embeddings { dim: 2, values, resized: 0, skipped: vec![] })
+            .unwrap();
         g.save(&path).unwrap();
         assert_eq!(Gallery::open(&path).unwrap(), g);
 

@@ -447,3 +447,53 @@ fn enroll_then_identify() {
         elasticface_fails(&["identify", "--model", &other, "--gallery", &gallery, &p("people"), "--device", "cpu"]);
     assert!(err.contains("was enrolled with another model") && err.contains("enrol the people again"), "{err}");
 }
+
+/// An unreadable image stops `enroll`, `embed` and `identify`, naming it; with `--skip-bad-images` it is left out,
+/// named in a warning, and a person left with no image is not enrolled.
+#[test]
+fn unreadable_images_are_named_or_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).display().to_string();
+    let model = fixture("pth/iresnet_tiny_init.pth").display().to_string();
+    let shape = ImageShape { h: 32, w: 32 };
+    for (i, rel) in ["people/ann/1.png", "people/ann/2.png", "people/ben/1.png"].iter().enumerate() {
+        let rgb: Vec<u8> = (0..shape.len()).map(|k| ((k * (i + 5)) % 247) as u8).collect();
+        std::fs::create_dir_all(dir.path().join(rel).parent().unwrap()).unwrap();
+        std::fs::write(dir.path().join(rel), encode_png(&rgb, shape).unwrap()).unwrap();
+    }
+    std::fs::write(dir.path().join("people/ann/3.jpg"), b"truncated").unwrap();
+    std::fs::create_dir_all(dir.path().join("people/cat")).unwrap();
+    std::fs::write(dir.path().join("people/cat/1.jpg"), b"").unwrap();
+    let cpu = ["--device", "cpu", "--quiet"];
+
+    let args = ["enroll", "--model", &model, &p("people"), "--out", &p("g.safetensors")];
+    let err = elasticface_fails(&[&args[..], &cpu].concat());
+    assert!(err.contains("ann/3.jpg"), "{err}");
+    assert!(!dir.path().join("g.safetensors").exists());
+    let out = Command::new(env!("CARGO_BIN_EXE_elasticface"))
+        .args([&args[..], &cpu, &["--skip-bad-images"]].concat())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("skipped 2 unreadable images: ") && stderr.contains("ann/3.jpg"), "{stderr}");
+    assert!(stderr.contains("not enrolled, no image of theirs could be read: cat"), "{stderr}");
+    assert!(stdout.contains("enrolled 2 people from 3 images"), "{stdout}");
+    let g = elasticface::identify::Gallery::open(Path::new(&p("g.safetensors"))).unwrap();
+    assert_eq!((g.names, g.images), (vec!["ann".to_string(), "ben".into()], vec![2, 1]));
+
+    // embed: the list names the images embedded; identify: the skipped probe has no line.
+    let out = elasticface(
+        &[&["embed", "--model", &model, &p("people"), "--out", &p("e.npy"), "--skip-bad-images"][..], &cpu].concat(),
+    );
+    assert!(out.contains("3 embeddings of size 16"), "{out}");
+    assert_eq!(std::fs::read_to_string(p("e.files.txt")).unwrap().lines().count(), 3);
+    let out = elasticface(
+        &[
+            &["identify", "--model", &model, "--gallery", &p("g.safetensors"), &p("people"), "--skip-bad-images"][..],
+            &cpu,
+        ]
+        .concat(),
+    );
+    assert!(out.contains("of 3 probes identified among 2 people") && !out.contains("3.jpg"), "{out}");
+}

@@ -29,7 +29,7 @@ fn a_stopped_embedding_resumes_from_its_feature_file() {
         fail_at,
         take_file_at: None,
     };
-    let opts = EmbedOptions { flip: true, normalize: true, quiet: true };
+    let opts = EmbedOptions { flip: true, normalize: true, quiet: true, skip_bad: false };
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
 
     let mut whole = backend(None);
@@ -68,4 +68,60 @@ fn a_stopped_embedding_resumes_from_its_feature_file() {
     assert_eq!(b.calls, 4, "a replaced image: embedded again");
     assert!(bits(&changed.values[..1099 * 8]) == bits(&straight.values[..1099 * 8]));
     assert!(bits(&changed.values[1099 * 8..]) != bits(&straight.values[1099 * 8..]));
+}
+
+/// With `skip_bad`, unreadable images are left out (their indices in `skipped`), the others embedded with the same
+/// bits as a list without them, also across a resume, where a skipped image is known from the feature file; without
+/// it, the first unreadable image stops the run, and a feature file that skipped one is refused.
+#[test]
+fn unreadable_images_are_skipped_when_asked_and_named_when_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let shape = ImageShape { h: 16, w: 16 };
+    let bad = [5usize, 1050];
+    let files: Vec<PathBuf> = (0..1100usize)
+        .map(|i| {
+            let path = dir.path().join(format!("{i:04}.png"));
+            if bad.contains(&i) {
+                std::fs::write(&path, b"not an image").unwrap();
+            } else {
+                let rgb: Vec<u8> = (0..shape.len()).map(|k| ((k * 5 + i * 11 + k * i) % 249) as u8).collect();
+                std::fs::write(&path, encode_png(&rgb, shape).unwrap()).unwrap();
+            }
+            path
+        })
+        .collect();
+    let good: Vec<PathBuf> =
+        files.iter().enumerate().filter(|(i, _)| !bad.contains(i)).map(|(_, f)| f.clone()).collect();
+    let backend = |fail_at: Option<usize>| Stopping {
+        inner: open_inference(&tiny_backbone(4), Device::Cpu, None, 0, 64).unwrap(),
+        calls: 0,
+        fail_at,
+        take_file_at: None,
+    };
+    let strict = EmbedOptions { flip: true, normalize: true, quiet: true, skip_bad: false };
+    let skip = EmbedOptions { skip_bad: true, ..strict };
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+
+    let err = embed_files(&mut backend(None), &files, shape, strict, None).unwrap_err();
+    assert!(format!("{err:#}").contains("0005.png"), "{err:#}");
+    let want = embed_files(&mut backend(None), &good, shape, strict, None).unwrap();
+
+    let got = embed_files(&mut backend(None), &files, shape, skip, None).unwrap();
+    assert_eq!(got.skipped, bad);
+    assert!(bits(&got.values) == bits(&want.values), "the readable images embed as a list without the others");
+    assert_eq!(got.kept(&files), good);
+
+    // Stopped in the second chunk, resumed: image 5 is known skipped from the file, 1050 is skipped again.
+    let file = resume_path(&dir.path().join("out.npy"));
+    assert!(embed_files(&mut backend(Some(2)), &files, shape, skip, Some(&file)).is_err());
+    let again = embed_files(&mut backend(None), &files, shape, skip, Some(&file)).unwrap();
+    assert_eq!(again.skipped, bad);
+    assert!(bits(&again.values) == bits(&want.values), "resumed embeddings differ");
+    // Without skip_bad, a file that skipped an image (after its first chunk, which is embedded again) is refused
+    // rather than read as an embedding.
+    let rest: Vec<PathBuf> = files.iter().filter(|f| !f.ends_with("0005.png")).cloned().collect();
+    let file = resume_path(&dir.path().join("rest.npy"));
+    embed_files(&mut backend(None), &rest, shape, skip, Some(&file)).unwrap();
+    let err = embed_files(&mut backend(None), &rest, shape, strict, Some(&file)).unwrap_err();
+    assert!(err.to_string().contains("1050.png: cannot be read (skipped by an earlier run"), "{err}");
 }

@@ -117,14 +117,34 @@ where
     S: Fn(usize) -> Result<std::borrow::Cow<'a, [u8]>> + Sync,
     D: Fn(usize) -> String + Sync,
 {
+    let (pixels, each) = decode_each(count, target, source, describe)?;
+    Ok((pixels, each.into_iter().collect::<Result<_>>()?))
+}
+
+/// What [`decode_each`] says of one image: its original size when it was resized, or why it could not be read.
+pub type Decoded = Result<Option<ImageShape>>;
+
+/// [`decode_many`], with each image's result ([`Decoded`]); an image that could not be read has zeros for pixels.
+pub fn decode_each<'a, S, D>(
+    count: usize,
+    target: ImageShape,
+    source: S,
+    describe: D,
+) -> Result<(Vec<u8>, Vec<Decoded>)>
+where
+    S: Fn(usize) -> Result<std::borrow::Cow<'a, [u8]>> + Sync,
+    D: Fn(usize) -> String + Sync,
+{
     let mut pixels = vec![0u8; count * target.len()];
-    let resized = fill_parallel(&mut pixels, target.len(), |i, out| {
-        let bytes = source(i)?;
-        let (rgb, original) = decode_rgb_resized(&bytes, target).with_context(|| describe(i))?;
-        out.copy_from_slice(&rgb);
-        Ok(original)
+    let each = fill_parallel(&mut pixels, target.len(), |i, out| {
+        Ok(source(i).and_then(|bytes| decode_rgb_resized(&bytes, target).with_context(|| describe(i))).map(
+            |(rgb, original)| {
+                out.copy_from_slice(&rgb);
+                original
+            },
+        ))
     })?;
-    Ok((pixels, resized))
+    Ok((pixels, each))
 }
 
 /// Fills the records of `per` elements (bytes of an image, say) that make up `out` on all cores, record `i` by
