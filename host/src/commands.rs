@@ -97,6 +97,32 @@ impl DeviceArgs {
     }
 }
 
+/// How a command that embeds image files (`embed`, `enroll`, `identify`) runs: where, what it does with an image
+/// it cannot read, and whether it shows progress.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ImageRunArgs {
+    /// Leave out images that cannot be read (each named in a warning) instead of stopping at the first.
+    #[arg(long)]
+    pub skip_bad_images: bool,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl ImageRunArgs {
+    /// The embedding options of these flags, with the mirror image and L2 normalisation as given.
+    fn options(&self, flip: bool, normalize: bool) -> EmbedOptions {
+        EmbedOptions { flip, normalize, quiet: self.quiet, skip_bad: self.skip_bad_images }
+    }
+
+    /// Embeddings as the verification protocol fuses them: with the mirror image, L2-normalised.
+    fn fused(&self) -> EmbedOptions {
+        self.options(true, true)
+    }
+}
+
 fn input_shape(b: &Backbone) -> ImageShape {
     ImageShape { h: b.cfg.input_h, w: b.cfg.input_w }
 }
@@ -200,8 +226,9 @@ pub struct EmbedArgs {
     #[arg(required = true, value_name = "IMAGE_OR_DIR")]
     pub inputs: Vec<PathBuf>,
     /// Output: a .npy file (the image list goes to NAME.files.txt beside it) or a .safetensors file (tensor
-    /// `embeddings`, the image list in its manifest). While it embeds, the embeddings so far are kept in
-    /// FILE.features: a run stopped by Ctrl-C or a crash and started again resumes from them.
+    /// `embeddings`, the image list in its manifest); the list names the images embedded (not those skipped with
+    /// --skip-bad-images). While it embeds, the embeddings so far are kept in FILE.features: a run stopped by Ctrl-C
+    /// or a crash and started again resumes from them.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
     /// Add the mirror image's embedding (e + e_flip), as the verification protocol does.
@@ -210,15 +237,8 @@ pub struct EmbedArgs {
     /// L2-normalise each embedding.
     #[arg(long)]
     pub normalize: bool,
-    /// Leave out images that cannot be read (named in a warning, and not in the output's list) instead of
-    /// stopping at the first.
-    #[arg(long)]
-    pub skip_bad_images: bool,
     #[command(flatten)]
-    pub device: DeviceArgs,
-    /// No progress bar.
-    #[arg(long)]
-    pub quiet: bool,
+    pub images: ImageRunArgs,
 }
 
 impl EmbedArgs {
@@ -227,13 +247,8 @@ impl EmbedArgs {
         let files = embed::list_images(&self.inputs)?;
         embed::check_output(&self.out, &files)?;
         let backbone = self.network.load(&self.model)?;
-        let mut backend = self.device.open(&backbone)?;
-        let opts = EmbedOptions {
-            flip: self.flip,
-            normalize: self.normalize,
-            quiet: self.quiet,
-            skip_bad: self.skip_bad_images,
-        };
+        let mut backend = self.images.device.open(&backbone)?;
+        let opts = self.images.options(self.flip, self.normalize);
         let resume = embed::resume_path(&self.out);
         let emb = embed::embed_files(backend.as_mut(), &files, input_shape(&backbone), opts, Some(&resume))?;
         let files = emb.kept(&files);
@@ -363,15 +378,8 @@ pub struct EnrollArgs {
     /// already gets the new images' template in its place.
     #[arg(long)]
     pub update: bool,
-    /// Leave out images that cannot be read (named in a warning; a person left with none is not enrolled) instead
-    /// of stopping at the first.
-    #[arg(long)]
-    pub skip_bad_images: bool,
     #[command(flatten)]
-    pub device: DeviceArgs,
-    /// No progress bar.
-    #[arg(long)]
-    pub quiet: bool,
+    pub images: ImageRunArgs,
 }
 
 impl EnrollArgs {
@@ -392,9 +400,9 @@ impl EnrollArgs {
             );
             Gallery::new(&self.model, &backbone)
         };
-        let mut backend = self.device.open(&backbone)?;
+        let mut backend = self.images.device.open(&backbone)?;
         let resume = embed::resume_path(&self.out);
-        let opts = fused(self.quiet, self.skip_bad_images);
+        let opts = self.images.fused();
         let emb = embed::embed_files(backend.as_mut(), &files, input_shape(&backbone), opts, Some(&resume))?;
         let people = identify::readable(&people, &emb)?;
         let files: Vec<PathBuf> = people.iter().flat_map(|p| p.files.iter().cloned()).collect();
@@ -412,11 +420,6 @@ impl EnrollArgs {
         );
         Ok(ExitCode::SUCCESS)
     }
-}
-
-/// Embeddings as the verification protocol fuses them: with the mirror image, L2-normalised.
-fn fused(quiet: bool, skip_bad: bool) -> EmbedOptions {
-    EmbedOptions { flip: true, normalize: true, quiet, skip_bad }
 }
 
 /// `elasticface identify`.
@@ -453,14 +456,8 @@ pub struct IdentifyArgs {
     /// each (also in the JSON of --out).
     #[arg(long)]
     pub truth: bool,
-    /// Leave out probes that cannot be read (named in a warning) instead of stopping at the first.
-    #[arg(long)]
-    pub skip_bad_images: bool,
     #[command(flatten)]
-    pub device: DeviceArgs,
-    /// No progress bar.
-    #[arg(long)]
-    pub quiet: bool,
+    pub images: ImageRunArgs,
 }
 
 impl IdentifyArgs {
@@ -482,9 +479,8 @@ impl IdentifyArgs {
         };
         let backbone = self.network.load(&self.model)?;
         gallery.check_model(&self.gallery, &self.model, &backbone)?;
-        let mut backend = self.device.open(&backbone)?;
-        let opts = fused(self.quiet, self.skip_bad_images);
-        let emb = embed::embed_files(backend.as_mut(), &probes, input_shape(&backbone), opts, None)?;
+        let mut backend = self.images.device.open(&backbone)?;
+        let emb = embed::embed_files(backend.as_mut(), &probes, input_shape(&backbone), self.images.fused(), None)?;
         let (probes, mates) = (emb.kept(&probes), if self.truth { emb.kept(&mates) } else { mates });
         let name = |i: usize| probes[i].display().to_string();
         let found = gallery.search(&emb.values, self.top as usize, self.int8, name)?;

@@ -194,33 +194,7 @@ pub fn embed_files(
         |done| bar.set_position(done as u64),
     )?;
     bar.finish_and_clear();
-    // Rows of skipped images (this run's, or an earlier run's read back) go.
-    let skipped: Vec<usize> =
-        values.chunks_exact(dim).enumerate().filter(|(_, r)| r[0].to_bits() == SKIPPED).map(|(i, _)| i).collect();
-    if let (Some(&i), false) = (skipped.first(), opts.skip_bad) {
-        bail!(
-            "{}: cannot be read (skipped by an earlier run with --skip-bad-images, whose embeddings {} holds)",
-            files[i].display(),
-            resume.map_or(String::new(), |r| r.path.display().to_string())
-        );
-    }
-    if !skipped.is_empty() {
-        let mut kept = Vec::with_capacity(values.len() - skipped.len() * dim);
-        for row in values.chunks_exact(dim).filter(|r| r[0].to_bits() != SKIPPED) {
-            kept.extend_from_slice(row);
-        }
-        values = kept;
-        let named: Vec<String> = skipped
-            .iter()
-            .take(5)
-            .map(|&i| match reasons.iter().find(|(j, _)| *j == i) {
-                Some((_, why)) => why.clone(),
-                None => format!("{} (skipped by an earlier run)", files[i].display()),
-            })
-            .collect();
-        let more = if skipped.len() > 5 { format!("; and {} more", skipped.len() - 5) } else { String::new() };
-        eprintln!("warning: skipped {} unreadable images: {}{more}", skipped.len(), named.join("; "));
-    }
+    let skipped = drop_skipped(&mut values, dim, files, &reasons, opts.skip_bad, resume.map(|r| r.path))?;
     ensure!(!values.is_empty() || files.is_empty(), "none of the {} images could be read", files.len());
     if opts.normalize {
         let mut unit = vec![0.0; dim];
@@ -239,6 +213,48 @@ pub fn embed_files(
         );
     }
     Ok(Embeddings { dim, values, resized, skipped })
+}
+
+/// Takes the rows of skipped images (marked [`SKIPPED`]: this run's, or an earlier run's read back) out of
+/// `values` (`(N, dim)`, a row per file of `files`) and names them in one warning, with the reasons of this run's
+/// (`reasons`: file index and error); returns their indices. Without `skip_bad`, a skipped image (one an earlier run
+/// skipped, read back from the feature file `resume`) is an error.
+fn drop_skipped(
+    values: &mut Vec<f32>,
+    dim: usize,
+    files: &[PathBuf],
+    reasons: &[(usize, String)],
+    skip_bad: bool,
+    resume: Option<&Path>,
+) -> Result<Vec<usize>> {
+    let skipped: Vec<usize> =
+        values.chunks_exact(dim).enumerate().filter(|(_, r)| r[0].to_bits() == SKIPPED).map(|(i, _)| i).collect();
+    if let (Some(&i), false) = (skipped.first(), skip_bad) {
+        bail!(
+            "{}: cannot be read (skipped by an earlier run with --skip-bad-images, whose embeddings {} holds)",
+            files[i].display(),
+            resume.map_or(String::new(), |r| r.display().to_string())
+        );
+    }
+    if skipped.is_empty() {
+        return Ok(skipped);
+    }
+    let mut kept = Vec::with_capacity(values.len() - skipped.len() * dim);
+    for row in values.chunks_exact(dim).filter(|r| r[0].to_bits() != SKIPPED) {
+        kept.extend_from_slice(row);
+    }
+    *values = kept;
+    let named: Vec<String> = skipped
+        .iter()
+        .take(5)
+        .map(|&i| match reasons.iter().find(|(j, _)| *j == i) {
+            Some((_, why)) => why.clone(),
+            None => format!("{} (skipped by an earlier run)", files[i].display()),
+        })
+        .collect();
+    let more = if skipped.len() > 5 { format!("; and {} more", skipped.len() - 5) } else { String::new() };
+    eprintln!("warning: skipped {} unreadable images: {}{more}", skipped.len(), named.join("; "));
+    Ok(skipped)
 }
 
 /// FNV-1a over what makes `embed_files`' features: the input size, `flip`, and each file's name, size and

@@ -293,8 +293,8 @@ impl Gallery {
         ensure!(top > 0, "ask for at least one candidate");
         let ids: Vec<u32> = (0..self.len() as u32).collect();
         match self.operands(probes, int8, &name)? {
-            Operands::F32 { templates, probes } => search_view(self.dim, &ids, templates, probes, top, &name),
-            Operands::I8 { templates, probes } => search_view(self.dim, &ids, &templates, &probes, top, &name),
+            Operands::F32 { templates, probes } => top_candidates(self.dim, &ids, templates, probes, top, &name),
+            Operands::I8 { templates, probes } => top_candidates(self.dim, &ids, &templates, &probes, top, &name),
         }
     }
 
@@ -318,8 +318,8 @@ impl Gallery {
             "none of the probes' people is in the gallery: there is no mate to find"
         );
         let searched = match self.operands(probes, int8, &name)? {
-            Operands::F32 { templates, probes } => searches_view(self.dim, templates, probes, mates, &name)?,
-            Operands::I8 { templates, probes } => searches_view(self.dim, &templates, &probes, mates, &name)?,
+            Operands::F32 { templates, probes } => mate_searches(self.dim, templates, probes, mates, &name)?,
+            Operands::I8 { templates, probes } => mate_searches(self.dim, &templates, &probes, mates, &name)?,
         };
         let scores = score_searches(&searched, "the gallery")?;
         let tpir_at_fpir = scores
@@ -537,7 +537,7 @@ pub struct CosineTpir {
 }
 
 /// Each probe against every template, on all cores: its mate's rank and `-cosine`, or the nearest `-cosine`.
-fn searches_view<T: Element + Sync>(
+fn mate_searches<T: Element + Sync>(
     dim: usize,
     templates: &[T],
     probes: &[T],
@@ -563,8 +563,9 @@ fn searches_view<T: Element + Sync>(
     Ok(searched)
 }
 
-/// [`GalleryView::identify_into`] for each probe row, on one element type, the probes shared out over all cores.
-fn search_view<T: Element + Sync>(
+/// The `top` candidates of each probe row by [`GalleryView::identify_into`], on one element type, the probes shared
+/// out over all cores.
+fn top_candidates<T: Element + Sync>(
     dim: usize,
     ids: &[u32],
     templates: &[T],

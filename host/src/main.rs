@@ -56,7 +56,8 @@ enum Command {
     /// averaged into one unit template.
     ///
     /// Each folder given holds people: a sub-folder per person (named by it, every image under it) or an image
-    /// per person (named by its file stem). --update adds people to an existing gallery, or replaces them.
+    /// per person (named by its file stem). --update adds people to an existing gallery, or replaces them; a person
+    /// none of whose images can be read (with --skip-bad-images) is not enrolled.
     Enroll(Box<elasticface::commands::EnrollArgs>),
     /// Who is this? Each probe photo searched in a gallery made by `enroll`: the best candidates by cosine, and
     /// the person shown where the best reaches --threshold.

@@ -97,13 +97,13 @@ fn the_protocol_matches_numpy() {
     let fpir_keys = ["0.0001", "0.001", "0.01", "0.1"];
     for g in &search.galleries {
         let want = &numpy_search["galleries"][g.name.as_str()];
-        assert_eq!((g.templates, g.mated, g.non_mated), (8, 8, 56), "{}", g.name);
-        assert_eq!(g.mated as u64, want["mated"].as_u64().unwrap());
-        for (rank, k) in g.rank.iter().zip(IJB_RANKS) {
+        assert_eq!((g.templates, g.scores.mated, g.scores.non_mated), (8, 8, 56), "{}", g.name);
+        assert_eq!(g.scores.mated as u64, want["mated"].as_u64().unwrap());
+        for (rank, k) in g.scores.rank.iter().zip(IJB_RANKS) {
             assert_eq!((rank.rank, rank.hits as u64), (k, want["rank"][k.to_string()].as_u64().unwrap()), "{}", g.name);
         }
-        assert_eq!(g.tpir_at_fpir.iter().map(|t| t.fpir).collect::<Vec<_>>(), IJB_FPIRS);
-        for (t, key) in g.tpir_at_fpir.iter().zip(fpir_keys) {
+        assert_eq!(g.scores.tpir_at_fpir.iter().map(|t| t.fpir).collect::<Vec<_>>(), IJB_FPIRS);
+        for (t, key) in g.scores.tpir_at_fpir.iter().zip(fpir_keys) {
             assert_eq!(t.tpir, want["tpir_at_fpir"][key].as_f64(), "{} TPIR at FPIR {key}", g.name);
         }
     }
@@ -241,7 +241,7 @@ fn a_synthetic_set_scores_as_the_protocol_says() {
     assert_eq!(got.probes, 12);
     let mut all_hits = [0usize; 3];
     for (g, want) in got.galleries.iter().zip(&search.galleries) {
-        assert_eq!((g.name.as_str(), g.templates, g.mated, g.non_mated), (want.name.as_str(), 6, 6, 6));
+        assert_eq!((g.name.as_str(), g.templates, g.scores.mated, g.scores.non_mated), (want.name.as_str(), 6, 6, 6));
         let first_id = usize::from(g.name == "G2");
         let expect: Vec<(u32, u32)> = (first_id..12).step_by(2).map(|i| (2 * i as u32 + 1, i as u32 + 1)).collect();
         assert_eq!(want.templates, expect, "{}", g.name);
@@ -256,9 +256,9 @@ fn a_synthetic_set_scores_as_the_protocol_says() {
                 }
             }
         }
-        assert_eq!(g.rank.iter().map(|r| r.hits).collect::<Vec<_>>(), hits, "{}", g.name);
+        assert_eq!(g.scores.rank.iter().map(|r| r.hits).collect::<Vec<_>>(), hits, "{}", g.name);
         // Six non-mated probes resolve no FPIR up to 1e-1.
-        assert!(g.tpir_at_fpir.iter().all(|t| t.tpir.is_none()), "{}", g.name);
+        assert!(g.scores.tpir_at_fpir.iter().all(|t| t.tpir.is_none()), "{}", g.name);
         for (a, h) in all_hits.iter_mut().zip(hits) {
             *a += h;
         }

@@ -311,9 +311,9 @@ fn print_search_table(report: &EvalReport, out: &mut dyn Write) -> std::io::Resu
     for s in &report.ijb {
         let Some(search) = &s.search else { continue };
         for g in &search.galleries {
-            let cells =
-                [s.name.clone(), g.name.clone(), g.templates.to_string(), g.mated.to_string(), g.non_mated.to_string()];
-            row(out, cells, &g.rank, &g.tpir_at_fpir)?;
+            let (name, templates, sc) = (g.name.clone(), g.templates.to_string(), &g.scores);
+            let cells = [s.name.clone(), name, templates, sc.mated.to_string(), sc.non_mated.to_string()];
+            row(out, cells, &sc.rank, &sc.tpir_at_fpir)?;
         }
         let cells = [s.name.clone(), "all".into(), String::new(), String::new(), format!("{} probes", search.probes)];
         row(out, cells, &search.rank, &search.tpir_at_fpir)?;

@@ -173,14 +173,10 @@ pub struct GalleryReport {
     pub name: String,
     /// Templates enrolled.
     pub templates: usize,
-    /// Probes whose subject it holds.
-    pub mated: usize,
-    /// Probes whose subject it does not hold.
-    pub non_mated: usize,
-    /// The identification rate at each of [`IJB_RANKS`].
-    pub rank: Vec<RankReport>,
-    /// The TPIR at each of [`IJB_FPIRS`].
-    pub tpir_at_fpir: Vec<TpirReport>,
+    /// What its probes' searches measured (in the JSON, beside the name: `mated`, `non_mated`, `rank`,
+    /// `tpir_at_fpir`).
+    #[serde(flatten)]
+    pub scores: Scores,
 }
 
 /// What 1:N identification measured: each gallery, then over the galleries.
@@ -221,11 +217,11 @@ pub enum Searched {
 }
 
 /// The 1:N figures of one gallery's searches.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize)]
 pub struct Scores {
-    /// Mated probes.
+    /// Probes whose subject the gallery holds.
     pub mated: usize,
-    /// Non-mated probes.
+    /// Probes whose subject it does not hold.
     pub non_mated: usize,
     /// The identification rate at each of [`IJB_RANKS`].
     pub rank: Vec<RankReport>,
@@ -300,14 +296,7 @@ fn search_gallery(
         Ok(())
     })?;
     let scores = score_searches(&searched, &format!("gallery {}", gallery.name))?;
-    Ok(GalleryReport {
-        name: gallery.name.clone(),
-        templates: gallery.templates.len(),
-        mated: scores.mated,
-        non_mated: scores.non_mated,
-        rank: scores.rank,
-        tpir_at_fpir: scores.tpir_at_fpir,
-    })
+    Ok(GalleryReport { name: gallery.name.clone(), templates: gallery.templates.len(), scores })
 }
 
 /// 1:N identification of a set's probes in each of its galleries (template features `(T, D)`).
@@ -322,12 +311,12 @@ pub(super) fn score_search(
         .iter()
         .map(|g| search_gallery(features, dim, index, g, &search.probes))
         .collect::<Result<Vec<_>>>()?;
-    let mated: usize = galleries.iter().map(|g| g.mated).sum();
+    let mated: usize = galleries.iter().map(|g| g.scores.mated).sum();
     let rank = IJB_RANKS
         .iter()
         .enumerate()
         .map(|(i, &k)| {
-            let hits = galleries.iter().map(|g| g.rank[i].hits).sum();
+            let hits = galleries.iter().map(|g| g.scores.rank[i].hits).sum();
             RankReport::of(k, hits, mated)
         })
         .collect();
@@ -336,8 +325,10 @@ pub(super) fn score_search(
         .iter()
         .enumerate()
         .map(|(i, &fpir)| {
-            let each: Option<Vec<(f64, f64)>> =
-                galleries.iter().map(|g| Some((g.tpir_at_fpir[i].tpir?, g.tpir_at_fpir[i].fpir_reached?))).collect();
+            let each: Option<Vec<(f64, f64)>> = galleries
+                .iter()
+                .map(|g| Some((g.scores.tpir_at_fpir[i].tpir?, g.scores.tpir_at_fpir[i].fpir_reached?)))
+                .collect();
             TpirReport {
                 fpir,
                 tpir: each.as_ref().map(|e| e.iter().map(|v| v.0).sum::<f64>() / n),
