@@ -352,16 +352,7 @@ impl Backbone {
     /// The network in words: `iResNet [3, 13, 30, 3] x [64, 128, 256, 512], 112x112 input, 512-d embedding
     /// (65.16 M parameters)`.
     pub fn describe(&self) -> String {
-        let c = &self.cfg;
-        format!(
-            "iResNet {:?} x {:?}, {}x{} input, {}-d embedding ({:.2} M parameters)",
-            c.layers,
-            c.widths,
-            c.input_h,
-            c.input_w,
-            c.embedding,
-            c.parameter_count() as f64 / 1e6
-        )
+        describe_network(&self.cfg)
     }
 
     /// A checkpoint that training backends load for inference: this backbone, a one-class head (a unit vector,
@@ -383,6 +374,20 @@ impl Backbone {
             loss_scale: None,
         }
     }
+}
+
+/// A network in words: `iResNet [3, 13, 30, 3] x [64, 128, 256, 512], 112x112 input, 512-d embedding (65.16 M
+/// parameters)`.
+pub fn describe_network(c: &IResNetConfig) -> String {
+    format!(
+        "iResNet {:?} x {:?}, {}x{} input, {}-d embedding ({:.2} M parameters)",
+        c.layers,
+        c.widths,
+        c.input_h,
+        c.input_w,
+        c.embedding,
+        c.parameter_count() as f64 / 1e6
+    )
 }
 
 /// The network as the manifests store it.

@@ -6,11 +6,12 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+use elasticface::checkpoint::Backbone;
 use elasticface::gpu::kernels::conv2d::ConvTileChoice;
 use elasticface::gpu::kernels::winograd::WinogradTileChoice;
 use elasticface::gpu::{adapters, AdapterLine, Gpu, GpuOptions};
 use elasticface::train::cpu::Threads;
-use elasticface::train::run::{train, Device, Precision, TrainConfig, WinogradLayers};
+use elasticface::train::run::{train, Device, InitHead, Precision, TrainConfig, WinogradLayers};
 use elasticface::{bench, selftest};
 
 /// ElasticFace: train and check face-recognition networks with elastic margin losses.
@@ -298,6 +299,19 @@ struct TrainArgs {
     /// Continue from a checkpoint file, or from a run folder's latest checkpoint.
     #[arg(long, value_name = "PATH")]
     resume: Option<PathBuf>,
+    /// Fine-tune: start from a trained model's backbone (a checkpoint or backbone .safetensors, an insightface or
+    /// ElasticFace .pth, or an .onnx from `export`), with a new head for the classes of --data (seeded by --seed)
+    /// and zero momentum. The run trains the model's network unless --arch (or --layers, --widths, --embedding,
+    /// --input-size) is given, and then the two must agree (README -> Fine-tuning has measured learning rates).
+    /// With --resume, the checkpoint's weights are used and the model is not read.
+    #[arg(long, value_name = "MODEL")]
+    init: Option<PathBuf>,
+    /// The class centres a run from --init starts with: imprint (each class's centre the unit mean direction of
+    /// its images' embeddings under the model, after one pass of inference over --data: the first loss far lower,
+    /// and higher accuracy in README -> Fine-tuning's measurements) or random (seeded, as from scratch; no pass
+    /// over --data first) [default: imprint].
+    #[arg(long, value_enum)]
+    init_head: Option<InitHead>,
     /// Backbone: r18, r34, r50, r100, r200, or custom (with --layers and --widths) [default: r100].
     #[arg(long)]
     arch: Option<String>,
@@ -313,7 +327,8 @@ struct TrainArgs {
     /// Input height and width, a multiple of 16; the images must have it [default: 112].
     #[arg(long)]
     input_size: Option<usize>,
-    /// Loss: arcface, cosface, elastic-arc, elastic-cos, elastic-arc-plus, elastic-cos-plus [default: elastic-arc-plus].
+    /// Loss: arcface, cosface, elastic-arc, elastic-cos, elastic-arc-plus, elastic-cos-plus
+    /// [default: elastic-arc-plus].
     #[arg(long)]
     loss: Option<String>,
     /// Plus variants only: paper (margins by rank, the paper) or released-code (the released implementation's
@@ -408,19 +423,37 @@ struct TrainArgs {
 
 impl TrainArgs {
     fn config(&self) -> Result<TrainConfig> {
-        let mut c = match &self.config {
+        // The keys of the config file, to tell a network it sets from the default one.
+        let (mut c, keys) = match &self.config {
             Some(p) => {
                 let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
-                toml::from_str(&text).with_context(|| format!("{}", p.display()))?
+                let c: TrainConfig = toml::from_str(&text).with_context(|| format!("{}", p.display()))?;
+                let table: toml::Table = toml::from_str(&text).with_context(|| format!("{}", p.display()))?;
+                (c, table.keys().cloned().collect())
             }
-            None => TrainConfig::default(),
+            None => (TrainConfig::default(), Vec::new()),
         };
+        let network_set = self.arch.is_some()
+            || self.layers.is_some()
+            || self.widths.is_some()
+            || self.embedding.is_some()
+            || self.input_size.is_some()
+            || keys.iter().any(|k| ["arch", "layers", "widths", "embedding", "input_size"].contains(&k.as_str()));
+        if self.init.is_some() {
+            c.init = self.init.clone();
+        }
+        // Fine-tuning without a network given trains the model's own.
+        if let (Some(init), false) = (c.init.clone(), network_set) {
+            let backbone = Backbone::open(&init, None, None).with_context(|| format!("--init {}", init.display()))?;
+            c = c.with_network(&backbone.cfg).with_context(|| format!("--init {}", init.display()))?;
+            eprintln!("fine-tuning {}: {}", init.display(), backbone.describe());
+        }
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = self.$f.clone() { c.$f = v; } )* };
         }
         set!(data, out, arch, embedding, input_size, loss, plus_assignment, batch, epochs, max_steps, lr, schedule);
         set!(decay_epochs, warmup_epochs, momentum, weight_decay, clip_norm, seed, workers, device, checkpoint_every);
-        set!(eval_every, val_pairs, precision, winograd, winograd_tile, conv_tile, accumulate, threads);
+        set!(eval_every, val_pairs, precision, winograd, winograd_tile, conv_tile, accumulate, threads, init_head);
         if self.val.is_some() {
             c.val = self.val.clone();
         }

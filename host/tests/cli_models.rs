@@ -194,6 +194,37 @@ fn bad_model_files_are_reported() {
     assert!(err.contains("bad.pth") && err.contains("not a PyTorch checkpoint"), "{err}");
 }
 
+/// `train --init`: without network flags the run trains the model's own network (a PyTorch state dict here), and
+/// its verification at the start is `eval`'s of the model; with another network given, the flags of the model's
+/// are named.
+#[test]
+fn train_init_fine_tunes_the_models_own_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).display().to_string();
+    let pth = fixture("pth/iresnet_tiny_init.pth").display().to_string();
+    synth_small(&p("synth"), 4, 3);
+    let (data, val) = (p("synth/train"), p("synth/val.bin"));
+    let common = ["--data", &data, "--val", &val, "--batch", "2", "--max-steps", "2", "--device", "cpu", "--quiet"];
+    let out =
+        elasticface(&[&["train", "--init", &pth, "--init-head", "imprint", "--out", &p("ft")], &common[..]].concat());
+    let config = std::fs::read_to_string(dir.path().join("ft/config.toml")).unwrap();
+    for line in
+        ["arch = \"custom\"", "layers = [2, 1, 1, 1]", "embedding = 16", "input_size = 32", "init_head = \"imprint\""]
+    {
+        assert!(config.lines().any(|l| l == line), "{line} not in\n{config}");
+    }
+    elasticface(&["eval", "--model", &pth, "--bin", &val, "--out", &p("eval"), "--device", "cpu", "--quiet"]);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("eval/report.json")).unwrap()).unwrap();
+    let start = format!("val verification: {:.2}% -> ", 100.0 * report["sets"][0]["accuracy"].as_f64().unwrap());
+    assert!(out.contains(&start), "{start} not in\n{out}");
+
+    let err =
+        elasticface_fails(&[&["train", "--init", &pth, "--arch", "r18", "--out", &p("r18")], &common[..]].concat());
+    let want = "give --arch custom --layers 2,1,1,1 --widths 8,16,16,32 --embedding 16 --input-size 32";
+    assert!(err.contains(want), "{err}");
+}
+
 /// `align` on synth's IJB set (its landmark file as it is): every crop is, bit for bit, the face `eval --ijb`
 /// aligns; colliding names get crops of their own; JPEG on request; a crop may not replace a photo; bad lines name
 /// the list and the line.

@@ -8,7 +8,7 @@ use std::path::Path;
 use elasticface::checkpoint::Checkpoint;
 use elasticface::data::decode::encode_png;
 use elasticface::data::{RecordIoPaths, RecordIoWriter};
-use elasticface::train::run::{train, Device, TrainConfig, WinogradLayers};
+use elasticface::train::run::{train, Device, InitHead, TrainConfig, WinogradLayers};
 use elasticface_core::nn::ImageShape;
 use elasticface_core::rng::{standard_normal, Philox4x32};
 use rand_core::RngCore;
@@ -215,6 +215,51 @@ fn verification_packs_are_scored_during_training() {
     let one = TrainConfig { val: Some(packs.join("lfw.bin")), max_steps: 1, out: root.path().join("one"), ..cfg };
     let s = train(&one, None, true).unwrap();
     assert_eq!((names(&s.val_before), names(&s.val_after)), (vec!["lfw".into()], vec!["lfw".into()]));
+}
+
+/// `init` (fine-tuning): a run from a trained model's final weights scores at its start exactly what the model
+/// scored at its end, with a seeded head or with imprinted centres (which start at a lower loss); a model of another
+/// network is refused before anything is written.
+#[test]
+fn fine_tuning_starts_from_the_trained_model() {
+    let root = tempfile::tempdir().unwrap();
+    write_set(&root.path().join("train"), 0, 6, 8);
+    write_set(&root.path().join("new"), 500, 4, 8);
+    let pack = root.path().join("lfw.bin");
+    write_pack(&pack, 2000, 40);
+    let cfg = TrainConfig { val: Some(pack), epochs: 3, batch: 8, ..config(root.path()) };
+    let trained = train(&cfg, None, true).unwrap();
+    assert_eq!(trained.steps, 18);
+    let model = cfg.out.join("final.safetensors");
+
+    let tune = |name: &str, init_head| {
+        let c = TrainConfig {
+            data: root.path().join("new"),
+            out: root.path().join(name),
+            init: Some(model.clone()),
+            init_head,
+            max_steps: 1,
+            lr: 0.01 * 512.0 / 8.0,
+            ..cfg.clone()
+        };
+        train(&c, None, true).unwrap()
+    };
+    let (random, imprinted) = (tune("random", InitHead::Random), tune("imprint", InitHead::Imprint));
+    let end = &trained.val_after[0].report;
+    for s in [&random, &imprinted] {
+        assert_eq!(s.steps, 1);
+        let start = &s.val_before[0].report;
+        assert_eq!((start.accuracy, start.best_threshold, &start.dist), (end.accuracy, end.best_threshold, &end.dist));
+    }
+    assert!(imprinted.first_loss < random.first_loss, "{} against {}", imprinted.first_loss, random.first_loss);
+    let metrics = std::fs::read_to_string(root.path().join("imprint/metrics.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+    assert_eq!((first["imprinted_classes"].as_u64(), first["images"].as_u64()), (Some(4), Some(32)), "{first}");
+
+    let other = TrainConfig { embedding: 16, out: root.path().join("other"), init: Some(model), ..cfg };
+    let err = format!("{:#}", train(&other, None, true).unwrap_err());
+    assert!(err.contains("--embedding 32"), "{err}");
+    assert!(!other.out.exists());
 }
 
 #[test]

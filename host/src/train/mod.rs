@@ -3,6 +3,7 @@
 
 pub mod cpu;
 pub mod gpu;
+pub mod imprint;
 pub mod run;
 pub mod schedule;
 

@@ -3,9 +3,12 @@
 //! on Ctrl-C or SIGTERM.
 //!
 //! A run lives in one folder (`out`): `config.toml` (what was asked), `metrics.jsonl` (one JSON object per step,
-//! per set at each evaluation, and per epoch that skipped unreadable samples), `checkpoint.safetensors` (the latest
-//! state, rewritten atomically) and `final.safetensors` (written the same way). A folder holding a run is only
-//! trained on again by resuming it.
+//! per set at each evaluation, per epoch that skipped unreadable samples, and one for imprinted class centres),
+//! `checkpoint.safetensors` (the latest state, rewritten atomically) and `final.safetensors` (written the same
+//! way). A folder holding a run is only trained on again by resuming it.
+//!
+//! A run may start from a trained model (`init`, fine-tuning): its backbone replaces the seeded one, and the class
+//! centres are imprinted from the training data ([`super::imprint`]) or left as seeded.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -25,8 +28,8 @@ use serde_json::json;
 use super::cpu::CpuBackend;
 use super::schedule::Schedule;
 use super::Backend;
-use crate::checkpoint::{Backbone, Checkpoint};
-use crate::data::{self, BadSamples, Loader, LoaderConfig, Position};
+use crate::checkpoint::{describe_network, Backbone, Checkpoint};
+use crate::data::{self, BadSamples, Dataset, Loader, LoaderConfig, Position};
 use crate::eval::{self, Pairs};
 use crate::files::write_atomically;
 use crate::gpu::kernels::conv2d::{ConvPrecision, ConvTileChoice};
@@ -42,6 +45,17 @@ pub enum Device {
     Gpu,
     /// The core's CPU reference trainer: exact and slow, for small networks.
     Cpu,
+}
+
+/// The class centres a fine-tuning run (`init`) starts with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum InitHead {
+    /// Each class's centre the unit mean direction of its images' embeddings under the starting backbone (one pass
+    /// of inference over the training data first; [`super::imprint`]).
+    Imprint,
+    /// Random centres from the seed, as a run from scratch.
+    Random,
 }
 
 /// The arithmetic of the convolutions on the GPU.
@@ -151,6 +165,12 @@ pub struct TrainConfig {
     pub val_pairs: usize,
     /// The run folder.
     pub out: PathBuf,
+    /// A trained model whose backbone starts the run (fine-tuning): its weights and batch norm statistics, with a
+    /// new head seeded from `seed` and zero momentum ([`Backbone::open`] reads it). Its network must be the run's.
+    /// A resumed run continues from its checkpoint and does not read it.
+    pub init: Option<PathBuf>,
+    /// The class centres a run from `init` starts with.
+    pub init_head: InitHead,
     /// Backbone: r18, r34, r50, r100, r200, or `custom` with `layers`/`widths`.
     pub arch: String,
     /// Blocks per stage of a custom backbone.
@@ -223,6 +243,8 @@ impl Default for TrainConfig {
             val: None,
             val_pairs: 600,
             out: PathBuf::from("runs/train"),
+            init: None,
+            init_head: InitHead::Imprint,
             arch: "r100".into(),
             layers: None,
             widths: None,
@@ -258,6 +280,24 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// The same settings with the backbone `net`: `arch` the preset with its blocks and widths (`custom` with
+    /// `layers` and `widths` where none has them), its embedding and input size. A network whose input is not
+    /// square cannot be trained here (`input_size` is both sides).
+    pub fn with_network(self, net: &IResNetConfig) -> Result<Self> {
+        ensure!(
+            net.input_h == net.input_w,
+            "the network takes {}x{} images; training takes square ones (--input-size)",
+            net.input_h,
+            net.input_w
+        );
+        let preset = IResNetConfig::PRESETS.iter().find(|(_, p)| p.layers == net.layers && p.widths == net.widths);
+        let (arch, layers, widths) = match preset {
+            Some((name, _)) => (name.to_string(), None, None),
+            None => ("custom".to_string(), Some(net.layers), Some(net.widths)),
+        };
+        Ok(Self { arch, layers, widths, embedding: net.embedding, input_size: net.input_h, ..self })
+    }
+
     /// The backbone.
     pub fn network(&self) -> Result<IResNetConfig> {
         let mut cfg = match self.arch.as_str() {
@@ -632,6 +672,85 @@ fn resume_mismatches(
     found
 }
 
+/// The backbone of the model `path` (`--init`) for a run of network `net` whose batch norms use `bn`: refused,
+/// naming both networks, where the model's is another.
+fn initial_backbone(path: &Path, net: &IResNetConfig, bn: BatchNorm) -> Result<Backbone> {
+    let backbone = Backbone::open(path, None, None)
+        .with_context(|| format!("--init {}: cannot read the model", path.display()))?;
+    ensure!(
+        backbone.cfg == *net,
+        "--init {} holds {}, not the network this run trains ({}): give {}, or leave the network unset (flags and \
+         --config keys) to train the model's own",
+        path.display(),
+        backbone.describe(),
+        describe_network(net),
+        network_flags(&backbone.cfg).unwrap_or_else(|| "the model's network".into()),
+    );
+    ensure!(
+        backbone.bn.eps == bn.eps,
+        "--init {}: its batch norms divide by sqrt(var + {}), training's by sqrt(var + {})",
+        path.display(),
+        backbone.bn.eps,
+        bn.eps
+    );
+    Ok(backbone)
+}
+
+/// The flags that make `train` build `net` (`--arch r50 --embedding 512 --input-size 112`), where it can.
+fn network_flags(net: &IResNetConfig) -> Option<String> {
+    let c = TrainConfig::default().with_network(net).ok()?;
+    let join = |v: [usize; 4]| v.map(|x| x.to_string()).join(",");
+    let custom = match (c.layers, c.widths) {
+        (Some(l), Some(w)) => format!(" --layers {} --widths {}", join(l), join(w)),
+        _ => String::new(),
+    };
+    Some(format!("--arch {}{custom} --embedding {} --input-size {}", c.arch, c.embedding, c.input_size))
+}
+
+/// Starts `backend` (fresh: step 0, zero momentum) from `backbone`: its weights and batch norm statistics replace
+/// the seeded ones. With [`InitHead::Imprint`], the class centres are then imprinted from `dataset`
+/// ([`imprint`](super::imprint::imprint)), which is reported on stderr unless `quiet` and in `metrics`.
+fn start_from(
+    backend: &mut dyn Backend,
+    backbone: &Backbone,
+    cfg: &TrainConfig,
+    dataset: &Arc<dyn Dataset>,
+    metrics: &Path,
+    quiet: bool,
+) -> Result<()> {
+    let mut ck = backend.checkpoint(0, Position::epoch_start(0), serde_json::Value::Null)?;
+    ensure!(ck.cfg == backbone.cfg, "the backbone is for {:?}, the trainer for {:?}", backbone.cfg, ck.cfg);
+    ck.state.copy_from_slice(&backbone.state);
+    backend.load(&ck)?;
+    if cfg.init_head == InitHead::Imprint {
+        let t = Instant::now();
+        let reading = (cfg.batch, cfg.workers, cfg.skip_bad_samples);
+        let done = super::imprint::imprint(backend, Arc::clone(dataset), reading, &mut ck.head, quiet)?;
+        backend.load(&ck)?;
+        let seconds = t.elapsed().as_secs_f64();
+        if !quiet {
+            eprintln!(
+                "imprinted {} of {} class centres from {} images in {seconds:.1} s{}",
+                done.classes,
+                dataset.num_classes(),
+                done.images,
+                match done.skipped {
+                    0 => String::new(),
+                    n => format!(" ({n} unreadable left out)"),
+                }
+            );
+        }
+        append_jsonl(
+            metrics,
+            &json!({
+                "step": 0, "init_head": "imprint", "imprinted_classes": done.classes, "images": done.images,
+                "unreadable": done.skipped, "seconds": seconds,
+            }),
+        )?;
+    }
+    Ok(())
+}
+
 /// The checkpoint `resume` names (a file, or a run folder's `checkpoint.safetensors`), refused unless it was
 /// trained with this run's network, classes, seed, loss and optimizer settings ([`resume_mismatches`]).
 fn checkpoint_to_resume(
@@ -729,6 +848,11 @@ fn train_inner(cfg: &TrainConfig, resume: Option<&Path>, quiet: bool, stop: Opti
     cfg.validate()?;
     let net = cfg.network()?;
     let margin = cfg.margin()?;
+    // Read first: a model of another network is refused before the data are checked against that network.
+    let init = match (resume, &cfg.init) {
+        (None, Some(path)) => Some(initial_backbone(path, &net, BatchNorm::default())?),
+        _ => None,
+    };
     let shape = ImageShape { h: net.input_h, w: net.input_w };
     let dataset = data::open(&cfg.data, shape).with_context(|| format!("training data {}", cfg.data.display()))?;
     let classes = dataset.num_classes();
@@ -772,6 +896,9 @@ fn train_inner(cfg: &TrainConfig, resume: Option<&Path>, quiet: bool, stop: Opti
     let metrics = cfg.out.join("metrics.jsonl");
     let ck_path = cfg.out.join("checkpoint.safetensors");
 
+    if let Some(backbone) = init {
+        start_from(backend.as_mut(), &backbone, cfg, &dataset, &metrics, quiet)?;
+    }
     let val = Validation::of(cfg, shape)?;
     if let Some((step, position)) = resumed_at {
         let dropped = drop_metrics_after(&metrics, step, position, val.is_some())?;
@@ -1018,5 +1145,65 @@ mod tests {
         assert_eq!(auto(conv(4, 14)), WinogradTile::F4x4);
         assert_eq!(WinogradTileChoice::F2x2.tile_for(&conv(128, 56)), WinogradTile::F2x2);
         assert_eq!(WinogradTileChoice::F4x4.tile_for(&conv(1, 7)), WinogradTile::F4x4);
+    }
+
+    #[test]
+    fn a_network_becomes_the_settings_that_build_it() {
+        let custom =
+            IResNetConfig { layers: [2, 1, 1, 1], widths: [8, 16, 16, 32], input_h: 32, input_w: 32, embedding: 16 };
+        for net in [IResNetConfig::R50, IResNetConfig::R100, custom] {
+            let cfg = TrainConfig::default().with_network(&net).unwrap();
+            assert_eq!(cfg.network().unwrap(), net);
+            assert_eq!(cfg.layers.is_none(), cfg.arch != "custom", "{cfg:?}");
+        }
+        assert_eq!(TrainConfig::default().with_network(&IResNetConfig::R50).unwrap().arch, "r50");
+        let flags = network_flags(&custom).unwrap();
+        assert_eq!(flags, "--arch custom --layers 2,1,1,1 --widths 8,16,16,32 --embedding 16 --input-size 32");
+        let wide = IResNetConfig { input_w: 96, ..IResNetConfig::R18 };
+        let err = TrainConfig::default().with_network(&wide).unwrap_err().to_string();
+        assert!(err.contains("112x96 images; training takes square ones"), "{err}");
+    }
+
+    #[test]
+    fn a_run_starts_from_the_models_backbone_with_a_seeded_head() {
+        let net = IResNetConfig { layers: [1, 1, 1, 1], widths: [4, 8, 8, 16], input_h: 16, input_w: 16, embedding: 8 };
+        let step = StepConfig::recipe(MarginConfig::ARCFACE);
+        let model = CpuBackend::new(&net, 2, 3, step, 5).unwrap().with_threads(1);
+        let backbone = model.checkpoint(0, Position::epoch_start(0), serde_json::Value::Null).unwrap().backbone();
+        let dir = tempfile::tempdir().unwrap();
+
+        // Another network is refused, naming the flags of the model's.
+        let path = dir.path().join("model.safetensors");
+        backbone.save(&path, serde_json::Value::Null).unwrap();
+        let other = IResNetConfig { embedding: 16, ..net };
+        let err = format!("{:#}", initial_backbone(&path, &other, step.bn).unwrap_err());
+        assert!(
+            err.contains("--arch custom --layers 1,1,1,1 --widths 4,8,8,16 --embedding 8 --input-size 16"),
+            "{err}"
+        );
+        assert_eq!(initial_backbone(&path, &net, step.bn).unwrap(), backbone);
+
+        let mut fresh = CpuBackend::new(&net, 2, 4, step, 9).unwrap().with_threads(1);
+        let seeded = fresh.checkpoint(0, Position::epoch_start(0), serde_json::Value::Null).unwrap();
+        assert_ne!(seeded.state, backbone.state);
+        let cfg = TrainConfig { init_head: InitHead::Random, ..TrainConfig::default() };
+        let data: Arc<dyn Dataset> =
+            Arc::new(data::SyntheticDataset::new(1, 8, 4, ImageShape { h: 16, w: 16 }).unwrap());
+        let metrics = dir.path().join("metrics.jsonl");
+        start_from(&mut fresh, &backbone, &cfg, &data, &metrics, true).unwrap();
+        let started = fresh.checkpoint(0, Position::epoch_start(0), serde_json::Value::Null).unwrap();
+        assert_eq!(started.state, backbone.state, "weights and batch norm statistics");
+        assert_eq!(started.head, seeded.head);
+        assert!(started.momentum.iter().chain(&started.head_momentum).all(|&m| m == 0.0));
+        assert_eq!(started.step, 0);
+        assert!(!metrics.exists(), "nothing imprinted");
+
+        let cfg = TrainConfig { init_head: InitHead::Imprint, ..cfg };
+        start_from(&mut fresh, &backbone, &cfg, &data, &metrics, true).unwrap();
+        let imprinted = fresh.checkpoint(0, Position::epoch_start(0), serde_json::Value::Null).unwrap();
+        assert_eq!(imprinted.state, backbone.state);
+        assert_ne!(imprinted.head, seeded.head);
+        let line: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&metrics).unwrap()).unwrap();
+        assert_eq!((line["imprinted_classes"].as_u64(), line["images"].as_u64()), (Some(4), Some(8)));
     }
 }
