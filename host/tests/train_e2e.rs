@@ -217,17 +217,30 @@ fn verification_packs_are_scored_during_training() {
     assert_eq!((names(&s.val_before), names(&s.val_after)), (vec!["lfw".into()], vec!["lfw".into()]));
 }
 
-/// `init` (fine-tuning): a run from a trained model's final weights scores at its start exactly what the model
-/// scored at its end, with a seeded head or with imprinted centres (which start at a lower loss); a model of another
-/// network is refused before anything is written.
-#[test]
-fn fine_tuning_starts_from_the_trained_model() {
+/// Whether a GPU adapter (lavapipe counts) is there; without one, a GPU test is skipped unless CI requires it.
+fn gpu_found() -> bool {
+    if elasticface::gpu::Gpu::new(&elasticface::gpu::GpuOptions::from_env()).is_ok() {
+        return true;
+    }
+    assert!(
+        std::env::var("ELASTICFACE_REQUIRE_GPU").map_or(true, |v| v != "1"),
+        "ELASTICFACE_REQUIRE_GPU=1 but no adapter"
+    );
+    eprintln!("SKIPPED (no GPU adapter)");
+    false
+}
+
+/// `init` (fine-tuning) on `device`: a run from a model trained on the CPU scores at its start exactly what `eval`
+/// scores the model at on that device (on the CPU, what the model's run scored at its end), with a seeded head or
+/// with imprinted centres (which start at a lower loss); a model of another network is refused before anything is
+/// written.
+fn fine_tuning_starts_from_the_trained_model_on(device: Device) {
     let root = tempfile::tempdir().unwrap();
     write_set(&root.path().join("train"), 0, 6, 8);
     write_set(&root.path().join("new"), 500, 4, 8);
     let pack = root.path().join("lfw.bin");
     write_pack(&pack, 2000, 40);
-    let cfg = TrainConfig { val: Some(pack), epochs: 3, batch: 8, ..config(root.path()) };
+    let cfg = TrainConfig { val: Some(pack.clone()), epochs: 3, batch: 8, ..config(root.path()) };
     let trained = train(&cfg, None, true).unwrap();
     assert_eq!(trained.steps, 18);
     let model = cfg.out.join("final.safetensors");
@@ -240,36 +253,51 @@ fn fine_tuning_starts_from_the_trained_model() {
             init_head,
             max_steps: 1,
             lr: 0.01 * 512.0 / 8.0,
+            device,
             ..cfg.clone()
         };
         train(&c, None, true).unwrap()
     };
     let (random, imprinted) = (tune("random", InitHead::Random), tune("imprint", InitHead::Imprint));
-    let end = &trained.val_after[0].report;
+    let backbone = elasticface::checkpoint::Backbone::open(&model, None, None).unwrap();
+    let mut inference = elasticface::train::run::open_inference(&backbone, device, None, 0, 16).unwrap();
+    let shape = ImageShape { h: SIZE, w: SIZE };
+    let e = elasticface::eval::suite::evaluate_pack(inference.as_mut(), &pack, shape, true).unwrap().verify;
+    if device == Device::Cpu {
+        let end = &trained.val_after[0].report;
+        assert_eq!((end.accuracy, end.best_threshold, &end.dist), (e.accuracy, e.best_threshold, &e.dist));
+    }
     for s in [&random, &imprinted] {
         assert_eq!(s.steps, 1);
         let start = &s.val_before[0].report;
-        assert_eq!((start.accuracy, start.best_threshold, &start.dist), (end.accuracy, end.best_threshold, &end.dist));
+        assert_eq!((start.accuracy, start.best_threshold, &start.dist), (e.accuracy, e.best_threshold, &e.dist));
     }
     assert!(imprinted.first_loss < random.first_loss, "{} against {}", imprinted.first_loss, random.first_loss);
     let metrics = std::fs::read_to_string(root.path().join("imprint/metrics.jsonl")).unwrap();
     let first: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
     assert_eq!((first["imprinted_classes"].as_u64(), first["images"].as_u64()), (Some(4), Some(32)), "{first}");
 
-    let other = TrainConfig { embedding: 16, out: root.path().join("other"), init: Some(model), ..cfg };
+    let other = TrainConfig { embedding: 16, out: root.path().join("other"), init: Some(model), device, ..cfg };
     let err = format!("{:#}", train(&other, None, true).unwrap_err());
     assert!(err.contains("--embedding 32"), "{err}");
     assert!(!other.out.exists());
 }
 
 #[test]
+fn fine_tuning_starts_from_the_trained_model() {
+    fine_tuning_starts_from_the_trained_model_on(Device::Cpu);
+}
+
+#[test]
+fn fine_tuning_on_the_gpu_starts_from_the_trained_model_too() {
+    if gpu_found() {
+        fine_tuning_starts_from_the_trained_model_on(Device::Gpu);
+    }
+}
+
+#[test]
 fn training_on_the_gpu_learns_identities_too() {
-    if elasticface::gpu::Gpu::new(&elasticface::gpu::GpuOptions::from_env()).is_err() {
-        assert!(
-            std::env::var("ELASTICFACE_REQUIRE_GPU").map_or(true, |v| v != "1"),
-            "ELASTICFACE_REQUIRE_GPU=1 but no adapter"
-        );
-        eprintln!("SKIPPED (no GPU adapter)");
+    if !gpu_found() {
         return;
     }
     let root = tempfile::tempdir().unwrap();
