@@ -301,9 +301,10 @@ struct TrainArgs {
     resume: Option<PathBuf>,
     /// Fine-tune: start from a trained model's backbone (a checkpoint or backbone .safetensors, an insightface or
     /// ElasticFace .pth, or an .onnx from `export`), with a new head for the classes of --data (seeded by --seed)
-    /// and zero momentum. The run trains the model's network unless --arch (or --layers, --widths, --embedding,
-    /// --input-size) is given, and then the two must agree (README -> Fine-tuning has measured learning rates).
-    /// With --resume, the checkpoint's weights are used and the model is not read.
+    /// and zero momentum. The run trains the model's network, but for what --arch (or --layers, --widths),
+    /// --embedding and --input-size say: the blocks and widths must be the model's, while another embedding or input
+    /// size starts its `fc` (and `features`) seeded, e.g. a 128-d model from a 512-d one. README -> Fine-tuning
+    /// has measured learning rates. With --resume, the checkpoint's weights are used and the model is not read.
     #[arg(long, value_name = "MODEL")]
     init: Option<PathBuf>,
     /// The class centres a run from --init starts with: imprint (each class's centre the unit mean direction of
@@ -433,19 +434,29 @@ impl TrainArgs {
             }
             None => (TrainConfig::default(), Vec::new()),
         };
-        let network_set = self.arch.is_some()
-            || self.layers.is_some()
-            || self.widths.is_some()
-            || self.embedding.is_some()
-            || self.input_size.is_some()
-            || keys.iter().any(|k| ["arch", "layers", "widths", "embedding", "input_size"].contains(&k.as_str()));
         if self.init.is_some() {
             c.init = self.init.clone();
         }
-        // Fine-tuning without a network given trains the model's own.
-        if let (Some(init), false) = (c.init.clone(), network_set) {
+        // Fine-tuning: what the flags and the file leave unset of the network is the model's (the flags below then
+        // set the rest).
+        if let Some(init) = c.init.clone() {
+            let given = |flag: bool, key: &str| flag || keys.iter().any(|k| k == key);
             let backbone = Backbone::open(&init, None, None).with_context(|| format!("--init {}", init.display()))?;
-            c = c.with_network(&backbone.cfg).with_context(|| format!("--init {}", init.display()))?;
+            let model = TrainConfig::default()
+                .with_network(&backbone.cfg)
+                .with_context(|| format!("--init {}", init.display()))?;
+            if !given(self.arch.is_some(), "arch")
+                && !given(self.layers.is_some(), "layers")
+                && !given(self.widths.is_some(), "widths")
+            {
+                (c.arch, c.layers, c.widths) = (model.arch, model.layers, model.widths);
+            }
+            if !given(self.embedding.is_some(), "embedding") {
+                c.embedding = model.embedding;
+            }
+            if !given(self.input_size.is_some(), "input_size") {
+                c.input_size = model.input_size;
+            }
             eprintln!("fine-tuning {}: {}", init.display(), backbone.describe());
         }
         macro_rules! set {

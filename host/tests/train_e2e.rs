@@ -232,7 +232,7 @@ fn gpu_found() -> bool {
 
 /// `init` (fine-tuning) on `device`: a run from a model trained on the CPU scores at its start exactly what `eval`
 /// scores the model at on that device (on the CPU, what the model's run scored at its end), with a seeded head or
-/// with imprinted centres (which start at a lower loss); a model of another network is refused before anything is
+/// with imprinted centres (which start at a lower loss); a model of other widths is refused before anything is
 /// written.
 fn fine_tuning_starts_from_the_trained_model_on(device: Device) {
     let root = tempfile::tempdir().unwrap();
@@ -275,11 +275,12 @@ fn fine_tuning_starts_from_the_trained_model_on(device: Device) {
     assert!(imprinted.first_loss < random.first_loss, "{} against {}", imprinted.first_loss, random.first_loss);
     let metrics = std::fs::read_to_string(root.path().join("imprint/metrics.jsonl")).unwrap();
     let first: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
-    assert_eq!((first["imprinted_classes"].as_u64(), first["images"].as_u64()), (Some(4), Some(32)), "{first}");
+    assert_eq!((first["imprint"]["classes"].as_u64(), first["imprint"]["images"].as_u64()), (Some(4), Some(32)));
 
-    let other = TrainConfig { embedding: 16, out: root.path().join("other"), init: Some(model), device, ..cfg };
+    let other =
+        TrainConfig { widths: Some([8, 16, 16, 16]), out: root.path().join("other"), init: Some(model), device, ..cfg };
     let err = format!("{:#}", train(&other, None, true).unwrap_err());
-    assert!(err.contains("--embedding 32"), "{err}");
+    assert!(err.contains("--widths 8,16,16,32 --embedding 32"), "{err}");
     assert!(!other.out.exists());
 }
 

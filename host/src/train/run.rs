@@ -3,7 +3,7 @@
 //! on Ctrl-C or SIGTERM.
 //!
 //! A run lives in one folder (`out`): `config.toml` (what was asked), `metrics.jsonl` (one JSON object per step,
-//! per set at each evaluation, per epoch that skipped unreadable samples, and one for imprinted class centres),
+//! per set at each evaluation, per epoch that skipped unreadable samples, and one for a fine-tuning run's start),
 //! `checkpoint.safetensors` (the latest state, rewritten atomically) and `final.safetensors` (written the same
 //! way). A folder holding a run is only trained on again by resuming it.
 //!
@@ -672,15 +672,17 @@ fn resume_mismatches(
     found
 }
 
-/// The backbone of the model `path` (`--init`) for a run of network `net` whose batch norms use `bn`: refused,
-/// naming both networks, where the model's is another.
+/// The backbone of the model `path` (`--init`) for a run of network `net` whose batch norms use `bn`. The model's
+/// blocks and widths must be the run's (else it is refused, naming both networks and the flags of the model's); its
+/// embedding size and input size may differ, and then the tensors whose shapes differ start seeded
+/// ([`start_from`]).
 fn initial_backbone(path: &Path, net: &IResNetConfig, bn: BatchNorm) -> Result<Backbone> {
     let backbone = Backbone::open(path, None, None)
         .with_context(|| format!("--init {}: cannot read the model", path.display()))?;
     ensure!(
-        backbone.cfg == *net,
+        (backbone.cfg.layers, backbone.cfg.widths) == (net.layers, net.widths),
         "--init {} holds {}, not the network this run trains ({}): give {}, or leave the network unset (flags and \
-         --config keys) to train the model's own",
+         --config keys) to train the model's own (the embedding and input sizes may differ from the model's)",
         path.display(),
         backbone.describe(),
         describe_network(net),
@@ -707,9 +709,27 @@ fn network_flags(net: &IResNetConfig) -> Option<String> {
     Some(format!("--arch {}{custom} --embedding {} --input-size {}", c.arch, c.embedding, c.input_size))
 }
 
+/// Copies into `state` (laid out for `net`) every tensor of `backbone` of the same name and shape; returns the names
+/// of `net`'s tensors that `backbone` has in another shape (they keep what `state` holds).
+fn copy_matching(net: &IResNetConfig, state: &mut [f32], backbone: &Backbone) -> Vec<String> {
+    let theirs: std::collections::HashMap<String, _> =
+        backbone.cfg.tensors().map(|t| (t.to_string(), (t.dims().to_vec(), t.range()))).collect();
+    let mut differ = Vec::new();
+    for t in net.tensors() {
+        let name = t.to_string();
+        match theirs.get(&name) {
+            Some((dims, range)) if dims == t.dims() => state[t.range()].copy_from_slice(&backbone.state[range.clone()]),
+            _ => differ.push(name),
+        }
+    }
+    differ
+}
+
 /// Starts `backend` (fresh: step 0, zero momentum) from `backbone`: its weights and batch norm statistics replace
-/// the seeded ones. With [`InitHead::Imprint`], the class centres are then imprinted from `dataset`
-/// ([`imprint`](super::imprint::imprint)), which is reported on stderr unless `quiet` and in `metrics`.
+/// the seeded ones, but for those of another shape (a model of another embedding or input size: the `fc` and
+/// `features` tensors), which stay seeded and are named on stderr unless `quiet`. With [`InitHead::Imprint`], the
+/// class centres are then imprinted from `dataset` ([`imprint`](super::imprint::imprint)), which is reported on
+/// stderr unless `quiet` and in `metrics`.
 fn start_from(
     backend: &mut dyn Backend,
     backbone: &Backbone,
@@ -719,9 +739,17 @@ fn start_from(
     quiet: bool,
 ) -> Result<()> {
     let mut ck = backend.checkpoint(0, Position::epoch_start(0), serde_json::Value::Null)?;
-    ensure!(ck.cfg == backbone.cfg, "the backbone is for {:?}, the trainer for {:?}", backbone.cfg, ck.cfg);
-    ck.state.copy_from_slice(&backbone.state);
+    let seeded = copy_matching(&ck.cfg, &mut ck.state, backbone);
+    if !seeded.is_empty() && !quiet {
+        eprintln!(
+            "the model is {}, the run {}: {} start seeded",
+            describe_network(&backbone.cfg),
+            describe_network(&ck.cfg),
+            seeded.join(", ")
+        );
+    }
     backend.load(&ck)?;
+    let mut line = json!({"step": 0, "init": cfg.init, "seeded": seeded, "init_head": cfg.init_head});
     if cfg.init_head == InitHead::Imprint {
         let t = Instant::now();
         let reading = (cfg.batch, cfg.workers, cfg.skip_bad_samples);
@@ -740,15 +768,11 @@ fn start_from(
                 }
             );
         }
-        append_jsonl(
-            metrics,
-            &json!({
-                "step": 0, "init_head": "imprint", "imprinted_classes": done.classes, "images": done.images,
-                "unreadable": done.skipped, "seconds": seconds,
-            }),
-        )?;
+        line["imprint"] = json!({
+            "classes": done.classes, "images": done.images, "unreadable": done.skipped, "seconds": seconds,
+        });
     }
-    Ok(())
+    append_jsonl(metrics, &line)
 }
 
 /// The checkpoint `resume` names (a file, or a run folder's `checkpoint.safetensors`), refused unless it was
@@ -1175,13 +1199,32 @@ mod tests {
         // Another network is refused, naming the flags of the model's.
         let path = dir.path().join("model.safetensors");
         backbone.save(&path, serde_json::Value::Null).unwrap();
-        let other = IResNetConfig { embedding: 16, ..net };
+        let other = IResNetConfig { widths: [4, 8, 8, 8], ..net };
         let err = format!("{:#}", initial_backbone(&path, &other, step.bn).unwrap_err());
         assert!(
             err.contains("--arch custom --layers 1,1,1,1 --widths 4,8,8,16 --embedding 8 --input-size 16"),
             "{err}"
         );
         assert_eq!(initial_backbone(&path, &net, step.bn).unwrap(), backbone);
+
+        // Another embedding size: every tensor but the fc's and the features batch norm's is the model's.
+        let wider = IResNetConfig { embedding: 16, ..net };
+        assert!(initial_backbone(&path, &wider, step.bn).is_ok());
+        let fresh16 = CpuBackend::new(&wider, 2, 3, step, 9).unwrap();
+        let mut state = fresh16.checkpoint(0, Position::epoch_start(0), serde_json::Value::Null).unwrap().state;
+        let before = state.clone();
+        let seeded = copy_matching(&wider, &mut state, &backbone);
+        let want = ["fc.weight", "fc.bias", "features.weight", "features.bias", "features.running_mean"];
+        assert_eq!(seeded, [&want[..], &["features.running_var"]].concat());
+        let theirs: std::collections::HashMap<String, _> = net.tensors().map(|t| (t.to_string(), t.range())).collect();
+        for t in wider.tensors() {
+            let kept = if seeded.contains(&t.to_string()) {
+                &before[t.range()]
+            } else {
+                &backbone.state[theirs[&t.to_string()].clone()]
+            };
+            assert_eq!(&state[t.range()], kept, "{t}");
+        }
 
         let mut fresh = CpuBackend::new(&net, 2, 4, step, 9).unwrap().with_threads(1);
         let seeded = fresh.checkpoint(0, Position::epoch_start(0), serde_json::Value::Null).unwrap();
@@ -1196,7 +1239,9 @@ mod tests {
         assert_eq!(started.head, seeded.head);
         assert!(started.momentum.iter().chain(&started.head_momentum).all(|&m| m == 0.0));
         assert_eq!(started.step, 0);
-        assert!(!metrics.exists(), "nothing imprinted");
+        let line: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&metrics).unwrap()).unwrap();
+        assert_eq!((&line["init_head"], &line["seeded"], line.get("imprint")), (&json!("random"), &json!([]), None));
+        std::fs::remove_file(&metrics).unwrap();
 
         let cfg = TrainConfig { init_head: InitHead::Imprint, ..cfg };
         start_from(&mut fresh, &backbone, &cfg, &data, &metrics, true).unwrap();
@@ -1204,6 +1249,6 @@ mod tests {
         assert_eq!(imprinted.state, backbone.state);
         assert_ne!(imprinted.head, seeded.head);
         let line: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&metrics).unwrap()).unwrap();
-        assert_eq!((line["imprinted_classes"].as_u64(), line["images"].as_u64()), (Some(4), Some(8)));
+        assert_eq!((line["imprint"]["classes"].as_u64(), line["imprint"]["images"].as_u64()), (Some(4), Some(8)));
     }
 }
