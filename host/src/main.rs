@@ -440,23 +440,17 @@ impl TrainArgs {
         // Fine-tuning: what the flags and the file leave unset of the network is the model's (the flags below then
         // set the rest).
         if let Some(init) = c.init.clone() {
-            let given = |flag: bool, key: &str| flag || keys.iter().any(|k| k == key);
+            let flag = |key: &str| match key {
+                "arch" => self.arch.is_some(),
+                "layers" => self.layers.is_some(),
+                "widths" => self.widths.is_some(),
+                "embedding" => self.embedding.is_some(),
+                "input_size" => self.input_size.is_some(),
+                _ => false,
+            };
+            let given = |key: &str| flag(key) || keys.iter().any(|k| k == key);
             let backbone = Backbone::open(&init, None, None).with_context(|| format!("--init {}", init.display()))?;
-            let model = TrainConfig::default()
-                .with_network(&backbone.cfg)
-                .with_context(|| format!("--init {}", init.display()))?;
-            if !given(self.arch.is_some(), "arch")
-                && !given(self.layers.is_some(), "layers")
-                && !given(self.widths.is_some(), "widths")
-            {
-                (c.arch, c.layers, c.widths) = (model.arch, model.layers, model.widths);
-            }
-            if !given(self.embedding.is_some(), "embedding") {
-                c.embedding = model.embedding;
-            }
-            if !given(self.input_size.is_some(), "input_size") {
-                c.input_size = model.input_size;
-            }
+            c = c.with_unset_network_of(&backbone.cfg, given).with_context(|| format!("--init {}", init.display()))?;
             eprintln!("fine-tuning {}: {}", init.display(), backbone.describe());
         }
         macro_rules! set {

@@ -38,16 +38,28 @@ pub struct Imprinted {
     pub skipped: usize,
 }
 
+/// How an imprint reads the training data: `batch` samples at a time, decoded by `workers` threads, unreadable ones
+/// left out with `skip_bad_samples` (else an error naming the sample).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reading {
+    /// Samples per embedding call.
+    pub batch: usize,
+    /// Decoding threads.
+    pub workers: usize,
+    /// Leave out unreadable samples instead of stopping.
+    pub skip_bad_samples: bool,
+}
+
 /// Imprints `head` `(E, C)` (one centre per column, seeded) with the embeddings `backend` makes of every sample of
-/// `dataset`, read `batch` at a time by `workers` threads (unreadable ones left out with `skip_bad_samples`, else
-/// an error naming the sample). `quiet` hides the progress bar.
+/// `dataset`, read as `reading` says. `quiet` hides the progress bar.
 pub fn imprint(
     backend: &mut dyn Backend,
     dataset: Arc<dyn Dataset>,
-    (batch, workers, skip_bad_samples): (usize, usize, bool),
+    reading: Reading,
     head: &mut [f32],
     quiet: bool,
 ) -> Result<Imprinted> {
+    let Reading { batch, workers, skip_bad_samples } = reading;
     let classes = dataset.num_classes();
     ensure!(
         classes > 0 && head.len().is_multiple_of(classes),
@@ -165,7 +177,8 @@ mod tests {
         let mut b = backend(classes);
         let seeded = seeded_head(&b);
         let mut head = seeded.clone();
-        let done = imprint(&mut b, data.clone(), (3, 2, true), &mut head, true).unwrap();
+        let reading = Reading { batch: 3, workers: 2, skip_bad_samples: true };
+        let done = imprint(&mut b, data.clone(), reading, &mut head, true).unwrap();
         assert_eq!(done, Imprinted { images: 12, classes: 8, skipped: 1 });
         let e = CFG.embedding;
         for c in 0..classes {
@@ -193,7 +206,8 @@ mod tests {
         let data = Arc::new(OneBad(SyntheticDataset::new(5, 6, 3, SHAPE).unwrap(), 4));
         let mut b = backend(3);
         let mut head = seeded_head(&b);
-        let err = imprint(&mut b, data, (3, 1, false), &mut head, true).unwrap_err();
+        let reading = Reading { batch: 3, workers: 1, skip_bad_samples: false };
+        let err = imprint(&mut b, data, reading, &mut head, true).unwrap_err();
         assert!(format!("{err:#}").contains("sample 4 is broken"), "{err:#}");
     }
 }

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::cpu::CpuBackend;
+use super::imprint::{imprint, Reading};
 use super::schedule::Schedule;
 use super::Backend;
 use crate::checkpoint::{describe_network, Backbone, Checkpoint};
@@ -296,6 +297,25 @@ impl TrainConfig {
             None => ("custom".to_string(), Some(net.layers), Some(net.widths)),
         };
         Ok(Self { arch, layers, widths, embedding: net.embedding, input_size: net.input_h, ..self })
+    }
+
+    /// Fine-tuning: the same settings with the parts of the network that `given` says are unset taken from `model`
+    /// (`given` answers for the config keys `arch`, `layers`, `widths`, `embedding` and `input_size`, set by a flag
+    /// or a file): the blocks and widths unless any of `arch`, `layers`, `widths` is given, the embedding and the
+    /// input size each unless given.
+    pub fn with_unset_network_of(self, model: &IResNetConfig, given: impl Fn(&str) -> bool) -> Result<Self> {
+        let m = TrainConfig::default().with_network(model)?;
+        let mut c = self;
+        if !["arch", "layers", "widths"].into_iter().any(&given) {
+            (c.arch, c.layers, c.widths) = (m.arch, m.layers, m.widths);
+        }
+        if !given("embedding") {
+            c.embedding = m.embedding;
+        }
+        if !given("input_size") {
+            c.input_size = m.input_size;
+        }
+        Ok(c)
     }
 
     /// The backbone.
@@ -728,7 +748,7 @@ fn copy_matching(net: &IResNetConfig, state: &mut [f32], backbone: &Backbone) ->
 /// Starts `backend` (fresh: step 0, zero momentum) from `backbone`: its weights and batch norm statistics replace
 /// the seeded ones, but for those of another shape (a model of another embedding or input size: the `fc` and
 /// `features` tensors), which stay seeded and are named on stderr unless `quiet`. With [`InitHead::Imprint`], the
-/// class centres are then imprinted from `dataset` ([`imprint`](super::imprint::imprint)), which is reported on
+/// class centres are then imprinted from `dataset` ([`imprint`]), which is reported on
 /// stderr unless `quiet` and in `metrics`.
 fn start_from(
     backend: &mut dyn Backend,
@@ -752,8 +772,8 @@ fn start_from(
     let mut line = json!({"step": 0, "init": cfg.init, "seeded": seeded, "init_head": cfg.init_head});
     if cfg.init_head == InitHead::Imprint {
         let t = Instant::now();
-        let reading = (cfg.batch, cfg.workers, cfg.skip_bad_samples);
-        let done = super::imprint::imprint(backend, Arc::clone(dataset), reading, &mut ck.head, quiet)?;
+        let reading = Reading { batch: cfg.batch, workers: cfg.workers, skip_bad_samples: cfg.skip_bad_samples };
+        let done = imprint(backend, Arc::clone(dataset), reading, &mut ck.head, quiet)?;
         backend.load(&ck)?;
         let seconds = t.elapsed().as_secs_f64();
         if !quiet {
