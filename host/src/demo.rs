@@ -116,7 +116,7 @@ fn manifest_of(synth_cfg: &SynthConfig) -> Result<String> {
 /// Checks that `out`, where the demo replaces any weights, holds no run but a demo's (one trained on `data`): the
 /// demo must not delete the checkpoint of a real run given as `--out` by mistake.
 fn check_demo_folder(out: &Path, data: &Path) -> Result<()> {
-    let weights = ["checkpoint.safetensors", "final.safetensors"].map(|n| out.join(n));
+    let weights = ["checkpoint.safetensors", "final.safetensors", "best.safetensors"].map(|n| out.join(n));
     if !weights.iter().any(|w| w.exists()) {
         return Ok(());
     }
@@ -177,7 +177,7 @@ pub fn demo(cfg: &DemoConfig) -> Result<DemoReport> {
     check_demo_folder(&cfg.out, &tc.data)?;
     // A fresh curve and fresh weights for a fresh run (`train` refuses a folder that holds a run unless resumed).
     let _ = std::fs::remove_file(&metrics);
-    for name in ["checkpoint.safetensors", "final.safetensors"] {
+    for name in ["checkpoint.safetensors", "final.safetensors", "best.safetensors"] {
         let _ = std::fs::remove_file(cfg.out.join(name));
     }
     let run = train(&tc, None, cfg.quiet)?;

@@ -286,14 +286,15 @@ struct TrainArgs {
     data: Option<PathBuf>,
     /// Verification accuracy during training (at the start, every --eval-every steps, at the end), on held-out
     /// identities (same formats as --data) or on insightface verification packs: a .bin file, or a folder of them
-    /// (e.g. faces_emore: lfw.bin, cfp_fp.bin, agedb_30.bin ...), each scored as `elasticface eval` does.
+    /// (e.g. faces_emore: lfw.bin, cfp_fp.bin, agedb_30.bin ...), each scored as `elasticface eval` does. The
+    /// backbone whose mean accuracy over the sets is the highest so far is kept as OUT/best.safetensors.
     #[arg(long, value_name = "PATH")]
     val: Option<PathBuf>,
     /// Verification pairs drawn from held-out identities in --val [default: 600].
     #[arg(long)]
     val_pairs: Option<usize>,
-    /// Run folder: config.toml, metrics.jsonl, checkpoint.safetensors; one that holds a checkpoint is only trained
-    /// on again with --resume [default: runs/train].
+    /// Run folder: config.toml, metrics.jsonl, checkpoint.safetensors, final.safetensors and, with --val,
+    /// best.safetensors; one that holds a checkpoint is only trained on again with --resume [default: runs/train].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     /// Continue from a checkpoint file, or from a run folder's latest checkpoint.
@@ -601,6 +602,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("left out {} unreadable samples (counted in every epoch that read them)", s.skipped_samples);
             }
             println!("checkpoint: {}", s.checkpoint.display());
+            if let Some((path, b)) = &s.best {
+                println!(
+                    "best: {} (step {}, mean verification accuracy {:.2}%)",
+                    path.display(),
+                    b.step,
+                    100.0 * b.mean_accuracy
+                );
+            }
             if s.interrupted {
                 println!("continue with: elasticface train --resume {} (and the same flags)", cfg.out.display());
                 return Ok(ExitCode::from(130));

@@ -219,6 +219,22 @@ fn train_init_fine_tunes_the_models_own_network() {
     let start = format!("val verification: {:.2}% -> ", 100.0 * report["sets"][0]["accuracy"].as_f64().unwrap());
     assert!(out.contains(&start), "{start} not in\n{out}");
 
+    // Another embedding size: the model's blocks and widths, its own `fc` and `features` seeded (named in the
+    // metrics' first line), the rest of the backbone the model's.
+    elasticface(
+        &[&["train", "--init", &pth, "--embedding", "8", "--init-head", "random", "--out", &p("e8")], &common[..]]
+            .concat(),
+    );
+    let config = std::fs::read_to_string(dir.path().join("e8/config.toml")).unwrap();
+    for line in ["arch = \"custom\"", "layers = [2, 1, 1, 1]", "embedding = 8", "input_size = 32"] {
+        assert!(config.lines().any(|l| l == line), "{line} not in\n{config}");
+    }
+    let metrics = std::fs::read_to_string(dir.path().join("e8/metrics.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+    let seeded: Vec<&str> = first["seeded"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+    assert!(!seeded.is_empty() && seeded.iter().all(|s| s.starts_with("fc.") || s.starts_with("features.")), "{first}");
+    assert!(seeded.contains(&"fc.weight"), "{first}");
+
     let err =
         elasticface_fails(&[&["train", "--init", &pth, "--arch", "r18", "--out", &p("r18")], &common[..]].concat());
     let want = "give --arch custom --layers 2,1,1,1 --widths 8,16,16,32 --embedding 16 --input-size 32";

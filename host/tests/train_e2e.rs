@@ -101,7 +101,9 @@ fn training_learns_identities_and_generalises_to_held_out_ones() {
 }
 
 /// Trains `cfg` straight into `root/straight{tag}`, and again stopped after 7 steps (mid-epoch) and resumed from its
-/// folder `root/resumed{tag}`; returns both final checkpoints and the straight run's metrics.
+/// folder `root/resumed{tag}`; returns both final checkpoints and the straight run's metrics. The resumed run's
+/// folder first holds what an attempt killed before its first checkpoint leaves: the run starts without it, so its
+/// metrics are the straight run's, line for line.
 fn straight_and_resumed(cfg: &TrainConfig, root: &Path, tag: &str) -> (Checkpoint, Checkpoint, String) {
     let straight_cfg = TrainConfig { out: root.join(format!("straight{tag}")), ..cfg.clone() };
     let s = train(&straight_cfg, None, true).unwrap();
@@ -110,10 +112,22 @@ fn straight_and_resumed(cfg: &TrainConfig, root: &Path, tag: &str) -> (Checkpoin
     let straight = Checkpoint::load(&straight_cfg.out.join("final.safetensors")).unwrap();
 
     let resumed_cfg = TrainConfig { out: root.join(format!("resumed{tag}")), ..cfg.clone() };
+    std::fs::create_dir_all(&resumed_cfg.out).unwrap();
+    std::fs::write(resumed_cfg.out.join("metrics.jsonl"), "{\"step\": 1, \"loss\": 9.0}\n{\"step\": 2, \"lo").unwrap();
+    std::fs::write(resumed_cfg.out.join("best.safetensors"), b"an earlier attempt's").unwrap();
     let first = train(&TrainConfig { max_steps: 7, ..resumed_cfg.clone() }, None, true).unwrap();
     assert_eq!(first.steps, 7);
     let second = train(&resumed_cfg, Some(&resumed_cfg.out), true).unwrap();
     assert_eq!(second.steps, 18);
+    // Without verification: no best model.
+    assert!(!resumed_cfg.out.join("best.safetensors").exists());
+    let without_speed = |text: &str| -> Vec<serde_json::Value> {
+        let mut lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        lines.iter_mut().for_each(|l| drop(l.as_object_mut().unwrap().remove("images_per_second")));
+        lines
+    };
+    let resumed_metrics = std::fs::read_to_string(resumed_cfg.out.join("metrics.jsonl")).unwrap();
+    assert_eq!(without_speed(&resumed_metrics), without_speed(&metrics));
     (straight, Checkpoint::load(&resumed_cfg.out.join("final.safetensors")).unwrap(), metrics)
 }
 
@@ -210,6 +224,31 @@ fn verification_packs_are_scored_during_training() {
         let e = elasticface::eval::suite::evaluate_pack(inference.as_mut(), &path, shape, true).unwrap().verify;
         assert_eq!((r.report.accuracy, r.report.best_threshold), (e.accuracy, e.best_threshold), "{}", r.set);
         assert_eq!(r.report.dist, e.dist, "{}: distances", r.set);
+    }
+
+    // best.safetensors: the backbone of the step whose mean accuracy over the sets was the highest (of equals, the
+    // earliest), which `eval` scores as the run did at that step.
+    let accuracies: Vec<(u64, f64)> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("val").is_some())
+        .map(|v| (v["step"].as_u64().unwrap(), v["val"]["accuracy"].as_f64().unwrap()))
+        .collect();
+    let means: Vec<(u64, f64)> = accuracies
+        .chunk_by(|a, b| a.0 == b.0)
+        .map(|g| (g[0].0, g.iter().map(|a| a.1).sum::<f64>() / g.len() as f64))
+        .collect();
+    let top = means.iter().fold(means[0], |b, &m| if m.1 > b.1 { m } else { b });
+    let (path, best) = s.best.clone().expect("a best model with --val");
+    assert_eq!((path.clone(), best.step, best.mean_accuracy), (cfg.out.join("best.safetensors"), top.0, top.1));
+    let backbone = elasticface::checkpoint::Backbone::open(&path, None, None).unwrap();
+    assert_eq!(backbone.steps, top.0);
+    let mut inference = elasticface::train::run::open_inference(&backbone, Device::Cpu, None, 0, 16).unwrap();
+    for (set, accuracy) in &best.sets {
+        let path = packs.join(format!("{set}.bin"));
+        let shape = ImageShape { h: SIZE, w: SIZE };
+        let e = elasticface::eval::suite::evaluate_pack(inference.as_mut(), &path, shape, true).unwrap().verify;
+        assert_eq!(e.accuracy, *accuracy, "{set} at step {}", top.0);
     }
 
     let one = TrainConfig { val: Some(packs.join("lfw.bin")), max_steps: 1, out: root.path().join("one"), ..cfg };
@@ -324,4 +363,9 @@ fn training_on_the_gpu_learns_identities_too() {
     assert!(s.last_loss < 0.5 * s.first_loss, "loss {} -> {}", s.first_loss, s.last_loss);
     assert!(after.accuracy > 0.8, "held-out accuracy after training: {}", after.accuracy);
     assert!(after.accuracy > before.accuracy + 0.05, "{} -> {}", before.accuracy, after.accuracy);
+    // The best model is the GPU backbone of the best measurement (read without the head).
+    let (path, best) = s.best.expect("a run with --val keeps its best model");
+    let kept = elasticface::checkpoint::Backbone::open(&path, None, None).unwrap();
+    assert_eq!(kept.steps, best.step);
+    assert!(best.mean_accuracy >= after.accuracy && best.mean_accuracy >= before.accuracy, "{best:?}");
 }

@@ -208,6 +208,8 @@ fn gpu_matches_cpu(
             (g.checkpoint(5, pos, Default::default()).unwrap(), c.checkpoint(5, pos, Default::default()).unwrap());
         compare_state(&what, cfg, &gc, &cc, &mut worst);
         assert_eq!((g.steps(), gc.step), (step + 1, step + 1));
+        // The backbone alone (read without the head and the momentum) is the checkpoint's.
+        assert_eq!(g.backbone().unwrap(), gc.backbone(), "{what}: backbone");
     }
     // Eval mode: 2B + 1 images (chunks of B, B and 1), half of them flipped.
     let n = 2 * b + 1;

@@ -1,6 +1,7 @@
 //! Training: the step on a device ([`Backend`]: the core's CPU trainer, or the GPU trainer), schedules,
 //! checkpoints and the `elasticface train` loop.
 
+pub mod best;
 pub mod cpu;
 pub mod gpu;
 pub mod imprint;
@@ -10,7 +11,7 @@ pub mod schedule;
 use anyhow::Result;
 use elasticface_core::model::StepReport;
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Backbone, Checkpoint};
 use crate::data::{Batch, Position};
 
 /// A device that trains one iResNet with its margin head: the CPU reference ([`cpu::CpuBackend`]) or the GPU.
@@ -42,6 +43,11 @@ pub trait Backend {
 
     /// The device, in words (`cpu`, or the adapter's name).
     fn device(&self) -> String;
+
+    /// The network as it stands (weights and batch norm running statistics), without the head and the optimizer.
+    fn backbone(&self) -> Result<Backbone> {
+        Ok(self.checkpoint(0, Position::epoch_start(0), serde_json::Value::Null)?.backbone())
+    }
 }
 
 /// Opens the GPU trainer for a run on the adapter chosen by `cfg.adapter` or the environment. With

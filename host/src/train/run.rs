@@ -4,8 +4,10 @@
 //!
 //! A run lives in one folder (`out`): `config.toml` (what was asked), `metrics.jsonl` (one JSON object per step,
 //! per set at each evaluation, per epoch that skipped unreadable samples, and one for a fine-tuning run's start),
-//! `checkpoint.safetensors` (the latest state, rewritten atomically) and `final.safetensors` (written the same
-//! way). A folder holding a run is only trained on again by resuming it.
+//! `checkpoint.safetensors` (the latest state, rewritten atomically), `final.safetensors` (written the same
+//! way) and, with verification, `best.safetensors` (the backbone of the best measurement, [`super::best`]). A folder
+//! holding a run is only trained on again by resuming it; a fresh run removes what an attempt killed before its
+//! first checkpoint left there.
 //!
 //! A run may start from a trained model (`init`, fine-tuning): its backbone replaces the seeded one, and the class
 //! centres are imprinted from the training data ([`super::imprint`]) or left as seeded.
@@ -25,6 +27,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::best::{self, Best, BestModel};
 use super::cpu::CpuBackend;
 use super::imprint::{imprint, Reading};
 use super::schedule::Schedule;
@@ -53,7 +56,7 @@ pub enum Device {
 #[serde(rename_all = "kebab-case")]
 pub enum InitHead {
     /// Each class's centre the unit mean direction of its images' embeddings under the starting backbone (one pass
-    /// of inference over the training data first; [`super::imprint`]).
+    /// of inference over the training data first).
     Imprint,
     /// Random centres from the seed, as a run from scratch.
     Random,
@@ -476,17 +479,21 @@ pub struct SetResult {
     pub report: eval::VerifyReport,
 }
 
-/// Measures `val` and appends one metrics line per set: `{"step", "set", "val"}`.
+/// Measures `val`, appends one metrics line per set (`{"step", "set", "val"}`) and offers the measurement to
+/// `best` (which keeps the backbone when its mean accuracy is the highest so far).
 fn measure_and_log(
     val: &Validation,
     backend: &mut dyn Backend,
     shape: ImageShape,
     metrics: &Path,
+    best: &mut BestModel,
 ) -> Result<Vec<SetResult>> {
     let results = val.measure(backend, shape)?;
     for r in &results {
         append_jsonl(metrics, &json!({"step": backend.steps(), "set": r.set, "val": r.report}))?;
     }
+    let sets: Vec<(String, f64)> = results.iter().map(|r| (r.set.clone(), r.report.accuracy)).collect();
+    best.offer(backend.steps(), &sets, || backend.backbone())?;
     Ok(results)
 }
 
@@ -518,6 +525,9 @@ pub struct RunSummary {
     pub skipped_samples: usize,
     /// The last checkpoint written.
     pub checkpoint: PathBuf,
+    /// With `val`: the measurement of the highest mean accuracy in the run folder's `best.safetensors` (this
+    /// invocation's, or an earlier one's of a resumed run), [`super::best`].
+    pub best: Option<(PathBuf, Best)>,
 }
 
 /// Opens the backend the config asks for: `cfg.device` (`auto` falls back to the CPU reference with a warning when
@@ -648,6 +658,26 @@ fn refuse_existing_run(out: &Path) -> Result<()> {
                 out.display()
             );
         }
+    }
+    Ok(())
+}
+
+/// A fresh run's start in folder `out`: what an earlier attempt there left without a checkpoint (killed before it
+/// wrote one, so [`refuse_existing_run`] let it by), `metrics.jsonl` and `best.safetensors`, is removed, with a note
+/// on stderr unless `quiet`: the run's lines would follow that attempt's, and its best would be measured against a
+/// model it did not train.
+fn remove_leftovers(out: &Path, quiet: bool) -> Result<()> {
+    let mut removed = Vec::new();
+    for name in ["metrics.jsonl", best::FILE] {
+        let path = out.join(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => removed.push(name),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot remove {}", path.display())),
+        }
+    }
+    if !removed.is_empty() && !quiet {
+        eprintln!("{}: {} of an earlier attempt without a checkpoint removed", out.display(), removed.join(" and "));
     }
     Ok(())
 }
@@ -937,6 +967,9 @@ fn train_inner(cfg: &TrainConfig, resume: Option<&Path>, quiet: bool, stop: Opti
     // Only now that the run is accepted: a refused resume leaves the folder's config.toml as it was.
     std::fs::create_dir_all(&cfg.out).with_context(|| format!("cannot create {}", cfg.out.display()))?;
     write_atomically(&cfg.out.join("config.toml"), toml::to_string(cfg)?.as_bytes())?;
+    if resumed_at.is_none() {
+        remove_leftovers(&cfg.out, quiet)?;
+    }
     let metrics = cfg.out.join("metrics.jsonl");
     let ck_path = cfg.out.join("checkpoint.safetensors");
 
@@ -944,14 +977,22 @@ fn train_inner(cfg: &TrainConfig, resume: Option<&Path>, quiet: bool, stop: Opti
         start_from(backend.as_mut(), &backbone, cfg, &dataset, &metrics, quiet)?;
     }
     let val = Validation::of(cfg, shape)?;
+    let mut best = match resumed_at {
+        Some(_) => BestModel::resumed(&cfg.out, quiet),
+        None => BestModel::fresh(&cfg.out),
+    };
     if let Some((step, position)) = resumed_at {
         let dropped = drop_metrics_after(&metrics, step, position, val.is_some())?;
         if dropped > 0 && !quiet {
-            eprintln!("{}: {dropped} lines from step {step} on dropped (the run writes them again)", metrics.display());
+            let lines = if dropped == 1 { "line" } else { "lines" };
+            eprintln!(
+                "{}: {dropped} {lines} from step {step} on dropped (the run writes them again)",
+                metrics.display()
+            );
         }
     }
     let val_before = match &val {
-        Some(val) => measure_and_log(val, backend.as_mut(), shape, &metrics)?,
+        Some(val) => measure_and_log(val, backend.as_mut(), shape, &metrics, &mut best)?,
         None => Vec::new(),
     };
     let mut last_eval: Option<(u64, Vec<SetResult>)> = None;
@@ -1047,7 +1088,7 @@ fn train_inner(cfg: &TrainConfig, resume: Option<&Path>, quiet: bool, stop: Opti
             }
             if let (Some(val), true) = (&val, cfg.eval_every > 0 && done % cfg.eval_every == 0) {
                 if !stop.load(Ordering::SeqCst) {
-                    last_eval = Some((done, measure_and_log(val, backend.as_mut(), shape, &metrics)?));
+                    last_eval = Some((done, measure_and_log(val, backend.as_mut(), shape, &metrics, &mut best)?));
                 }
             }
             if stop.load(Ordering::SeqCst) {
@@ -1094,7 +1135,7 @@ fn train_inner(cfg: &TrainConfig, resume: Option<&Path>, quiet: bool, stop: Opti
     let val_after = match (&val, interrupted, last_eval) {
         // The last step was just measured: not again.
         (Some(_), false, Some((step, results))) if step == backend.steps() => results,
-        (Some(val), false, _) => measure_and_log(val, backend.as_mut(), shape, &metrics)?,
+        (Some(val), false, _) => measure_and_log(val, backend.as_mut(), shape, &metrics, &mut best)?,
         _ => Vec::new(),
     };
     let seconds = step_seconds;
@@ -1110,6 +1151,7 @@ fn train_inner(cfg: &TrainConfig, resume: Option<&Path>, quiet: bool, stop: Opti
         interrupted,
         skipped_samples: skipped,
         checkpoint: ck_path,
+        best: val.and(best.best().cloned()).map(|b| (best.path().to_path_buf(), b)),
     })
 }
 

@@ -145,7 +145,7 @@ use elasticface_core::nn::{BatchNorm, BatchNormShape, Conv2dShape, ImageShape, L
 use elasticface_core::rng::Philox4x32;
 
 use super::Backend;
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Backbone, Checkpoint};
 use crate::data::{Batch, Position};
 use crate::gpu::kernels::batchnorm::{BackwardFusion, BatchNormKernels, Epilogue};
 use crate::gpu::kernels::conv2d::{Conv2d, ConvOp, ConvPrecision, ConvTileChoice};
@@ -1030,6 +1030,11 @@ impl<G: Deref<Target = Gpu>> Backend for GpuBackend<G> {
             self.write_loss_scale()?;
         }
         Ok(())
+    }
+
+    /// Reads the backbone alone: the head and the momentum (most of a checkpoint at 85,742 classes) stay on the GPU.
+    fn backbone(&self) -> Result<Backbone> {
+        Ok(Backbone { cfg: self.net.cfg, bn: self.step_cfg.bn, state: self.state()?, steps: self.steps })
     }
 
     fn device(&self) -> String {
