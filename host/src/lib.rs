@@ -13,6 +13,7 @@
 //!   memory), each kernel (`--kernels`), and the input pipeline on the CPU (`--data`).
 //! - [`tensorfile`]: named tensors in safetensors files (reference vectors, checkpoints), written atomically.
 //! - [`reference`](mod@reference): comparing results with reference tensors under written tolerances.
+//! - [`report`]: how training runs went, from their folders: summaries and loss and accuracy curves.
 //! - [`selftest`]: runs the PyTorch reference vectors through the GPU trainer or the core and reports each
 //!   tensor's error.
 //! - [`eval`]: verification (LFW protocol) on insightface `.bin` packs and held-out pairs, IJB-B/C, reports and
@@ -62,6 +63,7 @@ pub mod onnx;
 pub mod pickle;
 pub mod pth;
 pub mod reference;
+pub mod report;
 pub mod selftest;
 pub mod streams;
 pub mod synth;

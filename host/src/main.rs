@@ -39,6 +39,12 @@ enum Command {
     /// clipped at 5, random horizontal flips. Every key can also come from a TOML file (`--config`); flags win.
     /// Ctrl-C or SIGTERM saves a checkpoint before stopping; `--resume OUT` continues exactly where it stopped.
     Train(Box<TrainArgs>),
+    /// How training runs went, from their folders alone (while they train, or after): each run's steps, epoch,
+    /// speed, loss at the start and now, and each verification set's first, last and best accuracy; and
+    /// training.png/.svg: the loss and the accuracies over the steps, several runs on the same axes.
+    ///
+    /// Reads each RUN's metrics.jsonl, config.toml and best.safetensors; needs no data, model or GPU.
+    Report(Box<elasticface::report::ReportArgs>),
     /// Verification on insightface packs (lfw, cfp_fp, agedb_30, calfw, cplfw .bin) and IJB-B/C: 10-fold
     /// accuracy, TAR at FAR, thresholds; a table, OUT/report.json and ROC plots OUT/roc.png, OUT/roc.svg.
     ///
@@ -502,6 +508,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Enroll(args) => args.run(),
         Command::Identify(args) => args.run(),
         Command::Gallery(args) => args.run(),
+        Command::Report(args) => args.run(),
         Command::Align(args) => args.run(),
         Command::Export(args) => args.run(),
         Command::Import(args) => args.run(),

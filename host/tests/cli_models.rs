@@ -241,6 +241,51 @@ fn train_init_fine_tunes_the_models_own_network() {
     assert!(err.contains(want), "{err}");
 }
 
+/// `report` on two runs of the CLI: each one's settings, steps and verification as `train` measured them (its
+/// last line in metrics.jsonl, the figure `train` printed), the best model's record, the picture; JSON on request;
+/// a folder that is no run is refused, naming what is missing.
+#[test]
+fn report_summarises_runs_from_their_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).display().to_string();
+    let pth = fixture("pth/iresnet_tiny_init.pth").display().to_string();
+    synth_small(&p("synth"), 4, 3);
+    let (data, val) = (p("synth/train"), p("synth/val.bin"));
+    let common = ["--data", &data, "--val", &val, "--batch", "2", "--device", "cpu", "--quiet"];
+    let trained = elasticface(
+        &[&["train", "--init", &pth, "--max-steps", "3", "--eval-every", "2", "--out", &p("a")], &common[..]].concat(),
+    );
+    elasticface(
+        &[&["train", "--init", &pth, "--max-steps", "2", "--lr", "0.01", "--out", &p("b")], &common[..]].concat(),
+    );
+
+    let out = elasticface(&["report", &p("a"), &p("b"), "--out", &p("both")]);
+    assert!(out.contains(": custom (layers 2,1,1,1, widths 8,16,16,32), 16-d, elastic-arc-plus, batch 2\n"), "{out}");
+    assert!(out.contains("\n  steps             3 (epoch "), "{out}");
+    assert!(out.contains("\n  steps             2 (epoch "), "{out}");
+    for name in ["training.png", "training.svg"] {
+        assert!(dir.path().join("both").join(name).is_file(), "{name}");
+    }
+    let svg = std::fs::read_to_string(dir.path().join("both/training.svg")).unwrap();
+    assert!(svg.contains("\na: val\n") && svg.contains("\nb: val\n"), "the legend names each run's set");
+
+    let json = elasticface(&["report", &p("a"), "--json", "--no-plot"]);
+    let s: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let a = &s[0];
+    assert_eq!((a["steps"].as_u64(), a["last_step"].as_u64()), (Some(3), Some(3)), "{a}");
+    let set = &a["sets"][0];
+    assert_eq!((set["set"].as_str(), set["measurements"].as_u64()), (Some("val"), Some(3)), "{a}");
+    let last = format!("-> {:.2}% (", 100.0 * set["last"]["accuracy"].as_f64().unwrap());
+    assert!(trained.contains(&last), "{last} not in\n{trained}");
+    let best = &a["best_model"];
+    assert_eq!(best["step"], set["best"]["step"], "{a}");
+    assert_eq!(best["mean_accuracy"], set["best"]["accuracy"], "{a}");
+    assert!(!dir.path().join("a/training.png").exists(), "--no-plot");
+
+    let err = elasticface_fails(&["report", &p("synth")]);
+    assert!(err.contains("metrics.jsonl") && err.contains("a run folder"), "{err}");
+}
+
 /// `align` on synth's IJB set (its landmark file as it is): every crop is, bit for bit, the face `eval --ijb`
 /// aligns; colliding names get crops of their own; JPEG on request; a crop may not replace a photo; bad lines name
 /// the list and the line.

@@ -41,8 +41,9 @@ impl Best {
         json!({"best_of_run": {"step": self.step, "mean_accuracy": self.mean_accuracy, "sets": sets}})
     }
 
-    /// The record in a backbone's `source` ([`Best::to_json`]), if it holds one.
-    fn from_json(source: &serde_json::Value) -> Option<Self> {
+    /// The record in a backbone's manifest `source` (`{"best_of_run": ...}`, as this module writes it), if it
+    /// holds one.
+    pub fn from_json(source: &serde_json::Value) -> Option<Self> {
         let b = source.get("best_of_run")?;
         let sets = b["sets"]
             .as_array()?
