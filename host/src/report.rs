@@ -101,15 +101,22 @@ impl Run {
         let text = std::fs::read_to_string(&path).with_context(|| {
             format!("cannot read {}: is {} a run folder (train --out)?", path.display(), dir.display())
         })?;
-        let config = std::fs::read_to_string(dir.join("config.toml")).ok().and_then(|t| t.parse::<toml::Table>().ok());
-        let best_path = dir.join(best::FILE);
-        let best = best_path
-            .exists()
-            .then(|| TensorFile::open(&best_path).ok())
-            .flatten()
-            .and_then(|f| Best::from_json(&f.meta["source"]));
+        // Both are written atomically by `train`: one that does not read was changed by hand, and the summary
+        // goes on without it, saying so.
+        let config = optional(&dir.join("config.toml"), |p| Ok(std::fs::read_to_string(p)?.parse::<toml::Table>()?));
+        let best = optional(&dir.join(best::FILE), |p| {
+            Best::from_json(&TensorFile::open(p)?.meta["source"]).context("its manifest holds no best_of_run record")
+        });
         Ok(Self { dir: dir.to_path_buf(), metrics: Metrics::parse(&text), config, best })
     }
+}
+
+/// `read(path)` where `path` exists; an error is a warning on stderr, and `None`.
+fn optional<T>(path: &Path, read: impl FnOnce(&Path) -> Result<T>) -> Option<T> {
+    if !path.exists() {
+        return None;
+    }
+    read(path).map_err(|e| eprintln!("warning: {}: {e:#}; left out", path.display())).ok()
 }
 
 /// A span of steps and the mean of their finite losses.
@@ -543,6 +550,21 @@ mod tests {
         let empty = Run { metrics: Metrics::default(), ..run };
         let err = write_picture(&[empty], dir.path()).unwrap_err().to_string();
         assert!(err.contains("nothing to draw"), "{err}");
+    }
+
+    /// A folder without metrics.jsonl is refused; a config.toml or best.safetensors that does not read is left out.
+    #[test]
+    fn a_run_folder_reads_what_it_can() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = format!("{:#}", Run::open(dir.path()).unwrap_err());
+        assert!(err.contains("metrics.jsonl") && err.contains("a run folder"), "{err}");
+        std::fs::write(dir.path().join("metrics.jsonl"), step(1, 0, Some(3.0))).unwrap();
+        std::fs::write(dir.path().join("config.toml"), "batch = ").unwrap();
+        std::fs::write(dir.path().join(best::FILE), b"not safetensors").unwrap();
+        let run = Run::open(dir.path()).unwrap();
+        assert_eq!((run.metrics.steps.len(), run.config, run.best), (1, None, None));
+        std::fs::write(dir.path().join("config.toml"), "batch = 8\narch = \"r50\"").unwrap();
+        assert_eq!(Summary::of(&Run::open(dir.path()).unwrap()).settings.as_deref(), Some("r50, ?, batch 8"));
     }
 
     #[test]
