@@ -1,4 +1,5 @@
-//! ROC plots of verification runs: one curve per set, TAR against FAR on a logarithmic FAR axis, as PNG and SVG.
+//! ROC plots of verification runs (one curve per set, TAR against FAR on a logarithmic FAR axis), the demo's
+//! picture, and `report`'s training pictures (loss and accuracies against the step), as PNG and SVG.
 //!
 //! Text is drawn with DejaVu Sans embedded in the binary (through `ab_glyph`), so the PNG needs no system
 //! fonts; the SVG names the font family and leaves rendering to the viewer.
