@@ -154,7 +154,8 @@ pub fn train_config(cfg: &DemoConfig) -> TrainConfig {
         input_size: cfg.size,
         loss: cfg.loss.clone(),
         batch: cfg.batch,
-        epochs: u64::MAX,
+        // As many epochs as max_steps takes: TOML's largest integer, so that config.toml reads back.
+        epochs: i64::MAX as u64,
         max_steps: cfg.steps,
         // lr 0.1 for a batch of 512 taken as is at the demo's batch (no warmup), decayed to 0 at the last step.
         lr: 0.1 * 512.0 / cfg.batch as f32,

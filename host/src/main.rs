@@ -559,6 +559,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 "  elasticface embed --model {} IMAGES... --out embeddings.npy",
                 cfg.out.join("final.safetensors").display()
             );
+            println!("  elasticface report {}  (the run in figures, and training.png)", cfg.out.display());
             println!(
                 "  elasticface train --data YOUR/train.rec --val YOUR/val  (insightface RecordIO or image folders)"
             );

@@ -175,8 +175,12 @@ pub struct Summary {
     pub steps: usize,
     /// Steps taken at its last step line.
     pub last_step: u64,
-    /// The epoch of the last step (1-based) and the epochs asked for.
-    pub epoch: Option<(u64, u64)>,
+    /// The epoch of the last step (1-based).
+    pub epoch: Option<u64>,
+    /// The epochs `config.toml` asks for, where they bound the run (the demo's, bounded by steps alone, do not).
+    pub epochs: Option<u64>,
+    /// The steps `config.toml` bounds the run to (`max_steps`), if it does.
+    pub max_steps: Option<u64>,
     /// The mean loss over the first steps and over the last ones (a tenth of the steps, at most 100, each).
     pub loss: Option<(LossSpan, LossSpan)>,
     /// Steps whose loss was not finite (refused).
@@ -243,7 +247,7 @@ impl Summary {
             (Some(a), Some(b)) => Some((a, b)),
             _ => None,
         };
-        let epochs = run.config.as_ref().and_then(|c| c.get("epochs")?.as_integer()).map(|e| e as u64);
+        let setting = |key: &str| run.config.as_ref().and_then(|c| c.get(key)?.as_integer()).map(|v| v as u64);
         let sets = m
             .sets
             .iter()
@@ -265,7 +269,9 @@ impl Summary {
             settings: run.config.as_ref().map(describe_settings),
             steps: m.steps.len(),
             last_step: m.steps.last().map_or(0, |s| s.step),
-            epoch: m.steps.last().zip(epochs).map(|(s, e)| (s.epoch + 1, e)),
+            epoch: m.steps.last().map(|s| s.epoch + 1),
+            epochs: setting("epochs").filter(|&e| e < i64::MAX as u64),
+            max_steps: setting("max_steps").filter(|&s| s > 0),
             loss,
             non_finite_steps: m.steps.iter().filter(|s| s.loss.is_none()).count(),
             lr: m.steps.last().map(|s| s.lr).filter(|l| l.is_finite()),
@@ -281,8 +287,13 @@ impl Summary {
         // (label, text) rows, the labels then padded to one column.
         let mut rows: Vec<(String, String)> = Vec::new();
         let mut steps = self.last_step.to_string();
-        if let Some((e, of)) = self.epoch {
-            steps += &format!(" (epoch {e} of {of})");
+        if let Some(max) = self.max_steps {
+            steps += &format!(" of at most {max}");
+        }
+        match (self.epoch, self.epochs) {
+            (Some(e), Some(of)) => steps += &format!(" (epoch {e} of {of})"),
+            (Some(e), None) => steps += &format!(" (epoch {e})"),
+            _ => {}
         }
         if let Some(ips) = self.images_per_second {
             steps += &format!(", {ips:.0} images/s (median of the last steps)");
@@ -477,7 +488,8 @@ mod tests {
         let run = Run { dir: "runs/x".into(), metrics: Metrics::parse(&text), config: Some(config), best: None };
         let s = Summary::of(&run);
         assert_eq!(s.settings.as_deref(), Some("r100, 512-d, elastic-arc-plus, batch 128 x 4"));
-        assert_eq!((s.steps, s.last_step, s.epoch, s.non_finite_steps), (40, 40, Some((2, 26)), 1));
+        assert_eq!((s.steps, s.last_step, s.epoch, s.epochs, s.max_steps), (40, 40, Some(2), Some(26), None));
+        assert_eq!(s.non_finite_steps, 1);
         assert_eq!(
             s.loss,
             Some((
@@ -550,6 +562,21 @@ mod tests {
         let empty = Run { metrics: Metrics::default(), ..run };
         let err = write_picture(&[empty], dir.path()).unwrap_err().to_string();
         assert!(err.contains("nothing to draw"), "{err}");
+    }
+
+    /// A run bounded by steps alone (the demo's: as many epochs as TOML's largest integer) names no epoch count.
+    #[test]
+    fn a_run_bounded_by_steps_names_them() {
+        let config: toml::Table = format!("epochs = {}\nmax_steps = 60\n", i64::MAX).parse().unwrap();
+        let metrics = Metrics::parse(&(step(1, 0, Some(3.0)) + &step(2, 1, Some(2.0))));
+        let run = Run { dir: "runs/demo".into(), metrics, config: Some(config), best: None };
+        let s = Summary::of(&run);
+        assert_eq!((s.epoch, s.epochs, s.max_steps), (Some(2), None, Some(60)));
+        assert!(
+            s.lines()[1].ends_with("  2 of at most 60 (epoch 2), 102 images/s (median of the last steps)"),
+            "{:?}",
+            s.lines()
+        );
     }
 
     /// A folder without metrics.jsonl is refused; a config.toml or best.safetensors that does not read is left out.

@@ -261,8 +261,8 @@ fn report_summarises_runs_from_their_folders() {
 
     let out = elasticface(&["report", &p("a"), &p("b"), "--out", &p("both")]);
     assert!(out.contains(": custom (layers 2,1,1,1, widths 8,16,16,32), 16-d, elastic-arc-plus, batch 2\n"), "{out}");
-    assert!(out.contains("\n  steps             3 (epoch "), "{out}");
-    assert!(out.contains("\n  steps             2 (epoch "), "{out}");
+    assert!(out.contains("\n  steps             3 of at most 3 (epoch "), "{out}");
+    assert!(out.contains("\n  steps             2 of at most 2 (epoch "), "{out}");
     for name in ["training.png", "training.svg"] {
         assert!(dir.path().join("both").join(name).is_file(), "{name}");
     }

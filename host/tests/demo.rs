@@ -35,4 +35,11 @@ fn a_short_demo_learns_to_verify_unseen_identities() {
     let png = std::fs::read(&r.picture).unwrap();
     assert_eq!(&png[1..4], b"PNG");
     assert_eq!(r.losses.len(), 60);
+    // The run's config.toml reads back, as settings and as a TOML table (`train --config` reads both, `report` the
+    // table; a TOML integer is an i64).
+    let text = std::fs::read_to_string(cfg.out.join("config.toml")).unwrap();
+    let c: elasticface::train::run::TrainConfig = toml::from_str(&text).unwrap();
+    assert_eq!((c.max_steps, c.out), (60, cfg.out.clone()));
+    let table: toml::Table = toml::from_str(&text).unwrap();
+    assert_eq!(table["max_steps"].as_integer(), Some(60));
 }
