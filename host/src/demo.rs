@@ -12,7 +12,13 @@ use elasticface_core::nn::ImageShape;
 use crate::eval::plot::{self, Curve};
 use crate::eval::{roc_curve, VerifyReport};
 use crate::synth::{synth, SynthConfig, GENERATOR_VERSION};
-use crate::train::run::{held_out_pairs, train, Device, RunSummary, TrainConfig};
+use crate::train::best;
+use crate::train::run::{
+    held_out_pairs, train, Device, RunSummary, TrainConfig, CONFIG_FILE, METRICS_FILE, UNBOUNDED_EPOCHS,
+};
+
+/// The weights a demo's run folder holds, all replaced by each demo.
+const WEIGHTS: [&str; 3] = ["checkpoint.safetensors", "final.safetensors", best::FILE];
 
 /// The demo's knobs: the flags of `elasticface demo`.
 #[derive(clap::Args, Clone, Debug)]
@@ -116,11 +122,11 @@ fn manifest_of(synth_cfg: &SynthConfig) -> Result<String> {
 /// Checks that `out`, where the demo replaces any weights, holds no run but a demo's (one trained on `data`): the
 /// demo must not delete the checkpoint of a real run given as `--out` by mistake.
 fn check_demo_folder(out: &Path, data: &Path) -> Result<()> {
-    let weights = ["checkpoint.safetensors", "final.safetensors", "best.safetensors"].map(|n| out.join(n));
+    let weights = WEIGHTS.map(|n| out.join(n));
     if !weights.iter().any(|w| w.exists()) {
         return Ok(());
     }
-    let settings = out.join("config.toml");
+    let settings = out.join(CONFIG_FILE);
     let trained_on = std::fs::read_to_string(&settings)
         .ok()
         .and_then(|text| text.parse::<toml::Table>().ok())
@@ -154,8 +160,7 @@ pub fn train_config(cfg: &DemoConfig) -> TrainConfig {
         input_size: cfg.size,
         loss: cfg.loss.clone(),
         batch: cfg.batch,
-        // As many epochs as max_steps takes: TOML's largest integer, so that config.toml reads back.
-        epochs: i64::MAX as u64,
+        epochs: UNBOUNDED_EPOCHS,
         max_steps: cfg.steps,
         // lr 0.1 for a batch of 512 taken as is at the demo's batch (no warmup), decayed to 0 at the last step.
         lr: 0.1 * 512.0 / cfg.batch as f32,
@@ -174,11 +179,11 @@ pub fn train_config(cfg: &DemoConfig) -> TrainConfig {
 pub fn demo(cfg: &DemoConfig) -> Result<DemoReport> {
     ensure_data(cfg, cfg.quiet)?;
     let tc = train_config(cfg);
-    let metrics = cfg.out.join("metrics.jsonl");
+    let metrics = cfg.out.join(METRICS_FILE);
     check_demo_folder(&cfg.out, &tc.data)?;
     // A fresh curve and fresh weights for a fresh run (`train` refuses a folder that holds a run unless resumed).
     let _ = std::fs::remove_file(&metrics);
-    for name in ["checkpoint.safetensors", "final.safetensors", "best.safetensors"] {
+    for name in WEIGHTS {
         let _ = std::fs::remove_file(cfg.out.join(name));
     }
     let run = train(&tc, None, cfg.quiet)?;

@@ -541,7 +541,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!(
                 "wrote {}, {}, {}",
                 s.checkpoint.display(),
-                cfg.out.join("metrics.jsonl").display(),
+                cfg.out.join(elasticface::train::run::METRICS_FILE).display(),
                 r.picture.display()
             );
             println!("next:");

@@ -12,8 +12,8 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::eval::plot::{self, Series};
-use crate::tensorfile::TensorFile;
 use crate::train::best::{self, Best};
+use crate::train::run::{CONFIG_FILE, METRICS_FILE, UNBOUNDED_EPOCHS};
 
 /// One training step's line.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -97,16 +97,15 @@ pub struct Run {
 impl Run {
     /// Reads run folder `dir`; it must hold a `metrics.jsonl`.
     pub fn open(dir: &Path) -> Result<Self> {
-        let path = dir.join("metrics.jsonl");
+        let path = dir.join(METRICS_FILE);
         let text = std::fs::read_to_string(&path).with_context(|| {
             format!("cannot read {}: is {} a run folder (train --out)?", path.display(), dir.display())
         })?;
         // Both are written atomically by `train`: one that does not read was changed by hand, and the summary
         // goes on without it, saying so.
-        let config = optional(&dir.join("config.toml"), |p| Ok(std::fs::read_to_string(p)?.parse::<toml::Table>()?));
-        let best = optional(&dir.join(best::FILE), |p| {
-            Best::from_json(&TensorFile::open(p)?.meta["source"]).context("its manifest holds no best_of_run record")
-        });
+        let config = optional(&dir.join(CONFIG_FILE), |p| Ok(std::fs::read_to_string(p)?.parse::<toml::Table>()?));
+        let best =
+            optional(&dir.join(best::FILE), |p| Best::read(p)?.context("its manifest holds no best_of_run record"));
         Ok(Self { dir: dir.to_path_buf(), metrics: Metrics::parse(&text), config, best })
     }
 }
@@ -202,12 +201,16 @@ fn span_len(n: usize) -> usize {
     (n / 10).clamp(1, 100)
 }
 
+/// The mean step and the mean loss of the steps with a finite loss; `None` where there are none.
+fn mean_finite_loss(steps: &[StepLine]) -> Option<(f64, f64)> {
+    let finite: Vec<(f64, f64)> = steps.iter().filter_map(|s| Some((s.step as f64, s.loss?))).collect();
+    let (n, (step_sum, loss_sum)) =
+        (finite.len() as f64, finite.iter().fold((0.0, 0.0), |(a, b), (s, l)| (a + s, b + l)));
+    (!finite.is_empty()).then_some((step_sum / n, loss_sum / n))
+}
+
 fn loss_span(steps: &[StepLine]) -> Option<LossSpan> {
-    let finite: Vec<f64> = steps.iter().filter_map(|s| s.loss).collect();
-    if finite.is_empty() {
-        return None;
-    }
-    let loss = finite.iter().sum::<f64>() / finite.len() as f64;
+    let (_, loss) = mean_finite_loss(steps)?;
     Some(LossSpan { from: steps.first()?.step, to: steps.last()?.step, loss })
 }
 
@@ -270,7 +273,7 @@ impl Summary {
             steps: m.steps.len(),
             last_step: m.steps.last().map_or(0, |s| s.step),
             epoch: m.steps.last().map(|s| s.epoch + 1),
-            epochs: setting("epochs").filter(|&e| e < i64::MAX as u64),
+            epochs: setting("epochs").filter(|&e| e < UNBOUNDED_EPOCHS),
             max_steps: setting("max_steps").filter(|&s| s > 0),
             loss,
             non_finite_steps: m.steps.iter().filter(|s| s.loss.is_none()).count(),
@@ -350,17 +353,7 @@ pub const LOSS_POINTS: usize = 600;
 /// left out.
 pub fn loss_curve(steps: &[StepLine]) -> Vec<(f64, f64)> {
     let size = steps.len().div_ceil(LOSS_POINTS).max(1);
-    steps
-        .chunks(size)
-        .filter_map(|b| {
-            let finite: Vec<&StepLine> = b.iter().filter(|s| s.loss.is_some()).collect();
-            (!finite.is_empty()).then(|| {
-                let n = finite.len() as f64;
-                let step = finite.iter().map(|s| s.step as f64).sum::<f64>() / n;
-                (step, finite.iter().filter_map(|s| s.loss).sum::<f64>() / n)
-            })
-        })
-        .collect()
+    steps.chunks(size).filter_map(mean_finite_loss).collect()
 }
 
 /// `elasticface report`.
@@ -567,7 +560,7 @@ mod tests {
     /// A run bounded by steps alone (the demo's: as many epochs as TOML's largest integer) names no epoch count.
     #[test]
     fn a_run_bounded_by_steps_names_them() {
-        let config: toml::Table = format!("epochs = {}\nmax_steps = 60\n", i64::MAX).parse().unwrap();
+        let config: toml::Table = format!("epochs = {UNBOUNDED_EPOCHS}\nmax_steps = 60\n").parse().unwrap();
         let metrics = Metrics::parse(&(step(1, 0, Some(3.0)) + &step(2, 1, Some(2.0))));
         let run = Run { dir: "runs/demo".into(), metrics, config: Some(config), best: None };
         let s = Summary::of(&run);

@@ -194,6 +194,14 @@ fn bad_model_files_are_reported() {
     assert!(err.contains("bad.pth") && err.contains("not a PyTorch checkpoint"), "{err}");
 }
 
+/// What the training tests start from, in `dir`: the tiny PyTorch model, and `synth_small`'s set (4 held-out
+/// identities of 3 images); returns the `.pth`, the training folder and the verification pack, as arguments.
+fn model_and_data(dir: &Path) -> (String, String, String) {
+    let p = |name: &str| dir.join(name).display().to_string();
+    synth_small(&p("synth"), 4, 3);
+    (fixture("pth/iresnet_tiny_init.pth").display().to_string(), p("synth/train"), p("synth/val.bin"))
+}
+
 /// `train --init`: without network flags the run trains the model's own network (a PyTorch state dict here), and
 /// its verification at the start is `eval`'s of the model; with another network given, the flags of the model's
 /// are named.
@@ -201,9 +209,7 @@ fn bad_model_files_are_reported() {
 fn train_init_fine_tunes_the_models_own_network() {
     let dir = tempfile::tempdir().unwrap();
     let p = |name: &str| dir.path().join(name).display().to_string();
-    let pth = fixture("pth/iresnet_tiny_init.pth").display().to_string();
-    synth_small(&p("synth"), 4, 3);
-    let (data, val) = (p("synth/train"), p("synth/val.bin"));
+    let (pth, data, val) = model_and_data(dir.path());
     let common = ["--data", &data, "--val", &val, "--batch", "2", "--max-steps", "2", "--device", "cpu", "--quiet"];
     let out =
         elasticface(&[&["train", "--init", &pth, "--init-head", "imprint", "--out", &p("ft")], &common[..]].concat());
@@ -248,9 +254,7 @@ fn train_init_fine_tunes_the_models_own_network() {
 fn report_summarises_runs_from_their_folders() {
     let dir = tempfile::tempdir().unwrap();
     let p = |name: &str| dir.path().join(name).display().to_string();
-    let pth = fixture("pth/iresnet_tiny_init.pth").display().to_string();
-    synth_small(&p("synth"), 4, 3);
-    let (data, val) = (p("synth/train"), p("synth/val.bin"));
+    let (pth, data, val) = model_and_data(dir.path());
     let common = ["--data", &data, "--val", &val, "--batch", "2", "--device", "cpu", "--quiet"];
     let trained = elasticface(
         &[&["train", "--init", &pth, "--max-steps", "3", "--eval-every", "2", "--out", &p("a")], &common[..]].concat(),

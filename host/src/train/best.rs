@@ -53,6 +53,11 @@ impl Best {
         Some(Self { step: b["step"].as_u64()?, mean_accuracy: b["mean_accuracy"].as_f64()?, sets })
     }
 
+    /// The record in backbone file `path`: `None` where its manifest holds none; an error where it does not read.
+    pub fn read(path: &Path) -> Result<Option<Self>> {
+        Ok(Self::from_json(&TensorFile::open(path)?.meta["source"]))
+    }
+
     fn names(&self) -> impl Iterator<Item = &str> {
         self.sets.iter().map(|(s, _)| s.as_str())
     }
@@ -76,8 +81,8 @@ impl BestModel {
     /// measurement, with a note on stderr unless `quiet`.
     pub fn resumed(out: &Path, quiet: bool) -> Self {
         let path = out.join(FILE);
-        let best = path.exists().then(|| TensorFile::open(&path)).and_then(|f| match f {
-            Ok(f) => Best::from_json(&f.meta["source"]),
+        let best = path.exists().then(|| Best::read(&path)).and_then(|b| match b {
+            Ok(b) => b,
             Err(e) => {
                 if !quiet {
                     eprintln!("{}: {e:#}; replaced at the next verification", path.display());

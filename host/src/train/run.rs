@@ -39,6 +39,15 @@ use crate::files::write_atomically;
 use crate::gpu::kernels::conv2d::{ConvPrecision, ConvTileChoice};
 use crate::gpu::kernels::winograd::WinogradTileChoice;
 
+/// A run folder's settings, as `--config` reads them.
+pub const CONFIG_FILE: &str = "config.toml";
+/// A run folder's metrics: one JSON object a line.
+pub const METRICS_FILE: &str = "metrics.jsonl";
+
+/// The epochs of a run bounded by `max_steps` alone (the demo's): TOML's largest integer (an i64), so that its
+/// `config.toml` reads back.
+pub const UNBOUNDED_EPOCHS: u64 = i64::MAX as u64;
+
 /// Where to train.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -668,7 +677,7 @@ fn refuse_existing_run(out: &Path) -> Result<()> {
 /// model it did not train.
 fn remove_leftovers(out: &Path, quiet: bool) -> Result<()> {
     let mut removed = Vec::new();
-    for name in ["metrics.jsonl", best::FILE] {
+    for name in [METRICS_FILE, best::FILE] {
         let path = out.join(name);
         match std::fs::remove_file(&path) {
             Ok(()) => removed.push(name),
@@ -966,11 +975,11 @@ fn train_inner(cfg: &TrainConfig, resume: Option<&Path>, quiet: bool, stop: Opti
     drop(resumed);
     // Only now that the run is accepted: a refused resume leaves the folder's config.toml as it was.
     std::fs::create_dir_all(&cfg.out).with_context(|| format!("cannot create {}", cfg.out.display()))?;
-    write_atomically(&cfg.out.join("config.toml"), toml::to_string(cfg)?.as_bytes())?;
+    write_atomically(&cfg.out.join(CONFIG_FILE), toml::to_string(cfg)?.as_bytes())?;
     if resumed_at.is_none() {
         remove_leftovers(&cfg.out, quiet)?;
     }
-    let metrics = cfg.out.join("metrics.jsonl");
+    let metrics = cfg.out.join(METRICS_FILE);
     let ck_path = cfg.out.join("checkpoint.safetensors");
 
     if let Some(backbone) = init {
