@@ -14,11 +14,12 @@ use crate::eval::{roc_curve, VerifyReport};
 use crate::synth::{synth, SynthConfig, GENERATOR_VERSION};
 use crate::train::best;
 use crate::train::run::{
-    held_out_pairs, train, Device, RunSummary, TrainConfig, CONFIG_FILE, METRICS_FILE, UNBOUNDED_EPOCHS,
+    held_out_pairs, train, Device, RunSummary, TrainConfig, CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE,
+    UNBOUNDED_EPOCHS,
 };
 
 /// The weights a demo's run folder holds, all replaced by each demo.
-const WEIGHTS: [&str; 3] = ["checkpoint.safetensors", "final.safetensors", best::FILE];
+const WEIGHTS: [&str; 3] = [CHECKPOINT_FILE, "final.safetensors", best::FILE];
 
 /// The demo's knobs: the flags of `elasticface demo`.
 #[derive(clap::Args, Clone, Debug)]

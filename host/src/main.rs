@@ -592,6 +592,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Train(args) => {
             let cfg = args.config()?;
             let s = train(&cfg, args.resume.as_deref(), args.quiet)?;
+            if let Some((read, of)) = s.stopped_imprinting {
+                println!(
+                    "interrupted while imprinting the class centres: {read} of {of} images read, kept in {}; the same \
+                     command carries on from there",
+                    cfg.out.join(elasticface::train::imprint::FILE).display()
+                );
+                return Ok(ExitCode::from(130));
+            }
             let state = if s.interrupted { "interrupted" } else { "done" };
             println!(
                 "{state}: {} steps, loss {:.4} -> {:.4}, {:.1} s, {:.1} images/s",

@@ -2,8 +2,9 @@
 //! steps): a fresh run into a folder holding a run, settings out of their domain, a resume with other settings
 //! than the checkpoint's, an epoch whose samples were all unreadable; it saves the steps done before a sample it
 //! cannot read stops it, reports the samples it skipped (each epoch's once, across resumes), replaces
-//! final.safetensors rather than rewriting it, and stops before an evaluation when asked to stop. Checkpoints refuse to write what they cannot read back, and a
-//! state dict with a stage of 0 channels is an error.
+//! final.safetensors rather than rewriting it, stops before an evaluation when asked to stop, and keeps a fine-tuning
+//! run's imprint when stopped in it. Checkpoints refuse to write what they cannot read back, and a state dict with a
+//! stage of 0 channels is an error.
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
@@ -12,7 +13,8 @@ use std::sync::{Mutex, MutexGuard};
 use elasticface::checkpoint::{infer_network, Checkpoint};
 use elasticface::data::decode::encode_png;
 use elasticface::data::{RecordIoPaths, RecordIoWriter};
-use elasticface::train::run::{train, train_until, Device, TrainConfig};
+use elasticface::train::imprint;
+use elasticface::train::run::{train, train_until, Device, InitHead, TrainConfig};
 use elasticface_core::nn::ImageShape;
 use elasticface_tests::{tiny_backbone, uniform};
 
@@ -321,6 +323,38 @@ fn a_stop_asked_for_during_a_step_saves_the_checkpoint_before_any_evaluation() {
     assert_eq!(evaluated, [0], "only the evaluation before training:\n{metrics}");
     assert_eq!(Checkpoint::load(&cfg.out.join("checkpoint.safetensors")).unwrap().step, 1);
     assert!(!cfg.out.join("final.safetensors").exists());
+}
+
+#[test]
+fn a_run_stopped_in_its_imprint_carries_on_from_it_to_the_same_weights() {
+    let _one = one_at_a_time();
+    let root = tempfile::tempdir().unwrap();
+    let model = root.path().join("model.safetensors");
+    tiny_backbone(5).save(&model, serde_json::Value::Null).unwrap();
+    let cfg = TrainConfig { init: Some(model), init_head: InitHead::Imprint, max_steps: 2, ..config(root.path()) };
+    let whole = TrainConfig { out: root.path().join("whole"), ..cfg.clone() };
+    train(&whole, None, true).unwrap();
+
+    // Stopped after the imprint's first batch: no step, no checkpoint, the imprint's progress kept.
+    let stop = AtomicBool::new(true);
+    let s = train_until(&cfg, None, true, &stop).unwrap();
+    assert!(s.interrupted);
+    assert_eq!((s.steps, s.stopped_imprinting), (0, Some((4, 16))));
+    assert!(!cfg.out.join("checkpoint.safetensors").exists());
+    assert!(cfg.out.join(imprint::FILE).exists());
+
+    // The same command again: a fresh run that carries on from the imprint's 4 images, to the same weights as the
+    // run never stopped; its checkpoint makes the progress unneeded.
+    let s = train(&cfg, None, true).unwrap();
+    assert_eq!((s.steps, s.stopped_imprinting), (2, None));
+    let line = std::fs::read_to_string(cfg.out.join("metrics.jsonl")).unwrap();
+    let line: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    assert_eq!(line["imprint"]["carried_on_from"].as_u64(), Some(4));
+    assert_eq!(line["imprint"]["images"].as_u64(), Some(16));
+    assert!(!cfg.out.join(imprint::FILE).exists());
+    let [a, b] = [&cfg.out, &whole.out].map(|d| Checkpoint::load(&d.join("final.safetensors")).unwrap());
+    assert!(a.state == b.state && a.head == b.head, "the weights of the run stopped and of the run never stopped");
+    assert!(a.momentum == b.momentum && a.head_momentum == b.head_momentum);
 }
 
 #[test]

@@ -17,25 +17,56 @@
 //! set, the loss back from 17.7 to 46 at the second step). A unit centre keeps its direction (the loss 15.9 at the
 //! second step); a trained head's centres are longer still (the demo's: 11 on average).
 //!
+//! An imprint reads the whole training set once: on a large set, as long as an epoch's forward passes. Its progress
+//! (the sums so far and the data position after them) is kept in a file ([`Progress`]): rewritten atomically every
+//! [`Progress::save_every`], when `stop` is set (the imprint then returns [`Outcome::Stopped`]) and at the end. An
+//! imprint that finds a file of the same inputs ([`Progress::key`]) carries on from it, through the same batches in
+//! the same order: the centres are the same bits as an imprint that never stopped. A file of other inputs, or one
+//! that does not read, is started afresh.
+//!
 //! [`init_head`]: elasticface_core::model::init_head
 
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
 
 use super::Backend;
 use crate::data::{Dataset, Loader, LoaderConfig, Position};
+use crate::tensorfile::TensorFile;
+
+/// The progress file's name in a run folder.
+pub const FILE: &str = "imprint.safetensors";
 
 /// What an imprint did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Imprinted {
-    /// Images embedded.
+    /// Images embedded (an earlier, stopped imprint's included).
     pub images: usize,
     /// Classes whose centre was imprinted; the others (no readable image) kept their seeded centre.
     pub classes: usize,
-    /// Unreadable samples left out (with `skip_bad_samples`).
+    /// Unreadable samples left out (with `skip_bad_samples`; an earlier, stopped imprint's included).
     pub skipped: usize,
+    /// Images an earlier imprint had embedded, from whose file this one carried on (0 for a fresh one).
+    pub carried_on_from: usize,
+}
+
+/// How an imprint ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every sample was read; the head holds the centres.
+    Done(Imprinted),
+    /// `stop` was set: the progress is in the file, the head is untouched.
+    Stopped {
+        /// Samples read so far (embedded or left out).
+        read: usize,
+        /// Samples in the dataset.
+        of: usize,
+    },
 }
 
 /// How an imprint reads the training data: `batch` samples at a time, decoded by `workers` threads, unreadable ones
@@ -50,15 +81,71 @@ pub struct Reading {
     pub skip_bad_samples: bool,
 }
 
+/// Where and how often an imprint keeps its progress, and what stops it.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress<'a> {
+    /// The progress file.
+    pub path: &'a Path,
+    /// A fingerprint of everything the sums depend on: the backbone's values, the dataset, the reading and the
+    /// device's arithmetic. A file of another key is started afresh.
+    pub key: u64,
+    /// The longest time between two saves (a crash loses at most this much work); [`Duration::ZERO`] saves after
+    /// every batch.
+    pub save_every: Duration,
+    /// Set (by Ctrl-C, say) to stop after the current batch, with the progress saved.
+    pub stop: &'a AtomicBool,
+}
+
+impl Progress<'_> {
+    /// Sums and position kept in the file, when it holds an imprint of this key over `classes x e` sums.
+    fn read(&self, classes: usize, e: usize) -> Option<(Vec<f32>, Position, usize)> {
+        let file = TensorFile::open(self.path).ok()?;
+        let m = &file.meta["imprint_progress"];
+        if m["key"].as_str()? != format!("{:016x}", self.key) {
+            return None;
+        }
+        let sums = file.f32("sums").ok()?;
+        if sums.len() != classes * e {
+            return None;
+        }
+        let u = |v: &serde_json::Value| v.as_u64().and_then(|v| usize::try_from(v).ok());
+        let p = &m["position"];
+        let position = Position {
+            epoch: p["epoch"].as_u64()?,
+            batch: u(&p["batch"])?,
+            sample: u(&p["sample"])?,
+            skipped: u(&p["skipped"])?,
+        };
+        Some((sums.to_vec(), position, u(&m["images"])?))
+    }
+
+    /// Writes the sums `(C, E)` over the samples before `position`, `images` of them embedded (atomically).
+    fn save(&self, sums: &[f32], classes: usize, position: Position, images: usize) -> Result<()> {
+        let meta = json!({"imprint_progress": {
+            "key": format!("{:016x}", self.key),
+            "images": images,
+            "position": {
+                "epoch": position.epoch, "batch": position.batch, "sample": position.sample,
+                "skipped": position.skipped,
+            },
+        }});
+        let mut file = TensorFile::new(&self.path.display().to_string(), meta);
+        file.insert_f32("sums", &[classes, sums.len() / classes], sums.to_vec())?;
+        file.save(self.path).with_context(|| format!("cannot keep the imprint's progress in {}", self.path.display()))
+    }
+}
+
 /// Imprints `head` `(E, C)` (one centre per column, seeded) with the embeddings `backend` makes of every sample of
-/// `dataset`, read as `reading` says. `quiet` hides the progress bar.
+/// `dataset`, read as `reading` says, keeping its progress as `progress` says (the module documentation). `quiet`
+/// hides the progress bar and the note on a progress file started afresh.
 pub fn imprint(
     backend: &mut dyn Backend,
     dataset: Arc<dyn Dataset>,
     reading: Reading,
     head: &mut [f32],
+    progress: Progress<'_>,
     quiet: bool,
-) -> Result<Imprinted> {
+) -> Result<Outcome> {
     let Reading { batch, workers, skip_bad_samples } = reading;
     let classes = dataset.num_classes();
     ensure!(
@@ -75,6 +162,17 @@ pub fn imprint(
         skip_bad_samples,
         ..LoaderConfig::new(batch, 0)
     };
+    // Sums of unit embeddings `(C, E)`, and the images in them, from where an earlier imprint stopped.
+    let (mut sums, start, mut images) = match progress.read(classes, e) {
+        Some(kept) => kept,
+        None => {
+            if progress.path.exists() && !quiet {
+                eprintln!("{}: another imprint's progress (other inputs): imprinting afresh", progress.path.display());
+            }
+            (vec![0.0f32; classes * e], Position::epoch_start(0), 0)
+        }
+    };
+    let carried_on_from = images;
     let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(dataset.len() as u64) };
     bar.set_style(
         ProgressStyle::with_template(
@@ -82,10 +180,11 @@ pub fn imprint(
         )
         .expect("valid template"),
     );
-    let mut loader = Loader::new(Arc::clone(&dataset), config, Position::epoch_start(0))?;
-    // Sums of unit embeddings `(C, E)`.
-    let mut sums = vec![0.0f32; classes * e];
-    let (mut images, mut unit) = (0, vec![0.0f32; e]);
+    bar.set_position(start.sample as u64);
+    bar.reset_eta();
+    let mut loader = Loader::new(Arc::clone(&dataset), config, start)?;
+    let mut unit = vec![0.0f32; e];
+    let mut saved = Instant::now();
     while let Some(b) = loader.next_batch()? {
         let embeddings = backend.embed(&b.images, &b.flips)?;
         ensure!(
@@ -101,9 +200,20 @@ pub fn imprint(
             sum.iter_mut().zip(&unit).for_each(|(s, u)| *s += u);
         }
         images += b.len();
-        bar.inc(b.len() as u64);
+        bar.set_position(loader.position().sample as u64);
+        let stop = progress.stop.load(Ordering::SeqCst);
+        if stop || saved.elapsed() >= progress.save_every {
+            progress.save(&sums, classes, loader.position(), images)?;
+            saved = Instant::now();
+        }
+        if stop {
+            bar.finish_and_clear();
+            return Ok(Outcome::Stopped { read: loader.position().sample, of: dataset.len() });
+        }
     }
     bar.finish_and_clear();
+    // Kept whole: a run that fails before its first checkpoint starts again from here, not from the first image.
+    progress.save(&sums, classes, loader.position(), images)?;
     let mut imprinted = 0;
     for (c, sum) in sums.chunks_exact(e).enumerate() {
         // No image (all unreadable), or sums that cancel: the seeded centre stays.
@@ -115,7 +225,18 @@ pub fn imprint(
         }
         imprinted += 1;
     }
-    Ok(Imprinted { images, classes: imprinted, skipped: loader.bad_samples().count })
+    Ok(Outcome::Done(Imprinted { images, classes: imprinted, skipped: loader.bad_samples().count, carried_on_from }))
+}
+
+/// Removes a run folder's progress file (once the run has a checkpoint, it is not needed); none there is fine.
+pub fn remove_progress(out: &Path) -> Result<()> {
+    let path = out.join(FILE);
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot remove {}", path.display()))
+        }
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -155,6 +276,14 @@ mod tests {
         }
     }
 
+    /// Never set: an imprint that runs to the end.
+    static GO: AtomicBool = AtomicBool::new(false);
+
+    /// Progress kept in `path` under `key` after every batch, stopped by `stop`.
+    fn progress<'a>(path: &'a Path, key: u64, stop: &'a AtomicBool) -> Progress<'a> {
+        Progress { path, key, save_every: Duration::ZERO, stop }
+    }
+
     fn backend(classes: usize) -> CpuBackend {
         CpuBackend::new(&CFG, 3, classes, StepConfig::recipe(MarginConfig::ARCFACE), 11).unwrap().with_threads(2)
     }
@@ -178,8 +307,10 @@ mod tests {
         let seeded = seeded_head(&b);
         let mut head = seeded.clone();
         let reading = Reading { batch: 3, workers: 2, skip_bad_samples: true };
-        let done = imprint(&mut b, data.clone(), reading, &mut head, true).unwrap();
-        assert_eq!(done, Imprinted { images: 12, classes: 8, skipped: 1 });
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE);
+        let done = imprint(&mut b, data.clone(), reading, &mut head, progress(&path, 1, &GO), true).unwrap();
+        assert_eq!(done, Outcome::Done(Imprinted { images: 12, classes: 8, skipped: 1, carried_on_from: 0 }));
         let e = CFG.embedding;
         for c in 0..classes {
             let got = column(&head, classes, c);
@@ -207,7 +338,59 @@ mod tests {
         let mut b = backend(3);
         let mut head = seeded_head(&b);
         let reading = Reading { batch: 3, workers: 1, skip_bad_samples: false };
-        let err = imprint(&mut b, data, reading, &mut head, true).unwrap_err();
+        let dir = tempfile::tempdir().unwrap();
+        let err = imprint(&mut b, data, reading, &mut head, progress(&dir.path().join(FILE), 1, &GO), true);
+        let err = err.unwrap_err();
         assert!(format!("{err:#}").contains("sample 4 is broken"), "{err:#}");
+    }
+
+    #[test]
+    fn a_stopped_imprint_carries_on_to_the_same_centres() {
+        // 9 classes, 13 samples, batches of 3; sample 1 unreadable and left out, so the first batch reads 4.
+        let classes = 9;
+        let data = Arc::new(OneBad(SyntheticDataset::new(5, 13, classes, SHAPE).unwrap(), 1));
+        let reading = Reading { batch: 3, workers: 2, skip_bad_samples: true };
+        let mut b = backend(classes);
+        let seeded = seeded_head(&b);
+        let dir = tempfile::tempdir().unwrap();
+        let whole_path = dir.path().join("whole.safetensors");
+        let mut whole = seeded.clone();
+        let done = imprint(&mut b, data.clone(), reading, &mut whole, progress(&whole_path, 1, &GO), true).unwrap();
+        let want = Imprinted { images: 12, classes: 9, skipped: 1, carried_on_from: 0 };
+        assert_eq!(done, Outcome::Done(want.clone()));
+
+        // Stopped after the first batch: the head untouched, the progress in the file.
+        let path = dir.path().join(FILE);
+        let mut head = seeded.clone();
+        let stop = AtomicBool::new(true);
+        let stopped = imprint(&mut b, data.clone(), reading, &mut head, progress(&path, 1, &stop), true).unwrap();
+        assert_eq!(stopped, Outcome::Stopped { read: 4, of: 13 });
+        assert_eq!(head, seeded);
+        let meta = &TensorFile::open(&path).unwrap().meta["imprint_progress"];
+        assert_eq!((meta["images"].as_u64(), meta["position"]["skipped"].as_u64()), (Some(3), Some(1)));
+
+        // Carried on: the same bits as the imprint that never stopped, the skipped sample counted once.
+        let done = imprint(&mut b, data.clone(), reading, &mut head, progress(&path, 1, &GO), true).unwrap();
+        assert_eq!(done, Outcome::Done(Imprinted { carried_on_from: 3, ..want.clone() }));
+        assert_eq!(head, whole);
+
+        // The finished file is kept whole: an imprint of the same key reads no image and gives the same centres.
+        let mut again = seeded.clone();
+        let done = imprint(&mut b, data.clone(), reading, &mut again, progress(&path, 1, &GO), true).unwrap();
+        assert_eq!(done, Outcome::Done(Imprinted { carried_on_from: 12, ..want.clone() }));
+        assert_eq!(again, whole);
+
+        // Another key (another backbone, say) starts afresh, and so does a file that does not read.
+        let mut other = seeded.clone();
+        let done = imprint(&mut b, data.clone(), reading, &mut other, progress(&path, 2, &GO), true).unwrap();
+        assert_eq!((done, other), (Outcome::Done(want.clone()), whole.clone()));
+        std::fs::write(&path, b"torn").unwrap();
+        let mut torn = seeded.clone();
+        let done = imprint(&mut b, data, reading, &mut torn, progress(&path, 2, &GO), true).unwrap();
+        assert_eq!((done, torn), (Outcome::Done(want), whole));
+
+        remove_progress(dir.path()).unwrap();
+        assert!(!path.exists());
+        remove_progress(dir.path()).unwrap();
     }
 }
