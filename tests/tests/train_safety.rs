@@ -337,15 +337,15 @@ fn a_run_stopped_in_its_imprint_carries_on_from_it_to_the_same_weights() {
 
     // Stopped after the imprint's first batch: no step, no checkpoint, the imprint's progress kept.
     let stop = AtomicBool::new(true);
-    let s = train_until(&cfg, None, true, &stop).unwrap();
+    let s = train_until(&TrainConfig { threads: 1, ..cfg.clone() }, None, true, &stop).unwrap();
     assert!(s.interrupted);
     assert_eq!((s.steps, s.stopped_imprinting), (0, Some((4, 16))));
     assert!(!cfg.out.join("checkpoint.safetensors").exists());
     assert!(cfg.out.join(imprint::FILE).exists());
 
-    // The same command again: a fresh run that carries on from the imprint's 4 images, to the same weights as the
-    // run never stopped; its checkpoint makes the progress unneeded.
-    let s = train(&cfg, None, true).unwrap();
+    // The same command again (on other threads: the same bits): a fresh run that carries on from the imprint's 4
+    // images, to the same weights as the run never stopped; its checkpoint makes the progress unneeded.
+    let s = train(&TrainConfig { threads: 2, ..cfg.clone() }, None, true).unwrap();
     assert_eq!((s.steps, s.stopped_imprinting), (2, None));
     let line = std::fs::read_to_string(cfg.out.join("metrics.jsonl")).unwrap();
     let line: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();

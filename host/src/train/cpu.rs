@@ -198,6 +198,10 @@ impl Backend for CpuBackend {
     fn device(&self) -> String {
         format!("cpu ({})", self.threads)
     }
+
+    fn arithmetic(&self) -> String {
+        "cpu".into()
+    }
 }
 
 #[cfg(test)]

@@ -44,6 +44,12 @@ pub trait Backend {
     /// The device, in words (`cpu`, or the adapter's name).
     fn device(&self) -> String;
 
+    /// What decides the bits of its results, in words: [`Backend::device`] (on a GPU: the adapter, the precision
+    /// and the convolution settings), less what changes nothing but the time (the CPU reference's threads).
+    fn arithmetic(&self) -> String {
+        self.device()
+    }
+
     /// The network as it stands (weights and batch norm running statistics), without the head and the optimizer.
     fn backbone(&self) -> Result<Backbone> {
         Ok(self.checkpoint(0, Position::epoch_start(0), serde_json::Value::Null)?.backbone())

@@ -845,7 +845,7 @@ fn start_from(
         let t = Instant::now();
         let reading = Reading { batch: cfg.batch, workers: cfg.workers, skip_bad_samples: cfg.skip_bad_samples };
         let path = cfg.out.join(imprint::FILE);
-        let key = imprint_key(&ck, cfg, dataset.as_ref(), &backend.device());
+        let key = imprint_key(&ck, cfg, dataset.as_ref(), &backend.arithmetic());
         let progress = Progress { path: &path, key, save_every: IMPRINT_SAVE_EVERY, stop };
         let done = match imprint(backend, Arc::clone(dataset), reading, &mut ck.head, progress, quiet)? {
             Outcome::Done(done) => done,
@@ -883,15 +883,15 @@ fn start_from(
 const IMPRINT_SAVE_EVERY: Duration = Duration::from_secs(120);
 
 /// The key of an imprint's progress ([`Progress::key`]): the backbone it embeds with (`ck`'s values, network and
-/// batch norm), the dataset (its path, size, classes and image shape), the reading (batch, skipping) and `device`,
-/// which names the arithmetic (the GPU, its precision and convolution settings; the CPU reference's threads).
-fn imprint_key(ck: &Checkpoint, cfg: &TrainConfig, dataset: &dyn Dataset, device: &str) -> u64 {
+/// batch norm), the dataset (its path, size, classes and image shape), the reading (batch, skipping) and the
+/// backend's `arithmetic` ([`Backend::arithmetic`]: the GPU, its precision and convolution settings).
+fn imprint_key(ck: &Checkpoint, cfg: &TrainConfig, dataset: &dyn Dataset, arithmetic: &str) -> u64 {
     let mut h = Fnv1a::new();
     h.eat(b"elasticface imprint 1\0");
     h.eat(bytemuck::cast_slice(&ck.state));
     let data = std::fs::canonicalize(&cfg.data).unwrap_or_else(|_| cfg.data.clone());
     let about = format!(
-        "{:?}|{:?}|{}|{}|{}|{:?}|{}|{}|{device}",
+        "{:?}|{:?}|{}|{}|{}|{:?}|{}|{}|{arithmetic}",
         ck.cfg,
         ck.step_cfg.bn,
         data.display(),
