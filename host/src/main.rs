@@ -37,13 +37,16 @@ enum Command {
     /// Defaults follow the released ElasticFace recipe: r100, 512-d, ElasticFace-Arc+, SGD momentum 0.9,
     /// weight decay 5e-4, lr 0.1 x batch/512 decayed x0.1 at epochs 8, 14, 20, 25 of 26, backbone gradient norm
     /// clipped at 5, random horizontal flips. Every key can also come from a TOML file (`--config`); flags win.
-    /// Ctrl-C or SIGTERM saves a checkpoint before stopping; `--resume OUT` continues exactly where it stopped.
+    /// Ctrl-C or SIGTERM saves a checkpoint before stopping; `--resume OUT` continues exactly where it stopped. In a
+    /// fine-tuning run's imprint (before its first step), it keeps the imprint's progress instead, which the same
+    /// command carries on from.
     Train(Box<TrainArgs>),
     /// How training runs went, from their folders alone (while they train, or after): each run's steps, epoch,
     /// speed, loss at the start and now, and each verification set's first, last and best accuracy; and
     /// training.png/.svg: the loss and the accuracies over the steps, several runs on the same axes.
     ///
-    /// Reads each RUN's metrics.jsonl, config.toml and best.safetensors; needs no data, model or GPU.
+    /// Reads each RUN's metrics.jsonl, config.toml, best.safetensors and a fine-tuning run's imprint.safetensors
+    /// (how far its imprint got); needs no data, model or GPU.
     Report(Box<elasticface::report::ReportArgs>),
     /// Verification on insightface packs (lfw, cfp_fp, agedb_30, calfw, cplfw .bin) and IJB-B/C: 10-fold
     /// accuracy, TAR at FAR, thresholds; a table, OUT/report.json and ROC plots OUT/roc.png, OUT/roc.svg.

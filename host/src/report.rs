@@ -1,6 +1,6 @@
 //! `elasticface report`: how training runs went, from their folders alone (`metrics.jsonl`, `config.toml`,
-//! `best.safetensors`), while they train or after: a summary per run and a picture of the loss and of each
-//! verification set's accuracy over the steps, several runs on the same axes.
+//! `best.safetensors`, a fine-tuning run's `imprint.safetensors`), while they train or after: a summary per run and a
+//! picture of the loss and of each verification set's accuracy over the steps, several runs on the same axes.
 //!
 //! Nothing here needs the data, the model or a GPU; a run being written to is read as it stands (a line cut short
 //! by a crash, or being written, is left out and counted).
@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::eval::plot::{self, Series};
 use crate::train::best::{self, Best};
+use crate::train::imprint;
 use crate::train::run::{CONFIG_FILE, METRICS_FILE, UNBOUNDED_EPOCHS};
 
 /// One training step's line.
@@ -92,21 +93,34 @@ pub struct Run {
     pub config: Option<toml::Table>,
     /// The record in its `best.safetensors`, if it has one.
     pub best: Option<Best>,
+    /// Where it has an imprint's progress (a fine-tuning run in its imprint, or stopped there): the samples read at
+    /// the last save and the samples in the data ([`imprint::read_progress`]).
+    pub imprint: Option<(usize, usize)>,
 }
 
 impl Run {
-    /// Reads run folder `dir`; it must hold a `metrics.jsonl`.
+    /// Reads run folder `dir`: its `metrics.jsonl`, which a run that has not yet written one (opening its data,
+    /// imprinting) lacks, and which a folder without a `config.toml` must hold.
     pub fn open(dir: &Path) -> Result<Self> {
         let path = dir.join(METRICS_FILE);
-        let text = std::fs::read_to_string(&path).with_context(|| {
-            format!("cannot read {}: is {} a run folder (train --out)?", path.display(), dir.display())
-        })?;
-        // Both are written atomically by `train`: one that does not read was changed by hand, and the summary
-        // goes on without it, saying so.
+        let text = match std::fs::read_to_string(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir.join(CONFIG_FILE).exists() => String::new(),
+            read => read.with_context(|| {
+                format!("cannot read {}: is {} a run folder (train --out)?", path.display(), dir.display())
+            })?,
+        };
+        // All are written atomically by `train`: one that does not read was changed by hand, and the summary goes
+        // on without it, saying so.
         let config = optional(&dir.join(CONFIG_FILE), |p| Ok(std::fs::read_to_string(p)?.parse::<toml::Table>()?));
         let best =
             optional(&dir.join(best::FILE), |p| Best::read(p)?.context("its manifest holds no best_of_run record"));
-        Ok(Self { dir: dir.to_path_buf(), metrics: Metrics::parse(&text), config, best })
+        let imprint = optional(&dir.join(imprint::FILE), imprint::read_progress);
+        Ok(Self { dir: dir.to_path_buf(), metrics: Metrics::parse(&text), config, best, imprint })
+    }
+
+    /// Whether its metrics hold a step or a verification: something to draw.
+    fn has_lines(&self) -> bool {
+        !(self.metrics.steps.is_empty() && self.metrics.sets.is_empty())
     }
 }
 
@@ -194,6 +208,9 @@ pub struct Summary {
     pub best_model: Option<Best>,
     /// Lines of metrics.jsonl left out (not JSON).
     pub unreadable_lines: usize,
+    /// A fine-tuning run's imprint, where the folder holds its progress: the samples read at its last save and the
+    /// samples in the data.
+    pub imprint: Option<(usize, usize)>,
 }
 
 /// The loss spans' length for `n` steps: a tenth of them, at least 1, at most 100.
@@ -282,6 +299,7 @@ impl Summary {
             sets,
             best_model: run.best.clone(),
             unreadable_lines: m.unreadable_lines,
+            imprint: run.imprint,
         }
     }
 
@@ -289,6 +307,10 @@ impl Summary {
     pub fn lines(&self) -> Vec<String> {
         // (label, text) rows, the labels then padded to one column.
         let mut rows: Vec<(String, String)> = Vec::new();
+        if let Some((read, of)) = self.imprint {
+            let state = if read < of { "at its last save" } else { "done; kept until the first checkpoint" };
+            rows.push(("imprint".into(), format!("{read} of {of} samples read ({state})")));
+        }
         let mut steps = self.last_step.to_string();
         if let Some(max) = self.max_steps {
             steps += &format!(" of at most {max}");
@@ -385,7 +407,12 @@ impl ReportArgs {
                 println!("{}", s.lines().join("\n"));
             }
         }
-        if !self.no_plot {
+        if !runs.iter().any(Run::has_lines) {
+            // A run opening its data or imprinting: a summary, but nothing to draw yet.
+            if !self.no_plot {
+                eprintln!("no picture: no step or verification line yet");
+            }
+        } else if !self.no_plot {
             let out = self.out.clone().unwrap_or_else(|| self.runs[0].clone());
             let (png, svg) = write_picture(&runs, &out)?;
             if !self.json {
@@ -398,7 +425,7 @@ impl ReportArgs {
 
 /// Writes `out/training.png` and `out/training.svg`: the runs' loss curves, and each set's accuracy of each run.
 pub fn write_picture(runs: &[Run], out: &Path) -> Result<(PathBuf, PathBuf)> {
-    if runs.iter().all(|r| r.metrics.steps.is_empty() && r.metrics.sets.is_empty()) {
+    if !runs.iter().any(Run::has_lines) {
         bail!("nothing to draw: no step or verification line in the runs' metrics.jsonl");
     }
     let names = run_names(runs);
@@ -427,6 +454,8 @@ pub fn write_picture(runs: &[Run], out: &Path) -> Result<(PathBuf, PathBuf)> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     fn step(step: u64, epoch: u64, loss: Option<f64>) -> String {
@@ -478,7 +507,13 @@ mod tests {
                                    embedding = 512\nepochs = 26\n"
             .parse()
             .unwrap();
-        let run = Run { dir: "runs/x".into(), metrics: Metrics::parse(&text), config: Some(config), best: None };
+        let run = Run {
+            dir: "runs/x".into(),
+            metrics: Metrics::parse(&text),
+            config: Some(config),
+            best: None,
+            imprint: None,
+        };
         let s = Summary::of(&run);
         assert_eq!(s.settings.as_deref(), Some("r100, 512-d, elastic-arc-plus, batch 128 x 4"));
         assert_eq!((s.steps, s.last_step, s.epoch, s.epochs, s.max_steps), (40, 40, Some(2), Some(26), None));
@@ -534,7 +569,7 @@ mod tests {
         text += &val(0, "lfw", 0.6);
         text += &val(50, "lfw", 0.9);
         let dir = tempfile::tempdir().unwrap();
-        let run = Run { dir: "runs/x".into(), metrics: Metrics::parse(&text), config: None, best: None };
+        let run = Run { dir: "runs/x".into(), metrics: Metrics::parse(&text), config: None, best: None, imprint: None };
         let (png, svg) = write_picture(std::slice::from_ref(&run), dir.path()).unwrap();
         let img = image::open(&png).unwrap().to_rgb8();
         assert_eq!(img.dimensions(), plot::TRAINING_SIZE);
@@ -562,7 +597,7 @@ mod tests {
     fn a_run_bounded_by_steps_names_them() {
         let config: toml::Table = format!("epochs = {UNBOUNDED_EPOCHS}\nmax_steps = 60\n").parse().unwrap();
         let metrics = Metrics::parse(&(step(1, 0, Some(3.0)) + &step(2, 1, Some(2.0))));
-        let run = Run { dir: "runs/demo".into(), metrics, config: Some(config), best: None };
+        let run = Run { dir: "runs/demo".into(), metrics, config: Some(config), best: None, imprint: None };
         let s = Summary::of(&run);
         assert_eq!((s.epoch, s.epochs, s.max_steps), (Some(2), None, Some(60)));
         assert!(
@@ -572,12 +607,29 @@ mod tests {
         );
     }
 
-    /// A folder without metrics.jsonl is refused; a config.toml or best.safetensors that does not read is left out.
+    /// A folder without metrics.jsonl is refused unless it holds a config.toml (a run before its first line: in its
+    /// imprint, say); a config.toml, best.safetensors or imprint.safetensors that does not read is left out.
     #[test]
     fn a_run_folder_reads_what_it_can() {
         let dir = tempfile::tempdir().unwrap();
         let err = format!("{:#}", Run::open(dir.path()).unwrap_err());
         assert!(err.contains("metrics.jsonl") && err.contains("a run folder"), "{err}");
+
+        // Imprinting: no line yet, the imprint's progress as it was last saved.
+        std::fs::write(dir.path().join("config.toml"), "batch = 8\narch = \"r50\"").unwrap();
+        let progress = json!({"imprint_progress": {"key": "0", "images": 95, "samples": 2000,
+            "position": {"epoch": 0, "batch": 3, "sample": 96, "skipped": 1}}});
+        let mut file = crate::tensorfile::TensorFile::new("imprint", progress);
+        file.insert_f32("sums", &[1, 1], vec![0.0]).unwrap();
+        file.save(&dir.path().join(imprint::FILE)).unwrap();
+        let run = Run::open(dir.path()).unwrap();
+        assert!(!run.has_lines());
+        assert_eq!(run.imprint, Some((96, 2000)));
+        let lines = Summary::of(&run).lines();
+        assert!(lines[1].ends_with("imprint  96 of 2000 samples read (at its last save)"), "{lines:?}");
+        std::fs::write(dir.path().join(imprint::FILE), b"torn").unwrap();
+        assert_eq!(Run::open(dir.path()).unwrap().imprint, None);
+
         std::fs::write(dir.path().join("metrics.jsonl"), step(1, 0, Some(3.0))).unwrap();
         std::fs::write(dir.path().join("config.toml"), "batch = ").unwrap();
         std::fs::write(dir.path().join(best::FILE), b"not safetensors").unwrap();
@@ -589,7 +641,7 @@ mod tests {
 
     #[test]
     fn runs_of_the_same_name_are_told_apart_by_their_path() {
-        let run = |d: &str| Run { dir: d.into(), metrics: Metrics::default(), config: None, best: None };
+        let run = |d: &str| Run { dir: d.into(), metrics: Metrics::default(), config: None, best: None, imprint: None };
         let names = run_names(&[run("a/r100"), run("b/r100"), run("c/r50")]);
         assert_eq!(names, ["a/r100", "b/r100", "r50"]);
     }

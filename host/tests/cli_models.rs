@@ -286,6 +286,13 @@ fn report_summarises_runs_from_their_folders() {
     assert_eq!(best["mean_accuracy"], set["best"]["accuracy"], "{a}");
     assert!(!dir.path().join("a/training.png").exists(), "--no-plot");
 
+    // A run before its first line (opening its data, or imprinting): its settings, no step, nothing to draw.
+    std::fs::create_dir(dir.path().join("c")).unwrap();
+    std::fs::copy(dir.path().join("a/config.toml"), dir.path().join("c/config.toml")).unwrap();
+    let out = elasticface(&["report", &p("c")]);
+    assert!(out.contains("elastic-arc-plus, batch 2\n  steps  0 of at most 3\n"), "{out}");
+    assert!(!dir.path().join("c/training.png").exists());
+
     let err = elasticface_fails(&["report", &p("synth")]);
     assert!(err.contains("metrics.jsonl") && err.contains("a run folder"), "{err}");
 }

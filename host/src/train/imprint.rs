@@ -119,11 +119,13 @@ impl Progress<'_> {
         Some((sums.to_vec(), position, u(&m["images"])?))
     }
 
-    /// Writes the sums `(C, E)` over the samples before `position`, `images` of them embedded (atomically).
-    fn save(&self, sums: &[f32], classes: usize, position: Position, images: usize) -> Result<()> {
+    /// Writes the sums `(C, E)` over the samples before `position` of the `samples` of the dataset, `images` of them
+    /// embedded (atomically).
+    fn save(&self, sums: &[f32], classes: usize, (position, samples): (Position, usize), images: usize) -> Result<()> {
         let meta = json!({"imprint_progress": {
             "key": format!("{:016x}", self.key),
             "images": images,
+            "samples": samples,
             "position": {
                 "epoch": position.epoch, "batch": position.batch, "sample": position.sample,
                 "skipped": position.skipped,
@@ -203,7 +205,7 @@ pub fn imprint(
         bar.set_position(loader.position().sample as u64);
         let stop = progress.stop.load(Ordering::SeqCst);
         if stop || saved.elapsed() >= progress.save_every {
-            progress.save(&sums, classes, loader.position(), images)?;
+            progress.save(&sums, classes, (loader.position(), dataset.len()), images)?;
             saved = Instant::now();
         }
         if stop {
@@ -213,7 +215,7 @@ pub fn imprint(
     }
     bar.finish_and_clear();
     // Kept whole: a run that fails before its first checkpoint starts again from here, not from the first image.
-    progress.save(&sums, classes, loader.position(), images)?;
+    progress.save(&sums, classes, (loader.position(), dataset.len()), images)?;
     let mut imprinted = 0;
     for (c, sum) in sums.chunks_exact(e).enumerate() {
         // No image (all unreadable), or sums that cancel: the seeded centre stays.
@@ -226,6 +228,17 @@ pub fn imprint(
         imprinted += 1;
     }
     Ok(Outcome::Done(Imprinted { images, classes: imprinted, skipped: loader.bad_samples().count, carried_on_from }))
+}
+
+/// How far the imprint whose progress file is `path` had got at its last save: the samples read (embedded or left
+/// out) and the samples in its dataset.
+pub fn read_progress(path: &Path) -> Result<(usize, usize)> {
+    let file = TensorFile::open(path)?;
+    let m = &file.meta["imprint_progress"];
+    let u = |v: &serde_json::Value| v.as_u64().and_then(|v| usize::try_from(v).ok());
+    u(&m["position"]["sample"])
+        .zip(u(&m["samples"]))
+        .with_context(|| format!("{}: not an imprint's progress", path.display()))
 }
 
 /// Removes a run folder's progress file (once the run has a checkpoint, it is not needed); none there is fine.

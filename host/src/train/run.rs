@@ -68,7 +68,8 @@ pub enum Device {
 #[serde(rename_all = "kebab-case")]
 pub enum InitHead {
     /// Each class's centre the unit mean direction of its images' embeddings under the starting backbone (one pass
-    /// of inference over the training data first).
+    /// of inference over the training data first; Ctrl-C keeps its progress, which the same command carries on
+    /// from).
     Imprint,
     /// Random centres from the seed, as a run from scratch.
     Random,
