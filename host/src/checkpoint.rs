@@ -140,10 +140,7 @@ impl Checkpoint {
             "batchnorm": {"eps": s.bn.eps, "momentum": s.bn.momentum},
             "seed": self.seed,
             "step": self.step,
-            "position": {
-                "epoch": self.position.epoch, "batch": self.position.batch, "sample": self.position.sample,
-                "skipped": self.position.skipped,
-            },
+            "position": self.position.to_json(),
             "run": self.run,
         });
         let mut meta = meta;
@@ -196,14 +193,8 @@ impl Checkpoint {
                 momentum: fl(&m["batchnorm"]["momentum"], "batchnorm.momentum")?,
             },
         };
-        let p = &m["position"];
-        let position = Position {
-            epoch: p["epoch"].as_u64().ok_or_else(|| anyhow!(ctx("position.epoch")))?,
-            batch: u(&p["batch"], "position.batch")?,
-            sample: u(&p["sample"], "position.sample")?,
-            // Not written before it was counted: a checkpoint without it counts the epoch's skips from its position.
-            skipped: if p.get("skipped").is_some() { u(&p["skipped"], "position.skipped")? } else { 0 },
-        };
+        let position =
+            Position::from_json(&m["position"]).map_err(|field| anyhow!(ctx(&format!("position.{field}"))))?;
         let state = read_state(f, &cfg)?;
         let mut momentum = vec![0.0; cfg.state_len()];
         for t in cfg.tensors().filter(|t| t.kind == TensorKind::Trainable) {

@@ -257,7 +257,7 @@ impl EmbedArgs {
             "flip": self.flip, "normalize": self.normalize, "shape": [files.len(), emb.dim],
         });
         embed::write_embeddings(&self.out, &emb, &files, about)?;
-        embed::remove_resume_file(&resume)?;
+        crate::files::remove_if_present(&resume)?;
         println!("{} embeddings of size {} -> {}", files.len(), emb.dim, self.out.display());
         Ok(ExitCode::SUCCESS)
     }
@@ -408,7 +408,7 @@ impl EnrollArgs {
         let files: Vec<PathBuf> = people.iter().flat_map(|p| p.files.iter().cloned()).collect();
         let done = gallery.enroll(&people, &emb)?;
         gallery.save(&self.out)?;
-        embed::remove_resume_file(&resume)?;
+        crate::files::remove_if_present(&resume)?;
         let replaced = if done.replaced > 0 { format!(", {} replaced", done.replaced) } else { String::new() };
         println!(
             "enrolled {} people from {} images ({} new{replaced}) -> {}: {} people",

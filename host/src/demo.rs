@@ -100,12 +100,7 @@ fn ensure_data(cfg: &DemoConfig, quiet: bool) -> Result<()> {
         return Ok(());
     }
     // The manifest goes first and comes back last: a generation cut short leaves a folder that is made again.
-    match std::fs::remove_file(&manifest) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(e).with_context(|| format!("cannot remove {}", manifest.display()));
-        }
-        _ => {}
-    }
+    crate::files::remove_if_present(&manifest)?;
     synth(&synth_cfg, quiet)?;
     crate::files::write_atomically(&manifest, wanted.as_bytes())
 }

@@ -304,16 +304,6 @@ pub fn resume_path(out: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Removes the feature file of a finished run ([`resume_path`]); one that is not there is fine.
-pub fn remove_resume_file(path: &Path) -> Result<()> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(e).with_context(|| format!("cannot remove {}", path.display()))
-        }
-        _ => Ok(()),
-    }
-}
-
 /// The file list written beside a `.npy` output: `emb.npy` -> `emb.files.txt`.
 pub fn file_list_path(npy: &Path) -> PathBuf {
     npy.with_extension("files.txt")

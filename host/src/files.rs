@@ -7,6 +7,15 @@ use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
 
+/// Removes the file `path`, if there is one: whether it was there; an error only where it could not be removed.
+pub fn remove_if_present(path: &Path) -> Result<bool> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
+    }
+}
+
 /// Writes `bytes` to `path` durably: replaced as the module says, the temporary file synced before the rename and
 /// the folder after it where the platform can sync a folder (not Windows), so the new file is on disk when this
 /// returns. For checkpoints, reports, run settings.

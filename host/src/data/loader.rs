@@ -168,6 +168,24 @@ impl Position {
     pub fn at_batch(epoch: u64, batch: usize, batch_size: usize) -> Self {
         Self { epoch, batch, sample: batch.saturating_mul(batch_size), skipped: 0 }
     }
+
+    /// As files record it (a checkpoint's manifest, an imprint's progress): `{"epoch", "batch", "sample",
+    /// "skipped"}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({"epoch": self.epoch, "batch": self.batch, "sample": self.sample, "skipped": self.skipped})
+    }
+
+    /// The position [`Position::to_json`] wrote; `Err` names the first field missing or out of range. A record
+    /// without `skipped` (written before skips were counted) counts the epoch's skips from this position: 0.
+    pub fn from_json(v: &serde_json::Value) -> std::result::Result<Self, &'static str> {
+        let u = |field: &'static str| v[field].as_u64().and_then(|x| usize::try_from(x).ok()).ok_or(field);
+        Ok(Self {
+            epoch: v["epoch"].as_u64().ok_or("epoch")?,
+            batch: u("batch")?,
+            sample: u("sample")?,
+            skipped: if v.get("skipped").is_some() { u("skipped")? } else { 0 },
+        })
+    }
 }
 
 /// One batch of training images.

@@ -96,41 +96,56 @@ pub struct Progress<'a> {
     pub stop: &'a AtomicBool,
 }
 
+/// What a progress file's manifest records beside its sums (`{"imprint_progress": {...}}`).
+struct Record {
+    /// [`Progress::key`], as 16 hex digits.
+    key: String,
+    /// Images embedded into the sums.
+    images: usize,
+    /// Samples in the dataset.
+    samples: usize,
+    /// The data position after the sums' samples.
+    position: Position,
+}
+
+impl Record {
+    /// The record in `file`'s manifest, if it holds one.
+    fn of(file: &TensorFile) -> Option<Self> {
+        let m = &file.meta["imprint_progress"];
+        let u = |v: &serde_json::Value| v.as_u64().and_then(|v| usize::try_from(v).ok());
+        Some(Self {
+            key: m["key"].as_str()?.to_string(),
+            images: u(&m["images"])?,
+            samples: u(&m["samples"])?,
+            position: Position::from_json(&m["position"]).ok()?,
+        })
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        json!({"imprint_progress": {
+            "key": self.key, "images": self.images, "samples": self.samples, "position": self.position.to_json(),
+        }})
+    }
+}
+
 impl Progress<'_> {
+    /// [`Progress::key`] as the file records it.
+    fn key_text(&self) -> String {
+        format!("{:016x}", self.key)
+    }
+
     /// Sums and position kept in the file, when it holds an imprint of this key over `classes x e` sums.
     fn read(&self, classes: usize, e: usize) -> Option<(Vec<f32>, Position, usize)> {
         let file = TensorFile::open(self.path).ok()?;
-        let m = &file.meta["imprint_progress"];
-        if m["key"].as_str()? != format!("{:016x}", self.key) {
-            return None;
-        }
-        let sums = file.f32("sums").ok()?;
-        if sums.len() != classes * e {
-            return None;
-        }
-        let u = |v: &serde_json::Value| v.as_u64().and_then(|v| usize::try_from(v).ok());
-        let p = &m["position"];
-        let position = Position {
-            epoch: p["epoch"].as_u64()?,
-            batch: u(&p["batch"])?,
-            sample: u(&p["sample"])?,
-            skipped: u(&p["skipped"])?,
-        };
-        Some((sums.to_vec(), position, u(&m["images"])?))
+        let record = Record::of(&file).filter(|r| r.key == self.key_text())?;
+        let sums = file.f32("sums").ok().filter(|s| s.len() == classes * e)?;
+        Some((sums.to_vec(), record.position, record.images))
     }
 
     /// Writes the sums `(C, E)` over the samples before `position` of the `samples` of the dataset, `images` of them
     /// embedded (atomically).
     fn save(&self, sums: &[f32], classes: usize, (position, samples): (Position, usize), images: usize) -> Result<()> {
-        let meta = json!({"imprint_progress": {
-            "key": format!("{:016x}", self.key),
-            "images": images,
-            "samples": samples,
-            "position": {
-                "epoch": position.epoch, "batch": position.batch, "sample": position.sample,
-                "skipped": position.skipped,
-            },
-        }});
+        let meta = Record { key: self.key_text(), images, samples, position }.to_json();
         let mut file = TensorFile::new(&self.path.display().to_string(), meta);
         file.insert_f32("sums", &[classes, sums.len() / classes], sums.to_vec())?;
         file.save(self.path).with_context(|| format!("cannot keep the imprint's progress in {}", self.path.display()))
@@ -233,23 +248,9 @@ pub fn imprint(
 /// How far the imprint whose progress file is `path` had got at its last save: the samples read (embedded or left
 /// out) and the samples in its dataset.
 pub fn read_progress(path: &Path) -> Result<(usize, usize)> {
-    let file = TensorFile::open(path)?;
-    let m = &file.meta["imprint_progress"];
-    let u = |v: &serde_json::Value| v.as_u64().and_then(|v| usize::try_from(v).ok());
-    u(&m["position"]["sample"])
-        .zip(u(&m["samples"]))
-        .with_context(|| format!("{}: not an imprint's progress", path.display()))
-}
-
-/// Removes a run folder's progress file (once the run has a checkpoint, it is not needed); none there is fine.
-pub fn remove_progress(out: &Path) -> Result<()> {
-    let path = out.join(FILE);
-    match std::fs::remove_file(&path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(e).with_context(|| format!("cannot remove {}", path.display()))
-        }
-        _ => Ok(()),
-    }
+    let record = Record::of(&TensorFile::open(path)?);
+    let record = record.with_context(|| format!("{}: not an imprint's progress", path.display()))?;
+    Ok((record.position.sample, record.samples))
 }
 
 #[cfg(test)]
@@ -402,8 +403,8 @@ mod tests {
         let done = imprint(&mut b, data, reading, &mut torn, progress(&path, 2, &GO), true).unwrap();
         assert_eq!((done, torn), (Outcome::Done(want), whole));
 
-        remove_progress(dir.path()).unwrap();
+        crate::files::remove_if_present(&path).unwrap();
         assert!(!path.exists());
-        remove_progress(dir.path()).unwrap();
+        crate::files::remove_if_present(&path).unwrap();
     }
 }

@@ -35,7 +35,7 @@ use super::Backend;
 use crate::checkpoint::{describe_network, Backbone, Checkpoint};
 use crate::data::{self, BadSamples, Dataset, Loader, LoaderConfig, Position};
 use crate::eval::{self, Pairs};
-use crate::files::write_atomically;
+use crate::files::{remove_if_present, write_atomically};
 use crate::fingerprint::Fnv1a;
 use crate::gpu::kernels::conv2d::{ConvPrecision, ConvTileChoice};
 use crate::gpu::kernels::winograd::WinogradTileChoice;
@@ -708,11 +708,8 @@ fn refuse_existing_run(out: &Path) -> Result<()> {
 fn remove_leftovers(out: &Path, quiet: bool) -> Result<()> {
     let mut removed = Vec::new();
     for name in [METRICS_FILE, best::FILE] {
-        let path = out.join(name);
-        match std::fs::remove_file(&path) {
-            Ok(()) => removed.push(name),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("cannot remove {}", path.display())),
+        if remove_if_present(&out.join(name))? {
+            removed.push(name);
         }
     }
     if !removed.is_empty() && !quiet {
@@ -985,7 +982,7 @@ fn report_bad_samples(
 /// Writes `ck` as the checkpoint of the run in folder `out`; an imprint's progress there is no longer needed then.
 fn save_checkpoint(ck: &Checkpoint, out: &Path) -> Result<()> {
     ck.save(&out.join(CHECKPOINT_FILE))?;
-    imprint::remove_progress(out)
+    remove_if_present(&out.join(imprint::FILE)).map(drop)
 }
 
 /// Trains as `cfg` says, resuming from `resume` when given (a checkpoint file, or `out`'s latest checkpoint
