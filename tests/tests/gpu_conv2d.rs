@@ -190,7 +190,8 @@ fn conv2d_mixed_matches_the_core_on_f16_operands() {
     } else {
         ("emulated", TileShape::f32_bytes)
     };
-    let tested = check_mixed_on_every_tile(gpu, kind, &shapes(), bytes, |tiling| {
+    let tiles = single_buffered();
+    let tested = check_mixed_on_tiles(gpu, kind, &tiles, &shapes(), bytes, |tiling| {
         Conv2d::build(gpu, ConvPrecision::Mixed, tiling)
     });
     assert!(tested >= 7, "{tested} tile shapes fit");
@@ -200,18 +201,19 @@ fn conv2d_mixed_matches_the_core_on_f16_operands() {
     compare_with_core(gpu, &conv, &format!("{kind} {name}"), true);
 }
 
-/// Checks the mixed-precision kernels `build` compiles for each single-buffered tile shape (the double-buffered
-/// ones give their bits) against the core on `shapes`; a shape may be refused only for tiles (of `bytes` bytes)
-/// beyond the adapter's workgroup memory. Returns the shapes run.
-fn check_mixed_on_every_tile<E: std::fmt::Display>(
+/// Checks the mixed-precision kernels `build` compiles for each of `tiles` against the core on `shapes`; a tile
+/// may be refused only where it (of `bytes` bytes) is beyond the adapter's workgroup memory. Returns the tiles
+/// run.
+fn check_mixed_on_tiles<E: std::fmt::Display>(
     gpu: &Gpu,
     kind: &str,
+    tiles: &[TileShape],
     shapes: &[Conv2dShape],
     bytes: fn(&TileShape) -> u32,
     build: impl Fn(ConvTiling) -> Result<Conv2d, E>,
 ) -> usize {
     let mut tested = 0;
-    for tile in TileShape::ALL.into_iter().filter(|t| t.buffers == 1) {
+    for &tile in tiles {
         let conv = match build(ConvTiling { tile, short_tiles: false, ..ConvTiling::for_adapter(gpu) }) {
             Ok(conv) => conv,
             Err(e) if bytes(&tile) > gpu.caps.max_workgroup_memory => {
@@ -230,22 +232,51 @@ fn check_mixed_on_every_tile<E: std::fmt::Display>(
     tested
 }
 
-/// The cooperative-matrix layout generated for each tile shape and fragment side (fragment offsets, the depth
+/// Every single-buffered tile shape (the double-buffered ones give their bits: see
+/// `double_buffered_tiles_give_the_single_buffered_bits`).
+fn single_buffered() -> Vec<TileShape> {
+    TileShape::ALL.into_iter().filter(|t| t.buffers == 1).collect()
+}
+
+/// The tile shapes the cooperative-matrix layout is checked on with its fragments as loops, for either fragment
+/// side: 64x64x32 and 128x128x16. Between them they give every value of each number the generated layout
+/// (`coop_sections`) is written for: one and two 64-row groups, two and four 32-column groups, and each of the
+/// side's fragment steps per depth step (1 and 2 of 16, 2 and 4 of 8); each fits double-buffered in 32 KiB. Not
+/// every tile shape: the loops are unrolled as the cooperative-matrix calls are, and a CPU adapter takes minutes
+/// to compile them all (the 128x128x32 module of 8 x 8 fragments alone, a minute). Every tile shape is run on the
+/// real cooperative matrices where the adapter has them (`conv2d_mixed_matches_the_core_on_f16_operands`), and
+/// composed for every backend by the kernel crate's own tests.
+fn layout_tiles() -> [TileShape; 2] {
+    [TileShape::new(64, 64, 32), TileShape::new(128, 128, 16)]
+}
+
+/// The cooperative-matrix layout generated for tile shapes and fragment sides (fragment offsets, the depth
 /// sub-steps, the staged epilogue; 16 x 16 fragments as on NVIDIA's tensor cores, 8 x 8 as Apple's) on any adapter:
 /// the mixed-precision module with its fragment operations done by plain loops
-/// ([`Conv2d::mixed_fragments_as_loops`]), against the core with the mixed-precision bound above. Where the adapter
-/// has cooperative matrices, the test above runs the real ones on every tile shape as well. On shapes of two row
-/// tiles (M = 130) and of column tiles cut short, strided and not, with scalar and vec4 loads: the loops are slow.
+/// ([`Conv2d::mixed_fragments_as_loops`]), against the core with the mixed-precision bound above, on
+/// [`layout_tiles`]. Where the adapter has cooperative matrices, the test above runs the real ones on every tile
+/// shape as well. On shapes of two row tiles (M = 130) and of column tiles cut short, strided and not, with scalar
+/// and vec4 loads: the loops are slow.
 #[test]
 fn cooperative_matrix_layout_matches_the_core_with_fragments_as_loops() {
     let Some(gpu) = gpu() else { return };
-    let shapes = few_shapes();
+    let (tiles, shapes) = (layout_tiles(), few_shapes());
     for side in FragmentSide::ALL {
-        let tested =
-            check_mixed_on_every_tile(gpu, &format!("loops {side}"), &shapes, TileShape::coop_bytes, |tiling| {
-                Conv2d::mixed_fragments_as_loops(gpu, tiling, side)
-            });
-        assert!(tested >= 7, "{tested} tile shapes fit");
+        let kind = format!("loops {side}");
+        let tested = check_mixed_on_tiles(gpu, &kind, &tiles, &shapes, TileShape::coop_bytes, |tiling| {
+            Conv2d::mixed_fragments_as_loops(gpu, tiling, side)
+        });
+        assert_eq!(tested, tiles.len(), "{kind}: the layout's tiles fit 32 KiB of workgroup memory");
+    }
+}
+
+/// The single-buffered tile shapes a kind of [`mixed_builds`] is checked on: [`layout_tiles`] for the
+/// cooperative-matrix layout as loops, every one for the adapter's own.
+fn tiles_of(kind: &str) -> Vec<TileShape> {
+    if kind.starts_with("loops") {
+        layout_tiles().to_vec()
+    } else {
+        single_buffered()
     }
 }
 
@@ -274,8 +305,8 @@ fn mixed_builds(gpu: &Gpu) -> [(&'static str, Build, Bytes); 3] {
 /// The batched products of mixed precision (the F(2x2) Winograd convolutions' products; emulated where the adapter
 /// has no tensor cores, and the cooperative-matrix layout with its fragments as loops) on f16 operands against the
 /// core on the same values: the products are exact on both sides, so the summation bound applies, doubled as for
-/// the convolutions above. Every single-buffered tile shape that fits, split and not, on products that are
-/// multiples of no tile. Each build also checks its vec4 loads ([`check_vec4_loads`]).
+/// the convolutions above. The single-buffered tile shapes of [`tiles_of`] that fit, split and not, on products
+/// that are multiples of no tile. Each build also checks its vec4 loads ([`check_vec4_loads`]).
 #[test]
 fn gemm_batched_in_mixed_precision_matches_the_core_on_f16_operands() {
     let Some(gpu) = gpu() else { return };
@@ -283,11 +314,12 @@ fn gemm_batched_in_mixed_precision_matches_the_core_on_f16_operands() {
     let dims = [[3, 70, 45, 130], [2, 9, 300, 33]];
     let (mut worst, mut tested) = (0.0f32, 0);
     for (kind, build, bytes) in builds {
-        for tile in TileShape::ALL.into_iter().filter(|t| t.buffers == 1 && bytes(t) <= gpu.caps.max_workgroup_memory) {
+        for tile in tiles_of(kind).into_iter().filter(|t| bytes(t) <= gpu.caps.max_workgroup_memory) {
+            let tiling =
+                ConvTiling { tile, short_tiles: false, target_workgroups: 1, min_steps_per_split: 1, max_grid_x: 3 };
+            let built = build(gpu, tiling).unwrap();
             for target_workgroups in [1, 1 << 20] {
-                let tiling =
-                    ConvTiling { tile, short_tiles: false, target_workgroups, min_steps_per_split: 1, max_grid_x: 3 };
-                let conv = build(gpu, tiling).unwrap();
+                let conv = built.with_target_workgroups(target_workgroups);
                 check_vec4_loads(gpu, &conv, &format!("{kind} {tile}, target workgroups {target_workgroups}"));
                 // The loops are slow: one product.
                 let dims = if kind == "loops" { &dims[..1] } else { &dims[..] };
@@ -317,15 +349,16 @@ fn gemm_batched_in_mixed_precision_matches_the_core_on_f16_operands() {
         }
     }
     eprintln!("mixed gemm_batched: max error / bound {worst:.3}");
-    // On lavapipe (32 KiB): 7 shapes emulated, 5 as loops.
-    assert!(tested >= 2 * (2 * 7 + 5), "{tested} products");
+    // On lavapipe (32 KiB), split and not: 7 shapes emulated, two products each; the layout's 2 as loops, one
+    // product with 16 x 16 fragments and two with 8 x 8.
+    assert!(tested >= 2 * (7 * 2 + 2 + 2 * 2), "{tested} products");
 }
 
 /// `gemm_batched` on products whose depth and columns are multiples of 4 loads its operands as vec4s
 /// (`gemm_batched_vec4`): the same sums in the same order, so the bits of the scalar loads. Checked on `conv`
 /// against the same product with one more column of B (37: every row of B then starts off the vec4s, so the
 /// scalar kernel runs, on the same tiles and splits), column by column. Called where the tests build their
-/// tilings: every tile shape, split and not, f32, mixed precision and the cooperative-matrix layout as loops.
+/// tilings: every tile shape in f32 and mixed precision, the layout's as loops, split and not.
 fn check_vec4_loads(gpu: &Gpu, conv: &Conv2d, what: &str) {
     // Two row tiles, a partial column tile, a depth that is no multiple of 16 (the last step partly past K).
     let [batch, m, k, cols] = [2, 70, 44, 36];
@@ -366,40 +399,66 @@ fn few_shapes() -> [Conv2dShape; 3] {
 
 /// Double-buffered tiles change when the workgroup waits, not what it adds: every kernel (the three convolutions
 /// and `gemm_batched`) gives the bits of the same tile single-buffered, for every shape whose double buffers fit
-/// the adapter's workgroup memory, in f32, in mixed precision (emulated, or on the cooperative matrices where the
-/// adapter has them) and in the cooperative-matrix layout with its fragments as loops, split and not. So the core
-/// comparisons of the single-buffered tiles above hold for them too. A double buffer that does not fit is refused
-/// for its workgroup memory.
+/// the adapter's workgroup memory, in f32 and in mixed precision (emulated, or on the cooperative matrices where
+/// the adapter has them), split and not. So the core comparisons of the single-buffered tiles above hold for them
+/// too. A double buffer that does not fit is refused for its workgroup memory.
 #[test]
 fn double_buffered_tiles_give_the_single_buffered_bits() {
     let Some(gpu) = gpu() else { return };
-    let limit = gpu.caps.max_workgroup_memory;
     let f32_build: Build = |gpu, tiling| Conv2d::build(gpu, ConvPrecision::F32, tiling).map_err(|e| format!("{e:#}"));
-    let kinds = [("f32", f32_build, TileShape::f32_bytes as Bytes)].into_iter().chain(mixed_builds(gpu));
-    let few = few_shapes();
+    let [mixed, ..] = mixed_builds(gpu);
+    let kinds = [("f32", f32_build, TileShape::f32_bytes as Bytes), mixed];
+    let compared = compare_double_buffered(gpu, kinds, &single_buffered(), &shapes());
+    // On lavapipe (32 KiB): 3 f32 shapes (64x64x16, 64x128x16, 128x64x16) and as many emulated, split and not.
+    assert!(compared >= 2 * (3 + 3), "{compared} comparisons");
+}
+
+/// The same in the cooperative-matrix layout with its fragments as loops, with either fragment side, on the
+/// smallest tile (64x64x16: one fragment step per depth step of 16 x 16 fragments, two of 8 x 8): what double
+/// buffering changes, which rows of the staged tiles a depth step multiplies, is the same code on every tile, and
+/// the loops are slow to compile (so apart from the test above, to run beside it).
+#[test]
+fn double_buffered_tiles_give_the_single_buffered_bits_in_the_layout_as_loops() {
+    let Some(gpu) = gpu() else { return };
+    let [_, loops, loops8] = mixed_builds(gpu);
+    let compared = compare_double_buffered(gpu, [loops, loops8], &[TileShape::new(64, 64, 16)], &few_shapes());
+    // Split and not, with either fragment side.
+    assert_eq!(compared, 2 * 2, "{compared} comparisons");
+}
+
+/// The comparisons of the two tests above: for each kind of build and each of the single-buffered `tiles` whose
+/// double buffers fit the adapter's workgroup memory, the convolutions on `shapes` and two batched products, split
+/// and not; returns how many tilings were compared.
+fn compare_double_buffered<const N: usize>(
+    gpu: &Gpu,
+    kinds: [(&str, Build, Bytes); N],
+    tiles: &[TileShape],
+    shapes: &[Conv2dShape],
+) -> usize {
+    let limit = gpu.caps.max_workgroup_memory;
     let mut compared = 0;
     for (kind, build, bytes) in kinds {
-        for single in TileShape::ALL.into_iter().filter(|t| t.buffers == 1) {
+        for &single in tiles {
             let double = single.double_buffered();
+            let tiling = |tile| ConvTiling {
+                tile,
+                short_tiles: false,
+                target_workgroups: 1,
+                min_steps_per_split: 1,
+                max_grid_x: u32::MAX,
+            };
+            let two = match build(gpu, tiling(double)) {
+                Ok(conv) => conv,
+                Err(e) if bytes(&double) > limit => {
+                    assert!(e.contains("workgroup memory"), "{kind} {double}: {e}");
+                    continue;
+                }
+                Err(e) => panic!("{kind} {double}: {e}"),
+            };
+            let one = build(gpu, tiling(single)).unwrap();
             for splitting in [1, 1 << 20] {
-                let tiling = |tile| ConvTiling {
-                    tile,
-                    short_tiles: false,
-                    target_workgroups: splitting,
-                    min_steps_per_split: 1,
-                    max_grid_x: u32::MAX,
-                };
-                let two = match build(gpu, tiling(double)) {
-                    Ok(conv) => conv,
-                    Err(e) if bytes(&double) > limit => {
-                        assert!(e.contains("workgroup memory"), "{kind} {double}: {e}");
-                        break;
-                    }
-                    Err(e) => panic!("{kind} {double}: {e}"),
-                };
-                let one = build(gpu, tiling(single)).unwrap();
-                let shapes = if kind.starts_with("loops") { few.to_vec() } else { shapes() };
-                for s in &shapes {
+                let (one, two) = (one.with_target_workgroups(splitting), two.with_target_workgroups(splitting));
+                for s in shapes {
                     assert_eq!(
                         run_all_ops(gpu, &one, s),
                         run_all_ops(gpu, &two, s),
@@ -413,9 +472,7 @@ fn double_buffered_tiles_give_the_single_buffered_bits() {
             }
         }
     }
-    // On lavapipe (32 KiB): 3 f32 shapes (64x64x16, 64x128x16, 128x64x16) and as many emulated; the
-    // cooperative-matrix layout in 5 (those and 64x64x32, 128x128x16) with either fragment side; each split and not.
-    assert!(compared >= 2 * (3 + 3 + 5 + 5), "{compared} comparisons");
+    compared
 }
 
 /// The bits of `conv`'s `gemm_batched` of `[batch, m, k, cols]` (operands stored as `conv` reads them).

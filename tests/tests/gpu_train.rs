@@ -904,8 +904,9 @@ fn an_images_embedding_is_the_same_bits_in_any_chunk() {
         let got = g.embed(&images, &flips).unwrap();
         assert!(rel(&got, &want) < 1e-4, "winograd {winograd:?}: {:e}", rel(&got, &want));
         eprintln!("embeddings of {all} images at batch {b}, winograd {winograd:?}: error {:.1e}", rel(&got, &want));
-        // The last n images alone: rows 0.. of a chunk of n instead of rows all - n.. of a chunk of 100.
-        for n in [1, 3, 9, 65] {
+        // The last n images alone (one, and most of the chunk; each a whole batch's pass): rows 0.. of a chunk of
+        // n instead of rows all - n.. of a chunk of 100.
+        for n in [1, 65] {
             let (from, rows) = (all - n, (all - n) * e..all * e);
             let alone = g.embed(&images[from * per..], &flips[from..]).unwrap();
             assert!(alone.iter().zip(&got[rows.clone()]).all(|(a, b)| a.to_bits() == b.to_bits()), "GPU, {n} images");

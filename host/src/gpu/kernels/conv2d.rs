@@ -492,7 +492,8 @@ impl ConvPlan {
     }
 }
 
-/// The kernels of one compiled module.
+/// The kernels of one compiled module (cloned as handles: the compiled pipelines are shared).
+#[derive(Clone)]
 struct Pipelines {
     forward: wgpu::ComputePipeline,
     backward_data: wgpu::ComputePipeline,
@@ -591,6 +592,7 @@ impl Gemm {
 }
 
 /// The convolution kernels' pipelines, compiled once with one [`ConvTiling`].
+#[derive(Clone)]
 pub struct Conv2d {
     tiling: ConvTiling,
     precision: ConvPrecision,
@@ -703,6 +705,13 @@ impl Conv2d {
     /// The tiling these pipelines were compiled with.
     pub fn tiling(&self) -> ConvTiling {
         self.tiling
+    }
+
+    /// These pipelines, planned to split reductions until about `target_workgroups` workgroups
+    /// ([`ConvTiling::target_workgroups`]) instead: the splits change, the kernels do not, so nothing is compiled
+    /// (tests compare the same kernels split and not).
+    pub fn with_target_workgroups(&self, target_workgroups: u32) -> Self {
+        Self { tiling: ConvTiling { target_workgroups, ..self.tiling }, ..self.clone() }
     }
 
     /// Tiles, splits and grid of `op` on `s` on `gpu` ([`ConvTiling::plan`] with the adapter's grid limit).
